@@ -1,0 +1,49 @@
+# neuroflow: every set-up step lives here, so a fresh machine needs only `make demo` / `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_STUDY := build/demo-study
+DEMO_OUT := demo-out
+
+.PHONY: demo test lint unit e2e bench proto proto-check system-deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian packages the tests read: Colin27 (mricron-data) and the DICOM validator dciodvfy (dicom3tools).
+system-deps:
+	@scripts/install-system-deps.sh
+
+demo: $(STAMP)
+	$(PY) scripts/make_demo_study.py $(DEMO_STUDY)
+	$(VENV)/bin/neuroflow classify $(DEMO_STUDY)
+	$(VENV)/bin/neuroflow run $(DEMO_STUDY) --out $(DEMO_OUT)
+	@cat $(DEMO_OUT)/summary.txt
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check services tests scripts models
+	$(VENV)/bin/mypy
+
+test: $(STAMP) system-deps lint
+	$(VENV)/bin/pytest -q
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -q tests/unit tests/contract
+
+bench: $(STAMP)
+	$(PY) scripts/bench.py --out BENCHMARKS.md
+
+proto: $(STAMP)
+	$(PY) scripts/gen_proto.py
+
+proto-check: $(STAMP)
+	$(PY) scripts/gen_proto.py --check
+
+clean:
+	rm -rf build $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache

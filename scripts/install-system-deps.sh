@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests need, only if they are missing.
+#   mricron-data: Colin27 (ch2 / ch2bet) for the skull-stripping check
+#   dicom3tools:  dciodvfy, the DICOM object validator every written object is checked with
+set -euo pipefail
+need=()
+[ -f /usr/share/mricron/templates/ch2bet.nii.gz ] || need+=(mricron-data)
+command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
+[ ${#need[@]} -eq 0 ] && exit 0
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "installing Debian packages: ${need[*]}"
+$sudo apt-get update -q
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}"

@@ -1,0 +1,103 @@
+"""The `neuroflow` command. Thin: parse arguments, build the backends from configuration, call in."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from neuroflow import __version__
+from neuroflow.core.config import NeuroflowSettings
+from neuroflow.core.dicom_io import FolderDicomSource
+from neuroflow.core.inference import OnnxRuntimeBackend
+
+EXIT_OK = 0
+EXIT_STUDY_FAILED = 1
+EXIT_USAGE = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if not args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    result: int = args.handler(args)
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="neuroflow", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"neuroflow {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command")
+
+    run = sub.add_parser("run", help="run the glioma pipeline on a folder of DICOM files (embedded)")
+    run.add_argument("input_dir", type=Path)
+    run.add_argument("--out", type=Path, required=True, help="output folder (report.json, seg.dcm)")
+    run.add_argument("--study", default=None, help="StudyInstanceUID, when the folder holds several")
+    run.add_argument("--site-rules", type=Path, default=None, help="YAML with series classification overrides")
+    run.add_argument("--quiet", action="store_true", help="no per-stage progress")
+    run.set_defaults(handler=_cmd_run)
+
+    classify = sub.add_parser("classify", help="print the role of every series in a folder of DICOM files")
+    classify.add_argument("input_dir", type=Path)
+    classify.add_argument("--site-rules", type=Path, default=None)
+    classify.set_defaults(handler=_cmd_classify)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> NeuroflowSettings:
+    overrides = {"site_rules": args.site_rules} if args.site_rules else {}
+    return NeuroflowSettings(**overrides)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from neuroflow.runtime.embedded import run_glioma  # deferred: heavy imports only for this command
+
+    if not args.input_dir.is_dir():
+        print(f"neuroflow: error: input folder {args.input_dir} does not exist", file=sys.stderr)
+        return EXIT_USAGE
+    settings = _settings(args)
+    backend = OnnxRuntimeBackend(settings.model_repository, settings.inference_threads)
+    progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    report = run_glioma(FolderDicomSource(args.input_dir), args.out, settings, backend,
+                        study_uid=args.study, progress=progress)
+    if report.errors:
+        for error in report.errors:
+            print(f"neuroflow: error: {error}", file=sys.stderr)
+        return EXIT_STUDY_FAILED
+    for warning in report.warnings:
+        print(f"neuroflow: warning: {warning}", file=sys.stderr)
+    volumes = report.volumes_ml
+    if volumes is not None:
+        print(f"study {report.study_key}: WT {volumes.WT:.1f} mL, TC {volumes.TC:.1f} mL, ET {volumes.ET:.1f} mL "
+              f"in {report.timings_s['total']:.1f} s -> {args.out}")
+    return EXIT_OK
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    from neuroflow.ingest.classify import classify_study, format_table
+    from neuroflow.ingest.site_rules import load_site_rules
+
+    if not args.input_dir.is_dir():
+        print(f"neuroflow: error: input folder {args.input_dir} does not exist", file=sys.stderr)
+        return EXIT_USAGE
+    rules = load_site_rules(args.site_rules) if args.site_rules else None
+    studies, skipped = FolderDicomSource(args.input_dir).index()
+    for item in skipped:
+        print(f"neuroflow: warning: skipped {item.path}: {item.reason}", file=sys.stderr)
+    if not studies:
+        print(f"neuroflow: error: no DICOM study found in {args.input_dir}", file=sys.stderr)
+        return EXIT_STUDY_FAILED
+    for uid, study in sorted(studies.items()):
+        print(f"Study {uid} ({len(study.series)} series)")
+        print(format_table(classify_study(list(study.series.values()), rules=rules)))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

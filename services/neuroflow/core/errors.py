@@ -1,0 +1,35 @@
+"""Errors a person can act on: each names the study (by its key) and what is wrong."""
+
+from __future__ import annotations
+
+
+class NeuroflowError(Exception):
+    """Base class of every error neuroflow raises on purpose."""
+
+
+class StudyError(NeuroflowError):
+    """A study cannot be processed; ``reason`` is a sentence an imaging team can act on."""
+
+    def __init__(self, study_key: str, reason: str, *, stage: str = "", series_uid: str | None = None) -> None:
+        self.study_key = study_key
+        self.reason = reason
+        self.stage = stage
+        self.series_uid = series_uid
+        where = f" series {series_uid}" if series_uid else ""
+        super().__init__(f"study {study_key}{where}: {reason}")
+
+
+class SeriesRejected(StudyError):
+    """One series is unusable (missing or inconsistent slices, unreadable pixels)."""
+
+
+class MissingSequence(StudyError):
+    """The pipeline needs a series role the study does not have."""
+
+
+class OrientationMismatch(StudyError):
+    """Series of one study disagree on left and right: refusing rather than producing nonsense."""
+
+
+class InferenceUnavailable(NeuroflowError):
+    """The inference backend cannot serve a model (not found, not ready, went away). Retryable."""

@@ -1,0 +1,86 @@
+"""A volume with its geometry. Geometry is always in DICOM patient coordinates (LPS, millimetres),
+so nothing is ever converted to RAS and back: the one place left and right could silently swap."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import SimpleITK as sitk
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where voxel (i, j, k) lies in patient space: origin + direction @ (spacing * (i, j, k)).
+
+    ``spacing`` and ``origin`` are (x, y, z) in mm; ``direction`` is a 3x3 matrix whose columns are the
+    patient-space (LPS) unit vectors of the i, j and k axes (ITK convention, row-major tuple of 9)."""
+
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+    size: tuple[int, int, int]  # (i, j, k) = (columns, rows, slices)
+
+    def direction_matrix(self) -> npt.NDArray[np.float64]:
+        return np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
+
+    def index_to_patient(self) -> npt.NDArray[np.float64]:
+        """4x4 affine from (i, j, k, 1) to LPS (x, y, z, 1)."""
+        affine = np.eye(4)
+        affine[:3, :3] = self.direction_matrix() @ np.diag(self.spacing)
+        affine[:3, 3] = self.origin
+        return affine
+
+    def is_close(self, other: Geometry, tol_mm: float = 1e-3) -> bool:
+        return (
+            self.size == other.size
+            and np.allclose(self.spacing, other.spacing, atol=tol_mm)
+            and np.allclose(self.origin, other.origin, atol=tol_mm)
+            and np.allclose(self.direction, other.direction, atol=1e-4)
+        )
+
+
+@dataclass
+class Volume:
+    """Voxel data in SimpleITK/NumPy order (k, j, i) = (slice, row, column) with its geometry."""
+
+    array: npt.NDArray[np.generic]
+    geometry: Geometry
+    meta: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        expected = tuple(reversed(self.geometry.size))
+        if self.array.shape != expected:
+            raise ValueError(f"array shape {self.array.shape} does not match geometry size (k, j, i) {expected}")
+
+    def to_sitk(self) -> sitk.Image:
+        image = sitk.GetImageFromArray(self.array)
+        image.SetSpacing(self.geometry.spacing)
+        image.SetOrigin(self.geometry.origin)
+        image.SetDirection(self.geometry.direction)
+        return image
+
+    @classmethod
+    def from_sitk(cls, image: sitk.Image, meta: dict[str, str] | None = None) -> Volume:
+        return cls(sitk.GetArrayFromImage(image), geometry_of(image), dict(meta or {}))
+
+    def with_array(self, array: npt.NDArray[np.generic]) -> Volume:
+        """The same geometry with other voxel data (e.g. a mask or a normalised image)."""
+        return Volume(array, self.geometry, dict(self.meta))
+
+    @property
+    def voxel_volume_mm3(self) -> float:
+        return float(np.prod(self.geometry.spacing))
+
+
+def geometry_of(image: sitk.Image) -> Geometry:
+    sx, sy, sz = image.GetSpacing()
+    ox, oy, oz = image.GetOrigin()
+    ni, nj, nk = image.GetSize()
+    return Geometry(
+        spacing=(float(sx), float(sy), float(sz)),
+        origin=(float(ox), float(oy), float(oz)),
+        direction=tuple(float(d) for d in image.GetDirection()),
+        size=(int(ni), int(nj), int(nk)),
+    )

@@ -1,0 +1,1 @@
+"""Ingest: reading incoming DICOM and deciding which series is which (routing)."""

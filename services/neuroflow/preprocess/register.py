@@ -1,0 +1,180 @@
+"""Rigid co-registration by mutual information, and resampling onto a common isotropic grid.
+
+Every glioma input is registered onto the reference series (T1 post-contrast) and resampled onto that
+series' field of view at 1 mm isotropic, keeping the reference's direction: the grid never changes
+handedness, so nothing can be mirrored on the way."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import SimpleITK as sitk
+
+from neuroflow.core.volume import Geometry, Volume, geometry_of
+
+
+@dataclass(frozen=True)
+class RegistrationResult:
+    """A rigid transform mapping reference (fixed) points to moving points, with quality figures.
+
+    ``nmi`` is the normalised mutual information (H(F)+H(M))/H(F,M) of the reference and the
+    registered moving image over the reference's foreground: 1.0 means independent images; well
+    aligned brain MR of different contrasts reach about 1.1-1.3. ``metric`` is the optimiser's final
+    Mattes mutual information (negative, lower is better)."""
+
+    transform: sitk.Transform
+    metric: float
+    nmi: float
+    nmi_before: float
+    translation_mm: float
+    rotation_deg: float
+    iterations: int
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "mattes_mi": round(self.metric, 4),
+            "nmi": round(self.nmi, 4),
+            "nmi_before": round(self.nmi_before, 4),
+            "translation_mm": round(self.translation_mm, 2),
+            "rotation_deg": round(self.rotation_deg, 2),
+        }
+
+
+def isotropic_grid(reference: Geometry, spacing_mm: float) -> Geometry:
+    """The reference's field of view at ``spacing_mm`` isotropic, same origin corner and direction."""
+    extent = [n * s for n, s in zip(reference.size, reference.spacing, strict=True)]
+    size = tuple(max(1, math.ceil(e / spacing_mm - 1e-6)) for e in extent)
+    # Keep the physical corner of the first voxel (its outer edge) where it was, so the grid covers
+    # the same box: origin moves by half the change of voxel size along each axis.
+    shift = np.array([(spacing_mm - s) / 2.0 for s in reference.spacing])
+    origin = np.array(reference.origin) + reference.direction_matrix() @ shift
+    return Geometry(
+        spacing=(spacing_mm, spacing_mm, spacing_mm),
+        origin=(float(origin[0]), float(origin[1]), float(origin[2])),
+        direction=reference.direction,
+        size=(int(size[0]), int(size[1]), int(size[2])),
+    )
+
+
+def resample(
+    volume: Volume,
+    grid: Geometry,
+    transform: sitk.Transform | None = None,
+    *,
+    interpolator: int = sitk.sitkLinear,
+    default: float = 0.0,
+) -> Volume:
+    """``volume`` sampled on ``grid``; ``transform`` maps grid points to points of ``volume``."""
+    ref = sitk.Image(list(grid.size), sitk.sitkUInt8)
+    ref.SetSpacing(grid.spacing)
+    ref.SetOrigin(grid.origin)
+    ref.SetDirection(grid.direction)
+    out = sitk.Resample(
+        volume.to_sitk(),
+        ref,
+        transform if transform is not None else sitk.Transform(),
+        interpolator,
+        default,
+        sitk.sitkFloat32 if interpolator != sitk.sitkNearestNeighbor else sitk.sitkUnknown,
+    )
+    return Volume.from_sitk(out, volume.meta)
+
+
+def register_rigid(
+    fixed: Volume,
+    moving: Volume,
+    *,
+    shrink: tuple[int, ...] = (4, 2),
+    sampling: float = 0.1,
+    iterations: int = 100,
+    seed: int = 20261123,
+) -> RegistrationResult:
+    """Rigid (6 degrees of freedom) registration of ``moving`` onto ``fixed`` by Mattes mutual
+    information, multi-resolution. Starts from the scanner geometry (both series share the frame of
+    reference), so only patient motion between series is left to find. The finest level is 2 mm:
+    sub-millimetre accuracy is not needed for 1 mm segmentation and halves the time."""
+    f = sitk.Cast(fixed.to_sitk(), sitk.sitkFloat32)
+    m = sitk.Cast(moving.to_sitk(), sitk.sitkFloat32)
+    initial = sitk.CenteredTransformInitializer(
+        f, m, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY
+    )
+    # GEOMETRY centring would move images whose fields of view differ; keep the scanner alignment and
+    # only use the centre as the rotation centre.
+    euler = sitk.Euler3DTransform()
+    euler.SetCenter(sitk.Euler3DTransform(initial).GetCenter())
+
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    method.SetMetricSamplingPercentage(sampling, seed)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=2.0, minStep=1e-3, numberOfIterations=iterations, relaxationFactor=0.5,
+        gradientMagnitudeTolerance=1e-6,
+    )
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetShrinkFactorsPerLevel(list(shrink))
+    method.SetSmoothingSigmasPerLevel([max(0.0, s / 2.0) for s in shrink])
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+    method.SetInitialTransform(euler, inPlace=False)
+    fixed_mask = sitk.Cast(f > _foreground_threshold(fixed.array), sitk.sitkUInt8)
+    method.SetMetricFixedMask(fixed_mask)
+    nmi_before = normalised_mutual_information(fixed, resample(moving, fixed.geometry))
+    result = method.Execute(f, m)
+    final = sitk.Euler3DTransform(sitk.CompositeTransform(result).GetNthTransform(0))
+    registered = resample(moving, fixed.geometry, final)
+    angles = np.degrees(np.abs([final.GetAngleX(), final.GetAngleY(), final.GetAngleZ()]))
+    return RegistrationResult(
+        transform=final,
+        metric=float(method.GetMetricValue()),
+        nmi=normalised_mutual_information(fixed, registered),
+        nmi_before=nmi_before,
+        translation_mm=float(np.linalg.norm(final.GetTranslation())),
+        rotation_deg=float(angles.max()),
+        iterations=int(method.GetOptimizerIteration()),
+    )
+
+
+def normalised_mutual_information(a: Volume, b: Volume, bins: int = 32) -> float:
+    """(H(A)+H(B))/H(A,B) over voxels where ``a`` is foreground; both on the same grid."""
+    if a.array.shape != b.array.shape:
+        raise ValueError("normalised_mutual_information needs two volumes on the same grid")
+    mask = a.array > _foreground_threshold(a.array)
+    if mask.sum() < 100:
+        return 1.0
+    x = a.array[mask].astype(np.float64)
+    y = b.array[mask].astype(np.float64)
+    joint, _, _ = np.histogram2d(x, y, bins=bins)
+    p = joint / joint.sum()
+    px, py = p.sum(axis=1), p.sum(axis=0)
+    return float((_entropy(px) + _entropy(py)) / max(_entropy(p.ravel()), 1e-12))
+
+
+def _entropy(p: npt.NDArray[np.float64]) -> float:
+    nz = p[p > 0]
+    return float(-(nz * np.log(nz)).sum())
+
+
+def _foreground_threshold(array: npt.NDArray[np.generic]) -> float:
+    """A threshold that separates head/brain from air: 10% of the robust maximum."""
+    values = np.asarray(array, dtype=np.float32)
+    return float(np.percentile(values, 99.5)) * 0.1
+
+
+def to_grid(volume: Volume, grid: Geometry) -> Volume:
+    """``volume`` on ``grid`` by its scanner geometry alone (no registration): for the reference."""
+    return resample(volume, grid)
+
+
+__all__ = [
+    "RegistrationResult",
+    "geometry_of",
+    "isotropic_grid",
+    "normalised_mutual_information",
+    "register_rigid",
+    "resample",
+    "to_grid",
+]

@@ -1,0 +1,1 @@
+"""Results: DICOM SEG and the structured report, written to the DICOM sink."""

@@ -1,0 +1,1 @@
+"""Runtimes compose the services into pipelines; the embedded runtime runs one in a single process."""

@@ -1,0 +1,248 @@
+"""The embedded runtime: one process runs a whole pipeline on a study from a DICOM source and writes
+the results to an output folder. Same steps, same outputs as the distributed runtime."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+from neuroflow.core.config import GLIOMA_PIPELINE, NeuroflowSettings
+from neuroflow.core.dicom_io import DicomSource, StudyIndex, study_key
+from neuroflow.core.errors import NeuroflowError, StudyError
+from neuroflow.core.inference import InferenceBackend
+from neuroflow.core.roles import GLIOMA_INPUT_ROLES, GLIOMA_REFERENCE_ROLE, SeriesRole
+from neuroflow.core.volume import Volume
+from neuroflow.ingest.classify import SeriesClassification, classify_study, select_inputs
+from neuroflow.ingest.site_rules import SiteRules, load_site_rules
+from neuroflow.preprocess import glioma_inputs
+from neuroflow.preprocess.register import resample
+from neuroflow.results.dicom_seg import build_glioma_seg
+from neuroflow.results.report import (
+    OrientationCheck,
+    RegistrationQuality,
+    ReportStatus,
+    SeriesEntry,
+    SkullStrip,
+    StudyReport,
+    TumourVolumes,
+    write_report,
+    write_summary,
+)
+from neuroflow.runtime.stages import ProgressSink, StageClock
+from neuroflow.segmentation.glioma import segment_glioma
+
+log = logging.getLogger(__name__)
+
+SEG_FILE = "seg.dcm"
+GLIOMA_STAGES = (
+    "read", "classify", "convert", "orientation", "register", "skull_strip",
+    "normalise", "segment", "postprocess", "write_results",
+)
+
+
+class MultipleStudies(NeuroflowError):
+    """The input holds more than one study and none was chosen."""
+
+
+@dataclass
+class _Run:
+    """What a run has learnt so far; becomes the report whether the run succeeds or fails."""
+
+    study_uid: str = ""
+    key: str = ""
+    series: list[SeriesEntry] | None = None
+    warnings: list[str] | None = None
+
+
+def run_glioma(
+    source: DicomSource,
+    out_dir: Path,
+    settings: NeuroflowSettings,
+    backend: InferenceBackend,
+    *,
+    study_uid: str | None = None,
+    progress: ProgressSink | None = None,
+) -> StudyReport:
+    """Runs the glioma pipeline on one study of ``source`` and writes ``report.json``,
+    ``summary.txt`` and, on success, ``seg.dcm`` to ``out_dir``. Never raises for a bad study: the
+    report says what is wrong (``status`` failed, ``errors``) and no ``seg.dcm`` is left behind."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # A result left by an earlier run must not pass for this run's result if this one fails.
+    (out_dir / SEG_FILE).unlink(missing_ok=True)
+    clock = StageClock(GLIOMA_STAGES, progress)
+    run = _Run(series=[], warnings=[])
+    try:
+        report = _run(source, out_dir, settings, backend, study_uid, clock, run)
+    except NeuroflowError as exc:
+        reason = exc.reason if isinstance(exc, StudyError) else str(exc)
+        where = f"{clock.current}: " if clock.current else ""
+        log.error("study %s failed in %s: %s", run.key or "-", clock.current, reason)
+        report = StudyReport(
+            study_instance_uid=run.study_uid,
+            study_key=run.key,
+            pipeline=GLIOMA_PIPELINE,
+            status=ReportStatus.FAILED,
+            series=run.series or [],
+            timings_s={**clock.timings, "total": clock.total()},
+            warnings=run.warnings or [],
+            errors=[f"{where}{reason}"],
+            outputs=["report.json", "summary.txt"],
+        )
+    write_summary(report, out_dir)
+    write_report(report, out_dir)
+    return report
+
+
+def _run(
+    source: DicomSource,
+    out_dir: Path,
+    settings: NeuroflowSettings,
+    backend: InferenceBackend,
+    study_uid: str | None,
+    clock: StageClock,
+    run: _Run,
+) -> StudyReport:
+    assert run.series is not None and run.warnings is not None
+    with clock.stage("read"):
+        studies, skipped = source.index()
+        run.warnings.extend(f"skipped {s.path}: {s.reason}" for s in skipped)
+        study = _choose_study(studies, study_uid)
+        run.study_uid, run.key = study.study_instance_uid, study_key(study.study_instance_uid)
+        clock.note(f"study {run.key}: {len(study.series)} series, {len(skipped)} files skipped")
+
+    with clock.stage("classify"):
+        rules: SiteRules | None = load_site_rules(settings.site_rules) if settings.site_rules else None
+        classified = classify_study(list(study.series.values()), rules=rules)
+        run.series.extend(_series_entries(classified, {}))
+        chosen = select_inputs(classified, GLIOMA_INPUT_ROLES, study_key=run.key)
+        used = {c.series_instance_uid: role for role, c in chosen.items()}
+        run.series[:] = _series_entries(classified, used)
+        for c in classified:
+            clock.note(f"{c.role:<6} {c.description or '(no description)'}")
+
+    with clock.stage("convert"):
+        instances = {role: source.read_instances(study.series[c.series_instance_uid]) for role, c in chosen.items()}
+        volumes = glioma_inputs.convert_inputs(instances, study_key=run.key)
+
+    with clock.stage("orientation"):
+        flip_checks = glioma_inputs.check_orientation(volumes, study_key=run.key)
+
+    with clock.stage("register"):
+        coregistered = glioma_inputs.coregister(volumes, spacing_mm=settings.target_spacing_mm)
+        for role, reg in coregistered.registration.items():
+            clock.note(f"{role} -> {GLIOMA_REFERENCE_ROLE}: NMI {reg.nmi_before:.3f} -> {reg.nmi:.3f}")
+            if reg.nmi < reg.nmi_before - 0.01:
+                run.warnings.append(f"registration of {role} made the alignment worse "
+                                    f"(NMI {reg.nmi_before:.3f} -> {reg.nmi:.3f}); review the overlay")
+
+    models = settings.models
+    with clock.stage("skull_strip"):
+        mask = glioma_inputs.brain_mask(coregistered, backend, (models.skull_strip_bbox, models.skull_strip))
+        brain_ml = float((mask.array > 0).sum()) * mask.voxel_volume_mm3 / 1000.0
+        clock.note(f"brain volume {brain_ml:.0f} mL")
+
+    with clock.stage("normalise"):
+        stack = glioma_inputs.normalised_stack(coregistered, mask)
+
+    with clock.stage("segment"):
+        labels_on_grid = segment_glioma(
+            stack, mask, backend, models.glioma, overlap=settings.window_overlap,
+            batch_size=settings.window_batch_size, study_key=run.key,
+        )
+
+    with clock.stage("postprocess"):
+        volumes_ml = TumourVolumes.from_label_map(labels_on_grid)
+        reference = volumes[GLIOMA_REFERENCE_ROLE]
+        # The SEG is drawn on the reference series as acquired, so viewers overlay it slice by slice.
+        labels_on_reference = resample(labels_on_grid, reference.geometry, interpolator=_NEAREST)
+        labels_on_reference = labels_on_reference.with_array(labels_on_reference.array.astype("uint8"))
+
+    with clock.stage("write_results"):
+        outputs = ["report.json", "summary.txt"]
+        seg = build_glioma_seg(
+            labels_on_reference, instances[GLIOMA_REFERENCE_ROLE], model=models.glioma,
+            input_hash=_input_hash(instances, models.glioma.name, models.glioma.version),
+        )
+        if seg is None:
+            run.warnings.append("no tumour detected: no DICOM SEG written")
+        else:
+            _save_atomically(seg, out_dir / SEG_FILE)
+            outputs.insert(0, SEG_FILE)
+
+    return StudyReport(
+        study_instance_uid=run.study_uid,
+        study_key=run.key,
+        pipeline=GLIOMA_PIPELINE,
+        status=ReportStatus.SUCCEEDED,
+        series=run.series,
+        timings_s={**clock.timings, "total": clock.total()},
+        volumes_ml=volumes_ml,
+        model=models.glioma,
+        registration={
+            role: RegistrationQuality(
+                metric="mattes_mutual_information", metric_value=reg.metric, quality=reg.nmi,
+                quality_measure="normalised mutual information with the reference",
+            )
+            for role, reg in coregistered.registration.items()
+        },
+        orientation_check=OrientationCheck(
+            passed=True,
+            detail="; ".join(f"{role}: {c.verdict} (NMI as is {c.nmi_as_is:.3f}, mirrored {c.nmi_mirrored:.3f})"
+                             for role, c in flip_checks.items()),
+        ),
+        skull_strip=SkullStrip(brain_volume_ml=round(brain_ml, 1), method=f"{models.skull_strip}"),
+        warnings=run.warnings,
+        outputs=outputs,
+    )
+
+
+_NEAREST = 1  # sitk.sitkNearestNeighbor, without importing SimpleITK here
+
+
+def _choose_study(studies: dict[str, StudyIndex], study_uid: str | None) -> StudyIndex:
+    if not studies:
+        raise NeuroflowError("no DICOM study found in the input (no readable DICOM files)")
+    if study_uid is not None:
+        if study_uid not in studies:
+            raise NeuroflowError(f"study {study_uid} is not in the input; it holds {sorted(studies)}")
+        return studies[study_uid]
+    if len(studies) > 1:
+        listing = ", ".join(
+            f"{uid} (patient key {study_key(s.patient_id)}, {len(s.series)} series)" for uid, s in sorted(studies.items())
+        )
+        raise MultipleStudies(f"the input holds {len(studies)} studies: {listing}; choose one with --study UID")
+    return next(iter(studies.values()))
+
+
+def _series_entries(classified: list[SeriesClassification], used: dict[str, SeriesRole]) -> list[SeriesEntry]:
+    return [
+        SeriesEntry(
+            series_instance_uid=c.series_instance_uid, series_number=c.series_number, description=c.description,
+            role=c.role, confidence=c.confidence, reasons=list(c.reasons), used_as=used.get(c.series_instance_uid),
+        )
+        for c in classified
+    ]
+
+
+def _input_hash(instances: dict[SeriesRole, list[Dataset]], model_name: str, model_version: int) -> str:
+    """Same series set and model = same work = same result UIDs (idempotent at the PACS)."""
+    h = hashlib.sha256(f"{model_name}:{model_version}".encode())
+    for role in sorted(instances):
+        h.update(role.encode())
+        for uid in sorted(str(ds.SOPInstanceUID) for ds in instances[role]):
+            h.update(uid.encode())
+    return h.hexdigest()
+
+
+def _save_atomically(dataset: Dataset, path: Path) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    dataset.save_as(tmp, enforce_file_format=True)
+    os.replace(tmp, path)
+
+
+__all__ = ["GLIOMA_STAGES", "SEG_FILE", "MultipleStudies", "Volume", "run_glioma"]

@@ -1,0 +1,1 @@
+"""Segmentation: sliding-window inference through the inference backend, post-processing, volumetry."""

@@ -1,0 +1,74 @@
+"""Glioma segmentation: the region network over the brain's bounding box by sliding window, then the
+published post-processing. Works on the common 1 mm grid produced by preprocessing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import numpy.typing as npt
+
+from neuroflow.core.errors import StudyError
+from neuroflow.core.inference import InferenceBackend
+from neuroflow.core.labels import TUMOUR_REGIONS
+from neuroflow.core.model_card import ModelRef
+from neuroflow.core.volume import Volume
+from neuroflow.segmentation.postprocess import postprocess, threshold_regions, to_label_map
+from neuroflow.segmentation.sliding_window import sigmoid, sliding_window_inference
+
+# Context kept around the brain when cropping, in voxels: the network needs to see the brain's edge.
+_CROP_MARGIN = 8
+
+
+def segment_glioma(
+    stack: npt.NDArray[np.float32],
+    mask: Volume,
+    backend: InferenceBackend,
+    model: ModelRef,
+    *,
+    overlap: float,
+    batch_size: int,
+    study_key: str,
+    progress: Callable[[int, int], None] | None = None,
+) -> Volume:
+    """BraTS label map (uint8, on ``mask``'s grid) from the normalised input ``stack`` (C, Z, Y, X).
+
+    Refuses a model whose card does not match what preprocessing produced (channels, regions)."""
+    card = backend.card(model)
+    if len(card.input_roles) != stack.shape[0] or card.labels != [r.value for r in TUMOUR_REGIONS]:
+        raise StudyError(
+            study_key,
+            f"model {model} expects inputs {card.input_roles} and outputs {card.labels}; the glioma "
+            f"pipeline provides {stack.shape[0]} channels and needs {[r.value for r in TUMOUR_REGIONS]}",
+            stage="segmentation",
+        )
+    box = _bounding_box(mask.array > 0, _CROP_MARGIN)
+    probabilities = np.zeros((len(TUMOUR_REGIONS), *stack.shape[1:]), dtype=np.float32)
+    probabilities[(slice(None), *box)] = sliding_window_inference(
+        np.ascontiguousarray(stack[(slice(None), *box)]),
+        backend,
+        model,
+        patch=(card.patch_size[0], card.patch_size[1], card.patch_size[2]),
+        out_channels=len(TUMOUR_REGIONS),
+        input_name=card.inputs[0].name,
+        output_name=card.outputs[0].name,
+        overlap=overlap,
+        batch_size=batch_size,
+        activation=sigmoid if card.output_activation == "sigmoid" else None,
+        progress=progress,
+    )
+    # Tumour outside the brain mask is not tumour (skull, vessels, fat enhance too).
+    probabilities *= (mask.array > 0)[None]
+    masks = postprocess(threshold_regions(probabilities), mask.voxel_volume_mm3)
+    return mask.with_array(to_label_map(masks))
+
+
+def _bounding_box(mask: npt.NDArray[np.bool_], margin: int) -> tuple[slice, slice, slice]:
+    if not mask.any():
+        return (slice(0, mask.shape[0]), slice(0, mask.shape[1]), slice(0, mask.shape[2]))
+    out = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        out.append(slice(max(0, int(hits[0]) - margin), min(mask.shape[axis], int(hits[-1]) + 1 + margin)))
+    return out[0], out[1], out[2]
