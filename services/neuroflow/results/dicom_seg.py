@@ -1,0 +1,196 @@
+"""The glioma segmentation as a DICOM SEG that references the slices of the series it was drawn on.
+
+A viewer overlays a SEG frame on the source image the frame references, so the one thing that must
+never go wrong here is which slice each frame points at: each volume slice is matched to its source
+instance by ImagePositionPatient along the slice normal, never by the order the instances arrived in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import highdicom as hd
+import numpy as np
+import numpy.typing as npt
+import pydicom
+from pydicom.sr.codedict import codes
+from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
+
+import neuroflow
+from neuroflow.core.dicom_io import study_key
+from neuroflow.core.errors import StudyError
+from neuroflow.core.labels import GLIOMA_SEGMENTS, SEGMENT_BRATS_LABEL, BratsLabel, SegmentDefinition
+from neuroflow.core.model_card import ModelRef
+from neuroflow.core.volume import Geometry, Volume
+from neuroflow.results.report import DISCLAIMER
+
+SERIES_DESCRIPTION = "AI glioma segmentation (research, not for diagnosis)"
+CONTENT_LABEL = "GLIOMA_AI"  # CS, at most 16 characters
+MANUFACTURER = "neuroflow"
+MANUFACTURER_MODEL_NAME = "neuroflow glioma segmentation"
+STAGE = "results"
+
+# A source slice is "the" slice of the volume when it lies within this fraction of a voxel of it.
+# Looser than float noise (DS strings carry ~1e-6 mm), far tighter than a one-slice mix-up.
+_POSITION_TOLERANCE_VOXELS = 0.1
+_DIRECTION_TOLERANCE = 1e-4
+
+
+def build_glioma_seg(
+    label_map: Volume,
+    source_instances: Sequence[pydicom.Dataset],
+    *,
+    model: ModelRef,
+    series_number: int = 9001,
+    input_hash: str | None = None,
+    uid_prefix: str | None = None,
+    device_serial_number: str = "none",
+) -> pydicom.Dataset | None:
+    """A BINARY DICOM SEG of a BraTS label map, or ``None`` when no tumour was found.
+
+    Takes:
+      * ``label_map``: uint8 BraTS labels (:class:`BratsLabel`) on the voxel grid of the reference
+        series, i.e. ``label_map.geometry`` is that series' geometry.
+      * ``source_instances``: the single-frame instances of that series, in any order (headers are
+        enough; pixel data is not read). Each volume slice k is matched to the instance whose
+        ImagePositionPatient lies at slice k, so the SEG frames reference the right images.
+      * ``model``: the model that drew the segmentation, written as the algorithm identification.
+      * ``input_hash``: the idempotency key of the pipeline's inputs (e.g. the hash of the series
+        set). Defaults to a hash of the source SOPInstanceUIDs.
+      * ``uid_prefix``: the site's UID root (ending in "."); defaults to pydicom's root.
+
+    Returns a Segmentation dataset with one segment per disjoint sub-region of
+    :data:`GLIOMA_SEGMENTS` (all three are always described; a sub-region that is absent simply has
+    no frames), empty frames omitted. Its Series and SOP Instance UIDs are derived from (source
+    series UID, model, input hash), so a re-run on the same input yields the same UIDs and replaces
+    the earlier object in PACS instead of adding a second one.
+
+    Returns ``None`` when the label map holds no tumour voxel: a SEG must have at least one frame, and
+    an empty overlay tells a radiologist nothing. The report states "no tumour detected" instead.
+
+    Refuses (:class:`StudyError`) when the source instances do not describe the label map's grid: a
+    different orientation, matrix or pixel spacing, a slice without an instance, an instance off the
+    grid, or two instances at one position. Raises ``ValueError`` for labels outside
+    :class:`BratsLabel` or an empty instance list (programming errors, not study problems).
+    """
+    if not source_instances:
+        raise ValueError("build_glioma_seg needs the source instances of the reference series")
+    segment_numbers = _segment_number_map(label_map.array)
+    if not segment_numbers.any():
+        return None
+
+    ordered_sources = _sources_in_slice_order(label_map.geometry, source_instances)
+    source_series_uid = str(ordered_sources[0].SeriesInstanceUID)
+    key = input_hash if input_hash is not None else _hash_of_instance_uids(ordered_sources)
+    entropy = ["neuroflow.glioma-seg", source_series_uid, str(model), key]
+    # generate_uid ignores its entropy without a prefix (it falls back to a random 2.25 UUID).
+    prefix = uid_prefix or PYDICOM_ROOT_UID
+
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=model.name,
+        family=codes.cid7162.ArtificialIntelligence,
+        version=str(model.version),
+        source=MANUFACTURER,
+    )
+    seg = hd.seg.Segmentation(
+        source_images=ordered_sources,
+        pixel_array=segment_numbers,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[_segment_description(s, algorithm) for s in GLIOMA_SEGMENTS],
+        series_instance_uid=generate_uid(prefix=prefix, entropy_srcs=[*entropy, "series"]),
+        series_number=series_number,
+        sop_instance_uid=generate_uid(prefix=prefix, entropy_srcs=[*entropy, "instance"]),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=MANUFACTURER_MODEL_NAME,
+        software_versions=neuroflow.__version__,
+        device_serial_number=device_serial_number,
+        content_description=DISCLAIMER,
+        content_label=CONTENT_LABEL,
+        omit_empty_frames=True,
+    )
+    seg.SeriesDescription = SERIES_DESCRIPTION
+    return seg
+
+
+def _segment_number_map(labels: npt.NDArray[np.generic]) -> npt.NDArray[np.uint8]:
+    """The label map rewritten as segment numbers (0 = none), via :data:`SEGMENT_BRATS_LABEL`."""
+    values = np.unique(labels)
+    known = {int(v) for v in BratsLabel}
+    unknown = sorted(int(v) for v in values if int(v) not in known)
+    if unknown:
+        raise ValueError(f"label map holds values {unknown} that are not BraTS labels {sorted(known)}")
+    lookup = np.zeros(max(known) + 1, dtype=np.uint8)
+    for number, brats_label in SEGMENT_BRATS_LABEL.items():
+        lookup[int(brats_label)] = number
+    return lookup[np.asarray(labels, dtype=np.intp)]
+
+
+def _segment_description(
+    segment: SegmentDefinition, algorithm: hd.AlgorithmIdentificationSequence
+) -> hd.seg.SegmentDescription:
+    return hd.seg.SegmentDescription(
+        segment_number=segment.number,
+        segment_label=segment.label,
+        segmented_property_category=hd.sr.CodedConcept(*segment.category_code),
+        segmented_property_type=hd.sr.CodedConcept(*segment.type_code),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+        display_color=hd.color.CIELabColor.from_rgb(*segment.rgb),
+    )
+
+
+def _sources_in_slice_order(
+    geometry: Geometry, instances: Sequence[pydicom.Dataset]
+) -> list[pydicom.Dataset]:
+    """The instance at each slice k of ``geometry``, k = 0 .. n-1; refuses anything off that grid."""
+    first = instances[0]
+    series_uid = str(first.get("SeriesInstanceUID", ""))
+
+    def refuse(reason: str) -> StudyError:
+        return StudyError(study_key(str(first.get("StudyInstanceUID", ""))), reason,
+                          stage=STAGE, series_uid=series_uid or None)
+
+    n_columns, n_rows, n_slices = geometry.size
+    direction = geometry.direction_matrix()
+    to_index = np.linalg.inv(geometry.index_to_patient())
+    by_slice: dict[int, pydicom.Dataset] = {}
+    for ds in instances:
+        sop_uid = str(ds.get("SOPInstanceUID", "?"))
+        if str(ds.get("SeriesInstanceUID", "")) != series_uid:
+            raise refuse(f"instance {sop_uid} belongs to another series than {series_uid}")
+        if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
+            raise refuse(f"instance {sop_uid} has no ImagePositionPatient/ImageOrientationPatient")
+        if (int(ds.Rows), int(ds.Columns)) != (n_rows, n_columns):
+            raise refuse(f"instance {sop_uid} is {ds.Rows}x{ds.Columns} pixels, the segmentation grid "
+                         f"{n_rows}x{n_columns}")
+        orientation = np.asarray([float(v) for v in ds.ImageOrientationPatient])
+        if not np.allclose(orientation, np.concatenate([direction[:, 0], direction[:, 1]]),
+                           atol=_DIRECTION_TOLERANCE):
+            raise refuse(f"instance {sop_uid} is oriented {list(orientation)}, not as the segmentation grid")
+        row_spacing, column_spacing = (float(v) for v in ds.PixelSpacing)
+        if not np.allclose((column_spacing, row_spacing), geometry.spacing[:2],
+                           atol=_POSITION_TOLERANCE_VOXELS * min(geometry.spacing[:2])):
+            raise refuse(f"instance {sop_uid} has pixel spacing {row_spacing}/{column_spacing} mm, the "
+                         f"segmentation grid {geometry.spacing[1]}/{geometry.spacing[0]} mm")
+        position = np.append([float(v) for v in ds.ImagePositionPatient], 1.0)
+        i, j, k = (to_index @ position)[:3]
+        slice_index = round(k)
+        if (max(abs(i), abs(j), abs(k - slice_index)) > _POSITION_TOLERANCE_VOXELS
+                or not 0 <= slice_index < n_slices):
+            raise refuse(f"instance {sop_uid} at {list(position[:3])} lies on no slice of the "
+                         "segmentation grid")
+        if slice_index in by_slice:
+            raise refuse(f"instances {by_slice[slice_index].SOPInstanceUID} and {sop_uid} lie at the same "
+                         f"position (slice {slice_index}); cannot tell which one the segmentation belongs to")
+        by_slice[slice_index] = ds
+    missing = [k for k in range(n_slices) if k not in by_slice]
+    if missing:
+        raise refuse(f"no source instance for slices {missing} of {n_slices}; the series is incomplete")
+    return [by_slice[k] for k in range(n_slices)]
+
+
+def _hash_of_instance_uids(instances: Sequence[pydicom.Dataset]) -> str:
+    uids = sorted(str(ds.SOPInstanceUID) for ds in instances)
+    return hashlib.sha256("\n".join(uids).encode()).hexdigest()

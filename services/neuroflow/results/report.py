@@ -1,0 +1,263 @@
+"""The study report: what the pipeline did with a study and what it found, as ``report.json`` for
+machines and ``summary.txt`` for a radiologist.
+
+The models here are the report's contract: a DICOM Structured Report (a later step) is to be built
+from a :class:`StudyReport`, not from the pipeline's internals, so both always say the same thing.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Self
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
+
+import neuroflow
+from neuroflow.core.labels import REGION_LABELS, TumourRegion
+from neuroflow.core.model_card import ModelRef
+from neuroflow.core.roles import SeriesRole
+from neuroflow.core.volume import Volume
+
+DISCLAIMER = "AI output for review; not a diagnosis."
+REPORT_FILE = "report.json"
+SUMMARY_FILE = "summary.txt"
+REPORT_SCHEMA_VERSION = 1
+TOTAL_TIMING_KEY = "total"
+_MM3_PER_ML = 1000.0
+
+
+class ReportStatus(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class _ReportModel(BaseModel):
+    # Unknown keys are refused: a misspelt field must fail in a test, not vanish from a report.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SeriesEntry(_ReportModel):
+    """One series of the study, as routing classified it, and whether the pipeline used it."""
+
+    series_instance_uid: str
+    series_number: int | None = None
+    description: str = ""
+    role: SeriesRole
+    confidence: float = Field(ge=0.0, le=1.0)
+    reasons: list[str] = Field(default_factory=list)
+    used_as: SeriesRole | None = None  # the pipeline input this series fed, or None if unused
+
+
+class TumourVolumes(_ReportModel):
+    """Volumes in millilitres of the nested regions WT ⊇ TC ⊇ ET and of the two shells between them."""
+
+    WT: float = Field(ge=0.0)
+    TC: float = Field(ge=0.0)
+    ET: float = Field(ge=0.0)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def oedema(self) -> float:
+        """WT − TC: the peritumoural oedema."""
+        return self.WT - self.TC
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def necrotic_core(self) -> float:
+        """TC − ET: the necrotic and non-enhancing core."""
+        return self.TC - self.ET
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_derived(cls, data: object) -> object:
+        # A report read back from JSON carries the derived volumes; they are recomputed, not trusted.
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if k not in ("oedema", "necrotic_core")}
+        return data
+
+    @model_validator(mode="after")
+    def _nested(self) -> Self:
+        if not self.WT >= self.TC >= self.ET:
+            raise ValueError(f"regions must nest (WT ⊇ TC ⊇ ET), got WT={self.WT} TC={self.TC} ET={self.ET}")
+        return self
+
+    @classmethod
+    def from_label_map(cls, label_map: Volume) -> TumourVolumes:
+        """Region volumes of a BraTS label map, using the voxel size of its geometry."""
+        ml_per_voxel = label_map.voxel_volume_mm3 / _MM3_PER_ML
+        counts = {
+            region: int(np.isin(label_map.array, [int(label) for label in labels]).sum())
+            for region, labels in REGION_LABELS.items()
+        }
+        return cls(**{region.value: counts[region] * ml_per_voxel for region in TumourRegion})
+
+    @property
+    def tumour_detected(self) -> bool:
+        return self.WT > 0.0
+
+
+class RegistrationQuality(_ReportModel):
+    """How well one moving series was registered onto the reference series."""
+
+    metric: str  # the similarity metric optimised, e.g. "mattes_mutual_information"
+    metric_value: float
+    quality: float  # a figure of merit a reviewer can threshold
+    quality_measure: str  # what ``quality`` is, e.g. "brain-mask Dice with the reference"
+
+
+class OrientationCheck(_ReportModel):
+    """Whether all series agree on left/right and on the patient axes."""
+
+    passed: bool
+    detail: str = ""
+
+
+class SkullStrip(_ReportModel):
+    brain_volume_ml: float = Field(ge=0.0)
+    method: str = ""
+
+
+class StudyReport(_ReportModel):
+    """Everything a reviewer needs to judge one (study, pipeline) run.
+
+    A failed run carries at least one error and no volumes; a succeeded run carries no errors.
+    ``timings_s`` maps stage → seconds; ``total`` is filled with the sum of the stages if not given.
+    """
+
+    schema_version: int = REPORT_SCHEMA_VERSION
+    study_instance_uid: str
+    study_key: str
+    pipeline: str
+    status: ReportStatus
+    series: list[SeriesEntry] = Field(default_factory=list)
+    timings_s: dict[str, float] = Field(default_factory=dict)
+    volumes_ml: TumourVolumes | None = None
+    model: ModelRef | None = None
+    registration: dict[SeriesRole, RegistrationQuality] = Field(default_factory=dict)  # by moving role
+    orientation_check: OrientationCheck | None = None
+    skull_strip: SkullStrip | None = None
+    warnings: list[str] = Field(default_factory=list)
+    errors: list[str] = Field(default_factory=list)
+    outputs: list[str] = Field(default_factory=list)  # names of the files written for this run
+    generated_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    neuroflow_version: str = neuroflow.__version__
+    disclaimer: str = DISCLAIMER
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_total(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("timings_s") and TOTAL_TIMING_KEY not in data["timings_s"]:
+            timings = dict(data["timings_s"])
+            timings[TOTAL_TIMING_KEY] = float(sum(timings.values()))
+            return {**data, "timings_s": timings}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent_outcome(self) -> Self:
+        if self.status is ReportStatus.FAILED:
+            if not self.errors:
+                raise ValueError("a failed report must say why: errors is empty")
+            if self.volumes_ml is not None:
+                raise ValueError("a failed report must not carry volumes")
+        elif self.errors:
+            raise ValueError("a succeeded report must not carry errors; report them as warnings or fail")
+        return self
+
+
+def write_report(report: StudyReport, out_dir: Path) -> Path:
+    """Writes ``out_dir/report.json`` atomically (a reader sees the old file or the new, never half)."""
+    return _write_atomically(out_dir / REPORT_FILE, report.model_dump_json(indent=2) + "\n")
+
+
+def write_summary(report: StudyReport, out_dir: Path) -> Path:
+    """Writes :func:`render_summary` to ``out_dir/summary.txt`` atomically."""
+    return _write_atomically(out_dir / SUMMARY_FILE, render_summary(report))
+
+
+_REGION_NAMES: tuple[tuple[str, str], ...] = (
+    ("WT", "Whole tumour (WT)"),
+    ("TC", "Tumour core (TC)"),
+    ("ET", "Enhancing tumour (ET)"),
+    ("oedema", "Oedema (WT - TC)"),
+    ("necrotic_core", "Necrotic core (TC - ET)"),
+)
+
+
+def render_summary(report: StudyReport) -> str:
+    """A plain-text summary a radiologist can read: the study, the series used, the volumes in mL
+    (one decimal), checks, warnings, errors and the disclaimer."""
+    lines = [
+        f"neuroflow {report.pipeline} report -- {report.disclaimer}",
+        "",
+        f"Study:     {report.study_instance_uid} (key {report.study_key})",
+        f"Status:    {report.status.value}",
+    ]
+    if report.model is not None:
+        lines.append(f"Model:     {report.model.name}, version {report.model.version}")
+    lines.append(f"Generated: {report.generated_at.isoformat(timespec='seconds')} "
+                 f"by neuroflow {report.neuroflow_version}")
+
+    used = [s for s in report.series if s.used_as is not None]
+    lines += ["", "Series used:"]
+    lines += [f"  {s.used_as}: {_series_name(s)} ({s.confidence:.0%})" for s in used] or ["  none"]
+    unused = [s for s in report.series if s.used_as is None]
+    if unused:
+        lines += ["Series not used:"]
+        lines += [f"  {_series_name(s)}, classified {s.role} ({s.confidence:.0%})" for s in unused]
+
+    if report.volumes_ml is not None:
+        lines += ["", "Tumour volumes (mL):"]
+        if not report.volumes_ml.tumour_detected:
+            lines.append("  No tumour detected.")
+        volumes = report.volumes_ml.model_dump()
+        width = max(len(name) for _, name in _REGION_NAMES)
+        lines += [f"  {name:<{width}}  {volumes[key]:8.1f}" for key, name in _REGION_NAMES]
+
+    lines += _checks(report)
+    for title, items in (("Warnings", report.warnings), ("Errors", report.errors)):
+        if items:
+            lines += ["", f"{title}:", *(f"  - {item}" for item in items)]
+    if report.outputs:
+        lines += ["", "Outputs: " + ", ".join(report.outputs)]
+    lines += ["", report.disclaimer, ""]
+    return "\n".join(lines)
+
+
+def _series_name(series: SeriesEntry) -> str:
+    number = f"series {series.series_number}" if series.series_number is not None else "series (no number)"
+    description = f' "{series.description}"' if series.description else ""
+    return f"{number}{description}"
+
+
+def _checks(report: StudyReport) -> list[str]:
+    lines: list[str] = []
+    if report.orientation_check is not None:
+        verdict = "passed" if report.orientation_check.passed else "FAILED"
+        detail = f" ({report.orientation_check.detail})" if report.orientation_check.detail else ""
+        lines.append(f"  Orientation check: {verdict}{detail}")
+    if report.skull_strip is not None:
+        lines.append(f"  Brain volume: {report.skull_strip.brain_volume_ml:.1f} mL")
+    for role, reg in report.registration.items():
+        lines.append(f"  Registration {role} -> reference: {reg.quality_measure} {reg.quality:.2f} "
+                     f"({reg.metric} {reg.metric_value:.3f})")
+    return ["", "Checks:", *lines] if lines else []
+
+
+def _write_atomically(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
