@@ -14,6 +14,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from neuroflow.core.errors import SeriesRejected
+
 log = logging.getLogger(__name__)
 
 
@@ -98,7 +100,18 @@ class FolderDicomSource(DicomSource):
         return studies, skipped
 
     def read_instances(self, series: SeriesInstances) -> list[Dataset]:
-        return [pydicom.dcmread(p) for p in series.paths]
+        """Refuses (SeriesRejected naming the file) a file that can no longer be read as DICOM, so
+        the error points at the file an imaging team would have to resend."""
+        datasets: list[Dataset] = []
+        for path in series.paths:
+            try:
+                datasets.append(pydicom.dcmread(path))
+            except Exception as exc:  # pydicom raises many types on damaged files
+                raise SeriesRejected(
+                    study_key(series.study_instance_uid), f"unreadable DICOM file {path}: {exc}",
+                    stage="convert", series_uid=series.series_instance_uid,
+                ) from exc
+        return datasets
 
 
 class FolderDicomSink(DicomSink):
