@@ -1,0 +1,54 @@
+"""Bus topic names: the one place they are spelled. Services call these, never type a topic string.
+
+Every name starts with the contract's protobuf package (``neuroflow.v1.``), so a future incompatible
+contract (``neuroflow.v2``) gets its own topics and both can run side by side during a migration.
+Each topic carries exactly one message type of ``proto/neuroflow/v1``, named beside it below.
+"""
+
+from __future__ import annotations
+
+from neuroflow.proto.neuroflow.v1 import common_pb2
+
+# The protobuf package of the contract ("neuroflow.v1"), which versions the topic names too.
+CONTRACT_PACKAGE: str = common_pb2.DESCRIPTOR.package
+PREFIX = f"{CONTRACT_PACKAGE}."
+# The contract revision producers write into every message's ``schema_version``: the newest one.
+SCHEMA_VERSION: int = max(common_pb2.SchemaVersion.values())
+
+STUDY_READY = f"{PREFIX}study-ready"  # events_pb2.StudyReady
+ROUTING_FAILED = f"{PREFIX}routing-failed"  # events_pb2.RoutingFailed
+RESULTS_STORED = f"{PREFIX}results-stored"  # events_pb2.ResultsStored
+TASK_DONE = f"{PREFIX}task-done"  # tasks_pb2.TaskDone, every stage (its `stage` field says which)
+TASK_FAILED = f"{PREFIX}task-failed"  # tasks_pb2.TaskFailed, every stage
+
+# Every stage that has a worker; STAGE_UNSPECIFIED has no topics.
+STAGES: tuple[common_pb2.Stage.ValueType, ...] = tuple(
+    value for value in common_pb2.Stage.values() if value != common_pb2.STAGE_UNSPECIFIED
+)
+
+
+def stage_name(stage: common_pb2.Stage.ValueType) -> str:
+    """The short lower-case name of ``stage`` used in topic names (STAGE_PREPROCESS -> "preprocess").
+
+    Refuses STAGE_UNSPECIFIED and values this revision of the contract does not know (ValueError)."""
+    if stage not in STAGES:
+        raise ValueError(f"no topics for stage {stage!r}: expected one of "
+                         f"{[common_pb2.Stage.Name(s) for s in STAGES]}")
+    return common_pb2.Stage.Name(stage).removeprefix("STAGE_").lower()
+
+
+def task_topic(stage: common_pb2.Stage.ValueType) -> str:
+    """Topic the orchestrator publishes ``tasks_pb2.TaskRequested`` of ``stage`` to, and its workers read."""
+    return f"{PREFIX}task.{stage_name(stage)}"
+
+
+def dead_letter_topic(stage: common_pb2.Stage.ValueType) -> str:
+    """Topic where TaskRequested of ``stage`` go when retries are exhausted, for an operator to inspect and
+    replay. One per stage so a flood of one stage's failures does not bury another's."""
+    return f"{PREFIX}dead-letter.{stage_name(stage)}"
+
+
+def all_topics() -> list[str]:
+    """Every topic neuroflow uses, e.g. to create them on a Kafka cluster at deployment."""
+    per_stage = [topic(stage) for stage in STAGES for topic in (task_topic, dead_letter_topic)]
+    return [STUDY_READY, ROUTING_FAILED, RESULTS_STORED, TASK_DONE, TASK_FAILED, *per_stage]
