@@ -9,6 +9,7 @@ from pathlib import Path
 
 from neuroflow.core.roles import SeriesRole
 from neuroflow.devtools.dicom_writer import load_volume, write_study
+from neuroflow.devtools.scanner_presets import Vendor
 
 CASE = Path(__file__).resolve().parents[1] / "tests" / "data" / "glioma-tcga-du-7294"
 FILES = {
@@ -22,7 +23,7 @@ FILES = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--vendor", default="siemens")
+    parser.add_argument("--vendor", type=Vendor, choices=list(Vendor), default=Vendor.SIEMENS)
     args = parser.parse_args()
     if args.out_dir.exists():
         shutil.rmtree(args.out_dir)

@@ -9,17 +9,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import highdicom as hd
-import neuroflow
 import numpy as np
 import pydicom
 import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+import neuroflow
 from neuroflow.core.errors import StudyError
 from neuroflow.core.labels import GLIOMA_SEGMENTS, SEGMENT_BRATS_LABEL, BratsLabel
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.volume import Geometry, Volume
 from neuroflow.results.dicom_seg import SERIES_DESCRIPTION, build_glioma_seg
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 MODEL = ModelRef(name="glioma-unet", version=3)
 N_COLUMNS, N_ROWS, N_SLICES = 32, 30, 16  # columns != rows so a transposed frame cannot pass

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
+
 from neuroflow.core.dicom_io import study_key
 from neuroflow.core.labels import BratsLabel
 from neuroflow.core.model_card import ModelRef
@@ -26,7 +28,6 @@ from neuroflow.results.report import (
     write_report,
     write_summary,
 )
-from pydantic import ValidationError
 
 STUDY_UID = "1.2.826.0.1.3680043.8.498.1"
 REQUIRED_KEYS = {

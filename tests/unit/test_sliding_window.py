@@ -4,6 +4,7 @@ windowing logic, not a server)."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 
 import numpy as np
@@ -37,7 +38,7 @@ def test_patch_starts_cover_the_axis_from_edge_to_edge(length: int, patch: int, 
     starts = patch_starts(length, patch, overlap)
     assert starts[0] == 0
     assert starts[-1] + patch == max(length, patch)
-    assert all(b - a <= int(patch * (1 - overlap)) for a, b in zip(starts, starts[1:], strict=False))
+    assert all(b - a <= int(patch * (1 - overlap)) for a, b in itertools.pairwise(starts))
 
 
 def test_blended_output_equals_a_pointwise_model_everywhere() -> None:

@@ -4,6 +4,7 @@ so nothing is ever converted to RAS and back: the one place left and right could
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -45,7 +46,8 @@ class Geometry:
 class Volume:
     """Voxel data in SimpleITK/NumPy order (k, j, i) = (slice, row, column) with its geometry."""
 
-    array: npt.NDArray[np.generic]
+    # Any dtype: images are int16/float32, masks uint8/bool; steps check what they need.
+    array: npt.NDArray[Any]
     geometry: Geometry
     meta: dict[str, str] = field(default_factory=dict)
 
@@ -65,7 +67,7 @@ class Volume:
     def from_sitk(cls, image: sitk.Image, meta: dict[str, str] | None = None) -> Volume:
         return cls(sitk.GetArrayFromImage(image), geometry_of(image), dict(meta or {}))
 
-    def with_array(self, array: npt.NDArray[np.generic]) -> Volume:
+    def with_array(self, array: npt.NDArray[Any]) -> Volume:
         """The same geometry with other voxel data (e.g. a mask or a normalised image)."""
         return Volume(array, self.geometry, dict(self.meta))
 

@@ -69,7 +69,7 @@ def check_left_right(reference: Volume, moving: Volume) -> FlipCheck:
 def _coarse(volume: Volume) -> Volume:
     g = volume.geometry
     image = volume.to_sitk()
-    size = [max(8, int(round(n * s / _CHECK_SPACING_MM))) for n, s in zip(g.size, g.spacing, strict=True)]
+    size = [max(8, round(n * s / _CHECK_SPACING_MM)) for n, s in zip(g.size, g.spacing, strict=True)]
     spacing = [n * s / m for n, s, m in zip(g.size, g.spacing, size, strict=True)]
     smoothed = sitk.SmoothingRecursiveGaussian(sitk.Cast(image, sitk.sitkFloat32), _CHECK_SPACING_MM / 2.0)
     out = sitk.Resample(smoothed, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), spacing,

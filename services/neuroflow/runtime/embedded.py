@@ -213,7 +213,8 @@ def _choose_study(studies: dict[str, StudyIndex], study_uid: str | None) -> Stud
         return studies[study_uid]
     if len(studies) > 1:
         listing = ", ".join(
-            f"{uid} (patient key {study_key(s.patient_id)}, {len(s.series)} series)" for uid, s in sorted(studies.items())
+            f"{uid} (patient key {study_key(s.patient_id)}, {len(s.series)} series)"
+            for uid, s in sorted(studies.items())
         )
         raise MultipleStudies(f"the input holds {len(studies)} studies: {listing}; choose one with --study UID")
     return next(iter(studies.values()))

@@ -53,7 +53,8 @@ def fill_small_holes(mask: Mask, voxel_mm3: float, max_hole_mm3: float = MIN_HOL
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     small = sizes * voxel_mm3 < max_hole_mm3
     small[0] = False
-    return mask | small[labels]
+    filled: Mask = mask | small[labels]
+    return filled
 
 
 def remove_small_islands(mask: Mask, fraction: float = MIN_ISLAND_FRACTION) -> Mask:
@@ -65,7 +66,8 @@ def remove_small_islands(mask: Mask, fraction: float = MIN_ISLAND_FRACTION) -> M
     sizes[0] = 0
     keep = sizes >= fraction * sizes.max()
     keep[0] = False
-    return keep[labels]
+    kept: Mask = keep[labels]
+    return kept
 
 
 def postprocess(masks: RegionMasks, voxel_mm3: float) -> RegionMasks:

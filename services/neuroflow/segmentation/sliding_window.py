@@ -34,7 +34,8 @@ def gaussian_importance(patch: tuple[int, int, int], sigma_scale: float = 0.125)
         axes.append(np.exp(-0.5 * (x / (n * sigma_scale)) ** 2))
     w = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
     w /= w.max()
-    return np.maximum(w, 1e-3).astype(np.float32)
+    floored: Array = np.maximum(w, 1e-3).astype(np.float32)
+    return floored
 
 
 def sliding_window_inference(
