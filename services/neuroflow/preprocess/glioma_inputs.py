@@ -74,11 +74,13 @@ def coregister(volumes: dict[SeriesRole, Volume], *, spacing_mm: float) -> CoReg
     return CoRegistered(grid=grid, volumes=out, registration=registration)
 
 
-def brain_mask(coregistered: CoRegistered, backend: InferenceBackend, models: tuple[ModelRef, ModelRef]) -> Volume:
+def brain_mask(
+    coregistered: CoRegistered, backend: InferenceBackend, models: tuple[ModelRef, ModelRef], *, study_key: str
+) -> Volume:
     """Brain mask on the common grid from the T1 (the contrast the skull-stripping network was trained
     on), falling back to the reference if the study has no plain T1."""
     source = coregistered.volumes.get(SeriesRole.T1, coregistered.volumes[GLIOMA_REFERENCE_ROLE])
-    return skull_strip(source, backend, models)
+    return skull_strip(source, backend, models, study_key=study_key)
 
 
 def normalised_stack(coregistered: CoRegistered, mask: Volume) -> npt.NDArray[np.float32]:

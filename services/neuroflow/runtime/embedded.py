@@ -142,7 +142,9 @@ def _run(
 
     models = settings.models
     with clock.stage("skull_strip"):
-        mask = glioma_inputs.brain_mask(coregistered, backend, (models.skull_strip_bbox, models.skull_strip))
+        mask = glioma_inputs.brain_mask(
+            coregistered, backend, (models.skull_strip_bbox, models.skull_strip), study_key=run.key
+        )
         brain_ml = float((mask.array > 0).sum()) * mask.voxel_volume_mm3 / 1000.0
         clock.note(f"brain volume {brain_ml:.0f} mL")
 
