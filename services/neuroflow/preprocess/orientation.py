@@ -15,11 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import SimpleITK as sitk
 
 from neuroflow.core.volume import Volume
-from neuroflow.preprocess.register import downsample, register_rigid, resample
+from neuroflow.preprocess.register import RegistrationResult, downsample, register_rigid, resample
 
 # NMI gain of the mirrored copy over the original above which a series is called flipped. Measured on
 # the two bundled glioma cases (T1, T2, FLAIR against T1CE): flipped series gain 0.012-0.20, unflipped
@@ -62,12 +61,12 @@ def check_left_right(reference: Volume, moving: Volume) -> FlipCheck:
     # the whole head's layout, and fine detail only adds noise (and time).
     ref = Volume.from_sitk(downsample(reference, _CHECK_SPACING_MM))
     mov = Volume.from_sitk(downsample(moving, _CHECK_SPACING_MM))
-    coarse = {"working_spacing_mm": _CHECK_SPACING_MM, "shrink": (1,), "sampling": 0.25, "iterations": 60}
-    as_is = register_rigid(ref, mov, **coarse)  # type: ignore[arg-type]
-    mirrored = register_rigid(ref, mirror_left_right(mov), **coarse)  # type: ignore[arg-type]
+    as_is = _coarse_registration(ref, mov)
+    mirrored = _coarse_registration(ref, mirror_left_right(mov))
     flipped = mirrored.nmi - as_is.nmi > FLIP_MARGIN
     return FlipCheck(nmi_as_is=as_is.nmi, nmi_mirrored=mirrored.nmi, flipped=flipped)
 
 
-def nmi_gain(check: FlipCheck) -> float:
-    return float(np.round(check.nmi_mirrored - check.nmi_as_is, 4))
+def _coarse_registration(reference: Volume, moving: Volume) -> RegistrationResult:
+    return register_rigid(reference, moving, working_spacing_mm=_CHECK_SPACING_MM, shrink=(1,), sampling=0.25,
+                          iterations=60)
