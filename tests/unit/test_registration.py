@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from neuroflow.core.volume import Geometry, Volume
+from neuroflow.core.volume import Geometry, Volume, resample
 from neuroflow.preprocess.orientation import check_left_right
-from neuroflow.preprocess.register import isotropic_grid, register_rigid, resample
+from neuroflow.preprocess.register import isotropic_grid, register_rigid
 
 CASE = Path(__file__).resolve().parents[1] / "data" / "glioma-tcga-du-7294"
 

@@ -33,3 +33,27 @@ class OrientationMismatch(StudyError):
 
 class InferenceUnavailable(NeuroflowError):
     """The inference backend cannot serve a model (not found, not ready, went away). Retryable."""
+
+
+class OrthancUnavailable(NeuroflowError):
+    """An Orthanc server cannot be reached or cannot answer (refused, timed out, server error), after
+    retries. Retryable: the message names the URL and what was being done."""
+
+
+class OrthancRequestFailed(NeuroflowError):
+    """Orthanc answered, and refused the request (bad upload, unknown resource...). Not retryable as is:
+    the message names the URL, the HTTP status and Orthanc's own explanation."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class DestinationUnavailable(NeuroflowError):
+    """A DICOM destination (the PACS results are forwarded to) cannot be reached or did not answer in
+    time. Retryable with backoff; the message names the destination and what failed."""
+
+
+class DestinationRejected(NeuroflowError):
+    """A DICOM destination answered and refused the objects (association or C-STORE refused). Retrying
+    the same objects unchanged will not help: dead-letter with this reason."""

@@ -86,3 +86,29 @@ def geometry_of(image: sitk.Image) -> Geometry:
         direction=tuple(float(d) for d in image.GetDirection()),
         size=(int(ni), int(nj), int(nk)),
     )
+
+
+def resample(
+    volume: Volume,
+    grid: Geometry,
+    transform: sitk.Transform | None = None,
+    *,
+    interpolator: int = sitk.sitkLinear,
+    default: float = 0.0,
+) -> Volume:
+    """``volume`` sampled on ``grid``; ``transform`` maps grid points to points of ``volume`` (identity:
+    the scanner geometry alone). Nearest-neighbour keeps the voxel type (label maps stay labels);
+    every other interpolator returns float32."""
+    ref = sitk.Image(list(grid.size), sitk.sitkUInt8)
+    ref.SetSpacing(grid.spacing)
+    ref.SetOrigin(grid.origin)
+    ref.SetDirection(grid.direction)
+    out = sitk.Resample(
+        volume.to_sitk(),
+        ref,
+        transform if transform is not None else sitk.Transform(),
+        interpolator,
+        default,
+        sitk.sitkFloat32 if interpolator != sitk.sitkNearestNeighbor else sitk.sitkUnknown,
+    )
+    return Volume.from_sitk(out, volume.meta)

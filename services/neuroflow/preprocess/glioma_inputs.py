@@ -5,19 +5,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
-import numpy.typing as npt
 from pydicom.dataset import Dataset
 
 from neuroflow.core.errors import OrientationMismatch
 from neuroflow.core.inference import InferenceBackend
 from neuroflow.core.model_card import ModelRef
-from neuroflow.core.roles import GLIOMA_INPUT_ROLES, GLIOMA_REFERENCE_ROLE, SeriesRole
-from neuroflow.core.volume import Geometry, Volume
+from neuroflow.core.roles import GLIOMA_REFERENCE_ROLE, SeriesRole
+from neuroflow.core.timing import StageClock
+from neuroflow.core.volume import Geometry, Volume, resample
 from neuroflow.preprocess.convert import series_to_volume
 from neuroflow.preprocess.normalise import zscore_in_mask
 from neuroflow.preprocess.orientation import FlipCheck, check_left_right
-from neuroflow.preprocess.register import RegistrationResult, isotropic_grid, register_rigid, resample
+from neuroflow.preprocess.register import RegistrationResult, isotropic_grid, register_rigid
 from neuroflow.preprocess.skull_strip import skull_strip
 
 
@@ -83,8 +82,52 @@ def brain_mask(
     return skull_strip(source, backend, models, study_key=study_key)
 
 
-def normalised_stack(coregistered: CoRegistered, mask: Volume) -> npt.NDArray[np.float32]:
-    """(C, Z, Y, X) float32 in the model's channel order (``GLIOMA_INPUT_ROLES``), each channel
-    z-scored over the brain and zero outside it."""
+def normalise(coregistered: CoRegistered, mask: Volume) -> dict[SeriesRole, Volume]:
+    """Every input role z-scored over the brain and zero outside it (float32, on the common grid)."""
     inside = mask.array > 0
-    return np.stack([zscore_in_mask(coregistered.volumes[r].array, inside) for r in GLIOMA_INPUT_ROLES])
+    return {role: v.with_array(zscore_in_mask(v.array, inside)) for role, v in coregistered.volumes.items()}
+
+
+@dataclass
+class PreprocessedStudy:
+    """What preprocessing hands to segmentation (the volumes) and to the report (the checks)."""
+
+    normalised: dict[SeriesRole, Volume]  # on the common isotropic grid
+    brain_mask: Volume  # uint8, same grid
+    reference_geometry: Geometry  # the reference series as acquired: results are drawn on it
+    registration: dict[SeriesRole, RegistrationResult]
+    flip_checks: dict[SeriesRole, FlipCheck]
+
+    @property
+    def brain_volume_ml(self) -> float:
+        return float((self.brain_mask.array > 0).sum()) * self.brain_mask.voxel_volume_mm3 / 1000.0
+
+
+def preprocess_glioma(
+    instances: dict[SeriesRole, list[Dataset]],
+    backend: InferenceBackend,
+    skull_strip_models: tuple[ModelRef, ModelRef],
+    *,
+    spacing_mm: float,
+    study_key: str,
+    clock: StageClock,
+) -> PreprocessedStudy:
+    """DICOM instances of the glioma input roles -> normalised, co-registered, skull-stripped 1 mm
+    volumes, timing each step on ``clock``. Refuses with SeriesRejected (bad series) or
+    OrientationMismatch (a mirrored series)."""
+    with clock.stage("convert"):
+        volumes = convert_inputs(instances, study_key=study_key)
+    with clock.stage("orientation"):
+        flip_checks = check_orientation(volumes, study_key=study_key)
+    with clock.stage("register"):
+        coregistered = coregister(volumes, spacing_mm=spacing_mm)
+        for role, reg in coregistered.registration.items():
+            clock.note(f"{role} -> {GLIOMA_REFERENCE_ROLE}: NMI {reg.nmi_before:.3f} -> {reg.nmi:.3f}")
+    with clock.stage("skull_strip"):
+        mask = brain_mask(coregistered, backend, skull_strip_models, study_key=study_key)
+    with clock.stage("normalise"):
+        normalised = normalise(coregistered, mask)
+    result = PreprocessedStudy(normalised, mask, volumes[GLIOMA_REFERENCE_ROLE].geometry,
+                               coregistered.registration, flip_checks)
+    clock.note(f"brain volume {result.brain_volume_ml:.0f} mL")
+    return result

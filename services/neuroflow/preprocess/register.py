@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import SimpleITK as sitk
 
-from neuroflow.core.volume import Geometry, Volume, geometry_of
+from neuroflow.core.volume import Geometry, Volume, resample
 
 
 @dataclass(frozen=True)
@@ -57,30 +57,6 @@ def isotropic_grid(reference: Geometry, spacing_mm: float) -> Geometry:
         direction=reference.direction,
         size=(int(size[0]), int(size[1]), int(size[2])),
     )
-
-
-def resample(
-    volume: Volume,
-    grid: Geometry,
-    transform: sitk.Transform | None = None,
-    *,
-    interpolator: int = sitk.sitkLinear,
-    default: float = 0.0,
-) -> Volume:
-    """``volume`` sampled on ``grid``; ``transform`` maps grid points to points of ``volume``."""
-    ref = sitk.Image(list(grid.size), sitk.sitkUInt8)
-    ref.SetSpacing(grid.spacing)
-    ref.SetOrigin(grid.origin)
-    ref.SetDirection(grid.direction)
-    out = sitk.Resample(
-        volume.to_sitk(),
-        ref,
-        transform if transform is not None else sitk.Transform(),
-        interpolator,
-        default,
-        sitk.sitkFloat32 if interpolator != sitk.sitkNearestNeighbor else sitk.sitkUnknown,
-    )
-    return Volume.from_sitk(out, volume.meta)
 
 
 def register_rigid(
@@ -184,19 +160,3 @@ def _foreground_threshold(array: npt.NDArray[np.generic]) -> float:
     """A threshold that separates head/brain from air: 10% of the robust maximum."""
     values = np.asarray(array, dtype=np.float32)
     return float(np.percentile(values, 99.5)) * 0.1
-
-
-def to_grid(volume: Volume, grid: Geometry) -> Volume:
-    """``volume`` on ``grid`` by its scanner geometry alone (no registration): for the reference."""
-    return resample(volume, grid)
-
-
-__all__ = [
-    "RegistrationResult",
-    "geometry_of",
-    "isotropic_grid",
-    "normalised_mutual_information",
-    "register_rigid",
-    "resample",
-    "to_grid",
-]

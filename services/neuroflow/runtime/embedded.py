@@ -3,7 +3,6 @@ the results to an output folder. Same steps, same outputs as the distributed run
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -14,14 +13,14 @@ from pydicom.dataset import Dataset
 from neuroflow.core.config import GLIOMA_PIPELINE, NeuroflowSettings
 from neuroflow.core.dicom_io import DicomSource, StudyIndex, study_key
 from neuroflow.core.errors import NeuroflowError, StudyError
+from neuroflow.core.identity import input_hash
 from neuroflow.core.inference import InferenceBackend
 from neuroflow.core.roles import GLIOMA_INPUT_ROLES, GLIOMA_REFERENCE_ROLE, SeriesRole
-from neuroflow.core.volume import Volume
+from neuroflow.core.timing import ProgressSink, StageClock
 from neuroflow.ingest.classify import SeriesClassification, classify_study, select_inputs
 from neuroflow.ingest.site_rules import SiteRules, load_site_rules
-from neuroflow.preprocess import glioma_inputs
-from neuroflow.preprocess.register import resample
-from neuroflow.results.dicom_seg import build_glioma_seg
+from neuroflow.preprocess.glioma_inputs import preprocess_glioma
+from neuroflow.results.glioma_results import glioma_seg
 from neuroflow.results.report import (
     OrientationCheck,
     RegistrationQuality,
@@ -33,14 +32,13 @@ from neuroflow.results.report import (
     write_report,
     write_summary,
 )
-from neuroflow.runtime.stages import ProgressSink, StageClock
-from neuroflow.segmentation.glioma import segment_glioma
+from neuroflow.segmentation.glioma import label_map, predict_regions
 
 log = logging.getLogger(__name__)
 
 SEG_FILE = "seg.dcm"
 GLIOMA_STAGES = (
-    "read", "classify", "convert", "orientation", "register", "skull_strip",
+    "read", "classify", "read_series", "convert", "orientation", "register", "skull_strip",
     "normalise", "segment", "postprocess", "write_results",
 )
 
@@ -125,51 +123,31 @@ def _run(
         for c in classified:
             clock.note(f"{c.role:<6} {c.description or '(no description)'}")
 
-    with clock.stage("convert"):
-        instances = {role: source.read_instances(study.series[c.series_instance_uid]) for role, c in chosen.items()}
-        volumes = glioma_inputs.convert_inputs(instances, study_key=run.key)
-
-    with clock.stage("orientation"):
-        flip_checks = glioma_inputs.check_orientation(volumes, study_key=run.key)
-
-    with clock.stage("register"):
-        coregistered = glioma_inputs.coregister(volumes, spacing_mm=settings.target_spacing_mm)
-        for role, reg in coregistered.registration.items():
-            clock.note(f"{role} -> {GLIOMA_REFERENCE_ROLE}: NMI {reg.nmi_before:.3f} -> {reg.nmi:.3f}")
-            if reg.nmi < reg.nmi_before - 0.01:
-                run.warnings.append(f"registration of {role} made the alignment worse "
-                                    f"(NMI {reg.nmi_before:.3f} -> {reg.nmi:.3f}); review the overlay")
-
     models = settings.models
-    with clock.stage("skull_strip"):
-        mask = glioma_inputs.brain_mask(
-            coregistered, backend, (models.skull_strip_bbox, models.skull_strip), study_key=run.key
-        )
-        brain_ml = float((mask.array > 0).sum()) * mask.voxel_volume_mm3 / 1000.0
-        clock.note(f"brain volume {brain_ml:.0f} mL")
+    with clock.stage("read_series"):
+        instances = {role: source.read_instances(study.series[c.series_instance_uid]) for role, c in chosen.items()}
 
-    with clock.stage("normalise"):
-        stack = glioma_inputs.normalised_stack(coregistered, mask)
+    pre = preprocess_glioma(instances, backend, (models.skull_strip_bbox, models.skull_strip),
+                            spacing_mm=settings.target_spacing_mm, study_key=run.key, clock=clock)
+    for role, reg in pre.registration.items():
+        if reg.nmi < reg.nmi_before - 0.01:
+            run.warnings.append(f"registration of {role} made the alignment worse "
+                                f"(NMI {reg.nmi_before:.3f} -> {reg.nmi:.3f}); review the overlay")
 
     with clock.stage("segment"):
-        labels_on_grid = segment_glioma(
-            stack, mask, backend, models.glioma, overlap=settings.window_overlap,
+        probabilities = predict_regions(
+            pre.normalised, pre.brain_mask, backend, models.glioma, overlap=settings.window_overlap,
             batch_size=settings.window_batch_size, study_key=run.key,
         )
-
     with clock.stage("postprocess"):
+        labels_on_grid = label_map(probabilities, pre.brain_mask)
         volumes_ml = TumourVolumes.from_label_map(labels_on_grid)
-        reference = volumes[GLIOMA_REFERENCE_ROLE]
-        # The SEG is drawn on the reference series as acquired, so viewers overlay it slice by slice.
-        labels_on_reference = resample(labels_on_grid, reference.geometry, interpolator=_NEAREST)
-        labels_on_reference = labels_on_reference.with_array(labels_on_reference.array.astype("uint8"))
 
     with clock.stage("write_results"):
         outputs = ["report.json", "summary.txt"]
-        seg = build_glioma_seg(
-            labels_on_reference, instances[GLIOMA_REFERENCE_ROLE], model=models.glioma,
-            input_hash=_input_hash(instances, models.glioma.name, models.glioma.version),
-        )
+        uids = {role.value: [str(ds.SOPInstanceUID) for ds in datasets] for role, datasets in instances.items()}
+        seg = glioma_seg(labels_on_grid, pre.reference_geometry, instances[GLIOMA_REFERENCE_ROLE],
+                         model=models.glioma, input_hash=input_hash(uids, models.glioma))
         if seg is None:
             run.warnings.append("no tumour detected: no DICOM SEG written")
         else:
@@ -190,20 +168,17 @@ def _run(
                 metric="mattes_mutual_information", metric_value=reg.metric, quality=reg.nmi,
                 quality_measure="normalised mutual information with the reference",
             )
-            for role, reg in coregistered.registration.items()
+            for role, reg in pre.registration.items()
         },
         orientation_check=OrientationCheck(
             passed=True,
             detail="; ".join(f"{role}: {c.verdict} (NMI as is {c.nmi_as_is:.3f}, mirrored {c.nmi_mirrored:.3f})"
-                             for role, c in flip_checks.items()),
+                             for role, c in pre.flip_checks.items()),
         ),
-        skull_strip=SkullStrip(brain_volume_ml=round(brain_ml, 1), method=f"{models.skull_strip}"),
+        skull_strip=SkullStrip(brain_volume_ml=round(pre.brain_volume_ml, 1), method=f"{models.skull_strip}"),
         warnings=run.warnings,
         outputs=outputs,
     )
-
-
-_NEAREST = 1  # sitk.sitkNearestNeighbor, without importing SimpleITK here
 
 
 def _choose_study(studies: dict[str, StudyIndex], study_uid: str | None) -> StudyIndex:
@@ -232,20 +207,9 @@ def _series_entries(classified: list[SeriesClassification], used: dict[str, Seri
     ]
 
 
-def _input_hash(instances: dict[SeriesRole, list[Dataset]], model_name: str, model_version: int) -> str:
-    """Same series set and model = same work = same result UIDs (idempotent at the PACS)."""
-    h = hashlib.sha256(f"{model_name}:{model_version}".encode())
-    for role in sorted(instances):
-        h.update(role.encode())
-        for uid in sorted(str(ds.SOPInstanceUID) for ds in instances[role]):
-            h.update(uid.encode())
-    return h.hexdigest()
-
-
 def _save_atomically(dataset: Dataset, path: Path) -> None:
     tmp = path.with_name(path.name + ".partial")
     dataset.save_as(tmp, enforce_file_format=True)
     os.replace(tmp, path)
 
 
-__all__ = ["GLIOMA_STAGES", "SEG_FILE", "MultipleStudies", "Volume", "run_glioma"]

@@ -12,6 +12,7 @@ from neuroflow.core.errors import StudyError
 from neuroflow.core.inference import InferenceBackend
 from neuroflow.core.labels import TUMOUR_REGIONS
 from neuroflow.core.model_card import ModelRef
+from neuroflow.core.roles import SeriesRole
 from neuroflow.core.volume import Volume
 from neuroflow.segmentation.postprocess import postprocess, threshold_regions, to_label_map
 from neuroflow.segmentation.sliding_window import sigmoid, sliding_window_inference
@@ -20,8 +21,8 @@ from neuroflow.segmentation.sliding_window import sigmoid, sliding_window_infere
 _CROP_MARGIN = 8
 
 
-def segment_glioma(
-    stack: npt.NDArray[np.float32],
+def predict_regions(
+    normalised: dict[SeriesRole, Volume],
     mask: Volume,
     backend: InferenceBackend,
     model: ModelRef,
@@ -30,18 +31,22 @@ def segment_glioma(
     batch_size: int,
     study_key: str,
     progress: Callable[[int, int], None] | None = None,
-) -> Volume:
-    """BraTS label map (uint8, on ``mask``'s grid) from the normalised input ``stack`` (C, Z, Y, X).
+) -> npt.NDArray[np.float32]:
+    """Per-region probabilities (WT, TC, ET; on ``mask``'s grid) from the normalised input volumes,
+    stacked in the channel order the model card names. Zero outside the brain mask.
 
-    Refuses a model whose card does not match what preprocessing produced (channels, regions)."""
+    Refuses a model whose card asks for a role preprocessing did not produce, or whose outputs are not
+    the glioma regions."""
     card = backend.card(model)
-    if len(card.input_roles) != stack.shape[0] or card.labels != [r.value for r in TUMOUR_REGIONS]:
+    missing = [r for r in card.input_roles if SeriesRole(r) not in normalised]
+    if missing or card.labels != [r.value for r in TUMOUR_REGIONS]:
         raise StudyError(
             study_key,
             f"model {model} expects inputs {card.input_roles} and outputs {card.labels}; the glioma "
-            f"pipeline provides {stack.shape[0]} channels and needs {[r.value for r in TUMOUR_REGIONS]}",
+            f"pipeline provides {sorted(normalised)} and needs outputs {[r.value for r in TUMOUR_REGIONS]}",
             stage="segmentation",
         )
+    stack = np.stack([np.asarray(normalised[SeriesRole(r)].array, dtype=np.float32) for r in card.input_roles])
     box = _bounding_box(mask.array > 0, _CROP_MARGIN)
     probabilities = np.zeros((len(TUMOUR_REGIONS), *stack.shape[1:]), dtype=np.float32)
     probabilities[(slice(None), *box)] = sliding_window_inference(
@@ -59,8 +64,13 @@ def segment_glioma(
     )
     # Tumour outside the brain mask is not tumour (skull, vessels, fat enhance too).
     probabilities *= (mask.array > 0)[None]
-    masks = postprocess(threshold_regions(probabilities), mask.voxel_volume_mm3)
-    return mask.with_array(to_label_map(masks))
+    return probabilities
+
+
+def label_map(probabilities: npt.NDArray[np.float32], grid: Volume) -> Volume:
+    """The post-processed BraTS label map (uint8) on ``grid``'s geometry."""
+    masks = postprocess(threshold_regions(probabilities), grid.voxel_volume_mm3)
+    return grid.with_array(to_label_map(masks))
 
 
 def _bounding_box(mask: npt.NDArray[np.bool_], margin: int) -> tuple[slice, slice, slice]:

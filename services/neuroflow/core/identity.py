@@ -1,0 +1,22 @@
+"""Identities that make handlers idempotent: the same inputs are the same work, everywhere."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+
+from neuroflow.core.model_card import ModelRef
+
+
+def input_hash(sop_instance_uids_by_role: Mapping[str, Iterable[str]], model: ModelRef) -> str:
+    """sha256 over the model and, per role, the sorted SOPInstanceUIDs of the series that fed it.
+
+    A late instance, another series chosen for a role or another model version changes the hash (new
+    work, new result UIDs); a redelivered message or a rerun does not (same result UIDs, which the
+    PACS then replaces rather than duplicates)."""
+    h = hashlib.sha256(f"{model.name}:{model.version}".encode())
+    for role in sorted(sop_instance_uids_by_role):
+        h.update(b"\x00" + role.encode() + b"\x00")
+        for uid in sorted(sop_instance_uids_by_role[role]):
+            h.update(uid.encode() + b"\x01")
+    return h.hexdigest()

@@ -1,0 +1,165 @@
+"""Orthanc servers started by neuroflow itself (tests, the local stack): no systemd, no shared state.
+
+Each server gets its own folder (storage, index, config, log), loopback ports, generated credentials,
+and the DICOMweb plugin; its configuration is ``deploy/orthanc/orthanc.json.template`` filled in. The
+REST API answers loopback clients only (``RemoteAccessAllowed`` false: Orthanc 1.10 has no HTTP bind
+address) and only with the generated credentials. The DICOM port listens on every interface (Orthanc
+1.10 cannot bind it to one), which is why these servers are for development machines only.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+
+from neuroflow.core.orthanc import DicomModality, OrthancEndpoint
+from neuroflow.devtools.ports import free_loopback_port, wait_until_ports_free
+
+ORTHANC_BINARY = Path("/usr/sbin/Orthanc")
+# Installed by the Debian package orthanc-dicomweb (dpkg -L orthanc-dicomweb).
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+CONFIG_TEMPLATE = Path(__file__).resolve().parents[3] / "deploy" / "orthanc" / "orthanc.json.template"
+
+
+class OrthancStartFailed(RuntimeError):
+    """Orthanc exited or did not answer in time; the message carries the end of its log."""
+
+
+@dataclass
+class OrthancProcess:
+    """A running Orthanc: where to reach it, and how to stop it."""
+
+    name: str
+    endpoint: OrthancEndpoint
+    storage_dir: Path
+    config_path: Path
+    log_path: Path
+    process: subprocess.Popen[bytes]
+    started_in_s: float  # from launch until /system answered
+    modalities: dict[str, DicomModality] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM by PID (SIGKILL after ``timeout_s``), then wait until both ports are free.
+        Stopping a stopped server does nothing."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout_s)
+        wait_until_ports_free([self.endpoint.http_port, self.endpoint.dicom_port], timeout_s,
+                              f"Orthanc {self.name}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def start_orthanc(
+    name: str,
+    storage_dir: Path,
+    *,
+    aet: str,
+    http_port: int | None = None,
+    dicom_port: int | None = None,
+    modalities: Mapping[str, DicomModality] | None = None,
+    stable_age_s: int = 60,
+    scu_timeout_s: int = 10,
+    wait_s: float = 30.0,
+    template: Path = CONFIG_TEMPLATE,
+) -> OrthancProcess:
+    """Start ``/usr/sbin/Orthanc`` on loopback with its data in ``storage_dir`` (created; an existing
+    one is reused, so a restart keeps the studies) and return once ``/system`` answers.
+
+    ``http_port`` / ``dicom_port`` None: free loopback ports are picked. ``modalities``: the DICOM peers
+    this Orthanc may C-STORE to (the destination PACS), by name. ``stable_age_s``: Orthanc's StableAge,
+    the seconds without a new instance after which a study is reported stable (the wait window).
+    ``scu_timeout_s``: how long a C-STORE to a peer may take to connect/answer before it fails.
+    Refuses (ValueError) an AE title longer than 16 characters; OrthancStartFailed, with the log's
+    end, if Orthanc exits or does not answer within ``wait_s``."""
+    if not 0 < len(aet) <= 16:
+        raise ValueError(f"AE title {aet!r} must have 1 to 16 characters")
+    if not ORTHANC_BINARY.exists() or not DICOMWEB_PLUGIN.exists():
+        raise OrthancStartFailed(f"{ORTHANC_BINARY} or {DICOMWEB_PLUGIN} missing: "
+                                 "run scripts/install-system-deps.sh (Debian orthanc, orthanc-dicomweb)")
+    storage_dir = storage_dir.resolve()
+    storage_dir.mkdir(parents=True, exist_ok=True)
+    http_port = http_port or free_loopback_port()
+    dicom_port = dicom_port or free_loopback_port()
+    endpoint = OrthancEndpoint(
+        url=f"http://127.0.0.1:{http_port}", username="neuroflow", password=secrets.token_urlsafe(18),
+        aet=aet, dicom_host="127.0.0.1", dicom_port=dicom_port,
+    )
+    peers = dict(modalities or {})
+    values = {
+        "NAME": name,
+        "STORAGE_DIRECTORY": str(storage_dir / "storage"),
+        "INDEX_DIRECTORY": str(storage_dir / "index"),
+        "PLUGINS": [str(DICOMWEB_PLUGIN)],
+        "HTTP_PORT": http_port,
+        "REGISTERED_USERS": {endpoint.username: endpoint.password},
+        "DICOM_AET": aet,
+        "DICOM_PORT": dicom_port,
+        "DICOM_MODALITIES": {peer: [m.aet, m.host, m.port] for peer, m in peers.items()},
+        "DICOM_SCU_TIMEOUT": scu_timeout_s,
+        "STABLE_AGE": stable_age_s,
+    }
+    config = Template(template.read_text()).substitute({k: json.dumps(v) for k, v in values.items()})
+    config_path = storage_dir / "orthanc.json"
+    config_path.write_text(config)
+    os.chmod(config_path, 0o600)  # it holds the password
+    log_path = storage_dir / "orthanc.log"
+    started = time.monotonic()
+    with log_path.open("ab") as log:
+        process = subprocess.Popen([str(ORTHANC_BINARY), str(config_path)], stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    server = OrthancProcess(name, endpoint, storage_dir, config_path, log_path, process, 0.0, peers)
+    try:
+        _wait_until_answering(server, wait_s)
+    except BaseException:
+        server.stop()
+        raise
+    server.started_in_s = time.monotonic() - started
+    return server
+
+
+def _wait_until_answering(server: OrthancProcess, wait_s: float) -> None:
+    endpoint = server.endpoint
+    token = base64.b64encode(f"{endpoint.username}:{endpoint.password}".encode()).decode()
+    request = urllib.request.Request(f"{endpoint.url}/system", headers={"Authorization": f"Basic {token}"})
+    deadline = time.monotonic() + wait_s
+    while True:
+        if server.process.poll() is not None:
+            raise OrthancStartFailed(f"Orthanc {server.name} exited with status {server.process.returncode} "
+                                     f"while starting; its log ends:\n{server.log_tail()}")
+        try:
+            with urllib.request.urlopen(request, timeout=1.0) as answer:
+                if answer.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if time.monotonic() > deadline:
+            raise OrthancStartFailed(f"Orthanc {server.name} did not answer {endpoint.url}/system within "
+                                     f"{wait_s:.0f} s; its log ends:\n{server.log_tail()}")
+        time.sleep(0.05)
