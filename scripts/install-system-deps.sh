@@ -2,13 +2,19 @@
 # Installs the Debian packages the tests need, only if they are missing.
 #   mricron-data: Colin27 (ch2 / ch2bet) for the skull-stripping check
 #   dicom3tools:  dciodvfy, the DICOM object validator every written object is checked with
+#   orthanc, orthanc-dicomweb: the site and destination-PACS DICOM servers the tests start themselves
+#   postgresql:   the distributed runtime's workflow state store (the tests start their own server)
 set -euo pipefail
 need=()
 [ -f /usr/share/mricron/templates/ch2bet.nii.gz ] || need+=(mricron-data)
 command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
+[ -x /usr/sbin/Orthanc ] || need+=(orthanc)
+[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
+[ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 echo "installing Debian packages: ${need[*]}"
 $sudo apt-get update -q
+# Where systemd runs, the packages also start system services: unused, the tests start their own on free ports.
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${need[@]}"

@@ -1,6 +1,7 @@
 """Contract of neuroflow.core.dicom_io's DicomSource and DicomSink, run against every backend.
 
-A backend here is a source and a sink over the same store (a folder; later an Orthanc), plus
+A backend here is a source and a sink over the same store (a folder; a real Orthanc the tests start,
+tests/servers/orthanc.py, emptied for each test), plus
 ``deposit``: how a file arrives in the store the way a modality or a person would put it there. Adding a
 backend is one entry in BACKENDS. Asserted: what the sink stores the source gives back equal, element
 for element and pixel for pixel; storing an object again replaces it; a file anywhere in the store is
@@ -14,6 +15,7 @@ import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,6 +24,10 @@ from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from neuroflow.core.dicom_io import DicomSink, DicomSource, FolderDicomSink, FolderDicomSource
+from neuroflow.core.errors import OrthancRequestFailed
+from neuroflow.core.orthanc import OrthancDicomSink, OrthancDicomSource
+
+FixtureLookup = Callable[[str], Any]
 
 
 @dataclass
@@ -34,7 +40,7 @@ class DicomStoreUnderTest:
 
 
 @contextlib.contextmanager
-def folder_store(scratch: Path) -> Iterator[DicomStoreUnderTest]:
+def folder_store(scratch: Path, fixture: FixtureLookup) -> Iterator[DicomStoreUnderTest]:
     root = scratch / "dicom"
 
     def deposit(relative_path: str, content: bytes) -> bool:
@@ -46,13 +52,28 @@ def folder_store(scratch: Path) -> Iterator[DicomStoreUnderTest]:
     yield DicomStoreUnderTest(FolderDicomSource(root), FolderDicomSink(root), deposit)
 
 
-BACKENDS: list[object] = [pytest.param(folder_store, id="folder")]
+@contextlib.contextmanager
+def orthanc_store(scratch: Path, fixture: FixtureLookup) -> Iterator[DicomStoreUnderTest]:
+    client = fixture("orthancs").site_client
+
+    def deposit(relative_path: str, content: bytes) -> bool:
+        try:
+            client.upload(content)  # as a modality's C-STORE would: the path is not Orthanc's business
+        except OrthancRequestFailed as refused:
+            assert refused.status in (400, 404), refused  # refused at the door, with a reason
+            return False
+        return True
+
+    yield DicomStoreUnderTest(OrthancDicomSource(client), OrthancDicomSink(client), deposit)
+
+
+BACKENDS: list[object] = [pytest.param(folder_store, id="folder"), pytest.param(orthanc_store, id="orthanc")]
 
 
 @pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DicomStoreUnderTest]:
-    factory: Callable[[Path], contextlib.AbstractContextManager[DicomStoreUnderTest]] = request.param
-    with factory(tmp_path) as under_test:
+    factory: Callable[[Path, FixtureLookup], contextlib.AbstractContextManager[DicomStoreUnderTest]] = request.param
+    with factory(tmp_path, request.getfixturevalue) as under_test:
         yield under_test
 
 

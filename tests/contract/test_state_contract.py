@@ -1,8 +1,10 @@
 """Contract of neuroflow.core.state.WorkflowStateStore, run against every backend.
 
-Adding a backend (PostgreSQL) is one entry in BACKENDS: a context manager that takes a scratch folder
-and yields an empty store. Asserted: the same work is created once, even by racing threads; statuses
-move only along ALLOWED_TRANSITIONS; records carry timezone-aware timestamps that move forward.
+Adding a backend is one entry in BACKENDS: a context manager that takes a scratch folder and a way to
+ask for a pytest fixture (a real server), and yields an empty store. PostgreSQL runs on a server the
+tests start (tests/servers/postgres.py), one fresh database per test. Asserted: the same work is created
+once, even by racing threads; statuses move only along ALLOWED_TRANSITIONS; records carry timezone-aware
+timestamps that move forward.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
 from neuroflow.core.errors import NeuroflowError
@@ -27,22 +31,33 @@ from neuroflow.core.state import (
     WorkflowStateStore,
     WorkflowStatus,
 )
+from neuroflow.core.state_postgres import PostgresStateStore
+from neuroflow.devtools.postgres_server import PostgresProcess
+
+FixtureLookup = Callable[[str], Any]
 
 
 @contextlib.contextmanager
-def sqlite_store(scratch: Path) -> Iterator[WorkflowStateStore]:
+def sqlite_store(scratch: Path, fixture: FixtureLookup) -> Iterator[WorkflowStateStore]:
     store = SqliteStateStore(scratch / "state" / "workflows.sqlite")
     yield store
     store.close()
 
 
-BACKENDS: list[object] = [pytest.param(sqlite_store, id="sqlite")]
+@contextlib.contextmanager
+def postgres_store(scratch: Path, fixture: FixtureLookup) -> Iterator[WorkflowStateStore]:
+    store = PostgresStateStore(fixture("postgres_dsn"))
+    yield store
+    store.close()
+
+
+BACKENDS: list[object] = [pytest.param(sqlite_store, id="sqlite"), pytest.param(postgres_store, id="postgres")]
 
 
 @pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[WorkflowStateStore]:
-    factory: Callable[[Path], contextlib.AbstractContextManager[WorkflowStateStore]] = request.param
-    with factory(tmp_path) as under_test:
+    factory: Callable[[Path, FixtureLookup], contextlib.AbstractContextManager[WorkflowStateStore]] = request.param
+    with factory(tmp_path, request.getfixturevalue) as under_test:
         yield under_test
 
 
@@ -260,3 +275,80 @@ def test_sqlite_refuses_a_database_written_by_a_newer_neuroflow(tmp_path: Path) 
 
     with pytest.raises(NeuroflowError, match="schema version 99, newer than this neuroflow understands"):
         SqliteStateStore(path)
+
+
+# -- PostgreSQL backend specifics (not part of the contract) --------------------------------------------
+
+
+def test_postgres_state_is_shared_by_separate_stores_and_survives_reconnecting(postgres_dsn: str) -> None:
+    orchestrator_a, orchestrator_b = PostgresStateStore(postgres_dsn), PostgresStateStore(postgres_dsn)
+    assert orchestrator_a.create("wf-1", "study", "glioma", "hash-a")
+    assert orchestrator_b.create("wf-2", "study", "glioma", "hash-a") is False  # the same work, seen by B
+    orchestrator_b.set_status("wf-1", WorkflowStatus.RUNNING, stage="segmentation", detail="attempt 2")
+    orchestrator_a.close()
+    orchestrator_b.close()
+
+    reopened = PostgresStateStore(postgres_dsn)
+    record = _must_get(reopened, "wf-1")
+    assert (record.status, record.stage, record.detail) == (WorkflowStatus.RUNNING, "segmentation", "attempt 2")
+    reopened.close()
+    with psycopg.connect(postgres_dsn) as db:
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+
+
+def test_postgres_racing_stores_move_a_workflow_out_of_running_once(postgres_dsn: str) -> None:
+    # Two orchestrators finish the same workflow at once, one as SUCCEEDED, one as FAILED: the row lock
+    # makes one of them second, and the second must see SUCCEEDED and be refused (or repeat SUCCEEDED).
+    setup = PostgresStateStore(postgres_dsn)
+    stores = [PostgresStateStore(postgres_dsn) for _ in range(4)]
+    for n in range(10):
+        workflow = f"wf-{n}"
+        setup.create(workflow, f"study-{n}", "glioma", "hash")
+        setup.set_status(workflow, WorkflowStatus.RUNNING, stage="results")
+        targets = [WorkflowStatus.SUCCEEDED, WorkflowStatus.FAILED] * 2
+        outcomes = _race_to_status(stores, workflow, targets)
+        final = _must_get(setup, workflow).status
+        # Whatever won, every later writer saw it: only repeats of the winner succeeded after it.
+        succeeded = [o for o in outcomes if o is not None]
+        assert succeeded and succeeded == [final] * len(succeeded)
+    for store in [setup, *stores]:
+        store.close()
+
+
+def _race_to_status(stores: list[PostgresStateStore], workflow: str,
+                    targets: list[WorkflowStatus]) -> list[WorkflowStatus | None]:
+    """Each store sets ``workflow`` to its target at the same moment: the targets that were accepted
+    (None where refused), in the order the attempts finished."""
+    barrier, outcomes, lock = threading.Barrier(len(stores)), [], threading.Lock()
+
+    def finish(store: WorkflowStateStore, target: WorkflowStatus) -> None:
+        barrier.wait()
+        try:
+            store.set_status(workflow, target, stage="results")
+            outcome: WorkflowStatus | None = target
+        except InvalidTransition:
+            outcome = None
+        with lock:
+            outcomes.append(outcome)
+
+    workers = [threading.Thread(target=finish, args=(s, t)) for s, t in zip(stores, targets, strict=True)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return outcomes
+
+
+def test_postgres_refuses_a_database_written_by_a_newer_neuroflow(postgres_dsn: str) -> None:
+    PostgresStateStore(postgres_dsn).close()
+    with psycopg.connect(postgres_dsn, autocommit=True) as db:
+        db.execute("UPDATE schema_version SET version = 99")
+
+    with pytest.raises(NeuroflowError, match="schema version 99, newer than this neuroflow understands"):
+        PostgresStateStore(postgres_dsn)
+
+
+def test_postgres_unreachable_is_an_error_naming_the_database(postgres_server: PostgresProcess) -> None:
+    dsn = f"host=127.0.0.1 port={postgres_server.port} user=nobody_here dbname=missing_db connect_timeout=2"
+    with pytest.raises(NeuroflowError, match=r"workflow state database unavailable.*dbname=missing_db"):
+        PostgresStateStore(dsn)

@@ -57,3 +57,12 @@ class DestinationUnavailable(NeuroflowError):
 class DestinationRejected(NeuroflowError):
     """A DICOM destination answered and refused the objects (association or C-STORE refused). Retrying
     the same objects unchanged will not help: dead-letter with this reason."""
+
+
+class BusError(NeuroflowError):
+    """The message bus refused an operation (a message it will not take, a fatal client error)."""
+
+
+class BusUnavailable(BusError):
+    """The message bus cannot be reached (broker down, wrong address, no answer in time). Retryable:
+    nothing was lost, a publish that raised this was not acknowledged and may be repeated."""

@@ -86,6 +86,7 @@ def start_orthanc(
     modalities: Mapping[str, DicomModality] | None = None,
     stable_age_s: int = 60,
     scu_timeout_s: int = 10,
+    accept_store_from_any_aet: bool = True,
     wait_s: float = 30.0,
     template: Path = CONFIG_TEMPLATE,
 ) -> OrthancProcess:
@@ -96,6 +97,8 @@ def start_orthanc(
     this Orthanc may C-STORE to (the destination PACS), by name. ``stable_age_s``: Orthanc's StableAge,
     the seconds without a new instance after which a study is reported stable (the wait window).
     ``scu_timeout_s``: how long a C-STORE to a peer may take to connect/answer before it fails.
+    ``accept_store_from_any_aet`` False: only the declared ``modalities`` may C-STORE into it (a PACS
+    that refuses strangers).
     Refuses (ValueError) an AE title longer than 16 characters; OrthancStartFailed, with the log's
     end, if Orthanc exits or does not answer within ``wait_s``."""
     if not 0 < len(aet) <= 16:
@@ -124,6 +127,7 @@ def start_orthanc(
         "DICOM_MODALITIES": {peer: [m.aet, m.host, m.port] for peer, m in peers.items()},
         "DICOM_SCU_TIMEOUT": scu_timeout_s,
         "STABLE_AGE": stable_age_s,
+        "ALLOW_STORE_FROM_ANY_AET": accept_store_from_any_aet,
     }
     config = Template(template.read_text()).substitute({k: json.dumps(v) for k, v in values.items()})
     config_path = storage_dir / "orthanc.json"
@@ -133,7 +137,7 @@ def start_orthanc(
     started = time.monotonic()
     with log_path.open("ab") as log:
         process = subprocess.Popen([str(ORTHANC_BINARY), str(config_path)], stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+                                   stdin=subprocess.DEVNULL, start_new_session=True, env=_orthanc_environment())
     server = OrthancProcess(name, endpoint, storage_dir, config_path, log_path, process, 0.0, peers)
     try:
         _wait_until_answering(server, wait_s)
@@ -142,6 +146,12 @@ def start_orthanc(
         raise
     server.started_in_s = time.monotonic() - started
     return server
+
+
+def _orthanc_environment() -> dict[str, str]:
+    # DCMTK (Orthanc's DICOM layer) leaves Nagle's algorithm on unless TCP_NODELAY is set: every C-STORE
+    # then waits out a delayed ACK, about 90 ms per instance on loopback (40 instances: 3.6 s, not 0.04 s).
+    return {**os.environ, "TCP_NODELAY": "1"}
 
 
 def _wait_until_answering(server: OrthancProcess, wait_s: float) -> None:
