@@ -1,0 +1,43 @@
+"""Routing: which pipelines a classified study qualifies for, and why not when it qualifies for none."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from neuroflow.core.config import GLIOMA_PIPELINE
+from neuroflow.core.errors import MissingSequence
+from neuroflow.core.roles import GLIOMA_INPUT_ROLES, SeriesRole
+from neuroflow.ingest.classify import SeriesClassification, select_inputs
+
+# The series roles each pipeline needs, in the order its model takes them: the one place this is said.
+PIPELINE_INPUT_ROLES: Mapping[str, tuple[SeriesRole, ...]] = {GLIOMA_PIPELINE: GLIOMA_INPUT_ROLES}
+
+
+@dataclass(frozen=True)
+class Route:
+    pipeline: str
+    inputs: dict[SeriesRole, SeriesClassification]
+
+
+@dataclass(frozen=True)
+class RoutingOutcome:
+    routes: list[Route]
+    refusals: dict[str, str]  # pipeline -> why the study does not qualify (a sentence a person can act on)
+
+
+def route_study(classified: Sequence[SeriesClassification], pipelines: Sequence[str], *,
+                study_key: str) -> RoutingOutcome:
+    """For each pipeline enabled at the site: the series chosen for each of its input roles, or the
+    reason the study does not qualify (the MissingSequence message, naming what is missing and what
+    the study holds)."""
+    routes: list[Route] = []
+    refusals: dict[str, str] = {}
+    for pipeline in pipelines:
+        try:
+            chosen = select_inputs(classified, PIPELINE_INPUT_ROLES[pipeline], study_key=study_key)
+        except MissingSequence as exc:
+            refusals[pipeline] = exc.reason
+            continue
+        routes.append(Route(pipeline, chosen))
+    return RoutingOutcome(routes, refusals)

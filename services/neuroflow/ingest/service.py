@@ -1,0 +1,196 @@
+"""The ingest service: follows a site Orthanc's change feed, decides when a study is complete (the wait
+window: no new instance for N seconds), routes it, and publishes one StudyReady per study version and
+pipeline, or a RoutingFailed with a reason a person can act on.
+
+Several replicas may run at once; the window state lives in a shared WindowStore (see window_store),
+so exactly one of them hands each study version on. Series that arrive after a study was handed on
+make it due again: the new StudyReady carries a new input hash only for the pipelines whose inputs
+changed, and the orchestrator ignores one whose input hash it has already run."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from neuroflow.core import topics
+from neuroflow.core.bus import MessageBus
+from neuroflow.core.dicom_io import StudyIndex, study_key
+from neuroflow.core.identity import input_hash
+from neuroflow.core.model_card import ModelRef
+from neuroflow.core.orthanc import OrthancClient, OrthancDicomSource
+from neuroflow.ingest.classify import classify_study
+from neuroflow.ingest.routing import route_study
+from neuroflow.ingest.site_rules import SiteRules
+from neuroflow.ingest.window_store import Claim, WindowStore
+from neuroflow.proto.neuroflow.v1 import common_pb2, events_pb2
+
+log = logging.getLogger(__name__)
+
+_INSTANCE_CHANGES = {"NewInstance", "UpdatedAttachment"}
+_URGENT_WORDS = ("STAT", "URGENT", "EMERGENCY", "STROKE", "TRAUMA")
+
+
+@dataclass
+class IngestSettings:
+    site: str
+    pipelines: Sequence[str]
+    models: dict[str, ModelRef]  # pipeline -> segmentation model, part of each input hash
+    wait_window_s: float
+    lease_s: float = 120.0
+    feed: str = "orthanc"
+    holder: str = field(default_factory=lambda: f"ingest-{uuid.uuid4().hex[:8]}")
+
+
+@dataclass
+class IngestCounters:
+    """What happened, for the log and for metrics."""
+
+    changes: int = 0
+    triggers: int = 0
+    studies_ready: int = 0
+    routing_failed: int = 0
+
+
+class IngestService:
+    def __init__(self, client: OrthancClient, windows: WindowStore, bus: MessageBus, settings: IngestSettings,
+                 rules: SiteRules | None = None) -> None:
+        self._client = client
+        self._source = OrthancDicomSource(client)
+        self._windows = windows
+        self._bus = bus
+        self._settings = settings
+        self._rules = rules
+        self._series_study: dict[str, str] = {}  # Orthanc series id -> Orthanc study id
+        self._since = windows.cursor(settings.feed)
+        if self._since == 0:
+            # First start at this site: follow from now on. The studies Orthanc already holds were
+            # either processed before neuroflow or are re-sent on purpose (which makes new changes).
+            self._since = int(client.get_json("/changes?last", what="read the change feed")["Last"])
+            windows.advance_cursor(settings.feed, self._since)
+        self.counters = IngestCounters()
+
+    def poll_changes(self, now: float | None = None, limit: int = 1000) -> int:
+        """Read the change feed to its end; record a change for each study that received an instance."""
+        seen = 0
+        while True:
+            changes, last, done = self._client.changes(self._since, limit)
+            at = time.time() if now is None else now
+            for change in changes:
+                if change.change_type in _INSTANCE_CHANGES and change.resource_type == "Instance":
+                    study = self._study_of_instance(change.resource_id)
+                    if study is not None:
+                        self._windows.touch(study, change.seq, at)
+                seen += 1
+            self._since = last
+            self._windows.advance_cursor(self._settings.feed, last)
+            if done or not changes:
+                break
+        self.counters.changes += seen
+        return seen
+
+    def trigger_due(self, now: float | None = None) -> list[events_pb2.StudyReady]:
+        """Hand on every study quiet for the wait window: StudyReady per qualifying pipeline,
+        RoutingFailed per pipeline it does not qualify for."""
+        at = time.time() if now is None else now
+        published: list[events_pb2.StudyReady] = []
+        s = self._settings
+        for claim in self._windows.claim_due(at, s.wait_window_s, s.holder, s.lease_s):
+            try:
+                published.extend(self._hand_on(claim))
+            except Exception:
+                # Orthanc or the bus failed: leave the study due, the next tick (here or elsewhere) retries.
+                self._windows.release(claim)
+                log.exception("could not hand on Orthanc study %s; will retry", claim.resource_id)
+                continue
+            self._windows.complete(claim)
+            self.counters.triggers += 1
+        return published
+
+    def run(self, stop: threading.Event, interval_s: float = 0.5) -> None:
+        """Follow the feed and trigger until ``stop`` is set; errors are logged and retried."""
+        while not stop.is_set():
+            try:
+                self.poll_changes()
+                self.trigger_due()
+            except Exception:
+                log.exception("ingest loop failed; retrying in %.1f s", interval_s)
+            stop.wait(interval_s)
+
+    def _study_of_instance(self, instance_id: str) -> str | None:
+        try:
+            series = str(self._client.get_json(f"/instances/{instance_id}", what="look up an instance")["ParentSeries"])
+            if series not in self._series_study:
+                info = self._client.get_json(f"/series/{series}", what="look up a series")
+                self._series_study[series] = str(info["ParentStudy"])
+        except Exception:
+            # Deleted since (Orthanc's feed outlives its resources): nothing to wait for.
+            log.warning("instance %s from the change feed is gone", instance_id)
+            return None
+        return self._series_study[series]
+
+    def _hand_on(self, claim: Claim) -> list[events_pb2.StudyReady]:
+        tags = self._client.get_json(f"/studies/{claim.resource_id}", what="read a study")["MainDicomTags"]
+        uid = str(tags["StudyInstanceUID"])
+        study, _skipped = self._source.index_study(uid)
+        if study is None:
+            log.warning("study %s left Orthanc before its wait window closed", study_key(uid))
+            return []
+        ref = self._study_ref(study, tags)
+        classified = classify_study(list(study.series.values()), rules=self._rules)
+        outcome = route_study(classified, self._settings.pipelines, study_key=ref.study_key)
+        for pipeline, reason in outcome.refusals.items():
+            self._publish_failure(ref, pipeline, events_pb2.RoutingFailed.MISSING_SEQUENCE, reason)
+        if not self._settings.pipelines:
+            self._publish_failure(ref, "", events_pb2.RoutingFailed.NO_PIPELINE,
+                                  f"site {self._settings.site} enables no pipeline")
+        priority = _priority(tags)
+        out: list[events_pb2.StudyReady] = []
+        for route in outcome.routes:
+            series = [common_pb2.SeriesRef(series_instance_uid=c.series_instance_uid, role=role.value,
+                                           description=c.description, instance_count=c.instance_count)
+                      for role, c in route.inputs.items()]
+            uids = {role.value: [str(h.SOPInstanceUID) for h in study.series[c.series_instance_uid].headers]
+                    for role, c in route.inputs.items()}
+            ready = events_pb2.StudyReady(
+                schema_version=topics.SCHEMA_VERSION, study=ref, pipeline=route.pipeline, series=series,
+                input_hash=input_hash(uids, self._settings.models[route.pipeline]), study_version=claim.seq,
+                priority=priority, ready_at=_timestamp(),
+            )
+            self._bus.publish(topics.STUDY_READY, ref.study_key, ready.SerializeToString())
+            self.counters.studies_ready += 1
+            log.info("study %s ready for %s (version %d)", ref.study_key, route.pipeline, claim.seq)
+            out.append(ready)
+        return out
+
+    def _study_ref(self, study: StudyIndex, tags: dict[str, str]) -> common_pb2.StudyRef:
+        return common_pb2.StudyRef(
+            study_instance_uid=study.study_instance_uid, study_key=study_key(study.study_instance_uid),
+            patient_key=study_key(study.patient_id), site=self._settings.site,
+            accession=str(tags.get("AccessionNumber", "")),
+        )
+
+    def _publish_failure(self, ref: common_pb2.StudyRef, pipeline: str,
+                         reason: events_pb2.RoutingFailed.Reason.ValueType, message: str) -> None:
+        failed = events_pb2.RoutingFailed(schema_version=topics.SCHEMA_VERSION, study=ref, reason=reason,
+                                          message=message, pipeline=pipeline, failed_at=_timestamp())
+        self._bus.publish(topics.ROUTING_FAILED, ref.study_key, failed.SerializeToString())
+        self.counters.routing_failed += 1
+        log.warning("study %s not routed to %s: %s", ref.study_key, pipeline or "any pipeline", message)
+
+
+def _priority(tags: dict[str, str]) -> common_pb2.Priority.ValueType:
+    """Urgent when the order says so in the study description (STAT, stroke, trauma...), else routine."""
+    text = str(tags.get("StudyDescription", "")).upper()
+    return common_pb2.PRIORITY_URGENT if any(w in text for w in _URGENT_WORDS) else common_pb2.PRIORITY_ROUTINE
+
+
+def _timestamp() -> Timestamp:
+    ts = Timestamp()
+    ts.GetCurrentTime()
+    return ts

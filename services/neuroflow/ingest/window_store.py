@@ -1,0 +1,162 @@
+"""The wait window's shared state: when each study last received an instance, and which version of it
+was last handed on. Kept in the state database, not in a process, so several ingest replicas agree and
+a replica that dies mid-way loses nothing: its claim expires and another replica takes the study.
+
+A study is *due* when its newest change is older than the wait window and newer than the change it
+was last triggered for. A replica *claims* a due study (an atomic conditional update: exactly one
+wins), publishes, then *completes* it at the change sequence it saw. A publish followed by a crash
+before completion is published again by the next claimant; the orchestrator's idempotency (same
+input hash, same workflow) makes that harmless."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_TABLE = """CREATE TABLE IF NOT EXISTS study_windows (
+    resource_id     TEXT PRIMARY KEY,
+    last_seq        BIGINT NOT NULL,
+    last_change_at  DOUBLE PRECISION NOT NULL,
+    triggered_seq   BIGINT NOT NULL DEFAULT -1,
+    claimed_by      TEXT,
+    claim_expires   DOUBLE PRECISION NOT NULL DEFAULT 0
+)"""
+_CURSOR_TABLE = "CREATE TABLE IF NOT EXISTS feed_cursors (feed TEXT PRIMARY KEY, seq BIGINT NOT NULL)"
+
+
+@dataclass(frozen=True)
+class Claim:
+    resource_id: str  # the source's id of the study (Orthanc's study id)
+    seq: int  # the newest change of the study when it was claimed
+    holder: str
+
+
+class WindowStore(ABC):
+    @abstractmethod
+    def touch(self, resource_id: str, seq: int, at: float) -> None:
+        """Record a change of the study (idempotent; keeps the newest sequence and time)."""
+
+    @abstractmethod
+    def claim_due(self, now: float, window_s: float, holder: str, lease_s: float) -> list[Claim]:
+        """Claim every study quiet for ``window_s`` whose newest change has not been handed on, and whose
+        earlier claim (if any) has expired. Each study is claimed by exactly one caller."""
+
+    @abstractmethod
+    def complete(self, claim: Claim) -> None:
+        """The claimed version was handed on: it is not due again until a newer change arrives."""
+
+    @abstractmethod
+    def release(self, claim: Claim) -> None:
+        """Give the claim up without completing (try again at the next tick)."""
+
+    @abstractmethod
+    def cursor(self, feed: str) -> int:
+        """The change-feed position every replica has read up to (0: never read)."""
+
+    @abstractmethod
+    def advance_cursor(self, feed: str, seq: int) -> None:
+        """Move the shared feed position forward (never back)."""
+
+
+class _SqlWindowStore(WindowStore):
+    """The statements are the same for SQLite and PostgreSQL; only the placeholders and the
+    connection differ."""
+
+    _ph = "?"
+
+    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", self._ph)
+
+    def touch(self, resource_id: str, seq: int, at: float) -> None:
+        self._execute(self._sql(
+            "INSERT INTO study_windows (resource_id, last_seq, last_change_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (resource_id) DO UPDATE SET "
+            "last_seq = CASE WHEN excluded.last_seq > study_windows.last_seq "
+            "THEN excluded.last_seq ELSE study_windows.last_seq END, "
+            "last_change_at = CASE WHEN excluded.last_change_at > study_windows.last_change_at "
+            "THEN excluded.last_change_at ELSE study_windows.last_change_at END"), (resource_id, seq, at))
+
+    def claim_due(self, now: float, window_s: float, holder: str, lease_s: float) -> list[Claim]:
+        rows = self._execute(self._sql(
+            "UPDATE study_windows SET claimed_by = ?, claim_expires = ? "
+            "WHERE last_seq > triggered_seq AND last_change_at <= ? "
+            "AND (claimed_by IS NULL OR claim_expires < ?) "
+            "RETURNING resource_id, last_seq"), (holder, now + lease_s, now - window_s, now))
+        return [Claim(str(r[0]), int(r[1]), holder) for r in rows]
+
+    def complete(self, claim: Claim) -> None:
+        self._execute(self._sql(
+            "UPDATE study_windows SET triggered_seq = ?, claimed_by = NULL, claim_expires = 0 "
+            "WHERE resource_id = ? AND claimed_by = ?"), (claim.seq, claim.resource_id, claim.holder))
+
+    def release(self, claim: Claim) -> None:
+        self._execute(self._sql(
+            "UPDATE study_windows SET claimed_by = NULL, claim_expires = 0 WHERE resource_id = ? AND claimed_by = ?"),
+            (claim.resource_id, claim.holder))
+
+    def cursor(self, feed: str) -> int:
+        rows = self._execute(self._sql("SELECT seq FROM feed_cursors WHERE feed = ?"), (feed,))
+        return int(rows[0][0]) if rows else 0
+
+    def advance_cursor(self, feed: str, seq: int) -> None:
+        self._execute(self._sql(
+            "INSERT INTO feed_cursors (feed, seq) VALUES (?, ?) ON CONFLICT (feed) DO UPDATE SET "
+            "seq = CASE WHEN excluded.seq > feed_cursors.seq THEN excluded.seq ELSE feed_cursors.seq END"),
+            (feed, seq))
+
+
+class SqliteWindowStore(_SqlWindowStore):
+    """Embedded: one SQLite file (WAL), shared by the threads and processes of one machine."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._local = threading.local()
+        self._execute(_TABLE)
+        self._execute(_CURSOR_TABLE)
+
+    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self._path, timeout=30.0, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            self._local.db = db
+        # BEGIN IMMEDIATE: the conditional UPDATE of a claim must not interleave with another writer's.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            rows = db.execute(sql, params).fetchall()
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return rows
+
+
+class PostgresWindowStore(_SqlWindowStore):
+    """Distributed: the site's PostgreSQL. Row-level locking of UPDATE makes claims exclusive."""
+
+    _ph = "%s"
+
+    def __init__(self, dsn: str) -> None:
+        import psycopg  # deferred: only the distributed runtime needs it
+
+        self._psycopg = psycopg
+        self._dsn = dsn
+        self._local = threading.local()
+        self._execute(_TABLE)
+        self._execute(_CURSOR_TABLE)
+
+    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._psycopg.connect(self._dsn, autocommit=True, connect_timeout=10)
+            self._local.db = db
+        with db.transaction():
+            cursor = db.execute(sql, params)
+            return list(cursor.fetchall()) if cursor.description is not None else []

@@ -1,0 +1,163 @@
+"""Ingest against a real Orthanc: a study is handed on once, after the wait window, by exactly one of
+several replicas (even when one dies holding it); late series re-trigger without new work when the
+pipeline's inputs did not change; a study missing a sequence gives a RoutingFailed a person can act on.
+The window state is tested on SQLite and on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from neuroflow.core import topics
+from neuroflow.core.bus import InMemoryBus
+from neuroflow.core.config import GLIOMA_PIPELINE, PipelineModels
+from neuroflow.core.roles import SeriesRole
+from neuroflow.core.volume import Geometry, Volume
+from neuroflow.devtools.dicom_writer import load_volume, write_study
+from neuroflow.devtools.scanner_presets import Vendor
+from neuroflow.ingest.service import IngestService, IngestSettings
+from neuroflow.ingest.window_store import PostgresWindowStore, SqliteWindowStore, WindowStore
+from neuroflow.proto.neuroflow.v1 import events_pb2
+from tests.servers.orthanc import OrthancPair
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "glioma-tcga-du-7294"
+FILES = {SeriesRole.T1: "t1_bet.nii.gz", SeriesRole.T1CE: "t1c_bet.nii.gz", SeriesRole.T2: "t2_bet.nii.gz",
+         SeriesRole.FLAIR: "fla_bet.nii.gz"}
+WINDOW_S = 1.0
+
+
+def _crop(role: SeriesRole) -> Volume:
+    """A 40-slice slab of the real volume (slices 50-89, same geometry): enough for routing, quick to upload."""
+    volume = load_volume(DATA / FILES[role])
+    g = volume.geometry
+    x, y, z = volume.to_sitk().TransformIndexToPhysicalPoint([0, 0, 50])
+    return Volume(volume.array[50:90].copy(), Geometry(g.spacing, (x, y, z), g.direction, (g.size[0], g.size[1], 40)))
+
+
+def _upload(orthancs: OrthancPair, folder: Path) -> None:
+    for path in sorted(folder.rglob("IM*")):
+        orthancs.site_client.upload(path.read_bytes())
+
+
+def _settings(**kw: object) -> IngestSettings:
+    base = {"site": "test-site", "pipelines": [GLIOMA_PIPELINE],
+            "models": {GLIOMA_PIPELINE: PipelineModels().glioma}, "wait_window_s": WINDOW_S, "lease_s": 2.0}
+    base.update(kw)
+    return IngestSettings(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def window_store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], WindowStore]]:
+    if request.param == "sqlite":
+        yield lambda: SqliteWindowStore(tmp_path / "windows.sqlite")
+    else:
+        dsn = request.getfixturevalue("postgres_dsn")
+        yield lambda: PostgresWindowStore(dsn)
+
+
+def _ready(bus: InMemoryBus) -> list[events_pb2.StudyReady]:
+    return [events_pb2.StudyReady.FromString(m.value) for m in bus.poll(topics.STUDY_READY, "test", 100)]
+
+
+def _failed(bus: InMemoryBus) -> list[events_pb2.RoutingFailed]:
+    return [events_pb2.RoutingFailed.FromString(m.value) for m in bus.poll(topics.ROUTING_FAILED, "test", 100)]
+
+
+def test_study_is_handed_on_once_after_the_wait_window(
+    orthancs: OrthancPair, window_store_factory: Callable[[], WindowStore], tmp_path: Path
+) -> None:
+    bus = InMemoryBus()
+    ingest = IngestService(orthancs.site_client, window_store_factory(), bus, _settings())
+    written = write_study({r: _crop(r) for r in FILES}, tmp_path / "study", vendor=Vendor.GE, seed="ingest-1")
+    _upload(orthancs, tmp_path / "study")
+    ingest.poll_changes(now=1000.0)
+    assert ingest.trigger_due(now=1000.0 + WINDOW_S / 2) == []  # still inside the window
+    ready = ingest.trigger_due(now=1000.0 + WINDOW_S + 0.1)
+    assert len(ready) == 1
+    event = ready[0]
+    assert event.study.study_instance_uid == written.study_instance_uid
+    assert event.pipeline == GLIOMA_PIPELINE
+    assert {s.role: s.series_instance_uid for s in event.series} == {
+        r.value: w.series_instance_uid for r, w in written.series.items()}
+    assert all(s.instance_count == 40 for s in event.series)
+    assert ingest.trigger_due(now=1000.0 + 10 * WINDOW_S) == []  # once per study version
+    assert len(_ready(bus)) == 1
+
+
+def test_late_series_retriggers_with_the_same_input_hash_when_inputs_are_unchanged(
+    orthancs: OrthancPair, window_store_factory: Callable[[], WindowStore], tmp_path: Path
+) -> None:
+    bus = InMemoryBus()
+    ingest = IngestService(orthancs.site_client, window_store_factory(), bus, _settings())
+    write_study({r: _crop(r) for r in FILES}, tmp_path / "study", vendor=Vendor.SIEMENS, seed="ingest-late")
+    _upload(orthancs, tmp_path / "study")
+    ingest.poll_changes(now=2000.0)
+    first = ingest.trigger_due(now=2000.0 + WINDOW_S + 0.1)
+    # A diffusion series arrives 30 minutes later (routing delays of 15-30 min happen).
+    write_study({SeriesRole.DWI: _crop(SeriesRole.T2)}, tmp_path / "late", vendor=Vendor.SIEMENS, seed="ingest-late")
+    _upload(orthancs, tmp_path / "late")
+    ingest.poll_changes(now=3800.0)
+    second = ingest.trigger_due(now=3800.0 + WINDOW_S + 0.1)
+    assert len(first) == len(second) == 1
+    assert second[0].study_version > first[0].study_version
+    assert second[0].input_hash == first[0].input_hash  # same glioma inputs: the orchestrator runs nothing new
+
+
+def test_two_replicas_hand_a_study_on_exactly_once(
+    orthancs: OrthancPair, window_store_factory: Callable[[], WindowStore], tmp_path: Path
+) -> None:
+    bus = InMemoryBus()
+    replicas = [IngestService(orthancs.site_client, window_store_factory(), bus, _settings()) for _ in range(2)]
+    write_study({r: _crop(r) for r in FILES}, tmp_path / "study", vendor=Vendor.PHILIPS, seed="ingest-2")
+    _upload(orthancs, tmp_path / "study")
+    for replica in replicas:
+        replica.poll_changes(now=5000.0)
+    results: list[int] = []
+    barrier = threading.Barrier(2)
+
+    def tick(replica: IngestService) -> None:
+        barrier.wait()
+        results.append(len(replica.trigger_due(now=5000.0 + WINDOW_S + 0.1)))
+
+    threads = [threading.Thread(target=tick, args=(r,)) for r in replicas]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [0, 1]
+    assert len(_ready(bus)) == 1
+
+
+def test_replica_dying_with_a_claim_is_taken_over_after_its_lease(
+    orthancs: OrthancPair, window_store_factory: Callable[[], WindowStore], tmp_path: Path
+) -> None:
+    bus = InMemoryBus()
+    store = window_store_factory()
+    survivor = IngestService(orthancs.site_client, store, bus, _settings())
+    write_study({r: _crop(r) for r in FILES}, tmp_path / "study", vendor=Vendor.GE, seed="ingest-3")
+    _upload(orthancs, tmp_path / "study")
+    survivor.poll_changes(now=7000.0)
+    # The other replica claims the study, then dies before publishing.
+    assert len(window_store_factory().claim_due(7000.0 + WINDOW_S + 0.1, WINDOW_S, "dead-replica", 2.0)) == 1
+    assert survivor.trigger_due(now=7000.0 + WINDOW_S + 0.5) == []  # its lease still holds
+    assert len(survivor.trigger_due(now=7000.0 + WINDOW_S + 2.5)) == 1  # lease expired: taken over
+    assert len(_ready(bus)) == 1
+
+
+def test_study_missing_flair_gives_routing_failed_naming_it(
+    orthancs: OrthancPair, window_store_factory: Callable[[], WindowStore], tmp_path: Path
+) -> None:
+    bus = InMemoryBus()
+    ingest = IngestService(orthancs.site_client, window_store_factory(), bus, _settings())
+    roles = [SeriesRole.T1, SeriesRole.T1CE, SeriesRole.T2]
+    write_study({r: _crop(r) for r in roles}, tmp_path / "study", vendor=Vendor.SIEMENS, seed="ingest-4")
+    _upload(orthancs, tmp_path / "study")
+    ingest.poll_changes(now=9000.0)
+    assert ingest.trigger_due(now=9000.0 + WINDOW_S + 0.1) == []
+    failures = _failed(bus)
+    assert len(failures) == 1
+    assert failures[0].reason == events_pb2.RoutingFailed.MISSING_SEQUENCE
+    assert "FLAIR" in failures[0].message and failures[0].pipeline == GLIOMA_PIPELINE
