@@ -47,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     classify.add_argument("input_dir", type=Path)
     classify.add_argument("--site-rules", type=Path, default=None)
     classify.set_defaults(handler=_cmd_classify)
+
+    serve = sub.add_parser("serve", help="run services of the distributed runtime until SIGINT/SIGTERM "
+                                         "(backends from NEUROFLOW_* settings)")
+    serve.add_argument("services", nargs="+", choices=("orchestrator", "preprocess", "segmentation", "results",
+                                                       "all"),
+                       help="the service(s) to run in this process; 'all' runs every one")
+    serve.set_defaults(handler=_cmd_serve)
     return parser
 
 
@@ -96,6 +103,14 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     for uid, study in sorted(studies.items()):
         print(f"Study {uid} ({len(study.series)} series)")
         print(format_table(classify_study(list(study.series.values()), rules=rules)))
+    return EXIT_OK
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from neuroflow.runtime.distributed import SERVICES, serve  # deferred: heavy imports only for this command
+
+    services = list(SERVICES) if "all" in args.services else list(dict.fromkeys(args.services))
+    serve(services, NeuroflowSettings())
     return EXIT_OK
 
 

@@ -94,9 +94,16 @@ EXAMPLES: dict[str, Callable[[], Message]] = {
         reason=common_pb2.FailureReason(code=common_pb2.FailureReason.INFERENCE_UNAVAILABLE,
                                         message="model deepbet:1 not ready", retryable=True),
         failed_at=_time(1_700_000_960)),
+    "DeadLetter": lambda: tasks_pb2.DeadLetter(
+        schema_version=V, source_topic="neuroflow.v1.task.results", payload=b"\x0a\x01garbled",
+        reason=common_pb2.FailureReason(code=common_pb2.FailureReason.DESTINATION_UNAVAILABLE,
+                                        message="PACS did not answer after 3 attempts", retryable=True),
+        workflow_id="wf-1", stage=common_pb2.STAGE_RESULTS, attempts=3, study=_study(), pipeline="glioma",
+        dead_lettered_at=_time(1_700_001_000)),
 }
 # Messages published on a topic, as opposed to parts of them.
-TOP_LEVEL = ("StudyReady", "RoutingFailed", "ResultsStored", "TaskRequested", "TaskDone", "TaskFailed")
+TOP_LEVEL = ("StudyReady", "RoutingFailed", "ResultsStored", "TaskRequested", "TaskDone", "TaskFailed",
+             "DeadLetter")
 
 
 def _contract_messages() -> list[str]:

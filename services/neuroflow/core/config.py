@@ -4,8 +4,9 @@ prefixed NEUROFLOW_ override the defaults; site rules come from a YAML file."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from neuroflow.core.model_card import ModelRef
@@ -24,6 +25,59 @@ class PipelineModels(BaseSettings):
     glioma: ModelRef = ModelRef(name="glioma_unet", version=1)
 
 
+class BusSettings(BaseModel):
+    """Which message bus carries events and tasks. ``inmemory`` joins the threads of one process only."""
+
+    kind: Literal["inmemory", "kafka"] = "inmemory"
+    bootstrap: str = "127.0.0.1:9092"  # Kafka bootstrap servers, comma-separated host:port
+
+
+class StateSettings(BaseModel):
+    """Where workflow state lives: SQLite (embedded, one host) or PostgreSQL (distributed)."""
+
+    kind: Literal["sqlite", "postgres"] = "sqlite"
+    sqlite_path: Path = Path(".neuroflow/state.sqlite3")
+    dsn: SecretStr = SecretStr("")  # PostgreSQL connection string (libpq form); may hold a password
+
+
+class DicomSettings(BaseModel):
+    """Where studies are read from and results are stored; ``destination`` is the PACS results go on to."""
+
+    source: Literal["folder", "orthanc"] = "folder"
+    folder: Path = Path(".neuroflow/dicom-in")  # folder source
+    sink_folder: Path = Path(".neuroflow/dicom-out")  # folder sink
+    orthanc_url: str = "http://127.0.0.1:8042"
+    orthanc_username: str = ""
+    orthanc_password: SecretStr = SecretStr("")
+    # DICOM peer (as the sink names it, e.g. an Orthanc DicomModalities entry) results are forwarded to;
+    # empty: results are stored in the sink only.
+    destination: str = ""
+
+
+class OrchestrationSettings(BaseModel):
+    """Retries, backoff and timeouts of the distributed runtime, the same for every pipeline."""
+
+    max_attempts: int = Field(default=3, ge=1)  # tries of one stage before its task is dead-lettered
+    retry_backoff_s: float = Field(default=5.0, ge=0.0)  # wait before retry n: backoff * 2**(n-1) ...
+    retry_backoff_max_s: float = Field(default=300.0, ge=0.0)  # ... capped at this
+    # A dispatched task not done by then is retried (or dead-lettered on the last attempt), by stage name.
+    stage_timeout_s: dict[str, float] = Field(
+        default_factory=lambda: {"preprocess": 900.0, "segmentation": 1800.0, "results": 600.0})
+    default_stage_timeout_s: float = Field(default=1800.0, gt=0.0)  # stages missing above
+    poll_timeout_s: float = Field(default=0.5, gt=0.0)  # how long a loop waits for a message at a time
+    heartbeat_s: float = Field(default=60.0, gt=0.0)  # how often an idle service logs that it is alive
+    # Forwarding to the destination PACS inside one results task: tries and first backoff (doubling).
+    forward_attempts: int = Field(default=3, ge=1)
+    forward_backoff_s: float = Field(default=2.0, ge=0.0)
+
+    def timeout_s(self, stage_name: str) -> float:
+        return self.stage_timeout_s.get(stage_name, self.default_stage_timeout_s)
+
+    def backoff_s(self, attempt: int) -> float:
+        """Wait before re-dispatching after failed attempt ``attempt`` (1, 2, ...): exponential, capped."""
+        return float(min(self.retry_backoff_s * 2 ** max(0, attempt - 1), self.retry_backoff_max_s))
+
+
 class NeuroflowSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NEUROFLOW_", env_nested_delimiter="__")
 
@@ -37,3 +91,14 @@ class NeuroflowSettings(BaseSettings):
     # Sliding window: overlap between neighbouring patches as a fraction of the patch size.
     window_overlap: float = 0.5
     window_batch_size: int = 2
+    # Distributed runtime (neuroflow serve): which backends, where shared data lives, retry numbers.
+    bus: BusSettings = Field(default_factory=BusSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
+    dicom: DicomSettings = Field(default_factory=DicomSettings)
+    # Shared by every service of a site (the same path on every host): volumes between stages ...
+    volume_store_root: Path = Path(".neuroflow/volumes")
+    # ... the workers' answers to finished tasks and the orchestrator's workflow context ...
+    records_root: Path = Path(".neuroflow/records")
+    # ... and the report of each workflow (report.json, summary.txt under <study_key>/<workflow_id>/).
+    reports_dir: Path = Path(".neuroflow/reports")
+    orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)

@@ -7,14 +7,18 @@ import hashlib
 import logging
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from neuroflow.core.errors import SeriesRejected
+from neuroflow.core.errors import SeriesRejected, StudyError
+from neuroflow.core.roles import SeriesRole
+from neuroflow.proto.neuroflow.v1 import common_pb2
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,12 @@ class DicomSource(ABC):
     def read_instances(self, series: SeriesInstances) -> list[Dataset]:
         """The series' instances with pixel data, in source order."""
 
+    def index_study(self, study_instance_uid: str) -> tuple[StudyIndex | None, list[SkippedFile]]:
+        """One study's index (None when the source does not hold it). Sources that can look a study up
+        directly (Orthanc) override this; the default indexes everything."""
+        studies, skipped = self.index()
+        return studies.get(study_instance_uid), skipped
+
 
 class DicomSink(ABC):
     @abstractmethod
@@ -60,6 +70,52 @@ class DicomSink(ABC):
     @abstractmethod
     def stored(self) -> list[str]:
         """SOPInstanceUIDs held by the sink."""
+
+
+@runtime_checkable
+class Forwarder(Protocol):
+    """A sink that can also send what it stores on to a DICOM destination (the PACS), e.g. by C-STORE.
+
+    ``forward`` sends the stored objects with these SOPInstanceUIDs to ``destination`` (a name the sink's
+    configuration knows) and returns when the destination accepted them. Raises
+    ``neuroflow.core.errors.DestinationUnavailable`` when the destination cannot be reached or did not answer
+    (retry later) and ``DestinationRejected`` when it answered and refused (retrying will not help)."""
+
+    def forward(self, sop_instance_uids: Sequence[str], destination: str, /) -> None: ...
+
+
+def find_series(
+    source: DicomSource,
+    study: common_pb2.StudyRef,
+    series_refs: Iterable[common_pb2.SeriesRef],
+    *,
+    stage: str,
+) -> dict[SeriesRole, SeriesInstances]:
+    """The routed series (``series_refs``, each with its role) as ``source`` holds them now, by role.
+
+    Refuses with SeriesRejected a series the source no longer has (deleted since routing: trying again
+    will not bring it back; the reason says to re-send the study), and with StudyError a role this
+    revision does not know. A series whose instance count changed since routing is used as it is now, with
+    a warning (a late instance makes a new StudyReady, hence a new workflow)."""
+    key = study.study_key
+    held, _skipped = source.index_study(study.study_instance_uid)
+    found: dict[SeriesRole, SeriesInstances] = {}
+    for ref in series_refs:
+        try:
+            role = SeriesRole(ref.role)
+        except ValueError:
+            raise StudyError(key, f"routing gave series role {ref.role!r}, which this neuroflow does not know",
+                             stage=stage, series_uid=ref.series_instance_uid) from None
+        series = held.series.get(ref.series_instance_uid) if held is not None else None
+        if series is None:
+            raise SeriesRejected(key, f"the {role} series ({ref.description or 'no description'}) is no longer "
+                                      "in the DICOM source; re-send the study", stage=stage,
+                                 series_uid=ref.series_instance_uid)
+        if ref.instance_count and len(series.headers) != ref.instance_count:
+            log.warning("study %s: the %s series holds %d instances, routing saw %d", key, role,
+                        len(series.headers), ref.instance_count)
+        found[role] = series
+    return found
 
 
 def study_key(study_instance_uid: str) -> str:

@@ -42,13 +42,37 @@ def task_topic(stage: common_pb2.Stage.ValueType) -> str:
     return f"{PREFIX}task.{stage_name(stage)}"
 
 
+def urgent_task_topic(stage: common_pb2.Stage.ValueType) -> str:
+    """Topic for ``tasks_pb2.TaskRequested`` of ``stage`` whose priority is PRIORITY_URGENT. Workers read it
+    before ``task_topic``: a separate topic rather than a priority field, because a Kafka partition is a
+    queue in arrival order and cannot let an urgent message overtake routine ones already in it."""
+    return f"{task_topic(stage)}.urgent"
+
+
+def task_topics_by_priority(stage: common_pb2.Stage.ValueType) -> tuple[str, str]:
+    """The task topics of ``stage`` in the order a worker reads them: urgent first, then routine."""
+    return urgent_task_topic(stage), task_topic(stage)
+
+
 def dead_letter_topic(stage: common_pb2.Stage.ValueType) -> str:
-    """Topic where TaskRequested of ``stage`` go when retries are exhausted, for an operator to inspect and
-    replay. One per stage so a flood of one stage's failures does not bury another's."""
+    """Topic where ``tasks_pb2.DeadLetter`` of ``stage`` go (the parked TaskRequested, or undecodable bytes,
+    with the reason) when retries are exhausted or the failure is not retryable, for an operator to inspect
+    and replay. One per stage so a flood of one stage's failures does not bury another's."""
     return f"{PREFIX}dead-letter.{stage_name(stage)}"
+
+
+# Consumer groups: the group is what makes several copies of a service share its topics' messages.
+ORCHESTRATOR_GROUP = "neuroflow.orchestrator"
+
+
+def worker_group(stage: common_pb2.Stage.ValueType) -> str:
+    """Consumer group of ``stage``'s workers ("neuroflow.preprocess"): every copy joins it, so each task
+    goes to one of them."""
+    return f"neuroflow.{stage_name(stage)}"
 
 
 def all_topics() -> list[str]:
     """Every topic neuroflow uses, e.g. to create them on a Kafka cluster at deployment."""
-    per_stage = [topic(stage) for stage in STAGES for topic in (task_topic, dead_letter_topic)]
+    per_stage = [topic(stage) for stage in STAGES
+                 for topic in (task_topic, urgent_task_topic, dead_letter_topic)]
     return [STUDY_READY, ROUTING_FAILED, RESULTS_STORED, TASK_DONE, TASK_FAILED, *per_stage]

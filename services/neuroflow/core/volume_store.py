@@ -108,6 +108,15 @@ class VolumeStore(ABC):
         """``put`` and return the ``VolumeRef`` a message carries (digest of what this call stored)."""
         return common_pb2.VolumeRef(uri=self.put(key, volume), sha256=content_sha256(volume))
 
+    def get_ref(self, ref: common_pb2.VolumeRef) -> Volume:
+        """``get`` the volume a message's ``VolumeRef`` names, refusing (VolumeCorrupted) one whose content is
+        no longer what the reference was made for (the key was overwritten since: a stale message)."""
+        volume = self.get(ref.uri)
+        if ref.sha256 and content_sha256(volume) != ref.sha256:
+            raise VolumeCorrupted(f"volume at {ref.uri} changed since the reference was made (SHA-256 "
+                                  f"{ref.sha256[:12]}... expected): the message is stale")
+        return volume
+
 
 class FolderVolumeStore(VolumeStore):
     """Volumes as compressed MetaImage (``.mha``) files under ``root`` with a JSON sidecar per key.

@@ -263,6 +263,8 @@ class FailureReason(_message.Message):
         """The destination (Orthanc, PACS) refused the result objects."""
         INTERNAL: FailureReason._Code.ValueType  # 8
         """A defect in neuroflow itself."""
+        DESTINATION_UNAVAILABLE: FailureReason._Code.ValueType  # 9
+        """The destination (Orthanc, PACS) could not be reached or did not answer in time; retry later."""
 
     class Code(_Code, metaclass=_CodeEnumTypeWrapper):
         """Classes of failure; the orchestrator decides between retry, dead letter and giving up from these."""
@@ -285,6 +287,8 @@ class FailureReason(_message.Message):
     """The destination (Orthanc, PACS) refused the result objects."""
     INTERNAL: FailureReason.Code.ValueType  # 8
     """A defect in neuroflow itself."""
+    DESTINATION_UNAVAILABLE: FailureReason.Code.ValueType  # 9
+    """The destination (Orthanc, PACS) could not be reached or did not answer in time; retry later."""
 
     CODE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int

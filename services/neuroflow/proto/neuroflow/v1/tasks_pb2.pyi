@@ -529,3 +529,71 @@ class TaskFailed(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TaskFailed: _TypeAlias = TaskFailed  # noqa: Y015
+
+@_typing.final
+class DeadLetter(_message.Message):
+    """A message parked on a stage's dead-letter topic for an operator: the message as it was, where it came
+    from, and why it was parked. The orchestrator parks a task whose retries are exhausted, whose failure is
+    not retryable or whose deadline passed on the last attempt; a worker parks a message it cannot decode
+    (poison), so the partition is never blocked by it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
+    SOURCE_TOPIC_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    STUDY_FIELD_NUMBER: _builtins.int
+    PIPELINE_FIELD_NUMBER: _builtins.int
+    DEAD_LETTERED_AT_FIELD_NUMBER: _builtins.int
+    schema_version: _builtins.int
+    """Contract revision the producer wrote (a neuroflow.v1.SchemaVersion value)."""
+    source_topic: _builtins.str
+    """Topic the parked message was read from or meant for (e.g. the stage's task topic)."""
+    payload: _builtins.bytes
+    """The parked message's bytes, unchanged: a TaskRequested, or whatever undecodable bytes arrived."""
+    workflow_id: _builtins.str
+    """Workflow of the parked task; empty when the payload could not be decoded."""
+    stage: _common_pb2.Stage.ValueType
+    """Stage whose dead-letter topic this is."""
+    attempts: _builtins.int
+    """Attempts made before parking (0 for an undecodable message)."""
+    pipeline: _builtins.str
+    """Pipeline of the parked task; empty when unknown."""
+    @_builtins.property
+    def reason(self) -> _common_pb2.FailureReason:
+        """Why it was parked, in words a person can act on."""
+
+    @_builtins.property
+    def study(self) -> _common_pb2.StudyRef:
+        """The study, when known (empty for an undecodable message)."""
+
+    @_builtins.property
+    def dead_lettered_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was parked."""
+
+    def __init__(
+        self,
+        *,
+        schema_version: _builtins.int = ...,
+        source_topic: _builtins.str = ...,
+        payload: _builtins.bytes = ...,
+        reason: _common_pb2.FailureReason | None = ...,
+        workflow_id: _builtins.str = ...,
+        stage: _common_pb2.Stage.ValueType = ...,
+        attempts: _builtins.int = ...,
+        study: _common_pb2.StudyRef | None = ...,
+        pipeline: _builtins.str = ...,
+        dead_lettered_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dead_lettered_at", b"dead_lettered_at", "reason", b"reason", "study", b"study"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "dead_lettered_at", b"dead_lettered_at", "payload", b"payload", "pipeline", b"pipeline", "reason", b"reason", "schema_version", b"schema_version", "source_topic", b"source_topic", "stage", b"stage", "study", b"study", "workflow_id", b"workflow_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeadLetter: _TypeAlias = DeadLetter  # noqa: Y015

@@ -1,0 +1,84 @@
+"""What a stage leaves for later stages beside its volumes, written once here because the stages live in
+different services (a service imports the core, never another service).
+
+Preprocessing knows things the results stage needs for the SEG and the report: the reference series'
+own geometry (the SEG is drawn on it), the registration and orientation checks, the brain volume and the
+time each step took. It writes them as a :class:`PreprocessSummary`, JSON in the ``meta`` of the brain
+mask it stores; segmentation copies that meta onto the label map (which lies on the same grid), so the
+results stage finds it on the one volume it reads. Large data stays in the volume store; messages carry
+only references.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from neuroflow.core.volume import Geometry, Volume
+
+# Key of the summary in a stored volume's meta.
+SUMMARY_META_KEY = "neuroflow.preprocess_summary"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GeometrySummary(_Model):
+    """A :class:`neuroflow.core.volume.Geometry` as JSON (doubles round-trip exactly through JSON)."""
+
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+    size: tuple[int, int, int]
+
+    @classmethod
+    def of(cls, geometry: Geometry) -> GeometrySummary:
+        return cls(spacing=geometry.spacing, origin=geometry.origin, direction=geometry.direction,
+                   size=geometry.size)
+
+    def geometry(self) -> Geometry:
+        return Geometry(spacing=self.spacing, origin=self.origin, direction=self.direction, size=self.size)
+
+
+class RegistrationSummary(_Model):
+    """How one moving series was registered onto the reference (see preprocess.register)."""
+
+    metric: float  # final Mattes mutual information of the optimiser
+    nmi: float  # normalised mutual information with the reference after registration
+    nmi_before: float  # ... and before
+
+
+class OrientationSummary(_Model):
+    """The left/right check of one series against the reference (see preprocess.orientation)."""
+
+    verdict: str  # "consistent", "undecided" ("flipped" never gets this far: the study is refused)
+    nmi_as_is: float
+    nmi_mirrored: float
+
+
+class PreprocessSummary(_Model):
+    """Everything preprocessing learnt that the report and the SEG need, by role value ("T1CE", ...)."""
+
+    reference_geometry: GeometrySummary
+    registration: dict[str, RegistrationSummary] = Field(default_factory=dict)
+    orientation: dict[str, OrientationSummary] = Field(default_factory=dict)
+    brain_volume_ml: float = Field(ge=0.0)
+    skull_strip_method: str = ""
+    timings_s: dict[str, float] = Field(default_factory=dict)  # step -> seconds, in the order they ran
+
+    def attach(self, volume: Volume) -> Volume:
+        """``volume`` with this summary in its meta (a copy; the original is unchanged)."""
+        return Volume(volume.array, volume.geometry, {**volume.meta, SUMMARY_META_KEY: self.model_dump_json()})
+
+    @classmethod
+    def of(cls, volume: Volume) -> PreprocessSummary:
+        """The summary a stage attached to ``volume``; ValueError naming the key when there is none."""
+        text = volume.meta.get(SUMMARY_META_KEY)
+        if text is None:
+            raise ValueError(f"volume carries no {SUMMARY_META_KEY!r} in its meta: it was not written by "
+                             "the preprocess stage (or a stage dropped its meta)")
+        return cls.model_validate_json(text)
+
+    def with_timings(self, timings_s: dict[str, float]) -> PreprocessSummary:
+        """A copy with ``timings_s`` added (later stages append their own steps)."""
+        return self.model_copy(update={"timings_s": {**self.timings_s, **timings_s}})

@@ -1,0 +1,1 @@
+"""The orchestrator service: one workflow per (study, pipeline, input), dispatched stage by stage."""

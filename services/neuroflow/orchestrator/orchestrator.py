@@ -1,0 +1,372 @@
+"""The orchestrator: turns StudyReady events into workflows and walks each through its pipeline's stages.
+
+* One workflow per (study, pipeline, input_hash): its id is derived from the three, and the state store
+  refuses a second workflow for the same work, so a duplicate StudyReady starts nothing; a new input_hash
+  (a late series) is new work and a new workflow.
+* A stage's task goes to the stage's urgent or routine task topic by the study's priority, with a deadline
+  (the stage's timeout from now). The answer (TaskDone) dispatches the next stage; the last one ends the
+  workflow SUCCEEDED.
+* A retryable failure, or a deadline that passes (``tick``), is retried with exponential backoff while
+  attempts remain; then, or at once for a failure that is not retryable, the task is parked on the stage's
+  dead-letter topic with the reason and the workflow ends DEAD_LETTERED (retries exhausted) or FAILED (the
+  input must change), the reason in the state store's detail.
+* Answers of a stage the workflow has left, or of an attempt it has given up on, are ignored: redelivered
+  and duplicate messages change nothing.
+
+What a workflow needs across messages (its StudyReady, the task in flight, each stage's answer) is kept in
+the record store, so a restarted orchestrator resumes with :meth:`Orchestrator.recover`. One orchestrator
+runs per site (the deadline and backoff timers are in this process).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from google.protobuf import timestamp_pb2
+from google.protobuf.message import DecodeError
+
+from neuroflow.core import topics
+from neuroflow.core.bus import Message, MessageBus
+from neuroflow.core.config import OrchestrationSettings
+from neuroflow.core.dead_letter import publish_dead_letter
+from neuroflow.core.records import RecordStore
+from neuroflow.core.state import WorkflowRecord, WorkflowStateStore, WorkflowStatus
+from neuroflow.orchestrator.pipelines import PipelineSpec, build_input
+from neuroflow.proto.neuroflow.v1 import common_pb2, events_pb2, tasks_pb2
+
+log = logging.getLogger(__name__)
+
+Code = common_pb2.FailureReason
+_EVENT_TOPICS = (topics.STUDY_READY, topics.TASK_DONE, topics.TASK_FAILED)
+_ACTIVE = (WorkflowStatus.PENDING, WorkflowStatus.RUNNING)
+
+
+def workflow_id(study_key: str, pipeline: str, input_hash: str) -> str:
+    """The id of the workflow doing this work: the same (study, pipeline, input) always gives the same id."""
+    digest = hashlib.sha256(f"{study_key}\x00{pipeline}\x00{input_hash}".encode()).hexdigest()
+    return f"wf-{digest[:24]}"
+
+
+def idempotency_key(workflow: str, stage: common_pb2.Stage.ValueType) -> str:
+    """Same for every attempt and redelivery of one stage of one workflow."""
+    return f"{workflow}.{topics.stage_name(stage)}"
+
+
+@dataclass
+class _Retry:
+    due: float  # time.time() at which to dispatch
+    stage: common_pb2.Stage.ValueType
+    attempt: int
+
+
+class Orchestrator:
+    """Consumes STUDY_READY, TASK_DONE and TASK_FAILED in group ``topics.ORCHESTRATOR_GROUP``.
+
+    ``pipelines`` maps a pipeline name to its spec; a StudyReady for another pipeline is logged and
+    dropped. ``destination`` is the PACS the results stage forwards to (empty: store only)."""
+
+    def __init__(
+        self,
+        bus: MessageBus,
+        state: WorkflowStateStore,
+        records: RecordStore,
+        pipelines: Mapping[str, PipelineSpec],
+        settings: OrchestrationSettings,
+        *,
+        destination: str = "",
+    ) -> None:
+        self._bus = bus
+        self._state = state
+        self._records = records
+        self._pipelines = dict(pipelines)
+        self._settings = settings
+        self._destination = destination
+        self._retries: dict[str, _Retry] = {}  # workflow -> the retry scheduled for it
+        self._deadlines: dict[str, float] = {}  # workflow -> deadline (time.time()) of its task in flight
+        self._stop = threading.Event()
+
+    # -- the loop ------------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the message in hand."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """Resume unfinished workflows, then handle events and :meth:`tick` until :meth:`stop`."""
+        self.recover()
+        next_heartbeat = time.monotonic() + self._settings.heartbeat_s
+        while not self._stop.is_set():
+            try:
+                handled = self.process_available()
+                self.tick()
+            except Exception:
+                log.exception("orchestrator: error in the loop; retrying in 1 s")
+                self._stop.wait(1.0)
+                continue
+            if not handled:
+                self._stop.wait(min(0.05, self._settings.poll_timeout_s))
+            if time.monotonic() >= next_heartbeat:
+                running = len(self._state.list(WorkflowStatus.RUNNING))
+                log.info("orchestrator alive: %d workflow(s) running, %d retry(ies) scheduled",
+                         running, len(self._retries))
+                next_heartbeat = time.monotonic() + self._settings.heartbeat_s
+
+    def process_available(self, max_messages: int = 16) -> int:
+        """Handle what is waiting on the three topics (each message committed after it is handled);
+        returns how many were handled."""
+        handled = 0
+        for topic in _EVENT_TOPICS:
+            for message in self._bus.poll(topic, topics.ORCHESTRATOR_GROUP, max_messages=max_messages):
+                self._handle_until_done(message)
+                self._bus.commit(message, topics.ORCHESTRATOR_GROUP)
+                handled += 1
+        return handled
+
+    def _handle_until_done(self, message: Message) -> None:
+        """Handle ``message``. A message that cannot be handled as it is (undecodable, or refused by the
+        state store's rules: a defect or a corrupted event) is logged and dropped so it never blocks the
+        topic; any other error (the state store or the bus unreachable) is retried with backoff until it
+        passes or the orchestrator stops, since committing past an unhandled event would lose it."""
+        delay = 0.5
+        while True:
+            try:
+                self._handle(message)
+                return
+            except (DecodeError, ValueError, KeyError) as exc:
+                log.error("orchestrator: message at %s offset %d (key %s) dropped: %s: %s", message.topic,
+                          message.offset, message.key, type(exc).__name__, exc)
+                return
+            except Exception:
+                if self._stop.is_set():
+                    raise
+                log.exception("orchestrator: cannot handle the message at %s offset %d; again in %.1f s",
+                              message.topic, message.offset, delay)
+                self._stop.wait(delay)
+                delay = min(2 * delay, 30.0)
+
+    def _handle(self, message: Message) -> None:
+        if message.topic == topics.STUDY_READY:
+            self.on_study_ready(events_pb2.StudyReady.FromString(message.value))
+        elif message.topic == topics.TASK_DONE:
+            self.on_task_done(tasks_pb2.TaskDone.FromString(message.value))
+        else:
+            self.on_task_failed(tasks_pb2.TaskFailed.FromString(message.value))
+
+    # -- events --------------------------------------------------------------------------------------
+
+    def on_study_ready(self, ready: events_pb2.StudyReady) -> None:
+        """Start the workflow of this (study, pipeline, input), unless it exists already."""
+        key = ready.study.study_key
+        spec = self._pipelines.get(ready.pipeline)
+        if spec is None:
+            log.error("study %s: StudyReady for pipeline %r, which this orchestrator does not run (it runs "
+                      "%s): ignored", key, ready.pipeline, sorted(self._pipelines))
+            return
+        if not key or not ready.input_hash:
+            log.error("study %s: StudyReady without study key or input_hash: ignored", key or "-")
+            return
+        wid = workflow_id(key, ready.pipeline, ready.input_hash)
+        self._records.put(_ready_key(wid), ready.SerializeToString())
+        if not self._state.create(wid, key, ready.pipeline, ready.input_hash):
+            record = self._state.get(wid)
+            # A crash between creating the workflow and dispatching leaves it PENDING without a task.
+            if not (record and record.status == WorkflowStatus.PENDING and self._task(wid) is None
+                    and wid not in self._retries):
+                log.info("study %s: %s workflow %s for this input exists (%s): duplicate StudyReady ignored",
+                         key, ready.pipeline, wid, record.status if record else "?")
+                return
+        log.info("study %s: %s workflow %s started (%s)", key, ready.pipeline, wid,
+                 common_pb2.Priority.Name(ready.priority))
+        self._dispatch(wid, spec.stages[0], attempt=1)
+
+    def on_task_done(self, done: tasks_pb2.TaskDone) -> None:
+        """Record the stage's answer and its time, then dispatch the next stage or end the workflow."""
+        wid, stage = done.workflow_id, done.stage
+        record = self._current(wid, stage, "TaskDone")
+        if record is None:
+            return
+        spec = self._spec(record)
+        if spec is None:
+            return
+        self._records.put(_done_key(wid, stage), done.SerializeToString())
+        self._state.record_stage_timing(wid, topics.stage_name(stage), max(0.0, done.duration_s))
+        self._retries.pop(wid, None)
+        self._deadlines.pop(wid, None)
+        following = spec.next_stage(stage)
+        if following is not None:
+            self._dispatch(wid, following, attempt=1)
+            return
+        detail = f"{topics.stage_name(stage)} done"
+        if done.WhichOneof("output") == "results":
+            stored = done.results
+            detail = (f"{len(stored.sop_instance_uids)} result object(s) stored"
+                      + (f" and forwarded to {stored.destination}" if stored.destination else ""))
+        self._state.set_status(wid, WorkflowStatus.SUCCEEDED, stage=topics.stage_name(stage), detail=detail)
+        self._records.delete(_task_key(wid))
+        log.info("study %s: workflow %s succeeded: %s", done.study.study_key, wid, detail)
+
+    def on_task_failed(self, failed: tasks_pb2.TaskFailed) -> None:
+        """Retry, with backoff, a retryable failure while attempts remain; dead-letter otherwise."""
+        record = self._current(failed.workflow_id, failed.stage, "TaskFailed")
+        if record is None:
+            return
+        task = self._task(failed.workflow_id)
+        if task is None or task.attempt != failed.attempt or record.status != WorkflowStatus.RUNNING:
+            log.info("study %s: TaskFailed of %s attempt %d of workflow %s is stale (current attempt %s): "
+                     "ignored", failed.study.study_key, topics.stage_name(failed.stage), failed.attempt,
+                     failed.workflow_id, task.attempt if task else "-")
+            return
+        self._after_failure(task, failed.reason)
+
+    def tick(self, now: float | None = None) -> None:
+        """Dispatch the retries that are due, and treat every dispatched task past its deadline as failed
+        (DEADLINE_EXCEEDED, retryable). The loop calls it after each batch of messages."""
+        now = time.time() if now is None else now
+        for wid, retry in sorted(self._retries.items(), key=lambda item: item[1].due):
+            if retry.due <= now:
+                del self._retries[wid]
+                self._dispatch(wid, retry.stage, attempt=retry.attempt)
+        for wid, deadline in sorted(self._deadlines.items(), key=lambda item: item[1]):
+            if deadline > now:
+                continue
+            del self._deadlines[wid]
+            task, record = self._task(wid), self._state.get(wid)
+            if task is None or record is None or record.status != WorkflowStatus.RUNNING:
+                continue
+            timeout = self._settings.timeout_s(topics.stage_name(task.stage))
+            reason = common_pb2.FailureReason(
+                code=Code.DEADLINE_EXCEEDED, retryable=True,
+                message=f"study {task.study.study_key}: {topics.stage_name(task.stage)} attempt {task.attempt} "
+                        f"was not done within its timeout of {timeout:.0f} s")
+            self._after_failure(task, reason)
+
+    def recover(self) -> None:
+        """Pick up workflows a previous orchestrator left unfinished: a PENDING one is dispatched again
+        (its retry was scheduled, or it was never dispatched); a RUNNING one keeps its task and deadline."""
+        for record in self._state.list(WorkflowStatus.RUNNING):
+            task = self._task(record.workflow_id)
+            if task is not None:
+                self._deadlines[record.workflow_id] = _seconds(task.deadline)
+        for record in self._state.list(WorkflowStatus.PENDING):
+            spec = self._spec(record)
+            if spec is None or record.workflow_id in self._retries:
+                continue
+            task = self._task(record.workflow_id)
+            if task is None:
+                self._dispatch(record.workflow_id, spec.stages[0], attempt=1)
+            else:
+                self._retries[record.workflow_id] = _Retry(time.time(), task.stage, task.attempt + 1)
+
+    # -- internals -----------------------------------------------------------------------------------
+
+    def _after_failure(self, task: tasks_pb2.TaskRequested, reason: common_pb2.FailureReason) -> None:
+        wid, stage_name, attempt = task.workflow_id, topics.stage_name(task.stage), task.attempt
+        code = Code.Code.Name(reason.code)
+        self._deadlines.pop(wid, None)
+        if reason.retryable and attempt < self._settings.max_attempts:
+            delay = self._settings.backoff_s(attempt)
+            self._retries[wid] = _Retry(time.time() + delay, task.stage, attempt + 1)
+            detail = (f"{stage_name} attempt {attempt}/{self._settings.max_attempts} failed ({code}): "
+                      f"{reason.message}; retrying in {delay:.1f} s")
+            self._state.set_status(wid, WorkflowStatus.PENDING, stage=stage_name, detail=detail)
+            log.warning("study %s: workflow %s: %s", task.study.study_key, wid, detail)
+            return
+        publish_dead_letter(self._bus, task.stage, task.SerializeToString(), reason,
+                            source_topic=_task_topic(task), task=task, attempts=attempt)
+        if reason.retryable:
+            status = WorkflowStatus.DEAD_LETTERED
+            detail = f"{stage_name} gave up after {attempt} attempt(s) ({code}): {reason.message}"
+        else:
+            status = WorkflowStatus.FAILED
+            detail = f"{stage_name} failed ({code}, not retryable): {reason.message}"
+        self._state.set_status(wid, status, stage=stage_name, detail=detail)
+        self._records.delete(_task_key(wid))
+        self._retries.pop(wid, None)
+        log.error("study %s: workflow %s %s: %s", task.study.study_key, wid, status.value, detail)
+
+    def _dispatch(self, wid: str, stage: common_pb2.Stage.ValueType, *, attempt: int) -> None:
+        """Publish ``stage``'s task (attempt ``attempt``) of workflow ``wid``, then record it. Publishing
+        first: a crash in between leads to the same task again (same idempotency key), never to none."""
+        raw = self._records.get(_ready_key(wid))
+        record = self._state.get(wid)
+        if raw is None or record is None:
+            log.error("workflow %s: no StudyReady or state recorded; cannot dispatch", wid)
+            return
+        ready = events_pb2.StudyReady.FromString(raw)
+        spec = self._spec(record)
+        if spec is None:
+            return
+        outputs = {s: tasks_pb2.TaskDone.FromString(data) for s in spec.stages
+                   if (data := self._records.get(_done_key(wid, s))) is not None}
+        stage_name = topics.stage_name(stage)
+        timeout = self._settings.timeout_s(stage_name)
+        task = tasks_pb2.TaskRequested(
+            schema_version=topics.SCHEMA_VERSION, workflow_id=wid, stage=stage, attempt=attempt,
+            idempotency_key=idempotency_key(wid, stage), deadline=_timestamp(time.time() + timeout),
+            study=ready.study, pipeline=ready.pipeline, priority=ready.priority,
+        )
+        stage_input = build_input(stage, spec, ready, outputs, destination=self._destination)
+        getattr(task, stage_name).CopyFrom(stage_input)
+        self._bus.publish(_task_topic(task), ready.study.study_key, task.SerializeToString())
+        self._records.put(_task_key(wid), task.SerializeToString())
+        self._deadlines[wid] = _seconds(task.deadline)
+        self._state.set_status(wid, WorkflowStatus.RUNNING, stage=stage_name,
+                               detail=f"{stage_name} attempt {attempt}/{self._settings.max_attempts} dispatched")
+        log.info("study %s: workflow %s: %s attempt %d dispatched", ready.study.study_key, wid, stage_name,
+                 attempt)
+
+    def _current(self, wid: str, stage: common_pb2.Stage.ValueType, what: str) -> WorkflowRecord | None:
+        """The workflow's record when ``stage`` is the stage it is at and it is still active; None (and a
+        log line) for an answer about another stage or a finished workflow (a duplicate or a late one)."""
+        record = self._state.get(wid)
+        stage_name = topics.stage_name(stage) if stage in topics.STAGES else str(stage)
+        if record is None or record.status not in _ACTIVE or record.stage != stage_name:
+            log.info("%s for %s of workflow %s ignored: the workflow is %s at %s", what, stage_name, wid,
+                     record.status if record else "unknown", record.stage if record else "-")
+            return None
+        return record
+
+    def _spec(self, record: WorkflowRecord) -> PipelineSpec | None:
+        spec = self._pipelines.get(record.pipeline)
+        if spec is None:
+            log.error("workflow %s: pipeline %r is not run by this orchestrator", record.workflow_id,
+                      record.pipeline)
+        return spec
+
+    def _task(self, wid: str) -> tasks_pb2.TaskRequested | None:
+        raw = self._records.get(_task_key(wid))
+        return None if raw is None else tasks_pb2.TaskRequested.FromString(raw)
+
+
+def _task_topic(task: tasks_pb2.TaskRequested) -> str:
+    if task.priority == common_pb2.PRIORITY_URGENT:
+        return topics.urgent_task_topic(task.stage)
+    return topics.task_topic(task.stage)
+
+
+def _ready_key(wid: str) -> str:
+    return f"workflows/{wid}/study-ready"
+
+
+def _task_key(wid: str) -> str:
+    return f"workflows/{wid}/task"
+
+
+def _done_key(wid: str, stage: common_pb2.Stage.ValueType) -> str:
+    return f"workflows/{wid}/done.{topics.stage_name(stage)}"
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(datetime.fromtimestamp(seconds, UTC))
+    return stamp
+
+
+def _seconds(stamp: timestamp_pb2.Timestamp) -> float:
+    return stamp.seconds + stamp.nanos / 1e9

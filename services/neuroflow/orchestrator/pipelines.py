@@ -1,0 +1,82 @@
+"""Pipelines as data: each is a list of stages plus the few facts its tasks need. The orchestrator walks the
+list; what a stage's task carries is built from the StudyReady and the earlier stages' answers, the same
+way for every pipeline that uses the stage."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from neuroflow.core import topics
+from neuroflow.core.config import GLIOMA_PIPELINE, PipelineModels
+from neuroflow.core.roles import GLIOMA_REFERENCE_ROLE
+from neuroflow.proto.neuroflow.v1 import common_pb2, events_pb2, tasks_pb2
+
+StageInput = tasks_pb2.PreprocessInput | tasks_pb2.SegmentationInput | tasks_pb2.ResultsInput
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """A pipeline: its name (as StudyReady.pipeline says it), its stages in order, the segmentation model
+    it runs and the role every other series is registered onto."""
+
+    name: str
+    stages: tuple[common_pb2.Stage.ValueType, ...]
+    model: common_pb2.ModelRef
+    reference_role: str
+
+    def __post_init__(self) -> None:
+        if not self.stages or len(set(self.stages)) != len(self.stages):
+            raise ValueError(f"pipeline {self.name!r}: stages must be a non-empty list without repeats")
+        for stage in self.stages:
+            topics.stage_name(stage)  # refuses STAGE_UNSPECIFIED and unknown values
+
+    def next_stage(self, stage: common_pb2.Stage.ValueType) -> common_pb2.Stage.ValueType | None:
+        """The stage after ``stage``, or None when ``stage`` is the last. ValueError if not in the list."""
+        index = self.stages.index(stage)
+        return self.stages[index + 1] if index + 1 < len(self.stages) else None
+
+
+def glioma_pipeline(models: PipelineModels) -> PipelineSpec:
+    """The glioma pipeline: preprocess -> segmentation -> results, with the configured glioma model."""
+    return PipelineSpec(
+        name=GLIOMA_PIPELINE,
+        stages=(common_pb2.STAGE_PREPROCESS, common_pb2.STAGE_SEGMENTATION, common_pb2.STAGE_RESULTS),
+        model=common_pb2.ModelRef(name=models.glioma.name, version=models.glioma.version),
+        reference_role=GLIOMA_REFERENCE_ROLE.value,
+    )
+
+
+class MissingStageOutput(ValueError):
+    """A stage's task needs an earlier stage's answer that the workflow does not have."""
+
+
+def build_input(
+    stage: common_pb2.Stage.ValueType,
+    spec: PipelineSpec,
+    ready: events_pb2.StudyReady,
+    outputs: Mapping[common_pb2.Stage.ValueType, tasks_pb2.TaskDone],
+    *,
+    destination: str,
+) -> StageInput:
+    """The input of ``stage``'s task: from the StudyReady (series, roles) and the answers of the stages
+    before it (``outputs``, by stage). Refuses (MissingStageOutput) when a needed answer is missing and
+    (ValueError) a stage that has no input defined here."""
+
+    def answer(of: common_pb2.Stage.ValueType) -> tasks_pb2.TaskDone:
+        if of not in outputs:
+            raise MissingStageOutput(f"pipeline {spec.name}: {topics.stage_name(stage)} needs the output of "
+                                     f"{topics.stage_name(of)}, which has not run")
+        return outputs[of]
+
+    if stage == common_pb2.STAGE_PREPROCESS:
+        return tasks_pb2.PreprocessInput(series=ready.series, reference_role=spec.reference_role)
+    if stage == common_pb2.STAGE_SEGMENTATION:
+        pre = answer(common_pb2.STAGE_PREPROCESS).preprocess
+        return tasks_pb2.SegmentationInput(volumes=pre.volumes, brain_mask=pre.brain_mask, model=spec.model)
+    if stage == common_pb2.STAGE_RESULTS:
+        seg = answer(common_pb2.STAGE_SEGMENTATION).segmentation
+        return tasks_pb2.ResultsInput(label_map=seg.label_map, referenced_series=ready.series,
+                                      region_volumes_ml=seg.region_volumes_ml, model=seg.model,
+                                      destination=destination)
+    raise ValueError(f"no task input defined for stage {topics.stage_name(stage)}")

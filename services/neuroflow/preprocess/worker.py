@@ -1,0 +1,76 @@
+"""The preprocess stage as a task handler of the distributed runtime: the routed series from the DICOM
+source in, the normalised volumes and brain mask in the volume store out. The work itself is
+``preprocess_glioma``, the same function the embedded runtime runs."""
+
+from __future__ import annotations
+
+import logging
+
+from pydicom.dataset import Dataset
+
+from neuroflow.core.config import NeuroflowSettings
+from neuroflow.core.dicom_io import DicomSource, find_series
+from neuroflow.core.errors import MissingSequence
+from neuroflow.core.handoff import GeometrySummary, OrientationSummary, PreprocessSummary, RegistrationSummary
+from neuroflow.core.inference import InferenceBackend
+from neuroflow.core.roles import SeriesRole
+from neuroflow.core.timing import StageClock
+from neuroflow.core.volume_store import VolumeStore
+from neuroflow.preprocess.glioma_inputs import preprocess_glioma
+from neuroflow.proto.neuroflow.v1 import tasks_pb2
+
+log = logging.getLogger(__name__)
+
+STEPS = ("read_series", "convert", "orientation", "register", "skull_strip", "normalise")
+BRAIN_MASK_NAME = "brain_mask"
+
+
+def volume_key(task: tasks_pb2.TaskRequested, name: str) -> str:
+    """Volume-store key of a workflow's volume: ``<study_key>/<workflow_id>/<name>``."""
+    return f"{task.study.study_key}/{task.workflow_id}/{name}"
+
+
+class PreprocessHandler:
+    """``TaskRequested`` (stage preprocess) -> ``PreprocessOutput``. Volumes are stored under
+    ``<study_key>/<workflow_id>/<role>`` and ``.../brain_mask`` (a retry overwrites the same keys); the
+    brain mask's meta carries the :class:`PreprocessSummary` the results stage needs."""
+
+    def __init__(self, source: DicomSource, volumes: VolumeStore, backend: InferenceBackend,
+                 settings: NeuroflowSettings) -> None:
+        self._source = source
+        self._volumes = volumes
+        self._backend = backend
+        self._settings = settings
+
+    def __call__(self, task: tasks_pb2.TaskRequested) -> tasks_pb2.PreprocessOutput:
+        key = task.study.study_key
+        clock = StageClock(STEPS, progress=lambda line: log.info("study %s: preprocess %s", key, line.strip()))
+        with clock.stage("read_series"):
+            series = find_series(self._source, task.study, task.preprocess.series, stage="preprocess")
+            reference = SeriesRole(task.preprocess.reference_role) if task.preprocess.reference_role else None
+            if reference is not None and reference not in series:
+                raise MissingSequence(key, f"the reference series role {reference} is not among the routed "
+                                           f"series {sorted(series)}", stage="preprocess")
+            instances: dict[SeriesRole, list[Dataset]] = {
+                role: self._source.read_instances(s) for role, s in series.items()}
+        models = self._settings.models
+        pre = preprocess_glioma(instances, self._backend, (models.skull_strip_bbox, models.skull_strip),
+                                spacing_mm=self._settings.target_spacing_mm, study_key=key, clock=clock)
+        summary = PreprocessSummary(
+            reference_geometry=GeometrySummary.of(pre.reference_geometry),
+            registration={role.value: RegistrationSummary(metric=r.metric, nmi=r.nmi, nmi_before=r.nmi_before)
+                          for role, r in pre.registration.items()},
+            orientation={role.value: OrientationSummary(verdict=c.verdict, nmi_as_is=c.nmi_as_is,
+                                                        nmi_mirrored=c.nmi_mirrored)
+                         for role, c in pre.flip_checks.items()},
+            brain_volume_ml=round(pre.brain_volume_ml, 1),
+            skull_strip_method=f"{models.skull_strip}",
+            timings_s=dict(clock.timings),
+        )
+        output = tasks_pb2.PreprocessOutput(
+            brain_mask=self._volumes.put_ref(volume_key(task, BRAIN_MASK_NAME), summary.attach(pre.brain_mask)))
+        for role, volume in pre.normalised.items():
+            output.volumes[role.value].CopyFrom(self._volumes.put_ref(volume_key(task, role.value.lower()), volume))
+        log.info("study %s: preprocess stored %d volumes and the brain mask for workflow %s", key,
+                 len(output.volumes), task.workflow_id)
+        return output

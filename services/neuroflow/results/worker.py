@@ -1,0 +1,188 @@
+"""The results stage as a task handler of the distributed runtime: the label map in; the DICOM SEG stored
+in the site's sink and forwarded to the destination PACS, the study report written, RESULTS_STORED
+published. The SEG is built by ``glioma_seg`` with the same input hash as the embedded runtime
+(``core.identity.input_hash`` of the series' SOP Instance UIDs and the model), so a retry or a redelivery
+makes the same SOP Instance UID and the PACS replaces rather than duplicates."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from neuroflow.core import topics
+from neuroflow.core.bus import MessageBus
+from neuroflow.core.dead_letter import now_timestamp
+from neuroflow.core.dicom_io import DicomSink, DicomSource, Forwarder, find_series
+from neuroflow.core.errors import DestinationUnavailable, MissingSequence
+from neuroflow.core.handoff import PreprocessSummary
+from neuroflow.core.identity import input_hash
+from neuroflow.core.model_card import ModelRef
+from neuroflow.core.roles import GLIOMA_REFERENCE_ROLE, SeriesRole
+from neuroflow.core.volume_store import VolumeStore
+from neuroflow.proto.neuroflow.v1 import common_pb2, events_pb2, tasks_pb2
+from neuroflow.results.glioma_results import glioma_seg
+from neuroflow.results.report import (
+    TOTAL_TIMING_KEY,
+    OrientationCheck,
+    RegistrationQuality,
+    ReportStatus,
+    SeriesEntry,
+    SkullStrip,
+    StudyReport,
+    TumourVolumes,
+    write_report,
+    write_summary,
+)
+
+log = logging.getLogger(__name__)
+
+
+def forward_with_backoff(
+    forwarder: Forwarder,
+    sop_instance_uids: Sequence[str],
+    destination: str,
+    *,
+    attempts: int,
+    backoff_s: float,
+    study_key: str,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Forward to ``destination``, trying up to ``attempts`` times while it is unavailable, waiting
+    ``backoff_s``, then twice that, ... between tries. A rejection (DestinationRejected) is not retried
+    here (the PACS answered: retrying at once would be refused again) but fails the task as retryable,
+    so the orchestrator tries again after its own, longer backoff; unavailability on the last try is
+    raised (DestinationUnavailable, saying how many tries were made). Both end in the dead-letter topic
+    after the orchestrator's last attempt: never an endless loop."""
+    for attempt in range(1, attempts + 1):
+        try:
+            forwarder.forward(sop_instance_uids, destination)
+            return
+        except DestinationUnavailable as exc:
+            if attempt == attempts:
+                raise DestinationUnavailable(f"{exc} (gave up after {attempts} tries in this task)") from exc
+            delay = backoff_s * 2 ** (attempt - 1)
+            log.warning("study %s: forwarding to %s failed (try %d/%d): %s; again in %.1f s", study_key,
+                        destination, attempt, attempts, exc, delay)
+            sleep(delay)
+
+
+class ResultsHandler:
+    """``TaskRequested`` (stage results) -> ``ResultsOutput``. Writes ``report.json`` and ``summary.txt``
+    to ``reports_dir/<study_key>/<workflow_id>/``."""
+
+    def __init__(
+        self,
+        source: DicomSource,
+        sink: DicomSink,
+        volumes: VolumeStore,
+        bus: MessageBus,
+        reports_dir: Path,
+        *,
+        forward_attempts: int = 3,
+        forward_backoff_s: float = 2.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._source = source
+        self._sink = sink
+        self._volumes = volumes
+        self._bus = bus
+        self._reports_dir = reports_dir
+        self._forward_attempts = forward_attempts
+        self._forward_backoff_s = forward_backoff_s
+        self._sleep = sleep
+
+    def __call__(self, task: tasks_pb2.TaskRequested) -> tasks_pb2.ResultsOutput:
+        key, request = task.study.study_key, task.results
+        started = time.perf_counter()
+        labels = self._volumes.get_ref(request.label_map)
+        summary = PreprocessSummary.of(labels)
+        series = find_series(self._source, task.study, request.referenced_series, stage="results")
+        if GLIOMA_REFERENCE_ROLE not in series:
+            raise MissingSequence(key, f"the SEG is drawn on the {GLIOMA_REFERENCE_ROLE} series, which is not "
+                                       f"among the referenced series {sorted(series)}", stage="results")
+        model = ModelRef(name=request.model.name, version=request.model.version)
+        uids = {role.value: [str(h.SOPInstanceUID) for h in s.headers] for role, s in series.items()}
+        reference = self._source.read_instances(series[GLIOMA_REFERENCE_ROLE])
+        seg = glioma_seg(labels, summary.reference_geometry.geometry(), reference, model=model,
+                         input_hash=input_hash(uids, model))
+        warnings = _registration_warnings(summary)
+        stored: list[str] = []
+        if seg is None:
+            warnings.append("no tumour detected: no DICOM SEG written")
+        else:
+            stored.append(self._sink.store(seg))
+            if request.destination and isinstance(self._sink, Forwarder):
+                forward_with_backoff(self._sink, stored, request.destination, attempts=self._forward_attempts,
+                                     backoff_s=self._forward_backoff_s, study_key=key, sleep=self._sleep)
+            elif request.destination:
+                warnings.append(f"the sink cannot forward: results stored, not sent to {request.destination}")
+        timings = {**summary.timings_s, "write_results": round(time.perf_counter() - started, 3)}
+        report = _report(task, summary, labels_volumes=TumourVolumes.from_label_map(labels), model=model,
+                         series=series_entries(request.referenced_series), timings=timings, warnings=warnings)
+        out_dir = self._reports_dir / key / task.workflow_id
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_summary(report, out_dir)
+        write_report(report, out_dir)
+        destination = request.destination or "sink"
+        event = events_pb2.ResultsStored(
+            schema_version=topics.SCHEMA_VERSION, study=task.study, pipeline=task.pipeline,
+            workflow_id=task.workflow_id, sop_instance_uids=stored, destination=destination, model=request.model,
+            stored_at=now_timestamp())
+        self._bus.publish(topics.RESULTS_STORED, key, event.SerializeToString())
+        log.info("study %s: results of workflow %s: %d object(s) stored, report in %s", key, task.workflow_id,
+                 len(stored), out_dir)
+        return tasks_pb2.ResultsOutput(sop_instance_uids=stored, destination=request.destination)
+
+
+def series_entries(refs: Sequence[common_pb2.SeriesRef]) -> list[SeriesEntry]:
+    """The report's series list from the routed series. Routing chose each role; its confidence is not
+    carried in StudyReady, so the entries say routing decided (confidence 1.0: the role was assigned)."""
+    return [SeriesEntry(series_instance_uid=ref.series_instance_uid, description=ref.description,
+                        role=SeriesRole(ref.role), confidence=1.0, reasons=["role assigned by routing"],
+                        used_as=SeriesRole(ref.role))
+            for ref in refs]
+
+
+def _registration_warnings(summary: PreprocessSummary) -> list[str]:
+    return [f"registration of {role} made the alignment worse (NMI {reg.nmi_before:.3f} -> {reg.nmi:.3f}); "
+            "review the overlay"
+            for role, reg in summary.registration.items() if reg.nmi < reg.nmi_before - 0.01]
+
+
+def _report(
+    task: tasks_pb2.TaskRequested,
+    summary: PreprocessSummary,
+    *,
+    labels_volumes: TumourVolumes,
+    model: ModelRef,
+    series: list[SeriesEntry],
+    timings: dict[str, float],
+    warnings: list[str],
+) -> StudyReport:
+    # outputs names the files of the report folder; the SEG went to the sink (ResultsOutput names it).
+    return StudyReport(
+        study_instance_uid=task.study.study_instance_uid,
+        study_key=task.study.study_key,
+        pipeline=task.pipeline,
+        status=ReportStatus.SUCCEEDED,
+        series=series,
+        timings_s={**timings, TOTAL_TIMING_KEY: round(sum(timings.values()), 3)},
+        volumes_ml=labels_volumes,
+        model=model,
+        registration={
+            SeriesRole(role): RegistrationQuality(
+                metric="mattes_mutual_information", metric_value=reg.metric, quality=reg.nmi,
+                quality_measure="normalised mutual information with the reference")
+            for role, reg in summary.registration.items()
+        },
+        orientation_check=OrientationCheck(
+            passed=True,
+            detail="; ".join(f"{role}: {c.verdict} (NMI as is {c.nmi_as_is:.3f}, mirrored {c.nmi_mirrored:.3f})"
+                             for role, c in summary.orientation.items()),
+        ),
+        skull_strip=SkullStrip(brain_volume_ml=summary.brain_volume_ml, method=summary.skull_strip_method),
+        warnings=warnings,
+        outputs=["report.json", "summary.txt"],
+    )

@@ -1,0 +1,210 @@
+"""The distributed runtime: builds one service (the orchestrator or a stage worker) from settings, with the
+backends the settings name, so ``neuroflow serve <service>`` runs it as its own process.
+
+Backends that live in optional modules (Kafka, PostgreSQL, Orthanc) are imported by name only when the
+settings ask for them, so the embedded backends need none of their client libraries. The pipeline code
+(``preprocess``, ``segmentation``, ``results``) is the same as the embedded runtime's.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from neuroflow.core.bus import InMemoryBus, MessageBus
+from neuroflow.core.config import NeuroflowSettings
+from neuroflow.core.dicom_io import DicomSink, DicomSource, FolderDicomSink, FolderDicomSource
+from neuroflow.core.inference import InferenceBackend, OnnxRuntimeBackend
+from neuroflow.core.records import FolderRecordStore, RecordStore
+from neuroflow.core.state import SqliteStateStore, WorkflowStateStore
+from neuroflow.core.volume_store import FolderVolumeStore, VolumeStore
+from neuroflow.core.worker import Handler, StageWorker
+from neuroflow.orchestrator.orchestrator import Orchestrator
+from neuroflow.orchestrator.pipelines import PipelineSpec, glioma_pipeline
+from neuroflow.proto.neuroflow.v1 import common_pb2
+
+log = logging.getLogger(__name__)
+
+SERVICES = ("orchestrator", "preprocess", "segmentation", "results")
+STAGE_OF_SERVICE: dict[str, common_pb2.Stage.ValueType] = {
+    "preprocess": common_pb2.STAGE_PREPROCESS,
+    "segmentation": common_pb2.STAGE_SEGMENTATION,
+    "results": common_pb2.STAGE_RESULTS,
+}
+# Kafka hands a consumer's partitions to another when it spends longer than this on one task; it must
+# exceed the slowest stage, or a long task is done twice. Added to the longest stage timeout.
+_POLL_INTERVAL_MARGIN_S = 60.0
+
+
+class Service(Protocol):
+    """What ``serve`` runs: a loop until ``stop``."""
+
+    def run(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass
+class Backends:
+    """The backends one process uses, built lazily from settings and closed together."""
+
+    settings: NeuroflowSettings
+    _built: dict[str, Any] = field(default_factory=dict)
+
+    def _once(self, name: str, build: Callable[[], Any]) -> Any:
+        if name not in self._built:
+            self._built[name] = build()
+        return self._built[name]
+
+    def bus(self) -> MessageBus:
+        def build() -> MessageBus:
+            if self.settings.bus.kind == "kafka":
+                timeouts = self.settings.orchestration.stage_timeout_s.values()
+                longest = max([*timeouts, self.settings.orchestration.default_stage_timeout_s])
+                kafka: Any = _backend("neuroflow.core.kafka_bus", "KafkaBus")
+                bus: MessageBus = kafka(self.settings.bus.bootstrap,
+                                        max_poll_interval_s=longest + _POLL_INTERVAL_MARGIN_S)
+                return bus
+            return InMemoryBus()
+        result: MessageBus = self._once("bus", build)
+        return result
+
+    def state(self) -> WorkflowStateStore:
+        def build() -> WorkflowStateStore:
+            if self.settings.state.kind == "postgres":
+                postgres: Any = _backend("neuroflow.core.state_postgres", "PostgresStateStore")
+                store: WorkflowStateStore = postgres(self.settings.state.dsn.get_secret_value())
+                return store
+            return SqliteStateStore(self.settings.state.sqlite_path)
+        result: WorkflowStateStore = self._once("state", build)
+        return result
+
+    def records(self) -> RecordStore:
+        result: RecordStore = self._once("records", lambda: FolderRecordStore(self.settings.records_root))
+        return result
+
+    def volumes(self) -> VolumeStore:
+        result: VolumeStore = self._once("volumes", lambda: FolderVolumeStore(self.settings.volume_store_root))
+        return result
+
+    def inference(self) -> InferenceBackend:
+        result: InferenceBackend = self._once("inference", lambda: OnnxRuntimeBackend(
+            self.settings.model_repository, self.settings.inference_threads))
+        return result
+
+    def source(self) -> DicomSource:
+        def build() -> DicomSource:
+            if self.settings.dicom.source == "orthanc":
+                source: DicomSource = _backend("neuroflow.core.orthanc", "OrthancDicomSource")(self._orthanc())
+                return source
+            return FolderDicomSource(self.settings.dicom.folder)
+        result: DicomSource = self._once("source", build)
+        return result
+
+    def sink(self) -> DicomSink:
+        def build() -> DicomSink:
+            if self.settings.dicom.source == "orthanc":  # results go back to the Orthanc studies came from
+                sink: DicomSink = _backend("neuroflow.core.orthanc", "OrthancDicomSink")(self._orthanc())
+                return sink
+            return FolderDicomSink(self.settings.dicom.sink_folder)
+        result: DicomSink = self._once("sink", build)
+        return result
+
+    def _orthanc(self) -> Any:
+        def build() -> Any:
+            dicom = self.settings.dicom
+            endpoint = _backend("neuroflow.core.orthanc", "OrthancEndpoint")(
+                url=dicom.orthanc_url, username=dicom.orthanc_username,
+                password=dicom.orthanc_password.get_secret_value())
+            return _backend("neuroflow.core.orthanc", "OrthancClient")(endpoint)
+        return self._once("orthanc", build)
+
+    def close(self) -> None:
+        for name in ("bus", "state"):
+            backend = self._built.pop(name, None)
+            if backend is not None:
+                backend.close()
+
+
+def pipelines(settings: NeuroflowSettings) -> dict[str, PipelineSpec]:
+    """The pipelines this site runs, by name."""
+    glioma = glioma_pipeline(settings.models)
+    return {glioma.name: glioma}
+
+
+def stage_handler(service: str, backends: Backends) -> Handler:
+    """The handler of a stage service, wired to its backends (imports only that stage's code)."""
+    settings = backends.settings
+    if service == "preprocess":
+        from neuroflow.preprocess.worker import PreprocessHandler
+        return PreprocessHandler(backends.source(), backends.volumes(), backends.inference(), settings)
+    if service == "segmentation":
+        from neuroflow.segmentation.worker import SegmentationHandler
+        return SegmentationHandler(backends.volumes(), backends.inference(), settings)
+    if service == "results":
+        from neuroflow.results.worker import ResultsHandler
+        orchestration = settings.orchestration
+        return ResultsHandler(backends.source(), backends.sink(), backends.volumes(), backends.bus(),
+                              settings.reports_dir, forward_attempts=orchestration.forward_attempts,
+                              forward_backoff_s=orchestration.forward_backoff_s)
+    raise ValueError(f"no stage service {service!r}; stage services are {sorted(STAGE_OF_SERVICE)}")
+
+
+def build_service(service: str, backends: Backends, *, name: str = "") -> Service:
+    """The orchestrator or a stage worker, wired to ``backends``. ValueError for an unknown service."""
+    settings = backends.settings
+    if service == "orchestrator":
+        return Orchestrator(backends.bus(), backends.state(), backends.records(), pipelines(settings),
+                            settings.orchestration, destination=settings.dicom.destination)
+    if service in STAGE_OF_SERVICE:
+        return StageWorker(backends.bus(), STAGE_OF_SERVICE[service], stage_handler(service, backends),
+                           backends.records(), name=name or f"{service}-worker",
+                           poll_timeout_s=settings.orchestration.poll_timeout_s,
+                           heartbeat_s=settings.orchestration.heartbeat_s)
+    raise ValueError(f"unknown service {service!r}: choose one of {', '.join(SERVICES)}")
+
+
+def serve(services: Sequence[str], settings: NeuroflowSettings) -> None:
+    """Run ``services`` (each in its own thread, sharing one set of backends) until SIGINT or SIGTERM,
+    then stop them cleanly: each finishes and answers the task in hand first."""
+    if settings.bus.kind == "inmemory" and set(services) != set(SERVICES):
+        log.warning("the in-memory bus joins only the services of this process (%s); other processes will "
+                    "not see its messages: set NEUROFLOW_BUS__KIND=kafka to connect them", ", ".join(services))
+    stopped = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping %s", signum, ", ".join(services))
+        stopped.set()
+
+    # First: a signal that arrives while the backends connect must stop the services, not kill them.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
+    backends = Backends(settings)
+    try:
+        running = [build_service(s, backends) for s in services]
+        threads = [threading.Thread(target=service.run, name=name, daemon=True)
+                   for service, name in zip(running, services, strict=True)]
+        for thread in threads:
+            thread.start()
+        while not stopped.wait(0.2):
+            if not any(t.is_alive() for t in threads):
+                break
+        for service in running:
+            service.stop()
+        for thread in threads:
+            thread.join()
+    finally:
+        backends.close()
+
+
+def _backend(module: str, name: str) -> Any:
+    """``name`` from ``module``, imported only now; a clear error when that backend is not installed."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise RuntimeError(f"backend {module}.{name} is not available in this installation: {exc}") from exc

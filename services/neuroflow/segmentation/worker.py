@@ -1,0 +1,65 @@
+"""The segmentation stage as a task handler of the distributed runtime: preprocessed volumes in, the label
+map out (in the volume store) with the region volumes. The work itself is ``predict_regions`` and
+``label_map``, the same functions the embedded runtime runs."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from neuroflow.core.config import NeuroflowSettings
+from neuroflow.core.handoff import SUMMARY_META_KEY, PreprocessSummary
+from neuroflow.core.inference import InferenceBackend
+from neuroflow.core.labels import REGION_LABELS
+from neuroflow.core.model_card import ModelRef
+from neuroflow.core.roles import SeriesRole
+from neuroflow.core.volume import Volume
+from neuroflow.core.volume_store import VolumeStore
+from neuroflow.proto.neuroflow.v1 import tasks_pb2
+from neuroflow.segmentation.glioma import label_map, predict_regions
+
+log = logging.getLogger(__name__)
+
+LABEL_MAP_NAME = "label_map"
+_MM3_PER_ML = 1000.0
+
+
+def region_volumes_ml(labels: Volume) -> dict[str, float]:
+    """Millilitres of each tumour region (WT, TC, ET) of a BraTS label map, by region value."""
+    ml_per_voxel = labels.voxel_volume_mm3 / _MM3_PER_ML
+    return {region.value: int(np.isin(labels.array, [int(label) for label in region_labels]).sum()) * ml_per_voxel
+            for region, region_labels in REGION_LABELS.items()}
+
+
+class SegmentationHandler:
+    """``TaskRequested`` (stage segmentation) -> ``SegmentationOutput``. The label map is stored under
+    ``<study_key>/<workflow_id>/label_map`` with the brain mask's meta (the preprocess summary, to which
+    this stage adds its own step timings), so the results stage finds everything on one volume."""
+
+    def __init__(self, volumes: VolumeStore, backend: InferenceBackend, settings: NeuroflowSettings) -> None:
+        self._volumes = volumes
+        self._backend = backend
+        self._settings = settings
+
+    def __call__(self, task: tasks_pb2.TaskRequested) -> tasks_pb2.SegmentationOutput:
+        key, request = task.study.study_key, task.segmentation
+        normalised = {SeriesRole(role): self._volumes.get_ref(ref) for role, ref in request.volumes.items()}
+        mask = self._volumes.get_ref(request.brain_mask)
+        model = ModelRef(name=request.model.name, version=request.model.version)
+        started = time.perf_counter()
+        probabilities = predict_regions(normalised, mask, self._backend, model,
+                                        overlap=self._settings.window_overlap,
+                                        batch_size=self._settings.window_batch_size, study_key=key)
+        segmented = time.perf_counter()
+        labels = label_map(probabilities, mask)
+        timings = {"segment": round(segmented - started, 3),
+                   "postprocess": round(time.perf_counter() - segmented, 3)}
+        if SUMMARY_META_KEY in mask.meta:
+            labels = PreprocessSummary.of(mask).with_timings(timings).attach(labels)
+        stored = self._volumes.put_ref(f"{key}/{task.workflow_id}/{LABEL_MAP_NAME}", labels)
+        volumes = region_volumes_ml(labels)
+        log.info("study %s: segmentation of workflow %s: WT %.1f mL in %.1f s", key, task.workflow_id,
+                 volumes.get("WT", 0.0), timings["segment"])
+        return tasks_pb2.SegmentationOutput(label_map=stored, region_volumes_ml=volumes, model=request.model)
