@@ -1,0 +1,327 @@
+"""Synthetic glioma training cases: healthy template brains with an inserted tumour, four contrasts.
+
+No labelled glioma data may be downloaded for this project, so the first glioma model learns from
+cases made here. Each case is built in four steps:
+
+1. **Anatomy.** Grey matter, white matter and CSF fractions of a real healthy brain: the MNI152 2009c
+   symmetric template (tissue maps shipped with nilearn) or Colin27 (``ch2bet``, tissues from a
+   three-class Gaussian mixture of its T1 intensities). A random rotation (up to 12 degrees about each
+   axis) and scaling (0.9-1.1) are applied to the fractions.
+2. **Tumour.** One (sometimes two) irregular lesions, each a noise-perturbed ellipsoid placed in white
+   matter: a core that is either enhancing (a rim of enhancement, often around a necrotic centre) or
+   non-enhancing (solid, low-grade-like), wrapped in oedema that spreads preferentially along white
+   matter and stays out of CSF. Sizes vary from a few to over a hundred millilitres.
+3. **Contrasts.** Each tissue class has a base intensity per sequence (table ``_BASE_INTENSITY``,
+   jittered per case) chosen to reproduce the relative appearance radiologists rely on: T1 WM>GM>CSF;
+   T1CE like T1 plus dural/vessel enhancement and a bright enhancing rim; T2 CSF>GM>WM with bright
+   oedema and necrosis; FLAIR GM>WM, dark CSF, bright oedema. Partial volumes mix linearly. Then a
+   multiplicative texture, a smooth bias field, blur, noise and a random gamma per channel.
+4. **Normalisation.** Per channel z-score over the brain mask with
+   ``neuroflow.preprocess.normalise.zscore_in_mask`` - the very function the pipeline uses - at the
+   templates' 1 mm isotropic spacing; background 0.
+
+Labels are BraTS labels (``neuroflow.core.labels.BratsLabel``). Run as a script to write a few cases
+as NIfTI and print intensity statistics per tissue class:
+
+    python -m models.glioma_unet.synthesize --cases 3 --out synthetic-examples
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+
+from neuroflow.core.labels import BratsLabel
+from neuroflow.core.roles import GLIOMA_INPUT_ROLES
+from neuroflow.preprocess.normalise import zscore_in_mask
+
+FloatArray = npt.NDArray[np.float32]
+COLIN27_BRAIN = Path("/usr/share/mricron/templates/ch2bet.nii.gz")
+
+
+class Tissue(IntEnum):
+    """Tissue classes whose fractions make up a synthetic voxel."""
+
+    CSF = 0
+    GM = 1
+    WM = 2
+    OEDEMA = 3
+    NECROSIS = 4
+    ENHANCING = 5
+    NON_ENHANCING_CORE = 6
+
+
+# Base intensity of each tissue in (T1, T1CE, T2, FLAIR), relative units (WM on T1 ~ 1). The order of
+# columns is GLIOMA_INPUT_ROLES. Values follow typical 1.5/3 T clinical protocols after skull stripping.
+_BASE_INTENSITY: dict[Tissue, tuple[float, float, float, float]] = {
+    Tissue.CSF: (0.25, 0.26, 1.00, 0.10),
+    Tissue.GM: (0.62, 0.63, 0.52, 0.56),
+    Tissue.WM: (0.95, 0.96, 0.36, 0.44),
+    Tissue.OEDEMA: (0.55, 0.56, 0.80, 0.86),
+    Tissue.NECROSIS: (0.30, 0.32, 0.92, 0.55),
+    Tissue.ENHANCING: (0.60, 1.65, 0.62, 0.72),
+    Tissue.NON_ENHANCING_CORE: (0.45, 0.47, 0.82, 0.78),
+}
+# Which BraTS label each tumour tissue carries.
+_TISSUE_LABEL: dict[Tissue, BratsLabel] = {
+    Tissue.OEDEMA: BratsLabel.OEDEMA,
+    Tissue.NECROSIS: BratsLabel.NECROTIC_CORE,
+    Tissue.NON_ENHANCING_CORE: BratsLabel.NECROTIC_CORE,
+    Tissue.ENHANCING: BratsLabel.ENHANCING,
+}
+
+
+@dataclass(frozen=True)
+class BrainTemplate:
+    """Tissue fractions (CSF, GM, WM) of a healthy brain at 1 mm, shape (3, X, Y, Z), zero outside."""
+
+    name: str
+    fractions: FloatArray
+
+
+@dataclass(frozen=True)
+class SyntheticCase:
+    """One training case: ``image`` (4, X, Y, Z) float32 z-scored in ``brain``; ``labels`` BraTS
+    labels uint8; ``tissue`` the dominant Tissue per voxel (for statistics); ``brain`` the mask."""
+
+    image: FloatArray
+    labels: npt.NDArray[np.uint8]
+    tissue: npt.NDArray[np.uint8]
+    brain: npt.NDArray[np.bool_]
+    template: str
+
+
+def _nilearn_data_dir() -> Path:
+    import nilearn.datasets  # deferred: only the templates need it
+
+    return Path(nilearn.datasets.__file__).parent / "data"
+
+
+def load_mni152() -> BrainTemplate:
+    """MNI152 2009c symmetric: GM and WM probability maps from nilearn; CSF is the rest of the brain
+    mask (template T1 > 0, nilearn ships it skull-stripped)."""
+    data = _nilearn_data_dir()
+    t1 = np.asarray(nib.load(data / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz").dataobj)
+    gm = np.asarray(nib.load(data / "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz").dataobj) / 255.0
+    wm = np.asarray(nib.load(data / "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz").dataobj) / 255.0
+    brain = (t1 > 0).astype(np.float64)
+    gm, wm = gm * brain, wm * brain
+    csf = np.clip(brain - gm - wm, 0.0, 1.0)
+    return BrainTemplate("mni152_2009c", _crop_to_brain(np.stack([csf, gm, wm]).astype(np.float32), 16))
+
+
+def load_colin27(path: Path = COLIN27_BRAIN) -> BrainTemplate:
+    """Colin27 skull-stripped T1: CSF/GM/WM posteriors from a three-class Gaussian mixture fitted to
+    its intensity histogram (the image is uint8, so posteriors are a lookup table per grey value)."""
+    t1 = np.asarray(nib.load(path).dataobj).astype(np.int64)
+    brain = t1 > 0
+    hist = np.bincount(t1[brain], minlength=int(t1.max()) + 1).astype(np.float64)
+    values = np.arange(hist.size, dtype=np.float64)
+    means = np.percentile(t1[brain], [10, 50, 85]).astype(np.float64)
+    sds = np.full(3, 10.0)
+    weights = np.full(3, 1 / 3)
+    for _ in range(50):
+        like = weights * np.exp(-0.5 * ((values[:, None] - means) / sds) ** 2) / sds
+        post = like / np.maximum(like.sum(axis=1, keepdims=True), 1e-300)
+        w = post * hist[:, None]
+        weights = w.sum(axis=0) / w.sum()
+        means = (w * values[:, None]).sum(axis=0) / w.sum(axis=0)
+        sds = np.sqrt((w * (values[:, None] - means) ** 2).sum(axis=0) / w.sum(axis=0)) + 1e-3
+    order = np.argsort(means)  # dark to bright on T1: CSF, GM, WM
+    post = post[:, order]
+    fractions = np.moveaxis(post[t1], -1, 0) * brain
+    return BrainTemplate("colin27", _crop_to_brain(fractions.astype(np.float32), 16))
+
+
+def load_templates() -> list[BrainTemplate]:
+    return [load_mni152(), load_colin27()]
+
+
+def _smooth_noise(shape: tuple[int, ...], scale: float, rng: np.random.Generator) -> FloatArray:
+    """A smooth random field of unit standard deviation with structures about ``scale`` voxels wide:
+    white noise on a grid ``scale / 2`` times coarser, blurred there and upsampled linearly (far
+    cheaper than blurring full-size noise with a wide kernel)."""
+    factor = max(1, int(scale // 2))
+    coarse = tuple(-(-s // factor) + 1 for s in shape)
+    field = ndimage.gaussian_filter(rng.standard_normal(coarse).astype(np.float32), scale / (2 * factor))
+    if factor > 1:
+        field = ndimage.zoom(field, [s / (c - 1) for s, c in zip(shape, coarse, strict=True)], order=1,
+                             prefilter=False)
+    out = field[tuple(slice(0, s) for s in shape)]
+    out = out - out.mean()
+    return (out / max(float(out.std()), 1e-6)).astype(np.float32)
+
+
+def _random_affine(fractions: FloatArray, rng: np.random.Generator) -> FloatArray:
+    """Rotate (up to 12 degrees per axis) and scale (0.9-1.1, +-4 % per axis) about the centre."""
+    angles = np.deg2rad(rng.uniform(-12, 12, 3))
+    rot = np.eye(3)
+    for axis, angle in enumerate(angles):
+        a, b = [i for i in range(3) if i != axis]
+        r = np.eye(3)
+        r[a, a] = r[b, b] = math.cos(angle)
+        r[a, b], r[b, a] = -math.sin(angle), math.sin(angle)
+        rot = rot @ r
+    scale = rng.uniform(0.9, 1.1) * rng.uniform(0.96, 1.04, 3)
+    matrix = rot @ np.diag(1.0 / scale)  # output -> input coordinates
+    centre = (np.array(fractions.shape[1:]) - 1) / 2
+    offset = centre - matrix @ centre
+    return np.stack([
+        ndimage.affine_transform(f, matrix, offset, order=1, mode="constant", cval=0.0) for f in fractions
+    ]).astype(np.float32)
+
+
+def _crop_to_brain(fractions: FloatArray, margin: int = 6) -> FloatArray:
+    brain = fractions.sum(axis=0) > 0.5
+    idx = np.nonzero(brain)
+    sl = tuple(slice(max(0, int(i.min()) - margin), int(i.max()) + margin + 1) for i in idx)
+    return fractions[(slice(None), *sl)]
+
+
+def _insert_lesion(fractions: FloatArray, tumour: npt.NDArray[np.uint8], rng: np.random.Generator) -> None:
+    """Draw one lesion into ``tumour`` in place (Tissue codes; 0 = no tumour, the code of CSF is never
+    used there). An existing lesion is kept where the new one only adds oedema."""
+    csf, _, wm = fractions
+    brain = fractions.sum(axis=0) > 0.5
+    shape = np.array(wm.shape)
+    core_radius = rng.uniform(4.0, 18.0)
+    if rng.random() < 0.15:  # little or no oedema
+        oedema_radius = core_radius + rng.uniform(1.0, 3.0)
+    else:
+        oedema_radius = core_radius * rng.uniform(1.2, 2.4) + rng.uniform(0.0, 10.0)
+    reach = math.ceil(oedema_radius * 1.6) + 2
+    # Centre in white matter (where gliomas mostly arise); the lesion box is clipped to the array.
+    candidates = np.argwhere((wm > 0.6) & brain)
+    centre = candidates[rng.integers(len(candidates))]
+    lo = np.maximum(centre - reach, 0)
+    hi = np.minimum(centre + reach + 1, shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    box_shape = tuple(int(b - a) for a, b in zip(lo, hi, strict=True))
+    grid = np.stack(np.meshgrid(*[np.arange(a, b) - c for a, b, c in zip(lo, hi, centre, strict=True)],
+                                indexing="ij")).astype(np.float32)
+    axes = rng.uniform(0.7, 1.3, 3).astype(np.float32)
+    radius = np.sqrt(((grid / axes[:, None, None, None]) ** 2).sum(axis=0))
+    core_field = radius + core_radius * rng.uniform(0.15, 0.4) * _smooth_noise(box_shape, rng.uniform(4, 8), rng)
+    oedema_field = radius + oedema_radius * rng.uniform(0.2, 0.45) * _smooth_noise(
+        box_shape, rng.uniform(5, 10), rng)
+    b_csf, b_wm, b_brain = csf[box], wm[box], brain[box]
+    tissue_ok = b_brain & (b_csf < 0.6)
+    # Oedema follows white matter; in cortex it stays close to the core.
+    oedema = tissue_ok & (oedema_field < oedema_radius) & ((b_wm > 0.35) | (oedema_field < core_radius * 1.3))
+    core = tissue_ok & (core_field < core_radius)
+    region = tumour[box]
+    region[oedema & (region == 0)] = Tissue.OEDEMA
+    if rng.random() < 0.7:  # enhancing tumour: rim, often necrotic centre, patchy enhancement
+        necrosis_radius = core_radius * rng.uniform(0.3, 0.75) if rng.random() < 0.7 else 0.0
+        patchy = _smooth_noise(box_shape, 4.0, rng) > rng.uniform(-1.5, 0.3)
+        rim = core & (core_field >= necrosis_radius)
+        region[core] = Tissue.NON_ENHANCING_CORE
+        region[rim & patchy] = Tissue.ENHANCING
+        region[core & (core_field < necrosis_radius)] = Tissue.NECROSIS
+    else:  # non-enhancing, low-grade-like core
+        region[core] = Tissue.NON_ENHANCING_CORE
+
+
+def synthesize_case(template: BrainTemplate, rng: np.random.Generator) -> SyntheticCase:
+    """Make one case from ``template`` (see the module docstring for the recipe)."""
+    fractions = _crop_to_brain(_random_affine(template.fractions, rng))  # template is pre-cropped
+    fractions = np.clip(fractions, 0.0, 1.0)
+    brain = fractions.sum(axis=0) > 0.5
+    shape = brain.shape
+    tumour = np.zeros(shape, dtype=np.uint8)  # Tissue code of tumour voxels, 0 elsewhere (CSF unused)
+    for _ in range(2 if rng.random() < 0.15 else 1):
+        _insert_lesion(fractions, tumour, rng)
+    tumour[~brain] = 0
+
+    # Soft tumour fractions (partial volume at the border) displace the normal tissue.
+    all_fractions = np.zeros((len(Tissue), *shape), dtype=np.float32)
+    tumour_total = np.zeros(shape, dtype=np.float32)
+    for tissue in (Tissue.OEDEMA, Tissue.NECROSIS, Tissue.ENHANCING, Tissue.NON_ENHANCING_CORE):
+        soft = ndimage.gaussian_filter((tumour == tissue).astype(np.float32), 0.7)
+        all_fractions[tissue] = soft
+        tumour_total += soft
+    excess = np.maximum(tumour_total, 1.0)  # overlapping soft borders: renormalise to a total of 1
+    all_fractions[Tissue.OEDEMA:] /= excess
+    scale = np.clip(1.0 - tumour_total / excess, 0.0, 1.0)
+    all_fractions[:3] = fractions * scale
+    all_fractions *= brain
+
+    image = np.zeros((len(GLIOMA_INPUT_ROLES), *shape), dtype=np.float32)
+    texture = _smooth_noise(shape, 2.5, rng)
+    heterogeneity = _smooth_noise(shape, 3.0, rng)
+    vessels = _vessel_map(all_fractions, rng)
+    for channel in range(len(GLIOMA_INPUT_ROLES)):
+        signal = np.zeros(shape, dtype=np.float32)
+        for tissue in Tissue:
+            base = _BASE_INTENSITY[tissue][channel] * rng.normal(1.0, 0.07)
+            if tissue >= Tissue.OEDEMA:
+                base *= 1.0 + 0.08 * heterogeneity
+            signal += all_fractions[tissue] * base
+        if GLIOMA_INPUT_ROLES[channel].value == "T1CE":
+            signal += vessels * rng.uniform(0.3, 0.9)
+        signal *= 1.0 + rng.uniform(0.01, 0.05) * texture
+        signal *= np.exp(rng.uniform(0.0, 0.25) * _smooth_noise(shape, 40.0, rng))  # bias field
+        signal = ndimage.gaussian_filter(signal, rng.uniform(0.3, 1.0))
+        signal += rng.normal(0.0, rng.uniform(0.01, 0.04), shape).astype(np.float32)
+        signal = np.clip(signal, 0.0, None)
+        peak = float(np.percentile(signal[brain], 99.5))
+        signal = (signal / peak) ** rng.uniform(0.75, 1.35)
+        image[channel] = zscore_in_mask(signal, brain)
+
+    labels = np.zeros(shape, dtype=np.uint8)
+    for tissue, label in _TISSUE_LABEL.items():
+        labels[tumour == tissue] = label
+    dominant = np.argmax(all_fractions, axis=0).astype(np.uint8)
+    return SyntheticCase(image=image, labels=labels, tissue=dominant, brain=brain, template=template.name)
+
+
+def _vessel_map(fractions: FloatArray, rng: np.random.Generator) -> FloatArray:
+    """Thin enhancing structures of a normal T1CE (dura, sinuses, choroid plexus, cortical veins):
+    ridges of a smooth noise field, kept near CSF, so enhancement alone does not mean tumour."""
+    near_csf = ndimage.gaussian_filter(fractions[Tissue.CSF], 1.5)
+    ridges = np.abs(_smooth_noise(near_csf.shape, 6.0, rng)) < 0.08
+    return (ridges * (near_csf > 0.35)).astype(np.float32)
+
+
+def tissue_statistics(case: SyntheticCase) -> dict[str, list[float]]:
+    """Mean z-score per channel for each dominant tissue present (for checking plausibility)."""
+    stats: dict[str, list[float]] = {}
+    for tissue in Tissue:
+        sel = (case.tissue == tissue) & case.brain
+        if sel.sum() > 50:
+            stats[tissue.name] = [round(float(case.image[c][sel].mean()), 2) for c in range(case.image.shape[0])]
+    return stats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cases", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="write NIfTI files of each case here")
+    args = parser.parse_args()
+    rng = np.random.default_rng(args.seed)
+    templates = load_templates()
+    print("channels:", [r.value for r in GLIOMA_INPUT_ROLES])
+    for i in range(args.cases):
+        case = synthesize_case(templates[i % len(templates)], rng)
+        volumes = {BratsLabel(v).name: int((case.labels == v).sum()) for v in np.unique(case.labels) if v}
+        print(f"case {i} ({case.template}) shape {case.labels.shape} label voxels {volumes}")
+        for name, means in tissue_statistics(case).items():
+            print(f"   {name:20s} {means}")
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            for c, role in enumerate(GLIOMA_INPUT_ROLES):
+                nib.save(nib.Nifti1Image(case.image[c], np.eye(4)), args.out / f"case{i}_{role.value}.nii.gz")
+            nib.save(nib.Nifti1Image(case.labels, np.eye(4)), args.out / f"case{i}_seg.nii.gz")
+
+
+if __name__ == "__main__":
+    main()
