@@ -4,6 +4,7 @@
 #   dicom3tools:  dciodvfy, the DICOM object validator every written object is checked with
 #   orthanc, orthanc-dicomweb: the site and destination-PACS DICOM servers the tests start themselves
 #   postgresql:   the distributed runtime's workflow state store (the tests start their own server)
+#   openjdk-17-jre-headless, maven: run the Kafka broker and fetch its jars from Maven Central (scripts/kafka.sh)
 set -euo pipefail
 need=()
 [ -f /usr/share/mricron/templates/ch2bet.nii.gz ] || need+=(mricron-data)
@@ -11,6 +12,8 @@ command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
 [ -x /usr/sbin/Orthanc ] || need+=(orthanc)
 [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql)
+command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || need+=(maven)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"

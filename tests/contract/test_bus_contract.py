@@ -1,7 +1,8 @@
 """Contract of neuroflow.core.bus.MessageBus, run against every backend.
 
-Adding a backend (Kafka) is one entry in BACKENDS: a context manager yielding a BusUnderTest. Each test
-uses fresh topic and group names, so a backend with persistent topics needs no cleanup between tests.
+Adding a backend is one entry in BACKENDS: a context manager taking the test's fixture request (to reach
+a session server such as the real Kafka broker of tests/servers/kafka.py) and yielding a BusUnderTest.
+Each test uses fresh topic names, so a backend with persistent topics needs no cleanup between tests.
 Only what every backend promises is asserted: order per key, every group sees everything, at-least-once
 delivery with redelivery of what a crashed consumer had not committed (commits in delivery order).
 """
@@ -13,11 +14,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import pytest
 
 from neuroflow.core.bus import InMemoryBus, Message, MessageBus
+from neuroflow.core.kafka_bus import KafkaBus
+from tests.servers.kafka import KafkaServer
 
 
 @dataclass
@@ -29,24 +33,40 @@ class BusUnderTest:
 
 
 @contextlib.contextmanager
-def in_memory_bus() -> Iterator[BusUnderTest]:
+def in_memory_bus(request: pytest.FixtureRequest) -> Iterator[BusUnderTest]:
     bus = InMemoryBus()
 
     def crash_consumer(topic: str, group: str) -> None:
         bus.redeliver(topic, group)
 
-    yield BusUnderTest(bus, crash_consumer)
-    bus.close()
+    try:
+        yield BusUnderTest(bus, crash_consumer)
+    finally:
+        bus.close()
 
 
-BACKENDS = [pytest.param(in_memory_bus, id="in-memory")]
+@contextlib.contextmanager
+def kafka_bus(request: pytest.FixtureRequest) -> Iterator[BusUnderTest]:
+    """A KafkaBus on the session's real broker. A crash closes the consumer without committing; the next
+    poll starts a new consumer in the same group, which resumes from the group's committed offsets."""
+    server: KafkaServer = request.getfixturevalue("kafka_server")
+    bus = KafkaBus(server.bootstrap)
+    try:
+        yield BusUnderTest(bus, bus.close_consumer)
+    finally:
+        bus.close()
+
+
+BackendFactory = Callable[[pytest.FixtureRequest], AbstractContextManager[BusUnderTest]]
+BACKENDS = [pytest.param(in_memory_bus, id="in-memory"), pytest.param(kafka_bus, id="kafka")]
 # How long a poll may wait for a message that is known to be there (a networked backend needs a moment).
 WAIT_S = 5.0
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> Iterator[BusUnderTest]:
-    with request.param() as under_test:
+    factory: BackendFactory = request.param
+    with factory(request) as under_test:
         yield under_test
 
 
@@ -91,6 +111,18 @@ def test_a_topic_delivers_only_its_own_messages(backend: BusUnderTest, topic: st
 
     assert [m.value for m in receive(backend.bus, topic, "g", 1)] == [b"here"]
     assert nothing_more(backend.bus, topic, "g")
+
+
+def test_a_group_reading_two_topics_gets_each_while_its_reader_of_the_other_sits_idle(
+        backend: BusUnderTest, topic: str) -> None:
+    other = topic + ".other"
+    backend.bus.publish(other, "study-a", b"first")
+    assert [m.value for m in receive(backend.bus, other, "orchestrator", 1)] == [b"first"]
+
+    # The orchestrator now waits on `topic` only; nothing polls `other` for this group any more.
+    backend.bus.publish(topic, "study-a", b"second")
+
+    assert [m.value for m in receive(backend.bus, topic, "orchestrator", 1)] == [b"second"]
 
 
 def test_each_consumer_group_receives_every_message(backend: BusUnderTest, topic: str) -> None:

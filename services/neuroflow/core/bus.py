@@ -17,6 +17,8 @@ class Message:
     key: str
     value: bytes
     offset: int
+    # Offsets count per partition: a backend with one log per topic (in memory) leaves it 0.
+    partition: int = 0
 
 
 class MessageBus(ABC):
