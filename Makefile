@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_STUDY := build/demo-study
 DEMO_OUT := demo-out
 
-.PHONY: demo test lint unit e2e bench proto proto-check system-deps clean
+.PHONY: demo test lint unit integration bench proto proto-check system-deps stack-up stack-down clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,13 +31,23 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 test: $(STAMP) system-deps lint
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=15
 
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q tests/unit tests/contract
 
-bench: $(STAMP)
+integration: $(STAMP) system-deps
+	$(VENV)/bin/pytest -q tests/integration tests/contract
+
+stack-up: $(STAMP) system-deps
+	$(VENV)/bin/neuroflow stack up
+
+stack-down: $(STAMP)
+	$(VENV)/bin/neuroflow stack down
+
+bench: $(STAMP) system-deps
 	$(PY) scripts/bench.py --out BENCHMARKS.md
+	$(PY) scripts/bench_distributed.py --out BENCHMARKS.md
 
 proto: $(STAMP)
 	$(PY) scripts/gen_proto.py

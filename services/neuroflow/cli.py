@@ -20,8 +20,10 @@ EXIT_USAGE = 2
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if not args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    # Services log what they do (with pseudonymous study keys); one-shot commands only what went wrong.
+    quiet = args.command != "serve" and not args.verbose
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
@@ -50,10 +52,16 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run services of the distributed runtime until SIGINT/SIGTERM "
                                          "(backends from NEUROFLOW_* settings)")
-    serve.add_argument("services", nargs="+", choices=("orchestrator", "preprocess", "segmentation", "results",
-                                                       "all"),
+    serve.add_argument("services", nargs="+", choices=("ingest", "orchestrator", "preprocess", "segmentation",
+                                                       "results", "all"),
                        help="the service(s) to run in this process; 'all' runs every one")
     serve.set_defaults(handler=_cmd_serve)
+
+    stack = sub.add_parser("stack", help="the local stack on loopback: Orthanc x2, Kafka, PostgreSQL, services")
+    stack.add_argument("action", choices=("up", "down", "status"))
+    stack.add_argument("--wait-window", type=float, default=10.0, help="seconds without new images (up)")
+    stack.add_argument("--preprocess-workers", type=int, default=1, help="preprocess processes (up)")
+    stack.set_defaults(handler=_cmd_stack)
     return parser
 
 
@@ -112,6 +120,31 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     services = list(SERVICES) if "all" in args.services else list(dict.fromkeys(args.services))
     serve(services, NeuroflowSettings())
     return EXIT_OK
+
+
+def _cmd_stack(args: argparse.Namespace) -> int:
+    from neuroflow.devtools import stack
+
+    if args.action == "up":
+        try:
+            started = stack.up(stack.StackOptions(wait_window_s=args.wait_window,
+                                                  workers={"preprocess": args.preprocess_workers}))
+        except stack.StackError as exc:
+            print(f"neuroflow: error: {exc}", file=sys.stderr)
+            return EXIT_STUDY_FAILED
+        print(f"stack up: {len(started['processes'])} processes; endpoints in {stack.STACK_FILE}")
+        return EXIT_OK
+    if args.action == "down":
+        stopped = stack.down()
+        print(f"stack down: stopped {', '.join(stopped) or 'nothing (no stack running)'}")
+        return EXIT_OK
+    rows = stack.status()
+    if not rows:
+        print("no stack (run `neuroflow stack up`)")
+        return EXIT_STUDY_FAILED
+    for name, running, detail in rows:
+        print(f"{name:<16} {'running' if running else 'NOT RUNNING':<12} {detail}")
+    return EXIT_OK if all(running for _, running, _ in rows) else EXIT_STUDY_FAILED
 
 
 if __name__ == "__main__":

@@ -78,6 +78,18 @@ class OrchestrationSettings(BaseModel):
         return float(min(self.retry_backoff_s * 2 ** max(0, attempt - 1), self.retry_backoff_max_s))
 
 
+class IngestSettings(BaseModel):
+    """When a study is complete and where it goes, per site."""
+
+    # No new instance for this long: the study is complete. The published pipeline needed 2 minutes
+    # because some scanners' sends were delayed; late series are handled anyway (a new study version).
+    wait_window_s: float = Field(default=120.0, gt=0.0)
+    pipelines: list[str] = Field(default_factory=lambda: [GLIOMA_PIPELINE])  # enabled at this site
+    # A replica that claimed a study and died is taken over after this long.
+    claim_lease_s: float = Field(default=120.0, gt=0.0)
+    poll_interval_s: float = Field(default=0.5, gt=0.0)  # change feed and wait-window checks
+
+
 class NeuroflowSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NEUROFLOW_", env_nested_delimiter="__")
 
@@ -102,3 +114,4 @@ class NeuroflowSettings(BaseSettings):
     # ... and the report of each workflow (report.json, summary.txt under <study_key>/<workflow_id>/).
     reports_dir: Path = Path(".neuroflow/reports")
     orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)

@@ -43,6 +43,7 @@ class IngestSettings:
     models: dict[str, ModelRef]  # pipeline -> segmentation model, part of each input hash
     wait_window_s: float
     lease_s: float = 120.0
+    poll_interval_s: float = 0.5
     feed: str = "orthanc"
     holder: str = field(default_factory=lambda: f"ingest-{uuid.uuid4().hex[:8]}")
 
@@ -74,6 +75,7 @@ class IngestService:
             self._since = int(client.get_json("/changes?last", what="read the change feed")["Last"])
             windows.advance_cursor(settings.feed, self._since)
         self.counters = IngestCounters()
+        self._stopped = threading.Event()
 
     def poll_changes(self, now: float | None = None, limit: int = 1000) -> int:
         """Read the change feed to its end; record a change for each study that received an instance."""
@@ -112,15 +114,22 @@ class IngestService:
             self.counters.triggers += 1
         return published
 
-    def run(self, stop: threading.Event, interval_s: float = 0.5) -> None:
-        """Follow the feed and trigger until ``stop`` is set; errors are logged and retried."""
-        while not stop.is_set():
+    def run(self) -> None:
+        """Follow the feed and trigger until ``stop()``; errors (Orthanc, the bus, the database away)
+        are logged and retried at the next interval, never fatal."""
+        interval = self._settings.poll_interval_s
+        log.info("ingest %s following site %s, wait window %.0f s", self._settings.holder, self._settings.site,
+                 self._settings.wait_window_s)
+        while not self._stopped.is_set():
             try:
                 self.poll_changes()
                 self.trigger_due()
             except Exception:
-                log.exception("ingest loop failed; retrying in %.1f s", interval_s)
-            stop.wait(interval_s)
+                log.exception("ingest loop failed; retrying in %.1f s", interval)
+            self._stopped.wait(interval)
+
+    def stop(self) -> None:
+        self._stopped.set()
 
     def _study_of_instance(self, instance_id: str) -> str | None:
         try:

@@ -20,6 +20,7 @@ from neuroflow.core.bus import InMemoryBus, MessageBus
 from neuroflow.core.config import NeuroflowSettings
 from neuroflow.core.dicom_io import DicomSink, DicomSource, FolderDicomSink, FolderDicomSource
 from neuroflow.core.inference import InferenceBackend, OnnxRuntimeBackend
+from neuroflow.core.model_card import ModelRef
 from neuroflow.core.records import FolderRecordStore, RecordStore
 from neuroflow.core.state import SqliteStateStore, WorkflowStateStore
 from neuroflow.core.volume_store import FolderVolumeStore, VolumeStore
@@ -30,7 +31,7 @@ from neuroflow.proto.neuroflow.v1 import common_pb2
 
 log = logging.getLogger(__name__)
 
-SERVICES = ("orchestrator", "preprocess", "segmentation", "results")
+SERVICES = ("ingest", "orchestrator", "preprocess", "segmentation", "results")
 STAGE_OF_SERVICE: dict[str, common_pb2.Stage.ValueType] = {
     "preprocess": common_pb2.STAGE_PREPROCESS,
     "segmentation": common_pb2.STAGE_SEGMENTATION,
@@ -100,7 +101,7 @@ class Backends:
     def source(self) -> DicomSource:
         def build() -> DicomSource:
             if self.settings.dicom.source == "orthanc":
-                source: DicomSource = _backend("neuroflow.core.orthanc", "OrthancDicomSource")(self._orthanc())
+                source: DicomSource = _backend("neuroflow.core.orthanc", "OrthancDicomSource")(self.orthanc())
                 return source
             return FolderDicomSource(self.settings.dicom.folder)
         result: DicomSource = self._once("source", build)
@@ -109,13 +110,13 @@ class Backends:
     def sink(self) -> DicomSink:
         def build() -> DicomSink:
             if self.settings.dicom.source == "orthanc":  # results go back to the Orthanc studies came from
-                sink: DicomSink = _backend("neuroflow.core.orthanc", "OrthancDicomSink")(self._orthanc())
+                sink: DicomSink = _backend("neuroflow.core.orthanc", "OrthancDicomSink")(self.orthanc())
                 return sink
             return FolderDicomSink(self.settings.dicom.sink_folder)
         result: DicomSink = self._once("sink", build)
         return result
 
-    def _orthanc(self) -> Any:
+    def orthanc(self) -> Any:
         def build() -> Any:
             dicom = self.settings.dicom
             endpoint = _backend("neuroflow.core.orthanc", "OrthancEndpoint")(
@@ -158,6 +159,8 @@ def stage_handler(service: str, backends: Backends) -> Handler:
 def build_service(service: str, backends: Backends, *, name: str = "") -> Service:
     """The orchestrator or a stage worker, wired to ``backends``. ValueError for an unknown service."""
     settings = backends.settings
+    if service == "ingest":
+        return build_ingest(backends)
     if service == "orchestrator":
         return Orchestrator(backends.bus(), backends.state(), backends.records(), pipelines(settings),
                             settings.orchestration, destination=settings.dicom.destination)
@@ -167,6 +170,36 @@ def build_service(service: str, backends: Backends, *, name: str = "") -> Servic
                            poll_timeout_s=settings.orchestration.poll_timeout_s,
                            heartbeat_s=settings.orchestration.heartbeat_s)
     raise ValueError(f"unknown service {service!r}: choose one of {', '.join(SERVICES)}")
+
+
+def build_ingest(backends: Backends) -> Service:
+    """The ingest service: it follows an Orthanc's change feed, so it needs the Orthanc source; its
+    wait-window state shares the workflow state's database."""
+    from neuroflow.ingest.service import IngestService, IngestSettings
+    from neuroflow.ingest.site_rules import load_site_rules
+    from neuroflow.ingest.window_store import PostgresWindowStore, SqliteWindowStore, WindowStore
+
+    settings = backends.settings
+    if settings.dicom.source != "orthanc":
+        raise ValueError("the ingest service follows an Orthanc: set NEUROFLOW_DICOM__SOURCE=orthanc")
+    windows: WindowStore
+    if settings.state.kind == "postgres":
+        windows = PostgresWindowStore(settings.state.dsn.get_secret_value())
+    else:
+        settings.state.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        windows = SqliteWindowStore(settings.state.sqlite_path.with_name("ingest-windows.sqlite3"))
+    # Each pipeline's model is part of its input hash: a model upgrade is new work.
+    models = {name: ModelRef(name=spec.model.name, version=spec.model.version)
+              for name, spec in pipelines(settings).items()}
+    ingest = settings.ingest
+    return IngestService(
+        backends.orthanc(), windows, backends.bus(),
+        IngestSettings(site=settings.site, pipelines=ingest.pipelines,
+                       models=models,
+                       wait_window_s=ingest.wait_window_s, lease_s=ingest.claim_lease_s,
+                       poll_interval_s=ingest.poll_interval_s),
+        load_site_rules(settings.site_rules) if settings.site_rules else None,
+    )
 
 
 def serve(services: Sequence[str], settings: NeuroflowSettings) -> None:

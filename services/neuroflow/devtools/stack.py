@@ -1,0 +1,230 @@
+"""The local stack: every server and service of the distributed runtime on loopback, for development,
+demos and the end-to-end tests. ``neuroflow stack up`` starts PostgreSQL, a site Orthanc, a destination
+PACS Orthanc, a Kafka broker and one process per service, and writes every endpoint to
+``.neuroflow/stack.json``; ``stack down`` stops them by PID and waits until their ports are free;
+``stack status`` says what runs.
+
+Processes run in their own sessions, so they outlive the ``stack up`` command; stack.json is the one
+record of what was started."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from neuroflow.core.config import REPOSITORY_ROOT
+from neuroflow.core.orthanc import DicomModality
+from neuroflow.devtools.orthanc_server import OrthancProcess, start_orthanc
+from neuroflow.devtools.ports import free_loopback_port, port_is_listening, wait_until_ports_free
+from neuroflow.devtools.postgres_server import start_postgres
+
+STACK_DIR = REPOSITORY_ROOT / ".neuroflow"
+STACK_FILE = STACK_DIR / "stack.json"
+KAFKA_SCRIPT = REPOSITORY_ROOT / "scripts" / "kafka.sh"
+SERVICES = ("ingest", "orchestrator", "preprocess", "segmentation", "results")
+PACS_MODALITY = "pacs"  # how the site Orthanc names the destination PACS
+
+
+class StackError(RuntimeError):
+    """The stack could not be started or stopped; the message says which part and why."""
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    wait_window_s: float = 10.0
+    workers: dict[str, int] | None = None  # copies per service (default 1 each)
+    root: Path = STACK_DIR
+    extra_env: dict[str, str] | None = None  # added to every service's environment (benchmarks)
+
+
+def up(options: StackOptions) -> dict[str, Any]:
+    """Start everything; on any failure stop what was started and raise StackError."""
+    root = options.root
+    if (root / "stack.json").exists() and _any_running(json.loads((root / "stack.json").read_text())):
+        raise StackError(f"a stack is already running (see {root / 'stack.json'}); run `neuroflow stack down`")
+    root.mkdir(parents=True, exist_ok=True)
+    started: dict[str, Any] = {"root": str(root), "processes": []}
+    try:
+        postgres = start_postgres(root / "postgres")
+        started["processes"].append(_record("postgresql", postgres.pid, [postgres.port], signal.SIGINT))
+        if not _database_exists(postgres):  # a restarted stack keeps its cluster and its workflows
+            postgres.create_database("neuroflow")
+        state_dsn = postgres.dsn("neuroflow")
+        pacs = start_orthanc("neuroflow-pacs", root / "orthanc-pacs", aet="NFPACS")
+        started["processes"].append(_orthanc_record("orthanc-pacs", pacs))
+        site = start_orthanc(
+            "neuroflow-site", root / "orthanc-site", aet="NFSITE",
+            stable_age_s=max(1, int(options.wait_window_s)),
+            modalities={PACS_MODALITY: DicomModality(pacs.endpoint.aet, "127.0.0.1", pacs.endpoint.dicom_port)},
+        )
+        started["processes"].append(_orthanc_record("orthanc-site", site))
+        kafka_port, controller_port = free_loopback_port(), free_loopback_port()
+        _kafka("start", "--port", str(kafka_port), "--controller-port", str(controller_port),
+               "--data-dir", str(root / "kafka"), "--partitions", "2")
+        started["processes"].append(_record("kafka", _kafka_pid(root / "kafka"), [kafka_port, controller_port],
+                                            signal.SIGTERM))
+        endpoints = {
+            "orthanc": {"site": _orthanc_endpoint(site), "pacs": _orthanc_endpoint(pacs)},
+            "kafka": {"bootstrap": f"127.0.0.1:{kafka_port}"},
+            "postgresql": {"dsn": state_dsn},
+            "destination_modality": PACS_MODALITY,
+        }
+        started.update(endpoints)
+        env = service_environment(started, options)
+        logs = root / "logs"
+        logs.mkdir(exist_ok=True)
+        for service in SERVICES:
+            for copy in range((options.workers or {}).get(service, 1)):
+                name = f"{service}-{copy + 1}"
+                with (logs / f"{name}.log").open("ab") as log:
+                    process = subprocess.Popen(
+                        [sys.executable, "-m", "neuroflow.cli", "serve", service], env=env, stdout=log,
+                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                        cwd=REPOSITORY_ROOT)
+                started["processes"].append(_record(name, process.pid, [], signal.SIGTERM))
+        _write(root, started)
+        _wait_services_alive(started, seconds=3.0)
+    except BaseException as exc:
+        _write(root, started)
+        down(root)
+        if isinstance(exc, StackError):
+            raise
+        raise StackError(f"the stack did not start: {exc}") from exc
+    return started
+
+
+def down(root: Path = STACK_DIR, timeout_s: float = 60.0) -> list[str]:
+    """Stop everything stack.json names, services first, servers last; wait until ports are free."""
+    path = root / "stack.json"
+    if not path.exists():
+        return []
+    stack = json.loads(path.read_text())
+    stopped: list[str] = []
+    for proc in reversed(stack["processes"]):
+        if _alive(proc["pid"]):
+            os.kill(proc["pid"], proc["signal"])
+            deadline = time.monotonic() + timeout_s
+            while _alive(proc["pid"]) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _alive(proc["pid"]):
+                os.kill(proc["pid"], signal.SIGKILL)
+            stopped.append(proc["name"])
+        wait_until_ports_free(proc["ports"], timeout_s, proc["name"])
+    path.unlink()
+    return stopped
+
+
+def status(root: Path = STACK_DIR) -> list[tuple[str, bool, str]]:
+    """(name, running, detail) for every process of the stack."""
+    path = root / "stack.json"
+    if not path.exists():
+        return []
+    out = []
+    for proc in json.loads(path.read_text())["processes"]:
+        alive = _alive(proc["pid"])
+        ports = proc["ports"]
+        listening = all(port_is_listening(p) for p in ports)
+        detail = f"pid {proc['pid']}" + (f", ports {ports} {'open' if listening else 'CLOSED'}" if ports else "")
+        out.append((proc["name"], alive and listening, detail))
+    return out
+
+
+def service_environment(stack: dict[str, Any], options: StackOptions) -> dict[str, str]:
+    """The NEUROFLOW_* settings every service process of the stack runs with."""
+    root = Path(stack["root"])
+    site = stack["orthanc"]["site"]
+    return {
+        **os.environ,
+        "NEUROFLOW_SITE": "local-stack",
+        "NEUROFLOW_BUS__KIND": "kafka",
+        "NEUROFLOW_BUS__BOOTSTRAP": stack["kafka"]["bootstrap"],
+        "NEUROFLOW_STATE__KIND": "postgres",
+        "NEUROFLOW_STATE__DSN": stack["postgresql"]["dsn"],
+        "NEUROFLOW_DICOM__SOURCE": "orthanc",
+        "NEUROFLOW_DICOM__ORTHANC_URL": site["url"],
+        "NEUROFLOW_DICOM__ORTHANC_USERNAME": site["username"],
+        "NEUROFLOW_DICOM__ORTHANC_PASSWORD": site["password"],
+        "NEUROFLOW_DICOM__DESTINATION": stack["destination_modality"],
+        "NEUROFLOW_VOLUME_STORE_ROOT": str(root / "volumes"),
+        "NEUROFLOW_RECORDS_ROOT": str(root / "records"),
+        "NEUROFLOW_REPORTS_DIR": str(root / "reports"),
+        "NEUROFLOW_INGEST__WAIT_WINDOW_S": str(options.wait_window_s),
+        "NEUROFLOW_INFERENCE_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+        **(options.extra_env or {}),
+    }
+
+
+def _orthanc_endpoint(server: OrthancProcess) -> dict[str, Any]:
+    e = server.endpoint
+    return {"url": e.url, "username": e.username, "password": e.password, "aet": e.aet,
+            "dicom_host": e.dicom_host, "dicom_port": e.dicom_port}
+
+
+def _orthanc_record(name: str, server: OrthancProcess) -> dict[str, Any]:
+    return _record(name, server.pid, [server.endpoint.http_port, server.endpoint.dicom_port], signal.SIGTERM)
+
+
+def _record(name: str, pid: int, ports: list[int], sig: signal.Signals) -> dict[str, Any]:
+    return {"name": name, "pid": pid, "ports": ports, "signal": int(sig)}
+
+
+def _write(root: Path, stack: dict[str, Any]) -> None:
+    path = root / "stack.json"
+    tmp = path.with_suffix(".json.partial")
+    tmp.write_text(json.dumps(stack, indent=2) + "\n")
+    os.chmod(tmp, 0o600)  # it holds credentials
+    os.replace(tmp, path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of this process counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _any_running(stack: dict[str, Any]) -> bool:
+    return any(_alive(p["pid"]) for p in stack.get("processes", []))
+
+
+def _wait_services_alive(stack: dict[str, Any], seconds: float) -> None:
+    """A service that cannot reach its backends exits at once: catch that here, with its log."""
+    time.sleep(seconds)
+    root = Path(stack["root"])
+    for proc in stack["processes"]:
+        if proc["name"].rsplit("-", 1)[0] in SERVICES and not _alive(proc["pid"]):
+            log = (root / "logs" / f"{proc['name']}.log").read_text(errors="replace").splitlines()[-15:]
+            raise StackError(f"service {proc['name']} exited at start; its log ends:\n" + "\n".join(log))
+
+
+def _database_exists(postgres: Any) -> bool:
+    import psycopg
+
+    with psycopg.connect(postgres.dsn(), autocommit=True) as db:
+        return db.execute("SELECT 1 FROM pg_database WHERE datname = 'neuroflow'").fetchone() is not None
+
+
+def _kafka(*args: str) -> None:
+    result = subprocess.run(["bash", str(KAFKA_SCRIPT), *args], capture_output=True, text=True, timeout=300)
+    if result.returncode != 0:
+        raise StackError(f"kafka.sh {args[0]} failed: {result.stderr.strip() or result.stdout.strip()}")
+
+
+def _kafka_pid(data_dir: Path) -> int:
+    return int((data_dir / "kafka.pid").read_text().split()[0])

@@ -1,0 +1,98 @@
+"""The distributed runtime as a hospital runs it: `neuroflow stack up` (PostgreSQL, site Orthanc,
+destination PACS Orthanc, a Kafka broker, one process per service), a real study sent by C-STORE, and
+the SEG arriving in the destination PACS with the same volumes as the embedded run on the same input.
+Sending the study again (duplicate delivery) produces no second result. `stack down` frees every port."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+
+from neuroflow.core.orthanc import OrthancClient, OrthancEndpoint
+from neuroflow.devtools import stack
+from neuroflow.devtools.cstore import send_folder
+from neuroflow.devtools.dicom_writer import WrittenStudy
+from neuroflow.devtools.ports import port_is_listening
+
+from .conftest import CliRun
+
+WAIT_WINDOW_S = 3.0
+
+
+@pytest.fixture(scope="module")
+def running_stack() -> Iterator[dict[str, Any]]:
+    # Not under pytest's private (0700) tmp folders: PostgreSQL runs as its own user and must enter it.
+    root = Path(tempfile.mkdtemp(prefix="neuroflow-stack-"))
+    root.chmod(0o755)
+    started = stack.up(stack.StackOptions(wait_window_s=WAIT_WINDOW_S, root=root))
+    try:
+        yield started
+    finally:
+        stack.down(root)
+        shutil.rmtree(root, ignore_errors=True)
+        ports = [p for proc in started["processes"] for p in proc["ports"]]
+        assert not [p for p in ports if port_is_listening(p)], "stack down left ports open"
+
+
+def _client(endpoint: dict[str, Any]) -> OrthancClient:
+    return OrthancClient(OrthancEndpoint(endpoint["url"], endpoint["username"], endpoint["password"]))
+
+
+def _seg_instances(pacs: OrthancClient) -> list[str]:
+    found = pacs.post_json("/tools/find", {"Level": "Instance", "Query": {"Modality": "SEG"}})
+    return [str(i) for i in found]
+
+
+def _wait_for(condition: Any, timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(1.0)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def test_stack_writes_every_endpoint(running_stack: dict[str, Any]) -> None:
+    written = json.loads((Path(running_stack["root"]) / "stack.json").read_text())
+    for name in ("site", "pacs"):
+        orthanc = written["orthanc"][name]
+        assert {"url", "username", "password", "aet", "dicom_host", "dicom_port"} <= set(orthanc)
+        assert _client(orthanc).system()["DicomAet"] == orthanc["aet"]
+    assert written["kafka"]["bootstrap"].startswith("127.0.0.1:")
+    assert all(running for _, running, _ in stack.status(Path(running_stack["root"])))
+
+
+def test_study_sent_by_cstore_arrives_as_seg_in_the_pacs_with_the_embedded_volumes(
+    running_stack: dict[str, Any], tcga_siemens: WrittenStudy, tcga_siemens_run: CliRun
+) -> None:
+    site = running_stack["orthanc"]["site"]
+    pacs = _client(running_stack["orthanc"]["pacs"])
+    sent = send_folder(tcga_siemens.folder, site["dicom_host"], site["dicom_port"], site["aet"])
+    assert sent == sum(len(s.paths) for s in tcga_siemens.series.values())
+    (seg_id,) = _wait_for(lambda: _seg_instances(pacs), 600, "the SEG in the destination PACS")
+
+    reports = list((Path(running_stack["root"]) / "reports").rglob("report.json"))
+    assert len(reports) == 1
+    distributed = json.loads(reports[0].read_text())
+    embedded = tcga_siemens_run.report
+    assert distributed["study_instance_uid"] == embedded["study_instance_uid"]
+    for region in ("WT", "TC", "ET"):
+        assert distributed["volumes_ml"][region] == pytest.approx(embedded["volumes_ml"][region], abs=0.05)
+    tags = pacs.get_json(f"/instances/{seg_id}/simplified-tags")
+    embedded_seg = pydicom.dcmread(tcga_siemens_run.out_dir / "seg.dcm", stop_before_pixels=True)
+    assert tags["SOPInstanceUID"] == embedded_seg.SOPInstanceUID  # the same object: idempotent across runtimes
+
+    # Duplicate delivery: the scanner sends the whole study again. Same inputs: no second result.
+    send_folder(tcga_siemens.folder, site["dicom_host"], site["dicom_port"], site["aet"])
+    time.sleep(WAIT_WINDOW_S + 15)
+    assert len(_seg_instances(pacs)) == 1
+    assert len(list((Path(running_stack["root"]) / "reports").rglob("report.json"))) == 1
