@@ -6,7 +6,9 @@ Sending the study again (duplicate delivery) produces no second result. `stack d
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -19,10 +21,11 @@ import pytest
 from neuroflow.core.orthanc import OrthancClient, OrthancEndpoint
 from neuroflow.devtools import stack
 from neuroflow.devtools.cstore import send_folder
-from neuroflow.devtools.dicom_writer import WrittenStudy
+from neuroflow.devtools.dicom_writer import WrittenStudy, write_study
 from neuroflow.devtools.ports import port_is_listening
+from neuroflow.devtools.scanner_presets import Vendor
 
-from .conftest import CliRun
+from .conftest import CliRun, tcga_volumes
 
 WAIT_WINDOW_S = 3.0
 
@@ -96,3 +99,66 @@ def test_study_sent_by_cstore_arrives_as_seg_in_the_pacs_with_the_embedded_volum
     time.sleep(WAIT_WINDOW_S + 15)
     assert len(_seg_instances(pacs)) == 1
     assert len(list((Path(running_stack["root"]) / "reports").rglob("report.json"))) == 1
+
+
+def _seg_of_study(pacs: OrthancClient, study_uid: str) -> list[str]:
+    found = pacs.post_json("/tools/find", {"Level": "Instance",
+                                           "Query": {"Modality": "SEG", "StudyInstanceUID": study_uid}})
+    return [str(i) for i in found]
+
+
+def _process(stack_info: dict[str, Any], name: str) -> dict[str, Any]:
+    (proc,) = [p for p in stack_info["processes"] if p["name"] == name]
+    found: dict[str, Any] = proc
+    return found
+
+
+def _workflow_stage(stack_info: dict[str, Any], study_uid: str) -> tuple[str, str] | None:
+    import psycopg
+
+    from neuroflow.core.dicom_io import study_key
+
+    with psycopg.connect(stack_info["postgresql"]["dsn"]) as db:
+        row = db.execute("SELECT status, stage FROM workflows WHERE study_key = %s", (study_key(study_uid),)).fetchone()
+    return (str(row[0]), str(row[1])) if row else None
+
+
+def test_worker_killed_mid_task_is_replaced_and_the_study_still_gives_one_result(
+    running_stack: dict[str, Any], tmp_path: Path
+) -> None:
+    site = running_stack["orthanc"]["site"]
+    pacs = _client(running_stack["orthanc"]["pacs"])
+    written = write_study(tcga_volumes(), tmp_path / "study", vendor=Vendor.GE, seed="stack-killed-worker")
+    send_folder(tmp_path / "study", site["dicom_host"], site["dicom_port"], site["aet"])
+    _wait_for(lambda: _workflow_stage(running_stack, written.study_instance_uid) == ("RUNNING", "preprocess"),
+              120, "preprocessing to start")
+    time.sleep(3.0)  # well inside the ~25 s the stage takes
+    victim = _process(running_stack, "preprocess-1")
+    os.kill(victim["pid"], signal.SIGKILL)
+    # The replacement stays: it is in stack.json, so the fixture's `stack down` stops it.
+    stack.start_service(running_stack, "preprocess", "preprocess-2")
+    _wait_for(lambda: _seg_of_study(pacs, written.study_instance_uid), 600, "the SEG after the worker was killed")
+    time.sleep(5.0)
+    assert len(_seg_of_study(pacs, written.study_instance_uid)) == 1
+    assert _workflow_stage(running_stack, written.study_instance_uid) == ("SUCCEEDED", "results")
+
+
+def test_destination_down_for_a_while_gets_the_result_once_it_is_back(
+    running_stack: dict[str, Any], tmp_path: Path
+) -> None:
+    site = running_stack["orthanc"]["site"]
+    pacs_info = running_stack["orthanc"]["pacs"]
+    pacs_process = _process(running_stack, "orthanc-pacs")
+    written = write_study(tcga_volumes(), tmp_path / "study", vendor=Vendor.PHILIPS, seed="stack-pacs-down")
+    stack.stop_process(pacs_process)
+    try:
+        send_folder(tmp_path / "study", site["dicom_host"], site["dicom_port"], site["aet"])
+        results_log = Path(running_stack["root"]) / "logs" / "results-1.log"
+        _wait_for(lambda: "failed (try 1/" in results_log.read_text(errors="replace"), 600,
+                  "a forward to the stopped PACS to fail")
+    finally:
+        restarted = stack.restart_orthanc(running_stack, "orthanc-pacs")
+    pacs = _client(pacs_info)
+    _wait_for(lambda: _seg_of_study(pacs, written.study_instance_uid), 300, "the SEG once the PACS is back")
+    assert len(_seg_of_study(pacs, written.study_instance_uid)) == 1
+    assert restarted["pid"] != pacs_process["pid"]

@@ -5,15 +5,19 @@ The window state is tested on SQLite and on a real PostgreSQL."""
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pydicom
 import pytest
+from pydicom.uid import generate_uid
 
 from neuroflow.core import topics
 from neuroflow.core.bus import InMemoryBus
 from neuroflow.core.config import GLIOMA_PIPELINE, PipelineModels
+from neuroflow.core.identity import NEUROFLOW_MANUFACTURER
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.volume import Geometry, Volume
 from neuroflow.devtools.dicom_writer import load_volume, write_study
@@ -161,3 +165,24 @@ def test_study_missing_flair_gives_routing_failed_naming_it(
     assert len(failures) == 1
     assert failures[0].reason == events_pb2.RoutingFailed.MISSING_SEQUENCE
     assert "FLAIR" in failures[0].message and failures[0].pipeline == GLIOMA_PIPELINE
+
+
+def test_neuroflow_results_stored_back_in_orthanc_do_not_retrigger_the_study(
+    orthancs: OrthancPair, tmp_path: Path
+) -> None:
+    bus = InMemoryBus()
+    ingest = IngestService(orthancs.site_client, SqliteWindowStore(tmp_path / "w.sqlite"), bus, _settings())
+    write_study({r: _crop(r) for r in FILES}, tmp_path / "study", vendor=Vendor.SIEMENS, seed="ingest-own")
+    _upload(orthancs, tmp_path / "study")
+    ingest.poll_changes(now=11000.0)
+    assert len(ingest.trigger_due(now=11000.0 + WINDOW_S + 0.1)) == 1
+    # The results worker stores its SEG into the same study (Manufacturer "neuroflow").
+    result = pydicom.dcmread(next((tmp_path / "study").rglob("IM*")))
+    result.Manufacturer = NEUROFLOW_MANUFACTURER
+    result.SeriesInstanceUID = result.SOPInstanceUID = generate_uid()
+    result.file_meta.MediaStorageSOPInstanceUID = result.SOPInstanceUID
+    buffer = io.BytesIO()
+    result.save_as(buffer, enforce_file_format=True)
+    orthancs.site_client.upload(buffer.getvalue())
+    ingest.poll_changes(now=12000.0)
+    assert ingest.trigger_due(now=12000.0 + WINDOW_S + 0.1) == []

@@ -7,6 +7,10 @@ from collections.abc import Iterable, Mapping
 
 from neuroflow.core.model_card import ModelRef
 
+# The Manufacturer (0008,0070) of every object neuroflow writes: how ingest recognises its own results
+# coming back through the site Orthanc (they are not new images to process).
+NEUROFLOW_MANUFACTURER = "neuroflow"
+
 
 def input_hash(sop_instance_uids_by_role: Mapping[str, Iterable[str]], model: ModelRef) -> str:
     """sha256 over the model and, per role, the sorted SOPInstanceUIDs of the series that fed it.

@@ -148,6 +148,25 @@ def start_orthanc(
     return server
 
 
+def restart_orthanc(name: str, storage_dir: Path, endpoint: OrthancEndpoint, *, wait_s: float = 30.0) -> OrthancProcess:
+    """Start again an Orthanc that ``start_orthanc`` configured in ``storage_dir`` (same config, ports,
+    credentials and data), e.g. after it was stopped to test a destination that goes away."""
+    config_path = storage_dir.resolve() / "orthanc.json"
+    log_path = storage_dir.resolve() / "orthanc.log"
+    started = time.monotonic()
+    with log_path.open("ab") as log:
+        process = subprocess.Popen([str(ORTHANC_BINARY), str(config_path)], stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True, env=_orthanc_environment())
+    server = OrthancProcess(name, endpoint, storage_dir.resolve(), config_path, log_path, process, 0.0)
+    try:
+        _wait_until_answering(server, wait_s)
+    except BaseException:
+        server.stop()
+        raise
+    server.started_in_s = time.monotonic() - started
+    return server
+
+
 def _orthanc_environment() -> dict[str, str]:
     # DCMTK (Orthanc's DICOM layer) leaves Nagle's algorithm on unless TCP_NODELAY is set: every C-STORE
     # then waits out a delayed ACK, about 90 ms per instance on loopback (40 instances: 3.6 s, not 0.04 s).

@@ -1,7 +1,8 @@
 """The local stack: every server and service of the distributed runtime on loopback, for development,
 demos and the end-to-end tests. ``neuroflow stack up`` starts PostgreSQL, a site Orthanc, a destination
-PACS Orthanc, a Kafka broker and one process per service, and writes every endpoint to
-``.neuroflow/stack.json``; ``stack down`` stops them by PID and waits until their ports are free;
+PACS Orthanc, a Kafka broker, one process per service (each exposing its metrics on a loopback port), and
+Prometheus (scraping them, with the alert rules of deploy/prometheus) and Alertmanager, and writes every
+endpoint to ``.neuroflow/stack.json``; ``stack down`` stops them by PID and waits until their ports are free;
 ``stack status`` says what runs.
 
 Processes run in their own sessions, so they outlive the ``stack up`` command; stack.json is the one
@@ -20,15 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from neuroflow.core.config import REPOSITORY_ROOT
-from neuroflow.core.orthanc import DicomModality
+from neuroflow.core.orthanc import DicomModality, OrthancEndpoint
+from neuroflow.devtools.monitoring_servers import immediate_rules, start_alertmanager, start_prometheus, write_targets
 from neuroflow.devtools.orthanc_server import OrthancProcess, start_orthanc
+from neuroflow.devtools.orthanc_server import restart_orthanc as restart_orthanc_process
 from neuroflow.devtools.ports import free_loopback_port, port_is_listening, wait_until_ports_free
 from neuroflow.devtools.postgres_server import start_postgres
 
 STACK_DIR = REPOSITORY_ROOT / ".neuroflow"
 STACK_FILE = STACK_DIR / "stack.json"
 KAFKA_SCRIPT = REPOSITORY_ROOT / "scripts" / "kafka.sh"
-SERVICES = ("ingest", "orchestrator", "preprocess", "segmentation", "results")
+SERVICES = ("ingest", "orchestrator", "preprocess", "segmentation", "results", "monitor")
 PACS_MODALITY = "pacs"  # how the site Orthanc names the destination PACS
 
 
@@ -42,6 +45,11 @@ class StackOptions:
     workers: dict[str, int] | None = None  # copies per service (default 1 each)
     root: Path = STACK_DIR
     extra_env: dict[str, str] | None = None  # added to every service's environment (benchmarks)
+    # Alertmanager's webhooks (default: those of deploy/prometheus/alertmanager.yml).
+    pager_url: str | None = None
+    ticket_url: str | None = None
+    # Tests: scrape and evaluate every second, alerts without their `for`, Alertmanager grouping of 1 s.
+    monitoring_fast: bool = False
 
 
 def up(options: StackOptions) -> dict[str, Any]:
@@ -77,18 +85,15 @@ def up(options: StackOptions) -> dict[str, Any]:
             "destination_modality": PACS_MODALITY,
         }
         started.update(endpoints)
-        env = service_environment(started, options)
-        logs = root / "logs"
-        logs.mkdir(exist_ok=True)
+        started["environment"] = service_environment(started, options)
+        (root / "logs").mkdir(exist_ok=True)
+        for shared in ("volumes", "records", "reports"):  # the monitor watches them from the start
+            (root / shared).mkdir(exist_ok=True)
         for service in SERVICES:
             for copy in range((options.workers or {}).get(service, 1)):
-                name = f"{service}-{copy + 1}"
-                with (logs / f"{name}.log").open("ab") as log:
-                    process = subprocess.Popen(
-                        [sys.executable, "-m", "neuroflow.cli", "serve", service], env=env, stdout=log,
-                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                        cwd=REPOSITORY_ROOT)
-                started["processes"].append(_record(name, process.pid, [], signal.SIGTERM))
+                started["processes"].append(_launch_service(started, service, f"{service}-{copy + 1}"))
+        _write(root, started)
+        _start_monitoring(started, options)
         _write(root, started)
         _wait_services_alive(started, seconds=3.0)
     except BaseException as exc:
@@ -109,16 +114,49 @@ def down(root: Path = STACK_DIR, timeout_s: float = 60.0) -> list[str]:
     stopped: list[str] = []
     for proc in reversed(stack["processes"]):
         if _alive(proc["pid"]):
-            os.kill(proc["pid"], proc["signal"])
-            deadline = time.monotonic() + timeout_s
-            while _alive(proc["pid"]) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if _alive(proc["pid"]):
-                os.kill(proc["pid"], signal.SIGKILL)
             stopped.append(proc["name"])
-        wait_until_ports_free(proc["ports"], timeout_s, proc["name"])
+        stop_process(proc, timeout_s)
     path.unlink()
     return stopped
+
+
+def start_service(stack: dict[str, Any], service: str, name: str) -> dict[str, Any]:
+    """One more process of ``service`` in a running stack (a replacement, or another worker copy);
+    recorded in stack.json so ``down`` stops it too."""
+    # A replacement takes the metrics port of a stopped copy, so Prometheus sees that target come back (as
+    # it would under a supervisor restarting the process) rather than a dead target beside a new one.
+    stopped = next((p for p in stack["processes"] if p.get("service") == service and "metrics_port" in p
+                    and not _alive(p["pid"]) and not port_is_listening(p["metrics_port"])), None)
+    record = _launch_service(stack, service, name, stopped.pop("metrics_port") if stopped else None)
+    stack["processes"].append(record)
+    _write(Path(stack["root"]), stack)
+    if "prometheus" in stack:
+        write_targets(Path(stack["root"]) / "prometheus" / "targets.json", _metrics_targets(stack))
+    return record
+
+
+def stop_process(record: dict[str, Any], timeout_s: float = 60.0) -> None:
+    """Stop one process of the stack by PID (its recorded signal, SIGKILL after ``timeout_s``)."""
+    if _alive(record["pid"]):
+        os.kill(record["pid"], record["signal"])
+        deadline = time.monotonic() + timeout_s
+        while _alive(record["pid"]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(record["pid"]):
+            os.kill(record["pid"], signal.SIGKILL)
+    wait_until_ports_free(record["ports"], timeout_s, record["name"])
+
+
+def restart_orthanc(stack: dict[str, Any], name: str) -> dict[str, Any]:
+    """Start again a stopped Orthanc of the stack ("orthanc-site" or "orthanc-pacs") with its data."""
+    which = name.removeprefix("orthanc-")
+    e = stack["orthanc"][which]
+    endpoint = OrthancEndpoint(e["url"], e["username"], e["password"], e["aet"], e["dicom_host"], e["dicom_port"])
+    server = restart_orthanc_process(name, Path(stack["root"]) / name, endpoint)
+    record = _orthanc_record(name, server)
+    stack["processes"] = [record if p["name"] == name else p for p in stack["processes"]]
+    _write(Path(stack["root"]), stack)
+    return record
 
 
 def status(root: Path = STACK_DIR) -> list[tuple[str, bool, str]]:
@@ -137,11 +175,11 @@ def status(root: Path = STACK_DIR) -> list[tuple[str, bool, str]]:
 
 
 def service_environment(stack: dict[str, Any], options: StackOptions) -> dict[str, str]:
-    """The NEUROFLOW_* settings every service process of the stack runs with."""
+    """The settings every service process of the stack runs with (on top of the caller's environment);
+    recorded in stack.json so a replacement process gets the same."""
     root = Path(stack["root"])
     site = stack["orthanc"]["site"]
     return {
-        **os.environ,
         "NEUROFLOW_SITE": "local-stack",
         "NEUROFLOW_BUS__KIND": "kafka",
         "NEUROFLOW_BUS__BOOTSTRAP": stack["kafka"]["bootstrap"],
@@ -157,9 +195,45 @@ def service_environment(stack: dict[str, Any], options: StackOptions) -> dict[st
         "NEUROFLOW_REPORTS_DIR": str(root / "reports"),
         "NEUROFLOW_INGEST__WAIT_WINDOW_S": str(options.wait_window_s),
         "NEUROFLOW_INFERENCE_THREADS": "1",
+        "NEUROFLOW_MONITOR__EXTRA_STORAGE": json.dumps(
+            {"orthanc_site": str(root / "orthanc-site"), "orthanc_pacs": str(root / "orthanc-pacs")}),
+        **({"NEUROFLOW_MONITOR__PERIOD_S": "1"} if options.monitoring_fast else {}),
         "PYTHONUNBUFFERED": "1",
         **(options.extra_env or {}),
     }
+
+
+def _launch_service(stack: dict[str, Any], service: str, name: str, metrics_port: int | None = None) -> dict[str, Any]:
+    root = Path(stack["root"])
+    metrics_port = metrics_port or free_loopback_port()  # each process its own: Prometheus tells them apart by it
+    environment = {**os.environ, **stack["environment"], "NEUROFLOW_METRICS_PORT": str(metrics_port)}
+    with (root / "logs" / f"{name}.log").open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "neuroflow.cli", "serve", service], env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=REPOSITORY_ROOT)
+    return {**_record(name, process.pid, [], signal.SIGTERM), "service": service, "metrics_port": metrics_port}
+
+
+def _metrics_targets(stack: dict[str, Any]) -> list[tuple[str, str]]:
+    """(service, host:port) of every service process's metrics, for Prometheus."""
+    return [(p["service"], f"127.0.0.1:{p['metrics_port']}") for p in stack["processes"] if "metrics_port" in p]
+
+
+def _start_monitoring(stack: dict[str, Any], options: StackOptions) -> None:
+    """Alertmanager, then Prometheus scraping every service process; recorded in ``stack`` (keys
+    ``alertmanager`` and ``prometheus``: their URLs) so ``down`` stops them first."""
+    root = Path(stack["root"])
+    fast = options.monitoring_fast
+    alertmanager = start_alertmanager(root / "alertmanager", pager_url=options.pager_url,
+                                      ticket_url=options.ticket_url, fast=fast)
+    stack["processes"].append(_record("alertmanager", alertmanager.pid, [alertmanager.port], signal.SIGTERM))
+    stack["alertmanager"] = alertmanager.url
+    prometheus = start_prometheus(root / "prometheus", targets=_metrics_targets(stack),
+                                  alertmanager=f"127.0.0.1:{alertmanager.port}",
+                                  rules=immediate_rules() if fast else None, fast=fast)
+    stack["processes"].append(_record("prometheus", prometheus.pid, [prometheus.port], signal.SIGTERM))
+    stack["prometheus"] = prometheus.url
 
 
 def _orthanc_endpoint(server: OrthancProcess) -> dict[str, Any]:

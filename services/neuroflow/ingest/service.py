@@ -13,15 +13,16 @@ import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from neuroflow.core import topics
+from neuroflow.core import metrics, topics
 from neuroflow.core.bus import MessageBus
 from neuroflow.core.dicom_io import StudyIndex, study_key
-from neuroflow.core.identity import input_hash
+from neuroflow.core.identity import NEUROFLOW_MANUFACTURER, input_hash
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.orthanc import OrthancClient, OrthancDicomSource
 from neuroflow.ingest.classify import classify_study
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 
 _INSTANCE_CHANGES = {"NewInstance", "UpdatedAttachment"}
 _URGENT_WORDS = ("STAT", "URGENT", "EMERGENCY", "STROKE", "TRAUMA")
+# Studies this replica handed on, remembered (oldest forgotten first) to tell a late series from a new study
+# in the metrics. Another replica's hand-ons are not known here: the metrics of the replicas add up.
+_REMEMBERED_HAND_ONS = 10_000
 
 
 @dataclass
@@ -67,7 +71,8 @@ class IngestService:
         self._bus = bus
         self._settings = settings
         self._rules = rules
-        self._series_study: dict[str, str] = {}  # Orthanc series id -> Orthanc study id
+        # Orthanc series id -> Orthanc study id, or None for neuroflow's own results (not images to wait for).
+        self._series_study: dict[str, str | None] = {}
         self._since = windows.cursor(settings.feed)
         if self._since == 0:
             # First start at this site: follow from now on. The studies Orthanc already holds were
@@ -76,6 +81,8 @@ class IngestService:
             windows.advance_cursor(settings.feed, self._since)
         self.counters = IngestCounters()
         self._stopped = threading.Event()
+        self._last_instance_at: dict[str, float] = {}  # Orthanc study id -> when its newest instance was seen
+        self._handed_on: OrderedDict[str, None] = OrderedDict()
 
     def poll_changes(self, now: float | None = None, limit: int = 1000) -> int:
         """Read the change feed to its end; record a change for each study that received an instance."""
@@ -88,6 +95,9 @@ class IngestService:
                     study = self._study_of_instance(change.resource_id)
                     if study is not None:
                         self._windows.touch(study, change.seq, at)
+                        if study not in self._last_instance_at and study not in self._handed_on:
+                            metrics.STUDIES_RECEIVED.labels(self._settings.site).inc()
+                        self._last_instance_at[study] = at
                 seen += 1
             self._since = last
             self._windows.advance_cursor(self._settings.feed, last)
@@ -112,6 +122,7 @@ class IngestService:
                 continue
             self._windows.complete(claim)
             self.counters.triggers += 1
+            self._observe_trigger(claim.resource_id, at)
         return published
 
     def run(self) -> None:
@@ -131,12 +142,28 @@ class IngestService:
     def stop(self) -> None:
         self._stopped.set()
 
+    def _observe_trigger(self, study: str, at: float) -> None:
+        """Metrics of one hand-on: a trigger, a re-trigger when this replica handed the study on before
+        (a late series), and the time since its last instance when this replica saw that instance."""
+        site = self._settings.site
+        metrics.WAIT_WINDOW_TRIGGERS.labels(site).inc()
+        if study in self._handed_on:
+            metrics.LATE_SERIES_RETRIGGERS.labels(site).inc()
+        last = self._last_instance_at.pop(study, None)
+        if last is not None:
+            metrics.LAST_INSTANCE_TO_TRIGGER.labels(site).observe(max(0.0, at - last))
+        self._handed_on[study] = None
+        self._handed_on.move_to_end(study)
+        while len(self._handed_on) > _REMEMBERED_HAND_ONS:
+            self._handed_on.popitem(last=False)
+
     def _study_of_instance(self, instance_id: str) -> str | None:
         try:
             series = str(self._client.get_json(f"/instances/{instance_id}", what="look up an instance")["ParentSeries"])
             if series not in self._series_study:
                 info = self._client.get_json(f"/series/{series}", what="look up a series")
-                self._series_study[series] = str(info["ParentStudy"])
+                ours = info.get("MainDicomTags", {}).get("Manufacturer") == NEUROFLOW_MANUFACTURER
+                self._series_study[series] = None if ours else str(info["ParentStudy"])
         except Exception:
             # Deleted since (Orthanc's feed outlives its resources): nothing to wait for.
             log.warning("instance %s from the change feed is gone", instance_id)
@@ -173,6 +200,7 @@ class IngestService:
             )
             self._bus.publish(topics.STUDY_READY, ref.study_key, ready.SerializeToString())
             self.counters.studies_ready += 1
+            metrics.STUDIES_ROUTED.labels(self._settings.site, route.pipeline).inc()
             log.info("study %s ready for %s (version %d)", ref.study_key, route.pipeline, claim.seq)
             out.append(ready)
         return out
@@ -190,6 +218,8 @@ class IngestService:
                                           message=message, pipeline=pipeline, failed_at=_timestamp())
         self._bus.publish(topics.ROUTING_FAILED, ref.study_key, failed.SerializeToString())
         self.counters.routing_failed += 1
+        metrics.ROUTING_FAILURES.labels(self._settings.site, pipeline or metrics.UNKNOWN,
+                                        events_pb2.RoutingFailed.Reason.Name(reason)).inc()
         log.warning("study %s not routed to %s: %s", ref.study_key, pipeline or "any pipeline", message)
 
 

@@ -20,6 +20,7 @@ from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
 import neuroflow
 from neuroflow.core.dicom_io import study_key
 from neuroflow.core.errors import StudyError
+from neuroflow.core.identity import NEUROFLOW_MANUFACTURER
 from neuroflow.core.labels import GLIOMA_SEGMENTS, SEGMENT_BRATS_LABEL, BratsLabel, SegmentDefinition
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.volume import Geometry, Volume
@@ -27,7 +28,7 @@ from neuroflow.results.report import DISCLAIMER
 
 SERIES_DESCRIPTION = "AI glioma segmentation (research, not for diagnosis)"
 CONTENT_LABEL = "GLIOMA_AI"  # CS, at most 16 characters
-MANUFACTURER = "neuroflow"
+MANUFACTURER = NEUROFLOW_MANUFACTURER
 MANUFACTURER_MODEL_NAME = "neuroflow glioma segmentation"
 STAGE = "results"
 
