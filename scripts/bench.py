@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PREPROCESS_STAGES = ("read", "classify", "read_series", "convert", "orientation", "register", "skull_strip", "normalise")
+PREPROCESS_STAGES = ("read", "classify", "read_series", "convert", "orientation", "register", "skull_strip",
+                     "normalise")
 # The published pipeline (paper 001 in the team's papers): ~6 min preprocessing, ~10 min per case.
 PUBLISHED_PREPROCESS_S = 6 * 60.0
 PUBLISHED_TOTAL_S = 10 * 60.0

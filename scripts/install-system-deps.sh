@@ -5,6 +5,8 @@
 #   orthanc, orthanc-dicomweb: the site and destination-PACS DICOM servers the tests start themselves
 #   postgresql:   the distributed runtime's workflow state store (the tests start their own server)
 #   openjdk-17-jre-headless, maven: run the Kafka broker and fetch its jars from Maven Central (scripts/kafka.sh)
+#   prometheus, prometheus-alertmanager: promtool/amtool check the alert rules and routing; the stack and the
+#                 monitoring tests start their own Prometheus and Alertmanager
 set -euo pipefail
 need=()
 [ -f /usr/share/mricron/templates/ch2bet.nii.gz ] || need+=(mricron-data)
@@ -14,6 +16,8 @@ command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
 [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql)
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need+=(maven)
+[ -x /usr/bin/prometheus ] && command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+[ -x /usr/bin/prometheus-alertmanager ] && command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -53,11 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run services of the distributed runtime until SIGINT/SIGTERM "
                                          "(backends from NEUROFLOW_* settings)")
     serve.add_argument("services", nargs="+", choices=("ingest", "orchestrator", "preprocess", "segmentation",
-                                                       "results", "all"),
+                                                       "results", "monitor", "all"),
                        help="the service(s) to run in this process; 'all' runs every one")
     serve.set_defaults(handler=_cmd_serve)
 
-    stack = sub.add_parser("stack", help="the local stack on loopback: Orthanc x2, Kafka, PostgreSQL, services")
+    stack = sub.add_parser("stack", help="the local stack on loopback: Orthanc x2, Kafka, PostgreSQL, services, "
+                                         "Prometheus, Alertmanager")
     stack.add_argument("action", choices=("up", "down", "status"))
     stack.add_argument("--wait-window", type=float, default=10.0, help="seconds without new images (up)")
     stack.add_argument("--preprocess-workers", type=int, default=1, help="preprocess processes (up)")
@@ -133,6 +134,7 @@ def _cmd_stack(args: argparse.Namespace) -> int:
             print(f"neuroflow: error: {exc}", file=sys.stderr)
             return EXIT_STUDY_FAILED
         print(f"stack up: {len(started['processes'])} processes; endpoints in {stack.STACK_FILE}")
+        print(f"Prometheus {started['prometheus']}, Alertmanager {started['alertmanager']}")
         return EXIT_OK
     if args.action == "down":
         stopped = stack.down()

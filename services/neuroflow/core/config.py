@@ -90,6 +90,27 @@ class IngestSettings(BaseModel):
     poll_interval_s: float = Field(default=0.5, gt=0.0)  # change feed and wait-window checks
 
 
+class MonitorSettings(BaseModel):
+    """The monitor service's probes: how often they run and when a probe counts as failed."""
+
+    period_s: float = Field(default=15.0, gt=0.0)  # one round of every probe
+    # A storage root that cannot take a small file (write, fsync, delete) within this long is down: a hung
+    # NFS mount blocks writers rather than failing them.
+    storage_deadline_s: float = Field(default=5.0, gt=0.0)
+    request_timeout_s: float = Field(default=3.0, gt=0.0)  # Orthanc, Kafka and the state store
+    # A workflow is stuck when the orchestrator should have moved it on by now: its stage's timeout plus
+    # the longest retry backoff plus this grace.
+    stuck_grace_s: float = Field(default=300.0, ge=0.0)
+    # More storage to watch, by role (e.g. {"orthanc": "/var/lib/orthanc/db"}); the volume store, records
+    # and reports roots (and the DICOM folders of the folder source) are always watched.
+    extra_storage: dict[str, Path] = Field(default_factory=dict)
+    # When set, a storage root without this file counts as down: a mount that dropped leaves its empty
+    # mount point behind, which is writable (on the wrong disk). Create the file on each mounted volume.
+    storage_sentinel: str = ""
+    # The site's promise: last instance received to results stored in PACS (the latency alert's threshold).
+    end_to_end_target_s: float = Field(default=900.0, gt=0.0)
+
+
 class NeuroflowSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NEUROFLOW_", env_nested_delimiter="__")
 
@@ -115,3 +136,7 @@ class NeuroflowSettings(BaseSettings):
     reports_dir: Path = Path(".neuroflow/reports")
     orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    # Prometheus metrics of this process on http://127.0.0.1:<port>/metrics; 0: not exposed. Each process
+    # of a host needs its own port.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
-from neuroflow.core import topics
+from neuroflow.core import metrics, topics
 from neuroflow.core.bus import Message, MessageBus
 from neuroflow.core.dead_letter import now_timestamp, publish_dead_letter
 from neuroflow.core.errors import (
@@ -225,6 +225,8 @@ class StageWorker:
                                                       f"{message.topic} offset {message.offset}: {exc}")
             publish_dead_letter(self._bus, self._stage, message.value, reason, source_topic=message.topic)
             self.stats.poisoned += 1
+            metrics.TASKS_DEAD_LETTERED.labels(metrics.UNKNOWN, metrics.UNKNOWN, self._stage_name,
+                                               Code.Code.Name(reason.code)).inc()
             return
         key = task.study.study_key
         recorded = self._records.get(done_record_key(task.idempotency_key))
@@ -240,14 +242,19 @@ class StageWorker:
             return
         log.info("study %s: %s attempt %d of workflow %s started", key, self._stage_name, task.attempt,
                  task.workflow_id)
+        labels = self._metric_labels(task)
+        metrics.TASKS_STARTED.labels(*labels).inc()
         started = time.perf_counter()
         try:
-            output = self._handler(task)
+            with metrics.TASKS_IN_FLIGHT.labels(*labels).track_inprogress():
+                output = self._handler(task)
         except Exception as exc:  # every failure becomes an answer; the loop goes on
             if not isinstance(exc, NeuroflowError):
                 log.exception("study %s: %s failed unexpectedly", key, self._stage_name)
             self._fail(task, exc)
             return
+        finally:
+            metrics.TASK_DURATION.labels(*labels).observe(time.perf_counter() - started)
         done = tasks_pb2.TaskDone(
             schema_version=topics.SCHEMA_VERSION, workflow_id=task.workflow_id, stage=task.stage,
             attempt=task.attempt, idempotency_key=task.idempotency_key, study=task.study,
@@ -258,6 +265,7 @@ class StageWorker:
         self._records.put(done_record_key(task.idempotency_key), wire)  # before publishing: see module doc
         self._bus.publish(topics.TASK_DONE, key, wire)
         self.stats.done += 1
+        metrics.TASKS_SUCCEEDED.labels(*labels).inc()
         log.info("study %s: %s of workflow %s done in %.1f s", key, self._stage_name, task.workflow_id,
                  done.duration_s)
 
@@ -270,9 +278,14 @@ class StageWorker:
         )
         self._bus.publish(topics.TASK_FAILED, task.study.study_key, failed.SerializeToString())
         self.stats.failed += 1
+        metrics.TASKS_FAILED.labels(*self._metric_labels(task), Code.Code.Name(reason.code)).inc()
         log.warning("study %s: %s attempt %d of workflow %s failed (%s, %s): %s", task.study.study_key,
                     self._stage_name, task.attempt, task.workflow_id, Code.Code.Name(reason.code),
                     "retryable" if reason.retryable else "not retryable", reason.message)
+
+    def _metric_labels(self, task: tasks_pb2.TaskRequested) -> tuple[str, str, str]:
+        """(site, pipeline, stage): bounded values only, never the study."""
+        return task.study.site or metrics.UNKNOWN, task.pipeline or metrics.UNKNOWN, self._stage_name
 
     def _decode(self, value: bytes) -> tasks_pb2.TaskRequested:
         try:

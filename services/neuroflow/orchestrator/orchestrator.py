@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import DecodeError
 
-from neuroflow.core import topics
+from neuroflow.core import metrics, topics
 from neuroflow.core.bus import Message, MessageBus
 from neuroflow.core.config import OrchestrationSettings
 from neuroflow.core.dead_letter import publish_dead_letter
@@ -69,7 +69,9 @@ class Orchestrator:
     """Consumes STUDY_READY, TASK_DONE and TASK_FAILED in group ``topics.ORCHESTRATOR_GROUP``.
 
     ``pipelines`` maps a pipeline name to its spec; a StudyReady for another pipeline is logged and
-    dropped. ``destination`` is the PACS the results stage forwards to (empty: store only)."""
+    dropped. ``destination`` is the PACS the results stage forwards to (empty: store only).
+    ``last_instance_lead_s`` (the site's ingest wait window) is added to the StudyReady-to-result time for
+    the end-to-end metric: the study's last instance arrived at least that long before it was ready."""
 
     def __init__(
         self,
@@ -80,6 +82,7 @@ class Orchestrator:
         settings: OrchestrationSettings,
         *,
         destination: str = "",
+        last_instance_lead_s: float = 0.0,
     ) -> None:
         self._bus = bus
         self._state = state
@@ -87,6 +90,7 @@ class Orchestrator:
         self._pipelines = dict(pipelines)
         self._settings = settings
         self._destination = destination
+        self._last_instance_lead_s = last_instance_lead_s
         self._retries: dict[str, _Retry] = {}  # workflow -> the retry scheduled for it
         self._deadlines: dict[str, float] = {}  # workflow -> deadline (time.time()) of its task in flight
         self._stop = threading.Event()
@@ -209,6 +213,7 @@ class Orchestrator:
                       + (f" and forwarded to {stored.destination}" if stored.destination else ""))
         self._state.set_status(wid, WorkflowStatus.SUCCEEDED, stage=topics.stage_name(stage), detail=detail)
         self._records.delete(_task_key(wid))
+        self._observe_delivered(wid, done)
         log.info("study %s: workflow %s succeeded: %s", done.study.study_key, wid, detail)
 
     def on_task_failed(self, failed: tasks_pb2.TaskFailed) -> None:
@@ -276,9 +281,11 @@ class Orchestrator:
                       f"{reason.message}; retrying in {delay:.1f} s")
             self._state.set_status(wid, WorkflowStatus.PENDING, stage=stage_name, detail=detail)
             log.warning("study %s: workflow %s: %s", task.study.study_key, wid, detail)
+            metrics.TASKS_RETRIED.labels(_site(task.study), task.pipeline, stage_name, code).inc()
             return
         publish_dead_letter(self._bus, task.stage, task.SerializeToString(), reason,
                             source_topic=_task_topic(task), task=task, attempts=attempt)
+        metrics.TASKS_DEAD_LETTERED.labels(_site(task.study), task.pipeline, stage_name, code).inc()
         if reason.retryable:
             status = WorkflowStatus.DEAD_LETTERED
             detail = f"{stage_name} gave up after {attempt} attempt(s) ({code}): {reason.message}"
@@ -332,6 +339,17 @@ class Orchestrator:
             return None
         return record
 
+    def _observe_delivered(self, wid: str, done: tasks_pb2.TaskDone) -> None:
+        """Count the delivered result and its end-to-end time: from the StudyReady's ready_at less the
+        wait window (when ingest last saw an instance of the study, at the earliest) to now."""
+        site, pipeline = _site(done.study), done.pipeline
+        metrics.RESULTS_DELIVERED.labels(site, pipeline).inc()
+        raw = self._records.get(_ready_key(wid))
+        ready = events_pb2.StudyReady.FromString(raw) if raw is not None else None
+        if ready is not None and ready.HasField("ready_at"):
+            waited = time.time() - _seconds(ready.ready_at) + self._last_instance_lead_s
+            metrics.END_TO_END.labels(site, pipeline).observe(max(0.0, waited))
+
     def _spec(self, record: WorkflowRecord) -> PipelineSpec | None:
         spec = self._pipelines.get(record.pipeline)
         if spec is None:
@@ -348,6 +366,10 @@ def _task_topic(task: tasks_pb2.TaskRequested) -> str:
     if task.priority == common_pb2.PRIORITY_URGENT:
         return topics.urgent_task_topic(task.stage)
     return topics.task_topic(task.stage)
+
+
+def _site(study: common_pb2.StudyRef) -> str:
+    return study.site or metrics.UNKNOWN
 
 
 def _ready_key(wid: str) -> str:

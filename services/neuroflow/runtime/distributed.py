@@ -20,6 +20,7 @@ from neuroflow.core.bus import InMemoryBus, MessageBus
 from neuroflow.core.config import NeuroflowSettings
 from neuroflow.core.dicom_io import DicomSink, DicomSource, FolderDicomSink, FolderDicomSource
 from neuroflow.core.inference import InferenceBackend, OnnxRuntimeBackend
+from neuroflow.core.metrics import start_metrics_server
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.records import FolderRecordStore, RecordStore
 from neuroflow.core.state import SqliteStateStore, WorkflowStateStore
@@ -31,7 +32,7 @@ from neuroflow.proto.neuroflow.v1 import common_pb2
 
 log = logging.getLogger(__name__)
 
-SERVICES = ("ingest", "orchestrator", "preprocess", "segmentation", "results")
+SERVICES = ("ingest", "orchestrator", "preprocess", "segmentation", "results", "monitor")
 STAGE_OF_SERVICE: dict[str, common_pb2.Stage.ValueType] = {
     "preprocess": common_pb2.STAGE_PREPROCESS,
     "segmentation": common_pb2.STAGE_SEGMENTATION,
@@ -163,7 +164,11 @@ def build_service(service: str, backends: Backends, *, name: str = "") -> Servic
         return build_ingest(backends)
     if service == "orchestrator":
         return Orchestrator(backends.bus(), backends.state(), backends.records(), pipelines(settings),
-                            settings.orchestration, destination=settings.dicom.destination)
+                            settings.orchestration, destination=settings.dicom.destination,
+                            last_instance_lead_s=settings.ingest.wait_window_s)
+    if service == "monitor":
+        from neuroflow.monitor.service import build_monitor
+        return build_monitor(backends)
     if service in STAGE_OF_SERVICE:
         return StageWorker(backends.bus(), STAGE_OF_SERVICE[service], stage_handler(service, backends),
                            backends.records(), name=name or f"{service}-worker",
@@ -219,6 +224,7 @@ def serve(services: Sequence[str], settings: NeuroflowSettings) -> None:
         signal.signal(signum, on_signal)
     backends = Backends(settings)
     try:
+        start_metrics_server(settings.metrics_port)
         running = [build_service(s, backends) for s in services]
         threads = [threading.Thread(target=service.run, name=name, daemon=True)
                    for service, name in zip(running, services, strict=True)]

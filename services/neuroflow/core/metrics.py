@@ -1,0 +1,148 @@
+"""Every Prometheus metric neuroflow exposes, defined once: names, help texts and label sets.
+
+Services record through the objects here and nothing else defines a metric, so the alert rules and
+dashboards in ``deploy/`` can be checked against this module (``exposed_names``).
+
+Label values are bounded: a site, a pipeline, a stage, a reason code (an enum name), a storage role, a
+Kafka group or topic, a model name. Never a patient, a study, a series or a workflow: such a label would
+both leak identifiers into monitoring and grow without bound. ``ALLOWED_LABELS`` is the whole list, and
+importing this module checks every metric against it. Every metric has at least one label, so a process
+exports only what it recorded (an unlabelled gauge would read 0 in every process that imports this).
+
+``start_metrics_server(port)`` exposes the process's metrics on 127.0.0.1 (``NeuroflowSettings.metrics_port``,
+0: not exposed)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.metrics import MetricWrapperBase
+
+log = logging.getLogger(__name__)
+
+ALLOWED_LABELS = frozenset({"site", "pipeline", "stage", "reason", "path_role", "group", "topic", "model"})
+UNKNOWN = "unknown"  # the label value when a message did not say (an undecodable task has no pipeline)
+
+# Seconds. Stage work runs from under a second (results) to tens of minutes (a CPU-only segmentation).
+_STAGE_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+# The wait window is minutes; a trigger long after the last instance means ingest is behind.
+_TRIGGER_BUCKETS = (10, 30, 60, 90, 120, 150, 180, 240, 300, 600, 1200, 3600)
+# Last instance to result in PACS: the radiologist's wait. Sites target 5 to 15 minutes.
+_END_TO_END_BUCKETS = (60, 120, 180, 300, 450, 600, 900, 1200, 1800, 3600, 7200)
+
+_STAGE = ("site", "pipeline", "stage")
+_STAGE_REASON = (*_STAGE, "reason")
+
+# -- stage work (workers and orchestrator) ------------------------------------------------------------
+TASKS_STARTED = Counter("neuroflow_stage_tasks_started", "Stage tasks whose handler started", _STAGE)
+TASKS_SUCCEEDED = Counter("neuroflow_stage_tasks_succeeded", "Stage tasks answered with TaskDone", _STAGE)
+TASKS_FAILED = Counter("neuroflow_stage_tasks_failed",
+                       "Stage tasks answered with TaskFailed, by FailureReason code", _STAGE_REASON)
+TASKS_RETRIED = Counter("neuroflow_stage_tasks_retried",
+                        "Failed stage tasks the orchestrator scheduled again, by FailureReason code", _STAGE_REASON)
+TASKS_DEAD_LETTERED = Counter("neuroflow_stage_tasks_dead_lettered",
+                              "Tasks or messages parked on a dead-letter topic, by FailureReason code", _STAGE_REASON)
+TASK_DURATION = Histogram("neuroflow_stage_task_duration_seconds", "Time a stage handler took for one task",
+                          _STAGE, buckets=_STAGE_BUCKETS)
+TASKS_IN_FLIGHT = Gauge("neuroflow_stage_tasks_in_flight", "Stage tasks whose handler is running now", _STAGE)
+
+# -- ingest -------------------------------------------------------------------------------------------
+STUDIES_RECEIVED = Counter("neuroflow_ingest_studies_received",
+                           "Studies whose first instance this ingest saw", ("site",))
+WAIT_WINDOW_TRIGGERS = Counter("neuroflow_ingest_wait_window_triggers",
+                               "Study versions handed on after their wait window closed", ("site",))
+LATE_SERIES_RETRIGGERS = Counter("neuroflow_ingest_late_series_retriggers",
+                                 "Studies handed on again because instances arrived after a trigger", ("site",))
+LAST_INSTANCE_TO_TRIGGER = Histogram("neuroflow_ingest_last_instance_to_trigger_seconds",
+                                     "From the study's last instance seen to its hand-on", ("site",),
+                                     buckets=_TRIGGER_BUCKETS)
+ROUTING_FAILURES = Counter("neuroflow_ingest_routing_failures",
+                           "RoutingFailed events, by RoutingFailed.Reason", ("site", "pipeline", "reason"))
+STUDIES_ROUTED = Counter("neuroflow_ingest_studies_routed", "StudyReady events published, by pipeline",
+                         ("site", "pipeline"))
+
+# -- end to end (orchestrator) ------------------------------------------------------------------------
+END_TO_END = Histogram("neuroflow_end_to_end_seconds",
+                       "From the study's last instance (trigger time less the wait window) to its results "
+                       "stored", ("site", "pipeline"), buckets=_END_TO_END_BUCKETS)
+RESULTS_DELIVERED = Counter("neuroflow_results_delivered", "Workflows that stored their results",
+                            ("site", "pipeline"))
+
+# -- probes (monitor service) -------------------------------------------------------------------------
+STORAGE_UP = Gauge("neuroflow_storage_up", "1 when the storage root exists and a probe file was written, "
+                   "synced and removed within the deadline", ("path_role",))
+STORAGE_FREE_BYTES = Gauge("neuroflow_storage_free_bytes", "Free bytes on the storage root's filesystem",
+                           ("path_role",))
+ORTHANC_UP = Gauge("neuroflow_orthanc_up", "1 when the site Orthanc answered /system", ("site",))
+KAFKA_UP = Gauge("neuroflow_kafka_up", "1 when the Kafka cluster answered a metadata request", ("site",))
+KAFKA_CONSUMER_LAG = Gauge("neuroflow_kafka_consumer_lag",
+                           "Messages not yet committed by the group, summed over the topic's partitions",
+                           ("group", "topic"))
+STATE_STORE_UP = Gauge("neuroflow_state_store_up", "1 when the workflow state store answered a query",
+                       ("site",))
+WORKFLOWS_STUCK = Gauge("neuroflow_workflows_stuck",
+                        "Workflows PENDING or RUNNING longer than their deadline", ("site", "pipeline"))
+STUDIES_PROCESSED_LAST_HOUR = Gauge("neuroflow_studies_processed_last_hour",
+                                    "Workflows that succeeded in the last hour", ("site",))
+END_TO_END_TARGET = Gauge("neuroflow_end_to_end_target_seconds",
+                          "The site's target for last instance to results stored (from settings)", ("site",))
+MODEL_READY = Gauge("neuroflow_model_ready", "1 when the inference server reports the model ready", ("model",))
+PROBE_LOOP_CPU_SECONDS = Gauge("neuroflow_monitor_probe_cpu_seconds",
+                               "CPU time the monitor's last probe round took", ("site",))
+PROBE_LAST_SUCCESS = Gauge("neuroflow_monitor_last_round_timestamp_seconds",
+                           "Unix time the monitor's last probe round ended", ("site",))
+
+DEFINED: tuple[MetricWrapperBase, ...] = (
+    TASKS_STARTED, TASKS_SUCCEEDED, TASKS_FAILED, TASKS_RETRIED, TASKS_DEAD_LETTERED, TASK_DURATION,
+    TASKS_IN_FLIGHT, STUDIES_RECEIVED, WAIT_WINDOW_TRIGGERS, LATE_SERIES_RETRIGGERS, LAST_INSTANCE_TO_TRIGGER,
+    ROUTING_FAILURES, STUDIES_ROUTED, END_TO_END, RESULTS_DELIVERED, STORAGE_UP, STORAGE_FREE_BYTES,
+    ORTHANC_UP, KAFKA_UP, KAFKA_CONSUMER_LAG, STATE_STORE_UP, WORKFLOWS_STUCK, STUDIES_PROCESSED_LAST_HOUR,
+    END_TO_END_TARGET, MODEL_READY, PROBE_LOOP_CPU_SECONDS, PROBE_LAST_SUCCESS,
+)
+
+_SUFFIXES = {"counter": ("_total", "_created"), "gauge": ("",),
+             "histogram": ("_bucket", "_sum", "_count", "_created")}
+
+
+def exposed_names() -> frozenset[str]:
+    """Every series name a query may use for the metrics above (a counter ``x`` is ``x_total``, a
+    histogram ``h`` is ``h_bucket``, ``h_sum`` and ``h_count``)."""
+    names: set[str] = set()
+    for metric in DEFINED:
+        for suffix in _SUFFIXES[str(metric._type)]:
+            names.add(metric._name + suffix)
+    return frozenset(names)
+
+
+def _check_labels() -> None:
+    for metric in DEFINED:
+        extra = set(metric._labelnames) - ALLOWED_LABELS
+        if extra:
+            raise RuntimeError(f"metric {metric._name} has unbounded label(s) {sorted(extra)}")
+        if not metric._labelnames:
+            # Every process imports this module: an unlabelled gauge would be exported as 0 by all of them,
+            # and "kafka_up == 0" from a worker would page someone.
+            raise RuntimeError(f"metric {metric._name} has no label: give it one (site)")
+
+
+_check_labels()
+
+_server_lock = threading.Lock()
+_server_port: int | None = None
+
+
+def start_metrics_server(port: int) -> int | None:
+    """Expose this process's metrics on http://127.0.0.1:<port>/metrics (a daemon thread). 0: do nothing.
+    Calling it again (several services in one process) keeps the first server. Returns the port, or None.
+    Raises OSError when the port is taken: two services must not claim the same one."""
+    global _server_port
+    if port <= 0:
+        return None
+    with _server_lock:
+        if _server_port is None:
+            start_http_server(port, addr="127.0.0.1", registry=REGISTRY)
+            _server_port = port
+            log.info("metrics on http://127.0.0.1:%d/metrics", port)
+        return _server_port

@@ -1,0 +1,229 @@
+"""Prometheus and Alertmanager (Debian packages) on loopback for the local stack and the monitoring tests,
+configured from ``deploy/prometheus``: the scrape configuration rendered from ``prometheus.yml.template``,
+the alert rules of ``alerts.yml`` and the severity routing of ``alertmanager.yml``.
+
+Each server runs in its own session (it outlives the command that started it, as the stack needs) and is
+stopped by PID. ``fast=True`` shortens the intervals (scrape and evaluation every second, Alertmanager
+grouping of a second) so a test sees an alert within seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import string
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from neuroflow.core.config import REPOSITORY_ROOT
+from neuroflow.devtools.ports import free_loopback_port, wait_until_ports_free
+
+DEPLOY = REPOSITORY_ROOT / "deploy" / "prometheus"
+PROMETHEUS_BINARY = Path("/usr/bin/prometheus")
+ALERTMANAGER_BINARY = Path("/usr/bin/prometheus-alertmanager")
+_INSTALL_HINT = "install it with scripts/install-system-deps.sh (Debian prometheus, prometheus-alertmanager)"
+
+
+class MonitoringServerError(RuntimeError):
+    """Prometheus or Alertmanager could not be started; the message says why and where its log is."""
+
+
+@dataclass(frozen=True)
+class MonitoringServer:
+    name: str  # "prometheus" or "alertmanager"
+    pid: int
+    port: int
+    root: Path  # configuration, data and log
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout_s``; returns once its port is free."""
+        stop_pid(self.pid, timeout_s)
+        wait_until_ports_free([self.port], timeout_s, self.name)
+
+
+def write_targets(path: Path, targets: Iterable[tuple[str, str]]) -> None:
+    """The file_sd file Prometheus reads the service processes from: (service, "host:port") pairs. Written
+    whole and renamed into place: Prometheus watches the file and must never read half of it."""
+    groups = [{"targets": [address], "labels": {"service": service}} for service, address in targets]
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(groups, indent=2) + "\n")
+    os.replace(partial, path)
+
+
+def render_prometheus_config(*, rules_file: Path, alertmanager: str, targets_file: Path,
+                             triton_targets_file: Path, fast: bool = False) -> str:
+    """``prometheus.yml.template`` filled in; every placeholder must be given (KeyError otherwise)."""
+    interval = "1s" if fast else "15s"
+    template = string.Template((DEPLOY / "prometheus.yml.template").read_text())
+    return template.substitute(scrape_interval=interval, evaluation_interval=interval, rules_file=rules_file,
+                               alertmanager=alertmanager, neuroflow_targets_file=targets_file,
+                               triton_targets_file=triton_targets_file)
+
+
+def immediate_rules(rules_file: Path = DEPLOY / "alerts.yml") -> dict[str, Any]:
+    """The alert rules with every ``for`` set to 0s: for tests that must see an alert fire at once."""
+    rules: dict[str, Any] = yaml.safe_load(rules_file.read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            if "alert" in rule:
+                rule["for"] = "0s"
+    return rules
+
+
+def render_alertmanager_config(*, pager_url: str | None = None, ticket_url: str | None = None,
+                               fast: bool = False) -> str:
+    """``alertmanager.yml`` with its pager and ticket webhook URLs replaced when given."""
+    config: dict[str, Any] = yaml.safe_load((DEPLOY / "alertmanager.yml").read_text())
+    urls = {"pager": pager_url, "ticket": ticket_url}
+    for receiver in config["receivers"]:
+        url = urls.get(receiver["name"])
+        if url:
+            for hook in receiver["webhook_configs"]:
+                hook["url"] = url
+    if fast:
+        config["route"] |= {"group_wait": "1s", "group_interval": "1s", "repeat_interval": "1m"}
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def start_prometheus(root: Path, *, targets: Iterable[tuple[str, str]], alertmanager: str,
+                     rules: Mapping[str, Any] | None = None, fast: bool = False,
+                     timeout_s: float = 60.0) -> MonitoringServer:
+    """Prometheus on a free loopback port, scraping ``targets`` (see :func:`write_targets`), evaluating
+    ``rules`` (default: deploy/prometheus/alerts.yml) and sending alerts to ``alertmanager`` (host:port).
+    Returns once it answers /-/ready."""
+    _require(PROMETHEUS_BINARY)
+    root.mkdir(parents=True, exist_ok=True)
+    rules_file = root / "alerts.yml"
+    rules_file.write_text(yaml.safe_dump(dict(rules)) if rules is not None else (DEPLOY / "alerts.yml").read_text())
+    write_targets(root / "targets.json", targets)
+    write_targets(root / "triton-targets.json", [])
+    (root / "prometheus.yml").write_text(render_prometheus_config(
+        rules_file=rules_file, alertmanager=alertmanager, targets_file=root / "targets.json",
+        triton_targets_file=root / "triton-targets.json", fast=fast))
+    port = free_loopback_port()
+    command = [str(PROMETHEUS_BINARY), f"--config.file={root / 'prometheus.yml'}",
+               f"--storage.tsdb.path={root / 'data'}", f"--web.listen-address=127.0.0.1:{port}"]
+    return _launch("prometheus", command, root, port, timeout_s)
+
+
+def start_alertmanager(root: Path, *, pager_url: str | None = None, ticket_url: str | None = None,
+                       fast: bool = False, timeout_s: float = 60.0) -> MonitoringServer:
+    """Alertmanager on a free loopback port with the routing of deploy/prometheus/alertmanager.yml (its
+    webhooks replaced when given); clustering off. Returns once it answers /-/ready."""
+    _require(ALERTMANAGER_BINARY)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "alertmanager.yml").write_text(
+        render_alertmanager_config(pager_url=pager_url, ticket_url=ticket_url, fast=fast))
+    port = free_loopback_port()
+    command = [str(ALERTMANAGER_BINARY), f"--config.file={root / 'alertmanager.yml'}",
+               f"--storage.path={root / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+               "--cluster.listen-address="]  # empty: no gossip port (one Alertmanager per site here)
+    return _launch("alertmanager", command, root, port, timeout_s)
+
+
+def stop_pid(pid: int, timeout_s: float = 30.0) -> None:
+    """SIGTERM ``pid`` and wait for it to end; SIGKILL after ``timeout_s``."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)  # our child: reap it
+            if done:
+                return
+        except ChildProcessError:  # not our child: poll for its end
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+
+
+def _launch(name: str, command: list[str], root: Path, port: int, timeout_s: float) -> MonitoringServer:
+    with (root / f"{name}.log").open("ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True, cwd=root)
+    server = MonitoringServer(name, process.pid, port, root)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise MonitoringServerError(f"{name} exited at start (code {process.returncode}); see {root / name}.log:\n"
+                                        + _tail(root / f"{name}.log"))
+        try:
+            with urllib.request.urlopen(f"{server.url}/-/ready", timeout=1.0) as answer:
+                if answer.status == 200:
+                    return server
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.2)
+    server.stop()
+    raise MonitoringServerError(f"{name} not ready within {timeout_s:g} s; see {root / name}.log:\n"
+                                + _tail(root / f"{name}.log"))
+
+
+def _require(binary: Path) -> None:
+    if not binary.exists():
+        raise MonitoringServerError(f"{binary} is missing: {_INSTALL_HINT}")
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+
+class WebhookReceiver:
+    """An HTTP server on a free loopback port that records every Alertmanager webhook notification by path
+    (``/pager``, ``/ticket``), standing in for the pager and ticket systems in tests and demos."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._received: dict[str, list[dict[str, Any]]] = {}
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                with receiver._lock:
+                    receiver._received.setdefault(self.path, []).append(body)
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *_args: object) -> None:  # quiet: the test reads what was received
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port: int = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="webhook-receiver", daemon=True)
+        self._thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def notified(self, path: str, alertname: str, status: str, **labels: str) -> bool:
+        """Whether a notification to ``path`` carried alert ``alertname`` in ``status`` ("firing" or
+        "resolved") with ``labels``."""
+        with self._lock:
+            notes = list(self._received.get(path, []))
+        return any(alert["labels"].get("alertname") == alertname and alert["status"] == status
+                   and all(alert["labels"].get(k) == v for k, v in labels.items())
+                   for note in notes for alert in note.get("alerts", []))
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
