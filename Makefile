@@ -27,7 +27,7 @@ demo: $(STAMP)
 	@cat $(DEMO_OUT)/summary.txt
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check services tests scripts models
+	$(VENV)/bin/ruff check services tests scripts models deploy
 	$(VENV)/bin/mypy
 
 test: $(STAMP) system-deps lint

@@ -118,8 +118,13 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from neuroflow.runtime.distributed import SERVICES, serve  # deferred: heavy imports only for this command
 
-    services = list(SERVICES) if "all" in args.services else list(dict.fromkeys(args.services))
-    serve(services, NeuroflowSettings())
+    settings = NeuroflowSettings()
+    if "all" in args.services:
+        # Ingest follows an Orthanc's change feed: with a folder source there is nothing for it to follow.
+        services = [s for s in SERVICES if s != "ingest" or settings.dicom.source == "orthanc"]
+    else:
+        services = list(dict.fromkeys(args.services))
+    serve(services, settings)
     return EXIT_OK
 
 

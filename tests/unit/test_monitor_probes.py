@@ -1,11 +1,14 @@
-"""The monitor's probes: a storage root that is gone, replaced by a file, or left without its mount
-sentinel counts as down and comes back up when mended; an unreachable Orthanc counts as down; workflows
-that have not moved for longer than their stage allows count as stuck, and succeeded ones in the last hour
-as processed. The probe loop's cost is measured (printed; the goal is under 1% of one core)."""
+"""The monitor's probes: a storage root that is gone, replaced by a file, left without its mount sentinel
+or whose write hangs past the deadline counts as down, and comes back up when mended; an unreachable
+Orthanc counts as down; workflows that have not moved for longer than their stage allows count as stuck,
+and succeeded ones in the last hour as processed. The probe loop's cost is measured (printed; the goal is
+under 1% of one core)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +20,7 @@ from neuroflow.core.config import DicomSettings, NeuroflowSettings, Orchestratio
 from neuroflow.core.orthanc import OrthancClient, OrthancEndpoint
 from neuroflow.core.state import SqliteStateStore, WorkflowStatus
 from neuroflow.devtools.ports import free_loopback_port
-from neuroflow.monitor.probes import StorageProbe, UpProbe, WorkflowProbe, check_storage
+from neuroflow.monitor.probes import StorageProbe, UpProbe, WorkflowProbe, check_storage, probe_file_name
 from neuroflow.monitor.service import build_monitor
 from neuroflow.runtime.distributed import Backends
 
@@ -113,3 +116,30 @@ def test_monitor_round_sets_every_gauge_and_costs_little(tmp_path: Path) -> None
     share = cpu_per_round / settings.monitor.period_s
     print(f"\nprobe round: {cpu_per_round * 1000:.1f} ms CPU, {share:.3%} of one core at a "
           f"{settings.monitor.period_s:g} s period")
+
+
+def test_storage_write_that_hangs_is_down_after_the_deadline_and_not_probed_twice(tmp_path: Path) -> None:
+    # A FIFO where the probe file goes: opening it for writing blocks until a reader comes, as a write to a
+    # dead NFS mount blocks.
+    fifo = tmp_path / probe_file_name()
+    os.mkfifo(fifo)
+    probe = StorageProbe({"test_hung": tmp_path}, deadline_s=0.3)
+    started = time.monotonic()
+    probe.run()
+    assert time.monotonic() - started < 2.0  # the deadline, not the hang, decides
+    assert gauge("neuroflow_storage_up", path_role="test_hung") == 0.0
+    hung = [t for t in threading.enumerate() if t.name == f"storage-probe {tmp_path}"]
+    assert len(hung) == 1
+    probe.run()  # still stuck: down again, and no second thread piles up on the dead mount
+    assert gauge("neuroflow_storage_up", path_role="test_hung") == 0.0
+    assert len([t for t in threading.enumerate() if t.name == f"storage-probe {tmp_path}"]) == 1
+
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # the mount answers again: the stuck write ends
+    try:
+        hung[0].join(5.0)
+        assert not hung[0].is_alive()
+    finally:
+        os.close(reader)
+    fifo.unlink()
+    probe.run()
+    assert gauge("neuroflow_storage_up", path_role="test_hung") == 1.0

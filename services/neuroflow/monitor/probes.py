@@ -64,12 +64,18 @@ def _check_with_deadline(root: Path, deadline_s: float,
     return outcome[0], None
 
 
+def probe_file_name() -> str:
+    """The file this process's storage probe writes and deletes in each root (one per process: a probe of
+    a root never starts while an earlier one of the same root is still stuck)."""
+    return f"{_PROBE_FILE_PREFIX}{os.getpid()}"
+
+
 def _write_probe_file(root: Path, sentinel: str) -> StorageCheck:
     if not root.is_dir():
         return StorageCheck(False, None, f"{root} is not a directory (not mounted, or removed)")
     if sentinel and not (root / sentinel).is_file():
         return StorageCheck(False, None, f"{root} lacks {sentinel}: the volume is not mounted there")
-    probe = root / f"{_PROBE_FILE_PREFIX}{os.getpid()}-{threading.get_ident()}"
+    probe = root / probe_file_name()
     try:
         fd = os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
         try:

@@ -1,0 +1,141 @@
+"""The monitoring chain with the real servers: a monitor process (``neuroflow serve monitor``) and an
+orchestrator process expose metrics; Prometheus (Debian package) scrapes them with the alert rules of
+deploy/prometheus (``for`` shortened to 0s, intervals to 1 s); Alertmanager routes by severity to a webhook
+receiver run by this test.
+
+Proved: a storage root that stops being writable (removed and replaced by a file: chmod does not stop
+root) makes NeuroflowStorageDown fire in Prometheus and reach the pager webhook through Alertmanager, and
+it resolves there when the root is mended; a service process that stops makes NeuroflowServiceDown fire and
+reach the pager, and resolve when it runs again."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from neuroflow.devtools.monitoring_servers import (
+    MonitoringServer,
+    WebhookReceiver,
+    immediate_rules,
+    start_alertmanager,
+    start_prometheus,
+    stop_pid,
+)
+from neuroflow.devtools.ports import free_loopback_port, port_is_listening
+
+WAIT_S = 60.0
+
+
+@pytest.fixture
+def webhook() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver()
+    try:
+        yield receiver
+    finally:
+        receiver.close()
+
+
+def serve(service: str, tmp_path: Path, metrics_port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "NEUROFLOW_SITE": "alert-test", "NEUROFLOW_METRICS_PORT": str(metrics_port),
+           "NEUROFLOW_STATE__SQLITE_PATH": str(tmp_path / "state.sqlite3"),
+           "NEUROFLOW_VOLUME_STORE_ROOT": str(tmp_path / "volumes"),
+           "NEUROFLOW_RECORDS_ROOT": str(tmp_path / "records"), "NEUROFLOW_REPORTS_DIR": str(tmp_path / "reports"),
+           "NEUROFLOW_DICOM__FOLDER": str(tmp_path / "in"), "NEUROFLOW_DICOM__SINK_FOLDER": str(tmp_path / "out"),
+           "NEUROFLOW_MONITOR__PERIOD_S": "0.5", "NEUROFLOW_ORCHESTRATION__POLL_TIMEOUT_S": "0.1"}
+    log = (tmp_path / f"{service}.log").open("ab")
+    process = subprocess.Popen([sys.executable, "-m", "neuroflow.cli", "serve", service], env=env, stdout=log,
+                               stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + WAIT_S
+    while not port_is_listening(metrics_port):
+        assert process.poll() is None, (tmp_path / f"{service}.log").read_text()
+        assert time.monotonic() < deadline, f"{service} exposed no metrics"
+        time.sleep(0.1)
+    return process
+
+
+def wait_until(what: str, check: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {WAIT_S:g} s: {what}")
+        time.sleep(0.25)
+
+
+def prometheus_alerts(prometheus: MonitoringServer) -> list[dict[str, Any]]:
+    with urllib.request.urlopen(f"{prometheus.url}/api/v1/alerts", timeout=5) as answer:
+        alerts: list[dict[str, Any]] = json.load(answer)["data"]["alerts"]
+        return alerts
+
+
+def query(prometheus: MonitoringServer, expr: str) -> list[dict[str, Any]]:
+    url = f"{prometheus.url}/api/v1/query?query={urllib.parse.quote(expr)}"
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        result: list[dict[str, Any]] = json.load(answer)["data"]["result"]
+        return result
+
+
+def firing_in_prometheus(prometheus: MonitoringServer, name: str, **labels: str) -> bool:
+    return any(a["labels"].get("alertname") == name and a["state"] == "firing"
+               and all(a["labels"].get(k) == v for k, v in labels.items()) for a in prometheus_alerts(prometheus))
+
+
+def test_storage_down_and_service_down_alerts_reach_the_pager_and_resolve_when_mended(
+    tmp_path: Path, webhook: WebhookReceiver,
+) -> None:
+    hook = webhook
+    for name in ("volumes", "records", "reports", "in", "out"):
+        (tmp_path / name).mkdir()
+    monitor_port, orchestrator_port = free_loopback_port(), free_loopback_port()
+    processes: list[subprocess.Popen[bytes]] = []
+    servers: list[MonitoringServer] = []
+    try:
+        processes.append(serve("monitor", tmp_path, monitor_port))
+        orchestrator = serve("orchestrator", tmp_path, orchestrator_port)
+        processes.append(orchestrator)
+        alertmanager = start_alertmanager(tmp_path / "alertmanager", fast=True,
+                                          pager_url=hook.url("/pager"), ticket_url=hook.url("/ticket"))
+        servers.append(alertmanager)
+        prometheus = start_prometheus(
+            tmp_path / "prometheus", fast=True, rules=immediate_rules(), alertmanager=f"127.0.0.1:{alertmanager.port}",
+            targets=[("monitor", f"127.0.0.1:{monitor_port}"), ("orchestrator", f"127.0.0.1:{orchestrator_port}")])
+        servers.append(prometheus)
+        wait_until("Prometheus sees the volumes root up", lambda: any(
+            r["value"][1] == "1" for r in query(prometheus, 'neuroflow_storage_up{path_role="volumes"}')))
+
+        # The volume store's mount goes away: the path is no longer a writable directory.
+        volumes = tmp_path / "volumes"
+        volumes.rename(tmp_path / "volumes.away")
+        volumes.write_text("not the mount")
+        wait_until("NeuroflowStorageDown fires in Prometheus",
+                   lambda: firing_in_prometheus(prometheus, "NeuroflowStorageDown", path_role="volumes"))
+        wait_until("the pager is told", lambda: hook.notified("/pager", "NeuroflowStorageDown", "firing",
+                                                         path_role="volumes", severity="critical"))
+        volumes.unlink()
+        (tmp_path / "volumes.away").rename(volumes)
+        wait_until("the pager is told it resolved",
+                   lambda: hook.notified("/pager", "NeuroflowStorageDown", "resolved", path_role="volumes"))
+        assert not hook.notified("/ticket", "NeuroflowStorageDown", "firing")  # critical: pager only
+
+        # A service process stops.
+        stop_pid(orchestrator.pid)
+        wait_until("NeuroflowServiceDown reaches the pager",
+                   lambda: hook.notified("/pager", "NeuroflowServiceDown", "firing", service="orchestrator"))
+        processes.append(serve("orchestrator", tmp_path, orchestrator_port))
+        wait_until("NeuroflowServiceDown resolves",
+                   lambda: hook.notified("/pager", "NeuroflowServiceDown", "resolved", service="orchestrator"))
+    finally:
+        for server in reversed(servers):
+            server.stop()
+        for process in processes:
+            if process.poll() is None:
+                stop_pid(process.pid)
