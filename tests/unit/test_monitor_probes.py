@@ -143,3 +143,17 @@ def test_storage_write_that_hangs_is_down_after_the_deadline_and_not_probed_twic
     fifo.unlink()
     probe.run()
     assert gauge("neuroflow_storage_up", path_role="test_hung") == 1.0
+
+
+def test_model_readiness_probe_reports_pinned_models_ready_and_a_missing_one_not(tmp_path: Path) -> None:
+    from neuroflow.core.config import DEFAULT_MODEL_REPOSITORY, PipelineModels
+    from neuroflow.core.inference import OnnxRuntimeBackend
+    from neuroflow.core.model_card import ModelRef
+    from neuroflow.monitor.probes import ModelReadinessProbe
+
+    pinned = PipelineModels()
+    missing = ModelRef(name="glioma_unet", version=99)
+    ModelReadinessProbe(OnnxRuntimeBackend(DEFAULT_MODEL_REPOSITORY), [pinned.glioma]).run()
+    assert gauge("neuroflow_model_ready", model="glioma_unet") == 1.0
+    ModelReadinessProbe(OnnxRuntimeBackend(DEFAULT_MODEL_REPOSITORY), [missing]).run()
+    assert gauge("neuroflow_model_ready", model="glioma_unet") == 0.0

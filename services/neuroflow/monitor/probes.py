@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 from neuroflow.core import metrics
 from neuroflow.core.config import OrchestrationSettings
+from neuroflow.core.inference import InferenceBackend
+from neuroflow.core.model_card import ModelRef
 from neuroflow.core.state import WorkflowStateStore, WorkflowStatus
 
 log = logging.getLogger(__name__)
@@ -149,6 +151,27 @@ class UpProbe:
             log.warning("%s down: %s", self.name, exc)
             return
         self._set_up(1.0)
+
+
+class ModelReadinessProbe:
+    """Sets ``neuroflow_model_ready{model}`` for every model the site pins, as the configured inference
+    backend reports it (ONNX Runtime: the model loads; Triton: the server says the model is ready), so
+    a model that a deployment lost or failed to load alerts before a study needs it."""
+
+    name = "models"
+
+    def __init__(self, backend: InferenceBackend, models: Sequence[ModelRef]) -> None:
+        self._backend = backend
+        self._models = list(models)
+
+    def run(self) -> None:
+        for model in self._models:
+            try:
+                ready = self._backend.ready(model)
+            except Exception as exc:  # a backend that cannot even be asked counts as not ready
+                log.warning("model %s readiness unknown: %s", model, exc)
+                ready = False
+            metrics.MODEL_READY.labels(model.name).set(1.0 if ready else 0.0)
 
 
 @dataclass(frozen=True)

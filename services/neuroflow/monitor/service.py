@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING
 
 from neuroflow.core import metrics, topics
 from neuroflow.core.config import NeuroflowSettings
-from neuroflow.monitor.probes import ConsumerPair, KafkaProbe, Probe, StorageProbe, UpProbe, WorkflowProbe
+from neuroflow.monitor.probes import (
+    ConsumerPair,
+    KafkaProbe,
+    ModelReadinessProbe,
+    Probe,
+    StorageProbe,
+    UpProbe,
+    WorkflowProbe,
+)
 
 if TYPE_CHECKING:
     from neuroflow.runtime.distributed import Backends
@@ -95,6 +103,9 @@ def build_monitor(backends: Backends) -> Monitor:
         probes.append(UpProbe("orthanc", lambda: client.get_json("/system", what="probe"), gauge.set))
     if settings.bus.kind == "kafka":
         probes.append(KafkaProbe(settings.bus.bootstrap, consumer_pairs(), watch.request_timeout_s, settings.site))
+    pinned = settings.models
+    probes.append(ModelReadinessProbe(backends.inference(),
+                                      [pinned.skull_strip_bbox, pinned.skull_strip, pinned.glioma]))
     probes.append(WorkflowProbe(backends.state(), settings.site, sorted(pipelines(settings)),
                                 settings.orchestration, watch.stuck_grace_s))
     return Monitor(probes, watch.period_s, settings.site)
