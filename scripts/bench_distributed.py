@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -68,6 +69,7 @@ def run(workers: int, latency_study: Path, burst: list[Path]) -> dict[str, Any]:
         bus.close()
     finally:
         stack.down(root)
+        shutil.rmtree(root, ignore_errors=True)
     latencies, overheads = [], []
     for uid, event in ready.items():
         latencies.append(event.ready_at.ToDatetime().timestamp() - sent_at[uid] - WAIT_WINDOW_S)
