@@ -23,6 +23,7 @@ from neuroflow.core.volume import Geometry, Volume
 from neuroflow.devtools.dicom_writer import load_volume, write_study
 from neuroflow.devtools.scanner_presets import Vendor
 from neuroflow.ingest.service import IngestService, IngestSettings
+from neuroflow.ingest.site_rules import SiteRules
 from neuroflow.ingest.window_store import PostgresWindowStore, SqliteWindowStore, WindowStore
 from neuroflow.proto.neuroflow.v1 import events_pb2
 from tests.servers.orthanc import OrthancPair
@@ -186,3 +187,17 @@ def test_neuroflow_results_stored_back_in_orthanc_do_not_retrigger_the_study(
     orthancs.site_client.upload(buffer.getvalue())
     ingest.poll_changes(now=12000.0)
     assert ingest.trigger_due(now=12000.0 + WINDOW_S + 0.1) == []
+
+
+def test_site_routing_rule_keeps_a_study_from_a_pipeline_with_a_reason(orthancs: OrthancPair, tmp_path: Path) -> None:
+    rules = SiteRules.model_validate({"routes": [{"pipeline": GLIOMA_PIPELINE, "study_description": "tumou?r|glioma"}]})
+    bus = InMemoryBus()
+    ingest = IngestService(orthancs.site_client, SqliteWindowStore(tmp_path / "w.sqlite"), bus, _settings(), rules)
+    # The writer's studies are described "MRI BRAIN W WO CONTRAST": not a tumour protocol at this site.
+    write_study({r: _crop(r) for r in FILES}, tmp_path / "study", vendor=Vendor.GE, seed="ingest-routes")
+    _upload(orthancs, tmp_path / "study")
+    ingest.poll_changes(now=13000.0)
+    assert ingest.trigger_due(now=13000.0 + WINDOW_S + 0.1) == []
+    (failure,) = _failed(bus)
+    assert failure.reason == events_pb2.RoutingFailed.NO_PIPELINE
+    assert "StudyDescription" in failure.message and "tumou?r|glioma" in failure.message

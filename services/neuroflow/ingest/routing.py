@@ -9,6 +9,7 @@ from neuroflow.core.config import GLIOMA_PIPELINE
 from neuroflow.core.errors import MissingSequence
 from neuroflow.core.roles import GLIOMA_INPUT_ROLES, SeriesRole
 from neuroflow.ingest.classify import SeriesClassification, select_inputs
+from neuroflow.ingest.site_rules import SiteRules
 
 # The series roles each pipeline needs, in the order its model takes them: the one place this is said.
 PIPELINE_INPUT_ROLES: Mapping[str, tuple[SeriesRole, ...]] = {GLIOMA_PIPELINE: GLIOMA_INPUT_ROLES}
@@ -23,21 +24,28 @@ class Route:
 @dataclass(frozen=True)
 class RoutingOutcome:
     routes: list[Route]
-    refusals: dict[str, str]  # pipeline -> why the study does not qualify (a sentence a person can act on)
+    refusals: dict[str, str]  # pipeline -> the required series the study lacks (a sentence a person can act on)
+    not_routed: dict[str, str]  # pipeline -> the site rule that keeps the study from it
 
 
 def route_study(classified: Sequence[SeriesClassification], pipelines: Sequence[str], *,
-                study_key: str) -> RoutingOutcome:
+                study_key: str, rules: SiteRules | None = None,
+                study_tags: Mapping[str, str] | None = None) -> RoutingOutcome:
     """For each pipeline enabled at the site: the series chosen for each of its input roles, or the
-    reason the study does not qualify (the MissingSequence message, naming what is missing and what
-    the study holds)."""
+    reason the study does not qualify: the site's routing rule refuses it by its study tags, or a
+    required role is missing (the MissingSequence message, naming what is missing and what the
+    study holds)."""
     routes: list[Route] = []
     refusals: dict[str, str] = {}
+    not_routed: dict[str, str] = {}
     for pipeline in pipelines:
+        if rules is not None and (why := rules.route_refusal(pipeline, dict(study_tags or {}))) is not None:
+            not_routed[pipeline] = why
+            continue
         try:
             chosen = select_inputs(classified, PIPELINE_INPUT_ROLES[pipeline], study_key=study_key)
         except MissingSequence as exc:
             refusals[pipeline] = exc.reason
             continue
         routes.append(Route(pipeline, chosen))
-    return RoutingOutcome(routes, refusals)
+    return RoutingOutcome(routes, refusals, not_routed)

@@ -179,7 +179,15 @@ class IngestService:
             return []
         ref = self._study_ref(study, tags)
         classified = classify_study(list(study.series.values()), rules=self._rules)
-        outcome = route_study(classified, self._settings.pipelines, study_key=ref.study_key)
+        modalities = sorted({str(h.get("Modality", "")) for s in study.series.values() for h in s.headers[:1]})
+        study_tags = {k: str(v) for k, v in tags.items()}
+        study_tags["ModalitiesInStudy"] = "\\".join(m for m in modalities if m)
+        outcome = route_study(classified, self._settings.pipelines, study_key=ref.study_key, rules=self._rules,
+                              study_tags=study_tags)
+        if outcome.not_routed and not outcome.routes and not outcome.refusals:
+            self._publish_failure(ref, "", events_pb2.RoutingFailed.NO_PIPELINE,
+                                  "the site's routing rules send this study to no pipeline: "
+                                  + "; ".join(outcome.not_routed.values()))
         for pipeline, reason in outcome.refusals.items():
             self._publish_failure(ref, pipeline, events_pb2.RoutingFailed.MISSING_SEQUENCE, reason)
         if not self._settings.pipelines:

@@ -117,6 +117,44 @@ class IgnoreRule(SeriesMatch):
     """Series matching this rule are never pipeline inputs (role ``other``)."""
 
 
+class PipelineRoute(BaseModel):
+    """Which studies a pipeline takes at this site, by study-level tags (all given patterns must match,
+    searched case-insensitively; a missing tag reads as ""). A study must also have the pipeline's
+    required series roles; this only narrows further (e.g. only brain MR, not spine)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pipeline: str = Field(min_length=1)
+    study_description: str | None = None
+    modalities_in_study: str | None = None  # matched against e.g. "MR" or "CT\\MR"
+    institution_name: str | None = None
+    referring_physician_name: str | None = None
+
+    @field_validator("study_description", "modalities_in_study", "institution_name", "referring_physician_name")
+    @classmethod
+    def _compiles(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            re.compile(pattern)
+        return pattern
+
+    def refusal(self, study_tags: dict[str, str]) -> str | None:
+        """None when the study matches; otherwise the sentence saying which tag did not."""
+        for field, keyword in _ROUTE_FIELDS.items():
+            pattern = getattr(self, field)
+            value = str(study_tags.get(keyword, ""))
+            if pattern is not None and not re.search(pattern, value, re.IGNORECASE):
+                return f"site routing rule for {self.pipeline}: {keyword} {value!r} does not match {pattern!r}"
+        return None
+
+
+_ROUTE_FIELDS = {
+    "study_description": "StudyDescription",
+    "modalities_in_study": "ModalitiesInStudy",
+    "institution_name": "InstitutionName",
+    "referring_physician_name": "ReferringPhysicianName",
+}
+
+
 class SiteRules(BaseModel):
     """One site's rules."""
 
@@ -125,6 +163,16 @@ class SiteRules(BaseModel):
     site: str = ""
     overrides: list[RoleOverride] = Field(default_factory=list)
     ignore: list[IgnoreRule] = Field(default_factory=list)
+    # Study-level routing: when given, a pipeline runs only on studies its rule accepts.
+    routes: list[PipelineRoute] = Field(default_factory=list)
+
+    def route_refusal(self, pipeline: str, study_tags: dict[str, str]) -> str | None:
+        """Why this site does not send the study to ``pipeline`` (None: it does, or no rule names it)."""
+        rules = [r for r in self.routes if r.pipeline == pipeline]
+        if not rules:
+            return None
+        refusals = [r.refusal(study_tags) for r in rules]
+        return None if any(x is None for x in refusals) else "; ".join(x for x in refusals if x)
 
     def decide(self, labels: SeriesLabels) -> SiteDecision | None:
         """The role the site's rules give this series, or None when no rule matches."""
