@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pydicom.dataset import Dataset
 
 from neuroflow.core.errors import OrientationMismatch
+from neuroflow.core.handoff import GeometrySummary, OrientationSummary, PreprocessSummary, RegistrationSummary
 from neuroflow.core.inference import InferenceBackend
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.roles import GLIOMA_REFERENCE_ROLE, SeriesRole
@@ -101,6 +102,20 @@ class PreprocessedStudy:
     @property
     def brain_volume_ml(self) -> float:
         return float((self.brain_mask.array > 0).sum()) * self.brain_mask.voxel_volume_mm3 / 1000.0
+
+    def summary(self, skull_strip_model: ModelRef, timings_s: dict[str, float]) -> PreprocessSummary:
+        """What the report and the SEG need from preprocessing, in the form both runtimes hand on."""
+        return PreprocessSummary(
+            reference_geometry=GeometrySummary.of(self.reference_geometry),
+            registration={role.value: RegistrationSummary(metric=r.metric, nmi=r.nmi, nmi_before=r.nmi_before)
+                          for role, r in self.registration.items()},
+            orientation={role.value: OrientationSummary(verdict=c.verdict, nmi_as_is=c.nmi_as_is,
+                                                        nmi_mirrored=c.nmi_mirrored)
+                         for role, c in self.flip_checks.items()},
+            brain_volume_ml=round(self.brain_volume_ml, 1),
+            skull_strip_method=f"{skull_strip_model}",
+            timings_s=dict(timings_s),
+        )
 
 
 def preprocess_glioma(

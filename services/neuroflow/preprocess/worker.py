@@ -11,7 +11,6 @@ from pydicom.dataset import Dataset
 from neuroflow.core.config import NeuroflowSettings
 from neuroflow.core.dicom_io import DicomSource, find_series
 from neuroflow.core.errors import MissingSequence
-from neuroflow.core.handoff import GeometrySummary, OrientationSummary, PreprocessSummary, RegistrationSummary
 from neuroflow.core.inference import InferenceBackend
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.timing import StageClock
@@ -56,17 +55,7 @@ class PreprocessHandler:
         models = self._settings.models
         pre = preprocess_glioma(instances, self._backend, (models.skull_strip_bbox, models.skull_strip),
                                 spacing_mm=self._settings.target_spacing_mm, study_key=key, clock=clock)
-        summary = PreprocessSummary(
-            reference_geometry=GeometrySummary.of(pre.reference_geometry),
-            registration={role.value: RegistrationSummary(metric=r.metric, nmi=r.nmi, nmi_before=r.nmi_before)
-                          for role, r in pre.registration.items()},
-            orientation={role.value: OrientationSummary(verdict=c.verdict, nmi_as_is=c.nmi_as_is,
-                                                        nmi_mirrored=c.nmi_mirrored)
-                         for role, c in pre.flip_checks.items()},
-            brain_volume_ml=round(pre.brain_volume_ml, 1),
-            skull_strip_method=f"{models.skull_strip}",
-            timings_s=dict(clock.timings),
-        )
+        summary = pre.summary(models.skull_strip, clock.timings)
         output = tasks_pb2.PreprocessOutput(
             brain_mask=self._volumes.put_ref(volume_key(task, BRAIN_MASK_NAME), summary.attach(pre.brain_mask)))
         for role, volume in pre.normalised.items():

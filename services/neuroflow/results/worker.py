@@ -22,15 +22,9 @@ from neuroflow.core.model_card import ModelRef
 from neuroflow.core.roles import GLIOMA_REFERENCE_ROLE, SeriesRole
 from neuroflow.core.volume_store import VolumeStore
 from neuroflow.proto.neuroflow.v1 import common_pb2, events_pb2, tasks_pb2
-from neuroflow.results.glioma_results import glioma_seg
+from neuroflow.results.glioma_results import glioma_report, glioma_seg, registration_warnings
 from neuroflow.results.report import (
-    TOTAL_TIMING_KEY,
-    OrientationCheck,
-    RegistrationQuality,
-    ReportStatus,
     SeriesEntry,
-    SkullStrip,
-    StudyReport,
     TumourVolumes,
     write_report,
     write_summary,
@@ -107,7 +101,7 @@ class ResultsHandler:
         reference = self._source.read_instances(series[GLIOMA_REFERENCE_ROLE])
         seg = glioma_seg(labels, summary.reference_geometry.geometry(), reference, model=model,
                          input_hash=input_hash(uids, model))
-        warnings = _registration_warnings(summary)
+        warnings = registration_warnings(summary)
         stored: list[str] = []
         if seg is None:
             warnings.append("no tumour detected: no DICOM SEG written")
@@ -119,8 +113,10 @@ class ResultsHandler:
             elif request.destination:
                 warnings.append(f"the sink cannot forward: results stored, not sent to {request.destination}")
         timings = {**summary.timings_s, "write_results": round(time.perf_counter() - started, 3)}
-        report = _report(task, summary, labels_volumes=TumourVolumes.from_label_map(labels), model=model,
-                         series=series_entries(request.referenced_series), timings=timings, warnings=warnings)
+        report = glioma_report(task.study.study_instance_uid, key, task.pipeline, summary,
+                               volumes=TumourVolumes.from_label_map(labels), model=model,
+                               series=series_entries(request.referenced_series), timings=timings, warnings=warnings,
+                               outputs=["report.json", "summary.txt"])
         out_dir = self._reports_dir / key / task.workflow_id
         out_dir.mkdir(parents=True, exist_ok=True)
         write_summary(report, out_dir)
@@ -145,44 +141,3 @@ def series_entries(refs: Sequence[common_pb2.SeriesRef]) -> list[SeriesEntry]:
             for ref in refs]
 
 
-def _registration_warnings(summary: PreprocessSummary) -> list[str]:
-    return [f"registration of {role} made the alignment worse (NMI {reg.nmi_before:.3f} -> {reg.nmi:.3f}); "
-            "review the overlay"
-            for role, reg in summary.registration.items() if reg.nmi < reg.nmi_before - 0.01]
-
-
-def _report(
-    task: tasks_pb2.TaskRequested,
-    summary: PreprocessSummary,
-    *,
-    labels_volumes: TumourVolumes,
-    model: ModelRef,
-    series: list[SeriesEntry],
-    timings: dict[str, float],
-    warnings: list[str],
-) -> StudyReport:
-    # outputs names the files of the report folder; the SEG went to the sink (ResultsOutput names it).
-    return StudyReport(
-        study_instance_uid=task.study.study_instance_uid,
-        study_key=task.study.study_key,
-        pipeline=task.pipeline,
-        status=ReportStatus.SUCCEEDED,
-        series=series,
-        timings_s={**timings, TOTAL_TIMING_KEY: round(sum(timings.values()), 3)},
-        volumes_ml=labels_volumes,
-        model=model,
-        registration={
-            SeriesRole(role): RegistrationQuality(
-                metric="mattes_mutual_information", metric_value=reg.metric, quality=reg.nmi,
-                quality_measure="normalised mutual information with the reference")
-            for role, reg in summary.registration.items()
-        },
-        orientation_check=OrientationCheck(
-            passed=True,
-            detail="; ".join(f"{role}: {c.verdict} (NMI as is {c.nmi_as_is:.3f}, mirrored {c.nmi_mirrored:.3f})"
-                             for role, c in summary.orientation.items()),
-        ),
-        skull_strip=SkullStrip(brain_volume_ml=summary.brain_volume_ml, method=summary.skull_strip_method),
-        warnings=warnings,
-        outputs=["report.json", "summary.txt"],
-    )

@@ -20,13 +20,10 @@ from neuroflow.core.timing import ProgressSink, StageClock
 from neuroflow.ingest.classify import SeriesClassification, classify_study, select_inputs
 from neuroflow.ingest.site_rules import SiteRules, load_site_rules
 from neuroflow.preprocess.glioma_inputs import preprocess_glioma
-from neuroflow.results.glioma_results import glioma_seg
+from neuroflow.results.glioma_results import glioma_report, glioma_seg, registration_warnings
 from neuroflow.results.report import (
-    OrientationCheck,
-    RegistrationQuality,
     ReportStatus,
     SeriesEntry,
-    SkullStrip,
     StudyReport,
     TumourVolumes,
     write_report,
@@ -129,10 +126,8 @@ def _run(
 
     pre = preprocess_glioma(instances, backend, (models.skull_strip_bbox, models.skull_strip),
                             spacing_mm=settings.target_spacing_mm, study_key=run.key, clock=clock)
-    for role, reg in pre.registration.items():
-        if reg.nmi < reg.nmi_before - 0.01:
-            run.warnings.append(f"registration of {role} made the alignment worse "
-                                f"(NMI {reg.nmi_before:.3f} -> {reg.nmi:.3f}); review the overlay")
+    summary = pre.summary(models.skull_strip, clock.timings)
+    run.warnings.extend(registration_warnings(summary))
 
     with clock.stage("segment"):
         probabilities = predict_regions(
@@ -154,31 +149,8 @@ def _run(
             _save_atomically(seg, out_dir / SEG_FILE)
             outputs.insert(0, SEG_FILE)
 
-    return StudyReport(
-        study_instance_uid=run.study_uid,
-        study_key=run.key,
-        pipeline=GLIOMA_PIPELINE,
-        status=ReportStatus.SUCCEEDED,
-        series=run.series,
-        timings_s={**clock.timings, "total": clock.total()},
-        volumes_ml=volumes_ml,
-        model=models.glioma,
-        registration={
-            role: RegistrationQuality(
-                metric="mattes_mutual_information", metric_value=reg.metric, quality=reg.nmi,
-                quality_measure="normalised mutual information with the reference",
-            )
-            for role, reg in pre.registration.items()
-        },
-        orientation_check=OrientationCheck(
-            passed=True,
-            detail="; ".join(f"{role}: {c.verdict} (NMI as is {c.nmi_as_is:.3f}, mirrored {c.nmi_mirrored:.3f})"
-                             for role, c in pre.flip_checks.items()),
-        ),
-        skull_strip=SkullStrip(brain_volume_ml=round(pre.brain_volume_ml, 1), method=f"{models.skull_strip}"),
-        warnings=run.warnings,
-        outputs=outputs,
-    )
+    return glioma_report(run.study_uid, run.key, GLIOMA_PIPELINE, summary, volumes=volumes_ml, model=models.glioma,
+                         series=run.series, timings=clock.timings, warnings=run.warnings, outputs=outputs)
 
 
 def _choose_study(studies: dict[str, StudyIndex], study_uid: str | None) -> StudyIndex:
