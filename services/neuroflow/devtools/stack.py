@@ -25,7 +25,7 @@ from neuroflow.core.orthanc import DicomModality, OrthancEndpoint
 from neuroflow.devtools.monitoring_servers import immediate_rules, start_alertmanager, start_prometheus, write_targets
 from neuroflow.devtools.orthanc_server import OrthancProcess, start_orthanc
 from neuroflow.devtools.orthanc_server import restart_orthanc as restart_orthanc_process
-from neuroflow.devtools.ports import free_loopback_port, port_is_listening, wait_until_ports_free
+from neuroflow.devtools.ports import free_loopback_port, free_stable_port, port_is_listening, wait_until_ports_free
 from neuroflow.devtools.postgres_server import start_postgres
 
 STACK_DIR = REPOSITORY_ROOT / ".neuroflow"
@@ -205,7 +205,10 @@ def service_environment(stack: dict[str, Any], options: StackOptions) -> dict[st
 
 def _launch_service(stack: dict[str, Any], service: str, name: str, metrics_port: int | None = None) -> dict[str, Any]:
     root = Path(stack["root"])
-    metrics_port = metrics_port or free_loopback_port()  # each process its own: Prometheus tells them apart by it
+    # Each process its own port (Prometheus tells them apart by it), picked outside the ephemeral range:
+    # a service binds it only after seconds of imports, time enough for a client socket to take it.
+    taken = {p["metrics_port"] for p in stack["processes"] if "metrics_port" in p}
+    metrics_port = metrics_port or free_stable_port(taken)
     environment = {**os.environ, **stack["environment"], "NEUROFLOW_METRICS_PORT": str(metrics_port)}
     with (root / "logs" / f"{name}.log").open("ab") as log:
         process = subprocess.Popen(
