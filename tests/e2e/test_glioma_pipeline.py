@@ -71,9 +71,9 @@ def test_seg_is_valid_dicom_on_the_t1ce_series_with_model_identity(
 
 
 def test_segmentation_lands_where_the_reference_tumour_is(tcga_siemens: WrittenStudy, tcga_siemens_run: CliRun) -> None:
-    """Decode the SEG onto the T1CE grid and compare with the BraTS fusion reference: the model is
-    trained on synthetic data only, so we do not require a high Dice here (EVALUATION.md reports it),
-    but the whole tumour must overlap the reference: proof that nothing was flipped or shifted."""
+    """Decode the SEG onto the T1CE grid and compare with the BraTS fusion reference: the whole tumour
+    must overlap the reference well, and far better than its mirror image: proof that nothing on the
+    way (DICOM, registration, resampling, SEG frames) flipped or shifted it."""
     source = FolderDicomSource(tcga_siemens.folder)
     studies, _ = source.index()
     t1ce_uid = tcga_siemens.series[SeriesRole.T1CE].series_instance_uid
@@ -92,7 +92,8 @@ def test_segmentation_lands_where_the_reference_tumour_is(tcga_siemens: WrittenS
     whole = dice(predicted, np.asarray(reference.array) > 0)
     mirrored = dice(predicted[:, :, ::-1], np.asarray(reference.array) > 0)
     assert whole > mirrored, f"WT Dice {whole:.3f} vs {mirrored:.3f} when mirrored"
-    assert whole > 0.3, f"WT Dice against the reference is {whole:.3f}"
+    # Measured 0.84 (WT) through DICOM, registration and deepbet; the model alone scores 0.888 (EVALUATION.md).
+    assert whole > 0.7, f"WT Dice against the reference is {whole:.3f}"
 
 
 def _in_slice_order(instances: list[pydicom.Dataset]) -> list[pydicom.Dataset]:
