@@ -133,31 +133,25 @@ def start_orthanc(
     config_path = storage_dir / "orthanc.json"
     config_path.write_text(config)
     os.chmod(config_path, 0o600)  # it holds the password
+    return _launch(name, endpoint, storage_dir, peers, wait_s)
+
+
+def restart_orthanc(name: str, storage_dir: Path, endpoint: OrthancEndpoint, *, wait_s: float = 30.0) -> OrthancProcess:
+    """Start again an Orthanc that ``start_orthanc`` configured in ``storage_dir`` (same config, ports,
+    credentials and data), e.g. after it was stopped to test a destination that goes away."""
+    return _launch(name, endpoint, storage_dir.resolve(), {}, wait_s)
+
+
+def _launch(name: str, endpoint: OrthancEndpoint, storage_dir: Path, peers: dict[str, DicomModality],
+            wait_s: float) -> OrthancProcess:
+    """Run Orthanc on the config in ``storage_dir`` and return once it answers (stopped again if not)."""
+    config_path = storage_dir / "orthanc.json"
     log_path = storage_dir / "orthanc.log"
     started = time.monotonic()
     with log_path.open("ab") as log:
         process = subprocess.Popen([str(ORTHANC_BINARY), str(config_path)], stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True, env=_orthanc_environment())
     server = OrthancProcess(name, endpoint, storage_dir, config_path, log_path, process, 0.0, peers)
-    try:
-        _wait_until_answering(server, wait_s)
-    except BaseException:
-        server.stop()
-        raise
-    server.started_in_s = time.monotonic() - started
-    return server
-
-
-def restart_orthanc(name: str, storage_dir: Path, endpoint: OrthancEndpoint, *, wait_s: float = 30.0) -> OrthancProcess:
-    """Start again an Orthanc that ``start_orthanc`` configured in ``storage_dir`` (same config, ports,
-    credentials and data), e.g. after it was stopped to test a destination that goes away."""
-    config_path = storage_dir.resolve() / "orthanc.json"
-    log_path = storage_dir.resolve() / "orthanc.log"
-    started = time.monotonic()
-    with log_path.open("ab") as log:
-        process = subprocess.Popen([str(ORTHANC_BINARY), str(config_path)], stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True, env=_orthanc_environment())
-    server = OrthancProcess(name, endpoint, storage_dir.resolve(), config_path, log_path, process, 0.0)
     try:
         _wait_until_answering(server, wait_s)
     except BaseException:
