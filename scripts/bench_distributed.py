@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import tempfile
 import time
@@ -38,13 +37,11 @@ WAIT_WINDOW_S = 5.0
 def run(workers: int, latency_study: Path, burst: list[Path]) -> dict[str, Any]:
     """One stack with ``workers`` preprocessing processes: first one study by C-STORE alone (trigger
     latency, overhead), then a burst uploaded at once (throughput: last upload to last result)."""
-    root = Path(tempfile.mkdtemp(prefix=f"neuroflow-bench-{workers}-"))
-    root.chmod(0o755)
-    started = stack.up(stack.StackOptions(
-        wait_window_s=WAIT_WINDOW_S, root=root, workers={"preprocess": workers},
+    options = stack.StackOptions(
+        wait_window_s=WAIT_WINDOW_S, workers={"preprocess": workers},
         extra_env={"ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1", "NEUROFLOW_INFERENCE_THREADS": "1",
-                   "OMP_NUM_THREADS": "1"}))
-    try:
+                   "OMP_NUM_THREADS": "1"})
+    with stack.temporary(options, prefix=f"neuroflow-bench-{workers}-") as started:
         site = started["orthanc"]["site"]
         client = OrthancClient(OrthancEndpoint(site["url"], site["username"], site["password"]))
         bus = KafkaBus(started["kafka"]["bootstrap"])
@@ -67,9 +64,6 @@ def run(workers: int, latency_study: Path, burst: list[Path]) -> dict[str, Any]:
             per_stage = db.execute("SELECT stage, seconds FROM stage_timings").fetchall()
             workflows = db.execute("SELECT count(*) FROM workflows").fetchone()
         bus.close()
-    finally:
-        stack.down(root)
-        shutil.rmtree(root, ignore_errors=True)
     latencies, overheads = [], []
     for uid, event in ready.items():
         latencies.append(event.ready_at.ToDatetime().timestamp() - sent_at[uid] - WAIT_WINDOW_S)

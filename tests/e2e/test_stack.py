@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,17 +30,10 @@ WAIT_WINDOW_S = 3.0
 
 @pytest.fixture(scope="module")
 def running_stack() -> Iterator[dict[str, Any]]:
-    # Not under pytest's private (0700) tmp folders: PostgreSQL runs as its own user and must enter it.
-    root = Path(tempfile.mkdtemp(prefix="neuroflow-stack-"))
-    root.chmod(0o755)
-    started = stack.up(stack.StackOptions(wait_window_s=WAIT_WINDOW_S, root=root))
-    try:
+    with stack.temporary(stack.StackOptions(wait_window_s=WAIT_WINDOW_S)) as started:
         yield started
-    finally:
-        stack.down(root)
-        shutil.rmtree(root, ignore_errors=True)
-        ports = [p for proc in started["processes"] for p in proc["ports"]]
-        assert not [p for p in ports if port_is_listening(p)], "stack down left ports open"
+    ports = [p for proc in started["processes"] for p in proc["ports"]]
+    assert not [p for p in ports if port_is_listening(p)], "stack down left ports open"
 
 
 def _client(endpoint: dict[str, Any]) -> OrthancClient:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -38,17 +36,12 @@ def webhook() -> Iterator[WebhookReceiver]:
 
 @pytest.fixture(scope="module")
 def monitored_stack(webhook: WebhookReceiver) -> Iterator[dict[str, Any]]:
-    root = Path(tempfile.mkdtemp(prefix="neuroflow-stack-monitoring-"))
-    root.chmod(0o755)  # PostgreSQL runs as its own user and must enter it
-    started = stack.up(stack.StackOptions(wait_window_s=3.0, root=root, monitoring_fast=True,
-                                          pager_url=webhook.url("/pager"), ticket_url=webhook.url("/ticket")))
-    try:
+    options = stack.StackOptions(wait_window_s=3.0, monitoring_fast=True, pager_url=webhook.url("/pager"),
+                                 ticket_url=webhook.url("/ticket"))
+    with stack.temporary(options, prefix="neuroflow-stack-monitoring-") as started:
         yield started
-    finally:
-        stack.down(root)
-        shutil.rmtree(root, ignore_errors=True)
-        ports = [p for proc in started["processes"] for p in proc["ports"]]
-        assert not [p for p in ports if port_is_listening(p)], "stack down left ports open"
+    ports = [p for proc in started["processes"] for p in proc["ports"]]
+    assert not [p for p in ports if port_is_listening(p)], "stack down left ports open"
 
 
 def query(prometheus: str, expr: str) -> list[dict[str, Any]]:

@@ -10,12 +10,17 @@ record of what was started."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,6 +108,20 @@ def up(options: StackOptions) -> dict[str, Any]:
             raise
         raise StackError(f"the stack did not start: {exc}") from exc
     return started
+
+
+@contextmanager
+def temporary(options: StackOptions, prefix: str = "neuroflow-stack-") -> Iterator[dict[str, Any]]:
+    """A whole stack in a fresh folder for a test or a benchmark, stopped and removed afterwards.
+    The folder is made outside private (0700) temporary folders: PostgreSQL runs as its own user and
+    must enter it."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    root.chmod(0o755)
+    try:
+        yield up(dataclasses.replace(options, root=root))
+    finally:
+        down(root)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def down(root: Path = STACK_DIR, timeout_s: float = 60.0) -> list[str]:
