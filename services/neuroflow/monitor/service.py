@@ -85,8 +85,6 @@ def consumer_pairs() -> list[ConsumerPair]:
 def build_monitor(backends: Backends) -> Monitor:
     """The probes the settings call for: storage and workflows always; Orthanc when studies come from one;
     Kafka when it is the bus."""
-    from neuroflow.runtime.distributed import pipelines
-
     settings = backends.settings
     watch = settings.monitor
     probes: list[Probe] = [StorageProbe(storage_roots(settings), watch.storage_deadline_s, watch.storage_sentinel)]
@@ -106,6 +104,6 @@ def build_monitor(backends: Backends) -> Monitor:
     pinned = settings.models
     probes.append(ModelReadinessProbe(backends.inference(),
                                       [pinned.skull_strip_bbox, pinned.skull_strip, pinned.glioma]))
-    probes.append(WorkflowProbe(backends.state(), settings.site, sorted(pipelines(settings)),
+    probes.append(WorkflowProbe(backends.state(), settings.site, sorted(settings.ingest.pipelines),
                                 settings.orchestration, watch.stuck_grace_s))
     return Monitor(probes, watch.period_s, settings.site)
