@@ -1,0 +1,111 @@
+{{/* Names and labels. Every object carries the standard labels; a component label tells the services apart. */}}
+{{- define "neuroflow.fullname" -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "neuroflow.labels" -}}
+app.kubernetes.io/name: neuroflow
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: neuroflow
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+neuroflow/tier: {{ .Values.tier }}
+{{- if eq .Values.tier "site" }}
+neuroflow/site: {{ .Values.site.name | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Selector labels of one component: "neuroflow.selector" (dict "root" $ "component" "orchestrator") */}}
+{{- define "neuroflow.selector" -}}
+app.kubernetes.io/name: neuroflow
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "neuroflow.componentLabels" -}}
+{{ include "neuroflow.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "neuroflow.image" -}}
+{{- printf "%s:%s" .Values.image.repository .Values.image.tag -}}
+{{- end -}}
+
+{{- define "neuroflow.orthancHost" -}}
+{{- printf "%s-orthanc" (include "neuroflow.fullname" .) -}}
+{{- end -}}
+
+{{/* Paths inside the pods: the site's shared storage and the configuration files. */}}
+{{- define "neuroflow.dataRoot" -}}/var/lib/neuroflow/shared{{- end -}}
+{{- define "neuroflow.configRoot" -}}/etc/neuroflow{{- end -}}
+
+{{/*
+Kafka topics and consumer groups of a stage worker. The names are spelled in services/neuroflow/core/topics.py;
+tests/deploy/test_helm_chart.py checks these against it.
+*/}}
+{{- define "neuroflow.taskTopic" -}}neuroflow.v1.task.{{ . }}{{- end -}}
+{{- define "neuroflow.urgentTaskTopic" -}}neuroflow.v1.task.{{ . }}.urgent{{- end -}}
+{{- define "neuroflow.workerGroup" -}}neuroflow.{{ . }}{{- end -}}
+{{- define "neuroflow.deadLetterTopic" -}}neuroflow.v1.dead-letter.{{ . }}{{- end -}}
+{{- define "neuroflow.eventTopics" -}}
+{{- list "neuroflow.v1.study-ready" "neuroflow.v1.routing-failed" "neuroflow.v1.results-stored" "neuroflow.v1.task-done" "neuroflow.v1.task-failed" | toJson -}}
+{{- end -}}
+
+{{/* The security context of every container: non-root, no privilege escalation, no capabilities. */}}
+{{- define "neuroflow.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .runAsUser }}
+runAsGroup: {{ .runAsUser }}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: {{ .readOnlyRootFilesystem }}
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/*
+The NEUROFLOW_* environment every neuroflow service of a site shares (the ConfigMap "<release>-env").
+Each name is a field of NeuroflowSettings (services/neuroflow/core/config.py; prefix NEUROFLOW_, nested
+delimiter __), checked by the tests. Credentials are not here: they come from the site's Secret.
+*/}}
+{{- define "neuroflow.settingsEnv" -}}
+{{- $s := .Values.site -}}
+NEUROFLOW_SITE: {{ $s.name | quote }}
+NEUROFLOW_BUS__KIND: "kafka"
+NEUROFLOW_BUS__BOOTSTRAP: {{ .Values.kafka.bootstrap | quote }}
+NEUROFLOW_STATE__KIND: "postgres"
+NEUROFLOW_DICOM__SOURCE: "orthanc"
+NEUROFLOW_DICOM__ORTHANC_URL: {{ printf "http://%s:%d" (include "neuroflow.orthancHost" .) (int .Values.orthanc.httpPort) | quote }}
+NEUROFLOW_DICOM__ORTHANC_USERNAME: {{ .Values.orthanc.username | quote }}
+NEUROFLOW_DICOM__DESTINATION: {{ $s.destination | quote }}
+{{- if $s.routingRules }}
+NEUROFLOW_SITE_RULES: {{ printf "%s/site-rules.yaml" (include "neuroflow.configRoot" .) | quote }}
+{{- end }}
+NEUROFLOW_VOLUME_STORE_ROOT: {{ printf "%s/volumes" (include "neuroflow.dataRoot" .) | quote }}
+NEUROFLOW_RECORDS_ROOT: {{ printf "%s/records" (include "neuroflow.dataRoot" .) | quote }}
+NEUROFLOW_REPORTS_DIR: {{ printf "%s/reports" (include "neuroflow.dataRoot" .) | quote }}
+NEUROFLOW_INGEST__WAIT_WINDOW_S: {{ $s.waitWindowS | quote }}
+NEUROFLOW_INGEST__PIPELINES: {{ $s.pipelines | toJson | quote }}
+{{- range $role, $model := $s.models }}
+{{- if $model }}
+NEUROFLOW_MODELS__{{ $role | upper }}: {{ $model | toJson | quote }}
+{{- end }}
+{{- end }}
+NEUROFLOW_MONITOR__END_TO_END_TARGET_S: {{ $s.endToEndTargetS | quote }}
+NEUROFLOW_MONITOR__STORAGE_SENTINEL: {{ .Values.sharedStorage.sentinel | quote }}
+{{- with $s.priorPacs }}
+NEUROFLOW_LONGITUDINAL__PACS: {{ . | toJson | quote }}
+{{- end }}
+{{- /* onnxruntime in the worker pod is the code's default: only the Triton backend is named. */}}
+{{- if eq .Values.inference.backend "triton" }}
+NEUROFLOW_INFERENCE__BACKEND: "triton"
+NEUROFLOW_INFERENCE__TRITON_URL: {{ .Values.inference.tritonUrl | quote }}
+{{- end }}
+NEUROFLOW_METRICS_HOST: "0.0.0.0"
+NEUROFLOW_METRICS_PORT: {{ .Values.metricsPort | quote }}
+{{- range $name, $value := $s.extraSettings }}
+{{ $name }}: {{ $value | toString | quote }}
+{{- end }}
+{{- end -}}

@@ -1,0 +1,346 @@
+"""Capacity model: how many stage workers per site and GPUs in the shared tier keep the end-to-end time under
+the target, for N sites with a given daily volume and peak hour. A small discrete-event simulation of one day,
+fed by the stage timings measured in BENCHMARKS.md (`make bench`), so the plan moves when the code gets faster.
+
+    .venv/bin/python scripts/capacity_model.py                      # the table for 1, 5, 20 and 50 sites
+    .venv/bin/python scripts/capacity_model.py --out BENCHMARKS.md  # ... and write it there (own section)
+
+What one study does (distributed runtime, one site): the last instance arrives; the wait window passes; ingest
+triggers (measured trigger latency); a preprocess worker prepares the volumes; a segmentation worker runs the
+model on a GPU of the shared tier (it holds its worker slot while it waits for the GPU) and post-processes;
+a results worker writes and stores the objects. Every pool is first come, first served. Service times vary
+around the measured median (log-normal). End to end is last instance to results stored, as the
+NeuroflowEndToEndSlow alert measures it, and the target is the p95 of the studies arriving in the peak hour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import math
+import random
+import re
+import sys
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from neuroflow.core.config import IngestSettings, MonitorSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "BENCHMARKS.md"
+SECTION = "## Capacity model: workers and GPUs for N sites"
+SITE_COUNTS = (1, 5, 20, 50)
+# Service times vary around their median: log-normal with this sigma (a 4-sequence brain MR study; a study
+# with more or larger series takes longer).
+SERVICE_SIGMA = 0.3
+# The second scenario of the table: this many times the daily volume, a sharper peak, a tighter target.
+BUSY_FACTOR = 5.0
+BUSY_PEAK_SHARE = 0.25
+BUSY_TARGET_S = 240.0
+
+
+class BenchmarksError(ValueError):
+    """BENCHMARKS.md lacks a figure the model needs; the message names it and how to produce it."""
+
+
+@dataclass(frozen=True)
+class StageTimings:
+    """Median seconds per study, as measured by `make bench`."""
+
+    trigger_latency_s: float  # last instance stored -> StudyReady, beyond the wait window
+    preprocess_s: float  # inside the preprocess worker
+    segmentation_s: float  # inside the segmentation worker, model inference included
+    inference_s: float  # the model's share of segmentation (embedded "segment" step, CPU)
+    results_s: float  # inside the results worker
+
+
+def _figure(text: str, pattern: str, what: str) -> float:
+    match = re.search(pattern, text)
+    if match is None:
+        raise BenchmarksError(f"BENCHMARKS.md has no {what} (pattern {pattern!r}): run `make bench` first")
+    return float(match.group(1))
+
+
+def read_timings(text: str) -> StageTimings:
+    """The stage timings of the distributed and embedded sections of BENCHMARKS.md."""
+    workers = r"Median stage time inside the workers[^:]*:\s*"
+    return StageTimings(
+        trigger_latency_s=_figure(text, r"\| trigger latency [^|]*\|\s*([\d.]+)\s*\|", "trigger latency median"),
+        preprocess_s=_figure(text, workers + r".*?preprocess (\d+(?:\.\d+)?)", "preprocess worker time"),
+        segmentation_s=_figure(text, workers + r".*?segmentation (\d+(?:\.\d+)?)", "segmentation worker time"),
+        inference_s=_figure(text, r"\| segment \|\s*([\d.]+)\s*\|", "embedded 'segment' step time"),
+        results_s=_figure(text, workers + r".*?results (\d+(?:\.\d+)?)", "results worker time"),
+    )
+
+
+@dataclass(frozen=True)
+class Scenario:
+    sites: int
+    studies_per_site_day: float
+    peak_hour_share: float  # fraction of a day's studies that arrive in its busiest hour
+    working_hours: tuple[int, int]  # the rest of the day's studies arrive evenly in these hours
+    peak_hour: int
+    wait_window_s: float
+    target_s: float
+    gpu_speedup: float  # GPU inference time = the measured CPU inference time / this
+
+
+@dataclass
+class Pool:
+    """Identical servers taking jobs first come, first served."""
+
+    servers: int
+    free: int = 0
+    waiting: deque[tuple[float, Callable[[float], None]]] = field(default_factory=deque)
+    busy_s: float = 0.0  # the GPU pool's: inference seconds inside the peak hour
+    waited_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.free = self.servers
+
+    def request(self, now: float, start: Callable[[float], None]) -> None:
+        if self.free > 0:
+            self.free -= 1
+            start(now)
+        else:
+            self.waiting.append((now, start))
+
+    def release(self, now: float) -> None:
+        if self.waiting:
+            since, start = self.waiting.popleft()
+            self.waited_s += now - since
+            start(now)
+        else:
+            self.free += 1
+
+
+@dataclass(frozen=True)
+class Plan:
+    preprocess: int  # workers per site
+    segmentation: int
+    results: int
+    gpus: int  # in the shared tier
+
+
+@dataclass(frozen=True)
+class Outcome:
+    plan: Plan
+    p95_s: float
+    median_s: float
+    studies: int
+    gpu_busy_peak: float  # share of the GPUs' time in the peak hour spent on inference
+    waits_s: dict[str, float]  # total queueing per pool kind, peak-hour studies
+
+
+def arrival_times(scenario: Scenario, rng: random.Random) -> list[float]:
+    """One site's day: Poisson arrivals, the peak hour at its share, the rest evenly over working hours."""
+    start, end = scenario.working_hours
+    other_hours = [h for h in range(start, end) if h != scenario.peak_hour]
+    per_hour = {h: scenario.studies_per_site_day * (1 - scenario.peak_hour_share) / len(other_hours)
+                for h in other_hours}
+    per_hour[scenario.peak_hour] = scenario.studies_per_site_day * scenario.peak_hour_share
+    times = []
+    for hour, count in per_hour.items():
+        if count <= 0:
+            continue
+        t = hour * 3600.0
+        while True:
+            t += rng.expovariate(count / 3600.0)
+            if t >= (hour + 1) * 3600.0:
+                break
+            times.append(t)
+    return times
+
+
+def simulate(scenario: Scenario, timings: StageTimings, plan: Plan, seed: int = 7) -> Outcome:
+    rng = random.Random(seed)
+    events: list[tuple[float, int, Callable[[float], None]]] = []
+    counter = 0
+
+    def at(time: float, action: Callable[[float], None]) -> None:
+        nonlocal counter
+        counter += 1
+        heapq.heappush(events, (time, counter, action))
+
+    def service(median: float) -> float:
+        return median * math.exp(rng.gauss(0.0, SERVICE_SIGMA))
+
+    gpu_s = timings.inference_s / scenario.gpu_speedup
+    seg_cpu_s = max(timings.segmentation_s - timings.inference_s, 0.0)
+    gpus = Pool(plan.gpus)
+    sites = [{"preprocess": Pool(plan.preprocess), "segmentation": Pool(plan.segmentation),
+              "results": Pool(plan.results)} for _ in range(scenario.sites)]
+    peak = (scenario.peak_hour * 3600.0, (scenario.peak_hour + 1) * 3600.0)
+    end_to_end: list[float] = []
+
+    def hand_on(pool: Pool, then: Callable[[float], None]) -> Callable[[float], None]:
+        """At the end of a step: free its server, then go on (the next pool's request, or done)."""
+        def step(now: float) -> None:
+            pool.release(now)
+            then(now)
+        return step
+
+    def study(site: dict[str, Pool], arrived: float) -> None:
+        def done(now: float) -> None:
+            if peak[0] <= arrived < peak[1]:
+                end_to_end.append(now - arrived)
+
+        def results(now: float) -> None:
+            at(now + service(timings.results_s), hand_on(site["results"], done))
+
+        def gpu(now: float) -> None:
+            def after(t: float) -> None:
+                gpus.release(t)
+                at(t + service(seg_cpu_s), hand_on(site["segmentation"],
+                                                   lambda t2: site["results"].request(t2, results)))
+            duration = service(gpu_s)
+            # Only the part of this inference inside the peak hour counts towards the peak's GPU load.
+            gpus.busy_s += max(0.0, min(now + duration, peak[1]) - max(now, peak[0]))
+            at(now + duration, after)
+
+        def segmentation(now: float) -> None:
+            gpus.request(now, gpu)
+
+        def preprocess(now: float) -> None:
+            at(now + service(timings.preprocess_s), hand_on(site["preprocess"],
+                                                            lambda t: site["segmentation"].request(t, segmentation)))
+
+        ready = arrived + scenario.wait_window_s + timings.trigger_latency_s
+        at(ready, lambda t: site["preprocess"].request(t, preprocess))
+
+    for site in sites:
+        for arrived in arrival_times(scenario, rng):
+            study(site, arrived)
+    while events:
+        time, _, action = heapq.heappop(events)
+        action(time)
+    if not end_to_end:
+        raise ValueError(f"no study arrived in the peak hour of {scenario}: raise the daily volume")
+    end_to_end.sort()
+    waits = {kind: sum(s[kind].waited_s for s in sites) for kind in ("preprocess", "segmentation", "results")}
+    waits["gpu"] = gpus.waited_s
+    return Outcome(plan, end_to_end[min(len(end_to_end) - 1, math.ceil(0.95 * len(end_to_end)) - 1)],
+                   end_to_end[len(end_to_end) // 2], len(end_to_end), gpus.busy_s / (plan.gpus * 3600.0), waits)
+
+
+def smallest_plan(scenario: Scenario, timings: StageTimings, *, max_steps: int = 400) -> Outcome:
+    """Fewest workers and GPUs meeting the target: start at what the peak load needs on average, then add
+    to the pool where studies queued longest until the peak hour's p95 is under the target."""
+    per_site_peak = scenario.studies_per_site_day * scenario.peak_hour_share / 3600.0  # studies per second
+    gpu_s = timings.inference_s / scenario.gpu_speedup
+    seg_hold_s = timings.segmentation_s - timings.inference_s + gpu_s
+    plan = Plan(preprocess=math.ceil(per_site_peak * timings.preprocess_s),
+                segmentation=math.ceil(per_site_peak * seg_hold_s),
+                results=math.ceil(per_site_peak * timings.results_s),
+                gpus=math.ceil(per_site_peak * scenario.sites * gpu_s))
+    plan = Plan(*(max(1, n) for n in (plan.preprocess, plan.segmentation, plan.results, plan.gpus)))
+    for _ in range(max_steps):
+        outcome = simulate(scenario, timings, plan)
+        if outcome.p95_s <= scenario.target_s:
+            return outcome
+        # Per-site pools are added at every site: compare their waits per added server.
+        costs = {"preprocess": scenario.sites, "segmentation": scenario.sites, "results": scenario.sites, "gpu": 1}
+        worst = max(outcome.waits_s, key=lambda kind: outcome.waits_s[kind] / costs[kind])
+        plan = Plan(**{**plan.__dict__, ("gpus" if worst == "gpu" else worst):
+                       getattr(plan, "gpus" if worst == "gpu" else worst) + 1})
+    raise RuntimeError(f"no plan meets {scenario.target_s:.0f} s within {max_steps} steps for {scenario}")
+
+
+def table(scenario: Scenario, timings: StageTimings, site_counts: Sequence[int]) -> str:
+    lines = [
+        "| sites | studies/day (all sites) | peak studies/h (all sites) | preprocess workers per site "
+        "| segmentation workers per site | results workers per site | GPUs (shared) | GPU busy in the peak hour "
+        "| peak-hour end to end median s | peak-hour end to end p95 s |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for sites in site_counts:
+        case = Scenario(**{**scenario.__dict__, "sites": sites})
+        outcome = smallest_plan(case, timings)
+        plan = outcome.plan
+        lines.append(
+            f"| {sites} | {sites * case.studies_per_site_day:.0f} "
+            f"| {sites * case.studies_per_site_day * case.peak_hour_share:.0f} | {plan.preprocess} "
+            f"| {plan.segmentation} | {plan.results} | {plan.gpus} | {outcome.gpu_busy_peak:.1%} "
+            f"| {outcome.median_s:.0f} | {outcome.p95_s:.0f} |")
+    return "\n".join(lines)
+
+
+def report(scenarios: Sequence[Scenario], timings: StageTimings, site_counts: Sequence[int]) -> str:
+    lines = [SECTION, "", _inputs(scenarios[0], timings), ""]
+    for scenario in scenarios:
+        lines += [_scenario_line(scenario), "", table(scenario, timings, site_counts), ""]
+    return "\n".join([
+        *lines,
+        "The end-to-end time is dominated by the wait window, which no worker count shortens; the workers and "
+        "GPUs only have to keep the queues short at the peak. Longitudinal (change) pipelines are not in the "
+        "model: no timing of theirs is in this file yet. A site runs at least one worker per stage; two for "
+        "availability is a deployment choice (helm minReplicas), not a capacity need.",
+        "",
+        "Reproduce: `.venv/bin/python scripts/capacity_model.py --out BENCHMARKS.md` (also run by `make bench`).",
+        "",
+    ])
+
+
+def _scenario_line(scenario: Scenario) -> str:
+    return (f"**{scenario.studies_per_site_day:.0f} studies a day per site**, {scenario.peak_hour_share:.0%} of "
+            f"them in the peak hour ({scenario.peak_hour}:00), the rest evenly over {scenario.working_hours[0]}:00-"
+            f"{scenario.working_hours[1]}:00; wait window {scenario.wait_window_s:.0f} s; target: p95 of the peak "
+            f"hour's studies from last instance to results stored under **{scenario.target_s:.0f} s**.")
+
+
+def _inputs(scenario: Scenario, timings: StageTimings) -> str:
+    return " ".join([
+        "Written by `scripts/capacity_model.py` (a discrete-event simulation of one day, seed 7).",
+        f"Inputs from the sections above (medians): trigger latency {timings.trigger_latency_s} s, preprocess "
+        f"{timings.preprocess_s} s, segmentation {timings.segmentation_s} s (of which model inference "
+        f"{timings.inference_s} s on CPU), results {timings.results_s} s. GPU inference time is the CPU figure "
+        f"divided by {scenario.gpu_speedup:g}: an ASSUMPTION, not a measurement (no GPU run is in this file yet); "
+        f"rerun with `--gpu-speedup` once one is. A segmentation worker holds its slot while it waits for a GPU.",
+    ])
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace this script's own section of ``path`` (or append it); other sections stay as they are."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    start = text.find(SECTION)
+    if start >= 0:
+        following = text.find("\n## ", start + len(SECTION))
+        text = text[:start] + section + (text[following + 1:] if following >= 0 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--benchmarks", type=Path, default=BENCHMARKS, help="where the stage timings are read")
+    parser.add_argument("--out", type=Path, default=None, help="write the section into this file")
+    parser.add_argument("--sites", type=int, nargs="+", default=list(SITE_COUNTS))
+    parser.add_argument("--studies-per-site-day", type=float, default=80.0)
+    parser.add_argument("--peak-hour-share", type=float, default=0.15)
+    parser.add_argument("--gpu-speedup", type=float, default=10.0)
+    parser.add_argument("--target-s", type=float, default=MonitorSettings().end_to_end_target_s)
+    parser.add_argument("--wait-window-s", type=float, default=IngestSettings().wait_window_s)
+    args = parser.parse_args(argv)
+    try:
+        timings = read_timings(args.benchmarks.read_text())
+    except (OSError, BenchmarksError) as exc:
+        print(f"capacity_model: error: {exc}", file=sys.stderr)
+        return 2
+    typical = Scenario(sites=1, studies_per_site_day=args.studies_per_site_day,
+                       peak_hour_share=args.peak_hour_share, working_hours=(7, 19), peak_hour=10,
+                       wait_window_s=args.wait_window_s, target_s=args.target_s, gpu_speedup=args.gpu_speedup)
+    # A large centre with a tight promise: where worker and GPU counts start to matter.
+    busy = Scenario(**{**typical.__dict__, "studies_per_site_day": args.studies_per_site_day * BUSY_FACTOR,
+                       "peak_hour_share": BUSY_PEAK_SHARE, "target_s": BUSY_TARGET_S})
+    section = report([typical, busy], timings, args.sites)
+    print(section)
+    if args.out is not None:
+        write_section(args.out, section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
