@@ -139,4 +139,7 @@ class NeuroflowSettings(BaseSettings):
     # Prometheus metrics of this process on http://127.0.0.1:<port>/metrics; 0: not exposed. Each process
     # of a host needs its own port.
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    # Address the metrics server binds: loopback on a shared host; 0.0.0.0 in a pod, where the kubelet's
+    # probes and Prometheus reach it on the pod IP (helm/neuroflow sets it).
+    metrics_host: str = "127.0.0.1"
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)

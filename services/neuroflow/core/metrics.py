@@ -9,7 +9,7 @@ both leak identifiers into monitoring and grow without bound. ``ALLOWED_LABELS``
 importing this module checks every metric against it. Every metric has at least one label, so a process
 exports only what it recorded (an unlabelled gauge would read 0 in every process that imports this).
 
-``start_metrics_server(port)`` exposes the process's metrics on 127.0.0.1 (``NeuroflowSettings.metrics_port``,
+``start_metrics_server(port, host)`` exposes the process's metrics (``NeuroflowSettings.metrics_port``,
 0: not exposed)."""
 
 from __future__ import annotations
@@ -133,8 +133,8 @@ _server_lock = threading.Lock()
 _server_port: int | None = None
 
 
-def start_metrics_server(port: int) -> int | None:
-    """Expose this process's metrics on http://127.0.0.1:<port>/metrics (a daemon thread). 0: do nothing.
+def start_metrics_server(port: int, host: str = "127.0.0.1") -> int | None:
+    """Expose this process's metrics on http://<host>:<port>/metrics (a daemon thread). 0: do nothing.
     Calling it again (several services in one process) keeps the first server. Returns the port, or None.
     Raises OSError when the port is taken: two services must not claim the same one."""
     global _server_port
@@ -142,7 +142,7 @@ def start_metrics_server(port: int) -> int | None:
         return None
     with _server_lock:
         if _server_port is None:
-            start_http_server(port, addr="127.0.0.1", registry=REGISTRY)
+            start_http_server(port, addr=host, registry=REGISTRY)
             _server_port = port
-            log.info("metrics on http://127.0.0.1:%d/metrics", port)
+            log.info("metrics on http://%s:%d/metrics", host, port)
         return _server_port

@@ -224,7 +224,7 @@ def serve(services: Sequence[str], settings: NeuroflowSettings) -> None:
         signal.signal(signum, on_signal)
     backends = Backends(settings)
     try:
-        start_metrics_server(settings.metrics_port)
+        start_metrics_server(settings.metrics_port, settings.metrics_host)
         running = [build_service(s, backends) for s in services]
         threads = [threading.Thread(target=service.run, name=name, daemon=True)
                    for service, name in zip(running, services, strict=True)]
