@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_STUDY := build/demo-study
 DEMO_OUT := demo-out
 
-.PHONY: demo test lint unit integration bench proto proto-check system-deps stack-up stack-down clean
+.PHONY: demo test lint unit integration bench proto proto-check system-deps stack-up stack-down clean helm-check capacity
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,17 @@ stack-down: $(STAMP)
 bench: $(STAMP) system-deps
 	$(PY) scripts/bench.py --out BENCHMARKS.md
 	$(PY) scripts/bench_distributed.py --out BENCHMARKS.md
+	$(PY) scripts/bench_triton.py --out BENCHMARKS.md
+	$(PY) scripts/capacity_model.py --out BENCHMARKS.md
+	$(PY) scripts/bench_longitudinal.py --out BENCHMARKS.md
+
+# The Helm chart and the image build files, checked offline (no cluster, no container engine); the capacity model.
+helm-check: $(STAMP)
+	$(VENV)/bin/pytest -q tests/deploy
+
+# Workers and GPUs for 1, 5, 20 and 50 sites, from the stage timings in BENCHMARKS.md.
+capacity: $(STAMP)
+	$(PY) scripts/capacity_model.py
 
 proto: $(STAMP)
 	$(PY) scripts/gen_proto.py

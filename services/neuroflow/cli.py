@@ -10,7 +10,6 @@ from pathlib import Path
 from neuroflow import __version__
 from neuroflow.core.config import NeuroflowSettings
 from neuroflow.core.dicom_io import FolderDicomSource
-from neuroflow.core.inference import OnnxRuntimeBackend
 
 EXIT_OK = 0
 EXIT_STUDY_FAILED = 1
@@ -37,12 +36,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command")
 
-    run = sub.add_parser("run", help="run the glioma pipeline on a folder of DICOM files (embedded)")
+    run = sub.add_parser("run", help="run the glioma pipeline on a folder of DICOM files (embedded); on two or "
+                                     "more studies of one patient, the change pipelines against the prior")
     run.add_argument("input_dir", type=Path)
     run.add_argument("--out", type=Path, required=True, help="output folder (report.json, seg.dcm)")
     run.add_argument("--study", default=None, help="StudyInstanceUID, when the folder holds several")
     run.add_argument("--site-rules", type=Path, default=None, help="YAML with series classification overrides")
     run.add_argument("--quiet", action="store_true", help="no per-stage progress")
+    run.add_argument("--inference", choices=("onnxruntime", "triton"), default=None,
+                     help="inference backend (default: NEUROFLOW_INFERENCE__BACKEND, else onnxruntime in-process)")
+    run.add_argument("--triton-url", default=None, metavar="HOST:PORT",
+                     help="gRPC endpoint of the Triton Inference Server (with --inference triton)")
     run.set_defaults(handler=_cmd_run)
 
     classify = sub.add_parser("classify", help="print the role of every series in a folder of DICOM files")
@@ -53,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run services of the distributed runtime until SIGINT/SIGTERM "
                                          "(backends from NEUROFLOW_* settings)")
     serve.add_argument("services", nargs="+", choices=("ingest", "orchestrator", "preprocess", "segmentation",
-                                                       "results", "monitor", "all"),
+                                                       "results", "longitudinal", "monitor", "all"),
                        help="the service(s) to run in this process; 'all' runs every one")
     serve.set_defaults(handler=_cmd_serve)
 
@@ -68,20 +72,30 @@ def _parser() -> argparse.ArgumentParser:
 
 def _settings(args: argparse.Namespace) -> NeuroflowSettings:
     overrides = {"site_rules": args.site_rules} if args.site_rules else {}
-    return NeuroflowSettings(**overrides)
+    settings = NeuroflowSettings(**overrides)
+    inference = {key: value for key, value in (("backend", getattr(args, "inference", None)),
+                                                ("triton_url", getattr(args, "triton_url", None))) if value}
+    if inference:
+        settings = settings.model_copy(update={"inference": settings.inference.model_copy(update=inference)})
+    return settings
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from neuroflow.runtime.embedded import run_glioma  # deferred: heavy imports only for this command
+    from neuroflow.runtime.embedded import run_embedded  # deferred: heavy imports only for this command
 
     if not args.input_dir.is_dir():
         print(f"neuroflow: error: input folder {args.input_dir} does not exist", file=sys.stderr)
         return EXIT_USAGE
+    from neuroflow.core.inference_triton import TritonBackend, build_inference_backend
+
     settings = _settings(args)
-    backend = OnnxRuntimeBackend(settings.model_repository, settings.inference_threads)
+    backend = build_inference_backend(settings)
+    if isinstance(backend, TritonBackend) and not backend.server_ready():
+        print(f"neuroflow: error: no ready Triton Inference Server at {backend.url} (--triton-url)", file=sys.stderr)
+        return EXIT_STUDY_FAILED
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    report = run_glioma(FolderDicomSource(args.input_dir), args.out, settings, backend,
-                        study_uid=args.study, progress=progress)
+    report = run_embedded(FolderDicomSource(args.input_dir), args.out, settings, backend,
+                          study_uid=args.study, progress=progress)
     if report.errors:
         for error in report.errors:
             print(f"neuroflow: error: {error}", file=sys.stderr)
@@ -91,6 +105,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     volumes = report.volumes_ml
     if volumes is not None:
         print(f"study {report.study_key}: WT {volumes.WT:.1f} mL, TC {volumes.TC:.1f} mL, ET {volumes.ET:.1f} mL "
+              f"in {report.timings_s['total']:.1f} s -> {args.out}")
+    change = report.longitudinal
+    if change is not None:
+        found = [f"{change.new_lesion_count} new MS lesion(s)" if change.new_lesion_count is not None else "",
+                 f"haematoma {change.haematoma.baseline_ml:.1f} -> {change.haematoma.followup_ml:.1f} mL"
+                 f"{' (expansion)' if change.haematoma.expansion else ''}" if change.haematoma is not None else "",
+                 "tumour growth measured" if change.tumour_growth is not None else ""]
+        print(f"study {report.study_key} vs prior: {', '.join(f for f in found if f)} "
               f"in {report.timings_s['total']:.1f} s -> {args.out}")
     return EXIT_OK
 
@@ -140,6 +162,7 @@ def _cmd_stack(args: argparse.Namespace) -> int:
             return EXIT_STUDY_FAILED
         print(f"stack up: {len(started['processes'])} processes; endpoints in {stack.STACK_FILE}")
         print(f"Prometheus {started['prometheus']}, Alertmanager {started['alertmanager']}")
+        print(f"Triton gRPC {started['triton']['grpc']}, HTTP {started['triton']['http']}")
         return EXIT_OK
     if args.action == "down":
         stopped = stack.down()

@@ -1,9 +1,11 @@
 """Contract of neuroflow.core.inference.InferenceBackend, run against every backend.
 
 Each test builds a model repository in a scratch folder — ``<repo>/<name>/<version>/model.onnx`` plus
-``<repo>/<name>/model_card.yaml`` — holding a tiny ONNX model made with onnx.helper whose outputs are
-known exactly. Adding a backend (Triton) is one entry in BACKENDS: a context manager that takes the
-repository folder and yields a backend serving it (a Triton backend would also write config.pbtxt).
+``<repo>/<name>/model_card.yaml`` — holding a tiny ONNX model whose outputs are known exactly
+(tests/servers/tiny_model.py). Each entry in BACKENDS is a context manager that takes the repository
+folder and yields a backend serving it: ONNX Runtime in-process, and the session's real tritonserver
+(tests/servers/triton.py), which serves the same tiny model from a Triton repository built from the
+same files; its model cards are read from the test's repository.
 """
 
 from __future__ import annotations
@@ -14,73 +16,30 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-import yaml
-from onnx import TensorProto, helper
 
 from neuroflow.core.errors import InferenceUnavailable
 from neuroflow.core.inference import InferenceBackend, OnnxRuntimeBackend
+from neuroflow.core.inference_triton import TritonBackend
 from neuroflow.core.model_card import ModelRef
+from tests.servers.tiny_model import CHANNELS, SIDE, TINY, write_model
+from tests.servers.triton import TritonServer
 
-TINY = ModelRef(name="tiny_affine", version=1)
-CHANNELS, SIDE = 2, 4
+Factory = Callable[[Path, pytest.FixtureRequest], contextlib.AbstractContextManager[InferenceBackend]]
 
 
 @contextlib.contextmanager
-def onnx_runtime(repository: Path) -> Iterator[InferenceBackend]:
+def onnx_runtime(repository: Path, request: pytest.FixtureRequest) -> Iterator[InferenceBackend]:
     yield OnnxRuntimeBackend(repository, intra_op_threads=1)
 
 
-BACKENDS: list[object] = [pytest.param(onnx_runtime, id="onnxruntime")]
+@contextlib.contextmanager
+def triton(repository: Path, request: pytest.FixtureRequest) -> Iterator[InferenceBackend]:
+    server: TritonServer = request.getfixturevalue("triton_server")
+    yield TritonBackend(server.url, repository, timeout_s=30, retries=1, retry_wait_s=0.1)
 
 
-def tiny_model() -> onnx.ModelProto:
-    """``scaled = 2 * image + 1`` and ``channel_sum = sum over channels of image`` on a dynamic batch."""
-    shape: list[int | str] = ["batch", CHANNELS, SIDE, SIDE, SIDE]
-    graph = helper.make_graph(
-        nodes=[
-            helper.make_node("Mul", ["image", "two"], ["doubled"]),
-            helper.make_node("Add", ["doubled", "one"], ["scaled"]),
-            helper.make_node("ReduceSum", ["image", "channel_axis"], ["channel_sum"], keepdims=1),
-        ],
-        name="tiny_affine",
-        inputs=[helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)],
-        outputs=[
-            helper.make_tensor_value_info("scaled", TensorProto.FLOAT, shape),
-            helper.make_tensor_value_info("channel_sum", TensorProto.FLOAT, ["batch", 1, SIDE, SIDE, SIDE]),
-        ],
-        initializer=[
-            helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]),
-            helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
-            helper.make_tensor("channel_axis", TensorProto.INT64, [1], [1]),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.checker.check_model(model)
-    return model
-
-
-def card_entry(version: int) -> dict[str, object]:
-    return {
-        "version": version,
-        "task": "test: affine map and channel sum",
-        "input_roles": ["T1", "FLAIR"],
-        "inputs": [{"name": "image", "shape": [-1, CHANNELS, SIDE, SIDE, SIDE]}],
-        "outputs": [{"name": "scaled", "shape": [-1, CHANNELS, SIDE, SIDE, SIDE]},
-                    {"name": "channel_sum", "shape": [-1, 1, SIDE, SIDE, SIDE]}],
-        "labels": ["scaled_t1", "scaled_flair"],
-        "output_activation": "none",
-        "license": "Apache-2.0",
-    }
-
-
-def write_model(repository: Path, model: ModelRef, *, with_card: bool = True) -> None:
-    folder = repository / model.name
-    (folder / str(model.version)).mkdir(parents=True, exist_ok=True)
-    onnx.save(tiny_model(), folder / str(model.version) / "model.onnx")
-    if with_card:
-        (folder / "model_card.yaml").write_text(yaml.safe_dump({"versions": [card_entry(model.version)]}))
+BACKENDS: list[object] = [pytest.param(onnx_runtime, id="onnxruntime"), pytest.param(triton, id="triton")]
 
 
 @pytest.fixture
@@ -92,8 +51,8 @@ def repository(tmp_path: Path) -> Path:
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, repository: Path) -> Iterator[InferenceBackend]:
-    factory: Callable[[Path], contextlib.AbstractContextManager[InferenceBackend]] = request.param
-    with factory(repository) as under_test:
+    factory: Factory = request.param
+    with factory(repository, request) as under_test:
         yield under_test
 
 

@@ -57,7 +57,8 @@ EXAMPLES: dict[str, Callable[[], Message]] = {
     "StudyReady": lambda: events_pb2.StudyReady(
         schema_version=V, study=_study(), pipeline="glioma",
         series=[_series(r, i) for i, r in enumerate(("T1", "T1CE", "T2", "FLAIR"))], input_hash="c0ffee" * 8,
-        study_version=2, priority=common_pb2.PRIORITY_URGENT, ready_at=_time(1_700_000_000)),
+        study_version=2, priority=common_pb2.PRIORITY_URGENT, ready_at=_time(1_700_000_000),
+        baseline_study_instance_uid="1.2.826.0.1.3680043.8.498.0", prior_wait_expired=True),
     "RoutingFailed": lambda: events_pb2.RoutingFailed(
         schema_version=V, study=_study(), reason=events_pb2.RoutingFailed.AMBIGUOUS_ROLE,
         message="study 3f2a9c1b7d4e: two series qualify as FLAIR", pipeline="glioma",
@@ -79,6 +80,12 @@ EXAMPLES: dict[str, Callable[[], Message]] = {
         model=MODEL, destination="orthanc-site-a"),
     "ResultsOutput": lambda: tasks_pb2.ResultsOutput(sop_instance_uids=["1.2.9.1"],
                                                      destination="orthanc-site-a"),
+    "LongitudinalInput": lambda: tasks_pb2.LongitudinalInput(
+        series=[_series("FLAIR", 4)], baseline_study_instance_uid="1.2.826.0.1.3680043.8.498.0",
+        prior_wait_expired=True, destination="pacs"),
+    "LongitudinalOutput": lambda: tasks_pb2.LongitudinalOutput(
+        outcome=tasks_pb2.LongitudinalOutput.WAITING_FOR_PRIOR, sop_instance_uids=["1.2.9.3"], destination="pacs",
+        baseline_study_instance_uid="1.2.826.0.1.3680043.8.498.0", waiting_until=_time(1_700_086_400)),
     "TaskRequested": lambda: tasks_pb2.TaskRequested(
         schema_version=V, workflow_id="wf-1", stage=common_pb2.STAGE_SEGMENTATION, attempt=2,
         idempotency_key="wf-1/segmentation", deadline=_time(1_700_000_900), study=_study(), pipeline="glioma",

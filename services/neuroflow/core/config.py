@@ -15,6 +15,15 @@ REPOSITORY_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_MODEL_REPOSITORY = REPOSITORY_ROOT / "models" / "repository"
 
 GLIOMA_PIPELINE = "glioma"
+# The embedded run on two or more studies of one patient: the change pipelines the pairs qualify for.
+LONGITUDINAL_PIPELINE = "longitudinal"
+# The change pipelines (issue 6), compared with the patient's prior study; their series roles are in core/roles.
+MS_CHANGE_PIPELINE = "ms_change"
+HAEMATOMA_CHANGE_PIPELINE = "haematoma_change"
+TUMOUR_GROWTH_PIPELINE = "tumour_growth"
+CHANGE_PIPELINES = (MS_CHANGE_PIPELINE, HAEMATOMA_CHANGE_PIPELINE, TUMOUR_GROWTH_PIPELINE)
+# Version of the change algorithms, part of each comparison's identity (input hash): raise it when they change.
+CHANGE_ALGORITHM_VERSION = 1
 
 
 class PipelineModels(BaseSettings):
@@ -23,6 +32,11 @@ class PipelineModels(BaseSettings):
     skull_strip: ModelRef = ModelRef(name="deepbet", version=1)
     skull_strip_bbox: ModelRef = ModelRef(name="deepbet_bbox", version=1)
     glioma: ModelRef = ModelRef(name="glioma_unet", version=1)
+    # Optional networks of the change pipelines (issue 6), off unless set: their candidates join the
+    # subtraction's (MS: channels baseline, follow-up FLAIR -> new-lesion probability) or the HU method's
+    # (haematoma: CT -> haematoma probability), and pass the same checks.
+    ms_lesion: ModelRef | None = None
+    haematoma: ModelRef | None = None
 
 
 class BusSettings(BaseModel):
@@ -111,6 +125,48 @@ class MonitorSettings(BaseModel):
     end_to_end_target_s: float = Field(default=900.0, gt=0.0)
 
 
+class PacsNode(BaseModel):
+    """A DICOM node (the site's PACS) that priors are queried (C-FIND) and retrieved (C-MOVE) from."""
+
+    aet: str = Field(min_length=1, max_length=16)  # DICOM limits an AE title to 16 characters
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+
+class LongitudinalSettings(BaseModel):
+    """Where the change pipelines look for a patient's prior study, and how long they wait for it."""
+
+    # A follow-up without a prior waits this long for one (C-MOVEs and late sends), then runs without it
+    # and says so; a prior that arrives later still triggers the comparison.
+    prior_wait_s: float = Field(default=24 * 3600.0, ge=0.0)
+    # How often the longitudinal service looks for follow-ups whose wait has ended.
+    prior_sweep_interval_s: float = Field(default=30.0, gt=0.0)
+    # Priors older than this are not looked for (neither in the site Orthanc nor in the PACS).
+    prior_lookback_days: int = Field(default=3650, ge=1)
+    # The PACS to C-FIND for the patient's studies and C-MOVE missing priors from into the site Orthanc;
+    # None: the site Orthanc only. It is declared in the site Orthanc as modality ``pacs_modality``.
+    pacs: PacsNode | None = None
+    pacs_modality: str = "neuroflow-prior-pacs"
+    # A C-MOVE of one study may take this long before the prior counts as not there yet.
+    retrieve_timeout_s: float = Field(default=300.0, gt=0.0)
+
+
+class InferenceSettings(BaseModel):
+    """Where models run: ONNX Runtime in this process, or a Triton Inference Server over gRPC (the shared
+    GPU tier). Either way the model cards are read from ``model_repository``."""
+
+    backend: Literal["onnxruntime", "triton"] = "onnxruntime"
+    triton_url: str = "127.0.0.1:8001"  # host:port of Triton's gRPC endpoint
+    # One request (a batch of patches) may take this long on a busy server before it counts as failed.
+    timeout_s: float = Field(default=120.0, gt=0.0)
+    # Transient failures (server unreachable, deadline exceeded) are retried this often, backing off
+    # from retry_wait_s; then the stage fails with a retryable InferenceUnavailable.
+    retries: int = Field(default=3, ge=0)
+    retry_wait_s: float = Field(default=0.5, ge=0.0)
+    # Requests one sliding window keeps in flight, so Triton batches and computes while the client blends.
+    max_in_flight: int = Field(default=4, ge=1)
+
+
 class NeuroflowSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NEUROFLOW_", env_nested_delimiter="__")
 
@@ -119,6 +175,7 @@ class NeuroflowSettings(BaseSettings):
     models: PipelineModels = Field(default_factory=PipelineModels)
     site_rules: Path | None = None  # YAML with series classification overrides
     inference_threads: int = 0  # 0: ONNX Runtime picks (all cores)
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
     # Isotropic grid every glioma input is resampled onto, in mm.
     target_spacing_mm: float = 1.0
     # Sliding window: overlap between neighbouring patches as a fraction of the patch size.
@@ -143,3 +200,4 @@ class NeuroflowSettings(BaseSettings):
     # probes and Prometheus reach it on the pod IP (helm/neuroflow sets it).
     metrics_host: str = "127.0.0.1"
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    longitudinal: LongitudinalSettings = Field(default_factory=LongitudinalSettings)

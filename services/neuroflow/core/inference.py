@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,12 @@ class InferenceBackend(ABC):
     def card(self, model: ModelRef) -> ModelCard:
         """The model card of ``model``: the one source of its inputs, outputs and preprocessing."""
         raise NotImplementedError
+
+    def infer_batches(self, model: ModelRef, batches: Iterable[Mapping[str, Array]]) -> Iterator[dict[str, Array]]:
+        """``infer`` on each batch, results in order. In-process backends run them one after another; a
+        remote backend (Triton) keeps several requests in flight."""
+        for batch in batches:
+            yield self.infer(model, batch)
 
 
 class OnnxRuntimeBackend(InferenceBackend):

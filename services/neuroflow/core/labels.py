@@ -66,3 +66,23 @@ SEGMENT_BRATS_LABEL: dict[int, BratsLabel] = {
     2: BratsLabel.OEDEMA,
     3: BratsLabel.ENHANCING,
 }
+
+
+class ChangeLabel(IntEnum):
+    """Labels of the MS change map on the follow-up FLAIR grid (what the SEG and the overlay draw)."""
+
+    NONE = 0
+    NEW_LESION = 1  # new or enlarging lesion: red in the overlay, the SEG's only segment
+    REJECTED_CANDIDATE = 2  # a candidate the detector discarded, with its reason: green in the overlay
+
+
+# The segments of the change SEGs: one per object, numbered from 1 (DICOM segment numbers).
+MS_NEW_LESION_SEGMENT = SegmentDefinition(1, "New or enlarging lesion", _MORPH_ABNORMAL,
+                                          ("52988006", "SCT", "Lesion"), (255, 0, 0))
+HAEMATOMA_SEGMENT = SegmentDefinition(1, "Haematoma", _MORPH_ABNORMAL,
+                                      ("35566002", "SCT", "Hematoma"), (200, 0, 200))
+# Overlay colours (RGB) by change label.
+CHANGE_OVERLAY_RGB: dict[ChangeLabel, tuple[int, int, int]] = {
+    ChangeLabel.NEW_LESION: (255, 0, 0),
+    ChangeLabel.REJECTED_CANDIDATE: (0, 255, 0),
+}

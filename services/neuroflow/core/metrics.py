@@ -70,6 +70,19 @@ END_TO_END = Histogram("neuroflow_end_to_end_seconds",
 RESULTS_DELIVERED = Counter("neuroflow_results_delivered", "Workflows that stored their results",
                             ("site", "pipeline"))
 
+# -- longitudinal (prior studies of the change pipelines) ----------------------------------------------
+PRIORS_FOUND = Counter("neuroflow_longitudinal_priors_found",
+                       "Follow-ups compared with a prior, by where the prior came from (reason: site_orthanc, "
+                       "pacs, trigger)", ("site", "pipeline", "reason"))
+PRIORS_WAITED = Counter("neuroflow_longitudinal_prior_waits",
+                        "Follow-ups that found no prior and started waiting for one", ("site", "pipeline"))
+PRIORS_MISSING = Counter("neuroflow_longitudinal_priors_missing",
+                         "Follow-ups run without a prior because none arrived within the deadline",
+                         ("site", "pipeline"))
+LATE_PRIOR_TRIGGERS = Counter("neuroflow_longitudinal_late_prior_triggers",
+                              "Comparisons started because a study older than a processed one arrived",
+                              ("site", "pipeline"))
+
 # -- probes (monitor service) -------------------------------------------------------------------------
 STORAGE_UP = Gauge("neuroflow_storage_up", "1 when the storage root exists and a probe file was written, "
                    "synced and removed within the deadline", ("path_role",))
@@ -97,7 +110,8 @@ PROBE_LAST_SUCCESS = Gauge("neuroflow_monitor_last_round_timestamp_seconds",
 DEFINED: tuple[MetricWrapperBase, ...] = (
     TASKS_STARTED, TASKS_SUCCEEDED, TASKS_FAILED, TASKS_RETRIED, TASKS_DEAD_LETTERED, TASK_DURATION,
     TASKS_IN_FLIGHT, STUDIES_RECEIVED, WAIT_WINDOW_TRIGGERS, LATE_SERIES_RETRIGGERS, LAST_INSTANCE_TO_TRIGGER,
-    ROUTING_FAILURES, STUDIES_ROUTED, END_TO_END, RESULTS_DELIVERED, STORAGE_UP, STORAGE_FREE_BYTES,
+    ROUTING_FAILURES, STUDIES_ROUTED, END_TO_END, RESULTS_DELIVERED, PRIORS_FOUND, PRIORS_WAITED,
+    PRIORS_MISSING, LATE_PRIOR_TRIGGERS, STORAGE_UP, STORAGE_FREE_BYTES,
     ORTHANC_UP, KAFKA_UP, KAFKA_CONSUMER_LAG, STATE_STORE_UP, WORKFLOWS_STUCK, STUDIES_PROCESSED_LAST_HOUR,
     END_TO_END_TARGET, MODEL_READY, PROBE_LOOP_CPU_SECONDS, PROBE_LAST_SUCCESS,
 )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from neuroflow.core.config import HAEMATOMA_CHANGE_PIPELINE, MS_CHANGE_PIPELINE, TUMOUR_GROWTH_PIPELINE
+
 
 class SeriesRole(StrEnum):
     T1 = "T1"
@@ -21,3 +23,25 @@ class SeriesRole(StrEnum):
 GLIOMA_INPUT_ROLES: tuple[SeriesRole, ...] = (SeriesRole.T1, SeriesRole.T1CE, SeriesRole.T2, SeriesRole.FLAIR)
 # Every co-registration in the glioma pipeline is onto this series.
 GLIOMA_REFERENCE_ROLE = SeriesRole.T1CE
+
+
+class ChangePipeline(StrEnum):
+    """The longitudinal change pipelines: each compares a study with the patient's previous one."""
+
+    MS = MS_CHANGE_PIPELINE
+    HAEMATOMA = HAEMATOMA_CHANGE_PIPELINE
+    TUMOUR_GROWTH = TUMOUR_GROWTH_PIPELINE
+
+
+# The roles each change pipeline needs at both timepoints of a pair ...
+CHANGE_REQUIRED_ROLES: dict[ChangePipeline, tuple[SeriesRole, ...]] = {
+    ChangePipeline.MS: (SeriesRole.FLAIR,),
+    ChangePipeline.HAEMATOMA: (SeriesRole.CT,),
+    ChangePipeline.TUMOUR_GROWTH: GLIOMA_INPUT_ROLES,
+}
+# ... and those it uses when present (MS: T1/T2 help skull stripping and registration).
+CHANGE_OPTIONAL_ROLES: dict[ChangePipeline, tuple[SeriesRole, ...]] = {
+    ChangePipeline.MS: (SeriesRole.T1, SeriesRole.T2),
+    ChangePipeline.HAEMATOMA: (),
+    ChangePipeline.TUMOUR_GROWTH: (),
+}

@@ -50,7 +50,8 @@ from neuroflow.proto.neuroflow.v1 import common_pb2, tasks_pb2
 log = logging.getLogger(__name__)
 
 Code = common_pb2.FailureReason
-StageOutput = tasks_pb2.PreprocessOutput | tasks_pb2.SegmentationOutput | tasks_pb2.ResultsOutput
+StageOutput = (tasks_pb2.PreprocessOutput | tasks_pb2.SegmentationOutput | tasks_pb2.ResultsOutput
+               | tasks_pb2.LongitudinalOutput)
 # A stage's work: the task in, the stage's output message out; raises to fail the task.
 Handler = Callable[[tasks_pb2.TaskRequested], StageOutput]
 # Longest pause between tries to answer a task while the bus or the record store is unreachable.

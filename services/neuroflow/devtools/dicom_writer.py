@@ -180,13 +180,20 @@ def write_study(
     seed: str = "neuroflow-demo",
     study_date: str = "20240311",
     slice_thickness_mm: Mapping[SeriesRole, float] | None = None,
+    study_time: str = "091532",
+    description: str | None = None,
 ) -> WrittenStudy:
     """Write one study: each role's volume as a series with ``vendor``'s naming for that role, in
     its own anonymously named folder under ``out_dir``, numbered and timed in the given order.
 
-    The same ``seed`` gives the same Study/Series/SOP Instance UIDs. Refuses (KeyError) a role the
+    The same ``seed`` gives the same Study/Series/SOP Instance UIDs; a patient's studies over time are
+    written with one ``patient`` and different seeds and dates. ``description`` (StudyDescription) defaults
+    to a head CT's when every volume is CT, else to an MR brain study's. Refuses (KeyError) a role the
     vendor presets do not describe (``SeriesRole.OTHER``)."""
-    study = StudyInfo.create(seed, patient=patient, vendor=vendor, study_date=study_date)
+    if description is None:
+        description = "CT HEAD WO CONTRAST" if set(volumes) == {SeriesRole.CT} else "MRI BRAIN W WO CONTRAST"
+    study = StudyInfo.create(seed, patient=patient, vendor=vendor, study_date=study_date, study_time=study_time,
+                             description=description)
     equipment = study.equipment
     thickness = dict(slice_thickness_mm or {})
     written = WrittenStudy(study.study_instance_uid, out_dir)

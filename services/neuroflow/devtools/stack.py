@@ -1,6 +1,7 @@
 """The local stack: every server and service of the distributed runtime on loopback, for development,
 demos and the end-to-end tests. ``neuroflow stack up`` starts PostgreSQL, a site Orthanc, a destination
-PACS Orthanc, a Kafka broker, one process per service (each exposing its metrics on a loopback port), and
+PACS Orthanc, a Kafka broker, Triton Inference Server (the CPU variant of every model), one process per
+service (each exposing its metrics on a loopback port), and
 Prometheus (scraping them, with the alert rules of deploy/prometheus) and Alertmanager, and writes every
 endpoint to ``.neuroflow/stack.json``; ``stack down`` stops them by PID and waits until their ports are free;
 ``stack status`` says what runs.
@@ -25,18 +26,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neuroflow.core.config import REPOSITORY_ROOT
+from neuroflow.core.config import DEFAULT_MODEL_REPOSITORY, REPOSITORY_ROOT
 from neuroflow.core.orthanc import DicomModality, OrthancEndpoint
 from neuroflow.devtools.monitoring_servers import immediate_rules, start_alertmanager, start_prometheus, write_targets
 from neuroflow.devtools.orthanc_server import OrthancProcess, start_orthanc
 from neuroflow.devtools.orthanc_server import restart_orthanc as restart_orthanc_process
 from neuroflow.devtools.ports import free_loopback_port, free_stable_port, port_is_listening, wait_until_ports_free
 from neuroflow.devtools.postgres_server import start_postgres
+from neuroflow.devtools.triton_server import start_stack_triton
 
 STACK_DIR = REPOSITORY_ROOT / ".neuroflow"
 STACK_FILE = STACK_DIR / "stack.json"
 KAFKA_SCRIPT = REPOSITORY_ROOT / "scripts" / "kafka.sh"
-SERVICES = ("ingest", "orchestrator", "preprocess", "segmentation", "results", "monitor")
+SERVICES = ("ingest", "orchestrator", "preprocess", "segmentation", "results", "longitudinal", "monitor")
 PACS_MODALITY = "pacs"  # how the site Orthanc names the destination PACS
 
 
@@ -83,8 +85,14 @@ def up(options: StackOptions) -> dict[str, Any]:
                "--data-dir", str(root / "kafka"), "--partitions", "2")
         started["processes"].append(_record("kafka", _kafka_pid(root / "kafka"), [kafka_port, controller_port],
                                             signal.SIGTERM))
+        # The inference tier: every model of the repository on Triton; the workers infer through it.
+        triton = start_stack_triton(root / "triton", DEFAULT_MODEL_REPOSITORY)
+        started["processes"].append(_record("triton", triton.pid,
+                                            [triton.grpc_port, triton.http_port, triton.metrics_port],
+                                            signal.SIGTERM))
         endpoints = {
             "orthanc": {"site": _orthanc_endpoint(site), "pacs": _orthanc_endpoint(pacs)},
+            "triton": {"grpc": triton.grpc_url, "http": triton.http_url},
             "kafka": {"bootstrap": f"127.0.0.1:{kafka_port}"},
             "postgresql": {"dsn": state_dsn},
             "destination_modality": PACS_MODALITY,
@@ -214,6 +222,8 @@ def service_environment(stack: dict[str, Any], options: StackOptions) -> dict[st
         "NEUROFLOW_REPORTS_DIR": str(root / "reports"),
         "NEUROFLOW_INGEST__WAIT_WINDOW_S": str(options.wait_window_s),
         "NEUROFLOW_INFERENCE_THREADS": "1",
+        **({"NEUROFLOW_INFERENCE__BACKEND": "triton", "NEUROFLOW_INFERENCE__TRITON_URL": stack["triton"]["grpc"]}
+           if "triton" in stack else {}),
         "NEUROFLOW_MONITOR__EXTRA_STORAGE": json.dumps(
             {"orthanc_site": str(root / "orthanc-site"), "orthanc_pacs": str(root / "orthanc-pacs")}),
         **({"NEUROFLOW_MONITOR__PERIOD_S": "1"} if options.monitoring_fast else {}),

@@ -7,12 +7,16 @@ from dataclasses import dataclass
 
 from neuroflow.core.config import GLIOMA_PIPELINE
 from neuroflow.core.errors import MissingSequence
-from neuroflow.core.roles import GLIOMA_INPUT_ROLES, SeriesRole
+from neuroflow.core.roles import CHANGE_REQUIRED_ROLES, GLIOMA_INPUT_ROLES, SeriesRole
 from neuroflow.ingest.classify import SeriesClassification, select_inputs
 from neuroflow.ingest.site_rules import SiteRules
 
-# The series roles each pipeline needs, in the order its model takes them: the one place this is said.
-PIPELINE_INPUT_ROLES: Mapping[str, tuple[SeriesRole, ...]] = {GLIOMA_PIPELINE: GLIOMA_INPUT_ROLES}
+# The series roles each pipeline needs, in the order its model takes them: the one place this is said
+# (the change pipelines' roles, needed in both studies of a pair, come from core.roles).
+PIPELINE_INPUT_ROLES: Mapping[str, tuple[SeriesRole, ...]] = {
+    GLIOMA_PIPELINE: GLIOMA_INPUT_ROLES,
+    **{pipeline.value: roles for pipeline, roles in CHANGE_REQUIRED_ROLES.items()},
+}
 
 
 @dataclass(frozen=True)

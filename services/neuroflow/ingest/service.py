@@ -21,6 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from neuroflow.core import metrics, topics
 from neuroflow.core.bus import MessageBus
+from neuroflow.core.config import CHANGE_PIPELINES
 from neuroflow.core.dicom_io import StudyIndex, study_key
 from neuroflow.core.identity import NEUROFLOW_MANUFACTURER, input_hash
 from neuroflow.core.model_card import ModelRef
@@ -189,6 +190,11 @@ class IngestService:
                                   "the site's routing rules send this study to no pipeline: "
                                   + "; ".join(outcome.not_routed.values()))
         for pipeline, reason in outcome.refusals.items():
+            if pipeline in CHANGE_PIPELINES and outcome.routes:
+                # A change pipeline compares the studies that qualify for it (MS: FLAIR; haematoma: CT); an MR
+                # study is no failure of the haematoma pipeline. Said only when the study goes nowhere.
+                log.info("study %s: not for %s: %s", ref.study_key, pipeline, reason)
+                continue
             self._publish_failure(ref, pipeline, events_pb2.RoutingFailed.MISSING_SEQUENCE, reason)
         if not self._settings.pipelines:
             self._publish_failure(ref, "", events_pb2.RoutingFailed.NO_PIPELINE,

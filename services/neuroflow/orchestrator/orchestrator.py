@@ -211,9 +211,14 @@ class Orchestrator:
             stored = done.results
             detail = (f"{len(stored.sop_instance_uids)} result object(s) stored"
                       + (f" and forwarded to {stored.destination}" if stored.destination else ""))
+        elif done.WhichOneof("output") == "longitudinal":
+            detail = _longitudinal_detail(done.longitudinal)
         self._state.set_status(wid, WorkflowStatus.SUCCEEDED, stage=topics.stage_name(stage), detail=detail)
         self._records.delete(_task_key(wid))
-        self._observe_delivered(wid, done)
+        waiting = (done.WhichOneof("output") == "longitudinal"
+                   and done.longitudinal.outcome == tasks_pb2.LongitudinalOutput.WAITING_FOR_PRIOR)
+        if not waiting:  # a follow-up waiting for its prior has delivered nothing yet
+            self._observe_delivered(wid, done)
         log.info("study %s: workflow %s succeeded: %s", done.study.study_key, wid, detail)
 
     def on_task_failed(self, failed: tasks_pb2.TaskFailed) -> None:
@@ -360,6 +365,17 @@ class Orchestrator:
     def _task(self, wid: str) -> tasks_pb2.TaskRequested | None:
         raw = self._records.get(_task_key(wid))
         return None if raw is None else tasks_pb2.TaskRequested.FromString(raw)
+
+
+def _longitudinal_detail(output: tasks_pb2.LongitudinalOutput) -> str:
+    """What a change pipeline's workflow ended with, for the state store's detail."""
+    if output.outcome == tasks_pb2.LongitudinalOutput.WAITING_FOR_PRIOR:
+        until = datetime.fromtimestamp(_seconds(output.waiting_until), UTC).strftime("%Y-%m-%d %H:%M UTC")
+        return f"no prior yet: waiting for one until {until} (a prior that arrives triggers the comparison)"
+    if output.outcome == tasks_pb2.LongitudinalOutput.NO_PRIOR:
+        return "no prior within the deadline: run without one, as the report says"
+    return (f"compared with the prior: {len(output.sop_instance_uids)} result object(s) stored"
+            + (f" and forwarded to {output.destination}" if output.destination else ""))
 
 
 def _task_topic(task: tasks_pb2.TaskRequested) -> str:

@@ -8,11 +8,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from neuroflow.core import topics
-from neuroflow.core.config import GLIOMA_PIPELINE, PipelineModels
-from neuroflow.core.roles import GLIOMA_REFERENCE_ROLE
+from neuroflow.core.config import CHANGE_ALGORITHM_VERSION, GLIOMA_PIPELINE, PipelineModels
+from neuroflow.core.roles import CHANGE_REQUIRED_ROLES, GLIOMA_REFERENCE_ROLE, ChangePipeline
 from neuroflow.proto.neuroflow.v1 import common_pb2, events_pb2, tasks_pb2
 
-StageInput = tasks_pb2.PreprocessInput | tasks_pb2.SegmentationInput | tasks_pb2.ResultsInput
+StageInput = (tasks_pb2.PreprocessInput | tasks_pb2.SegmentationInput | tasks_pb2.ResultsInput
+              | tasks_pb2.LongitudinalInput)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,18 @@ def glioma_pipeline(models: PipelineModels) -> PipelineSpec:
         stages=(common_pb2.STAGE_PREPROCESS, common_pb2.STAGE_SEGMENTATION, common_pb2.STAGE_RESULTS),
         model=common_pb2.ModelRef(name=models.glioma.name, version=models.glioma.version),
         reference_role=GLIOMA_REFERENCE_ROLE.value,
+    )
+
+
+def change_pipeline(name: str) -> PipelineSpec:
+    """A change pipeline (``ms_change``, ``haematoma_change``, ``tumour_growth``): one longitudinal stage,
+    which finds the prior, compares the pair and stores and forwards its result objects itself (the
+    results stage encodes glioma label maps only)."""
+    pipeline = ChangePipeline(name)  # ValueError for a name that is not a change pipeline
+    return PipelineSpec(
+        name=pipeline.value, stages=(common_pb2.STAGE_LONGITUDINAL,),
+        model=common_pb2.ModelRef(name=pipeline.value, version=CHANGE_ALGORITHM_VERSION),
+        reference_role=CHANGE_REQUIRED_ROLES[pipeline][0].value,
     )
 
 
@@ -79,4 +92,8 @@ def build_input(
         return tasks_pb2.ResultsInput(label_map=seg.label_map, referenced_series=ready.series,
                                       region_volumes_ml=seg.region_volumes_ml, model=seg.model,
                                       destination=destination)
+    if stage == common_pb2.STAGE_LONGITUDINAL:
+        return tasks_pb2.LongitudinalInput(series=ready.series,
+                                           baseline_study_instance_uid=ready.baseline_study_instance_uid,
+                                           prior_wait_expired=ready.prior_wait_expired, destination=destination)
     raise ValueError(f"no task input defined for stage {topics.stage_name(stage)}")

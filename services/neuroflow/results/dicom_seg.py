@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
 
 import neuroflow
@@ -77,41 +78,81 @@ def build_glioma_seg(
     """
     if not source_instances:
         raise ValueError("build_glioma_seg needs the source instances of the reference series")
-    segment_numbers = _segment_number_map(label_map.array)
-    if not segment_numbers.any():
+    return build_seg(
+        label_map.with_array(_segment_number_map(label_map.array)), source_instances,
+        segments=GLIOMA_SEGMENTS, algorithm=model, algorithm_family=codes.cid7162.ArtificialIntelligence,
+        kind="neuroflow.glioma-seg", series_description=SERIES_DESCRIPTION, content_label=CONTENT_LABEL,
+        manufacturer_model_name=MANUFACTURER_MODEL_NAME, series_number=series_number, input_hash=input_hash,
+        uid_prefix=uid_prefix, device_serial_number=device_serial_number,
+    )
+
+
+def build_seg(
+    segment_numbers: Volume,
+    source_instances: Sequence[pydicom.Dataset],
+    *,
+    segments: Sequence[SegmentDefinition],
+    algorithm: ModelRef,
+    algorithm_family: Code,
+    kind: str,
+    series_description: str,
+    content_label: str,
+    manufacturer_model_name: str,
+    series_number: int,
+    input_hash: str | None = None,
+    uid_prefix: str | None = None,
+    device_serial_number: str = "none",
+) -> pydicom.Dataset | None:
+    """The one SEG builder: a BINARY DICOM SEG of ``segment_numbers`` (uint8, 0 = none, n = segment
+    number n of ``segments``) on the voxel grid of the series ``source_instances`` belong to, or ``None``
+    when no voxel is set.
+
+    ``algorithm`` (name, version) and ``algorithm_family`` (a CID 7162 code) identify what drew it;
+    ``kind`` names the kind of result and enters the UIDs with the source series UID, the algorithm and
+    ``input_hash`` (default: the hash of the source SOPInstanceUIDs), so a rerun on the same inputs
+    gives the same UIDs. Every segment of ``segments`` is described; empty frames are omitted. The
+    same refusals as :func:`build_glioma_seg` for source instances off the grid."""
+    if not source_instances:
+        raise ValueError("build_seg needs the source instances of the series the segmentation is drawn on")
+    numbers = np.asarray(segment_numbers.array)
+    known = {s.number for s in segments}
+    unknown = sorted(int(v) for v in np.unique(numbers) if int(v) != 0 and int(v) not in known)
+    if unknown:
+        raise ValueError(f"segment numbers {unknown} are not among the segments {sorted(known)}")
+    if not numbers.any():
         return None
 
-    ordered_sources = _sources_in_slice_order(label_map.geometry, source_instances)
+    ordered_sources = sources_in_slice_order(segment_numbers.geometry, source_instances)
     source_series_uid = str(ordered_sources[0].SeriesInstanceUID)
     key = input_hash if input_hash is not None else _hash_of_instance_uids(ordered_sources)
-    entropy = ["neuroflow.glioma-seg", source_series_uid, str(model), key]
+    entropy = [kind, source_series_uid, str(algorithm), key]
     # generate_uid ignores its entropy without a prefix (it falls back to a random 2.25 UUID).
     prefix = uid_prefix or PYDICOM_ROOT_UID
 
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name=model.name,
-        family=codes.cid7162.ArtificialIntelligence,
-        version=str(model.version),
+    identification = hd.AlgorithmIdentificationSequence(
+        name=algorithm.name,
+        family=algorithm_family,
+        version=str(algorithm.version),
         source=MANUFACTURER,
     )
     seg = hd.seg.Segmentation(
         source_images=ordered_sources,
-        pixel_array=segment_numbers,
+        pixel_array=numbers.astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[_segment_description(s, algorithm) for s in GLIOMA_SEGMENTS],
+        segment_descriptions=[_segment_description(s, identification) for s in segments],
         series_instance_uid=generate_uid(prefix=prefix, entropy_srcs=[*entropy, "series"]),
         series_number=series_number,
         sop_instance_uid=generate_uid(prefix=prefix, entropy_srcs=[*entropy, "instance"]),
         instance_number=1,
         manufacturer=MANUFACTURER,
-        manufacturer_model_name=MANUFACTURER_MODEL_NAME,
+        manufacturer_model_name=manufacturer_model_name,
         software_versions=neuroflow.__version__,
         device_serial_number=device_serial_number,
         content_description=DISCLAIMER,
-        content_label=CONTENT_LABEL,
+        content_label=content_label,
         omit_empty_frames=True,
     )
-    seg.SeriesDescription = SERIES_DESCRIPTION
+    seg.SeriesDescription = series_description
     return seg
 
 
@@ -142,10 +183,11 @@ def _segment_description(
     )
 
 
-def _sources_in_slice_order(
+def sources_in_slice_order(
     geometry: Geometry, instances: Sequence[pydicom.Dataset]
 ) -> list[pydicom.Dataset]:
-    """The instance at each slice k of ``geometry``, k = 0 .. n-1; refuses anything off that grid."""
+    """The instance at each slice k of ``geometry``, k = 0 .. n-1; refuses (StudyError) anything off
+    that grid. Also what places a per-slice result object (an overlay image) on its source slice."""
     first = instances[0]
     series_uid = str(first.get("SeriesInstanceUID", ""))
 

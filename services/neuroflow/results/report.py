@@ -122,6 +122,102 @@ class SkullStrip(_ReportModel):
     method: str = ""
 
 
+class NewLesionEntry(_ReportModel):
+    """One new or enlarging MS lesion on the follow-up."""
+
+    centroid_mm: tuple[float, float, float]  # DICOM patient coordinates (LPS), on the follow-up
+    volume_mm3: float = Field(ge=0.0)
+    location: str  # atlas region, "outside atlas" when none
+    kind: str = "new"  # "new", or "enlarging" (then the volume is the tissue added since baseline)
+
+
+class DiametersMm(_ReportModel):
+    """Extents along the patient axes: anteroposterior, left-right, craniocaudal."""
+
+    ap_mm: float
+    lr_mm: float
+    cc_mm: float
+
+
+class HaematomaSection(_ReportModel):
+    """Haematoma at both timepoints and its change. A timepoint without a haematoma has volume 0 and no
+    shape figures (``None``)."""
+
+    baseline_ml: float = Field(ge=0.0)
+    followup_ml: float = Field(ge=0.0)
+    change_ml: float
+    change_pct: float | None  # None when there was no haematoma at baseline
+    expansion: bool  # >= 6 mL or >= 33 %
+    centroid_shift_mm: float | None
+    baseline_diameters: DiametersMm | None = None
+    diameters: DiametersMm | None = None  # follow-up
+    diameter_change: DiametersMm | None = None
+    baseline_main_axis: tuple[float, float, float] | None = None  # unit vector, patient coordinates
+    main_axis: tuple[float, float, float] | None = None  # follow-up
+    baseline_regularity: float | None = None
+    regularity: float | None = None  # follow-up; pi^(1/3)(6V)^(2/3)/A, 1.0 for a sphere
+
+
+class GrowthPoint(_ReportModel):
+    """The glioma volumes of one timepoint and how they changed."""
+
+    study_instance_uid: str
+    study_date: str
+    months_from_baseline: float
+    volumes_ml: TumourVolumes
+    change_from_previous_pct: float | None = None  # of the measured region; None at baseline or from 0
+    change_from_baseline_pct: float | None = None
+    change_from_nadir_pct: float | None = None
+
+
+class TumourGrowth(_ReportModel):
+    """Glioma volumes over all timepoints of a patient, the growth rate over the last interval, and the
+    change from the nadir against the volumetric equivalent of RANO's 25 % (2D) progression threshold."""
+
+    region: TumourRegion  # the region the rate and threshold are measured on
+    points: list[GrowthPoint]
+    rate_ml_per_month: float | None = None
+    rate_pct_per_month: float | None = None
+    doubling_time_months: float | None = None  # only while growing
+    threshold_pct: float
+    change_from_nadir_pct: float | None = None
+    threshold_exceeded: bool
+    plot_file: str | None = None
+
+
+class LongitudinalReport(_ReportModel):
+    """The comparison of a follow-up study with the patient's previous study. With more than two
+    timepoints, the top level is the latest pair and ``pairs`` holds every consecutive pair."""
+
+    baseline_study_instance_uid: str
+    followup_study_instance_uid: str
+    baseline_study_date: str = ""
+    followup_study_date: str = ""
+    pipelines: list[str] = Field(default_factory=list)  # the change pipelines that ran on the pair
+    not_run: dict[str, str] = Field(default_factory=dict)  # change pipeline -> why it did not run
+    new_lesions: list[NewLesionEntry] | None = None
+    new_lesion_count: int | None = None
+    new_activity: bool | None = None  # per patient: at least one new lesion
+    rejected_candidates: int | None = None
+    haematoma: HaematomaSection | None = None
+    tumour_growth: TumourGrowth | None = None
+    pairs: list[LongitudinalReport] = Field(default_factory=list)
+
+    def merged(self, other: LongitudinalReport) -> LongitudinalReport:
+        """This section with the results of another change pipeline on the same pair added."""
+        if (other.baseline_study_instance_uid, other.followup_study_instance_uid) != (
+                self.baseline_study_instance_uid, self.followup_study_instance_uid):
+            raise ValueError("cannot merge the sections of two different pairs")
+        update = {name: value for name in ("new_lesions", "new_lesion_count", "new_activity",
+                                           "rejected_candidates", "haematoma", "tumour_growth")
+                  if (value := getattr(other, name)) is not None}
+        update["pipelines"] = list(dict.fromkeys([*self.pipelines, *other.pipelines]))
+        update["not_run"] = {**self.not_run, **other.not_run}
+        for name in update["pipelines"]:
+            update["not_run"].pop(name, None)
+        return self.model_copy(update=update)
+
+
 class StudyReport(_ReportModel):
     """Everything a reviewer needs to judge one (study, pipeline) run.
 
@@ -141,6 +237,7 @@ class StudyReport(_ReportModel):
     registration: dict[SeriesRole, RegistrationQuality] = Field(default_factory=dict)  # by moving role
     orientation_check: OrientationCheck | None = None
     skull_strip: SkullStrip | None = None
+    longitudinal: LongitudinalReport | None = None  # change against the prior study
     warnings: list[str] = Field(default_factory=list)
     errors: list[str] = Field(default_factory=list)
     outputs: list[str] = Field(default_factory=list)  # names of the files written for this run
@@ -164,6 +261,8 @@ class StudyReport(_ReportModel):
                 raise ValueError("a failed report must say why: errors is empty")
             if self.volumes_ml is not None:
                 raise ValueError("a failed report must not carry volumes")
+            if self.longitudinal is not None:
+                raise ValueError("a failed report must not carry longitudinal results")
         elif self.errors:
             raise ValueError("a succeeded report must not carry errors; report them as warnings or fail")
         return self
@@ -218,6 +317,8 @@ def render_summary(report: StudyReport) -> str:
         width = max(len(name) for _, name in _REGION_NAMES)
         lines += [f"  {name:<{width}}  {volumes[key]:8.1f}" for key, name in _REGION_NAMES]
 
+    if report.longitudinal is not None:
+        lines += _longitudinal_lines(report.longitudinal)
     lines += _checks(report)
     for title, items in (("Warnings", report.warnings), ("Errors", report.errors)):
         if items:
@@ -226,6 +327,49 @@ def render_summary(report: StudyReport) -> str:
         lines += ["", "Outputs: " + ", ".join(report.outputs)]
     lines += ["", report.disclaimer, ""]
     return "\n".join(lines)
+
+
+def _longitudinal_lines(section: LongitudinalReport) -> list[str]:
+    """The change against the prior study(ies): one block per consecutive pair, oldest first."""
+    lines: list[str] = []
+    for pair in section.pairs or [section]:
+        lines += ["", f"Change {pair.baseline_study_date or pair.baseline_study_instance_uid} -> "
+                      f"{pair.followup_study_date or pair.followup_study_instance_uid}:"]
+        if pair.new_lesions is not None:
+            activity = "YES" if pair.new_activity else "no"
+            lines.append(f"  MS new activity: {activity} ({pair.new_lesion_count} new/enlarging lesion(s))")
+            lines += [f"    {lesion.volume_mm3:8.0f} mm3 at ({lesion.centroid_mm[0]:.1f}, {lesion.centroid_mm[1]:.1f}, "
+                      f"{lesion.centroid_mm[2]:.1f}) mm LPS, {lesion.location}" for lesion in pair.new_lesions]
+        if pair.haematoma is not None:
+            h = pair.haematoma
+            pct = f"{h.change_pct:+.0f} %" if h.change_pct is not None else "new"
+            shift = f", centroid shift {h.centroid_shift_mm:.1f} mm" if h.centroid_shift_mm is not None else ""
+            lines.append(f"  Haematoma: {h.baseline_ml:.1f} -> {h.followup_ml:.1f} mL ({h.change_ml:+.1f} mL, {pct})"
+                         f"{shift}; expansion: {'YES' if h.expansion else 'no'}")
+            if h.diameters is not None:
+                d = h.diameters
+                lines.append(f"    diameters AP {d.ap_mm:.0f} x LR {d.lr_mm:.0f} x CC {d.cc_mm:.0f} mm"
+                             + (f", regularity {h.regularity:.2f}" if h.regularity is not None else ""))
+        for pipeline, reason in pair.not_run.items():
+            lines.append(f"  {pipeline} not run: {reason}")
+    growth = section.tumour_growth
+    if growth is not None:
+        lines += ["", f"Tumour growth ({growth.region}, mL):"]
+        lines += [f"  {p.study_date}  WT {p.volumes_ml.WT:7.1f}  TC {p.volumes_ml.TC:7.1f}  ET {p.volumes_ml.ET:7.1f}"
+                  for p in growth.points]
+        if growth.rate_ml_per_month is not None:
+            lines.append(f"  rate {growth.rate_ml_per_month:+.2f} mL/month"
+                         + (f" ({growth.rate_pct_per_month:+.1f} %/month)" if growth.rate_pct_per_month is not None
+                            else "")
+                         + (f", doubling time {growth.doubling_time_months:.1f} months"
+                            if growth.doubling_time_months is not None else ""))
+        if growth.change_from_nadir_pct is not None:
+            lines.append(f"  change from nadir {growth.change_from_nadir_pct:+.0f} % "
+                         f"(threshold {growth.threshold_pct:.0f} %): "
+                         f"{'EXCEEDED' if growth.threshold_exceeded else 'not exceeded'}")
+        if growth.plot_file:
+            lines.append(f"  plot: {growth.plot_file}")
+    return lines
 
 
 def _series_name(series: SeriesEntry) -> str:

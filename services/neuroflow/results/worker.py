@@ -15,7 +15,8 @@ from neuroflow.core import topics
 from neuroflow.core.bus import MessageBus
 from neuroflow.core.dead_letter import now_timestamp
 from neuroflow.core.dicom_io import DicomSink, DicomSource, Forwarder, find_series
-from neuroflow.core.errors import DestinationUnavailable, MissingSequence
+from neuroflow.core.errors import MissingSequence
+from neuroflow.core.forwarding import forward_with_backoff
 from neuroflow.core.handoff import PreprocessSummary
 from neuroflow.core.identity import input_hash
 from neuroflow.core.model_card import ModelRef
@@ -31,35 +32,6 @@ from neuroflow.results.report import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def forward_with_backoff(
-    forwarder: Forwarder,
-    sop_instance_uids: Sequence[str],
-    destination: str,
-    *,
-    attempts: int,
-    backoff_s: float,
-    study_key: str,
-    sleep: Callable[[float], None] = time.sleep,
-) -> None:
-    """Forward to ``destination``, trying up to ``attempts`` times while it is unavailable, waiting
-    ``backoff_s``, then twice that, ... between tries. A rejection (DestinationRejected) is not retried
-    here (the PACS answered: retrying at once would be refused again) but fails the task as retryable,
-    so the orchestrator tries again after its own, longer backoff; unavailability on the last try is
-    raised (DestinationUnavailable, saying how many tries were made). Both end in the dead-letter topic
-    after the orchestrator's last attempt: never an endless loop."""
-    for attempt in range(1, attempts + 1):
-        try:
-            forwarder.forward(sop_instance_uids, destination)
-            return
-        except DestinationUnavailable as exc:
-            if attempt == attempts:
-                raise DestinationUnavailable(f"{exc} (gave up after {attempts} tries in this task)") from exc
-            delay = backoff_s * 2 ** (attempt - 1)
-            log.warning("study %s: forwarding to %s failed (try %d/%d): %s; again in %.1f s", study_key,
-                        destination, attempt, attempts, exc, delay)
-            sleep(delay)
 
 
 class ResultsHandler:

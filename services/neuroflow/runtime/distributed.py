@@ -17,26 +17,37 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from neuroflow.core.bus import InMemoryBus, MessageBus
-from neuroflow.core.config import NeuroflowSettings
-from neuroflow.core.dicom_io import DicomSink, DicomSource, FolderDicomSink, FolderDicomSource
-from neuroflow.core.inference import InferenceBackend, OnnxRuntimeBackend
+from neuroflow.core.config import CHANGE_PIPELINES, NeuroflowSettings
+from neuroflow.core.dicom_io import (
+    DicomSink,
+    DicomSource,
+    FolderDicomSink,
+    FolderDicomSource,
+    SeriesInstances,
+    StudyIndex,
+    study_key,
+)
+from neuroflow.core.inference import InferenceBackend
+from neuroflow.core.inference_triton import build_inference_backend
 from neuroflow.core.metrics import start_metrics_server
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.records import FolderRecordStore, RecordStore
+from neuroflow.core.roles import SeriesRole
 from neuroflow.core.state import SqliteStateStore, WorkflowStateStore
 from neuroflow.core.volume_store import FolderVolumeStore, VolumeStore
 from neuroflow.core.worker import Handler, StageWorker
 from neuroflow.orchestrator.orchestrator import Orchestrator
-from neuroflow.orchestrator.pipelines import PipelineSpec, glioma_pipeline
+from neuroflow.orchestrator.pipelines import PipelineSpec, change_pipeline, glioma_pipeline
 from neuroflow.proto.neuroflow.v1 import common_pb2
 
 log = logging.getLogger(__name__)
 
-SERVICES = ("ingest", "orchestrator", "preprocess", "segmentation", "results", "monitor")
+SERVICES = ("ingest", "orchestrator", "preprocess", "segmentation", "results", "longitudinal", "monitor")
 STAGE_OF_SERVICE: dict[str, common_pb2.Stage.ValueType] = {
     "preprocess": common_pb2.STAGE_PREPROCESS,
     "segmentation": common_pb2.STAGE_SEGMENTATION,
     "results": common_pb2.STAGE_RESULTS,
+    "longitudinal": common_pb2.STAGE_LONGITUDINAL,
 }
 # Kafka hands a consumer's partitions to another when it spends longer than this on one task; it must
 # exceed the slowest stage, or a long task is done twice. Added to the longest stage timeout.
@@ -95,8 +106,7 @@ class Backends:
         return result
 
     def inference(self) -> InferenceBackend:
-        result: InferenceBackend = self._once("inference", lambda: OnnxRuntimeBackend(
-            self.settings.model_repository, self.settings.inference_threads))
+        result: InferenceBackend = self._once("inference", lambda: build_inference_backend(self.settings))
         return result
 
     def source(self) -> DicomSource:
@@ -126,6 +136,15 @@ class Backends:
             return _backend("neuroflow.core.orthanc", "OrthancClient")(endpoint)
         return self._once("orthanc", build)
 
+    def timepoints(self) -> Any:
+        """The change pipelines' record of each patient's timepoints, in the workflow state's database."""
+        def build() -> Any:
+            priors = importlib.import_module("neuroflow.longitudinal.priors")
+            if self.settings.state.kind == "postgres":
+                return priors.PostgresTimepointStore(self.settings.state.dsn.get_secret_value())
+            return priors.SqliteTimepointStore(self.settings.state.sqlite_path.with_name("longitudinal.sqlite3"))
+        return self._once("timepoints", build)
+
     def close(self) -> None:
         for name in ("bus", "state"):
             backend = self._built.pop(name, None)
@@ -134,9 +153,10 @@ class Backends:
 
 
 def pipelines(settings: NeuroflowSettings) -> dict[str, PipelineSpec]:
-    """The pipelines this site runs, by name."""
+    """The pipelines this site runs, by name: glioma and the change pipelines (ingest's pipeline list says
+    which of them the site's studies are routed to)."""
     glioma = glioma_pipeline(settings.models)
-    return {glioma.name: glioma}
+    return {glioma.name: glioma, **{name: change_pipeline(name) for name in CHANGE_PIPELINES}}
 
 
 def stage_handler(service: str, backends: Backends) -> Handler:
@@ -154,6 +174,14 @@ def stage_handler(service: str, backends: Backends) -> Handler:
         return ResultsHandler(backends.source(), backends.sink(), backends.volumes(), backends.bus(),
                               settings.reports_dir, forward_attempts=orchestration.forward_attempts,
                               forward_backoff_s=orchestration.forward_backoff_s)
+    if service == "longitudinal":
+        from neuroflow.longitudinal.priors import PriorLocator
+        from neuroflow.longitudinal.worker import LongitudinalHandler
+        # A folder source has no Orthanc to search: the priors are looked for among its own studies.
+        on_orthanc = settings.dicom.source == "orthanc"
+        locator = PriorLocator(backends.orthanc(), settings.longitudinal) if on_orthanc else None
+        return LongitudinalHandler(backends.source(), backends.sink(), backends.timepoints(), backends.bus(),
+                                   backends.inference(), settings, series_selector(settings), locator=locator)
     raise ValueError(f"no stage service {service!r}; stage services are {sorted(STAGE_OF_SERVICE)}")
 
 
@@ -169,12 +197,41 @@ def build_service(service: str, backends: Backends, *, name: str = "") -> Servic
     if service == "monitor":
         from neuroflow.monitor.service import build_monitor
         return build_monitor(backends)
+    if service == "longitudinal":
+        from neuroflow.longitudinal.worker import LongitudinalService, PriorWaitSweeper
+        worker = StageWorker(backends.bus(), common_pb2.STAGE_LONGITUDINAL, stage_handler(service, backends),
+                             backends.records(), name=name or "longitudinal-worker",
+                             poll_timeout_s=settings.orchestration.poll_timeout_s,
+                             heartbeat_s=settings.orchestration.heartbeat_s)
+        return LongitudinalService(worker, PriorWaitSweeper(backends.timepoints(), backends.bus()),
+                                   interval_s=settings.longitudinal.prior_sweep_interval_s)
     if service in STAGE_OF_SERVICE:
         return StageWorker(backends.bus(), STAGE_OF_SERVICE[service], stage_handler(service, backends),
                            backends.records(), name=name or f"{service}-worker",
                            poll_timeout_s=settings.orchestration.poll_timeout_s,
                            heartbeat_s=settings.orchestration.heartbeat_s)
     raise ValueError(f"unknown service {service!r}: choose one of {', '.join(SERVICES)}")
+
+
+def series_selector(settings: NeuroflowSettings) -> Callable[[StudyIndex, Sequence[SeriesRole]],
+                                                            dict[SeriesRole, SeriesInstances] | None]:
+    """How the longitudinal stage tells whether a prior qualifies for a pipeline: its series classified and
+    chosen for the pipeline's roles exactly as routing chooses them (with the site's rules)."""
+    from neuroflow.core.errors import MissingSequence
+    from neuroflow.ingest.classify import classify_study, select_inputs
+    from neuroflow.ingest.site_rules import load_site_rules
+
+    rules = load_site_rules(settings.site_rules) if settings.site_rules else None
+
+    def select(study: StudyIndex, roles: Sequence[SeriesRole]) -> dict[SeriesRole, SeriesInstances] | None:
+        classified = classify_study(list(study.series.values()), rules=rules)
+        try:
+            chosen = select_inputs(classified, tuple(roles), study_key=study_key(study.study_instance_uid))
+        except MissingSequence:
+            return None
+        return {role: study.series[c.series_instance_uid] for role, c in chosen.items()}
+
+    return select
 
 
 def build_ingest(backends: Backends) -> Service:
@@ -207,6 +264,35 @@ def build_ingest(backends: Backends) -> Service:
     )
 
 
+# The services that run models: at start they ask the inference backend whether the site's models are ready.
+_INFERENCE_SERVICES = {"preprocess", "segmentation", "longitudinal"}
+
+
+def pinned_models(settings: NeuroflowSettings) -> list[ModelRef]:
+    """The model versions this site's configuration pins (the optional change-pipeline networks when set)."""
+    pinned = settings.models
+    optional = [m for m in (pinned.ms_lesion, pinned.haematoma) if m is not None]
+    return [pinned.skull_strip_bbox, pinned.skull_strip, pinned.glioma, *optional]
+
+
+def check_model_readiness(backend: InferenceBackend, models: Sequence[ModelRef]) -> dict[ModelRef, bool]:
+    """Ask ``backend`` whether each model is ready, log it and set ``neuroflow_model_ready``. A model that is
+    not ready does not stop the worker: its tasks fail with a retryable InferenceUnavailable until it is."""
+    from neuroflow.core import metrics
+
+    readiness = {}
+    for model in models:
+        ready = backend.ready(model)
+        readiness[model] = ready
+        metrics.MODEL_READY.labels(model.name).set(1.0 if ready else 0.0)
+        if ready:
+            log.info("model %s ready on %s", model, type(backend).__name__)
+        else:
+            log.warning("model %s NOT ready on %s: its tasks will fail (retryable) until it is",
+                        model, type(backend).__name__)
+    return readiness
+
+
 def serve(services: Sequence[str], settings: NeuroflowSettings) -> None:
     """Run ``services`` (each in its own thread, sharing one set of backends) until SIGINT or SIGTERM,
     then stop them cleanly: each finishes and answers the task in hand first."""
@@ -226,6 +312,8 @@ def serve(services: Sequence[str], settings: NeuroflowSettings) -> None:
     try:
         start_metrics_server(settings.metrics_port, settings.metrics_host)
         running = [build_service(s, backends) for s in services]
+        if set(services) & _INFERENCE_SERVICES:
+            check_model_readiness(backends.inference(), pinned_models(settings))
         threads = [threading.Thread(target=service.run, name=name, daemon=True)
                    for service, name in zip(running, services, strict=True)]
         for thread in threads:

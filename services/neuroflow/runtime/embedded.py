@@ -19,6 +19,7 @@ from neuroflow.core.roles import GLIOMA_INPUT_ROLES, GLIOMA_REFERENCE_ROLE, Seri
 from neuroflow.core.timing import ProgressSink, StageClock
 from neuroflow.ingest.classify import SeriesClassification, classify_study, select_inputs
 from neuroflow.ingest.site_rules import SiteRules, load_site_rules
+from neuroflow.longitudinal.pairing import group_by_patient
 from neuroflow.preprocess.glioma_inputs import preprocess_glioma
 from neuroflow.results.glioma_results import glioma_report, glioma_seg, registration_warnings
 from neuroflow.results.report import (
@@ -52,6 +53,27 @@ class _Run:
     key: str = ""
     series: list[SeriesEntry] | None = None
     warnings: list[str] | None = None
+
+
+def run_embedded(
+    source: DicomSource,
+    out_dir: Path,
+    settings: NeuroflowSettings,
+    backend: InferenceBackend,
+    *,
+    study_uid: str | None = None,
+    progress: ProgressSink | None = None,
+) -> StudyReport:
+    """What ``neuroflow run`` does: on two or more studies of one patient (and no ``study_uid``), the change
+    pipelines each consecutive pair qualifies for (``runtime/embedded_longitudinal.py``); otherwise the
+    glioma pipeline on the one study (or ``study_uid``), which refuses several studies without a choice."""
+    if study_uid is None:
+        studies, skipped = source.index()
+        if len(studies) > 1 and len(group_by_patient(studies.values())) == 1:
+            from neuroflow.runtime.embedded_longitudinal import run_longitudinal  # its imports only when needed
+
+            return run_longitudinal(source, studies, skipped, out_dir, settings, backend, progress=progress)
+    return run_glioma(source, out_dir, settings, backend, study_uid=study_uid, progress=progress)
 
 
 def run_glioma(

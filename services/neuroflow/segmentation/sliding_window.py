@@ -67,12 +67,18 @@ def sliding_window_inference(
     acc = np.zeros((out_channels, *shape), dtype=np.float32)
     norm = np.zeros(shape, dtype=np.float32)
     corners = list(_corners(shape, patch, overlap))
+    batches = [corners[i : i + batch_size] for i in range(0, len(corners), batch_size)]
+
+    def patch_batches() -> Iterator[dict[str, Array]]:
+        # Made lazily: a remote backend (Triton) keeps a few batches in flight, never all of them.
+        for batch_corners in batches:
+            yield {input_name: np.stack([padded[:, z : z + patch[0], y : y + patch[1], x : x + patch[2]]
+                                         for z, y, x in batch_corners])}
+
     done = 0
-    for i in range(0, len(corners), batch_size):
-        batch_corners = corners[i : i + batch_size]
-        batch = np.stack([padded[:, z : z + patch[0], y : y + patch[1], x : x + patch[2]]
-                          for z, y, x in batch_corners])
-        out = backend.infer(model, {input_name: batch})[output_name]
+    results = backend.infer_batches(model, patch_batches())
+    for batch_corners, result in zip(batches, results, strict=True):
+        out = result[output_name]
         if activation is not None:
             out = activation(out)
         for (z, y, x), pred in zip(batch_corners, out, strict=True):

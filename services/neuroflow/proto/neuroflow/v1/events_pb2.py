@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from neuroflow.proto.neuroflow.v1 import common_pb2 as neuroflow_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19neuroflow/v1/events.proto\x12\x0cneuroflow.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19neuroflow/v1/common.proto\"\x89\x02\n\nStudyReady\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12%\n\x05study\x18\x02 \x01(\x0b\x32\x16.neuroflow.v1.StudyRef\x12\x10\n\x08pipeline\x18\x03 \x01(\t\x12\'\n\x06series\x18\x04 \x03(\x0b\x32\x17.neuroflow.v1.SeriesRef\x12\x12\n\ninput_hash\x18\x05 \x01(\t\x12\x15\n\rstudy_version\x18\x06 \x01(\r\x12(\n\x08priority\x18\x07 \x01(\x0e\x32\x16.neuroflow.v1.Priority\x12,\n\x08ready_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x90\x03\n\rRoutingFailed\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12%\n\x05study\x18\x02 \x01(\x0b\x32\x16.neuroflow.v1.StudyRef\x12\x32\n\x06reason\x18\x03 \x01(\x0e\x32\".neuroflow.v1.RoutingFailed.Reason\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x10\n\x08pipeline\x18\x05 \x01(\t\x12\x1b\n\x13series_instance_uid\x18\x06 \x01(\t\x12-\n\tfailed_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9c\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x14\n\x10MISSING_SEQUENCE\x10\x01\x12\x14\n\x10UNKNOWN_PROTOCOL\x10\x02\x12\x12\n\x0e\x41MBIGUOUS_ROLE\x10\x03\x12\x12\n\x0e\x46LIPPED_SERIES\x10\x04\x12\x15\n\x11UNREADABLE_SERIES\x10\x05\x12\x0f\n\x0bNO_PIPELINE\x10\x06\"\xfb\x01\n\rResultsStored\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12%\n\x05study\x18\x02 \x01(\x0b\x32\x16.neuroflow.v1.StudyRef\x12\x10\n\x08pipeline\x18\x03 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x04 \x01(\t\x12\x19\n\x11sop_instance_uids\x18\x05 \x03(\t\x12\x13\n\x0b\x64\x65stination\x18\x06 \x01(\t\x12%\n\x05model\x18\x07 \x01(\x0b\x32\x16.neuroflow.v1.ModelRef\x12-\n\tstored_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19neuroflow/v1/events.proto\x12\x0cneuroflow.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19neuroflow/v1/common.proto\"\xca\x02\n\nStudyReady\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12%\n\x05study\x18\x02 \x01(\x0b\x32\x16.neuroflow.v1.StudyRef\x12\x10\n\x08pipeline\x18\x03 \x01(\t\x12\'\n\x06series\x18\x04 \x03(\x0b\x32\x17.neuroflow.v1.SeriesRef\x12\x12\n\ninput_hash\x18\x05 \x01(\t\x12\x15\n\rstudy_version\x18\x06 \x01(\r\x12(\n\x08priority\x18\x07 \x01(\x0e\x32\x16.neuroflow.v1.Priority\x12,\n\x08ready_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x1b\x62\x61seline_study_instance_uid\x18\t \x01(\t\x12\x1a\n\x12prior_wait_expired\x18\n \x01(\x08\"\x90\x03\n\rRoutingFailed\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12%\n\x05study\x18\x02 \x01(\x0b\x32\x16.neuroflow.v1.StudyRef\x12\x32\n\x06reason\x18\x03 \x01(\x0e\x32\".neuroflow.v1.RoutingFailed.Reason\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x10\n\x08pipeline\x18\x05 \x01(\t\x12\x1b\n\x13series_instance_uid\x18\x06 \x01(\t\x12-\n\tfailed_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9c\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x14\n\x10MISSING_SEQUENCE\x10\x01\x12\x14\n\x10UNKNOWN_PROTOCOL\x10\x02\x12\x12\n\x0e\x41MBIGUOUS_ROLE\x10\x03\x12\x12\n\x0e\x46LIPPED_SERIES\x10\x04\x12\x15\n\x11UNREADABLE_SERIES\x10\x05\x12\x0f\n\x0bNO_PIPELINE\x10\x06\"\xfb\x01\n\rResultsStored\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12%\n\x05study\x18\x02 \x01(\x0b\x32\x16.neuroflow.v1.StudyRef\x12\x10\n\x08pipeline\x18\x03 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x04 \x01(\t\x12\x19\n\x11sop_instance_uids\x18\x05 \x03(\t\x12\x13\n\x0b\x64\x65stination\x18\x06 \x01(\t\x12%\n\x05model\x18\x07 \x01(\x0b\x32\x16.neuroflow.v1.ModelRef\x12-\n\tstored_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,11 +34,11 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'neuroflow.proto.neuroflow.v
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STUDYREADY']._serialized_start=104
-  _globals['_STUDYREADY']._serialized_end=369
-  _globals['_ROUTINGFAILED']._serialized_start=372
-  _globals['_ROUTINGFAILED']._serialized_end=772
-  _globals['_ROUTINGFAILED_REASON']._serialized_start=616
-  _globals['_ROUTINGFAILED_REASON']._serialized_end=772
-  _globals['_RESULTSSTORED']._serialized_start=775
-  _globals['_RESULTSSTORED']._serialized_end=1026
+  _globals['_STUDYREADY']._serialized_end=434
+  _globals['_ROUTINGFAILED']._serialized_start=437
+  _globals['_ROUTINGFAILED']._serialized_end=837
+  _globals['_ROUTINGFAILED_REASON']._serialized_start=681
+  _globals['_ROUTINGFAILED_REASON']._serialized_end=837
+  _globals['_RESULTSSTORED']._serialized_start=840
+  _globals['_RESULTSSTORED']._serialized_end=1091
 # @@protoc_insertion_point(module_scope)

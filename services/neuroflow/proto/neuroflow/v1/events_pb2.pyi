@@ -40,6 +40,8 @@ class StudyReady(_message.Message):
     STUDY_VERSION_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     READY_AT_FIELD_NUMBER: _builtins.int
+    BASELINE_STUDY_INSTANCE_UID_FIELD_NUMBER: _builtins.int
+    PRIOR_WAIT_EXPIRED_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     """Contract revision the producer wrote (a neuroflow.v1.SchemaVersion value)."""
     pipeline: _builtins.str
@@ -52,6 +54,12 @@ class StudyReady(_message.Message):
     """Increments each time routing sees the study change (late series); later versions supersede earlier."""
     priority: _common_pb2.Priority.ValueType
     """How soon the results are needed."""
+    baseline_study_instance_uid: _builtins.str
+    """Change pipelines only: the earlier study to compare this one with, when the trigger names it (a prior
+    that arrived after this study was processed). Empty: the longitudinal stage looks the prior up itself.
+    """
+    prior_wait_expired: _builtins.bool
+    """Change pipelines only: the wait for a prior ended without one; run without it and say so."""
     @_builtins.property
     def study(self) -> _common_pb2.StudyRef:
         """The study."""
@@ -75,10 +83,12 @@ class StudyReady(_message.Message):
         study_version: _builtins.int = ...,
         priority: _common_pb2.Priority.ValueType = ...,
         ready_at: _timestamp_pb2.Timestamp | None = ...,
+        baseline_study_instance_uid: _builtins.str = ...,
+        prior_wait_expired: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ready_at", b"ready_at", "study", b"study"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_hash", b"input_hash", "pipeline", b"pipeline", "priority", b"priority", "ready_at", b"ready_at", "schema_version", b"schema_version", "series", b"series", "study", b"study", "study_version", b"study_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_study_instance_uid", b"baseline_study_instance_uid", "input_hash", b"input_hash", "pipeline", b"pipeline", "prior_wait_expired", b"prior_wait_expired", "priority", b"priority", "ready_at", b"ready_at", "schema_version", b"schema_version", "series", b"series", "study", b"study", "study_version", b"study_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

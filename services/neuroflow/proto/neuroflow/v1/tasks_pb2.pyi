@@ -12,6 +12,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from neuroflow.proto.neuroflow.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -311,6 +312,115 @@ class ResultsOutput(_message.Message):
 Global___ResultsOutput: _TypeAlias = ResultsOutput  # noqa: Y015
 
 @_typing.final
+class LongitudinalInput(_message.Message):
+    """What the longitudinal stage needs: the follow-up's routed series, and how to find the study it is compared
+    with (the baseline).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERIES_FIELD_NUMBER: _builtins.int
+    BASELINE_STUDY_INSTANCE_UID_FIELD_NUMBER: _builtins.int
+    PRIOR_WAIT_EXPIRED_FIELD_NUMBER: _builtins.int
+    DESTINATION_FIELD_NUMBER: _builtins.int
+    baseline_study_instance_uid: _builtins.str
+    """The baseline to compare with, when the trigger named it; empty: the stage looks the prior up (site
+    Orthanc by PatientID, then the PACS when configured) and waits for it up to the site's deadline.
+    """
+    prior_wait_expired: _builtins.bool
+    """The wait for a prior ended without one: run without a baseline and say so in the report."""
+    destination: _builtins.str
+    """Peer the result objects are forwarded to (a name from the configuration); empty: stored only."""
+    @_builtins.property
+    def series(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.SeriesRef]:
+        """The follow-up study's series, each with its role (those the change pipeline needs)."""
+
+    def __init__(
+        self,
+        *,
+        series: _abc.Iterable[_common_pb2.SeriesRef] | None = ...,
+        baseline_study_instance_uid: _builtins.str = ...,
+        prior_wait_expired: _builtins.bool = ...,
+        destination: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_study_instance_uid", b"baseline_study_instance_uid", "destination", b"destination", "prior_wait_expired", b"prior_wait_expired", "series", b"series"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LongitudinalInput: _TypeAlias = LongitudinalInput  # noqa: Y015
+
+@_typing.final
+class LongitudinalOutput(_message.Message):
+    """What the longitudinal stage did."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Outcome:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _OutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[LongitudinalOutput._Outcome.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        OUTCOME_UNSPECIFIED: LongitudinalOutput._Outcome.ValueType  # 0
+        """Not set; read as COMPARED."""
+        COMPARED: LongitudinalOutput._Outcome.ValueType  # 1
+        """The pair was compared; its objects are stored (and forwarded)."""
+        WAITING_FOR_PRIOR: LongitudinalOutput._Outcome.ValueType  # 2
+        """No prior yet: the study waits for one until `waiting_until` (a prior arriving triggers the pair)."""
+        NO_PRIOR: LongitudinalOutput._Outcome.ValueType  # 3
+        """No prior arrived within the site's deadline: the report says so; nothing to compare."""
+
+    class Outcome(_Outcome, metaclass=_OutcomeEnumTypeWrapper):
+        """What became of the comparison."""
+
+    OUTCOME_UNSPECIFIED: LongitudinalOutput.Outcome.ValueType  # 0
+    """Not set; read as COMPARED."""
+    COMPARED: LongitudinalOutput.Outcome.ValueType  # 1
+    """The pair was compared; its objects are stored (and forwarded)."""
+    WAITING_FOR_PRIOR: LongitudinalOutput.Outcome.ValueType  # 2
+    """No prior yet: the study waits for one until `waiting_until` (a prior arriving triggers the pair)."""
+    NO_PRIOR: LongitudinalOutput.Outcome.ValueType  # 3
+    """No prior arrived within the site's deadline: the report says so; nothing to compare."""
+
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    SOP_INSTANCE_UIDS_FIELD_NUMBER: _builtins.int
+    DESTINATION_FIELD_NUMBER: _builtins.int
+    BASELINE_STUDY_INSTANCE_UID_FIELD_NUMBER: _builtins.int
+    WAITING_UNTIL_FIELD_NUMBER: _builtins.int
+    outcome: Global___LongitudinalOutput.Outcome.ValueType
+    """What became of the comparison."""
+    destination: _builtins.str
+    """Peer they were forwarded to; empty when stored only."""
+    baseline_study_instance_uid: _builtins.str
+    """Study Instance UID of the baseline compared with; empty when there was none."""
+    @_builtins.property
+    def sop_instance_uids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """SOP Instance UIDs of the stored objects; deterministic per pair so a retry replaces them."""
+
+    @_builtins.property
+    def waiting_until(self) -> _timestamp_pb2.Timestamp:
+        """WAITING_FOR_PRIOR: when the wait ends and the study is run without a prior."""
+
+    def __init__(
+        self,
+        *,
+        outcome: Global___LongitudinalOutput.Outcome.ValueType = ...,
+        sop_instance_uids: _abc.Iterable[_builtins.str] | None = ...,
+        destination: _builtins.str = ...,
+        baseline_study_instance_uid: _builtins.str = ...,
+        waiting_until: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["waiting_until", b"waiting_until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_study_instance_uid", b"baseline_study_instance_uid", "destination", b"destination", "outcome", b"outcome", "sop_instance_uids", b"sop_instance_uids", "waiting_until", b"waiting_until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LongitudinalOutput: _TypeAlias = LongitudinalOutput  # noqa: Y015
+
+@_typing.final
 class TaskRequested(_message.Message):
     """The orchestrator asks a stage worker to do one step of a workflow."""
 
@@ -328,6 +438,7 @@ class TaskRequested(_message.Message):
     PREPROCESS_FIELD_NUMBER: _builtins.int
     SEGMENTATION_FIELD_NUMBER: _builtins.int
     RESULTS_FIELD_NUMBER: _builtins.int
+    LONGITUDINAL_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     """Contract revision the producer wrote (a neuroflow.v1.SchemaVersion value)."""
     workflow_id: _builtins.str
@@ -364,6 +475,10 @@ class TaskRequested(_message.Message):
     def results(self) -> Global___ResultsInput:
         """Inputs of STAGE_RESULTS."""
 
+    @_builtins.property
+    def longitudinal(self) -> Global___LongitudinalInput:
+        """Inputs of STAGE_LONGITUDINAL."""
+
     def __init__(
         self,
         *,
@@ -379,12 +494,13 @@ class TaskRequested(_message.Message):
         preprocess: Global___PreprocessInput | None = ...,
         segmentation: Global___SegmentationInput | None = ...,
         results: Global___ResultsInput | None = ...,
+        longitudinal: Global___LongitudinalInput | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "input", b"input", "preprocess", b"preprocess", "results", b"results", "segmentation", b"segmentation", "study", b"study"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "input", b"input", "longitudinal", b"longitudinal", "preprocess", b"preprocess", "results", b"results", "segmentation", b"segmentation", "study", b"study"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "deadline", b"deadline", "idempotency_key", b"idempotency_key", "input", b"input", "pipeline", b"pipeline", "preprocess", b"preprocess", "priority", b"priority", "results", b"results", "schema_version", b"schema_version", "segmentation", b"segmentation", "stage", b"stage", "study", b"study", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "deadline", b"deadline", "idempotency_key", b"idempotency_key", "input", b"input", "longitudinal", b"longitudinal", "pipeline", b"pipeline", "preprocess", b"preprocess", "priority", b"priority", "results", b"results", "schema_version", b"schema_version", "segmentation", b"segmentation", "stage", b"stage", "study", b"study", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_input: _TypeAlias = _typing.Literal["preprocess", "segmentation", "results"]  # noqa: Y015
+    _WhichOneofReturnType_input: _TypeAlias = _typing.Literal["preprocess", "segmentation", "results", "longitudinal"]  # noqa: Y015
     _WhichOneofArgType_input: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_input) -> _WhichOneofReturnType_input | None: ...
 
@@ -408,6 +524,7 @@ class TaskDone(_message.Message):
     PREPROCESS_FIELD_NUMBER: _builtins.int
     SEGMENTATION_FIELD_NUMBER: _builtins.int
     RESULTS_FIELD_NUMBER: _builtins.int
+    LONGITUDINAL_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     """Contract revision the producer wrote (a neuroflow.v1.SchemaVersion value)."""
     workflow_id: _builtins.str
@@ -442,6 +559,10 @@ class TaskDone(_message.Message):
     def results(self) -> Global___ResultsOutput:
         """Outputs of STAGE_RESULTS."""
 
+    @_builtins.property
+    def longitudinal(self) -> Global___LongitudinalOutput:
+        """Outputs of STAGE_LONGITUDINAL."""
+
     def __init__(
         self,
         *,
@@ -457,12 +578,13 @@ class TaskDone(_message.Message):
         preprocess: Global___PreprocessOutput | None = ...,
         segmentation: Global___SegmentationOutput | None = ...,
         results: Global___ResultsOutput | None = ...,
+        longitudinal: Global___LongitudinalOutput | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "output", b"output", "preprocess", b"preprocess", "results", b"results", "segmentation", b"segmentation", "study", b"study"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "longitudinal", b"longitudinal", "output", b"output", "preprocess", b"preprocess", "results", b"results", "segmentation", b"segmentation", "study", b"study"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "duration_s", b"duration_s", "finished_at", b"finished_at", "idempotency_key", b"idempotency_key", "output", b"output", "pipeline", b"pipeline", "preprocess", b"preprocess", "results", b"results", "schema_version", b"schema_version", "segmentation", b"segmentation", "stage", b"stage", "study", b"study", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "duration_s", b"duration_s", "finished_at", b"finished_at", "idempotency_key", b"idempotency_key", "longitudinal", b"longitudinal", "output", b"output", "pipeline", b"pipeline", "preprocess", b"preprocess", "results", b"results", "schema_version", b"schema_version", "segmentation", b"segmentation", "stage", b"stage", "study", b"study", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_output: _TypeAlias = _typing.Literal["preprocess", "segmentation", "results"]  # noqa: Y015
+    _WhichOneofReturnType_output: _TypeAlias = _typing.Literal["preprocess", "segmentation", "results", "longitudinal"]  # noqa: Y015
     _WhichOneofArgType_output: _TypeAlias = _typing.Literal["output", b"output"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_output) -> _WhichOneofReturnType_output | None: ...
 

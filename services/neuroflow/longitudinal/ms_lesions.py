@@ -1,0 +1,357 @@
+"""New and enlarging MS lesions on FLAIR: the follow-up compared with the baseline by subtraction.
+
+The steps, each timed (``MS_STAGES``):
+
+1. ``register_pair``: the baseline FLAIR is rigidly registered onto the follow-up FLAIR (mutual
+   information; ``preprocess.register``) and resampled onto the follow-up's own grid, where every later
+   step works and where the label map is returned.
+2. ``skull_strip``: the brain mask of the follow-up FLAIR (deepbet through the inference backend).
+3. ``bias_correct``: N4 on both scans inside the brain, then the baseline's intensities matched to the
+   follow-up's (quantiles inside the brain).
+4. ``detect``: the subtraction method that has run in clinical production (Ganiler et al., Neuroradiology
+   2014; the "subtraction + centre check" rule of the published pipelines): both scans are scaled by
+   the follow-up's normal-appearing brain (median and robust spread), lightly smoothed, and subtracted.
+   Candidates are voxels clearly brighter at follow-up (the difference above ``SEED_DIFFERENCE`` robust
+   spreads of the difference image) that are also hyperintense on the follow-up FLAIR; each candidate
+   grows by hysteresis to where the difference falls to ``EXTENT_DIFFERENCE``. A candidate whose centre
+   is brighter on the baseline is discarded (a structure that moved, not a lesion), as is one smaller
+   than 12 mm³. An optional lesion network (``PipelineModels.ms_lesion``) adds its own candidates,
+   which pass the same checks.
+5. ``locate``: each lesion's centroid is looked up in the AAL, Harvard-Oxford and JHU atlases after
+   registering the patient's brain to Colin27 (``longitudinal.atlas``).
+
+New and enlarging lesions: a candidate is new tissue at follow-up either way; it is *enlarging* when it
+touches a lesion already hyperintense at baseline (within 2 mm), and its volume is then the volume that
+was added, not the whole lesion's."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+
+from neuroflow.core.config import PipelineModels
+from neuroflow.core.errors import MissingSequence, StudyError
+from neuroflow.core.inference import InferenceBackend
+from neuroflow.core.labels import ChangeLabel
+from neuroflow.core.roles import SeriesRole
+from neuroflow.core.timing import StageClock
+from neuroflow.core.volume import Geometry, Volume, resample
+from neuroflow.longitudinal.atlas import AtlasLocator, default_locator
+from neuroflow.longitudinal.intensity import match_intensities, n4_bias_correct
+from neuroflow.longitudinal.lesion_model import network_candidates
+from neuroflow.preprocess.register import register_rigid
+from neuroflow.preprocess.skull_strip import skull_strip
+
+MS_STAGES: tuple[str, ...] = ("register_pair", "skull_strip", "bias_correct", "detect", "locate")
+_STAGE = "ms_change"
+
+# The smallest lesion reported (mm³): the consensus size below which a "lesion" is mostly noise
+# (MSSEG-2 and the production subtraction pipeline both use 12 mm³, about three 1 mm voxels across).
+MIN_LESION_MM3 = 12.0
+# 2D FLAIR with slices this thick or thicker is refused: a 3 mm lesion vanishes into one slice's partial
+# volume, and the subtraction of two such scans is dominated by slice misregistration.
+MAX_SLICE_MM = 5.0
+# Thresholds, in robust standard deviations (1.4826 x MAD): seeds where the follow-up-minus-baseline
+# difference is this far above its own spread ...
+SEED_DIFFERENCE = 5.0
+# ... grown while it stays above this ...
+EXTENT_DIFFERENCE = 2.5
+# The difference must also exceed this fraction of the brain's own intensity spread (seeds; half of it for
+# the extent): in a nearly noise-free pair the difference's spread is tiny and would admit interpolation
+# ripples.
+MIN_DIFFERENCE = 0.6
+# ... and only where the follow-up FLAIR itself is hyperintense: this far above the brain's median, in
+# robust spreads of the brain (grey matter sits at about +0.5, lesions at +1.5 to +3.5).
+HYPERINTENSE = 1.2
+# Gaussian smoothing (mm) of both scans before subtraction: noise down, 3 mm lesions kept.
+SMOOTHING_MM = 0.6
+# Brain mask eroded by this (mm) for seeds: the skull-strip edge differs between scans.
+EDGE_MARGIN_MM = 2.0
+# A candidate within this distance (mm) of baseline hyperintensity enlarges an existing lesion.
+ENLARGING_CONTACT_MM = 2.0
+# A registration whose normalised mutual information stays under this is reported as doubtful.
+MIN_NMI = 1.15
+
+FloatArray = npt.NDArray[np.float32]
+BoolArray = npt.NDArray[np.bool_]
+LesionKind = Literal["new", "enlarging"]
+
+
+@dataclass(frozen=True)
+class NewLesion:
+    centroid_mm: tuple[float, float, float]  # patient coordinates (LPS) on the follow-up
+    volume_mm3: float  # of the new tissue: for an enlarging lesion, what was added
+    location: str  # atlas region, e.g. "Frontal_Sup_L (AAL)"; "outside atlas" if none
+    kind: LesionKind = "new"
+
+
+@dataclass(frozen=True)
+class RejectedCandidate:
+    centroid_mm: tuple[float, float, float]
+    volume_mm3: float
+    reason: str  # e.g. "centre brighter on baseline", "smaller than 12 mm³"
+
+
+@dataclass
+class MsLesionChange:
+    """What changed between the baseline and the follow-up FLAIR.
+
+    ``labels`` is uint8 on the follow-up FLAIR's native grid (``ChangeLabel``): NEW_LESION for new and
+    enlarging lesions, REJECTED_CANDIDATE for the candidates discarded (with ``rejected[].reason``)."""
+
+    new_lesions: list[NewLesion]
+    rejected: list[RejectedCandidate]
+    labels: Volume
+    warnings: list[str] = field(default_factory=list)
+    registration: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def new_activity(self) -> bool:
+        """At least one new or enlarging lesion: the per-patient "new activity" answer."""
+        return bool(self.new_lesions)
+
+    @property
+    def count(self) -> int:
+        return len(self.new_lesions)
+
+
+def detect_new_ms_lesions(
+    baseline: Mapping[SeriesRole, Volume],
+    followup: Mapping[SeriesRole, Volume],
+    backend: InferenceBackend,
+    models: PipelineModels,
+    *,
+    study_key: str,
+    clock: StageClock | None = None,
+    locator: AtlasLocator | None = None,
+) -> MsLesionChange:
+    """New and enlarging lesions on the follow-up FLAIR compared with the baseline FLAIR (module doc).
+
+    Takes each timepoint's volumes by role (FLAIR required; other roles are accepted and not needed by
+    the subtraction), the backend serving the skull-strip networks (and the optional lesion network
+    ``models.ms_lesion``) and the follow-up's pseudonymous ``study_key``. ``locator`` names atlas regions
+    (default: the mricron-data atlases, registered once per call).
+
+    Refuses with MissingSequence a timepoint without FLAIR, and with StudyError a 2D FLAIR whose slices
+    are 5 mm or thicker (either timepoint), naming which and why."""
+    clock = clock or StageClock(MS_STAGES)
+    base_flair = _flair(baseline, study_key, "baseline")
+    follow_flair = _flair(followup, study_key, "follow-up")
+    warnings: list[str] = []
+
+    with clock.stage("register_pair"):
+        aligned = _centre_aligned(base_flair, follow_flair)
+        registration = register_rigid(follow_flair, aligned)
+        base_on_follow = resample(aligned, follow_flair.geometry, registration.transform).array
+        inside_fov = resample(aligned.with_array(np.ones(aligned.array.shape, np.float32)),
+                              follow_flair.geometry, registration.transform).array > 0.99
+        if registration.nmi < MIN_NMI:
+            warnings.append(f"the baseline FLAIR registered poorly onto the follow-up (normalised mutual "
+                            f"information {registration.nmi:.3f} < {MIN_NMI}); check the pair before trusting "
+                            "new lesions")
+
+    with clock.stage("skull_strip"):
+        brain = skull_strip(follow_flair, backend, (models.skull_strip_bbox, models.skull_strip),
+                            study_key=study_key).array > 0
+        brain &= inside_fov
+        if brain.sum() * follow_flair.voxel_volume_mm3 < 300_000.0:
+            warnings.append("less than 300 mL of brain lies in both scans: the baseline covers only part of "
+                            "the follow-up's brain, and lesions outside it cannot be judged")
+
+    with clock.stage("bias_correct"):
+        follow_n4 = n4_bias_correct(follow_flair, brain).array
+        base_n4 = n4_bias_correct(follow_flair.with_array(base_on_follow), brain).array
+        base_matched = match_intensities(base_n4, follow_n4, brain)
+
+    with clock.stage("detect"):
+        found = _subtraction(base_matched, follow_n4, brain, follow_flair.geometry)
+        if models.ms_lesion is not None:
+            net = network_candidates(backend, models.ms_lesion, base_matched, follow_n4, brain)
+            found = _merge_network(found, net, follow_flair.geometry)
+        labels = np.zeros(follow_flair.array.shape, dtype=np.uint8)
+        kept: list[_Candidate] = []
+        rejected: list[RejectedCandidate] = []
+        for candidate in found:
+            reason = candidate.reason
+            if reason:
+                view = labels[candidate.box]
+                view[candidate.local & (view == 0)] = ChangeLabel.REJECTED_CANDIDATE
+                rejected.append(RejectedCandidate(candidate.centroid_mm, round(candidate.volume_mm3, 1), reason))
+            else:
+                labels[candidate.box][candidate.local] = ChangeLabel.NEW_LESION
+                kept.append(candidate)
+
+    with clock.stage("locate"):
+        names: list[str] = []
+        if kept:
+            locator = locator or default_locator()
+            stripped = follow_flair.with_array(np.where(brain, follow_n4, 0.0).astype(np.float32))
+            names = locator.locate(stripped, [c.centroid_mm for c in kept], study_key=study_key)
+
+    lesions = [NewLesion(c.centroid_mm, round(c.volume_mm3, 1), name, c.kind) for c, name in zip(kept, names,
+                                                                                                  strict=True)]
+    label_volume = Volume(labels, follow_flair.geometry, {"series_instance_uid":
+                                                          follow_flair.meta.get("series_instance_uid", "")})
+    return MsLesionChange(lesions, rejected, label_volume, warnings, registration.summary())
+
+
+def _flair(volumes: Mapping[SeriesRole, Volume], study_key: str, which: str) -> Volume:
+    flair = volumes.get(SeriesRole.FLAIR)
+    if flair is None:
+        raise MissingSequence(study_key, f"the {which} study has no FLAIR series: new MS lesions are found on "
+                                         "FLAIR", stage=_STAGE)
+    if flair.array.ndim != 3:
+        raise StudyError(study_key, f"the {which} FLAIR is not a 3D volume", stage=_STAGE)
+    thickest = max(flair.geometry.spacing)
+    if thickest >= MAX_SLICE_MM:
+        raise StudyError(
+            study_key,
+            f"the {which} FLAIR is 2D with {thickest:g} mm slices: new-lesion detection needs slices thinner "
+            f"than {MAX_SLICE_MM:g} mm (a 3D FLAIR, or 2D with 3 mm slices), since small lesions vanish into "
+            "thick slices",
+            stage=_STAGE, series_uid=flair.meta.get("series_instance_uid") or None)
+    return flair
+
+
+def _centre_aligned(moving: Volume, fixed: Volume) -> Volume:
+    """``moving`` with its origin shifted so its intensity centre of mass meets ``fixed``'s: two sessions
+    need not share a frame of reference, and the rigid registration starts from the scanner geometry."""
+    shift = _centre_of_mass(fixed) - _centre_of_mass(moving)
+    if float(np.linalg.norm(shift)) < 10.0:
+        return moving
+    g = moving.geometry
+    origin = np.asarray(g.origin) + shift
+    moved = Geometry(g.spacing, (float(origin[0]), float(origin[1]), float(origin[2])), g.direction, g.size)
+    return Volume(moving.array, moved, dict(moving.meta))
+
+
+def _centre_of_mass(volume: Volume) -> npt.NDArray[np.float64]:
+    weights = np.clip(volume.array.astype(np.float32), 0.0, None)
+    k, j, i = ndimage.center_of_mass(weights)
+    point = volume.geometry.index_to_patient() @ np.array([i, j, k, 1.0])
+    return np.asarray(point[:3], dtype=np.float64)
+
+
+@dataclass
+class _Candidate:
+    box: tuple[slice, slice, slice]  # where it lies (a view of the grid: no full-size mask per candidate)
+    local: BoolArray  # its voxels inside the box
+    centroid_mm: tuple[float, float, float]
+    volume_mm3: float
+    kind: LesionKind
+    reason: str  # empty: kept
+
+
+def _subtraction(baseline: FloatArray, followup: FloatArray, brain: BoolArray, geometry: Geometry) -> list[_Candidate]:
+    """The subtraction candidates, each with its verdict (module doc, step 4)."""
+    spacing_kji = np.array(geometry.spacing[::-1])
+    level = float(np.median(followup[brain]))
+    spread = _robust_sd(followup[brain])
+    sigma = SMOOTHING_MM / spacing_kji
+    follow_s = ndimage.gaussian_filter((followup - level) / spread, sigma)
+    base_s = ndimage.gaussian_filter((baseline - level) / spread, sigma)
+    difference = follow_s - base_s
+    difference_sd = _robust_sd(difference[brain])
+    # Seeds must also be brighter than the baseline's brightest neighbour (one voxel around): a residual
+    # misregistration of up to a voxel at a bright edge (cortex, cerebellar folia) then cancels, while a new
+    # lesion, dark all around at baseline, keeps its contrast. The baseline is capped at the hyperintensity
+    # level first, so tissue growing from an existing lesion (enlarging) is not cancelled by that lesion.
+    beyond_neighbours = follow_s - ndimage.maximum_filter(np.minimum(base_s, HYPERINTENSE), size=3)
+    core = ndimage.binary_erosion(brain, iterations=max(1, round(EDGE_MARGIN_MM / float(spacing_kji.min()))))
+    hyper = follow_s > HYPERINTENSE
+    seeds = core & hyper & (np.minimum(difference, beyond_neighbours) > max(SEED_DIFFERENCE * difference_sd,
+                                                                          MIN_DIFFERENCE))
+    extent = brain & (difference > max(EXTENT_DIFFERENCE * difference_sd, MIN_DIFFERENCE / 2.0)) & (
+        follow_s > HYPERINTENSE / 2.0)
+    return _candidates(seeds, extent, follow_s, base_s, difference, geometry, difference_sd)
+
+
+def _candidates(seeds: BoolArray, extent: BoolArray, follow_s: FloatArray, base_s: FloatArray,
+                difference: FloatArray, geometry: Geometry, difference_sd: float) -> list[_Candidate]:
+    structure = np.ones((3, 3, 3), dtype=bool)
+    grown, count = ndimage.label(extent | seeds, structure=structure)
+    if count == 0:
+        return []
+    seeded = np.unique(grown[seeds])
+    seeded = seeded[seeded > 0]
+    voxel_mm3 = float(np.prod(geometry.spacing))
+    affine = geometry.index_to_patient()
+    contact = max(1, round(ENLARGING_CONTACT_MM / min(geometry.spacing)))
+    boxes = ndimage.find_objects(grown)
+    out: list[_Candidate] = []
+    for label in seeded:
+        box = _padded(boxes[label - 1], grown.shape, contact + 2)
+        local = grown[box] == label
+        d = difference[box]
+        values = d[local]
+        # The lesion's full contrast: the upper quartile of its core (the voxels above half its peak), i.e.
+        # its plateau when it has one; a lesion too small for a plateau gets a lower contrast, so its volume
+        # errs large rather than small (no true lesion falls under the 12 mm³ limit by partial volume).
+        core = values[values >= 0.5 * float(values.max())]
+        contrast = float(np.percentile(core, 75.0))
+        # Partial-volume volume: voxels count by their share of the full contrast, so a soft edge adds what
+        # it holds instead of all or nothing (smoothing keeps the sum, so it does not change the volume).
+        weights = np.clip(values / max(contrast, 1e-6), 0.0, 1.0)
+        volume = float(weights.sum()) * voxel_mm3
+        points = np.argwhere(local)
+        centroid_kji = (points * weights[:, None]).sum(axis=0) / max(float(weights.sum()), 1e-6)
+        centre = points[int(np.argmin(((points - centroid_kji) ** 2).sum(axis=1)))]
+        k, j, i = (int(c) for c in centre)
+        window = (slice(max(0, k - 1), k + 2), slice(max(0, j - 1), j + 2), slice(max(0, i - 1), i + 2))
+        brighter_before = float(base_s[box][window].mean()) > float(follow_s[box][window].mean())
+        # Enlarging: next to tissue that was already about as bright at baseline as the candidate is now.
+        baseline_lesion = base_s[box] > max(HYPERINTENSE, 0.6 * float(follow_s[box][local].max()))
+        touching = ndimage.binary_dilation(local, iterations=contact) & baseline_lesion & ~local
+        kind: LesionKind = "enlarging" if touching.sum() >= 3 else "new"
+        p = affine @ np.array([centroid_kji[2] + box[2].start, centroid_kji[1] + box[1].start,
+                               centroid_kji[0] + box[0].start, 1.0])
+        centroid = (round(float(p[0]), 2), round(float(p[1]), 2), round(float(p[2]), 2))
+        if brighter_before:
+            reason = "centre brighter on baseline"
+        elif volume < MIN_LESION_MM3:
+            reason = f"smaller than {MIN_LESION_MM3:g} mm³"
+        else:
+            reason = ""
+        out.append(_Candidate(box, local, centroid, volume, kind, reason))
+    return out
+
+
+def _merge_network(found: list[_Candidate], network: BoolArray, geometry: Geometry) -> list[_Candidate]:
+    """The network's components that no subtraction candidate covers, judged like them (size only: a
+    network candidate has no subtraction contrast to weigh)."""
+    covered = np.zeros(network.shape, dtype=bool)
+    for candidate in found:
+        covered[candidate.box] |= candidate.local
+    labels, _ = ndimage.label(network & ~ndimage.binary_dilation(covered, iterations=1),
+                                  structure=np.ones((3, 3, 3), dtype=bool))
+    voxel_mm3 = float(np.prod(geometry.spacing))
+    affine = geometry.index_to_patient()
+    extra: list[_Candidate] = []
+    for label, found_box in enumerate(ndimage.find_objects(labels), start=1):
+        if found_box is None:
+            continue
+        box = _padded(found_box, labels.shape, 0)
+        local = labels[box] == label
+        volume = float(local.sum()) * voxel_mm3
+        k, j, i = (c + b.start for c, b in zip(ndimage.center_of_mass(local), box, strict=True))
+        p = affine @ np.array([i, j, k, 1.0])
+        centroid = (round(float(p[0]), 2), round(float(p[1]), 2), round(float(p[2]), 2))
+        reason = f"smaller than {MIN_LESION_MM3:g} mm³" if volume < MIN_LESION_MM3 else ""
+        extra.append(_Candidate(box, local, centroid, volume, "new", reason))
+    return found + extra
+
+
+def _padded(box: tuple[slice, ...], shape: tuple[int, ...], pad: int) -> tuple[slice, slice, slice]:
+    s = [slice(max(0, b.start - pad), min(n, b.stop + pad)) for b, n in zip(box, shape, strict=True)]
+    return s[0], s[1], s[2]
+
+
+def _robust_sd(values: FloatArray) -> float:
+    median = float(np.median(values))
+    return max(1.4826 * float(np.median(np.abs(values - median))), 1e-6)
+

@@ -1,0 +1,47 @@
+"""A service imports the core, never another service (ARCHITECTURE.md), so each can be deployed and
+changed on its own. The one exception is written down here, with its reason: the longitudinal stage
+compares two timepoints with the SAME preprocessing, segmentation and result objects as the glioma
+pipeline (issue 6: it "builds on the embedded pipeline"), and reusing them is what keeps the two
+runtimes' answers identical. Any other cross-service import fails this test."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SERVICES_ROOT = Path(__file__).resolve().parents[2] / "services" / "neuroflow"
+SERVICES = ("ingest", "orchestrator", "preprocess", "segmentation", "longitudinal", "results", "monitor")
+ALLOWED: dict[str, frozenset[str]] = {
+    "longitudinal": frozenset({"preprocess", "segmentation", "results"}),
+}
+
+
+def _imported_services(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    parts = (name.split(".") for name in names)
+    return {p[1] for p in parts if len(p) > 1 and p[0] == "neuroflow" and p[1] in SERVICES}
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_a_service_imports_only_the_core_and_its_documented_exceptions(service: str) -> None:
+    allowed = ALLOWED.get(service, frozenset()) | {service}
+    offending = {
+        str(path.relative_to(SERVICES_ROOT)): sorted(imported - allowed)
+        for path in sorted((SERVICES_ROOT / service).rglob("*.py"))
+        if (imported := _imported_services(path)) - allowed
+    }
+    assert not offending, f"{service} imports other services: {offending}"
+
+
+def test_the_check_sees_a_cross_service_import(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("from neuroflow.results.report import StudyReport\nimport neuroflow.core.volume\n")
+    assert _imported_services(module) == {"results"}
