@@ -10,12 +10,11 @@ input hash, same workflow) makes that harmless."""
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from neuroflow.core.sql_statements import PostgresStatements, SqliteStatements, SqlStatements
 
 _TABLE = """CREATE TABLE IF NOT EXISTS study_windows (
     resource_id     TEXT PRIMARY KEY,
@@ -62,17 +61,9 @@ class WindowStore(ABC):
         """Move the shared feed position forward (never back)."""
 
 
-class _SqlWindowStore(WindowStore):
+class _SqlWindowStore(WindowStore, SqlStatements):
     """The statements are the same for SQLite and PostgreSQL; only the placeholders and the
     connection differ."""
-
-    _ph = "?"
-
-    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
-
-    def _sql(self, sql: str) -> str:
-        return sql.replace("?", self._ph)
 
     def touch(self, resource_id: str, seq: int, at: float) -> None:
         self._execute(self._sql(
@@ -112,51 +103,19 @@ class _SqlWindowStore(WindowStore):
             (feed, seq))
 
 
-class SqliteWindowStore(_SqlWindowStore):
+class SqliteWindowStore(SqliteStatements, _SqlWindowStore):
     """Embedded: one SQLite file (WAL), shared by the threads and processes of one machine."""
 
     def __init__(self, path: Path) -> None:
-        self._path = path
-        self._local = threading.local()
+        self._open(path)
         self._execute(_TABLE)
         self._execute(_CURSOR_TABLE)
 
-    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self._path, timeout=30.0, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            self._local.db = db
-        # BEGIN IMMEDIATE: the conditional UPDATE of a claim must not interleave with another writer's.
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            rows = db.execute(sql, params).fetchall()
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-        return rows
 
-
-class PostgresWindowStore(_SqlWindowStore):
+class PostgresWindowStore(PostgresStatements, _SqlWindowStore):
     """Distributed: the site's PostgreSQL. Row-level locking of UPDATE makes claims exclusive."""
 
-    _ph = "%s"
-
     def __init__(self, dsn: str) -> None:
-        import psycopg  # deferred: only the distributed runtime needs it
-
-        self._psycopg = psycopg
-        self._dsn = dsn
-        self._local = threading.local()
+        self._open(dsn)
         self._execute(_TABLE)
         self._execute(_CURSOR_TABLE)
-
-    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = self._psycopg.connect(self._dsn, autocommit=True, connect_timeout=10)
-            self._local.db = db
-        with db.transaction():
-            cursor = db.execute(sql, params)
-            return list(cursor.fetchall()) if cursor.description is not None else []

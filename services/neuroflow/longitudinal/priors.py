@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
-import threading
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -34,6 +31,7 @@ from neuroflow.core.dicom_io import DicomSource, SeriesInstances, StudyIndex
 from neuroflow.core.errors import OrthancRequestFailed, OrthancUnavailable
 from neuroflow.core.orthanc import OrthancClient
 from neuroflow.core.roles import SeriesRole
+from neuroflow.core.sql_statements import PostgresStatements, SqliteStatements, SqlStatements
 
 log = logging.getLogger(__name__)
 
@@ -241,17 +239,9 @@ _TABLE = """CREATE TABLE IF NOT EXISTS longitudinal_timepoints (
 _COLUMNS = "patient_key, pipeline, study_uid, acquired_at, state, baseline_uid, baseline_at, wait_deadline, ready"
 
 
-class TimepointStore(ABC):
+class TimepointStore(SqlStatements):
     """Per (patient, pipeline): the studies processed or waiting. Every method is one atomic statement, so
     several longitudinal workers may share the store."""
-
-    @abstractmethod
-    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]: ...
-
-    _ph = "?"
-
-    def _sql(self, sql: str) -> str:
-        return sql.replace("?", self._ph)
 
     def get(self, patient_key: str, pipeline: str, study_uid: str) -> PatientTimepoint | None:
         rows = self._execute(self._sql(f"SELECT {_COLUMNS} FROM longitudinal_timepoints "
@@ -302,52 +292,20 @@ def _timepoint(row: tuple[Any, ...]) -> PatientTimepoint:
                             str(row[5]), str(row[6]), float(row[7]), bytes(row[8]))
 
 
-class SqliteTimepointStore(TimepointStore):
+class SqliteTimepointStore(SqliteStatements, TimepointStore):
     """Embedded and single-host: one SQLite file (WAL) shared by the threads and processes of a machine."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._path = path
-        self._local = threading.local()
+        self._open(path)
         self._execute(_TABLE.format(blob="BLOB"))
 
-    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self._path, timeout=30.0, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            self._local.db = db
-        db.execute("BEGIN IMMEDIATE")  # the claim's conditional UPDATE must not interleave with another's
-        try:
-            rows = db.execute(sql, params).fetchall()
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-        return rows
 
-
-class PostgresTimepointStore(TimepointStore):
+class PostgresTimepointStore(PostgresStatements, TimepointStore):
     """Distributed: the site's PostgreSQL (the workflow state's database)."""
 
-    _ph = "%s"
-
     def __init__(self, dsn: str) -> None:
-        import psycopg  # deferred: only the distributed runtime needs it
-
-        self._psycopg = psycopg
-        self._dsn = dsn
-        self._local = threading.local()
+        self._open(dsn)
         self._execute(_TABLE.format(blob="BYTEA"))
-
-    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = self._psycopg.connect(self._dsn, autocommit=True, connect_timeout=10)
-            self._local.db = db
-        with db.transaction():
-            cursor = db.execute(sql, params)
-            return list(cursor.fetchall()) if cursor.description is not None else []
 
 
 def wait_deadline(settings: LongitudinalSettings, now: float | None = None) -> float:
