@@ -16,6 +16,8 @@ from typing import Any
 import pydicom
 import pytest
 
+from neuroflow.core.config import NeuroflowSettings
+from neuroflow.core.inference_triton import TritonBackend
 from neuroflow.core.orthanc import OrthancClient, OrthancEndpoint
 from neuroflow.devtools import stack
 from neuroflow.devtools.cstore import send_folder
@@ -62,6 +64,11 @@ def test_stack_writes_every_endpoint(running_stack: dict[str, Any]) -> None:
         assert {"url", "username", "password", "aet", "dicom_host", "dicom_port"} <= set(orthanc)
         assert _client(orthanc).system()["DicomAet"] == orthanc["aet"]
     assert written["kafka"]["bootstrap"].startswith("127.0.0.1:")
+    # The workers' inference goes to this Triton: it must answer and have every pinned model ready.
+    triton = TritonBackend(written["triton"]["grpc"], NeuroflowSettings().model_repository)
+    assert written["triton"]["http"].startswith("127.0.0.1:") and triton.server_ready()
+    models = NeuroflowSettings().models
+    assert all(triton.ready(m) for m in (models.skull_strip_bbox, models.skull_strip, models.glioma))
     assert all(running for _, running, _ in stack.status(Path(running_stack["root"])))
 
 
