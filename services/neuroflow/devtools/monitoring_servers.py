@@ -15,8 +15,6 @@ import string
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,7 +24,7 @@ from typing import Any
 import yaml
 
 from neuroflow.core.config import REPOSITORY_ROOT
-from neuroflow.devtools.ports import free_loopback_port, wait_until_ports_free
+from neuroflow.devtools.ports import free_loopback_port, http_ok, wait_until_ports_free, wait_until_ready
 
 DEPLOY = REPOSITORY_ROOT / "deploy" / "prometheus"
 PROMETHEUS_BINARY = Path("/usr/bin/prometheus")
@@ -161,21 +159,14 @@ def _launch(name: str, command: list[str], root: Path, port: int, timeout_s: flo
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True, cwd=root)
     server = MonitoringServer(name, process.pid, port, root)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise MonitoringServerError(f"{name} exited at start (code {process.returncode}); see {root / name}.log:\n"
-                                        + _tail(root / f"{name}.log"))
-        try:
-            with urllib.request.urlopen(f"{server.url}/-/ready", timeout=1.0) as answer:
-                if answer.status == 200:
-                    return server
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.2)
-    server.stop()
-    raise MonitoringServerError(f"{name} not ready within {timeout_s:g} s; see {root / name}.log:\n"
-                                + _tail(root / f"{name}.log"))
+    try:
+        wait_until_ready(process, lambda: http_ok(f"{server.url}/-/ready"), timeout_s,
+                         what=f"{name} (log {root / name}.log)", log_tail=lambda: _tail(root / f"{name}.log"),
+                         error=MonitoringServerError, interval_s=0.2)
+    except MonitoringServerError:
+        server.stop()
+        raise
+    return server
 
 
 def _require(binary: Path) -> None:

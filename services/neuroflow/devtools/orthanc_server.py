@@ -16,15 +16,13 @@ import secrets
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
 from neuroflow.core.orthanc import DicomModality, OrthancEndpoint
-from neuroflow.devtools.ports import free_loopback_port, wait_until_ports_free
+from neuroflow.devtools.ports import free_loopback_port, http_ok, wait_until_ports_free, wait_until_ready
 
 ORTHANC_BINARY = Path("/usr/sbin/Orthanc")
 # Installed by the Debian package orthanc-dicomweb (dpkg -L orthanc-dicomweb).
@@ -170,19 +168,6 @@ def _orthanc_environment() -> dict[str, str]:
 def _wait_until_answering(server: OrthancProcess, wait_s: float) -> None:
     endpoint = server.endpoint
     token = base64.b64encode(f"{endpoint.username}:{endpoint.password}".encode()).decode()
-    request = urllib.request.Request(f"{endpoint.url}/system", headers={"Authorization": f"Basic {token}"})
-    deadline = time.monotonic() + wait_s
-    while True:
-        if server.process.poll() is not None:
-            raise OrthancStartFailed(f"Orthanc {server.name} exited with status {server.process.returncode} "
-                                     f"while starting; its log ends:\n{server.log_tail()}")
-        try:
-            with urllib.request.urlopen(request, timeout=1.0) as answer:
-                if answer.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        if time.monotonic() > deadline:
-            raise OrthancStartFailed(f"Orthanc {server.name} did not answer {endpoint.url}/system within "
-                                     f"{wait_s:.0f} s; its log ends:\n{server.log_tail()}")
-        time.sleep(0.05)
+    wait_until_ready(server.process, lambda: http_ok(f"{endpoint.url}/system", {"Authorization": f"Basic {token}"}),
+                     wait_s, what=f"Orthanc {server.name} ({endpoint.url})", log_tail=server.log_tail,
+                     error=OrthancStartFailed)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
 
 
 def free_loopback_port() -> int:
@@ -32,6 +36,32 @@ def wait_until_ports_free(ports: list[int], timeout_s: float, what: str) -> None
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what}: ports {busy} still in use {timeout_s:.0f} s after stopping")
         time.sleep(0.05)
+
+
+def http_ok(url: str, headers: Mapping[str, str] | None = None) -> bool:
+    """Whether ``url`` answers 200 within a second (a server's health or readiness endpoint)."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=dict(headers or {})), timeout=1.0) as answer:
+            return bool(answer.status == 200)
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+def wait_until_ready(process: subprocess.Popen[bytes], ready: Callable[[], bool], wait_s: float, *, what: str,
+                     log_tail: Callable[[], str], error: Callable[[str], Exception],
+                     interval_s: float = 0.05) -> None:
+    """Poll ``ready`` until it says yes. A server that exits first, or is not ready within ``wait_s``, raises
+    ``error`` naming ``what`` and quoting the end of its log, so a failed start says why."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        if process.poll() is not None:
+            raise error(f"{what} exited with status {process.returncode} while starting; its log ends:\n"
+                        f"{log_tail()}")
+        if ready():
+            return
+        if time.monotonic() > deadline:
+            raise error(f"{what} was not ready within {wait_s:.0f} s; its log ends:\n{log_tail()}")
+        time.sleep(interval_s)
 
 
 # Below Linux's ephemeral range (32768-60999): a port picked here cannot be taken by some process's

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from neuroflow.devtools.ports import free_loopback_port, wait_until_ports_free
+from neuroflow.devtools.ports import free_loopback_port, wait_until_ports_free, wait_until_ready
 
 POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
 SUPERUSER = "neuroflow"
@@ -101,20 +101,16 @@ def start_postgres(data_dir: Path, port: int | None = None, *, wait_s: float = 3
             start_new_session=True,
         )
     server = PostgresProcess(data_dir, port, log_path, process, 0.0)
-    deadline = time.monotonic() + wait_s
-    while True:
-        if process.poll() is not None:
-            raise PostgresStartFailed(f"PostgreSQL exited with status {process.returncode} while starting; "
-                                      f"log {log_path} ends:\n{_tail(log_path)}")
-        ready = subprocess.run([str(POSTGRES_BIN / "pg_isready"), "-h", server.host, "-p", str(port), "-q"],
-                               check=False)
-        if ready.returncode == 0:
-            break
-        if time.monotonic() > deadline:
-            server.stop()
-            raise PostgresStartFailed(f"PostgreSQL did not accept connections on port {port} within {wait_s:.0f} s; "
-                                      f"log {log_path} ends:\n{_tail(log_path)}")
-        time.sleep(0.05)
+    def accepting() -> bool:
+        command = [str(POSTGRES_BIN / "pg_isready"), "-h", server.host, "-p", str(port), "-q"]
+        return subprocess.run(command, check=False).returncode == 0
+
+    try:
+        wait_until_ready(process, accepting, wait_s, what=f"PostgreSQL on port {port} (log {log_path})",
+                         log_tail=lambda: _tail(log_path), error=PostgresStartFailed)
+    except PostgresStartFailed:
+        server.stop()
+        raise
     server.started_in_s = time.monotonic() - started
     return server
 

@@ -23,14 +23,12 @@ import subprocess
 import sys
 import sysconfig
 import time
-import urllib.error
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from neuroflow.core.config import DEFAULT_MODEL_REPOSITORY, REPOSITORY_ROOT
-from neuroflow.devtools.ports import free_loopback_port, wait_until_ports_free
+from neuroflow.devtools.ports import free_loopback_port, http_ok, wait_until_ports_free, wait_until_ready
 
 PYTRITON_VERSION = "0.7.0"  # bundles Triton Inference Server 2.51.0
 SITE_PACKAGES_VARIABLE = "NEUROFLOW_TRITON_SITE_PACKAGES"
@@ -208,22 +206,9 @@ def start_triton(
 
 
 def _wait_until_ready(server: TritonProcess, wait_s: float) -> None:
-    deadline = time.monotonic() + wait_s
     url = f"http://{server.http_url}/v2/health/ready"
-    while True:
-        if server.process.poll() is not None:
-            raise TritonStartFailed(f"tritonserver exited with status {server.process.returncode} while starting; "
-                                    f"its log ({server.log_path}) ends:\n{server.log_tail()}")
-        try:
-            with urllib.request.urlopen(url, timeout=1.0) as answer:
-                if answer.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        if time.monotonic() > deadline:
-            raise TritonStartFailed(f"tritonserver was not ready on {url} within {wait_s:.0f} s; "
-                                    f"its log ({server.log_path}) ends:\n{server.log_tail()}")
-        time.sleep(0.1)
+    wait_until_ready(server.process, lambda: http_ok(url), wait_s, what=f"tritonserver ({url}, log {server.log_path})",
+                     log_tail=server.log_tail, error=TritonStartFailed, interval_s=0.1)
 
 
 def start_stack_triton(folder: Path, models: Path, *, intra_op_threads: int = 1) -> TritonProcess:
