@@ -13,7 +13,6 @@ import base64
 import json
 import os
 import secrets
-import signal
 import subprocess
 import time
 from collections.abc import Mapping
@@ -22,7 +21,7 @@ from pathlib import Path
 from string import Template
 
 from neuroflow.core.orthanc import DicomModality, OrthancEndpoint
-from neuroflow.devtools.ports import free_loopback_port, http_ok, wait_until_ports_free, wait_until_ready
+from neuroflow.devtools.ports import ChildServer, free_loopback_port, http_ok, wait_until_ready
 
 ORTHANC_BINARY = Path("/usr/sbin/Orthanc")
 # Installed by the Debian package orthanc-dicomweb (dpkg -L orthanc-dicomweb).
@@ -35,7 +34,7 @@ class OrthancStartFailed(RuntimeError):
 
 
 @dataclass
-class OrthancProcess:
+class OrthancProcess(ChildServer):
     """A running Orthanc: where to reach it, and how to stop it."""
 
     name: str
@@ -47,31 +46,10 @@ class OrthancProcess:
     started_in_s: float  # from launch until /system answered
     modalities: dict[str, DicomModality] = field(default_factory=dict)
 
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def running(self) -> bool:
-        return self.process.poll() is None
-
     def stop(self, timeout_s: float = 20.0) -> None:
         """SIGTERM by PID (SIGKILL after ``timeout_s``), then wait until both ports are free.
         Stopping a stopped server does nothing."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout_s)
-        wait_until_ports_free([self.endpoint.http_port, self.endpoint.dicom_port], timeout_s,
-                              f"Orthanc {self.name}")
-
-    def log_tail(self, lines: int = 30) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        self._stop_process([self.endpoint.http_port, self.endpoint.dicom_port], timeout_s, f"Orthanc {self.name}")
 
 
 def start_orthanc(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 
 def free_loopback_port() -> int:
@@ -36,6 +38,41 @@ def wait_until_ports_free(ports: list[int], timeout_s: float, what: str) -> None
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what}: ports {busy} still in use {timeout_s:.0f} s after stopping")
         time.sleep(0.05)
+
+
+class ChildServer:
+    """What every server we start as a child process has (a mixin for dataclasses with ``process`` and
+    ``log_path``): its PID, whether it runs, a stop by PID that waits until its ports are free, and the
+    end of its log for error messages."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def _stop_process(self, ports: list[int], timeout_s: float, what: str,
+                      stop_signal: signal.Signals = signal.SIGTERM) -> None:
+        """``stop_signal`` by PID (SIGKILL after ``timeout_s``), then wait until ``ports`` are free.
+        Stopping a stopped server does nothing."""
+        if self.process.poll() is None:
+            self.process.send_signal(stop_signal)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout_s)
+        wait_until_ports_free(ports, timeout_s, what)
+
+    def log_tail(self, lines: int = 30) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def http_ok(url: str, headers: Mapping[str, str] | None = None) -> bool:

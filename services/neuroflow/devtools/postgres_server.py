@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from neuroflow.devtools.ports import free_loopback_port, wait_until_ports_free, wait_until_ready
+from neuroflow.devtools.ports import ChildServer, free_loopback_port, wait_until_ready
 
 POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
 SUPERUSER = "neuroflow"
@@ -28,7 +28,7 @@ class PostgresStartFailed(RuntimeError):
 
 
 @dataclass
-class PostgresProcess:
+class PostgresProcess(ChildServer):
     data_dir: Path
     port: int
     log_path: Path
@@ -40,10 +40,6 @@ class PostgresProcess:
     def dsn(self, database: str = "postgres") -> str:
         """A libpq connection string for ``database`` on this server."""
         return f"host={self.host} port={self.port} user={self.user} dbname={database} connect_timeout=5"
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
 
     def create_database(self, name: str) -> str:
         """Create database ``name`` (letters, digits, underscores) and return its DSN."""
@@ -58,14 +54,7 @@ class PostgresProcess:
     def stop(self, timeout_s: float = 30.0) -> None:
         """Fast shutdown by PID (SIGINT: open sessions are ended, data is flushed), SIGKILL after
         ``timeout_s``; returns once the port is free. Stopping a stopped server does nothing."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout_s)
-        wait_until_ports_free([self.port], timeout_s, "PostgreSQL")
+        self._stop_process([self.port], timeout_s, "PostgreSQL", signal.SIGINT)
 
 
 def start_postgres(data_dir: Path, port: int | None = None, *, wait_s: float = 30.0) -> PostgresProcess:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from neuroflow.core.config import DEFAULT_MODEL_REPOSITORY, REPOSITORY_ROOT
-from neuroflow.devtools.ports import free_loopback_port, http_ok, wait_until_ports_free, wait_until_ready
+from neuroflow.devtools.ports import ChildServer, free_loopback_port, http_ok, wait_until_ports_free, wait_until_ready
 
 PYTRITON_VERSION = "0.7.0"  # bundles Triton Inference Server 2.51.0
 SITE_PACKAGES_VARIABLE = "NEUROFLOW_TRITON_SITE_PACKAGES"
@@ -116,7 +116,7 @@ def server_environment() -> dict[str, str]:
 
 
 @dataclass
-class TritonProcess:
+class TritonProcess(ChildServer):
     """A running tritonserver: where to reach it and how to stop it."""
 
     repository: Path
@@ -135,29 +135,9 @@ class TritonProcess:
     def http_url(self) -> str:
         return f"127.0.0.1:{self.http_port}"
 
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def running(self) -> bool:
-        return self.process.poll() is None
-
     def stop(self, timeout_s: float = 20.0) -> None:
         """SIGTERM by PID (SIGKILL after ``timeout_s``), then wait until its ports are free. Idempotent."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout_s)
-        wait_until_ports_free([self.grpc_port, self.http_port, self.metrics_port], timeout_s, "tritonserver")
-
-    def log_tail(self, lines: int = 30) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        self._stop_process([self.grpc_port, self.http_port, self.metrics_port], timeout_s, "tritonserver")
 
 
 def start_triton(
