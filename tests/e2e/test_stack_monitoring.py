@@ -21,6 +21,8 @@ import pytest
 from neuroflow.devtools import stack
 from neuroflow.devtools.monitoring_servers import WebhookReceiver
 from neuroflow.devtools.ports import port_is_listening
+from tests.servers import prometheus_api
+from tests.servers.prometheus_api import query
 
 WAIT_S = 90.0
 
@@ -44,18 +46,8 @@ def monitored_stack(webhook: WebhookReceiver) -> Iterator[dict[str, Any]]:
     assert not [p for p in ports if port_is_listening(p)], "stack down left ports open"
 
 
-def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
-    with urllib.request.urlopen(f"{prometheus}/api/v1/query?query={urllib.parse.quote(expr)}", timeout=5) as answer:
-        result: list[dict[str, Any]] = json.load(answer)["data"]["result"]
-        return result
-
-
 def wait_until(what: str, check: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {WAIT_S:g} s: {what}")
-        time.sleep(0.5)
+    prometheus_api.wait_until(what, check, WAIT_S, interval_s=0.5)
 
 
 def value_is(prometheus: str, expr: str, expected: str) -> bool:

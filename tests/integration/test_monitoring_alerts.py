@@ -32,6 +32,7 @@ from neuroflow.devtools.monitoring_servers import (
     stop_pid,
 )
 from neuroflow.devtools.ports import free_loopback_port, port_is_listening
+from tests.servers import prometheus_api
 
 WAIT_S = 60.0
 
@@ -64,11 +65,7 @@ def serve(service: str, tmp_path: Path, metrics_port: int) -> subprocess.Popen[b
 
 
 def wait_until(what: str, check: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {WAIT_S:g} s: {what}")
-        time.sleep(0.25)
+    prometheus_api.wait_until(what, check, WAIT_S)
 
 
 def prometheus_alerts(prometheus: MonitoringServer) -> list[dict[str, Any]]:
@@ -78,10 +75,7 @@ def prometheus_alerts(prometheus: MonitoringServer) -> list[dict[str, Any]]:
 
 
 def query(prometheus: MonitoringServer, expr: str) -> list[dict[str, Any]]:
-    url = f"{prometheus.url}/api/v1/query?query={urllib.parse.quote(expr)}"
-    with urllib.request.urlopen(url, timeout=5) as answer:
-        result: list[dict[str, Any]] = json.load(answer)["data"]["result"]
-        return result
+    return prometheus_api.query(prometheus.url, expr)
 
 
 def firing_in_prometheus(prometheus: MonitoringServer, name: str, **labels: str) -> bool:
