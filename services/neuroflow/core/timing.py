@@ -34,6 +34,14 @@ class StageClock:
             self.timings[name] = round(self.timings.get(name, 0.0) + elapsed, 3)
         self._say(f"[{number:2d}/{len(self._stages)}] {name} done in {elapsed:.1f} s")
 
+    def credit(self, name: str, seconds: float) -> None:
+        """Count ``seconds`` of work done for stage ``name`` before this clock started (by its caller) in that
+        stage and in the total, so the report still says what the run cost."""
+        if name not in self._stages:
+            raise ValueError(f"unknown stage {name!r}; stages are {self._stages}")
+        self.timings[name] = round(self.timings.get(name, 0.0) + seconds, 3)
+        self._start -= seconds
+
     def note(self, text: str) -> None:
         self._say(f"        {text}")
 

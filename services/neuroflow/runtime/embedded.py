@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.dataset import Dataset
 
 from neuroflow.core.config import GLIOMA_PIPELINE, NeuroflowSettings
-from neuroflow.core.dicom_io import DicomSource, StudyIndex, study_key
+from neuroflow.core.dicom_io import DicomSource, SkippedFile, StudyIndex, study_key
 from neuroflow.core.errors import NeuroflowError, StudyError
 from neuroflow.core.identity import input_hash
 from neuroflow.core.inference import InferenceBackend
@@ -67,13 +68,26 @@ def run_embedded(
     """What ``neuroflow run`` does: on two or more studies of one patient (and no ``study_uid``), the change
     pipelines each consecutive pair qualifies for (``runtime/embedded_longitudinal.py``); otherwise the
     glioma pipeline on the one study (or ``study_uid``), which refuses several studies without a choice."""
-    if study_uid is None:
-        studies, skipped = source.index()
-        if len(studies) > 1 and len(group_by_patient(studies.values())) == 1:
-            from neuroflow.runtime.embedded_longitudinal import run_longitudinal  # its imports only when needed
+    if study_uid is not None:
+        return run_glioma(source, out_dir, settings, backend, study_uid=study_uid, progress=progress)
+    started = time.perf_counter()
+    studies, skipped = source.index()
+    if len(studies) > 1 and len(group_by_patient(studies.values())) == 1:
+        from neuroflow.runtime.embedded_longitudinal import run_longitudinal  # its imports only when needed
 
-            return run_longitudinal(source, studies, skipped, out_dir, settings, backend, progress=progress)
-    return run_glioma(source, out_dir, settings, backend, study_uid=study_uid, progress=progress)
+        return run_longitudinal(source, studies, skipped, out_dir, settings, backend, progress=progress)
+    # Reading every header is the slowest part of "read" on a cold disk: done once, not again for the run.
+    indexed = _Indexed(studies, skipped, time.perf_counter() - started)
+    return run_glioma(source, out_dir, settings, backend, progress=progress, indexed=indexed)
+
+
+@dataclass(frozen=True)
+class _Indexed:
+    """The source's index, already read by the caller, and what reading it took."""
+
+    studies: dict[str, StudyIndex]
+    skipped: list[SkippedFile]
+    seconds: float
 
 
 def run_glioma(
@@ -84,6 +98,7 @@ def run_glioma(
     *,
     study_uid: str | None = None,
     progress: ProgressSink | None = None,
+    indexed: _Indexed | None = None,
 ) -> StudyReport:
     """Runs the glioma pipeline on one study of ``source`` and writes ``report.json``,
     ``summary.txt`` and, on success, ``seg.dcm`` to ``out_dir``. Never raises for a bad study: the
@@ -94,7 +109,7 @@ def run_glioma(
     clock = StageClock(GLIOMA_STAGES, progress)
     run = _Run(series=[], warnings=[])
     try:
-        report = _run(source, out_dir, settings, backend, study_uid, clock, run)
+        report = _run(source, out_dir, settings, backend, study_uid, clock, run, indexed)
     except NeuroflowError as exc:
         reason = exc.reason if isinstance(exc, StudyError) else str(exc)
         where = f"{clock.current}: " if clock.current else ""
@@ -123,10 +138,15 @@ def _run(
     study_uid: str | None,
     clock: StageClock,
     run: _Run,
+    indexed: _Indexed | None,
 ) -> StudyReport:
     assert run.series is not None and run.warnings is not None
     with clock.stage("read"):
-        studies, skipped = source.index()
+        if indexed is None:
+            studies, skipped = source.index()
+        else:
+            studies, skipped = indexed.studies, indexed.skipped
+            clock.credit("read", indexed.seconds)
         run.warnings.extend(f"skipped {s.path}: {s.reason}" for s in skipped)
         study = _choose_study(studies, study_uid)
         run.study_uid, run.key = study.study_instance_uid, study_key(study.study_instance_uid)
