@@ -1,21 +1,26 @@
 """Workflow state: one record per workflow, i.e. per (study, pipeline, input) — the orchestrator's memory.
 
-Embedded: SQLite. Distributed: PostgreSQL, behind the same interface. The store, not its callers,
-guards the two invariants several workers could otherwise break at once: the same work is created only
-once (idempotency), and a workflow's status only moves along ALLOWED_TRANSITIONS.
+Embedded: SQLite. Distributed: PostgreSQL (core/state_postgres.py), behind the same interface. The store,
+not its callers, guards the two invariants several workers could otherwise break at once: the same work is
+created only once (idempotency), and a workflow's status only moves along ALLOWED_TRANSITIONS. Both
+backends run the same statements, written once in SqlStateStore; each supplies only what differs.
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import math
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from neuroflow.core.errors import NeuroflowError
 
@@ -106,6 +111,7 @@ class WorkflowStateStore(ABC):
 
 
 _SCHEMA_VERSION = 1
+# Written once for every SQL backend: {timestamp} and {real} are the backend's column types.
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
     """CREATE TABLE IF NOT EXISTS workflows (
@@ -116,33 +122,64 @@ _SCHEMA = (
         status      TEXT NOT NULL,
         stage       TEXT,
         detail      TEXT NOT NULL DEFAULT '',
-        created_at  TEXT NOT NULL,
-        updated_at  TEXT NOT NULL,
+        created_at  {timestamp} NOT NULL,
+        updated_at  {timestamp} NOT NULL,
         UNIQUE (study_key, pipeline, input_hash)
     )""",
     "CREATE INDEX IF NOT EXISTS workflows_status ON workflows (status, created_at)",
     """CREATE TABLE IF NOT EXISTS stage_timings (
         workflow_id TEXT NOT NULL REFERENCES workflows (workflow_id) ON DELETE CASCADE,
         stage       TEXT NOT NULL,
-        seconds     REAL NOT NULL,
+        seconds     {real} NOT NULL,
         PRIMARY KEY (workflow_id, stage)
     )""",
 )
 _COLUMNS = "workflow_id, study_key, pipeline, input_hash, status, stage, detail, created_at, updated_at"
 
 
-class SqliteStateStore(WorkflowStateStore):
-    """SQLite in WAL mode (readers never block the writer). One connection per thread; writes take the
-    database lock up front (BEGIN IMMEDIATE) so a check-then-update cannot interleave with another
-    writer, in this process or another. Timestamps are stored as ISO 8601 UTC text."""
+class _Cursor(Protocol):
+    """What the SQL stores use of a cursor (sqlite3's and psycopg's alike)."""
 
-    def __init__(self, path: Path, busy_timeout_s: float = 30.0) -> None:
-        self._path = path
-        self._timeout = busy_timeout_s
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> builtins.list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class _Connection(Protocol):
+    """What the SQL stores use of a connection (sqlite3's and psycopg 3's alike)."""
+
+    def execute(self, sql: str, parameters: tuple[Any, ...] = ..., /) -> _Cursor: ...
+
+    def close(self) -> None: ...
+
+
+_C = TypeVar("_C", bound=_Connection)
+
+
+class SqlStateStore(WorkflowStateStore, Generic[_C]):
+    """The statements of the SQL backends and their logic, written once. One connection per thread;
+    every write is one transaction. Statements use ``?`` placeholders, which ``_sql`` turns into the
+    backend's (``_ph``, as in neuroflow.core.sql_statements). A backend supplies only what differs:
+    connecting, opening a transaction, the column types, writing and reading timestamps, row and schema
+    locking, and the database's name in error messages."""
+
+    _ph: ClassVar[str] = "?"
+    _timestamp_type: ClassVar[str]  # column type of created_at/updated_at
+    _real_type: ClassVar[str]  # column type of stage_timings.seconds
+    # Appended to set_status's read of the current status. It must keep another writer from changing
+    # the status between that read and the update, unless the transaction already does.
+    _lock_row: ClassVar[str]
+
+    def __init__(self) -> None:
+        """Call last in a backend's __init__, once it can connect: creates the schema or checks it."""
         self._local = threading.local()
-        self._connections: builtins.list[sqlite3.Connection] = []
+        self._connections: builtins.list[_C] = []
         self._connections_lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._migrate()
         except BaseException:
@@ -150,11 +187,11 @@ class SqliteStateStore(WorkflowStateStore):
             raise
 
     def create(self, workflow_id: str, study_key: str, pipeline: str, input_hash: str) -> bool:
-        now = _now()
-        with self._write() as db:
+        now = self._now()
+        with self._transaction() as db:
             cursor = db.execute(
-                f"INSERT INTO workflows ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL, '', ?, ?) "
-                "ON CONFLICT DO NOTHING",
+                self._sql(f"INSERT INTO workflows ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL, '', ?, ?) "
+                          "ON CONFLICT DO NOTHING"),
                 (workflow_id, study_key, pipeline, input_hash, WorkflowStatus.PENDING.value, now, now),
             )
             return cursor.rowcount == 1
@@ -167,8 +204,9 @@ class SqliteStateStore(WorkflowStateStore):
         self, workflow_id: str, status: WorkflowStatus, *, stage: str | None, detail: str = ""
     ) -> None:
         status = WorkflowStatus(status)
-        with self._write() as db:
-            row = db.execute("SELECT status FROM workflows WHERE workflow_id = ?", (workflow_id,)).fetchone()
+        with self._transaction() as db:
+            row = db.execute(self._sql(f"SELECT status FROM workflows WHERE workflow_id = ?{self._lock_row}"),
+                             (workflow_id,)).fetchone()
             if row is None:
                 raise WorkflowNotFound(f"no workflow {workflow_id!r}")
             current = WorkflowStatus(row[0])
@@ -176,22 +214,22 @@ class SqliteStateStore(WorkflowStateStore):
                 raise InvalidTransition(f"workflow {workflow_id}: cannot go from {current} to {status} "
                                         f"(allowed: {sorted(ALLOWED_TRANSITIONS[current]) or 'none'})")
             db.execute(
-                "UPDATE workflows SET status = ?, stage = ?, detail = ?, updated_at = ? "
-                "WHERE workflow_id = ?",
-                (status.value, stage, detail, _now(), workflow_id),
+                self._sql("UPDATE workflows SET status = ?, stage = ?, detail = ?, updated_at = ? "
+                          "WHERE workflow_id = ?"),
+                (status.value, stage, detail, self._now(), workflow_id),
             )
 
     def record_stage_timing(self, workflow_id: str, stage: str, seconds: float) -> None:
         if not (math.isfinite(seconds) and seconds >= 0):
             raise ValueError(f"workflow {workflow_id} stage {stage}: "
                              f"duration must be finite and >= 0, not {seconds}")
-        with self._write() as db:
-            cursor = db.execute("UPDATE workflows SET updated_at = ? WHERE workflow_id = ?",
-                                (_now(), workflow_id))
+        with self._transaction() as db:
+            cursor = db.execute(self._sql("UPDATE workflows SET updated_at = ? WHERE workflow_id = ?"),
+                                (self._now(), workflow_id))
             if cursor.rowcount == 0:
                 raise WorkflowNotFound(f"no workflow {workflow_id!r}")
-            db.execute("INSERT INTO stage_timings (workflow_id, stage, seconds) VALUES (?, ?, ?) "
-                       "ON CONFLICT (workflow_id, stage) DO UPDATE SET seconds = excluded.seconds",
+            db.execute(self._sql("INSERT INTO stage_timings (workflow_id, stage, seconds) VALUES (?, ?, ?) "
+                                 "ON CONFLICT (workflow_id, stage) DO UPDATE SET seconds = excluded.seconds"),
                        (workflow_id, stage, float(seconds)))
 
     def list(self, status: WorkflowStatus | None = None) -> builtins.list[WorkflowRecord]:
@@ -211,71 +249,128 @@ class SqliteStateStore(WorkflowStateStore):
             self._connections.clear()
         self._local = threading.local()
 
+    # -- what a backend supplies ---------------------------------------------------------------------
+
+    @abstractmethod
+    def _connect(self) -> _C:
+        """A new connection, for the calling thread."""
+
+    @abstractmethod
+    def _transaction(self) -> AbstractContextManager[_C]:
+        """A ``with`` block around one transaction on this thread's connection (rolled back on an
+        exception); it gives the connection."""
+
+    @abstractmethod
+    def _now(self) -> object:
+        """The current UTC time, as this backend stores a timestamp."""
+
+    @abstractmethod
+    def _read_time(self, value: Any) -> datetime:
+        """A stored timestamp, back as a timezone-aware UTC datetime."""
+
+    @abstractmethod
+    def _name(self) -> str:
+        """The database, for error messages (never with a password)."""
+
+    def _lock_schema(self, db: _C) -> None:
+        """Inside the migration's transaction: serialise schema creation by processes starting at once.
+        Nothing by default, for a backend whose write transactions already exclude each other."""
+
+    def _is_closed(self, connection: _C) -> bool:
+        """Whether this thread's connection is unusable, to be replaced by a new one."""
+        return False
+
     # -- internals -----------------------------------------------------------------------------------
 
-    def _connection(self) -> sqlite3.Connection:
-        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
-        if connection is None:
-            # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE below), never implicit.
-            connection = sqlite3.connect(self._path, timeout=self._timeout, isolation_level=None,
-                                         check_same_thread=False)
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA foreign_keys=ON")
-            connection.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL keeps it consistent
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", self._ph)
+
+    def _connection(self) -> _C:
+        connection: _C | None = getattr(self._local, "connection", None)
+        if connection is None or self._is_closed(connection):
+            connection = self._connect()
             self._local.connection = connection
             with self._connections_lock:
                 self._connections.append(connection)
         return connection
 
-    def _write(self) -> _Transaction:
-        return _Transaction(self._connection())
-
     def _migrate(self) -> None:
-        with self._write() as db:
+        with self._transaction() as db:
+            self._lock_schema(db)
             for statement in _SCHEMA:
-                db.execute(statement)
+                db.execute(statement.format(timestamp=self._timestamp_type, real=self._real_type))
             row = db.execute("SELECT MAX(version) FROM schema_version").fetchone()
-            found = row[0]
+            found = row[0] if row else None
             if found is None:
-                db.execute("INSERT INTO schema_version (version) VALUES (?)", (_SCHEMA_VERSION,))
+                db.execute(self._sql("INSERT INTO schema_version (version) VALUES (?)"), (_SCHEMA_VERSION,))
             elif found > _SCHEMA_VERSION:
-                raise NeuroflowError(f"state database {self._path} has schema version {found}, newer than "
+                raise NeuroflowError(f"state database {self._name()} has schema version {found}, newer than "
                                      f"this neuroflow understands ({_SCHEMA_VERSION}): upgrade neuroflow")
 
     def _select(self, where: str, parameters: tuple[str, ...]) -> builtins.list[WorkflowRecord]:
         db = self._connection()
-        rows = db.execute(f"SELECT {_COLUMNS} FROM workflows {where} ORDER BY created_at, workflow_id",
+        rows = db.execute(self._sql(f"SELECT {_COLUMNS} FROM workflows {where} ORDER BY created_at, workflow_id"),
                           parameters).fetchall()
         if not rows:
             return []
-        ids = [r[0] for r in rows]
-        timings: dict[str, dict[str, float]] = {i: {} for i in ids}
-        placeholders = ",".join("?" * len(ids))
-        query = f"SELECT workflow_id, stage, seconds FROM stage_timings WHERE workflow_id IN ({placeholders})"
-        for workflow_id, stage, seconds in db.execute(query, ids):
-            timings[workflow_id][stage] = seconds
+        timings: dict[str, dict[str, float]] = {r[0]: {} for r in rows}
+        # The same filter as a subquery, not a list of ids: no limit on the number of placeholders.
+        query = ("SELECT workflow_id, stage, seconds FROM stage_timings "
+                 f"WHERE workflow_id IN (SELECT workflow_id FROM workflows {where})")
+        for workflow_id, stage, seconds in db.execute(self._sql(query), parameters):
+            if workflow_id in timings:  # not one created since the first read
+                timings[workflow_id][stage] = seconds
         return [
             WorkflowRecord(workflow_id=r[0], study_key=r[1], pipeline=r[2], input_hash=r[3],
                            status=WorkflowStatus(r[4]), stage=r[5], detail=r[6],
-                           created_at=datetime.fromisoformat(r[7]), updated_at=datetime.fromisoformat(r[8]),
+                           created_at=self._read_time(r[7]), updated_at=self._read_time(r[8]),
                            stage_seconds=timings[r[0]])
             for r in rows
         ]
 
 
-class _Transaction:
-    """``with`` block around BEGIN IMMEDIATE ... COMMIT (ROLLBACK on an exception)."""
+class SqliteStateStore(SqlStateStore[sqlite3.Connection]):
+    """SQLite in WAL mode (readers never block the writer). One connection per thread; writes take the
+    database lock up front (BEGIN IMMEDIATE) so a check-then-update cannot interleave with another
+    writer, in this process or another. Timestamps are stored as ISO 8601 UTC text."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
-        self._db = connection
+    _timestamp_type = "TEXT"
+    _real_type = "REAL"
+    _lock_row = ""  # BEGIN IMMEDIATE already holds the database's write lock until COMMIT
 
-    def __enter__(self) -> sqlite3.Connection:
-        self._db.execute("BEGIN IMMEDIATE")
-        return self._db
+    def __init__(self, path: Path, busy_timeout_s: float = 30.0) -> None:
+        self._path = path
+        self._timeout = busy_timeout_s
+        path.parent.mkdir(parents=True, exist_ok=True)
+        super().__init__()
 
-    def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE below), never implicit.
+        connection = sqlite3.connect(self._path, timeout=self._timeout, isolation_level=None,
+                                     check_same_thread=False)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA foreign_keys=ON")
+        connection.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL keeps it consistent
+        return connection
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on an exception). Taking the write lock at BEGIN, not at
+        the first write, also serialises the schema's creation by processes starting at once."""
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
+    def _now(self) -> str:
+        return datetime.now(UTC).isoformat(timespec="microseconds")
+
+    def _read_time(self, value: str) -> datetime:
+        return datetime.fromisoformat(value)
+
+    def _name(self) -> str:
+        return str(self._path)
