@@ -8,9 +8,14 @@ fed by the stage timings measured in BENCHMARKS.md (`make bench`), so the plan m
 What one study does (distributed runtime, one site): the last instance arrives; the wait window passes; ingest
 triggers (measured trigger latency); a preprocess worker prepares the volumes; a segmentation worker runs the
 model on a GPU of the shared tier (it holds its worker slot while it waits for the GPU) and post-processes;
-a results worker writes and stores the objects. Every pool is first come, first served. Service times vary
-around the measured median (log-normal). End to end is last instance to results stored, as the
-NeuroflowEndToEndSlow alert measures it, and the target is the p95 of the studies arriving in the peak hour.
+a results worker writes and stores the objects. A study whose patient has a prior (a share of them) also
+qualifies for a change pipeline (ms_change, haematoma_change, tumour_growth): its own workflow, triggered by the
+same StudyReady and run in parallel, with a single longitudinal stage in the site's longitudinal worker, which
+does the whole pair (registration, bias correction, skull strip, comparison) on CPU and stores its result.
+Every pool is first come, first served. Service times vary around the measured median (log-normal). End to end
+is last instance to the study's last result stored (glioma results or change result, whichever is later): at
+least as long as what neuroflow_end_to_end_seconds (the NeuroflowEndToEndLatencyHigh alert) measures per
+pipeline. The target is the p95 of the studies arriving in the peak hour.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import re
 import sys
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from neuroflow.core.config import IngestSettings, MonitorSettings
@@ -39,6 +44,10 @@ SERVICE_SIGMA = 0.3
 BUSY_FACTOR = 5.0
 BUSY_PEAK_SHARE = 0.25
 BUSY_TARGET_S = 240.0
+# Studies whose patient has a prior, so that a change pipeline runs too; of those change jobs, the CT
+# haematoma pairs (the rest are MR pairs: MS, or tumour growth, counted at the MS pair time).
+CHANGE_SHARE = 0.3
+HAEMATOMA_SHARE = 0.2
 
 
 class BenchmarksError(ValueError):
@@ -54,6 +63,8 @@ class StageTimings:
     segmentation_s: float  # inside the segmentation worker, model inference included
     inference_s: float  # the model's share of segmentation (embedded "segment" step, CPU)
     results_s: float  # inside the results worker
+    ms_pair_s: float  # one MS change pair in the longitudinal worker, registration to result (CPU)
+    haematoma_pair_s: float  # one CT haematoma pair in the longitudinal worker (CPU)
 
 
 def _figure(text: str, pattern: str, what: str) -> float:
@@ -72,6 +83,11 @@ def read_timings(text: str) -> StageTimings:
         segmentation_s=_figure(text, workers + r".*?segmentation (\d+(?:\.\d+)?)", "segmentation worker time"),
         inference_s=_figure(text, r"\| segment \|\s*([\d.]+)\s*\|", "embedded 'segment' step time"),
         results_s=_figure(text, workers + r".*?results (\d+(?:\.\d+)?)", "results worker time"),
+        # Both longitudinal tables have a "| time per pair" row: the MS one says "registration to result".
+        ms_pair_s=_figure(text, r"\| time per pair, registration to result, median \|\s*([\d.]+) s\s*\|",
+                          "MS change time per pair (longitudinal bench)"),
+        haematoma_pair_s=_figure(text, r"\| time per pair, median \|\s*([\d.]+) s\s*\|",
+                                 "haematoma change time per pair (longitudinal bench)"),
     )
 
 
@@ -85,6 +101,8 @@ class Scenario:
     wait_window_s: float
     target_s: float
     gpu_speedup: float  # GPU inference time = the measured CPU inference time / this
+    change_share: float = CHANGE_SHARE  # fraction of studies that also run a change pipeline (a prior exists)
+    haematoma_share: float = HAEMATOMA_SHARE  # fraction of those change jobs that are CT haematoma pairs
 
 
 @dataclass
@@ -121,6 +139,7 @@ class Plan:
     preprocess: int  # workers per site
     segmentation: int
     results: int
+    longitudinal: int  # per site, the change pipelines' single stage
     gpus: int  # in the shared tier
 
 
@@ -171,7 +190,8 @@ def simulate(scenario: Scenario, timings: StageTimings, plan: Plan, seed: int = 
     seg_cpu_s = max(timings.segmentation_s - timings.inference_s, 0.0)
     gpus = Pool(plan.gpus)
     sites = [{"preprocess": Pool(plan.preprocess), "segmentation": Pool(plan.segmentation),
-              "results": Pool(plan.results)} for _ in range(scenario.sites)]
+              "results": Pool(plan.results), "longitudinal": Pool(plan.longitudinal)}
+             for _ in range(scenario.sites)]
     peak = (scenario.peak_hour * 3600.0, (scenario.peak_hour + 1) * 3600.0)
     end_to_end: list[float] = []
 
@@ -183,8 +203,19 @@ def simulate(scenario: Scenario, timings: StageTimings, plan: Plan, seed: int = 
         return step
 
     def study(site: dict[str, Pool], arrived: float) -> None:
+        # Whether the patient has a prior (a change pipeline runs too) and which kind of pair. No draw at all
+        # without change jobs, so that change_share 0 is the glioma-only model, random stream included.
+        change_s: float | None = None  # the pair's median time, if the study has a change job
+        if scenario.change_share > 0 and rng.random() < scenario.change_share:
+            haematoma = rng.random() < scenario.haematoma_share
+            change_s = timings.haematoma_pair_s if haematoma else timings.ms_pair_s
+        pending = 1 if change_s is None else 2  # workflows still to store their results
+
         def done(now: float) -> None:
-            if peak[0] <= arrived < peak[1]:
+            """One workflow stored its results; the study is done when the last one has."""
+            nonlocal pending
+            pending -= 1
+            if pending == 0 and peak[0] <= arrived < peak[1]:
                 end_to_end.append(now - arrived)
 
         def results(now: float) -> None:
@@ -207,8 +238,15 @@ def simulate(scenario: Scenario, timings: StageTimings, plan: Plan, seed: int = 
             at(now + service(timings.preprocess_s), hand_on(site["preprocess"],
                                                             lambda t: site["segmentation"].request(t, segmentation)))
 
+        def longitudinal(now: float) -> None:
+            assert change_s is not None
+            at(now + service(change_s), hand_on(site["longitudinal"], done))
+
         ready = arrived + scenario.wait_window_s + timings.trigger_latency_s
         at(ready, lambda t: site["preprocess"].request(t, preprocess))
+        if change_s is not None:
+            # The same StudyReady triggers the change workflow, in parallel with the glioma one.
+            at(ready, lambda t: site["longitudinal"].request(t, longitudinal))
 
     for site in sites:
         for arrived in arrival_times(scenario, rng):
@@ -219,7 +257,8 @@ def simulate(scenario: Scenario, timings: StageTimings, plan: Plan, seed: int = 
     if not end_to_end:
         raise ValueError(f"no study arrived in the peak hour of {scenario}: raise the daily volume")
     end_to_end.sort()
-    waits = {kind: sum(s[kind].waited_s for s in sites) for kind in ("preprocess", "segmentation", "results")}
+    waits = {kind: sum(s[kind].waited_s for s in sites)
+             for kind in ("preprocess", "segmentation", "results", "longitudinal")}
     waits["gpu"] = gpus.waited_s
     return Outcome(plan, end_to_end[min(len(end_to_end) - 1, math.ceil(0.95 * len(end_to_end)) - 1)],
                    end_to_end[len(end_to_end) // 2], len(end_to_end), gpus.busy_s / (plan.gpus * 3600.0), waits)
@@ -231,29 +270,32 @@ def smallest_plan(scenario: Scenario, timings: StageTimings, *, max_steps: int =
     per_site_peak = scenario.studies_per_site_day * scenario.peak_hour_share / 3600.0  # studies per second
     gpu_s = timings.inference_s / scenario.gpu_speedup
     seg_hold_s = timings.segmentation_s - timings.inference_s + gpu_s
-    plan = Plan(preprocess=math.ceil(per_site_peak * timings.preprocess_s),
-                segmentation=math.ceil(per_site_peak * seg_hold_s),
-                results=math.ceil(per_site_peak * timings.results_s),
-                gpus=math.ceil(per_site_peak * scenario.sites * gpu_s))
-    plan = Plan(*(max(1, n) for n in (plan.preprocess, plan.segmentation, plan.results, plan.gpus)))
+    pair_s = ((1 - scenario.haematoma_share) * timings.ms_pair_s
+              + scenario.haematoma_share * timings.haematoma_pair_s)
+    plan = Plan(preprocess=max(1, math.ceil(per_site_peak * timings.preprocess_s)),
+                segmentation=max(1, math.ceil(per_site_peak * seg_hold_s)),
+                results=max(1, math.ceil(per_site_peak * timings.results_s)),
+                longitudinal=max(1, math.ceil(per_site_peak * scenario.change_share * pair_s)),
+                gpus=max(1, math.ceil(per_site_peak * scenario.sites * gpu_s)))
+    # Per-site pools are added at every site: compare their waits per added server.
+    costs = {"preprocess": scenario.sites, "segmentation": scenario.sites, "results": scenario.sites,
+             "longitudinal": scenario.sites, "gpu": 1}
     for _ in range(max_steps):
         outcome = simulate(scenario, timings, plan)
         if outcome.p95_s <= scenario.target_s:
             return outcome
-        # Per-site pools are added at every site: compare their waits per added server.
-        costs = {"preprocess": scenario.sites, "segmentation": scenario.sites, "results": scenario.sites, "gpu": 1}
         worst = max(outcome.waits_s, key=lambda kind: outcome.waits_s[kind] / costs[kind])
-        plan = Plan(**{**plan.__dict__, ("gpus" if worst == "gpu" else worst):
-                       getattr(plan, "gpus" if worst == "gpu" else worst) + 1})
+        name = "gpus" if worst == "gpu" else worst
+        plan = replace(plan, **{name: getattr(plan, name) + 1})
     raise RuntimeError(f"no plan meets {scenario.target_s:.0f} s within {max_steps} steps for {scenario}")
 
 
 def table(scenario: Scenario, timings: StageTimings, site_counts: Sequence[int]) -> str:
     lines = [
         "| sites | studies/day (all sites) | peak studies/h (all sites) | preprocess workers per site "
-        "| segmentation workers per site | results workers per site | GPUs (shared) | GPU busy in the peak hour "
-        "| peak-hour end to end median s | peak-hour end to end p95 s |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| segmentation workers per site | results workers per site | longitudinal workers per site "
+        "| GPUs (shared) | GPU busy in the peak hour | peak-hour end to end median s | peak-hour end to end p95 s |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for sites in site_counts:
         case = Scenario(**{**scenario.__dict__, "sites": sites})
@@ -262,7 +304,8 @@ def table(scenario: Scenario, timings: StageTimings, site_counts: Sequence[int])
         lines.append(
             f"| {sites} | {sites * case.studies_per_site_day:.0f} "
             f"| {sites * case.studies_per_site_day * case.peak_hour_share:.0f} | {plan.preprocess} "
-            f"| {plan.segmentation} | {plan.results} | {plan.gpus} | {outcome.gpu_busy_peak:.1%} "
+            f"| {plan.segmentation} | {plan.results} | {plan.longitudinal} | {plan.gpus} "
+            f"| {outcome.gpu_busy_peak:.1%} "
             f"| {outcome.median_s:.0f} | {outcome.p95_s:.0f} |")
     return "\n".join(lines)
 
@@ -274,20 +317,33 @@ def report(scenarios: Sequence[Scenario], timings: StageTimings, site_counts: Se
     return "\n".join([
         *lines,
         "The end-to-end time is dominated by the wait window, which no worker count shortens; the workers and "
-        "GPUs only have to keep the queues short at the peak. Longitudinal (change) pipelines are not in the "
-        "model: no timing of theirs is in this file yet. A site runs at least one worker per stage; two for "
-        "availability is a deployment choice (helm minReplicas), not a capacity need.",
+        f"GPUs only have to keep the queues short at the peak. {_change_line(timings)} A site runs at least "
+        "one worker per stage; two for availability is a deployment choice (helm minReplicas), not a capacity "
+        "need.",
         "",
         "Reproduce: `.venv/bin/python scripts/capacity_model.py --out BENCHMARKS.md` (also run by `make bench`).",
         "",
     ])
 
 
+def _change_line(timings: StageTimings) -> str:
+    """How the change pipeline, run in parallel with the glioma chain, bears on a study's end to end."""
+    pair_s = max(timings.ms_pair_s, timings.haematoma_pair_s)
+    chain_s = timings.preprocess_s + timings.segmentation_s + timings.results_s
+    if pair_s < chain_s:
+        return (f"A study with a prior runs its change pipeline in parallel with the glioma chain; the longer "
+                f"pair ({pair_s} s) is shorter than that chain ({chain_s:.1f} s of work), so the change job "
+                f"lengthens the study's end to end only when the longitudinal workers queue.")
+    return (f"A study with a prior runs its change pipeline in parallel with the glioma chain; the longer pair "
+            f"({pair_s} s) outlasts that chain ({chain_s:.1f} s of work), so such studies end with their "
+            f"change result.")
+
+
 def _scenario_line(scenario: Scenario) -> str:
     return (f"**{scenario.studies_per_site_day:.0f} studies a day per site**, {scenario.peak_hour_share:.0%} of "
             f"them in the peak hour ({scenario.peak_hour}:00), the rest evenly over {scenario.working_hours[0]}:00-"
             f"{scenario.working_hours[1]}:00; wait window {scenario.wait_window_s:.0f} s; target: p95 of the peak "
-            f"hour's studies from last instance to results stored under **{scenario.target_s:.0f} s**.")
+            f"hour's studies from last instance to their last result stored under **{scenario.target_s:.0f} s**.")
 
 
 def _inputs(scenario: Scenario, timings: StageTimings) -> str:
@@ -298,6 +354,13 @@ def _inputs(scenario: Scenario, timings: StageTimings) -> str:
         f"{timings.inference_s} s on CPU), results {timings.results_s} s. GPU inference time is the CPU figure "
         f"divided by {scenario.gpu_speedup:g}: an ASSUMPTION, not a measurement (no GPU run is in this file yet); "
         f"rerun with `--gpu-speedup` once one is. A segmentation worker holds its slot while it waits for a GPU.",
+        f"Change pipelines (from the longitudinal bench): MS pair {timings.ms_pair_s} s, haematoma pair "
+        f"{timings.haematoma_pair_s} s, registration to result; tumour_growth has no timing of its own and is "
+        f"counted at the MS pair time. {scenario.change_share:.0%} of studies have a prior and also run a change "
+        f"pipeline (`--change-share`), {scenario.haematoma_share:.0%} of those are CT haematoma pairs "
+        f"(`--haematoma-share`). The change job runs entirely in the site's longitudinal worker on CPU "
+        f"(registration, N4 and the skull-strip network all measured on CPU): "
+        f"pessimistic, since the skull-strip inference would go to the GPU tier.",
     ])
 
 
@@ -307,7 +370,8 @@ def write_section(path: Path, section: str) -> None:
     start = text.find(SECTION)
     if start >= 0:
         following = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + (text[following + 1:] if following >= 0 else "")
+        # A blank line before the next section, as in the rest of the file.
+        text = text[:start] + (section.rstrip("\n") + "\n\n" + text[following + 1:] if following >= 0 else section)
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text)
@@ -321,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--studies-per-site-day", type=float, default=80.0)
     parser.add_argument("--peak-hour-share", type=float, default=0.15)
     parser.add_argument("--gpu-speedup", type=float, default=10.0)
+    parser.add_argument("--change-share", type=float, default=CHANGE_SHARE,
+                        help="fraction of studies that also run a change pipeline (the patient has a prior)")
+    parser.add_argument("--haematoma-share", type=float, default=HAEMATOMA_SHARE,
+                        help="fraction of the change jobs that are CT haematoma pairs rather than MS pairs")
     parser.add_argument("--target-s", type=float, default=MonitorSettings().end_to_end_target_s)
     parser.add_argument("--wait-window-s", type=float, default=IngestSettings().wait_window_s)
     args = parser.parse_args(argv)
@@ -331,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     typical = Scenario(sites=1, studies_per_site_day=args.studies_per_site_day,
                        peak_hour_share=args.peak_hour_share, working_hours=(7, 19), peak_hour=10,
-                       wait_window_s=args.wait_window_s, target_s=args.target_s, gpu_speedup=args.gpu_speedup)
+                       wait_window_s=args.wait_window_s, target_s=args.target_s, gpu_speedup=args.gpu_speedup,
+                       change_share=args.change_share, haematoma_share=args.haematoma_share)
     # A large centre with a tight promise: where worker and GPU counts start to matter.
     busy = Scenario(**{**typical.__dict__, "studies_per_site_day": args.studies_per_site_day * BUSY_FACTOR,
                        "peak_hour_share": BUSY_PEAK_SHARE, "target_s": BUSY_TARGET_S})
