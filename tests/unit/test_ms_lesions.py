@@ -54,6 +54,13 @@ def test_small_bench_finds_every_new_lesion_of_12_mm3_and_more_without_false_pos
     assert big and all(abs(h.volume_error_pct) < 25.0 for h in big)
     assert all(h.volume_error_pct > -25.0 for h in score.hits if h.truth.kind == "new")
     assert all(n.location for n in change.new_lesions)
+    # The lesion that grew is called enlarging and measured by the tissue it gained (100 mm³ here), not by its
+    # whole volume at follow-up (160 mm³); every new lesion is called new.
+    kinds = {n.centroid_mm: n.kind for n in change.new_lesions}
+    grown = [h for h in score.hits if h.truth.kind == "enlarging"]
+    assert grown and all(kinds[h.detection.centroid_mm] == "enlarging" for h in grown)
+    assert all(abs(h.volume_error_pct) < 40.0 for h in grown), [h.detection.volume_mm3 for h in grown]
+    assert all(kinds[h.detection.centroid_mm] == "new" for h in score.hits if h.truth.kind == "new")
     # The label map lies on the follow-up's own grid and marks each found lesion's centre as new.
     assert change.labels.geometry.is_close(pair.followup.geometry)
     inverse = np.linalg.inv(pair.followup.geometry.index_to_patient())

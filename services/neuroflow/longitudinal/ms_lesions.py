@@ -68,6 +68,15 @@ MIN_DIFFERENCE = 0.6
 # ... and only where the follow-up FLAIR itself is hyperintense: this far above the brain's median, in
 # robust spreads of the brain (grey matter sits at about +0.5, lesions at +1.5 to +3.5).
 HYPERINTENSE = 1.2
+# A candidate grows over voxels at least this bright on the follow-up (above white matter), so the
+# partial-volume rim of a small lesion counts towards its volume: at +0.6 the rim was cut off and 12-20 mm³
+# lesions read under the 12 mm³ floor (chosen on bench seeds 1-3, confirmed on seeds 4-6).
+EXTENT_HYPERINTENSE = 0.4
+# The baseline is capped at this level before its brightest neighbour is taken (see _subtraction): tissue
+# growing out of an existing lesion is not cancelled by that lesion. Below grey matter's +0.5 the cap would
+# stop cancelling misregistered cortex; at 1.2 the rim of an enlarging lesion lost its seeds to its own
+# partial-volume edge.
+BASELINE_CAP = 0.9
 # Gaussian smoothing (mm) of both scans before subtraction: noise down, 3 mm lesions kept.
 SMOOTHING_MM = 0.6
 # Brain mask eroded by this (mm) for seeds: the skull-strip edge differs between scans.
@@ -259,15 +268,15 @@ def _subtraction(baseline: FloatArray, followup: FloatArray, brain: BoolArray, g
     difference_sd = _robust_sd(difference[brain])
     # Seeds must also be brighter than the baseline's brightest neighbour (one voxel around): a residual
     # misregistration of up to a voxel at a bright edge (cortex, cerebellar folia) then cancels, while a new
-    # lesion, dark all around at baseline, keeps its contrast. The baseline is capped at the hyperintensity
-    # level first, so tissue growing from an existing lesion (enlarging) is not cancelled by that lesion.
-    beyond_neighbours = follow_s - ndimage.maximum_filter(np.minimum(base_s, HYPERINTENSE), size=3)
+    # lesion, dark all around at baseline, keeps its contrast. The baseline is capped (BASELINE_CAP) first, so
+    # tissue growing from an existing lesion (enlarging) is not cancelled by that lesion.
+    beyond_neighbours = follow_s - ndimage.maximum_filter(np.minimum(base_s, BASELINE_CAP), size=3)
     core = ndimage.binary_erosion(brain, iterations=max(1, round(EDGE_MARGIN_MM / float(spacing_kji.min()))))
     hyper = follow_s > HYPERINTENSE
     seeds = core & hyper & (np.minimum(difference, beyond_neighbours) > max(SEED_DIFFERENCE * difference_sd,
                                                                           MIN_DIFFERENCE))
     extent = brain & (difference > max(EXTENT_DIFFERENCE * difference_sd, MIN_DIFFERENCE / 2.0)) & (
-        follow_s > HYPERINTENSE / 2.0)
+        follow_s > EXTENT_HYPERINTENSE)
     return _candidates(seeds, extent, follow_s, base_s, difference, geometry, difference_sd)
 
 
@@ -287,16 +296,31 @@ def _candidates(seeds: BoolArray, extent: BoolArray, follow_s: FloatArray, base_
     for label in seeded:
         box = _padded(boxes[label - 1], grown.shape, contact + 2)
         local = grown[box] == label
-        d = difference[box]
-        values = d[local]
+        values = difference[box][local]
+        # Enlarging: touching (or taking in) tissue that was already about as bright at baseline as the
+        # candidate is now. A candidate may take in the old lesion where the two scans' lesion intensities
+        # differ a little after matching; only the tissue that was not lesion at baseline is new.
+        baseline_lesion = base_s[box] > max(HYPERINTENSE, 0.6 * float(follow_s[box][local].max()))
+        near = ndimage.binary_dilation(local, iterations=contact)
+        touching = near & baseline_lesion
+        kind: LesionKind = "enlarging" if touching.sum() >= 3 else "new"
         # The lesion's full contrast: the upper quartile of its core (the voxels above half its peak), i.e.
         # its plateau when it has one; a lesion too small for a plateau gets a lower contrast, so its volume
         # errs large rather than small (no true lesion falls under the 12 mm³ limit by partial volume).
         core = values[values >= 0.5 * float(values.max())]
         contrast = float(np.percentile(core, 75.0))
+        counted = np.ones(values.shape, dtype=bool)
+        if kind == "enlarging":
+            counted = ~baseline_lesion[local]
+            normal = near & ~local & ~baseline_lesion
+            if normal.any():
+                # A rim of growth is too thin for a plateau, but its full contrast is known: the old lesion's
+                # brightness now minus the normal tissue's around it before. Without it the rim reads 2x.
+                contrast = max(contrast, float(np.median(follow_s[box][touching]))
+                               - float(np.median(base_s[box][normal])))
         # Partial-volume volume: voxels count by their share of the full contrast, so a soft edge adds what
         # it holds instead of all or nothing (smoothing keeps the sum, so it does not change the volume).
-        weights = np.clip(values / max(contrast, 1e-6), 0.0, 1.0)
+        weights = np.clip(values / max(contrast, 1e-6), 0.0, 1.0) * counted
         volume = float(weights.sum()) * voxel_mm3
         points = np.argwhere(local)
         centroid_kji = (points * weights[:, None]).sum(axis=0) / max(float(weights.sum()), 1e-6)
@@ -304,10 +328,6 @@ def _candidates(seeds: BoolArray, extent: BoolArray, follow_s: FloatArray, base_
         k, j, i = (int(c) for c in centre)
         window = (slice(max(0, k - 1), k + 2), slice(max(0, j - 1), j + 2), slice(max(0, i - 1), i + 2))
         brighter_before = float(base_s[box][window].mean()) > float(follow_s[box][window].mean())
-        # Enlarging: next to tissue that was already about as bright at baseline as the candidate is now.
-        baseline_lesion = base_s[box] > max(HYPERINTENSE, 0.6 * float(follow_s[box][local].max()))
-        touching = ndimage.binary_dilation(local, iterations=contact) & baseline_lesion & ~local
-        kind: LesionKind = "enlarging" if touching.sum() >= 3 else "new"
         p = affine @ np.array([centroid_kji[2] + box[2].start, centroid_kji[1] + box[1].start,
                                centroid_kji[0] + box[0].start, 1.0])
         centroid = (round(float(p[0]), 2), round(float(p[1]), 2), round(float(p[2]), 2))
@@ -317,6 +337,9 @@ def _candidates(seeds: BoolArray, extent: BoolArray, follow_s: FloatArray, base_
             reason = f"smaller than {MIN_LESION_MM3:g} mm³"
         else:
             reason = ""
+        if kind == "enlarging":
+            local = local.copy()
+            local[local] = counted  # the label map marks the added tissue, not the old lesion taken in
         out.append(_Candidate(box, local, centroid, volume, kind, reason))
     return out
 
