@@ -1,6 +1,7 @@
 """New MS lesions by subtraction: a small version of the validation bench on a real brain (the goals of
-issue 6 asserted), the refusals (2D FLAIR with thick slices, no FLAIR), and the lesion-network hook run
-through the real ONNX Runtime backend with a tiny model built here."""
+issue 6 asserted), the refusals (2D FLAIR with thick slices, no FLAIR), the lesion-network hook run
+through the real ONNX Runtime backend with a tiny model built here, and how its candidates join the
+subtraction's."""
 
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ from neuroflow.core.labels import ChangeLabel
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.timing import StageClock
+from neuroflow.core.volume import Geometry
 from neuroflow.devtools import longitudinal_phantoms as lp
 from neuroflow.devtools.dicom_writer import load_volume
 from neuroflow.longitudinal.lesion_model import BRAIN_ROBUST_ZSCORE, MS_LESION_LABEL, network_candidates
-from neuroflow.longitudinal.ms_lesions import MS_STAGES, detect_new_ms_lesions
+from neuroflow.longitudinal.ms_lesions import MS_STAGES, _Candidate, _merge_network, detect_new_ms_lesions
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -127,3 +129,20 @@ def test_lesion_network_hook_runs_a_model_from_the_repository_and_keeps_its_voxe
     expected = np.zeros(baseline.shape, dtype=bool)
     expected[10:14, 10:14, 10:14] = True
     assert (found == expected).all()
+
+
+def test_network_candidates_add_only_what_the_subtraction_did_not_cover_and_pass_the_size_floor() -> None:
+    geometry = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), (40, 40, 40))
+    box = (slice(5, 10), slice(5, 10), slice(5, 10))
+    subtraction = _Candidate(box, np.ones((5, 5, 5), dtype=bool), (7.0, 7.0, 7.0), 125.0, "new", "")
+    network = np.zeros((40, 40, 40), dtype=bool)
+    network[6:11, 6:11, 6:11] = True  # overlaps the subtraction's lesion: the same lesion, not added again
+    network[20:24, 20:24, 30:34] = True  # 64 mm³ the subtraction missed: added, kept
+    network[30:32, 30:32, 5:7] = True  # 8 mm³: added, rejected for its size
+    merged = _merge_network([subtraction], network, geometry)
+    assert merged[0] is subtraction and len(merged) == 3
+    added = {round(c.volume_mm3): c for c in merged[1:]}
+    assert set(added) == {64, 8}
+    assert added[64].reason == "" and added[64].kind == "new"
+    assert added[64].centroid_mm == (31.5, 21.5, 21.5)  # x from the i index, z from k
+    assert added[8].reason.startswith("smaller than 12")

@@ -345,13 +345,15 @@ def _candidates(seeds: BoolArray, extent: BoolArray, follow_s: FloatArray, base_
 
 
 def _merge_network(found: list[_Candidate], network: BoolArray, geometry: Geometry) -> list[_Candidate]:
-    """The network's components that no subtraction candidate covers, judged like them (size only: a
-    network candidate has no subtraction contrast to weigh)."""
+    """The network's components that touch no subtraction candidate, judged like them (size only: a
+    network candidate has no subtraction contrast to weigh). A component touching one is the same lesion,
+    dropped whole: cutting the candidate out of it would leave its rim as a false lesion."""
     covered = np.zeros(network.shape, dtype=bool)
     for candidate in found:
         covered[candidate.box] |= candidate.local
-    labels, _ = ndimage.label(network & ~ndimage.binary_dilation(covered, iterations=1),
-                                  structure=np.ones((3, 3, 3), dtype=bool))
+    labels, _ = ndimage.label(network, structure=np.ones((3, 3, 3), dtype=bool))
+    touched = np.unique(labels[ndimage.binary_dilation(covered, structure=np.ones((3, 3, 3), dtype=bool))])
+    labels[np.isin(labels, touched[touched > 0])] = 0
     voxel_mm3 = float(np.prod(geometry.spacing))
     affine = geometry.index_to_patient()
     extra: list[_Candidate] = []
