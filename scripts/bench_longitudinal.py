@@ -51,9 +51,14 @@ class MsTotals:
     stages: dict[str, list[float]] = field(default_factory=dict)
     quiet_cases: int = 0  # pairs without new lesions ...
     quiet_flagged: int = 0  # ... that were said to have new activity
+    kind_right: int = 0  # lesions found and called what they are: new, or enlarging
+    enlarging_errors_pct: list[float] = field(default_factory=list)  # against the tissue gained
 
-    def add(self, score: lp.LesionScore, seconds: float, timings: dict[str, float]) -> None:
+    def add(self, score: lp.LesionScore, seconds: float, timings: dict[str, float],
+            kinds: dict[tuple[float, float, float], str]) -> None:
         self.scores.append(score)
+        self.kind_right += sum(1 for h in score.hits if kinds[h.detection.centroid_mm] == h.truth.kind)
+        self.enlarging_errors_pct += [h.volume_error_pct for h in score.hits if h.truth.kind == "enlarging"]
         self.seconds.append(seconds)
         for name, value in timings.items():
             self.stages.setdefault(name, []).append(value)
@@ -82,15 +87,17 @@ class HaematomaTotals:
 
 
 def run_ms_case(pair: lp.MsPair, backend: OnnxRuntimeBackend, settings: NeuroflowSettings,
-                ) -> tuple[lp.LesionScore, float, dict[str, float]]:
-    """Detect on one pair; the score, the seconds from registration to result, and the stage timings."""
+                ) -> tuple[lp.LesionScore, float, dict[str, float], dict[tuple[float, float, float], str]]:
+    """Detect on one pair; the score, the seconds from registration to result, the stage timings and what
+    each detection was called (new or enlarging), by centroid."""
     clock = StageClock(MS_STAGES)
     t0 = time.perf_counter()
     change = detect_new_ms_lesions({SeriesRole.FLAIR: pair.baseline}, {SeriesRole.FLAIR: pair.followup}, backend,
                                    settings.models, study_key=f"bench-{pair.brain}", clock=clock)
     seconds = time.perf_counter() - t0
     detections = [lp.Detection(lesion.centroid_mm, lesion.volume_mm3) for lesion in change.new_lesions]
-    return lp.score_lesions(pair.truth, detections), seconds, dict(clock.timings)
+    kinds = {lesion.centroid_mm: str(lesion.kind) for lesion in change.new_lesions}
+    return lp.score_lesions(pair.truth, detections), seconds, dict(clock.timings), kinds
 
 
 def run_haematoma_case(pair: lp.HaematomaPair, totals: HaematomaTotals) -> None:
@@ -130,14 +137,14 @@ def main() -> None:
     for brain in brains:
         for seed in range(1, args.seeds + 1):
             pair = lp.make_ms_pair(brain, seed=seed)
-            score, seconds, timings = run_ms_case(pair, backend, settings)
-            ms.add(score, seconds, timings)
+            score, seconds, timings, kinds = run_ms_case(pair, backend, settings)
+            ms.add(score, seconds, timings, kinds)
             print(f"MS {brain.name} seed {seed}: {len(score.hits)}/{len(score.hits) + len(score.missed)} found, "
                   f"{len(score.false_positives)} FP, {seconds:.1f} s", flush=True)
         # A pair without new activity (stable lesions, motion, drift, noise only): any detection is false.
         quiet = lp.make_ms_pair(brain, new_volumes_mm3=(), enlarging=(), seed=100)
-        score, seconds, timings = run_ms_case(quiet, backend, settings)
-        ms.add(score, seconds, timings)
+        score, seconds, timings, kinds = run_ms_case(quiet, backend, settings)
+        ms.add(score, seconds, timings, kinds)
         ms.quiet_cases += 1
         ms.quiet_flagged += int(bool(score.false_positives))
         print(f"MS {brain.name} without new lesions: {len(score.false_positives)} FP", flush=True)
@@ -191,6 +198,8 @@ def render(ms: MsTotals, haem: HaematomaTotals, brains: list[str]) -> str:
         f"| \"new activity\" said of a pair without new lesions | {ms.quiet_flagged}/{ms.quiet_cases} | 0 |",
         f"| lesion-wise F1 | {f1:.3f} | (MSSEG-2 best, real data: ~0.55) |",
         f"| volume error of new lesions, median abs (median signed) | {med(volume_err)} % ({med(signed_err)} %) | |",
+        f"| found lesions called right (new or enlarging) | {ms.kind_right}/{tp} | |",
+        f"| volume error of enlarging lesions (tissue gained), median signed | {med(ms.enlarging_errors_pct)} % | |",
         f"| centroid error, median (max) | {med(centroid_err)} mm "
         f"({max(centroid_err) if centroid_err else 0:.2f} mm) | |",
         f"| time per pair, registration to result, median | {med(ms.seconds)} s | < 60 s (published: 5.5-6 min) |",
