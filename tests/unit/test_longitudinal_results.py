@@ -16,7 +16,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from neuroflow.core.labels import ChangeLabel
+from neuroflow.core.labels import OTHER_BLOOD_SEGMENT, ChangeLabel
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.volume import Geometry, Volume, resample
 from neuroflow.devtools.dicom_writer import PatientInfo, load_volume, write_study
@@ -71,12 +71,12 @@ def _dciodvfy_errors(path: Path) -> list[str]:
     return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
 
 
-def _decoded(seg_path: Path, instances: list[Dataset], image: Volume) -> npt.NDArray[np.bool_]:
-    """The SEG's segment 1 on the source grid, slice by slice via the instances it references."""
+def _decoded(seg_path: Path, instances: list[Dataset], image: Volume, segment: int = 1) -> npt.NDArray[np.bool_]:
+    """The SEG's ``segment`` on the source grid, slice by slice via the instances it references."""
     seg = hd.seg.segread(seg_path)
     by_uid = {str(ds.SOPInstanceUID): k for k, ds in enumerate(_slice_order(instances, image))}
     referenced = [ref.ReferencedSOPInstanceUID for ref in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence]
-    frames = seg.get_pixels_by_source_instance(source_sop_instance_uids=referenced, segment_numbers=[1])
+    frames = seg.get_pixels_by_source_instance(source_sop_instance_uids=referenced, segment_numbers=[segment])
     decoded = np.zeros(image.array.shape, dtype=bool)
     for uid, frame in zip(referenced, frames, strict=True):
         decoded[by_uid[str(uid)]] = frame[..., 0] > 0
@@ -183,6 +183,22 @@ def test_haematoma_seg_on_ct_is_valid_and_decodes(tmp_path: Path) -> None:
     assert "follow-up" in seg.SeriesDescription
     baseline = haematoma_seg(image.with_array(mask), instances, input_hash=HASH, timepoint="baseline")
     assert baseline is not None and baseline.SOPInstanceUID != seg.SOPInstanceUID
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Haematoma"]
+
+    # Another blood region beside the haematoma: a second segment, each decoding to its own voxels.
+    both = mask.copy()
+    both[2:4, 28:34, 28:34] = OTHER_BLOOD_SEGMENT.number
+    two = haematoma_seg(image.with_array(both), instances, input_hash=HASH, timepoint="follow-up")
+    assert two is not None
+    assert [s.SegmentLabel for s in two.SegmentSequence] == ["Haematoma", "Other blood-density region"]
+    path = tmp_path / "haematoma-two.dcm"
+    two.save_as(path, enforce_file_format=True)
+    assert _dciodvfy_errors(path) == []
+    assert np.array_equal(_decoded(path, instances, image, 1), both == 1)
+    assert np.array_equal(_decoded(path, instances, image, 2), both == OTHER_BLOOD_SEGMENT.number)
+    # Without a haematoma there is no SEG, whatever else is there.
+    assert haematoma_seg(image.with_array((both == 2).astype(np.uint8) * 2), instances, input_hash=HASH,
+                         timepoint="baseline") is None
 
 
 def _section(**update: object) -> LongitudinalReport:
@@ -197,7 +213,7 @@ def test_sections_of_two_pipelines_on_one_pair_merge_and_the_summary_shows_both(
                   new_lesion_count=1, new_activity=True, rejected_candidates=2)
     ich = _section(pipelines=["haematoma_change"], haematoma=HaematomaSection(
         baseline_ml=20.0, followup_ml=30.5, change_ml=10.5, change_pct=52.5, expansion=True, centroid_shift_mm=2.1,
-        diameters=DiametersMm(ap_mm=40.0, lr_mm=30.0, cc_mm=25.0), regularity=0.81))
+        diameters=DiametersMm(ap_mm=40.0, lr_mm=30.0, cc_mm=25.0), regularity=0.81, others_ml=[3.2, 0.8]))
     merged = ms.merged(ich)
     assert merged.pipelines == ["ms_change", "haematoma_change"] and merged.not_run == {}
     assert merged.new_lesion_count == 1 and merged.haematoma is not None
@@ -209,6 +225,7 @@ def test_sections_of_two_pipelines_on_one_pair_merge_and_the_summary_shows_both(
     assert "MS new activity: YES (1 new/enlarging lesion(s))" in summary
     assert "(10.0, -20.5, 30.0) mm LPS, Frontal_Sup_L (AAL)" in summary
     assert "Haematoma: 20.0 -> 30.5 mL (+10.5 mL, +52 %), centroid shift 2.1 mm; expansion: YES" in summary
+    assert "other blood at follow-up: 3.2, 0.8 mL" in summary and "other blood at baseline" not in summary
     assert StudyReport.model_validate_json(report.model_dump_json()) == report
 
 

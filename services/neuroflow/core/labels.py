@@ -81,6 +81,9 @@ MS_NEW_LESION_SEGMENT = SegmentDefinition(1, "New or enlarging lesion", _MORPH_A
                                           ("52988006", "SCT", "Lesion"), (255, 0, 0))
 HAEMATOMA_SEGMENT = SegmentDefinition(1, "Haematoma", _MORPH_ABNORMAL,
                                       ("35566002", "SCT", "Hematoma"), (200, 0, 200))
+# Blood-density regions besides the haematoma (a second bleed, a contusion): shown, not part of the verdict.
+OTHER_BLOOD_SEGMENT = SegmentDefinition(2, "Other blood-density region", _MORPH_ABNORMAL,
+                                        ("50960005", "SCT", "Hemorrhage"), (255, 160, 0))
 # Overlay colours (RGB) by change label.
 CHANGE_OVERLAY_RGB: dict[ChangeLabel, tuple[int, int, int]] = {
     ChangeLabel.NEW_LESION: (255, 0, 0),

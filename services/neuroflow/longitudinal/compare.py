@@ -216,6 +216,8 @@ def haematoma_section(change: HaematomaChange) -> HaematomaSection:
         main_axis=_axis(follow),
         baseline_regularity=round(base.regularity, 3) if base else None,
         regularity=round(follow.regularity, 3) if follow else None,
+        baseline_others_ml=list(change.baseline_others_ml),
+        others_ml=list(change.followup_others_ml),
     )
 
 

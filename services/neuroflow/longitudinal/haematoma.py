@@ -8,8 +8,9 @@ Segmentation (``segment`` stage), on each CT in Hounsfield units:
    inside the soft tissue, holes filled. The skull (> 100 HU) encloses it; nothing else is assumed.
 2. Blood: acute clot is 50-90 HU against 20-40 HU brain. Voxels in ``BLOOD_HU`` inside the brain
    (eroded 2 mm: the inner table's partial volume reaches the same values) of the lightly smoothed CT
-   seed the search; 26-connected components of at least ``MIN_COMPONENT_ML`` are kept, the largest is
-   the haematoma (others are reported in the warnings).
+   seed the search; 26-connected components of at least ``MIN_COMPONENT_ML`` are kept. The largest is
+   the haematoma, the one expansion is judged on (as the expansion trials do); up to ``MAX_OTHER_REGIONS``
+   others are measured too and reported by volume.
 3. Its edge: the threshold is moved to half-way between the clot's own median HU and the tissue around
    it (the darkest 1 mm shell 1-4 mm out), and the haematoma re-grown from its seed at that level: a
    partial-volume edge is then counted by half, whatever the clot's density and the surroundings
@@ -37,6 +38,7 @@ from scipy import ndimage
 
 from neuroflow.core.errors import StudyError
 from neuroflow.core.inference import InferenceBackend
+from neuroflow.core.labels import HAEMATOMA_SEGMENT, OTHER_BLOOD_SEGMENT
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.timing import StageClock
 from neuroflow.core.volume import Volume
@@ -61,6 +63,8 @@ MIN_COMPONENT_ML = 0.5
 SMOOTHING_MM = 1.0
 # A head CT must hold at least this much intracranial soft tissue, or it is not a head CT.
 MIN_BRAIN_ML = 200.0
+# Blood-density regions besides the haematoma measured and reported (largest first); more are only counted.
+MAX_OTHER_REGIONS = 5
 
 FloatArray = npt.NDArray[np.float32]
 BoolArray = npt.NDArray[np.bool_]
@@ -100,10 +104,15 @@ class HaematomaChange:
     expansion: bool
     centroid_shift_mm: float | None  # in the baseline's frame, after rigid registration
     diameter_change: Diameters | None
-    baseline_mask: Volume  # uint8 on the baseline CT grid (1 = haematoma)
-    followup_mask: Volume  # uint8 on the follow-up CT grid
+    # uint8 on each CT's own grid: HAEMATOMA_SEGMENT's number on the haematoma, OTHER_BLOOD_SEGMENT's on
+    # the other blood-density regions, 0 elsewhere.
+    baseline_mask: Volume
+    followup_mask: Volume
     warnings: list[str] = field(default_factory=list)
     registration: dict[str, float] = field(default_factory=dict)
+    # Volumes (mL) of the other blood-density regions of each CT, largest first (module doc, step 2).
+    baseline_others_ml: list[float] = field(default_factory=list)
+    followup_others_ml: list[float] = field(default_factory=list)
 
 
 def measure_haematoma_change(
@@ -128,10 +137,12 @@ def measure_haematoma_change(
         registration = register_rigid(_brain_window(baseline_ct), _brain_window(followup_ct))
     with clock.stage("segment"):
         net = model if backend is not None else None
-        base_mask = segment_haematoma(baseline_ct, study_key=study_key, which="baseline", warnings=warnings,
-                                      backend=backend, model=net)
-        follow_mask = segment_haematoma(followup_ct, study_key=study_key, which="follow-up", warnings=warnings,
-                                        backend=backend, model=net)
+        base_regions = segment_haematomas(baseline_ct, study_key=study_key, which="baseline", warnings=warnings,
+                                          backend=backend, model=net)
+        follow_regions = segment_haematomas(followup_ct, study_key=study_key, which="follow-up",
+                                            warnings=warnings, backend=backend, model=net)
+        base_mask, base_others, base_labels = _primary_and_others(base_regions, baseline_ct)
+        follow_mask, follow_others, follow_labels = _primary_and_others(follow_regions, followup_ct)
     with clock.stage("measure"):
         base = measure(baseline_ct.with_array(base_mask.astype(np.uint8))) if base_mask.any() else None
         follow = measure(followup_ct.with_array(follow_mask.astype(np.uint8))) if follow_mask.any() else None
@@ -158,10 +169,24 @@ def measure_haematoma_change(
         baseline=base, followup=follow, change_ml=round(change_ml, 2),
         change_pct=None if change_pct is None else round(change_pct, 1),
         expansion=is_expansion(base_ml, follow_ml), centroid_shift_mm=shift, diameter_change=diameter_change,
-        baseline_mask=baseline_ct.with_array(base_mask.astype(np.uint8)),
-        followup_mask=followup_ct.with_array(follow_mask.astype(np.uint8)),
+        baseline_mask=baseline_ct.with_array(base_labels), followup_mask=followup_ct.with_array(follow_labels),
         warnings=warnings, registration=registration.summary(),
+        baseline_others_ml=base_others, followup_others_ml=follow_others,
     )
+
+
+def _primary_and_others(regions: list[BoolArray], ct: Volume,
+                        ) -> tuple[BoolArray, list[float], npt.NDArray[np.uint8]]:
+    """The haematoma's mask (empty when there is none), the other regions' volumes in mL, and the label
+    map of both (``HaematomaChange.baseline_mask``): where regions overlap, the haematoma wins."""
+    labels = np.zeros(ct.array.shape, dtype=np.uint8)
+    if not regions:
+        return labels.astype(bool), [], labels
+    for other in regions[1:]:
+        labels[other] = OTHER_BLOOD_SEGMENT.number
+    labels[regions[0]] = HAEMATOMA_SEGMENT.number
+    voxel_ml = ct.voxel_volume_mm3 / 1000.0
+    return regions[0], [round(float(r.sum()) * voxel_ml, 2) for r in regions[1:]], labels
 
 
 def _brain_window(ct: Volume) -> Volume:
@@ -192,9 +217,11 @@ def intracranial_mask(ct: Volume, *, study_key: str, which: str) -> BoolArray:
     return np.asarray(brain)
 
 
-def segment_haematoma(ct: Volume, *, study_key: str, which: str, warnings: list[str],
-                      backend: InferenceBackend | None = None, model: ModelRef | None = None) -> BoolArray:
-    """The haematoma of one CT (module doc, steps 2-3): a boolean mask on its grid, empty when none."""
+def segment_haematomas(ct: Volume, *, study_key: str, which: str, warnings: list[str],
+                       backend: InferenceBackend | None = None, model: ModelRef | None = None) -> list[BoolArray]:
+    """The blood-density regions of one CT (module doc, steps 2-3), each a boolean mask on its grid with
+    its edge refined: the haematoma (the largest) first, then up to ``MAX_OTHER_REGIONS`` others, largest
+    first. Empty when there is none."""
     spacing = np.array(ct.geometry.spacing[::-1])
     brain = intracranial_mask(ct, study_key=study_key, which=which)
     smoothed = ndimage.gaussian_filter(ct.array.astype(np.float32), SMOOTHING_MM / spacing)
@@ -205,23 +232,26 @@ def segment_haematoma(ct: Volume, *, study_key: str, which: str, warnings: list[
     structure = np.ones((3, 3, 3), dtype=bool)
     labels, count = ndimage.label(seeds, structure=structure)
     if count == 0:
-        return np.zeros(brain.shape, dtype=bool)
+        return []
     voxel_ml = ct.voxel_volume_mm3 / 1000.0
     sizes = np.bincount(labels.ravel()).astype(np.float64) * voxel_ml
     sizes[0] = 0.0
     order = [int(i) for i in np.argsort(sizes)[::-1] if sizes[i] >= MIN_COMPONENT_ML]
-    if not order:
-        return np.zeros(brain.shape, dtype=bool)
     if len(order) > 1:
-        others = ", ".join(f"{sizes[i]:.1f}" for i in order[1:6])
-        warnings.append(f"the {which} CT has {len(order) - 1} more blood-density region(s) besides the largest "
-                        f"({others} mL); only the largest is measured as the haematoma")
-    seed = labels == order[0]
-    # Everything after this looks at most 8 mm around the seed: work in that box.
-    box = _box_around(seed, 8.0, spacing)
-    region = np.zeros(brain.shape, dtype=bool)
-    region[box] = _refine_edge(smoothed[box], ct.array[box].astype(np.float32), seed[box], brain[box], spacing)
-    return region
+        beyond = len(order) - 1 - MAX_OTHER_REGIONS
+        warnings.append(f"the {which} CT has {len(order) - 1} more blood-density region(s) besides the largest; "
+                        "expansion is judged on the largest, the others are reported by volume"
+                        + (f" ({beyond} smallest not measured)" if beyond > 0 else ""))
+    regions = []
+    for label in order[:1 + MAX_OTHER_REGIONS]:
+        seed = labels == label
+        # Everything after this looks at most 8 mm around the seed: work in that box.
+        box = _box_around(seed, 8.0, spacing)
+        region = np.zeros(brain.shape, dtype=bool)
+        region[box] = _refine_edge(smoothed[box], ct.array[box].astype(np.float32), seed[box], brain[box],
+                                   spacing)
+        regions.append(region)
+    return regions
 
 
 def _refine_edge(smoothed: FloatArray, raw: FloatArray, seed: BoolArray, brain: BoolArray,

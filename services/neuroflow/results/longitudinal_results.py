@@ -22,7 +22,13 @@ from pydicom.uid import PYDICOM_ROOT_UID, ExplicitVRLittleEndian, SecondaryCaptu
 import neuroflow
 from neuroflow.core.config import CHANGE_ALGORITHM_VERSION
 from neuroflow.core.identity import NEUROFLOW_MANUFACTURER
-from neuroflow.core.labels import CHANGE_OVERLAY_RGB, HAEMATOMA_SEGMENT, MS_NEW_LESION_SEGMENT, ChangeLabel
+from neuroflow.core.labels import (
+    CHANGE_OVERLAY_RGB,
+    HAEMATOMA_SEGMENT,
+    MS_NEW_LESION_SEGMENT,
+    OTHER_BLOOD_SEGMENT,
+    ChangeLabel,
+)
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.volume import Volume
 from neuroflow.results.dicom_seg import build_seg, sources_in_slice_order
@@ -68,12 +74,16 @@ def haematoma_seg(
     mask: Volume, ct_instances: Sequence[pydicom.Dataset], *, input_hash: str, timepoint: str,
     algorithm: ModelRef = HAEMATOMA_HU,
 ) -> pydicom.Dataset | None:
-    """The SEG of a haematoma mask (non-zero = haematoma, on the CT's own grid) referencing that CT's
-    instances; ``timepoint`` ("baseline"/"follow-up") enters the description and the UIDs. ``None`` when
-    the mask is empty."""
-    numbers = (np.asarray(mask.array) != 0).astype(np.uint8) * HAEMATOMA_SEGMENT.number
+    """The SEG of a haematoma label map (``HaematomaChange.baseline_mask``: the haematoma, and any other
+    blood-density regions as a second segment, on the CT's own grid) referencing that CT's instances;
+    ``timepoint`` ("baseline"/"follow-up") enters the description and the UIDs. ``None`` when there is no
+    haematoma."""
+    numbers = np.asarray(mask.array).astype(np.uint8)
+    if not (numbers == HAEMATOMA_SEGMENT.number).any():
+        return None
+    others = (OTHER_BLOOD_SEGMENT,) if (numbers == OTHER_BLOOD_SEGMENT.number).any() else ()
     return build_seg(
-        mask.with_array(numbers), ct_instances, segments=(HAEMATOMA_SEGMENT,), algorithm=algorithm,
+        mask.with_array(numbers), ct_instances, segments=(HAEMATOMA_SEGMENT, *others), algorithm=algorithm,
         algorithm_family=_family(algorithm, HAEMATOMA_HU), kind=f"neuroflow.haematoma-seg.{timepoint}",
         series_description=f"AI haematoma {timepoint} (research, not for diagnosis)", content_label="HAEMATOMA_AI",
         manufacturer_model_name="neuroflow haematoma expansion", series_number=HAEMATOMA_SEG_SERIES_NUMBER,

@@ -156,6 +156,10 @@ class HaematomaSection(_ReportModel):
     main_axis: tuple[float, float, float] | None = None  # follow-up
     baseline_regularity: float | None = None
     regularity: float | None = None  # follow-up; pi^(1/3)(6V)^(2/3)/A, 1.0 for a sphere
+    # The other blood-density regions (mL, largest first): not in the expansion judgement, which is the
+    # largest haematoma's, but a reader must see them.
+    baseline_others_ml: list[float] = Field(default_factory=list)
+    others_ml: list[float] = Field(default_factory=list)  # follow-up
 
 
 class GrowthPoint(_ReportModel):
@@ -350,6 +354,9 @@ def _longitudinal_lines(section: LongitudinalReport) -> list[str]:
                 d = h.diameters
                 lines.append(f"    diameters AP {d.ap_mm:.0f} x LR {d.lr_mm:.0f} x CC {d.cc_mm:.0f} mm"
                              + (f", regularity {h.regularity:.2f}" if h.regularity is not None else ""))
+            for when, others in (("baseline", h.baseline_others_ml), ("follow-up", h.others_ml)):
+                if others:
+                    lines.append(f"    other blood at {when}: " + ", ".join(f"{v:.1f}" for v in others) + " mL")
         for pipeline, reason in pair.not_run.items():
             lines.append(f"  {pipeline} not run: {reason}")
     growth = section.tumour_growth
