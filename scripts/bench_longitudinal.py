@@ -30,12 +30,11 @@ from neuroflow.core.inference import OnnxRuntimeBackend
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.timing import StageClock
 from neuroflow.devtools import longitudinal_phantoms as lp
+from neuroflow.devtools.benchmarks_md import write_section
 from neuroflow.longitudinal.haematoma import HAEMATOMA_STAGES, measure_haematoma_change
 from neuroflow.longitudinal.ms_lesions import MIN_LESION_MM3, MS_STAGES, detect_new_ms_lesions
 
 ROOT = Path(__file__).resolve().parents[1]
-BEGIN = "<!-- bench_longitudinal:begin -->"
-END = "<!-- bench_longitudinal:end -->"
 # (baseline mL, follow-up mL): stable, small growth, expansion by 33 %, by 6 mL, shrinkage.
 HAEMATOMA_CASES: tuple[tuple[float, float], ...] = (
     (8.0, 9.0), (8.0, 12.0), (25.0, 27.0), (25.0, 35.0), (45.0, 48.0), (3.0, 6.0), (30.0, 24.0),
@@ -176,7 +175,6 @@ def render(ms: MsTotals, haem: HaematomaTotals, brains: list[str]) -> str:
         return ", ".join(f"{name} {statistics.median(v):.1f} s" for name, v in stages.items())
 
     lines = [
-        BEGIN,
         "## Longitudinal change: validation bench on real anatomy with known truth (`scripts/bench_longitudinal.py`)",
         "",
         f"Brains: {', '.join(brains)}. Follow-up = baseline after a random rigid motion (up to 4°, 5 mm), intensity "
@@ -218,21 +216,8 @@ def render(ms: MsTotals, haem: HaematomaTotals, brains: list[str]) -> str:
         f"| per stage, median | {stage_line(haem.stages)} | |",
         "",
         "Reproduce: `.venv/bin/python scripts/bench_longitudinal.py --out BENCHMARKS.md` (part of `make bench`).",
-        END,
     ]
     return "\n".join(lines)
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace this script's section of ``path`` (between the markers), or append it."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
 
 
 if __name__ == "__main__":

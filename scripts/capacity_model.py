@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from neuroflow.core.config import IngestSettings, MonitorSettings
+from neuroflow.devtools.benchmarks_md import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "BENCHMARKS.md"
@@ -362,19 +363,6 @@ def _inputs(scenario: Scenario, timings: StageTimings) -> str:
         f"(registration, N4 and the skull-strip network all measured on CPU): "
         f"pessimistic, since the skull-strip inference would go to the GPU tier.",
     ])
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace this script's own section of ``path`` (or append it); other sections stay as they are."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find(SECTION)
-    if start >= 0:
-        following = text.find("\n## ", start + len(SECTION))
-        # A blank line before the next section, as in the rest of the file.
-        text = text[:start] + (section.rstrip("\n") + "\n\n" + text[following + 1:] if following >= 0 else section)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
