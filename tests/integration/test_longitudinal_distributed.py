@@ -38,14 +38,12 @@ from neuroflow.core.config import (
     StateSettings,
 )
 from neuroflow.core.dicom_io import study_key
-from neuroflow.core.orthanc import DicomModality, OrthancClient
+from neuroflow.core.orthanc import OrthancClient
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.state import WorkflowRecord, WorkflowStatus
 from neuroflow.core.volume import Geometry, Volume, resample
 from neuroflow.devtools.dicom_writer import PatientInfo, write_study
 from neuroflow.devtools.longitudinal_phantoms import Brain, colin27, make_haematoma_pair, make_ms_pair
-from neuroflow.devtools.orthanc_server import OrthancProcess, start_orthanc
-from neuroflow.devtools.ports import free_loopback_port
 from neuroflow.longitudinal.priors import (
     PatientTimepoint,
     PostgresTimepointStore,
@@ -56,6 +54,7 @@ from neuroflow.longitudinal.priors import (
 from neuroflow.longitudinal.worker import LongitudinalService
 from neuroflow.proto.neuroflow.v1 import common_pb2, tasks_pb2
 from neuroflow.runtime.distributed import Backends, build_ingest, build_service
+from tests.servers.orthanc import OrthancPair, site_and_pacs
 
 SITE_AET, PACS_AET = "NFLONGSITE", "NFLONGPACS"
 DESTINATION = "pacs"  # the site Orthanc's name for the PACS, where results are forwarded
@@ -73,37 +72,16 @@ FAST = OrchestrationSettings(max_attempts=2, retry_backoff_s=0.05, retry_backoff
 # -- servers and studies ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Servers:
-    site: OrthancProcess
-    pacs: OrthancProcess
-    site_client: OrthancClient
-    pacs_client: OrthancClient
-
-
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancPair]:
     """A site Orthanc that forwards results to the PACS, and a PACS that knows the site (for C-MOVE)."""
-    root = tmp_path_factory.mktemp("longitudinal-orthanc")
-    site_port, pacs_port = free_loopback_port(), free_loopback_port()
-    pacs = start_orthanc("nf-longitudinal-pacs", root / "pacs", aet=PACS_AET, dicom_port=pacs_port,
-                         modalities={"site": DicomModality(SITE_AET, "127.0.0.1", site_port)})
-    try:
-        site = start_orthanc("nf-longitudinal-site", root / "site", aet=SITE_AET, dicom_port=site_port,
-                             modalities={DESTINATION: DicomModality(PACS_AET, "127.0.0.1", pacs_port)},
-                             scu_timeout_s=10)
-    except BaseException:
-        pacs.stop()
-        raise
-    try:
-        yield Servers(site, pacs, OrthancClient(site.endpoint), OrthancClient(pacs.endpoint))
-    finally:
-        site.stop()
-        pacs.stop()
+    with site_and_pacs(tmp_path_factory.mktemp("longitudinal-orthanc"), name="nf-longitudinal", site_aet=SITE_AET,
+                       pacs_aet=PACS_AET, destination=DESTINATION, pacs_knows_site=True) as pair:
+        yield pair
 
 
 @pytest.fixture
-def orthancs(servers: Servers) -> Servers:
+def orthancs(servers: OrthancPair) -> OrthancPair:
     servers.site_client.delete_everything()
     servers.pacs_client.delete_everything()
     return servers
@@ -221,7 +199,7 @@ class Site:
 
 
 @pytest.fixture
-def make_site(orthancs: Servers, tmp_path: Path) -> Iterator[Callable[..., Site]]:
+def make_site(orthancs: OrthancPair, tmp_path: Path) -> Iterator[Callable[..., Site]]:
     started: list[Site] = []
 
     def make(*, prior_wait_s: float = 3600.0, with_pacs: bool = False) -> Site:
@@ -265,7 +243,7 @@ def _succeeded(records: list[WorkflowRecord], words: str) -> list[WorkflowRecord
 
 
 def test_prior_in_the_site_orthanc_is_compared_stored_forwarded_and_a_redelivery_stores_nothing_twice(
-        orthancs: Servers, studies: Studies, make_site: Callable[..., Site]) -> None:
+        orthancs: OrthancPair, studies: Studies, make_site: Callable[..., Site]) -> None:
     site = make_site()
     _upload(orthancs.site_client, studies.baseline)
     _upload(orthancs.site_client, studies.followup)
@@ -315,7 +293,7 @@ def _task_of(site: Site, workflow_id: str) -> tasks_pb2.TaskRequested:
 
 
 def test_prior_held_only_by_the_pacs_is_found_by_c_find_and_moved_in_by_c_move(
-        orthancs: Servers, ct_studies: Studies, make_site: Callable[..., Site]) -> None:
+        orthancs: OrthancPair, ct_studies: Studies, make_site: Callable[..., Site]) -> None:
     """On the haematoma pipeline (CT), whose comparison is the quicker one."""
     _upload(orthancs.pacs_client, ct_studies.baseline)
     site = make_site(with_pacs=True)
@@ -329,7 +307,7 @@ def test_prior_held_only_by_the_pacs_is_found_by_c_find_and_moved_in_by_c_move(
 
 
 def test_without_a_prior_the_follow_up_waits_then_runs_without_it_and_says_so_even_across_a_restart(
-        orthancs: Servers, studies: Studies, make_site: Callable[..., Site]) -> None:
+        orthancs: OrthancPair, studies: Studies, make_site: Callable[..., Site]) -> None:
     first = make_site(prior_wait_s=3.0)
     _upload(orthancs.site_client, studies.followup)
     first.wait_for("the wait", lambda: _succeeded(first.workflows(studies.followup_uid), "waiting for one until"))
@@ -347,7 +325,7 @@ def test_without_a_prior_the_follow_up_waits_then_runs_without_it_and_says_so_ev
 
 
 def test_a_prior_that_arrives_after_its_follow_up_was_processed_triggers_the_pair(
-        orthancs: Servers, ct_studies: Studies, make_site: Callable[..., Site]) -> None:
+        orthancs: OrthancPair, ct_studies: Studies, make_site: Callable[..., Site]) -> None:
     """On the haematoma pipeline: a CT routed by ingest, its expansion measured once the prior is there."""
     site = make_site()
     _upload(orthancs.site_client, ct_studies.followup)

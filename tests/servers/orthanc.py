@@ -8,7 +8,9 @@ other's studies; the servers themselves start once (about 0.2 s each).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -29,16 +31,20 @@ class OrthancPair:
     pacs_client: OrthancClient
 
 
-@pytest.fixture(scope="session")
-def orthanc_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancPair]:
-    root = tmp_path_factory.mktemp("orthanc")
-    pacs_dicom_port = free_loopback_port()
-    pacs = start_orthanc("neuroflow-test-pacs", root / "pacs", aet="TESTPACS", dicom_port=pacs_dicom_port)
+@contextmanager
+def site_and_pacs(root: Path, *, name: str, site_aet: str, pacs_aet: str, destination: str = PACS_MODALITY,
+                  site_stable_age_s: int = 60, scu_timeout_s: int = 10,
+                  pacs_knows_site: bool = False) -> Iterator[OrthancPair]:
+    """A site Orthanc that knows the PACS as DICOM modality ``destination`` and a PACS Orthanc (which also
+    knows the site, for C-MOVE back to it, when ``pacs_knows_site``), stopped by PID on exit."""
+    site_port, pacs_port = free_loopback_port(), free_loopback_port()
+    pacs = start_orthanc(f"{name}-pacs", root / "pacs", aet=pacs_aet, dicom_port=pacs_port,
+                         modalities={"site": DicomModality(site_aet, "127.0.0.1", site_port)} if pacs_knows_site
+                         else None)
     try:
-        site = start_orthanc(
-            "neuroflow-test-site", root / "site", aet="NFSITE", stable_age_s=SITE_STABLE_AGE_S, scu_timeout_s=5,
-            modalities={PACS_MODALITY: DicomModality("TESTPACS", "127.0.0.1", pacs_dicom_port)},
-        )
+        site = start_orthanc(f"{name}-site", root / "site", aet=site_aet, dicom_port=site_port,
+                             stable_age_s=site_stable_age_s, scu_timeout_s=scu_timeout_s,
+                             modalities={destination: DicomModality(pacs_aet, "127.0.0.1", pacs_port)})
     except BaseException:
         pacs.stop()
         raise
@@ -47,6 +53,13 @@ def orthanc_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthan
     finally:
         site.stop()
         pacs.stop()
+
+
+@pytest.fixture(scope="session")
+def orthanc_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancPair]:
+    with site_and_pacs(tmp_path_factory.mktemp("orthanc"), name="neuroflow-test", site_aet="NFSITE",
+                       pacs_aet="TESTPACS", site_stable_age_s=SITE_STABLE_AGE_S, scu_timeout_s=5) as pair:
+        yield pair
 
 
 @pytest.fixture
