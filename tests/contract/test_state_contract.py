@@ -352,3 +352,28 @@ def test_postgres_unreachable_is_an_error_naming_the_database(postgres_server: P
     dsn = f"host=127.0.0.1 port={postgres_server.port} user=nobody_here dbname=missing_db connect_timeout=2"
     with pytest.raises(NeuroflowError, match=r"workflow state database unavailable.*dbname=missing_db"):
         PostgresStateStore(dsn)
+
+
+def test_retention_deletes_only_finished_workflows_last_updated_before_the_cutoff(store: WorkflowStateStore) -> None:
+    for wid, status in (("wf-done", WorkflowStatus.SUCCEEDED), ("wf-run", WorkflowStatus.RUNNING),
+                        ("wf-dead", WorkflowStatus.DEAD_LETTERED)):
+        store.create(wid, "study-a", wid, f"hash-{wid}")
+        store.set_status(wid, WorkflowStatus.RUNNING, stage="preprocess")
+        if status != WorkflowStatus.RUNNING:
+            store.set_status(wid, status, stage="results")
+        store.record_stage_timing(wid, "preprocess", 1.0)
+    before_any = datetime.now(UTC) - timedelta(hours=1)
+    after_all = datetime.now(UTC) + timedelta(seconds=1)
+
+    assert store.finished_before(before_any) == []
+    assert [w.workflow_id for w in store.finished_before(after_all)] == ["wf-done", "wf-dead"]
+    assert {w.workflow_id for w in store.of_study("study-a")} == {"wf-done", "wf-run", "wf-dead"}
+    assert not store.delete_finished("wf-done", before_any)  # not old enough
+    assert not store.delete_finished("wf-run", after_all)  # still running
+    store.set_status("wf-dead", WorkflowStatus.PENDING, stage=None)  # an operator replays it meanwhile
+    assert not store.delete_finished("wf-dead", after_all)
+    assert store.delete_finished("wf-done", after_all)
+    assert not store.delete_finished("wf-done", after_all)  # gone: a second sweep is not an error
+
+    assert store.get("wf-done") is None
+    assert {w.workflow_id for w in store.list()} == {"wf-run", "wf-dead"}

@@ -157,3 +157,15 @@ def test_volumes_under_different_keys_are_independent(store: VolumeStore) -> Non
     store.delete(ref_b)
     assert store.exists(ref_a) and not store.exists(ref_b)
     assert_identical(store.get(ref_a), a)
+
+
+def test_deleting_a_prefix_removes_the_workflows_volumes_only_and_is_idempotent(store: VolumeStore) -> None:
+    kept = store.put("study1/wf-b/t1", oblique_volume(seed=3))
+    gone = [store.put(f"study1/wf-a/{name}", oblique_volume(seed=n)) for n, name in enumerate(("t1", "flair"))]
+
+    removed, freed = store.delete_prefix("study1/wf-a")
+
+    assert removed == 2 and freed > 0
+    assert not any(store.exists(ref) for ref in gone)
+    assert store.exists(kept)
+    assert store.delete_prefix("study1/wf-a") == (0, 0)  # a second sweep finds nothing, and says so

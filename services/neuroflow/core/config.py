@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from neuroflow.core.model_card import ModelRef
@@ -123,6 +123,41 @@ class MonitorSettings(BaseModel):
     storage_sentinel: str = ""
     # The site's promise: last instance received to results stored in PACS (the latency alert's threshold).
     end_to_end_target_s: float = Field(default=900.0, gt=0.0)
+    # The disk guard: below this many free bytes on the site Orthanc's storage the site refuses C-STORE
+    # (status 0xA700, out of resources: the modality keeps the study and retries) rather than filling the
+    # disk, and the monitor raises NeuroflowIngestRefused for every guarded root (the Orthanc storage
+    # and the volume store). Orthanc checks it itself (deploy/orthanc/storage-guard.lua); give Orthanc the
+    # same number (devtools.orthanc_server min_free_bytes, the chart's orthanc.minFreeBytes). 0: no guard.
+    min_free_bytes: int = Field(default=10 * 1024**3, ge=0)
+
+
+class RetentionSettings(BaseModel):
+    """How long each kind of data is kept once a study's results are delivered (days; 0: keep for ever).
+    Nothing of a workflow that is still running, or whose results are not delivered, is ever deleted; a
+    FAILED or DEAD_LETTERED workflow counts as finished once it is older than the period (an operator may
+    replay it until then). The monitor runs the sweep (neuroflow.monitor.retention)."""
+
+    interval_s: float = Field(default=3600.0, gt=0.0)  # one sweep per interval
+    volumes_days: float = Field(default=7.0, ge=0.0)  # intermediate volumes: the largest, needed least
+    records_days: float = Field(default=30.0, ge=0.0)  # workflow context and task answers
+    reports_days: float = Field(default=30.0, ge=0.0)  # report.json / summary.txt (the PACS has the SR)
+    orthanc_studies_days: float = Field(default=30.0, ge=0.0)  # the site Orthanc's copy (PACS keeps its own)
+    # Workflow rows and handled wait-window rows. A row is what makes re-sent input "already done": a study
+    # re-sent after its row is gone is processed (and delivered) again. So rows outlive everything else.
+    state_rows_days: float = Field(default=365.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _rows_outlive_what_they_find(self) -> RetentionSettings:
+        # The sweep finds a workflow's volumes, records and reports through its row: a row deleted before
+        # them would leave them behind for ever.
+        if self.state_rows_days > 0:
+            longer = [f"{name} ({days:g})" for name, days in (("volumes_days", self.volumes_days),
+                      ("records_days", self.records_days), ("reports_days", self.reports_days))
+                      if days > self.state_rows_days]
+            if longer:
+                raise ValueError(f"retention: state_rows_days ({self.state_rows_days:g}) must be 0 (keep) or at "
+                                 f"least {', '.join(longer)}")
+        return self
 
 
 class PacsNode(BaseModel):
@@ -200,4 +235,5 @@ class NeuroflowSettings(BaseSettings):
     # probes and Prometheus reach it on the pod IP (helm/neuroflow sets it).
     metrics_host: str = "127.0.0.1"
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     longitudinal: LongitudinalSettings = Field(default_factory=LongitudinalSettings)

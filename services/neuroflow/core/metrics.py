@@ -4,7 +4,8 @@ Services record through the objects here and nothing else defines a metric, so t
 dashboards in ``deploy/`` can be checked against this module (``exposed_names``).
 
 Label values are bounded: a site, a pipeline, a stage, a reason code (an enum name), a storage role, a
-Kafka group or topic, a model name. Never a patient, a study, a series or a workflow: such a label would
+Kafka group or topic, a model name, a kind of retained data (``RETENTION_KINDS``).
+Never a patient, a study, a series or a workflow: such a label would
 both leak identifiers into monitoring and grow without bound. ``ALLOWED_LABELS`` is the whole list, and
 importing this module checks every metric against it. Every metric has at least one label, so a process
 exports only what it recorded (an unlabelled gauge would read 0 in every process that imports this).
@@ -22,7 +23,8 @@ from prometheus_client.metrics import MetricWrapperBase
 
 log = logging.getLogger(__name__)
 
-ALLOWED_LABELS = frozenset({"site", "pipeline", "stage", "reason", "path_role", "group", "topic", "model"})
+ALLOWED_LABELS = frozenset({"site", "pipeline", "stage", "reason", "path_role", "group", "topic", "model",
+                            "kind"})
 UNKNOWN = "unknown"  # the label value when a message did not say (an undecodable task has no pipeline)
 
 # Seconds. Stage work runs from under a second (results) to tens of minutes (a CPU-only segmentation).
@@ -106,6 +108,25 @@ PROBE_LOOP_CPU_SECONDS = Gauge("neuroflow_monitor_probe_cpu_seconds",
                                "CPU time the monitor's last probe round took", ("site",))
 PROBE_LAST_SUCCESS = Gauge("neuroflow_monitor_last_round_timestamp_seconds",
                            "Unix time the monitor's last probe round ended", ("site",))
+STORAGE_MIN_FREE_BYTES = Gauge("neuroflow_storage_min_free_bytes",
+                               "The disk guard's threshold for the storage root (settings: monitor.min_free_bytes)",
+                               ("path_role",))
+STORAGE_GUARD_TRIPPED = Gauge("neuroflow_storage_guard_tripped",
+                              "1 when the root has less free space than the guard's threshold: the site refuses "
+                              "C-STORE (Orthanc storage) or stages will fail to write (volume store)", ("path_role",))
+ORTHANC_DISK_SIZE_BYTES = Gauge("neuroflow_orthanc_disk_size_bytes",
+                                "What the site Orthanc stores (its /statistics TotalDiskSizeMB)", ("site",))
+
+# -- retention (monitor service) ----------------------------------------------------------------------
+# The kinds of data the retention sweep deletes (the ``kind`` label), each with its own period.
+RETENTION_KINDS = ("volumes", "records", "reports", "orthanc_studies", "state_rows", "window_rows")
+RETENTION_DELETED = Counter("neuroflow_retention_deleted",
+                            "Items the retention sweep deleted (volumes, records, report folders, Orthanc "
+                            "studies, workflow rows, wait-window rows), by kind", ("site", "kind"))
+RETENTION_FREED_BYTES = Counter("neuroflow_retention_freed_bytes",
+                                "Bytes the retention sweep freed, by kind (rows: not counted)", ("site", "kind"))
+RETENTION_LAST_SWEEP = Gauge("neuroflow_retention_last_sweep_timestamp_seconds",
+                             "Unix time the last retention sweep ended without error", ("site",))
 
 DEFINED: tuple[MetricWrapperBase, ...] = (
     TASKS_STARTED, TASKS_SUCCEEDED, TASKS_FAILED, TASKS_RETRIED, TASKS_DEAD_LETTERED, TASK_DURATION,
@@ -114,6 +135,8 @@ DEFINED: tuple[MetricWrapperBase, ...] = (
     PRIORS_MISSING, LATE_PRIOR_TRIGGERS, STORAGE_UP, STORAGE_FREE_BYTES,
     ORTHANC_UP, KAFKA_UP, KAFKA_CONSUMER_LAG, STATE_STORE_UP, WORKFLOWS_STUCK, STUDIES_PROCESSED_LAST_HOUR,
     END_TO_END_TARGET, MODEL_READY, PROBE_LOOP_CPU_SECONDS, PROBE_LAST_SUCCESS,
+    STORAGE_MIN_FREE_BYTES, STORAGE_GUARD_TRIPPED, ORTHANC_DISK_SIZE_BYTES, RETENTION_DELETED,
+    RETENTION_FREED_BYTES, RETENTION_LAST_SWEEP,
 )
 
 _SUFFIXES = {"counter": ("_total", "_created"), "gauge": ("",),

@@ -47,6 +47,10 @@ ALLOWED_TRANSITIONS: dict[WorkflowStatus, frozenset[WorkflowStatus]] = {
     WorkflowStatus.DEAD_LETTERED: frozenset({WorkflowStatus.PENDING}),
 }
 
+# Statuses a workflow does not leave by itself: its results are delivered (SUCCEEDED) or it waits for an
+# operator (FAILED, DEAD_LETTERED). Only these are ever deleted by retention (neuroflow.monitor.retention).
+FINISHED_STATUSES = frozenset({WorkflowStatus.SUCCEEDED, WorkflowStatus.FAILED, WorkflowStatus.DEAD_LETTERED})
+
 
 class WorkflowNotFound(NeuroflowError, KeyError):
     """No workflow with this id."""
@@ -106,6 +110,21 @@ class WorkflowStateStore(ABC):
     def find(self, study_key: str, pipeline: str, input_hash: str) -> WorkflowRecord | None:
         """The workflow doing this work, or None."""
 
+    @abstractmethod
+    def finished_before(self, before: datetime) -> builtins.list[WorkflowRecord]:
+        """Workflows in FINISHED_STATUSES last updated before ``before`` (UTC), oldest first: retention's
+        candidates."""
+
+    @abstractmethod
+    def of_study(self, study_key: str) -> builtins.list[WorkflowRecord]:
+        """Every workflow of the study, oldest first."""
+
+    @abstractmethod
+    def delete_finished(self, workflow_id: str, before: datetime) -> bool:
+        """Delete the workflow (and its stage timings) when it is in FINISHED_STATUSES and was last updated
+        before ``before``, in one statement; True when deleted. A workflow replayed meanwhile (PENDING
+        again, so updated since) is kept; deleting what is gone is not an error (False)."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the default holds none."""
 
@@ -135,6 +154,7 @@ _SCHEMA = (
     )""",
 )
 _COLUMNS = "workflow_id, study_key, pipeline, input_hash, status, stage, detail, created_at, updated_at"
+_FINISHED_LIST = ", ".join(f"'{s.value}'" for s in sorted(FINISHED_STATUSES))  # constants, no user input
 
 
 class _Cursor(Protocol):
@@ -242,6 +262,19 @@ class SqlStateStore(WorkflowStateStore, Generic[_C]):
                             (study_key, pipeline, input_hash))
         return rows[0] if rows else None
 
+    def finished_before(self, before: datetime) -> builtins.list[WorkflowRecord]:
+        return self._select(f"WHERE status IN ({_FINISHED_LIST}) AND updated_at < ?", (self._time_value(before),))
+
+    def of_study(self, study_key: str) -> builtins.list[WorkflowRecord]:
+        return self._select("WHERE study_key = ?", (study_key,))
+
+    def delete_finished(self, workflow_id: str, before: datetime) -> bool:
+        with self._transaction() as db:
+            cursor = db.execute(self._sql(f"DELETE FROM workflows WHERE workflow_id = ? AND status IN "
+                                          f"({_FINISHED_LIST}) AND updated_at < ?"),
+                                (workflow_id, self._time_value(before)))
+            return cursor.rowcount == 1
+
     def close(self) -> None:
         with self._connections_lock:
             for connection in self._connections:
@@ -263,6 +296,10 @@ class SqlStateStore(WorkflowStateStore, Generic[_C]):
     @abstractmethod
     def _now(self) -> object:
         """The current UTC time, as this backend stores a timestamp."""
+
+    @abstractmethod
+    def _time_value(self, moment: datetime) -> object:
+        """``moment`` as this backend stores a timestamp (what ``_now`` gives), to compare with one."""
 
     @abstractmethod
     def _read_time(self, value: Any) -> datetime:
@@ -307,7 +344,7 @@ class SqlStateStore(WorkflowStateStore, Generic[_C]):
                 raise NeuroflowError(f"state database {self._name()} has schema version {found}, newer than "
                                      f"this neuroflow understands ({_SCHEMA_VERSION}): upgrade neuroflow")
 
-    def _select(self, where: str, parameters: tuple[str, ...]) -> builtins.list[WorkflowRecord]:
+    def _select(self, where: str, parameters: tuple[object, ...]) -> builtins.list[WorkflowRecord]:
         db = self._connection()
         rows = db.execute(self._sql(f"SELECT {_COLUMNS} FROM workflows {where} ORDER BY created_at, workflow_id"),
                           parameters).fetchall()
@@ -368,6 +405,10 @@ class SqliteStateStore(SqlStateStore[sqlite3.Connection]):
 
     def _now(self) -> str:
         return datetime.now(UTC).isoformat(timespec="microseconds")
+
+    def _time_value(self, moment: datetime) -> str:
+        # The same text form as _now, so the stored ISO strings compare in time order.
+        return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
     def _read_time(self, value: str) -> datetime:
         return datetime.fromisoformat(value)

@@ -65,6 +65,9 @@ class PostgresStateStore(SqlStateStore["psycopg.Connection[Any]"]):
     def _now(self) -> datetime:
         return datetime.now(UTC)
 
+    def _time_value(self, moment: datetime) -> datetime:
+        return moment.astimezone(UTC)
+
     def _read_time(self, value: datetime) -> datetime:
         return value.astimezone(UTC)
 

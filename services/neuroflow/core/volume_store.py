@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -99,6 +100,12 @@ class VolumeStore(ABC):
     @abstractmethod
     def delete(self, ref: str) -> None:
         """Remove the volume under ``ref``; deleting what is not there is not an error (idempotent)."""
+
+    @abstractmethod
+    def delete_prefix(self, prefix: str) -> tuple[int, int]:
+        """Remove every volume whose key lies under the folder ``prefix`` (e.g. ``<study_key>/<workflow_id>``)
+        and what else the store keeps there; returns (volumes removed, bytes freed). Idempotent. For
+        retention, of work that is finished: a volume written there meanwhile may be removed too."""
 
     @abstractmethod
     def sha256(self, ref: str) -> str:
@@ -210,6 +217,21 @@ class FolderVolumeStore(VolumeStore):
             sidecar.unlink()  # the commit point first: from now on the volume does not exist
             (sidecar.parent / record["data_file"]).unlink(missing_ok=True)
 
+    def delete_prefix(self, prefix: str) -> tuple[int, int]:
+        folder = self._root / validate_key(prefix)
+        if not folder.is_dir():
+            return 0, 0
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        freed = sum(_size(p) for p in files)
+        removed = 0
+        for sidecar in files:
+            if sidecar.suffix == ".json" and not sidecar.name.startswith("."):
+                record = self._read_sidecar(sidecar)
+                self.delete(sidecar.as_uri())  # under the key's lock, sidecar first, as every delete
+                removed += record is not None
+        shutil.rmtree(folder, ignore_errors=True)  # leftovers of interrupted writes, and the folders
+        return removed, freed
+
     def sha256(self, ref: str) -> str:
         record = self._read_sidecar(self._sidecar_of(ref))
         if record is None:
@@ -252,6 +274,13 @@ class FolderVolumeStore(VolumeStore):
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _fsync(path: Path) -> None:

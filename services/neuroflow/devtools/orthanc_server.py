@@ -27,6 +27,8 @@ ORTHANC_BINARY = Path("/usr/sbin/Orthanc")
 # Installed by the Debian package orthanc-dicomweb (dpkg -L orthanc-dicomweb).
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 CONFIG_TEMPLATE = Path(__file__).resolve().parents[3] / "deploy" / "orthanc" / "orthanc.json.template"
+# The disk guard (Lua): refuses C-STORE with 0xA700 while free space is under min_free_bytes.
+STORAGE_GUARD_SCRIPT = CONFIG_TEMPLATE.with_name("storage-guard.lua")
 
 
 class OrthancStartFailed(RuntimeError):
@@ -63,6 +65,8 @@ def start_orthanc(
     stable_age_s: int = 60,
     scu_timeout_s: int = 10,
     accept_store_from_any_aet: bool = True,
+    min_free_bytes: int = 0,
+    guard_check_interval_s: int = 10,
     wait_s: float = 30.0,
     template: Path = CONFIG_TEMPLATE,
 ) -> OrthancProcess:
@@ -74,7 +78,9 @@ def start_orthanc(
     the seconds without a new instance after which a study is reported stable (the wait window).
     ``scu_timeout_s``: how long a C-STORE to a peer may take to connect/answer before it fails.
     ``accept_store_from_any_aet`` False: only the declared ``modalities`` may C-STORE into it (a PACS
-    that refuses strangers).
+    that refuses strangers). ``min_free_bytes``: the disk guard's threshold (NEUROFLOW_MONITOR__MIN_FREE_BYTES
+    for the monitor's alert): under it, C-STORE is refused with status 0xA700 (0: never), free space being
+    read at most every ``guard_check_interval_s``.
     Refuses (ValueError) an AE title longer than 16 characters; OrthancStartFailed, with the log's
     end, if Orthanc exits or does not answer within ``wait_s``."""
     if not 0 < len(aet) <= 16:
@@ -104,6 +110,9 @@ def start_orthanc(
         "DICOM_SCU_TIMEOUT": scu_timeout_s,
         "STABLE_AGE": stable_age_s,
         "ALLOW_STORE_FROM_ANY_AET": accept_store_from_any_aet,
+        "LUA_SCRIPTS": [str(STORAGE_GUARD_SCRIPT)],
+        "MIN_FREE_BYTES": min_free_bytes,
+        "GUARD_CHECK_INTERVAL": guard_check_interval_s,
     }
     config = Template(template.read_text()).substitute({k: json.dumps(v) for k, v in values.items()})
     config_path = storage_dir / "orthanc.json"

@@ -60,6 +60,15 @@ class WindowStore(ABC):
     def advance_cursor(self, feed: str, seq: int) -> None:
         """Move the shared feed position forward (never back)."""
 
+    @abstractmethod
+    def is_pending(self, resource_id: str) -> bool:
+        """Whether the study has a change not yet handed on, or is claimed now (retention keeps it)."""
+
+    @abstractmethod
+    def forget_handled(self, before: float) -> int:
+        """Retention: delete the rows of studies handed on, unclaimed, whose newest change is older than
+        ``before``; returns how many. A study that changes again later gets a new row and is due as usual."""
+
 
 class _SqlWindowStore(WindowStore, SqlStatements):
     """The statements are the same for SQLite and PostgreSQL; only the placeholders and the
@@ -101,6 +110,18 @@ class _SqlWindowStore(WindowStore, SqlStatements):
             "INSERT INTO feed_cursors (feed, seq) VALUES (?, ?) ON CONFLICT (feed) DO UPDATE SET "
             "seq = CASE WHEN excluded.seq > feed_cursors.seq THEN excluded.seq ELSE feed_cursors.seq END"),
             (feed, seq))
+
+    def is_pending(self, resource_id: str) -> bool:
+        rows = self._execute(self._sql(
+            "SELECT 1 FROM study_windows WHERE resource_id = ? "
+            "AND (last_seq > triggered_seq OR claimed_by IS NOT NULL)"), (resource_id,))
+        return bool(rows)
+
+    def forget_handled(self, before: float) -> int:
+        rows = self._execute(self._sql(
+            "DELETE FROM study_windows WHERE last_seq <= triggered_seq AND claimed_by IS NULL AND last_change_at < ? "
+            "RETURNING resource_id"), (before,))
+        return len(rows)
 
 
 class SqliteWindowStore(SqliteStatements, _SqlWindowStore):

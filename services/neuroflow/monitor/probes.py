@@ -93,19 +93,26 @@ def _write_probe_file(root: Path, sentinel: str) -> StorageCheck:
 
 
 class StorageProbe:
-    """``neuroflow_storage_up{path_role}`` and ``neuroflow_storage_free_bytes{path_role}`` for each root.
+    """``neuroflow_storage_up{path_role}`` and ``neuroflow_storage_free_bytes{path_role}`` for each root;
+    for the ``guarded`` roles also the disk guard's ``neuroflow_storage_min_free_bytes`` and
+    ``neuroflow_storage_guard_tripped`` (free space under ``min_free_bytes``: the site Orthanc refuses
+    C-STORE, see deploy/orthanc/storage-guard.lua; 0: no guard).
 
     While an earlier check of a root is still stuck, the root stays down and no second thread is started
     for it: a dead mount costs one thread, not one per period."""
 
     name = "storage"
 
-    def __init__(self, roots: Mapping[str, Path], deadline_s: float, sentinel: str = "") -> None:
+    def __init__(self, roots: Mapping[str, Path], deadline_s: float, sentinel: str = "", *,
+                 min_free_bytes: int = 0, guarded: Iterable[str] = ()) -> None:
         self._roots = dict(roots)
         self._deadline_s = deadline_s
         self._sentinel = sentinel
+        self._min_free_bytes = min_free_bytes
+        self._guarded = frozenset(guarded) & set(self._roots) if min_free_bytes > 0 else frozenset()
         self._stuck: dict[str, threading.Thread] = {}
         self._was_up: dict[str, bool] = {}
+        self._was_tripped: dict[str, bool] = {}
 
     def run(self) -> None:
         for role, root in self._roots.items():
@@ -118,12 +125,26 @@ class StorageProbe:
             metrics.STORAGE_UP.labels(role).set(1.0 if check.up else 0.0)
             if check.free_bytes is not None:
                 metrics.STORAGE_FREE_BYTES.labels(role).set(check.free_bytes)
+                if role in self._guarded:
+                    self._guard(role, check.free_bytes)
             if self._was_up.get(role, True) != check.up:  # log changes, not every period
                 if check.up:
                     log.info("storage %s (%s) up again", role, root)
                 else:
                     log.warning("storage %s down: %s", role, check.detail)
             self._was_up[role] = check.up
+
+    def _guard(self, role: str, free_bytes: float) -> None:
+        tripped = free_bytes < self._min_free_bytes
+        metrics.STORAGE_MIN_FREE_BYTES.labels(role).set(self._min_free_bytes)
+        metrics.STORAGE_GUARD_TRIPPED.labels(role).set(1.0 if tripped else 0.0)
+        if self._was_tripped.get(role, False) != tripped:
+            if tripped:
+                log.error("storage %s: %.0f bytes free, under the guard's %d: the site refuses new studies",
+                          role, free_bytes, self._min_free_bytes)
+            else:
+                log.info("storage %s: free space back over the guard's %d bytes", role, self._min_free_bytes)
+        self._was_tripped[role] = tripped
 
     def _check(self, role: str, root: Path) -> StorageCheck:
         check, stuck = _check_with_deadline(root, self._deadline_s, self._sentinel)
@@ -151,6 +172,27 @@ class UpProbe:
             log.warning("%s down: %s", self.name, exc)
             return
         self._set_up(1.0)
+
+
+class OrthancStorageProbe:
+    """``neuroflow_orthanc_disk_size_bytes{site}``: what the site Orthanc says it stores (``/statistics``
+    TotalDiskSizeMB), the one storage figure the monitor has where Orthanc's volume is not mounted in it
+    (a cluster). A failure leaves the gauge as it was: the ``orthanc`` UpProbe reports Orthanc down."""
+
+    name = "orthanc-storage"
+
+    def __init__(self, statistics: Callable[[], Any], site: str) -> None:
+        self._statistics = statistics
+        self._gauge = metrics.ORTHANC_DISK_SIZE_BYTES.labels(site)
+
+    def run(self) -> None:
+        try:
+            answer = self._statistics()
+            size_mb = float(answer["TotalDiskSizeMB"])
+        except Exception as exc:
+            log.info("orthanc storage size unknown: %s", exc)
+            return
+        self._gauge.set(size_mb * 1024 * 1024)
 
 
 class ModelReadinessProbe:

@@ -1,6 +1,7 @@
 """The monitor loop: every ``MonitorSettings.period_s``, run each probe once, then record what the round
 cost (``neuroflow_monitor_probe_cpu_seconds``) and when it ended. Probes set their own gauges; the process's
-metrics server (``NeuroflowSettings.metrics_port``) exposes them to Prometheus."""
+metrics server (``NeuroflowSettings.metrics_port``) exposes them to Prometheus. The retention sweep
+(``neuroflow.monitor.retention``) runs in the same loop, once per ``RetentionSettings.interval_s``."""
 
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ from neuroflow.monitor.probes import (
     ConsumerPair,
     KafkaProbe,
     ModelReadinessProbe,
+    OrthancStorageProbe,
     Probe,
     StorageProbe,
     UpProbe,
     WorkflowProbe,
 )
+from neuroflow.monitor.retention import HandledWindows, OrthancStudies, RetentionSweep
 
 if TYPE_CHECKING:
     from neuroflow.runtime.distributed import Backends
@@ -82,12 +85,19 @@ def consumer_pairs() -> list[ConsumerPair]:
     return pairs
 
 
-def build_monitor(backends: Backends) -> Monitor:
+# The roots the disk guard watches (NeuroflowIngestRefused): the site Orthanc's storage, where it is mounted
+# in the monitor (MonitorSettings.extra_storage "orthanc"), and the volume store every study passes through.
+GUARDED_ROLES = ("orthanc", "volumes")
+
+
+def build_monitor(backends: Backends, *, windows: HandledWindows | None = None) -> Monitor:
     """The probes the settings call for: storage and workflows always; Orthanc when studies come from one;
-    Kafka when it is the bus."""
+    Kafka when it is the bus; and the retention sweep (``windows``: ingest's wait-window store)."""
     settings = backends.settings
     watch = settings.monitor
-    probes: list[Probe] = [StorageProbe(storage_roots(settings), watch.storage_deadline_s, watch.storage_sentinel)]
+    probes: list[Probe] = [StorageProbe(storage_roots(settings), watch.storage_deadline_s, watch.storage_sentinel,
+                                        min_free_bytes=watch.min_free_bytes, guarded=GUARDED_ROLES)]
+    orthanc: OrthancStudies | None = None
     # Set once: the latency alert compares the site's end-to-end time with it.
     metrics.END_TO_END_TARGET.labels(settings.site).set(watch.end_to_end_target_s)
     if settings.dicom.source == "orthanc":
@@ -99,6 +109,9 @@ def build_monitor(backends: Backends) -> Monitor:
                                timeout_s=watch.request_timeout_s, retries=0)
         gauge = metrics.ORTHANC_UP.labels(settings.site)
         probes.append(UpProbe("orthanc", lambda: client.get_json("/system", what="probe"), gauge.set))
+        probes.append(OrthancStorageProbe(lambda: client.get_json("/statistics", what="probe"), settings.site))
+        # Retention's own client: deleting a large study takes Orthanc longer than a probe may wait.
+        orthanc = OrthancClient(client.endpoint, timeout_s=300.0, retries=1)
     if settings.bus.kind == "kafka":
         probes.append(KafkaProbe(settings.bus.bootstrap, consumer_pairs(), watch.request_timeout_s, settings.site))
     pinned = settings.models
@@ -106,4 +119,6 @@ def build_monitor(backends: Backends) -> Monitor:
                                       [pinned.skull_strip_bbox, pinned.skull_strip, pinned.glioma]))
     probes.append(WorkflowProbe(backends.state(), settings.site, sorted(settings.ingest.pipelines),
                                 settings.orchestration, watch.stuck_grace_s))
+    probes.append(RetentionSweep(settings.retention, settings.site, backends.state(), backends.volumes(),
+                                 backends.records(), settings.reports_dir, orthanc=orthanc, windows=windows))
     return Monitor(probes, watch.period_s, settings.site)

@@ -14,7 +14,7 @@ import signal
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from neuroflow.core.bus import InMemoryBus, MessageBus
 from neuroflow.core.config import CHANGE_PIPELINES, NeuroflowSettings
@@ -39,6 +39,9 @@ from neuroflow.core.worker import Handler, StageWorker
 from neuroflow.orchestrator.orchestrator import Orchestrator
 from neuroflow.orchestrator.pipelines import PipelineSpec, change_pipeline, glioma_pipeline
 from neuroflow.proto.neuroflow.v1 import common_pb2
+
+if TYPE_CHECKING:
+    from neuroflow.ingest.window_store import WindowStore
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +199,9 @@ def build_service(service: str, backends: Backends, *, name: str = "") -> Servic
                             last_instance_lead_s=settings.ingest.wait_window_s)
     if service == "monitor":
         from neuroflow.monitor.service import build_monitor
-        return build_monitor(backends)
+        # Retention forgets ingest's handled wait-window rows and keeps studies ingest has not handed on.
+        windows = window_store(backends.settings) if backends.settings.dicom.source == "orthanc" else None
+        return build_monitor(backends, windows=windows)
     if service == "longitudinal":
         from neuroflow.longitudinal.worker import LongitudinalService, PriorWaitSweeper
         worker = StageWorker(backends.bus(), common_pb2.STAGE_LONGITUDINAL, stage_handler(service, backends),
@@ -234,22 +239,26 @@ def series_selector(settings: NeuroflowSettings) -> Callable[[StudyIndex, Sequen
     return select
 
 
+def window_store(settings: NeuroflowSettings) -> WindowStore:
+    """Ingest's wait-window state, in the workflow state's database."""
+    from neuroflow.ingest.window_store import PostgresWindowStore, SqliteWindowStore
+
+    if settings.state.kind == "postgres":
+        return PostgresWindowStore(settings.state.dsn.get_secret_value())
+    settings.state.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    return SqliteWindowStore(settings.state.sqlite_path.with_name("ingest-windows.sqlite3"))
+
+
 def build_ingest(backends: Backends) -> Service:
     """The ingest service: it follows an Orthanc's change feed, so it needs the Orthanc source; its
     wait-window state shares the workflow state's database."""
     from neuroflow.ingest.service import IngestService, IngestSettings
     from neuroflow.ingest.site_rules import load_site_rules
-    from neuroflow.ingest.window_store import PostgresWindowStore, SqliteWindowStore, WindowStore
 
     settings = backends.settings
     if settings.dicom.source != "orthanc":
         raise ValueError("the ingest service follows an Orthanc: set NEUROFLOW_DICOM__SOURCE=orthanc")
-    windows: WindowStore
-    if settings.state.kind == "postgres":
-        windows = PostgresWindowStore(settings.state.dsn.get_secret_value())
-    else:
-        settings.state.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-        windows = SqliteWindowStore(settings.state.sqlite_path.with_name("ingest-windows.sqlite3"))
+    windows = window_store(settings)
     # Each pipeline's model is part of its input hash: a model upgrade is new work.
     models = {name: ModelRef(name=spec.model.name, version=spec.model.version)
               for name, spec in pipelines(settings).items()}
