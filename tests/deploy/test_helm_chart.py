@@ -4,6 +4,7 @@ names, topics, consumer groups, metrics port, alert rules, site rules)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -494,3 +495,21 @@ def test_results_go_only_to_a_destination_the_site_orthanc_knows() -> None:
     values = merged(example_values("site-north"), {"site": {"destination": "pacs-typo"}})
     with pytest.raises(helm.HelmError, match=r'site\.destination "pacs-typo" is not a DICOM peer'):
         render(values)
+
+
+def test_site_orthanc_runs_the_disk_guard_with_the_threshold_the_monitor_alerts_on(
+        manifests: dict[str, list[Manifest]]) -> None:
+    guard = (ROOT / "deploy" / "orthanc" / "storage-guard.lua").read_text()
+    for example in SITE_EXAMPLES:
+        objects = manifests[example]
+        files = named(objects, "ConfigMap", "orthanc")["data"]
+        config = json.loads(files["neuroflow.json"])
+        assert files["storage-guard.lua"].strip() == guard.strip()
+        (script,) = config["LuaScripts"]
+        orthanc = named(objects, "Deployment", "orthanc")
+        mounts = {m["mountPath"]: m for c in containers(orthanc) for m in c["volumeMounts"]}
+        assert mounts[script]["subPath"] == "storage-guard.lua"
+        threshold = config["Neuroflow"]["StorageGuard"]["MinimumFreeBytes"]
+        assert isinstance(threshold, int) and threshold > 0
+        env = named(objects, "ConfigMap", "env")["data"]
+        assert int(env["NEUROFLOW_MONITOR__MIN_FREE_BYTES"]) == threshold

@@ -95,6 +95,7 @@ NEUROFLOW_MODELS__{{ $role | upper }}: {{ $model | toJson | quote }}
 {{- end }}
 NEUROFLOW_MONITOR__END_TO_END_TARGET_S: {{ $s.endToEndTargetS | quote }}
 NEUROFLOW_MONITOR__STORAGE_SENTINEL: {{ .Values.sharedStorage.sentinel | quote }}
+NEUROFLOW_MONITOR__MIN_FREE_BYTES: {{ printf "%d" (int64 .Values.orthanc.minFreeBytes) | quote }}
 {{- with $s.priorPacs }}
 NEUROFLOW_LONGITUDINAL__PACS: {{ . | toJson | quote }}
 {{- end }}

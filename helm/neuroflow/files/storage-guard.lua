@@ -1,0 +1,1 @@
+../../../deploy/orthanc/storage-guard.lua
