@@ -6,12 +6,14 @@ receiver run by this test.
 Proved: a storage root that stops being writable (removed and replaced by a file: chmod does not stop
 root) makes NeuroflowStorageDown fire in Prometheus and reach the pager webhook through Alertmanager, and
 it resolves there when the root is mended; a service process that stops makes NeuroflowServiceDown fire and
-reach the pager, and resolve when it runs again."""
+reach the pager, and resolve when it runs again; a site Orthanc whose storage is under the disk guard's
+threshold refuses C-STORE with 0xA700 and NeuroflowIngestRefused reaches the pager, resolving once it is not."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -22,7 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filewriter import dcmwrite
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
+from neuroflow.devtools.cstore import CStoreFailed, send_folder
 from neuroflow.devtools.monitoring_servers import (
     MonitoringServer,
     WebhookReceiver,
@@ -31,6 +37,7 @@ from neuroflow.devtools.monitoring_servers import (
     start_prometheus,
     stop_pid,
 )
+from neuroflow.devtools.orthanc_server import OrthancProcess, start_orthanc
 from neuroflow.devtools.ports import free_loopback_port, port_is_listening
 from tests.servers import prometheus_api
 
@@ -46,13 +53,15 @@ def webhook() -> Iterator[WebhookReceiver]:
         receiver.close()
 
 
-def serve(service: str, tmp_path: Path, metrics_port: int) -> subprocess.Popen[bytes]:
+def serve(service: str, tmp_path: Path, metrics_port: int,
+          extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     env = {**os.environ, "NEUROFLOW_SITE": "alert-test", "NEUROFLOW_METRICS_PORT": str(metrics_port),
            "NEUROFLOW_STATE__SQLITE_PATH": str(tmp_path / "state.sqlite3"),
            "NEUROFLOW_VOLUME_STORE_ROOT": str(tmp_path / "volumes"),
            "NEUROFLOW_RECORDS_ROOT": str(tmp_path / "records"), "NEUROFLOW_REPORTS_DIR": str(tmp_path / "reports"),
            "NEUROFLOW_DICOM__FOLDER": str(tmp_path / "in"), "NEUROFLOW_DICOM__SINK_FOLDER": str(tmp_path / "out"),
-           "NEUROFLOW_MONITOR__PERIOD_S": "0.5", "NEUROFLOW_ORCHESTRATION__POLL_TIMEOUT_S": "0.1"}
+           "NEUROFLOW_MONITOR__PERIOD_S": "0.5", "NEUROFLOW_ORCHESTRATION__POLL_TIMEOUT_S": "0.1",
+           **(extra_env or {})}
     log = (tmp_path / f"{service}.log").open("ab")
     process = subprocess.Popen([sys.executable, "-m", "neuroflow.cli", "serve", service], env=env, stdout=log,
                                stderr=subprocess.STDOUT)
@@ -133,3 +142,70 @@ def test_storage_down_and_service_down_alerts_reach_the_pager_and_resolve_when_m
         for process in processes:
             if process.poll() is None:
                 stop_pid(process.pid)
+
+
+def test_disk_guard_refuses_cstore_and_ingest_refused_reaches_the_pager_then_resolves(
+    tmp_path: Path, webhook: WebhookReceiver,
+) -> None:
+    """Issue 11, defect 9: the site stops accepting rather than filling the disk, and someone is paged. The
+    threshold is set above the machine's real free space (the guard trips), then below it."""
+    for name in ("volumes", "records", "reports", "in", "out", "scan"):
+        (tmp_path / name).mkdir()
+    orthanc_root = tmp_path / "orthanc"
+    (orthanc_root / "storage").mkdir(parents=True)
+    over_free = shutil.disk_usage(orthanc_root).free + 1024**4
+    instance = _scanner_instance(tmp_path / "scan")
+    monitor_port = free_loopback_port()
+    processes: list[subprocess.Popen[bytes]] = []
+    servers: list[Any] = []
+
+    def guarded(threshold: int) -> tuple[subprocess.Popen[bytes], OrthancProcess]:
+        extra = {"NEUROFLOW_MONITOR__MIN_FREE_BYTES": str(threshold),
+                 "NEUROFLOW_MONITOR__EXTRA_STORAGE": json.dumps({"orthanc": str(orthanc_root / "storage")})}
+        orthanc = start_orthanc("neuroflow-guard", orthanc_root, aet="NFGUARD", min_free_bytes=threshold,
+                                guard_check_interval_s=1)
+        servers.append(orthanc)
+        monitor = serve("monitor", tmp_path, monitor_port, extra)
+        processes.append(monitor)
+        return monitor, orthanc
+
+    try:
+        monitor, orthanc = guarded(over_free)
+        alertmanager = start_alertmanager(tmp_path / "alertmanager", fast=True,
+                                          pager_url=webhook.url("/pager"), ticket_url=webhook.url("/ticket"))
+        servers.append(alertmanager)
+        prometheus = start_prometheus(
+            tmp_path / "prometheus", fast=True, rules=immediate_rules(), alertmanager=f"127.0.0.1:{alertmanager.port}",
+            targets=[("monitor", f"127.0.0.1:{monitor_port}")])
+        servers.append(prometheus)
+
+        with pytest.raises(CStoreFailed, match="status 0xA700"):
+            send_folder(instance, "127.0.0.1", orthanc.endpoint.dicom_port, "NFGUARD", attempts=1)
+        wait_until("NeuroflowIngestRefused reaches the pager", lambda: webhook.notified(
+            "/pager", "NeuroflowIngestRefused", "firing", path_role="orthanc", severity="critical"))
+
+        # Space comes back (here: the threshold goes under the free space): accepted again, and resolved.
+        stop_pid(monitor.pid)
+        orthanc.stop()
+        monitor, orthanc = guarded(1024**2)
+        assert send_folder(instance, "127.0.0.1", orthanc.endpoint.dicom_port, "NFGUARD", attempts=1) == 1
+        wait_until("NeuroflowIngestRefused resolves at the pager", lambda: webhook.notified(
+            "/pager", "NeuroflowIngestRefused", "resolved", path_role="orthanc"))
+    finally:
+        for server in reversed(servers):
+            server.stop()
+        for process in processes:
+            if process.poll() is None:
+                stop_pid(process.pid)
+
+
+def _scanner_instance(folder: Path) -> Path:
+    """One MR instance as a scanner sends it, in ``folder``."""
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID, ds.Modality = "GUARD-2", "MR"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dcmwrite(folder / "mr.dcm", ds, enforce_file_format=True)
+    return folder
