@@ -73,7 +73,7 @@ def test_stack_scrapes_every_service_and_the_probes_see_every_backend_up(monitor
     wait_until("every service process is scraped", lambda: {
         r["metric"]["service"] for r in query(prometheus, 'up{job="neuroflow"} == 1')} == set(stack.SERVICES))
     for expr in ('neuroflow_orthanc_up', 'neuroflow_kafka_up', 'neuroflow_state_store_up',
-                 'neuroflow_storage_up{path_role="volumes"}', 'neuroflow_storage_up{path_role="orthanc_site"}'):
+                 'neuroflow_storage_up{path_role="volumes"}', 'neuroflow_storage_up{path_role="orthanc"}'):
         wait_until(f"{expr} is 1", _is_one(prometheus, expr))
     wait_until("consumer lag is measured", lambda: bool(query(
         prometheus, 'neuroflow_kafka_consumer_lag{group="neuroflow.orchestrator"}')))

@@ -57,6 +57,9 @@ class StackOptions:
     ticket_url: str | None = None
     # Tests: scrape and evaluate every second, alerts without their `for`, Alertmanager grouping of 1 s.
     monitoring_fast: bool = False
+    # The disk guard of the site Orthanc (refuses C-STORE under it) and of the monitor's alert; 1 GiB: a
+    # development machine has less room than a hospital's server (settings default 10 GiB).
+    min_free_bytes: int = 1024**3
 
 
 def up(options: StackOptions) -> dict[str, Any]:
@@ -78,6 +81,7 @@ def up(options: StackOptions) -> dict[str, Any]:
             "neuroflow-site", root / "orthanc-site", aet="NFSITE",
             stable_age_s=max(1, int(options.wait_window_s)),
             modalities={PACS_MODALITY: DicomModality(pacs.endpoint.aet, "127.0.0.1", pacs.endpoint.dicom_port)},
+            min_free_bytes=options.min_free_bytes,
         )
         started["processes"].append(_orthanc_record("orthanc-site", site))
         kafka_port, controller_port = free_loopback_port(), free_loopback_port()
@@ -224,8 +228,10 @@ def service_environment(stack: dict[str, Any], options: StackOptions) -> dict[st
         "NEUROFLOW_INFERENCE_THREADS": "1",
         **({"NEUROFLOW_INFERENCE__BACKEND": "triton", "NEUROFLOW_INFERENCE__TRITON_URL": stack["triton"]["grpc"]}
            if "triton" in stack else {}),
+        # "orthanc": the role the disk guard watches (monitor.service.GUARDED_ROLES).
         "NEUROFLOW_MONITOR__EXTRA_STORAGE": json.dumps(
-            {"orthanc_site": str(root / "orthanc-site"), "orthanc_pacs": str(root / "orthanc-pacs")}),
+            {"orthanc": str(root / "orthanc-site"), "orthanc_pacs": str(root / "orthanc-pacs")}),
+        "NEUROFLOW_MONITOR__MIN_FREE_BYTES": str(options.min_free_bytes),
         **({"NEUROFLOW_MONITOR__PERIOD_S": "1"} if options.monitoring_fast else {}),
         "PYTHONUNBUFFERED": "1",
         **(options.extra_env or {}),
