@@ -1,5 +1,6 @@
--- neuroflow's disk guard (issue 11): when the filesystem of Orthanc's StorageDirectory has less free space
--- than Neuroflow.StorageGuard.MinimumFreeBytes, an instance received by C-STORE is refused with DIMSE status
+-- neuroflow's disk guard (issue 11): when a watched filesystem (Neuroflow.StorageGuard.Directories; default
+-- Orthanc's StorageDirectory; the local stack adds neuroflow's volume store) has less free space than
+-- Neuroflow.StorageGuard.MinimumFreeBytes, an instance received by C-STORE is refused with DIMSE status
 -- 0xA700 (Refused: Out of Resources), which a modality keeps and sends again later, instead of Orthanc
 -- filling the disk. Instances stored through the REST API (neuroflow's own result objects) are still taken:
 -- they are small and finish studies already received.
@@ -16,27 +17,39 @@
 local guard = (GetOrthancConfiguration()["Neuroflow"] or {})["StorageGuard"] or {}
 local minimumFree = tonumber(guard["MinimumFreeBytes"]) or 0
 local interval = tonumber(guard["CheckIntervalSeconds"]) or 10
-local directory = GetOrthancConfiguration()["StorageDirectory"] or "OrthancStorage"
+local directories = guard["Directories"] or { GetOrthancConfiguration()["StorageDirectory"] or "OrthancStorage" }
 
 local checkedAt = nil
 local freeBytes = nil
 local refusing = false
 local unreadableSaid = false
 
+-- The least free space of the watched directories, in bytes; nil unless df answered for each.
 local function ReadFreeBytes()
-  local quoted = "'" .. string.gsub(directory, "'", "'\\''") .. "'"
-  local pipe = io.popen("df -Pk " .. quoted .. " 2>/dev/null")
+  local quoted = {}
+  for i, directory in ipairs(directories) do
+    quoted[i] = "'" .. string.gsub(directory, "'", "'\\''") .. "'"
+  end
+  local pipe = io.popen("df -Pk " .. table.concat(quoted, " ") .. " 2>/dev/null")
   if pipe == nil then
     return nil
   end
   local text = pipe:read("*a")
   pipe:close()
-  -- POSIX format: a header line, then "filesystem 1024-blocks used available capacity mountpoint".
-  local available = string.match(text, "\n%S+%s+%d+%s+%d+%s+(%d+)")
-  if available == nil then
-    return nil
+  -- POSIX format: a header line, then "filesystem 1024-blocks used available capacity mountpoint" per directory.
+  local least = nil
+  local read = 0
+  for available in string.gmatch(text, "\n%S+%s+%d+%s+%d+%s+(%d+)") do
+    local bytes = tonumber(available) * 1024
+    read = read + 1
+    if least == nil or bytes < least then
+      least = bytes
+    end
   end
-  return tonumber(available) * 1024
+  if read < #directories then
+    return nil  -- a directory df could not read (missing, or not mounted yet): do not guess
+  end
+  return least
 end
 
 local function Refusing()
@@ -49,7 +62,8 @@ local function Refusing()
   local was = refusing
   if freeBytes == nil then
     if not unreadableSaid then
-      print("neuroflow storage guard: free space of " .. directory .. " unreadable (df); not refusing")
+      print("neuroflow storage guard: free space of " .. table.concat(directories, ", ")
+            .. " unreadable (df); not refusing")
       unreadableSaid = true
     end
     refusing = false

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,24 @@ def test_cstore_is_refused_with_out_of_resources_while_free_space_is_under_the_t
         assert _guard_metric() == 0.0
     finally:
         server.stop()
+
+
+def test_a_nearly_full_volume_store_the_guard_watches_also_refuses_cstore(tmp_path: Path) -> None:
+    """Where Orthanc sees neuroflow's volume store (the local stack), the guard watches it too: the threshold
+    lies between the volume store's free space (a smaller tmpfs here) and the Orthanc storage's."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shutil.disk_usage(shm).free >= shutil.disk_usage(tmp_path).free:
+        pytest.skip("needs /dev/shm as a filesystem with less free space than the test's folder")
+    volume_store = Path(tempfile.mkdtemp(prefix="neuroflow-guard-volumes-", dir=shm))
+    try:
+        threshold = (shutil.disk_usage(volume_store).free + shutil.disk_usage(tmp_path).free) // 2
+        server = start_orthanc("neuroflow-guard-volumes", tmp_path / "orthanc", aet=AET, min_free_bytes=threshold,
+                               guard_check_interval_s=1, guarded_dirs=[volume_store])
+        try:
+            _write_instance(tmp_path / "scan")
+            with pytest.raises(CStoreFailed, match="status 0xA700"):
+                send_folder(tmp_path / "scan", "127.0.0.1", server.endpoint.dicom_port, AET, attempts=1)
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(volume_store, ignore_errors=True)

@@ -15,7 +15,7 @@ import os
 import secrets
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
@@ -67,6 +67,7 @@ def start_orthanc(
     accept_store_from_any_aet: bool = True,
     min_free_bytes: int = 0,
     guard_check_interval_s: int = 10,
+    guarded_dirs: Sequence[Path] = (),
     wait_s: float = 30.0,
     template: Path = CONFIG_TEMPLATE,
 ) -> OrthancProcess:
@@ -80,7 +81,8 @@ def start_orthanc(
     ``accept_store_from_any_aet`` False: only the declared ``modalities`` may C-STORE into it (a PACS
     that refuses strangers). ``min_free_bytes``: the disk guard's threshold (NEUROFLOW_MONITOR__MIN_FREE_BYTES
     for the monitor's alert): under it, C-STORE is refused with status 0xA700 (0: never), free space being
-    read at most every ``guard_check_interval_s``.
+    read at most every ``guard_check_interval_s`` for the storage and each of ``guarded_dirs`` (e.g. the
+    volume store, on a machine where Orthanc sees it).
     Refuses (ValueError) an AE title longer than 16 characters; OrthancStartFailed, with the log's
     end, if Orthanc exits or does not answer within ``wait_s``."""
     if not 0 < len(aet) <= 16:
@@ -113,6 +115,7 @@ def start_orthanc(
         "LUA_SCRIPTS": [str(STORAGE_GUARD_SCRIPT)],
         "MIN_FREE_BYTES": min_free_bytes,
         "GUARD_CHECK_INTERVAL": guard_check_interval_s,
+        "GUARD_DIRECTORIES": [str(storage_dir / "storage"), *(str(Path(d).resolve()) for d in guarded_dirs)],
     }
     config = Template(template.read_text()).substitute({k: json.dumps(v) for k, v in values.items()})
     config_path = storage_dir / "orthanc.json"

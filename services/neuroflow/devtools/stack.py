@@ -81,7 +81,7 @@ def up(options: StackOptions) -> dict[str, Any]:
             "neuroflow-site", root / "orthanc-site", aet="NFSITE",
             stable_age_s=max(1, int(options.wait_window_s)),
             modalities={PACS_MODALITY: DicomModality(pacs.endpoint.aet, "127.0.0.1", pacs.endpoint.dicom_port)},
-            min_free_bytes=options.min_free_bytes,
+            min_free_bytes=options.min_free_bytes, guarded_dirs=[root / "volumes"],
         )
         started["processes"].append(_orthanc_record("orthanc-site", site))
         kafka_port, controller_port = free_loopback_port(), free_loopback_port()
