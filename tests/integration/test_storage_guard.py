@@ -21,7 +21,7 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from neuroflow.core.orthanc import OrthancClient
 from neuroflow.devtools.cstore import CStoreFailed, send_folder
 from neuroflow.devtools.orthanc_server import OrthancProcess, start_orthanc
-from neuroflow.monitor.probes import StorageProbe
+from neuroflow.monitor.probes import OrthancStorageProbe, StorageProbe
 from neuroflow.monitor.service import GUARDED_ROLES
 
 AET = "NFGUARD"
@@ -74,6 +74,10 @@ def test_cstore_is_refused_with_out_of_resources_while_free_space_is_under_the_t
         client.upload(_write_instance(tmp_path / "result"))
         assert len(client.get_json("/instances")) == 1
         assert "refusing C-STORE" in server.log_tail()
+        # The monitor's view of what Orthanc stores, where its volume is not mounted in the monitor.
+        OrthancStorageProbe(lambda: client.get_json("/statistics"), "guard-test").run()
+        stored = REGISTRY.get_sample_value("neuroflow_orthanc_disk_size_bytes", {"site": "guard-test"})
+        assert stored is not None and stored > 0
     finally:
         server.stop()
 

@@ -115,7 +115,7 @@ STORAGE_GUARD_TRIPPED = Gauge("neuroflow_storage_guard_tripped",
                               "1 when the root has less free space than the guard's threshold: the site refuses "
                               "C-STORE (Orthanc storage) or stages will fail to write (volume store)", ("path_role",))
 ORTHANC_DISK_SIZE_BYTES = Gauge("neuroflow_orthanc_disk_size_bytes",
-                                "What the site Orthanc stores (its /statistics TotalDiskSizeMB)", ("site",))
+                                "What the site Orthanc stores (its /statistics TotalDiskSize)", ("site",))
 
 # -- retention (monitor service) ----------------------------------------------------------------------
 # The kinds of data the retention sweep deletes (the ``kind`` label), each with its own period.

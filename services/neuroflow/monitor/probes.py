@@ -176,7 +176,7 @@ class UpProbe:
 
 class OrthancStorageProbe:
     """``neuroflow_orthanc_disk_size_bytes{site}``: what the site Orthanc says it stores (``/statistics``
-    TotalDiskSizeMB), the one storage figure the monitor has where Orthanc's volume is not mounted in it
+    TotalDiskSize), the one storage figure the monitor has where Orthanc's volume is not mounted in it
     (a cluster). A failure leaves the gauge as it was: the ``orthanc`` UpProbe reports Orthanc down."""
 
     name = "orthanc-storage"
@@ -188,11 +188,13 @@ class OrthancStorageProbe:
     def run(self) -> None:
         try:
             answer = self._statistics()
-            size_mb = float(answer["TotalDiskSizeMB"])
+            # TotalDiskSize: bytes (as a string); TotalDiskSizeMB is rounded down to whole MB.
+            size = float(answer["TotalDiskSize"]) if "TotalDiskSize" in answer else \
+                float(answer["TotalDiskSizeMB"]) * 1024 * 1024
         except Exception as exc:
             log.info("orthanc storage size unknown: %s", exc)
             return
-        self._gauge.set(size_mb * 1024 * 1024)
+        self._gauge.set(size)
 
 
 class ModelReadinessProbe:
