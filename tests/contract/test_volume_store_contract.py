@@ -169,3 +169,5 @@ def test_deleting_a_prefix_removes_the_workflows_volumes_only_and_is_idempotent(
     assert not any(store.exists(ref) for ref in gone)
     assert store.exists(kept)
     assert store.delete_prefix("study1/wf-a") == (0, 0)  # a second sweep finds nothing, and says so
+    if isinstance(store, FolderVolumeStore):  # nothing of the deleted keys is left, lock files included
+        assert len(list((store.root / ".locks").iterdir())) == 1

@@ -229,6 +229,9 @@ class FolderVolumeStore(VolumeStore):
                 record = self._read_sidecar(sidecar)
                 self.delete(sidecar.as_uri())  # under the key's lock, sidecar first, as every delete
                 removed += record is not None
+                # The key's lock file too, or .locks grows for ever. Safe for finished work only: a writer
+                # holding the old file and one opening a new one would not exclude each other.
+                self._lock_path(self._key_of(sidecar)).unlink(missing_ok=True)
         shutil.rmtree(folder, ignore_errors=True)  # leftovers of interrupted writes, and the folders
         return removed, freed
 
@@ -264,10 +267,13 @@ class FolderVolumeStore(VolumeStore):
             return None
         return record
 
+    def _lock_path(self, key: str) -> Path:
+        # Named by a digest of the key: lock files stay flat and never collide with volume names.
+        return self._root / ".locks" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.lock"
+
     @contextlib.contextmanager
     def _key_lock(self, key: str) -> Iterator[None]:
-        # Named by a digest of the key: lock files stay flat and never collide with volume names.
-        path = self._root / ".locks" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.lock"
+        path = self._lock_path(key)
         with path.open("a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
