@@ -7,12 +7,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
 from neuroflow.core.config import NeuroflowSettings, RetentionSettings
 from neuroflow.core.records import FolderRecordStore
 from neuroflow.core.state import SqliteStateStore, WorkflowStatus
+from neuroflow.core.volume import Geometry, Volume
 from neuroflow.core.volume_store import FolderVolumeStore
 from neuroflow.monitor.retention import RetentionSweep
 
@@ -78,3 +80,21 @@ def test_zero_keeps_a_kind_and_the_monitor_sweeps_once_per_interval(tmp_path: Pa
     clock.now += 3600
     sweep.run()
     assert not report.exists()
+
+
+def test_a_kind_kept_for_ever_survives_its_workflows_row(tmp_path: Path) -> None:
+    clock = Clock(1e9)
+    settings = RetentionSettings(volumes_days=0, records_days=1, reports_days=1, orthanc_studies_days=0,
+                                 state_rows_days=2)
+    sweep, state = _sweep(tmp_path, settings, clock)
+    state.create("wf-1", "studykey0001", "glioma", "h")
+    state.set_status("wf-1", WorkflowStatus.FAILED, stage="preprocess")
+    volumes = FolderVolumeStore(tmp_path / "volumes")
+    ref = volumes.put("studykey0001/wf-1/t1", Volume(np.zeros((2, 2, 2), np.float32), Geometry(
+        (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), (2, 2, 2)), {}))
+    clock.now = state.list()[0].updated_at.timestamp() + 3 * 86400
+
+    tally = sweep.sweep()
+
+    assert tally.deleted["state_rows"] == 1 and state.get("wf-1") is None
+    assert volumes.exists(ref), "volumes_days=0: kept, even once the row is gone"

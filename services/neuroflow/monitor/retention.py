@@ -177,9 +177,10 @@ class RetentionSweep:
             if self._ledger.has_undelivered_results(workflow.workflow_id):
                 continue
             older = {kind for kind, cutoff in cutoffs.items() if cutoff is not None and workflow.updated_at < cutoff}
-            # A row goes last, after everything found through it (again: a sweep may have died half-way).
+            # A row goes last, after everything found through it (again: a sweep may have died half-way),
+            # except a kind kept for ever (period 0).
             if "state_rows" in older:
-                older |= {"volumes", "records", "reports"}
+                older |= {kind for kind in ("volumes", "records", "reports") if cutoffs[kind] is not None}
                 rows_due.append(workflow)
             folder = f"{workflow.study_key}/{workflow.workflow_id}"
             if "volumes" in older:
