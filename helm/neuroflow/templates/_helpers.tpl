@@ -41,15 +41,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "neuroflow.configRoot" -}}/etc/neuroflow{{- end -}}
 
 {{/*
-Kafka topics and consumer groups of a stage worker. The names are spelled in services/neuroflow/core/topics.py;
-tests/deploy/test_helm_chart.py checks these against it.
+Kafka topics and consumer groups (allTopics; workers.<stage>.taskTopics[].{topic, consumerGroup}), generated
+from services/neuroflow/core/topics.py into files/topics.yaml by scripts/gen_chart_topics.py: the chart never
+spells a name the code does not use. Templates read it with include "neuroflow.kafkaNames" . | fromYaml.
 */}}
-{{- define "neuroflow.taskTopic" -}}neuroflow.v1.task.{{ . }}{{- end -}}
-{{- define "neuroflow.urgentTaskTopic" -}}neuroflow.v1.task.{{ . }}.urgent{{- end -}}
-{{- define "neuroflow.workerGroup" -}}neuroflow.{{ . }}{{- end -}}
-{{- define "neuroflow.deadLetterTopic" -}}neuroflow.v1.dead-letter.{{ . }}{{- end -}}
-{{- define "neuroflow.eventTopics" -}}
-{{- list "neuroflow.v1.study-ready" "neuroflow.v1.routing-failed" "neuroflow.v1.results-stored" "neuroflow.v1.task-done" "neuroflow.v1.task-failed" | toJson -}}
+{{- define "neuroflow.kafkaNames" -}}
+{{- .Files.Get "files/topics.yaml" -}}
 {{- end -}}
 
 {{/* The security context of every container: non-root, no privilege escalation, no capabilities. */}}
