@@ -14,7 +14,7 @@ from confluent_kafka.admin import AdminClient
 from neuroflow.core import topics
 from neuroflow.core.kafka_bus import KafkaBus
 from neuroflow.core.records import FolderRecordStore
-from neuroflow.core.worker import StageWorker
+from neuroflow.core.worker import StageOutput, StageWorker
 from neuroflow.proto.neuroflow.v1 import tasks_pb2
 from tests.deploy.test_helm_chart import example_values, of_kind, render
 from tests.servers.kafka import KafkaServer
@@ -23,8 +23,8 @@ from tests.servers.kafka import KafkaServer
 GROUPS_APPEAR_WITHIN_S = 120.0
 
 
-def never_called(task: tasks_pb2.TaskRequested) -> tasks_pb2.TaskDone:
-    raise AssertionError(f"no task was published, yet the worker got {task.task_id}")
+def never_called(task: tasks_pb2.TaskRequested) -> StageOutput:
+    raise AssertionError(f"no task was published, yet the worker got {task.idempotency_key}")
 
 
 def broker_groups(admin: AdminClient) -> set[str]:
