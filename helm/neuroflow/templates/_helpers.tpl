@@ -36,6 +36,18 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-orthanc" (include "neuroflow.fullname" .) -}}
 {{- end -}}
 
+{{/*
+The networks allowed to reach the site Orthanc's DICOM port, as a JSON list of CIDRs: orthanc.dicomClients
+(scanners, PACS) and site.priorPacs's host, which answers our C-MOVEs by opening C-STOREs to us. The
+NetworkPolicy and the external DICOM Service (loadBalancerSourceRanges) both use this one list.
+*/}}
+{{- define "neuroflow.dicomSources" -}}
+{{- $sources := list }}
+{{- range .Values.orthanc.dicomClients }}{{ $sources = append $sources .cidr }}{{ end }}
+{{- with .Values.site.priorPacs }}{{ $sources = append $sources (printf "%s/32" .host) }}{{ end }}
+{{- $sources | uniq | toJson }}
+{{- end -}}
+
 {{/* Paths inside the pods: the site's shared storage and the configuration files. */}}
 {{- define "neuroflow.dataRoot" -}}/var/lib/neuroflow/shared{{- end -}}
 {{- define "neuroflow.configRoot" -}}/etc/neuroflow{{- end -}}
