@@ -172,11 +172,20 @@ def test_services_probe_and_expose_the_metrics_port_their_settings_bind(
         assert container["args"] == [component(deployment)], "the entrypoint picks the service from its argument"
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert ports == {"metrics": port}
-        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-            assert container[probe]["httpGet"] == {"path": "/metrics", "port": "metrics"}
+        # Liveness asks whether the main loop makes progress, readiness whether the dependencies answer.
+        for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"),
+                            ("readinessProbe", "/readyz")):
+            assert container[probe]["httpGet"] == {"path": path, "port": "metrics"}, f"{component(deployment)} {probe}"
+        # A long model load (minutes on a busy CPU node) must not get the pod killed before it is up; a stuck
+        # loop must: within a few minutes, not at the first slow answer.
+        startup, liveness = container["startupProbe"], container["livenessProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
+        assert 30 <= liveness["periodSeconds"] * liveness["failureThreshold"] <= 300
+        assert liveness["failureThreshold"] >= 2 and container["readinessProbe"]["failureThreshold"] >= 2
         service = named(objects, "Service", component(deployment))
         assert service["spec"]["ports"] == [{"name": "metrics", "port": port, "targetPort": "metrics",
                                              "protocol": "TCP"}]
+        assert service["spec"]["publishNotReadyAddresses"] is True, "a pod not ready still has metrics to scrape"
         assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
 
 
@@ -428,6 +437,8 @@ WRONG_VALUES: dict[str, dict[str, Any]] = {
     "an unpinned model": {"site": {"models": {"glioma": {"version": "latest"}}}},
     "Triton without its address": {"inference": {"tritonUrl": ""}},
     "a misspelt autoscaling mode": {"autoscaling": {"mode": "kedas"}},
+    "a liveness probe that kills at the first failure": {"probes": {"liveness": {"failureThreshold": 0}}},
+    "an unknown DICOM Service type": {"orthanc": {"dicomService": {"type": "Ingress"}}},
 }
 
 
