@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import helm_python as helm
 import pytest
+import yaml
 
 from neuroflow.core.config import NeuroflowSettings
 from neuroflow.runtime import distributed
 from tests.deploy.test_helm_chart import (
+    CHART,
     SITE_EXAMPLES,
     Manifest,
     example_values,
@@ -25,17 +26,33 @@ from tests.deploy.test_helm_chart import (
     render,
 )
 
-# The backends of runtime/distributed.Backends that are reached over the network, and the chart values that
-# name the port of each (relative to the example's values, defaults filled in by the chart's values.yaml).
-NETWORK_BACKENDS: dict[str, Callable[[dict[str, Any]], int]] = {
-    "bus": lambda v: int(v.get("kafka", {}).get("port", 9092)),
-    "state": lambda v: int(v.get("postgresql", {}).get("port", 5432)),
-    "timepoints": lambda v: int(v.get("postgresql", {}).get("port", 5432)),
-    "orthanc": lambda v: int(v.get("orthanc", {}).get("httpPort", 8042)),
-    "source": lambda v: int(v.get("orthanc", {}).get("httpPort", 8042)),
-    "sink": lambda v: int(v.get("orthanc", {}).get("httpPort", 8042)),
-    "inference": lambda v: int(v.get("inference", {}).get("tritonPort", 8001)),
+# The backends of runtime/distributed.Backends that are reached over the network, and the chart value that
+# holds the port of each.
+NETWORK_BACKENDS: dict[str, tuple[str, str]] = {
+    "bus": ("kafka", "port"),
+    "state": ("postgresql", "port"),
+    "timepoints": ("postgresql", "port"),
+    "orthanc": ("orthanc", "httpPort"),
+    "source": ("orthanc", "httpPort"),
+    "sink": ("orthanc", "httpPort"),
+    "inference": ("inference", "tritonPort"),
 }
+
+
+def chart_values(example: str) -> dict[str, Any]:
+    """The example's values over the chart's defaults, as the templates see them."""
+    def over(base: Any, override: Any) -> Any:  # Helm's coalescing: maps merge key by key, the rest replaces
+        if isinstance(base, dict) and isinstance(override, dict):
+            return {**base, **{k: over(base.get(k), v) for k, v in override.items()}}
+        return override
+
+    values: dict[str, Any] = over(yaml.safe_load((CHART / "values.yaml").read_text()), example_values(example))
+    return values
+
+
+def port_of(backend: str, values: dict[str, Any]) -> int:
+    group, key = NETWORK_BACKENDS[backend]
+    return int(values[group][key])
 
 
 class RecordingBackends(distributed.Backends):
@@ -45,15 +62,9 @@ class RecordingBackends(distributed.Backends):
         super().__init__(settings)
         self.asked: set[str] = set()
 
-    def _once(self, name: str, build: Callable[[], Any]) -> Any:
+    def _once(self, name: str, build: Callable[[], Any]) -> Any:  # every accessor builds through here
         self.asked.add(name)
         return super()._once(name, mock.MagicMock)
-
-    def timepoints(self) -> Any:
-        return self._once("timepoints", mock.MagicMock)
-
-    def orthanc(self) -> Any:
-        return self._once("orthanc", mock.MagicMock)
 
 
 @pytest.fixture(scope="module")
@@ -87,13 +98,13 @@ def test_the_services_that_run_models_are_found_from_the_code(backends_of_each_s
 @pytest.mark.parametrize("example", SITE_EXAMPLES)
 def test_every_service_may_reach_each_backend_the_code_builds_it_with(
         backends_of_each_service: dict[str, set[str]], example: str) -> None:
-    values = example_values(example)
-    objects = render(values, release=example)
-    on_triton = values.get("inference", {}).get("backend") == "triton"
-    triton_port = NETWORK_BACKENDS["inference"](values)
+    values = chart_values(example)
+    objects = render(example_values(example), release=example)
+    on_triton = values["inference"]["backend"] == "triton"
+    triton_port = port_of("inference", values)
     for service, asked in backends_of_each_service.items():
         allowed = egress_ports(named(objects, "NetworkPolicy", service))
-        needed = {NETWORK_BACKENDS[b](values) for b in asked if b in NETWORK_BACKENDS and b != "inference"}
+        needed = {port_of(b, values) for b in asked if b in NETWORK_BACKENDS and b != "inference"}
         assert needed <= allowed, f"{example}: {service} needs ports {needed - allowed} its NetworkPolicy closes"
         uses_inference = "inference" in asked
         assert (triton_port in allowed) == (on_triton and uses_inference), (
@@ -174,4 +185,4 @@ def test_exposing_dicom_without_naming_who_may_send_is_refused() -> None:
         render(values)
     values["orthanc"]["dicomService"]["type"] = "Ingress"
     with pytest.raises(helm.HelmError):
-        helm.Chart.load(Path(__file__).resolve().parents[2] / "helm" / "neuroflow").validate_schema(values)
+        helm.Chart.load(CHART).validate_schema(values)
