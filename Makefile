@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_STUDY := build/demo-study
 DEMO_OUT := demo-out
 
-.PHONY: demo test lint unit integration bench proto proto-check system-deps stack-up stack-down clean helm-check capacity
+.PHONY: demo test lint unit integration bench proto proto-check system-deps stack-up stack-down clean helm-check capacity chart-topics
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,10 @@ proto: $(STAMP)
 
 proto-check: $(STAMP)
 	$(PY) scripts/gen_proto.py --check
+
+# The chart's Kafka topic and consumer-group names (helm/neuroflow/files/topics.yaml), from core/topics.py.
+chart-topics: $(STAMP)
+	$(PY) scripts/gen_chart_topics.py
 
 clean:
 	rm -rf build $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache

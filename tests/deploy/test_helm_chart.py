@@ -173,11 +173,20 @@ def test_services_probe_and_expose_the_metrics_port_their_settings_bind(
         assert container["args"] == [component(deployment)], "the entrypoint picks the service from its argument"
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert ports == {"metrics": port}
-        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-            assert container[probe]["httpGet"] == {"path": "/metrics", "port": "metrics"}
+        # Liveness asks whether the main loop makes progress, readiness whether the dependencies answer.
+        for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"),
+                            ("readinessProbe", "/readyz")):
+            assert container[probe]["httpGet"] == {"path": path, "port": "metrics"}, f"{component(deployment)} {probe}"
+        # A long model load (minutes on a busy CPU node) must not get the pod killed before it is up; a stuck
+        # loop must: within a few minutes, not at the first slow answer.
+        startup, liveness = container["startupProbe"], container["livenessProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
+        assert 30 <= liveness["periodSeconds"] * liveness["failureThreshold"] <= 300
+        assert liveness["failureThreshold"] >= 2 and container["readinessProbe"]["failureThreshold"] >= 2
         service = named(objects, "Service", component(deployment))
         assert service["spec"]["ports"] == [{"name": "metrics", "port": port, "targetPort": "metrics",
                                              "protocol": "TCP"}]
+        assert service["spec"]["publishNotReadyAddresses"] is True, "a pod not ready still has metrics to scrape"
         assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
 
 
@@ -303,8 +312,10 @@ def test_every_stage_worker_scales_on_the_lag_of_its_own_task_topics(manifests: 
                                           "name": named(objects, "Deployment", name)["metadata"]["name"]}
         assert spec["minReplicaCount"] <= spec["fallback"]["replicas"] <= spec["maxReplicaCount"]
         kafka = [t for t in spec["triggers"] if t["type"] == "kafka"]
-        assert {t["metadata"]["topic"] for t in kafka} == set(topics.task_topics_by_priority(stage))
-        assert {t["metadata"]["consumerGroup"] for t in kafka} == {topics.worker_group(stage)}
+        # Each task topic has its own Kafka consumer group (topics.kafka_group_id); the scaler reads the lag
+        # of the group that actually consumes the topic (tests/integration/test_keda_consumer_groups.py).
+        assert {t["metadata"]["topic"]: t["metadata"]["consumerGroup"] for t in kafka} == (
+            topics.worker_kafka_groups(stage))
         assert {t["metadata"]["bootstrapServers"] for t in kafka} == {values["kafka"]["bootstrap"]}
         assert [t["type"] for t in spec["triggers"] if t["type"] != "kafka"] == ["cpu"]
         assert "replicas" not in named(objects, "Deployment", name)["spec"], "the scaler owns the replica count"
@@ -427,6 +438,8 @@ WRONG_VALUES: dict[str, dict[str, Any]] = {
     "an unpinned model": {"site": {"models": {"glioma": {"version": "latest"}}}},
     "Triton without its address": {"inference": {"tritonUrl": ""}},
     "a misspelt autoscaling mode": {"autoscaling": {"mode": "kedas"}},
+    "a liveness probe that kills at the first failure": {"probes": {"liveness": {"failureThreshold": 0}}},
+    "an unknown DICOM Service type": {"orthanc": {"dicomService": {"type": "Ingress"}}},
 }
 
 

@@ -36,20 +36,29 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-orthanc" (include "neuroflow.fullname" .) -}}
 {{- end -}}
 
+{{/*
+The networks allowed to reach the site Orthanc's DICOM port, as a JSON list of CIDRs: orthanc.dicomClients
+(scanners, PACS) and site.priorPacs's host, which answers our C-MOVEs by opening C-STOREs to us. The
+NetworkPolicy and the external DICOM Service (loadBalancerSourceRanges) both use this one list.
+*/}}
+{{- define "neuroflow.dicomSources" -}}
+{{- $sources := list }}
+{{- range .Values.orthanc.dicomClients }}{{ $sources = append $sources .cidr }}{{ end }}
+{{- with .Values.site.priorPacs }}{{ $sources = append $sources (printf "%s/32" .host) }}{{ end }}
+{{- $sources | uniq | toJson }}
+{{- end -}}
+
 {{/* Paths inside the pods: the site's shared storage and the configuration files. */}}
 {{- define "neuroflow.dataRoot" -}}/var/lib/neuroflow/shared{{- end -}}
 {{- define "neuroflow.configRoot" -}}/etc/neuroflow{{- end -}}
 
 {{/*
-Kafka topics and consumer groups of a stage worker. The names are spelled in services/neuroflow/core/topics.py;
-tests/deploy/test_helm_chart.py checks these against it.
+Kafka topics and consumer groups (allTopics; workers.<stage>.taskTopics[].{topic, consumerGroup}), generated
+from services/neuroflow/core/topics.py into files/topics.yaml by scripts/gen_chart_topics.py: the chart never
+spells a name the code does not use. Templates read it with include "neuroflow.kafkaNames" . | fromYaml.
 */}}
-{{- define "neuroflow.taskTopic" -}}neuroflow.v1.task.{{ . }}{{- end -}}
-{{- define "neuroflow.urgentTaskTopic" -}}neuroflow.v1.task.{{ . }}.urgent{{- end -}}
-{{- define "neuroflow.workerGroup" -}}neuroflow.{{ . }}{{- end -}}
-{{- define "neuroflow.deadLetterTopic" -}}neuroflow.v1.dead-letter.{{ . }}{{- end -}}
-{{- define "neuroflow.eventTopics" -}}
-{{- list "neuroflow.v1.study-ready" "neuroflow.v1.routing-failed" "neuroflow.v1.results-stored" "neuroflow.v1.task-done" "neuroflow.v1.task-failed" | toJson -}}
+{{- define "neuroflow.kafkaNames" -}}
+{{- .Files.Get "files/topics.yaml" -}}
 {{- end -}}
 
 {{/* The security context of every container: non-root, no privilege escalation, no capabilities. */}}

@@ -39,6 +39,11 @@ class InferenceBackend(ABC):
             yield self.infer(model, batch)
 
 
+def onnx_model_path(repository: Path, model: ModelRef) -> Path:
+    """The ONNX file ONNX Runtime runs for ``model`` (Triton's layout: ``<name>/<version>/model.onnx``)."""
+    return repository / model.name / str(model.version) / "model.onnx"
+
+
 class OnnxRuntimeBackend(InferenceBackend):
     """Runs ``<repository>/<name>/<version>/model.onnx`` with ONNX Runtime on the CPU (or the CUDA
     provider when present). Sessions are created once per model and shared by threads."""
@@ -74,7 +79,7 @@ class OnnxRuntimeBackend(InferenceBackend):
             if model not in self._sessions:
                 import onnxruntime as ort  # deferred: importing it costs ~0.3 s and is only needed here
 
-                path = self._repository / model.name / str(model.version) / "model.onnx"
+                path = onnx_model_path(self._repository, model)
                 if not path.is_file():
                     raise InferenceUnavailable(f"model {model} not found: no file {path}")
                 options = ort.SessionOptions()

@@ -11,8 +11,8 @@ Delivery is at-least-once, as ``MessageBus`` promises:
   later consumer of the group starts after that message. Kafka commits a position per partition:
   committing a message also commits the earlier messages of its partition, which is why the contract
   asks consumers to commit in delivery order.
-* Each (topic, group) is its own Kafka consumer group, named by ``kafka_group_id`` (what the Kafka
-  tools show for consumer lag).
+* Each (topic, group) is its own Kafka consumer group, named by ``topics.kafka_group_id`` (what the
+  Kafka tools show for consumer lag).
 * A consumer that dies (``close_consumer``, or its process ends) leaves what it had not committed to
   the group's next consumer, which reads it again.
 
@@ -34,6 +34,7 @@ from confluent_kafka.cimpl import NewTopic  # where it is defined; confluent_kaf
 
 from neuroflow.core.bus import Message, MessageBus
 from neuroflow.core.errors import BusError, BusUnavailable
+from neuroflow.core.topics import kafka_group_id
 
 log = logging.getLogger(__name__)
 
@@ -356,13 +357,6 @@ class KafkaBus(MessageBus):
                         where, error.str())
             return
         raise _bus_error(error, f"committing {where} on Kafka at {self.bootstrap}")
-
-
-def kafka_group_id(topic: str, group: str) -> str:
-    """The Kafka consumer group behind bus group ``group`` reading ``topic``: one per pair. A service reads
-    several topics under one bus group; were they one Kafka group, a rebalance on any topic would wait for
-    the consumers of every topic to poll again, and a topic polled rarely would stall the others."""
-    return f"{group}.{topic}"
 
 
 def _bus_error(error: KafkaError, doing: str) -> BusError:

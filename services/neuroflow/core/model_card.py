@@ -43,8 +43,13 @@ class ModelCard(BaseModel, frozen=True):
     notes: str = ""
 
 
+def model_card_path(repository: Path, model: ModelRef) -> Path:
+    """The card file of ``model`` (every version of it) in the model repository."""
+    return repository / model.name / "model_card.yaml"
+
+
 def load_model_card(repository: Path, model: ModelRef) -> ModelCard:
-    path = repository / model.name / "model_card.yaml"
+    path = model_card_path(repository, model)
     if not path.is_file():
         raise InferenceUnavailable(f"model {model}: no model card at {path}")
     cards = yaml.safe_load(path.read_text())

@@ -66,9 +66,22 @@ ORCHESTRATOR_GROUP = "neuroflow.orchestrator"
 
 
 def worker_group(stage: common_pb2.Stage.ValueType) -> str:
-    """Consumer group of ``stage``'s workers ("neuroflow.preprocess"): every copy joins it, so each task
-    goes to one of them."""
+    """Bus consumer group of ``stage``'s workers ("neuroflow.preprocess"): every copy joins it, so each task
+    goes to one of them. On Kafka each of its topics has its own group (``kafka_group_id``)."""
     return f"neuroflow.{stage_name(stage)}"
+
+
+def kafka_group_id(topic: str, group: str) -> str:
+    """The Kafka consumer group behind bus group ``group`` reading ``topic``: one per pair. A service reads
+    several topics under one bus group; were they one Kafka group, a rebalance on any topic would wait for
+    the consumers of every topic to poll again, and a topic polled rarely would stall the others. This is
+    the name the broker lists, Kafka's tools show lag for and the chart's KEDA scalers watch."""
+    return f"{group}.{topic}"
+
+
+def worker_kafka_groups(stage: common_pb2.Stage.ValueType) -> dict[str, str]:
+    """The Kafka consumer group of ``stage``'s workers on each of its task topics, by topic, urgent first."""
+    return {topic: kafka_group_id(topic, worker_group(stage)) for topic in task_topics_by_priority(stage)}
 
 
 def all_topics() -> list[str]:

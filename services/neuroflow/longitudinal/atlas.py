@@ -1,5 +1,6 @@
 """Where a lesion lies, in words: the AAL, Harvard-Oxford cortical and JHU white-matter atlases of
-Debian ``mricron-data`` (all in MNI space, ``/usr/share/mricron/templates``), looked up after the patient's
+Debian ``mricron-data`` (all in MNI space, in ``LongitudinalSettings.atlas_dir``, by default where the package
+installs them, ``/usr/share/mricron/templates``, which the image ships too), looked up after the patient's
 brain is registered to the Colin27 template (``ch2bet``, the brain AAL was drawn on, in the same space).
 
 A lesion in a named white-matter tract gets the tract (JHU); one in or next to cortex or deep grey
@@ -23,12 +24,19 @@ import numpy as np
 import numpy.typing as npt
 import SimpleITK as sitk
 
+from neuroflow.core.config import DEFAULT_ATLAS_DIR
 from neuroflow.core.errors import StudyError
 from neuroflow.core.volume import Geometry, Volume
 from neuroflow.preprocess.register import downsample
 
-TEMPLATES = Path("/usr/share/mricron/templates")
-TEMPLATE_BRAIN = TEMPLATES / "ch2bet.nii.gz"
+# The folder is a setting (LongitudinalSettings.atlas_dir); these are the files read from it.
+TEMPLATES = DEFAULT_ATLAS_DIR
+TEMPLATE_BRAIN_FILE = "ch2bet.nii.gz"
+TEMPLATE_BRAIN = TEMPLATES / TEMPLATE_BRAIN_FILE
+AAL_FILES = ("aal.nii.gz", "aal.nii.txt")
+HARVARD_OXFORD_FILE = "HarvardOxford-cort-maxprob-thr0-1mm.nii.gz"
+JHU_FILES = ("JHU-WhiteMatter-labels-1mm.nii.gz", "JHU-WhiteMatter-labels-1mm.nii.txt")
+ATLAS_FILES: tuple[str, ...] = (TEMPLATE_BRAIN_FILE, *AAL_FILES, HARVARD_OXFORD_FILE, *JHU_FILES)
 AAL = "AAL"
 HARVARD_OXFORD = "Harvard-Oxford"
 JHU = "JHU"
@@ -100,15 +108,32 @@ class LabelAtlas:
         return int(block[tuple(where[nearest])])
 
 
+def atlas_files(templates: Path) -> list[Path]:
+    """Every file the atlas locator reads from the folder ``templates``."""
+    return [templates / name for name in ATLAS_FILES]
+
+
+def check_atlas_files(templates: Path) -> None:
+    """FileNotFoundError naming every atlas file missing from ``templates`` and the setting that moves it:
+    a deployment fault, said once, rather than a reader's error deep in a study."""
+    missing = [str(path) for path in atlas_files(templates) if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"atlas files missing: {', '.join(missing)}; install Debian mricron-data or set "
+                                "NEUROFLOW_LONGITUDINAL__ATLAS_DIR to the folder holding them")
+
+
 @cache
 def load_atlases(templates: Path = TEMPLATES) -> tuple[LabelAtlas, LabelAtlas, LabelAtlas]:
-    """AAL, Harvard-Oxford cortical and JHU white-matter labels, read once per process."""
-    aal = LabelAtlas(AAL, read_label_image(templates / "aal.nii.gz"),
-                     _read_names(templates / "aal.nii.txt"), lateral_names=True)
-    ho = LabelAtlas(HARVARD_OXFORD, read_label_image(templates / "HarvardOxford-cort-maxprob-thr0-1mm.nii.gz"),
+    """AAL, Harvard-Oxford cortical and JHU white-matter labels, read once per process (per folder)."""
+    check_atlas_files(templates)
+    aal_image, aal_names = AAL_FILES
+    aal = LabelAtlas(AAL, read_label_image(templates / aal_image),
+                     _read_names(templates / aal_names), lateral_names=True)
+    ho = LabelAtlas(HARVARD_OXFORD, read_label_image(templates / HARVARD_OXFORD_FILE),
                     {n + 1: name for n, name in enumerate(HARVARD_OXFORD_CORTICAL)}, lateral_names=False)
-    tracts = _read_names(templates / "JHU-WhiteMatter-labels-1mm.nii.txt")
-    jhu = LabelAtlas(JHU, read_label_image(templates / "JHU-WhiteMatter-labels-1mm.nii.gz"),
+    jhu_image, jhu_names = JHU_FILES
+    tracts = _read_names(templates / jhu_names)
+    jhu = LabelAtlas(JHU, read_label_image(templates / jhu_image),
                      {v: _without_side(n) for v, n in tracts.items()}, lateral_names=False)
     return aal, ho, jhu
 
@@ -226,8 +251,9 @@ class AtlasLocator:
 
 
 @cache
-def default_locator() -> AtlasLocator:
-    """The locator on the mricron-data template and atlases (read once per process)."""
-    template = read_label_image(TEMPLATE_BRAIN)
+def default_locator(templates: Path = TEMPLATES) -> AtlasLocator:
+    """The locator on the mricron-data template and atlases in ``templates`` (read once per process)."""
+    check_atlas_files(templates)
+    template = read_label_image(templates / TEMPLATE_BRAIN_FILE)
     template = template.with_array(template.array.astype(np.float32))
-    return AtlasLocator(template, load_atlases())
+    return AtlasLocator(template, load_atlases(templates))

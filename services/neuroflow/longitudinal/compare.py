@@ -149,7 +149,7 @@ def _ms_change(section: LongitudinalReport, baseline: Timepoint, followup: Timep
         base = _volumes(baseline, roles, study_key)
         follow = _volumes(followup, roles, study_key)
     change: MsLesionChange = detect_new_ms_lesions(base, follow, backend, settings.models, study_key=study_key,
-                                                   clock=clock)
+                                                   clock=clock, atlas_dir=settings.longitudinal.atlas_dir)
     flair = followup.instances[SeriesRole.FLAIR]
     algorithm = settings.models.ms_lesion or MS_SUBTRACTION
     key = _pair_hash(baseline, followup, roles, algorithm)

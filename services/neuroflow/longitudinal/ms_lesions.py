@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -41,7 +42,7 @@ from neuroflow.core.labels import ChangeLabel
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.timing import StageClock
 from neuroflow.core.volume import Geometry, Volume, resample
-from neuroflow.longitudinal.atlas import AtlasLocator, default_locator
+from neuroflow.longitudinal.atlas import TEMPLATES, AtlasLocator, default_locator
 from neuroflow.longitudinal.intensity import match_intensities, n4_bias_correct
 from neuroflow.longitudinal.lesion_model import network_candidates
 from neuroflow.preprocess.register import register_rigid
@@ -138,13 +139,14 @@ def detect_new_ms_lesions(
     study_key: str,
     clock: StageClock | None = None,
     locator: AtlasLocator | None = None,
+    atlas_dir: Path = TEMPLATES,
 ) -> MsLesionChange:
     """New and enlarging lesions on the follow-up FLAIR compared with the baseline FLAIR (module doc).
 
     Takes each timepoint's volumes by role (FLAIR required; other roles are accepted and not needed by
     the subtraction), the backend serving the skull-strip networks (and the optional lesion network
     ``models.ms_lesion``) and the follow-up's pseudonymous ``study_key``. ``locator`` names atlas regions
-    (default: the mricron-data atlases, registered once per call).
+    (default: the mricron-data atlases in ``atlas_dir``, registered once per call).
 
     Refuses with MissingSequence a timepoint without FLAIR, and with StudyError a 2D FLAIR whose slices
     are 5 mm or thicker (either timepoint), naming which and why."""
@@ -198,7 +200,7 @@ def detect_new_ms_lesions(
     with clock.stage("locate"):
         names: list[str] = []
         if kept:
-            locator = locator or default_locator()
+            locator = locator or default_locator(atlas_dir)
             stripped = follow_flair.with_array(np.where(brain, follow_n4, 0.0).astype(np.float32))
             names = locator.locate(stripped, [c.centroid_mm for c in kept], study_key=study_key)
 

@@ -220,7 +220,7 @@ class ModelReadinessProbe:
 
 @dataclass(frozen=True)
 class ConsumerPair:
-    """One bus consumer group reading one topic (``kafka_bus.kafka_group_id`` names its Kafka group)."""
+    """One bus consumer group reading one topic (``topics.kafka_group_id`` names its Kafka group)."""
 
     group: str
     topic: str
@@ -259,7 +259,7 @@ class KafkaProbe:
         from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
         from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined]
 
-        from neuroflow.core.kafka_bus import kafka_group_id
+        from neuroflow.core.topics import kafka_group_id
 
         cluster = self._admin.list_topics(timeout=self._timeout_s)
         partitions = {pair: [TopicPartition(pair.topic, p) for p in cluster.topics[pair.topic].partitions]
