@@ -41,6 +41,7 @@ from neuroflow.core.errors import (
     OrthancRequestFailed,
     OrthancUnavailable,
     SeriesRejected,
+    StoreUnavailable,
     StudyError,
 )
 from neuroflow.core.records import RecordStore
@@ -117,7 +118,7 @@ def _classify(exc: BaseException) -> tuple[common_pb2.FailureReason.Code.ValueTy
             # Retried too (bounded, then dead-lettered): a PACS that refuses during maintenance or while
             # its storage is full accepts later; one that keeps refusing ends in the dead-letter topic.
             return Code.DESTINATION_REJECTED, True
-        case OrthancUnavailable():
+        case OrthancUnavailable() | StoreUnavailable():  # the state database (timepoints) away: comes back
             return Code.STORAGE_UNAVAILABLE, True
         case OrthancRequestFailed() | VolumeNotFound() | VolumeCorrupted():
             return Code.STORAGE_UNAVAILABLE, False
