@@ -34,6 +34,16 @@ def test_a_loop_that_stops_beating_is_not_alive_once_the_bound_has_passed() -> N
     assert health.liveness(stall_s=120).ok
 
 
+def test_a_loop_that_pauses_between_rounds_is_allowed_its_pause() -> None:
+    clock = Clock()
+    health = Health(clock)
+    health.beat("monitor", pause_s=300)  # a round every 5 minutes, longer than the bound
+    clock.now += 400
+    assert health.liveness(stall_s=120).ok
+    clock.now += 30
+    assert not health.liveness(stall_s=120).ok
+
+
 def test_a_long_task_keeps_its_loop_alive_until_its_deadline_then_the_bound() -> None:
     clock = Clock()
     health = Health(clock)

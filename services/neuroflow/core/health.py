@@ -59,11 +59,12 @@ class Health:
         self._checks: dict[str, Check] = {}
         self._in_flight: dict[str, tuple[threading.Thread, float]] = {}  # dependency -> check still running
 
-    def beat(self, loop: str) -> None:
-        """``loop`` completed an iteration (or waited for work) without error."""
+    def beat(self, loop: str, pause_s: float = 0.0) -> None:
+        """``loop`` completed an iteration (or waited for work) without error. ``pause_s``: it now sleeps
+        that long before the next one (a sweep every 30 s), which is not a stall."""
         now = self._clock()
         with self._lock:
-            self._beats[loop] = now
+            self._beats[loop] = now + max(0.0, pause_s)
 
     @contextlib.contextmanager
     def busy(self, loop: str, until: float) -> Iterator[None]:
@@ -155,9 +156,9 @@ def _run_check(check: Check, outcome: list[str]) -> None:
 HEALTH = Health()
 
 
-def beat(loop: str) -> None:
-    """``loop`` of this process made progress (see the module doc)."""
-    HEALTH.beat(loop)
+def beat(loop: str, pause_s: float = 0.0) -> None:
+    """``loop`` of this process made progress, and pauses ``pause_s`` before its next iteration."""
+    HEALTH.beat(loop, pause_s)
 
 
 def busy(loop: str, until: float) -> contextlib.AbstractContextManager[None]:

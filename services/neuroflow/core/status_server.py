@@ -14,7 +14,8 @@ import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import REGISTRY
+from prometheus_client.exposition import choose_encoder
 
 from neuroflow.core.health import HEALTH, Health
 
@@ -29,8 +30,9 @@ def start_status_server(port: int, host: str, *, stall_s: float, check_timeout_s
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # the name http.server calls
             path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                self._answer(200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY))
+            if path == "/metrics":  # the format the scraper asks for, as prometheus_client's own server does
+                encode, content_type = choose_encoder(self.headers.get("Accept") or "")
+                self._answer(200, content_type, encode(REGISTRY))
             elif path == "/healthz":
                 verdict = health.liveness(stall_s)
                 self._answer(verdict.status, "application/json", verdict.body())

@@ -384,7 +384,7 @@ class LongitudinalService:
         while not self._stop.is_set():
             try:
                 self._sweeper.sweep()
-                health.beat("prior-wait-sweeper")
+                health.beat("prior-wait-sweeper", pause_s=self._interval_s)
             except Exception:  # the database or the bus away: try again at the next interval
                 log.exception("prior-wait sweep failed; again in %.0f s", self._interval_s)
             self._stop.wait(self._interval_s)

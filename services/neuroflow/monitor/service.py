@@ -57,7 +57,7 @@ class Monitor:
         while not self._stop.is_set():
             began = time.monotonic()
             self.run_round()  # never raises: a probe's failure is a value
-            health.beat("monitor")
+            health.beat("monitor", pause_s=self._period_s)
             self._stop.wait(max(0.0, self._period_s - (time.monotonic() - began)))
 
     def stop(self) -> None:
