@@ -29,8 +29,11 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# A peer that stops answering is given up after idle + interval * count seconds (about a minute).
-_KEEPALIVE: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+# A peer that stops answering is given up after about a minute: on an idle connection after keepalive
+# probes (idle + interval * count seconds), on one waiting for an answer when what it sent stays
+# unacknowledged (tcp_user_timeout, ms). Neither limits a statement the server is working on.
+_DEAD_PEER: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+                              "keepalives_count": 3, "tcp_user_timeout": 60_000}
 
 
 class ConnectionLost(Exception):
@@ -71,7 +74,7 @@ def connect_postgres(dsn: str, *, connect_timeout_s: float, role: str = "state d
 
     try:
         return psycopg.connect(dsn, autocommit=True, connect_timeout=max(1, round(connect_timeout_s)),
-                               **_KEEPALIVE, **options)
+                               **_DEAD_PEER, **options)
     except psycopg.OperationalError as error:
         raise StoreUnavailable(f"{role} unavailable ({safe_dsn(dsn)}): {error}") from error
 
