@@ -9,6 +9,7 @@ import shlex
 import subprocess
 import sys
 import textwrap
+import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,21 +155,39 @@ def run_entrypoint(*args: str, port: int) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["sh", str(ENTRYPOINT), *args], env=env, capture_output=True, text=True, timeout=30)
 
 
-def test_the_health_command_passes_while_a_service_serves_metrics_and_fails_without() -> None:
+def test_the_health_command_passes_while_the_service_loop_beats_and_fails_once_it_stalls() -> None:
     port = free_loopback_port()
-    # A real metrics server, bound to every interface the way the image and the chart configure it.
+    # A real status server, bound to every interface the way the image and the chart configure it, and a
+    # service loop that beats until it is told (a line on stdin) to stall.
     server = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import sys, time
-        from neuroflow.core.metrics import TASKS_STARTED, start_metrics_server
-        start_metrics_server({port}, "0.0.0.0")
-        TASKS_STARTED.labels(site="t", pipeline="glioma", stage="preprocess").inc()
+        import sys, threading, time
+        from neuroflow.core import health
+        from neuroflow.core.config import HealthSettings
+        from neuroflow.core.metrics import start_metrics_server
+        start_metrics_server({port}, "0.0.0.0", HealthSettings(stall_s=2))
+        stalled = threading.Event()
+        def loop():
+            while not stalled.is_set():
+                health.beat("ingest")
+                time.sleep(0.1)
+        threading.Thread(target=loop, daemon=True).start()
         print("up", flush=True)
+        sys.stdin.readline()
+        stalled.set()
         time.sleep(60)
-        """)], stdout=subprocess.PIPE, text=True)
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None and server.stdout.readline().strip() == "up"
         healthy = run_entrypoint("health", port=port)
         assert healthy.returncode == 0, healthy.stderr
+        assert server.stdin is not None
+        server.stdin.write("stall\n")
+        server.stdin.flush()
+        deadline = time.monotonic() + 30
+        while (stalled := run_entrypoint("health", port=port)).returncode == 0:
+            assert time.monotonic() < deadline, "/healthz still passes 30 s after the loop stopped beating"
+            time.sleep(0.5)
+        assert "503" in stalled.stderr and "ingest" in stalled.stderr and "no progress" in stalled.stderr
     finally:
         server.terminate()
         server.wait(timeout=10)

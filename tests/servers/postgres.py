@@ -1,7 +1,9 @@
-"""PostgreSQL fixtures: one server for the test session, one fresh database per test."""
+"""PostgreSQL fixtures: one server for the test session, one fresh database per test; and
+``private_postgres`` for a test that stops or restarts its server (never the shared one)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -17,20 +19,29 @@ from neuroflow.devtools.postgres_server import PostgresProcess, start_postgres
 _database_numbers = count()
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresProcess]:
+@contextlib.contextmanager
+def private_postgres() -> Iterator[PostgresProcess]:
+    """A server of its own, in a temporary folder, stopped and removed afterwards."""
     # Not under pytest's tmp_path: run by root, the server runs as the postgres user, who cannot enter
     # pytest's private (0700, root-owned) folders.
     root = Path(tempfile.mkdtemp(prefix="neuroflow-pg-"))
     if os.geteuid() == 0:
         account = pwd.getpwnam("postgres")
         os.chown(root, account.pw_uid, account.pw_gid)
-    server = start_postgres(root / "data")
     try:
-        yield server
+        server = start_postgres(root / "data")
+        try:
+            yield server
+        finally:
+            server.stop()
     finally:
-        server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresProcess]:
+    with private_postgres() as server:
+        yield server
 
 
 @pytest.fixture

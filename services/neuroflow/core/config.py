@@ -55,6 +55,8 @@ class StateSettings(BaseModel):
     kind: Literal["sqlite", "postgres"] = "sqlite"
     sqlite_path: Path = Path(".neuroflow/state.sqlite3")
     dsn: SecretStr = SecretStr("")  # PostgreSQL connection string (libpq form); may hold a password
+    # A PostgreSQL that does not accept a connection within this long is unavailable (StoreUnavailable).
+    connect_timeout_s: float = Field(default=10.0, gt=0.0)
 
 
 class DicomSettings(BaseModel):
@@ -163,6 +165,17 @@ class RetentionSettings(BaseModel):
         return self
 
 
+class HealthSettings(BaseModel):
+    """What /healthz and /readyz (on the metrics port) answer; see core/health."""
+
+    # Liveness: a service loop that made no progress for this long (an iteration that ended without error;
+    # a task counts until its deadline) is stuck or failing every time: /healthz answers 503.
+    stall_s: float = Field(default=120.0, gt=0.0)
+    # Readiness: a dependency (state database, Kafka, Orthanc, inference server) that does not answer its
+    # check within this long is down: /readyz answers 503 naming it.
+    check_timeout_s: float = Field(default=3.0, gt=0.0)
+
+
 class PacsNode(BaseModel):
     """A DICOM node (the site's PACS) that priors are queried (C-FIND) and retrieved (C-MOVE) from."""
 
@@ -239,6 +252,7 @@ class NeuroflowSettings(BaseSettings):
     # Address the metrics server binds: loopback on a shared host; 0.0.0.0 in a pod, where the kubelet's
     # probes and Prometheus reach it on the pod IP (helm/neuroflow sets it).
     metrics_host: str = "127.0.0.1"
+    health: HealthSettings = Field(default_factory=HealthSettings)  # /healthz and /readyz on the metrics port
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     longitudinal: LongitudinalSettings = Field(default_factory=LongitudinalSettings)

@@ -66,3 +66,9 @@ class BusError(NeuroflowError):
 class BusUnavailable(BusError):
     """The message bus cannot be reached (broker down, wrong address, no answer in time). Retryable:
     nothing was lost, a publish that raised this was not acknowledged and may be repeated."""
+
+
+class StoreUnavailable(NeuroflowError):
+    """A state database (workflow state, wait windows, timepoints) cannot be reached, or lost the connection
+    during a statement and could not safely run it again. Retryable: the next call connects afresh. The
+    message names the database (never its password) and whether the statement may have been applied."""

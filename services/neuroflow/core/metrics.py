@@ -11,15 +11,18 @@ importing this module checks every metric against it. Every metric has at least 
 exports only what it recorded (an unlabelled gauge would read 0 in every process that imports this).
 
 ``start_metrics_server(port, host)`` exposes the process's metrics (``NeuroflowSettings.metrics_port``,
-0: not exposed)."""
+0: not exposed), beside its health endpoints /healthz and /readyz (core/status_server)."""
 
 from __future__ import annotations
 
 import logging
 import threading
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
+
+from neuroflow.core.config import HealthSettings
+from neuroflow.core.status_server import start_status_server
 
 log = logging.getLogger(__name__)
 
@@ -170,16 +173,18 @@ _server_lock = threading.Lock()
 _server_port: int | None = None
 
 
-def start_metrics_server(port: int, host: str = "127.0.0.1") -> int | None:
-    """Expose this process's metrics on http://<host>:<port>/metrics (a daemon thread). 0: do nothing.
-    Calling it again (several services in one process) keeps the first server. Returns the port, or None.
-    Raises OSError when the port is taken: two services must not claim the same one."""
+def start_metrics_server(port: int, host: str = "127.0.0.1", health: HealthSettings | None = None) -> int | None:
+    """Expose this process's metrics on http://<host>:<port>/metrics, and its liveness and readiness on
+    /healthz and /readyz (``health``: their bounds), from a daemon thread. 0: do nothing. Calling it again
+    (several services in one process) keeps the first server. Returns the port, or None. Raises OSError
+    when the port is taken: two services must not claim the same one."""
     global _server_port
     if port <= 0:
         return None
+    bounds = health or HealthSettings()
     with _server_lock:
         if _server_port is None:
-            start_http_server(port, addr=host, registry=REGISTRY)
+            start_status_server(port, host, stall_s=bounds.stall_s, check_timeout_s=bounds.check_timeout_s)
             _server_port = port
-            log.info("metrics on http://%s:%d/metrics", host, port)
+            log.info("metrics on http://%s:%d/metrics, health on /healthz and /readyz", host, port)
         return _server_port

@@ -14,7 +14,7 @@ import math
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from neuroflow.core.errors import NeuroflowError
+from neuroflow.core.sql_reconnect import ConnectionLost, retry_once
 
 
 class WorkflowStatus(StrEnum):
@@ -179,6 +180,7 @@ class _Connection(Protocol):
 
 
 _C = TypeVar("_C", bound=_Connection)
+_T = TypeVar("_T")
 
 
 class SqlStateStore(WorkflowStateStore, Generic[_C]):
@@ -186,7 +188,12 @@ class SqlStateStore(WorkflowStateStore, Generic[_C]):
     every write is one transaction. Statements use ``?`` placeholders, which ``_sql`` turns into the
     backend's (``_ph``, as in neuroflow.core.sql_statements). A backend supplies only what differs:
     connecting, opening a transaction, the column types, writing and reading timestamps, row and schema
-    locking, and the database's name in error messages."""
+    locking, telling a lost connection from a refused statement, and the database's name in error messages.
+
+    A connection the database ended (a restart, a dropped network path) is dropped and the call tried once
+    more on a new one when that cannot apply it twice (core/sql_reconnect): reads and the idempotent
+    writes (set_status to a status it may stay in, record_stage_timing) always, ``create`` only when the
+    connection was lost before COMMIT; otherwise StoreUnavailable (retryable)."""
 
     _ph: ClassVar[str] = "?"
     _timestamp_type: ClassVar[str]  # column type of created_at/updated_at
@@ -208,13 +215,18 @@ class SqlStateStore(WorkflowStateStore, Generic[_C]):
 
     def create(self, workflow_id: str, study_key: str, pipeline: str, input_hash: str) -> bool:
         now = self._now()
-        with self._transaction() as db:
+
+        def insert(db: _C) -> bool:
             cursor = db.execute(
                 self._sql(f"INSERT INTO workflows ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, NULL, '', ?, ?) "
                           "ON CONFLICT DO NOTHING"),
                 (workflow_id, study_key, pipeline, input_hash, WorkflowStatus.PENDING.value, now, now),
             )
             return cursor.rowcount == 1
+
+        # Not idempotent in its answer: run again after a COMMIT that did apply, it would say False ("the
+        # same work exists") for the workflow it created itself.
+        return self._run(insert, idempotent=False, what=f"create workflow {workflow_id}")
 
     def get(self, workflow_id: str) -> WorkflowRecord | None:
         rows = self._select("WHERE workflow_id = ?", (workflow_id,))
@@ -224,7 +236,8 @@ class SqlStateStore(WorkflowStateStore, Generic[_C]):
         self, workflow_id: str, status: WorkflowStatus, *, stage: str | None, detail: str = ""
     ) -> None:
         status = WorkflowStatus(status)
-        with self._transaction() as db:
+
+        def update(db: _C) -> None:
             row = db.execute(self._sql(f"SELECT status FROM workflows WHERE workflow_id = ?{self._lock_row}"),
                              (workflow_id,)).fetchone()
             if row is None:
@@ -239,11 +252,16 @@ class SqlStateStore(WorkflowStateStore, Generic[_C]):
                 (status.value, stage, detail, self._now(), workflow_id),
             )
 
+        # Idempotent: staying in a status is always allowed, so applying the same change twice leaves the
+        # record as once (but for updated_at).
+        self._run(update, idempotent=True, what=f"set workflow {workflow_id} {status}")
+
     def record_stage_timing(self, workflow_id: str, stage: str, seconds: float) -> None:
         if not (math.isfinite(seconds) and seconds >= 0):
             raise ValueError(f"workflow {workflow_id} stage {stage}: "
                              f"duration must be finite and >= 0, not {seconds}")
-        with self._transaction() as db:
+
+        def upsert(db: _C) -> None:
             cursor = db.execute(self._sql("UPDATE workflows SET updated_at = ? WHERE workflow_id = ?"),
                                 (self._now(), workflow_id))
             if cursor.rowcount == 0:
@@ -251,6 +269,8 @@ class SqlStateStore(WorkflowStateStore, Generic[_C]):
             db.execute(self._sql("INSERT INTO stage_timings (workflow_id, stage, seconds) VALUES (?, ?, ?) "
                                  "ON CONFLICT (workflow_id, stage) DO UPDATE SET seconds = excluded.seconds"),
                        (workflow_id, stage, float(seconds)))
+
+        self._run(upsert, idempotent=True, what=f"record workflow {workflow_id} {stage} timing")  # replaces
 
     def list(self, status: WorkflowStatus | None = None) -> builtins.list[WorkflowRecord]:
         if status is None:
@@ -269,11 +289,15 @@ class SqlStateStore(WorkflowStateStore, Generic[_C]):
         return self._select("WHERE study_key = ?", (study_key,))
 
     def delete_finished(self, workflow_id: str, before: datetime) -> bool:
-        with self._transaction() as db:
+        def delete(db: _C) -> bool:
             cursor = db.execute(self._sql(f"DELETE FROM workflows WHERE workflow_id = ? AND status IN "
                                           f"({_FINISHED_LIST}) AND updated_at < ?"),
                                 (workflow_id, self._time_value(before)))
             return cursor.rowcount == 1
+
+        # Not repeated after a lost COMMIT: a second run would answer False for a row the first deleted; the
+        # sweep is idempotent anyway and the next one finishes what this one could not.
+        return self._run(delete, idempotent=False, what="delete a finished workflow")
 
     def close(self) -> None:
         with self._connections_lock:
@@ -317,10 +341,46 @@ class SqlStateStore(WorkflowStateStore, Generic[_C]):
         """Whether this thread's connection is unusable, to be replaced by a new one."""
         return False
 
+    def _connection_lost(self, error: BaseException, connection: _C) -> bool:
+        """Whether ``error`` means ``connection`` is gone (rather than the statement refused). Never, by
+        default: a database file has no connection to lose."""
+        return False
+
     # -- internals -----------------------------------------------------------------------------------
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", self._ph)
+
+    def _run(self, work: Callable[[_C], _T], *, idempotent: bool, what: str, transaction: bool = True) -> _T:
+        """``work`` on this thread's connection, in one transaction (``transaction``; reads need none),
+        tried once more on a new connection when the connection was lost and that is safe."""
+        return retry_once(lambda: self._attempt(work, transaction), idempotent=idempotent,
+                          what=f"workflow state: {what}")
+
+    def _attempt(self, work: Callable[[_C], _T], transaction: bool) -> _T:
+        connection = self._connection()
+        committing = False
+        try:
+            if not transaction:
+                return work(connection)
+            with self._transaction() as db:
+                result = work(db)
+                committing = True  # the body ran: what fails from here on is the COMMIT
+            return result
+        except Exception as error:
+            if not self._connection_lost(error, connection):
+                raise
+            self._drop(connection)
+            raise ConnectionLost(self._name(), error, maybe_applied=committing) from error
+
+    def _drop(self, connection: _C) -> None:
+        """Forget this thread's lost connection: the next call opens a new one."""
+        self._local.connection = None
+        with self._connections_lock:
+            if connection in self._connections:
+                self._connections.remove(connection)
+        with contextlib.suppress(Exception):
+            connection.close()
 
     def _connection(self) -> _C:
         connection: _C | None = getattr(self._local, "connection", None)
@@ -345,7 +405,10 @@ class SqlStateStore(WorkflowStateStore, Generic[_C]):
                                      f"this neuroflow understands ({_SCHEMA_VERSION}): upgrade neuroflow")
 
     def _select(self, where: str, parameters: tuple[object, ...]) -> builtins.list[WorkflowRecord]:
-        db = self._connection()
+        return self._run(lambda db: self._select_on(db, where, parameters), idempotent=True, what="read workflows",
+                         transaction=False)
+
+    def _select_on(self, db: _C, where: str, parameters: tuple[object, ...]) -> builtins.list[WorkflowRecord]:
         rows = db.execute(self._sql(f"SELECT {_COLUMNS} FROM workflows {where} ORDER BY created_at, workflow_id"),
                           parameters).fetchall()
         if not rows:

@@ -1,6 +1,7 @@
 """Workflow state in PostgreSQL: the distributed runtime's WorkflowStateStore (see core/state.py for
 the contract and the statements, shared with the embedded SQLite store; the same contract tests run on
-both). Only this module imports psycopg, so the embedded runtime never needs it.
+both). Only this module (and core/sql_reconnect, when called) imports psycopg, so the embedded runtime
+never needs it.
 
 Several orchestrator processes share one database. The two invariants are the database's to keep: a
 UNIQUE (study_key, pipeline, input_hash) constraint with INSERT ... ON CONFLICT DO NOTHING makes the
@@ -17,7 +18,7 @@ from typing import Any
 
 import psycopg
 
-from neuroflow.core.errors import NeuroflowError
+from neuroflow.core.sql_reconnect import connect_postgres, postgres_connection_lost, safe_dsn
 from neuroflow.core.state import SqlStateStore
 
 # Any constant: serialises the first creation of the schema by several processes starting at once.
@@ -28,7 +29,7 @@ class PostgresStateStore(SqlStateStore["psycopg.Connection[Any]"]):
     """Over psycopg 3, one connection per thread (autocommit; every write is an explicit transaction).
     ``dsn`` is a libpq connection string or URL. Timestamps are TIMESTAMPTZ, taken from this process's
     clock (as the SQLite store does) and returned in UTC. Refuses (NeuroflowError) a database whose
-    schema is newer than this code understands."""
+    schema is newer than this code understands. A database that cannot be reached: StoreUnavailable."""
 
     _ph = "%s"
     _timestamp_type = "TIMESTAMPTZ"
@@ -43,14 +44,16 @@ class PostgresStateStore(SqlStateStore["psycopg.Connection[Any]"]):
         super().__init__()
 
     def _connect(self) -> psycopg.Connection[Any]:
-        try:
-            return psycopg.connect(self._dsn, autocommit=True, connect_timeout=max(1, round(self._connect_timeout)),
-                                   options="-c timezone=UTC")
-        except psycopg.OperationalError as error:
-            raise NeuroflowError(f"workflow state database unavailable ({_safe(self._dsn)}): {error}") from error
+        connection: psycopg.Connection[Any] = connect_postgres(
+            self._dsn, connect_timeout_s=self._connect_timeout, role="workflow state database",
+            options="-c timezone=UTC")
+        return connection
 
     def _is_closed(self, connection: psycopg.Connection[Any]) -> bool:
         return connection.closed
+
+    def _connection_lost(self, error: BaseException, connection: psycopg.Connection[Any]) -> bool:
+        return postgres_connection_lost(error, connection)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[psycopg.Connection[Any]]:
@@ -72,14 +75,4 @@ class PostgresStateStore(SqlStateStore["psycopg.Connection[Any]"]):
         return value.astimezone(UTC)
 
     def _name(self) -> str:
-        return _safe(self._dsn)
-
-
-def _safe(dsn: str) -> str:
-    """The DSN without its password, for error messages."""
-    try:
-        info = psycopg.conninfo.conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        return "<unparsable DSN>"
-    info.pop("password", None)
-    return " ".join(f"{k}={v}" for k, v in info.items())
+        return safe_dsn(self._dsn)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
-from neuroflow.core import metrics, topics
+from neuroflow.core import health, metrics, topics
 from neuroflow.core.bus import Message, MessageBus
 from neuroflow.core.dead_letter import now_timestamp, publish_dead_letter
 from neuroflow.core.errors import (
@@ -41,6 +42,7 @@ from neuroflow.core.errors import (
     OrthancRequestFailed,
     OrthancUnavailable,
     SeriesRejected,
+    StoreUnavailable,
     StudyError,
 )
 from neuroflow.core.records import RecordStore
@@ -117,7 +119,7 @@ def _classify(exc: BaseException) -> tuple[common_pb2.FailureReason.Code.ValueTy
             # Retried too (bounded, then dead-lettered): a PACS that refuses during maintenance or while
             # its storage is full accepts later; one that keeps refusing ends in the dead-letter topic.
             return Code.DESTINATION_REJECTED, True
-        case OrthancUnavailable():
+        case OrthancUnavailable() | StoreUnavailable():  # the state database (timepoints) away: comes back
             return Code.STORAGE_UNAVAILABLE, True
         case OrthancRequestFailed() | VolumeNotFound() | VolumeCorrupted():
             return Code.STORAGE_UNAVAILABLE, False
@@ -125,6 +127,14 @@ def _classify(exc: BaseException) -> tuple[common_pb2.FailureReason.Code.ValueTy
             return Code.STORAGE_UNAVAILABLE, True
         case _:
             return Code.INTERNAL, False
+
+
+def _monotonic_deadline(task: tasks_pb2.TaskRequested) -> float:
+    """The task's deadline on time.monotonic()'s clock (what core/health compares); none: math.inf (the
+    orchestrator always sets one)."""
+    if not task.HasField("deadline"):
+        return math.inf
+    return time.monotonic() + (task.deadline.seconds + task.deadline.nanos / 1e9 - time.time())
 
 
 def done_record_key(idempotency_key: str) -> str:
@@ -176,6 +186,7 @@ class StageWorker:
         while not self._stop.is_set():
             try:
                 self.process_one()
+                health.beat(self.name)  # a task answered, or none waiting: progress either way
             except Exception:
                 log.exception("%s: error between tasks; retrying in 1 s", self.name)
                 self._stop.wait(1.0)
@@ -253,7 +264,8 @@ class StageWorker:
         metrics.TASKS_STARTED.labels(*labels).inc()
         started = time.perf_counter()
         try:
-            with metrics.TASKS_IN_FLIGHT.labels(*labels).track_inprogress():
+            with metrics.TASKS_IN_FLIGHT.labels(*labels).track_inprogress(), \
+                    health.busy(self.name, _monotonic_deadline(task)):
                 output = self._handler(task)
         except Exception as exc:  # every failure becomes an answer; the loop goes on
             if not isinstance(exc, NeuroflowError):

@@ -56,6 +56,18 @@ class PostgresProcess(ChildServer):
         ``timeout_s``; returns once the port is free. Stopping a stopped server does nothing."""
         self._stop_process([self.port], timeout_s, "PostgreSQL", signal.SIGINT)
 
+    def start(self, wait_s: float = 30.0) -> None:
+        """Start the stopped server again, on the same port and data folder (what a restarted pod or a
+        failover looks like to its clients: the same address, every session gone)."""
+        if self.running:
+            raise PostgresStartFailed(f"PostgreSQL on port {self.port} is running: stop it first")
+        self.process = start_postgres(self.data_dir, self.port, wait_s=wait_s).process
+
+    def restart(self, wait_s: float = 30.0) -> None:
+        """Fast shutdown (every open session is ended) and start again on the same port and data."""
+        self.stop()
+        self.start(wait_s)
+
 
 def start_postgres(data_dir: Path, port: int | None = None, *, wait_s: float = 30.0) -> PostgresProcess:
     """Start PostgreSQL 15 with its cluster in ``data_dir`` (initdb first when the folder holds none; an

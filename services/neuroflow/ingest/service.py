@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from neuroflow.core import metrics, topics
+from neuroflow.core import health, metrics, topics
 from neuroflow.core.bus import MessageBus
 from neuroflow.core.config import CHANGE_PIPELINES
 from neuroflow.core.dicom_io import StudyIndex, study_key
@@ -136,6 +136,7 @@ class IngestService:
             try:
                 self.poll_changes()
                 self.trigger_due()
+                health.beat("ingest")
             except Exception:
                 log.exception("ingest loop failed; retrying in %.1f s", interval)
             self._stopped.wait(interval)

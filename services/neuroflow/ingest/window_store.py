@@ -72,7 +72,9 @@ class WindowStore(ABC):
 
 class _SqlWindowStore(WindowStore, SqlStatements):
     """The statements are the same for SQLite and PostgreSQL; only the placeholders and the
-    connection differ."""
+    connection differ. Every statement but the claim may run twice after a lost connection (each keeps a
+    maximum or sets fixed values). A claim whose COMMIT was lost is not run again: it raises
+    StoreUnavailable, and a claim that did commit just holds its studies until the lease expires."""
 
     def touch(self, resource_id: str, seq: int, at: float) -> None:
         self._execute(self._sql(
@@ -81,7 +83,8 @@ class _SqlWindowStore(WindowStore, SqlStatements):
             "last_seq = CASE WHEN excluded.last_seq > study_windows.last_seq "
             "THEN excluded.last_seq ELSE study_windows.last_seq END, "
             "last_change_at = CASE WHEN excluded.last_change_at > study_windows.last_change_at "
-            "THEN excluded.last_change_at ELSE study_windows.last_change_at END"), (resource_id, seq, at))
+            "THEN excluded.last_change_at ELSE study_windows.last_change_at END"), (resource_id, seq, at),
+            idempotent=True)
 
     def claim_due(self, now: float, window_s: float, holder: str, lease_s: float) -> list[Claim]:
         rows = self._execute(self._sql(
@@ -94,22 +97,22 @@ class _SqlWindowStore(WindowStore, SqlStatements):
     def complete(self, claim: Claim) -> None:
         self._execute(self._sql(
             "UPDATE study_windows SET triggered_seq = ?, claimed_by = NULL, claim_expires = 0 "
-            "WHERE resource_id = ? AND claimed_by = ?"), (claim.seq, claim.resource_id, claim.holder))
+            "WHERE resource_id = ? AND claimed_by = ?"), (claim.seq, claim.resource_id, claim.holder), idempotent=True)
 
     def release(self, claim: Claim) -> None:
         self._execute(self._sql(
             "UPDATE study_windows SET claimed_by = NULL, claim_expires = 0 WHERE resource_id = ? AND claimed_by = ?"),
-            (claim.resource_id, claim.holder))
+            (claim.resource_id, claim.holder), idempotent=True)
 
     def cursor(self, feed: str) -> int:
-        rows = self._execute(self._sql("SELECT seq FROM feed_cursors WHERE feed = ?"), (feed,))
+        rows = self._execute(self._sql("SELECT seq FROM feed_cursors WHERE feed = ?"), (feed,), idempotent=True)
         return int(rows[0][0]) if rows else 0
 
     def advance_cursor(self, feed: str, seq: int) -> None:
         self._execute(self._sql(
             "INSERT INTO feed_cursors (feed, seq) VALUES (?, ?) ON CONFLICT (feed) DO UPDATE SET "
             "seq = CASE WHEN excluded.seq > feed_cursors.seq THEN excluded.seq ELSE feed_cursors.seq END"),
-            (feed, seq))
+            (feed, seq), idempotent=True)
 
     def is_pending(self, resource_id: str) -> bool:
         rows = self._execute(self._sql(
@@ -129,14 +132,14 @@ class SqliteWindowStore(SqliteStatements, _SqlWindowStore):
 
     def __init__(self, path: Path) -> None:
         self._open(path)
-        self._execute(_TABLE)
-        self._execute(_CURSOR_TABLE)
+        self._execute(_TABLE, idempotent=True)
+        self._execute(_CURSOR_TABLE, idempotent=True)
 
 
 class PostgresWindowStore(PostgresStatements, _SqlWindowStore):
     """Distributed: the site's PostgreSQL. Row-level locking of UPDATE makes claims exclusive."""
 
-    def __init__(self, dsn: str) -> None:
-        self._open(dsn)
-        self._execute(_TABLE)
-        self._execute(_CURSOR_TABLE)
+    def __init__(self, dsn: str, *, connect_timeout_s: float = 10.0) -> None:
+        self._open(dsn, connect_timeout_s=connect_timeout_s)
+        self._execute(_TABLE, idempotent=True)
+        self._execute(_CURSOR_TABLE, idempotent=True)

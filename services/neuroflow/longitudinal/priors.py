@@ -241,12 +241,15 @@ _COLUMNS = "patient_key, pipeline, study_uid, acquired_at, state, baseline_uid, 
 
 class TimepointStore(SqlStatements):
     """Per (patient, pipeline): the studies processed or waiting. Every method is one atomic statement, so
-    several longitudinal workers may share the store."""
+    several longitudinal workers may share the store. Every statement but the claim of expired waits may
+    run twice after a lost connection (reads, insert-if-absent, upserts of fixed values); that claim is
+    not run again when its COMMIT was lost (StoreUnavailable): run twice, the second would find the waits
+    the first marked EXPIRED and return none of them."""
 
     def get(self, patient_key: str, pipeline: str, study_uid: str) -> PatientTimepoint | None:
         rows = self._execute(self._sql(f"SELECT {_COLUMNS} FROM longitudinal_timepoints "
                                        "WHERE patient_key = ? AND pipeline = ? AND study_uid = ?"),
-                             (patient_key, pipeline, study_uid))
+                             (patient_key, pipeline, study_uid), idempotent=True)
         return _timepoint(rows[0]) if rows else None
 
     def start_wait(self, timepoint: PatientTimepoint) -> float:
@@ -254,7 +257,7 @@ class TimepointStore(SqlStatements):
         way keeps its first deadline (a re-run of the same study must not extend it)."""
         self._execute(self._sql(
             f"INSERT INTO longitudinal_timepoints ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (patient_key, pipeline, study_uid) DO NOTHING"), _row(timepoint))
+            "ON CONFLICT (patient_key, pipeline, study_uid) DO NOTHING"), _row(timepoint), idempotent=True)
         current = self.get(timepoint.patient_key, timepoint.pipeline, timepoint.study_uid)
         return current.wait_deadline if current is not None else timepoint.wait_deadline
 
@@ -264,13 +267,13 @@ class TimepointStore(SqlStatements):
             f"INSERT INTO longitudinal_timepoints ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (patient_key, pipeline, study_uid) DO UPDATE SET acquired_at = excluded.acquired_at, "
             "state = excluded.state, baseline_uid = excluded.baseline_uid, baseline_at = excluded.baseline_at, "
-            "wait_deadline = excluded.wait_deadline, ready = excluded.ready"), _row(timepoint))
+            "wait_deadline = excluded.wait_deadline, ready = excluded.ready"), _row(timepoint), idempotent=True)
 
     def newer_than(self, patient_key: str, pipeline: str, when: str) -> list[PatientTimepoint]:
         """The patient's studies acquired after ``when``, oldest first."""
         rows = self._execute(self._sql(
             f"SELECT {_COLUMNS} FROM longitudinal_timepoints WHERE patient_key = ? AND pipeline = ? "
-            "AND acquired_at > ? ORDER BY acquired_at, study_uid"), (patient_key, pipeline, when))
+            "AND acquired_at > ? ORDER BY acquired_at, study_uid"), (patient_key, pipeline, when), idempotent=True)
         return [_timepoint(r) for r in rows]
 
     def claim_expired(self, now: float) -> list[PatientTimepoint]:
@@ -297,15 +300,15 @@ class SqliteTimepointStore(SqliteStatements, TimepointStore):
 
     def __init__(self, path: Path) -> None:
         self._open(path)
-        self._execute(_TABLE.format(blob="BLOB"))
+        self._execute(_TABLE.format(blob="BLOB"), idempotent=True)
 
 
 class PostgresTimepointStore(PostgresStatements, TimepointStore):
     """Distributed: the site's PostgreSQL (the workflow state's database)."""
 
-    def __init__(self, dsn: str) -> None:
-        self._open(dsn)
-        self._execute(_TABLE.format(blob="BYTEA"))
+    def __init__(self, dsn: str, *, connect_timeout_s: float = 10.0) -> None:
+        self._open(dsn, connect_timeout_s=connect_timeout_s)
+        self._execute(_TABLE.format(blob="BYTEA"), idempotent=True)
 
 
 def wait_deadline(settings: LongitudinalSettings, now: float | None = None) -> float:

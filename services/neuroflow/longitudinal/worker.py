@@ -36,7 +36,7 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from neuroflow.core import metrics, topics
+from neuroflow.core import health, metrics, topics
 from neuroflow.core.bus import MessageBus
 from neuroflow.core.config import CHANGE_ALGORITHM_VERSION, NeuroflowSettings
 from neuroflow.core.dead_letter import now_timestamp
@@ -384,6 +384,7 @@ class LongitudinalService:
         while not self._stop.is_set():
             try:
                 self._sweeper.sweep()
+                health.beat("prior-wait-sweeper", pause_s=self._interval_s)
             except Exception:  # the database or the bus away: try again at the next interval
                 log.exception("prior-wait sweep failed; again in %.0f s", self._interval_s)
             self._stop.wait(self._interval_s)

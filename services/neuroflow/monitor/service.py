@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from neuroflow.core import metrics, topics
+from neuroflow.core import health, metrics, topics
 from neuroflow.core.config import NeuroflowSettings
 from neuroflow.monitor.probes import (
     ConsumerPair,
@@ -59,7 +59,8 @@ class Monitor:
         log.info("monitor: %s every %.0f s", ", ".join(p.name for p in self.probes), self._period_s)
         while not self._stop.is_set():
             began = time.monotonic()
-            self.run_round()
+            self.run_round()  # never raises: a probe's failure is a value
+            health.beat("monitor", pause_s=self._period_s)
             self._stop.wait(max(0.0, self._period_s - (time.monotonic() - began)))
 
     def stop(self) -> None:

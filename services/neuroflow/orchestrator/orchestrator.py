@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import DecodeError
 
-from neuroflow.core import metrics, topics
+from neuroflow.core import health, metrics, topics
 from neuroflow.core.bus import Message, MessageBus
 from neuroflow.core.config import OrchestrationSettings
 from neuroflow.core.dead_letter import publish_dead_letter
@@ -109,6 +109,7 @@ class Orchestrator:
             try:
                 handled = self.process_available()
                 self.tick()
+                health.beat("orchestrator")
             except Exception:
                 log.exception("orchestrator: error in the loop; retrying in 1 s")
                 self._stop.wait(1.0)

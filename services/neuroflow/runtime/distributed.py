@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from neuroflow.core import health
 from neuroflow.core.bus import InMemoryBus, MessageBus
 from neuroflow.core.config import CHANGE_PIPELINES, NeuroflowSettings
 from neuroflow.core.dicom_io import (
@@ -94,7 +95,8 @@ class Backends:
         def build() -> WorkflowStateStore:
             if self.settings.state.kind == "postgres":
                 postgres: Any = _backend("neuroflow.core.state_postgres", "PostgresStateStore")
-                store: WorkflowStateStore = postgres(self.settings.state.dsn.get_secret_value())
+                store: WorkflowStateStore = postgres(self.settings.state.dsn.get_secret_value(),
+                                                     connect_timeout_s=self.settings.state.connect_timeout_s)
                 return store
             return SqliteStateStore(self.settings.state.sqlite_path)
         result: WorkflowStateStore = self._once("state", build)
@@ -144,7 +146,8 @@ class Backends:
         def build() -> Any:
             priors = importlib.import_module("neuroflow.longitudinal.priors")
             if self.settings.state.kind == "postgres":
-                return priors.PostgresTimepointStore(self.settings.state.dsn.get_secret_value())
+                return priors.PostgresTimepointStore(self.settings.state.dsn.get_secret_value(),
+                                                     connect_timeout_s=self.settings.state.connect_timeout_s)
             return priors.SqliteTimepointStore(self.settings.state.sqlite_path.with_name("longitudinal.sqlite3"))
         return self._once("timepoints", build)
 
@@ -244,7 +247,8 @@ def window_store(settings: NeuroflowSettings) -> WindowStore:
     from neuroflow.ingest.window_store import PostgresWindowStore, SqliteWindowStore
 
     if settings.state.kind == "postgres":
-        return PostgresWindowStore(settings.state.dsn.get_secret_value())
+        return PostgresWindowStore(settings.state.dsn.get_secret_value(),
+                                   connect_timeout_s=settings.state.connect_timeout_s)
     settings.state.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
     return SqliteWindowStore(settings.state.sqlite_path.with_name("ingest-windows.sqlite3"))
 
@@ -319,7 +323,11 @@ def serve(services: Sequence[str], settings: NeuroflowSettings) -> None:
         signal.signal(signum, on_signal)
     backends = Backends(settings)
     try:
-        start_metrics_server(settings.metrics_port, settings.metrics_host)
+        start_metrics_server(settings.metrics_port, settings.metrics_host, settings.health)
+        from neuroflow.runtime.readiness import dependency_checks
+        for dependency, check in dependency_checks(services, settings, backends.inference,
+                                                   pinned_models(settings)).items():
+            health.HEALTH.add_check(dependency, check)
         running = [build_service(s, backends) for s in services]
         if set(services) & _INFERENCE_SERVICES:
             check_model_readiness(backends.inference(), pinned_models(settings))
