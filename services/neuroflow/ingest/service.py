@@ -23,7 +23,7 @@ from neuroflow.core import metrics, topics
 from neuroflow.core.bus import MessageBus
 from neuroflow.core.config import CHANGE_PIPELINES
 from neuroflow.core.dicom_io import StudyIndex, study_key
-from neuroflow.core.identity import NEUROFLOW_MANUFACTURER, input_hash
+from neuroflow.core.identity import NEUROFLOW_MANUFACTURER, input_hash, patient_key
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.orthanc import OrthancClient, OrthancDicomSource
 from neuroflow.ingest.classify import classify_study
@@ -222,7 +222,7 @@ class IngestService:
     def _study_ref(self, study: StudyIndex, tags: dict[str, str]) -> common_pb2.StudyRef:
         return common_pb2.StudyRef(
             study_instance_uid=study.study_instance_uid, study_key=study_key(study.study_instance_uid),
-            patient_key=study_key(study.patient_id), site=self._settings.site,
+            patient_key=patient_key(study.patient_id) or "", site=self._settings.site,
             accession=str(tags.get("AccessionNumber", "")),
         )
 
