@@ -2,7 +2,7 @@
 with known truth made from a real brain (Colin27): an MS pair (new lesions found where they were
 inserted, SEG and overlay written and decodable), a haematoma pair and three CT timepoints (expansion
 flag and volumes right per pair), and bad input (a prior without a date, a missing FLAIR, a 2D FLAIR with
-thick slices) that gives a report saying why.
+thick slices, studies without a PatientID) that gives a report saying why.
 
 The phantoms are made at 1 mm and written at 2 mm (CT: 2 x 2 x 4 mm) to keep the test within budget."""
 
@@ -243,3 +243,18 @@ def test_studies_of_different_patients_keep_the_choose_one_error(ms_run: tuple[W
     run = run_cli("run", folder, out_dir=tmp_path / "out")
     assert run.returncode == 1
     assert "--study" in run.report["errors"][0]
+
+
+def test_two_studies_without_a_patient_id_in_one_folder_are_not_compared(ms_pair: MsPair, tmp_path: Path) -> None:
+    """An empty PatientID is no patient: two such studies are not one patient's timepoints, whatever they hold."""
+    grid = (3.0, 3.0, 3.0)
+    written = _write([("20230115", {SeriesRole.FLAIR: _regrid(ms_pair.baseline, grid)}),
+                      ("20240120", {SeriesRole.FLAIR: _regrid(ms_pair.followup, grid)})],
+                     tmp_path / "in", PatientInfo(patient_id="", name="DEMO^NOID"), "ms-no-id")
+    run = run_cli("run", written.folder, out_dir=tmp_path / "out")
+    assert run.returncode == 1
+    assert run.report["status"] == "failed" and run.report.get("longitudinal") is None
+    error = run.report["errors"][0]
+    assert "empty PatientID" in error and "--study" in error
+    assert all(s.study_instance_uid in error for s in written.studies)
+    assert not (tmp_path / "out" / "ms_new_lesions_seg.dcm").exists()

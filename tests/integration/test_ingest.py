@@ -1,12 +1,15 @@
 """Ingest against a real Orthanc: a study is handed on once, after the wait window, by exactly one of
 several replicas (even when one dies holding it); late series re-trigger without new work when the
-pipeline's inputs did not change; a study missing a sequence gives a RoutingFailed a person can act on.
-The window state is tested on SQLite and on a real PostgreSQL."""
+pipeline's inputs did not change; a study missing a sequence gives a RoutingFailed a person can act on; an
+Orthanc that goes away between the change feed and the instance lookups loses no study (the cursor waits at
+the first instance it could not look at, the loop retries with backoff), while a deleted instance (404) is
+passed over. The window state is tested on SQLite and on a real PostgreSQL."""
 
 from __future__ import annotations
 
 import io
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,13 +17,16 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from neuroflow.core import topics
+from neuroflow.core import metrics, topics
 from neuroflow.core.bus import InMemoryBus
 from neuroflow.core.config import GLIOMA_PIPELINE, PipelineModels
+from neuroflow.core.errors import OrthancUnavailable
 from neuroflow.core.identity import NEUROFLOW_MANUFACTURER
+from neuroflow.core.orthanc import Change, OrthancClient, OrthancEndpoint
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.volume import Geometry, Volume
 from neuroflow.devtools.dicom_writer import load_volume, write_study
+from neuroflow.devtools.orthanc_server import OrthancProcess, restart_orthanc, start_orthanc
 from neuroflow.devtools.scanner_presets import Vendor
 from neuroflow.ingest.service import IngestService, IngestSettings
 from neuroflow.ingest.site_rules import SiteRules
@@ -201,3 +207,114 @@ def test_site_routing_rule_keeps_a_study_from_a_pipeline_with_a_reason(orthancs:
     (failure,) = _failed(bus)
     assert failure.reason == events_pb2.RoutingFailed.NO_PIPELINE
     assert "StudyDescription" in failure.message and "tumou?r|glioma" in failure.message
+
+
+# -- Orthanc going away under ingest ------------------------------------------------------------------------
+
+
+class _AfterFeedRead(OrthancClient):
+    """A client of a real Orthanc that, right after it first reads a page of the change feed holding
+    changes, does ``then`` to that Orthanc before any lookup: stop it by PID (a crash, a restart), or
+    delete what it holds."""
+
+    def __init__(self, endpoint: OrthancEndpoint, then: Callable[[], None]) -> None:
+        super().__init__(endpoint, retries=1, backoff_s=0.05)
+        self._then = then
+        self.done = threading.Event()
+
+    def changes(self, since: int, limit: int = 100) -> tuple[list[Change], int, bool]:
+        page = super().changes(since, limit)
+        if page[0] and not self.done.is_set():
+            self._then()
+            self.done.set()
+        return page
+
+
+@pytest.fixture
+def own_orthanc(tmp_path: Path) -> Iterator[list[OrthancProcess]]:
+    """An Orthanc of this test's own (the test stops and restarts it); the list holds the running process."""
+    servers = [start_orthanc("nf-ingest-outage", tmp_path / "orthanc", aet="NFOUTAGE")]
+    yield servers
+    servers[-1].stop()
+
+
+def _lookup_failures() -> float:
+    return metrics.FEED_LOOKUP_FAILURES.labels("test-site")._value.get()  # type: ignore[attr-defined,no-any-return]
+
+
+def test_orthanc_down_between_the_change_feed_and_the_lookups_loses_no_study(
+        own_orthanc: list[OrthancProcess], tmp_path: Path) -> None:
+    server = own_orthanc[0]
+    client = _AfterFeedRead(server.endpoint, server.stop)
+    windows = SqliteWindowStore(tmp_path / "windows.sqlite")
+    bus = InMemoryBus()
+    ingest = IngestService(client, windows, bus, _settings())
+    start = windows.cursor("orthanc")
+    written = write_study({r: _crop(r) for r in FILES}, tmp_path / "study", vendor=Vendor.GE, seed="ingest-outage")
+    uploader = OrthancClient(server.endpoint)
+    for path in sorted((tmp_path / "study").rglob("IM*")):
+        uploader.upload(path.read_bytes())
+    failures = _lookup_failures()
+
+    raised: OrthancUnavailable | None = None
+    try:
+        ingest.poll_changes(now=20000.0)  # the feed is read, then Orthanc is gone before the first lookup
+    except OrthancUnavailable as error:
+        raised = error
+    assert client.done.is_set()
+    assert windows.cursor("orthanc") == start, "the cursor passed instances nobody could look at"
+    assert raised is not None, "an Orthanc outage was taken for deleted instances"
+    assert _lookup_failures() == failures + 1
+    assert ingest.trigger_due(now=20000.0 + WINDOW_S + 0.1) == []
+
+    own_orthanc.append(restart_orthanc(server.name, server.storage_dir, server.endpoint))
+    ingest.poll_changes(now=20100.0)
+    ready = ingest.trigger_due(now=20100.0 + WINDOW_S + 0.1)
+    assert [r.study.study_instance_uid for r in ready] == [written.study_instance_uid]
+    assert windows.cursor("orthanc") > start
+
+
+def test_the_ingest_loop_backs_off_while_orthanc_is_down_and_hands_the_study_on_when_it_is_back(
+        own_orthanc: list[OrthancProcess], tmp_path: Path) -> None:
+    server = own_orthanc[0]
+    client = _AfterFeedRead(server.endpoint, server.stop)
+    bus = InMemoryBus()
+    ingest = IngestService(client, SqliteWindowStore(tmp_path / "windows.sqlite"), bus,
+                           _settings(poll_interval_s=0.1, retry_backoff_max_s=0.8))
+    written = write_study({r: _crop(r) for r in FILES}, tmp_path / "study", vendor=Vendor.SIEMENS,
+                          seed="ingest-outage-loop")
+    uploader = OrthancClient(server.endpoint)
+    for path in sorted((tmp_path / "study").rglob("IM*")):
+        uploader.upload(path.read_bytes())
+    loop = threading.Thread(target=ingest.run, daemon=True)
+    loop.start()
+    try:
+        assert client.done.wait(60), "ingest never read the change feed"
+        deadline = time.monotonic() + 60
+        while ingest.retry_delay_s() < 0.8 and time.monotonic() < deadline:  # failures in a row: backing off
+            time.sleep(0.05)
+        assert ingest.retry_delay_s() == 0.8
+        own_orthanc.append(restart_orthanc(server.name, server.storage_dir, server.endpoint))
+        deadline = time.monotonic() + 60
+        while not (ready := _ready(bus)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        ingest.stop()
+        loop.join(timeout=30)
+    assert [r.study.study_instance_uid for r in ready] == [written.study_instance_uid]
+    assert ingest.retry_delay_s() == 0.1  # back to the poll interval once a round succeeds
+
+
+def test_an_instance_deleted_before_its_lookup_is_passed_over(orthancs: OrthancPair, tmp_path: Path) -> None:
+    windows = SqliteWindowStore(tmp_path / "windows.sqlite")
+    bus = InMemoryBus()
+    client = _AfterFeedRead(orthancs.site.endpoint, orthancs.site_client.delete_everything)
+    ingest = IngestService(client, windows, bus, _settings())
+    write_study({r: _crop(r) for r in FILES}, tmp_path / "study", vendor=Vendor.GE, seed="ingest-deleted")
+    _upload(orthancs, tmp_path / "study")
+    failures = _lookup_failures()
+    assert ingest.poll_changes(now=30000.0) > 0  # the instances read from the feed are deleted: 404 each
+    assert client.done.is_set()
+    assert _lookup_failures() == failures
+    assert windows.cursor("orthanc") == orthancs.site_client.get_json("/changes?last")["Last"]
+    assert ingest.trigger_due(now=30000.0 + WINDOW_S + 0.1) == []

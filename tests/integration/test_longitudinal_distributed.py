@@ -9,10 +9,14 @@ the PACS holds is found by C-FIND and moved in by C-MOVE; a follow-up without a 
 without it after the deadline and says so, even when the services restart during the wait; a prior that
 arrives after its follow-up was processed triggers the comparison of the pair. The record of a patient's
 timepoints (SQLite or PostgreSQL) is shared by several workers: an ended wait is claimed exactly once.
+A follow-up without a PatientID pulls nothing from the PACS and is compared with nothing (its report says
+why); a PACS that answers other patients' studies (wildcard or case-insensitive matching, another issuer of
+the same PatientID) has those answers discarded, never moved in.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -22,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from neuroflow.core import topics
 from neuroflow.core.bus import InMemoryBus
@@ -38,15 +44,19 @@ from neuroflow.core.config import (
     StateSettings,
 )
 from neuroflow.core.dicom_io import study_key
-from neuroflow.core.orthanc import OrthancClient
+from neuroflow.core.orthanc import DicomModality, OrthancClient
+from neuroflow.core.patient_id import PatientIdentity
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.state import WorkflowRecord, WorkflowStatus
 from neuroflow.core.volume import Geometry, Volume, resample
 from neuroflow.devtools.dicom_writer import PatientInfo, write_study
 from neuroflow.devtools.longitudinal_phantoms import Brain, colin27, make_haematoma_pair, make_ms_pair
+from neuroflow.devtools.orthanc_server import CONFIG_TEMPLATE, start_orthanc
+from neuroflow.devtools.ports import free_loopback_port
 from neuroflow.longitudinal.priors import (
     PatientTimepoint,
     PostgresTimepointStore,
+    PriorLocator,
     SqliteTimepointStore,
     TimepointState,
     TimepointStore,
@@ -61,6 +71,7 @@ DESTINATION = "pacs"  # the site Orthanc's name for the PACS, where results are 
 PATIENT = PatientInfo(patient_id="NF-MS-0042", name="TEST^LONGITUDINAL", birth_date="19800101", sex="F")
 BASELINE_DATE, FOLLOWUP_DATE = "20230110", "20240115"
 CT_PATIENT = PatientInfo(patient_id="NF-ICH-0007", name="TEST^HAEMATOMA", birth_date="19500505", sex="M")
+NO_ID_PATIENT = PatientInfo(patient_id="", name="TEST^NOID", birth_date="19600606", sex="F")
 # The phantom pairs (made at 1 mm) resampled, so each test moves fewer slices through Orthanc.
 SPACING_MM = 1.5
 CT_SPACING_MM = (2.0, 2.0, 4.0)  # a routine head CT's thick slices
@@ -102,11 +113,11 @@ def _coarser(volume: Volume, spacing_mm: tuple[float, float, float]) -> Volume:
 
 
 def _write_pair(baseline: Volume, followup: Volume, role: SeriesRole, spacing_mm: tuple[float, float, float],
-                folder: Path, patient: PatientInfo) -> Studies:
+                folder: Path, patient: PatientInfo, seed: str = "longitudinal") -> Studies:
     written = {}
     for name, volume, date in (("baseline", baseline, BASELINE_DATE), ("followup", followup, FOLLOWUP_DATE)):
         written[name] = write_study({role: _coarser(volume, spacing_mm)}, folder / name, patient=patient,
-                                    seed=f"longitudinal-{role}-{name}", study_date=date)
+                                    seed=f"{seed}-{role}-{name}", study_date=date)
     return Studies(folder / "baseline", folder / "followup", written["baseline"].study_instance_uid,
                    written["followup"].study_instance_uid)
 
@@ -130,6 +141,15 @@ def ct_studies(brain: Brain, tmp_path_factory: pytest.TempPathFactory) -> Studie
     pair = make_haematoma_pair(brain, baseline_ml=20.0, followup_ml=30.0, seed=1)
     return _write_pair(pair.baseline, pair.followup, SeriesRole.CT, CT_SPACING_MM,
                        tmp_path_factory.mktemp("ct-studies"), CT_PATIENT)
+
+
+@pytest.fixture(scope="module")
+def id_less_ct_studies(brain: Brain, tmp_path_factory: pytest.TempPathFactory) -> Studies:
+    """Head CTs whose PatientID is empty (an unregistered emergency, a bad interface): a haematoma pair that
+    would qualify for the expansion pipeline if a patient could be told."""
+    pair = make_haematoma_pair(brain, baseline_ml=15.0, followup_ml=25.0, seed=2)
+    return _write_pair(pair.baseline, pair.followup, SeriesRole.CT, CT_SPACING_MM,
+                       tmp_path_factory.mktemp("id-less-ct-studies"), NO_ID_PATIENT, seed="no-patient-id")
 
 
 def _upload(client: OrthancClient, folder: Path) -> None:
@@ -373,3 +393,107 @@ def test_an_ended_wait_is_claimed_by_exactly_one_of_several_workers(
     again = stores[1].start_wait(PatientTimepoint("p", MS_CHANGE_PIPELINE, "1.2.15", "20240106120000",
                                                   TimepointState.WAITING, "", "", 999.0, b"ready"))
     assert again == 115.0
+
+
+# -- PatientIDs that cannot find a patient, and answers about another patient -------------------------------
+
+
+def test_a_follow_up_without_patient_id_pulls_nothing_from_the_pacs_is_compared_with_nothing_and_says_why(
+        orthancs: OrthancPair, ct_studies: Studies, id_less_ct_studies: Studies,
+        make_site: Callable[..., Site]) -> None:
+    """A C-FIND with an empty PatientID is a universal match: it would move every earlier study of the PACS
+    (another patient's, another ID-less one) into the site and compare the follow-up with one of them."""
+    _upload(orthancs.pacs_client, ct_studies.baseline)  # another patient's earlier CT
+    _upload(orthancs.pacs_client, id_less_ct_studies.baseline)  # an earlier CT without a PatientID either
+    site = make_site(with_pacs=True)
+    _upload(orthancs.site_client, id_less_ct_studies.followup)
+
+    (record,) = site.wait_for("the follow-up's outcome", lambda: _succeeded(
+        site.workflows(id_less_ct_studies.followup_uid, HAEMATOMA_CHANGE_PIPELINE), "not compared"))
+    assert "PatientID" in record.detail
+    report = site.report(record)
+    assert report["longitudinal"]["baseline_study_instance_uid"] == ""
+    reason = report["longitudinal"]["not_run"][HAEMATOMA_CHANGE_PIPELINE]
+    assert "empty PatientID" in reason and "re-send" in reason
+    assert any("empty PatientID" in w for w in report["warnings"])
+    assert report["outputs"] == []
+    # Nothing came in from the PACS: the site holds the follow-up alone, and stored no result for it.
+    assert _instances(orthancs.site_client, ct_studies.baseline_uid) == []
+    assert _instances(orthancs.site_client, id_less_ct_studies.baseline_uid) == []
+    assert len(orthancs.site_client.get_json("/studies")) == 1
+    # Ingest gave it no patient key: ID-less studies are no one patient.
+    task = _task_of(site, record.workflow_id)
+    assert task.study.patient_key == ""
+
+
+def _instance(patient_id: str, *, issuer: str | None = None, study_date: str = "20230301") -> tuple[bytes, str]:
+    """One small MR instance of a study of its own: (Part-10 bytes, StudyInstanceUID)."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = MRImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID, ds.Modality, ds.StudyDate, ds.StudyTime = patient_id, "MR", study_date, "101500"
+    if issuer is not None:
+        ds.IssuerOfPatientID = issuer
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue(), str(ds.StudyInstanceUID)
+
+
+# Makes a real Orthanc PACS answer as a sloppy PACS does: the PatientID it is asked for matches as a prefix.
+_WILDCARD_PACS_LUA = """
+function IncomingFindRequestFilter(query, origin)
+  if query['0010,0020'] ~= nil and query['0010,0020'] ~= '' then
+    query['0010,0020'] = query['0010,0020'] .. '*'
+  end
+  return query
+end
+"""
+
+
+def test_pacs_and_site_answers_about_another_patient_are_discarded_and_never_moved_in(tmp_path: Path) -> None:
+    """Only the prior whose PatientID and IssuerOfPatientID are exactly the follow-up's is moved in, though the
+    PACS answers a longer PatientID (prefix matching) and the same PatientID from another issuer, and the
+    site's Orthanc answers a PatientID that differs in case."""
+    lua = tmp_path / "wildcard-pacs.lua"
+    lua.write_text(_WILDCARD_PACS_LUA)
+    template = tmp_path / "orthanc.json.template"
+    scripts = json.dumps([str(lua)])
+    template.write_text(CONFIG_TEMPLATE.read_text().replace("{", f'{{\n  "LuaScripts": {scripts},', 1))
+    site_port = free_loopback_port()
+    pacs = start_orthanc("nf-sloppy-pacs", tmp_path / "pacs", aet="NFSLOPPYPACS", template=template,
+                         modalities={"site": DicomModality("NFPIDSITE", "127.0.0.1", site_port)})
+    try:
+        site = start_orthanc("nf-pid-site", tmp_path / "site", aet="NFPIDSITE", dicom_port=site_port)
+        try:
+            pacs_client, site_client = OrthancClient(pacs.endpoint), OrthancClient(site.endpoint)
+            uids = {}
+            for name, patient_id, issuer in (("prior", "NF-0042", "HOSP-A"), ("longer", "NF-00421", "HOSP-A"),
+                                             ("other issuer", "NF-0042", "HOSP-B"), ("no issuer", "NF-0042", None)):
+                part10, uids[name] = _instance(patient_id, issuer=issuer)
+                pacs_client.upload(part10)
+            part10, uids["other case"] = _instance("nf-0042", issuer="HOSP-A")
+            site_client.upload(part10)
+            locator = PriorLocator(site_client, LongitudinalSettings(
+                pacs=PacsNode(aet="NFSLOPPYPACS", host="127.0.0.1", port=pacs.endpoint.dicom_port)))
+            patient = PatientIdentity("NF-0042", "HOSP-A")
+
+            moved = locator.retrieve_from_pacs(patient, "20240115101500", set(), study_key="pid-test")
+            assert moved == [uids["prior"]]
+            in_site = {s["MainDicomTags"]["StudyInstanceUID"] for s in site_client.get_json("/studies?expand")}
+            assert in_site == {uids["prior"], uids["other case"]}
+            # The site's /tools/find matches PatientID case-insensitively: the other case is not this patient.
+            assert [s.study_instance_uid for s in locator.studies_in_site(patient, "20240115101500")] == [
+                uids["prior"]]
+            # An empty or wildcard PatientID asks neither the site nor the PACS anything.
+            for unusable in ("", "NF-00*"):
+                assert locator.retrieve_from_pacs(PatientIdentity(unusable), "20240115101500", set(),
+                                                  study_key="pid-test") == []
+                assert locator.studies_in_site(PatientIdentity(unusable), "20240115101500") == []
+            assert {s["MainDicomTags"]["StudyInstanceUID"] for s in site_client.get_json("/studies?expand")} == in_site
+        finally:
+            site.stop()
+    finally:
+        pacs.stop()

@@ -119,5 +119,21 @@ def test_studies_are_grouped_by_patient() -> None:
     b, _ = _study("9.2", {}, patient="B")
     c, _ = _study("9.3", {}, patient="A")
     grouped = group_by_patient([a, b, c])
-    assert {pid: [s.study_instance_uid for s in studies] for pid, studies in grouped.items()} == {
+    assert {who.patient_id: [s.study_instance_uid for s in studies] for who, studies in grouped.items()} == {
         "A": ["9.1", "9.3"], "B": ["9.2"]}
+
+
+@pytest.mark.parametrize("patient_id", ["", "   ", "*", "NF-00?2", "A\\B"])
+def test_studies_without_a_usable_patient_id_are_no_patients_and_never_paired(patient_id: str) -> None:
+    a, chosen = _study("10.1", {SeriesRole.FLAIR: FLAIR_3D}, patient=patient_id)
+    b, _ = _study("10.2", {SeriesRole.FLAIR: FLAIR_3D}, patient=patient_id, study_date="20240301")
+    assert group_by_patient([a, b]) == {}
+    with pytest.raises(StudyError, match="PatientID") as refused:
+        timepoint_of(a, chosen)
+    assert refused.value.study_key == study_key("10.1")
+
+
+def test_the_same_patient_id_from_another_issuer_is_another_patient() -> None:
+    a, _ = _study("11.1", {SeriesRole.FLAIR: {**FLAIR_3D, "IssuerOfPatientID": "HOSPITAL-A"}}, patient="P7")
+    b, _ = _study("11.2", {SeriesRole.FLAIR: {**FLAIR_3D, "IssuerOfPatientID": "HOSPITAL-B"}}, patient="P7")
+    assert len(group_by_patient([a, b])) == 2

@@ -85,7 +85,8 @@ EXAMPLES: dict[str, Callable[[], Message]] = {
         prior_wait_expired=True, destination="pacs"),
     "LongitudinalOutput": lambda: tasks_pb2.LongitudinalOutput(
         outcome=tasks_pb2.LongitudinalOutput.WAITING_FOR_PRIOR, sop_instance_uids=["1.2.9.3"], destination="pacs",
-        baseline_study_instance_uid="1.2.826.0.1.3680043.8.498.0", waiting_until=_time(1_700_086_400)),
+        baseline_study_instance_uid="1.2.826.0.1.3680043.8.498.0", waiting_until=_time(1_700_086_400),
+        reason="the study has an empty PatientID (0010,0020)"),
     "TaskRequested": lambda: tasks_pb2.TaskRequested(
         schema_version=V, workflow_id="wf-1", stage=common_pb2.STAGE_SEGMENTATION, attempt=2,
         idempotency_key="wf-1/segmentation", deadline=_time(1_700_000_900), study=_study(), pipeline="glioma",

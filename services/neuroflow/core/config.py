@@ -107,6 +107,9 @@ class IngestSettings(BaseModel):
     # A replica that claimed a study and died is taken over after this long.
     claim_lease_s: float = Field(default=120.0, gt=0.0)
     poll_interval_s: float = Field(default=0.5, gt=0.0)  # change feed and wait-window checks
+    # A loop that failed (Orthanc, the database or the bus away) retries after poll_interval_s, doubled per
+    # failure in a row up to this.
+    retry_backoff_max_s: float = Field(default=30.0, gt=0.0)
 
 
 class MonitorSettings(BaseModel):

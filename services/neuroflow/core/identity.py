@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Iterable, Mapping
 
 from neuroflow.core.model_card import ModelRef
+from neuroflow.core.patient_id import patient_id_problem
 
 # The Manufacturer (0008,0070) of every object neuroflow writes: how ingest recognises its own results
 # coming back through the site Orthanc (they are not new images to process).
@@ -24,3 +25,12 @@ def input_hash(sop_instance_uids_by_role: Mapping[str, Iterable[str]], model: Mo
         for uid in sorted(sop_instance_uids_by_role[role]):
             h.update(uid.encode() + b"\x01")
     return h.hexdigest()
+
+
+def patient_key(patient_id: str) -> str | None:
+    """The pseudonymous key of the patient with ``patient_id``, which groups a patient's timepoints; None
+    when the PatientID cannot identify a patient (``patient_id_problem``): studies without a usable
+    PatientID must never share one key."""
+    if patient_id_problem(patient_id) is not None:
+        return None
+    return hashlib.sha256(patient_id.strip().encode()).hexdigest()[:12]

@@ -63,6 +63,9 @@ LATE_SERIES_RETRIGGERS = Counter("neuroflow_ingest_late_series_retriggers",
 LAST_INSTANCE_TO_TRIGGER = Histogram("neuroflow_ingest_last_instance_to_trigger_seconds",
                                      "From the study's last instance seen to its hand-on", ("site",),
                                      buckets=_TRIGGER_BUCKETS)
+FEED_LOOKUP_FAILURES = Counter("neuroflow_ingest_feed_lookup_failures",
+                               "Change-feed reads stopped at an instance that could not be looked up (Orthanc "
+                               "unreachable or failing); the cursor stays before it", ("site",))
 ROUTING_FAILURES = Counter("neuroflow_ingest_routing_failures",
                            "RoutingFailed events, by RoutingFailed.Reason", ("site", "pipeline", "reason"))
 STUDIES_ROUTED = Counter("neuroflow_ingest_studies_routed", "StudyReady events published, by pipeline",
@@ -87,6 +90,12 @@ PRIORS_MISSING = Counter("neuroflow_longitudinal_priors_missing",
 LATE_PRIOR_TRIGGERS = Counter("neuroflow_longitudinal_late_prior_triggers",
                               "Comparisons started because a study older than a processed one arrived",
                               ("site", "pipeline"))
+UNUSABLE_PATIENT_IDS = Counter("neuroflow_longitudinal_unusable_patient_ids",
+                               "Follow-ups compared with nothing because their PatientID is empty, missing or a "
+                               "wildcard (no prior looked up)", ("site", "pipeline"))
+PRIOR_ANSWERS_DISCARDED = Counter("neuroflow_longitudinal_prior_answers_discarded",
+                                  "Prior-lookup answers (site find, PACS C-FIND, candidate headers) about another "
+                                  "patient: PatientID or IssuerOfPatientID not exactly the follow-up's", ("reason",))
 
 # -- probes (monitor service) -------------------------------------------------------------------------
 STORAGE_UP = Gauge("neuroflow_storage_up", "1 when the storage root exists and a probe file was written, "
@@ -140,6 +149,7 @@ DEFINED: tuple[MetricWrapperBase, ...] = (
     END_TO_END_TARGET, MODEL_READY, PROBE_LOOP_CPU_SECONDS, PROBE_LAST_SUCCESS,
     STORAGE_MIN_FREE_BYTES, STORAGE_GUARD_TRIPPED, ORTHANC_DISK_SIZE_BYTES, RETENTION_DELETED,
     RETENTION_FREED_BYTES, RETENTION_LAST_SWEEP,
+    FEED_LOOKUP_FAILURES, UNUSABLE_PATIENT_IDS, PRIOR_ANSWERS_DISCARDED,
 )
 
 _SUFFIXES = {"counter": ("_total", "_created"), "gauge": ("",),

@@ -134,6 +134,17 @@ class OrthancClient:
     def get_json(self, path: str, *, what: str = "") -> Any:
         return json.loads(self.request("GET", path, accept="application/json", what=what))
 
+    def get_json_unless_gone(self, path: str, *, what: str = "") -> Any | None:
+        """``get_json``, or None when Orthanc answers 404: the resource was deleted (the change feed outlives
+        its resources). Every other failure (unreachable, timed out, 5xx, a refusal) raises as ``request``
+        says: it tells nothing about whether the resource exists."""
+        try:
+            return self.get_json(path, what=what)
+        except OrthancRequestFailed as error:
+            if error.status == 404:
+                return None
+            raise
+
     def post_json(self, path: str, payload: object, *, timeout_s: float | None = None, what: str = "") -> Any:
         answer = self.request("POST", path, body=json.dumps(payload).encode(), content_type="application/json",
                               timeout_s=timeout_s, what=what)

@@ -5,7 +5,11 @@ pipeline, or a RoutingFailed with a reason a person can act on.
 Several replicas may run at once; the window state lives in a shared WindowStore (see window_store),
 so exactly one of them hands each study version on. Series that arrive after a study was handed on
 make it due again: the new StudyReady carries a new input hash only for the pipelines whose inputs
-changed, and the orchestrator ignores one whose input hash it has already run."""
+changed, and the orchestrator ignores one whose input hash it has already run.
+
+The change feed's cursor never passes an instance ingest could not look at: only Orthanc's 404 (the instance
+was deleted since) lets it move on; Orthanc away or failing stops the read there, and the loop retries with
+backoff, so no study is lost to an outage."""
 
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from neuroflow.core import health, metrics, topics
 from neuroflow.core.bus import MessageBus
 from neuroflow.core.config import CHANGE_PIPELINES
 from neuroflow.core.dicom_io import StudyIndex, study_key
-from neuroflow.core.identity import NEUROFLOW_MANUFACTURER, input_hash
+from neuroflow.core.identity import NEUROFLOW_MANUFACTURER, input_hash, patient_key
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.orthanc import OrthancClient, OrthancDicomSource
 from neuroflow.ingest.classify import classify_study
@@ -49,6 +53,7 @@ class IngestSettings:
     wait_window_s: float
     lease_s: float = 120.0
     poll_interval_s: float = 0.5
+    retry_backoff_max_s: float = 30.0  # a failing loop waits poll_interval_s, doubled per failure, up to this
     feed: str = "orthanc"
     holder: str = field(default_factory=lambda: f"ingest-{uuid.uuid4().hex[:8]}")
 
@@ -84,24 +89,36 @@ class IngestService:
         self._stopped = threading.Event()
         self._last_instance_at: dict[str, float] = {}  # Orthanc study id -> when its newest instance was seen
         self._handed_on: OrderedDict[str, None] = OrderedDict()
+        self._failures_in_a_row = 0
 
     def poll_changes(self, now: float | None = None, limit: int = 1000) -> int:
-        """Read the change feed to its end; record a change for each study that received an instance."""
+        """Read the change feed to its end; record a change for each study that received an instance.
+
+        An instance that cannot be looked up (Orthanc unreachable, timing out, failing) stops the read: the
+        cursor is left just before it, so the next read starts there, and the error is raised for the loop to
+        retry. Only an instance Orthanc says is gone (404) is passed over."""
         seen = 0
         while True:
             changes, last, done = self._client.changes(self._since, limit)
             at = time.time() if now is None else now
             for change in changes:
                 if change.change_type in _INSTANCE_CHANGES and change.resource_type == "Instance":
-                    study = self._study_of_instance(change.resource_id)
+                    try:
+                        study = self._study_of_instance(change.resource_id)
+                    except Exception:
+                        metrics.FEED_LOOKUP_FAILURES.labels(self._settings.site).inc()
+                        log.warning("could not look up instance %s (change %d) from the change feed: the feed "
+                                    "waits at it until Orthanc answers", change.resource_id, change.seq)
+                        self._advance(change.seq - 1)
+                        self.counters.changes += seen
+                        raise
                     if study is not None:
                         self._windows.touch(study, change.seq, at)
                         if study not in self._last_instance_at and study not in self._handed_on:
                             metrics.STUDIES_RECEIVED.labels(self._settings.site).inc()
                         self._last_instance_at[study] = at
                 seen += 1
-            self._since = last
-            self._windows.advance_cursor(self._settings.feed, last)
+            self._advance(last)
             if done or not changes:
                 break
         self.counters.changes += seen
@@ -128,8 +145,7 @@ class IngestService:
 
     def run(self) -> None:
         """Follow the feed and trigger until ``stop()``; errors (Orthanc, the bus, the database away)
-        are logged and retried at the next interval, never fatal."""
-        interval = self._settings.poll_interval_s
+        are logged and retried with backoff (``retry_delay_s``), never fatal."""
         log.info("ingest %s following site %s, wait window %.0f s", self._settings.holder, self._settings.site,
                  self._settings.wait_window_s)
         while not self._stopped.is_set():
@@ -137,12 +153,29 @@ class IngestService:
                 self.poll_changes()
                 self.trigger_due()
                 health.beat("ingest")
+                self._failures_in_a_row = 0
             except Exception:
-                log.exception("ingest loop failed; retrying in %.1f s", interval)
-            self._stopped.wait(interval)
+                self._failures_in_a_row += 1
+                log.exception("ingest loop failed (%d in a row); retrying in %.1f s", self._failures_in_a_row,
+                              self.retry_delay_s())
+            self._stopped.wait(self.retry_delay_s())
 
     def stop(self) -> None:
         self._stopped.set()
+
+    def retry_delay_s(self) -> float:
+        """The wait before the loop's next round: the poll interval, doubled per failure in a row up to
+        ``retry_backoff_max_s`` (an Orthanc that is down is not hammered; one that is back is soon read)."""
+        s = self._settings
+        if self._failures_in_a_row == 0:
+            return s.poll_interval_s
+        return float(min(s.retry_backoff_max_s, s.poll_interval_s * 2 ** min(self._failures_in_a_row, 30)))
+
+    def _advance(self, seq: int) -> None:
+        """Move the cursor to ``seq`` (every change up to it handled), never back."""
+        if seq > self._since:
+            self._since = seq
+            self._windows.advance_cursor(self._settings.feed, seq)
 
     def _observe_trigger(self, study: str, at: float) -> None:
         """Metrics of one hand-on: a trigger, a re-trigger when this replica handed the study on before
@@ -160,16 +193,21 @@ class IngestService:
             self._handed_on.popitem(last=False)
 
     def _study_of_instance(self, instance_id: str) -> str | None:
-        try:
-            series = str(self._client.get_json(f"/instances/{instance_id}", what="look up an instance")["ParentSeries"])
-            if series not in self._series_study:
-                info = self._client.get_json(f"/series/{series}", what="look up a series")
-                ours = info.get("MainDicomTags", {}).get("Manufacturer") == NEUROFLOW_MANUFACTURER
-                self._series_study[series] = None if ours else str(info["ParentStudy"])
-        except Exception:
-            # Deleted since (Orthanc's feed outlives its resources): nothing to wait for.
-            log.warning("instance %s from the change feed is gone", instance_id)
+        """The Orthanc study of the instance; None for neuroflow's own results and for an instance (or its
+        series) deleted since (Orthanc's feed outlives its resources: nothing to wait for). Any other failure
+        raises: it says nothing about whether the instance exists."""
+        instance = self._client.get_json_unless_gone(f"/instances/{instance_id}", what="look up an instance")
+        if instance is None:
+            log.info("instance %s from the change feed is gone (deleted since)", instance_id)
             return None
+        series = str(instance["ParentSeries"])
+        if series not in self._series_study:
+            info = self._client.get_json_unless_gone(f"/series/{series}", what="look up a series")
+            if info is None:
+                log.info("series %s from the change feed is gone (deleted since)", series)
+                return None
+            ours = info.get("MainDicomTags", {}).get("Manufacturer") == NEUROFLOW_MANUFACTURER
+            self._series_study[series] = None if ours else str(info["ParentStudy"])
         return self._series_study[series]
 
     def _hand_on(self, claim: Claim) -> list[events_pb2.StudyReady]:
@@ -223,7 +261,7 @@ class IngestService:
     def _study_ref(self, study: StudyIndex, tags: dict[str, str]) -> common_pb2.StudyRef:
         return common_pb2.StudyRef(
             study_instance_uid=study.study_instance_uid, study_key=study_key(study.study_instance_uid),
-            patient_key=study_key(study.patient_id), site=self._settings.site,
+            patient_key=patient_key(study.patient_id) or "", site=self._settings.site,
             accession=str(tags.get("AccessionNumber", "")),
         )
 

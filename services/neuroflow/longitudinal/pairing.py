@@ -28,6 +28,7 @@ from pydicom.dataset import Dataset
 
 from neuroflow.core.dicom_io import StudyIndex, study_key
 from neuroflow.core.errors import StudyError
+from neuroflow.core.patient_id import PatientIdentity
 from neuroflow.core.roles import CHANGE_OPTIONAL_ROLES, CHANGE_REQUIRED_ROLES, ChangePipeline, SeriesRole
 
 STAGE = "pairing"
@@ -76,11 +77,15 @@ class PairPlan:
     not_run: dict[ChangePipeline, str]
 
 
-def group_by_patient(studies: Iterable[StudyIndex]) -> dict[str, list[StudyIndex]]:
-    """Studies by PatientID (an empty PatientID is a patient of its own, "")."""
-    grouped: dict[str, list[StudyIndex]] = {}
+def group_by_patient(studies: Iterable[StudyIndex]) -> dict[PatientIdentity, list[StudyIndex]]:
+    """Studies by patient (PatientID and IssuerOfPatientID). A study whose PatientID cannot identify a
+    patient (empty, missing, a wildcard: ``core.patient_id``) is in no group: two studies without a
+    PatientID are not one patient's."""
+    grouped: dict[PatientIdentity, list[StudyIndex]] = {}
     for study in studies:
-        grouped.setdefault(study.patient_id, []).append(study)
+        identity = PatientIdentity.of_study(study)
+        if identity.problem is None:
+            grouped.setdefault(identity, []).append(study)
     return grouped
 
 
@@ -90,8 +95,11 @@ def timepoint_of(study: StudyIndex, chosen: Mapping[SeriesRole, str]) -> StudyTi
 
     The date is StudyDate (with StudyTime); without it, the earliest SeriesDate, then AcquisitionDate, of
     the study's series. Refuses (StudyError naming the study) a study with none of them: its place among
-    the patient's studies is unknown, so it can be neither baseline nor follow-up."""
+    the patient's studies is unknown, so it can be neither baseline nor follow-up. Refuses likewise a study
+    whose PatientID cannot identify a patient: it is never paired."""
     key = study_key(study.study_instance_uid)
+    if (problem := PatientIdentity.of_study(study).problem) is not None:
+        raise StudyError(key, problem, stage=STAGE)
     headers = [series.headers[0] for series in study.series.values() if series.headers]
     date, time = _study_date(headers)
     if not date:

@@ -4,7 +4,9 @@ remembers about each of the patient's timepoints.
 * :class:`PriorLocator` finds the patient's earlier studies in the site's Orthanc by PatientID (REST
   ``/tools/find``, level Study, a StudyDate range) and, when a PACS is configured, asks the PACS for them
   (C-FIND through Orthanc's ``/modalities/{id}/query``) and moves those the site lacks into the site's
-  Orthanc (C-MOVE through ``/queries/{id}/answers/{n}/retrieve``).
+  Orthanc (C-MOVE through ``/queries/{id}/answers/{n}/retrieve``). It looks nothing up for a PatientID
+  that cannot find one patient (``core.patient_id``), and keeps only the answers about the same patient
+  (PatientID and IssuerOfPatientID equal exactly).
 * :func:`qualifying_prior` picks, among them, the newest earlier study that qualifies for the same
   pipeline (its series classified the way routing classifies them: the caller passes that selection in,
   since classification belongs to ingest) and says when its protocol differs from the follow-up's.
@@ -26,10 +28,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from neuroflow.core import metrics
 from neuroflow.core.config import LongitudinalSettings
 from neuroflow.core.dicom_io import DicomSource, SeriesInstances, StudyIndex
 from neuroflow.core.errors import OrthancRequestFailed, OrthancUnavailable
 from neuroflow.core.orthanc import OrthancClient
+from neuroflow.core.patient_id import PatientIdentity, same_patient
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.sql_statements import PostgresStatements, SqliteStatements, SqlStatements
 
@@ -90,8 +94,12 @@ def qualifying_prior(
     roles: Sequence[SeriesRole],
     source: DicomSource,
     select: SelectSeries,
+    *,
+    patient: PatientIdentity,
 ) -> PriorChoice | None:
     """The newest of ``candidates`` acquired before ``followup`` whose series qualify for ``roles``, or None.
+    A candidate whose headers name another patient than ``patient`` (another PatientID or issuer) is never
+    one, wherever it was found.
 
     Consecutive timepoints are what is compared, so the newest earlier study wins even when an older one
     matches the follow-up's protocol better; a protocol that differs is said in the warnings (a change of
@@ -102,6 +110,10 @@ def qualifying_prior(
     for candidate in earlier:
         study, _skipped = source.index_study(candidate.study_instance_uid)
         if study is None:
+            continue
+        if not same_patient(patient, PatientIdentity.of_study(study)):
+            metrics.PRIOR_ANSWERS_DISCARDED.labels("another_patient").inc()
+            log.warning("a candidate prior is another patient's (PatientID or IssuerOfPatientID differs): skipped")
             continue
         chosen = select(study, roles)
         if chosen is None:
@@ -133,45 +145,58 @@ class PriorLocator:
         then = datetime.strptime(before[:8], "%Y%m%d").replace(tzinfo=UTC)
         return (then - timedelta(days=self._settings.prior_lookback_days)).strftime("%Y%m%d")
 
-    def studies_in_site(self, patient_id: str, before: str) -> list[StudyAt]:
-        """The patient's studies the site's Orthanc holds, acquired on or before the day of ``before``."""
+    def studies_in_site(self, patient: PatientIdentity, before: str) -> list[StudyAt]:
+        """The patient's studies the site's Orthanc holds, acquired on or before the day of ``before``; none
+        (nothing asked) for a PatientID that cannot find one patient."""
+        if patient.problem is not None:
+            return []
         answer = self._client.post_json("/tools/find", {
             "Level": "Study", "Expand": True,
-            "Query": {"PatientID": patient_id, "StudyDate": f"{self.earliest_date(before)}-{before[:8]}"},
+            "Query": {"PatientID": patient.patient_id, "StudyDate": f"{self.earliest_date(before)}-{before[:8]}"},
         }, what="find the patient's studies")
         found: list[StudyAt] = []
         for study in answer or []:
-            # /tools/find matches PatientID as a DICOM pattern (* and ? are wildcards): keep exact matches.
-            if study.get("PatientMainDicomTags", {}).get("PatientID", "") != patient_id:
+            # /tools/find matches PatientID case-insensitively (and * ? as wildcards): keep exact matches. Orthanc
+            # 1.10 does not index IssuerOfPatientID: qualifying_prior checks it on the candidate's headers.
+            if PatientIdentity.of_tags(study.get("PatientMainDicomTags", {})).patient_id != patient.patient_id:
+                metrics.PRIOR_ANSWERS_DISCARDED.labels("another_patient").inc()
                 continue
             tags = study.get("MainDicomTags", {})
             found.append(StudyAt(str(tags.get("StudyInstanceUID", "")),
                                  acquired_at(str(tags.get("StudyDate", "")), str(tags.get("StudyTime", "")))))
         return [s for s in found if s.study_instance_uid]
 
-    def retrieve_from_pacs(self, patient_id: str, before: str, held: set[str], *, study_key: str) -> list[str]:
+    def retrieve_from_pacs(self, patient: PatientIdentity, before: str, held: set[str], *,
+                           study_key: str) -> list[str]:
         """C-FIND the PACS for the patient's studies acquired before ``before`` and C-MOVE each one the site's
         Orthanc does not hold (``held``) into it; the Study Instance UIDs moved. Nothing when no PACS is
-        configured. A PACS that cannot be reached, or a move that fails, is logged and counts as no prior yet
-        (the wait goes on); it never fails the follow-up."""
+        configured or the PatientID cannot find one patient (nothing is asked). An answer about another
+        patient (PatientID or IssuerOfPatientID not exactly the follow-up's: a PACS that matches
+        case-insensitively or by wildcard) is discarded, never moved. A PACS that cannot be reached, or a move
+        that fails, is logged and counts as no prior yet (the wait goes on); it never fails the follow-up."""
         pacs = self._settings.pacs
-        if pacs is None:
+        if pacs is None or patient.problem is not None:
             return []
         modality = self._settings.pacs_modality
         try:
             self._declare_pacs()
             query = self._client.post_json(f"/modalities/{modality}/query", {
                 "Level": "Study",
-                "Query": {"PatientID": patient_id, "StudyDate": f"{self.earliest_date(before)}-{before[:8]}",
-                          "StudyInstanceUID": "", "StudyTime": ""},
+                "Query": {"PatientID": patient.patient_id, "IssuerOfPatientID": "",
+                          "StudyDate": f"{self.earliest_date(before)}-{before[:8]}", "StudyInstanceUID": "",
+                          "StudyTime": ""},
             }, what=f"C-FIND the PACS {pacs.aet} for the patient's studies")
             query_id = str(query["ID"])
             answers = self._client.get_json(f"/queries/{query_id}/answers", what="read the C-FIND answers")
             target = str(self._client.system().get("DicomAet", ""))
             moved: list[str] = []
+            discarded = 0
             for index in answers:
                 tags = self._client.get_json(f"/queries/{query_id}/answers/{index}/content?simplify",
                                              what="read a C-FIND answer")
+                if not same_patient(patient, PatientIdentity.of_tags(tags)):
+                    discarded += 1
+                    continue
                 uid = str(tags.get("StudyInstanceUID", ""))
                 when = acquired_at(str(tags.get("StudyDate", "")), str(tags.get("StudyTime", "")))
                 if not uid or uid in held or when >= before:
@@ -182,6 +207,10 @@ class PriorLocator:
                 }, timeout_s=self._settings.retrieve_timeout_s + 30.0,
                     what=f"C-MOVE a prior from the PACS {pacs.aet}")
                 moved.append(uid)
+            if discarded:
+                metrics.PRIOR_ANSWERS_DISCARDED.labels("another_patient").inc(discarded)
+                log.warning("study %s: the PACS %s answered %d study(ies) of another patient (PatientID or "
+                            "IssuerOfPatientID not exactly the follow-up's): discarded", study_key, pacs.aet, discarded)
             return moved
         except (OrthancRequestFailed, OrthancUnavailable, KeyError) as error:
             log.warning("study %s: no prior from the PACS %s this time: %s", study_key, pacs.aet, error)

@@ -17,6 +17,9 @@ A task names a follow-up study and a change pipeline (``ms_change``, ``haematoma
    WAITING_FOR_PRIOR); after the deadline (:class:`PriorWaitSweeper` asks for a run with
    ``prior_wait_expired``) the report says there was no prior within the deadline (answer NO_PRIOR).
 
+A follow-up whose PatientID cannot find one patient (empty, missing, a wildcard: ``core.patient_id``) is
+compared with nothing and no prior is looked up for it (answer NOT_COMPARED, the report says why).
+
 What the stage knows of a patient's timepoints is in the :class:`~neuroflow.longitudinal.priors.TimepointStore`
 (the state database). A redelivered finished task is answered from its record by the StageWorker; a task
 run again after a crash stores objects whose UIDs ``compare_pair`` derives from the pair's input hash, so
@@ -47,13 +50,13 @@ from neuroflow.core.dicom_io import (
     SeriesInstances,
     StudyIndex,
     find_series,
-    study_key,
 )
 from neuroflow.core.errors import SeriesRejected, StudyError
 from neuroflow.core.forwarding import forward_with_backoff
-from neuroflow.core.identity import input_hash
+from neuroflow.core.identity import input_hash, patient_key
 from neuroflow.core.inference import InferenceBackend
 from neuroflow.core.model_card import ModelRef
+from neuroflow.core.patient_id import PatientIdentity, same_patient
 from neuroflow.core.roles import CHANGE_OPTIONAL_ROLES, CHANGE_REQUIRED_ROLES, ChangePipeline, SeriesRole
 from neuroflow.core.timing import StageClock
 from neuroflow.core.worker import StageWorker
@@ -141,11 +144,15 @@ class LongitudinalHandler:
         if followup is None:  # find_series refuses first; kept for the type checker
             raise SeriesRejected(key, "the follow-up study is no longer in the DICOM source", stage=STAGE)
         at = StudyAt(followup.study_instance_uid, study_acquired_at(followup))
-        patient = task.study.patient_key or study_key(followup.patient_id)  # pseudonymous, as ingest sets it
+        identity = PatientIdentity.of_study(followup)
+        key_of_patient = patient_key(identity.patient_id)
+        if key_of_patient is None:  # no usable PatientID: nothing looked up, nothing paired, nothing recorded
+            return self._not_compared(task, at, identity.problem or "the study has no usable PatientID")
+        patient = task.study.patient_key or key_of_patient  # pseudonymous, as ingest sets it
         ready = self._ready_of(task, series)
         self._ask_for_next_pair(task, patient, at)
 
-        baseline, found_in, warnings = self._baseline(task, followup, at, series, roles)
+        baseline, found_in, warnings = self._baseline(task, followup, identity, at, series, roles)
         if baseline is None and not request.prior_wait_expired:
             current = self._timepoints.get(patient, task.pipeline, at.study_instance_uid)
             if current is None or current.state == TimepointState.WAITING:
@@ -157,14 +164,19 @@ class LongitudinalHandler:
 
     # -- the baseline -------------------------------------------------------------------------------
 
-    def _baseline(self, task: tasks_pb2.TaskRequested, followup: StudyIndex, at: StudyAt,
-                  series: dict[SeriesRole, SeriesInstances], roles: tuple[SeriesRole, ...]
+    def _baseline(self, task: tasks_pb2.TaskRequested, followup: StudyIndex, identity: PatientIdentity,
+                  at: StudyAt, series: dict[SeriesRole, SeriesInstances], roles: tuple[SeriesRole, ...]
                   ) -> tuple[tuple[StudyIndex, dict[SeriesRole, SeriesInstances]] | None, str, list[str]]:
         """(the baseline study and its series, where it was found, warnings), or (None, "", [])."""
         key, named = task.study.study_key, task.longitudinal.baseline_study_instance_uid
         if named:
             study, _skipped = self._source.index_study(named)
             chosen = self._select(study, roles) if study is not None else None
+            if study is not None and not same_patient(identity, PatientIdentity.of_study(study)):
+                # The patient key does not hold the issuer: the same PatientID from another issuer is not this
+                # patient, whatever the record of timepoints says.
+                raise SeriesRejected(key, "the baseline study named for this comparison is another patient's "
+                                          "(PatientID or IssuerOfPatientID differs): not compared", stage=STAGE)
             if study is None or chosen is None:
                 raise SeriesRejected(key, f"the baseline study named for this comparison is no longer in the "
                                           f"DICOM source with the {', '.join(roles)} series it needs; re-send it",
@@ -172,24 +184,25 @@ class LongitudinalHandler:
             return (study, chosen), FROM_TASK, []
         if task.longitudinal.prior_wait_expired:
             return None, "", []
-        choice = qualifying_prior(self._candidates(followup, at), at, series, roles, self._source, self._select)
+        choice = qualifying_prior(self._candidates(identity, at), at, series, roles, self._source, self._select,
+                                  patient=identity)
         found_in = FROM_SITE
         if choice is None and self._locator is not None and self._locator.pacs_configured:
-            held = {c.study_instance_uid for c in self._candidates(followup, at)}
-            if self._locator.retrieve_from_pacs(followup.patient_id, at.when, held, study_key=key):
-                choice = qualifying_prior(self._candidates(followup, at), at, series, roles, self._source,
-                                          self._select)
+            held = {c.study_instance_uid for c in self._candidates(identity, at)}
+            if self._locator.retrieve_from_pacs(identity, at.when, held, study_key=key):
+                choice = qualifying_prior(self._candidates(identity, at), at, series, roles, self._source,
+                                          self._select, patient=identity)
                 found_in = FROM_PACS
         if choice is None:
             return None, "", []
         return (choice.study, choice.series), found_in, choice.warnings
 
-    def _candidates(self, followup: StudyIndex, at: StudyAt) -> list[StudyAt]:
+    def _candidates(self, identity: PatientIdentity, at: StudyAt) -> list[StudyAt]:
         if self._locator is not None:
-            return self._locator.studies_in_site(followup.patient_id, at.when)
+            return self._locator.studies_in_site(identity, at.when)
         studies, _skipped = self._source.index()
         return [StudyAt(s.study_instance_uid, study_acquired_at(s)) for s in studies.values()
-                if s.patient_id == followup.patient_id]
+                if same_patient(identity, PatientIdentity.of_study(s))]
 
     # -- the three outcomes -------------------------------------------------------------------------
 
@@ -217,6 +230,18 @@ class LongitudinalHandler:
         metrics.PRIORS_MISSING.labels(_site(task), task.pipeline).inc()
         log.info("study %s: %s", task.study.study_key, note)
         return tasks_pb2.LongitudinalOutput(outcome=Outcome.NO_PRIOR)
+
+    def _not_compared(self, task: tasks_pb2.TaskRequested, at: StudyAt, reason: str
+                      ) -> tasks_pb2.LongitudinalOutput:
+        """The follow-up cannot be told apart from other patients' studies: its report says why, and it is
+        neither recorded among any patient's timepoints nor looked up."""
+        note = f"the {task.pipeline} comparison was not run: {reason}"
+        section = LongitudinalReport(baseline_study_instance_uid="", followup_study_instance_uid=at.study_instance_uid,
+                                     followup_study_date=at.when[:8], not_run={task.pipeline: reason})
+        self._write_report(task, section.model_dump(mode="json"), warnings=[note], outputs=[])
+        metrics.UNUSABLE_PATIENT_IDS.labels(_site(task), task.pipeline).inc()
+        log.warning("study %s: %s", task.study.study_key, note)
+        return tasks_pb2.LongitudinalOutput(outcome=Outcome.NOT_COMPARED, reason=reason)
 
     def _compared(self, task: tasks_pb2.TaskRequested, patient: str, at: StudyAt, ready: events_pb2.StudyReady,
                   followup: StudyIndex, series: dict[SeriesRole, SeriesInstances],

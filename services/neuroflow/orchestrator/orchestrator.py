@@ -375,6 +375,8 @@ def _longitudinal_detail(output: tasks_pb2.LongitudinalOutput) -> str:
         return f"no prior yet: waiting for one until {until} (a prior that arrives triggers the comparison)"
     if output.outcome == tasks_pb2.LongitudinalOutput.NO_PRIOR:
         return "no prior within the deadline: run without one, as the report says"
+    if output.outcome == tasks_pb2.LongitudinalOutput.NOT_COMPARED:
+        return f"not compared: {output.reason}"
     return (f"compared with the prior: {len(output.sop_instance_uids)} result object(s) stored"
             + (f" and forwarded to {output.destination}" if output.destination else ""))
 

@@ -272,7 +272,7 @@ def build_ingest(backends: Backends) -> Service:
         IngestSettings(site=settings.site, pipelines=ingest.pipelines,
                        models=models,
                        wait_window_s=ingest.wait_window_s, lease_s=ingest.claim_lease_s,
-                       poll_interval_s=ingest.poll_interval_s),
+                       poll_interval_s=ingest.poll_interval_s, retry_backoff_max_s=ingest.retry_backoff_max_s),
         load_site_rules(settings.site_rules) if settings.site_rules else None,
     )
 

@@ -14,8 +14,9 @@ from pydicom.dataset import Dataset
 from neuroflow.core.config import GLIOMA_PIPELINE, NeuroflowSettings
 from neuroflow.core.dicom_io import DicomSource, SkippedFile, StudyIndex, study_key
 from neuroflow.core.errors import NeuroflowError, StudyError
-from neuroflow.core.identity import input_hash
+from neuroflow.core.identity import input_hash, patient_key
 from neuroflow.core.inference import InferenceBackend
+from neuroflow.core.patient_id import PatientIdentity
 from neuroflow.core.roles import GLIOMA_INPUT_ROLES, GLIOMA_REFERENCE_ROLE, SeriesRole
 from neuroflow.core.timing import ProgressSink, StageClock
 from neuroflow.ingest.classify import SeriesClassification, classify_study, select_inputs
@@ -72,7 +73,8 @@ def run_embedded(
         return run_glioma(source, out_dir, settings, backend, study_uid=study_uid, progress=progress)
     started = time.perf_counter()
     studies, skipped = source.index()
-    if len(studies) > 1 and len(group_by_patient(studies.values())) == 1:
+    patients = group_by_patient(studies.values())
+    if len(studies) > 1 and [len(p) for p in patients.values()] == [len(studies)]:  # all of one patient
         from neuroflow.runtime.embedded_longitudinal import run_longitudinal  # its imports only when needed
 
         return run_longitudinal(source, studies, skipped, out_dir, settings, backend, progress=progress)
@@ -204,10 +206,13 @@ def _choose_study(studies: dict[str, StudyIndex], study_uid: str | None) -> Stud
         return studies[study_uid]
     if len(studies) > 1:
         listing = ", ".join(
-            f"{uid} (patient key {study_key(s.patient_id)}, {len(s.series)} series)"
+            f"{uid} (patient key {patient_key(s.patient_id) or 'none'}, {len(s.series)} series)"
             for uid, s in sorted(studies.items())
         )
-        raise MultipleStudies(f"the input holds {len(studies)} studies: {listing}; choose one with --study UID")
+        # Studies without a usable PatientID are no patient's: never compared, and the report says why.
+        why = "".join(f"; {uid}: {problem}" for uid, s in sorted(studies.items())
+                      if (problem := PatientIdentity.of_study(s).problem) is not None)
+        raise MultipleStudies(f"the input holds {len(studies)} studies: {listing}; choose one with --study UID{why}")
     return next(iter(studies.values()))
 
 

@@ -121,7 +121,10 @@ class StudyRef(_message.Message):
     study_key: _builtins.str
     """Pseudonymous study key (neuroflow.core.dicom_io.study_key): the name used in logs and metrics."""
     patient_key: _builtins.str
-    """Pseudonymous patient key: links a patient's studies (for longitudinal comparison) without the ID."""
+    """Pseudonymous patient key: links a patient's studies (for longitudinal comparison) without the ID. Empty
+    when the PatientID cannot identify a patient (empty, wildcard: neuroflow.core.patient_id): such a study
+    is linked to no other.
+    """
     site: _builtins.str
     """The site (hospital) the study came from, as named in the site's configuration."""
     accession: _builtins.str

@@ -371,6 +371,10 @@ class LongitudinalOutput(_message.Message):
         """No prior yet: the study waits for one until `waiting_until` (a prior arriving triggers the pair)."""
         NO_PRIOR: LongitudinalOutput._Outcome.ValueType  # 3
         """No prior arrived within the site's deadline: the report says so; nothing to compare."""
+        NOT_COMPARED: LongitudinalOutput._Outcome.ValueType  # 4
+        """The study cannot be compared with any other (e.g. its PatientID is empty or a wildcard, so its priors
+        cannot be told from other patients' studies): no prior was looked up; `reason` and the report say why.
+        """
 
     class Outcome(_Outcome, metaclass=_OutcomeEnumTypeWrapper):
         """What became of the comparison."""
@@ -383,18 +387,25 @@ class LongitudinalOutput(_message.Message):
     """No prior yet: the study waits for one until `waiting_until` (a prior arriving triggers the pair)."""
     NO_PRIOR: LongitudinalOutput.Outcome.ValueType  # 3
     """No prior arrived within the site's deadline: the report says so; nothing to compare."""
+    NOT_COMPARED: LongitudinalOutput.Outcome.ValueType  # 4
+    """The study cannot be compared with any other (e.g. its PatientID is empty or a wildcard, so its priors
+    cannot be told from other patients' studies): no prior was looked up; `reason` and the report say why.
+    """
 
     OUTCOME_FIELD_NUMBER: _builtins.int
     SOP_INSTANCE_UIDS_FIELD_NUMBER: _builtins.int
     DESTINATION_FIELD_NUMBER: _builtins.int
     BASELINE_STUDY_INSTANCE_UID_FIELD_NUMBER: _builtins.int
     WAITING_UNTIL_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     outcome: Global___LongitudinalOutput.Outcome.ValueType
     """What became of the comparison."""
     destination: _builtins.str
     """Peer they were forwarded to; empty when stored only."""
     baseline_study_instance_uid: _builtins.str
     """Study Instance UID of the baseline compared with; empty when there was none."""
+    reason: _builtins.str
+    """NOT_COMPARED: why, in a sentence a person can act on (no patient identifier in it)."""
     @_builtins.property
     def sop_instance_uids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """SOP Instance UIDs of the stored objects; deterministic per pair so a retry replaces them."""
@@ -411,10 +422,11 @@ class LongitudinalOutput(_message.Message):
         destination: _builtins.str = ...,
         baseline_study_instance_uid: _builtins.str = ...,
         waiting_until: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["waiting_until", b"waiting_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_study_instance_uid", b"baseline_study_instance_uid", "destination", b"destination", "outcome", b"outcome", "sop_instance_uids", b"sop_instance_uids", "waiting_until", b"waiting_until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_study_instance_uid", b"baseline_study_instance_uid", "destination", b"destination", "outcome", b"outcome", "reason", b"reason", "sop_instance_uids", b"sop_instance_uids", "waiting_until", b"waiting_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
