@@ -13,6 +13,7 @@ import contextlib
 import math
 import sqlite3
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from neuroflow.core.errors import NeuroflowError
+from neuroflow.core.state_schedules import SCHEDULE_SCHEMA, ScheduleStatements
 
 
 class WorkflowStatus(StrEnum):
@@ -110,7 +112,9 @@ class WorkflowStateStore(ABC):
         """Release connections; the default holds none."""
 
 
-_SCHEMA_VERSION = 1
+# 2: the timers, deliveries, dead letters and workflow events of core/state_schedules.py (new tables only:
+# a version-1 database is upgraded in place by creating them).
+_SCHEMA_VERSION = 2
 # Written once for every SQL backend: {timestamp} and {real} are the backend's column types.
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
@@ -133,6 +137,7 @@ _SCHEMA = (
         seconds     {real} NOT NULL,
         PRIMARY KEY (workflow_id, stage)
     )""",
+    *SCHEDULE_SCHEMA,
 )
 _COLUMNS = "workflow_id, study_key, pipeline, input_hash, status, stage, detail, created_at, updated_at"
 
@@ -161,7 +166,7 @@ class _Connection(Protocol):
 _C = TypeVar("_C", bound=_Connection)
 
 
-class SqlStateStore(WorkflowStateStore, Generic[_C]):
+class SqlStateStore(WorkflowStateStore, ScheduleStatements, Generic[_C]):
     """The statements of the SQL backends and their logic, written once. One connection per thread;
     every write is one transaction. Statements use ``?`` placeholders, which ``_sql`` turns into the
     backend's (``_ph``, as in neuroflow.core.sql_statements). A backend supplies only what differs:
@@ -194,7 +199,10 @@ class SqlStateStore(WorkflowStateStore, Generic[_C]):
                           "ON CONFLICT DO NOTHING"),
                 (workflow_id, study_key, pipeline, input_hash, WorkflowStatus.PENDING.value, now, now),
             )
-            return cursor.rowcount == 1
+            created = cursor.rowcount == 1
+            if created:
+                self._record_event(db, workflow_id, WorkflowStatus.PENDING, None, "created")
+            return created
 
     def get(self, workflow_id: str) -> WorkflowRecord | None:
         rows = self._select("WHERE workflow_id = ?", (workflow_id,))
@@ -218,6 +226,7 @@ class SqlStateStore(WorkflowStateStore, Generic[_C]):
                           "WHERE workflow_id = ?"),
                 (status.value, stage, detail, self._now(), workflow_id),
             )
+            self._record_event(db, workflow_id, status, stage, detail)
 
     def record_stage_timing(self, workflow_id: str, stage: str, seconds: float) -> None:
         if not (math.isfinite(seconds) and seconds >= 0):
@@ -294,6 +303,12 @@ class SqlStateStore(WorkflowStateStore, Generic[_C]):
                 self._connections.append(connection)
         return connection
 
+    def _record_event(self, db: _C, workflow_id: str, status: WorkflowStatus, stage: str | None,
+                      detail: str) -> None:
+        """Append the status change to the workflow's history (workflow_events), in the caller's transaction."""
+        db.execute(self._sql("INSERT INTO workflow_events (workflow_id, at, status, stage, detail) "
+                             "VALUES (?, ?, ?, ?, ?)"), (workflow_id, time.time(), status.value, stage, detail))
+
     def _migrate(self) -> None:
         with self._transaction() as db:
             self._lock_schema(db)
@@ -303,6 +318,8 @@ class SqlStateStore(WorkflowStateStore, Generic[_C]):
             found = row[0] if row else None
             if found is None:
                 db.execute(self._sql("INSERT INTO schema_version (version) VALUES (?)"), (_SCHEMA_VERSION,))
+            elif found < _SCHEMA_VERSION:  # the tables it lacked were created above
+                db.execute(self._sql("UPDATE schema_version SET version = ?"), (_SCHEMA_VERSION,))
             elif found > _SCHEMA_VERSION:
                 raise NeuroflowError(f"state database {self._name()} has schema version {found}, newer than "
                                      f"this neuroflow understands ({_SCHEMA_VERSION}): upgrade neuroflow")
