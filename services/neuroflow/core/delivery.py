@@ -22,6 +22,7 @@ import threading
 import time
 from typing import Protocol
 
+from neuroflow.core import metrics
 from neuroflow.core.config import DeliverySettings
 from neuroflow.core.dicom_io import Forwarder
 from neuroflow.core.state_schedules import (
@@ -83,6 +84,7 @@ class DeliveryLoop:
             return False
         if self._outbox.delivery_done(delivery, self._holder, time.time()):
             self.sent += 1
+            metrics.DELIVERY_ATTEMPTS.labels(delivery.pipeline, "delivered").inc()
             log.info("study %s: workflow %s: %d result object(s) delivered to %s (attempt %d)", key,
                      delivery.workflow_id, len(delivery.sop_instance_uids), destination, delivery.attempts + 1)
         return True
@@ -96,6 +98,7 @@ class DeliveryLoop:
                    f"to {delivery.destination} failed: {error}")
         if not self._outbox.delivery_failed(delivery, self._holder, error, next_attempt_at=next_at, give_up=give_up):
             return  # the lease ran out meanwhile: another replica has the delivery now
+        metrics.DELIVERY_ATTEMPTS.labels(delivery.pipeline, "gave_up" if give_up else "failed").inc()
         if not give_up:
             log.warning("%s (attempt %d); again in %.0f s", message, attempts, next_at - now)
             return
