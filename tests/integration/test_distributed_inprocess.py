@@ -447,6 +447,35 @@ def test_stage_not_done_by_its_deadline_is_redispatched_then_dead_lettered(tmp_p
         assert record is not None and "timeout" in record.detail
 
 
+def test_a_workflow_left_running_without_a_timer_gets_its_deadline_back_when_an_orchestrator_starts(
+    tmp_path: Path,
+) -> None:
+    # A state database written before timers were kept in it (or a crash between two writes): the workflow
+    # is RUNNING with its task recorded, and no deadline anywhere. recover() gives it its task's deadline.
+    settings = FAST.model_copy(update={"max_attempts": 2, "stage_timeout_s": {"segmentation": 0.5}})
+    for cluster in _cluster(tmp_path, {TINY.name: TINY}, settings):
+        stages = TinyStages()
+        wid = publish(cluster.bus, study_ready("no-timer"))
+        first = Orchestrator(cluster.bus, cluster.state, cluster.records, {TINY.name: TINY}, settings)
+        first.process_available()  # dispatches preprocess; it never ticks, then goes away
+        stages.start_all(cluster, skip=(SEG,))
+        deadline = time.monotonic() + WAIT_S
+        while (record := cluster.state.get(wid)) is None or record.stage != "segmentation":
+            assert time.monotonic() < deadline
+            first.process_available()
+            time.sleep(0.02)
+        cluster.state.clear_timer(wid)
+        assert cluster.state.timer(wid) is None and cluster.state.get(wid).status == WorkflowStatus.RUNNING  # type: ignore[union-attr]
+        cluster.orchestrator = Orchestrator(cluster.bus, cluster.state, cluster.records, {TINY.name: TINY},
+                                            settings)
+        cluster.start_orchestrator()  # its run() starts with recover()
+        cluster.wait_for(wid, WorkflowStatus.DEAD_LETTERED)
+        tasks = cluster.read_all(topics.task_topic(SEG), tasks_pb2.TaskRequested.FromString)
+        assert [t.attempt for t in tasks if isinstance(t, tasks_pb2.TaskRequested)] == [1, 2]
+        record = cluster.state.get(wid)
+        assert record is not None and "was not done within its timeout" in record.detail
+
+
 def test_urgent_study_queued_behind_routine_ones_is_processed_first(cluster: Cluster) -> None:
     stages = TinyStages()
     routine = [publish(cluster.bus, study_ready(f"routine-{i}")) for i in range(4)]
