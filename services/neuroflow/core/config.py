@@ -99,7 +99,8 @@ class DeliverySettings(BaseModel):
     # Results the PACS has not accepted are offered this long, then dead-lettered (an operator may replay).
     retry_for_s: float = Field(default=24 * 3600.0, gt=0.0)
     backoff_s: float = Field(default=10.0, gt=0.0)  # wait after failed attempt n: backoff * 2**(n-1) ...
-    backoff_max_s: float = Field(default=600.0, gt=0.0)  # ... capped at this
+    # ... capped at this: after a long outage the result follows the PACS's return within this long.
+    backoff_max_s: float = Field(default=300.0, gt=0.0)
     poll_interval_s: float = Field(default=1.0, gt=0.0)  # how often a service looks for due deliveries
     # A replica claims a delivery for this long: more than one C-STORE of a result may take.
     lease_s: float = Field(default=300.0, gt=0.0)
