@@ -86,7 +86,7 @@ class Orchestrator:
     """Consumes STUDY_READY, TASK_DONE and TASK_FAILED in group ``topics.ORCHESTRATOR_GROUP``.
 
     ``pipelines`` maps a pipeline name to its spec; a StudyReady for another pipeline is logged and
-    dropped. ``destination`` is the PACS the results stage forwards to (empty: store only).
+    dropped. ``destination`` is the PACS the results are delivered to (empty: stored at the site only).
     ``last_instance_lead_s`` (the site's ingest wait window) is added to the StudyReady-to-result time for
     the end-to-end metric: the study's last instance arrived at least that long before it was ready.
     ``delivery_period_s``: how long a succeeded workflow's results are offered to the destination before its
