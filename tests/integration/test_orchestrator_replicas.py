@@ -203,7 +203,7 @@ def test_two_replicas_with_a_slow_stage_dispatch_each_attempt_once_and_give_one_
 ) -> None:
     stages = TinyStages()
     # Attempt 1 answers after its 3 s deadline: the deadline fires (attempt 2), and its late answer comes too.
-    segmentation = SlowSegmentation(site.bus(), delay=lambda task: 6.0 if task.attempt == 1 else 0.0)
+    segmentation = SlowSegmentation(site.bus(), delay=lambda task: 9.0 if task.attempt == 1 else 0.0)
     site.workers(stages, segmentation)
     publisher = site.bus()
     site.orchestrator("replica-a")
@@ -215,7 +215,7 @@ def test_two_replicas_with_a_slow_stage_dispatch_each_attempt_once_and_give_one_
     state = site.state()
     site.wait_until("every workflow succeeded", lambda: all(
         (r := state.get(w)) is not None and r.status == WorkflowStatus.SUCCEEDED for w in wids))
-    time.sleep(8.0)  # the late answers of attempt 1, and any stray second dispatch, arrive
+    time.sleep(10.0)  # the late answers of attempt 1, and any stray second dispatch, arrive
 
     counts = _dispatch_counts(site)
     for wid in wids:
