@@ -595,6 +595,8 @@ def test_destination_that_is_down_or_rejects_delays_delivery_with_backoff_then_d
         assert 3 <= pacs.forwards == gave_up.attempts <= 7
         (letter,) = cluster.state.dead_letters(workflow_id=wid)
         assert letter.kind == DeadLetterKind.DELIVERY and str(error) in letter.reason
+        assert letter.code == ("DESTINATION_UNAVAILABLE" if isinstance(error, DestinationUnavailable)
+                               else "DESTINATION_REJECTED")
         assert letter.study_key == small_study.ready.study.study_key
 
 

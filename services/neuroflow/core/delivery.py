@@ -32,6 +32,8 @@ from neuroflow.core.state_schedules import (
     ScheduleStatements,
     new_letter_id,
 )
+from neuroflow.core.worker import failure_reason
+from neuroflow.proto.neuroflow.v1 import common_pb2
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +81,9 @@ class DeliveryLoop:
         key, destination = delivery.study_key, delivery.destination
         try:
             self._forwarder.forward(list(delivery.sop_instance_uids), destination)
-        except Exception as exc:
-            self._failed(delivery, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # any failure is retried until the delivery period ends
+            reason = failure_reason(exc, study_key=delivery.study_key, stage="delivery")
+            self._failed(delivery, f"{type(exc).__name__}: {exc}", common_pb2.FailureReason.Code.Name(reason.code))
             return False
         if self._outbox.delivery_done(delivery, self._holder, time.time()):
             self.sent += 1
@@ -89,7 +92,7 @@ class DeliveryLoop:
                      delivery.workflow_id, len(delivery.sop_instance_uids), destination, delivery.attempts + 1)
         return True
 
-    def _failed(self, delivery: Delivery, error: str) -> None:
+    def _failed(self, delivery: Delivery, error: str, code: str) -> None:
         now, attempts = time.time(), delivery.attempts + 1
         give_up = now >= delivery.give_up_at
         # The last attempt is made when the period ends, however long the backoff has grown.
@@ -105,7 +108,7 @@ class DeliveryLoop:
         self._outbox.record_dead_letter(DeadLetterRecord(
             letter_id=new_letter_id(), kind=DeadLetterKind.DELIVERY, workflow_id=delivery.workflow_id,
             study_key=delivery.study_key, pipeline=delivery.pipeline, stage=delivery.stage, attempts=attempts,
-            code="DESTINATION_UNAVAILABLE",
+            code=code,
             reason=f"{message}; gave up after {attempts} attempt(s) over {self._settings.retry_for_s:.0f} s",
             payload=b"", created_at=now, replayed_at=None))
         log.error("%s; gave up after %d attempt(s): dead-lettered for an operator to replay", message, attempts)
