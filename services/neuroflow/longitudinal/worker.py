@@ -29,7 +29,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -117,7 +117,6 @@ class LongitudinalHandler:
         select: SelectSeries,
         *,
         locator: PriorLocator | None = None,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._source = source
         self._sink = sink
@@ -127,7 +126,6 @@ class LongitudinalHandler:
         self._settings = settings
         self._select = select
         self._locator = locator
-        self._sleep = sleep
 
     def __call__(self, task: tasks_pb2.TaskRequested) -> tasks_pb2.LongitudinalOutput:
         key, request = task.study.study_key, task.longitudinal
