@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from neuroflow import __version__
+from neuroflow.admin.cli import add_admin_parser
 from neuroflow.core.config import NeuroflowSettings
 from neuroflow.core.dicom_io import FolderDicomSource
 
@@ -67,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     stack.add_argument("--wait-window", type=float, default=10.0, help="seconds without new images (up)")
     stack.add_argument("--preprocess-workers", type=int, default=1, help="preprocess processes (up)")
     stack.set_defaults(handler=_cmd_stack)
+
+    add_admin_parser(sub)
     return parser
 
 

@@ -356,7 +356,7 @@ def test_network_policies_let_each_service_reach_only_what_it_needs(manifests: d
     assert egress_ports(named(north, "NetworkPolicy", "orchestrator")) == {kafka, postgres}
     assert egress_ports(named(north, "NetworkPolicy", "segmentation")) == {kafka, triton}
     assert egress_ports(named(south, "NetworkPolicy", "segmentation")) == {kafka}, "no Triton: no route to it"
-    assert egress_ports(named(north, "NetworkPolicy", "results")) == {kafka, orthanc}
+    assert egress_ports(named(north, "NetworkPolicy", "results")) == {kafka, postgres, orthanc}
     # Priors: the longitudinal worker asks Orthanc, which queries the PACS and has it send the study back.
     assert egress_ports(named(south, "NetworkPolicy", "longitudinal")) == {kafka, postgres, orthanc}
     assert egress_ports(named(south, "NetworkPolicy", "orthanc")) == {postgres, 11112}

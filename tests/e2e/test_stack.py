@@ -152,7 +152,7 @@ def test_destination_down_for_a_while_gets_the_result_once_it_is_back(
     try:
         send_folder(tmp_path / "study", site["dicom_host"], site["dicom_port"], site["aet"])
         results_log = Path(running_stack["root"]) / "logs" / "results-1.log"
-        _wait_for(lambda: "failed (try 1/" in results_log.read_text(errors="replace"), 600,
+        _wait_for(lambda: "(attempt 1); again in" in results_log.read_text(errors="replace"), 600,
                   "a forward to the stopped PACS to fail")
     finally:
         restarted = stack.restart_orthanc(running_stack, "orthanc-pacs")

@@ -5,7 +5,8 @@ Proved here: the distributed run of a real study gives one SEG and the same volu
 a duplicate StudyReady starts nothing; a worker killed mid-task has its task redone once; a redelivered
 finished task is answered from its record; a poison message is dead-lettered with its reason without
 blocking the next; failures are retried with backoff, bounded, then dead-lettered with the reason
-(including a destination PACS that is down or rejects); a stage past its deadline is re-dispatched and
+(a destination PACS that is down or rejects delays the delivery, retried with backoff from the outbox
+for the delivery period, then dead-lettered); a stage past its deadline is re-dispatched and
 finally dead-lettered; urgent work overtakes routine work; two workers of a stage share its load.
 Orchestration-only tests run a tiny pipeline (pipelines are data) with instant stage handlers.
 """
@@ -30,7 +31,8 @@ from pydicom import dcmread
 
 from neuroflow.core import topics
 from neuroflow.core.bus import InMemoryBus, Message
-from neuroflow.core.config import NeuroflowSettings, OrchestrationSettings
+from neuroflow.core.config import DeliverySettings, NeuroflowSettings, OrchestrationSettings
+from neuroflow.core.delivery import DeliveryLoop
 from neuroflow.core.dicom_io import FolderDicomSink, FolderDicomSource, study_key
 from neuroflow.core.errors import DestinationRejected, DestinationUnavailable, InferenceUnavailable, SeriesRejected
 from neuroflow.core.handoff import GeometrySummary, PreprocessSummary
@@ -39,6 +41,7 @@ from neuroflow.core.inference import OnnxRuntimeBackend
 from neuroflow.core.records import FolderRecordStore, InMemoryRecordStore, RecordStore
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.state import SqliteStateStore, WorkflowStatus
+from neuroflow.core.state_schedules import DeadLetterKind, DeliveryStatus
 from neuroflow.core.volume import Geometry, Volume
 from neuroflow.core.volume_store import FolderVolumeStore
 from neuroflow.core.worker import Handler, StageWorker
@@ -130,10 +133,12 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 
 def _cluster(tmp_path: Path, pipelines: dict[str, PipelineSpec], settings: OrchestrationSettings,
-             records: RecordStore | None = None, destination: str = "") -> Iterator[Cluster]:
+             records: RecordStore | None = None, destination: str = "",
+             delivery_period_s: float = 3600.0) -> Iterator[Cluster]:
     bus, state = InMemoryBus(), SqliteStateStore(tmp_path / "state.sqlite3")
     records = records if records is not None else InMemoryRecordStore()
-    orchestrator = Orchestrator(bus, state, records, pipelines, settings, destination=destination)
+    orchestrator = Orchestrator(bus, state, records, pipelines, settings, destination=destination,
+                                delivery_period_s=delivery_period_s)
     running = Cluster(bus, state, records, orchestrator)
     try:
         yield running
@@ -442,6 +447,35 @@ def test_stage_not_done_by_its_deadline_is_redispatched_then_dead_lettered(tmp_p
         assert record is not None and "timeout" in record.detail
 
 
+def test_a_workflow_left_running_without_a_timer_gets_its_deadline_back_when_an_orchestrator_starts(
+    tmp_path: Path,
+) -> None:
+    # A state database written before timers were kept in it (or a crash between two writes): the workflow
+    # is RUNNING with its task recorded, and no deadline anywhere. recover() gives it its task's deadline.
+    settings = FAST.model_copy(update={"max_attempts": 2, "stage_timeout_s": {"segmentation": 0.5}})
+    for cluster in _cluster(tmp_path, {TINY.name: TINY}, settings):
+        stages = TinyStages()
+        wid = publish(cluster.bus, study_ready("no-timer"))
+        first = Orchestrator(cluster.bus, cluster.state, cluster.records, {TINY.name: TINY}, settings)
+        first.process_available()  # dispatches preprocess; it never ticks, then goes away
+        stages.start_all(cluster, skip=(SEG,))
+        deadline = time.monotonic() + WAIT_S
+        while (record := cluster.state.get(wid)) is None or record.stage != "segmentation":
+            assert time.monotonic() < deadline
+            first.process_available()
+            time.sleep(0.02)
+        cluster.state.clear_timer(wid)
+        assert cluster.state.timer(wid) is None and cluster.state.get(wid).status == WorkflowStatus.RUNNING  # type: ignore[union-attr]
+        cluster.orchestrator = Orchestrator(cluster.bus, cluster.state, cluster.records, {TINY.name: TINY},
+                                            settings)
+        cluster.start_orchestrator()  # its run() starts with recover()
+        cluster.wait_for(wid, WorkflowStatus.DEAD_LETTERED)
+        tasks = cluster.read_all(topics.task_topic(SEG), tasks_pb2.TaskRequested.FromString)
+        assert [t.attempt for t in tasks if isinstance(t, tasks_pb2.TaskRequested)] == [1, 2]
+        record = cluster.state.get(wid)
+        assert record is not None and "was not done within its timeout" in record.detail
+
+
 def test_urgent_study_queued_behind_routine_ones_is_processed_first(cluster: Cluster) -> None:
     stages = TinyStages()
     routine = [publish(cluster.bus, study_ready(f"routine-{i}")) for i in range(4)]
@@ -521,24 +555,18 @@ def small_study(tmp_path_factory: pytest.TempPathFactory) -> SmallStudy:
     return SmallStudy(FolderDicomSource(folder), ready, summary.attach(Volume(labels, geometry)))
 
 
-@pytest.mark.parametrize(("error", "status", "code", "forwards", "in_task_waits"), [
-    (DestinationUnavailable("PACS 127.0.0.1:11112 did not answer"), WorkflowStatus.DEAD_LETTERED,
-     common_pb2.FailureReason.DESTINATION_UNAVAILABLE, 2 * 2, 2),  # 2 tries in each of 2 task attempts
-    # A PACS that refuses (maintenance, full storage) may accept later: retried by the orchestrator's
-    # backoff, once per task attempt, then dead-lettered.
-    (DestinationRejected("PACS refused the SEG: C-STORE status 0xA700"), WorkflowStatus.DEAD_LETTERED,
-     common_pb2.FailureReason.DESTINATION_REJECTED, 2, 0),
+@pytest.mark.parametrize("error", [
+    DestinationUnavailable("PACS 127.0.0.1:11112 did not answer"),
+    # A PACS that refuses (maintenance, full storage) may accept later: retried the same way.
+    DestinationRejected("PACS refused the SEG: C-STORE status 0xA700"),
 ], ids=["down", "rejects"])
-def test_destination_that_is_down_or_rejects_is_retried_bounded_then_dead_lettered_with_its_reason(
-    small_study: SmallStudy, tmp_path: Path, error: Exception, status: WorkflowStatus,
-    code: common_pb2.FailureReason.Code.ValueType, forwards: int, in_task_waits: int,
+def test_destination_that_is_down_or_rejects_delays_delivery_with_backoff_then_dead_letters_it_after_the_period(
+    small_study: SmallStudy, tmp_path: Path, error: Exception,
 ) -> None:
-    settings = FAST.model_copy(update={"max_attempts": 2})
     volumes = FolderVolumeStore(tmp_path / "volumes")
     label_ref = volumes.put_ref("small/labels", small_study.label_map)
     pacs = FakePacs(tmp_path / "sink", error)
-    waits: list[float] = []
-    for cluster in _cluster(tmp_path, {TINY.name: TINY}, settings, destination="PACS"):
+    for cluster in _cluster(tmp_path, {TINY.name: TINY}, FAST, destination="PACS", delivery_period_s=1.5):
         stages = TinyStages()
 
         def segmentation(task: tasks_pb2.TaskRequested) -> tasks_pb2.SegmentationOutput:
@@ -549,17 +577,27 @@ def test_destination_that_is_down_or_rejects_is_retried_bounded_then_dead_letter
         cluster.start_orchestrator()
         stages.start_all(cluster, skip=(SEG, RES))
         cluster.start_worker(SEG, segmentation)
-        cluster.start_worker(RES, ResultsHandler(small_study.source, pacs, volumes, cluster.bus,
-                                                 tmp_path / "reports", forward_attempts=2, forward_backoff_s=0.5,
-                                                 sleep=waits.append))
-        assert cluster.wait_for(wid, WorkflowStatus.DEAD_LETTERED, WorkflowStatus.FAILED) == status
-        assert pacs.forwards == forwards
-        assert waits == [0.5] * in_task_waits  # backoff between tries inside a task, none after the last
-        record = cluster.state.get(wid)
-        assert record is not None and str(error) in record.detail
-        (letter,) = dead_letters(cluster, RES)
-        assert letter.reason.code == code and str(error) in letter.reason.message
-        assert len(pacs.stored()) == 1  # stored once at the site (retries replaced it, same UID)
+        cluster.start_worker(RES, ResultsHandler(small_study.source, pacs, volumes, cluster.bus, tmp_path / "reports"))
+        # The task stores the SEG and succeeds: the PACS being away is the outbox's business, not the task's.
+        assert cluster.wait_for(wid, WorkflowStatus.SUCCEEDED) == WorkflowStatus.SUCCEEDED
+        assert pacs.forwards == 0 and len(pacs.stored()) == 1
+        (queued,) = cluster.state.deliveries(workflow_id=wid)
+        assert queued.status == DeliveryStatus.PENDING and queued.destination == "PACS"
+        loop = DeliveryLoop(cluster.state, pacs, DeliverySettings(backoff_s=0.2, backoff_max_s=0.4), holder="r1")
+        deadline = time.monotonic() + WAIT_S
+        while cluster.state.deliveries(workflow_id=wid)[0].status == DeliveryStatus.PENDING:
+            assert time.monotonic() < deadline, "the delivery was never given up"
+            loop.deliver_due()
+            time.sleep(0.02)
+        (gave_up,) = cluster.state.deliveries(workflow_id=wid)
+        assert gave_up.status == DeliveryStatus.GAVE_UP and str(error) in gave_up.last_error
+        # Backoff, not a busy loop: 0.2, 0.4, 0.4 ... s apart over the 1.5 s period, the last try at its end.
+        assert 3 <= pacs.forwards == gave_up.attempts <= 7
+        (letter,) = cluster.state.dead_letters(workflow_id=wid)
+        assert letter.kind == DeadLetterKind.DELIVERY and str(error) in letter.reason
+        assert letter.code == ("DESTINATION_UNAVAILABLE" if isinstance(error, DestinationUnavailable)
+                               else "DESTINATION_REJECTED")
+        assert letter.study_key == small_study.ready.study.study_key
 
 
 def test_undecodable_event_does_not_block_the_orchestrator(cluster: Cluster) -> None:

@@ -43,11 +43,13 @@ from neuroflow.core.config import (
     PacsNode,
     StateSettings,
 )
+from neuroflow.core.delivery import WithDelivery
 from neuroflow.core.dicom_io import study_key
 from neuroflow.core.orthanc import DicomModality, OrthancClient
 from neuroflow.core.patient_id import PatientIdentity
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.state import WorkflowRecord, WorkflowStatus
+from neuroflow.core.state_schedules import DeliveryStatus
 from neuroflow.core.volume import Geometry, Volume, resample
 from neuroflow.devtools.dicom_writer import PatientInfo, write_study
 from neuroflow.devtools.longitudinal_phantoms import Brain, colin27, make_haematoma_pair, make_ms_pair
@@ -178,6 +180,8 @@ class Site:
     @property
     def longitudinal(self) -> LongitudinalService:
         service = self.services[-1]
+        if isinstance(service, WithDelivery):  # the service delivers the outbox's results beside its stage work
+            service = service.service
         assert isinstance(service, LongitudinalService)
         return service
 
@@ -211,6 +215,14 @@ class Site:
                 return records
             time.sleep(0.1)
         raise AssertionError(f"{what}: not there within {WAIT_S:.0f} s; workflows: {self.backends.state().list()}")
+
+    def wait_delivered(self, record: WorkflowRecord) -> None:
+        """Until the workflow's results were delivered from the outbox to the PACS."""
+        deadline = time.monotonic() + WAIT_S
+        while not (found := self.backends.state().deliveries(workflow_id=record.workflow_id)) or any(
+                d.status != DeliveryStatus.DELIVERED for d in found):
+            assert time.monotonic() < deadline, f"workflow {record.workflow_id}: results not delivered"
+            time.sleep(0.1)
 
     def report(self, record: WorkflowRecord) -> dict[str, Any]:
         path = self.settings.reports_dir / record.study_key / record.workflow_id / "report.json"
@@ -284,6 +296,7 @@ def test_prior_in_the_site_orthanc_is_compared_stored_forwarded_and_a_redelivery
     results = [i for i in stored
                if orthancs.site_client.get_json(f"/instances/{i}/simplified-tags").get("Manufacturer") == "neuroflow"]
     assert results, "no result object stored in the site Orthanc"
+    site.wait_delivered(records[0])  # by the longitudinal service's delivery loop, from the outbox
     forwarded = _instances(orthancs.pacs_client, studies.followup_uid)
     assert len(forwarded) == len(results)
 
@@ -322,6 +335,7 @@ def test_prior_held_only_by_the_pacs_is_found_by_c_find_and_moved_in_by_c_move(
     records = site.wait_for("the follow-up's comparison", lambda: _succeeded(
         site.workflows(ct_studies.followup_uid, HAEMATOMA_CHANGE_PIPELINE), "compared with the prior"))
     assert site.report(records[0])["longitudinal"]["baseline_study_instance_uid"] == ct_studies.baseline_uid
+    site.wait_delivered(records[0])  # the result objects drawn on the baseline reach the PACS too
     assert len(_instances(orthancs.site_client, ct_studies.baseline_uid)) == len(
         _instances(orthancs.pacs_client, ct_studies.baseline_uid)), "the prior was not moved into the site Orthanc"
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,12 +29,12 @@ from neuroflow.core.config import RetentionSettings
 from neuroflow.core.dicom_io import study_key
 from neuroflow.core.orthanc import OrthancClient
 from neuroflow.core.records import FolderRecordStore
-from neuroflow.core.state import SqliteStateStore, WorkflowStateStore, WorkflowStatus
+from neuroflow.core.state import SqliteStateStore, SqlStateStore, WorkflowStatus
 from neuroflow.core.state_postgres import PostgresStateStore
 from neuroflow.core.volume import Geometry, Volume
 from neuroflow.core.volume_store import FolderVolumeStore
 from neuroflow.ingest.window_store import PostgresWindowStore, SqliteWindowStore, WindowStore
-from neuroflow.monitor.retention import RetentionSweep, SweepTally
+from neuroflow.monitor.retention import DeliveryLedger, RetentionSweep, SweepTally
 from neuroflow.proto.neuroflow.v1 import tasks_pb2
 from tests.servers.orthanc import OrthancPair
 
@@ -43,7 +44,7 @@ SITE = "retention-test"
 
 @dataclass
 class Stores:
-    state: WorkflowStateStore
+    state: SqlStateStore[Any]
     windows: WindowStore
 
 
@@ -70,16 +71,6 @@ def postgres_stores(scratch: Path, fixture: Callable[[str], str]) -> Iterator[St
 def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stores]:
     with request.param(tmp_path, request.getfixturevalue) as built:
         yield built
-
-
-class Ledger:
-    """The delivery hook: these workflows' results are still waiting to be delivered."""
-
-    def __init__(self, undelivered: set[str]) -> None:
-        self.undelivered = undelivered
-
-    def has_undelivered_results(self, workflow_id: str) -> bool:
-        return workflow_id in self.undelivered
 
 
 @dataclass
@@ -175,7 +166,7 @@ class World:
             "report": (self.reports / study.key / wid).exists(),
         }
 
-    def sweep(self, ledger: Ledger) -> RetentionSweep:
+    def sweep(self, ledger: DeliveryLedger) -> RetentionSweep:
         days = PERIOD_S / 86400
         settings = RetentionSettings(volumes_days=days, records_days=days, reports_days=days,
                                      orthanc_studies_days=days, state_rows_days=days)
@@ -199,7 +190,12 @@ def test_a_sweep_deletes_only_delivered_old_studies_and_keeps_running_undelivere
     world.start_workflow(replayable, WorkflowStatus.RUNNING)
     time.sleep(PERIOD_S + 1.5)  # everything above is now older than the period ...
     world.finish(replayable, WorkflowStatus.DEAD_LETTERED)  # ... but this failure is recent
-    ledger = Ledger({f"wf-{undelivered.name}"})
+    # The real delivery outbox is the ledger: the undelivered study's result waits there for its PACS.
+    ledger = world.state
+    undelivered_wid = f"wf-{undelivered.name}"
+    assert world.state.enqueue_delivery(undelivered_wid, "pacs", study_key=undelivered.key, pipeline="glioma",
+                                        stage="results", sop_instance_uids=["1.2.826.0.1.3680043.10.1"],
+                                        now=time.time(), give_up_at=time.time() + 3600)
     before = {kind: _deleted_metric(kind) for kind in ("orthanc_studies", "state_rows", "volumes", "window_rows")}
 
     # Two monitor replicas sweep at the same moment.
@@ -242,7 +238,9 @@ def test_a_sweep_deletes_only_delivered_old_studies_and_keeps_running_undelivere
     assert again.deleted["orthanc_studies"] == again.deleted["state_rows"] == again.deleted["volumes"] == 0
 
     # Once its results are delivered, the undelivered study goes too; the running one still stays.
-    ledger.undelivered.clear()
+    [delivery] = world.state.claim_due_deliveries(time.time(), "test", 60.0)
+    assert world.state.delivery_done(delivery, "test", time.time())
     world.sweep(ledger).sweep()
     assert not any(world.everything_of(undelivered).values())
+    assert not world.state.deliveries(workflow_id=undelivered_wid), "the outbox row goes with its workflow"
     assert all(world.everything_of(running).values())

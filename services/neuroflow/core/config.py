@@ -85,9 +85,9 @@ class OrchestrationSettings(BaseModel):
     default_stage_timeout_s: float = Field(default=1800.0, gt=0.0)  # stages missing above
     poll_timeout_s: float = Field(default=0.5, gt=0.0)  # how long a loop waits for a message at a time
     heartbeat_s: float = Field(default=60.0, gt=0.0)  # how often an idle service logs that it is alive
-    # Forwarding to the destination PACS inside one results task: tries and first backoff (doubling).
-    forward_attempts: int = Field(default=3, ge=1)
-    forward_backoff_s: float = Field(default=2.0, ge=0.0)
+    # A replica holds a workflow's lease while it changes it (state database); one that died holding it is
+    # replaced after this long. Longer than handling one message or timer (a publish and a few writes).
+    lease_s: float = Field(default=60.0, gt=0.0)
 
     def timeout_s(self, stage_name: str) -> float:
         return self.stage_timeout_s.get(stage_name, self.default_stage_timeout_s)
@@ -95,6 +95,24 @@ class OrchestrationSettings(BaseModel):
     def backoff_s(self, attempt: int) -> float:
         """Wait before re-dispatching after failed attempt ``attempt`` (1, 2, ...): exponential, capped."""
         return float(min(self.retry_backoff_s * 2 ** max(0, attempt - 1), self.retry_backoff_max_s))
+
+
+class DeliverySettings(BaseModel):
+    """Delivery of stored results to the destination PACS from the outbox in the state database
+    (core/delivery.py), by the results and longitudinal services: a PACS outage delays a result, never loses it."""
+
+    # Results the PACS has not accepted are offered this long, then dead-lettered (an operator may replay).
+    retry_for_s: float = Field(default=24 * 3600.0, gt=0.0)
+    backoff_s: float = Field(default=10.0, gt=0.0)  # wait after failed attempt n: backoff * 2**(n-1) ...
+    # ... capped at this: after a long outage the result follows the PACS's return within this long.
+    backoff_max_s: float = Field(default=300.0, gt=0.0)
+    poll_interval_s: float = Field(default=1.0, gt=0.0)  # how often a service looks for due deliveries
+    # A replica claims a delivery for this long: more than one C-STORE of a result may take.
+    lease_s: float = Field(default=300.0, gt=0.0)
+
+    def backoff(self, attempts: int) -> float:
+        """Wait after ``attempts`` failed attempts (1, 2, ...): exponential, capped."""
+        return float(min(self.backoff_s * 2 ** max(0, attempts - 1), self.backoff_max_s))
 
 
 class IngestSettings(BaseModel):
@@ -248,6 +266,7 @@ class NeuroflowSettings(BaseSettings):
     # ... and the report of each workflow (report.json, summary.txt under <study_key>/<workflow_id>/).
     reports_dir: Path = Path(".neuroflow/reports")
     orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     # Prometheus metrics of this process on http://127.0.0.1:<port>/metrics; 0: not exposed. Each process
     # of a host needs its own port.

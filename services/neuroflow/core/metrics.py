@@ -77,6 +77,10 @@ END_TO_END = Histogram("neuroflow_end_to_end_seconds",
                        "stored", ("site", "pipeline"), buckets=_END_TO_END_BUCKETS)
 RESULTS_DELIVERED = Counter("neuroflow_results_delivered", "Workflows that stored their results",
                             ("site", "pipeline"))
+# -- delivery to the destination PACS (results and longitudinal services, from the outbox) -------------
+DELIVERY_ATTEMPTS = Counter("neuroflow_delivery_attempts",
+                            "Attempts to deliver stored results to the destination PACS, by outcome (reason: "
+                            "delivered, failed: tried again later, gave_up: dead-lettered)", ("pipeline", "reason"))
 
 # -- longitudinal (prior studies of the change pipelines) ----------------------------------------------
 PRIORS_FOUND = Counter("neuroflow_longitudinal_priors_found",
@@ -143,7 +147,7 @@ RETENTION_LAST_SWEEP = Gauge("neuroflow_retention_last_sweep_timestamp_seconds",
 DEFINED: tuple[MetricWrapperBase, ...] = (
     TASKS_STARTED, TASKS_SUCCEEDED, TASKS_FAILED, TASKS_RETRIED, TASKS_DEAD_LETTERED, TASK_DURATION,
     TASKS_IN_FLIGHT, STUDIES_RECEIVED, WAIT_WINDOW_TRIGGERS, LATE_SERIES_RETRIGGERS, LAST_INSTANCE_TO_TRIGGER,
-    ROUTING_FAILURES, STUDIES_ROUTED, END_TO_END, RESULTS_DELIVERED, PRIORS_FOUND, PRIORS_WAITED,
+    ROUTING_FAILURES, STUDIES_ROUTED, END_TO_END, RESULTS_DELIVERED, DELIVERY_ATTEMPTS, PRIORS_FOUND, PRIORS_WAITED,
     PRIORS_MISSING, LATE_PRIOR_TRIGGERS, STORAGE_UP, STORAGE_FREE_BYTES,
     ORTHANC_UP, KAFKA_UP, KAFKA_CONSUMER_LAG, STATE_STORE_UP, WORKFLOWS_STUCK, STUDIES_PROCESSED_LAST_HOUR,
     END_TO_END_TARGET, MODEL_READY, PROBE_LOOP_CPU_SECONDS, PROBE_LAST_SUCCESS,

@@ -13,6 +13,7 @@ import contextlib
 import math
 import sqlite3
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -24,6 +25,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from neuroflow.core.errors import NeuroflowError
 from neuroflow.core.sql_reconnect import ConnectionLost, retry_once
+from neuroflow.core.state_schedules import SCHEDULE_SCHEMA, ScheduleStatements
 
 
 class WorkflowStatus(StrEnum):
@@ -130,7 +132,9 @@ class WorkflowStateStore(ABC):
         """Release connections; the default holds none."""
 
 
-_SCHEMA_VERSION = 1
+# 2: the timers, deliveries, dead letters and workflow events of core/state_schedules.py (new tables only:
+# a version-1 database is upgraded in place by creating them).
+_SCHEMA_VERSION = 2
 # Written once for every SQL backend: {timestamp} and {real} are the backend's column types.
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
@@ -153,7 +157,10 @@ _SCHEMA = (
         seconds     {real} NOT NULL,
         PRIMARY KEY (workflow_id, stage)
     )""",
+    *SCHEDULE_SCHEMA,
 )
+# Rows of a workflow kept beside it (stage timings, timers, deliveries, dead letters, history).
+_WORKFLOW_TABLES = ("stage_timings", "workflow_timers", "deliveries", "dead_letters", "workflow_events")
 _COLUMNS = "workflow_id, study_key, pipeline, input_hash, status, stage, detail, created_at, updated_at"
 _FINISHED_LIST = ", ".join(f"'{s.value}'" for s in sorted(FINISHED_STATUSES))  # constants, no user input
 
@@ -183,7 +190,7 @@ _C = TypeVar("_C", bound=_Connection)
 _T = TypeVar("_T")
 
 
-class SqlStateStore(WorkflowStateStore, Generic[_C]):
+class SqlStateStore(WorkflowStateStore, ScheduleStatements, Generic[_C]):
     """The statements of the SQL backends and their logic, written once. One connection per thread;
     every write is one transaction. Statements use ``?`` placeholders, which ``_sql`` turns into the
     backend's (``_ph``, as in neuroflow.core.sql_statements). A backend supplies only what differs:
@@ -222,7 +229,10 @@ class SqlStateStore(WorkflowStateStore, Generic[_C]):
                           "ON CONFLICT DO NOTHING"),
                 (workflow_id, study_key, pipeline, input_hash, WorkflowStatus.PENDING.value, now, now),
             )
-            return cursor.rowcount == 1
+            created = cursor.rowcount == 1
+            if created:
+                self._record_event(db, workflow_id, WorkflowStatus.PENDING, None, "created")
+            return created
 
         # Not idempotent in its answer: run again after a COMMIT that did apply, it would say False ("the
         # same work exists") for the workflow it created itself.
@@ -251,9 +261,10 @@ class SqlStateStore(WorkflowStateStore, Generic[_C]):
                           "WHERE workflow_id = ?"),
                 (status.value, stage, detail, self._now(), workflow_id),
             )
+            self._record_event(db, workflow_id, status, stage, detail)
 
         # Idempotent: staying in a status is always allowed, so applying the same change twice leaves the
-        # record as once (but for updated_at).
+        # record as once (but for updated_at and a repeated line in the workflow's history).
         self._run(update, idempotent=True, what=f"set workflow {workflow_id} {status}")
 
     def record_stage_timing(self, workflow_id: str, stage: str, seconds: float) -> None:
@@ -293,7 +304,12 @@ class SqlStateStore(WorkflowStateStore, Generic[_C]):
             cursor = db.execute(self._sql(f"DELETE FROM workflows WHERE workflow_id = ? AND status IN "
                                           f"({_FINISHED_LIST}) AND updated_at < ?"),
                                 (workflow_id, self._time_value(before)))
-            return cursor.rowcount == 1
+            if cursor.rowcount != 1:
+                return False
+            # What hangs off the row goes with it, in the same transaction (there is no cascading delete).
+            for table in _WORKFLOW_TABLES:
+                db.execute(self._sql(f"DELETE FROM {table} WHERE workflow_id = ?"), (workflow_id,))
+            return True
 
         # Not repeated after a lost COMMIT: a second run would answer False for a row the first deleted; the
         # sweep is idempotent anyway and the next one finishes what this one could not.
@@ -391,6 +407,12 @@ class SqlStateStore(WorkflowStateStore, Generic[_C]):
                 self._connections.append(connection)
         return connection
 
+    def _record_event(self, db: _C, workflow_id: str, status: WorkflowStatus, stage: str | None,
+                      detail: str) -> None:
+        """Append the status change to the workflow's history (workflow_events), in the caller's transaction."""
+        db.execute(self._sql("INSERT INTO workflow_events (workflow_id, at, status, stage, detail) "
+                             "VALUES (?, ?, ?, ?, ?)"), (workflow_id, time.time(), status.value, stage, detail))
+
     def _migrate(self) -> None:
         with self._transaction() as db:
             self._lock_schema(db)
@@ -400,6 +422,8 @@ class SqlStateStore(WorkflowStateStore, Generic[_C]):
             found = row[0] if row else None
             if found is None:
                 db.execute(self._sql("INSERT INTO schema_version (version) VALUES (?)"), (_SCHEMA_VERSION,))
+            elif found < _SCHEMA_VERSION:  # the tables it lacked were created above
+                db.execute(self._sql("UPDATE schema_version SET version = ?"), (_SCHEMA_VERSION,))
             elif found > _SCHEMA_VERSION:
                 raise NeuroflowError(f"state database {self._name()} has schema version {found}, newer than "
                                      f"this neuroflow understands ({_SCHEMA_VERSION}): upgrade neuroflow")

@@ -10,9 +10,9 @@ A task names a follow-up study and a change pipeline (``ms_change``, ``haematoma
    qualifies for the pipeline, in the site's Orthanc and then, when configured, moved in from the PACS
    (the series of the roles the pipeline uses when present, MS's T1 and T2, are added on both sides);
 3. with a baseline, loads both timepoints' instances, runs ``longitudinal.compare.compare_pair`` (the same
-   code as the embedded runtime), stores the result objects in the site's sink and forwards them to the
-   destination (``core.forwarding.forward_with_backoff``), writes the report where the results stage writes
-   the glioma report, and publishes ResultsStored;
+   code as the embedded runtime), stores the result objects in the site's sink (the orchestrator then puts
+   them in the delivery outbox for the destination, ``core.delivery``), writes the report where the results
+   stage writes the glioma report, and publishes ResultsStored;
 4. without one, records that the study waits for its prior until the site's deadline (answer
    WAITING_FOR_PRIOR); after the deadline (:class:`PriorWaitSweeper` asks for a run with
    ``prior_wait_expired``) the report says there was no prior within the deadline (answer NO_PRIOR).
@@ -32,7 +32,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,6 @@ from neuroflow.core.dicom_io import (
     find_series,
 )
 from neuroflow.core.errors import SeriesRejected, StudyError
-from neuroflow.core.forwarding import forward_with_backoff
 from neuroflow.core.identity import input_hash, patient_key
 from neuroflow.core.inference import InferenceBackend
 from neuroflow.core.model_card import ModelRef
@@ -121,7 +120,6 @@ class LongitudinalHandler:
         select: SelectSeries,
         *,
         locator: PriorLocator | None = None,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._source = source
         self._sink = sink
@@ -131,7 +129,6 @@ class LongitudinalHandler:
         self._settings = settings
         self._select = select
         self._locator = locator
-        self._sleep = sleep
 
     def __call__(self, task: tasks_pb2.TaskRequested) -> tasks_pb2.LongitudinalOutput:
         key, request = task.study.study_key, task.longitudinal
@@ -261,11 +258,7 @@ class LongitudinalHandler:
         result = compare_pair(pipeline, before, after, self._backend, self._settings, study_key=key, clock=clock)
         stored = [self._sink.store(ds) for name in sorted(result.datasets) for ds in result.datasets[name]]
         notes = [*warnings, *result.warnings]
-        if stored and request.destination and isinstance(self._sink, Forwarder):
-            orchestration = self._settings.orchestration
-            forward_with_backoff(self._sink, stored, request.destination, attempts=orchestration.forward_attempts,
-                                 backoff_s=orchestration.forward_backoff_s, study_key=key, sleep=self._sleep)
-        elif stored and request.destination:
+        if stored and request.destination and not isinstance(self._sink, Forwarder):
             notes.append(f"the sink cannot forward: results stored, not sent to {request.destination}")
         section = result.section.model_dump(mode="json")
         self._write_report(task, section, warnings=notes, outputs=sorted(result.datasets),

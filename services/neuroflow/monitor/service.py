@@ -121,5 +121,6 @@ def build_monitor(backends: Backends, *, windows: HandledWindows | None = None) 
     probes.append(WorkflowProbe(backends.state(), settings.site, sorted(settings.ingest.pipelines),
                                 settings.orchestration, watch.stuck_grace_s))
     probes.append(RetentionSweep(settings.retention, settings.site, backends.state(), backends.volumes(),
-                                 backends.records(), settings.reports_dir, orthanc=orthanc, windows=windows))
+                                 backends.records(), settings.reports_dir, orthanc=orthanc, windows=windows,
+                                 ledger=backends.state()))
     return Monitor(probes, watch.period_s, settings.site)

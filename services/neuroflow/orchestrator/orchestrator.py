@@ -13,20 +13,28 @@
 * Answers of a stage the workflow has left, or of an attempt it has given up on, are ignored: redelivered
   and duplicate messages change nothing.
 
+* A workflow's results (the last stage's SOP Instance UIDs) are put in the delivery outbox of the state
+  database when it succeeds; the results and longitudinal services deliver them to the PACS
+  (``core.delivery``), retrying for the site's delivery period, so a PACS outage delays a result, never
+  loses it.
+
 What a workflow needs across messages (its StudyReady, the task in flight, each stage's answer) is kept in
-the record store, so a restarted orchestrator resumes with :meth:`Orchestrator.recover`. One orchestrator
-runs per site (the deadline and backoff timers are in this process).
+the record store; its retry or deadline timer, and a lease on it, in the state database
+(``core.state_schedules``). So any number of orchestrator replicas may run: a replica holds a workflow's
+lease while it changes the workflow (an answer, a due timer), exactly one replica fires each due timer,
+and a replica that dies holding a lease is replaced once the lease has expired.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import DecodeError
@@ -35,8 +43,17 @@ from neuroflow.core import health, metrics, topics
 from neuroflow.core.bus import Message, MessageBus
 from neuroflow.core.config import OrchestrationSettings
 from neuroflow.core.dead_letter import publish_dead_letter
+from neuroflow.core.errors import NeuroflowError
 from neuroflow.core.records import RecordStore
-from neuroflow.core.state import WorkflowRecord, WorkflowStateStore, WorkflowStatus
+from neuroflow.core.state import SqlStateStore, WorkflowRecord, WorkflowStatus
+from neuroflow.core.state_schedules import (
+    DeadLetterKind,
+    DeadLetterRecord,
+    Timer,
+    TimerKind,
+    new_letter_id,
+    replica_name,
+)
 from neuroflow.orchestrator.pipelines import PipelineSpec, build_input
 from neuroflow.proto.neuroflow.v1 import common_pb2, events_pb2, tasks_pb2
 
@@ -58,31 +75,35 @@ def idempotency_key(workflow: str, stage: common_pb2.Stage.ValueType) -> str:
     return f"{workflow}.{topics.stage_name(stage)}"
 
 
-@dataclass
-class _Retry:
-    due: float  # time.time() at which to dispatch
-    stage: common_pb2.Stage.ValueType
-    attempt: int
+_STAGE_BY_NAME = {topics.stage_name(stage): stage for stage in topics.STAGES}
+
+
+class WorkflowBusy(NeuroflowError):
+    """Another replica holds the workflow's lease: handle the message again shortly."""
 
 
 class Orchestrator:
     """Consumes STUDY_READY, TASK_DONE and TASK_FAILED in group ``topics.ORCHESTRATOR_GROUP``.
 
     ``pipelines`` maps a pipeline name to its spec; a StudyReady for another pipeline is logged and
-    dropped. ``destination`` is the PACS the results stage forwards to (empty: store only).
+    dropped. ``destination`` is the PACS the results are delivered to (empty: stored at the site only).
     ``last_instance_lead_s`` (the site's ingest wait window) is added to the StudyReady-to-result time for
-    the end-to-end metric: the study's last instance arrived at least that long before it was ready."""
+    the end-to-end metric: the study's last instance arrived at least that long before it was ready.
+    ``delivery_period_s``: how long a succeeded workflow's results are offered to the destination before its
+    delivery is given up (dead-lettered). ``holder`` names this replica in leases (default: host-pid-random)."""
 
     def __init__(
         self,
         bus: MessageBus,
-        state: WorkflowStateStore,
+        state: SqlStateStore[Any],
         records: RecordStore,
         pipelines: Mapping[str, PipelineSpec],
         settings: OrchestrationSettings,
         *,
         destination: str = "",
         last_instance_lead_s: float = 0.0,
+        delivery_period_s: float = 24 * 3600.0,
+        holder: str = "",
     ) -> None:
         self._bus = bus
         self._state = state
@@ -91,8 +112,8 @@ class Orchestrator:
         self._settings = settings
         self._destination = destination
         self._last_instance_lead_s = last_instance_lead_s
-        self._retries: dict[str, _Retry] = {}  # workflow -> the retry scheduled for it
-        self._deadlines: dict[str, float] = {}  # workflow -> deadline (time.time()) of its task in flight
+        self._delivery_period_s = delivery_period_s
+        self.holder = holder or replica_name()
         self._stop = threading.Event()
 
     # -- the loop ------------------------------------------------------------------------------------
@@ -119,7 +140,7 @@ class Orchestrator:
             if time.monotonic() >= next_heartbeat:
                 running = len(self._state.list(WorkflowStatus.RUNNING))
                 log.info("orchestrator alive: %d workflow(s) running, %d retry(ies) scheduled",
-                         running, len(self._retries))
+                         running, len(self._state.timers(TimerKind.RETRY)))
                 next_heartbeat = time.monotonic() + self._settings.heartbeat_s
 
     def process_available(self, max_messages: int = 16) -> int:
@@ -143,6 +164,11 @@ class Orchestrator:
             try:
                 self._handle(message)
                 return
+            except WorkflowBusy:  # another replica is changing this workflow: its lease is short-lived
+                if self._stop.is_set():
+                    raise
+                self._stop.wait(0.1)
+                continue
             except (DecodeError, ValueError, KeyError) as exc:
                 log.error("orchestrator: message at %s offset %d (key %s) dropped: %s: %s", message.topic,
                           message.offset, message.key, type(exc).__name__, exc)
@@ -178,20 +204,27 @@ class Orchestrator:
             return
         wid = workflow_id(key, ready.pipeline, ready.input_hash)
         self._records.put(_ready_key(wid), ready.SerializeToString())
-        if not self._state.create(wid, key, ready.pipeline, ready.input_hash):
-            record = self._state.get(wid)
-            # A crash between creating the workflow and dispatching leaves it PENDING without a task.
-            if not (record and record.status == WorkflowStatus.PENDING and self._task(wid) is None
-                    and wid not in self._retries):
-                log.info("study %s: %s workflow %s for this input exists (%s): duplicate StudyReady ignored",
-                         key, ready.pipeline, wid, record.status if record else "?")
-                return
-        log.info("study %s: %s workflow %s started (%s)", key, ready.pipeline, wid,
-                 common_pb2.Priority.Name(ready.priority))
-        self._dispatch(wid, spec.stages[0], attempt=1)
+        created = self._state.create(wid, key, ready.pipeline, ready.input_hash)
+        with self._holding(wid):
+            if not created:
+                record = self._state.get(wid)
+                # A crash between creating the workflow and dispatching leaves it PENDING without a task.
+                if not (record and record.status == WorkflowStatus.PENDING and self._task(wid) is None
+                        and self._state.timer(wid) is None):
+                    log.info("study %s: %s workflow %s for this input exists (%s): duplicate StudyReady ignored",
+                             key, ready.pipeline, wid, record.status if record else "?")
+                    return
+            log.info("study %s: %s workflow %s started (%s)", key, ready.pipeline, wid,
+                     common_pb2.Priority.Name(ready.priority))
+            self._dispatch(wid, spec.stages[0], attempt=1)
 
     def on_task_done(self, done: tasks_pb2.TaskDone) -> None:
-        """Record the stage's answer and its time, then dispatch the next stage or end the workflow."""
+        """Record the stage's answer and its time, then dispatch the next stage or end the workflow (its
+        results, if any, scheduled for delivery)."""
+        with self._holding(done.workflow_id):
+            self._on_task_done(done)
+
+    def _on_task_done(self, done: tasks_pb2.TaskDone) -> None:
         wid, stage = done.workflow_id, done.stage
         record = self._current(wid, stage, "TaskDone")
         if record is None:
@@ -201,8 +234,6 @@ class Orchestrator:
             return
         self._records.put(_done_key(wid, stage), done.SerializeToString())
         self._state.record_stage_timing(wid, topics.stage_name(stage), max(0.0, done.duration_s))
-        self._retries.pop(wid, None)
-        self._deadlines.pop(wid, None)
         following = spec.next_stage(stage)
         if following is not None:
             self._dispatch(wid, following, attempt=1)
@@ -211,10 +242,14 @@ class Orchestrator:
         if done.WhichOneof("output") == "results":
             stored = done.results
             detail = (f"{len(stored.sop_instance_uids)} result object(s) stored"
-                      + (f" and forwarded to {stored.destination}" if stored.destination else ""))
+                      + (f"; delivery to {stored.destination} scheduled" if stored.destination else ""))
+            self._schedule_delivery(record, stage, list(stored.sop_instance_uids), stored.destination)
         elif done.WhichOneof("output") == "longitudinal":
             detail = _longitudinal_detail(done.longitudinal)
+            self._schedule_delivery(record, stage, list(done.longitudinal.sop_instance_uids),
+                                    done.longitudinal.destination)
         self._state.set_status(wid, WorkflowStatus.SUCCEEDED, stage=topics.stage_name(stage), detail=detail)
+        self._state.clear_timer(wid)
         self._records.delete(_task_key(wid))
         waiting = (done.WhichOneof("output") == "longitudinal"
                    and done.longitudinal.outcome == tasks_pb2.LongitudinalOutput.WAITING_FOR_PRIOR)
@@ -224,6 +259,10 @@ class Orchestrator:
 
     def on_task_failed(self, failed: tasks_pb2.TaskFailed) -> None:
         """Retry, with backoff, a retryable failure while attempts remain; dead-letter otherwise."""
+        with self._holding(failed.workflow_id):
+            self._on_task_failed(failed)
+
+    def _on_task_failed(self, failed: tasks_pb2.TaskFailed) -> None:
         record = self._current(failed.workflow_id, failed.stage, "TaskFailed")
         if record is None:
             return
@@ -236,61 +275,95 @@ class Orchestrator:
         self._after_failure(task, failed.reason)
 
     def tick(self, now: float | None = None) -> None:
-        """Dispatch the retries that are due, and treat every dispatched task past its deadline as failed
-        (DEADLINE_EXCEEDED, retryable). The loop calls it after each batch of messages."""
+        """Fire the timers that are due, of every workflow (whichever replica set them): dispatch a due retry,
+        and treat a task past its deadline as failed (DEADLINE_EXCEEDED, retryable). Each due timer is
+        claimed in the state database (with this replica's lease), so exactly one replica fires it. The loop
+        calls it after each batch of messages."""
         now = time.time() if now is None else now
-        for wid, retry in sorted(self._retries.items(), key=lambda item: item[1].due):
-            if retry.due <= now:
-                del self._retries[wid]
-                self._dispatch(wid, retry.stage, attempt=retry.attempt)
-        for wid, deadline in sorted(self._deadlines.items(), key=lambda item: item[1]):
-            if deadline > now:
-                continue
-            del self._deadlines[wid]
-            task, record = self._task(wid), self._state.get(wid)
-            if task is None or record is None or record.status != WorkflowStatus.RUNNING:
-                continue
-            timeout = self._settings.timeout_s(topics.stage_name(task.stage))
-            reason = common_pb2.FailureReason(
-                code=Code.DEADLINE_EXCEEDED, retryable=True,
-                message=f"study {task.study.study_key}: {topics.stage_name(task.stage)} attempt {task.attempt} "
-                        f"was not done within its timeout of {timeout:.0f} s")
-            self._after_failure(task, reason)
+        for timer in self._state.claim_due_timers(now, self.holder, self._settings.lease_s):
+            try:
+                self._fire(timer)
+            except Exception:  # the timer stays due: fired again (by any replica) at a later tick
+                self._state.release_workflow(timer.workflow_id, self.holder)
+                raise
+            self._state.release_workflow(timer.workflow_id, self.holder)
 
     def recover(self) -> None:
-        """Pick up workflows a previous orchestrator left unfinished: a PENDING one is dispatched again
-        (its retry was scheduled, or it was never dispatched); a RUNNING one keeps its task and deadline."""
-        for record in self._state.list(WorkflowStatus.RUNNING):
-            task = self._task(record.workflow_id)
-            if task is not None:
-                self._deadlines[record.workflow_id] = _seconds(task.deadline)
-        for record in self._state.list(WorkflowStatus.PENDING):
-            spec = self._spec(record)
-            if spec is None or record.workflow_id in self._retries:
-                continue
-            task = self._task(record.workflow_id)
-            if task is None:
-                self._dispatch(record.workflow_id, spec.stages[0], attempt=1)
-            else:
-                self._retries[record.workflow_id] = _Retry(time.time(), task.stage, task.attempt + 1)
+        """Give every unfinished workflow without a timer one (a database written before timers were kept
+        there, or a crash between two writes): a RUNNING one its task's deadline; a PENDING one with a task
+        the retry of that task; a PENDING one never dispatched its first stage, after a lease's time (a
+        replica starting it now holds its lease and sets a timer first). Safe while other replicas run."""
+        now = time.time()
+        for status in _ACTIVE:
+            for record in self._state.list(status):
+                wid = record.workflow_id
+                if self._state.timer(wid) is not None or self._spec(record) is None:
+                    continue
+                with contextlib.suppress(WorkflowBusy), self._holding(wid):
+                    self._recover_timer(wid, now)
+
+    def _recover_timer(self, wid: str, now: float) -> None:
+        record, task = self._state.get(wid), self._task(wid)
+        if record is None or record.status not in _ACTIVE:
+            return
+        if task is not None and record.status == WorkflowStatus.RUNNING:
+            self._state.set_timer_if_none(wid, TimerKind.DEADLINE, topics.stage_name(task.stage), task.attempt,
+                                          _seconds(task.deadline))
+        elif task is not None:
+            self._state.set_timer_if_none(wid, TimerKind.RETRY, topics.stage_name(task.stage), task.attempt + 1, now)
+        elif (spec := self._spec(record)) is not None:
+            self._state.set_timer_if_none(wid, TimerKind.RETRY, topics.stage_name(spec.stages[0]), 1,
+                                          now + self._settings.lease_s)
+
+    def _fire(self, timer: Timer) -> None:
+        """Act on a due timer whose workflow's lease this replica holds, if it still applies."""
+        wid = timer.workflow_id
+        record = self._state.get(wid)
+        current = self._state.timer(wid)
+        if record is None or record.status not in _ACTIVE or current != timer:
+            if record is None or record.status not in _ACTIVE:
+                self._state.clear_timer(wid)
+            return
+        stage = _STAGE_BY_NAME.get(timer.stage)
+        if stage is None:
+            log.error("workflow %s: timer for unknown stage %r dropped", wid, timer.stage)
+            self._state.clear_timer(wid)
+            return
+        if timer.kind == TimerKind.RETRY:
+            self._dispatch(wid, stage, attempt=timer.attempt)
+            return
+        task = self._task(wid)
+        if (task is None or record.status != WorkflowStatus.RUNNING or task.attempt != timer.attempt
+                or task.stage != stage):
+            self._state.clear_timer(wid)
+            return
+        timeout = self._settings.timeout_s(timer.stage)
+        reason = common_pb2.FailureReason(
+            code=Code.DEADLINE_EXCEEDED, retryable=True,
+            message=f"study {task.study.study_key}: {timer.stage} attempt {task.attempt} "
+                    f"was not done within its timeout of {timeout:.0f} s")
+        self._after_failure(task, reason)
 
     # -- internals -----------------------------------------------------------------------------------
 
     def _after_failure(self, task: tasks_pb2.TaskRequested, reason: common_pb2.FailureReason) -> None:
         wid, stage_name, attempt = task.workflow_id, topics.stage_name(task.stage), task.attempt
         code = Code.Code.Name(reason.code)
-        self._deadlines.pop(wid, None)
         if reason.retryable and attempt < self._settings.max_attempts:
             delay = self._settings.backoff_s(attempt)
-            self._retries[wid] = _Retry(time.time() + delay, task.stage, attempt + 1)
+            self._state.set_timer(wid, TimerKind.RETRY, stage_name, attempt + 1, time.time() + delay)
             detail = (f"{stage_name} attempt {attempt}/{self._settings.max_attempts} failed ({code}): "
                       f"{reason.message}; retrying in {delay:.1f} s")
             self._state.set_status(wid, WorkflowStatus.PENDING, stage=stage_name, detail=detail)
             log.warning("study %s: workflow %s: %s", task.study.study_key, wid, detail)
             metrics.TASKS_RETRIED.labels(_site(task.study), task.pipeline, stage_name, code).inc()
             return
-        publish_dead_letter(self._bus, task.stage, task.SerializeToString(), reason,
-                            source_topic=_task_topic(task), task=task, attempts=attempt)
+        letter = publish_dead_letter(self._bus, task.stage, task.SerializeToString(), reason,
+                                     source_topic=_task_topic(task), task=task, attempts=attempt)
+        self._state.record_dead_letter(DeadLetterRecord(
+            letter_id=new_letter_id(), kind=DeadLetterKind.TASK, workflow_id=wid, study_key=task.study.study_key,
+            pipeline=task.pipeline, stage=stage_name, attempts=attempt, code=code, reason=reason.message,
+            payload=letter.payload, created_at=time.time(), replayed_at=None))
         metrics.TASKS_DEAD_LETTERED.labels(_site(task.study), task.pipeline, stage_name, code).inc()
         if reason.retryable:
             status = WorkflowStatus.DEAD_LETTERED
@@ -299,8 +372,8 @@ class Orchestrator:
             status = WorkflowStatus.FAILED
             detail = f"{stage_name} failed ({code}, not retryable): {reason.message}"
         self._state.set_status(wid, status, stage=stage_name, detail=detail)
+        self._state.clear_timer(wid)
         self._records.delete(_task_key(wid))
-        self._retries.pop(wid, None)
         log.error("study %s: workflow %s %s: %s", task.study.study_key, wid, status.value, detail)
 
     def _dispatch(self, wid: str, stage: common_pb2.Stage.ValueType, *, attempt: int) -> None:
@@ -328,11 +401,33 @@ class Orchestrator:
         getattr(task, stage_name).CopyFrom(stage_input)
         self._bus.publish(_task_topic(task), ready.study.study_key, task.SerializeToString())
         self._records.put(_task_key(wid), task.SerializeToString())
-        self._deadlines[wid] = _seconds(task.deadline)
+        self._state.set_timer(wid, TimerKind.DEADLINE, stage_name, attempt, _seconds(task.deadline))
         self._state.set_status(wid, WorkflowStatus.RUNNING, stage=stage_name,
                                detail=f"{stage_name} attempt {attempt}/{self._settings.max_attempts} dispatched")
         log.info("study %s: workflow %s: %s attempt %d dispatched", ready.study.study_key, wid, stage_name,
                  attempt)
+
+    @contextlib.contextmanager
+    def _holding(self, wid: str) -> Iterator[None]:
+        """Hold the workflow's lease for the block (WorkflowBusy while another replica holds it)."""
+        if not self._state.acquire_workflow(wid, self.holder, time.time(), self._settings.lease_s):
+            raise WorkflowBusy(f"workflow {wid} is being changed by another orchestrator replica")
+        try:
+            yield
+        finally:
+            self._state.release_workflow(wid, self.holder)
+
+    def _schedule_delivery(self, record: WorkflowRecord, stage: common_pb2.Stage.ValueType, uids: list[str],
+                           destination: str) -> None:
+        """Put the stored objects in the delivery outbox (once per workflow and destination)."""
+        if not uids or not destination:
+            return
+        now = time.time()
+        if self._state.enqueue_delivery(record.workflow_id, destination, study_key=record.study_key,
+                                        pipeline=record.pipeline, stage=topics.stage_name(stage),
+                                        sop_instance_uids=uids, now=now, give_up_at=now + self._delivery_period_s):
+            log.info("study %s: workflow %s: %d object(s) scheduled for delivery to %s", record.study_key,
+                     record.workflow_id, len(uids), destination)
 
     def _current(self, wid: str, stage: common_pb2.Stage.ValueType, what: str) -> WorkflowRecord | None:
         """The workflow's record when ``stage`` is the stage it is at and it is still active; None (and a
@@ -378,7 +473,12 @@ def _longitudinal_detail(output: tasks_pb2.LongitudinalOutput) -> str:
     if output.outcome == tasks_pb2.LongitudinalOutput.NOT_COMPARED:
         return f"not compared: {output.reason}"
     return (f"compared with the prior: {len(output.sop_instance_uids)} result object(s) stored"
-            + (f" and forwarded to {output.destination}" if output.destination else ""))
+            + (f"; delivery to {output.destination} scheduled" if output.destination else ""))
+
+
+def ready_record_key(wid: str) -> str:
+    """Record-store key of the StudyReady that started workflow ``wid``."""
+    return _ready_key(wid)
 
 
 def _task_topic(task: tasks_pb2.TaskRequested) -> str:

@@ -1,14 +1,15 @@
 """The results stage as a task handler of the distributed runtime: the label map in; the DICOM SEG stored
-in the site's sink and forwarded to the destination PACS, the study report written, RESULTS_STORED
-published. The SEG is built by ``glioma_seg`` with the same input hash as the embedded runtime
-(``core.identity.input_hash`` of the series' SOP Instance UIDs and the model), so a retry or a redelivery
-makes the same SOP Instance UID and the PACS replaces rather than duplicates."""
+in the site's sink, the study report written, RESULTS_STORED published. The orchestrator then schedules
+the SEG's delivery to the destination PACS (the outbox, ``core.delivery``), retried for hours if need be,
+so a PACS outage never fails this task. The SEG is built by ``glioma_seg`` with the same input hash as the
+embedded runtime (``core.identity.input_hash`` of the series' SOP Instance UIDs and the model), so a retry
+or a redelivery makes the same SOP Instance UID and the PACS replaces rather than duplicates."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from neuroflow.core import topics
@@ -16,7 +17,6 @@ from neuroflow.core.bus import MessageBus
 from neuroflow.core.dead_letter import now_timestamp
 from neuroflow.core.dicom_io import DicomSink, DicomSource, Forwarder, find_series
 from neuroflow.core.errors import MissingSequence
-from neuroflow.core.forwarding import forward_with_backoff
 from neuroflow.core.handoff import PreprocessSummary
 from neuroflow.core.identity import input_hash
 from neuroflow.core.model_card import ModelRef
@@ -45,19 +45,12 @@ class ResultsHandler:
         volumes: VolumeStore,
         bus: MessageBus,
         reports_dir: Path,
-        *,
-        forward_attempts: int = 3,
-        forward_backoff_s: float = 2.0,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._source = source
         self._sink = sink
         self._volumes = volumes
         self._bus = bus
         self._reports_dir = reports_dir
-        self._forward_attempts = forward_attempts
-        self._forward_backoff_s = forward_backoff_s
-        self._sleep = sleep
 
     def __call__(self, task: tasks_pb2.TaskRequested) -> tasks_pb2.ResultsOutput:
         key, request = task.study.study_key, task.results
@@ -79,10 +72,7 @@ class ResultsHandler:
             warnings.append("no tumour detected: no DICOM SEG written")
         else:
             stored.append(self._sink.store(seg))
-            if request.destination and isinstance(self._sink, Forwarder):
-                forward_with_backoff(self._sink, stored, request.destination, attempts=self._forward_attempts,
-                                     backoff_s=self._forward_backoff_s, study_key=key, sleep=self._sleep)
-            elif request.destination:
+            if request.destination and not isinstance(self._sink, Forwarder):
                 warnings.append(f"the sink cannot forward: results stored, not sent to {request.destination}")
         timings = {**summary.timings_s, "write_results": round(time.perf_counter() - started, 3)}
         report = glioma_report(task.study.study_instance_uid, key, task.pipeline, summary,

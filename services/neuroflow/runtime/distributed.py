@@ -34,7 +34,7 @@ from neuroflow.core.metrics import start_metrics_server
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.records import FolderRecordStore, RecordStore
 from neuroflow.core.roles import SeriesRole
-from neuroflow.core.state import SqliteStateStore, WorkflowStateStore
+from neuroflow.core.state import SqliteStateStore, SqlStateStore
 from neuroflow.core.volume_store import FolderVolumeStore, VolumeStore
 from neuroflow.core.worker import Handler, StageWorker
 from neuroflow.orchestrator.orchestrator import Orchestrator
@@ -91,15 +91,16 @@ class Backends:
         result: MessageBus = self._once("bus", build)
         return result
 
-    def state(self) -> WorkflowStateStore:
-        def build() -> WorkflowStateStore:
+    def state(self) -> SqlStateStore[Any]:
+        """The workflow state database: workflows, their timers, the delivery outbox, dead letters."""
+        def build() -> SqlStateStore[Any]:
             if self.settings.state.kind == "postgres":
                 postgres: Any = _backend("neuroflow.core.state_postgres", "PostgresStateStore")
-                store: WorkflowStateStore = postgres(self.settings.state.dsn.get_secret_value(),
+                store: SqlStateStore[Any] = postgres(self.settings.state.dsn.get_secret_value(),
                                                      connect_timeout_s=self.settings.state.connect_timeout_s)
                 return store
             return SqliteStateStore(self.settings.state.sqlite_path)
-        result: WorkflowStateStore = self._once("state", build)
+        result: SqlStateStore[Any] = self._once("state", build)
         return result
 
     def records(self) -> RecordStore:
@@ -176,10 +177,8 @@ def stage_handler(service: str, backends: Backends) -> Handler:
         return SegmentationHandler(backends.volumes(), backends.inference(), settings)
     if service == "results":
         from neuroflow.results.worker import ResultsHandler
-        orchestration = settings.orchestration
         return ResultsHandler(backends.source(), backends.sink(), backends.volumes(), backends.bus(),
-                              settings.reports_dir, forward_attempts=orchestration.forward_attempts,
-                              forward_backoff_s=orchestration.forward_backoff_s)
+                              settings.reports_dir)
     if service == "longitudinal":
         from neuroflow.longitudinal.priors import PriorLocator
         from neuroflow.longitudinal.worker import LongitudinalHandler
@@ -199,7 +198,8 @@ def build_service(service: str, backends: Backends, *, name: str = "") -> Servic
     if service == "orchestrator":
         return Orchestrator(backends.bus(), backends.state(), backends.records(), pipelines(settings),
                             settings.orchestration, destination=settings.dicom.destination,
-                            last_instance_lead_s=settings.ingest.wait_window_s)
+                            last_instance_lead_s=settings.ingest.wait_window_s,
+                            delivery_period_s=settings.delivery.retry_for_s)
     if service == "monitor":
         from neuroflow.monitor.service import build_monitor
         # Retention forgets ingest's handled wait-window rows and keeps studies ingest has not handed on.
@@ -211,14 +211,30 @@ def build_service(service: str, backends: Backends, *, name: str = "") -> Servic
                              backends.records(), name=name or "longitudinal-worker",
                              poll_timeout_s=settings.orchestration.poll_timeout_s,
                              heartbeat_s=settings.orchestration.heartbeat_s)
-        return LongitudinalService(worker, PriorWaitSweeper(backends.timepoints(), backends.bus()),
-                                   interval_s=settings.longitudinal.prior_sweep_interval_s)
+        return with_delivery(LongitudinalService(worker, PriorWaitSweeper(backends.timepoints(), backends.bus()),
+                                                 interval_s=settings.longitudinal.prior_sweep_interval_s), backends)
     if service in STAGE_OF_SERVICE:
-        return StageWorker(backends.bus(), STAGE_OF_SERVICE[service], stage_handler(service, backends),
-                           backends.records(), name=name or f"{service}-worker",
-                           poll_timeout_s=settings.orchestration.poll_timeout_s,
-                           heartbeat_s=settings.orchestration.heartbeat_s)
+        stage_worker = StageWorker(backends.bus(), STAGE_OF_SERVICE[service], stage_handler(service, backends),
+                                   backends.records(), name=name or f"{service}-worker",
+                                   poll_timeout_s=settings.orchestration.poll_timeout_s,
+                                   heartbeat_s=settings.orchestration.heartbeat_s)
+        return with_delivery(stage_worker, backends) if service == "results" else stage_worker
     raise ValueError(f"unknown service {service!r}: choose one of {', '.join(SERVICES)}")
+
+
+def with_delivery(service: Service, backends: Backends) -> Service:
+    """The results and longitudinal services deliver the outbox's results to the destination PACS beside
+    their stage work (core/delivery.py says why there); without a destination, or with a sink that cannot
+    forward, there is nothing to deliver."""
+    from neuroflow.core.delivery import DeliveryLoop, WithDelivery
+    from neuroflow.core.dicom_io import Forwarder
+    from neuroflow.core.state_schedules import replica_name
+
+    sink = backends.sink()
+    if not backends.settings.dicom.destination or not isinstance(sink, Forwarder):
+        return service
+    loop = DeliveryLoop(backends.state(), sink, backends.settings.delivery, holder=replica_name())
+    return WithDelivery(service, loop)
 
 
 def series_selector(settings: NeuroflowSettings) -> Callable[[StudyIndex, Sequence[SeriesRole]],

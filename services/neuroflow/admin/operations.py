@@ -1,0 +1,211 @@
+"""What an operator does to the work in the state database: list, inspect and replay dead letters; see the
+studies with their status per stage, and one study's history; run a study version again.
+
+Each operation returns plain data (dicts and lists of JSON types), printed as a table or as JSON by
+``admin.cli``. Studies are named by their pseudonymous key, never by UIDs. An operation that cannot be
+done says why (``AdminRefused``), changing nothing.
+
+Replays never make a second result of work already delivered: a task's dead letter is replayed only while
+its workflow is DEAD_LETTERED or FAILED and none of its results was delivered, a delivery's only while it
+was given up; a letter is replayed once (marked in the same database). A re-run, by contrast, is asked for
+on purpose: it starts a new workflow of the study's latest version, whose result objects have the same
+SOP Instance UIDs as before (they follow from the series and the model), so the PACS replaces them.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from neuroflow.core import topics
+from neuroflow.core.bus import MessageBus
+from neuroflow.core.errors import NeuroflowError
+from neuroflow.core.records import RecordStore
+from neuroflow.core.state import SqlStateStore, WorkflowRecord, WorkflowStatus
+from neuroflow.core.state_schedules import DeadLetterKind, DeadLetterRecord, Delivery, DeliveryStatus, TimerKind
+from neuroflow.orchestrator.orchestrator import ready_record_key, workflow_id
+from neuroflow.proto.neuroflow.v1 import events_pb2, tasks_pb2
+
+Store = SqlStateStore[Any]
+Row = dict[str, Any]
+_RERUN = "+rerun"  # a re-run's input hash: the original's, this, and a number
+
+
+class AdminRefused(NeuroflowError):
+    """The operation cannot be done (unknown id, already replayed, already delivered...): nothing changed."""
+
+
+def iso(seconds: float | None) -> str | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+
+
+# -- dead letters ----------------------------------------------------------------------------------------
+
+
+def list_dead_letters(store: Store, *, include_replayed: bool = False) -> list[Row]:
+    """The dead letters waiting for an operator (with ``include_replayed``, also those replayed), oldest first."""
+    return [_letter_row(letter) for letter in store.dead_letters(include_replayed=include_replayed)]
+
+
+def show_dead_letter(store: Store, letter_id: str) -> Row:
+    """One dead letter, with its workflow's status and deliveries, and what a replay would do."""
+    letter = _letter(store, letter_id)
+    row = _letter_row(letter)
+    record = store.get(letter.workflow_id)
+    row["workflow_status"] = record.status.value if record else None
+    row["workflow_detail"] = record.detail if record else None
+    row["deliveries"] = [_delivery_row(d) for d in store.deliveries(workflow_id=letter.workflow_id)]
+    if letter.payload:
+        task = tasks_pb2.TaskRequested.FromString(letter.payload)
+        row["task"] = {"stage": topics.stage_name(task.stage), "attempt": task.attempt,
+                       "priority": task.priority, "idempotency_key": task.idempotency_key}
+    try:
+        _check_replayable(store, letter)
+        row["replayable"], row["why"] = True, "a replay runs it again"
+    except AdminRefused as refused:
+        row["replayable"], row["why"] = False, str(refused)
+    return row
+
+
+def replay_dead_letter(store: Store, letter_id: str, *, delivery_period_s: float, now: float | None = None) -> Row:
+    """Run the dead-lettered work again: a task's stage is scheduled for a running orchestrator to dispatch
+    (attempt 1 again), a given-up delivery is offered to the PACS again for ``delivery_period_s``."""
+    now = time.time() if now is None else now
+    letter = _letter(store, letter_id)
+    _check_replayable(store, letter)
+    if not store.mark_replayed(letter.letter_id, now):
+        raise AdminRefused(f"dead letter {letter_id} was replayed already")
+    if letter.kind == DeadLetterKind.DELIVERY:
+        until = now + delivery_period_s
+        reopened = [d.destination for d in store.deliveries(workflow_id=letter.workflow_id)
+                    if d.status == DeliveryStatus.GAVE_UP
+                    and store.reopen_delivery(d.workflow_id, d.destination, now=now, give_up_at=until)]
+        return {"letter_id": letter_id, "workflow_id": letter.workflow_id, "study_key": letter.study_key,
+                "replayed": f"delivery to {', '.join(reopened)} scheduled again"}
+    store.set_status(letter.workflow_id, WorkflowStatus.PENDING, stage=letter.stage,
+                     detail=f"replayed by an operator from dead letter {letter_id}: {letter.stage} again")
+    store.set_timer(letter.workflow_id, TimerKind.RETRY, letter.stage, 1, now)
+    return {"letter_id": letter_id, "workflow_id": letter.workflow_id, "study_key": letter.study_key,
+            "replayed": f"{letter.stage} scheduled again (attempt 1); a running orchestrator dispatches it"}
+
+
+def _check_replayable(store: Store, letter: DeadLetterRecord) -> None:
+    if letter.replayed_at is not None:
+        raise AdminRefused(f"dead letter {letter.letter_id} was replayed already, at {iso(letter.replayed_at)}")
+    deliveries = store.deliveries(workflow_id=letter.workflow_id)
+    delivered = [d.destination for d in deliveries if d.status == DeliveryStatus.DELIVERED]
+    if letter.kind == DeadLetterKind.DELIVERY:
+        if not any(d.status == DeliveryStatus.GAVE_UP for d in deliveries):
+            raise AdminRefused(f"workflow {letter.workflow_id} has no given-up delivery to replay"
+                               + (f" (delivered to {', '.join(delivered)})" if delivered else ""))
+        return
+    if delivered:
+        raise AdminRefused(f"workflow {letter.workflow_id} of study {letter.study_key}: its results were delivered "
+                           f"to {', '.join(delivered)} already; a replay would make a second result")
+    record = store.get(letter.workflow_id)
+    if record is None:
+        raise AdminRefused(f"workflow {letter.workflow_id} of dead letter {letter.letter_id} is not in the state "
+                           "database")
+    if record.status not in (WorkflowStatus.DEAD_LETTERED, WorkflowStatus.FAILED):
+        raise AdminRefused(f"workflow {letter.workflow_id} of study {letter.study_key} is {record.status.value}: "
+                           "only dead-lettered or failed work is replayed")
+
+
+def _letter(store: Store, letter_id: str) -> DeadLetterRecord:
+    letter = store.dead_letter(letter_id)
+    if letter is None:
+        raise AdminRefused(f"no dead letter {letter_id!r} (see `neuroflow admin dead-letters list`)")
+    return letter
+
+
+def _letter_row(letter: DeadLetterRecord) -> Row:
+    return {"letter_id": letter.letter_id, "kind": letter.kind.value, "study_key": letter.study_key,
+            "pipeline": letter.pipeline, "workflow_id": letter.workflow_id, "stage": letter.stage,
+            "attempts": letter.attempts, "code": letter.code, "reason": letter.reason,
+            "created_at": iso(letter.created_at), "replayed_at": iso(letter.replayed_at)}
+
+
+# -- studies and their history ---------------------------------------------------------------------------
+
+
+def list_studies(store: Store) -> list[Row]:
+    """Every study with its workflows: status, the stages done (with their seconds) and the stage it is at,
+    and the delivery of its results."""
+    deliveries: dict[str, list[Delivery]] = {}
+    for delivery in store.deliveries():
+        deliveries.setdefault(delivery.workflow_id, []).append(delivery)
+    studies: dict[str, list[Row]] = {}
+    for record in store.list():
+        studies.setdefault(record.study_key, []).append(_workflow_row(record, deliveries.get(record.workflow_id, [])))
+    return [{"study_key": key, "workflows": rows} for key, rows in studies.items()]
+
+
+def study_history(store: Store, study_key: str) -> Row:
+    """A study's history: each workflow's status changes, attempts, timer, deliveries and dead letters."""
+    records = [r for r in store.list() if r.study_key == study_key]
+    if not records:
+        raise AdminRefused(f"no workflow of study {study_key!r} (see `neuroflow admin studies`)")
+    workflows = []
+    for record in records:
+        deliveries = store.deliveries(workflow_id=record.workflow_id)
+        row = _workflow_row(record, deliveries)
+        row["events"] = [{"at": iso(e.at), "status": e.status, "stage": e.stage, "detail": e.detail}
+                         for e in store.workflow_events(record.workflow_id)]
+        timer = store.timer(record.workflow_id)
+        row["timer"] = None if timer is None else {"kind": timer.kind.value, "stage": timer.stage,
+                                                   "attempt": timer.attempt, "due_at": iso(timer.due_at)}
+        row["deliveries"] = [_delivery_row(d) for d in deliveries]
+        row["dead_letters"] = [_letter_row(d) for d in store.dead_letters(include_replayed=True,
+                                                                           workflow_id=record.workflow_id)]
+        workflows.append(row)
+    return {"study_key": study_key, "workflows": workflows}
+
+
+def _workflow_row(record: WorkflowRecord, deliveries: list[Delivery]) -> Row:
+    stages: dict[str, str] = {stage: f"done in {seconds:.1f} s" for stage, seconds in record.stage_seconds.items()}
+    if record.stage and record.status != WorkflowStatus.SUCCEEDED:
+        stages[record.stage] = record.status.value
+    return {"workflow_id": record.workflow_id, "pipeline": record.pipeline, "input_hash": record.input_hash,
+            "status": record.status.value, "stage": record.stage, "detail": record.detail, "stages": stages,
+            "delivery": ", ".join(f"{d.destination}: {d.status.value}" for d in deliveries) or None,
+            "created_at": record.created_at.isoformat(timespec="seconds"),
+            "updated_at": record.updated_at.isoformat(timespec="seconds")}
+
+
+def _delivery_row(delivery: Delivery) -> Row:
+    return {"destination": delivery.destination, "status": delivery.status.value, "objects":
+            len(delivery.sop_instance_uids), "attempts": delivery.attempts, "last_error": delivery.last_error,
+            "next_attempt_at": iso(delivery.next_attempt_at) if delivery.status == DeliveryStatus.PENDING else None,
+            "give_up_at": iso(delivery.give_up_at), "delivered_at": iso(delivery.delivered_at)}
+
+
+# -- re-running a study version --------------------------------------------------------------------------
+
+
+def rerun_study(store: Store, records: RecordStore, bus: MessageBus, study_key: str,
+                pipeline: str | None = None) -> list[Row]:
+    """Start again the latest version of the study (of ``pipeline``, else of each of its pipelines): its
+    StudyReady is published again under a new input hash (the original's plus ``+rerun<n>``), so the
+    orchestrator makes it a new workflow rather than ignoring it as a duplicate."""
+    records_of_study = [r for r in store.list() if r.study_key == study_key
+                        and (pipeline is None or r.pipeline == pipeline)]
+    if not records_of_study:
+        raise AdminRefused(f"no workflow of study {study_key!r}" + (f" for pipeline {pipeline!r}" if pipeline else ""))
+    latest: dict[str, WorkflowRecord] = {}
+    for record in records_of_study:  # oldest first: the last one of each pipeline is its latest version
+        latest[record.pipeline] = record
+    started = []
+    for name, record in sorted(latest.items()):
+        raw = records.get(ready_record_key(record.workflow_id))
+        if raw is None:
+            raise AdminRefused(f"workflow {record.workflow_id} of study {study_key}: its StudyReady is not in the "
+                               "record store; re-send the study from the PACS instead")
+        ready = events_pb2.StudyReady.FromString(raw)
+        base = ready.input_hash.split(_RERUN)[0]
+        earlier = sum(1 for r in records_of_study if r.pipeline == name and r.input_hash.startswith(base + _RERUN))
+        ready.input_hash = f"{base}{_RERUN}{earlier + 1}"
+        bus.publish(topics.STUDY_READY, study_key, ready.SerializeToString())
+        started.append({"study_key": study_key, "pipeline": name, "rerun_of": record.workflow_id,
+                        "workflow_id": workflow_id(study_key, name, ready.input_hash)})
+    return started

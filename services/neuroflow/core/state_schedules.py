@@ -1,0 +1,375 @@
+"""What must survive any one process and be done by exactly one of several replicas, kept in the workflow
+state database beside the workflows (the statements are written once for SQLite and PostgreSQL and mixed
+into ``core.state.SqlStateStore``):
+
+* **workflow timers**: the retry scheduled for a workflow, or the deadline of its task in flight (one per
+  workflow). The row is also the workflow's *lease*: an orchestrator replica holds it while it changes the
+  workflow (handling an answer or firing the timer), so two replicas never move one workflow at once, and
+  a replica killed while holding it is replaced once the lease has expired.
+* **deliveries** (the outbox): result objects stored at the site that must reach the destination PACS,
+  with their schedule (next attempt, attempts, last error) until the PACS accepted them or the delivery
+  period ran out. A replica claims a due delivery with a lease, so each is sent by one replica at a time.
+* **dead letters**: work given up on, with the reason, for an operator to list, inspect and replay.
+* **workflow events**: every status a workflow took, for a study's history.
+
+Claims are one conditional UPDATE (``... WHERE lease expired``), like the ingest wait window's: the
+database makes exactly one caller win. Times are seconds since the epoch (``time.time()``) of the caller.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import json
+import os
+import socket
+import uuid
+from abc import abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, TypeVar
+
+# The tables, created by SqlStateStore's migration ({real}: the backend's floating-point column type).
+SCHEDULE_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS workflow_timers (
+        workflow_id TEXT PRIMARY KEY,
+        kind        TEXT,
+        stage       TEXT,
+        attempt     INTEGER NOT NULL DEFAULT 0,
+        due_at      {real},
+        holder      TEXT,
+        lease_until {real} NOT NULL DEFAULT 0
+    )""",
+    "CREATE INDEX IF NOT EXISTS workflow_timers_due ON workflow_timers (due_at)",
+    """CREATE TABLE IF NOT EXISTS deliveries (
+        workflow_id       TEXT NOT NULL,
+        destination       TEXT NOT NULL,
+        study_key         TEXT NOT NULL,
+        pipeline          TEXT NOT NULL,
+        stage             TEXT NOT NULL,
+        sop_instance_uids TEXT NOT NULL,
+        status            TEXT NOT NULL,
+        attempts          INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at   {real} NOT NULL,
+        give_up_at        {real} NOT NULL,
+        last_error        TEXT NOT NULL DEFAULT '',
+        created_at        {real} NOT NULL,
+        delivered_at      {real},
+        holder            TEXT,
+        lease_until       {real} NOT NULL DEFAULT 0,
+        PRIMARY KEY (workflow_id, destination)
+    )""",
+    "CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_attempt_at)",
+    """CREATE TABLE IF NOT EXISTS dead_letters (
+        letter_id   TEXT PRIMARY KEY,
+        kind        TEXT NOT NULL,
+        workflow_id TEXT NOT NULL,
+        study_key   TEXT NOT NULL,
+        pipeline    TEXT NOT NULL,
+        stage       TEXT NOT NULL,
+        attempts    INTEGER NOT NULL,
+        code        TEXT NOT NULL,
+        reason      TEXT NOT NULL,
+        payload     TEXT NOT NULL DEFAULT '',
+        created_at  {real} NOT NULL,
+        replayed_at {real}
+    )""",
+    """CREATE TABLE IF NOT EXISTS workflow_events (
+        workflow_id TEXT NOT NULL,
+        at          {real} NOT NULL,
+        status      TEXT NOT NULL,
+        stage       TEXT,
+        detail      TEXT NOT NULL DEFAULT ''
+    )""",
+    "CREATE INDEX IF NOT EXISTS workflow_events_workflow ON workflow_events (workflow_id, at)",
+)
+
+
+class TimerKind(StrEnum):
+    RETRY = "retry"  # dispatch ``stage`` attempt ``attempt`` at ``due_at``
+    DEADLINE = "deadline"  # ``stage`` attempt ``attempt`` is in flight; it has failed if not done by ``due_at``
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "PENDING"  # not yet accepted by the destination; tried again at next_attempt_at
+    DELIVERED = "DELIVERED"  # the destination accepted every object: never sent again
+    GAVE_UP = "GAVE_UP"  # the delivery period ran out; dead-lettered, an operator may replay it
+
+
+class DeadLetterKind(StrEnum):
+    TASK = "task"  # a stage's task: retries exhausted, or a failure that is not retryable
+    DELIVERY = "delivery"  # results stored at the site that the destination never accepted in time
+
+
+@dataclass(frozen=True)
+class Timer:
+    workflow_id: str
+    kind: TimerKind
+    stage: str
+    attempt: int
+    due_at: float
+
+
+@dataclass(frozen=True)
+class Delivery:
+    workflow_id: str
+    destination: str
+    study_key: str
+    pipeline: str
+    stage: str  # the stage that stored the objects (results, longitudinal)
+    sop_instance_uids: tuple[str, ...]
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: float
+    give_up_at: float
+    last_error: str
+    created_at: float
+    delivered_at: float | None
+
+
+@dataclass(frozen=True)
+class DeadLetterRecord:
+    letter_id: str
+    kind: DeadLetterKind
+    workflow_id: str
+    study_key: str
+    pipeline: str
+    stage: str
+    attempts: int
+    code: str  # FailureReason code name
+    reason: str  # for a person: names the study by its key, never UIDs
+    payload: bytes  # the parked message (a TaskRequested), b"" for a delivery
+    created_at: float
+    replayed_at: float | None
+
+
+@dataclass(frozen=True)
+class WorkflowEvent:
+    workflow_id: str
+    at: float
+    status: str
+    stage: str | None
+    detail: str
+
+
+_T = TypeVar("_T")
+
+_DELIVERY_COLUMNS = ("workflow_id, destination, study_key, pipeline, stage, sop_instance_uids, status, attempts, "
+                     "next_attempt_at, give_up_at, last_error, created_at, delivered_at")
+_LETTER_COLUMNS = ("letter_id, kind, workflow_id, study_key, pipeline, stage, attempts, code, reason, payload, "
+                   "created_at, replayed_at")
+
+
+class ScheduleStatements:
+    """The statements on those tables; SqlStateStore supplies the connection and placeholders."""
+
+    @abstractmethod
+    def _run(self, work: Callable[[Any], _T], *, idempotent: bool, what: str, transaction: bool = True) -> _T: ...
+
+    @abstractmethod
+    def _sql(self, sql: str) -> str: ...
+
+    def _rows(self, sql: str, parameters: tuple[Any, ...] = ()) -> builtins.list[Any]:
+        # Through the reconnecting runner: a read is run again on a new connection after a restart; a write
+        # only when its COMMIT was never sent (a claim applied twice would answer wrongly).
+        return self._run(lambda db: list(db.execute(self._sql(sql), parameters).fetchall()),
+                         idempotent=_is_read(sql), what="schedules")
+
+    def _changed(self, sql: str, parameters: tuple[Any, ...]) -> bool:
+        return self._run(lambda db: bool(db.execute(self._sql(sql), parameters).rowcount > 0),
+                         idempotent=False, what="schedules")
+
+    # -- workflow leases and timers ------------------------------------------------------------------
+
+    def acquire_workflow(self, workflow_id: str, holder: str, now: float, lease_s: float) -> bool:
+        """Hold the workflow's lease until ``now + lease_s`` (or renew it); False while another holder's
+        lease runs."""
+        return self._changed(
+            "INSERT INTO workflow_timers (workflow_id, holder, lease_until) VALUES (?, ?, ?) "
+            "ON CONFLICT (workflow_id) DO UPDATE SET holder = excluded.holder, lease_until = excluded.lease_until "
+            "WHERE workflow_timers.holder IS NULL OR workflow_timers.lease_until < ? OR workflow_timers.holder = ?",
+            (workflow_id, holder, now + lease_s, now, holder))
+
+    def release_workflow(self, workflow_id: str, holder: str) -> None:
+        """Give the lease up (nothing when ``holder`` no longer holds it)."""
+        self._changed("UPDATE workflow_timers SET holder = NULL, lease_until = 0 WHERE workflow_id = ? AND holder = ?",
+                      (workflow_id, holder))
+
+    def set_timer(self, workflow_id: str, kind: TimerKind, stage: str, attempt: int, due_at: float) -> None:
+        """Replace the workflow's timer (its lease, if held, is kept)."""
+        self._changed(
+            "INSERT INTO workflow_timers (workflow_id, kind, stage, attempt, due_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (workflow_id) DO UPDATE SET kind = excluded.kind, stage = excluded.stage, "
+            "attempt = excluded.attempt, due_at = excluded.due_at",
+            (workflow_id, TimerKind(kind).value, stage, attempt, due_at))
+
+    def set_timer_if_none(self, workflow_id: str, kind: TimerKind, stage: str, attempt: int, due_at: float) -> bool:
+        """Set the timer only when the workflow has none; True when set."""
+        return self._changed(
+            "INSERT INTO workflow_timers (workflow_id, kind, stage, attempt, due_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (workflow_id) DO UPDATE SET kind = excluded.kind, stage = excluded.stage, "
+            "attempt = excluded.attempt, due_at = excluded.due_at WHERE workflow_timers.kind IS NULL",
+            (workflow_id, TimerKind(kind).value, stage, attempt, due_at))
+
+    def clear_timer(self, workflow_id: str) -> None:
+        """The workflow waits for nothing (finished, or its next step is in hand)."""
+        self._changed("UPDATE workflow_timers SET kind = NULL, stage = NULL, due_at = NULL WHERE workflow_id = ?",
+                      (workflow_id,))
+
+    def timer(self, workflow_id: str) -> Timer | None:
+        rows = self._rows("SELECT workflow_id, kind, stage, attempt, due_at FROM workflow_timers "
+                          "WHERE workflow_id = ? AND kind IS NOT NULL", (workflow_id,))
+        return _timer(rows[0]) if rows else None
+
+    def timers(self, kind: TimerKind | None = None) -> builtins.list[Timer]:
+        where, parameters = ("kind = ?", (TimerKind(kind).value,)) if kind else ("kind IS NOT NULL", ())
+        return [_timer(r) for r in self._rows(
+            f"SELECT workflow_id, kind, stage, attempt, due_at FROM workflow_timers WHERE {where} ORDER BY due_at",
+            parameters)]
+
+    def claim_due_timers(self, now: float, holder: str, lease_s: float, limit: int = 32) -> builtins.list[Timer]:
+        """Claim (hold the lease of) up to ``limit`` workflows whose timer is due and whose lease is free or
+        expired. Each due timer is claimed by exactly one caller."""
+        rows = self._rows(
+            "UPDATE workflow_timers SET holder = ?, lease_until = ? WHERE workflow_id IN ("
+            "SELECT workflow_id FROM workflow_timers WHERE kind IS NOT NULL AND due_at <= ? "
+            "AND (holder IS NULL OR lease_until < ?) ORDER BY due_at LIMIT ?) "
+            "AND kind IS NOT NULL AND due_at <= ? AND (holder IS NULL OR lease_until < ?) "
+            "RETURNING workflow_id, kind, stage, attempt, due_at",
+            (holder, now + lease_s, now, now, limit, now, now))
+        return sorted((_timer(r) for r in rows), key=lambda t: t.due_at)
+
+    # -- the delivery outbox -------------------------------------------------------------------------
+
+    def enqueue_delivery(self, workflow_id: str, destination: str, *, study_key: str, pipeline: str, stage: str,
+                         sop_instance_uids: builtins.list[str], now: float, give_up_at: float) -> bool:
+        """Schedule the objects' delivery to ``destination`` now; False (changing nothing) when this
+        workflow's delivery there exists already, delivered or not: a result is sent once."""
+        return self._changed(
+            f"INSERT INTO deliveries ({_DELIVERY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, '', ?, NULL) "
+            "ON CONFLICT (workflow_id, destination) DO NOTHING",
+            (workflow_id, destination, study_key, pipeline, stage, json.dumps(sop_instance_uids),
+             DeliveryStatus.PENDING.value, now, give_up_at, now))
+
+    def claim_due_deliveries(self, now: float, holder: str, lease_s: float,
+                             limit: int = 8) -> builtins.list[Delivery]:
+        """Claim up to ``limit`` pending deliveries that are due and not held by another live replica."""
+        rows = self._rows(
+            "UPDATE deliveries SET holder = ?, lease_until = ? WHERE (workflow_id, destination) IN ("
+            "SELECT workflow_id, destination FROM deliveries WHERE status = ? AND next_attempt_at <= ? "
+            "AND (holder IS NULL OR lease_until < ?) ORDER BY next_attempt_at LIMIT ?) "
+            "AND status = ? AND next_attempt_at <= ? AND (holder IS NULL OR lease_until < ?) "
+            f"RETURNING {_DELIVERY_COLUMNS}",
+            (holder, now + lease_s, DeliveryStatus.PENDING.value, now, now, limit, DeliveryStatus.PENDING.value,
+             now, now))
+        return sorted((_delivery(r) for r in rows), key=lambda d: d.next_attempt_at)
+
+    def delivery_done(self, delivery: Delivery, holder: str, now: float) -> bool:
+        """The destination accepted the objects. False when ``holder`` lost its lease meanwhile."""
+        return self._changed(
+            "UPDATE deliveries SET status = ?, delivered_at = ?, attempts = attempts + 1, last_error = '', "
+            "holder = NULL, lease_until = 0 WHERE workflow_id = ? AND destination = ? AND holder = ?",
+            (DeliveryStatus.DELIVERED.value, now, delivery.workflow_id, delivery.destination, holder))
+
+    def delivery_failed(self, delivery: Delivery, holder: str, error: str, *, next_attempt_at: float,
+                        give_up: bool) -> bool:
+        """An attempt failed: try again at ``next_attempt_at``, or (``give_up``) stop trying."""
+        status = DeliveryStatus.GAVE_UP if give_up else DeliveryStatus.PENDING
+        return self._changed(
+            "UPDATE deliveries SET status = ?, attempts = attempts + 1, last_error = ?, next_attempt_at = ?, "
+            "holder = NULL, lease_until = 0 WHERE workflow_id = ? AND destination = ? AND holder = ?",
+            (status.value, error, next_attempt_at, delivery.workflow_id, delivery.destination, holder))
+
+    def reopen_delivery(self, workflow_id: str, destination: str, *, now: float, give_up_at: float) -> bool:
+        """A delivery given up on is scheduled again now (an operator's replay); a delivered one never."""
+        return self._changed(
+            "UPDATE deliveries SET status = ?, next_attempt_at = ?, give_up_at = ? "
+            "WHERE workflow_id = ? AND destination = ? AND status = ?",
+            (DeliveryStatus.PENDING.value, now, give_up_at, workflow_id, destination, DeliveryStatus.GAVE_UP.value))
+
+    def deliveries(self, *, workflow_id: str | None = None, status: DeliveryStatus | None = None
+                   ) -> builtins.list[Delivery]:
+        clauses, parameters = _filters(workflow_id=workflow_id, status=status.value if status else None)
+        return [_delivery(r) for r in self._rows(
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries {clauses} ORDER BY created_at, workflow_id", parameters)]
+
+    def has_undelivered_results(self, workflow_id: str) -> bool:
+        """Whether a delivery of the workflow's results has not been accepted by its PACS (pending, or given
+        up on and waiting for an operator): retention keeps everything of such a workflow."""
+        return bool(self._rows("SELECT 1 FROM deliveries WHERE workflow_id = ? AND status <> ? LIMIT 1",
+                               (workflow_id, DeliveryStatus.DELIVERED.value)))
+
+    # -- dead letters --------------------------------------------------------------------------------
+
+    def record_dead_letter(self, letter: DeadLetterRecord) -> bool:
+        """Keep ``letter`` (False when its id is kept already: recording it again changes nothing)."""
+        return self._changed(
+            f"INSERT INTO dead_letters ({_LETTER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL) "
+            "ON CONFLICT (letter_id) DO NOTHING",
+            (letter.letter_id, DeadLetterKind(letter.kind).value, letter.workflow_id, letter.study_key,
+             letter.pipeline, letter.stage, letter.attempts, letter.code, letter.reason,
+             base64.b64encode(letter.payload).decode("ascii"), letter.created_at))
+
+    def dead_letters(self, *, include_replayed: bool = False, workflow_id: str | None = None
+                     ) -> builtins.list[DeadLetterRecord]:
+        clauses, parameters = _filters(workflow_id=workflow_id)
+        if not include_replayed:
+            clauses += (" AND" if clauses else "WHERE") + " replayed_at IS NULL"
+        return [_letter(r) for r in self._rows(
+            f"SELECT {_LETTER_COLUMNS} FROM dead_letters {clauses} ORDER BY created_at, letter_id", parameters)]
+
+    def dead_letter(self, letter_id: str) -> DeadLetterRecord | None:
+        rows = self._rows(f"SELECT {_LETTER_COLUMNS} FROM dead_letters WHERE letter_id = ?", (letter_id,))
+        return _letter(rows[0]) if rows else None
+
+    def mark_replayed(self, letter_id: str, now: float) -> bool:
+        """Mark the letter replayed; False when it was already (so two operators cannot replay it twice)."""
+        return self._changed("UPDATE dead_letters SET replayed_at = ? WHERE letter_id = ? AND replayed_at IS NULL",
+                             (now, letter_id))
+
+    # -- history -------------------------------------------------------------------------------------
+
+    def workflow_events(self, workflow_id: str) -> builtins.list[WorkflowEvent]:
+        return [WorkflowEvent(r[0], float(r[1]), r[2], r[3], r[4]) for r in self._rows(
+            "SELECT workflow_id, at, status, stage, detail FROM workflow_events WHERE workflow_id = ? ORDER BY at",
+            (workflow_id,))]
+
+
+def _is_read(sql: str) -> bool:
+    return sql.lstrip().upper().startswith("SELECT")
+
+
+def replica_name() -> str:
+    """This process's name as a lease holder: host, pid and a random part (a restarted pid is another holder)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def new_letter_id() -> str:
+    """A new dead letter's id (random: the same work may be dead-lettered again after a replay)."""
+    return f"dl-{uuid.uuid4().hex[:16]}"
+
+
+def _filters(**equal: str | None) -> tuple[str, tuple[str, ...]]:
+    given = {column: value for column, value in equal.items() if value is not None}
+    if not given:
+        return "", ()
+    return "WHERE " + " AND ".join(f"{column} = ?" for column in given), tuple(given.values())
+
+
+def _timer(row: Any) -> Timer:
+    return Timer(str(row[0]), TimerKind(row[1]), str(row[2]), int(row[3]), float(row[4]))
+
+
+def _delivery(row: Any) -> Delivery:
+    return Delivery(workflow_id=row[0], destination=row[1], study_key=row[2], pipeline=row[3], stage=row[4],
+                    sop_instance_uids=tuple(json.loads(row[5])), status=DeliveryStatus(row[6]), attempts=int(row[7]),
+                    next_attempt_at=float(row[8]), give_up_at=float(row[9]), last_error=row[10],
+                    created_at=float(row[11]), delivered_at=None if row[12] is None else float(row[12]))
+
+
+def _letter(row: Any) -> DeadLetterRecord:
+    return DeadLetterRecord(letter_id=row[0], kind=DeadLetterKind(row[1]), workflow_id=row[2], study_key=row[3],
+                            pipeline=row[4], stage=row[5], attempts=int(row[6]), code=row[7], reason=row[8],
+                            payload=base64.b64decode(row[9]), created_at=float(row[10]),
+                            replayed_at=None if row[11] is None else float(row[11]))

@@ -1,0 +1,185 @@
+"""Contract of the state database's timers, leases, delivery outbox and dead letters
+(neuroflow.core.state_schedules), run against SQLite and a real PostgreSQL like the workflow contract.
+
+Asserted: a due timer or delivery is claimed by exactly one of several racing replicas; a lease held by a
+replica that died is taken over once it has expired, never before; a delivery is enqueued once per
+workflow and destination and, once delivered, is never due again; dead letters are kept and replayed
+once; a version-1 database (before these tables) is upgraded in place and keeps its workflows.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+
+from neuroflow.core.state import SqliteStateStore, SqlStateStore, WorkflowStatus
+from neuroflow.core.state_postgres import PostgresStateStore
+from neuroflow.core.state_schedules import (
+    DeadLetterKind,
+    DeadLetterRecord,
+    DeliveryStatus,
+    TimerKind,
+)
+from tests.contract.test_state_contract import store  # noqa: F401 - the backend-parametrised fixture
+
+Store = SqlStateStore  # every backend of the contract is an SqlStateStore
+
+
+def _race(count: int, work: object) -> list[object]:
+    """Run ``work(i)`` in ``count`` threads released at once; their results."""
+    barrier = threading.Barrier(count)
+    results: list[object] = [None] * count
+
+    def run(i: int) -> None:
+        barrier.wait()
+        results[i] = work(i)  # type: ignore[operator]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_a_due_timer_is_claimed_by_exactly_one_of_racing_replicas(store: Store) -> None:  # noqa: F811
+    now = time.time()
+    for n in range(10):
+        store.set_timer(f"wf-{n}", TimerKind.RETRY, "preprocess", 2, now - 1)
+    store.set_timer("wf-later", TimerKind.DEADLINE, "preprocess", 1, now + 60)
+
+    claims = _race(4, lambda i: store.claim_due_timers(now, f"replica-{i}", 30.0))
+
+    claimed = [t.workflow_id for got in claims for t in got]  # type: ignore[attr-defined]
+    assert sorted(claimed) == sorted(f"wf-{n}" for n in range(10))  # each once; the later one not at all
+    assert store.claim_due_timers(now, "replica-9", 30.0) == []  # leases still run
+
+
+def test_a_lease_of_a_replica_that_died_is_taken_over_only_after_it_expires(store: Store) -> None:  # noqa: F811
+    now = time.time()
+    store.set_timer("wf-1", TimerKind.RETRY, "segmentation", 3, now - 1)
+    (held,) = store.claim_due_timers(now, "replica-a", 10.0)  # replica-a dies holding it
+    assert store.claim_due_timers(now + 9, "replica-b", 10.0) == []
+    assert store.acquire_workflow("wf-1", "replica-b", now + 9, 10.0) is False
+    (taken,) = store.claim_due_timers(now + 11, "replica-b", 10.0)
+    assert taken == held and (taken.kind, taken.stage, taken.attempt) == (TimerKind.RETRY, "segmentation", 3)
+    # The late replica-a can no longer release what replica-b holds.
+    store.release_workflow("wf-1", "replica-a")
+    assert store.acquire_workflow("wf-1", "replica-c", now + 12, 10.0) is False
+    store.release_workflow("wf-1", "replica-b")
+    assert store.acquire_workflow("wf-1", "replica-c", now + 12, 10.0) is True
+
+
+def test_a_timer_set_while_holding_the_lease_keeps_the_lease_and_clearing_leaves_nothing_due(
+    store: Store,  # noqa: F811
+) -> None:
+    now = time.time()
+    assert store.acquire_workflow("wf-1", "replica-a", now, 30.0)
+    store.set_timer("wf-1", TimerKind.DEADLINE, "results", 1, now - 5)
+    assert store.claim_due_timers(now, "replica-b", 30.0) == []  # due, but replica-a holds the workflow
+    store.release_workflow("wf-1", "replica-a")
+    assert [t.workflow_id for t in store.claim_due_timers(now, "replica-b", 30.0)] == ["wf-1"]
+    store.clear_timer("wf-1")
+    store.release_workflow("wf-1", "replica-b")
+    assert store.timer("wf-1") is None and store.claim_due_timers(now + 100, "replica-c", 30.0) == []
+    assert store.set_timer_if_none("wf-1", TimerKind.RETRY, "preprocess", 1, now) is True
+    assert store.set_timer_if_none("wf-1", TimerKind.RETRY, "segmentation", 1, now) is False
+    timer = store.timer("wf-1")
+    assert timer is not None and timer.stage == "preprocess"
+
+
+def test_a_delivery_is_enqueued_once_claimed_once_and_never_due_after_it_was_delivered(
+    store: Store,  # noqa: F811
+) -> None:
+    now = time.time()
+    enqueue = {"study_key": "k1", "pipeline": "glioma", "stage": "results", "sop_instance_uids": ["2.25.1", "2.25.2"],
+               "now": now, "give_up_at": now + 100}
+    assert store.enqueue_delivery("wf-1", "PACS", **enqueue) is True  # type: ignore[arg-type]
+    assert store.enqueue_delivery("wf-1", "PACS", **enqueue) is False  # type: ignore[arg-type]
+
+    claims = _race(4, lambda i: store.claim_due_deliveries(now, f"replica-{i}", 30.0))
+    (winner,) = [(i, got) for i, got in enumerate(claims) if got]  # type: ignore[arg-type]
+    (delivery,) = winner[1]  # type: ignore[misc]
+    assert delivery.sop_instance_uids == ("2.25.1", "2.25.2") and delivery.status == DeliveryStatus.PENDING
+
+    assert store.delivery_failed(delivery, f"replica-{winner[0]}", "refused", next_attempt_at=now + 5,
+                                 give_up=False)
+    assert store.claim_due_deliveries(now + 4, "replica-x", 30.0) == []  # backing off
+    (again,) = store.claim_due_deliveries(now + 5, "replica-x", 30.0)
+    assert (again.attempts, again.last_error) == (1, "refused")
+    assert store.delivery_done(again, "replica-late", now + 6) is False  # not the holder
+    assert store.delivery_done(again, "replica-x", now + 6) is True
+    (done,) = store.deliveries(workflow_id="wf-1")
+    assert (done.status, done.attempts, done.delivered_at) == (DeliveryStatus.DELIVERED, 2, now + 6)
+    assert store.claim_due_deliveries(now + 10_000, "replica-y", 30.0) == []
+    assert store.reopen_delivery("wf-1", "PACS", now=now, give_up_at=now + 100) is False  # delivered stays
+
+
+def test_dead_letters_are_kept_listed_and_replayed_once(store: Store) -> None:  # noqa: F811
+    letter = DeadLetterRecord(letter_id="dl-1", kind=DeadLetterKind.TASK, workflow_id="wf-1", study_key="k1",
+                              pipeline="glioma", stage="segmentation", attempts=3, code="INFERENCE_UNAVAILABLE",
+                              reason="study k1: segmentation failed: Triton unreachable", payload=b"\x00\xfftask",
+                              created_at=time.time(), replayed_at=None)
+    assert store.record_dead_letter(letter) is True
+    assert store.record_dead_letter(letter) is False
+    assert store.dead_letter("dl-1") == letter and store.dead_letters() == [letter]
+    assert _race(3, lambda i: store.mark_replayed("dl-1", time.time())).count(True) == 1
+    assert store.dead_letters() == []
+    (replayed,) = store.dead_letters(include_replayed=True)
+    assert replayed.replayed_at is not None and replayed.payload == b"\x00\xfftask"
+
+
+def test_every_status_change_is_kept_in_the_workflow_history(store: Store) -> None:  # noqa: F811
+    store.create("wf-1", "k1", "glioma", "h")
+    store.set_status("wf-1", WorkflowStatus.RUNNING, stage="preprocess", detail="attempt 1")
+    store.set_status("wf-1", WorkflowStatus.PENDING, stage="preprocess", detail="retrying")
+    events = store.workflow_events("wf-1")
+    assert [(e.status, e.stage, e.detail) for e in events] == [
+        ("PENDING", None, "created"), ("RUNNING", "preprocess", "attempt 1"), ("PENDING", "preprocess", "retrying")]
+
+
+_VERSION_1 = (  # the schema neuroflow wrote before timers, deliveries and dead letters were kept
+    "CREATE TABLE schema_version (version INTEGER NOT NULL)",
+    "INSERT INTO schema_version (version) VALUES (1)",
+    """CREATE TABLE workflows (workflow_id TEXT PRIMARY KEY, study_key TEXT NOT NULL, pipeline TEXT NOT NULL,
+        input_hash TEXT NOT NULL, status TEXT NOT NULL, stage TEXT, detail TEXT NOT NULL DEFAULT '',
+        created_at {ts} NOT NULL, updated_at {ts} NOT NULL, UNIQUE (study_key, pipeline, input_hash))""",
+    "CREATE INDEX workflows_status ON workflows (status, created_at)",
+    """CREATE TABLE stage_timings (workflow_id TEXT NOT NULL REFERENCES workflows (workflow_id) ON DELETE CASCADE,
+        stage TEXT NOT NULL, seconds {real} NOT NULL, PRIMARY KEY (workflow_id, stage))""",
+    "INSERT INTO workflows VALUES ('wf-old', 'k', 'glioma', 'h', 'RUNNING', 'segmentation', 'attempt 1', {now}, {now})",
+)
+
+
+def _upgraded_keeps_its_workflow(upgraded: SqlStateStore) -> None:  # type: ignore[type-arg]
+    record = upgraded.get("wf-old")
+    assert record is not None and (record.status, record.stage) == (WorkflowStatus.RUNNING, "segmentation")
+    upgraded.set_timer("wf-old", TimerKind.DEADLINE, "segmentation", 1, time.time())
+    assert [t.workflow_id for t in upgraded.claim_due_timers(time.time(), "r", 10.0)] == ["wf-old"]
+
+
+def test_a_version_1_sqlite_database_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:
+        for statement in _VERSION_1:
+            db.execute(statement.format(ts="TEXT", real="REAL", now="'2026-01-01T00:00:00+00:00'"))
+    upgraded = SqliteStateStore(path)
+    _upgraded_keeps_its_workflow(upgraded)
+    upgraded.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+
+
+def test_a_version_1_postgres_database_is_upgraded_in_place(postgres_dsn: str) -> None:
+    with psycopg.connect(postgres_dsn, autocommit=True) as db:
+        for statement in _VERSION_1:
+            db.execute(statement.format(ts="TIMESTAMPTZ", real="DOUBLE PRECISION", now="now()"))
+    upgraded = PostgresStateStore(postgres_dsn)
+    _upgraded_keeps_its_workflow(upgraded)
+    upgraded.close()
+    with psycopg.connect(postgres_dsn) as db:
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(2,)]

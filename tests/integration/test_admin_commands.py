@@ -1,0 +1,223 @@
+"""`neuroflow admin` against a real PostgreSQL state database, with an orchestrator and stage workers running
+(in threads, over the in-memory bus) as an operator would find them.
+
+Proved here: a dead-lettered task that an operator replays (once the cause is gone) is processed exactly
+once and its result delivered once, and a second replay is refused; replaying a dead letter of a workflow
+whose results were delivered is refused and makes no second result; a delivery given up after the
+delivery period is replayed and sent once; `admin studies` and `admin history` show each workflow's
+status per stage, its transitions, attempts and deliveries; a re-run starts a new workflow of the study.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from neuroflow.admin.operations import rerun_study
+from neuroflow.cli import main
+from neuroflow.core.bus import InMemoryBus
+from neuroflow.core.config import DeliverySettings
+from neuroflow.core.delivery import DeliveryLoop
+from neuroflow.core.errors import DestinationUnavailable, InferenceUnavailable
+from neuroflow.core.records import FolderRecordStore
+from neuroflow.core.state import WorkflowStatus
+from neuroflow.core.state_postgres import PostgresStateStore
+from neuroflow.core.state_schedules import DeadLetterKind, DeadLetterRecord, DeliveryStatus
+from neuroflow.core.worker import StageWorker
+from neuroflow.orchestrator.orchestrator import Orchestrator
+from neuroflow.proto.neuroflow.v1 import tasks_pb2
+from tests.integration.test_distributed_inprocess import FAST, PRE, RES, SEG, TINY, TinyStages, publish, study_ready
+
+WAIT_S = 30.0
+
+
+@dataclass
+class Pacs:
+    """The destination as the delivery loop sees it: down or up; counts what it accepted."""
+
+    down: bool = False
+    accepted: list[tuple[str, ...]] = field(default_factory=list)
+
+    def forward(self, sop_instance_uids: Sequence[str], destination: str, /) -> None:
+        if self.down:
+            raise DestinationUnavailable(f"destination {destination} unavailable: connection refused")
+        self.accepted.append(tuple(sop_instance_uids))
+
+
+@dataclass
+class Site:
+    state: PostgresStateStore
+    bus: InMemoryBus
+    records: FolderRecordStore
+    pacs: Pacs
+    delivery: DeliveryLoop
+    triton_down: threading.Event
+    results: list[str]
+
+    def wait_for(self, wid: str, *statuses: WorkflowStatus) -> None:
+        deadline = time.monotonic() + WAIT_S
+        while (record := self.state.get(wid)) is None or record.status not in statuses:
+            assert time.monotonic() < deadline, f"workflow {wid} did not reach {statuses}: {record}"
+            time.sleep(0.05)
+
+    def deliver_until(self, wid: str, status: DeliveryStatus) -> None:
+        deadline = time.monotonic() + WAIT_S
+        while not (found := self.state.deliveries(workflow_id=wid)) or found[0].status != status:
+            assert time.monotonic() < deadline, f"the delivery of {wid} did not become {status}: {found}"
+            self.delivery.deliver_due()
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def site(postgres_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
+    monkeypatch.setenv("NEUROFLOW_STATE__KIND", "postgres")
+    monkeypatch.setenv("NEUROFLOW_STATE__DSN", postgres_dsn)
+    monkeypatch.setenv("NEUROFLOW_RECORDS_ROOT", str(tmp_path / "records"))
+    state, bus, records = PostgresStateStore(postgres_dsn), InMemoryBus(), FolderRecordStore(tmp_path / "records")
+    pacs, triton_down, stages = Pacs(), threading.Event(), TinyStages()
+
+    def segmentation(task: tasks_pb2.TaskRequested) -> tasks_pb2.SegmentationOutput:
+        if triton_down.is_set():
+            raise InferenceUnavailable("Triton at 127.0.0.1:8001 unreachable")
+        return stages.segmentation(task)
+
+    def results(task: tasks_pb2.TaskRequested) -> tasks_pb2.ResultsOutput:
+        output = stages.result(task)
+        output.destination = task.results.destination
+        return output
+
+    orchestrator = Orchestrator(bus, state, records, {TINY.name: TINY}, FAST.model_copy(update={"max_attempts": 2}),
+                                destination="PACS", delivery_period_s=1.0)
+    services: list[Any] = [orchestrator, *(
+        StageWorker(bus, stage, handler, records, poll_timeout_s=0.05, heartbeat_s=5.0)
+        for stage, handler in ((PRE, stages.preprocess), (SEG, segmentation), (RES, results)))]
+    threads = [threading.Thread(target=s.run, daemon=True) for s in services]
+    for thread in threads:
+        thread.start()
+    delivery = DeliveryLoop(state, pacs, DeliverySettings(backoff_s=0.2, backoff_max_s=0.3), holder="delivery-1")
+    try:
+        yield Site(state, bus, records, pacs, delivery, triton_down, stages.results)
+    finally:
+        for service in services:
+            service.stop()
+        for thread in threads:
+            thread.join(timeout=30)
+        state.close()
+
+
+def admin(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any, str]:
+    """Run ``neuroflow admin ARGS --json``: its exit status, its JSON and its stderr."""
+    capsys.readouterr()
+    status = main(["admin", *args, "--json"])
+    out, err = capsys.readouterr()
+    return status, json.loads(out) if status == 0 else None, err
+
+
+def test_a_replayed_dead_letter_is_processed_once_and_work_already_delivered_is_never_replayed(
+    site: Site, capsys: pytest.CaptureFixture[str],
+) -> None:
+    site.triton_down.set()
+    ready = study_ready("admin-replay")
+    key = ready.study.study_key
+    wid = publish(site.bus, ready)
+    site.wait_for(wid, WorkflowStatus.DEAD_LETTERED)
+
+    status, letters, _ = admin(capsys, "dead-letters", "list")
+    assert status == 0
+    (letter,) = letters
+    assert (letter["kind"], letter["study_key"], letter["workflow_id"], letter["stage"], letter["attempts"],
+            letter["code"]) == ("task", key, wid, "segmentation", 2, "INFERENCE_UNAVAILABLE")
+    assert "Triton at 127.0.0.1:8001 unreachable" in letter["reason"]
+    status, shown, _ = admin(capsys, "dead-letters", "show", letter["letter_id"])
+    assert status == 0 and shown["replayable"] is True and shown["workflow_status"] == "DEAD_LETTERED"
+    assert shown["task"]["stage"] == "segmentation"
+
+    site.triton_down.clear()  # the cause is gone: the operator replays
+    status, replayed, _ = admin(capsys, "dead-letters", "replay", letter["letter_id"])
+    assert status == 0 and replayed["workflow_id"] == wid
+    site.wait_for(wid, WorkflowStatus.SUCCEEDED)
+    site.deliver_until(wid, DeliveryStatus.DELIVERED)
+    assert site.results == [wid] and len(site.pacs.accepted) == 1
+
+    status, _, err = admin(capsys, "dead-letters", "replay", letter["letter_id"])
+    assert status == 1 and "replayed already" in err
+    # A letter of the same workflow that was never replayed (e.g. recorded twice by a crashing orchestrator)
+    # is refused too: the workflow's results were delivered.
+    site.state.record_dead_letter(DeadLetterRecord(
+        letter_id="dl-stale", kind=DeadLetterKind.TASK, workflow_id=wid, study_key=key, pipeline=TINY.name,
+        stage="results", attempts=2, code="DEADLINE_EXCEEDED", reason="stale", payload=b"", created_at=time.time(),
+        replayed_at=None))
+    status, _, err = admin(capsys, "dead-letters", "replay", "dl-stale")
+    assert status == 1 and "delivered to PACS already" in err
+    time.sleep(0.5)
+    site.delivery.deliver_due()
+    assert site.results == [wid] and len(site.pacs.accepted) == 1  # no second result, nothing sent again
+    assert site.state.get(wid).status == WorkflowStatus.SUCCEEDED  # type: ignore[union-attr]
+
+    status, studies, _ = admin(capsys, "studies")
+    assert status == 0
+    (study,) = [s for s in studies if s["study_key"] == key]
+    (workflow,) = study["workflows"]
+    assert workflow["status"] == "SUCCEEDED" and workflow["delivery"] == "PACS: DELIVERED"
+    assert set(workflow["stages"]) == {"preprocess", "segmentation", "results"}
+    assert all(v.startswith("done in") for v in workflow["stages"].values())
+
+    status, history, _ = admin(capsys, "history", key)
+    assert status == 0
+    (flow,) = history["workflows"]
+    statuses = [e["status"] for e in flow["events"]]
+    # created, seg attempt 1 failed -> retried, attempt 2 failed -> dead-lettered, replayed, then succeeded
+    assert statuses[0] == "PENDING" and statuses[-1] == "SUCCEEDED"
+    dead_at = statuses.index("DEAD_LETTERED")
+    assert statuses[dead_at + 1] == "PENDING" and "replayed by an operator" in flow["events"][dead_at + 1]["detail"]
+    assert sum("segmentation attempt" in e["detail"] and "dispatched" in e["detail"] for e in flow["events"]) == 3
+    assert [d["status"] for d in flow["deliveries"]] == ["DELIVERED"] and flow["deliveries"][0]["attempts"] == 1
+    assert {d["letter_id"] for d in flow["dead_letters"]} == {letter["letter_id"], "dl-stale"}
+    assert flow["timer"] is None
+
+    status, _, err = admin(capsys, "history", "no-such-study")
+    assert status == 1 and "no workflow of study 'no-such-study'" in err
+
+
+def test_a_delivery_given_up_after_the_period_is_replayed_and_sent_once(
+    site: Site, capsys: pytest.CaptureFixture[str],
+) -> None:
+    site.pacs.down = True
+    wid = publish(site.bus, study_ready("admin-delivery"))
+    site.wait_for(wid, WorkflowStatus.SUCCEEDED)
+    site.deliver_until(wid, DeliveryStatus.GAVE_UP)  # the 1 s delivery period has passed
+    status, letters, _ = admin(capsys, "dead-letters", "list")
+    (letter,) = [x for x in letters if x["workflow_id"] == wid]
+    assert letter["kind"] == "delivery" and "connection refused" in letter["reason"]
+
+    site.pacs.down = False
+    status, _, _ = admin(capsys, "dead-letters", "replay", letter["letter_id"])
+    assert status == 0
+    site.deliver_until(wid, DeliveryStatus.DELIVERED)
+    status, _, err = admin(capsys, "dead-letters", "replay", letter["letter_id"])
+    assert status == 1 and "replayed already" in err
+    site.delivery.deliver_due()
+    assert len(site.pacs.accepted) == 1 and site.results == [wid]
+
+
+def test_a_rerun_starts_a_new_workflow_of_the_study_whose_result_is_delivered_once(site: Site) -> None:
+    ready = study_ready("admin-rerun")
+    wid = publish(site.bus, ready)
+    site.wait_for(wid, WorkflowStatus.SUCCEEDED)
+    publish(site.bus, ready)  # re-sending the same study is a duplicate: nothing happens
+    (started,) = rerun_study(site.state, site.records, site.bus, ready.study.study_key)
+    assert started["rerun_of"] == wid and started["workflow_id"] != wid
+    site.wait_for(started["workflow_id"], WorkflowStatus.SUCCEEDED)
+    site.deliver_until(started["workflow_id"], DeliveryStatus.DELIVERED)
+    site.deliver_until(wid, DeliveryStatus.DELIVERED)
+    assert site.results == [wid, started["workflow_id"]]
+    assert len(site.pacs.accepted) == 2  # one per workflow: the rerun's objects replace the first's in the PACS
+    record = site.state.get(started["workflow_id"])
+    assert record is not None and record.input_hash == f"{ready.input_hash}+rerun1"
