@@ -131,17 +131,18 @@ class Orchestrator:
                 handled = self.process_available()
                 self.tick()
                 health.beat("orchestrator")
+                # Inside the try: the log line reads the state database, whose outage must not end the loop.
+                if time.monotonic() >= next_heartbeat:
+                    next_heartbeat = time.monotonic() + self._settings.heartbeat_s
+                    running = len(self._state.list(WorkflowStatus.RUNNING))
+                    log.info("orchestrator alive: %d workflow(s) running, %d retry(ies) scheduled",
+                             running, len(self._state.timers(TimerKind.RETRY)))
             except Exception:
                 log.exception("orchestrator: error in the loop; retrying in 1 s")
                 self._stop.wait(1.0)
                 continue
             if not handled:
                 self._stop.wait(min(0.05, self._settings.poll_timeout_s))
-            if time.monotonic() >= next_heartbeat:
-                running = len(self._state.list(WorkflowStatus.RUNNING))
-                log.info("orchestrator alive: %d workflow(s) running, %d retry(ies) scheduled",
-                         running, len(self._state.timers(TimerKind.RETRY)))
-                next_heartbeat = time.monotonic() + self._settings.heartbeat_s
 
     def process_available(self, max_messages: int = 16) -> int:
         """Handle what is waiting on the three topics (each message committed after it is handled);
