@@ -16,7 +16,9 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from neuroflow.core.config import InputLimitSettings
 from neuroflow.core.errors import SeriesRejected, StudyError
+from neuroflow.core.input_limits import check_series, check_study_size
 from neuroflow.core.roles import SeriesRole
 from neuroflow.proto.neuroflow.v1 import common_pb2
 
@@ -47,13 +49,26 @@ class SkippedFile:
 
 
 class DicomSource(ABC):
+    # The input limits read_instances enforces from the headers before handing out pixel data; sources take
+    # them from settings.limits (the defaults when built without).
+    limits: InputLimitSettings = InputLimitSettings()
+
     @abstractmethod
     def index(self) -> tuple[dict[str, StudyIndex], list[SkippedFile]]:
         """Every study in the source with its series (headers only), and the files that were skipped."""
 
     @abstractmethod
     def read_instances(self, series: SeriesInstances) -> list[Dataset]:
-        """The series' instances with pixel data, in source order."""
+        """The series' instances with pixel data (not decoded yet), in source order. Refuses
+        (InputLimitExceeded) a series over ``limits`` by its indexed headers before reading it, and by the
+        headers read, so nothing downstream decodes more than the limits allow: see ``check_limits``."""
+
+    def check_limits(self, series: SeriesInstances, datasets: Sequence[Dataset] | None = None) -> None:
+        """Refuses (InputLimitExceeded, SeriesRejected) ``series`` over ``limits``: from its indexed headers,
+        or from ``datasets`` (the instances as read, whose headers may differ from the index's)."""
+        headers = series.headers if datasets is None else datasets
+        check_series(headers, self.limits, study_key=study_key(series.study_instance_uid), stage="read",
+                     sources=series.paths)
 
     def index_study(self, study_instance_uid: str) -> tuple[StudyIndex | None, list[SkippedFile]]:
         """One study's index (None when the source does not hold it). Sources that can look a study up
@@ -99,6 +114,8 @@ def find_series(
     a warning (a late instance makes a new StudyReady, hence a new workflow)."""
     key = study.study_key
     held, _skipped = source.index_study(study.study_instance_uid)
+    if held is not None:
+        check_study_size(key, sum(len(s.headers) for s in held.series.values()), source.limits, stage=stage)
     found: dict[SeriesRole, SeriesInstances] = {}
     for ref in series_refs:
         try:
@@ -127,8 +144,9 @@ class FolderDicomSource(DicomSource):
     """A folder of DICOM files: any nesting, any names. Files that are not DICOM are skipped with a
     warning, never fatal; a file whose header cannot be read is skipped with the reason."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, limits: InputLimitSettings | None = None) -> None:
         self._root = root
+        self.limits = limits or InputLimitSettings()
 
     def index(self) -> tuple[dict[str, StudyIndex], list[SkippedFile]]:
         studies: dict[str, StudyIndex] = {}
@@ -158,6 +176,7 @@ class FolderDicomSource(DicomSource):
     def read_instances(self, series: SeriesInstances) -> list[Dataset]:
         """Refuses (SeriesRejected naming the file) a file that can no longer be read as DICOM, so
         the error points at the file an imaging team would have to resend."""
+        self.check_limits(series)
         datasets: list[Dataset] = []
         for path in series.paths:
             try:
@@ -167,6 +186,7 @@ class FolderDicomSource(DicomSource):
                     study_key(series.study_instance_uid), f"unreadable DICOM file {path}: {exc}",
                     stage="convert", series_uid=series.series_instance_uid,
                 ) from exc
+        self.check_limits(series, datasets)
         return datasets
 
 

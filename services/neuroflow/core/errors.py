@@ -66,3 +66,15 @@ class BusError(NeuroflowError):
 class BusUnavailable(BusError):
     """The message bus cannot be reached (broker down, wrong address, no answer in time). Retryable:
     nothing was lost, a publish that raised this was not acknowledged and may be repeated."""
+
+
+class InputLimitExceeded(StudyError):
+    """A series or study is larger than the site's input limits (``NEUROFLOW_LIMITS__*``), as its headers
+    state, so it is refused before any pixel data is decoded. Bad input, never retryable: decoding it could
+    exhaust the worker's memory, and the same study would then kill every replica it is redelivered to.
+    ``limit`` is the name of the setting that was exceeded."""
+
+    def __init__(self, study_key: str, reason: str, *, limit: str, stage: str = "",
+                 series_uid: str | None = None) -> None:
+        self.limit = limit
+        super().__init__(study_key, reason, stage=stage, series_uid=series_uid)
