@@ -176,7 +176,7 @@ class InputLimitSettings(BaseModel):
     max_pixels_per_frame: int = Field(default=4096 * 4096, ge=1)  # Rows x Columns of one frame
     max_frames_per_instance: int = Field(default=4096, ge=1)  # NumberOfFrames of one (enhanced) instance
     # Decoded pixel data of one series: Rows*Columns*SamplesPerPixel*BitsAllocated/8*NumberOfFrames, summed.
-    max_series_bytes: int = Field(default=2 * 1024**3, ge=1)
+    max_series_bytes: int = Field(default=1024**3, ge=1)
     max_instances_per_study: int = Field(default=20_000, ge=1)
 
 

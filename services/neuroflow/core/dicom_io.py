@@ -10,15 +10,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import BinaryIO, Protocol, runtime_checkable
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from neuroflow.core.config import InputLimitSettings
-from neuroflow.core.errors import SeriesRejected, StudyError
-from neuroflow.core.input_limits import check_series, check_study_size
+from neuroflow.core.errors import InputLimitExceeded, SeriesRejected, StudyError
+from neuroflow.core.input_limits import check_series, check_study_size, inflates_beyond, max_dataset_bytes
 from neuroflow.core.roles import SeriesRole
 from neuroflow.proto.neuroflow.v1 import common_pb2
 
@@ -153,16 +153,24 @@ class FolderDicomSource(DicomSource):
         skipped: list[SkippedFile] = []
         for path in sorted(_walk(self._root)):
             try:
-                ds = pydicom.dcmread(path, stop_before_pixels=True)
+                ds = _read_within_limits(path, self.limits, stop_before_pixels=True)
+            except InflatesTooLarge as exc:
+                skipped.append(SkippedFile(path, str(exc)))
+                continue
             except InvalidDicomError:
                 skipped.append(SkippedFile(path, "not a DICOM file"))
                 continue
             except Exception as exc:  # pydicom raises many types on damaged files
                 skipped.append(SkippedFile(path, f"unreadable DICOM header: {exc}"))
                 continue
-            study_uid = str(ds.get("StudyInstanceUID", ""))
-            series_uid = str(ds.get("SeriesInstanceUID", ""))
-            if not study_uid or not series_uid or "SOPInstanceUID" not in ds:
+            try:  # values are converted on access: a damaged UID raises here, as any type
+                study_uid = str(ds.get("StudyInstanceUID", ""))
+                series_uid = str(ds.get("SeriesInstanceUID", ""))
+                has_sop_uid = "SOPInstanceUID" in ds and bool(str(ds.SOPInstanceUID))
+            except Exception as exc:
+                skipped.append(SkippedFile(path, f"unreadable DICOM header: {type(exc).__name__}: {exc}"))
+                continue
+            if not study_uid or not series_uid or not has_sop_uid:
                 skipped.append(SkippedFile(path, "DICOM file without Study/Series/SOP Instance UID"))
                 continue
             study = studies.setdefault(study_uid, StudyIndex(study_uid, str(ds.get("PatientID", ""))))
@@ -180,7 +188,10 @@ class FolderDicomSource(DicomSource):
         datasets: list[Dataset] = []
         for path in series.paths:
             try:
-                datasets.append(pydicom.dcmread(path))
+                datasets.append(_read_within_limits(path, self.limits))
+            except InflatesTooLarge as exc:
+                raise InputLimitExceeded(study_key(series.study_instance_uid), str(exc), limit="max_series_bytes",
+                                         stage="read", series_uid=series.series_instance_uid) from None
             except Exception as exc:  # pydicom raises many types on damaged files
                 raise SeriesRejected(
                     study_key(series.study_instance_uid), f"unreadable DICOM file {path}: {exc}",
@@ -208,6 +219,28 @@ class FolderDicomSink(DicomSink):
 
     def stored(self) -> list[str]:
         return sorted(p.stem for p in self._root.glob("*.dcm"))
+
+
+class InflatesTooLarge(ValueError):
+    """A deflated file whose dataset inflates past the input limits (a zip bomb)."""
+
+
+def read_dicom_within_limits(fp: BinaryIO, limits: InputLimitSettings, *, source: str,
+                             stop_before_pixels: bool = False) -> Dataset:
+    """``pydicom.dcmread`` of ``fp``, refusing (InflatesTooLarge) a deflated dataset larger than the limits
+    allow before pydicom inflates it whole."""
+    limit = max_dataset_bytes(limits)
+    if inflates_beyond(fp, limit):
+        raise InflatesTooLarge(f"{source} is deflated and inflates to more than {limit} bytes, over the "
+                               "limit (NEUROFLOW_LIMITS__MAX_SERIES_BYTES)")
+    return pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels)
+
+
+def _read_within_limits(path: str, limits: InputLimitSettings, *, stop_before_pixels: bool = False) -> Dataset:
+    with open(path, "rb") as fp:
+        ds = read_dicom_within_limits(fp, limits, source=path, stop_before_pixels=stop_before_pixels)
+    ds.filename = path  # as dcmread(path) sets it: messages name the file
+    return ds
 
 
 def _walk(root: Path) -> list[str]:

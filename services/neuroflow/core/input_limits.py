@@ -10,16 +10,33 @@ sources call :func:`check_series` in ``read_instances``, so both runtimes check 
 from __future__ import annotations
 
 import math
+import struct
+import zlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, BinaryIO
 
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_fragments
+from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.pixels.utils import _get_jpg_parameters
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    JPEG2000TransferSyntaxes,
+    JPEGLSTransferSyntaxes,
+    JPEGTransferSyntaxes,
+)
 
 from neuroflow.core.config import InputLimitSettings
 from neuroflow.core.errors import InputLimitExceeded, SeriesRejected
 
 # The environment variable of each limit, named in refusals so an operator knows what to raise.
 _ENV = "NEUROFLOW_LIMITS__"
+_INFLATE_STEP = 4 * 1024**2
+_JPEG_SYNTAXES = frozenset(JPEGTransferSyntaxes + JPEGLSTransferSyntaxes)
+_J2K_SYNTAXES = frozenset(JPEG2000TransferSyntaxes)
+_SOI, _SOC, _SIZ = b"\xff\xd8", b"\xff\x4f", b"\xff\x51"
+_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 
 
 def decoded_bytes(ds: Dataset, limits: InputLimitSettings, *, study_key: str, stage: str, source: str) -> int:
@@ -63,7 +80,84 @@ def decoded_bytes(ds: Dataset, limits: InputLimitSettings, *, study_key: str, st
             study_key, f"{source} claims {frames} frames, over the limit of {limits.max_frames_per_instance} "
                        f"({_ENV}MAX_FRAMES_PER_INSTANCE)",
             limit="max_frames_per_instance", stage=stage, series_uid=series_uid)
+    problem = _codestream_problem(ds, rows, columns, frames)
+    if problem is not None:
+        raise SeriesRejected(study_key, f"pixel data in {source} cannot be decoded safely: {problem}", stage=stage,
+                             series_uid=series_uid)
     return math.ceil(pixels * samples * bits * frames / 8)
+
+
+def _codestream_problem(ds: Dataset, rows: int, columns: int, frames: int) -> str | None:
+    """Why the compressed frames of ``ds`` do not match its header (None when they do, or are not JPEG).
+
+    A JPEG, JPEG-LS or JPEG 2000 decoder sizes its output from the codestream's own header, not the DICOM
+    one, and GDCM aborts the whole process (SIGABRT, no exception) when the two disagree: so each frame's
+    codestream header is read first and must state the header's Rows and Columns."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = UID(str(meta.get("TransferSyntaxUID", ""))) if meta is not None else UID("")
+    if (syntax not in _JPEG_SYNTAXES and syntax not in _J2K_SYNTAXES) or "PixelData" not in ds:
+        return None
+    try:
+        fragments = list(generate_fragments(ds.PixelData))
+    except Exception as exc:
+        return f"encapsulated pixel data unreadable ({_brief(exc)})"
+    starts = 0
+    for fragment in fragments:
+        size: tuple[int, int] | None
+        if syntax in _JPEG_SYNTAXES and fragment[:2] == _SOI:
+            info = _get_jpg_parameters(fragment)
+            size = (info["height"], info["width"]) if info else None
+        elif syntax in _J2K_SYNTAXES and (fragment[:2] == _SOC or fragment[:12] == _JP2_SIGNATURE):
+            size = _j2k_size(fragment)
+        else:
+            continue  # a frame's continuation fragment
+        starts += 1
+        if size is None:
+            return "a frame's codestream header cannot be read"
+        if size != (rows, columns):
+            return f"a frame's codestream is {size[0]} x {size[1]} pixels, the header says {rows} x {columns}"
+    if starts < frames:
+        return f"{starts} of {frames} frames start a {syntax.name} codestream"
+    return None
+
+
+def _j2k_size(fragment: bytes) -> tuple[int, int] | None:
+    """(rows, columns) from a JPEG 2000 codestream's SIZ segment (inside a JP2 file, too)."""
+    start = fragment.find(_SOC + _SIZ)
+    if start < 0 or len(fragment) < start + 24:
+        return None
+    width, height, x_offset, y_offset = struct.unpack(">IIII", fragment[start + 8:start + 24])
+    return height - y_offset, width - x_offset
+
+
+def max_dataset_bytes(limits: InputLimitSettings) -> int:
+    """The most a deflated dataset may inflate to: a series' worth of pixel data and room for its header."""
+    return limits.max_series_bytes + 16 * 1024**2
+
+
+def inflates_beyond(fp: BinaryIO, limit: int) -> bool:
+    """Whether ``fp`` is a deflated Part-10 file whose dataset inflates to more than ``limit`` bytes; leaves
+    ``fp`` at its start. pydicom inflates the whole dataset in one go before reading any of it (even headers
+    only), so a small file can hold a zip bomb: 1 MB deflated takes 1 GB. Inflates in steps, never more than
+    a few MiB at a time. A file whose meta information cannot be read is left to pydicom to refuse."""
+    try:
+        if read_preamble(fp, False) is None:
+            return False
+        if _read_file_meta_info(fp).get("TransferSyntaxUID", "") != DeflatedExplicitVRLittleEndian:
+            return False
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        inflated = 0
+        while pending := fp.read(_INFLATE_STEP):
+            while pending and inflated <= limit:  # at most one step of output held at a time
+                inflated += len(inflater.decompress(pending, _INFLATE_STEP))
+                pending = inflater.unconsumed_tail
+            if inflated > limit:
+                return True
+        return False
+    except Exception:
+        return False  # meta information or deflate data pydicom cannot read either: it refuses the file
+    finally:
+        fp.seek(0)
 
 
 def check_series(headers: Sequence[Dataset], limits: InputLimitSettings, *, study_key: str, stage: str,

@@ -24,15 +24,24 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 
 from neuroflow.core.config import InputLimitSettings
-from neuroflow.core.dicom_io import DicomSink, DicomSource, SeriesInstances, SkippedFile, StudyIndex, study_key
+from neuroflow.core.dicom_io import (
+    DicomSink,
+    DicomSource,
+    InflatesTooLarge,
+    SeriesInstances,
+    SkippedFile,
+    StudyIndex,
+    read_dicom_within_limits,
+    study_key,
+)
 from neuroflow.core.errors import (
     DestinationRejected,
     DestinationUnavailable,
+    InputLimitExceeded,
     OrthancRequestFailed,
     OrthancUnavailable,
     SeriesRejected,
@@ -244,7 +253,10 @@ class OrthancDicomSource(DicomSource):
             except OrthancRequestFailed as error:
                 raise _rejected(series, f"instance {url} can no longer be read from Orthanc: {error}") from error
             try:
-                return pydicom.dcmread(io.BytesIO(data))
+                return read_dicom_within_limits(io.BytesIO(data), self.limits, source=url)
+            except InflatesTooLarge as error:
+                raise InputLimitExceeded(study_key(series.study_instance_uid), str(error), limit="max_series_bytes",
+                                         stage="read", series_uid=series.series_instance_uid) from None
             except Exception as error:  # pydicom raises many types on damaged files
                 raise _rejected(series, f"unreadable DICOM instance {url}: {error}") from error
 
