@@ -78,7 +78,7 @@ FINDINGS = ("exception", "memory", "hang", "crash")
 class FuzzOptions:
     count: int = 10_000  # mutated files to generate (cases go on until this many)
     seed: int = 11
-    timeout_s: float = 30.0  # one case in the child: index, classify, read and convert
+    timeout_s: float = 60.0  # one case in the child: index, classify, read and convert
     memory_mb: int = 1536  # the child's address-space limit (RLIMIT_AS)
     # The input limits the child runs with: a series may decode to this much, well inside memory_mb.
     max_series_bytes: int = 128 * 1024**2
@@ -378,6 +378,29 @@ def deflate_bomb(ds: Dataset, rng: random.Random) -> bytes:
     return body.getvalue()
 
 
+def rle_bomb(rows: int = 60000, columns: int = 60000, *, study_uid: str = "1.2.826.0.1.3680043.10.1",
+             series_uid: str = "1.2.826.0.1.3680043.10.1.1", sop_uid: str = "1.2.826.0.1.3680043.10.1.1.1") -> bytes:
+    """The input of issue 11: a 724-byte RLE Lossless MR file whose header claims ``rows`` x ``columns``
+    16-bit pixels (60000 x 60000 by default: pydicom would allocate 6.7 GiB to decode its one tiny segment)."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.4")  # MR Image Storage
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, sop_uid
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+    ds.Modality, ds.PatientID, ds.SeriesDescription = "MR", "NF-FUZZ-0001", "AX FLAIR"
+    ds.AccessionNumber, ds.InstanceNumber = "", "1"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = rows, columns
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    segment = bytes([0x81, 0x00]) * 4  # "repeat 0x00 128 times", a few times over
+    rle_header = struct.pack("<16I", 2, 64, 64 + len(segment), *([0] * 13))
+    ds.PixelData = encapsulate([rle_header + segment + segment])
+    ds["PixelData"].VR = "OB"
+    return _to_bytes(ds)
+
+
 @contextlib.contextmanager
 def _lenient_pydicom() -> Iterator[None]:
     settings = pydicom.config.settings
@@ -467,7 +490,9 @@ def run_case(folder: Path, limits: Any) -> dict[str, Any]:
         return {"outcome": REFUSED, "reason": refusal_class(exc), "message": str(exc)[:300]}
     except RecursionError as exc:
         return {"outcome": "exception", "reason": "RecursionError", "error": _trace(exc)}
-    except Exception as exc:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # a Rust decoder's panic is a BaseException
         return {"outcome": "exception", "reason": type(exc).__name__, "error": _trace(exc)}
 
 
@@ -583,6 +608,8 @@ def fuzz(options: FuzzOptions, work: Path, progress: Callable[[str], None] | Non
                 result.refusal_classes[answer["reason"]] += 1
             elif answer["outcome"] != ACCEPTED:
                 result.findings.append({"case": case.number, "mutations": case.description, **answer})
+                if progress is not None:
+                    progress(f"finding: {json.dumps(result.findings[-1])}")
             if progress is not None and result.cases % 500 == 0:
                 progress(f"{result.cases} cases, {result.files} files, {dict(result.outcomes)}")
     finally:

@@ -317,7 +317,11 @@ def _decoded_pixels(ds: Dataset, study_key: str, series_uid: str | None) -> npt.
         raise SeriesRejected(study_key, f"no pixel data in {source}", stage=STAGE, series_uid=series_uid)
     try:
         pixels: npt.NDArray[np.generic] = ds.pixel_array
-    except Exception as exc:  # truncated data, unsupported compression, inconsistent header
+    except BaseException as exc:  # truncated data, unsupported compression, inconsistent header
+        # A decoder written in Rust (pylibjpeg-rle) panics on some damaged data with pyo3's PanicException, a
+        # BaseException: it must not end the worker either. Interrupts and exits pass.
+        if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+            raise
         raise SeriesRejected(
             study_key,
             f"pixel data truncated or unreadable in {source}: {exc}",
