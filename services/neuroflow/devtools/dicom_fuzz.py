@@ -123,7 +123,7 @@ def seed_series(work: Path) -> list[list[bytes]]:
         for ds in datasets:
             ds = copy.deepcopy(ds)
             if syntax in COMPRESSED:
-                ds.compress(syntax)
+                ds.compress(syntax, generate_instance_uid=False)  # the same seeds every run
             else:
                 ds.file_meta.TransferSyntaxUID = syntax
             files.append(_to_bytes(ds))
