@@ -111,3 +111,21 @@ def test_verbose_after_the_subcommand_logs_at_info_and_quiet_hides_the_progress(
     assert "INFO neuroflow.cli: indexed" in loud.stderr and "INFO" not in plain.stderr
     assert "[ 1/11] read" in normal.stderr and "[ 1/11]" not in quiet.stderr
     assert quiet.returncode == normal.returncode == ExitCode.BAD_INPUT
+
+
+def test_an_unforeseen_error_exits_70_and_a_retryable_one_75(
+        flair_only: WrittenStudy, monkeypatch: pytest.MonkeyPatch) -> None:
+    from neuroflow import cli
+    from neuroflow.core.errors import OrthancUnavailable
+
+    def broken(self: object) -> None:
+        raise RuntimeError("a defect")
+
+    monkeypatch.setattr(cli.FolderDicomSource, "index", broken)
+    assert cli.main(["classify", str(flair_only.folder)]) == ExitCode.INTERNAL == 70
+
+    def unavailable(self: object) -> None:
+        raise OrthancUnavailable("http://127.0.0.1:1 refused the connection")
+
+    monkeypatch.setattr(cli.FolderDicomSource, "index", unavailable)
+    assert cli.main(["classify", str(flair_only.folder)]) == ExitCode.TEMPORARY
