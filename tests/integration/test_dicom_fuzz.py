@@ -15,6 +15,7 @@ from neuroflow.devtools.dicom_fuzz import FINDINGS, FuzzOptions, fuzz, make_case
 REGRESSIONS = [
     (5, 223, "codestream is 20 x 24 pixels"),  # header 1 x 8192: GDCM aborted the process (SIGABRT)
     (7, 218, "index out of bounds"),  # RLE segments past the data: pylibjpeg-rle panicked (pyo3 PanicException)
+    (11, 1026, "unreadable DICOM header"),  # a flipped bit made PatientID's VR 'DO': index raised NotImplementedError
 ]
 
 
@@ -48,4 +49,4 @@ def test_fuzz_findings_stay_refused(tmp_path: Path, run_seed: int, number: int, 
         (folder / f"IM{index}").write_bytes(data)
     answer = run_case(folder, InputLimitSettings(max_series_bytes=FuzzOptions.max_series_bytes))
     assert answer["outcome"] == "refused", answer
-    assert "pixel data" in answer["message"] and reason in answer["message"]
+    assert reason in answer.get("message", answer["reason"])

@@ -167,13 +167,14 @@ class FolderDicomSource(DicomSource):
                 study_uid = str(ds.get("StudyInstanceUID", ""))
                 series_uid = str(ds.get("SeriesInstanceUID", ""))
                 has_sop_uid = "SOPInstanceUID" in ds and bool(str(ds.SOPInstanceUID))
+                patient_id = str(ds.get("PatientID", ""))
             except Exception as exc:
                 skipped.append(SkippedFile(path, f"unreadable DICOM header: {type(exc).__name__}: {exc}"))
                 continue
             if not study_uid or not series_uid or not has_sop_uid:
                 skipped.append(SkippedFile(path, "DICOM file without Study/Series/SOP Instance UID"))
                 continue
-            study = studies.setdefault(study_uid, StudyIndex(study_uid, str(ds.get("PatientID", ""))))
+            study = studies.setdefault(study_uid, StudyIndex(study_uid, patient_id))
             series = study.series.setdefault(series_uid, SeriesInstances(study_uid, series_uid))
             series.headers.append(ds)
             series.paths.append(path)
