@@ -156,7 +156,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         print(f"neuroflow: error: input folder {args.input_dir} does not exist", file=sys.stderr)
         return ExitCode.USAGE
     rules = load_site_rules(args.site_rules) if args.site_rules else None
-    studies, skipped = FolderDicomSource(args.input_dir).index()
+    studies, skipped = FolderDicomSource(args.input_dir, limits=_settings(args).limits).index()
     log.info("indexed %s: %d studies, %d files skipped", args.input_dir, len(studies), len(skipped))
     for item in skipped:
         print(f"neuroflow: warning: skipped {item.path}: {item.reason}", file=sys.stderr)
