@@ -197,3 +197,20 @@ def test_encapsulated_pixel_data_that_is_not_a_codestream_is_refused(tmp_path: P
     source = FolderDicomSource(tmp_path / "in")
     with pytest.raises(SeriesRejected, match="0 of 1 frames start a JPEG-LS"):
         source.read_instances(_only_series(source))
+
+
+def test_a_series_whose_files_together_take_more_than_the_limit_to_read_is_refused_before_the_last_is_read(
+        tmp_path: Path) -> None:
+    """Not pixel data (that is sized from the headers): 7 MiB of private data in each file."""
+    _, paths = _small_series(tmp_path / "in")
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.add_new(0x00191010, "OB", bytes(7 * 1024**2))
+        ds.save_as(path)
+    limits = InputLimitSettings(max_series_bytes=SERIES_BYTES)  # reading may take this + 16 MiB
+    source = FolderDicomSource(tmp_path / "in", limits=limits)
+    with pytest.raises(InputLimitExceeded) as refused:
+        source.read_instances(_only_series(source))
+    assert refused.value.limit == "max_series_bytes" and "the series' files take more than" in refused.value.reason
+    roomy = FolderDicomSource(tmp_path / "in", limits=InputLimitSettings(max_series_bytes=8 * 1024**2))
+    assert len(roomy.read_instances(_only_series(roomy))) == SLICES

@@ -18,7 +18,13 @@ from pydicom.errors import InvalidDicomError
 
 from neuroflow.core.config import InputLimitSettings
 from neuroflow.core.errors import InputLimitExceeded, SeriesRejected, StudyError
-from neuroflow.core.input_limits import check_series, check_study_size, inflates_beyond, max_dataset_bytes
+from neuroflow.core.input_limits import (
+    ReadBudget,
+    check_series,
+    check_study_size,
+    dataset_bytes,
+    max_dataset_bytes,
+)
 from neuroflow.core.roles import SeriesRole
 from neuroflow.proto.neuroflow.v1 import common_pb2
 
@@ -154,7 +160,7 @@ class FolderDicomSource(DicomSource):
         for path in sorted(_walk(self._root)):
             try:
                 ds = _read_within_limits(path, self.limits, stop_before_pixels=True)
-            except InflatesTooLarge as exc:
+            except TooLargeToRead as exc:
                 skipped.append(SkippedFile(path, str(exc)))
                 continue
             except InvalidDicomError:
@@ -186,11 +192,12 @@ class FolderDicomSource(DicomSource):
         """Refuses (SeriesRejected naming the file) a file that can no longer be read as DICOM, so
         the error points at the file an imaging team would have to resend."""
         self.check_limits(series)
+        budget = ReadBudget(self.limits)
         datasets: list[Dataset] = []
         for path in series.paths:
             try:
-                datasets.append(_read_within_limits(path, self.limits))
-            except InflatesTooLarge as exc:
+                datasets.append(_read_within_limits(path, self.limits, budget=budget))
+            except TooLargeToRead as exc:
                 raise InputLimitExceeded(study_key(series.study_instance_uid), str(exc), limit="max_series_bytes",
                                          stage="read", series_uid=series.series_instance_uid) from None
             except Exception as exc:  # pydicom raises many types on damaged files
@@ -222,24 +229,32 @@ class FolderDicomSink(DicomSink):
         return sorted(p.stem for p in self._root.glob("*.dcm"))
 
 
-class InflatesTooLarge(ValueError):
-    """A deflated file whose dataset inflates past the input limits (a zip bomb)."""
+class TooLargeToRead(ValueError):
+    """A file that would take more memory to read than the input limits allow: a deflated dataset that
+    inflates past them (a zip bomb), or the files of one series that together exceed them."""
 
 
 def read_dicom_within_limits(fp: BinaryIO, limits: InputLimitSettings, *, source: str,
-                             stop_before_pixels: bool = False) -> Dataset:
-    """``pydicom.dcmread`` of ``fp``, refusing (InflatesTooLarge) a deflated dataset larger than the limits
-    allow before pydicom inflates it whole."""
-    limit = max_dataset_bytes(limits)
-    if inflates_beyond(fp, limit):
-        raise InflatesTooLarge(f"{source} is deflated and inflates to more than {limit} bytes, over the "
-                               "limit (NEUROFLOW_LIMITS__MAX_SERIES_BYTES)")
+                             stop_before_pixels: bool = False, budget: ReadBudget | None = None) -> Dataset:
+    """``pydicom.dcmread`` of ``fp``, refusing (TooLargeToRead) before pydicom reads it a deflated dataset that
+    inflates past ``max_dataset_bytes``, and, with ``budget`` (one series being read), a file that takes more
+    than is left of the series' budget."""
+    cap = budget.remaining() if budget is not None else max_dataset_bytes(limits)
+    nbytes, deflated = dataset_bytes(fp, cap)
+    if deflated and nbytes > cap:
+        raise TooLargeToRead(f"{source} is deflated and inflates to more than {cap} bytes, over the limit "
+                             "(NEUROFLOW_LIMITS__MAX_SERIES_BYTES)")
+    if budget is not None and not budget.take(nbytes):
+        raise TooLargeToRead(f"the series' files take more than {budget.limit} bytes once read ({source} alone "
+                             f"{nbytes}), over the limit (NEUROFLOW_LIMITS__MAX_SERIES_BYTES)")
     return pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels)
 
 
-def _read_within_limits(path: str, limits: InputLimitSettings, *, stop_before_pixels: bool = False) -> Dataset:
+def _read_within_limits(path: str, limits: InputLimitSettings, *, stop_before_pixels: bool = False,
+                        budget: ReadBudget | None = None) -> Dataset:
     with open(path, "rb") as fp:
-        ds = read_dicom_within_limits(fp, limits, source=path, stop_before_pixels=stop_before_pixels)
+        ds = read_dicom_within_limits(fp, limits, source=path, stop_before_pixels=stop_before_pixels,
+                                      budget=budget)
     ds.filename = path  # as dcmread(path) sets it: messages name the file
     return ds
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import struct
+import threading
 import zlib
 from collections.abc import Sequence
 from typing import Any, BinaryIO
@@ -131,31 +132,56 @@ def _j2k_size(fragment: bytes) -> tuple[int, int] | None:
 
 
 def max_dataset_bytes(limits: InputLimitSettings) -> int:
-    """The most a deflated dataset may inflate to: a series' worth of pixel data and room for its header."""
+    """The most one series may take in memory as read (its files, deflated datasets inflated): a series'
+    worth of pixel data and room for the headers."""
     return limits.max_series_bytes + 16 * 1024**2
 
 
-def inflates_beyond(fp: BinaryIO, limit: int) -> bool:
-    """Whether ``fp`` is a deflated Part-10 file whose dataset inflates to more than ``limit`` bytes; leaves
-    ``fp`` at its start. pydicom inflates the whole dataset in one go before reading any of it (even headers
-    only), so a small file can hold a zip bomb: 1 MB deflated takes 1 GB. Inflates in steps, never more than
-    a few MiB at a time. A file whose meta information cannot be read is left to pydicom to refuse."""
+class ReadBudget:
+    """What is left of :func:`max_dataset_bytes` while one series is read. Thread-safe (the Orthanc source
+    downloads in parallel)."""
+
+    def __init__(self, limits: InputLimitSettings) -> None:
+        self.limit = max_dataset_bytes(limits)
+        self._used = 0
+        self._lock = threading.Lock()
+
+    def remaining(self) -> int:
+        with self._lock:
+            return max(0, self.limit - self._used)
+
+    def take(self, nbytes: int) -> bool:
+        """Counts ``nbytes``; False when the series is now over its budget."""
+        with self._lock:
+            self._used += nbytes
+            return self._used <= self.limit
+
+
+def dataset_bytes(fp: BinaryIO, limit: int) -> tuple[int, bool]:
+    """(bytes the Part-10 file ``fp`` takes once read, whether it is deflated); leaves ``fp`` at its start.
+
+    pydicom inflates a deflated dataset whole before reading any of it (even headers only), so a small file
+    can hold a zip bomb: 1 MB deflated takes 1 GB. Its size is measured by inflating in steps, never more than
+    a few MiB at a time, and counting stops past ``limit`` (the count is then ``limit + 1``). Any other file
+    takes its length. A file whose meta information cannot be read is left to pydicom to refuse."""
+    length = fp.seek(0, 2)
+    fp.seek(0)
     try:
         if read_preamble(fp, False) is None:
-            return False
+            return length, False
         if _read_file_meta_info(fp).get("TransferSyntaxUID", "") != DeflatedExplicitVRLittleEndian:
-            return False
+            return length, False
         inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        inflated = 0
+        inflated = fp.tell()
         while pending := fp.read(_INFLATE_STEP):
             while pending and inflated <= limit:  # at most one step of output held at a time
                 inflated += len(inflater.decompress(pending, _INFLATE_STEP))
                 pending = inflater.unconsumed_tail
             if inflated > limit:
-                return True
-        return False
+                return limit + 1, True
+        return inflated, True
     except Exception:
-        return False  # meta information or deflate data pydicom cannot read either: it refuses the file
+        return length, False  # meta information or deflate data pydicom cannot read either: it refuses the file
     finally:
         fp.seek(0)
 

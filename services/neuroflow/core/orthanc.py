@@ -31,10 +31,10 @@ from neuroflow.core.config import InputLimitSettings
 from neuroflow.core.dicom_io import (
     DicomSink,
     DicomSource,
-    InflatesTooLarge,
     SeriesInstances,
     SkippedFile,
     StudyIndex,
+    TooLargeToRead,
     read_dicom_within_limits,
     study_key,
 )
@@ -46,6 +46,7 @@ from neuroflow.core.errors import (
     OrthancUnavailable,
     SeriesRejected,
 )
+from neuroflow.core.input_limits import ReadBudget
 
 log = logging.getLogger(__name__)
 
@@ -253,14 +254,15 @@ class OrthancDicomSource(DicomSource):
             except OrthancRequestFailed as error:
                 raise _rejected(series, f"instance {url} can no longer be read from Orthanc: {error}") from error
             try:
-                return read_dicom_within_limits(io.BytesIO(data), self.limits, source=url)
-            except InflatesTooLarge as error:
+                return read_dicom_within_limits(io.BytesIO(data), self.limits, source=url, budget=budget)
+            except TooLargeToRead as error:
                 raise InputLimitExceeded(study_key(series.study_instance_uid), str(error), limit="max_series_bytes",
                                          stage="read", series_uid=series.series_instance_uid) from None
             except Exception as error:  # pydicom raises many types on damaged files
                 raise _rejected(series, f"unreadable DICOM instance {url}: {error}") from error
 
         self.check_limits(series)  # before downloading: sizes from Orthanc's metadata
+        budget = ReadBudget(self.limits)
         with ThreadPoolExecutor(max_workers=self._threads) as pool:
             datasets = list(pool.map(read, series.paths))
         self.check_limits(series, datasets)
