@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_STUDY := build/demo-study
 DEMO_OUT := demo-out
 
-.PHONY: demo test lint unit integration bench proto proto-check system-deps stack-up stack-down clean helm-check capacity chart-topics
+.PHONY: demo test lint unit integration bench proto proto-check system-deps stack-up stack-down clean helm-check capacity chart-topics fuzz
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ bench: $(STAMP) system-deps
 	$(PY) scripts/bench_triton.py --out BENCHMARKS.md
 	$(PY) scripts/capacity_model.py --out BENCHMARKS.md
 	$(PY) scripts/bench_longitudinal.py --out BENCHMARKS.md
+
+# 10,000 mutated DICOM files through index, classify and convert, each case in a memory- and time-limited child;
+# fails on any crash, hang, memory blow-up or foreign exception; the figures go to BENCHMARKS.md.
+fuzz: $(STAMP)
+	$(PY) scripts/fuzz_dicom.py --count 10000 --out BENCHMARKS.md
 
 # The Helm chart and the image build files, checked offline (no cluster, no container engine); the capacity model.
 helm-check: $(STAMP)

@@ -3,47 +3,61 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from neuroflow import __version__
 from neuroflow.admin.cli import add_admin_parser
 from neuroflow.core.config import NeuroflowSettings
 from neuroflow.core.dicom_io import FolderDicomSource
+from neuroflow.core.exit_codes import ExitCode, describe
 
-EXIT_OK = 0
-EXIT_STUDY_FAILED = 1
-EXIT_USAGE = 2
+log = logging.getLogger("neuroflow.cli")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    verbose, quiet = getattr(args, "verbose", False), getattr(args, "quiet", False)
     # Services log what they do (with pseudonymous study keys); one-shot commands only what went wrong.
-    quiet = args.command != "serve" and not args.verbose
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = logging.INFO if verbose or (args.command == "serve" and not quiet) else (
+        logging.ERROR if quiet else logging.WARNING)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command is None:
         parser.print_help()
-        return EXIT_USAGE
-    result: int = args.handler(args)
-    return result
+        return ExitCode.USAGE
+    try:
+        return int(args.handler(args))
+    except Exception as exc:  # the last line of defence: a scheduler must still tell retry from bad input
+        from neuroflow.core.errors import NeuroflowError
+        from neuroflow.core.worker import is_retryable
+
+        if not isinstance(exc, NeuroflowError):
+            log.exception("neuroflow %s failed unexpectedly", args.command)
+            return ExitCode.INTERNAL
+        print(f"neuroflow: error: {exc}", file=sys.stderr)
+        return ExitCode.TEMPORARY if is_retryable(exc) else ExitCode.BAD_INPUT
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="neuroflow", description=__doc__)
+    parser = argparse.ArgumentParser(prog="neuroflow", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="exit codes:\n" + describe())
     parser.add_argument("--version", action="version", version=f"neuroflow {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    sub = parser.add_subparsers(dest="command")
+    _add_log_options(parser, default=False)
+    sub = parser.add_subparsers(dest="command", parser_class=_Subcommand)
 
     run = sub.add_parser("run", help="run the glioma pipeline on a folder of DICOM files (embedded); on two or "
-                                     "more studies of one patient, the change pipelines against the prior")
+                                     "more studies of one patient, the change pipelines against the prior",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog="exit codes:\n" + describe())
     run.add_argument("input_dir", type=Path)
     run.add_argument("--out", type=Path, required=True, help="output folder (report.json, seg.dcm)")
     run.add_argument("--study", default=None, help="StudyInstanceUID, when the folder holds several")
     run.add_argument("--site-rules", type=Path, default=None, help="YAML with series classification overrides")
-    run.add_argument("--quiet", action="store_true", help="no per-stage progress")
     run.add_argument("--inference", choices=("onnxruntime", "triton"), default=None,
                      help="inference backend (default: NEUROFLOW_INFERENCE__BACKEND, else onnxruntime in-process)")
     run.add_argument("--triton-url", default=None, metavar="HOST:PORT",
@@ -53,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     classify = sub.add_parser("classify", help="print the role of every series in a folder of DICOM files")
     classify.add_argument("input_dir", type=Path)
     classify.add_argument("--site-rules", type=Path, default=None)
+    classify.add_argument("--json", action="store_true", help="print the studies and their series as JSON")
     classify.set_defaults(handler=_cmd_classify)
 
     serve = sub.add_parser("serve", help="run services of the distributed runtime until SIGINT/SIGTERM "
@@ -73,6 +88,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Subcommand(argparse.ArgumentParser):
+    """The parser of a subcommand (and of its own subcommands): takes -v/-q too, so they may follow it
+    (`neuroflow run DIR --out O -v`). Their default is SUPPRESS: a subcommand given neither leaves what was
+    given before it (`neuroflow -v run ...`) alone."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        _add_log_options(self, default=argparse.SUPPRESS)
+
+
+def _add_log_options(parser: argparse.ArgumentParser, *, default: Any) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", default=default, help="log at INFO level")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default,
+                        help="log errors only; `run`: no per-stage progress either")
+
+
 def _settings(args: argparse.Namespace) -> NeuroflowSettings:
     overrides = {"site_rules": args.site_rules} if args.site_rules else {}
     settings = NeuroflowSettings(**overrides)
@@ -88,21 +119,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     if not args.input_dir.is_dir():
         print(f"neuroflow: error: input folder {args.input_dir} does not exist", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     from neuroflow.core.inference_triton import TritonBackend, build_inference_backend
 
     settings = _settings(args)
     backend = build_inference_backend(settings)
     if isinstance(backend, TritonBackend) and not backend.server_ready():
         print(f"neuroflow: error: no ready Triton Inference Server at {backend.url} (--triton-url)", file=sys.stderr)
-        return EXIT_STUDY_FAILED
-    progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    report = run_embedded(FolderDicomSource(args.input_dir), args.out, settings, backend,
+        return ExitCode.TEMPORARY
+    progress = None if getattr(args, "quiet", False) else (lambda line: print(line, file=sys.stderr, flush=True))
+    report = run_embedded(FolderDicomSource(args.input_dir, limits=settings.limits), args.out, settings, backend,
                           study_uid=args.study, progress=progress)
     if report.errors:
         for error in report.errors:
             print(f"neuroflow: error: {error}", file=sys.stderr)
-        return EXIT_STUDY_FAILED
+        return ExitCode.TEMPORARY if report.retryable else ExitCode.BAD_INPUT
     for warning in report.warnings:
         print(f"neuroflow: warning: {warning}", file=sys.stderr)
     volumes = report.volumes_ml
@@ -117,7 +148,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                  "tumour growth measured" if change.tumour_growth is not None else ""]
         print(f"study {report.study_key} vs prior: {', '.join(f for f in found if f)} "
               f"in {report.timings_s['total']:.1f} s -> {args.out}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
@@ -126,18 +157,40 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
     if not args.input_dir.is_dir():
         print(f"neuroflow: error: input folder {args.input_dir} does not exist", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     rules = load_site_rules(args.site_rules) if args.site_rules else None
-    studies, skipped = FolderDicomSource(args.input_dir).index()
+    studies, skipped = FolderDicomSource(args.input_dir, limits=_settings(args).limits).index()
+    log.info("indexed %s: %d studies, %d files skipped", args.input_dir, len(studies), len(skipped))
     for item in skipped:
         print(f"neuroflow: warning: skipped {item.path}: {item.reason}", file=sys.stderr)
+    classified = {uid: classify_study(list(study.series.values()), rules=rules)
+                  for uid, study in sorted(studies.items())}
+    if args.json:
+        print(json.dumps(_classification_json(classified, skipped), indent=2))
     if not studies:
         print(f"neuroflow: error: no DICOM study found in {args.input_dir}", file=sys.stderr)
-        return EXIT_STUDY_FAILED
-    for uid, study in sorted(studies.items()):
-        print(f"Study {uid} ({len(study.series)} series)")
-        print(format_table(classify_study(list(study.series.values()), rules=rules)))
-    return EXIT_OK
+        return ExitCode.BAD_INPUT
+    if not args.json:
+        for uid, series in classified.items():
+            print(f"Study {uid} ({len(series)} series)")
+            print(format_table(series))
+    return ExitCode.OK
+
+
+def _classification_json(classified: dict[str, list[Any]], skipped: list[Any]) -> dict[str, Any]:
+    """`classify --json`: each study (UID and pseudonymous key) with its series' classifications, and the
+    files skipped with their reasons."""
+    import dataclasses
+
+    from neuroflow.core.dicom_io import study_key
+
+    return {
+        "studies": [{"study_instance_uid": uid, "study_key": study_key(uid),
+                     "series": [{**dataclasses.asdict(c), "role": str(c.role), "ambiguous": c.is_ambiguous}
+                                for c in series]}
+                    for uid, series in classified.items()],
+        "skipped": [{"path": str(item.path), "reason": item.reason} for item in skipped],
+    }
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -150,7 +203,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     else:
         services = list(dict.fromkeys(args.services))
     serve(services, settings)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _cmd_stack(args: argparse.Namespace) -> int:
@@ -162,22 +215,22 @@ def _cmd_stack(args: argparse.Namespace) -> int:
                                                   workers={"preprocess": args.preprocess_workers}))
         except stack.StackError as exc:
             print(f"neuroflow: error: {exc}", file=sys.stderr)
-            return EXIT_STUDY_FAILED
+            return ExitCode.TEMPORARY
         print(f"stack up: {len(started['processes'])} processes; endpoints in {stack.STACK_FILE}")
         print(f"Prometheus {started['prometheus']}, Alertmanager {started['alertmanager']}")
         print(f"Triton gRPC {started['triton']['grpc']}, HTTP {started['triton']['http']}")
-        return EXIT_OK
+        return ExitCode.OK
     if args.action == "down":
         stopped = stack.down()
         print(f"stack down: stopped {', '.join(stopped) or 'nothing (no stack running)'}")
-        return EXIT_OK
+        return ExitCode.OK
     rows = stack.status()
     if not rows:
         print("no stack (run `neuroflow stack up`)")
-        return EXIT_STUDY_FAILED
+        return ExitCode.TEMPORARY
     for name, running, detail in rows:
         print(f"{name:<16} {'running' if running else 'NOT RUNNING':<12} {detail}")
-    return EXIT_OK if all(running for _, running, _ in rows) else EXIT_STUDY_FAILED
+    return ExitCode.OK if all(running for _, running, _ in rows) else ExitCode.TEMPORARY
 
 
 if __name__ == "__main__":

@@ -23,9 +23,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from neuroflow.core.dicom_io import DicomSink, DicomSource, FolderDicomSink, FolderDicomSource
-from neuroflow.core.errors import OrthancRequestFailed
+from neuroflow.core.dicom_io import DicomSink, DicomSource, FolderDicomSink, FolderDicomSource, study_key
+from neuroflow.core.errors import InputLimitExceeded, OrthancRequestFailed
 from neuroflow.core.orthanc import OrthancDicomSink, OrthancDicomSource
+from neuroflow.devtools.dicom_fuzz import rle_bomb
 
 FixtureLookup = Callable[[str], Any]
 
@@ -221,3 +222,19 @@ def test_series_of_one_study_are_kept_apart(store: DicomStoreUnderTest) -> None:
 
     assert sorted(studies[STUDY_UID].series) == sorted([SERIES_UID, other_series])
     assert studies[STUDY_UID].series[other_series].headers[0].SeriesDescription == "AX T1 post"
+
+
+def test_a_series_over_the_input_limits_is_refused_from_its_headers_before_any_pixel_is_decoded(
+        store: DicomStoreUnderTest) -> None:
+    """Issue 11: the 724-byte RLE file claiming 60000 x 60000 pixels (pydicom would allocate 6.7 GiB)."""
+    bomb_study = generate_uid()
+    assert store.deposit("bomb/IM0", rle_bomb(study_uid=bomb_study, series_uid=generate_uid(),
+                                              sop_uid=generate_uid()))
+    studies, _ = store.source.index()
+    (series,) = studies[bomb_study].series.values()
+
+    with pytest.raises(InputLimitExceeded) as refused:
+        store.source.read_instances(series)
+
+    assert refused.value.limit == "max_pixels_per_frame" and refused.value.study_key == study_key(bomb_study)
+    assert refused.value.series_uid == series.series_instance_uid and "60000 x 60000" in refused.value.reason

@@ -1,6 +1,6 @@
 """The whole glioma pipeline through the `neuroflow` CLI on real studies written as DICOM: a good
 study gives a valid SEG and a complete report; every kind of bad input gives a clear error, exit
-status 1, a report that says why, and no seg.dcm."""
+status 65 (bad input), a report that says why, and no seg.dcm."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pydicom
 import pytest
 
 from neuroflow.core.dicom_io import FolderDicomSource
+from neuroflow.core.exit_codes import ExitCode
 from neuroflow.core.roles import GLIOMA_INPUT_ROLES, SeriesRole
 from neuroflow.devtools.dicom_writer import WrittenStudy, load_volume, write_study
 from neuroflow.devtools.scanner_presets import Vendor
@@ -126,7 +127,7 @@ def test_ge_naming_and_oblique_thick_slices_are_handled(brats_ge_oblique: Writte
 
 
 def _assert_clean_failure(run: CliRun, *needles: str) -> None:
-    assert run.returncode == 1, run.stderr
+    assert run.returncode == ExitCode.BAD_INPUT, run.stderr
     assert not (run.out_dir / "seg.dcm").exists()
     report = run.report
     assert report["status"] == "failed" and report["errors"]

@@ -21,6 +21,7 @@ import pytest
 import SimpleITK as sitk
 
 from neuroflow.core.dicom_io import study_key
+from neuroflow.core.exit_codes import ExitCode
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.volume import Geometry, Volume, resample
 from neuroflow.devtools.dicom_writer import PatientInfo, WrittenStudy, write_study
@@ -207,7 +208,7 @@ def test_a_prior_without_a_date_fails_naming_it(ms_run: tuple[Written, CliRun], 
                         delattr(ds, keyword)
                 ds.save_as(path)
     run = run_cli("run", folder, out_dir=tmp_path / "out")
-    assert run.returncode == 1
+    assert run.returncode == ExitCode.BAD_INPUT
     assert run.report["status"] == "failed" and "no StudyDate" in run.report["errors"][0]
     assert study_key(undated) in run.report["errors"][0] and run.report["study_instance_uid"] == undated
     assert not (tmp_path / "out" / "ms_new_lesions_seg.dcm").exists()
@@ -219,7 +220,7 @@ def test_a_missing_flair_at_one_timepoint_says_why_nothing_was_compared(ms_pair:
                       ("20240120", {SeriesRole.FLAIR: _regrid(ms_pair.followup, (3.0, 3.0, 3.0))})],
                      tmp_path / "in", MS_PATIENT, "ms-missing")
     run = run_cli("run", written.folder, out_dir=tmp_path / "out")
-    assert run.returncode == 1
+    assert run.returncode == ExitCode.BAD_INPUT
     error = run.report["errors"][0]
     assert "ms_change" in error and "baseline" in error and "FLAIR" in error
 
@@ -230,7 +231,7 @@ def test_a_2d_flair_with_thick_slices_is_refused_with_the_reason(ms_pair: MsPair
                       ("20240120", {SeriesRole.FLAIR: _regrid(ms_pair.followup, thick)})],
                      tmp_path / "in", MS_PATIENT, "ms-thick")
     run = run_cli("run", written.folder, out_dir=tmp_path / "out")
-    assert run.returncode == 1
+    assert run.returncode == ExitCode.BAD_INPUT
     assert "5 mm" in run.report["errors"][0] or any("5 mm" in w for w in run.report["warnings"])
 
 
@@ -241,7 +242,7 @@ def test_studies_of_different_patients_keep_the_choose_one_error(ms_run: tuple[W
     shutil.copytree(ms_run[0].studies[1].folder, folder / "ms")
     shutil.copytree(ct_three_timepoints[0].studies[0].folder, folder / "ct")
     run = run_cli("run", folder, out_dir=tmp_path / "out")
-    assert run.returncode == 1
+    assert run.returncode == ExitCode.BAD_INPUT
     assert "--study" in run.report["errors"][0]
 
 

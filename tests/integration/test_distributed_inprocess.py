@@ -632,3 +632,39 @@ def test_serve_runs_every_service_and_stops_cleanly_on_sigterm(tmp_path: Path) -
     assert process.returncode == 0, err
     for service in ("preprocess-worker", "segmentation-worker", "results-worker"):
         assert f"{service}: stopped" in err
+
+
+def test_a_study_over_the_input_limits_fails_its_workflow_at_once_and_the_worker_lives_on(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """Issue 11: the 724-byte RLE file claiming 60000 x 60000 pixels reaches the real preprocess handler; it is
+    refused from its header (SERIES_REJECTED, not retried) and the same worker then takes the next task."""
+    from neuroflow.devtools.dicom_fuzz import rle_bomb
+
+    folder = tmp_path / "bomb"
+    folder.mkdir()
+    ready = study_ready("over-limit")
+    (folder / "IM0").write_bytes(rle_bomb(study_uid=ready.study.study_instance_uid,
+                                          series_uid=ready.series[0].series_instance_uid))
+    settings = NeuroflowSettings()
+    handler = PreprocessHandler(FolderDicomSource(folder, limits=settings.limits),
+                                FolderVolumeStore(tmp_path / "volumes"), OnnxRuntimeBackend(settings.model_repository),
+                                settings)
+    stages = TinyStages()
+    calls: list[str] = []
+
+    def preprocess(task: tasks_pb2.TaskRequested) -> tasks_pb2.PreprocessOutput:
+        calls.append(task.study.study_key)
+        return handler(task) if task.study.study_key == ready.study.study_key else stages.preprocess(task)
+
+    stages.start_all(cluster, skip=(PRE,))
+    worker = cluster.start_worker(PRE, preprocess)
+    cluster.start_orchestrator()
+    wid = publish(cluster.bus, ready)
+    cluster.wait_for(wid, WorkflowStatus.FAILED)
+    record = cluster.state.get(wid)
+    assert record is not None and "SERIES_REJECTED" in record.detail
+    assert "60000 x 60000" in record.detail and "NEUROFLOW_LIMITS__MAX_PIXELS_PER_FRAME" in record.detail
+    assert calls == [ready.study.study_key]  # not retried
+    after = publish(cluster.bus, study_ready("after-the-bomb"))
+    assert cluster.wait_for(after, WorkflowStatus.SUCCEEDED, WorkflowStatus.FAILED) == WorkflowStatus.SUCCEEDED
+    assert worker.stats.failed == 1

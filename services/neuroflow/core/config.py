@@ -241,6 +241,19 @@ class InferenceSettings(BaseModel):
     max_in_flight: int = Field(default=4, ge=1)
 
 
+class InputLimitSettings(BaseModel):
+    """The largest input a worker takes, checked from the DICOM headers before any pixel data is decoded: a
+    tiny compressed file can claim billions of pixels, and one study that exhausts a worker's memory would be
+    redelivered to the next replica and kill it too. Over a limit, the series (or study) is refused as bad input.
+    The defaults hold any clinical brain MR or head CT with a wide margin."""
+
+    max_pixels_per_frame: int = Field(default=4096 * 4096, ge=1)  # Rows x Columns of one frame
+    max_frames_per_instance: int = Field(default=4096, ge=1)  # NumberOfFrames of one (enhanced) instance
+    # Decoded pixel data of one series: Rows*Columns*SamplesPerPixel*BitsAllocated/8*NumberOfFrames, summed.
+    max_series_bytes: int = Field(default=1024**3, ge=1)
+    max_instances_per_study: int = Field(default=20_000, ge=1)
+
+
 class NeuroflowSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NEUROFLOW_", env_nested_delimiter="__")
 
@@ -278,3 +291,4 @@ class NeuroflowSettings(BaseSettings):
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     longitudinal: LongitudinalSettings = Field(default_factory=LongitudinalSettings)
+    limits: InputLimitSettings = Field(default_factory=InputLimitSettings)

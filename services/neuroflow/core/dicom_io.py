@@ -10,13 +10,21 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import BinaryIO, Protocol, runtime_checkable
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from neuroflow.core.errors import SeriesRejected, StudyError
+from neuroflow.core.config import InputLimitSettings
+from neuroflow.core.errors import InputLimitExceeded, SeriesRejected, StudyError
+from neuroflow.core.input_limits import (
+    ReadBudget,
+    check_series,
+    check_study_size,
+    dataset_bytes,
+    max_dataset_bytes,
+)
 from neuroflow.core.roles import SeriesRole
 from neuroflow.proto.neuroflow.v1 import common_pb2
 
@@ -47,13 +55,26 @@ class SkippedFile:
 
 
 class DicomSource(ABC):
+    # The input limits read_instances enforces from the headers before handing out pixel data; sources take
+    # them from settings.limits (the defaults when built without).
+    limits: InputLimitSettings = InputLimitSettings()
+
     @abstractmethod
     def index(self) -> tuple[dict[str, StudyIndex], list[SkippedFile]]:
         """Every study in the source with its series (headers only), and the files that were skipped."""
 
     @abstractmethod
     def read_instances(self, series: SeriesInstances) -> list[Dataset]:
-        """The series' instances with pixel data, in source order."""
+        """The series' instances with pixel data (not decoded yet), in source order. Refuses
+        (InputLimitExceeded) a series over ``limits`` by its indexed headers before reading it, and by the
+        headers read, so nothing downstream decodes more than the limits allow: see ``check_limits``."""
+
+    def check_limits(self, series: SeriesInstances, datasets: Sequence[Dataset] | None = None) -> None:
+        """Refuses (InputLimitExceeded, SeriesRejected) ``series`` over ``limits``: from its indexed headers,
+        or from ``datasets`` (the instances as read, whose headers may differ from the index's)."""
+        headers = series.headers if datasets is None else datasets
+        check_series(headers, self.limits, study_key=study_key(series.study_instance_uid), stage="read",
+                     sources=series.paths)
 
     def index_study(self, study_instance_uid: str) -> tuple[StudyIndex | None, list[SkippedFile]]:
         """One study's index (None when the source does not hold it). Sources that can look a study up
@@ -99,6 +120,8 @@ def find_series(
     a warning (a late instance makes a new StudyReady, hence a new workflow)."""
     key = study.study_key
     held, _skipped = source.index_study(study.study_instance_uid)
+    if held is not None:
+        check_study_size(key, sum(len(s.headers) for s in held.series.values()), source.limits, stage=stage)
     found: dict[SeriesRole, SeriesInstances] = {}
     for ref in series_refs:
         try:
@@ -127,27 +150,37 @@ class FolderDicomSource(DicomSource):
     """A folder of DICOM files: any nesting, any names. Files that are not DICOM are skipped with a
     warning, never fatal; a file whose header cannot be read is skipped with the reason."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, limits: InputLimitSettings | None = None) -> None:
         self._root = root
+        self.limits = limits or InputLimitSettings()
 
     def index(self) -> tuple[dict[str, StudyIndex], list[SkippedFile]]:
         studies: dict[str, StudyIndex] = {}
         skipped: list[SkippedFile] = []
         for path in sorted(_walk(self._root)):
             try:
-                ds = pydicom.dcmread(path, stop_before_pixels=True)
+                ds = _read_within_limits(path, self.limits, stop_before_pixels=True)
+            except TooLargeToRead as exc:
+                skipped.append(SkippedFile(path, str(exc)))
+                continue
             except InvalidDicomError:
                 skipped.append(SkippedFile(path, "not a DICOM file"))
                 continue
             except Exception as exc:  # pydicom raises many types on damaged files
                 skipped.append(SkippedFile(path, f"unreadable DICOM header: {exc}"))
                 continue
-            study_uid = str(ds.get("StudyInstanceUID", ""))
-            series_uid = str(ds.get("SeriesInstanceUID", ""))
-            if not study_uid or not series_uid or "SOPInstanceUID" not in ds:
+            try:  # values are converted on access: a damaged UID raises here, as any type
+                study_uid = str(ds.get("StudyInstanceUID", ""))
+                series_uid = str(ds.get("SeriesInstanceUID", ""))
+                has_sop_uid = "SOPInstanceUID" in ds and bool(str(ds.SOPInstanceUID))
+                patient_id = str(ds.get("PatientID", ""))
+            except Exception as exc:
+                skipped.append(SkippedFile(path, f"unreadable DICOM header: {type(exc).__name__}: {exc}"))
+                continue
+            if not study_uid or not series_uid or not has_sop_uid:
                 skipped.append(SkippedFile(path, "DICOM file without Study/Series/SOP Instance UID"))
                 continue
-            study = studies.setdefault(study_uid, StudyIndex(study_uid, str(ds.get("PatientID", ""))))
+            study = studies.setdefault(study_uid, StudyIndex(study_uid, patient_id))
             series = study.series.setdefault(series_uid, SeriesInstances(study_uid, series_uid))
             series.headers.append(ds)
             series.paths.append(path)
@@ -158,15 +191,21 @@ class FolderDicomSource(DicomSource):
     def read_instances(self, series: SeriesInstances) -> list[Dataset]:
         """Refuses (SeriesRejected naming the file) a file that can no longer be read as DICOM, so
         the error points at the file an imaging team would have to resend."""
+        self.check_limits(series)
+        budget = ReadBudget(self.limits)
         datasets: list[Dataset] = []
         for path in series.paths:
             try:
-                datasets.append(pydicom.dcmread(path))
+                datasets.append(_read_within_limits(path, self.limits, budget=budget))
+            except TooLargeToRead as exc:
+                raise InputLimitExceeded(study_key(series.study_instance_uid), str(exc), limit="max_series_bytes",
+                                         stage="read", series_uid=series.series_instance_uid) from None
             except Exception as exc:  # pydicom raises many types on damaged files
                 raise SeriesRejected(
                     study_key(series.study_instance_uid), f"unreadable DICOM file {path}: {exc}",
                     stage="convert", series_uid=series.series_instance_uid,
                 ) from exc
+        self.check_limits(series, datasets)
         return datasets
 
 
@@ -188,6 +227,36 @@ class FolderDicomSink(DicomSink):
 
     def stored(self) -> list[str]:
         return sorted(p.stem for p in self._root.glob("*.dcm"))
+
+
+class TooLargeToRead(ValueError):
+    """A file that would take more memory to read than the input limits allow: a deflated dataset that
+    inflates past them (a zip bomb), or the files of one series that together exceed them."""
+
+
+def read_dicom_within_limits(fp: BinaryIO, limits: InputLimitSettings, *, source: str,
+                             stop_before_pixels: bool = False, budget: ReadBudget | None = None) -> Dataset:
+    """``pydicom.dcmread`` of ``fp``, refusing (TooLargeToRead) before pydicom reads it a deflated dataset that
+    inflates past ``max_dataset_bytes``, and, with ``budget`` (one series being read), a file that takes more
+    than is left of the series' budget."""
+    cap = budget.remaining() if budget is not None else max_dataset_bytes(limits)
+    nbytes, deflated = dataset_bytes(fp, cap)
+    if deflated and nbytes > cap:
+        raise TooLargeToRead(f"{source} is deflated and inflates to more than {cap} bytes, over the limit "
+                             "(NEUROFLOW_LIMITS__MAX_SERIES_BYTES)")
+    if budget is not None and not budget.take(nbytes):
+        raise TooLargeToRead(f"the series' files take more than {budget.limit} bytes once read ({source} alone "
+                             f"{nbytes}), over the limit (NEUROFLOW_LIMITS__MAX_SERIES_BYTES)")
+    return pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels)
+
+
+def _read_within_limits(path: str, limits: InputLimitSettings, *, stop_before_pixels: bool = False,
+                        budget: ReadBudget | None = None) -> Dataset:
+    with open(path, "rb") as fp:
+        ds = read_dicom_within_limits(fp, limits, source=path, stop_before_pixels=stop_before_pixels,
+                                      budget=budget)
+    ds.filename = path  # as dcmread(path) sets it: messages name the file
+    return ds
 
 
 def _walk(root: Path) -> list[str]:

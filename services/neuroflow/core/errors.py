@@ -72,3 +72,15 @@ class StoreUnavailable(NeuroflowError):
     """A state database (workflow state, wait windows, timepoints) cannot be reached, or lost the connection
     during a statement and could not safely run it again. Retryable: the next call connects afresh. The
     message names the database (never its password) and whether the statement may have been applied."""
+
+
+class InputLimitExceeded(StudyError):
+    """A series or study is larger than the site's input limits (``NEUROFLOW_LIMITS__*``), as its headers
+    state, so it is refused before any pixel data is decoded. Bad input, never retryable: decoding it could
+    exhaust the worker's memory, and the same study would then kill every replica it is redelivered to.
+    ``limit`` is the name of the setting that was exceeded."""
+
+    def __init__(self, study_key: str, reason: str, *, limit: str, stage: str = "",
+                 series_uid: str | None = None) -> None:
+        self.limit = limit
+        super().__init__(study_key, reason, stage=stage, series_uid=series_uid)

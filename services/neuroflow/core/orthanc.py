@@ -24,18 +24,29 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 
-from neuroflow.core.dicom_io import DicomSink, DicomSource, SeriesInstances, SkippedFile, StudyIndex, study_key
+from neuroflow.core.config import InputLimitSettings
+from neuroflow.core.dicom_io import (
+    DicomSink,
+    DicomSource,
+    SeriesInstances,
+    SkippedFile,
+    StudyIndex,
+    TooLargeToRead,
+    read_dicom_within_limits,
+    study_key,
+)
 from neuroflow.core.errors import (
     DestinationRejected,
     DestinationUnavailable,
+    InputLimitExceeded,
     OrthancRequestFailed,
     OrthancUnavailable,
     SeriesRejected,
 )
+from neuroflow.core.input_limits import ReadBudget
 
 log = logging.getLogger(__name__)
 
@@ -215,9 +226,11 @@ class OrthancDicomSource(DicomSource):
     """The studies held by one Orthanc. ``SeriesInstances.paths`` hold each instance's REST URL
     (``<url>/instances/<id>``), so a log line points at the object a person can open."""
 
-    def __init__(self, client: OrthancClient, *, download_threads: int = 4) -> None:
+    def __init__(self, client: OrthancClient, *, download_threads: int = 4,
+                 limits: InputLimitSettings | None = None) -> None:
         self._client = client
         self._threads = download_threads
+        self.limits = limits or InputLimitSettings()
 
     def index(self) -> tuple[dict[str, StudyIndex], list[SkippedFile]]:
         studies: dict[str, StudyIndex] = {}
@@ -252,12 +265,19 @@ class OrthancDicomSource(DicomSource):
             except OrthancRequestFailed as error:
                 raise _rejected(series, f"instance {url} can no longer be read from Orthanc: {error}") from error
             try:
-                return pydicom.dcmread(io.BytesIO(data))
+                return read_dicom_within_limits(io.BytesIO(data), self.limits, source=url, budget=budget)
+            except TooLargeToRead as error:
+                raise InputLimitExceeded(study_key(series.study_instance_uid), str(error), limit="max_series_bytes",
+                                         stage="read", series_uid=series.series_instance_uid) from None
             except Exception as error:  # pydicom raises many types on damaged files
                 raise _rejected(series, f"unreadable DICOM instance {url}: {error}") from error
 
+        self.check_limits(series)  # before downloading: sizes from Orthanc's metadata
+        budget = ReadBudget(self.limits)
         with ThreadPoolExecutor(max_workers=self._threads) as pool:
-            return list(pool.map(read, series.paths))
+            datasets = list(pool.map(read, series.paths))
+        self.check_limits(series, datasets)
+        return datasets
 
     def _index_orthanc_study(self, orthanc_id: str) -> tuple[StudyIndex | None, list[SkippedFile]]:
         study = self._client.get_json(f"/studies/{orthanc_id}", what=f"read study {orthanc_id}")

@@ -36,6 +36,7 @@ from neuroflow.core.errors import (
     DestinationRejected,
     DestinationUnavailable,
     InferenceUnavailable,
+    InputLimitExceeded,
     MissingSequence,
     NeuroflowError,
     OrientationMismatch,
@@ -99,9 +100,14 @@ def failure_reason(exc: BaseException, *, study_key: str, stage: str) -> common_
                                     message=f"study {study_key}: {stage} failed: {cause}")
 
 
+def is_retryable(exc: BaseException) -> bool:
+    """Whether the work that raised ``exc`` may succeed when tried again unchanged (see :func:`failure_reason`)."""
+    return _classify(exc)[1]
+
+
 def _classify(exc: BaseException) -> tuple[common_pb2.FailureReason.Code.ValueType, bool]:
     match exc:
-        case SeriesRejected():
+        case SeriesRejected() | InputLimitExceeded():  # over the input limits: bad input, never retried
             return Code.SERIES_REJECTED, False
         case MissingSequence():
             return Code.MISSING_SEQUENCE, False

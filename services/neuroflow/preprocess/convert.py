@@ -80,7 +80,7 @@ def series_to_volume(instances: Sequence[Dataset], *, study_key: str) -> Volume:
     uids = Counter(str(ds.get("SeriesInstanceUID", "")) for ds in instances)
     if len(uids) > 1:
         raise reject(f"instances belong to {len(uids)} different series: {sorted(uids)}")
-    planes = [plane for ds in instances for plane in _planes_of(ds, reject)]
+    planes = [plane for ds in instances for plane in _readable_planes_of(ds, reject)]
     if len(planes) < MIN_SLICES:
         raise reject(
             f"fewer than {MIN_SLICES} slices ({len(planes)}): not a volume (a localizer or a single image?)"
@@ -108,6 +108,18 @@ def series_to_volume(instances: Sequence[Dataset], *, study_key: str) -> Volume:
         "frame_of_reference_uid": str(head.get("FrameOfReferenceUID", "")),
     }
     return Volume(array, geometry, meta)
+
+
+def _readable_planes_of(ds: Dataset, reject: _Reject) -> list[_Plane]:
+    """``_planes_of``, refusing (naming the file) a header whose values cannot be read: pydicom converts
+    values lazily, so a malformed element (a number that is text, a vector that is one value) raises on
+    access, as any exception type."""
+    try:
+        return _planes_of(ds, reject)
+    except SeriesRejected:
+        raise
+    except Exception as exc:
+        raise reject(f"unreadable header value in {_source_of(ds)}: {type(exc).__name__}: {exc}") from exc
 
 
 def _planes_of(ds: Dataset, reject: _Reject) -> list[_Plane]:
@@ -305,7 +317,11 @@ def _decoded_pixels(ds: Dataset, study_key: str, series_uid: str | None) -> npt.
         raise SeriesRejected(study_key, f"no pixel data in {source}", stage=STAGE, series_uid=series_uid)
     try:
         pixels: npt.NDArray[np.generic] = ds.pixel_array
-    except Exception as exc:  # truncated data, unsupported compression, inconsistent header
+    except BaseException as exc:  # truncated data, unsupported compression, inconsistent header
+        # A decoder written in Rust (pylibjpeg-rle) panics on some damaged data with pyo3's PanicException, a
+        # BaseException: it must not end the worker either. Interrupts and exits pass.
+        if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+            raise
         raise SeriesRejected(
             study_key,
             f"pixel data truncated or unreadable in {source}: {exc}",

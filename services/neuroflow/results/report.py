@@ -244,6 +244,9 @@ class StudyReport(_ReportModel):
     longitudinal: LongitudinalReport | None = None  # change against the prior study
     warnings: list[str] = Field(default_factory=list)
     errors: list[str] = Field(default_factory=list)
+    # A failed run that may pass when tried again unchanged (the inference server or storage was unreachable);
+    # false for bad input, which fails again until the study is fixed. ``neuroflow run`` exits 75 or 65 on it.
+    retryable: bool = False
     outputs: list[str] = Field(default_factory=list)  # names of the files written for this run
     generated_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     neuroflow_version: str = neuroflow.__version__

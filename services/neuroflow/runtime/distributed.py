@@ -118,9 +118,10 @@ class Backends:
     def source(self) -> DicomSource:
         def build() -> DicomSource:
             if self.settings.dicom.source == "orthanc":
-                source: DicomSource = _backend("neuroflow.core.orthanc", "OrthancDicomSource")(self.orthanc())
+                source: DicomSource = _backend("neuroflow.core.orthanc", "OrthancDicomSource")(
+                    self.orthanc(), limits=self.settings.limits)
                 return source
-            return FolderDicomSource(self.settings.dicom.folder)
+            return FolderDicomSource(self.settings.dicom.folder, limits=self.settings.limits)
         result: DicomSource = self._once("source", build)
         return result
 

@@ -16,9 +16,11 @@ from neuroflow.core.dicom_io import DicomSource, SkippedFile, StudyIndex, study_
 from neuroflow.core.errors import NeuroflowError, StudyError
 from neuroflow.core.identity import input_hash, patient_key
 from neuroflow.core.inference import InferenceBackend
+from neuroflow.core.input_limits import check_study_size
 from neuroflow.core.patient_id import PatientIdentity
 from neuroflow.core.roles import GLIOMA_INPUT_ROLES, GLIOMA_REFERENCE_ROLE, SeriesRole
 from neuroflow.core.timing import ProgressSink, StageClock
+from neuroflow.core.worker import is_retryable
 from neuroflow.ingest.classify import SeriesClassification, classify_study, select_inputs
 from neuroflow.ingest.site_rules import SiteRules, load_site_rules
 from neuroflow.longitudinal.pairing import group_by_patient
@@ -125,6 +127,7 @@ def run_glioma(
             timings_s={**clock.timings, "total": clock.total()},
             warnings=run.warnings or [],
             errors=[f"{where}{reason}"],
+            retryable=is_retryable(exc),
             outputs=["report.json", "summary.txt"],
         )
     write_summary(report, out_dir)
@@ -152,6 +155,7 @@ def _run(
         run.warnings.extend(f"skipped {s.path}: {s.reason}" for s in skipped)
         study = _choose_study(studies, study_uid)
         run.study_uid, run.key = study.study_instance_uid, study_key(study.study_instance_uid)
+        check_study_size(run.key, sum(len(s.headers) for s in study.series.values()), source.limits, stage="read")
         clock.note(f"study {run.key}: {len(study.series)} series, {len(skipped)} files skipped")
 
     with clock.stage("classify"):

@@ -22,6 +22,7 @@ from neuroflow.core.errors import MissingSequence, NeuroflowError, StudyError
 from neuroflow.core.inference import InferenceBackend
 from neuroflow.core.roles import CHANGE_OPTIONAL_ROLES, CHANGE_REQUIRED_ROLES, ChangePipeline, SeriesRole
 from neuroflow.core.timing import ProgressSink, StageClock
+from neuroflow.core.worker import is_retryable
 from neuroflow.ingest.classify import SeriesClassification, classify_study, select_inputs
 from neuroflow.ingest.site_rules import load_site_rules
 from neuroflow.longitudinal.compare import COMPARE_STAGES, Timepoint, compare_pair, measure_glioma_volumes
@@ -95,7 +96,8 @@ def run_longitudinal(
         report = StudyReport(
             study_instance_uid=run.study_uid, study_key=run.key, pipeline=LONGITUDINAL_PIPELINE,
             status=ReportStatus.FAILED, series=run.series, timings_s={**clock.timings, "total": clock.total()},
-            warnings=run.warnings, errors=[f"{where}{reason}"], outputs=[REPORT_FILE, SUMMARY_FILE],
+            warnings=run.warnings, errors=[f"{where}{reason}"], retryable=is_retryable(exc),
+            outputs=[REPORT_FILE, SUMMARY_FILE],
         )
     write_summary(report, out_dir)
     write_report(report, out_dir)
