@@ -146,7 +146,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         services = [s for s in SERVICES if s != "ingest" or settings.dicom.source == "orthanc"]
     else:
         services = list(dict.fromkeys(args.services))
-    serve(services, settings)
+    from neuroflow.core.site_secret import MissingSiteSecret
+    try:
+        serve(services, settings)
+    except MissingSiteSecret as exc:
+        print(f"neuroflow: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_OK
 
 

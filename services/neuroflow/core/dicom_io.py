@@ -3,7 +3,6 @@ sink stores result objects. Embedded: a folder. Distributed: Orthanc (DICOMweb /
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from abc import ABC, abstractmethod
@@ -17,6 +16,9 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from neuroflow.core.errors import SeriesRejected, StudyError
+
+# Re-exported: callers name a study by this key; it is computed (keyed with the site secret) in core.identity.
+from neuroflow.core.identity import study_key as study_key
 from neuroflow.core.roles import SeriesRole
 from neuroflow.proto.neuroflow.v1 import common_pb2
 
@@ -116,11 +118,6 @@ def find_series(
                         len(series.headers), ref.instance_count)
         found[role] = series
     return found
-
-
-def study_key(study_instance_uid: str) -> str:
-    """The pseudonymous key used in logs and metrics: never the UID itself, which can identify."""
-    return hashlib.sha256(study_instance_uid.encode()).hexdigest()[:12]
 
 
 class FolderDicomSource(DicomSource):
