@@ -61,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="the service(s) to run in this process; 'all' runs every one")
     serve.set_defaults(handler=_cmd_serve)
 
+    deidentify = sub.add_parser("deidentify", help="de-identify a folder of DICOM files (PS3.15 Basic Profile, "
+                                                   "full dates kept) before they leave the site")
+    deidentify.add_argument("input_dir", type=Path)
+    deidentify.add_argument("--out", type=Path, required=True, help="output folder of the de-identified files")
+    deidentify.set_defaults(handler=_cmd_deidentify)
+
     stack = sub.add_parser("stack", help="the local stack on loopback: Orthanc x2, Kafka, PostgreSQL, services, "
                                          "Prometheus, Alertmanager")
     stack.add_argument("action", choices=("up", "down", "status"))
@@ -153,6 +159,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"neuroflow: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK
+
+
+def _cmd_deidentify(args: argparse.Namespace) -> int:
+    from neuroflow.deid.cli import deidentify_command
+
+    return deidentify_command(args.input_dir, args.out, NeuroflowSettings())
 
 
 def _cmd_stack(args: argparse.Namespace) -> int:

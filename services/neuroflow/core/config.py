@@ -82,6 +82,13 @@ class KeySettings(BaseModel):
         return self
 
 
+class DeidSettings(BaseModel):
+    """De-identification of what leaves the site (deid/): where the re-identification map is kept, at the
+    site only (created readable by its owner only)."""
+
+    map_path: Path = Path(".neuroflow/deid/reidentification.sqlite3")
+
+
 class StateSettings(BaseModel):
     """Where workflow state lives: SQLite (embedded, one host) or PostgreSQL (distributed)."""
 
@@ -275,6 +282,7 @@ class NeuroflowSettings(BaseSettings):
 
     site: str = "local"
     keys: KeySettings = Field(default_factory=KeySettings)  # the site secret pseudonymous keys are keyed with
+    deid: DeidSettings = Field(default_factory=DeidSettings)
     model_repository: Path = DEFAULT_MODEL_REPOSITORY
     models: PipelineModels = Field(default_factory=PipelineModels)
     site_rules: Path | None = None  # YAML with series classification overrides
