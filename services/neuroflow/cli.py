@@ -77,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="the service(s) to run in this process; 'all' runs every one")
     serve.set_defaults(handler=_cmd_serve)
 
+    deidentify = sub.add_parser("deidentify", help="de-identify a folder of DICOM files (PS3.15 Basic Profile, "
+                                                   "full dates kept) before they leave the site")
+    deidentify.add_argument("input_dir", type=Path)
+    deidentify.add_argument("--out", type=Path, required=True, help="output folder of the de-identified files")
+    deidentify.set_defaults(handler=_cmd_deidentify)
+
     stack = sub.add_parser("stack", help="the local stack on loopback: Orthanc x2, Kafka, PostgreSQL, services, "
                                          "Prometheus, Alertmanager")
     stack.add_argument("action", choices=("up", "down", "status"))
@@ -152,6 +158,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
+    from neuroflow.core.site_secret import install_site_secret
     from neuroflow.ingest.classify import classify_study, format_table
     from neuroflow.ingest.site_rules import load_site_rules
 
@@ -159,7 +166,9 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         print(f"neuroflow: error: input folder {args.input_dir} does not exist", file=sys.stderr)
         return ExitCode.USAGE
     rules = load_site_rules(args.site_rules) if args.site_rules else None
-    studies, skipped = FolderDicomSource(args.input_dir, limits=_settings(args).limits).index()
+    settings = _settings(args)
+    install_site_secret(settings, distributed=False)  # study keys as the site's runtime computes them
+    studies, skipped = FolderDicomSource(args.input_dir, limits=settings.limits).index()
     log.info("indexed %s: %d studies, %d files skipped", args.input_dir, len(studies), len(skipped))
     for item in skipped:
         print(f"neuroflow: warning: skipped {item.path}: {item.reason}", file=sys.stderr)
@@ -202,8 +211,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         services = [s for s in SERVICES if s != "ingest" or settings.dicom.source == "orthanc"]
     else:
         services = list(dict.fromkeys(args.services))
-    serve(services, settings)
+    from neuroflow.core.site_secret import MissingSiteSecret
+    try:
+        serve(services, settings)
+    except MissingSiteSecret as exc:
+        print(f"neuroflow: error: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
     return ExitCode.OK
+
+
+def _cmd_deidentify(args: argparse.Namespace) -> int:
+    from neuroflow.deid.cli import deidentify_command
+
+    return deidentify_command(args.input_dir, args.out, NeuroflowSettings())
 
 
 def _cmd_stack(args: argparse.Namespace) -> int:

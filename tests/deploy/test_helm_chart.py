@@ -232,6 +232,7 @@ def test_the_rendered_environment_builds_the_settings_the_values_describe(
             assert settings.dicom.source == "orthanc"
             assert settings.dicom.orthanc_url.startswith(f"http://{example}-orthanc:")
             assert settings.dicom.orthanc_password.get_secret_value() == "secret:orthanc-password"
+            assert settings.keys.secret is not None and settings.keys.secret.get_secret_value() == "secret:key-secret"
             assert settings.ingest.wait_window_s == site["waitWindowS"]
             assert settings.ingest.pipelines == site["pipelines"]
             for role, model in site.get("models", {}).items():

@@ -73,6 +73,7 @@ def backends_of_each_service(tmp_path_factory: pytest.TempPathFactory) -> dict[s
     (runtime/distributed.build_service), for the Orthanc-fed site the chart deploys."""
     state = tmp_path_factory.mktemp("state")
     env = {"NEUROFLOW_DICOM__SOURCE": "orthanc", "NEUROFLOW_STATE__SQLITE_PATH": str(state / "state.sqlite3"),
+           "NEUROFLOW_KEYS__SECRET": "a-test-site-secret",
            "NEUROFLOW_INGEST__PIPELINES": '["glioma", "ms_change", "haematoma_change", "tumour_growth"]'}
     asked: dict[str, set[str]] = {}
     with mock.patch.dict(os.environ, env, clear=True):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from neuroflow.core.model_card import ModelRef
@@ -49,12 +49,58 @@ class BusSettings(BaseModel):
     bootstrap: str = "127.0.0.1:9092"  # Kafka bootstrap servers, comma-separated host:port
 
 
+def secret_from_file(value: SecretStr | None, file: Path | None, setting: str) -> SecretStr | None:
+    """``value``, or the content of ``file`` (a mounted Kubernetes Secret: one trailing newline dropped)
+    when it is set; both set is refused (which one counts would be a guess). Errors name the setting and
+    the file, never the secret."""
+    if file is None:
+        return value
+    if value is not None and value.get_secret_value():
+        raise ValueError(f"{setting} and {setting}_file are both set: set one")
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise ValueError(f"{setting}_file {file} cannot be read: {exc.strerror}") from None
+    return SecretStr(text.removesuffix("\n"))
+
+
+class KeySettings(BaseModel):
+    """The site's secret that pseudonymous keys (core/identity.py) and de-identified UIDs (deid/) are keyed
+    with: from the environment (NEUROFLOW_KEYS__SECRET) or a file (NEUROFLOW_KEYS__SECRET_FILE, e.g. a
+    mounted Kubernetes Secret), never from a file of settings. The same on every process of a site; the
+    distributed runtime refuses to start without one (core/site_secret.py)."""
+
+    # An invalid setting's error must not echo the values around it (the secret among them).
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    secret: SecretStr | None = None
+    secret_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _read_file(self) -> KeySettings:
+        self.secret = secret_from_file(self.secret, self.secret_file, "keys.secret")
+        return self
+
+
+class DeidSettings(BaseModel):
+    """De-identification of what leaves the site (deid/): where the re-identification map is kept, at the
+    site only (created readable by its owner only)."""
+
+    map_path: Path = Path(".neuroflow/deid/reidentification.sqlite3")
+
+
 class StateSettings(BaseModel):
     """Where workflow state lives: SQLite (embedded, one host) or PostgreSQL (distributed)."""
 
     kind: Literal["sqlite", "postgres"] = "sqlite"
     sqlite_path: Path = Path(".neuroflow/state.sqlite3")
     dsn: SecretStr = SecretStr("")  # PostgreSQL connection string (libpq form); may hold a password
+    dsn_file: Path | None = None  # ... or a file holding it (a mounted Secret); the same for *_file below
+
+    @model_validator(mode="after")
+    def _read_dsn_file(self) -> StateSettings:
+        self.dsn = secret_from_file(self.dsn, self.dsn_file, "state.dsn") or SecretStr("")
+        return self
     # A PostgreSQL that does not accept a connection within this long is unavailable (StoreUnavailable).
     connect_timeout_s: float = Field(default=10.0, gt=0.0)
 
@@ -68,6 +114,13 @@ class DicomSettings(BaseModel):
     orthanc_url: str = "http://127.0.0.1:8042"
     orthanc_username: str = ""
     orthanc_password: SecretStr = SecretStr("")
+    orthanc_password_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _read_password_file(self) -> DicomSettings:
+        self.orthanc_password = (secret_from_file(self.orthanc_password, self.orthanc_password_file,
+                                                  "dicom.orthanc_password") or SecretStr(""))
+        return self
     # DICOM peer (as the sink names it, e.g. an Orthanc DicomModalities entry) results are forwarded to;
     # empty: results are stored in the sink only.
     destination: str = ""
@@ -255,9 +308,12 @@ class InputLimitSettings(BaseModel):
 
 
 class NeuroflowSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="NEUROFLOW_", env_nested_delimiter="__")
+    # hide_input_in_errors: a settings error names the setting, never its value (a DSN holds a password).
+    model_config = SettingsConfigDict(env_prefix="NEUROFLOW_", env_nested_delimiter="__", hide_input_in_errors=True)
 
     site: str = "local"
+    keys: KeySettings = Field(default_factory=KeySettings)  # the site secret pseudonymous keys are keyed with
+    deid: DeidSettings = Field(default_factory=DeidSettings)
     model_repository: Path = DEFAULT_MODEL_REPOSITORY
     models: PipelineModels = Field(default_factory=PipelineModels)
     site_rules: Path | None = None  # YAML with series classification overrides

@@ -3,7 +3,6 @@ sink stores result objects. Embedded: a folder. Distributed: Orthanc (DICOMweb /
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from abc import ABC, abstractmethod
@@ -18,6 +17,9 @@ from pydicom.errors import InvalidDicomError
 
 from neuroflow.core.config import InputLimitSettings
 from neuroflow.core.errors import InputLimitExceeded, SeriesRejected, StudyError
+
+# Re-exported: callers name a study by this key; it is computed (keyed with the site secret) in core.identity.
+from neuroflow.core.identity import study_key as study_key
 from neuroflow.core.input_limits import (
     ReadBudget,
     check_series,
@@ -139,11 +141,6 @@ def find_series(
                         len(series.headers), ref.instance_count)
         found[role] = series
     return found
-
-
-def study_key(study_instance_uid: str) -> str:
-    """The pseudonymous key used in logs and metrics: never the UID itself, which can identify."""
-    return hashlib.sha256(study_instance_uid.encode()).hexdigest()[:12]
 
 
 class FolderDicomSource(DicomSource):

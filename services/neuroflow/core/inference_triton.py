@@ -84,8 +84,10 @@ class TritonBackend(InferenceBackend):
             tensor.set_data_from_numpy(array)
             request.append(tensor)
         outputs = [grpcclient.InferRequestedOutput(spec.name) for spec in card.outputs]
+        # The shared GPU tier gets tensors and nothing else: no request id, headers or parameters (which Triton
+        # writes to its logs and traces), so nothing it holds names a study or a patient.
         result = self._with_retries(model, lambda client: client.infer(
-            model.name, request, model_version=str(model.version), outputs=outputs,
+            model.name, request, model_version=str(model.version), outputs=outputs, request_id="",
             client_timeout=self._timeout_s))
         return {spec.name: np.asarray(result.as_numpy(spec.name), dtype=np.float32) for spec in card.outputs}
 

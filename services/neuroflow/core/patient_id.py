@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from neuroflow.core.dicom_io import StudyIndex
+if TYPE_CHECKING:  # only a type here: core.identity imports this module, and core.dicom_io imports identity
+    from neuroflow.core.dicom_io import StudyIndex
 
 # Characters a C-FIND (and Orthanc's /tools/find) reads as matching more than the value itself.
 MATCHING_CHARACTERS = ("*", "?", "\\")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -234,8 +235,21 @@ def service_environment(stack: dict[str, Any], options: StackOptions) -> dict[st
         "NEUROFLOW_MONITOR__MIN_FREE_BYTES": str(options.min_free_bytes),
         **({"NEUROFLOW_MONITOR__PERIOD_S": "1"} if options.monitoring_fast else {}),
         "PYTHONUNBUFFERED": "1",
+        **_key_secret_environment(root),
         **(options.extra_env or {}),
     }
+
+
+def _key_secret_environment(root: Path) -> dict[str, str]:
+    """The site key secret of the stack's services: the caller's (NEUROFLOW_KEYS__SECRET[_FILE], which they
+    inherit; the tests set one to compute the same keys), else a random one made for this stack in a file
+    only its owner reads, passed as a file (stack.json names the file, not the secret)."""
+    if os.environ.get("NEUROFLOW_KEYS__SECRET") or os.environ.get("NEUROFLOW_KEYS__SECRET_FILE"):
+        return {}
+    path = root / "key-secret"
+    if not path.exists():
+        _write_private(path, secrets.token_hex(32))
+    return {"NEUROFLOW_KEYS__SECRET_FILE": str(path)}
 
 
 def _launch_service(stack: dict[str, Any], service: str, name: str, metrics_port: int | None = None) -> dict[str, Any]:
@@ -291,9 +305,17 @@ def _record(name: str, pid: int, ports: list[int], sig: signal.Signals) -> dict[
 def _write(root: Path, stack: dict[str, Any]) -> None:
     path = root / "stack.json"
     tmp = path.with_suffix(".json.partial")
-    tmp.write_text(json.dumps(stack, indent=2) + "\n")
-    os.chmod(tmp, 0o600)  # it holds credentials
+    _write_private(tmp, json.dumps(stack, indent=2) + "\n")  # it holds the dev credentials
     os.replace(tmp, path)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable and writable by its owner only (0600) from the first byte: no
+    moment where another user of the host could open it."""
+    path.unlink(missing_ok=True)  # an existing file would keep its mode
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
 
 
 def _alive(pid: int) -> bool:

@@ -34,6 +34,7 @@ from neuroflow.core.metrics import start_metrics_server
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.records import FolderRecordStore, RecordStore
 from neuroflow.core.roles import SeriesRole
+from neuroflow.core.site_secret import install_site_secret
 from neuroflow.core.state import SqliteStateStore, SqlStateStore
 from neuroflow.core.volume_store import FolderVolumeStore, VolumeStore
 from neuroflow.core.worker import Handler, StageWorker
@@ -72,6 +73,11 @@ class Backends:
 
     settings: NeuroflowSettings
     _built: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Every distributed process builds its backends first: it keys pseudonyms with the site's secret
+        # from here on, and one without a secret stops here (MissingSiteSecret), before it touches a study.
+        install_site_secret(self.settings, distributed=True)
 
     def _once(self, name: str, build: Callable[[], Any]) -> Any:
         if name not in self._built:

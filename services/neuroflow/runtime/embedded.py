@@ -19,6 +19,7 @@ from neuroflow.core.inference import InferenceBackend
 from neuroflow.core.input_limits import check_study_size
 from neuroflow.core.patient_id import PatientIdentity
 from neuroflow.core.roles import GLIOMA_INPUT_ROLES, GLIOMA_REFERENCE_ROLE, SeriesRole
+from neuroflow.core.site_secret import install_site_secret
 from neuroflow.core.timing import ProgressSink, StageClock
 from neuroflow.core.worker import is_retryable
 from neuroflow.ingest.classify import SeriesClassification, classify_study, select_inputs
@@ -71,6 +72,7 @@ def run_embedded(
     """What ``neuroflow run`` does: on two or more studies of one patient (and no ``study_uid``), the change
     pipelines each consecutive pair qualifies for (``runtime/embedded_longitudinal.py``); otherwise the
     glioma pipeline on the one study (or ``study_uid``), which refuses several studies without a choice."""
+    install_site_secret(settings, distributed=False)  # the site's, else the development secret
     if study_uid is not None:
         return run_glioma(source, out_dir, settings, backend, study_uid=study_uid, progress=progress)
     started = time.perf_counter()
