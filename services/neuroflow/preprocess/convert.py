@@ -159,16 +159,17 @@ class _Series:
         derived = next((d for d in self.diffusion if d.label == label), None)
         if derived is None:
             return self._acquired(label)
-        sources = [self._acquired(source) for source in derived.sources]
-        reference = sources[0]
-        for other in sources[1:]:
-            if not other.geometry.is_close(reference.geometry, tol_mm=POSITION_TOLERANCE_MM):
-                raise self.reject(f"the volumes {derived.sources} of one b-value do not share a grid")
-        if derived.derivation == dwi.Derivation.MEAN:
-            array = dwi.geometric_mean([s.array for s in sources]) if len(sources) > 1 else reference.array
+        if derived.derivation == dwi.Derivation.ADC:  # from the b=0 and trace volumes, built first
+            traces = {b: self.build(f"b={b:g}") for b in derived.b_values}
+            reference = next(iter(traces.values()))
+            array = dwi.adc_map({b: v.array for b, v in traces.items()})
         else:
-            by_b = {b: self.build(f"b={b:g}").array for b in derived.b_values}
-            array = dwi.adc_map(by_b)
+            sources = [self._acquired(source) for source in derived.sources]
+            reference = sources[0]
+            for other in sources[1:]:
+                if not other.geometry.is_close(reference.geometry, tol_mm=POSITION_TOLERANCE_MM):
+                    raise self.reject(f"the volumes {', '.join(derived.sources)} of one b-value do not share a grid")
+            array = dwi.geometric_mean([s.array for s in sources]) if len(sources) > 1 else reference.array
         meta = {**reference.meta, "volume": label,
                 "series_instance_uid": sub_series_uid(self.series_uid or "", label),
                 "derivation": derived.describe()}

@@ -125,7 +125,7 @@ def _parse_csa(raw: bytes) -> dict[str, list[float]]:
     found: dict[str, list[float]] = {}
     for _ in range(count):
         name = raw[position : position + 64].split(b"\x00", 1)[0].decode("latin-1")
-        items = struct.unpack_from("<i", raw, position + 64 + 4)[0]  # after the name and VM
+        items = struct.unpack_from("<i", raw, position + 76)[0]  # after name, VM, VR and SyngoDT
         position += 84  # name 64, vm 4, vr 4, syngodt 4, nitems 4, xx 4
         values: list[float] = []
         for _item in range(items):

@@ -21,11 +21,12 @@ import numpy.typing as npt
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 
+from neuroflow.preprocess import mosaic
 from neuroflow.preprocess.private_tags import SIEMENS_MR_CREATORS, private_numbers
 
 # What may tell one volume's frames from another's, most meaningful first: that order decides which of
 # several redundant keys names the volumes, and the labels ("b=1000,dir=2", "echo=2").
-SPLIT_KEYS = ("b", "dir", "echo", "te", "stack", "time", "acq", "image")
+SPLIT_KEYS = ("b", "dir", "echo", "te", "stack", "time", "image", "acq")
 KEY_NAMES = {
     "b": "b-value",
     "dir": "diffusion gradient direction",
@@ -319,3 +320,51 @@ def _dimension_values(ds: Dataset, content: Dataset) -> dict[str, str]:
         return {}
     named.pop("", None)  # a dimension neuroflow has no name for
     return named
+
+
+def header_frames(headers: Sequence[Dataset]) -> list[tuple[int, FrameLocation]] | None:
+    """Every frame of a series' headers (no pixel data needed) with the index of its header: the
+    slices of single-frame images, the frames of enhanced objects, the tiles of MOSAIC images. None
+    when a frame's position or orientation cannot be read (conversion will say why). Never raises."""
+    out: list[tuple[int, FrameLocation]] = []
+    try:
+        for index, ds in enumerate(headers):
+            if "PerFrameFunctionalGroupsSequence" in ds:
+                shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else Dataset()
+                for number, per_frame in enumerate(ds.PerFrameFunctionalGroupsSequence):
+                    def group(keyword: str, per_frame: Dataset = per_frame, shared: Dataset = shared) -> Dataset:
+                        return functional_group(per_frame, shared, keyword)
+
+                    location = _location(group("PlanePositionSequence"), group("PlaneOrientationSequence"),
+                                         frame_keys(ds, group, number))
+                    if location is None:
+                        return None
+                    out.append((index, location))
+                continue
+            location = _location(ds, ds, frame_keys(ds))
+            if location is None:
+                return None
+            if not mosaic.is_mosaic(ds):
+                out.append((index, location))
+                continue
+            layout = mosaic.mosaic_layout(ds)
+            spacing = mosaic.mosaic_slice_spacing(ds)
+            spacing_rc = _numbers(ds, "PixelSpacing")
+            if isinstance(layout, str) or spacing is None or len(spacing_rc) != 2:
+                return None
+            tiles = mosaic.tile_positions(layout, np.asarray(location.position), np.asarray(location.orientation),
+                                          (spacing_rc[0], spacing_rc[1]), spacing)
+            keys = {**location.keys, "image": f"{_number(ds, 'InstanceNumber') or 0:g}"}
+            out.extend((index, FrameLocation((float(p[0]), float(p[1]), float(p[2])), location.orientation, keys))
+                       for p in tiles)
+    except Exception:  # a damaged header: no split here; conversion names the problem
+        return None
+    return out
+
+
+def _location(position_item: Dataset, orientation_item: Dataset, keys: dict[str, str]) -> FrameLocation | None:
+    position = _numbers(position_item, "ImagePositionPatient")
+    orientation = _numbers(orientation_item, "ImageOrientationPatient")
+    if len(position) != 3 or len(orientation) != 6:
+        return None
+    return FrameLocation((position[0], position[1], position[2]), tuple(orientation), keys)
