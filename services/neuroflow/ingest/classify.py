@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 from neuroflow.core.dicom_io import SeriesInstances
 from neuroflow.core.errors import MissingSequence
 from neuroflow.core.roles import SeriesRole
+from neuroflow.core.sub_series import parse_sub_series_uid
 from neuroflow.ingest.evidence import (
     Clue,
     ContrastEvidence,
@@ -35,7 +36,6 @@ from neuroflow.ingest.header_facts import HeaderFacts, read_facts
 from neuroflow.ingest.series_volumes import volumes_of
 from neuroflow.ingest.site_rules import SeriesLabels, SiteRules
 from neuroflow.preprocess.dwi import ADC_LABEL
-from neuroflow.preprocess.split_volumes import parse_sub_series_uid
 
 # A series given as its representative header and its number of instances, or as found in a source.
 SeriesInput = SeriesInstances | tuple[Dataset, int]
@@ -400,7 +400,9 @@ def _flag_ambiguous(classified: list[SeriesClassification]) -> list[SeriesClassi
 
 
 def _number_order(c: SeriesClassification) -> tuple[bool, int, str, str]:
-    return (c.series_number is None, c.series_number or 0, c.acquired_at, c.series_instance_uid)
+    # The series UID without the volume: a series' volumes keep the order they were listed in.
+    series_uid, _ = parse_sub_series_uid(c.series_instance_uid)
+    return (c.series_number is None, c.series_number or 0, c.acquired_at, series_uid)
 
 
 def _time_order(c: SeriesClassification) -> tuple[str, int]:

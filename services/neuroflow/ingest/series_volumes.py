@@ -13,9 +13,10 @@ from dataclasses import dataclass, replace
 from pydicom.dataset import Dataset
 
 from neuroflow.core.dicom_io import SeriesInstances
+from neuroflow.core.sub_series import sub_series_uid
 from neuroflow.ingest.header_facts import HeaderFacts, read_facts
 from neuroflow.preprocess.dwi import ADC_LABEL, Derivation, diffusion_volumes
-from neuroflow.preprocess.split_volumes import header_frames, split_frames, sub_series_uid
+from neuroflow.preprocess.split_volumes import header_frames, split_frames
 
 _TRACE_IMAGE_TYPE = ("DERIVED", "PRIMARY", "DIFFUSION", "TRACEW")
 _ADC_IMAGE_TYPE = ("DERIVED", "PRIMARY", "DIFFUSION", "ADC")

@@ -18,6 +18,7 @@ import numpy.typing as npt
 from pydicom.dataset import Dataset
 
 from neuroflow.core.errors import SeriesRejected
+from neuroflow.core.sub_series import sub_series_uid
 from neuroflow.core.volume import Geometry, Volume
 from neuroflow.preprocess import dwi, mosaic
 from neuroflow.preprocess.split_volumes import (
@@ -26,7 +27,6 @@ from neuroflow.preprocess.split_volumes import (
     frame_keys,
     functional_group,
     split_frames,
-    sub_series_uid,
 )
 
 STAGE = "convert"

@@ -181,17 +181,6 @@ def diffusion_direction(ds: Dataset) -> tuple[float, float, float] | None:
     return None
 
 
-def sub_series_uid(series_uid: str, label: str) -> str:
-    """The identity of one volume of a series: "<series uid>#echo=2" ("" label: the series itself)."""
-    return f"{series_uid}#{label}" if label else series_uid
-
-
-def parse_sub_series_uid(uid: str) -> tuple[str, str]:
-    """(series uid, volume label) of a ``sub_series_uid``."""
-    series_uid, _, label = uid.partition("#")
-    return series_uid, label
-
-
 # --- splitting --------------------------------------------------------------------------------------
 
 

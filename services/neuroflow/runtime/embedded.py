@@ -12,7 +12,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from neuroflow.core.config import GLIOMA_PIPELINE, NeuroflowSettings
-from neuroflow.core.dicom_io import DicomSource, SkippedFile, StudyIndex, study_key
+from neuroflow.core.dicom_io import DicomSource, SkippedFile, StudyIndex, series_volume, study_key
 from neuroflow.core.errors import NeuroflowError, StudyError
 from neuroflow.core.identity import input_hash, patient_key
 from neuroflow.core.inference import InferenceBackend
@@ -166,10 +166,12 @@ def _run(
 
     models = settings.models
     with clock.stage("read_series"):
-        instances = {role: source.read_instances(study.series[c.series_instance_uid]) for role, c in chosen.items()}
+        series = {role: series_volume(study, c.series_instance_uid) for role, c in chosen.items()}
+        instances = {role: source.read_instances(s) for role, s in series.items()}
 
     pre = preprocess_glioma(instances, backend, (models.skull_strip_bbox, models.skull_strip),
-                            spacing_mm=settings.target_spacing_mm, study_key=run.key, clock=clock)
+                            spacing_mm=settings.target_spacing_mm, study_key=run.key, clock=clock,
+                            volumes_of={role: s.volume for role, s in series.items()})
     summary = pre.summary(models.skull_strip, clock.timings)
     run.warnings.extend(registration_warnings(summary))
 

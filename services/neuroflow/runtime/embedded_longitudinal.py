@@ -17,7 +17,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from neuroflow.core.config import LONGITUDINAL_PIPELINE, NeuroflowSettings
-from neuroflow.core.dicom_io import DicomSource, SkippedFile, StudyIndex, study_key
+from neuroflow.core.dicom_io import DicomSource, SkippedFile, StudyIndex, series_volume, study_key
 from neuroflow.core.errors import MissingSequence, NeuroflowError, StudyError
 from neuroflow.core.inference import InferenceBackend
 from neuroflow.core.roles import CHANGE_OPTIONAL_ROLES, CHANGE_REQUIRED_ROLES, ChangePipeline, SeriesRole
@@ -220,7 +220,7 @@ class _InstanceReader:
             if chosen is None:
                 continue
             if chosen.series_instance_uid not in self._cache:
-                series = self._studies[timepoint.study_instance_uid].series[chosen.series_instance_uid]
+                series = series_volume(self._studies[timepoint.study_instance_uid], chosen.series_instance_uid)
                 with self._clock.stage("read_series"):
                     self._cache[chosen.series_instance_uid] = self._source.read_instances(series)
             instances[role] = self._cache[chosen.series_instance_uid]
