@@ -539,3 +539,17 @@ MULTI_VOLUME_PRESETS: dict[str, SequencePreset] = {
         flip_angle_deg=90.0,
     ),
 }
+MULTI_VOLUME_PRESETS["pd_t2"] = SequencePreset(  # a dual-echo TSE: echo 1 proton density, echo 2 T2
+    role=SeriesRole.T2,
+    modality="MR",
+    series_description="pd+t2_tse_tra",
+    protocol_name="pd+t2_tse_tra",
+    image_type=("ORIGINAL", "PRIMARY", "M", "ND", "NORM"),
+    sequence_name="*tse2d2_8",
+    scanning_sequence=("SE",),
+    sequence_variant=("SK", "SP", "OSP"),
+    repetition_time_ms=3500.0,
+    echo_time_ms=12.0,
+    flip_angle_deg=150.0,
+    echo_train_length=8,
+)
