@@ -15,19 +15,20 @@ import pytest
 from neuroflow.core.dicom_io import FolderDicomSource, find_series, series_volume
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.volume import Volume
-from neuroflow.devtools.dicom_writer import SeriesInfo, StudyInfo, load_volume
+from neuroflow.devtools.dicom_writer import SeriesInfo, StudyInfo, load_volume, write_study
 from neuroflow.devtools.multi_volume_writer import (
     VolumeTags,
     write_enhanced_series,
     write_mosaic_series,
     write_multi_volume_series,
 )
-from neuroflow.devtools.scanner_presets import MULTI_VOLUME_PRESETS
+from neuroflow.devtools.scanner_presets import MULTI_VOLUME_PRESETS, Vendor
 from neuroflow.ingest.classify import classify_study
 from neuroflow.preprocess.glioma_inputs import convert_inputs
 from neuroflow.proto.neuroflow.v1 import common_pb2
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "glioma-tcga-du-7294"
+from .conftest import TCGA, TCGA_FILES, run_cli
+
 DIRECTIONS = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
 
 
@@ -39,7 +40,7 @@ def _scaled(volume: Volume, factor: float) -> Volume:
 def multi_volume_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One Siemens study: five series, thirteen volumes."""
     folder = tmp_path_factory.mktemp("multi-volume")
-    full = load_volume(DATA / "t2_bet.nii.gz")
+    full = load_volume(TCGA / "t2_bet.nii.gz")
     volume = Volume.from_sitk(full.to_sitk()[90:154, 100:164, 60:80])
     study = StudyInfo.create("multi-volume-cli")
 
@@ -111,3 +112,27 @@ def test_a_routed_volume_is_found_and_converted_by_its_sub_series_identity(multi
     expected = -np.log(0.45) / 1000  # every b=1000 image is 0.45 of its b=0 (to the int16 rounding)
     assert inside.mean() > 0.5
     assert np.all(np.abs(adc_map[inside] - expected) <= 0.05 * expected)
+
+
+def test_run_takes_the_t2_from_the_second_echo_of_a_dual_echo_series(tmp_path: Path) -> None:
+    """The glioma pipeline on TCGA-DU-7294 whose T2 came as the second echo of a PD + T2 series: the run
+    succeeds on that echo, and the report lists both echoes, the second used as the T2."""
+    seed = "tcga-du-7294-dual-echo"
+    others = {role: load_volume(TCGA / name) for role, name in TCGA_FILES.items() if role != SeriesRole.T2}
+    write_study(others, tmp_path / "in", vendor=Vendor.SIEMENS, seed=seed)
+    t2 = load_volume(TCGA / TCGA_FILES[SeriesRole.T2])
+    proton_density = t2.with_array((np.asarray(t2.array, dtype=np.float64) * 0.6 + 40).astype(np.int16))
+    study = StudyInfo.create(seed)
+    series = SeriesInfo.create(study, MULTI_VOLUME_PRESETS["pd_t2"], series_number=9)
+    write_multi_volume_series(
+        [(proton_density, VolumeTags(echo_number=1, echo_time_ms=12.0)),
+         (t2, VolumeTags(echo_number=2, echo_time_ms=96.0))],
+        tmp_path / "in" / "pdt2", study=study, series=series)
+    run = run_cli("run", tmp_path / "in", out_dir=tmp_path / "out")
+    assert run.returncode == 0, run.stderr
+    entries = {s["series_instance_uid"]: s for s in run.report["series"]}
+    echo2 = entries[f"{series.series_instance_uid}#echo=2"]
+    assert echo2["used_as"] == SeriesRole.T2.value
+    assert echo2["description"] == "pd+t2_tse_tra [echo=2]"
+    assert entries[f"{series.series_instance_uid}#echo=1"]["used_as"] is None
+    assert (tmp_path / "out" / "seg.dcm").exists()

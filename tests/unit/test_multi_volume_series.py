@@ -27,6 +27,7 @@ from neuroflow.devtools.multi_volume_writer import (
 from neuroflow.devtools.scanner_presets import MULTI_VOLUME_PRESETS, PRESETS, Vendor
 from neuroflow.ingest.classify import classify_study
 from neuroflow.preprocess.convert import series_to_volume, series_volumes
+from neuroflow.preprocess.split_volumes import diffusion_b_value
 
 GLIOMA_T1C = Path(__file__).resolve().parents[1] / "data" / "glioma-tcga-du-7294" / "t1c_bet.nii.gz"
 SLICES = 20
@@ -281,3 +282,33 @@ def _reversed_slices(volume: Volume) -> Volume:
     flipped = Geometry(geometry.spacing, (float(origin[0]), float(origin[1]), float(origin[2])),
                        tuple(float(v) for v in direction.ravel()), geometry.size)
     return Volume(np.ascontiguousarray(volume.array[::-1]), flipped, volume.meta)
+
+
+def test_keys_that_vary_without_explaining_the_shared_positions_do_not_split(
+    small_volume: Volume, study: StudyInfo, tmp_path: Path
+) -> None:
+    series = SeriesInfo.create(study, PRESETS[Vendor.SIEMENS][SeriesRole.T2], series_number=13)
+    datasets = [pydicom.dcmread(p) for p in write_series(small_volume, tmp_path, study=study, series=series)]
+    resent = []
+    for k, ds in enumerate(datasets[:4]):
+        again = copy.deepcopy(ds)
+        again.SOPInstanceUID = generate_uid()
+        again.AcquisitionNumber = 1 + k % 2  # varies, but both copies of slice 0 and 2 share acquisition 1
+        resent.append(again)
+    with pytest.raises(SeriesRejected) as caught:
+        series_to_volume([*datasets, *resent], study_key="k")
+    assert caught.value.reason.startswith("duplicate slice positions")
+
+
+def test_a_private_b_value_is_read_only_under_its_creator() -> None:
+    siemens, other = pydicom.Dataset(), pydicom.Dataset()
+    siemens.private_block(0x0019, "SIEMENS MR HEADER", create=True).add_new(0x0C, "IS", "1000")
+    # Another creator owns the block at the same element numbers: its (0019,100C) is not a b-value.
+    other.private_block(0x0019, "SOME OTHER VENDOR", create=True).add_new(0x0C, "IS", "1000")
+    assert diffusion_b_value(siemens) == 1000.0
+    assert diffusion_b_value(other) is None
+    moved = pydicom.Dataset()  # the creator in another slot (0019,0011): elements (0019,11xx)
+    moved.private_block(0x0019, "SOME OTHER VENDOR", create=True).add_new(0x01, "LO", "x")
+    moved.private_block(0x0019, "SIEMENS MR HEADER", create=True).add_new(0x0C, "IS", "500")
+    assert 0x0019110C in moved
+    assert diffusion_b_value(moved) == 500.0

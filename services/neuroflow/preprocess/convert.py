@@ -3,7 +3,10 @@
 Slice order comes from where each slice lies (ImagePositionPatient projected on the slice normal),
 never from file names or instance numbers, and every irregularity that would make the voxel grid a
 lie (a missing slice, a duplicate, slices that disagree on orientation or size, unreadable pixels)
-rejects the series with a reason naming the series and what is wrong."""
+rejects the series with a reason naming the series and what is wrong. A series that holds several
+volumes (echoes, time points, acquisitions, stacks, diffusion b-values and directions: ``split_volumes``)
+is several stacks, each converted on its own; a diffusion series also gives a trace per b-value and an
+ADC map (``dwi``); Siemens MOSAIC images are unpacked into their slices (``mosaic``)."""
 
 from __future__ import annotations
 
