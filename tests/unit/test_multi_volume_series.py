@@ -15,7 +15,10 @@ from pydicom.uid import generate_uid
 
 from neuroflow.core.dicom_io import FolderDicomSource, SeriesInstances, study_key
 from neuroflow.core.errors import SeriesRejected
+from neuroflow.core.identity import input_hash
+from neuroflow.core.model_card import ModelRef
 from neuroflow.core.roles import SeriesRole
+from neuroflow.core.sub_series import volume_identity
 from neuroflow.core.volume import Geometry, Volume
 from neuroflow.devtools.dicom_writer import SeriesInfo, StudyInfo, load_volume, write_series
 from neuroflow.devtools.multi_volume_writer import (
@@ -26,7 +29,7 @@ from neuroflow.devtools.multi_volume_writer import (
 )
 from neuroflow.devtools.scanner_presets import MULTI_VOLUME_PRESETS, PRESETS, Vendor
 from neuroflow.ingest.classify import classify_study
-from neuroflow.preprocess.convert import series_to_volume, series_volumes
+from neuroflow.preprocess.convert import series_to_volume, series_volumes, volume_instances
 from neuroflow.preprocess.split_volumes import diffusion_b_value
 
 GLIOMA_T1C = Path(__file__).resolve().parents[1] / "data" / "glioma-tcga-du-7294" / "t1c_bet.nii.gz"
@@ -312,3 +315,45 @@ def test_a_private_b_value_is_read_only_under_its_creator() -> None:
     moved.private_block(0x0019, "SIEMENS MR HEADER", create=True).add_new(0x0C, "IS", "500")
     assert 0x0019110C in moved
     assert diffusion_b_value(moved) == 500.0
+
+
+def test_an_enhanced_object_splits_by_its_dimension_index_when_the_frames_say_nothing_else(
+    small_volume: Volume, study: StudyInfo, tmp_path: Path
+) -> None:
+    path = write_enhanced_series(
+        [(small_volume, VolumeTags(temporal_position=1)),
+         (_scaled(small_volume, 0.5), VolumeTags(temporal_position=2))],
+        tmp_path, study=study, series=_series(study, "dynamic", 8),
+    )
+    dataset = pydicom.dcmread(path)
+    for frame in dataset.PerFrameFunctionalGroupsSequence:  # only DimensionIndexValues tell the volumes apart
+        del frame.FrameContentSequence[0].TemporalPositionIndex
+    assert dataset.DimensionIndexSequence[0].DimensionIndexPointer == 0x00209128  # TemporalPositionIndex
+    volumes = series_volumes([dataset], study_key="k")
+    assert [v.meta["volume"] for v in volumes] == ["time=1", "time=2"]
+    np.testing.assert_array_equal(volumes[1].array, np.asarray(_scaled(small_volume, 0.5).array, dtype=np.float32))
+
+
+def test_a_result_on_one_volume_references_only_that_volume_s_instances(
+    small_volume: Volume, study: StudyInfo, tmp_path: Path
+) -> None:
+    written = write_multi_volume_series(
+        [(small_volume, VolumeTags(echo_number=1, echo_time_ms=4.92)),
+         (small_volume, VolumeTags(echo_number=2, echo_time_ms=7.38))],
+        tmp_path, study=study, series=_series(study, "field_map", 5),
+    )
+    datasets = _datasets(tmp_path)
+    echo2 = volume_instances(datasets, study_key="k", volume="echo=2")
+    assert sorted(str(ds.filename) for ds in echo2) == sorted(str(p) for p in written[1])
+    assert volume_instances(datasets, study_key="k") == datasets
+    with pytest.raises(SeriesRejected):
+        volume_instances(datasets, study_key="k", volume="echo=7")
+
+
+def test_another_volume_of_the_same_instances_is_other_work() -> None:
+    model = ModelRef(name="glioma", version=1)
+    sops = ["1.2.3.1", "1.2.3.2"]
+    assert volume_identity("1.2.3") == []
+    echo1, echo2 = ({"T2": [*sops, *volume_identity(f"1.2.3#echo={n}")]} for n in (1, 2))
+    assert input_hash(echo1, model) != input_hash(echo2, model)
+    assert input_hash({"T2": sops}, model) == input_hash({"T2": [*sops, *volume_identity("1.2.3")]}, model)

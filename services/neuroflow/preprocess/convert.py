@@ -111,6 +111,23 @@ def series_volumes(instances: Sequence[Dataset], *, study_key: str) -> list[Volu
     return [series.build(label) for label in series.labels()]
 
 
+def volume_instances(instances: Sequence[Dataset], *, study_key: str, volume: str = "") -> list[Dataset]:
+    """The instances that hold one volume of a series (``volume`` as for ``series_to_volume``; all of
+    them for ""), in the order given: what a result drawn on that volume references. A computed volume
+    (a trace, the ADC) is held by the instances of the volumes it comes from."""
+    if not volume:
+        return list(instances)
+    series = _Series.of(instances, study_key)
+    derived = next((d for d in series.diffusion if d.label == volume), None)
+    labels = {volume} if derived is None else set(derived.sources)
+    if derived is not None and derived.derivation == dwi.Derivation.ADC:
+        labels = {v.label for v in series.split.volumes}
+    held = {id(series.planes[i].dataset) for v in series.split.volumes if v.label in labels for i in v.frames}
+    if not held:
+        raise series.reject(f"has no volume {volume!r}; it holds {series.describe()}")
+    return [ds for ds in instances if id(ds) in held]
+
+
 @dataclass
 class _Series:
     """One series' planes, and the volumes they make."""

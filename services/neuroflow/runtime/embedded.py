@@ -18,10 +18,12 @@ from neuroflow.core.identity import input_hash, patient_key
 from neuroflow.core.inference import InferenceBackend
 from neuroflow.core.patient_id import PatientIdentity
 from neuroflow.core.roles import GLIOMA_INPUT_ROLES, GLIOMA_REFERENCE_ROLE, SeriesRole
+from neuroflow.core.sub_series import volume_identity
 from neuroflow.core.timing import ProgressSink, StageClock
 from neuroflow.ingest.classify import SeriesClassification, classify_study, select_inputs
 from neuroflow.ingest.site_rules import SiteRules, load_site_rules
 from neuroflow.longitudinal.pairing import group_by_patient
+from neuroflow.preprocess.convert import volume_instances
 from neuroflow.preprocess.glioma_inputs import preprocess_glioma
 from neuroflow.results.glioma_results import glioma_report, glioma_seg, registration_warnings
 from neuroflow.results.report import (
@@ -186,8 +188,12 @@ def _run(
 
     with clock.stage("write_results"):
         outputs = ["report.json", "summary.txt"]
-        uids = {role.value: [str(ds.SOPInstanceUID) for ds in datasets] for role, datasets in instances.items()}
-        seg = glioma_seg(labels_on_grid, pre.reference_geometry, instances[GLIOMA_REFERENCE_ROLE],
+        uids = {role.value: [*(str(ds.SOPInstanceUID) for ds in datasets),
+                             *volume_identity(chosen[role].series_instance_uid)]
+                for role, datasets in instances.items()}
+        reference = volume_instances(instances[GLIOMA_REFERENCE_ROLE], study_key=run.key,
+                                     volume=series[GLIOMA_REFERENCE_ROLE].volume)
+        seg = glioma_seg(labels_on_grid, pre.reference_geometry, reference,
                          model=models.glioma, input_hash=input_hash(uids, models.glioma))
         if seg is None:
             run.warnings.append("no tumour detected: no DICOM SEG written")
