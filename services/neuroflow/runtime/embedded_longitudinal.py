@@ -21,6 +21,7 @@ from neuroflow.core.dicom_io import DicomSource, SkippedFile, StudyIndex, series
 from neuroflow.core.errors import MissingSequence, NeuroflowError, StudyError
 from neuroflow.core.inference import InferenceBackend
 from neuroflow.core.roles import CHANGE_OPTIONAL_ROLES, CHANGE_REQUIRED_ROLES, ChangePipeline, SeriesRole
+from neuroflow.core.sub_series import parse_sub_series_uid
 from neuroflow.core.timing import ProgressSink, StageClock
 from neuroflow.ingest.classify import SeriesClassification, classify_study, select_inputs
 from neuroflow.ingest.site_rules import load_site_rules
@@ -195,9 +196,9 @@ def _tumour_growth(timepoints: list[StudyTimepoint], reader: _InstanceReader, ba
     measured: list[GliomaTimepoint] = []
     for timepoint in timepoints:
         try:
-            volumes: TumourVolumes = measure_glioma_volumes(
-                reader.timepoint(timepoint, roles_for(ChangePipeline.TUMOUR_GROWTH)).instances, backend, settings,
-                study_key=timepoint.key, clock=clock)
+            read = reader.timepoint(timepoint, roles_for(ChangePipeline.TUMOUR_GROWTH))
+            volumes: TumourVolumes = measure_glioma_volumes(read.instances, backend, settings, study_key=timepoint.key,
+                                                            clock=clock, volumes_of=read.volumes)
         except StudyError as exc:
             run.warnings.append(f"{ChangePipeline.TUMOUR_GROWTH} not run: study {timepoint.key} "
                                 f"({timepoint.study_date}): {exc.reason}")
@@ -215,6 +216,7 @@ class _InstanceReader:
 
     def timepoint(self, timepoint: StudyTimepoint, roles: tuple[SeriesRole, ...]) -> Timepoint:
         instances: dict[SeriesRole, list[Dataset]] = {}
+        volumes: dict[SeriesRole, str] = {}
         for role in roles:
             chosen = timepoint.series.get(role)
             if chosen is None:
@@ -224,7 +226,8 @@ class _InstanceReader:
                 with self._clock.stage("read_series"):
                     self._cache[chosen.series_instance_uid] = self._source.read_instances(series)
             instances[role] = self._cache[chosen.series_instance_uid]
-        return Timepoint(timepoint.study_instance_uid, timepoint.study_date, timepoint.study_time, instances)
+            volumes[role] = parse_sub_series_uid(chosen.series_instance_uid)[1]
+        return Timepoint(timepoint.study_instance_uid, timepoint.study_date, timepoint.study_time, instances, volumes)
 
 
 def _best_per_role(classified: list[SeriesClassification], key: str) -> dict[SeriesRole, str]:
