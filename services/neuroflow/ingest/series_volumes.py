@@ -16,7 +16,7 @@ from neuroflow.core.dicom_io import SeriesInstances
 from neuroflow.core.sub_series import sub_series_uid
 from neuroflow.ingest.header_facts import HeaderFacts, read_facts
 from neuroflow.preprocess.dwi import ADC_LABEL, Derivation, diffusion_volumes
-from neuroflow.preprocess.split_volumes import header_frames, split_frames
+from neuroflow.preprocess.split_volumes import header_frames, one_volume, split_frames
 
 _TRACE_IMAGE_TYPE = ("DERIVED", "PRIMARY", "DIFFUSION", "TRACEW")
 _ADC_IMAGE_TYPE = ("DERIVED", "PRIMARY", "DIFFUSION", "ADC")
@@ -44,8 +44,12 @@ def volumes_of(series: SeriesInstances) -> list[SeriesVolume]:
     """The volumes of a series with their facts: one (label "") unless echoes, time points,
     acquisitions, stacks or diffusion b-values and directions share slice positions. Never raises."""
     whole = series_facts(series)
-    frames = header_frames(series.headers) if series.headers else None
-    split = split_frames([location for _, location in frames]) if frames else None
+    # Positions first: most series are one stack, and then what tells volumes apart need not be read.
+    frames = header_frames(series.headers, with_keys=False) if series.headers else None
+    split = None
+    if frames and not one_volume([location for _, location in frames]):
+        frames = header_frames(series.headers)
+        split = split_frames([location for _, location in frames]) if frames else None
     if frames is None or split is None or not split.is_split:
         # A MOSAIC image holds all its slices: count those, as an enhanced object's frames are.
         return [SeriesVolume(replace(whole, instance_count=len(frames)) if frames else whole, "", "")]

@@ -20,14 +20,22 @@ SIEMENS_MR_CREATORS = ("SIEMENS MR HEADER", "SIEMENS CSA HEADER")
 def private_value(ds: Dataset, group: int, creators: Sequence[str], offset: int) -> Any:
     """The raw value of element ``offset`` (0x00..0xFF) in the first block of ``group`` reserved by
     one of ``creators``; None when no such creator or element. Never raises."""
-    for creator in creators:
-        try:
-            block = ds.private_block(group, creator)
-            tag = block.get_tag(offset)
-            if tag in ds:
-                return ds[tag].value
-        except (KeyError, ValueError, TypeError):
-            continue
+    try:
+        # The creator elements (gggg,0010-00FF) name the blocks: (gggg,xx00-xxFF) belongs to (gggg,00xx).
+        # Read from the keys directly: pydicom's private_block slices the dataset, too slow for every header.
+        # Plain int look-ups in the keys view: this runs for every header, and pydicom's Tag arithmetic
+        # and comparisons are Python code.
+        present = ds.keys()
+        base = group << 16
+        slots = {str(ds[base | slot].value).strip(): slot for slot in range(0x10, 0x100) if base | slot in present}
+        for creator in creators:
+            slot = slots.get(creator)
+            if slot is not None:
+                tag = (group << 16) | (slot << 8) | offset
+                if tag in ds:
+                    return ds[tag].value
+    except Exception:  # a damaged private element: as if absent
+        return None
     return None
 
 

@@ -93,11 +93,9 @@ def split_frames(frames: Sequence[FrameLocation]) -> Split:
     """The volumes ``frames`` make: one when no two frames share a position and all share one
     orientation; else one per combination of the fewest keys that leave each volume a single stack."""
     everything = Split((), (AcquiredVolume("", {}, tuple(range(len(frames)))),))
-    if not frames:
+    if one_volume(frames):
         return everything
     tolerance = _tolerance(frames)
-    if _one_stack(frames, range(len(frames)), tolerance):
-        return everything
     varying = [k for k in SPLIT_KEYS if len({f.keys.get(k, "") for f in frames}) > 1]
     if not varying or not _explains(frames, varying, tolerance):
         return everything
@@ -186,8 +184,7 @@ def diffusion_direction(ds: Dataset) -> tuple[float, float, float] | None:
 
 def _tolerance(frames: Sequence[FrameLocation]) -> float:
     """Positions closer than this are one position: 0.01 mm, or 1% of the typical slice gap."""
-    normal = _normal(frames[0].orientation)
-    along = np.sort([float(np.dot(f.position, normal)) for f in frames])
+    along = np.sort(np.array([f.position for f in frames]) @ _normal(frames[0].orientation))
     gaps = np.diff(along)
     real = gaps[gaps > _POSITION_TOLERANCE_MM]
     return max(_POSITION_TOLERANCE_MM, _POSITION_TOLERANCE_FRACTION * float(np.median(real))) if real.size else \
@@ -198,8 +195,7 @@ def _one_stack(frames: Sequence[FrameLocation], members: Sequence[int] | range, 
     orientations = {tuple(round(v, _ORIENTATION_DECIMALS) + 0.0 for v in frames[i].orientation) for i in members}
     if len(orientations) > 1:
         return False
-    normal = _normal(frames[members[0]].orientation)
-    along = np.sort([float(np.dot(frames[i].position, normal)) for i in members])
+    along = np.sort(np.array([frames[i].position for i in members]) @ _normal(frames[members[0]].orientation))
     return bool(np.all(np.diff(along) > tolerance))
 
 
@@ -311,7 +307,13 @@ def _dimension_values(ds: Dataset, content: Dataset) -> dict[str, str]:
     return named
 
 
-def header_frames(headers: Sequence[Dataset]) -> list[tuple[int, FrameLocation]] | None:
+def one_volume(frames: Sequence[FrameLocation]) -> bool:
+    """Whether the frames form one stack (one orientation, no shared position): nothing to split,
+    and their keys need not be read."""
+    return not frames or _one_stack(frames, range(len(frames)), _tolerance(frames))
+
+
+def header_frames(headers: Sequence[Dataset], *, with_keys: bool = True) -> list[tuple[int, FrameLocation]] | None:
     """Every frame of a series' headers (no pixel data needed) with the index of its header: the
     slices of single-frame images, the frames of enhanced objects, the tiles of MOSAIC images. None
     when a frame's position or orientation cannot be read (conversion will say why). Never raises."""
@@ -325,12 +327,12 @@ def header_frames(headers: Sequence[Dataset]) -> list[tuple[int, FrameLocation]]
                         return functional_group(per_frame, shared, keyword)
 
                     location = _location(group("PlanePositionSequence"), group("PlaneOrientationSequence"),
-                                         frame_keys(ds, group, number))
+                                         frame_keys(ds, group, number) if with_keys else {})
                     if location is None:
                         return None
                     out.append((index, location))
                 continue
-            location = _location(ds, ds, frame_keys(ds))
+            location = _location(ds, ds, frame_keys(ds) if with_keys else {})
             if location is None:
                 return None
             if not mosaic.is_mosaic(ds):
