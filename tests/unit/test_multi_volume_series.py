@@ -357,3 +357,23 @@ def test_another_volume_of_the_same_instances_is_other_work() -> None:
     echo1, echo2 = ({"T2": [*sops, *volume_identity(f"1.2.3#echo={n}")]} for n in (1, 2))
     assert input_hash(echo1, model) != input_hash(echo2, model)
     assert input_hash({"T2": sops}, model) == input_hash({"T2": [*sops, *volume_identity("1.2.3")]}, model)
+
+
+def test_the_computed_adc_is_not_a_candidate_beside_the_scanner_s_adc(
+    small_volume: Volume, study: StudyInfo, tmp_path: Path
+) -> None:
+    b0, weighted, _ = _dwi_phantom(small_volume)
+    write_multi_volume_series(
+        [(b0, VolumeTags(b_value=0.0)),
+         *((v, VolumeTags(b_value=1000.0, gradient=g)) for v, g in zip(weighted, DIRECTIONS, strict=True))],
+        tmp_path / "dwi", study=study, series=_series(study, "dwi_directions", 7),
+    )
+    scanner_adc = SeriesInfo.create(study, PRESETS[Vendor.SIEMENS][SeriesRole.ADC], series_number=8)
+    write_series(small_volume, tmp_path / "adc", study=study, series=scanner_adc)
+    studies, _ = FolderDicomSource(tmp_path).index()
+    (one,) = studies.values()
+    classified = {c.description: c for c in classify_study(list(one.series.values()))}
+    computed = classified["ep2d_diff_mddw_3dir_p2 [ADC computed]"]
+    assert classified[scanner_adc.preset.series_description].role == SeriesRole.ADC
+    assert computed.role == SeriesRole.OTHER
+    assert computed.main_reason.startswith("computed ADC not used: the scanner sent an ADC (series 8")
