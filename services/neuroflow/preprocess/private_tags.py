@@ -22,18 +22,19 @@ def private_value(ds: Dataset, group: int, creators: Sequence[str], offset: int)
     one of ``creators``; None when no such creator or element. Never raises."""
     try:
         # The creator elements (gggg,0010-00FF) name the blocks: (gggg,xx00-xxFF) belongs to (gggg,00xx).
-        # Read from the keys directly: pydicom's private_block slices the dataset, too slow for every header.
-        # Plain int look-ups in the keys view: this runs for every header, and pydicom's Tag arithmetic
-        # and comparisons are Python code.
+        # Plain int look-ups in the keys view, as this runs for every header: pydicom's private_block
+        # slices the whole dataset, and its Tag comparisons are Python code.
         present = ds.keys()
         base = group << 16
-        slots = {str(ds[base | slot].value).strip(): slot for slot in range(0x10, 0x100) if base | slot in present}
+        slots: dict[str, int] = {}
+        for slot in range(0x10, 0x100):
+            if base | slot in present:
+                creator = ds[base | slot].value
+                text = creator.decode("latin-1") if isinstance(creator, bytes) else str(creator)
+                slots.setdefault(text.strip(" \x00"), slot)  # the first block a creator reserved
         for creator in creators:
-            slot = slots.get(creator)
-            if slot is not None:
-                tag = (group << 16) | (slot << 8) | offset
-                if tag in ds:
-                    return ds[tag].value
+            if creator in slots and (tag := base | (slots[creator] << 8) | offset) in present:
+                return ds[tag].value
     except Exception:  # a damaged private element: as if absent
         return None
     return None
