@@ -30,7 +30,7 @@ from neuroflow.devtools.multi_volume_writer import (
 from neuroflow.devtools.scanner_presets import MULTI_VOLUME_PRESETS, PRESETS, Vendor
 from neuroflow.ingest.classify import classify_study
 from neuroflow.preprocess.convert import series_to_volume, series_volumes, volume_instances
-from neuroflow.preprocess.split_volumes import diffusion_b_value
+from neuroflow.preprocess.split_volumes import diffusion_b_value, diffusion_direction
 
 GLIOMA_T1C = Path(__file__).resolve().parents[1] / "data" / "glioma-tcga-du-7294" / "t1c_bet.nii.gz"
 SLICES = 20
@@ -377,3 +377,16 @@ def test_the_computed_adc_is_not_a_candidate_beside_the_scanner_s_adc(
     assert classified[scanner_adc.preset.series_description].role == SeriesRole.ADC
     assert computed.role == SeriesRole.OTHER
     assert computed.main_reason.startswith("computed ADC not used: the scanner sent an ADC (series 8")
+
+
+def test_vendor_gradient_directions_are_read_through_their_creators() -> None:
+    philips = pydicom.Dataset()
+    block = philips.private_block(0x2005, "Philips MR Imaging DD 005", create=True)
+    for offset, value in zip((0xB0, 0xB1, 0xB2), (0.0, 0.6, 0.8), strict=True):
+        block.add_new(offset, "FL", value)
+    assert diffusion_direction(philips) == pytest.approx((0.0, 0.6, 0.8))
+    impostor = pydicom.Dataset()  # the same elements under another creator are not a direction
+    other = impostor.private_block(0x2005, "Philips MR Imaging DD 001", create=True)
+    for offset in (0xB0, 0xB1, 0xB2):
+        other.add_new(offset, "FL", 1.0)
+    assert diffusion_direction(impostor) is None

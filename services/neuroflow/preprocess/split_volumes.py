@@ -166,16 +166,22 @@ def diffusion_b_value(ds: Dataset) -> float | None:
 
 def diffusion_direction(ds: Dataset) -> tuple[float, float, float] | None:
     """The diffusion gradient direction of a single-frame image: DiffusionGradientOrientation
-    (0018,9089), else Siemens' DiffusionGradientDirection (0019,xx0E) or GE's (0019,xxBB..BD)."""
+    (0018,9089), else Siemens' DiffusionGradientDirection (0019,xx0E), GE's (0019,xxBB..BD) or
+    Philips' (2005,xxB0..B2), each read through its private creator. It tells volumes apart: the
+    vendors' own axis orders (Philips: AP, FH, RL) are kept as written."""
     public = _numbers(ds, "DiffusionGradientOrientation")
     if len(public) == 3:
         return (public[0], public[1], public[2])
     siemens = private_numbers(ds, 0x0019, SIEMENS_MR_CREATORS, 0x0E, binary="<d")
     if len(siemens) == 3:
         return (siemens[0], siemens[1], siemens[2])
-    ge = [private_numbers(ds, 0x0019, ("GEMS_ACQU_01",), offset) for offset in (0xBB, 0xBC, 0xBD)]
-    if all(len(v) == 1 for v in ge):
-        return (ge[0][0], ge[1][0], ge[2][0])
+    for group, creator, offsets, binary in (
+        (0x0019, "GEMS_ACQU_01", (0xBB, 0xBC, 0xBD), ""),  # DS each
+        (0x2005, "Philips MR Imaging DD 005", (0xB0, 0xB1, 0xB2), "<f"),  # FL each
+    ):
+        parts = [private_numbers(ds, group, (creator,), offset, binary=binary) for offset in offsets]
+        if all(len(v) == 1 for v in parts):
+            return (parts[0][0], parts[1][0], parts[2][0])
     return None
 
 
