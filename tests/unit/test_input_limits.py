@@ -60,8 +60,11 @@ def test_the_724_byte_rle_file_claiming_60000x60000_pixels_is_refused_from_its_h
     script = textwrap.dedent(f"""
         import json, resource, pydicom
         from pathlib import Path
+        from neuroflow.core.config import NeuroflowSettings
         from neuroflow.core.dicom_io import FolderDicomSource
         from neuroflow.core.errors import InputLimitExceeded
+        from neuroflow.core.site_secret import install_site_secret
+        install_site_secret(NeuroflowSettings(), distributed=False)  # as every entry point does: the test's keys
         source = FolderDicomSource(Path({str(tmp_path / "in")!r}))
         studies, _ = source.index()
         (study,) = studies.values()

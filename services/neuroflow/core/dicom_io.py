@@ -7,7 +7,7 @@ import logging
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
@@ -28,6 +28,7 @@ from neuroflow.core.input_limits import (
     max_dataset_bytes,
 )
 from neuroflow.core.roles import SeriesRole
+from neuroflow.core.sub_series import parse_sub_series_uid
 from neuroflow.proto.neuroflow.v1 import common_pb2
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ class SeriesInstances:
     series_instance_uid: str
     headers: list[Dataset] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)  # where each instance lives in the source
+    # One volume of a series that holds several (core.sub_series: "echo=2", "adc"); "" = the series.
+    volume: str = ""
 
 
 @dataclass
@@ -131,16 +134,28 @@ def find_series(
         except ValueError:
             raise StudyError(key, f"routing gave series role {ref.role!r}, which this neuroflow does not know",
                              stage=stage, series_uid=ref.series_instance_uid) from None
-        series = held.series.get(ref.series_instance_uid) if held is not None else None
+        try:
+            series = series_volume(held, ref.series_instance_uid) if held is not None else None
+        except KeyError:
+            series = None
         if series is None:
             raise SeriesRejected(key, f"the {role} series ({ref.description or 'no description'}) is no longer "
                                       "in the DICOM source; re-send the study", stage=stage,
                                  series_uid=ref.series_instance_uid)
-        if ref.instance_count and len(series.headers) != ref.instance_count:
+        if ref.instance_count and len(series.headers) != ref.instance_count and not series.volume:
             log.warning("study %s: the %s series holds %d instances, routing saw %d", key, role,
                         len(series.headers), ref.instance_count)
         found[role] = series
     return found
+
+
+def series_volume(study: StudyIndex, uid: str) -> SeriesInstances:
+    """The series a (sub-)series UID names, as the study holds it: for "<series uid>#<volume>" the
+    whole series' instances with ``volume`` set (conversion builds that volume from them). KeyError
+    when the study has no such series."""
+    series_uid, label = parse_sub_series_uid(uid)
+    series = study.series[series_uid]
+    return replace(series, volume=label) if label else series
 
 
 class FolderDicomSource(DicomSource):

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field, replace
 from pydicom.dataset import Dataset
 
 from neuroflow.core.dicom_io import SeriesInstances
+from neuroflow.core.dwi_volumes import ADC_LABEL
 from neuroflow.core.errors import MissingSequence
 from neuroflow.core.roles import SeriesRole
+from neuroflow.core.sub_series import parse_sub_series_uid
 from neuroflow.ingest.evidence import (
     Clue,
     ContrastEvidence,
@@ -32,6 +34,7 @@ from neuroflow.ingest.evidence import (
     sequence_name_clues,
 )
 from neuroflow.ingest.header_facts import HeaderFacts, read_facts
+from neuroflow.ingest.series_volumes import volumes_of
 from neuroflow.ingest.site_rules import SeriesLabels, SiteRules
 
 # A series given as its representative header and its number of instances, or as found in a source.
@@ -109,10 +112,10 @@ def classify_study(series: Sequence[SeriesInput], *, rules: SiteRules | None = N
     * two series of one role with equal score are both kept, their confidence lowered and an
       "ambiguous: ..." reason added; ``select_inputs`` breaks the tie.
     Series decided by a site rule are left as the rule says."""
-    assessed = [_assess(_facts_of(s), rules) for s in series]
+    assessed = [a for s in series for a in _assess_volumes(s, rules)]
     assessed = _settle_contrast_pair(assessed)
     classified = _flag_ambiguous([a.classification for a in assessed])
-    return sorted(classified, key=_number_order)
+    return sorted(_computed_adc_unused_beside_scanner_adc(classified), key=_number_order)
 
 
 def select_inputs(
@@ -179,6 +182,40 @@ def _facts_of(series: SeriesInput | Dataset, instance_count: int | None = None) 
         return read_facts(series, instance_count if instance_count is not None else 1)
     header, count = series
     return read_facts(header, count)
+
+
+def _assess_volumes(series: SeriesInput, rules: SiteRules | None) -> list[_Assessed]:
+    """A series on its own, or each of its volumes on its own when it holds several (echoes, time
+    points, stacks, diffusion b-values: ``series_volumes``), described as "<description> [<volume>]"."""
+    if not isinstance(series, SeriesInstances):
+        return [_assess(_facts_of(series), rules)]
+    out: list[_Assessed] = []
+    for volume in volumes_of(series):
+        assessed = _assess(volume.facts, rules)
+        if volume.label:
+            c = assessed.classification
+            note = f"volume {volume.label} of a series that holds several: {volume.description}"
+            shown = "ADC computed" if volume.computed_adc else volume.label
+            reasons = (*c.reasons[:1], note, *c.reasons[1:])
+            assessed = replace(assessed, classification=replace(
+                c, description=f"{volume.series_description} [{shown}]", reasons=reasons))
+        out.append(assessed)
+    return out
+
+
+def _computed_adc_unused_beside_scanner_adc(classified: list[SeriesClassification]) -> list[SeriesClassification]:
+    """An ADC neuroflow computed from a DWI series is for studies whose scanner sent none: beside a
+    scanner's ADC series it stays listed but is not an ADC candidate."""
+    scanner = [c for c in classified if c.role == SeriesRole.ADC and parse_sub_series_uid(c.series_instance_uid)[1]
+               != ADC_LABEL]
+    if not scanner:
+        return classified
+    return [
+        replace(c, role=SeriesRole.OTHER, reasons=(
+            f"computed ADC not used: the scanner sent an ADC ({scanner[0].label()})", *c.reasons))
+        if c.role == SeriesRole.ADC and parse_sub_series_uid(c.series_instance_uid)[1] == ADC_LABEL else c
+        for c in classified
+    ]
 
 
 def _instance_number(ds: Dataset) -> float:
@@ -363,7 +400,9 @@ def _flag_ambiguous(classified: list[SeriesClassification]) -> list[SeriesClassi
 
 
 def _number_order(c: SeriesClassification) -> tuple[bool, int, str, str]:
-    return (c.series_number is None, c.series_number or 0, c.acquired_at, c.series_instance_uid)
+    # The series UID without the volume: a series' volumes keep the order they were listed in.
+    series_uid, _ = parse_sub_series_uid(c.series_instance_uid)
+    return (c.series_number is None, c.series_number or 0, c.acquired_at, series_uid)
 
 
 def _time_order(c: SeriesClassification) -> tuple[str, int]:

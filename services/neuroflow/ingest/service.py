@@ -26,10 +26,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from neuroflow.core import health, metrics, topics
 from neuroflow.core.bus import MessageBus
 from neuroflow.core.config import CHANGE_PIPELINES
-from neuroflow.core.dicom_io import StudyIndex, study_key
+from neuroflow.core.dicom_io import StudyIndex, series_volume, study_key
 from neuroflow.core.identity import NEUROFLOW_MANUFACTURER, input_hash, patient_key
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.orthanc import OrthancClient, OrthancDicomSource
+from neuroflow.core.sub_series import volume_identity
 from neuroflow.ingest.classify import classify_study
 from neuroflow.ingest.routing import route_study
 from neuroflow.ingest.site_rules import SiteRules
@@ -244,7 +245,8 @@ class IngestService:
             series = [common_pb2.SeriesRef(series_instance_uid=c.series_instance_uid, role=role.value,
                                            description=c.description, instance_count=c.instance_count)
                       for role, c in route.inputs.items()]
-            uids = {role.value: [str(h.SOPInstanceUID) for h in study.series[c.series_instance_uid].headers]
+            uids = {role.value: [*(str(h.SOPInstanceUID) for h in series_volume(study, c.series_instance_uid).headers),
+                                 *volume_identity(c.series_instance_uid)]
                     for role, c in route.inputs.items()}
             ready = events_pb2.StudyReady(
                 schema_version=topics.SCHEMA_VERSION, study=ref, pipeline=route.pipeline, series=series,

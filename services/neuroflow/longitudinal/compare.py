@@ -23,6 +23,7 @@ from neuroflow.core.model_card import ModelRef
 from neuroflow.core.roles import CHANGE_REQUIRED_ROLES, GLIOMA_INPUT_ROLES, ChangePipeline, SeriesRole
 from neuroflow.core.timing import StageClock
 from neuroflow.core.volume import Volume
+from neuroflow.core.volume_members import volume_instances
 from neuroflow.longitudinal.haematoma import (
     HAEMATOMA_STAGES,
     HaematomaChange,
@@ -66,6 +67,8 @@ class Timepoint:
     study_date: str
     study_time: str
     instances: dict[SeriesRole, list[Dataset]] = field(default_factory=dict)
+    # Per role, the volume used of a series that holds several (SeriesInstances.volume); absent: the series.
+    volumes: dict[SeriesRole, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -114,8 +117,8 @@ def compare_pair(
         return _ms_change(section, baseline, followup, backend, settings, study_key, clock)
     if pipeline is ChangePipeline.HAEMATOMA:
         return _haematoma_change(section, baseline, followup, backend, settings, study_key, clock)
-    volumes = [measure_glioma_volumes(t.instances, backend, settings, study_key=study_key, clock=clock)
-               for t in (baseline, followup)]
+    volumes = [measure_glioma_volumes(t.instances, backend, settings, study_key=study_key, clock=clock,
+                                      volumes_of=t.volumes) for t in (baseline, followup)]
     # No plot file: PairResult carries DICOM objects only; a caller that wants the plot renders
     # tumour_growth.growth_plot_svg(section.tumour_growth) and sets plot_file.
     growth = tumour_growth([GliomaTimepoint(t.study_instance_uid, t.study_date, v)
@@ -125,14 +128,14 @@ def compare_pair(
 
 def measure_glioma_volumes(
     instances: Mapping[SeriesRole, Sequence[Dataset]], backend: InferenceBackend, settings: NeuroflowSettings,
-    *, study_key: str, clock: StageClock,
+    *, study_key: str, clock: StageClock, volumes_of: Mapping[SeriesRole, str] | None = None,
 ) -> TumourVolumes:
     """The glioma pipeline's volumes (WT/TC/ET, mL) of one timepoint: the same preprocessing, model and
     post-processing as the glioma pipeline, without its result objects."""
     models = settings.models
     pre = preprocess_glioma({role: list(instances[role]) for role in GLIOMA_INPUT_ROLES}, backend,
                             (models.skull_strip_bbox, models.skull_strip), spacing_mm=settings.target_spacing_mm,
-                            study_key=study_key, clock=clock)
+                            study_key=study_key, clock=clock, volumes_of=volumes_of)
     with clock.stage("segment"):
         probabilities = predict_regions(pre.normalised, pre.brain_mask, backend, models.glioma,
                                         overlap=settings.window_overlap, batch_size=settings.window_batch_size,
@@ -150,7 +153,8 @@ def _ms_change(section: LongitudinalReport, baseline: Timepoint, followup: Timep
         follow = _volumes(followup, roles, study_key)
     change: MsLesionChange = detect_new_ms_lesions(base, follow, backend, settings.models, study_key=study_key,
                                                    clock=clock, atlas_dir=settings.longitudinal.atlas_dir)
-    flair = followup.instances[SeriesRole.FLAIR]
+    flair = volume_instances(followup.instances[SeriesRole.FLAIR], study_key=study_key,
+                             volume=followup.volumes.get(SeriesRole.FLAIR, ""))
     algorithm = settings.models.ms_lesion or MS_SUBTRACTION
     key = _pair_hash(baseline, followup, roles, algorithm)
     datasets: dict[str, list[Dataset]] = {}
@@ -175,8 +179,7 @@ def _haematoma_change(section: LongitudinalReport, baseline: Timepoint, followup
                       backend: InferenceBackend, settings: NeuroflowSettings, study_key: str,
                       clock: StageClock) -> PairResult:
     with clock.stage("convert_pair"):
-        base_ct = series_to_volume(baseline.instances[SeriesRole.CT], study_key=study_key)
-        follow_ct = series_to_volume(followup.instances[SeriesRole.CT], study_key=study_key)
+        base_ct, follow_ct = (_volumes(t, [SeriesRole.CT], study_key)[SeriesRole.CT] for t in (baseline, followup))
     change = measure_haematoma_change(base_ct, follow_ct, study_key=study_key, backend=backend, clock=clock,
                                       model=settings.models.haematoma)
     algorithm = settings.models.haematoma or HAEMATOMA_HU
@@ -238,13 +241,15 @@ def _point(values: Sequence[float], digits: int = 2) -> tuple[float, float, floa
 
 
 def _volumes(timepoint: Timepoint, roles: Sequence[SeriesRole], study_key: str) -> dict[SeriesRole, Volume]:
-    return {role: series_to_volume(timepoint.instances[role], study_key=study_key) for role in roles}
+    return {role: series_to_volume(timepoint.instances[role], study_key=study_key,
+                                   volume=timepoint.volumes.get(role, "")) for role in roles}
 
 
 def _pair_hash(baseline: Timepoint, followup: Timepoint, roles: Sequence[SeriesRole], algorithm: ModelRef) -> str:
     """The pair's identity: the algorithm and, per timepoint and role, the SOPInstanceUIDs used."""
     uids: Mapping[str, list[str]] = {
-        f"{label}/{role}": [str(ds.SOPInstanceUID) for ds in timepoint.instances[role]]
+        f"{label}/{role}": [*(str(ds.SOPInstanceUID) for ds in timepoint.instances[role]),
+                            *([f"#{timepoint.volumes[role]}"] if timepoint.volumes.get(role) else [])]
         for label, timepoint in (("baseline", baseline), ("followup", followup)) for role in roles
     }
     return input_hash(uids, algorithm)

@@ -340,7 +340,8 @@ def _timepoint(study_uid: str, series: Mapping[SeriesRole, SeriesInstances], sou
     instances = {role: source.read_instances(s) for role, s in series.items()}
     head = next(iter(next(iter(series.values())).headers), None) if series else None
     return Timepoint(study_instance_uid=study_uid, study_date=str(head.get("StudyDate", "")) if head else "",
-                     study_time=str(head.get("StudyTime", "")) if head else "", instances=instances)
+                     study_time=str(head.get("StudyTime", "")) if head else "", instances=instances,
+                     volumes={role: s.volume for role, s in series.items() if s.volume})
 
 
 def _site(task: tasks_pb2.TaskRequested) -> str:

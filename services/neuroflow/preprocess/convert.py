@@ -3,13 +3,16 @@
 Slice order comes from where each slice lies (ImagePositionPatient projected on the slice normal),
 never from file names or instance numbers, and every irregularity that would make the voxel grid a
 lie (a missing slice, a duplicate, slices that disagree on orientation or size, unreadable pixels)
-rejects the series with a reason naming the series and what is wrong."""
+rejects the series with a reason naming the series and what is wrong. A series that holds several
+volumes (echoes, time points, acquisitions, stacks, diffusion b-values and directions: ``split_volumes``)
+is several stacks, each converted on its own; a diffusion series also gives a trace per b-value and an
+ADC map (``dwi``); Siemens MOSAIC images are unpacked into their slices (``mosaic``)."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from pathlib import Path
 
@@ -17,7 +20,17 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 
+from neuroflow.core import dwi_volumes as dwi
+from neuroflow.core import mosaic
 from neuroflow.core.errors import SeriesRejected
+from neuroflow.core.split_volumes import (
+    FrameLocation,
+    Split,
+    frame_keys,
+    functional_group,
+    split_frames,
+)
+from neuroflow.core.sub_series import sub_series_uid
 from neuroflow.core.volume import Geometry, Volume
 
 STAGE = "convert"
@@ -50,40 +63,136 @@ class _Plane:
     # slice 0 (so a volume written head-first reads back head-first); the order itself is positions'.
     storage_order: tuple[int, int] | None
     source: str  # the file (or instance) and frame, for messages
+    keys: Mapping[str, str] = field(default_factory=dict)  # what tells its volume apart (split_volumes)
+    mosaic_tile: tuple[mosaic.MosaicLayout, int] | None = None  # a MOSAIC's slice: the layout and tile index
 
 
-def series_to_volume(instances: Sequence[Dataset], *, study_key: str) -> Volume:
-    """Build the float32 volume (values after RescaleSlope/Intercept) of one series.
+def series_to_volume(instances: Sequence[Dataset], *, study_key: str, volume: str = "") -> Volume:
+    """Build the float32 volume (values after RescaleSlope/Intercept) of one series, or of one volume
+    (``volume``: its label, as ``series_volumes`` names it, e.g. "echo=2", "b=1000", "adc") of a
+    series that holds several.
 
-    Takes the instances of one series in any order: single-frame images, or multi-frame (enhanced)
-    instances whose per-frame functional groups give each frame's position. Returns a Volume whose
+    Takes the instances of one series in any order: single-frame images, multi-frame (enhanced)
+    instances whose per-frame functional groups give each frame's position, or Siemens MOSAIC images
+    (unpacked into their slices). Returns a Volume whose
     geometry is the slices' own: origin = ImagePositionPatient of slice 0; direction columns = row
     direction, column direction, and the slice normal signed so that slice index runs from slice 0 to
     the last slice (the scanner's storage order decides which end is slice 0, so a left-handed grid is
     kept as written); spacing = (PixelSpacing[1], PixelSpacing[0], slice spacing measured from the
-    positions, never SliceThickness). ``meta`` holds series_instance_uid, modality,
-    series_description and frame_of_reference_uid.
+    positions, never SliceThickness). ``meta`` holds series_instance_uid (with "#<volume>" for one
+    volume of several), volume, modality, series_description and frame_of_reference_uid.
 
     Refuses (SeriesRejected, naming the series) fewer than 3 slices; instances of several series;
     instances disagreeing on ImageOrientationPatient, PixelSpacing or rows/columns; colour images;
-    duplicate slice positions (several echoes, time points or stacks in one series); positions that
-    drift in-plane (a sheared stack); a missing slice or any other irregular gap; and pixel data that
-    is truncated or cannot be decoded (naming the file). Position jitter below 0.01 mm or 1% of the
-    slice spacing is tolerated."""
-    if not instances:
-        raise SeriesRejected(study_key, "series has no instances", stage=STAGE)
-    series_uid = str(instances[0].get("SeriesInstanceUID", "")) or None
+    duplicate slice positions that no echo, time point, acquisition, stack, b-value or gradient
+    direction explains; a series of several volumes without ``volume`` (or with one it does not hold);
+    positions that drift in-plane (a sheared stack); a missing slice or any other irregular gap; and
+    pixel data that is truncated or cannot be decoded (naming the file). Position jitter below 0.01 mm
+    or 1% of the slice spacing is tolerated."""
+    series = _Series.of(instances, study_key)
+    if not series.split.is_split and not series.diffusion:
+        if volume:
+            raise series.reject(f"has no volume {volume!r}: the series is one volume")
+        return series.build("")
+    labels = series.labels()
+    if not volume:
+        raise series.reject(f"holds {series.describe()}: name one (e.g. '{labels[0]}')")
+    if volume not in labels:
+        raise series.reject(f"has no volume {volume!r}; it holds {series.describe()}")
+    return series.build(volume)
 
-    def reject(reason: str) -> SeriesRejected:
-        return SeriesRejected(study_key, reason, stage=STAGE, series_uid=series_uid)
 
-    uids = Counter(str(ds.get("SeriesInstanceUID", "")) for ds in instances)
-    if len(uids) > 1:
-        raise reject(f"instances belong to {len(uids)} different series: {sorted(uids)}")
-    planes = [plane for ds in instances for plane in _readable_planes_of(ds, reject)]
+def series_volumes(instances: Sequence[Dataset], *, study_key: str) -> list[Volume]:
+    """Every volume of a series (one, for most series): each echo, time point, acquisition or stack;
+    for a diffusion series b=0, a trace per b-value and the computed ADC. Refuses as
+    ``series_to_volume`` does."""
+    series = _Series.of(instances, study_key)
+    if not series.split.is_split and not series.diffusion:
+        return [series.build("")]
+    return [series.build(label) for label in series.labels()]
+
+
+@dataclass
+class _Series:
+    """One series' planes, and the volumes they make."""
+
+    planes: list[_Plane]
+    split: Split
+    diffusion: list[dwi.DiffusionVolume]
+    study_key: str
+    series_uid: str | None
+    head: Dataset
+    built: dict[str, Volume] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, instances: Sequence[Dataset], study_key: str) -> _Series:
+        if not instances:
+            raise SeriesRejected(study_key, "series has no instances", stage=STAGE)
+        series_uid = str(instances[0].get("SeriesInstanceUID", "")) or None
+
+        def reject(reason: str) -> SeriesRejected:
+            return SeriesRejected(study_key, reason, stage=STAGE, series_uid=series_uid)
+
+        uids = Counter(str(ds.get("SeriesInstanceUID", "")) for ds in instances)
+        if len(uids) > 1:
+            raise reject(f"instances belong to {len(uids)} different series: {sorted(uids)}")
+        planes = [plane for ds in instances for plane in _readable_planes_of(ds, reject)]
+        split = split_frames(
+            [FrameLocation((float(p.position[0]), float(p.position[1]), float(p.position[2])),
+                           tuple(float(v) for v in p.orientation), p.keys) for p in planes]
+        )
+        return cls(planes, split, dwi.diffusion_volumes(split), study_key, series_uid, instances[0])
+
+    def reject(self, reason: str) -> SeriesRejected:
+        return SeriesRejected(self.study_key, reason, stage=STAGE, series_uid=self.series_uid)
+
+    def labels(self) -> list[str]:
+        return [d.label for d in self.diffusion] or [v.label for v in self.split.volumes]
+
+    def describe(self) -> str:
+        if not self.diffusion:
+            return self.split.describe()
+        return f"{len(self.diffusion)} diffusion volumes: " + ", ".join(d.describe() for d in self.diffusion)
+
+    def build(self, label: str) -> Volume:
+        if label not in self.built:
+            self.built[label] = self._build(label)
+        return self.built[label]
+
+    def _build(self, label: str) -> Volume:
+        derived = next((d for d in self.diffusion if d.label == label), None)
+        if derived is None:
+            return self._acquired(label)
+        if derived.derivation == dwi.Derivation.ADC:  # from the b=0 and trace volumes, built first
+            traces = {b: self.build(f"b={b:g}") for b in derived.b_values}
+            reference = next(iter(traces.values()))
+            array = dwi.adc_map({b: v.array for b, v in traces.items()})
+        else:
+            sources = [self._acquired(source) for source in derived.sources]
+            reference = sources[0]
+            for other in sources[1:]:
+                if not other.geometry.is_close(reference.geometry, tol_mm=POSITION_TOLERANCE_MM):
+                    raise self.reject(f"the volumes {', '.join(derived.sources)} of one b-value do not share a grid")
+            array = dwi.geometric_mean([s.array for s in sources]) if len(sources) > 1 else reference.array
+        meta = {**reference.meta, "volume": label,
+                "series_instance_uid": sub_series_uid(self.series_uid or "", label),
+                "derivation": derived.describe()}
+        return Volume(array, reference.geometry, meta)
+
+    def _acquired(self, label: str) -> Volume:
+        acquired = next(v for v in self.split.volumes if v.label == label)
+        planes = [self.planes[i] for i in acquired.frames]
+        return _stack_volume(planes, self.head, self.study_key, self.series_uid, label, self.reject)
+
+
+def _stack_volume(
+    planes: list[_Plane], head: Dataset, study_key: str, series_uid: str | None, label: str, reject: _Reject
+) -> Volume:
+    """One regular stack of planes as a Volume (see series_to_volume for the geometry)."""
+    where = f" (volume {label})" if label else ""
     if len(planes) < MIN_SLICES:
         raise reject(
-            f"fewer than {MIN_SLICES} slices ({len(planes)}): not a volume (a localizer or a single image?)"
+            f"fewer than {MIN_SLICES} slices ({len(planes)}){where}: not a volume (a localizer or a single image?)"
         )
     row_dir, col_dir = _common_in_plane_geometry(planes, reject)
     normal = np.cross(row_dir, col_dir)
@@ -100,13 +209,14 @@ def series_to_volume(instances: Sequence[Dataset], *, study_key: str) -> Volume:
         direction=tuple(float(v) + 0.0 for v in direction.ravel()),  # + 0.0: no "-0.0" in logs
         size=(planes[0].columns, planes[0].rows, len(ordered)),
     )
-    head = instances[0]
     meta = {
-        "series_instance_uid": series_uid or "",
+        "series_instance_uid": sub_series_uid(series_uid or "", label),
         "modality": str(head.get("Modality", "")),
         "series_description": str(head.get("SeriesDescription", "")),
         "frame_of_reference_uid": str(head.get("FrameOfReferenceUID", "")),
     }
+    if label:
+        meta["volume"] = label
     return Volume(array, geometry, meta)
 
 
@@ -139,33 +249,28 @@ def _planes_of(ds: Dataset, reject: _Reject) -> list[_Plane]:
                 f"{source} has {frames} frames but no per-frame functional groups, so the frames' "
                 "positions are unknown"
             )
-        return [
-            _Plane(
-                dataset=ds,
-                frame=None,
-                position=_vector(ds, "ImagePositionPatient", 3, source, reject),
-                orientation=_vector(ds, "ImageOrientationPatient", 6, source, reject),
-                pixel_spacing=_pixel_spacing(ds, source, reject),
-                rows=int(rows),
-                columns=int(columns),
-                slope=float(ds.get("RescaleSlope", 1.0)),
-                intercept=float(ds.get("RescaleIntercept", 0.0)),
-                storage_order=(number, 0) if number is not None else None,
-                source=source,
-            )
-        ]
+        plane = _Plane(
+            dataset=ds,
+            frame=None,
+            position=_vector(ds, "ImagePositionPatient", 3, source, reject),
+            orientation=_vector(ds, "ImageOrientationPatient", 6, source, reject),
+            pixel_spacing=_pixel_spacing(ds, source, reject),
+            rows=int(rows),
+            columns=int(columns),
+            slope=float(ds.get("RescaleSlope", 1.0)),
+            intercept=float(ds.get("RescaleIntercept", 0.0)),
+            storage_order=(number, 0) if number is not None else None,
+            source=source,
+            keys=frame_keys(ds),
+        )
+        return _mosaic_tiles(plane, reject) if mosaic.is_mosaic(ds) else [plane]
     shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else Dataset()
     planes: list[_Plane] = []
     for index, per_frame in enumerate(ds.PerFrameFunctionalGroupsSequence):
         where = f"frame {index + 1} of {source}"
 
         def group(keyword: str, per_frame: Dataset = per_frame) -> Dataset:
-            """A functional group's item, per-frame if there, else shared; empty if in neither."""
-            for groups in (per_frame, shared):
-                if keyword in groups and len(groups[keyword].value) > 0:
-                    item: Dataset = groups[keyword].value[0]
-                    return item
-            return Dataset()
+            return functional_group(per_frame, shared, keyword)
 
         transform = group("PixelValueTransformationSequence")
         planes.append(
@@ -183,9 +288,30 @@ def _planes_of(ds: Dataset, reject: _Reject) -> list[_Plane]:
                 intercept=float(transform.get("RescaleIntercept", 0.0)),
                 storage_order=(number or 0, index),
                 source=where,
+                keys=frame_keys(ds, group, index),
             )
         )
     return planes
+
+
+def _mosaic_tiles(plane: _Plane, reject: _Reject) -> list[_Plane]:
+    """The slices of a MOSAIC image, each at its own position (see ``mosaic``). Each image of a
+    MOSAIC series is one volume (a time point), which the image key tells apart."""
+    layout = mosaic.mosaic_layout(plane.dataset)
+    if isinstance(layout, str):
+        raise reject(f"{plane.source} is {layout}")
+    spacing = mosaic.mosaic_slice_spacing(plane.dataset)
+    if spacing is None:
+        raise reject(f"{plane.source} is a MOSAIC without SpacingBetweenSlices or SliceThickness")
+    positions = mosaic.tile_positions(layout, plane.position, plane.orientation, plane.pixel_spacing, spacing)
+    number = plane.storage_order[0] if plane.storage_order is not None else 0
+    image_key = {"image": str(number)}
+    return [
+        replace(plane, position=position, rows=layout.rows, columns=layout.columns, mosaic_tile=(layout, k),
+                storage_order=(number, k), source=f"slice {k + 1} of the MOSAIC {plane.source}",
+                keys={**plane.keys, **image_key})
+        for k, position in enumerate(positions)
+    ]
 
 
 def _common_in_plane_geometry(
@@ -241,7 +367,7 @@ def _stack(
         raise reject(
             f"duplicate slice positions: {duplicates.size} of {len(planes)} slices share a position with "
             f"another (e.g. {a.source} and {b.source} at {distances[duplicates[0]]:.2f} mm along the slice "
-            "normal); the series holds several echoes, time points or stacks"
+            "normal), and neither echo, time point, acquisition, stack, b-value nor gradient direction tells them apart"
         )
 
     start = ordered[0].position
@@ -306,6 +432,8 @@ def _describe_gaps(
 def _plane_values(plane: _Plane, study_key: str, series_uid: str | None) -> npt.NDArray[np.float32]:
     pixels = _decoded_pixels(plane.dataset, study_key, series_uid)
     frame = pixels if plane.frame is None else pixels[plane.frame]
+    if plane.mosaic_tile is not None:
+        frame = mosaic.tile(frame, *plane.mosaic_tile)
     values = frame.astype(np.float64) * plane.slope + plane.intercept
     return values.astype(np.float32)
 

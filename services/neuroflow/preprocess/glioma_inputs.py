@@ -3,6 +3,7 @@ normalised 1 mm volumes, as typed steps. Each step says what it takes, returns a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
@@ -30,10 +31,15 @@ class CoRegistered:
     registration: dict[SeriesRole, RegistrationResult] = field(default_factory=dict)
 
 
-def convert_inputs(instances: dict[SeriesRole, list[Dataset]], *, study_key: str) -> dict[SeriesRole, Volume]:
-    """DICOM instances per role -> volumes with exact geometry. Refuses (SeriesRejected) a series with
+def convert_inputs(
+    instances: dict[SeriesRole, list[Dataset]], *, study_key: str, volumes: Mapping[SeriesRole, str] | None = None
+) -> dict[SeriesRole, Volume]:
+    """DICOM instances per role -> volumes with exact geometry; ``volumes`` names, per role, the volume
+    of a series that holds several (SeriesInstances.volume). Refuses (SeriesRejected) a series with
     missing, duplicate or inconsistent slices."""
-    return {role: series_to_volume(datasets, study_key=study_key) for role, datasets in instances.items()}
+    chosen = volumes or {}
+    return {role: series_to_volume(datasets, study_key=study_key, volume=chosen.get(role, ""))
+            for role, datasets in instances.items()}
 
 
 def check_orientation(volumes: dict[SeriesRole, Volume], *, study_key: str) -> dict[SeriesRole, FlipCheck]:
@@ -126,12 +132,13 @@ def preprocess_glioma(
     spacing_mm: float,
     study_key: str,
     clock: StageClock,
+    volumes_of: Mapping[SeriesRole, str] | None = None,
 ) -> PreprocessedStudy:
     """DICOM instances of the glioma input roles -> normalised, co-registered, skull-stripped 1 mm
-    volumes, timing each step on ``clock``. Refuses with SeriesRejected (bad series) or
-    OrientationMismatch (a mirrored series)."""
+    volumes, timing each step on ``clock``; ``volumes_of`` as for ``convert_inputs``. Refuses with
+    SeriesRejected (bad series) or OrientationMismatch (a mirrored series)."""
     with clock.stage("convert"):
-        volumes = convert_inputs(instances, study_key=study_key)
+        volumes = convert_inputs(instances, study_key=study_key, volumes=volumes_of)
     with clock.stage("orientation"):
         flip_checks = check_orientation(volumes, study_key=study_key)
     with clock.stage("register"):

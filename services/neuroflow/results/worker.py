@@ -21,6 +21,7 @@ from neuroflow.core.handoff import PreprocessSummary
 from neuroflow.core.identity import input_hash
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.roles import GLIOMA_REFERENCE_ROLE, SeriesRole
+from neuroflow.core.volume_members import volume_instances
 from neuroflow.core.volume_store import VolumeStore
 from neuroflow.proto.neuroflow.v1 import common_pb2, events_pb2, tasks_pb2
 from neuroflow.results.glioma_results import glioma_report, glioma_seg, registration_warnings
@@ -63,7 +64,8 @@ class ResultsHandler:
                                        f"among the referenced series {sorted(series)}", stage="results")
         model = ModelRef(name=request.model.name, version=request.model.version)
         uids = {role.value: [str(h.SOPInstanceUID) for h in s.headers] for role, s in series.items()}
-        reference = self._source.read_instances(series[GLIOMA_REFERENCE_ROLE])
+        reference = volume_instances(self._source.read_instances(series[GLIOMA_REFERENCE_ROLE]),
+                                     study_key=task.study.study_key, volume=series[GLIOMA_REFERENCE_ROLE].volume)
         seg = glioma_seg(labels, summary.reference_geometry.geometry(), reference, model=model,
                          input_hash=input_hash(uids, model))
         warnings = registration_warnings(summary)

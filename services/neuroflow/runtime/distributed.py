@@ -26,6 +26,7 @@ from neuroflow.core.dicom_io import (
     FolderDicomSource,
     SeriesInstances,
     StudyIndex,
+    series_volume,
     study_key,
 )
 from neuroflow.core.inference import InferenceBackend
@@ -260,7 +261,7 @@ def series_selector(settings: NeuroflowSettings) -> Callable[[StudyIndex, Sequen
             chosen = select_inputs(classified, tuple(roles), study_key=study_key(study.study_instance_uid))
         except MissingSequence:
             return None
-        return {role: study.series[c.series_instance_uid] for role, c in chosen.items()}
+        return {role: series_volume(study, c.series_instance_uid) for role, c in chosen.items()}
 
     return select
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from neuroflow.core.config import GLIOMA_PIPELINE, NeuroflowSettings
-from neuroflow.core.dicom_io import DicomSource, SkippedFile, StudyIndex, study_key
+from neuroflow.core.dicom_io import DicomSource, SkippedFile, StudyIndex, series_volume, study_key
 from neuroflow.core.errors import NeuroflowError, StudyError
 from neuroflow.core.identity import input_hash, patient_key
 from neuroflow.core.inference import InferenceBackend
@@ -20,7 +20,9 @@ from neuroflow.core.input_limits import check_study_size
 from neuroflow.core.patient_id import PatientIdentity
 from neuroflow.core.roles import GLIOMA_INPUT_ROLES, GLIOMA_REFERENCE_ROLE, SeriesRole
 from neuroflow.core.site_secret import install_site_secret
+from neuroflow.core.sub_series import volume_identity
 from neuroflow.core.timing import ProgressSink, StageClock
+from neuroflow.core.volume_members import volume_instances
 from neuroflow.core.worker import is_retryable
 from neuroflow.ingest.classify import SeriesClassification, classify_study, select_inputs
 from neuroflow.ingest.site_rules import SiteRules, load_site_rules
@@ -172,10 +174,12 @@ def _run(
 
     models = settings.models
     with clock.stage("read_series"):
-        instances = {role: source.read_instances(study.series[c.series_instance_uid]) for role, c in chosen.items()}
+        series = {role: series_volume(study, c.series_instance_uid) for role, c in chosen.items()}
+        instances = {role: source.read_instances(s) for role, s in series.items()}
 
     pre = preprocess_glioma(instances, backend, (models.skull_strip_bbox, models.skull_strip),
-                            spacing_mm=settings.target_spacing_mm, study_key=run.key, clock=clock)
+                            spacing_mm=settings.target_spacing_mm, study_key=run.key, clock=clock,
+                            volumes_of={role: s.volume for role, s in series.items()})
     summary = pre.summary(models.skull_strip, clock.timings)
     run.warnings.extend(registration_warnings(summary))
 
@@ -190,8 +194,12 @@ def _run(
 
     with clock.stage("write_results"):
         outputs = ["report.json", "summary.txt"]
-        uids = {role.value: [str(ds.SOPInstanceUID) for ds in datasets] for role, datasets in instances.items()}
-        seg = glioma_seg(labels_on_grid, pre.reference_geometry, instances[GLIOMA_REFERENCE_ROLE],
+        uids = {role.value: [*(str(ds.SOPInstanceUID) for ds in datasets),
+                             *volume_identity(chosen[role].series_instance_uid)]
+                for role, datasets in instances.items()}
+        reference = volume_instances(instances[GLIOMA_REFERENCE_ROLE], study_key=run.key,
+                                     volume=series[GLIOMA_REFERENCE_ROLE].volume)
+        seg = glioma_seg(labels_on_grid, pre.reference_geometry, reference,
                          model=models.glioma, input_hash=input_hash(uids, models.glioma))
         if seg is None:
             run.warnings.append("no tumour detected: no DICOM SEG written")

@@ -17,10 +17,11 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from neuroflow.core.config import LONGITUDINAL_PIPELINE, NeuroflowSettings
-from neuroflow.core.dicom_io import DicomSource, SkippedFile, StudyIndex, study_key
+from neuroflow.core.dicom_io import DicomSource, SkippedFile, StudyIndex, series_volume, study_key
 from neuroflow.core.errors import MissingSequence, NeuroflowError, StudyError
 from neuroflow.core.inference import InferenceBackend
 from neuroflow.core.roles import CHANGE_OPTIONAL_ROLES, CHANGE_REQUIRED_ROLES, ChangePipeline, SeriesRole
+from neuroflow.core.sub_series import parse_sub_series_uid
 from neuroflow.core.timing import ProgressSink, StageClock
 from neuroflow.core.worker import is_retryable
 from neuroflow.ingest.classify import SeriesClassification, classify_study, select_inputs
@@ -197,9 +198,9 @@ def _tumour_growth(timepoints: list[StudyTimepoint], reader: _InstanceReader, ba
     measured: list[GliomaTimepoint] = []
     for timepoint in timepoints:
         try:
-            volumes: TumourVolumes = measure_glioma_volumes(
-                reader.timepoint(timepoint, roles_for(ChangePipeline.TUMOUR_GROWTH)).instances, backend, settings,
-                study_key=timepoint.key, clock=clock)
+            read = reader.timepoint(timepoint, roles_for(ChangePipeline.TUMOUR_GROWTH))
+            volumes: TumourVolumes = measure_glioma_volumes(read.instances, backend, settings, study_key=timepoint.key,
+                                                            clock=clock, volumes_of=read.volumes)
         except StudyError as exc:
             run.warnings.append(f"{ChangePipeline.TUMOUR_GROWTH} not run: study {timepoint.key} "
                                 f"({timepoint.study_date}): {exc.reason}")
@@ -217,16 +218,18 @@ class _InstanceReader:
 
     def timepoint(self, timepoint: StudyTimepoint, roles: tuple[SeriesRole, ...]) -> Timepoint:
         instances: dict[SeriesRole, list[Dataset]] = {}
+        volumes: dict[SeriesRole, str] = {}
         for role in roles:
             chosen = timepoint.series.get(role)
             if chosen is None:
                 continue
             if chosen.series_instance_uid not in self._cache:
-                series = self._studies[timepoint.study_instance_uid].series[chosen.series_instance_uid]
+                series = series_volume(self._studies[timepoint.study_instance_uid], chosen.series_instance_uid)
                 with self._clock.stage("read_series"):
                     self._cache[chosen.series_instance_uid] = self._source.read_instances(series)
             instances[role] = self._cache[chosen.series_instance_uid]
-        return Timepoint(timepoint.study_instance_uid, timepoint.study_date, timepoint.study_time, instances)
+            volumes[role] = parse_sub_series_uid(chosen.series_instance_uid)[1]
+        return Timepoint(timepoint.study_instance_uid, timepoint.study_date, timepoint.study_time, instances, volumes)
 
 
 def _best_per_role(classified: list[SeriesClassification], key: str) -> dict[SeriesRole, str]:

@@ -1,0 +1,69 @@
+"""Vendor private values read through their private creator block, never at a fixed element number.
+
+A private element's number is only meaningful inside the block its creator reserved: (0019,100C) is
+Siemens' b-value only where (0019,0010) says "SIEMENS MR HEADER". This is the one place the volume
+splitting and MOSAIC code read private values from (the ingest side has its own reader for now; both
+should end up on one)."""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+SIEMENS_MR_CREATORS = ("SIEMENS MR HEADER", "SIEMENS CSA HEADER")
+
+
+def private_value(ds: Dataset, group: int, creators: Sequence[str], offset: int) -> Any:
+    """The raw value of element ``offset`` (0x00..0xFF) in the first block of ``group`` reserved by
+    one of ``creators``; None when no such creator or element. Never raises."""
+    try:
+        # The creator elements (gggg,0010-00FF) name the blocks: (gggg,xx00-xxFF) belongs to (gggg,00xx).
+        # Plain int look-ups in the keys view, as this runs for every header: pydicom's private_block
+        # slices the whole dataset, and its Tag comparisons are Python code.
+        present = ds.keys()
+        base = group << 16
+        slots: dict[str, int] = {}
+        for slot in range(0x10, 0x100):
+            if base | slot in present:
+                creator = ds[base | slot].value
+                text = creator.decode("latin-1") if isinstance(creator, bytes) else str(creator)
+                slots.setdefault(text.strip(" \x00"), slot)  # the first block a creator reserved
+        for creator in creators:
+            if creator in slots and (tag := base | (slots[creator] << 8) | offset) in present:
+                return ds[tag].value
+    except Exception:  # a damaged private element: as if absent
+        return None
+    return None
+
+
+def private_numbers(ds: Dataset, group: int, creators: Sequence[str], offset: int, *, binary: str = "") -> list[float]:
+    """A private value as numbers: decimal strings, numbers, or bytes unpacked with struct format
+    ``binary`` (e.g. "<H", "<d") when the element was read without a dictionary entry (VR UN)."""
+    value = private_value(ds, group, creators, offset)
+    if value is None:
+        return []
+    if isinstance(value, bytes):
+        if binary and len(value) % struct.calcsize(binary) == 0 and len(value) > 0:
+            count = len(value) // struct.calcsize(binary)
+            return [float(v) for v in struct.unpack(binary[0] + binary[1:] * count, value)]
+        value = value.decode("latin-1").strip("\x00 ").split("\\")
+    if isinstance(value, str):
+        items: Sequence[Any] = value.split("\\")
+    elif isinstance(value, Sequence):
+        items = value
+    else:
+        items = [value]
+    numbers: list[float] = []
+    for item in items:
+        try:
+            number = float(item)
+        except (TypeError, ValueError):
+            return []
+        if not math.isfinite(number):
+            return []
+        numbers.append(number)
+    return numbers
