@@ -118,7 +118,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
-    from neuroflow.ingest.classify import classify_study, format_table
+    from neuroflow.ingest.classify import classify_study, effective_policy, format_table
     from neuroflow.ingest.site_rules import load_site_rules
 
     if not args.input_dir.is_dir():
@@ -133,7 +133,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         return EXIT_STUDY_FAILED
     for uid, study in sorted(studies.items()):
         print(f"Study {uid} ({len(study.series)} series)")
-        print(format_table(classify_study(list(study.series.values()), rules=rules)))
+        print(format_table(classify_study(list(study.series.values()), rules=rules,
+                                          policy=effective_policy(NeuroflowSettings().classify, rules))))
     return EXIT_OK
 
 

@@ -19,7 +19,7 @@ from neuroflow.core.inference import InferenceBackend
 from neuroflow.core.patient_id import PatientIdentity
 from neuroflow.core.roles import GLIOMA_INPUT_ROLES, GLIOMA_REFERENCE_ROLE, SeriesRole
 from neuroflow.core.timing import ProgressSink, StageClock
-from neuroflow.ingest.classify import SeriesClassification, classify_study, select_inputs
+from neuroflow.ingest.classify import SeriesClassification, classify_study, effective_policy, select_inputs
 from neuroflow.ingest.site_rules import SiteRules, load_site_rules
 from neuroflow.longitudinal.pairing import group_by_patient
 from neuroflow.preprocess.glioma_inputs import preprocess_glioma
@@ -156,9 +156,10 @@ def _run(
 
     with clock.stage("classify"):
         rules: SiteRules | None = load_site_rules(settings.site_rules) if settings.site_rules else None
-        classified = classify_study(list(study.series.values()), rules=rules)
+        policy = effective_policy(settings.classify, rules)
+        classified = classify_study(list(study.series.values()), rules=rules, policy=policy)
         run.series.extend(_series_entries(classified, {}))
-        chosen = select_inputs(classified, GLIOMA_INPUT_ROLES, study_key=run.key)
+        chosen = select_inputs(classified, GLIOMA_INPUT_ROLES, study_key=run.key, policy=policy)
         used = {c.series_instance_uid: role for role, c in chosen.items()}
         run.series[:] = _series_entries(classified, used)
         for c in classified:
