@@ -59,7 +59,9 @@ class SeriesClassification:
     the main reason). ``score`` is the evidence summed for the role: it compares candidates for one
     role. ``acquired_at`` ("YYYYMMDD HHMMSS.ffffff" or "") orders series in time. ``below_floor``: the
     confidence is under the floor, so the series is never used for ``role``. ``facts``: the header facts
-    the verdict came from (``select_inputs`` tells a repeat of one protocol from a different protocol)."""
+    the verdict came from (``select_inputs`` tells a repeat of one protocol from a different protocol).
+    ``own_confidence``: the confidence before the study-level discount for equal evidence (None when not
+    discounted): the discount is about which series to take, so candidates are compared without it."""
 
     series_instance_uid: str
     series_number: int | None
@@ -73,6 +75,7 @@ class SeriesClassification:
     score: float = 0.0
     by_site_rule: bool = False
     below_floor: bool = False
+    own_confidence: float | None = None
     facts: HeaderFacts | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -153,7 +156,8 @@ def select_inputs(
     """The best series per required role; a series below the confidence floor is never a candidate.
     When several qualify, the order is:
 
-    1. confidence: a candidate more than the ambiguity margin below the most confident one is out;
+    1. confidence (the series' own, before the study's discount for equal evidence): a candidate more than
+       the ambiguity margin below the most confident one is out;
     2. 3D over 2D among those left (the pipelines resample to 1 mm; a 3D volume loses nothing);
     3. those left must be one protocol (the same sequence parameters: a repeat, or the same sequence in
        another plane). Different protocols this close are too close to call: ``AmbiguousRole``, naming them;
@@ -339,7 +343,7 @@ def _with_floor(c: SeriesClassification, floor: float) -> SeriesClassification:
         return c
     reason = (
         f"below floor: {c.role} at confidence {c.confidence:.2f} (score {c.score:.1f}) is under the confidence "
-        f"floor {floor:.2f}: not used as a {c.role} input"
+        f"floor {floor:.2f}: not used as the {c.role} input"
     )
     return replace(c, below_floor=True, reasons=(reason, *c.reasons))
 
@@ -418,6 +422,7 @@ def _flag_ambiguous(classified: list[SeriesClassification]) -> list[SeriesClassi
             out[i] = replace(
                 c,
                 confidence=round(c.confidence * _AMBIGUITY_FACTOR, 2),
+                own_confidence=c.confidence,
                 reasons=(*c.reasons[:1], reason, *c.reasons[1:]),
             )
     return out
@@ -435,13 +440,17 @@ def _best_candidate(
     candidates: list[SeriesClassification], margin: float
 ) -> tuple[SeriesClassification, list[SeriesClassification]]:
     """The winner by ``select_inputs``' order, and the candidates of other protocols too close to it to call."""
-    top = max(c.confidence for c in candidates)
-    close = [c for c in candidates if c.confidence >= top - margin - 1e-9]
+    top = max(_own_confidence(c) for c in candidates)
+    close = [c for c in candidates if _own_confidence(c) >= top - margin - 1e-9]
     if any(c.is_3d for c in close):
         close = [c for c in close if c.is_3d]
-    winner = max(close, key=lambda c: (c.confidence, -_voxel_mm3(c), c.instance_count, _time_order(c)))
+    winner = max(close, key=lambda c: (_own_confidence(c), -_voxel_mm3(c), c.instance_count, _time_order(c)))
     others = [c for c in close if c is not winner and not _same_protocol(c, winner)]
     return winner, sorted(others, key=_number_order)
+
+
+def _own_confidence(c: SeriesClassification) -> float:
+    return c.own_confidence if c.own_confidence is not None else c.confidence
 
 
 def _same_protocol(a: SeriesClassification, b: SeriesClassification) -> bool:
@@ -468,7 +477,7 @@ def _ambiguity_reason(ambiguous: dict[SeriesRole, list[SeriesClassification]], m
     said = []
     for role, candidates in ambiguous.items():
         named = " and ".join(
-            f"{c.label()} ({c.confidence:.2f}, {'3D' if c.is_3d else '2D'})"
+            f"{c.label()} ({_own_confidence(c):.2f}, {'3D' if c.is_3d else '2D'})"
             for c in sorted(candidates, key=_number_order)
         )
         said.append(f"{role}: {named} are different protocols within {margin:.2f} confidence of each other")

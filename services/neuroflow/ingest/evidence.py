@@ -394,7 +394,7 @@ def _parameters_seen(facts: HeaderFacts) -> str:
     seq = "ScanningSequence " + "\\".join(facts.scanning_sequence) if facts.scanning_sequence else ""
     if not values:
         return f"{seq}{' but ' if seq else ''}no TR, TE or TI to judge the weighting by"
-    return f"{seq + ', ' if seq else ''}{', '.join(values)}: no role's weighting"
+    return f"{seq + ', ' if seq else ''}{', '.join(values)}: fits no role's weighting"
 
 
 def acquisition_dimension(facts: HeaderFacts) -> tuple[bool, str]:
