@@ -29,7 +29,8 @@ from neuroflow.ingest.classify import (
 from neuroflow.ingest.routing import route_study
 from neuroflow.ingest.site_rules import SiteRules, SiteRulesError, load_site_rules
 from neuroflow.proto.neuroflow.v1 import common_pb2
-from tests.extra_series import DTI_PHASE, add_series, dti_phase_preset, write_small_study
+from neuroflow.runtime.distributed import series_selector
+from tests.extra_series import DTI_PHASE, add_series, dti_phase_preset, preset, write_small_study
 from tests.unit.test_classify import CASES, FAST_GRE, FLAIR_2D, MPRAGE, T2_TSE, _preset_header, mr
 
 R = SeriesRole
@@ -250,3 +251,22 @@ def test_an_ambiguous_role_in_a_stage_is_a_failure_that_retrying_cannot_help() -
     assert reason.code == common_pb2.FailureReason.AMBIGUOUS_ROLE
     assert not reason.retryable
     assert "ambiguous FLAIR input" in reason.message
+
+
+def test_the_longitudinal_stage_chooses_a_prior_s_series_by_the_same_rules(tmp_path: Path) -> None:
+    """runtime.distributed.series_selector: the latest of a repeat; two different protocols raise AmbiguousRole
+    (the stage then fails with AMBIGUOUS_ROLE, above) rather than comparing with a guess."""
+    seed = "selector-flair"
+    write_small_study(tmp_path, (R.T1, R.FLAIR), seed=seed)
+    repeat = add_series(tmp_path, preset(R.FLAIR), seed=seed, series_number=12, minutes_after_start=20)
+    select = series_selector(NeuroflowSettings())
+    (study,) = FolderDicomSource(tmp_path).index()[0].values()
+    chosen = select(study, (R.FLAIR,))
+    assert chosen is not None and chosen[R.FLAIR].series_instance_uid == repeat
+    assert select(study, (R.T2,)) is None
+    add_series(tmp_path, preset(R.FLAIR, series_description="t2_flair_fs_tra", repetition_time_ms=11000.0,
+                                echo_time_ms=125.0, inversion_time_ms=2800.0),
+               seed=seed, series_number=14, minutes_after_start=30)
+    (study,) = FolderDicomSource(tmp_path).index()[0].values()
+    with pytest.raises(AmbiguousRole, match="series 14 't2_flair_fs_tra'"):
+        select(study, (R.FLAIR,))

@@ -224,8 +224,10 @@ def build_service(service: str, backends: Backends, *, name: str = "") -> Servic
 def series_selector(settings: NeuroflowSettings) -> Callable[[StudyIndex, Sequence[SeriesRole]],
                                                             dict[SeriesRole, SeriesInstances] | None]:
     """How the longitudinal stage tells whether a prior qualifies for a pipeline: its series classified and
-    chosen for the pipeline's roles exactly as routing chooses them (with the site's rules)."""
-    from neuroflow.core.errors import AmbiguousRole, MissingSequence
+    chosen for the pipeline's roles exactly as routing chooses them (with the site's rules and role policy). A
+    study without the roles is None; one whose role two different protocols claim raises AmbiguousRole (the
+    stage fails with AMBIGUOUS_ROLE naming them: a prior is not guessed either)."""
+    from neuroflow.core.errors import MissingSequence
     from neuroflow.ingest.classify import classify_study, effective_policy, select_inputs
     from neuroflow.ingest.site_rules import load_site_rules
 
@@ -238,9 +240,6 @@ def series_selector(settings: NeuroflowSettings) -> Callable[[StudyIndex, Sequen
             chosen = select_inputs(classified, tuple(roles), study_key=study_key(study.study_instance_uid),
                                    policy=policy)
         except MissingSequence:
-            return None
-        except AmbiguousRole as exc:  # a prior whose series cannot be told apart is no prior to compare with
-            log.warning("%s", exc)
             return None
         return {role: study.series[c.series_instance_uid] for role, c in chosen.items()}
 
