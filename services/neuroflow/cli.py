@@ -159,7 +159,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_classify(args: argparse.Namespace) -> int:
     from neuroflow.core.site_secret import install_site_secret
-    from neuroflow.ingest.classify import classify_study, format_table
+    from neuroflow.ingest.classify import classify_study, effective_policy, format_table
     from neuroflow.ingest.site_rules import load_site_rules
 
     if not args.input_dir.is_dir():
@@ -172,7 +172,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     log.info("indexed %s: %d studies, %d files skipped", args.input_dir, len(studies), len(skipped))
     for item in skipped:
         print(f"neuroflow: warning: skipped {item.path}: {item.reason}", file=sys.stderr)
-    classified = {uid: classify_study(list(study.series.values()), rules=rules)
+    policy = effective_policy(settings.classify, rules)
+    classified = {uid: classify_study(list(study.series.values()), rules=rules, policy=policy)
                   for uid, study in sorted(studies.items())}
     if args.json:
         print(json.dumps(_classification_json(classified, skipped), indent=2))

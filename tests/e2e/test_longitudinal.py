@@ -253,7 +253,7 @@ def test_two_studies_without_a_patient_id_in_one_folder_are_not_compared(ms_pair
                       ("20240120", {SeriesRole.FLAIR: _regrid(ms_pair.followup, grid)})],
                      tmp_path / "in", PatientInfo(patient_id="", name="DEMO^NOID"), "ms-no-id")
     run = run_cli("run", written.folder, out_dir=tmp_path / "out")
-    assert run.returncode == 1
+    assert run.returncode == ExitCode.BAD_INPUT
     assert run.report["status"] == "failed" and run.report.get("longitudinal") is None
     error = run.report["errors"][0]
     assert "empty PatientID" in error and "--study" in error

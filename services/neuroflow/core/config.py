@@ -183,6 +183,23 @@ class IngestSettings(BaseModel):
     retry_backoff_max_s: float = Field(default=30.0, gt=0.0)
 
 
+class ClassifySettings(BaseModel):
+    """How sure routing must be before a series is used for a role, and when two candidates are too close to
+    call. A site's rules YAML may override both (``confidence_floor``, ``ambiguity_margin``)."""
+
+    # A role below this confidence is not used for the series (it stays visible, "below floor", with its
+    # score). Chosen from tests/unit/test_classify.py: the weakest clear case is 0.49 (a T2 from TR/TE alone:
+    # one uncontested textbook clue of weight 2), while the known-wrong verdicts score 0.24 (the phase map
+    # 'DTIphase_S2MB2' as T2: two weight-2 clues tied), 0.39 (Philips 'SWIp_mIP', a projection, as SWI; a
+    # nameless localizer as T1 from a short-TE gradient echo). 0.45 lies between; a single clue needs weight
+    # 1.8 to pass it. test_default_floor_separates_clear_cases_from_known_wrong_ones keeps it there.
+    confidence_floor: float = Field(default=0.45, ge=0.0, le=1.0)
+    # Two candidates for a required role whose confidences differ by less than this are too close to call:
+    # one piece of evidence more or less (a synonym, a missing tag) moves a confidence by 0.1 or more, so a
+    # smaller gap says nothing about which series is meant. Repeats of one protocol are decided by the order.
+    ambiguity_margin: float = Field(default=0.1, ge=0.0, le=1.0)
+
+
 class MonitorSettings(BaseModel):
     """The monitor service's probes: how often they run and when a probe counts as failed."""
 
@@ -337,6 +354,7 @@ class NeuroflowSettings(BaseSettings):
     orchestration: OrchestrationSettings = Field(default_factory=OrchestrationSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    classify: ClassifySettings = Field(default_factory=ClassifySettings)  # role floor, ambiguity
     # Prometheus metrics of this process on http://127.0.0.1:<port>/metrics; 0: not exposed. Each process
     # of a host needs its own port.
     metrics_port: int = Field(default=0, ge=0, le=65535)

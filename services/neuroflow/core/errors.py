@@ -27,6 +27,11 @@ class MissingSequence(StudyError):
     """The pipeline needs a series role the study does not have."""
 
 
+class AmbiguousRole(StudyError):
+    """Two or more series of different protocols qualify for a required role and their evidence is too close to
+    call: refused rather than guessed. The reason names the candidates (series number and description)."""
+
+
 class OrientationMismatch(StudyError):
     """Series of one study disagree on left and right: refusing rather than producing nonsense."""
 

@@ -33,6 +33,7 @@ from neuroflow.core import health, metrics, topics
 from neuroflow.core.bus import Message, MessageBus
 from neuroflow.core.dead_letter import now_timestamp, publish_dead_letter
 from neuroflow.core.errors import (
+    AmbiguousRole,
     DestinationRejected,
     DestinationUnavailable,
     InferenceUnavailable,
@@ -111,6 +112,8 @@ def _classify(exc: BaseException) -> tuple[common_pb2.FailureReason.Code.ValueTy
             return Code.SERIES_REJECTED, False
         case MissingSequence():
             return Code.MISSING_SEQUENCE, False
+        case AmbiguousRole():
+            return Code.AMBIGUOUS_ROLE, False
         case OrientationMismatch():
             return Code.ORIENTATION_MISMATCH, False
         case StudyError():

@@ -56,6 +56,19 @@ _REFORMAT_IMAGE_TYPES = {
 }
 _OTHER_DIFFUSION_IMAGE_TYPES = {"EADC", "EXP", "FA", "TENSOR", "COLFA", "TRACE_EXP"}
 _PHASE_IMAGE_TYPES = {"P", "PHASE", "PHASE MAP"}
+# The fields a name clue's reason starts with.
+NAME_FIELDS = ("SeriesDescription", "ProtocolName")
+# Enhanced MR's ComplexImageComponent other than MAGNITUDE: phase, real or imaginary part, never an input.
+_NOT_MAGNITUDE_COMPONENTS = {"PHASE", "REAL", "IMAGINARY"}
+# Parametric and fused maps a console derives (Siemens, GE, Philips value 3+ of ImageType on a DERIVED image):
+# their pixels are not signal of an acquisition, whatever the name and parameters say.
+_DERIVED_MAP_IMAGE_TYPES = {
+    "T1 MAP", "T2 MAP", "T2STAR MAP", "T2_STAR_MAP", "T1MAP", "T2MAP", "R2", "R2STAR", "MAP", "PARAMETRIC",
+    "PERFUSION", "CBF", "CBV", "MTT", "TTP", "RELCBF", "RELCBV", "RELMTT", "GBP", "PBP", "MOCO",
+    "FUSED", "FUSION", "COLOR", "COLOUR", "RGB",
+}
+# PhotometricInterpretation of a colour image: a fused overlay or a colour-coded map, never an acquisition.
+_COLOUR_PHOTOMETRIC = ("RGB", "YBR", "PALETTE")
 _SUBTRACTION_IMAGE_TYPES = {"SUB", "SUBTRACTION"}
 
 
@@ -156,12 +169,19 @@ def sequence_name_clues(facts: HeaderFacts) -> list[Clue]:
 
 def image_type_clues(facts: HeaderFacts) -> list[Clue]:
     """Evidence from ImageType: localizers, reformats and projections, ADC and trace maps, SWI,
-    phase and subtraction images."""
+    phase and subtraction images, derived parametric maps; and from the two tags that say the same where
+    ImageType does not: ComplexImageComponent (enhanced MR phase) and PhotometricInterpretation (colour)."""
+    clues: list[Clue] = []
+    if facts.complex_image_component in _NOT_MAGNITUDE_COMPONENTS:
+        clues.append(Clue(Role.OTHER, DECISIVE, f"ComplexImageComponent {facts.complex_image_component}: "
+                                                "not a magnitude image, never a pipeline input"))
+    if facts.photometric_interpretation.startswith(_COLOUR_PHOTOMETRIC):
+        clues.append(Clue(Role.OTHER, DECISIVE, f"PhotometricInterpretation {facts.photometric_interpretation}: "
+                                                "a colour image (fused overlay or colour map), not an acquisition"))
     values = set(facts.image_type)
     if not values:
-        return []
+        return clues
     shown = "ImageType '" + "\\".join(facts.image_type) + "'"
-    clues: list[Clue] = []
     if "LOCALIZER" in values:
         clues.append(Clue(Role.OTHER, DECISIVE, f"{shown} marks a localizer"))
     if reformat := sorted(values & _REFORMAT_IMAGE_TYPES):
@@ -182,8 +202,10 @@ def image_type_clues(facts: HeaderFacts) -> list[Clue]:
         clues.append(Clue(Role.DWI, 1.0, f"{shown} marks a diffusion image"))
     if "SWI" in values:
         clues.append(Clue(Role.SWI, 2.0, f"{shown} marks a susceptibility-weighted image"))
-    if values & _PHASE_IMAGE_TYPES or any(v.startswith("P_") for v in values):
+    if values & _PHASE_IMAGE_TYPES or any(v.startswith(("P_", "PHASE")) for v in values):
         clues.append(Clue(Role.OTHER, DECISIVE, f"{shown} marks a phase image: never a pipeline input"))
+    if is_derived(facts) and (maps := sorted(values & _DERIVED_MAP_IMAGE_TYPES)):
+        clues.append(Clue(Role.OTHER, DECISIVE, f"{shown} names a derived map ({', '.join(maps)}): not an acquisition"))
     if values & _SUBTRACTION_IMAGE_TYPES:
         clues.append(Clue(Role.OTHER, 4.0, f"{shown} marks a subtraction image"))
     return clues
@@ -331,6 +353,48 @@ def contrast_evidence(facts: HeaderFacts) -> ContrastEvidence:
             continue
         break
     return ContrastEvidence(weight, tuple(reasons), tagged)
+
+
+def unmatched_names(facts: HeaderFacts) -> str:
+    """The sentence for names that were there and matched no pattern ("" when the series has none)."""
+    names = [f"SeriesDescription '{facts.series_description}'"] if facts.series_description else []
+    if facts.protocol_name and normalise(facts.protocol_name) != normalise(facts.series_description):
+        names.append(f"ProtocolName '{facts.protocol_name}'")
+    if not names:
+        return ""
+    return f"{' and '.join(names)} {'match' if len(names) > 1 else 'matches'} no known sequence pattern"
+
+
+def seen_without_evidence(facts: HeaderFacts, clues: list[Clue]) -> str:
+    """What the header held when nothing in it pointed to a role: every name, the sequence name and the
+    sequence parameters, each said as seen (or said to be missing), so a person can write a site rule."""
+    said = [c.reason for c in clues]
+    names = unmatched_names(facts) if not any(c.reason.startswith(NAME_FIELDS) for c in clues) else ""
+    if names:
+        said.append(names)
+    elif not facts.series_description and not facts.protocol_name:
+        said.append("no SeriesDescription or ProtocolName")
+    if facts.sequence_name and not any(c.reason.startswith("SequenceName") for c in clues):
+        said.append(f"SequenceName '{facts.sequence_name}' is no known sequence")
+    said.append(_parameters_seen(facts))
+    return "; ".join(said)
+
+
+def _parameters_seen(facts: HeaderFacts) -> str:
+    values = [
+        f"{label} {_n(value)}{unit}"
+        for label, value, unit in (
+            ("TR", facts.repetition_time_ms, " ms"),
+            ("TE", facts.echo_time_ms, " ms"),
+            ("TI", facts.inversion_time_ms, " ms"),
+            ("flip angle", facts.flip_angle_deg, "°"),
+        )
+        if value is not None
+    ]
+    seq = "ScanningSequence " + "\\".join(facts.scanning_sequence) if facts.scanning_sequence else ""
+    if not values:
+        return f"{seq}{' but ' if seq else ''}no TR, TE or TI to judge the weighting by"
+    return f"{seq + ', ' if seq else ''}{', '.join(values)}: fits no role's weighting"
 
 
 def acquisition_dimension(facts: HeaderFacts) -> tuple[bool, str]:

@@ -47,6 +47,9 @@ class HeaderFacts:
     protocol_name: str = ""
     sequence_name: str = ""
     image_type: tuple[str, ...] = ()
+    # Enhanced MR says magnitude or phase here (MAGNITUDE, PHASE, REAL, IMAGINARY, MIXED), not in ImageType.
+    complex_image_component: str = ""
+    photometric_interpretation: str = ""  # RGB, YBR_*, PALETTE COLOR: a colour image (fused or parametric map)
     scanning_sequence: tuple[str, ...] = ()
     sequence_variant: tuple[str, ...] = ()
     mr_acquisition_type: str = ""
@@ -55,6 +58,7 @@ class HeaderFacts:
     inversion_time_ms: float | None = None
     flip_angle_deg: float | None = None
     slice_thickness_mm: float | None = None
+    pixel_spacing_mm: tuple[float, float] | None = None  # (between rows, between columns)
     b_values: tuple[float, ...] = ()
     contrast_agent: str = ""
     contrast_route: str = ""
@@ -99,6 +103,10 @@ def read_facts(header: Dataset, instance_count: int, others: Sequence[Dataset] =
         protocol_name=text(header, "ProtocolName"),
         sequence_name=sequence_name,
         image_type=_codes(header, "ImageType") or _codes_nested(header, "FrameType"),
+        complex_image_component=(
+            text(header, "ComplexImageComponent") or _nested_text(header, "ComplexImageComponent")
+        ).upper(),
+        photometric_interpretation=text(header, "PhotometricInterpretation").upper(),
         scanning_sequence=_codes(header, "ScanningSequence"),
         sequence_variant=_codes(header, "SequenceVariant"),
         mr_acquisition_type=(
@@ -109,6 +117,7 @@ def read_facts(header: Dataset, instance_count: int, others: Sequence[Dataset] =
         inversion_time_ms=_positive(header, "InversionTime") or _positive_nested(header, "InversionTimes"),
         flip_angle_deg=_positive(header, "FlipAngle"),
         slice_thickness_mm=_positive(header, "SliceThickness") or _positive_nested(header, "SliceThickness"),
+        pixel_spacing_mm=_pixel_spacing(header),
         b_values=tuple(b_values),
         contrast_agent="" if agent.strip().lower() in _NO_AGENT else agent,
         contrast_route=text(header, "ContrastBolusRoute"),
@@ -202,6 +211,19 @@ def _positive(ds: Dataset, keyword: str) -> float | None:
 def _integer(ds: Dataset, keyword: str) -> int | None:
     number = _number(ds, keyword)
     return int(number) if number is not None else None
+
+
+def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
+    """PixelSpacing (top level, or an enhanced object's PixelMeasuresSequence), both values positive."""
+    for item in (ds, *_walk_groups(ds)):
+        try:
+            value = _get(item, "PixelSpacing")
+            rows, columns = (_number_from(v) for v in value) if value is not None else (None, None)
+        except Exception:  # not two values
+            continue
+        if rows is not None and columns is not None and rows > 0 and columns > 0:
+            return rows, columns
+    return None
 
 
 def _walk_groups(ds: Dataset) -> Iterable[Dataset]:

@@ -25,7 +25,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from neuroflow.core import health, metrics, topics
 from neuroflow.core.bus import MessageBus
-from neuroflow.core.config import CHANGE_PIPELINES
+from neuroflow.core.config import CHANGE_PIPELINES, ClassifySettings
 from neuroflow.core.dicom_io import StudyIndex, series_volume, study_key
 from neuroflow.core.identity import NEUROFLOW_MANUFACTURER, input_hash, patient_key
 from neuroflow.core.model_card import ModelRef
@@ -56,6 +56,7 @@ class IngestSettings:
     poll_interval_s: float = 0.5
     retry_backoff_max_s: float = 30.0  # a failing loop waits poll_interval_s, doubled per failure, up to this
     feed: str = "orthanc"
+    classify: ClassifySettings = field(default_factory=ClassifySettings)  # confidence floor, ambiguity margin
     holder: str = field(default_factory=lambda: f"ingest-{uuid.uuid4().hex[:8]}")
 
 
@@ -219,12 +220,12 @@ class IngestService:
             log.warning("study %s left Orthanc before its wait window closed", study_key(uid))
             return []
         ref = self._study_ref(study, tags)
-        classified = classify_study(list(study.series.values()), rules=self._rules)
+        classified = classify_study(list(study.series.values()), rules=self._rules, policy=self._settings.classify)
         modalities = sorted({str(h.get("Modality", "")) for s in study.series.values() for h in s.headers[:1]})
         study_tags = {k: str(v) for k, v in tags.items()}
         study_tags["ModalitiesInStudy"] = "\\".join(m for m in modalities if m)
         outcome = route_study(classified, self._settings.pipelines, study_key=ref.study_key, rules=self._rules,
-                              study_tags=study_tags)
+                              study_tags=study_tags, policy=self._settings.classify)
         if outcome.not_routed and not outcome.routes and not outcome.refusals:
             self._publish_failure(ref, "", events_pb2.RoutingFailed.NO_PIPELINE,
                                   "the site's routing rules send this study to no pipeline: "
@@ -236,6 +237,9 @@ class IngestService:
                 log.info("study %s: not for %s: %s", ref.study_key, pipeline, reason)
                 continue
             self._publish_failure(ref, pipeline, events_pb2.RoutingFailed.MISSING_SEQUENCE, reason)
+        for pipeline, reason in outcome.ambiguous.items():
+            # Never skipped like a missing role: the study has what the pipeline needs, a person must say which.
+            self._publish_failure(ref, pipeline, events_pb2.RoutingFailed.AMBIGUOUS_ROLE, reason)
         if not self._settings.pipelines:
             self._publish_failure(ref, "", events_pb2.RoutingFailed.NO_PIPELINE,
                                   f"site {self._settings.site} enables no pipeline")

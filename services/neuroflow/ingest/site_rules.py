@@ -14,6 +14,8 @@ completely: a bad regex or an unknown key fails at start, naming the rule, not a
     ignore:
       - name: localizers
         series_description: 'loc|scout|survey'
+    confidence_floor: 0.5     # optional: a role below this confidence is not used (default in core.config)
+    ambiguity_margin: 0.1     # optional: closer candidates of different protocols are ambiguous
 
 Every pattern is a Python regular expression searched case-insensitively anywhere in the tag's value
 (anchor with ^ and $ to match the whole value). All patterns a rule gives must match; a tag the series
@@ -31,6 +33,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
+from neuroflow.core.config import ClassifySettings
 from neuroflow.core.errors import NeuroflowError
 from neuroflow.core.roles import SeriesRole
 
@@ -165,6 +168,14 @@ class SiteRules(BaseModel):
     ignore: list[IgnoreRule] = Field(default_factory=list)
     # Study-level routing: when given, a pipeline runs only on studies its rule accepts.
     routes: list[PipelineRoute] = Field(default_factory=list)
+    # This site's confidence floor and ambiguity margin, instead of NEUROFLOW_CLASSIFY__* (core.config).
+    confidence_floor: float | None = Field(default=None, ge=0.0, le=1.0)
+    ambiguity_margin: float | None = Field(default=None, ge=0.0, le=1.0)
+
+    def role_policy(self, base: ClassifySettings) -> ClassifySettings:
+        """``base`` (the settings) with what this site's file overrides."""
+        given = {"confidence_floor": self.confidence_floor, "ambiguity_margin": self.ambiguity_margin}
+        return base.model_copy(update={k: v for k, v in given.items() if v is not None})
 
     def route_refusal(self, pipeline: str, study_tags: dict[str, str]) -> str | None:
         """Why this site does not send the study to ``pipeline`` (None: it does, or no rule names it)."""

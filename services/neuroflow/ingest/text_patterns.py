@@ -164,7 +164,8 @@ TEXT_RULES: tuple[TextRule, ...] = (
         r"\bt[12] ?map|\bt1 ?rho|mapping|relaxometry|\bqsm\b",
         4.0,
     ),
-    _rule(Role.OTHER, "phase image", r"\bpha\b|\bphase\b(?! ?contrast)|\bphs\b", 4.0),
+    # "DTIphase", "SWIphase": vendors glue the word to the sequence's name.
+    _rule(Role.OTHER, "phase image", r"\bpha\b|\b(?:dti|dwi|swi|diff?)?phase\b(?! ?contrast)|\bphs\b", 4.0),
     _rule(Role.OTHER, "magnitude", r"\bmag\b|magnitude", 2.0),
     _rule(Role.OTHER, "proton density", r"\bpdw?\b|proton ?density", 2.5, unless=r"\bt2(?![0-9*])"),
 )

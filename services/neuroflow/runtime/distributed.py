@@ -248,17 +248,21 @@ def with_delivery(service: Service, backends: Backends) -> Service:
 def series_selector(settings: NeuroflowSettings) -> Callable[[StudyIndex, Sequence[SeriesRole]],
                                                             dict[SeriesRole, SeriesInstances] | None]:
     """How the longitudinal stage tells whether a prior qualifies for a pipeline: its series classified and
-    chosen for the pipeline's roles exactly as routing chooses them (with the site's rules)."""
+    chosen for the pipeline's roles exactly as routing chooses them (with the site's rules and role policy). A
+    study without the roles is None; one whose role two different protocols claim raises AmbiguousRole (the
+    stage fails with AMBIGUOUS_ROLE naming them: a prior is not guessed either)."""
     from neuroflow.core.errors import MissingSequence
-    from neuroflow.ingest.classify import classify_study, select_inputs
+    from neuroflow.ingest.classify import classify_study, effective_policy, select_inputs
     from neuroflow.ingest.site_rules import load_site_rules
 
     rules = load_site_rules(settings.site_rules) if settings.site_rules else None
+    policy = effective_policy(settings.classify, rules)
 
     def select(study: StudyIndex, roles: Sequence[SeriesRole]) -> dict[SeriesRole, SeriesInstances] | None:
-        classified = classify_study(list(study.series.values()), rules=rules)
+        classified = classify_study(list(study.series.values()), rules=rules, policy=policy)
         try:
-            chosen = select_inputs(classified, tuple(roles), study_key=study_key(study.study_instance_uid))
+            chosen = select_inputs(classified, tuple(roles), study_key=study_key(study.study_instance_uid),
+                                   policy=policy)
         except MissingSequence:
             return None
         return {role: series_volume(study, c.series_instance_uid) for role, c in chosen.items()}
@@ -296,7 +300,8 @@ def build_ingest(backends: Backends) -> Service:
         IngestSettings(site=settings.site, pipelines=ingest.pipelines,
                        models=models,
                        wait_window_s=ingest.wait_window_s, lease_s=ingest.claim_lease_s,
-                       poll_interval_s=ingest.poll_interval_s, retry_backoff_max_s=ingest.retry_backoff_max_s),
+                       poll_interval_s=ingest.poll_interval_s, retry_backoff_max_s=ingest.retry_backoff_max_s,
+                       classify=settings.classify),
         load_site_rules(settings.site_rules) if settings.site_rules else None,
     )
 

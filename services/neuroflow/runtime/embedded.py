@@ -24,7 +24,7 @@ from neuroflow.core.sub_series import volume_identity
 from neuroflow.core.timing import ProgressSink, StageClock
 from neuroflow.core.volume_members import volume_instances
 from neuroflow.core.worker import is_retryable
-from neuroflow.ingest.classify import SeriesClassification, classify_study, select_inputs
+from neuroflow.ingest.classify import SeriesClassification, classify_study, effective_policy, select_inputs
 from neuroflow.ingest.site_rules import SiteRules, load_site_rules
 from neuroflow.longitudinal.pairing import group_by_patient
 from neuroflow.preprocess.glioma_inputs import preprocess_glioma
@@ -164,9 +164,10 @@ def _run(
 
     with clock.stage("classify"):
         rules: SiteRules | None = load_site_rules(settings.site_rules) if settings.site_rules else None
-        classified = classify_study(list(study.series.values()), rules=rules)
+        policy = effective_policy(settings.classify, rules)
+        classified = classify_study(list(study.series.values()), rules=rules, policy=policy)
         run.series.extend(_series_entries(classified, {}))
-        chosen = select_inputs(classified, GLIOMA_INPUT_ROLES, study_key=run.key)
+        chosen = select_inputs(classified, GLIOMA_INPUT_ROLES, study_key=run.key, policy=policy)
         used = {c.series_instance_uid: role for role, c in chosen.items()}
         run.series[:] = _series_entries(classified, used)
         for c in classified:

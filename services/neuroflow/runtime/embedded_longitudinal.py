@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from neuroflow.core.config import LONGITUDINAL_PIPELINE, NeuroflowSettings
+from neuroflow.core.config import LONGITUDINAL_PIPELINE, ClassifySettings, NeuroflowSettings
 from neuroflow.core.dicom_io import DicomSource, SkippedFile, StudyIndex, series_volume, study_key
 from neuroflow.core.errors import MissingSequence, NeuroflowError, StudyError
 from neuroflow.core.inference import InferenceBackend
@@ -24,7 +24,7 @@ from neuroflow.core.roles import CHANGE_OPTIONAL_ROLES, CHANGE_REQUIRED_ROLES, C
 from neuroflow.core.sub_series import parse_sub_series_uid
 from neuroflow.core.timing import ProgressSink, StageClock
 from neuroflow.core.worker import is_retryable
-from neuroflow.ingest.classify import SeriesClassification, classify_study, select_inputs
+from neuroflow.ingest.classify import SeriesClassification, classify_study, effective_policy, select_inputs
 from neuroflow.ingest.site_rules import load_site_rules
 from neuroflow.longitudinal.compare import COMPARE_STAGES, Timepoint, compare_pair, measure_glioma_volumes
 from neuroflow.longitudinal.pairing import PairPlan, StudyTimepoint, plan_pairs, roles_for, timepoint_of
@@ -109,12 +109,14 @@ def _run(source: DicomSource, studies: dict[str, StudyIndex], out_dir: Path, set
          backend: InferenceBackend, clock: StageClock, run: _Run) -> StudyReport:
     with clock.stage("classify"):
         rules = load_site_rules(settings.site_rules) if settings.site_rules else None
-        classified = {uid: classify_study(list(study.series.values()), rules=rules) for uid, study in studies.items()}
+        policy = effective_policy(settings.classify, rules)
+        classified = {uid: classify_study(list(study.series.values()), rules=rules, policy=policy)
+                      for uid, study in studies.items()}
     with clock.stage("pairing"):
         timepoints = []
         for uid, study in sorted(studies.items()):
             run.study_uid, run.key = uid, study_key(uid)  # named in the error if this one has no date
-            timepoints.append(timepoint_of(study, _best_per_role(classified[uid], run.key)))
+            timepoints.append(timepoint_of(study, _best_per_role(classified[uid], run.key, policy)))
         plans = plan_pairs(timepoints)
         latest = plans[-1].followup
         run.study_uid, run.key = latest.study_instance_uid, latest.key
@@ -232,12 +234,13 @@ class _InstanceReader:
         return Timepoint(timepoint.study_instance_uid, timepoint.study_date, timepoint.study_time, instances, volumes)
 
 
-def _best_per_role(classified: list[SeriesClassification], key: str) -> dict[SeriesRole, str]:
-    """Routing's choice of series for every role a change pipeline uses (absent roles are left out)."""
+def _best_per_role(classified: list[SeriesClassification], key: str, policy: ClassifySettings) -> dict[SeriesRole, str]:
+    """Routing's choice of series for every role a change pipeline uses (absent roles are left out; an
+    ambiguous one raises AmbiguousRole, naming the candidates)."""
     chosen: dict[SeriesRole, str] = {}
     for role in _CHANGE_ROLES:
         try:
-            chosen[role] = select_inputs(classified, [role], study_key=key)[role].series_instance_uid
+            chosen[role] = select_inputs(classified, [role], study_key=key, policy=policy)[role].series_instance_uid
         except MissingSequence:
             continue
     return chosen

@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19neuroflow/v1/common.proto\x12\x0cneuroflow.v1\"o\n\x08StudyRef\x12\x1a\n\x12study_instance_uid\x18\x01 \x01(\t\x12\x11\n\tstudy_key\x18\x02 \x01(\t\x12\x13\n\x0bpatient_key\x18\x03 \x01(\t\x12\x0c\n\x04site\x18\x04 \x01(\t\x12\x11\n\taccession\x18\x05 \x01(\t\"c\n\tSeriesRef\x12\x1b\n\x13series_instance_uid\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x16\n\x0einstance_count\x18\x04 \x01(\r\"(\n\tVolumeRef\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"\xf4\x02\n\rFailureReason\x12.\n\x04\x63ode\x18\x01 \x01(\x0e\x32 .neuroflow.v1.FailureReason.Code\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\x12\x1b\n\x13series_instance_uid\x18\x04 \x01(\t\"\xf1\x01\n\x04\x43ode\x12\x14\n\x10\x43ODE_UNSPECIFIED\x10\x00\x12\x13\n\x0fSERIES_REJECTED\x10\x01\x12\x14\n\x10MISSING_SEQUENCE\x10\x02\x12\x18\n\x14ORIENTATION_MISMATCH\x10\x03\x12\x19\n\x15INFERENCE_UNAVAILABLE\x10\x04\x12\x15\n\x11\x44\x45\x41\x44LINE_EXCEEDED\x10\x05\x12\x17\n\x13STORAGE_UNAVAILABLE\x10\x06\x12\x18\n\x14\x44\x45STINATION_REJECTED\x10\x07\x12\x0c\n\x08INTERNAL\x10\x08\x12\x1b\n\x17\x44\x45STINATION_UNAVAILABLE\x10\t*E\n\rSchemaVersion\x12\x1e\n\x1aSCHEMA_VERSION_UNSPECIFIED\x10\x00\x12\x14\n\x10SCHEMA_VERSION_1\x10\x01*O\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x13\n\x0fPRIORITY_URGENT\x10\x01\x12\x14\n\x10PRIORITY_ROUTINE\x10\x02*w\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x14\n\x10STAGE_PREPROCESS\x10\x01\x12\x16\n\x12STAGE_SEGMENTATION\x10\x02\x12\x16\n\x12STAGE_LONGITUDINAL\x10\x03\x12\x11\n\rSTAGE_RESULTS\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19neuroflow/v1/common.proto\x12\x0cneuroflow.v1\"o\n\x08StudyRef\x12\x1a\n\x12study_instance_uid\x18\x01 \x01(\t\x12\x11\n\tstudy_key\x18\x02 \x01(\t\x12\x13\n\x0bpatient_key\x18\x03 \x01(\t\x12\x0c\n\x04site\x18\x04 \x01(\t\x12\x11\n\taccession\x18\x05 \x01(\t\"c\n\tSeriesRef\x12\x1b\n\x13series_instance_uid\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x16\n\x0einstance_count\x18\x04 \x01(\r\"(\n\tVolumeRef\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"\x88\x03\n\rFailureReason\x12.\n\x04\x63ode\x18\x01 \x01(\x0e\x32 .neuroflow.v1.FailureReason.Code\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\x12\x1b\n\x13series_instance_uid\x18\x04 \x01(\t\"\x85\x02\n\x04\x43ode\x12\x14\n\x10\x43ODE_UNSPECIFIED\x10\x00\x12\x13\n\x0fSERIES_REJECTED\x10\x01\x12\x14\n\x10MISSING_SEQUENCE\x10\x02\x12\x18\n\x14ORIENTATION_MISMATCH\x10\x03\x12\x19\n\x15INFERENCE_UNAVAILABLE\x10\x04\x12\x15\n\x11\x44\x45\x41\x44LINE_EXCEEDED\x10\x05\x12\x17\n\x13STORAGE_UNAVAILABLE\x10\x06\x12\x18\n\x14\x44\x45STINATION_REJECTED\x10\x07\x12\x0c\n\x08INTERNAL\x10\x08\x12\x1b\n\x17\x44\x45STINATION_UNAVAILABLE\x10\t\x12\x12\n\x0e\x41MBIGUOUS_ROLE\x10\n*E\n\rSchemaVersion\x12\x1e\n\x1aSCHEMA_VERSION_UNSPECIFIED\x10\x00\x12\x14\n\x10SCHEMA_VERSION_1\x10\x01*O\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x13\n\x0fPRIORITY_URGENT\x10\x01\x12\x14\n\x10PRIORITY_ROUTINE\x10\x02*w\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x14\n\x10STAGE_PREPROCESS\x10\x01\x12\x16\n\x12STAGE_SEGMENTATION\x10\x02\x12\x16\n\x12STAGE_LONGITUDINAL\x10\x03\x12\x11\n\rSTAGE_RESULTS\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'neuroflow.proto.neuroflow.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SCHEMAVERSION']._serialized_start=717
-  _globals['_SCHEMAVERSION']._serialized_end=786
-  _globals['_PRIORITY']._serialized_start=788
-  _globals['_PRIORITY']._serialized_end=867
-  _globals['_STAGE']._serialized_start=869
-  _globals['_STAGE']._serialized_end=988
+  _globals['_SCHEMAVERSION']._serialized_start=737
+  _globals['_SCHEMAVERSION']._serialized_end=806
+  _globals['_PRIORITY']._serialized_start=808
+  _globals['_PRIORITY']._serialized_end=887
+  _globals['_STAGE']._serialized_start=889
+  _globals['_STAGE']._serialized_end=1008
   _globals['_STUDYREF']._serialized_start=43
   _globals['_STUDYREF']._serialized_end=154
   _globals['_SERIESREF']._serialized_start=156
@@ -46,7 +46,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELREF']._serialized_start=299
   _globals['_MODELREF']._serialized_end=340
   _globals['_FAILUREREASON']._serialized_start=343
-  _globals['_FAILUREREASON']._serialized_end=715
+  _globals['_FAILUREREASON']._serialized_end=735
   _globals['_FAILUREREASON_CODE']._serialized_start=474
-  _globals['_FAILUREREASON_CODE']._serialized_end=715
+  _globals['_FAILUREREASON_CODE']._serialized_end=735
 # @@protoc_insertion_point(module_scope)

@@ -268,6 +268,10 @@ class FailureReason(_message.Message):
         """A defect in neuroflow itself."""
         DESTINATION_UNAVAILABLE: FailureReason._Code.ValueType  # 9
         """The destination (Orthanc, PACS) could not be reached or did not answer in time; retry later."""
+        AMBIGUOUS_ROLE: FailureReason._Code.ValueType  # 10
+        """Two or more series of different protocols qualify for a required role and are too close to call:
+        refused rather than guessed; the message names the candidates (series number and description).
+        """
 
     class Code(_Code, metaclass=_CodeEnumTypeWrapper):
         """Classes of failure; the orchestrator decides between retry, dead letter and giving up from these."""
@@ -292,6 +296,10 @@ class FailureReason(_message.Message):
     """A defect in neuroflow itself."""
     DESTINATION_UNAVAILABLE: FailureReason.Code.ValueType  # 9
     """The destination (Orthanc, PACS) could not be reached or did not answer in time; retry later."""
+    AMBIGUOUS_ROLE: FailureReason.Code.ValueType  # 10
+    """Two or more series of different protocols qualify for a required role and are too close to call:
+    refused rather than guessed; the message names the candidates (series number and description).
+    """
 
     CODE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
