@@ -18,6 +18,7 @@ import numpy.typing as npt
 from pydicom.dataset import Dataset
 
 from neuroflow.core.errors import SeriesRejected
+from neuroflow.core.pixel_codecs import describe, missing_decoder, transfer_syntax
 from neuroflow.core.volume import Geometry, Volume
 
 STAGE = "convert"
@@ -303,12 +304,18 @@ def _decoded_pixels(ds: Dataset, study_key: str, series_uid: str | None) -> npt.
     source = _source_of(ds)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise SeriesRejected(study_key, f"no pixel data in {source}", stage=STAGE, series_uid=series_uid)
+    syntax = transfer_syntax(ds)
+    missing = missing_decoder(syntax)
+    if missing is not None:  # a codec missing here is no fault of the file: say which, not "unreadable"
+        raise SeriesRejected(study_key, f"cannot decode the pixel data in {source}: {missing}", stage=STAGE,
+                             series_uid=series_uid)
     try:
         pixels: npt.NDArray[np.generic] = ds.pixel_array
-    except Exception as exc:  # truncated data, unsupported compression, inconsistent header
+    except Exception as exc:  # a decoder exists: truncated or corrupt data, or an inconsistent header
+        packed = f" ({describe(syntax)})" if syntax is not None and syntax.is_compressed else ""
         raise SeriesRejected(
             study_key,
-            f"pixel data truncated or unreadable in {source}: {exc}",
+            f"pixel data truncated or unreadable in {source}{packed}: {exc}",
             stage=STAGE,
             series_uid=series_uid,
         ) from exc
