@@ -28,7 +28,15 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 
-from neuroflow.core.dicom_io import DicomSink, DicomSource, SeriesInstances, SkippedFile, StudyIndex, study_key
+from neuroflow.core.dicom_io import (
+    DicomSink,
+    DicomSource,
+    SeriesInstances,
+    SkippedFile,
+    StudyIndex,
+    set_aside_non_images,
+    study_key,
+)
 from neuroflow.core.errors import (
     DestinationRejected,
     DestinationUnavailable,
@@ -286,9 +294,11 @@ class OrthancDicomSource(DicomSource):
             series = index.series.setdefault(series_uid, SeriesInstances(study_uid, series_uid))
             series.headers.append(ds)
             series.paths.append(url)
+        had_objects = bool(index.series)
+        set_aside_non_images(index)
         for item in skipped:
             log.warning("skipped %s: %s", item.path, item.reason)
-        return (index if index.series else None), skipped
+        return (index if had_objects else None), skipped
 
 
 class OrthancDicomSink(DicomSink):

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from neuroflow.core.dicom_io import StudyIndex
+if TYPE_CHECKING:  # dicom_io needs identity (our Manufacturer), which needs this module
+    from neuroflow.core.dicom_io import StudyIndex
 
 # Characters a C-FIND (and Orthanc's /tools/find) reads as matching more than the value itself.
 MATCHING_CHARACTERS = ("*", "?", "\\")

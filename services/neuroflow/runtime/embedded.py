@@ -152,6 +152,7 @@ def _run(
         run.warnings.extend(f"skipped {s.path}: {s.reason}" for s in skipped)
         study = _choose_study(studies, study_uid)
         run.study_uid, run.key = study.study_instance_uid, study_key(study.study_instance_uid)
+        run.warnings.extend(study.set_aside_notes())
         clock.note(f"study {run.key}: {len(study.series)} series, {len(skipped)} files skipped")
 
     with clock.stage("classify"):
