@@ -51,6 +51,7 @@ bench: $(STAMP) system-deps
 	$(PY) scripts/bench_triton.py --out BENCHMARKS.md
 	$(PY) scripts/capacity_model.py --out BENCHMARKS.md
 	$(PY) scripts/bench_longitudinal.py --out BENCHMARKS.md
+	$(PY) scripts/bench_indexing.py --out BENCHMARKS.md
 
 # The Helm chart and the image build files, checked offline (no cluster, no container engine); the capacity model.
 helm-check: $(STAMP)

@@ -134,6 +134,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     for uid, study in sorted(studies.items()):
         print(f"Study {uid} ({len(study.series)} series)")
         print(format_table(classify_study(list(study.series.values()), rules=rules)))
+        for note in study.set_aside_notes():
+            print(f"  {note}")
     return EXIT_OK
 
 
