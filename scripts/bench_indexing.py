@@ -1,7 +1,8 @@
 """`make bench`: how fast neuroflow indexes a big study, against plain pydicom on the same files.
 
-Writes a 2,000-instance CT study (5 axial series of 400 slices, 512 x 512, one file per slice, by our
-writer) and measures, each in a fresh process (so peak RSS is that step's alone) on a warm page cache:
+Writes a 2,000-instance CT study (5 axial series of 400 slices, 512 x 512 unless --matrix says otherwise,
+one file per slice, by our writer) and measures, each in a fresh process (so peak RSS is that step's
+alone) on a warm page cache:
 
 * neuroflow's index (FolderDicomSource.index: headers only, grouped by study and series, non-image
   objects set aside), in files per second;
@@ -87,6 +88,8 @@ def _median(kind: str, root: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--out", type=Path, help="BENCHMARKS.md to write the section into")
+    parser.add_argument("--matrix", type=int, default=MATRIX,
+                        help="rows and columns of each slice (writing a 512 x 512 series peaks near 2 GB)")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -100,7 +103,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="neuroflow-bench-index-") as scratch:
         root = Path(scratch)
         started = time.perf_counter()
-        for _series in iter_ct_study(root, SERIES_SLICES, matrix=MATRIX):  # one volume in memory at a time
+        for _series in iter_ct_study(root, SERIES_SLICES, matrix=args.matrix):  # one volume in memory at a time
             pass
         files = _files(root)
         size_mb = sum(os.path.getsize(f) for f in files) / 1e6
@@ -124,8 +127,8 @@ def main() -> None:
         HEADING,
         "",
         f"{len(files)} files ({size_mb:.0f} MB): {len(SERIES_SLICES)} axial CT series of {SERIES_SLICES[0]} slices, "
-        f"{MATRIX} x {MATRIX}, int16, one file per slice, written by our writer. Each step in a fresh process "
-        f"(peak RSS is that step's), warm page cache, median of {RUNS} runs. "
+        f"{args.matrix} x {args.matrix}, int16, one file per slice, written by our writer. Each step in a fresh "
+        f"process (peak RSS is that step's), warm page cache, median of {RUNS} runs. "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}.",
         "",
         "| step | files | seconds | files/s | peak RSS (MB) |",

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neuroflow.core.dicom_io import StudyIndex, study_key
+from neuroflow.core.dicom_io import StudyIndex, find_series, study_key
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.volume import Volume
 from neuroflow.devtools.dicom_writer import load_volume, write_study
@@ -23,6 +23,7 @@ from neuroflow.devtools.non_image_objects import (
 from neuroflow.devtools.scanner_presets import Vendor
 from neuroflow.ingest.classify import classify_study
 from neuroflow.preprocess.convert import series_to_volume
+from neuroflow.proto.neuroflow.v1 import common_pb2
 from tests.contract.test_dicom_store_contract import BACKENDS, DicomStoreUnderTest, store
 
 __all__ = ["BACKENDS", "store"]  # the backends' fixture, shared with the DICOM store contract
@@ -97,3 +98,18 @@ def test_every_set_aside_object_is_listed_by_series_count_and_class(
     assert f"set aside 1 Raw Data Storage object in series {t1_number} ({raw.series_description}): " \
            "not an image, not converted" in notes
     assert all(study_uid not in note and "NF-DEMO" not in note for note in notes)
+
+
+def test_the_workers_lookup_of_routed_series_hands_on_the_set_aside_notes(
+    store: DicomStoreUnderTest, t1: Volume, tmp_path: Path
+) -> None:
+    """What the distributed results worker puts in report.json: find_series, as the workers call it."""
+    study_uid, t1_uid, files = _philips_export(t1, tmp_path / "export")
+    study = _indexed(store, files, tmp_path / "export", study_uid)
+    ref = common_pb2.StudyRef(study_instance_uid=study_uid, study_key=study_key(study_uid))
+    notes: list[str] = []
+    found = find_series(store.source, ref, [common_pb2.SeriesRef(series_instance_uid=t1_uid, role="T1",
+                                                                 instance_count=t1.geometry.size[2])],
+                        stage="results", notes=notes)
+    assert len(found[SeriesRole.T1].headers) == t1.geometry.size[2]
+    assert notes == study.set_aside_notes() and len(notes) == 6
