@@ -1,16 +1,19 @@
 """Re-encode files our writer made into the transfer syntaxes a PACS sends, with real encoders, so tests
 convert series packed the way hospitals store them: RLE (pydicom), JPEG-LS (pyjpegls / CharLS), JPEG 2000
-(pylibjpeg-openjpeg / OpenJPEG), JPEG Lossless processes 14 and 14 SV1 (GDCM) and deflate (zlib)."""
+(pylibjpeg-openjpeg / OpenJPEG), HTJ2K lossless (imagecodecs / OpenJPH), JPEG Lossless processes 14 and 14 SV1
+(GDCM) and deflate (zlib)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pydicom
+from pydicom.encaps import encapsulate
 from pydicom.uid import (
     JPEG2000,
     UID,
     DeflatedExplicitVRLittleEndian,
+    HTJ2KLossless,
     JPEG2000Lossless,
     JPEGLossless,
     JPEGLosslessSV1,
@@ -19,7 +22,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-LOSSLESS = (RLELossless, JPEGLSLossless, JPEG2000Lossless, JPEGLossless, JPEGLosslessSV1,
+LOSSLESS = (RLELossless, JPEGLSLossless, JPEG2000Lossless, HTJ2KLossless, JPEGLossless, JPEGLosslessSV1,
             DeflatedExplicitVRLittleEndian)
 LOSSY = (JPEGLSNearLossless, JPEG2000)
 NEAR_LOSSLESS_ERROR = 2  # JPEG-LS NEAR: no stored value moves by more than this
@@ -38,6 +41,12 @@ def recompress(path: Path, syntax: UID) -> None:
         ds.compress(syntax, jls_error=NEAR_LOSSLESS_ERROR)
     elif syntax == JPEG2000:
         ds.compress(syntax, j2k_cr=[J2K_COMPRESSION_RATIO])
+    elif syntax == HTJ2KLossless:  # pydicom has no HTJ2K encoder; OpenJPH (imagecodecs) writes the codestream
+        import imagecodecs
+
+        ds.PixelData = encapsulate([bytes(imagecodecs.htj2k_encode(ds.pixel_array, reversible=True))])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = syntax
     else:
         ds.compress(syntax)
     ds.save_as(path, enforce_file_format=True)
