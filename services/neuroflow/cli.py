@@ -184,6 +184,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         for uid, series in classified.items():
             print(f"Study {uid} ({len(series)} series)")
             print(format_table(series))
+            for note in studies[uid].set_aside_notes():
+                print(f"  {note}")
     return ExitCode.OK
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +28,7 @@ from neuroflow.core.input_limits import (
     dataset_bytes,
     max_dataset_bytes,
 )
+from neuroflow.core.non_image import SetAside, series_number, why_not_an_image
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.sub_series import parse_sub_series_uid
 from neuroflow.proto.neuroflow.v1 import common_pb2
@@ -51,6 +53,39 @@ class StudyIndex:
     study_instance_uid: str
     patient_id: str
     series: dict[str, SeriesInstances] = field(default_factory=dict)
+    # Non-image objects found under the study's series UIDs, taken out of ``series`` (set_aside_non_images).
+    set_aside: list[SetAside] = field(default_factory=list)
+
+    def set_aside_notes(self) -> list[str]:
+        return [item.note() for item in self.set_aside]
+
+
+def set_aside_non_images(study: StudyIndex) -> None:
+    """Take every non-image object (raw data, presentation states, SR, key objects, our own results) out of
+    the study's series, noting what was taken in ``study.set_aside``; a series left empty is dropped.
+    Every source calls this when it indexes, so neither runtime ever classifies or converts one."""
+    for uid in list(study.series):
+        series = study.series[uid]
+        kept: list[int] = []
+        kinds: Counter[str] = Counter()
+        for n, header in enumerate(series.headers):
+            why = why_not_an_image(header)
+            if why is None:
+                kept.append(n)
+            else:
+                kinds[why] += 1
+        if not kinds:
+            continue
+        first = series.headers[0]
+        description = str(first.get("SeriesDescription", "") or "").strip()
+        study.set_aside.extend(SetAside(uid, series_number(first), description, what, count)
+                               for what, count in sorted(kinds.items()))
+        series.headers[:] = [series.headers[n] for n in kept]
+        series.paths[:] = [series.paths[n] for n in kept]
+        if not series.headers:
+            del study.series[uid]
+    if study.set_aside:
+        log.info("study %s: %s", study_key(study.study_instance_uid), "; ".join(study.set_aside_notes()))
 
 
 @dataclass
@@ -116,17 +151,21 @@ def find_series(
     series_refs: Iterable[common_pb2.SeriesRef],
     *,
     stage: str,
+    notes: list[str] | None = None,
 ) -> dict[SeriesRole, SeriesInstances]:
     """The routed series (``series_refs``, each with its role) as ``source`` holds them now, by role.
 
     Refuses with SeriesRejected a series the source no longer has (deleted since routing: trying again
     will not bring it back; the reason says to re-send the study), and with StudyError a role this
     revision does not know. A series whose instance count changed since routing is used as it is now, with
-    a warning (a late instance makes a new StudyReady, hence a new workflow)."""
+    a warning (a late instance makes a new StudyReady, hence a new workflow). ``notes``, when given, gets
+    what indexing set aside (non-image objects), for the report."""
     key = study.study_key
     held, _skipped = source.index_study(study.study_instance_uid)
     if held is not None:
         check_study_size(key, sum(len(s.headers) for s in held.series.values()), source.limits, stage=stage)
+    if notes is not None and held is not None:
+        notes.extend(held.set_aside_notes())
     found: dict[SeriesRole, SeriesInstances] = {}
     for ref in series_refs:
         try:
@@ -196,6 +235,8 @@ class FolderDicomSource(DicomSource):
             series = study.series.setdefault(series_uid, SeriesInstances(study_uid, series_uid))
             series.headers.append(ds)
             series.paths.append(path)
+        for study in studies.values():
+            set_aside_non_images(study)
         for item in skipped:
             log.warning("skipped %s: %s", item.path, item.reason)
         return studies, skipped

@@ -30,6 +30,7 @@ from pydicom.uid import (
 
 from neuroflow.core.config import InputLimitSettings
 from neuroflow.core.errors import InputLimitExceeded, SeriesRejected
+from neuroflow.core.pixel_codecs import missing_decoder
 
 # The environment variable of each limit, named in refusals so an operator knows what to raise.
 _ENV = "NEUROFLOW_LIMITS__"
@@ -97,6 +98,8 @@ def _codestream_problem(ds: Dataset, rows: int, columns: int, frames: int) -> st
     meta = getattr(ds, "file_meta", None)
     syntax = UID(str(meta.get("TransferSyntaxUID", ""))) if meta is not None else UID("")
     if (syntax not in _JPEG_SYNTAXES and syntax not in _J2K_SYNTAXES) or "PixelData" not in ds:
+        return None
+    if missing_decoder(syntax) is not None:  # no decoder will see it: conversion refuses it naming the syntax
         return None
     try:
         fragments = list(generate_fragments(ds.PixelData))

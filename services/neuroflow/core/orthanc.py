@@ -36,6 +36,7 @@ from neuroflow.core.dicom_io import (
     StudyIndex,
     TooLargeToRead,
     read_dicom_within_limits,
+    set_aside_non_images,
     study_key,
 )
 from neuroflow.core.errors import (
@@ -306,9 +307,11 @@ class OrthancDicomSource(DicomSource):
             series = index.series.setdefault(series_uid, SeriesInstances(study_uid, series_uid))
             series.headers.append(ds)
             series.paths.append(url)
+        had_objects = bool(index.series)
+        set_aside_non_images(index)
         for item in skipped:
             log.warning("skipped %s: %s", item.path, item.reason)
-        return (index if index.series else None), skipped
+        return (index if had_objects else None), skipped
 
 
 class OrthancDicomSink(DicomSink):

@@ -1,20 +1,42 @@
 """Vendor private values read through their private creator block, never at a fixed element number.
 
 A private element's number is only meaningful inside the block its creator reserved: (0019,100C) is
-Siemens' b-value only where (0019,0010) says "SIEMENS MR HEADER". This is the one place the volume
-splitting and MOSAIC code read private values from (the ingest side has its own reader for now; both
-should end up on one)."""
+Siemens' b-value only where (0019,0010) says "SIEMENS MR HEADER". A scanner, an anonymiser or a
+PACS re-encoding may reserve another block than the usual one: reading through the creator finds the value
+wherever its block was placed, and nothing when the creator is absent. The one place private values are
+read: volume splitting, MOSAIC and the header facts (b-values) all go through it."""
 
 from __future__ import annotations
 
 import math
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
 
 SIEMENS_MR_CREATORS = ("SIEMENS MR HEADER", "SIEMENS CSA HEADER")
+
+
+@dataclass(frozen=True)
+class PrivateTag:
+    """One vendor's private element, named by its creator and its offset in the creator's block."""
+
+    group: int
+    creator: str  # the private creator string, exactly as the vendor writes it
+    element: int  # the element's offset within its block (0x00-0xFF): 0x0C for (0019,xx0C)
+    name: str
+
+    def value(self, ds: Dataset) -> Any | None:
+        """The element's value when ``ds`` holds this creator's block and the element in it; else None."""
+        return private_value(ds, self.group, (self.creator,), self.element)
+
+
+SIEMENS_B_VALUE = PrivateTag(0x0019, "SIEMENS MR HEADER", 0x0C, "B_value")  # IS
+# GE slop_int_6..9: the first value is the b-value (+1e9 on some releases).
+GE_B_VALUE = PrivateTag(0x0043, "GEMS_PARM_01", 0x39, "slop_int_6")
+PHILIPS_B_VALUE = PrivateTag(0x2001, "Philips Imaging DD 001", 0x03, "Diffusion B-Factor")  # FL
 
 
 def private_value(ds: Dataset, group: int, creators: Sequence[str], offset: int) -> Any:

@@ -16,15 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.tag import Tag
 
-# Vendor private tags holding the diffusion b-value, each with the manufacturer that writes it: read
-# only when the header says that vendor made it, so another vendor's use of the same tag is ignored.
-_PRIVATE_B_VALUE_TAGS: tuple[tuple[str, int], ...] = (
-    ("siemens", 0x0019100C),  # SIEMENS MR HEADER, B_value (IS)
-    ("ge", 0x00431039),  # GEMS_PARM_01, slop_int_6..9; the first value is the b-value (+1e9 on some releases)
-    ("philips", 0x20011003),  # Philips Imaging DD 001, Diffusion B-Factor (FL)
-)
+from neuroflow.core.private_tags import GE_B_VALUE, PHILIPS_B_VALUE, SIEMENS_B_VALUE, PrivateTag
+
+# Vendor private tags holding the diffusion b-value, read through their private creator block (so a
+# block placed elsewhere is still found, and another creator's element at the usual number is not read).
+_PRIVATE_B_VALUE_TAGS: tuple[PrivateTag, ...] = (SIEMENS_B_VALUE, GE_B_VALUE, PHILIPS_B_VALUE)
 _GE_B_VALUE_OFFSET = 1_000_000_000
 # Siemens writes the b-value(s) into the sequence name: "*ep_b1000t", "*ep_b0_1000" (ADC).
 _SEQUENCE_NAME_B_VALUES = re.compile(r"ep_b(\d+)(?:_(\d+))?")
@@ -281,17 +278,13 @@ def _b_values(ds: Dataset, sequence_name: str) -> list[float]:
                 break
     if public is not None:
         found.append(public)
-    manufacturer = text(ds, "Manufacturer").lower()
-    for vendor, tag in _PRIVATE_B_VALUE_TAGS:
-        if vendor not in manufacturer:
-            continue
+    for tag in _PRIVATE_B_VALUE_TAGS:
         try:
-            element = ds.get(Tag(tag))
-            value = _number_from(element.value) if element is not None else None
+            value = _number_from(tag.value(ds))
         except Exception:
             value = None
         if value is not None:
-            found.append(value % _GE_B_VALUE_OFFSET if vendor == "ge" else value)
+            found.append(value % _GE_B_VALUE_OFFSET if tag is GE_B_VALUE else value)
     match = _SEQUENCE_NAME_B_VALUES.search(sequence_name.lower())
     if match:
         found.extend(float(g) for g in match.groups() if g is not None)

@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset
 from neuroflow.core import dwi_volumes as dwi
 from neuroflow.core import mosaic
 from neuroflow.core.errors import SeriesRejected
+from neuroflow.core.pixel_codecs import describe, missing_decoder, transfer_syntax
 from neuroflow.core.split_volumes import (
     FrameLocation,
     Split,
@@ -443,6 +444,11 @@ def _decoded_pixels(ds: Dataset, study_key: str, series_uid: str | None) -> npt.
     source = _source_of(ds)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise SeriesRejected(study_key, f"no pixel data in {source}", stage=STAGE, series_uid=series_uid)
+    syntax = transfer_syntax(ds)
+    missing = missing_decoder(syntax)
+    if missing is not None:  # a codec missing here is no fault of the file: say which, not "unreadable"
+        raise SeriesRejected(study_key, f"cannot decode the pixel data in {source}: {missing}", stage=STAGE,
+                             series_uid=series_uid)
     try:
         pixels: npt.NDArray[np.generic] = ds.pixel_array
     except BaseException as exc:  # truncated data, unsupported compression, inconsistent header
@@ -450,9 +456,10 @@ def _decoded_pixels(ds: Dataset, study_key: str, series_uid: str | None) -> npt.
         # BaseException: it must not end the worker either. Interrupts and exits pass.
         if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
             raise
+        packed = f" ({describe(syntax)})" if syntax is not None and syntax.is_compressed else ""
         raise SeriesRejected(
             study_key,
-            f"pixel data truncated or unreadable in {source}: {exc}",
+            f"pixel data truncated or unreadable in {source}{packed}: {exc}",
             stage=STAGE,
             series_uid=series_uid,
         ) from exc

@@ -58,7 +58,8 @@ class ResultsHandler:
         started = time.perf_counter()
         labels = self._volumes.get_ref(request.label_map)
         summary = PreprocessSummary.of(labels)
-        series = find_series(self._source, task.study, request.referenced_series, stage="results")
+        set_aside: list[str] = []
+        series = find_series(self._source, task.study, request.referenced_series, stage="results", notes=set_aside)
         if GLIOMA_REFERENCE_ROLE not in series:
             raise MissingSequence(key, f"the SEG is drawn on the {GLIOMA_REFERENCE_ROLE} series, which is not "
                                        f"among the referenced series {sorted(series)}", stage="results")
@@ -68,7 +69,7 @@ class ResultsHandler:
                                      study_key=task.study.study_key, volume=series[GLIOMA_REFERENCE_ROLE].volume)
         seg = glioma_seg(labels, summary.reference_geometry.geometry(), reference, model=model,
                          input_hash=input_hash(uids, model))
-        warnings = registration_warnings(summary)
+        warnings = set_aside + registration_warnings(summary)
         stored: list[str] = []
         if seg is None:
             warnings.append("no tumour detected: no DICOM SEG written")

@@ -160,6 +160,7 @@ def _run(
         study = _choose_study(studies, study_uid)
         run.study_uid, run.key = study.study_instance_uid, study_key(study.study_instance_uid)
         check_study_size(run.key, sum(len(s.headers) for s in study.series.values()), source.limits, stage="read")
+        run.warnings.extend(study.set_aside_notes())
         clock.note(f"study {run.key}: {len(study.series)} series, {len(skipped)} files skipped")
 
     with clock.stage("classify"):

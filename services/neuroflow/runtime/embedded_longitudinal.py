@@ -88,6 +88,8 @@ def run_longitudinal(
     _remove_earlier_results(out_dir)
     clock = StageClock(LONGITUDINAL_STAGES, progress)
     run = _Run(warnings=[f"skipped {s.path}: {s.reason}" for s in skipped])
+    run.warnings.extend(f"study {study_key(uid)}: {note}" for uid, study in sorted(studies.items())
+                        for note in study.set_aside_notes())
     try:
         report = _run(source, studies, out_dir, settings, backend, clock, run)
     except NeuroflowError as exc:
