@@ -55,6 +55,8 @@ _T = TypeVar("_T")
 class AuditAction:
     """What happened to a study (the ``action`` column)."""
 
+    HANDED_ON = "classified and handed on"  # by ingest: the study routed to a pipeline, with its roles
+    ROUTING_FAILED = "routing failed"
     WORKFLOW_CREATED = "workflow created"
     STAGE_STARTED = "stage started"
     STAGE_FINISHED = "stage finished"
