@@ -253,6 +253,8 @@ def test_the_audit_trail_records_who_did_what_to_a_study_and_admin_audit_detects
     assert (actors["stage started"], actors["replayed"], actors["delivered"]) == ("orchestrator", "admin", "delivery")
     assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
     assert uid not in json.dumps(records)  # pseudonymous: the UID is nowhere in the trail
+    viewed = site.state.audit_records(key)[-1]  # reading the trail is itself recorded, after what was shown
+    assert (viewed.seq, viewed.action, viewed.actor.split("/")[0]) == (len(records) + 1, "viewed", "admin")
 
     with psycopg.connect(postgres_dsn, autocommit=True) as db:  # someone edits the table behind neuroflow
         db.execute("UPDATE audit_trail SET actor = 'nobody' WHERE study_key = %s AND seq = 4", (key,))

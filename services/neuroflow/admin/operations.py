@@ -162,7 +162,8 @@ def list_studies(store: Store) -> list[Row]:
 
 
 def study_history(store: Store, study_key: str) -> Row:
-    """A study's history: each workflow's status changes, attempts, timer, deliveries and dead letters."""
+    """A study's history: each workflow's status changes, attempts, timer, deliveries and dead letters (the
+    reading is recorded in the study's audit trail)."""
     records = [r for r in store.list() if r.study_key == study_key]
     if not records:
         raise AdminRefused(f"no workflow of study {study_key!r} (see `neuroflow admin studies`)")
@@ -179,6 +180,7 @@ def study_history(store: Store, study_key: str) -> Row:
         row["dead_letters"] = [_letter_row(d) for d in store.dead_letters(include_replayed=True,
                                                                            workflow_id=record.workflow_id)]
         workflows.append(row)
+    store.audit_append(study_key, AuditAction.VIEWED, {"what": "history"}, actor=operator())
     return {"study_key": study_key, "workflows": workflows}
 
 
@@ -244,12 +246,14 @@ def resolve_study(study: str) -> str:
 
 def audit_trail(store: Store, study: str) -> Row:
     """The study's audit trail, oldest first, and whether its hash chain is intact (``chain``: "intact", or
-    the first record that does not fit and why)."""
+    the first record that does not fit and why). The reading itself is recorded (``viewed``)."""
     key = resolve_study(study)
     records = store.audit_records(key)
     if not records:
         raise AdminRefused(f"no audit record of study {key!r}")
     check = store.audit_verify(key)
+    # After reading: the trail shown ends before this view, which the next reading shows.
+    store.audit_append(key, AuditAction.VIEWED, {"what": "audit trail"}, actor=operator())
     return {"study_key": key, "intact": check.intact, "broken_at": check.broken_at,
             "chain": "intact" if check.intact else f"BROKEN at record {check.broken_at}: {check.problem}",
             "records": [{"seq": r.seq, "at": r.at, "action": r.action, "actor": r.actor, "detail": r.fields(),

@@ -68,6 +68,7 @@ class AuditAction:
     DELIVERY_GIVEN_UP = "delivery given up"
     REPLAYED = "replayed"
     RERUN_REQUESTED = "re-run requested"
+    VIEWED = "viewed"  # an operator read the study's history or audit trail
 
 
 @dataclass(frozen=True)
