@@ -249,6 +249,7 @@ def test_the_audit_trail_records_who_did_what_to_a_study_and_admin_audit_detects
     (segmented,) = [r for r in records if (r["action"], r["detail"].get("stage")) == ("stage finished",
                                                                                        "segmentation")]
     assert segmented["detail"]["model"] == "tiny:1" and segmented["detail"]["attempt"] == 1
+    assert segmented["detail"]["worker"].startswith("segmentation-worker/")  # the replica that answered
     actors = {r["action"]: r["actor"].split("/")[0] for r in records}
     assert (actors["stage started"], actors["replayed"], actors["delivered"]) == ("orchestrator", "admin", "delivery")
     assert [r["seq"] for r in records] == list(range(1, len(records) + 1))

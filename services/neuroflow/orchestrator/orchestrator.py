@@ -471,7 +471,8 @@ class Orchestrator:
 def _finished_detail(done: tasks_pb2.TaskDone) -> dict[str, object]:
     """The audit record of a stage's answer: which stage, attempt and time, and the model that made it."""
     detail: dict[str, object] = {"workflow_id": done.workflow_id, "stage": topics.stage_name(done.stage),
-                                 "attempt": done.attempt, "duration_s": round(done.duration_s, 3)}
+                                 "attempt": done.attempt, "duration_s": round(done.duration_s, 3),
+                                 "worker": done.worker or "?"}
     kind = done.WhichOneof("output")
     output = getattr(done, kind) if kind else None
     if output is not None and "model" in output.DESCRIPTOR.fields_by_name and output.HasField("model"):
