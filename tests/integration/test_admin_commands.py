@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from neuroflow.admin.operations import rerun_study
@@ -221,3 +222,44 @@ def test_a_rerun_starts_a_new_workflow_of_the_study_whose_result_is_delivered_on
     assert len(site.pacs.accepted) == 2  # one per workflow: the rerun's objects replace the first's in the PACS
     record = site.state.get(started["workflow_id"])
     assert record is not None and record.input_hash == f"{ready.input_hash}+rerun1"
+
+
+def test_the_audit_trail_records_who_did_what_to_a_study_and_admin_audit_detects_tampering(
+    site: Site, capsys: pytest.CaptureFixture[str], postgres_dsn: str,
+) -> None:
+    site.triton_down.set()
+    ready = study_ready("admin-audit")
+    key, uid = ready.study.study_key, ready.study.study_instance_uid
+    wid = publish(site.bus, ready)
+    site.wait_for(wid, WorkflowStatus.DEAD_LETTERED)
+    site.triton_down.clear()
+    (letter,) = [x for x in site.state.dead_letters() if x.workflow_id == wid]
+    assert admin(capsys, "dead-letters", "replay", letter.letter_id)[0] == 0
+    site.wait_for(wid, WorkflowStatus.SUCCEEDED)
+    site.deliver_until(wid, DeliveryStatus.DELIVERED)
+
+    status, trail, _ = admin(capsys, "audit", uid)  # named by its StudyInstanceUID: the same as by its key
+    assert status == 0 and trail["study_key"] == key and trail["intact"] is True and trail["chain"] == "intact"
+    records = trail["records"]
+    steps = [(r["action"], r["detail"].get("stage")) for r in records]
+    assert steps[:3] == [("workflow created", None), ("stage started", "preprocess"),
+                         ("stage finished", "preprocess")]
+    assert ("dead-lettered", "segmentation") in steps and ("replayed", "segmentation") in steps
+    assert steps[-3:] == [("stage finished", "results"), ("succeeded", "results"), ("delivered", "results")]
+    (segmented,) = [r for r in records if (r["action"], r["detail"].get("stage")) == ("stage finished",
+                                                                                       "segmentation")]
+    assert segmented["detail"]["model"] == "tiny:1" and segmented["detail"]["attempt"] == 1
+    assert segmented["detail"]["worker"].startswith("segmentation-worker/")  # the replica that answered
+    actors = {r["action"]: r["actor"].split("/")[0] for r in records}
+    assert (actors["stage started"], actors["replayed"], actors["delivered"]) == ("orchestrator", "admin", "delivery")
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+    assert uid not in json.dumps(records)  # pseudonymous: the UID is nowhere in the trail
+    viewed = site.state.audit_records(key)[-1]  # reading the trail is itself recorded, after what was shown
+    assert (viewed.seq, viewed.action, viewed.actor.split("/")[0]) == (len(records) + 1, "viewed", "admin")
+
+    with psycopg.connect(postgres_dsn, autocommit=True) as db:  # someone edits the table behind neuroflow
+        db.execute("UPDATE audit_trail SET actor = 'nobody' WHERE study_key = %s AND seq = 4", (key,))
+    capsys.readouterr()
+    assert main(["admin", "audit", key]) == 65  # EX_DATAERR
+    out, err = capsys.readouterr()
+    assert "BROKEN at record 4" in err and "was altered" in err and "stage finished" in out

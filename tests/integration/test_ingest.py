@@ -24,6 +24,7 @@ from neuroflow.core.errors import OrthancUnavailable
 from neuroflow.core.identity import NEUROFLOW_MANUFACTURER
 from neuroflow.core.orthanc import Change, OrthancClient, OrthancEndpoint
 from neuroflow.core.roles import SeriesRole
+from neuroflow.core.state import SqliteStateStore
 from neuroflow.core.volume import Geometry, Volume
 from neuroflow.devtools.dicom_writer import load_volume, write_study
 from neuroflow.devtools.orthanc_server import OrthancProcess, restart_orthanc, start_orthanc
@@ -80,8 +81,8 @@ def _failed(bus: InMemoryBus) -> list[events_pb2.RoutingFailed]:
 def test_study_is_handed_on_once_after_the_wait_window(
     orthancs: OrthancPair, window_store_factory: Callable[[], WindowStore], tmp_path: Path
 ) -> None:
-    bus = InMemoryBus()
-    ingest = IngestService(orthancs.site_client, window_store_factory(), bus, _settings())
+    bus, audit = InMemoryBus(), SqliteStateStore(tmp_path / "state.sqlite")
+    ingest = IngestService(orthancs.site_client, window_store_factory(), bus, _settings(), audit=audit)
     written = write_study({r: _crop(r) for r in FILES}, tmp_path / "study", vendor=Vendor.GE, seed="ingest-1")
     _upload(orthancs, tmp_path / "study")
     ingest.poll_changes(now=1000.0)
@@ -96,6 +97,12 @@ def test_study_is_handed_on_once_after_the_wait_window(
     assert all(s.instance_count == 40 for s in event.series)
     assert ingest.trigger_due(now=1000.0 + 10 * WINDOW_S) == []  # once per study version
     assert len(_ready(bus)) == 1
+    (handed_on,) = audit.audit_records(event.study.study_key)  # one audit record per hand-on, by this replica
+    assert (handed_on.action, handed_on.actor.split("/")[0]) == ("classified and handed on", "ingest")
+    assert handed_on.fields() == {"pipeline": GLIOMA_PIPELINE, "input_hash": event.input_hash,
+                                  "study_version": event.study_version, "roles": {r.value: 40 for r in FILES}}
+    assert written.study_instance_uid not in handed_on.detail
+    audit.close()
 
 
 def test_late_series_retriggers_with_the_same_input_hash_when_inputs_are_unchanged(
@@ -161,8 +168,8 @@ def test_replica_dying_with_a_claim_is_taken_over_after_its_lease(
 def test_study_missing_flair_gives_routing_failed_naming_it(
     orthancs: OrthancPair, window_store_factory: Callable[[], WindowStore], tmp_path: Path
 ) -> None:
-    bus = InMemoryBus()
-    ingest = IngestService(orthancs.site_client, window_store_factory(), bus, _settings())
+    bus, audit = InMemoryBus(), SqliteStateStore(tmp_path / "state.sqlite")
+    ingest = IngestService(orthancs.site_client, window_store_factory(), bus, _settings(), audit=audit)
     roles = [SeriesRole.T1, SeriesRole.T1CE, SeriesRole.T2]
     write_study({r: _crop(r) for r in roles}, tmp_path / "study", vendor=Vendor.SIEMENS, seed="ingest-4")
     _upload(orthancs, tmp_path / "study")
@@ -172,6 +179,9 @@ def test_study_missing_flair_gives_routing_failed_naming_it(
     assert len(failures) == 1
     assert failures[0].reason == events_pb2.RoutingFailed.MISSING_SEQUENCE
     assert "FLAIR" in failures[0].message and failures[0].pipeline == GLIOMA_PIPELINE
+    assert [(r.action, r.fields()) for r in audit.audit_records(failures[0].study.study_key)] == [
+        ("routing failed", {"pipeline": GLIOMA_PIPELINE, "reason": "MISSING_SEQUENCE"})]
+    audit.close()
 
 
 def test_neuroflow_results_stored_back_in_orthanc_do_not_retrigger_the_study(

@@ -95,7 +95,8 @@ EXAMPLES: dict[str, Callable[[], Message]] = {
     "TaskDone": lambda: tasks_pb2.TaskDone(
         schema_version=V, workflow_id="wf-1", stage=common_pb2.STAGE_RESULTS, attempt=1,
         idempotency_key="wf-1/results", study=_study(), pipeline="glioma", finished_at=_time(1_700_000_950),
-        duration_s=12.5, results=tasks_pb2.ResultsOutput(sop_instance_uids=["1.2.9.1"], destination="pacs")),
+        duration_s=12.5, results=tasks_pb2.ResultsOutput(sop_instance_uids=["1.2.9.1"], destination="pacs"),
+        worker="results-worker/host-1-abc123"),
     "TaskFailed": lambda: tasks_pb2.TaskFailed(
         schema_version=V, workflow_id="wf-1", stage=common_pb2.STAGE_PREPROCESS, attempt=3,
         idempotency_key="wf-1/preprocess", study=_study(), pipeline="glioma",

@@ -2,7 +2,7 @@
 store and bus) from the NEUROFLOW_* settings, call ``admin.operations``, print a table or ``--json``.
 
 Exit status: 0 done, 1 refused (unknown id, already replayed, already delivered: nothing changed; the
-reason is printed on stderr)."""
+reason is printed on stderr); ``audit``: 65 (EX_DATAERR) when the study's audit chain is broken."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ from typing import Any
 from neuroflow.admin import operations
 from neuroflow.admin.operations import AdminRefused, Store
 from neuroflow.core.config import NeuroflowSettings
+from neuroflow.core.exit_codes import ExitCode
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
+EXIT_TAMPERED = int(ExitCode.BAD_INPUT)  # the audit chain does not verify: a record was altered or removed
 
 
 def add_admin_parser(sub: Any) -> None:
@@ -51,6 +53,9 @@ def add_admin_parser(sub: Any) -> None:
     rerun.add_argument("study_key", metavar="STUDY")
     rerun.add_argument("--pipeline", default=None, help="only this pipeline (default: each of the study's)")
     _json(rerun).set_defaults(handler=_handler(_rerun))
+    audit = commands.add_parser("audit", help="a study's audit trail (who did what, when), its hash chain verified")
+    audit.add_argument("study", metavar="STUDY", help="the study's pseudonymous key or its StudyInstanceUID")
+    _json(audit).set_defaults(handler=_handler(lambda store, args: operations.audit_trail(store, args.study)))
 
 
 def _json(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -86,6 +91,10 @@ def _handler(operation: Callable[[Store, argparse.Namespace], Any]) -> Callable[
         finally:
             backends.close()
         print(json.dumps(result, indent=2) if args.json else _text(result))
+        if isinstance(result, dict) and result.get("intact") is False:
+            print(f"neuroflow admin: audit chain of study {result['study_key']} is {result['chain']}",
+                  file=sys.stderr)
+            return EXIT_TAMPERED
         return EXIT_OK
 
     return handle

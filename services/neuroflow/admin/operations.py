@@ -14,11 +14,15 @@ SOP Instance UIDs as before (they follow from the series and the model), so the 
 
 from __future__ import annotations
 
+import getpass
+import re
+import socket
 import time
 from datetime import UTC, datetime
 from typing import Any
 
-from neuroflow.core import topics
+from neuroflow.core import identity, topics
+from neuroflow.core.audit import AuditAction
 from neuroflow.core.bus import MessageBus
 from neuroflow.core.errors import NeuroflowError
 from neuroflow.core.records import RecordStore
@@ -34,6 +38,15 @@ _RERUN = "+rerun"  # a re-run's input hash: the original's, this, and a number
 
 class AdminRefused(NeuroflowError):
     """The operation cannot be done (unknown id, already replayed, already delivered...): nothing changed."""
+
+
+def operator() -> str:
+    """Who an operation is recorded as in the audit trail: the operator's account on this host."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for the uid (a container's arbitrary user)
+        user = "unknown"
+    return f"admin/{user}@{socket.gethostname()}"
 
 
 def iso(seconds: float | None) -> str | None:
@@ -81,10 +94,17 @@ def replay_dead_letter(store: Store, letter_id: str, *, delivery_period_s: float
         reopened = [d.destination for d in store.deliveries(workflow_id=letter.workflow_id)
                     if d.status == DeliveryStatus.GAVE_UP
                     and store.reopen_delivery(d.workflow_id, d.destination, now=now, give_up_at=until)]
+        store.audit_append(letter.study_key, AuditAction.REPLAYED,
+                           {"letter_id": letter_id, "workflow_id": letter.workflow_id, "kind": letter.kind.value,
+                            "destinations": reopened}, actor=operator())
         return {"letter_id": letter_id, "workflow_id": letter.workflow_id, "study_key": letter.study_key,
                 "replayed": f"delivery to {', '.join(reopened)} scheduled again"}
     store.set_status(letter.workflow_id, WorkflowStatus.PENDING, stage=letter.stage,
-                     detail=f"replayed by an operator from dead letter {letter_id}: {letter.stage} again")
+                     detail=f"replayed by an operator from dead letter {letter_id}: {letter.stage} again",
+                     actor=operator())
+    store.audit_append(letter.study_key, AuditAction.REPLAYED,
+                       {"letter_id": letter_id, "workflow_id": letter.workflow_id, "kind": letter.kind.value,
+                        "stage": letter.stage}, actor=operator())
     store.set_timer(letter.workflow_id, TimerKind.RETRY, letter.stage, 1, now)
     return {"letter_id": letter_id, "workflow_id": letter.workflow_id, "study_key": letter.study_key,
             "replayed": f"{letter.stage} scheduled again (attempt 1); a running orchestrator dispatches it"}
@@ -142,7 +162,8 @@ def list_studies(store: Store) -> list[Row]:
 
 
 def study_history(store: Store, study_key: str) -> Row:
-    """A study's history: each workflow's status changes, attempts, timer, deliveries and dead letters."""
+    """A study's history: each workflow's status changes, attempts, timer, deliveries and dead letters (the
+    reading is recorded in the study's audit trail)."""
     records = [r for r in store.list() if r.study_key == study_key]
     if not records:
         raise AdminRefused(f"no workflow of study {study_key!r} (see `neuroflow admin studies`)")
@@ -159,6 +180,7 @@ def study_history(store: Store, study_key: str) -> Row:
         row["dead_letters"] = [_letter_row(d) for d in store.dead_letters(include_replayed=True,
                                                                            workflow_id=record.workflow_id)]
         workflows.append(row)
+    store.audit_append(study_key, AuditAction.VIEWED, {"what": "history"}, actor=operator())
     return {"study_key": study_key, "workflows": workflows}
 
 
@@ -208,4 +230,31 @@ def rerun_study(store: Store, records: RecordStore, bus: MessageBus, study_key: 
         bus.publish(topics.STUDY_READY, study_key, ready.SerializeToString())
         started.append({"study_key": study_key, "pipeline": name, "rerun_of": record.workflow_id,
                         "workflow_id": workflow_id(study_key, name, ready.input_hash)})
+        store.audit_append(study_key, AuditAction.RERUN_REQUESTED, started[-1], actor=operator())
     return started
+
+
+# -- the audit trail -------------------------------------------------------------------------------------
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)+$")  # a DICOM UID (digits and dots); a study key is hex
+
+
+def resolve_study(study: str) -> str:
+    """The study's pseudonymous key from its key or its StudyInstanceUID (keyed with this site's secret)."""
+    return identity.study_key(study) if _UID.match(study) else study
+
+
+def audit_trail(store: Store, study: str) -> Row:
+    """The study's audit trail, oldest first, and whether its hash chain is intact (``chain``: "intact", or
+    the first record that does not fit and why). The reading itself is recorded (``viewed``)."""
+    key = resolve_study(study)
+    records = store.audit_records(key)
+    if not records:
+        raise AdminRefused(f"no audit record of study {key!r}")
+    check = store.audit_verify(key)
+    # After reading: the trail shown ends before this view, which the next reading shows.
+    store.audit_append(key, AuditAction.VIEWED, {"what": "audit trail"}, actor=operator())
+    return {"study_key": key, "intact": check.intact, "broken_at": check.broken_at,
+            "chain": "intact" if check.intact else f"BROKEN at record {check.broken_at}: {check.problem}",
+            "records": [{"seq": r.seq, "at": r.at, "action": r.action, "actor": r.actor, "detail": r.fields(),
+                         "hash": r.hash[:16]} for r in records]}

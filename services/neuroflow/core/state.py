@@ -23,6 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
+from neuroflow.core.audit import AUDIT_SCHEMA, AuditAction, AuditStatements
 from neuroflow.core.errors import NeuroflowError
 from neuroflow.core.sql_reconnect import ConnectionLost, retry_once
 from neuroflow.core.state_schedules import SCHEDULE_SCHEMA, ScheduleStatements
@@ -133,8 +134,8 @@ class WorkflowStateStore(ABC):
 
 
 # 2: the timers, deliveries, dead letters and workflow events of core/state_schedules.py (new tables only:
-# a version-1 database is upgraded in place by creating them).
-_SCHEMA_VERSION = 2
+# a version-1 database is upgraded in place by creating them). 3: the audit trail (core/audit.py), likewise.
+_SCHEMA_VERSION = 3
 # Written once for every SQL backend: {timestamp} and {real} are the backend's column types.
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
@@ -158,10 +159,17 @@ _SCHEMA = (
         PRIMARY KEY (workflow_id, stage)
     )""",
     *SCHEDULE_SCHEMA,
+    *AUDIT_SCHEMA,
 )
-# Rows of a workflow kept beside it (stage timings, timers, deliveries, dead letters, history).
+# Rows of a workflow kept beside it (stage timings, timers, deliveries, dead letters, history), deleted with it.
+# Never audit_trail: the audit trail is append-only and outlives the workflows it records.
 _WORKFLOW_TABLES = ("stage_timings", "workflow_timers", "deliveries", "dead_letters", "workflow_events")
 _COLUMNS = "workflow_id, study_key, pipeline, input_hash, status, stage, detail, created_at, updated_at"
+# The audit action of each status a workflow is moved to (set_status).
+_AUDIT_ACTIONS = {WorkflowStatus.RUNNING: AuditAction.STAGE_STARTED,
+                  WorkflowStatus.PENDING: AuditAction.RETRY_SCHEDULED,
+                  WorkflowStatus.SUCCEEDED: AuditAction.SUCCEEDED, WorkflowStatus.FAILED: AuditAction.FAILED,
+                  WorkflowStatus.DEAD_LETTERED: AuditAction.DEAD_LETTERED}
 _FINISHED_LIST = ", ".join(f"'{s.value}'" for s in sorted(FINISHED_STATUSES))  # constants, no user input
 
 
@@ -190,7 +198,7 @@ _C = TypeVar("_C", bound=_Connection)
 _T = TypeVar("_T")
 
 
-class SqlStateStore(WorkflowStateStore, ScheduleStatements, Generic[_C]):
+class SqlStateStore(WorkflowStateStore, ScheduleStatements, AuditStatements, Generic[_C]):
     """The statements of the SQL backends and their logic, written once. One connection per thread;
     every write is one transaction. Statements use ``?`` placeholders, which ``_sql`` turns into the
     backend's (``_ph``, as in neuroflow.core.sql_statements). A backend supplies only what differs:
@@ -232,6 +240,8 @@ class SqlStateStore(WorkflowStateStore, ScheduleStatements, Generic[_C]):
             created = cursor.rowcount == 1
             if created:
                 self._record_event(db, workflow_id, WorkflowStatus.PENDING, None, "created")
+                self._append_on(db, study_key, AuditAction.WORKFLOW_CREATED, self.audit_actor,
+                                {"workflow_id": workflow_id, "pipeline": pipeline, "input_hash": input_hash})
             return created
 
         # Not idempotent in its answer: run again after a COMMIT that did apply, it would say False ("the
@@ -243,12 +253,16 @@ class SqlStateStore(WorkflowStateStore, ScheduleStatements, Generic[_C]):
         return rows[0] if rows else None
 
     def set_status(
-        self, workflow_id: str, status: WorkflowStatus, *, stage: str | None, detail: str = ""
+        self, workflow_id: str, status: WorkflowStatus, *, stage: str | None, detail: str = "",
+        actor: str | None = None,
     ) -> None:
+        """As WorkflowStateStore's; the change is also appended to the study's audit trail, as ``actor``
+        (default: ``audit_actor``)."""
         status = WorkflowStatus(status)
 
         def update(db: _C) -> None:
-            row = db.execute(self._sql(f"SELECT status FROM workflows WHERE workflow_id = ?{self._lock_row}"),
+            row = db.execute(self._sql(f"SELECT status, study_key FROM workflows WHERE workflow_id = ?"
+                                       f"{self._lock_row}"),
                              (workflow_id,)).fetchone()
             if row is None:
                 raise WorkflowNotFound(f"no workflow {workflow_id!r}")
@@ -262,6 +276,8 @@ class SqlStateStore(WorkflowStateStore, ScheduleStatements, Generic[_C]):
                 (status.value, stage, detail, self._now(), workflow_id),
             )
             self._record_event(db, workflow_id, status, stage, detail)
+            self._append_on(db, row[1], _AUDIT_ACTIONS[status], actor or self.audit_actor,
+                            {"workflow_id": workflow_id, "stage": stage, "detail": detail})
 
         # Idempotent: staying in a status is always allowed, so applying the same change twice leaves the
         # record as once (but for updated_at and a repeated line in the workflow's history).

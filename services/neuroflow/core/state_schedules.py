@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
 
+from neuroflow.core.audit import AuditAction, AuditStatements
+
 # The tables, created by SqlStateStore's migration ({real}: the backend's floating-point column type).
 SCHEDULE_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS workflow_timers (
@@ -161,7 +163,7 @@ _LETTER_COLUMNS = ("letter_id, kind, workflow_id, study_key, pipeline, stage, at
                    "created_at, replayed_at")
 
 
-class ScheduleStatements:
+class ScheduleStatements(AuditStatements):
     """The statements on those tables; SqlStateStore supplies the connection and placeholders."""
 
     @abstractmethod
@@ -266,20 +268,39 @@ class ScheduleStatements:
         return sorted((_delivery(r) for r in rows), key=lambda d: d.next_attempt_at)
 
     def delivery_done(self, delivery: Delivery, holder: str, now: float) -> bool:
-        """The destination accepted the objects. False when ``holder`` lost its lease meanwhile."""
-        return self._changed(
+        """The destination accepted the objects (recorded in the study's audit trail). False when ``holder``
+        lost its lease meanwhile."""
+        return self._delivery_outcome(
+            delivery, holder, AuditAction.DELIVERED,
             "UPDATE deliveries SET status = ?, delivered_at = ?, attempts = attempts + 1, last_error = '', "
             "holder = NULL, lease_until = 0 WHERE workflow_id = ? AND destination = ? AND holder = ?",
             (DeliveryStatus.DELIVERED.value, now, delivery.workflow_id, delivery.destination, holder))
 
     def delivery_failed(self, delivery: Delivery, holder: str, error: str, *, next_attempt_at: float,
                         give_up: bool) -> bool:
-        """An attempt failed: try again at ``next_attempt_at``, or (``give_up``) stop trying."""
+        """An attempt failed: try again at ``next_attempt_at``, or (``give_up``) stop trying (recorded in the
+        study's audit trail)."""
         status = DeliveryStatus.GAVE_UP if give_up else DeliveryStatus.PENDING
-        return self._changed(
+        return self._delivery_outcome(
+            delivery, holder, AuditAction.DELIVERY_GIVEN_UP if give_up else None,
             "UPDATE deliveries SET status = ?, attempts = attempts + 1, last_error = ?, next_attempt_at = ?, "
             "holder = NULL, lease_until = 0 WHERE workflow_id = ? AND destination = ? AND holder = ?",
             (status.value, error, next_attempt_at, delivery.workflow_id, delivery.destination, holder))
+
+    def _delivery_outcome(self, delivery: Delivery, holder: str, action: str | None, sql: str,
+                          parameters: tuple[Any, ...]) -> bool:
+        """The delivery's update and, when it applied and ``action``, its audit record, in one transaction."""
+        def update(db: Any) -> bool:
+            if db.execute(self._sql(sql), parameters).rowcount == 0:
+                return False
+            if action is not None:
+                self._append_on(db, delivery.study_key, action, f"delivery/{holder}",
+                                {"workflow_id": delivery.workflow_id, "destination": delivery.destination,
+                                 "stage": delivery.stage, "objects": len(delivery.sop_instance_uids),
+                                 "attempt": delivery.attempts + 1})
+            return True
+
+        return self._run(update, idempotent=False, what="schedules")
 
     def reopen_delivery(self, workflow_id: str, destination: str, *, now: float, give_up_at: float) -> bool:
         """A delivery given up on is scheduled again now (an operator's replay); a delivered one never."""

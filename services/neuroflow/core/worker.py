@@ -48,6 +48,7 @@ from neuroflow.core.errors import (
     StudyError,
 )
 from neuroflow.core.records import RecordStore
+from neuroflow.core.state_schedules import replica_name
 from neuroflow.core.volume_store import VolumeCorrupted, VolumeNotFound
 from neuroflow.proto.neuroflow.v1 import common_pb2, tasks_pb2
 
@@ -176,6 +177,7 @@ class StageWorker:
         self._poll_timeout_s = poll_timeout_s
         self._heartbeat_s = heartbeat_s
         self.name = name or f"{self._stage_name}-worker"
+        self._replica = f"{self.name}/{replica_name()}"  # who answered, in TaskDone (the audit trail's actor)
         self.stats = WorkerStats()
         self._stop = threading.Event()
 
@@ -287,6 +289,7 @@ class StageWorker:
             schema_version=topics.SCHEMA_VERSION, workflow_id=task.workflow_id, stage=task.stage,
             attempt=task.attempt, idempotency_key=task.idempotency_key, study=task.study,
             pipeline=task.pipeline, finished_at=now_timestamp(), duration_s=time.perf_counter() - started,
+            worker=self._replica,
         )
         getattr(done, self._stage_name).CopyFrom(output)
         wire = done.SerializeToString()

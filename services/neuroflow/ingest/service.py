@@ -24,12 +24,14 @@ from dataclasses import dataclass, field
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from neuroflow.core import health, metrics, topics
+from neuroflow.core.audit import AuditAction, AuditStatements
 from neuroflow.core.bus import MessageBus
 from neuroflow.core.config import CHANGE_PIPELINES, ClassifySettings
 from neuroflow.core.dicom_io import StudyIndex, series_volume, study_key
 from neuroflow.core.identity import NEUROFLOW_MANUFACTURER, input_hash, patient_key
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.orthanc import OrthancClient, OrthancDicomSource
+from neuroflow.core.state_schedules import replica_name
 from neuroflow.core.sub_series import volume_identity
 from neuroflow.ingest.classify import classify_study
 from neuroflow.ingest.routing import route_study
@@ -72,8 +74,11 @@ class IngestCounters:
 
 class IngestService:
     def __init__(self, client: OrthancClient, windows: WindowStore, bus: MessageBus, settings: IngestSettings,
-                 rules: SiteRules | None = None) -> None:
+                 rules: SiteRules | None = None, audit: AuditStatements | None = None) -> None:
         self._client = client
+        # The state database's audit trail (core/audit.py): each hand-on and routing failure, as this replica.
+        self._audit = audit
+        self._actor = f"ingest/{replica_name()}"
         self._source = OrthancDicomSource(client)
         self._windows = windows
         self._bus = bus
@@ -258,6 +263,10 @@ class IngestService:
                 priority=priority, ready_at=_timestamp(),
             )
             self._bus.publish(topics.STUDY_READY, ref.study_key, ready.SerializeToString())
+            if self._audit is not None:
+                self._audit.audit_append(ref.study_key, AuditAction.HANDED_ON, {
+                    "pipeline": route.pipeline, "input_hash": ready.input_hash, "study_version": claim.seq,
+                    "roles": {s.role: s.instance_count for s in series}}, actor=self._actor)
             self.counters.studies_ready += 1
             metrics.STUDIES_ROUTED.labels(self._settings.site, route.pipeline).inc()
             log.info("study %s ready for %s (version %d)", ref.study_key, route.pipeline, claim.seq)
@@ -276,6 +285,9 @@ class IngestService:
         failed = events_pb2.RoutingFailed(schema_version=topics.SCHEMA_VERSION, study=ref, reason=reason,
                                           message=message, pipeline=pipeline, failed_at=_timestamp())
         self._bus.publish(topics.ROUTING_FAILED, ref.study_key, failed.SerializeToString())
+        if self._audit is not None:  # the code, not the message: a person reads that from the event
+            self._audit.audit_append(ref.study_key, AuditAction.ROUTING_FAILED, {
+                "pipeline": pipeline, "reason": events_pb2.RoutingFailed.Reason.Name(reason)}, actor=self._actor)
         self.counters.routing_failed += 1
         metrics.ROUTING_FAILURES.labels(self._settings.site, pipeline or metrics.UNKNOWN,
                                         events_pb2.RoutingFailed.Reason.Name(reason)).inc()

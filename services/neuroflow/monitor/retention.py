@@ -19,6 +19,10 @@ What may go, and when (``now - period``, per kind, is the cutoff):
 * a handled wait-window row (ingest's per-study state): after ``state_rows_days``; a study changing again
   later gets a new row.
 
+Never deleted here, nor anywhere: the audit trail (core/audit.py, table ``audit_trail``). It is append-only
+and hash-chained; a workflow row's deletion (``SqlStateStore.delete_finished``) leaves it, so who did what to a
+study stays provable after everything else of the study is gone. It holds no PHI (pseudonymous keys only).
+
 Kept for ever on purpose: the longitudinal timepoints (a row of a few hundred bytes per study and change
 pipeline). They are the patient's timeline: which earlier study a follow-up was compared with, and which
 follow-ups a late-arriving older study must re-trigger; without them a late prior would silently not be

@@ -40,6 +40,7 @@ from google.protobuf import timestamp_pb2
 from google.protobuf.message import DecodeError
 
 from neuroflow.core import health, metrics, topics
+from neuroflow.core.audit import AuditAction
 from neuroflow.core.bus import Message, MessageBus
 from neuroflow.core.config import OrchestrationSettings
 from neuroflow.core.dead_letter import publish_dead_letter
@@ -114,6 +115,8 @@ class Orchestrator:
         self._last_instance_lead_s = last_instance_lead_s
         self._delivery_period_s = delivery_period_s
         self.holder = holder or replica_name()
+        # The workflow changes this process makes are audited as this replica (core/audit.py).
+        state.audit_actor = f"orchestrator/{self.holder}"
         self._stop = threading.Event()
 
     # -- the loop ------------------------------------------------------------------------------------
@@ -235,6 +238,7 @@ class Orchestrator:
             return
         self._records.put(_done_key(wid, stage), done.SerializeToString())
         self._state.record_stage_timing(wid, topics.stage_name(stage), max(0.0, done.duration_s))
+        self._state.audit_append(record.study_key, AuditAction.STAGE_FINISHED, _finished_detail(done))
         following = spec.next_stage(stage)
         if following is not None:
             self._dispatch(wid, following, attempt=1)
@@ -462,6 +466,18 @@ class Orchestrator:
     def _task(self, wid: str) -> tasks_pb2.TaskRequested | None:
         raw = self._records.get(_task_key(wid))
         return None if raw is None else tasks_pb2.TaskRequested.FromString(raw)
+
+
+def _finished_detail(done: tasks_pb2.TaskDone) -> dict[str, object]:
+    """The audit record of a stage's answer: which stage, attempt and time, and the model that made it."""
+    detail: dict[str, object] = {"workflow_id": done.workflow_id, "stage": topics.stage_name(done.stage),
+                                 "attempt": done.attempt, "duration_s": round(done.duration_s, 3),
+                                 "worker": done.worker or "?"}
+    kind = done.WhichOneof("output")
+    output = getattr(done, kind) if kind else None
+    if output is not None and "model" in output.DESCRIPTOR.fields_by_name and output.HasField("model"):
+        detail["model"] = f"{output.model.name}:{output.model.version}"
+    return detail
 
 
 def _longitudinal_detail(output: tasks_pb2.LongitudinalOutput) -> str:

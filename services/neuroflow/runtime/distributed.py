@@ -303,6 +303,7 @@ def build_ingest(backends: Backends) -> Service:
                        poll_interval_s=ingest.poll_interval_s, retry_backoff_max_s=ingest.retry_backoff_max_s,
                        classify=settings.classify),
         load_site_rules(settings.site_rules) if settings.site_rules else None,
+        audit=backends.state(),
     )
 
 

@@ -537,6 +537,7 @@ class TaskDone(_message.Message):
     SEGMENTATION_FIELD_NUMBER: _builtins.int
     RESULTS_FIELD_NUMBER: _builtins.int
     LONGITUDINAL_FIELD_NUMBER: _builtins.int
+    WORKER_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     """Contract revision the producer wrote (a neuroflow.v1.SchemaVersion value)."""
     workflow_id: _builtins.str
@@ -551,6 +552,8 @@ class TaskDone(_message.Message):
     """Pipeline the workflow runs."""
     duration_s: _builtins.float
     """Wall time the worker spent on this attempt, in seconds."""
+    worker: _builtins.str
+    """The worker replica that answered ("<worker name>/<host>-<pid>-<random>"), for the audit trail."""
     @_builtins.property
     def study(self) -> _common_pb2.StudyRef:
         """The study."""
@@ -591,10 +594,11 @@ class TaskDone(_message.Message):
         segmentation: Global___SegmentationOutput | None = ...,
         results: Global___ResultsOutput | None = ...,
         longitudinal: Global___LongitudinalOutput | None = ...,
+        worker: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "longitudinal", b"longitudinal", "output", b"output", "preprocess", b"preprocess", "results", b"results", "segmentation", b"segmentation", "study", b"study"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "duration_s", b"duration_s", "finished_at", b"finished_at", "idempotency_key", b"idempotency_key", "longitudinal", b"longitudinal", "output", b"output", "pipeline", b"pipeline", "preprocess", b"preprocess", "results", b"results", "schema_version", b"schema_version", "segmentation", b"segmentation", "stage", b"stage", "study", b"study", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "duration_s", b"duration_s", "finished_at", b"finished_at", "idempotency_key", b"idempotency_key", "longitudinal", b"longitudinal", "output", b"output", "pipeline", b"pipeline", "preprocess", b"preprocess", "results", b"results", "schema_version", b"schema_version", "segmentation", b"segmentation", "stage", b"stage", "study", b"study", "worker", b"worker", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_output: _TypeAlias = _typing.Literal["preprocess", "segmentation", "results", "longitudinal"]  # noqa: Y015
     _WhichOneofArgType_output: _TypeAlias = _typing.Literal["output", b"output"]  # noqa: Y015
