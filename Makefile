@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_STUDY := build/demo-study
 DEMO_OUT := demo-out
 
-.PHONY: demo test lint unit integration bench proto proto-check system-deps stack-up stack-down clean helm-check capacity
+.PHONY: demo test lint unit integration bench proto proto-check system-deps stack-up stack-down clean helm-check capacity chaos
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ bench: $(STAMP) system-deps
 	$(PY) scripts/bench_triton.py --out BENCHMARKS.md
 	$(PY) scripts/capacity_model.py --out BENCHMARKS.md
 	$(PY) scripts/bench_longitudinal.py --out BENCHMARKS.md
+
+# Real studies through the local stack while workers, the orchestrator, Kafka, PostgreSQL, both Orthancs
+# and Triton are killed or stopped one after another; fails on any lost or duplicated result (~40 min).
+chaos: $(STAMP) system-deps
+	$(PY) scripts/chaos.py --out BENCHMARKS.md
 
 # The Helm chart and the image build files, checked offline (no cluster, no container engine); the capacity model.
 helm-check: $(STAMP)
