@@ -12,6 +12,8 @@ import pytest
 from neuroflow.devtools.chaos import ChaosReport, PhaseOutcome, markdown_section, run_chaos, short_plan
 
 PLAN = short_plan()
+# The run takes 5 min on an idle 2-core machine, more on a busy one: past the suite's default 900 s.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 @pytest.fixture(scope="module")

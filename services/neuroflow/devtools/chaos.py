@@ -349,8 +349,16 @@ class StopServer(Fault):
         with handle.lock:
             stack_tools.stop_process(stack_tools.process_record(handle.stack, self.process))
         time.sleep(self.down_s)
-        with handle.lock:
-            stack_tools.restart_process(handle.stack, self.process)
+        for attempt in range(1, 4):  # as an operator (or a StatefulSet) would, try again before giving up
+            try:
+                with handle.lock:
+                    stack_tools.restart_process(handle.stack, self.process)
+                return
+            except Exception as error:  # any start failure; the last one is raised
+                if attempt == 3:
+                    raise ChaosError(f"{self.process} did not start again: {error}") from error
+                log.warning("%s did not start again (attempt %d of 3): %s", self.process, attempt, error)
+                time.sleep(5.0)
 
 
 def _duration(seconds: float) -> str:
@@ -552,9 +560,13 @@ def _run_phase(plan: ChaosPlan, fault: Fault | None, handle: StackHandle, superv
         if fired:
             progress(f"chaos: phase '{label}': injecting ({fault.trigger.describe()})")
             began = time.monotonic()
-            fault.inject(handle, supervisor)
+            try:
+                fault.inject(handle, supervisor)
+                outcome.injected = True
+            except ChaosError as error:  # the table says so; the run goes on, on whatever is left
+                outcome.note = f"injection failed: {error}"
+                progress(f"chaos: phase '{label}': {outcome.note}")
             outcome.fault_s = time.monotonic() - began
-            outcome.injected = True
         else:
             outcome.note = f"trigger not met within {plan.trigger_timeout_s:.0f} s"
             progress(f"chaos: phase '{label}': {outcome.note}")
