@@ -11,7 +11,9 @@ latencies are what "added latency" is measured against. Studies still without a 
 ends are waited for once more at the end; only then are results counted, per study, by REST.
 
 While the run lasts, the harness plays Kubernetes: a service process that dies (killed by a fault, or
-exiting on its own when a backend went away) is started again with its name, settings and metrics port
+exiting on its own when a backend went away) is started again with its name, settings and metrics port, and
+so is a server (PostgreSQL, an Orthanc, Kafka, Triton) that dies when no fault holds it down (e.g. killed by
+the kernel when the machine runs out of memory); the table lists every such restart
 (restart delay doubling from 1 s to 10 s, as a crash loop backs off), and when a service answers its
 liveness endpoint (``/healthz`` on its metrics port) with an error three times in a row, it is killed and
 started again, as a failed liveness probe does. A service without that endpoint is only restarted when
@@ -32,7 +34,7 @@ import time
 import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,7 @@ CASE_FILES = {SeriesRole.T1: "t1_bet.nii.gz", SeriesRole.T1CE: "t1c_bet.nii.gz",
 VENDORS = (Vendor.SIEMENS, Vendor.GE, Vendor.PHILIPS)
 SECTION_HEADING = "## Chaos: studies through the local stack under faults (`make chaos`)"
 BASELINE = "baseline (no fault)"
+SERVERS = ("postgresql", "orthanc-site", "orthanc-pacs", "kafka", "triton")
 
 
 class ChaosError(RuntimeError):
@@ -127,6 +130,11 @@ class StackHandle:
         with self.lock:
             return [dict(p) for p in self.stack["processes"] if "service" in p]
 
+    def supervised(self) -> list[dict[str, Any]]:
+        """The services and the servers a cluster would restart (monitoring is left out: not under test)."""
+        with self.lock:
+            return [dict(p) for p in self.stack["processes"] if "service" in p or p["name"] in SERVERS]
+
     def client(self, which: str, *, timeout_s: float = 10.0) -> OrthancClient:
         e = self.stack["orthanc"][which]
         return OrthancClient(OrthancEndpoint(e["url"], e["username"], e["password"]), timeout_s=timeout_s, retries=0)
@@ -154,8 +162,20 @@ class Supervisor(threading.Thread):
         self._started_at: dict[str, float] = {}
         self._failures: dict[str, int] = {}
         self._last_probe = 0.0
+        self._held: set[str] = set()
         self.restarts: dict[str, int] = {}
         self.liveness_kills: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def holding(self, name: str) -> Iterator[None]:
+        """Leave ``name`` alone meanwhile: a fault keeps it down on purpose."""
+        with self._handle.lock:
+            self._held.add(name)
+        try:
+            yield
+        finally:
+            with self._handle.lock:
+                self._held.discard(name)
 
     def stop(self) -> None:
         self._halt.set()
@@ -173,18 +193,20 @@ class Supervisor(threading.Thread):
         probe = now - self._last_probe >= self._probe_period
         if probe:
             self._last_probe = now
-        for record in self._handle.services():
+        for record in self._handle.supervised():
             name = record["name"]
+            if name in self._held:
+                continue
             if not stack_tools.is_running(record):
                 dead_since = self._dead_since.setdefault(name, now)
                 if now - dead_since >= self._delay.get(name, 1.0):
                     self._restart(name, now)
-            elif probe and now - self._started_at.get(name, 0.0) > 30.0:
+            elif probe and "service" in record and now - self._started_at.get(name, 0.0) > 30.0:
                 self._probe(record)
 
     def _restart(self, name: str, now: float) -> None:
         with self._handle.lock:
-            if self._halt.is_set():  # the stack is going down
+            if self._halt.is_set() or name in self._held:  # the stack is going down, or a fault holds it
                 return
             stack_tools.restart_process(self._handle.stack, name)
         # A process that lived a minute crashed anew: its back-off starts over, as the kubelet's does.
@@ -346,6 +368,10 @@ class StopServer(Fault):
             object.__setattr__(self, "label", f"{what}: {self.process}")
 
     def inject(self, handle: StackHandle, supervisor: Supervisor) -> None:
+        with supervisor.holding(self.process):
+            self._stop_and_start(handle)
+
+    def _stop_and_start(self, handle: StackHandle) -> None:
         with handle.lock:
             stack_tools.stop_process(stack_tools.process_record(handle.stack, self.process))
         time.sleep(self.down_s)
@@ -425,6 +451,8 @@ class ChaosPlan:
     # Stage timeouts short enough that a task lost with a process comes back within the run (the
     # defaults are 15-30 min); still over 10x what a stage takes here.
     stage_timeout_s: float = 300.0
+    # More settings for every service (NEUROFLOW_...), e.g. a delivery back-off cap that fits the waits above.
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def studies(self) -> int:
@@ -517,7 +545,7 @@ def _run_on_stack(plan: ChaosPlan, factory: StudyFactory, progress: Callable[[st
     options = stack_tools.StackOptions(
         wait_window_s=plan.wait_window_s,
         extra_env={"ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1", "OMP_NUM_THREADS": "1",
-                   "NEUROFLOW_ORCHESTRATION__STAGE_TIMEOUT_S": json.dumps(timeouts)})
+                   "NEUROFLOW_ORCHESTRATION__STAGE_TIMEOUT_S": json.dumps(timeouts), **plan.extra_env})
     progress("chaos: starting the local stack")
     with stack_tools.temporary(options, prefix="neuroflow-chaos-") as running:
         handle = StackHandle(running)
@@ -576,7 +604,7 @@ def _run_phase(plan: ChaosPlan, fault: Fault | None, handle: StackHandle, superv
     _wait_until(lambda: all(s.result_at is not None for s in studies), plan.phase_wait_s, "", quiet=True)
     # The next phase must start on a whole stack: a process the supervisor is still bringing back would
     # otherwise count against the next fault.
-    _wait_until(lambda: all(stack_tools.is_running(p) for p in handle.services()), 120.0, "", quiet=True)
+    _wait_until(lambda: all(stack_tools.is_running(p) for p in handle.supervised()), 120.0, "", quiet=True)
     outcome.restarts = _grown(restarts_before, supervisor.restarts)
     killed = _grown(liveness_before, supervisor.liveness_kills)
     if killed:
