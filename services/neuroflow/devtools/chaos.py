@@ -60,6 +60,7 @@ CASE_FILES = {SeriesRole.T1: "t1_bet.nii.gz", SeriesRole.T1CE: "t1c_bet.nii.gz",
 VENDORS = (Vendor.SIEMENS, Vendor.GE, Vendor.PHILIPS)
 SECTION_HEADING = "## Chaos: studies through the local stack under faults (`make chaos`)"
 BASELINE = "baseline (no fault)"
+SEND_DIMSE_TIMEOUT_S = 5.0
 SERVERS = ("postgresql", "orthanc-site", "orthanc-pacs", "kafka", "triton")
 
 
@@ -399,8 +400,8 @@ def full_plan() -> ChaosPlan:
 def short_plan() -> ChaosPlan:
     """The CI variant (tests/e2e/test_chaos.py): three cheap faults, one study each, no baseline, short
     waits; a few minutes on a 2-core machine."""
-    return ChaosPlan(faults=short_faults(), studies_per_phase=1, baseline=False, wait_window_s=5.0,
-                     phase_wait_s=90.0, final_wait_s=120.0, settle_s=10.0, trigger_timeout_s=180.0)
+    return ChaosPlan(faults=short_faults(), studies_per_phase=1, baseline=False, wait_window_s=12.0,
+                     phase_wait_s=90.0, final_wait_s=300.0, settle_s=10.0, trigger_timeout_s=180.0)
 
 
 def full_faults() -> list[Fault]:
@@ -441,7 +442,7 @@ class ChaosPlan:
     faults: list[Fault]
     studies_per_phase: int = 2
     baseline: bool = True
-    wait_window_s: float = 10.0
+    wait_window_s: float = 15.0  # over 2x the send's DIMSE timeout (SEND_DIMSE_TIMEOUT_S)
     # A phase waits this long after its fault is undone before the next phase starts; what is still
     # missing then is waited for once more, ``final_wait_s`` at most, at the end.
     phase_wait_s: float = 180.0
@@ -533,10 +534,35 @@ def run_chaos(plan: ChaosPlan, *, progress: Callable[[str], None] = print) -> Ch
     """Start a fresh local stack, run ``plan`` through it, count, stop the stack; the report says what
     happened to every study."""
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="neuroflow-chaos-studies-") as scratch:
+    with _stopped_by_signals(), tempfile.TemporaryDirectory(prefix="neuroflow-chaos-studies-") as scratch:
         factory = StudyFactory(Path(scratch), run_tag=time.strftime("%Y%m%d%H%M%S"))
         phases, lost_details = _run_on_stack(plan, factory, progress)
     return ChaosReport(phases, time.monotonic() - started, lost_details)
+
+
+_INTERRUPTED = threading.Event()
+
+
+@contextlib.contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """SIGINT or SIGTERM ends the run with the stack stopped. The interrupt is also remembered, since a
+    KeyboardInterrupt that lands inside a database driver's call can come out as that driver's error
+    (and be taken for a stopped database); every wait of the run checks it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        _INTERRUPTED.set()
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    _INTERRUPTED.clear()
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _run_on_stack(plan: ChaosPlan, factory: StudyFactory, progress: Callable[[str], None]) -> tuple[
@@ -637,7 +663,10 @@ class _Sender(threading.Thread):
             deadline = time.monotonic() + self._give_up
             while True:
                 try:
-                    send_folder(study.folder, site["dicom_host"], site["dicom_port"], site["aet"])
+                    # A lost C-STORE answer (see cstore.py) stalls the send for the DIMSE timeout: kept well
+                    # under the wait window, or the study is taken as complete while it is still arriving.
+                    send_folder(study.folder, site["dicom_host"], site["dicom_port"], site["aet"],
+                                dimse_timeout_s=SEND_DIMSE_TIMEOUT_S)
                     break
                 except (CStoreFailed, OSError, RuntimeError) as error:
                     if time.monotonic() > deadline:
@@ -689,6 +718,8 @@ def _wait_until(condition: Callable[[], bool], timeout_s: float, what: str, *, q
                 period_s: float = 1.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while True:
+        if _INTERRUPTED.is_set():
+            raise KeyboardInterrupt("the chaos run was interrupted")
         if condition():
             return True
         if time.monotonic() > deadline:
