@@ -324,6 +324,11 @@ class Fault(ABC):
     label: str
     trigger: Trigger
 
+    @property
+    @abstractmethod
+    def target(self) -> str:
+        """The service or server it hits, as stack.json names it (without the copy number)."""
+
     @abstractmethod
     def inject(self, handle: StackHandle, supervisor: Supervisor) -> None:
         """Do the fault and undo it (or leave the undoing to the supervisor); return once undone."""
@@ -341,6 +346,10 @@ class KillService(Fault):
     def __post_init__(self) -> None:
         if not self.label:
             object.__setattr__(self, "label", f"SIGKILL {self.service}, restarted by the supervisor")
+
+    @property
+    def target(self) -> str:
+        return self.service
 
     def inject(self, handle: StackHandle, supervisor: Supervisor) -> None:
         victims = [p for p in handle.services() if p["service"] == self.service and stack_tools.is_running(p)]
@@ -367,6 +376,10 @@ class StopServer(Fault):
         if not self.label:
             what = "restart" if self.down_s == 0 else f"stop for {_duration(self.down_s)}"
             object.__setattr__(self, "label", f"{what}: {self.process}")
+
+    @property
+    def target(self) -> str:
+        return self.process
 
     def inject(self, handle: StackHandle, supervisor: Supervisor) -> None:
         with supervisor.holding(self.process):
