@@ -7,6 +7,7 @@ from pathlib import Path
 
 from neuroflow.devtools.chaos import (
     BASELINE,
+    CANARY,
     SECTION_HEADING,
     ChaosReport,
     ChaosStudy,
@@ -44,6 +45,13 @@ def test_a_run_passes_only_when_every_fault_went_in_and_every_study_has_one_resu
     assert "NOT INJECTED (trigger not met)" in "\n".join(report.table())
 
 
+def test_the_last_fault_free_phase_fails_the_run_when_its_study_is_lost() -> None:
+    wedged = PhaseOutcome(CANARY, "-", [_study(1, 0, None)])
+    report = _report(PhaseOutcome("restart: postgresql", "t", [_study(2, 1)], injected=True), wedged)
+    assert not report.ok
+    assert f"| {CANARY} | - | 1 | 0 | 1 | 0 |" in "\n".join(report.table())
+
+
 def test_added_latency_is_against_the_baseline_median_and_worst() -> None:
     baseline = PhaseOutcome(BASELINE, "-", [_study(1, 1, 30.0), _study(2, 1, 50.0)])
     slow = PhaseOutcome("stop for 60 s: triton", "t", [_study(3, 1, 100.0), _study(4, 1, 140.0)], injected=True)
@@ -74,6 +82,6 @@ def test_the_plans_cover_the_issue() -> None:
                    "SIGKILL longitudinal", "SIGKILL orchestrator", "restart: kafka", "restart: postgresql",
                    "restart: orthanc-site", "stop for 60 s: triton", "stop for 5 min: orthanc-pacs"):
         assert needed in labels
-    assert full.studies >= 12
+    assert full.studies >= 12 and full.baseline and full.canary
     assert short.studies == 3 and not short.baseline
     assert markdown_section(short, _report(), command="x").startswith(SECTION_HEADING)
