@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_STUDY := build/demo-study
 DEMO_OUT := demo-out
 
-.PHONY: demo test lint unit integration bench proto proto-check system-deps stack-up stack-down clean helm-check capacity chart-topics fuzz
+.PHONY: demo test lint unit integration bench proto proto-check system-deps stack-up stack-down clean helm-check capacity chart-topics fuzz chaos
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,11 @@ bench: $(STAMP) system-deps
 # fails on any crash, hang, memory blow-up or foreign exception; the figures go to BENCHMARKS.md.
 fuzz: $(STAMP)
 	$(PY) scripts/fuzz_dicom.py --count 10000 --out BENCHMARKS.md
+
+# Real studies through the local stack while workers, the orchestrator, Kafka, PostgreSQL, both Orthancs
+# and Triton are killed or stopped one after another; fails on any lost or duplicated result (~40 min).
+chaos: $(STAMP) system-deps
+	$(PY) scripts/chaos.py --out BENCHMARKS.md
 
 # The Helm chart and the image build files, checked offline (no cluster, no container engine); the capacity model.
 helm-check: $(STAMP)

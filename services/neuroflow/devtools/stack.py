@@ -34,7 +34,7 @@ from neuroflow.devtools.orthanc_server import OrthancProcess, start_orthanc
 from neuroflow.devtools.orthanc_server import restart_orthanc as restart_orthanc_process
 from neuroflow.devtools.ports import free_loopback_port, free_stable_port, port_is_listening, wait_until_ports_free
 from neuroflow.devtools.postgres_server import start_postgres
-from neuroflow.devtools.triton_server import start_stack_triton
+from neuroflow.devtools.triton_server import start_stack_triton, start_triton
 
 STACK_DIR = REPOSITORY_ROOT / ".neuroflow"
 STACK_FILE = STACK_DIR / "stack.json"
@@ -188,6 +188,54 @@ def restart_orthanc(stack: dict[str, Any], name: str) -> dict[str, Any]:
     record = _orthanc_record(name, server)
     stack["processes"] = [record if p["name"] == name else p for p in stack["processes"]]
     _write(Path(stack["root"]), stack)
+    return record
+
+
+def process_record(stack: dict[str, Any], name: str) -> dict[str, Any]:
+    """The record of the process called ``name`` (e.g. "kafka", "preprocess-1"); KeyError if none."""
+    for proc in stack["processes"]:
+        if proc["name"] == name:
+            record: dict[str, Any] = proc
+            return record
+    raise KeyError(f"the stack has no process called {name!r}")
+
+
+def is_running(record: dict[str, Any]) -> bool:
+    """Whether the process of a stack record is alive (a zombie counts as gone)."""
+    return _alive(record["pid"])
+
+
+def restart_process(stack: dict[str, Any], name: str) -> dict[str, Any]:
+    """Start again the stopped process ``name`` of a running stack, as a supervisor would: a service
+    with its name, environment, log and metrics port; a server (PostgreSQL, Kafka, Triton, an Orthanc)
+    on its ports with its data. Its record in ``stack`` (and stack.json) is replaced; returned.
+    StackError if it still runs."""
+    old = process_record(stack, name)
+    if _alive(old["pid"]):
+        raise StackError(f"{name} still runs (pid {old['pid']}): stop it before restarting it")
+    root = Path(stack["root"])
+    if "service" in old:
+        record = _launch_service(stack, old["service"], name, old["metrics_port"])
+    elif name.startswith("orthanc-"):
+        return restart_orthanc(stack, name)
+    elif name == "postgresql":
+        postgres = start_postgres(root / "postgres", port=old["ports"][0])
+        record = _record(name, postgres.pid, old["ports"], signal.SIGINT)
+    elif name == "kafka":
+        kafka_port, controller_port = old["ports"]
+        _kafka("start", "--port", str(kafka_port), "--controller-port", str(controller_port),
+               "--data-dir", str(root / "kafka"), "--partitions", "2")
+        record = _record(name, _kafka_pid(root / "kafka"), old["ports"], signal.SIGTERM)
+    elif name == "triton":
+        grpc_port, http_port, metrics_port = old["ports"]
+        # The repository built at `up` is still there: no rebuild, the same models come back.
+        triton = start_triton(root / "triton" / "repository", root / "triton" / "tritonserver.log",
+                              grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port, wait_s=120.0)
+        record = _record(name, triton.pid, old["ports"], signal.SIGTERM)
+    else:
+        raise StackError(f"no way to restart {name!r}")
+    stack["processes"] = [record if p["name"] == name else p for p in stack["processes"]]
+    _write(root, stack)
     return record
 
 
