@@ -45,6 +45,12 @@ _OWNERSHIP_LOST = frozenset({
     KafkaError.UNKNOWN_MEMBER_ID,
     KafkaError.REBALANCE_IN_PROGRESS,
     KafkaError.FENCED_INSTANCE_ID,
+    # Local states of a consumer that left its group (a session timeout under load) and has not joined
+    # again: only a poll makes it rejoin, so retrying the commit would wait for ever (the chaos run saw a
+    # worker stuck so). The message goes again to the partition's owner; the handler's recorded answer
+    # makes that a replay.
+    KafkaError._WAIT_COORD,
+    KafkaError._ASSIGNMENT_LOST,
 })
 # Answers that mean the broker cannot be reached or is not serving the request right now.
 _UNREACHABLE = frozenset({
