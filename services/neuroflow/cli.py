@@ -182,7 +182,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         return ExitCode.BAD_INPUT
     if not args.json:
         for uid, series in classified.items():
-            print(f"Study {uid} ({len(series)} series)")
+            print(f"Study {uid} ({len(studies[uid].series)} series)")
             print(format_table(series))
             for note in studies[uid].set_aside_notes():
                 print(f"  {note}")
