@@ -12,7 +12,6 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,13 +25,6 @@ from neuroflow.runtime.distributed import Backends
 
 STUDY_UID = "1.2.826.0.1.3680043.8.498.12345"
 PATIENT_ID = "NF-MS-0042"
-
-
-@pytest.fixture(autouse=True)
-def restore_site_secret() -> Iterator[None]:
-    """Each test may install another secret; the next one keys with the test session's again."""
-    yield
-    use_site_secret(SecretStr(os.environ["NEUROFLOW_KEYS__SECRET"]))
 
 
 def test_keys_are_keyed_with_the_site_secret_not_a_plain_hash() -> None:
