@@ -594,6 +594,7 @@ def _run_on_stack(plan: ChaosPlan, factory: StudyFactory, progress: Callable[[st
                    "NEUROFLOW_ORCHESTRATION__STAGE_TIMEOUT_S": json.dumps(timeouts), **plan.extra_env})
     progress("chaos: starting the local stack")
     with stack_tools.temporary(options, prefix="neuroflow-chaos-") as running:
+        stack_tools.use_stack_key_secret(running)  # the triggers find a study's workflow by its key
         handle = StackHandle(running)
         supervisor = Supervisor(handle)
         watcher = ResultWatcher(handle)

@@ -27,7 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neuroflow.core.config import DEFAULT_MODEL_REPOSITORY, REPOSITORY_ROOT
+from pydantic import SecretStr
+
+from neuroflow.core.config import DEFAULT_MODEL_REPOSITORY, REPOSITORY_ROOT, NeuroflowSettings
+from neuroflow.core.identity import use_site_secret
 from neuroflow.core.orthanc import DicomModality, OrthancEndpoint
 from neuroflow.devtools.monitoring_servers import immediate_rules, start_alertmanager, start_prometheus, write_targets
 from neuroflow.devtools.orthanc_server import OrthancProcess, start_orthanc
@@ -298,6 +301,18 @@ def _key_secret_environment(root: Path) -> dict[str, str]:
     if not path.exists():
         _write_private(path, secrets.token_hex(32))
     return {"NEUROFLOW_KEYS__SECRET_FILE": str(path)}
+
+
+def use_stack_key_secret(stack: dict[str, Any]) -> None:
+    """Key this process's study and patient keys as the stack's services do, so a harness or a test can
+    find a study's records by its key: the caller's secret when one is set, else the stack's own file."""
+    from neuroflow.core.site_secret import install_site_secret
+
+    if not (os.environ.get("NEUROFLOW_KEYS__SECRET") or os.environ.get("NEUROFLOW_KEYS__SECRET_FILE")):
+        secret = SecretStr((Path(stack["root"]) / "key-secret").read_text())
+        use_site_secret(secret)
+        return
+    install_site_secret(NeuroflowSettings(), distributed=False)
 
 
 def _launch_service(stack: dict[str, Any], service: str, name: str, metrics_port: int | None = None) -> dict[str, Any]:
