@@ -38,7 +38,7 @@ from neuroflow.monitor.retention import DeliveryLedger, RetentionSweep, SweepTal
 from neuroflow.proto.neuroflow.v1 import tasks_pb2
 from tests.servers.orthanc import OrthancPair
 
-PERIOD_S = 4.0
+PERIOD_S = 10.0  # long enough that the recent failure stays recent through two sweeps on a loaded machine
 SITE = "retention-test"
 
 
