@@ -111,8 +111,10 @@ class FolderRecordStore(RecordStore):
         folder = self._root / validate_record_key(prefix)
         if not folder.is_dir():
             return []
-        return sorted(p.relative_to(self._root).as_posix().removesuffix(_SUFFIX)
-                      for p in folder.rglob(f"*{_SUFFIX}") if not p.name.startswith("."))
+        # os.walk: a folder another replica's retention sweep removes meanwhile is skipped (rglob raises).
+        return sorted((Path(root) / name).relative_to(self._root).as_posix().removesuffix(_SUFFIX)
+                      for root, _dirs, names in os.walk(folder) for name in names
+                      if name.endswith(_SUFFIX) and not name.startswith("."))
 
     def _path(self, key: str) -> Path:
         return self._root / f"{validate_record_key(key)}{_SUFFIX}"

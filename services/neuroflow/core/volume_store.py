@@ -221,8 +221,8 @@ class FolderVolumeStore(VolumeStore):
         folder = self._root / validate_key(prefix)
         if not folder.is_dir():
             return 0, 0
-        files = [p for p in folder.rglob("*") if p.is_file()]
-        freed = sum(_size(p) for p in files)
+        files = files_under(folder)
+        freed = sum(file_size(p) for p in files)
         removed = 0
         for sidecar in files:
             if sidecar.suffix == ".json" and not sidecar.name.startswith("."):
@@ -282,11 +282,18 @@ class FolderVolumeStore(VolumeStore):
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _size(path: Path) -> int:
+def file_size(path: Path) -> int:
+    """The size of ``path``; 0 when it is gone (another replica's sweep deleted it meanwhile)."""
     try:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
+
+
+def files_under(folder: Path) -> list[Path]:
+    """Every file below ``folder``. os.walk, not Path.rglob: a folder that another replica's sweep removes
+    during the walk is skipped, where rglob raises FileNotFoundError (two sweeps at once must both finish)."""
+    return [Path(root) / name for root, _dirs, names in os.walk(folder) for name in names]
 
 
 def _fsync(path: Path) -> None:

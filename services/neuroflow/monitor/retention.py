@@ -55,7 +55,7 @@ from neuroflow.core.dicom_io import study_key
 from neuroflow.core.errors import OrthancRequestFailed
 from neuroflow.core.records import RecordStore
 from neuroflow.core.state import FINISHED_STATUSES, WorkflowRecord, WorkflowStateStore, WorkflowStatus
-from neuroflow.core.volume_store import VolumeStore
+from neuroflow.core.volume_store import VolumeStore, file_size, files_under
 from neuroflow.proto.neuroflow.v1 import tasks_pb2
 
 log = logging.getLogger(__name__)
@@ -291,7 +291,7 @@ def _remove_tree(parent: Path, name: str) -> tuple[int, int]:
     folder = parent / name
     if not folder.is_dir():
         return 0, 0
-    freed = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    freed = sum(file_size(p) for p in files_under(folder))
     shutil.rmtree(folder, ignore_errors=True)
     with contextlib.suppress(OSError):  # only when empty: the study's other workflows keep theirs
         parent.rmdir()
