@@ -30,6 +30,9 @@ class ModelCard(BaseModel, frozen=True):
     version: int
     task: str
     input_roles: list[str] = Field(default_factory=list)  # series roles, in channel order
+    # Roles of which a study needs at least one when the model was trained to work with the others missing
+    # (a missing channel is fed as zeros after normalisation); empty: every input role is required.
+    min_roles_any: list[str] = Field(default_factory=list)
     spacing_mm: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0])
     normalisation: str = ""
     patch_size: list[int] = Field(default_factory=list)

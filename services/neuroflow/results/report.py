@@ -222,6 +222,20 @@ class LongitudinalReport(_ReportModel):
         return self.model_copy(update=update)
 
 
+class ReviewAssessment(_ReportModel):
+    """Whether a segmentation should be reviewed before anyone relies on it: the alarms raised on it (each a
+    check that disagreed, e.g. flipped inputs or an independent estimate), their count as the risk score, and
+    the threshold above which the result is marked *needs review*. Filled by the segmentation's quality
+    check; rendered in report.json, the summary, the SR and the SEG's series description."""
+
+    needs_review: bool
+    risk_score: int = Field(ge=0)  # the number of alarms raised
+    threshold: int = Field(ge=0)  # needs_review when risk_score > threshold
+    alarms: list[str] = Field(default_factory=list)  # one line per alarm a reader can act on
+    disagreement: dict[str, float] = Field(default_factory=dict)  # measure -> value, e.g. "WT_flip_dice": 0.91
+    method: str = ""  # how the alarms were computed
+
+
 class StudyReport(_ReportModel):
     """Everything a reviewer needs to judge one (study, pipeline) run.
 
@@ -242,6 +256,9 @@ class StudyReport(_ReportModel):
     orientation_check: OrientationCheck | None = None
     skull_strip: SkullStrip | None = None
     longitudinal: LongitudinalReport | None = None  # change against the prior study
+    review: ReviewAssessment | None = None  # the failure flag of the segmentation, None when not assessed
+    # Sub-regions the sequences at hand cannot show (e.g. ET without T1 post-contrast) -> why; empty when all could.
+    not_assessable: dict[str, str] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
     errors: list[str] = Field(default_factory=list)
     # A failed run that may pass when tried again unchanged (the inference server or storage was unreachable);
