@@ -4,8 +4,11 @@
 #
 #   scripts/kafka.sh fetch                      resolve the broker's jars into the cache (idempotent)
 #   scripts/kafka.sh start [--port P] [--controller-port C] [--data-dir D] [--partitions N] [--timeout S]
-#                                               format D if new, start the broker in the background,
+#                          [--security DIR]     format D if new, start the broker in the background,
 #                                               return once it answers a metadata request
+#                                               (--security: a SASL_SSL listener and a TLS controller listener
+#                                               set up by DIR, which devtools/kafka_broker.py prepares; the
+#                                               script then waits for the port only: the caller logs in)
 #   scripts/kafka.sh stop [--data-dir D]        stop the broker started in D; return once its ports are free
 #   scripts/kafka.sh status [--data-dir D]      say whether it runs (exit 0) or not (exit 3)
 #   scripts/kafka.sh libs                       print the folder of the jars (after fetch)
@@ -31,6 +34,7 @@ CONTROLLER_PORT=19093
 DATA_DIR="$ROOT/.neuroflow/kafka"
 PARTITIONS=1
 TIMEOUT_S=60
+SECURITY_DIR=""
 
 die() { echo "kafka.sh: $*" >&2; exit 1; }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
@@ -43,6 +47,7 @@ parse_options() {
             --data-dir) DATA_DIR="$2"; shift 2 ;;
             --partitions) PARTITIONS="$2"; shift 2 ;;
             --timeout) TIMEOUT_S="$2"; shift 2 ;;
+            --security) SECURITY_DIR="$(cd "$2" && pwd)"; shift 2 ;;
             *) die "unknown option $1" ;;
         esac
     done
@@ -115,14 +120,34 @@ start() {
     done
     local data="$DATA_DIR/data"
     mkdir -p "$data" "$DATA_DIR/logs"
-    sed -e "s|@PORT@|$PORT|g" -e "s|@CONTROLLER_PORT@|$CONTROLLER_PORT|g" \
+    local client=PLAINTEXT controller=PLAINTEXT
+    if [ -n "$SECURITY_DIR" ]; then
+        client=SASL_SSL controller=SSL
+    fi
+    # The settings name passwords when secured (the broker's own login): readable by the owner only.
+    (umask 077; sed -e "s|@PORT@|$PORT|g" -e "s|@CONTROLLER_PORT@|$CONTROLLER_PORT|g" \
         -e "s|@LOG_DIRS@|$data|g" -e "s|@NUM_PARTITIONS@|$PARTITIONS|g" \
+        -e "s|@CLIENT_PROTOCOL@|$client|g" -e "s|@CONTROLLER_PROTOCOL@|$controller|g" \
         "$TEMPLATE" >"$DATA_DIR/server.properties"
+     if [ -n "$SECURITY_DIR" ]; then cat "$SECURITY_DIR/broker.properties" >>"$DATA_DIR/server.properties"; fi)
     if [ ! -f "$data/meta.properties" ]; then
-        java_args kafka.tools.StorageTool format --cluster-id "$(new_cluster_id)" \
-            --config "$DATA_DIR/server.properties"
+        local cluster_id
+        # Given as --cluster-id=ID: an id may start with "-", which the tool would read as an option.
+        cluster_id="$(new_cluster_id)"
+        if [ -n "$SECURITY_DIR" ]; then
+            # The SCRAM users (--add-scram, with their passwords) reach the JVM in an argument file of the
+            # owner's, not on a command line every user of the host can read in /proc. The java launcher
+            # expands @files only before the main class, so the file holds the main class and its arguments.
+            local argfile="$DATA_DIR/format.args"
+            (umask 077; { printf '%s\n' kafka.tools.StorageTool format "--cluster-id=$cluster_id" \
+                --config "\"$DATA_DIR/server.properties\""; cat "$SECURITY_DIR/scram.args"; } >"$argfile")
+            java_args "@$argfile"
+        else
+            java_args kafka.tools.StorageTool format "--cluster-id=$cluster_id" --config "$DATA_DIR/server.properties"
+        fi
         "${JAVA_ARGS[@]}" >"$DATA_DIR/logs/format.out" 2>&1 \
-            || die "formatting $data failed: $(tail -5 "$DATA_DIR/logs/format.out")"
+            || { rm -f "$DATA_DIR/format.args"; die "formatting $data failed: $(tail -5 "$DATA_DIR/logs/format.out")"; }
+        rm -f "$DATA_DIR/format.args"
     fi
     local started
     started="$(now_ms)"
@@ -139,7 +164,8 @@ start() {
         kill -0 "$pid" 2>/dev/null \
             || die "the broker exited while starting; last lines of $DATA_DIR/logs/kafka.out:
 $(tail -20 "$DATA_DIR/logs/kafka.out")"
-        if port_open "$PORT" && problem="$(python3 "$PROBE" "$HOST" "$PORT" 2>&1)"; then
+        # The probe speaks plain Kafka; a secured broker is probed by its caller, who has the credentials.
+        if port_open "$PORT" && { [ -n "$SECURITY_DIR" ] || problem="$(python3 "$PROBE" "$HOST" "$PORT" 2>&1)"; }; then
             echo "kafka.sh: Kafka $VERSION ready at $HOST:$PORT (pid $pid, started in $(($(now_ms) - started)) ms)" >&2
             echo "$HOST:$PORT"
             return 0

@@ -1,6 +1,10 @@
 """A real single-node Kafka broker for the tests, started with scripts/kafka.sh (the script the local
 stack uses) on free loopback ports in a temporary folder, and stopped by its PID at the end.
 
+``kafka_server`` is the plain broker most tests share (no TLS, no login: fast, and what they test is the bus,
+not its security); ``running_kafka(..., secure=True)`` is the stack's broker, SASL_SSL with a certificate
+authority of its own and ACLs per service (devtools/kafka_broker.py), for the security tests.
+
 The first run on a machine fetches the broker's jars from Maven Central into the neuroflow cache
 (about 100 MB, 10-20 s); later runs find them there.
 """
@@ -16,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from neuroflow.devtools.kafka_broker import BrokerSecurity, prepare_broker_security, start_secure_kafka
 from neuroflow.devtools.ports import free_loopback_port
 
 KAFKA_SH = Path(__file__).resolve().parents[2] / "scripts" / "kafka.sh"
@@ -26,6 +31,7 @@ class KafkaServer:
     bootstrap: str  # "127.0.0.1:port", what KafkaBus and any Kafka client take
     data_dir: Path  # logs/server.log there tells what the broker did
     start_s: float  # how long `kafka.sh start` took, formatting included
+    security: BrokerSecurity | None = None  # the CA and passwords of a secured broker
 
 
 def _run(*args: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
@@ -33,9 +39,10 @@ def _run(*args: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
 
 
 @contextlib.contextmanager
-def running_kafka(data_dir: Path, *, partitions: int = 1) -> Iterator[KafkaServer]:
+def running_kafka(data_dir: Path, *, partitions: int = 1, secure: bool = False) -> Iterator[KafkaServer]:
     """A broker serving on a free loopback port until the block ends; fails (never skips) when Java,
-    Maven or the jars are missing, with the script's own explanation."""
+    Maven or the jars are missing, with the script's own explanation. ``secure``: SASL_SSL and ACLs, its
+    CA and passwords in ``data_dir/security``."""
     fetched = _run("fetch", timeout_s=900)
     if fetched.returncode != 0:
         raise RuntimeError(f"scripts/kafka.sh fetch failed:\n{fetched.stderr}")
@@ -44,6 +51,20 @@ def running_kafka(data_dir: Path, *, partitions: int = 1) -> Iterator[KafkaServe
     while controller_port == port:
         controller_port = free_loopback_port()
     started_at = time.monotonic()
+    if secure:
+        security = prepare_broker_security(data_dir / "security")
+        try:
+            bootstrap = start_secure_kafka(data_dir, port=port, controller_port=controller_port,
+                                           partitions=partitions, security=security)
+        except BaseException:
+            _run("stop", "--data-dir", str(data_dir), timeout_s=60)
+            raise
+        secured = KafkaServer(bootstrap, data_dir, time.monotonic() - started_at, security)
+        try:
+            yield secured
+        finally:
+            stop_kafka(secured)
+        return
     started = _run("start", "--port", str(port), "--controller-port", str(controller_port),
                    "--data-dir", str(data_dir), "--partitions", str(partitions), timeout_s=120)
     if started.returncode != 0:

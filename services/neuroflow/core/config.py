@@ -43,10 +43,32 @@ class PipelineModels(BaseSettings):
 
 
 class BusSettings(BaseModel):
-    """Which message bus carries events and tasks. ``inmemory`` joins the threads of one process only."""
+    """Which message bus carries events and tasks. ``inmemory`` joins the threads of one process only.
+
+    Kafka's security (core/kafka_security.py turns it into every client's settings): ``SASL_SSL`` with
+    SCRAM-SHA-512, the broker's certificate checked against ``ca_file`` (hostname included), each service
+    its own principal (``username``) whose ACLs let it write only the topics it produces and read only its
+    own; ``SSL`` with a client certificate (mTLS) instead, or beside SASL. The password comes from the
+    environment or a file (a mounted Secret), never from a file of settings, and is never logged.
+    ``PLAINTEXT`` is for a broker on loopback (embedded tests) only."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     kind: Literal["inmemory", "kafka"] = "inmemory"
     bootstrap: str = "127.0.0.1:9092"  # Kafka bootstrap servers, comma-separated host:port
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256"] = "SCRAM-SHA-512"
+    username: str = ""  # the SCRAM principal (one per service: its ACLs are its own)
+    password: SecretStr = SecretStr("")
+    password_file: Path | None = None
+    ca_file: Path | None = None  # PEM CA certificate(s) the broker's certificate must chain to; None: system's
+    cert_file: Path | None = None  # PEM client certificate (mTLS); with key_file
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _read_password_file(self) -> BusSettings:
+        self.password = secret_from_file(self.password, self.password_file, "bus.password") or SecretStr("")
+        return self
 
 
 def secret_from_file(value: SecretStr | None, file: Path | None, setting: str) -> SecretStr | None:

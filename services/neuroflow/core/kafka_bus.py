@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -64,6 +64,9 @@ _UNREACHABLE = frozenset({
     KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
 })
 
+# Answers that mean the broker is there but will not talk to this client as configured.
+_REFUSED = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError.SASL_AUTHENTICATION_FAILED})
+
 
 class KafkaBus(MessageBus):
     """The message bus on a Kafka cluster at ``bootstrap`` ("host:port[,host:port...]").
@@ -73,27 +76,35 @@ class KafkaBus(MessageBus):
     acknowledgement. ``session_timeout_s`` is how soon the group notices a consumer that vanished
     without leaving; ``max_poll_interval_s`` is how long a consumer may spend on one batch before the
     group gives its partitions to another consumer (longer than the slowest stage, or work is done
-    twice). Safe to share between threads.
+    twice). ``security``: the librdkafka security properties (``kafka_security.client_security``: TLS,
+    SASL credentials); a broker that refuses them raises ``BusError`` naming the refusal. Safe to share
+    between threads.
     """
 
     def __init__(self, bootstrap: str, *, client_id: str = "neuroflow", timeout_s: float = 10.0,
                  publish_timeout_s: float = 30.0, session_timeout_s: float = 6.0,
-                 max_poll_interval_s: float = 900.0) -> None:
+                 max_poll_interval_s: float = 900.0, security: Mapping[str, Any] | None = None) -> None:
         self.bootstrap = bootstrap
         self._timeout_s = timeout_s
         self._publish_timeout_s = publish_timeout_s
         # Set when a client lost every broker; poll then checks the cluster before it waits on it.
         self._broker_down = threading.Event()
+        # The last authentication or TLS failure a client reported: why a broker that is up does not answer.
+        self._refusal: KafkaError | None = None
         # librdkafka's own log lines go to this module's logger, not straight to stderr.
         self._common: dict[str, Any] = {"bootstrap.servers": bootstrap, "client.id": client_id, "logger": log,
-                                        "error_cb": self._on_client_error}
+                                        "error_cb": self._on_client_error, **(security or {})}
         self._session_timeout_ms = int(session_timeout_s * 1000)
         self._max_poll_interval_ms = int(max_poll_interval_s * 1000)
         self._admin = AdminClient(dict(self._common))
         try:
             self._admin.list_topics(timeout=timeout_s)
         except KafkaException as exc:
+            self._admin.poll(0)  # serves the error callbacks: an authentication or TLS refusal says why
             del self._admin  # stops its reconnect attempts now rather than at garbage collection
+            if self._refusal is not None:
+                raise BusError(f"Kafka at {bootstrap} refused this client: {self._refusal.str()}; check "
+                               "bus.security_protocol, bus.username and its password, and bus.ca_file") from None
             raise BusUnavailable(f"Kafka at {bootstrap} did not answer within {timeout_s:g} s "
                                  f"({exc.args[0].str()}); is the broker running? "
                                  "(scripts/kafka.sh status)") from None
@@ -297,6 +308,8 @@ class KafkaBus(MessageBus):
         """Errors librdkafka reports outside any one call (served on the thread that polls the client)."""
         if error.code() == KafkaError._ALL_BROKERS_DOWN:
             self._broker_down.set()
+        if error.code() in _REFUSED:
+            self._refusal = error
         log.warning("Kafka at %s: %s", self.bootstrap, error.str())
 
     def _check_reachable(self, timeout_s: float) -> None:

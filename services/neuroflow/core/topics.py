@@ -7,6 +7,8 @@ Each topic carries exactly one message type of ``proto/neuroflow/v1``, named bes
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from neuroflow.proto.neuroflow.v1 import common_pb2
 
 # The protobuf package of the contract ("neuroflow.v1"), which versions the topic names too.
@@ -63,6 +65,8 @@ def dead_letter_topic(stage: common_pb2.Stage.ValueType) -> str:
 
 # Consumer groups: the group is what makes several copies of a service share its topics' messages.
 ORCHESTRATOR_GROUP = "neuroflow.orchestrator"
+# What the orchestrator consumes (in ORCHESTRATOR_GROUP).
+ORCHESTRATOR_READS = (STUDY_READY, TASK_DONE, TASK_FAILED)
 
 
 def worker_group(stage: common_pb2.Stage.ValueType) -> str:
@@ -89,3 +93,51 @@ def all_topics() -> list[str]:
     per_stage = [topic(stage) for stage in STAGES
                  for topic in (task_topic, urgent_task_topic, dead_letter_topic)]
     return [STUDY_READY, ROUTING_FAILED, RESULTS_STORED, TASK_DONE, TASK_FAILED, *per_stage]
+
+
+# --- Who may use which topic: the broker's ACLs per service principal are made from this (core/kafka_acl.py,
+# the dev stack's broker, the chart's KafkaUser objects through files/topics.yaml). A topic's owners are its
+# producers: a service writes only what it produces and reads only what is addressed to it.
+INGEST = "ingest"
+ORCHESTRATOR = "orchestrator"
+MONITOR = "monitor"
+
+
+@dataclass(frozen=True)
+class TopicAccess:
+    """What one service does on the bus: topics it produces to, topics it consumes, and the bus groups it
+    consumes them in (Kafka groups ``kafka_group_id(topic, group)``, so every one starts with ``group + "."``).
+    ``describes``: topics and groups it only looks at (the monitor's consumer lag)."""
+
+    writes: tuple[str, ...]
+    reads: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    describes: tuple[str, ...] = ()
+    describes_groups: tuple[str, ...] = ()
+
+
+def _worker_access(stage: common_pb2.Stage.ValueType, *also_writes: str) -> TopicAccess:
+    return TopicAccess(writes=(TASK_DONE, TASK_FAILED, dead_letter_topic(stage), *also_writes),
+                       reads=task_topics_by_priority(stage), groups=(worker_group(stage),))
+
+
+def service_access() -> dict[str, TopicAccess]:
+    """Each service's use of the bus, by service name (the stage workers are named after their stage)."""
+    workers = {stage_name(stage): _worker_access(stage) for stage in STAGES}
+    # results announces what it stored; longitudinal too, and it publishes StudyReady again when a prior arrives.
+    workers[stage_name(common_pb2.STAGE_RESULTS)] = _worker_access(common_pb2.STAGE_RESULTS, RESULTS_STORED)
+    workers[stage_name(common_pb2.STAGE_LONGITUDINAL)] = _worker_access(common_pb2.STAGE_LONGITUDINAL,
+                                                                        RESULTS_STORED, STUDY_READY)
+    orchestrator_reads = ORCHESTRATOR_READS
+    watched = [(ORCHESTRATOR_GROUP, orchestrator_reads),
+               *((worker_group(stage), task_topics_by_priority(stage)) for stage in STAGES)]
+    return {
+        INGEST: TopicAccess(writes=(STUDY_READY, ROUTING_FAILED)),
+        ORCHESTRATOR: TopicAccess(
+            writes=tuple(topic for stage in STAGES
+                         for topic in (*task_topics_by_priority(stage), dead_letter_topic(stage))),
+            reads=orchestrator_reads, groups=(ORCHESTRATOR_GROUP,)),
+        **workers,
+        MONITOR: TopicAccess(writes=(), describes=tuple(t for _, ts in watched for t in ts),
+                             describes_groups=tuple(group for group, _ in watched)),
+    }

@@ -233,10 +233,13 @@ class KafkaProbe:
 
     name = "kafka"
 
-    def __init__(self, bootstrap: str, pairs: Sequence[ConsumerPair], timeout_s: float, site: str) -> None:
+    def __init__(self, bootstrap: str, pairs: Sequence[ConsumerPair], timeout_s: float, site: str, *,
+                 security: Mapping[str, Any] | None = None) -> None:
         from confluent_kafka.admin import AdminClient
 
-        config: dict[str, Any] = {"bootstrap.servers": bootstrap, "client.id": "neuroflow-monitor", "logger": log}
+        # ``security``: kafka_security.client_security of the monitor's own principal (TLS, SASL).
+        config: dict[str, Any] = {"bootstrap.servers": bootstrap, "client.id": "neuroflow-monitor", "logger": log,
+                                  **(security or {})}
         self._admin = AdminClient(config)
         self._pairs = list(pairs)
         self._timeout_s = timeout_s

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from neuroflow.core import health, metrics, topics
 from neuroflow.core.config import NeuroflowSettings
+from neuroflow.core.kafka_security import client_security
 from neuroflow.monitor.probes import (
     ConsumerPair,
     KafkaProbe,
@@ -114,7 +115,8 @@ def build_monitor(backends: Backends, *, windows: HandledWindows | None = None) 
         # Retention's own client: deleting a large study takes Orthanc longer than a probe may wait.
         orthanc = OrthancClient(client.endpoint, timeout_s=300.0, retries=1)
     if settings.bus.kind == "kafka":
-        probes.append(KafkaProbe(settings.bus.bootstrap, consumer_pairs(), watch.request_timeout_s, settings.site))
+        probes.append(KafkaProbe(settings.bus.bootstrap, consumer_pairs(), watch.request_timeout_s, settings.site,
+                                 security=client_security(settings.bus)))
     pinned = settings.models
     probes.append(ModelReadinessProbe(backends.inference(),
                                       [pinned.skull_strip_bbox, pinned.skull_strip, pinned.glioma]))

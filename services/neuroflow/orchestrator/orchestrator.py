@@ -61,7 +61,7 @@ from neuroflow.proto.neuroflow.v1 import common_pb2, events_pb2, tasks_pb2
 log = logging.getLogger(__name__)
 
 Code = common_pb2.FailureReason
-_EVENT_TOPICS = (topics.STUDY_READY, topics.TASK_DONE, topics.TASK_FAILED)
+_EVENT_TOPICS = topics.ORCHESTRATOR_READS
 _ACTIVE = (WorkflowStatus.PENDING, WorkflowStatus.RUNNING)
 
 

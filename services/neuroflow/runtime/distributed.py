@@ -91,7 +91,8 @@ class Backends:
                 timeouts = self.settings.orchestration.stage_timeout_s.values()
                 longest = max([*timeouts, self.settings.orchestration.default_stage_timeout_s])
                 kafka: Any = _backend("neuroflow.core.kafka_bus", "KafkaBus")
-                bus: MessageBus = kafka(self.settings.bus.bootstrap,
+                security: Any = _backend("neuroflow.core.kafka_security", "client_security")
+                bus: MessageBus = kafka(self.settings.bus.bootstrap, security=security(self.settings.bus),
                                         max_poll_interval_s=longest + _POLL_INTERVAL_MARGIN_S)
                 return bus
             return InMemoryBus()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from neuroflow.core.config import NeuroflowSettings
+from neuroflow.core.config import BusSettings, NeuroflowSettings
 from neuroflow.core.health import Check
 from neuroflow.core.inference import InferenceBackend
 from neuroflow.core.model_card import ModelRef
@@ -37,7 +37,7 @@ def dependency_checks(services: Iterable[str], settings: NeuroflowSettings,
     if "state_db" in needed and settings.state.kind == "postgres":
         checks["state_db"] = _postgres_check(settings.state.dsn.get_secret_value(), timeout_s)
     if "kafka" in needed and settings.bus.kind == "kafka":
-        checks["kafka"] = _kafka_check(settings.bus.bootstrap, timeout_s)
+        checks["kafka"] = _kafka_check(settings.bus, timeout_s)
     if "orthanc" in needed and settings.dicom.source == "orthanc":
         checks["orthanc"] = _orthanc_check(settings, timeout_s)
     if "inference" in needed:
@@ -56,14 +56,18 @@ def _postgres_check(dsn: str, timeout_s: float) -> Check:
     return check
 
 
-def _kafka_check(bootstrap: str, timeout_s: float) -> Check:
+def _kafka_check(bus: BusSettings, timeout_s: float) -> Check:
     admin: list[Any] = []  # made at the first check, then kept: a client per probe would leak threads
+    bootstrap = bus.bootstrap
 
     def check() -> None:
         from confluent_kafka.admin import AdminClient
 
+        from neuroflow.core.kafka_security import client_security
+
         if not admin:
-            admin.append(AdminClient({"bootstrap.servers": bootstrap, "client.id": "neuroflow-readiness"}))
+            admin.append(AdminClient({"bootstrap.servers": bootstrap, "client.id": "neuroflow-readiness",
+                                      **client_security(bus)}))
         cluster = admin[0].list_topics(timeout=timeout_s)
         if not cluster.brokers:
             raise RuntimeError(f"Kafka at {bootstrap} answered with no broker")
