@@ -20,6 +20,8 @@ from pydantic import BaseModel, SecretStr
 
 from neuroflow.core import topics
 from neuroflow.core.config import CHANGE_PIPELINES, GLIOMA_PIPELINE, NeuroflowSettings
+from neuroflow.core.kafka_acl import acl_rows
+from neuroflow.core.kafka_security import client_security
 from neuroflow.ingest.site_rules import load_site_rules
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +32,8 @@ SHARED_EXAMPLE = "shared-gpu"
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schemas we have.
 KUBE_VERSIONS = ("1.27.0", kubernetes_validate.latest_version())
 # Custom resources (KEDA, Prometheus Operator): no schema in kubernetes-validate; their own tests below.
-CUSTOM_KINDS = {"ScaledObject", "ServiceMonitor", "PrometheusRule", "KafkaTopic"}
+CUSTOM_KINDS = {"ScaledObject", "ServiceMonitor", "PrometheusRule", "KafkaTopic", "TriggerAuthentication",
+                "KafkaUser"}
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet"}
 # The images we build run as this user (deploy/docker/Dockerfile); Orthanc's and Triton's their own.
 NEUROFLOW_UID = 10001
@@ -209,13 +212,14 @@ def pod_environment(objects: list[Manifest], deployment: Manifest) -> Iterator[d
     secretKeyRef filled with a stand-in (the real value is in the site's Secret)."""
     env = dict(configmap_env(objects))
     for entry in containers(deployment)[0].get("env", []):
-        env[entry["name"]] = entry.get("value", f"secret:{entry['valueFrom']['secretKeyRef']['key']}")
+        env[entry["name"]] = (entry["value"] if "value" in entry
+                              else f"secret:{entry['valueFrom']['secretKeyRef']['key']}")
     yield env
 
 
 @pytest.mark.parametrize("example", SITE_EXAMPLES)
 def test_the_rendered_environment_builds_the_settings_the_values_describe(
-        manifests: dict[str, list[Manifest]], example: str) -> None:
+        manifests: dict[str, list[Manifest]], example: str, tmp_path: Path) -> None:
     values = example_values(example)
     site = values["site"]
     objects = manifests[example]
@@ -223,10 +227,11 @@ def test_the_rendered_environment_builds_the_settings_the_values_describe(
         if component(deployment) == "orthanc":
             continue
         for env in pod_environment(objects, deployment):
-            with mock.patch.dict(os.environ, env, clear=True):
+            with mock.patch.dict(os.environ, mounted_secret_files(env, deployment, tmp_path), clear=True):
                 settings = NeuroflowSettings()
             assert settings.site == site["name"]
             assert settings.bus.kind == "kafka" and settings.bus.bootstrap == values["kafka"]["bootstrap"]
+            assert_kafka_security(settings, values, example, component(deployment))
             assert settings.state.kind == "postgres"
             assert settings.state.dsn.get_secret_value() == "secret:state-dsn"
             assert settings.dicom.source == "orthanc"
@@ -247,6 +252,94 @@ def test_the_rendered_environment_builds_the_settings_the_values_describe(
             for root in (settings.volume_store_root, settings.records_root, settings.reports_dir):
                 mounts = {m["mountPath"] for m in containers(deployment)[0]["volumeMounts"]}
                 assert any(root.is_relative_to(m) for m in mounts), f"{root} is not on a mounted volume"
+
+
+KAFKA_MOUNTS = "/etc/neuroflow-kafka"
+
+
+def mounted_secret_files(env: dict[str, str], deployment: Manifest, tmp_path: Path) -> dict[str, str]:
+    """``env`` with the Kafka credential files a pod would find in its Secret volumes moved under ``tmp_path``
+    (as the kubelet would mount them: the Secret's name and key as the content); a file no volume of the pod
+    provides is not made, so the settings fail to read it."""
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in containers(deployment)[0]["volumeMounts"]}
+    out = dict(env)
+    for name, path in env.items():
+        if not path.startswith(KAFKA_MOUNTS + "/"):
+            continue
+        folder, file = path.rsplit("/", 1)
+        secret = mounts[folder]["secret"]
+        assert file in {item["path"] for item in secret["items"]}, f"{name}: {file} is not in the mounted Secret"
+        local = tmp_path / component(deployment) / folder.removeprefix("/") / file
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_text(f"{secret['secretName']}:{file}")
+        out[name] = str(local)
+    return out
+
+
+def assert_kafka_security(settings: NeuroflowSettings, values: dict[str, Any], release: str, service: str) -> None:
+    """Each service logs in to Kafka as itself, over TLS, checking the brokers against the site's CA."""
+    security = values["kafka"]["security"]
+    bus = settings.bus
+    assert bus.security_protocol == security["protocol"]
+    assert bus.ca_file is not None and bus.ca_file.read_text() == f"{security['caSecret']}:ca.crt"
+    own_secret = f"{release}-{service}"
+    if security["protocol"] == "SASL_SSL":
+        assert bus.username == f"{release}-{service}"
+        assert bus.password.get_secret_value() == f"{own_secret}:password"  # read from its own Secret's file
+    else:
+        assert bus.cert_file is not None and bus.cert_file.read_text() == f"{own_secret}:user.crt"
+        assert bus.key_file is not None and bus.key_file.read_text() == f"{own_secret}:user.key"
+    config = client_security(bus)
+    assert config["security.protocol"] == security["protocol"].lower()
+    assert config["ssl.endpoint.identification.algorithm"] == "https"
+
+
+def test_kafka_credentials_are_mounted_read_only_for_the_service_alone(manifests: dict[str, list[Manifest]]) -> None:
+    for example in SITE_EXAMPLES:
+        for deployment in of_kind(manifests[example], "Deployment"):
+            if component(deployment) == "orthanc":
+                continue
+            volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+            user = volumes["kafka-user"]["secret"]
+            assert user["secretName"] == f"{example}-{component(deployment)}"
+            assert user["defaultMode"] == 0o440  # root and the pod's fsGroup (the service)
+            mounts = {m["name"]: m for m in containers(deployment)[0]["volumeMounts"]}
+            assert mounts["kafka-user"]["readOnly"] and mounts["kafka-ca"]["readOnly"]
+
+
+def test_keda_reads_the_lag_as_the_workers_own_kafka_user_over_tls(manifests: dict[str, list[Manifest]]) -> None:
+    objects = manifests["site-north"]
+    security = example_values("site-north")["kafka"]["security"]
+    for name in stage_services():
+        authentication = named(objects, "TriggerAuthentication", f"{name}-kafka")["spec"]
+        refs = {ref["parameter"]: (ref["name"], ref["key"]) for ref in authentication["secretTargetRef"]}
+        assert refs == {"ca": (security["caSecret"], "ca.crt"), "password": (f"site-north-{name}", "password")}
+        (username,) = authentication["env"]
+        assert (username["parameter"], username["containerName"]) == ("username", name)
+        worker_env = {e["name"]: e.get("value") for e in containers(named(objects, "Deployment", name))[0]["env"]}
+        assert worker_env[username["name"]] == f"site-north-{name}"
+        for trigger in named(objects, "ScaledObject", name)["spec"]["triggers"]:
+            if trigger["type"] == "kafka":
+                assert trigger["authenticationRef"]["name"] == f"site-north-{name}-kafka"
+                assert (trigger["metadata"]["sasl"], trigger["metadata"]["tls"]) == ("scram_sha512", "enable")
+    assert not of_kind(manifests["site-south"], "TriggerAuthentication"), "no KEDA there"
+
+
+def test_strimzi_users_carry_the_acls_the_code_derives(manifests: dict[str, list[Manifest]]) -> None:
+    users = {u["metadata"]["name"]: u for u in of_kind(manifests["site-north"], "KafkaUser")}
+    services = {component(d) for d in of_kind(manifests["site-north"], "Deployment")} - {"orthanc"}
+    assert set(users) == {f"site-north-{service}" for service in services}
+    assert set(topics.service_access()) == services, "every service with a Deployment has its ACLs, and no other"
+    for service in services:
+        user = users[f"site-north-{service}"]
+        assert user["metadata"]["namespace"] == "kafka"
+        assert user["spec"]["authentication"]["type"] == "scram-sha-512"
+        granted = {(acl["resource"]["type"], acl["resource"]["name"], acl["resource"]["patternType"], operation)
+                   for acl in user["spec"]["authorization"]["acls"] for operation in acl["operations"]}
+        assert granted == {(row.resource, row.name, "prefix" if row.prefixed else "literal", row.operation.title())
+                           for row in acl_rows(topics.service_access()[service])}
+    assert not of_kind(manifests["site-south"], "KafkaUser"), "off unless a site asks"
 
 
 def test_credentials_come_from_the_secret_never_from_values(manifests: dict[str, list[Manifest]]) -> None:
@@ -350,7 +443,7 @@ def egress_ports(policy: Manifest) -> set[int]:
 def test_network_policies_let_each_service_reach_only_what_it_needs(manifests: dict[str, list[Manifest]]) -> None:
     north, south = manifests["site-north"], manifests["site-south"]
     values = example_values("site-north")
-    kafka, postgres, orthanc, triton = 9092, 5432, 8042, 8001
+    kafka, postgres, orthanc, triton = 9093, 5432, 8042, 8001  # Kafka: its TLS listener
     deny = named(north, "NetworkPolicy", "default-deny")
     assert deny["spec"]["policyTypes"] == ["Ingress", "Egress"]
     assert egress_ports(deny) == {53}
@@ -441,6 +534,8 @@ WRONG_VALUES: dict[str, dict[str, Any]] = {
     "a misspelt autoscaling mode": {"autoscaling": {"mode": "kedas"}},
     "a liveness probe that kills at the first failure": {"probes": {"liveness": {"failureThreshold": 0}}},
     "an unknown DICOM Service type": {"orthanc": {"dicomService": {"type": "Ingress"}}},
+    "Kafka over TLS without the CA to check it": {"kafka": {"security": {"caSecret": ""}}},
+    "Kafka with SASL over plaintext": {"kafka": {"security": {"protocol": "SASL_PLAINTEXT"}}},
 }
 
 

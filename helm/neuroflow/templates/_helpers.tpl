@@ -84,6 +84,7 @@ delimiter __), checked by the tests. Credentials are not here: they come from th
 NEUROFLOW_SITE: {{ $s.name | quote }}
 NEUROFLOW_BUS__KIND: "kafka"
 NEUROFLOW_BUS__BOOTSTRAP: {{ .Values.kafka.bootstrap | quote }}
+{{- include "neuroflow.kafkaSecurityEnv" . }}
 NEUROFLOW_STATE__KIND: "postgres"
 NEUROFLOW_DICOM__SOURCE: "orthanc"
 NEUROFLOW_DICOM__ORTHANC_URL: {{ printf "http://%s:%d" (include "neuroflow.orthancHost" .) (int .Values.orthanc.httpPort) | quote }}
@@ -117,5 +118,75 @@ NEUROFLOW_METRICS_HOST: "0.0.0.0"
 NEUROFLOW_METRICS_PORT: {{ .Values.metricsPort | quote }}
 {{- range $name, $value := $s.extraSettings }}
 {{ $name }}: {{ $value | toString | quote }}
+{{- end }}
+{{- end -}}
+
+
+{{/*
+Kafka security (values kafka.security; README "Kafka security"). The same files in every pod: the CA that
+signed the brokers' certificates, and the service's own credentials (password, or certificate and key),
+each mounted from a Secret; only the username differs per service (neuroflow.kafkaUsername).
+*/}}
+{{- define "neuroflow.kafkaMountRoot" -}}/etc/neuroflow-kafka{{- end -}}
+
+{{- define "neuroflow.kafkaSecurityEnv" -}}
+{{- $k := .Values.kafka.security }}
+{{- if ne $k.protocol "PLAINTEXT" }}
+NEUROFLOW_BUS__SECURITY_PROTOCOL: {{ $k.protocol | quote }}
+NEUROFLOW_BUS__CA_FILE: {{ printf "%s/ca/ca.crt" (include "neuroflow.kafkaMountRoot" .) | quote }}
+{{- if eq $k.protocol "SASL_SSL" }}
+NEUROFLOW_BUS__SASL_MECHANISM: {{ $k.saslMechanism | quote }}
+NEUROFLOW_BUS__PASSWORD_FILE: {{ printf "%s/user/password" (include "neuroflow.kafkaMountRoot" .) | quote }}
+{{- else }}
+NEUROFLOW_BUS__CERT_FILE: {{ printf "%s/user/user.crt" (include "neuroflow.kafkaMountRoot" .) | quote }}
+NEUROFLOW_BUS__KEY_FILE: {{ printf "%s/user/user.key" (include "neuroflow.kafkaMountRoot" .) | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The Kafka user of a service: (dict "root" $ "service" name). */}}
+{{- define "neuroflow.kafkaUsername" -}}
+{{- $prefix := .root.Values.kafka.security.usernamePrefix | default (printf "%s-" (include "neuroflow.fullname" .root)) -}}
+{{- printf "%s%s" $prefix .service -}}
+{{- end -}}
+
+{{/* The Secret with a service's Kafka credentials: (dict "root" $ "service" name). */}}
+{{- define "neuroflow.kafkaUserSecret" -}}
+{{- with .root.Values.kafka.security.userSecretPrefix -}}
+{{- printf "%s%s" . $.service -}}
+{{- else -}}
+{{- include "neuroflow.kafkaUsername" . -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The container's Kafka volume mounts and the pod's volumes: (dict "root" $ "service" name). */}}
+{{- define "neuroflow.kafkaVolumeMounts" -}}
+{{- if ne .root.Values.kafka.security.protocol "PLAINTEXT" }}
+- name: kafka-ca
+  mountPath: {{ include "neuroflow.kafkaMountRoot" .root }}/ca
+  readOnly: true
+- name: kafka-user
+  mountPath: {{ include "neuroflow.kafkaMountRoot" .root }}/user
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "neuroflow.kafkaVolumes" -}}
+{{- $k := .root.Values.kafka.security }}
+{{- if ne $k.protocol "PLAINTEXT" }}
+- name: kafka-ca
+  secret:
+    secretName: {{ $k.caSecret }}
+    items: [{key: {{ $k.caKey }}, path: ca.crt}]
+- name: kafka-user
+  secret:
+    secretName: {{ include "neuroflow.kafkaUserSecret" . }}
+    # Owner root, group fsGroup (the service's): readable by the service, by no one else.
+    defaultMode: 0440
+    {{- if eq $k.protocol "SASL_SSL" }}
+    items: [{key: password, path: password}]
+    {{- else }}
+    items: [{key: user.crt, path: user.crt}, {key: user.key, path: user.key}]
+    {{- end }}
 {{- end }}
 {{- end -}}
