@@ -20,6 +20,7 @@ import psycopg
 
 from neuroflow.core import topics
 from neuroflow.core.kafka_bus import KafkaBus
+from neuroflow.core.kafka_security import client_security
 from neuroflow.core.orthanc import OrthancClient, OrthancEndpoint
 from neuroflow.core.roles import SeriesRole
 from neuroflow.devtools import stack
@@ -44,7 +45,9 @@ def run(workers: int, latency_study: Path, burst: list[Path]) -> dict[str, Any]:
     with stack.temporary(options, prefix=f"neuroflow-bench-{workers}-") as started:
         site = started["orthanc"]["site"]
         client = OrthancClient(OrthancEndpoint(site["url"], site["username"], site["password"]))
-        bus = KafkaBus(started["kafka"]["bootstrap"])
+        # The operator's login: it reads what the services publish, as no service's principal may.
+        operator = stack.stack_bus_settings(started)
+        bus = KafkaBus(operator.bootstrap, security=client_security(operator))
         send_folder(latency_study, site["dicom_host"], site["dicom_port"], site["aet"])
         sent_at = {_uid(latency_study): time.time()}
         ready, stored = _collect(bus, 1)

@@ -16,8 +16,11 @@ from typing import Any
 import pydicom
 import pytest
 
+from neuroflow.core import topics
 from neuroflow.core.config import NeuroflowSettings
+from neuroflow.core.errors import BusError
 from neuroflow.core.inference_triton import TritonBackend
+from neuroflow.core.kafka_bus import KafkaBus
 from neuroflow.core.orthanc import OrthancClient, OrthancEndpoint
 from neuroflow.devtools import stack
 from neuroflow.devtools.cstore import send_folder
@@ -70,6 +73,24 @@ def test_stack_writes_every_endpoint(running_stack: dict[str, Any]) -> None:
     models = NeuroflowSettings().models
     assert all(triton.ready(m) for m in (models.skull_strip_bbox, models.skull_strip, models.glioma))
     assert all(running for _, running, _ in stack.status(Path(running_stack["root"])))
+
+
+def test_stack_kafka_admits_only_logged_in_services_and_stack_json_holds_no_kafka_password(
+        running_stack: dict[str, Any]) -> None:
+    kafka = running_stack["kafka"]
+    assert kafka["security_protocol"] == "SASL_SSL"
+    with pytest.raises(BusError):
+        KafkaBus(kafka["bootstrap"], timeout_s=4.0)  # plaintext, no login
+    written = (Path(running_stack["root"]) / "stack.json").read_text()
+    passwords = Path(kafka["security_dir"]) / "passwords"
+    assert sorted(p.name for p in passwords.iterdir()) == sorted(["admin", "broker", *topics.service_access()])
+    for password in passwords.iterdir():
+        assert oct(password.stat().st_mode & 0o777) == "0o600"
+        assert password.read_text() not in written
+    # Each service process logs in as itself (its own ACLs), not as the operator of the stack's environment.
+    preprocess = stack.process_record(running_stack, "preprocess-1")
+    environ = Path(f"/proc/{preprocess['pid']}/environ").read_bytes().split(b"\0")
+    assert b"NEUROFLOW_BUS__USERNAME=preprocess" in environ
 
 
 def test_study_sent_by_cstore_arrives_as_seg_in_the_pacs_with_the_embedded_volumes(

@@ -12,7 +12,7 @@ from pydantic import SecretStr, ValidationError
 from neuroflow.core import topics
 from neuroflow.core.config import BusSettings, NeuroflowSettings
 from neuroflow.core.kafka_acl import AclRow, acl_rows
-from neuroflow.core.kafka_security import KafkaSecurityError, client_security, describe
+from neuroflow.core.kafka_security import KafkaSecurityError, client_security, describe, unprotected_remote
 from neuroflow.proto.neuroflow.v1 import common_pb2
 
 SECRET = "s3cret-scram-password"
@@ -68,8 +68,11 @@ def test_a_missing_ca_file_is_named(tmp_path: Path) -> None:
                                     ca_file=tmp_path / "missing.pem"))
 
 
-def test_plaintext_stays_the_default_for_the_embedded_runtime() -> None:
+def test_plaintext_stays_the_default_for_the_embedded_runtime_and_is_flagged_off_this_host() -> None:
     assert client_security(BusSettings()) == {"security.protocol": "plaintext"}
+    assert not unprotected_remote(BusSettings(bootstrap="127.0.0.1:19092,localhost:19093"))
+    assert unprotected_remote(BusSettings(bootstrap="127.0.0.1:19092,kafka.site:9092"))
+    assert not unprotected_remote(BusSettings(bootstrap="kafka.site:9093", security_protocol="SSL"))
 
 
 def _allowed(service: str) -> set[AclRow]:

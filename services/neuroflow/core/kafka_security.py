@@ -59,3 +59,11 @@ def describe(bus: BusSettings) -> str:
         return f"Kafka at {bus.bootstrap} (plaintext)"
     who = f"{bus.sasl_mechanism} as {bus.username}" if bus.security_protocol == "SASL_SSL" else "client certificate"
     return f"Kafka at {bus.bootstrap} ({bus.security_protocol}, {who})"
+
+
+def unprotected_remote(bus: BusSettings) -> bool:
+    """Whether ``bus`` talks PLAINTEXT to a broker that is not on this host (worth a warning at start)."""
+    if bus.security_protocol != "PLAINTEXT":
+        return False
+    hosts = {address.rsplit(":", 1)[0].strip("[]") for address in bus.bootstrap.split(",") if address.strip()}
+    return not hosts <= {"127.0.0.1", "localhost", "::1"}

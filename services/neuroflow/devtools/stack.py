@@ -1,7 +1,8 @@
 """The local stack: every server and service of the distributed runtime on loopback, for development,
 demos and the end-to-end tests. ``neuroflow stack up`` starts PostgreSQL, a site Orthanc, a destination
-PACS Orthanc, a Kafka broker, Triton Inference Server (the CPU variant of every model), one process per
-service (each exposing its metrics on a loopback port), and
+PACS Orthanc, a Kafka broker (SASL_SSL with the stack's own CA; each service logs in as itself and may use
+only its own topics: devtools/kafka_broker.py), Triton Inference Server (the CPU variant of every model), one
+process per service (each exposing its metrics on a loopback port), and
 Prometheus (scraping them, with the alert rules of deploy/prometheus) and Alertmanager, and writes every
 endpoint to ``.neuroflow/stack.json``; ``stack down`` stops them by PID and waits until their ports are free;
 ``stack status`` says what runs.
@@ -29,9 +30,10 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from neuroflow.core.config import DEFAULT_MODEL_REPOSITORY, REPOSITORY_ROOT, NeuroflowSettings
+from neuroflow.core.config import DEFAULT_MODEL_REPOSITORY, REPOSITORY_ROOT, BusSettings, NeuroflowSettings
 from neuroflow.core.identity import use_site_secret
 from neuroflow.core.orthanc import DicomModality, OrthancEndpoint
+from neuroflow.devtools.kafka_broker import OPERATOR, BrokerSecurity, prepare_broker_security, start_secure_kafka
 from neuroflow.devtools.monitoring_servers import immediate_rules, start_alertmanager, start_prometheus, write_targets
 from neuroflow.devtools.orthanc_server import OrthancProcess, start_orthanc
 from neuroflow.devtools.orthanc_server import restart_orthanc as restart_orthanc_process
@@ -41,7 +43,6 @@ from neuroflow.devtools.triton_server import start_stack_triton, start_triton
 
 STACK_DIR = REPOSITORY_ROOT / ".neuroflow"
 STACK_FILE = STACK_DIR / "stack.json"
-KAFKA_SCRIPT = REPOSITORY_ROOT / "scripts" / "kafka.sh"
 SERVICES = ("ingest", "orchestrator", "preprocess", "segmentation", "results", "longitudinal", "monitor")
 PACS_MODALITY = "pacs"  # how the site Orthanc names the destination PACS
 
@@ -89,8 +90,9 @@ def up(options: StackOptions) -> dict[str, Any]:
         )
         started["processes"].append(_orthanc_record("orthanc-site", site))
         kafka_port, controller_port = free_loopback_port(), free_loopback_port()
-        _kafka("start", "--port", str(kafka_port), "--controller-port", str(controller_port),
-               "--data-dir", str(root / "kafka"), "--partitions", "2")
+        # SASL_SSL with the stack's own CA; each service logs in as itself and has only its own ACLs.
+        kafka_security = prepare_broker_security(root / "kafka-security")
+        _start_kafka(root, kafka_port, controller_port, kafka_security)
         started["processes"].append(_record("kafka", _kafka_pid(root / "kafka"), [kafka_port, controller_port],
                                             signal.SIGTERM))
         # The inference tier: every model of the repository on Triton; the workers infer through it.
@@ -101,7 +103,8 @@ def up(options: StackOptions) -> dict[str, Any]:
         endpoints = {
             "orthanc": {"site": _orthanc_endpoint(site), "pacs": _orthanc_endpoint(pacs)},
             "triton": {"grpc": triton.grpc_url, "http": triton.http_url},
-            "kafka": {"bootstrap": f"127.0.0.1:{kafka_port}"},
+            "kafka": {"bootstrap": f"127.0.0.1:{kafka_port}", "security_protocol": "SASL_SSL",
+                      "ca_file": str(kafka_security.ca_file), "security_dir": str(kafka_security.directory)},
             "postgresql": {"dsn": state_dsn},
             "destination_modality": PACS_MODALITY,
         }
@@ -226,8 +229,7 @@ def restart_process(stack: dict[str, Any], name: str) -> dict[str, Any]:
         record = _record(name, postgres.pid, old["ports"], signal.SIGINT)
     elif name == "kafka":
         kafka_port, controller_port = old["ports"]
-        _kafka("start", "--port", str(kafka_port), "--controller-port", str(controller_port),
-               "--data-dir", str(root / "kafka"), "--partitions", "2")
+        _start_kafka(root, kafka_port, controller_port, BrokerSecurity(Path(stack["kafka"]["security_dir"])))
         record = _record(name, _kafka_pid(root / "kafka"), old["ports"], signal.SIGTERM)
     elif name == "triton":
         grpc_port, http_port, metrics_port = old["ports"]
@@ -266,6 +268,9 @@ def service_environment(stack: dict[str, Any], options: StackOptions) -> dict[st
         "NEUROFLOW_SITE": "local-stack",
         "NEUROFLOW_BUS__KIND": "kafka",
         "NEUROFLOW_BUS__BOOTSTRAP": stack["kafka"]["bootstrap"],
+        # The operator's login (a super user) for tools run with this environment; each service process
+        # replaces it with its own (_launch_service).
+        **kafka_environment(stack),
         "NEUROFLOW_STATE__KIND": "postgres",
         "NEUROFLOW_STATE__DSN": stack["postgresql"]["dsn"],
         "NEUROFLOW_DICOM__SOURCE": "orthanc",
@@ -315,13 +320,39 @@ def use_stack_key_secret(stack: dict[str, Any]) -> None:
     install_site_secret(NeuroflowSettings(), distributed=False)
 
 
+def kafka_environment(stack: dict[str, Any], user: str = OPERATOR) -> dict[str, str]:
+    """The NEUROFLOW_BUS__* login of ``user`` (a service, or the operator) on the stack's broker: files, never
+    the password itself, so stack.json holds no Kafka secret."""
+    kafka = stack["kafka"]
+    if "security_dir" not in kafka:
+        return {}
+    return BrokerSecurity(Path(kafka["security_dir"])).environment(user)
+
+
+def stack_bus_settings(stack: dict[str, Any], user: str = OPERATOR) -> BusSettings:
+    """Bus settings of ``user`` on the stack's broker, for a harness or a benchmark talking to it directly."""
+    kafka = stack["kafka"]
+    if "security_dir" not in kafka:
+        return BusSettings(kind="kafka", bootstrap=kafka["bootstrap"])
+    return BrokerSecurity(Path(kafka["security_dir"])).bus_settings(kafka["bootstrap"], user)
+
+
+def _start_kafka(root: Path, port: int, controller_port: int, security: BrokerSecurity) -> None:
+    try:
+        start_secure_kafka(root / "kafka", port=port, controller_port=controller_port, partitions=2,
+                           security=security)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        raise StackError(f"Kafka did not start: {exc}") from exc
+
+
 def _launch_service(stack: dict[str, Any], service: str, name: str, metrics_port: int | None = None) -> dict[str, Any]:
     root = Path(stack["root"])
     # Each process its own port (Prometheus tells them apart by it), picked outside the ephemeral range:
     # a service binds it only after seconds of imports, time enough for a client socket to take it.
     taken = {p["metrics_port"] for p in stack["processes"] if "metrics_port" in p}
     metrics_port = metrics_port or free_stable_port(taken)
-    environment = {**os.environ, **stack["environment"], "NEUROFLOW_METRICS_PORT": str(metrics_port)}
+    environment = {**os.environ, **stack["environment"], **kafka_environment(stack, service),
+                   "NEUROFLOW_METRICS_PORT": str(metrics_port)}
     with (root / "logs" / f"{name}.log").open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "neuroflow.cli", "serve", service], env=environment,
@@ -415,12 +446,6 @@ def _database_exists(postgres: Any) -> bool:
 
     with psycopg.connect(postgres.dsn(), autocommit=True) as db:
         return db.execute("SELECT 1 FROM pg_database WHERE datname = 'neuroflow'").fetchone() is not None
-
-
-def _kafka(*args: str) -> None:
-    result = subprocess.run(["bash", str(KAFKA_SCRIPT), *args], capture_output=True, text=True, timeout=300)
-    if result.returncode != 0:
-        raise StackError(f"kafka.sh {args[0]} failed: {result.stderr.strip() or result.stdout.strip()}")
 
 
 def _kafka_pid(data_dir: Path) -> int:

@@ -91,8 +91,14 @@ class Backends:
                 timeouts = self.settings.orchestration.stage_timeout_s.values()
                 longest = max([*timeouts, self.settings.orchestration.default_stage_timeout_s])
                 kafka: Any = _backend("neuroflow.core.kafka_bus", "KafkaBus")
-                security: Any = _backend("neuroflow.core.kafka_security", "client_security")
-                bus: MessageBus = kafka(self.settings.bus.bootstrap, security=security(self.settings.bus),
+                from neuroflow.core import kafka_security
+
+                log.info("bus: %s", kafka_security.describe(self.settings.bus))  # never the password
+                if kafka_security.unprotected_remote(self.settings.bus):
+                    log.warning("the Kafka connection is neither authenticated nor encrypted, to a broker not on "
+                                "this host: set NEUROFLOW_BUS__SECURITY_PROTOCOL=SASL_SSL (README, Kafka security)")
+                bus: MessageBus = kafka(self.settings.bus.bootstrap,
+                                        security=kafka_security.client_security(self.settings.bus),
                                         max_poll_interval_s=longest + _POLL_INTERVAL_MARGIN_S)
                 return bus
             return InMemoryBus()
