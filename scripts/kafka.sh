@@ -4,11 +4,13 @@
 #
 #   scripts/kafka.sh fetch                      resolve the broker's jars into the cache (idempotent)
 #   scripts/kafka.sh start [--port P] [--controller-port C] [--data-dir D] [--partitions N] [--timeout S]
-#                          [--security DIR]     format D if new, start the broker in the background,
+#                          [--security DIR [--mtls-port M]]
+#                                               format D if new, start the broker in the background,
 #                                               return once it answers a metadata request
 #                                               (--security: a SASL_SSL listener and a TLS controller listener
 #                                               set up by DIR, which devtools/kafka_broker.py prepares; the
-#                                               script then waits for the port only: the caller logs in)
+#                                               script then waits for the port only: the caller logs in;
+#                                               --mtls-port: also a listener taking client certificates)
 #   scripts/kafka.sh stop [--data-dir D]        stop the broker started in D; return once its ports are free
 #   scripts/kafka.sh status [--data-dir D]      say whether it runs (exit 0) or not (exit 3)
 #   scripts/kafka.sh libs                       print the folder of the jars (after fetch)
@@ -35,6 +37,7 @@ DATA_DIR="$ROOT/.neuroflow/kafka"
 PARTITIONS=1
 TIMEOUT_S=60
 SECURITY_DIR=""
+MTLS_PORT=""
 
 die() { echo "kafka.sh: $*" >&2; exit 1; }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
@@ -48,6 +51,7 @@ parse_options() {
             --partitions) PARTITIONS="$2"; shift 2 ;;
             --timeout) TIMEOUT_S="$2"; shift 2 ;;
             --security) SECURITY_DIR="$(cd "$2" && pwd)"; shift 2 ;;
+            --mtls-port) MTLS_PORT="$2"; shift 2 ;;
             *) die "unknown option $1" ;;
         esac
     done
@@ -115,19 +119,24 @@ start() {
     if pid="$(running_pid)"; then
         die "a broker already runs from $DATA_DIR (pid $pid); stop it first"
     fi
-    for port in "$PORT" "$CONTROLLER_PORT"; do
+    [ -z "$MTLS_PORT" ] || [ -n "$SECURITY_DIR" ] || die "--mtls-port needs --security"
+    for port in "$PORT" "$CONTROLLER_PORT" $MTLS_PORT; do
         port_open "$port" && die "port $port on $HOST is already in use"
     done
     local data="$DATA_DIR/data"
     mkdir -p "$data" "$DATA_DIR/logs"
-    local client=PLAINTEXT controller=PLAINTEXT
+    local client=PLAINTEXT controller=PLAINTEXT extra_listeners="" extra_protocols=""
     if [ -n "$SECURITY_DIR" ]; then
         client=SASL_SSL controller=SSL
+    fi
+    if [ -n "$MTLS_PORT" ]; then
+        extra_listeners=",MTLS://$HOST:$MTLS_PORT" extra_protocols=",MTLS:SSL"
     fi
     # The settings name passwords when secured (the broker's own login): readable by the owner only.
     (umask 077; sed -e "s|@PORT@|$PORT|g" -e "s|@CONTROLLER_PORT@|$CONTROLLER_PORT|g" \
         -e "s|@LOG_DIRS@|$data|g" -e "s|@NUM_PARTITIONS@|$PARTITIONS|g" \
         -e "s|@CLIENT_PROTOCOL@|$client|g" -e "s|@CONTROLLER_PROTOCOL@|$controller|g" \
+        -e "s|@EXTRA_LISTENERS@|$extra_listeners|g" -e "s|@EXTRA_PROTOCOLS@|$extra_protocols|g" \
         "$TEMPLATE" >"$DATA_DIR/server.properties"
      if [ -n "$SECURITY_DIR" ]; then cat "$SECURITY_DIR/broker.properties" >>"$DATA_DIR/server.properties"; fi)
     if [ ! -f "$data/meta.properties" ]; then
@@ -158,7 +167,7 @@ start() {
     setsid "${JAVA_ARGS[@]}" >"$DATA_DIR/logs/kafka.out" 2>&1 </dev/null &
     local pid=$!
     echo "$pid" >"$PID_FILE"
-    echo "$PORT $CONTROLLER_PORT" >"$PORTS_FILE"
+    echo "$PORT $CONTROLLER_PORT${MTLS_PORT:+ $MTLS_PORT}" >"$PORTS_FILE"
     local deadline=$((started + TIMEOUT_S * 1000)) problem=""
     while [ "$(now_ms)" -lt "$deadline" ]; do
         kill -0 "$pid" 2>/dev/null \

@@ -84,9 +84,10 @@ def test_stack_kafka_admits_only_logged_in_services_and_stack_json_holds_no_kafk
     written = (Path(running_stack["root"]) / "stack.json").read_text()
     passwords = Path(kafka["security_dir"]) / "passwords"
     assert sorted(p.name for p in passwords.iterdir()) == sorted(["admin", "broker", *topics.service_access()])
+    logs = "".join(log.read_text(errors="replace") for log in (Path(running_stack["root"]) / "logs").iterdir())
     for password in passwords.iterdir():
         assert oct(password.stat().st_mode & 0o777) == "0o600"
-        assert password.read_text() not in written
+        assert password.read_text() not in written and password.read_text() not in logs
     # Each service process logs in as itself (its own ACLs), not as the operator of the stack's environment.
     preprocess = stack.process_record(running_stack, "preprocess-1")
     environ = Path(f"/proc/{preprocess['pid']}/environ").read_bytes().split(b"\0")

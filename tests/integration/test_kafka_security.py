@@ -26,11 +26,10 @@ from neuroflow.proto.neuroflow.v1 import common_pb2
 from neuroflow.runtime.readiness import dependency_checks
 from tests.servers.kafka import KafkaServer, running_kafka
 
-pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaServer]:
-    with running_kafka(tmp_path_factory.mktemp("secure-kafka"), secure=True) as server:
+    with running_kafka(tmp_path_factory.mktemp("secure-kafka"), secure=True, mtls=True) as server:
         yield server
 
 def _security(server: KafkaServer) -> BrokerSecurity:
@@ -109,6 +108,25 @@ def test_events_and_tasks_go_round_over_sasl_ssl(secure_kafka: KafkaServer) -> N
         for bus in (ingest, orchestrator, preprocess):
             bus.close()
 
+def test_mutual_tls_authenticates_by_certificate_with_the_same_acls(secure_kafka: KafkaServer) -> None:
+    assert secure_kafka.mtls_bootstrap is not None
+    security = _security(secure_kafka)
+    ingest_settings = security.mtls_settings(secure_kafka.mtls_bootstrap, "ingest")
+    ingest = KafkaBus(secure_kafka.mtls_bootstrap, timeout_s=8.0, publish_timeout_s=8.0,
+                      security=client_security(ingest_settings))
+    try:
+        ingest.publish(topics.STUDY_READY, "study-m", b"ready")  # CN=ingest is User:ingest
+        with pytest.raises(BusError, match="Topic authorization failed"):
+            ingest.publish(topics.task_topic(common_pb2.STAGE_SEGMENTATION), "study-m", b"forged task")
+    finally:
+        ingest.close()
+    # TLS that trusts the broker but shows no certificate of its own is not served.
+    no_certificate = {"security.protocol": "ssl", "ssl.ca.location": str(security.ca_file),
+                      "ssl.endpoint.identification.algorithm": "https"}
+    with pytest.raises(BusError):
+        KafkaBus(secure_kafka.mtls_bootstrap, timeout_s=4.0, security=no_certificate)
+
+
 def test_readiness_and_the_lag_probe_log_in_as_their_service(secure_kafka: KafkaServer) -> None:
     security = _security(secure_kafka)
     worker = NeuroflowSettings().model_copy(
@@ -121,6 +139,15 @@ def test_readiness_and_the_lag_probe_log_in_as_their_service(secure_kafka: Kafka
     monitor = security.bus_settings(secure_kafka.bootstrap, "monitor")
     probe = KafkaProbe(secure_kafka.bootstrap, [pair], 10.0, "test-site", security=client_security(monitor))
     assert pair in probe.lags()  # the monitor may describe the orchestrator's group and topic
+
+
+def test_no_password_is_in_the_brokers_logs_or_left_on_a_command_line_file(secure_kafka: KafkaServer) -> None:
+    # Runs after the others (a refused login, a wrong password, every service's login are in the logs by now).
+    passwords = [p.read_text() for p in (_security(secure_kafka).directory / "passwords").iterdir()]
+    logs = "".join(log.read_text(errors="replace") for log in (secure_kafka.data_dir / "logs").iterdir())
+    assert passwords and not [p for p in passwords if p in logs]
+    assert not (secure_kafka.data_dir / "format.args").exists(), "the SCRAM users' argument file is removed"
+    assert oct((secure_kafka.data_dir / "server.properties").stat().st_mode & 0o777) == "0o600"
 
 
 def _no_inference() -> InferenceBackend:

@@ -32,6 +32,7 @@ class KafkaServer:
     data_dir: Path  # logs/server.log there tells what the broker did
     start_s: float  # how long `kafka.sh start` took, formatting included
     security: BrokerSecurity | None = None  # the CA and passwords of a secured broker
+    mtls_bootstrap: str | None = None  # its mutual-TLS listener, when asked for
 
 
 def _run(*args: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
@@ -39,10 +40,12 @@ def _run(*args: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
 
 
 @contextlib.contextmanager
-def running_kafka(data_dir: Path, *, partitions: int = 1, secure: bool = False) -> Iterator[KafkaServer]:
+def running_kafka(data_dir: Path, *, partitions: int = 1, secure: bool = False,
+                  mtls: bool = False) -> Iterator[KafkaServer]:
     """A broker serving on a free loopback port until the block ends; fails (never skips) when Java,
     Maven or the jars are missing, with the script's own explanation. ``secure``: SASL_SSL and ACLs, its
-    CA and passwords in ``data_dir/security``."""
+    CA and passwords in ``data_dir/security``; ``mtls`` (with ``secure``): also a listener taking client
+    certificates."""
     fetched = _run("fetch", timeout_s=900)
     if fetched.returncode != 0:
         raise RuntimeError(f"scripts/kafka.sh fetch failed:\n{fetched.stderr}")
@@ -53,13 +56,17 @@ def running_kafka(data_dir: Path, *, partitions: int = 1, secure: bool = False) 
     started_at = time.monotonic()
     if secure:
         security = prepare_broker_security(data_dir / "security")
+        mtls_port = free_loopback_port() if mtls else None
+        while mtls_port in (port, controller_port):
+            mtls_port = free_loopback_port()
         try:
             bootstrap = start_secure_kafka(data_dir, port=port, controller_port=controller_port,
-                                           partitions=partitions, security=security)
+                                           partitions=partitions, security=security, mtls_port=mtls_port)
         except BaseException:
             _run("stop", "--data-dir", str(data_dir), timeout_s=60)
             raise
-        secured = KafkaServer(bootstrap, data_dir, time.monotonic() - started_at, security)
+        secured = KafkaServer(bootstrap, data_dir, time.monotonic() - started_at, security,
+                              f"127.0.0.1:{mtls_port}" if mtls_port else None)
         try:
             yield secured
         finally:

@@ -3,7 +3,8 @@
 For one broker (a stack's, or a test's) this makes, in DIR:
 
 * a certificate authority (``ca.pem``, what clients trust) and the broker's certificate for 127.0.0.1 and
-  localhost, signed by it (``broker.pem``: key and chain, readable by the owner only);
+  localhost, signed by it (``broker.pem``: key and chain, readable by the owner only), and a client certificate
+  per principal (``clients/<user>.crt`` and ``.key``, CN = the user) for the optional mutual-TLS listener;
 * a SCRAM-SHA-512 password per principal (``passwords/<user>``, owner only): ``admin`` (the operator, a super
   user), ``broker`` (the broker's own inter-broker login) and one per service;
 * ``scram.args``: the ``--add-scram`` options that create those users when kafka.sh formats the storage (KRaft
@@ -52,6 +53,16 @@ class BrokerSecurity:
     def password_file(self, user: str) -> Path:
         return self.directory / "passwords" / user
 
+    def client_certificate(self, user: str) -> tuple[Path, Path]:
+        """(certificate, key) of ``user`` for the mutual-TLS listener."""
+        return self.directory / "clients" / f"{user}.crt", self.directory / "clients" / f"{user}.key"
+
+    def mtls_settings(self, bootstrap: str, user: str) -> BusSettings:
+        """Settings of a client authenticating as ``user`` by its certificate (the mutual-TLS listener)."""
+        cert, key = self.client_certificate(user)
+        return BusSettings(kind="kafka", bootstrap=bootstrap, security_protocol="SSL", ca_file=self.ca_file,
+                           cert_file=cert, key_file=key)
+
     def bus_settings(self, bootstrap: str, user: str = OPERATOR) -> BusSettings:
         """Settings of a client logging in as ``user`` (a service name, or ``admin``)."""
         return BusSettings(kind="kafka", bootstrap=bootstrap, security_protocol="SASL_SSL", username=user,
@@ -69,9 +80,9 @@ def prepare_broker_security(directory: Path, services: list[str] | None = None) 
     ``directory``; ``services``: the principals besides admin and broker (default: every service)."""
     security = BrokerSecurity(directory)
     (directory / "passwords").mkdir(parents=True, exist_ok=True, mode=0o700)
-    if not security.ca_file.exists():
-        _write_certificates(directory)
     users = [OPERATOR, BROKER_USER, *(services if services is not None else service_access())]
+    if not security.ca_file.exists():
+        _write_certificates(directory, users)
     for user in users:
         if not security.password_file(user).exists():
             _write_private(security.password_file(user), secrets.token_urlsafe(24))
@@ -83,13 +94,16 @@ def prepare_broker_security(directory: Path, services: list[str] | None = None) 
 
 
 def start_secure_kafka(data_dir: Path, *, port: int, controller_port: int, partitions: int,
-                       security: BrokerSecurity, timeout_s: float = 120.0) -> str:
+                       security: BrokerSecurity, mtls_port: int | None = None, timeout_s: float = 120.0) -> str:
     """Start the broker of ``data_dir`` with ``security`` (kafka.sh start), wait until the operator logs in
-    over SASL_SSL, and grant every service its ACLs. Returns the bootstrap address; RuntimeError with the
+    over SASL_SSL, and grant every service its ACLs. ``mtls_port``: also a mutual-TLS listener there (the
+    client certificate's CN is the principal). Returns the SASL_SSL bootstrap address; RuntimeError with the
     script's explanation when it does not start."""
+    mtls = ["--mtls-port", str(mtls_port)] if mtls_port is not None else []
     started = subprocess.run(
         ["bash", str(KAFKA_SCRIPT), "start", "--port", str(port), "--controller-port", str(controller_port),
-         "--data-dir", str(data_dir), "--partitions", str(partitions), "--security", str(security.directory)],
+         "--data-dir", str(data_dir), "--partitions", str(partitions), "--security", str(security.directory),
+         *mtls],
         capture_output=True, text=True, timeout=timeout_s, check=False)
     if started.returncode != 0:
         raise RuntimeError(f"scripts/kafka.sh start failed:\n{started.stderr}")
@@ -104,8 +118,10 @@ def operator_admin(security: BrokerSecurity, bootstrap: str) -> Any:
     """An AdminClient logged in as the operator (a super user)."""
     from confluent_kafka.admin import AdminClient
 
+    # Reconnect quickly: it is made while the broker is still starting, and librdkafka's default backoff grows to
+    # 10 s between tries.
     return AdminClient({"bootstrap.servers": bootstrap, "client.id": "neuroflow-operator",
-                        **client_security(security.bus_settings(bootstrap))})
+                        "reconnect.backoff.max.ms": 500, **client_security(security.bus_settings(bootstrap))})
 
 
 def _wait_until_operator_served(admin: Any, bootstrap: str, timeout_s: float) -> None:
@@ -133,6 +149,9 @@ ssl.keystore.location={directory / "broker.pem"}
 ssl.truststore.type=PEM
 ssl.truststore.location={directory / "ca.pem"}
 listener.name.controller.ssl.client.auth=required
+listener.name.mtls.ssl.client.auth=required
+# A certificate's principal is its CN (User:ingest for CN=ingest), the name its SCRAM login would have.
+ssl.principal.mapping.rules=RULE:^CN=([a-zA-Z0-9._-]+)$/$1/,DEFAULT
 sasl.enabled.mechanisms={MECHANISM}
 sasl.mechanism.inter.broker.protocol={MECHANISM}
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule \\
@@ -140,13 +159,13 @@ listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.se
 # Nothing is allowed without an ACL; the operator and the broker itself are super users.
 authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
 allow.everyone.if.no.acl.found=false
-super.users=User:{OPERATOR};User:{BROKER_USER};User:CN={BROKER_SUBJECT}
+super.users=User:{OPERATOR};User:{BROKER_USER};User:{BROKER_SUBJECT}
 """
 
 
-def _write_certificates(directory: Path) -> None:
-    """A CA valid for ten years and a broker certificate for 127.0.0.1 and localhost (server and client
-    authentication: the broker presents it to its own controller listener)."""
+def _write_certificates(directory: Path, users: list[str]) -> None:
+    """A CA valid for ten years, a broker certificate for 127.0.0.1 and localhost (server and client
+    authentication: the broker presents it to its own controller listener), and a client certificate per user."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -179,6 +198,19 @@ def _write_certificates(directory: Path) -> None:
     _write_private(directory / "broker.pem", (
         key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         + cert.public_bytes(pem) + ca.public_bytes(pem)).decode())
+    (directory / "clients").mkdir(exist_ok=True, mode=0o700)
+    for user in users:
+        client_key = ec.generate_private_key(ec.SECP256R1())
+        client = (x509.CertificateBuilder()
+                  .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, user)]))
+                  .issuer_name(ca_name).public_key(client_key.public_key()).serial_number(x509.random_serial_number())
+                  .not_valid_before(now - datetime.timedelta(minutes=5))
+                  .not_valid_after(now + datetime.timedelta(days=825))
+                  .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+                  .sign(ca_key, hashes.SHA256()))
+        (directory / "clients" / f"{user}.crt").write_bytes(client.public_bytes(pem))
+        _write_private(directory / "clients" / f"{user}.key", client_key.private_bytes(
+            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode())
     # The CA's key is not kept: nothing else is ever signed with it.
 
 
