@@ -8,12 +8,13 @@ Then everything is scanned:
 - never a PatientID, name or birth date: service logs, every service's /metrics, every Kafka message on
   every topic (read from the beginning), every table of the state database, the reports;
 - never a UID or accession number: logs, metrics, dead letters (Kafka's dead-letter topics and the rows
-  of the state database, payload included), the workflows' error texts and history, the audit trail and
-  the reports' texts (summary.txt, errors, warnings).
+  of the state database, payload included), error texts (failure messages on Kafka, the workflows' details
+  and history), the audit trail and the reports' texts (summary.txt, errors, warnings).
 
 Where a UID is legitimately needed at the site it stays: the task topics carry the StudyInstanceUID and
 the series UIDs (the workers read the study from the site's Orthanc by them), report.json records the
-study's UID for the site, and the deliveries outbox the SOP Instance UIDs of the results it forwards."""
+study's and its series' UIDs for the site (its other fields name none), and the deliveries outbox the SOP
+Instance UIDs of the results it forwards."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import json
 import re
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from neuroflow.devtools import stack
 from neuroflow.devtools.cstore import send_folder
 from neuroflow.devtools.dicom_writer import PatientInfo, write_study
 from neuroflow.devtools.scanner_presets import Vendor
+from neuroflow.proto.neuroflow.v1 import events_pb2, tasks_pb2
 
 from .conftest import tcga_volumes
 
@@ -97,22 +99,27 @@ def flow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, A
     blank = _blank_study(root / "blank")
     ids = _identifiers([good, blank])
     with stack.temporary(stack.StackOptions(wait_window_s=WAIT_WINDOW_S)) as started:
+        # Ingest follows the change feed from where it was when it first started: send once it follows.
+        ingest_log = Path(started["root"]) / "logs" / "ingest-1.log"
+        _wait_for(lambda: "following site" in ingest_log.read_text(), 180, "ingest to follow the site Orthanc")
         site = started["orthanc"]["site"]
         for folder in (blank, good):
             send_folder(folder, site["dicom_host"], site["dicom_port"], site["aet"])
         pacs = started["orthanc"]["pacs"]
         client = OrthancClient(OrthancEndpoint(pacs["url"], pacs["username"], pacs["password"]))
         dsn = started["postgresql"]["dsn"]
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            segs = client.post_json("/tools/find", {"Level": "Instance", "Query": {"Modality": "SEG"}})
-            if segs and _dead_letter_count(dsn) >= 1:
-                break
-            time.sleep(2.0)
-        else:
-            raise AssertionError("the flow did not give a SEG in the PACS and a dead letter within 600 s")
+        _wait_for(lambda: client.post_json("/tools/find", {"Level": "Instance", "Query": {"Modality": "SEG"}})
+                  and _dead_letter_count(dsn) >= 1, 600, "a SEG in the PACS and a dead letter")
         time.sleep(3.0)  # the last log lines and metrics of the finished work
         yield started, ids
+
+
+def _wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(2.0)
 
 
 def _dead_letter_count(dsn: str) -> int:
@@ -161,12 +168,23 @@ def test_kafka_messages_name_no_patient_and_dead_letters_no_uid(flow: tuple[dict
             read[topic] = len(messages)
             needles = ids.all if topic in dead_letter_topics else ids.patient
             for message in messages:
-                if found := _found(message.key.encode() + b"\x00" + message.value, needles):
+                found = _found(message.key.encode() + b"\x00" + message.value, needles)
+                found += _found(_error_text(topic, message.value), ids.all)
+                if found:
                     leaks.setdefault(topic, []).extend(found)
     finally:
         bus.close()
     assert read[topics.STUDY_READY] == 2 and sum(read[t] for t in dead_letter_topics) >= 1
     assert not leaks
+
+
+def _error_text(topic: str, value: bytes) -> str:
+    """The error text of a failure message (the messages themselves carry the UIDs the site needs)."""
+    if topic == topics.TASK_FAILED:
+        return tasks_pb2.TaskFailed.FromString(value).reason.message
+    if topic == topics.ROUTING_FAILED:
+        return events_pb2.RoutingFailed.FromString(value).message
+    return ""
 
 
 def test_state_database_names_no_patient_and_its_texts_and_dead_letters_no_uid(
@@ -202,11 +220,21 @@ def test_reports_name_no_patient_and_their_texts_no_uid(flow: tuple[dict[str, An
     leaks = {}
     for path in reports:
         report = json.loads(path.read_text())
-        report.pop("study_instance_uid")  # the site's record of which study this is
-        found = _found(json.dumps(report), ids.all)
+        found = _found(json.dumps(report), ids.patient)
+        # report.json is the site's record of which study and series it is about: its UID fields stay,
+        # everything else (errors, warnings, checks, descriptions) names no UID.
+        found += _found(json.dumps(_without_uid_fields(report)), ids.uids)
         summary = path.with_name("summary.txt")
         if summary.is_file():
             found += _found(summary.read_text(), ids.all)
         if found:
             leaks[str(path.relative_to(started["root"]))] = found
     assert not leaks
+
+
+def _without_uid_fields(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_uid_fields(v) for k, v in value.items() if not k.endswith("_uid")}
+    if isinstance(value, list):
+        return [_without_uid_fields(v) for v in value]
+    return value
