@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -112,6 +113,7 @@ def flow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, A
                   and _dead_letter_count(dsn) >= 1, 600, "a SEG in the PACS and a dead letter")
         time.sleep(3.0)  # the last log lines and metrics of the finished work
         yield started, ids
+        shutil.copytree(Path(started["root"]) / "logs", root / "logs")  # kept for a failure's diagnosis
 
 
 def _wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> None:
@@ -141,13 +143,20 @@ def test_service_logs_name_no_patient_and_no_uid(flow: tuple[dict[str, Any], Ide
 
 def test_metrics_name_no_patient_and_no_uid(flow: tuple[dict[str, Any], Identifiers]) -> None:
     started, ids = flow
-    leaks = {}
+    leaks, unreachable = {}, {}
     for process in started["processes"]:
         if "metrics_port" in process:
-            with urllib.request.urlopen(f"http://127.0.0.1:{process['metrics_port']}/metrics", timeout=10) as answer:
-                if found := _found(answer.read(), ids.all):
-                    leaks[process["name"]] = found
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{process['metrics_port']}/metrics",
+                                            timeout=10) as answer:
+                    if found := _found(answer.read(), ids.all):
+                        leaks[process["name"]] = found
+            except OSError as exc:
+                log = Path(started["root"]) / "logs" / f"{process['name']}.log"
+                unreachable[process["name"]] = (f"{exc}; running: {stack.is_running(process)}; log ends: "
+                                                f"{log.read_text()[-1500:] if log.is_file() else '-'}")
     assert not leaks
+    assert not unreachable
 
 
 def test_kafka_messages_name_no_patient_and_dead_letters_no_uid(flow: tuple[dict[str, Any], Identifiers]) -> None:
@@ -159,7 +168,7 @@ def test_kafka_messages_name_no_patient_and_dead_letters_no_uid(flow: tuple[dict
     try:
         for topic in topics.all_topics():
             messages = []
-            quiet_until = time.monotonic() + 5.0
+            quiet_until = time.monotonic() + 5.0  # a fresh group joins, then reads from the start
             while time.monotonic() < quiet_until:
                 batch = bus.poll(topic, "phi-scan", max_messages=500, timeout_s=1.0)
                 if batch:
@@ -174,7 +183,8 @@ def test_kafka_messages_name_no_patient_and_dead_letters_no_uid(flow: tuple[dict
                     leaks.setdefault(topic, []).extend(found)
     finally:
         bus.close()
-    assert read[topics.STUDY_READY] == 2 and sum(read[t] for t in dead_letter_topics) >= 1
+    # Two studies (a study whose last series came after its wait window is ready again, with more series).
+    assert read[topics.STUDY_READY] >= 2 and sum(read[t] for t in dead_letter_topics) >= 1
     assert not leaks
 
 
