@@ -18,6 +18,14 @@ from neuroflow.core.exit_codes import ExitCode, describe
 log = logging.getLogger("neuroflow.cli")
 
 
+def configure_logging(level: int) -> None:
+    """neuroflow's loggers at ``level``; every other library's at WARNING at most: their INFO lines name
+    DICOM UIDs (highdicom logs the SOPInstanceUID of each source image), ours name studies by key."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(max(level, logging.WARNING))
+    logging.getLogger("neuroflow").setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -25,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     # Services log what they do (with pseudonymous study keys); one-shot commands only what went wrong.
     level = logging.INFO if verbose or (args.command == "serve" and not quiet) else (
         logging.ERROR if quiet else logging.WARNING)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(level)
     if args.command is None:
         parser.print_help()
         return ExitCode.USAGE

@@ -509,6 +509,44 @@ def test_triton_requests_gpus_and_is_ready_only_once_its_models_are_loaded(
     assert volume["persistentVolumeClaim"]["claimName"] == values["modelRepository"]["existingClaim"]
 
 
+def test_triton_serves_grpc_over_mutual_tls_with_the_operator_protocols_restricted(
+        manifests: dict[str, list[Manifest]]) -> None:
+    from neuroflow.devtools.triton_server import ADMIN_HEADER, RESTRICTED_GRPC, RESTRICTED_HTTP
+
+    values = example_values(SHARED_EXAMPLE)["triton"]
+    pod = named(manifests[SHARED_EXAMPLE], "Deployment", "triton")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = container["args"]
+    assert {"--grpc-use-ssl=true", "--grpc-use-ssl-mutual=true", "--grpc-server-cert=/tls/tls.crt",
+            "--grpc-server-key=/tls/tls.key", "--grpc-root-cert=/tls/ca.crt"} <= set(args)
+    # The same restrictions as the local stack's Triton (tested on a real server), the key from a Secret.
+    assert f"--grpc-restricted-protocol={','.join(RESTRICTED_GRPC)}:{ADMIN_HEADER}=$(TRITON_ADMIN_KEY)" in args
+    assert f"--http-restricted-api={','.join(RESTRICTED_HTTP)}:{ADMIN_HEADER}=$(TRITON_ADMIN_KEY)" in args
+    (admin,) = [e for e in container["env"] if e["name"] == "TRITON_ADMIN_KEY"]
+    assert admin["valueFrom"]["secretKeyRef"]["name"] == values["adminSecret"]["existingSecret"]
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/tls"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert mount["readOnly"] and volume["secret"]["secretName"] == values["tls"]["existingSecret"]
+    assert volume["secret"]["defaultMode"] & 0o007 == 0  # the key is not readable by others
+
+
+def test_site_workers_reach_triton_over_tls_with_the_certificates_of_their_secret(
+        manifests: dict[str, list[Manifest]]) -> None:
+    values = example_values("site-north")["inference"]
+    env = configmap_env(manifests["site-north"])
+    assert env["NEUROFLOW_INFERENCE__TRITON_TLS"] == "true"
+    worker = named(manifests["site-north"], "Deployment", "segmentation")
+    (container,) = containers(worker)
+    (volume,) = [v for v in worker["spec"]["template"]["spec"]["volumes"] if v["name"] == "triton-tls"]
+    assert volume["secret"]["secretName"] == values["tritonTls"]["existingSecret"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "triton-tls"]
+    for name in ("CA_FILE", "CERT_FILE", "KEY_FILE"):
+        assert env[f"NEUROFLOW_INFERENCE__TRITON_{name}"].startswith(mount["mountPath"] + "/")
+    # A site on CPU inference mounts no Triton certificates.
+    south = named(manifests["site-south"], "Deployment", "segmentation")
+    assert not [v for v in south["spec"]["template"]["spec"]["volumes"] if v["name"] == "triton-tls"]
+
+
 def test_the_schema_knows_the_pipelines_the_code_knows() -> None:
     import json
 
@@ -531,6 +569,7 @@ WRONG_VALUES: dict[str, dict[str, Any]] = {
     "the latest tag": {"image": {"tag": "latest"}},
     "an unpinned model": {"site": {"models": {"glioma": {"version": "latest"}}}},
     "Triton without its address": {"inference": {"tritonUrl": ""}},
+    "Triton without the Secret of its TLS certificates": {"inference": {"tritonTls": {"existingSecret": ""}}},
     "a misspelt autoscaling mode": {"autoscaling": {"mode": "kedas"}},
     "a liveness probe that kills at the first failure": {"probes": {"liveness": {"failureThreshold": 0}}},
     "an unknown DICOM Service type": {"orthanc": {"dicomService": {"type": "Ingress"}}},

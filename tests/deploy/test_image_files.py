@@ -123,6 +123,8 @@ def pod_settings(objects: list[Manifest], deployment: Manifest) -> NeuroflowSett
     """The settings a pod of ``deployment`` runs with: the image's ENV, then the chart's environment."""
     env = {**image_env(), **next(pod_environment(objects, deployment))}
     env.pop("NEUROFLOW_SITE_RULES", None)  # a mounted file; not a file a pipeline reads
+    for name in [name for name in env if name.endswith(("PASSWORD_FILE", "SECRET_FILE"))]:
+        env.pop(name)  # mounted Secrets, read when the settings load: not here, and not pipeline files
     with mock.patch.dict(os.environ, env, clear=True):
         return NeuroflowSettings()
 

@@ -19,7 +19,7 @@ import pytest
 from neuroflow.core import topics
 from neuroflow.core.config import NeuroflowSettings
 from neuroflow.core.errors import BusError
-from neuroflow.core.inference_triton import TritonBackend
+from neuroflow.core.inference_triton import TritonBackend, TritonTls
 from neuroflow.core.kafka_bus import KafkaBus
 from neuroflow.core.orthanc import OrthancClient, OrthancEndpoint
 from neuroflow.devtools import stack
@@ -68,7 +68,10 @@ def test_stack_writes_every_endpoint(running_stack: dict[str, Any]) -> None:
         assert _client(orthanc).system()["DicomAet"] == orthanc["aet"]
     assert written["kafka"]["bootstrap"].startswith("127.0.0.1:")
     # The workers' inference goes to this Triton: it must answer and have every pinned model ready.
-    triton = TritonBackend(written["triton"]["grpc"], NeuroflowSettings().model_repository)
+    tls = TritonTls(Path(written["triton"]["ca_file"]), Path(written["triton"]["cert_file"]),
+                    Path(written["triton"]["key_file"]))
+    triton = TritonBackend(written["triton"]["grpc"], NeuroflowSettings().model_repository, tls=tls)
+    assert not TritonBackend(written["triton"]["grpc"], NeuroflowSettings().model_repository).server_ready()
     assert written["triton"]["http"].startswith("127.0.0.1:") and triton.server_ready()
     models = NeuroflowSettings().models
     assert all(triton.ready(m) for m in (models.skull_strip_bbox, models.skull_strip, models.glioma))

@@ -17,7 +17,7 @@ import pytest
 
 from neuroflow.core.config import DEFAULT_MODEL_REPOSITORY
 from neuroflow.core.triton_repository import ServingOptions, build_repository
-from neuroflow.devtools.triton_server import TritonProcess, start_triton
+from neuroflow.devtools.triton_server import TritonProcess, TritonServerTls, start_triton
 from tests.servers.tiny_model import TINY, write_model
 
 SERVED_REAL_MODELS = ("glioma_unet",)
@@ -34,11 +34,13 @@ class TritonServer:
 
 
 @contextlib.contextmanager
-def running_triton(source: Path, folder: Path, *, options: ServingOptions | None = None) -> Iterator[TritonProcess]:
-    """tritonserver serving the CPU variant of every model in ``source`` until the block ends."""
+def running_triton(source: Path, folder: Path, *, options: ServingOptions | None = None,
+                   tls: TritonServerTls | None = None) -> Iterator[TritonProcess]:
+    """tritonserver serving the CPU variant of every model in ``source`` until the block ends (over TLS,
+    with restricted protocols, when ``tls`` is given)."""
     build_repository(source, folder / "triton-repository", "cpu",
                      options=options or ServingOptions(intra_op_threads=1))
-    server = start_triton(folder / "triton-repository", folder / "tritonserver.log")
+    server = start_triton(folder / "triton-repository", folder / "tritonserver.log", tls=tls)
     try:
         yield server
     finally:

@@ -113,6 +113,14 @@ NEUROFLOW_LONGITUDINAL__PACS: {{ . | toJson | quote }}
 {{- if eq .Values.inference.backend "triton" }}
 NEUROFLOW_INFERENCE__BACKEND: "triton"
 NEUROFLOW_INFERENCE__TRITON_URL: {{ .Values.inference.tritonUrl | quote }}
+NEUROFLOW_INFERENCE__TRITON_TLS: "true"
+NEUROFLOW_INFERENCE__TRITON_CA_FILE: {{ include "neuroflow.tritonTlsRoot" . }}/ca.crt
+NEUROFLOW_INFERENCE__TRITON_CERT_FILE: {{ include "neuroflow.tritonTlsRoot" . }}/tls.crt
+NEUROFLOW_INFERENCE__TRITON_KEY_FILE: {{ include "neuroflow.tritonTlsRoot" . }}/tls.key
+{{- with .Values.inference.tritonTls.serverName }}
+NEUROFLOW_INFERENCE__TRITON_SERVER_NAME: {{ . | quote }}
+{{- end }}
+NEUROFLOW_INFERENCE__SHARED_TIER_SKULL_STRIPPED_ONLY: {{ .Values.inference.sharedTierSkullStrippedOnly | quote }}
 {{- end }}
 NEUROFLOW_METRICS_HOST: "0.0.0.0"
 NEUROFLOW_METRICS_PORT: {{ .Values.metricsPort | quote }}
@@ -189,4 +197,9 @@ NEUROFLOW_BUS__KEY_FILE: {{ printf "%s/user/user.key" (include "neuroflow.kafkaM
     items: [{key: user.crt, path: user.crt}, {key: user.key, path: user.key}]
     {{- end }}
 {{- end }}
+{{- end -}}
+
+{{/* Where a site's services find the certificates they reach Triton with (inference.tritonTls). */}}
+{{- define "neuroflow.tritonTlsRoot" -}}
+/etc/neuroflow/triton-tls
 {{- end -}}

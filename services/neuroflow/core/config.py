@@ -331,6 +331,30 @@ class InferenceSettings(BaseModel):
     retry_wait_s: float = Field(default=0.5, ge=0.0)
     # Requests one sliding window keeps in flight, so Triton batches and computes while the client blends.
     max_in_flight: int = Field(default=4, ge=1)
+    # TLS to Triton's gRPC endpoint: the server's certificate is verified against triton_ca_file (unset: the
+    # system's trust store) for triton_url's host, or for triton_server_name when set (a server reached by
+    # another name or address). triton_cert_file and triton_key_file: this client's certificate, for a
+    # Triton that asks for one (mutual TLS).
+    triton_tls: bool = False
+    triton_ca_file: Path | None = None
+    triton_cert_file: Path | None = None
+    triton_key_file: Path | None = None
+    triton_server_name: str = ""
+    # The shared GPU tier gets only brain-masked tensors: skull stripping (the one network that sees the whole
+    # head) runs on this site's own ONNX Runtime, and only models whose inputs are zero outside the brain
+    # (glioma segmentation) go to Triton (inference_site_split.py).
+    shared_tier_skull_stripped_only: bool = False
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> InferenceSettings:
+        if (self.triton_cert_file is None) != (self.triton_key_file is None):
+            raise ValueError("inference.triton_cert_file and inference.triton_key_file go together: "
+                             "set both or neither")
+        files = (self.triton_ca_file, self.triton_cert_file, self.triton_server_name)
+        if not self.triton_tls and any(files):
+            raise ValueError("inference.triton_ca_file, triton_cert_file and triton_server_name need "
+                             "inference.triton_tls true")
+        return self
 
 
 class InputLimitSettings(BaseModel):

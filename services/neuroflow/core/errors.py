@@ -15,7 +15,11 @@ class StudyError(NeuroflowError):
         self.reason = reason
         self.stage = stage
         self.series_uid = series_uid
-        where = f" series {series_uid}" if series_uid else ""
+        # The series by its pseudonymous key: a UID identifies, and error texts leave the process (logs,
+        # dead letters, the workflow's history). Imported here: identity imports modules that import errors.
+        from neuroflow.core.identity import uid_key
+
+        where = f" series {uid_key(series_uid)}" if series_uid else ""
         super().__init__(f"study {study_key}{where}: {reason}")
 
 

@@ -58,6 +58,12 @@ def study_key(study_instance_uid: str) -> str:
     return keyed_digest("study", study_instance_uid).hex()[:KEY_LENGTH]
 
 
+def uid_key(uid: str) -> str:
+    """The pseudonymous key naming a series or an instance (by its UID) in logs and error texts: the site,
+    holding the secret, can match it to its UIDs; no one else learns them. Studies have ``study_key``."""
+    return keyed_digest("uid", uid).hex()[:KEY_LENGTH]
+
+
 def input_hash(sop_instance_uids_by_role: Mapping[str, Iterable[str]], model: ModelRef) -> str:
     """sha256 over the model and, per role, the sorted SOPInstanceUIDs of the series that fed it.
 

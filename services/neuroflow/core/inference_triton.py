@@ -16,9 +16,11 @@ import queue
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
@@ -26,6 +28,7 @@ from tritonclient.utils import InferenceServerException
 from neuroflow.core.config import NeuroflowSettings
 from neuroflow.core.errors import InferenceUnavailable
 from neuroflow.core.inference import Array, InferenceBackend, OnnxRuntimeBackend
+from neuroflow.core.inference_site_split import SiteSplitBackend
 from neuroflow.core.model_card import ModelCard, ModelRef, load_model_card
 from neuroflow.core.triton_repository import TRITON_DTYPES
 
@@ -34,16 +37,46 @@ from neuroflow.core.triton_repository import TRITON_DTYPES
 _TRANSIENT = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED"}
 
 
+@dataclass(frozen=True)
+class TritonTls:
+    """TLS to Triton's gRPC endpoint. The server's certificate is verified against ``ca_file`` (None: the
+    system's trust store) for the host of the URL, or ``server_name`` when given; ``cert_file`` and
+    ``key_file`` are this client's certificate for mutual TLS. Files are read when a channel opens, so a
+    renewed certificate (a rotated Kubernetes Secret) is used by the next channel."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str = ""
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: Path | None) -> bytes | None:
+            return path.read_bytes() if path is not None else None
+
+        return grpc.ssl_channel_credentials(read(self.ca_file), read(self.key_file), read(self.cert_file))
+
+    def channel_args(self) -> list[tuple[str, Any]] | None:
+        """tritonclient's own channel arguments (unlimited message sizes: a patch batch is large), plus the
+        name to check in the server's certificate when it differs from the URL's host."""
+        if not self.server_name:
+            return None  # tritonclient's defaults
+        unlimited = grpcclient.MAX_GRPC_MESSAGE_SIZE
+        return [("grpc.max_send_message_length", unlimited), ("grpc.max_receive_message_length", unlimited),
+                ("grpc.ssl_target_name_override", self.server_name)]
+
+
 class TritonBackend(InferenceBackend):
     """Runs models on the Triton at ``url`` (``host:port`` of its gRPC endpoint).
 
     ``timeout_s``: the longest one request may take (a patch batch, on a busy server). ``retries``: how
     often a transient failure is retried, waiting ``retry_wait_s`` doubled each time. ``max_in_flight``:
-    how many requests :meth:`infer_batches` keeps outstanding at once (the sliding window's patches)."""
+    how many requests :meth:`infer_batches` keeps outstanding at once (the sliding window's patches).
+    ``tls``: reach the server over TLS, verifying its certificate (None: plaintext, for loopback only)."""
 
     def __init__(self, url: str, card_repository: Path, *, timeout_s: float = 120.0, retries: int = 3,
-                 retry_wait_s: float = 0.5, max_in_flight: int = 4) -> None:
+                 retry_wait_s: float = 0.5, max_in_flight: int = 4, tls: TritonTls | None = None) -> None:
         self.url = url
+        self._tls = tls
         self._cards = card_repository
         self._timeout_s = timeout_s
         self._retries = retries
@@ -149,7 +182,9 @@ class TritonBackend(InferenceBackend):
         try:
             client = self._idle.get_nowait()
         except queue.Empty:
-            client = grpcclient.InferenceServerClient(self.url)
+            client = (grpcclient.InferenceServerClient(self.url) if self._tls is None else
+                      grpcclient.InferenceServerClient(self.url, creds=self._tls.credentials(),
+                                                       channel_args=self._tls.channel_args()))
         try:
             yield client
         finally:
@@ -159,8 +194,14 @@ class TritonBackend(InferenceBackend):
 def build_inference_backend(settings: NeuroflowSettings) -> InferenceBackend:
     """The inference backend ``settings.inference`` names, reading model cards from ``settings.model_repository``."""
     chosen = settings.inference
-    if chosen.backend == "triton":
-        return TritonBackend(chosen.triton_url, settings.model_repository, timeout_s=chosen.timeout_s,
-                             retries=chosen.retries, retry_wait_s=chosen.retry_wait_s,
-                             max_in_flight=chosen.max_in_flight)
-    return OnnxRuntimeBackend(settings.model_repository, settings.inference_threads)
+    local = OnnxRuntimeBackend(settings.model_repository, settings.inference_threads)
+    if chosen.backend != "triton":
+        return local
+    tls = (TritonTls(chosen.triton_ca_file, chosen.triton_cert_file, chosen.triton_key_file,
+                     chosen.triton_server_name) if chosen.triton_tls else None)
+    shared = TritonBackend(chosen.triton_url, settings.model_repository, timeout_s=chosen.timeout_s,
+                           retries=chosen.retries, retry_wait_s=chosen.retry_wait_s,
+                           max_in_flight=chosen.max_in_flight, tls=tls)
+    if chosen.shared_tier_skull_stripped_only:
+        return SiteSplitBackend(local, shared, shared_models={settings.models.glioma})
+    return shared

@@ -47,6 +47,7 @@ from neuroflow.core.errors import (
     OrthancUnavailable,
     SeriesRejected,
 )
+from neuroflow.core.identity import uid_key
 from neuroflow.core.input_limits import ReadBudget
 
 log = logging.getLogger(__name__)
@@ -179,7 +180,8 @@ class OrthancClient:
 
     def lookup(self, uid: str) -> list[dict[str, str]]:
         """``/tools/lookup``: the resources (Type, ID, Path) whose DICOM UID is ``uid``."""
-        found: list[dict[str, str]] = self.post_json_text("/tools/lookup", uid, what=f"look up UID {uid}")
+        found: list[dict[str, str]] = self.post_json_text("/tools/lookup", uid,
+                                                          what=f"look up UID (key {uid_key(uid)})")
         return found
 
     def post_json_text(self, path: str, text: str, *, what: str) -> Any:
@@ -341,7 +343,8 @@ class OrthancDicomSink(DicomSink):
             found = [r["ID"] for r in self._client.lookup(uid) if r["Type"] == "Instance"]
             if not found:
                 raise OrthancRequestFailed(
-                    f"Orthanc {self._client.endpoint.url} holds no instance {uid} to forward to {modality}",
+                    f"Orthanc {self._client.endpoint.url} holds no instance (key {uid_key(uid)}) to forward to "
+                    f"{modality}",
                     status=404)
             ids.extend(found)
         self._client.store_to_modality(modality, ids, timeout_s=timeout_s)

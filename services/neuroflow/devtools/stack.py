@@ -33,13 +33,14 @@ from pydantic import SecretStr
 from neuroflow.core.config import DEFAULT_MODEL_REPOSITORY, REPOSITORY_ROOT, BusSettings, NeuroflowSettings
 from neuroflow.core.identity import use_site_secret
 from neuroflow.core.orthanc import DicomModality, OrthancEndpoint
+from neuroflow.devtools.certificates import stack_ca
 from neuroflow.devtools.kafka_broker import OPERATOR, BrokerSecurity, prepare_broker_security, start_secure_kafka
 from neuroflow.devtools.monitoring_servers import immediate_rules, start_alertmanager, start_prometheus, write_targets
 from neuroflow.devtools.orthanc_server import OrthancProcess, start_orthanc
 from neuroflow.devtools.orthanc_server import restart_orthanc as restart_orthanc_process
 from neuroflow.devtools.ports import free_loopback_port, free_stable_port, port_is_listening, wait_until_ports_free
 from neuroflow.devtools.postgres_server import start_postgres
-from neuroflow.devtools.triton_server import start_stack_triton, start_triton
+from neuroflow.devtools.triton_server import client_certificate, stack_triton_tls, start_stack_triton, start_triton
 
 STACK_DIR = REPOSITORY_ROOT / ".neuroflow"
 STACK_FILE = STACK_DIR / "stack.json"
@@ -95,14 +96,16 @@ def up(options: StackOptions) -> dict[str, Any]:
         _start_kafka(root, kafka_port, controller_port, kafka_security)
         started["processes"].append(_record("kafka", _kafka_pid(root / "kafka"), [kafka_port, controller_port],
                                             signal.SIGTERM))
-        # The inference tier: every model of the repository on Triton; the workers infer through it.
-        triton = start_stack_triton(root / "triton", DEFAULT_MODEL_REPOSITORY)
+        # The inference tier: every model of the repository on Triton; the workers infer through it, over
+        # mutual TLS with the stack's CA.
+        triton = start_stack_triton(root / "triton", DEFAULT_MODEL_REPOSITORY,
+                                    tls=stack_triton_tls(root / "triton", stack_ca(root / "pki")))
         started["processes"].append(_record("triton", triton.pid,
                                             [triton.grpc_port, triton.http_port, triton.metrics_port],
                                             signal.SIGTERM))
         endpoints = {
             "orthanc": {"site": _orthanc_endpoint(site), "pacs": _orthanc_endpoint(pacs)},
-            "triton": {"grpc": triton.grpc_url, "http": triton.http_url},
+            "triton": {"grpc": triton.grpc_url, "http": triton.http_url, **_triton_client_files(root)},
             "kafka": {"bootstrap": f"127.0.0.1:{kafka_port}", "security_protocol": "SASL_SSL",
                       "ca_file": str(kafka_security.ca_file), "security_dir": str(kafka_security.directory)},
             "postgresql": {"dsn": state_dsn},
@@ -235,7 +238,8 @@ def restart_process(stack: dict[str, Any], name: str) -> dict[str, Any]:
         grpc_port, http_port, metrics_port = old["ports"]
         # The repository built at `up` is still there: no rebuild, the same models come back.
         triton = start_triton(root / "triton" / "repository", root / "triton" / "tritonserver.log",
-                              grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port, wait_s=120.0)
+                              grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port, wait_s=120.0,
+                              tls=stack_triton_tls(root / "triton", stack_ca(root / "pki")))
         record = _record(name, triton.pid, old["ports"], signal.SIGTERM)
     else:
         raise StackError(f"no way to restart {name!r}")
@@ -283,7 +287,11 @@ def service_environment(stack: dict[str, Any], options: StackOptions) -> dict[st
         "NEUROFLOW_REPORTS_DIR": str(root / "reports"),
         "NEUROFLOW_INGEST__WAIT_WINDOW_S": str(options.wait_window_s),
         "NEUROFLOW_INFERENCE_THREADS": "1",
-        **({"NEUROFLOW_INFERENCE__BACKEND": "triton", "NEUROFLOW_INFERENCE__TRITON_URL": stack["triton"]["grpc"]}
+        **({"NEUROFLOW_INFERENCE__BACKEND": "triton", "NEUROFLOW_INFERENCE__TRITON_URL": stack["triton"]["grpc"],
+            "NEUROFLOW_INFERENCE__TRITON_TLS": "true",
+            "NEUROFLOW_INFERENCE__TRITON_CA_FILE": stack["triton"]["ca_file"],
+            "NEUROFLOW_INFERENCE__TRITON_CERT_FILE": stack["triton"]["cert_file"],
+            "NEUROFLOW_INFERENCE__TRITON_KEY_FILE": stack["triton"]["key_file"]}
            if "triton" in stack else {}),
         # "orthanc": the role the disk guard watches (monitor.service.GUARDED_ROLES).
         "NEUROFLOW_MONITOR__EXTRA_STORAGE": json.dumps(
@@ -294,6 +302,12 @@ def service_environment(stack: dict[str, Any], options: StackOptions) -> dict[st
         **_key_secret_environment(root),
         **(options.extra_env or {}),
     }
+
+
+def _triton_client_files(root: Path) -> dict[str, str]:
+    """What a client of the stack's Triton needs: the CA it verifies the server with, its certificate and key."""
+    client = client_certificate(root / "triton")
+    return {"ca_file": str(stack_ca(root / "pki").cert), "cert_file": str(client.cert), "key_file": str(client.key)}
 
 
 def _key_secret_environment(root: Path) -> dict[str, str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import signal
 import stat
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from neuroflow.core.config import DEFAULT_MODEL_REPOSITORY, REPOSITORY_ROOT
+from neuroflow.devtools.certificates import CertificateAuthority, CertificateFiles
 from neuroflow.devtools.ports import ChildServer, free_loopback_port, http_ok, wait_until_ports_free, wait_until_ready
 
 PYTRITON_VERSION = "0.7.0"  # bundles Triton Inference Server 2.51.0
@@ -115,6 +117,39 @@ def server_environment() -> dict[str, str]:
             SITE_PACKAGES_VARIABLE: packages}
 
 
+# Triton protocols only an operator uses (load/unload models, shared memory, tracing and log settings):
+# refused unless a request carries the admin header. Inference, health and metadata stay open to clients.
+RESTRICTED_GRPC = ("model-repository", "shared-memory", "trace", "logging")
+# Over plain HTTP (Triton has no TLS there) everything but health is restricted: the port answers the
+# probes of Kubernetes and of start_triton, and carries no tensor without the admin header.
+RESTRICTED_HTTP = ("metadata", "inference", "shared-memory", "model-config", "model-repository", "statistics",
+                   "trace", "logging")
+ADMIN_HEADER = "neuroflow-triton-admin"
+# What a gRPC request carries: Triton prefixes the header named in --grpc-restricted-protocol with this.
+GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
+CLIENT_NAME = "neuroflow-triton-client"  # the common name of the stack services' client certificate
+
+
+@dataclass(frozen=True)
+class TritonServerTls:
+    """TLS of Triton's gRPC endpoint: the server's certificate and key, the CA whose client certificates it
+    accepts when ``mutual``, and the value of the admin header (``ADMIN_HEADER``) restricted protocols need."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    mutual: bool
+    admin_key: str
+
+    def arguments(self) -> list[str]:
+        return [
+            "--grpc-use-ssl=true", f"--grpc-server-cert={self.cert}", f"--grpc-server-key={self.key}",
+            f"--grpc-root-cert={self.ca}", *(["--grpc-use-ssl-mutual=true"] if self.mutual else []),
+            f"--grpc-restricted-protocol={','.join(RESTRICTED_GRPC)}:{ADMIN_HEADER}={self.admin_key}",
+            f"--http-restricted-api={','.join(RESTRICTED_HTTP)}:{ADMIN_HEADER}={self.admin_key}",
+        ]
+
+
 @dataclass
 class TritonProcess(ChildServer):
     """A running tritonserver: where to reach it and how to stop it."""
@@ -126,6 +161,7 @@ class TritonProcess(ChildServer):
     log_path: Path
     process: subprocess.Popen[bytes]
     started_in_s: float  # from launch until every model was ready
+    tls: TritonServerTls | None = None
 
     @property
     def grpc_url(self) -> str:
@@ -148,9 +184,11 @@ def start_triton(
     http_port: int | None = None,
     metrics_port: int | None = None,
     wait_s: float = 60.0,
+    tls: TritonServerTls | None = None,
 ) -> TritonProcess:
     """Start tritonserver on loopback serving ``repository`` (built by neuroflow.core.triton_repository)
-    and return once every model in it is ready. Ports None: free loopback ports are picked.
+    and return once every model in it is ready. Ports None: free loopback ports are picked. ``tls``: gRPC
+    over TLS with restricted protocols (None: plaintext and unrestricted, for tests of other things).
     TritonStartFailed, with the end of the log, when it exits or is not ready within ``wait_s``."""
     binary = fetch() / "bin" / "tritonserver"
     ports = [p or free_loopback_port() for p in (grpc_port, http_port, metrics_port)]
@@ -169,13 +207,14 @@ def start_triton(
         # 256^3 skull-stripping volume is 64 MB in, 128 MB out, so grow in 64 MB steps.
         "--backend-config=python,shm-growth-byte-size=67108864",
         "--log-verbose=0",
+        *(tls.arguments() if tls else []),
     ]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with log_path.open("ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True, env=server_environment())
-    server = TritonProcess(repository, grpc_port, http_port, metrics_port, log_path, process, 0.0)
+    server = TritonProcess(repository, grpc_port, http_port, metrics_port, log_path, process, 0.0, tls)
     try:
         _wait_until_ready(server, wait_s)
     except BaseException:
@@ -191,13 +230,35 @@ def _wait_until_ready(server: TritonProcess, wait_s: float) -> None:
                      log_tail=server.log_tail, error=TritonStartFailed, interval_s=0.1)
 
 
-def start_stack_triton(folder: Path, models: Path, *, intra_op_threads: int = 1) -> TritonProcess:
+def start_stack_triton(folder: Path, models: Path, *, intra_op_threads: int = 1,
+                       tls: TritonServerTls | None = None) -> TritonProcess:
     """The local stack's Triton: the CPU variant of every model in ``models`` built into
     ``folder/repository`` (rebuilt at every start, so it follows the model repository), log in ``folder``."""
     from neuroflow.core.triton_repository import ServingOptions, build_repository
 
     build_repository(models, folder / "repository", "cpu", options=ServingOptions(intra_op_threads=intra_op_threads))
-    return start_triton(folder / "repository", folder / "tritonserver.log", wait_s=120.0)
+    return start_triton(folder / "repository", folder / "tritonserver.log", wait_s=120.0, tls=tls)
+
+
+def stack_triton_tls(folder: Path, ca: CertificateAuthority, *, mutual: bool = True) -> TritonServerTls:
+    """Certificates of a local Triton signed by ``ca``, kept in ``folder/tls`` (reused when there, so a
+    restarted server presents the same): the server's, one for its clients (``client_certificate``), and
+    an admin key (the restricted protocols' header value) in a file only its owner reads."""
+    tls = folder / "tls"
+    server = CertificateFiles(tls / "triton.crt", tls / "triton.key")
+    if not server.key.is_file():
+        server = ca.issue(tls, "triton", hosts=("127.0.0.1", "localhost"))
+        ca.issue(tls, CLIENT_NAME, client=True)
+    admin = tls / "admin-key"
+    if not admin.is_file():
+        admin.touch(mode=0o600)
+        admin.write_text(secrets.token_urlsafe(32))
+    return TritonServerTls(server.cert, server.key, ca.cert, mutual, admin.read_text().strip())
+
+
+def client_certificate(folder: Path) -> CertificateFiles:
+    """The client certificate ``stack_triton_tls`` made in ``folder`` (what the stack's services present)."""
+    return CertificateFiles(folder / "tls" / f"{CLIENT_NAME}.crt", folder / "tls" / f"{CLIENT_NAME}.key")
 
 
 # --- command line (scripts/triton.sh): a server that outlives the command, recorded in <data-dir>/triton.json

@@ -25,6 +25,7 @@ from neuroflow.core.config import ClassifySettings
 from neuroflow.core.dicom_io import SeriesInstances
 from neuroflow.core.dwi_volumes import ADC_LABEL
 from neuroflow.core.errors import AmbiguousRole, MissingSequence
+from neuroflow.core.identity import uid_key
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.sub_series import parse_sub_series_uid
 from neuroflow.ingest.evidence import (
@@ -95,9 +96,8 @@ class SeriesClassification:
 
     def label(self) -> str:
         """How a person finds the series on the scanner: "series 5 'AX T1 POST'"."""
-        number = (
-            f"series {self.series_number}" if self.series_number is not None else f"series {self.series_instance_uid}"
-        )
+        number = (f"series {self.series_number}" if self.series_number is not None
+                  else f"series (key {uid_key(self.series_instance_uid)})")
         return f"{number} '{self.description or '(no description)'}'"
 
 

@@ -28,6 +28,7 @@ from pydicom.dataset import Dataset
 
 from neuroflow.core.dicom_io import StudyIndex, study_key
 from neuroflow.core.errors import StudyError
+from neuroflow.core.identity import uid_key
 from neuroflow.core.patient_id import PatientIdentity
 from neuroflow.core.roles import CHANGE_OPTIONAL_ROLES, CHANGE_REQUIRED_ROLES, ChangePipeline, SeriesRole
 
@@ -115,7 +116,7 @@ def timepoint_of(study: StudyIndex, chosen: Mapping[SeriesRole, str]) -> StudyTi
     for role, series_uid in chosen.items():
         found = study.series.get(series_uid)
         if found is None or not found.headers:
-            raise StudyError(key, f"the {role} series {series_uid} is not in the study", stage=STAGE)
+            raise StudyError(key, f"the {role} series {uid_key(series_uid)} is not in the study", stage=STAGE)
         series[role] = _chosen(found.headers[0], role, series_uid)
     return StudyTimepoint(study.study_instance_uid, study.patient_id, date, time, series)
 

@@ -10,6 +10,7 @@ from pydicom.dataset import Dataset
 
 from neuroflow.core.errors import OrientationMismatch
 from neuroflow.core.handoff import GeometrySummary, OrientationSummary, PreprocessSummary, RegistrationSummary
+from neuroflow.core.identity import uid_key
 from neuroflow.core.inference import InferenceBackend
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.roles import GLIOMA_REFERENCE_ROLE, SeriesRole
@@ -50,7 +51,7 @@ def check_orientation(volumes: dict[SeriesRole, Volume], *, study_key: str) -> d
     flipped = [role for role, c in checks.items() if c.flipped]
     if flipped:
         details = "; ".join(
-            f"{role} series {volumes[role].meta.get('series_instance_uid', '?')} fits the "
+            f"{role} series {uid_key(volumes[role].meta.get('series_instance_uid', '?'))} fits the "
             f"{GLIOMA_REFERENCE_ROLE} better mirrored (NMI {checks[role].nmi_mirrored:.3f} vs "
             f"{checks[role].nmi_as_is:.3f} as is)" for role in flipped
         )

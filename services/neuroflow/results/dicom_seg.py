@@ -21,7 +21,7 @@ from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
 import neuroflow
 from neuroflow.core.dicom_io import study_key
 from neuroflow.core.errors import StudyError
-from neuroflow.core.identity import NEUROFLOW_MANUFACTURER
+from neuroflow.core.identity import NEUROFLOW_MANUFACTURER, uid_key
 from neuroflow.core.labels import GLIOMA_SEGMENTS, SEGMENT_BRATS_LABEL, BratsLabel, SegmentDefinition
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.volume import Geometry, Volume
@@ -200,32 +200,34 @@ def sources_in_slice_order(
     to_index = np.linalg.inv(geometry.index_to_patient())
     by_slice: dict[int, pydicom.Dataset] = {}
     for ds in instances:
+        # Named by number and key in errors, never by UID (error texts reach logs and dead letters).
         sop_uid = str(ds.get("SOPInstanceUID", "?"))
+        instance = f"{ds.get('InstanceNumber', '?')} (key {uid_key(sop_uid)})"
         if str(ds.get("SeriesInstanceUID", "")) != series_uid:
-            raise refuse(f"instance {sop_uid} belongs to another series than {series_uid}")
+            raise refuse(f"instance {instance} belongs to another series")
         if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
-            raise refuse(f"instance {sop_uid} has no ImagePositionPatient/ImageOrientationPatient")
+            raise refuse(f"instance {instance} has no ImagePositionPatient/ImageOrientationPatient")
         if (int(ds.Rows), int(ds.Columns)) != (n_rows, n_columns):
-            raise refuse(f"instance {sop_uid} is {ds.Rows}x{ds.Columns} pixels, the segmentation grid "
+            raise refuse(f"instance {instance} is {ds.Rows}x{ds.Columns} pixels, the segmentation grid "
                          f"{n_rows}x{n_columns}")
         orientation = np.asarray([float(v) for v in ds.ImageOrientationPatient])
         if not np.allclose(orientation, np.concatenate([direction[:, 0], direction[:, 1]]),
                            atol=_DIRECTION_TOLERANCE):
-            raise refuse(f"instance {sop_uid} is oriented {list(orientation)}, not as the segmentation grid")
+            raise refuse(f"instance {instance} is oriented {list(orientation)}, not as the segmentation grid")
         row_spacing, column_spacing = (float(v) for v in ds.PixelSpacing)
         if not np.allclose((column_spacing, row_spacing), geometry.spacing[:2],
                            atol=_POSITION_TOLERANCE_VOXELS * min(geometry.spacing[:2])):
-            raise refuse(f"instance {sop_uid} has pixel spacing {row_spacing}/{column_spacing} mm, the "
+            raise refuse(f"instance {instance} has pixel spacing {row_spacing}/{column_spacing} mm, the "
                          f"segmentation grid {geometry.spacing[1]}/{geometry.spacing[0]} mm")
         position = np.append([float(v) for v in ds.ImagePositionPatient], 1.0)
         i, j, k = (to_index @ position)[:3]
         slice_index = round(k)
         if (max(abs(i), abs(j), abs(k - slice_index)) > _POSITION_TOLERANCE_VOXELS
                 or not 0 <= slice_index < n_slices):
-            raise refuse(f"instance {sop_uid} at {list(position[:3])} lies on no slice of the "
+            raise refuse(f"instance {instance} at {list(position[:3])} lies on no slice of the "
                          "segmentation grid")
         if slice_index in by_slice:
-            raise refuse(f"instances {by_slice[slice_index].SOPInstanceUID} and {sop_uid} lie at the same "
+            raise refuse(f"instances {by_slice[slice_index].get('InstanceNumber', '?')} and {instance} lie at the same "
                          f"position (slice {slice_index}); cannot tell which one the segmentation belongs to")
         by_slice[slice_index] = ds
     missing = [k for k in range(n_slices) if k not in by_slice]

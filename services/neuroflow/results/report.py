@@ -317,7 +317,8 @@ def render_summary(report: StudyReport) -> str:
     lines = [
         f"neuroflow {report.pipeline} report -- {report.disclaimer}",
         "",
-        f"Study:     {report.study_instance_uid} (key {report.study_key})",
+        # The key, not the UID: a summary is read, copied into tickets and mailed; report.json keeps the UID.
+        f"Study:     key {report.study_key}",
         f"Status:    {report.status.value}",
     ]
     if report.model is not None:
@@ -357,8 +358,8 @@ def _longitudinal_lines(section: LongitudinalReport) -> list[str]:
     """The change against the prior study(ies): one block per consecutive pair, oldest first."""
     lines: list[str] = []
     for pair in section.pairs or [section]:
-        lines += ["", f"Change {pair.baseline_study_date or pair.baseline_study_instance_uid} -> "
-                      f"{pair.followup_study_date or pair.followup_study_instance_uid}:"]
+        lines += ["", f"Change {pair.baseline_study_date or 'prior (no date)'} -> "
+                      f"{pair.followup_study_date or 'follow-up (no date)'}:"]
         if pair.new_lesions is not None:
             activity = "YES" if pair.new_activity else "no"
             lines.append(f"  MS new activity: {activity} ({pair.new_lesion_count} new/enlarging lesion(s))")
