@@ -80,9 +80,7 @@ def glioma_reference_role(present: Iterable[SeriesRole]) -> SeriesRole:
 REGION_SEQUENCES: dict[TumourRegion, tuple[tuple[SeriesRole, ...], str]] = {
     TumourRegion.WT: ((SeriesRole.FLAIR, SeriesRole.T2),
                       "the whole tumour (oedema and infiltration) cannot be assessed without FLAIR or T2"),
-    TumourRegion.TC: ((SeriesRole.T1CE,),
-                      "the tumour core cannot be assessed without T1 post-contrast (it is bounded by the "
-                      "enhancing rim)"),
+    TumourRegion.TC: ((SeriesRole.T1CE,), "the tumour core cannot be assessed without T1 post-contrast"),
     TumourRegion.ET: ((SeriesRole.T1CE,), "enhancing tumour cannot be assessed without T1 post-contrast"),
 }
 
