@@ -66,6 +66,17 @@ SEGMENT_BRATS_LABEL: dict[int, BratsLabel] = {
     2: BratsLabel.OEDEMA,
     3: BratsLabel.ENHANCING,
 }
+# The regions a segment's boundary depends on: a sub-region is drawn only when the sequences at hand show them
+# all (core/sequence_subsets.not_assessable): oedema is WT outside TC, the necrotic core TC outside ET.
+SEGMENT_NEEDS: dict[BratsLabel, frozenset[TumourRegion]] = {
+    BratsLabel.NECROTIC_CORE: frozenset({TumourRegion.TC, TumourRegion.ET}),
+    BratsLabel.OEDEMA: frozenset({TumourRegion.WT, TumourRegion.TC}),
+    BratsLabel.ENHANCING: frozenset({TumourRegion.ET}),
+}
+# Drawn in place of the sub-regions when the whole tumour can be assessed but its core cannot (no T1
+# post-contrast): every tumour label as one segment, numbered when the SEG is built.
+WHOLE_TUMOUR_SEGMENT = SegmentDefinition(0, "Whole tumour (core not assessable)", _MORPH_ABNORMAL,
+                                         ("108369006", "SCT", "Neoplasm"), (0, 160, 255))
 
 
 class ChangeLabel(IntEnum):

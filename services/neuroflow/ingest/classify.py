@@ -155,8 +155,11 @@ def select_inputs(
     *,
     study_key: str = "",
     policy: ClassifySettings | None = None,
+    at_least_one_of: Iterable[SeriesRole] = (),
 ) -> dict[SeriesRole, SeriesClassification]:
-    """The best series per required role; a series below the confidence floor is never a candidate.
+    """The best series per required role; a series below the confidence floor is never a candidate. With
+    ``at_least_one_of`` (a model that takes a subset of its inputs: core/sequence_subsets.py), a required
+    role without a series is left out of the answer, and only a study with none of those roles is refused.
     When several qualify, the order is:
 
     1. confidence (the series' own, before the study's discount for equal evidence): a candidate more than
@@ -180,8 +183,13 @@ def select_inputs(
         if candidates:
             chosen[role], rivals[role] = _best_candidate(candidates, margin)
     missing = [role for role in required if role not in chosen]
+    any_of = list(dict.fromkeys(at_least_one_of))
+    if any_of and any(role in chosen for role in any_of):
+        missing = []  # the others are optional: the model takes the study without them
     if missing:
-        raise MissingSequence(study_key, _missing_reason(missing, required, classified), stage="classify")
+        needed = (", ".join(required) if not any_of else
+                  f"at least one of {', '.join(any_of)}; used when present: {', '.join(required)}")
+        raise MissingSequence(study_key, _missing_reason(any_of or missing, needed, classified), stage="classify")
     if ambiguous := {role: [chosen[role], *others] for role, others in rivals.items() if others}:
         raise AmbiguousRole(study_key, _ambiguity_reason(ambiguous, margin), stage="classify")
     return chosen
@@ -527,13 +535,13 @@ def _ambiguity_reason(ambiguous: dict[SeriesRole, list[SeriesClassification]], m
     )
 
 
-def _missing_reason(missing: list[SeriesRole], required: list[SeriesRole], found: list[SeriesClassification]) -> str:
+def _missing_reason(missing: list[SeriesRole], required: str, found: list[SeriesClassification]) -> str:
     listing = "; ".join(
         f"{c.label()} = {c.role} ({c.confidence:.2f}{', below floor' if c.below_floor else ''})"
         for c in sorted(found, key=_number_order)
     )
     return (
-        f"no {' or '.join(missing)} series found (required: {', '.join(required)}); the study has: "
+        f"no {' or '.join(missing)} series found (required: {required}); the study has: "
         f"{listing or 'no series'}. If one of these is the missing sequence under a local name, add a site "
         "rule (see deploy/site-rules.example.yaml)"
     )

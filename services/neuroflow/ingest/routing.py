@@ -7,16 +7,38 @@ from dataclasses import dataclass, field
 
 from neuroflow.core.config import GLIOMA_PIPELINE, ClassifySettings
 from neuroflow.core.errors import AmbiguousRole, MissingSequence
+from neuroflow.core.model_card import ModelCard
 from neuroflow.core.roles import CHANGE_REQUIRED_ROLES, GLIOMA_INPUT_ROLES, SeriesRole
+from neuroflow.core.sequence_subsets import PipelineInputs
 from neuroflow.ingest.classify import SeriesClassification, effective_policy, select_inputs
 from neuroflow.ingest.site_rules import SiteRules
 
 # The series roles each pipeline needs, in the order its model takes them: the one place this is said
-# (the change pipelines' roles, needed in both studies of a pair, come from core.roles).
+# (the change pipelines' roles, needed in both studies of a pair, come from core.roles). The glioma
+# pipeline's are its model card's when the runtime passes the card (``pipeline_inputs``).
 PIPELINE_INPUT_ROLES: Mapping[str, tuple[SeriesRole, ...]] = {
     GLIOMA_PIPELINE: GLIOMA_INPUT_ROLES,
     **{pipeline.value: roles for pipeline, roles in CHANGE_REQUIRED_ROLES.items()},
 }
+
+
+def pipeline_inputs(glioma_card: ModelCard | None) -> dict[str, PipelineInputs]:
+    """What each pipeline takes: every role of PIPELINE_INPUT_ROLES required, except the glioma pipeline's,
+    which are what its model's card says (a card with ``min_roles_any`` takes studies lacking some). Both
+    runtimes route with this, so a study qualifies for the same pipelines in each."""
+    inputs = {pipeline: PipelineInputs(roles) for pipeline, roles in PIPELINE_INPUT_ROLES.items()}
+    if glioma_card is not None:
+        inputs[GLIOMA_PIPELINE] = PipelineInputs.of_card(glioma_card)
+    return inputs
+
+
+def qualify(classified: Sequence[SeriesClassification], inputs: PipelineInputs, *, study_key: str,
+            policy: ClassifySettings | None = None) -> dict[SeriesRole, SeriesClassification]:
+    """The series chosen for each input role the study has (``select_inputs``), or the refusal:
+    MissingSequence naming the study and what it lacks (every role when all are required; the roles it
+    needs one of otherwise), AmbiguousRole naming the candidates of a role too close to call."""
+    return select_inputs(classified, inputs.roles, study_key=study_key, policy=policy,
+                         at_least_one_of=inputs.at_least_one_of)
 
 
 @dataclass(frozen=True)
@@ -37,8 +59,10 @@ class RoutingOutcome:
 def route_study(classified: Sequence[SeriesClassification], pipelines: Sequence[str], *,
                 study_key: str, rules: SiteRules | None = None,
                 study_tags: Mapping[str, str] | None = None,
-                policy: ClassifySettings | None = None) -> RoutingOutcome:
-    """For each pipeline enabled at the site: the series chosen for each of its input roles, or the
+                policy: ClassifySettings | None = None,
+                inputs: Mapping[str, PipelineInputs] | None = None) -> RoutingOutcome:
+    """For each pipeline enabled at the site (what each takes: ``inputs``, by default
+    ``pipeline_inputs(None)``): the series chosen for each of its input roles, or the
     reason the study does not qualify: the site's routing rule refuses it by its study tags, a
     required role is missing (the MissingSequence message, naming what is missing and what the
     study holds), or it is ambiguous (the AmbiguousRole message, naming the candidates)."""
@@ -47,12 +71,13 @@ def route_study(classified: Sequence[SeriesClassification], pipelines: Sequence[
     not_routed: dict[str, str] = {}
     ambiguous: dict[str, str] = {}
     policy = effective_policy(policy, rules)
+    takes = {**pipeline_inputs(None), **(inputs or {})}
     for pipeline in pipelines:
         if rules is not None and (why := rules.route_refusal(pipeline, dict(study_tags or {}))) is not None:
             not_routed[pipeline] = why
             continue
         try:
-            chosen = select_inputs(classified, PIPELINE_INPUT_ROLES[pipeline], study_key=study_key, policy=policy)
+            chosen = qualify(classified, takes[pipeline], study_key=study_key, policy=policy)
         except MissingSequence as exc:
             refusals[pipeline] = exc.reason
             continue

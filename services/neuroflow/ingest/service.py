@@ -31,6 +31,7 @@ from neuroflow.core.dicom_io import StudyIndex, series_volume, study_key
 from neuroflow.core.identity import NEUROFLOW_MANUFACTURER, input_hash, patient_key
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.orthanc import OrthancClient, OrthancDicomSource
+from neuroflow.core.sequence_subsets import PipelineInputs
 from neuroflow.core.state_schedules import replica_name
 from neuroflow.core.sub_series import volume_identity
 from neuroflow.ingest.classify import classify_study
@@ -59,6 +60,8 @@ class IngestSettings:
     retry_backoff_max_s: float = 30.0  # a failing loop waits poll_interval_s, doubled per failure, up to this
     feed: str = "orthanc"
     classify: ClassifySettings = field(default_factory=ClassifySettings)  # confidence floor, ambiguity margin
+    # pipeline -> the roles it takes and needs (routing.pipeline_inputs of the model cards); unset: all required
+    inputs: dict[str, PipelineInputs] = field(default_factory=dict)
     holder: str = field(default_factory=lambda: f"ingest-{uuid.uuid4().hex[:8]}")
 
 
@@ -230,7 +233,7 @@ class IngestService:
         study_tags = {k: str(v) for k, v in tags.items()}
         study_tags["ModalitiesInStudy"] = "\\".join(m for m in modalities if m)
         outcome = route_study(classified, self._settings.pipelines, study_key=ref.study_key, rules=self._rules,
-                              study_tags=study_tags, policy=self._settings.classify)
+                              study_tags=study_tags, policy=self._settings.classify, inputs=self._settings.inputs)
         if outcome.not_routed and not outcome.routes and not outcome.refusals:
             self._publish_failure(ref, "", events_pb2.RoutingFailed.NO_PIPELINE,
                                   "the site's routing rules send this study to no pipeline: "

@@ -4,12 +4,12 @@ way for every pipeline that uses the stage."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from neuroflow.core import topics
 from neuroflow.core.config import CHANGE_ALGORITHM_VERSION, GLIOMA_PIPELINE, PipelineModels
-from neuroflow.core.roles import CHANGE_REQUIRED_ROLES, GLIOMA_REFERENCE_ROLE, ChangePipeline
+from neuroflow.core.roles import CHANGE_REQUIRED_ROLES, GLIOMA_REFERENCE_ORDER, ChangePipeline
 from neuroflow.proto.neuroflow.v1 import common_pb2, events_pb2, tasks_pb2
 
 StageInput = (tasks_pb2.PreprocessInput | tasks_pb2.SegmentationInput | tasks_pb2.ResultsInput
@@ -19,12 +19,20 @@ StageInput = (tasks_pb2.PreprocessInput | tasks_pb2.SegmentationInput | tasks_pb
 @dataclass(frozen=True)
 class PipelineSpec:
     """A pipeline: its name (as StudyReady.pipeline says it), its stages in order, the segmentation model
-    it runs and the role every other series is registered onto."""
+    it runs and the role every other series is registered onto; when a study was routed without that role
+    (a model that takes a subset of its inputs), the first of ``reference_fallbacks`` it has."""
 
     name: str
     stages: tuple[common_pb2.Stage.ValueType, ...]
     model: common_pb2.ModelRef
     reference_role: str
+    reference_fallbacks: tuple[str, ...] = ()
+
+    def reference_of(self, roles: Iterable[str]) -> str:
+        """The reference role for a study routed with ``roles``: ``reference_role`` when it is among them
+        (or none of the fallbacks is: preprocessing then refuses, naming it), else the first fallback there."""
+        have = set(roles)
+        return next((r for r in (self.reference_role, *self.reference_fallbacks) if r in have), self.reference_role)
 
     def __post_init__(self) -> None:
         if not self.stages or len(set(self.stages)) != len(self.stages):
@@ -44,7 +52,8 @@ def glioma_pipeline(models: PipelineModels) -> PipelineSpec:
         name=GLIOMA_PIPELINE,
         stages=(common_pb2.STAGE_PREPROCESS, common_pb2.STAGE_SEGMENTATION, common_pb2.STAGE_RESULTS),
         model=common_pb2.ModelRef(name=models.glioma.name, version=models.glioma.version),
-        reference_role=GLIOMA_REFERENCE_ROLE.value,
+        reference_role=GLIOMA_REFERENCE_ORDER[0].value,
+        reference_fallbacks=tuple(r.value for r in GLIOMA_REFERENCE_ORDER[1:]),
     )
 
 
@@ -83,7 +92,8 @@ def build_input(
         return outputs[of]
 
     if stage == common_pb2.STAGE_PREPROCESS:
-        return tasks_pb2.PreprocessInput(series=ready.series, reference_role=spec.reference_role)
+        return tasks_pb2.PreprocessInput(series=ready.series,
+                                         reference_role=spec.reference_of(s.role for s in ready.series))
     if stage == common_pb2.STAGE_SEGMENTATION:
         pre = answer(common_pb2.STAGE_PREPROCESS).preprocess
         return tasks_pb2.SegmentationInput(volumes=pre.volumes, brain_mask=pre.brain_mask, model=spec.model)

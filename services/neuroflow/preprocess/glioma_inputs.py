@@ -13,7 +13,8 @@ from neuroflow.core.handoff import GeometrySummary, OrientationSummary, Preproce
 from neuroflow.core.identity import uid_key
 from neuroflow.core.inference import InferenceBackend
 from neuroflow.core.model_card import ModelRef
-from neuroflow.core.roles import GLIOMA_REFERENCE_ROLE, SeriesRole
+from neuroflow.core.roles import SeriesRole
+from neuroflow.core.sequence_subsets import glioma_reference_role
 from neuroflow.core.timing import StageClock
 from neuroflow.core.volume import Geometry, Volume, resample
 from neuroflow.preprocess.convert import series_to_volume
@@ -43,16 +44,19 @@ def convert_inputs(
             for role, datasets in instances.items()}
 
 
-def check_orientation(volumes: dict[SeriesRole, Volume], *, study_key: str) -> dict[SeriesRole, FlipCheck]:
-    """Compares every series with the reference for a left/right mirror. Refuses the study
-    (OrientationMismatch) if any series fits the reference better mirrored than as it is."""
-    reference = volumes[GLIOMA_REFERENCE_ROLE]
-    checks = {role: check_left_right(reference, v) for role, v in volumes.items() if role != GLIOMA_REFERENCE_ROLE}
+def check_orientation(volumes: dict[SeriesRole, Volume], *, study_key: str,
+                      reference_role: SeriesRole | None = None) -> dict[SeriesRole, FlipCheck]:
+    """Compares every series with the reference (``reference_role``, by default the first of the
+    reference order the study has) for a left/right mirror. Refuses the study (OrientationMismatch) if any
+    series fits the reference better mirrored than as it is."""
+    reference_role = reference_role or glioma_reference_role(volumes)
+    reference = volumes[reference_role]
+    checks = {role: check_left_right(reference, v) for role, v in volumes.items() if role != reference_role}
     flipped = [role for role, c in checks.items() if c.flipped]
     if flipped:
         details = "; ".join(
             f"{role} series {uid_key(volumes[role].meta.get('series_instance_uid', '?'))} fits the "
-            f"{GLIOMA_REFERENCE_ROLE} better mirrored (NMI {checks[role].nmi_mirrored:.3f} vs "
+            f"{reference_role} better mirrored (NMI {checks[role].nmi_mirrored:.3f} vs "
             f"{checks[role].nmi_as_is:.3f} as is)" for role in flipped
         )
         raise OrientationMismatch(
@@ -64,16 +68,19 @@ def check_orientation(volumes: dict[SeriesRole, Volume], *, study_key: str) -> d
     return checks
 
 
-def coregister(volumes: dict[SeriesRole, Volume], *, spacing_mm: float) -> CoRegistered:
-    """Registers every role rigidly onto the reference (mutual information) and resamples all onto
-    the reference's field of view at ``spacing_mm`` isotropic (linear interpolation)."""
-    reference = volumes[GLIOMA_REFERENCE_ROLE]
+def coregister(volumes: dict[SeriesRole, Volume], *, spacing_mm: float,
+               reference_role: SeriesRole | None = None) -> CoRegistered:
+    """Registers every role rigidly onto the reference (``reference_role``, by default the first of the
+    reference order the study has; mutual information) and resamples all onto the reference's field of
+    view at ``spacing_mm`` isotropic (linear interpolation)."""
+    reference_role = reference_role or glioma_reference_role(volumes)
+    reference = volumes[reference_role]
     grid = isotropic_grid(reference.geometry, spacing_mm)
     fixed = resample(reference, grid)
-    out = {GLIOMA_REFERENCE_ROLE: fixed}
+    out = {reference_role: fixed}
     registration: dict[SeriesRole, RegistrationResult] = {}
     for role, moving in volumes.items():
-        if role == GLIOMA_REFERENCE_ROLE:
+        if role == reference_role:
             continue
         result = register_rigid(fixed, moving)
         registration[role] = result
@@ -85,8 +92,8 @@ def brain_mask(
     coregistered: CoRegistered, backend: InferenceBackend, models: tuple[ModelRef, ModelRef], *, study_key: str
 ) -> Volume:
     """Brain mask on the common grid from the T1 (the contrast the skull-stripping network was trained
-    on), falling back to the reference if the study has no plain T1."""
-    source = coregistered.volumes.get(SeriesRole.T1, coregistered.volumes[GLIOMA_REFERENCE_ROLE])
+    on), falling back to the reference (the first of the reference order the study has) without a plain T1."""
+    source = coregistered.volumes.get(SeriesRole.T1, coregistered.volumes[glioma_reference_role(coregistered.volumes)])
     return skull_strip(source, backend, models, study_key=study_key)
 
 
@@ -134,23 +141,27 @@ def preprocess_glioma(
     study_key: str,
     clock: StageClock,
     volumes_of: Mapping[SeriesRole, str] | None = None,
+    reference_role: SeriesRole | None = None,
 ) -> PreprocessedStudy:
-    """DICOM instances of the glioma input roles -> normalised, co-registered, skull-stripped 1 mm
-    volumes, timing each step on ``clock``; ``volumes_of`` as for ``convert_inputs``. Refuses with
-    SeriesRejected (bad series) or OrientationMismatch (a mirrored series)."""
+    """DICOM instances of the glioma input roles the study has (any subset) -> normalised, co-registered,
+    skull-stripped 1 mm volumes of those roles only, timing each step on ``clock``; ``volumes_of`` as for
+    ``convert_inputs``. Everything is registered onto ``reference_role`` (by default the first of
+    GLIOMA_REFERENCE_ORDER the study has). Refuses with SeriesRejected (bad series) or OrientationMismatch
+    (a mirrored series)."""
+    reference_role = reference_role or glioma_reference_role(instances)
     with clock.stage("convert"):
         volumes = convert_inputs(instances, study_key=study_key, volumes=volumes_of)
     with clock.stage("orientation"):
-        flip_checks = check_orientation(volumes, study_key=study_key)
+        flip_checks = check_orientation(volumes, study_key=study_key, reference_role=reference_role)
     with clock.stage("register"):
-        coregistered = coregister(volumes, spacing_mm=spacing_mm)
+        coregistered = coregister(volumes, spacing_mm=spacing_mm, reference_role=reference_role)
         for role, reg in coregistered.registration.items():
-            clock.note(f"{role} -> {GLIOMA_REFERENCE_ROLE}: NMI {reg.nmi_before:.3f} -> {reg.nmi:.3f}")
+            clock.note(f"{role} -> {reference_role}: NMI {reg.nmi_before:.3f} -> {reg.nmi:.3f}")
     with clock.stage("skull_strip"):
         mask = brain_mask(coregistered, backend, skull_strip_models, study_key=study_key)
     with clock.stage("normalise"):
         normalised = normalise(coregistered, mask)
-    result = PreprocessedStudy(normalised, mask, volumes[GLIOMA_REFERENCE_ROLE].geometry,
+    result = PreprocessedStudy(normalised, mask, volumes[reference_role].geometry,
                                coregistered.registration, flip_checks)
     clock.note(f"brain volume {result.brain_volume_ml:.0f} mL")
     return result

@@ -55,7 +55,7 @@ class PreprocessHandler:
         models = self._settings.models
         pre = preprocess_glioma(instances, self._backend, (models.skull_strip_bbox, models.skull_strip),
                                 spacing_mm=self._settings.target_spacing_mm, study_key=key, clock=clock,
-                                volumes_of={role: s.volume for role, s in series.items()})
+                                volumes_of={role: s.volume for role, s in series.items()}, reference_role=reference)
         summary = pre.summary(models.skull_strip, clock.timings)
         output = tasks_pb2.PreprocessOutput(
             brain_mask=self._volumes.put_ref(volume_key(task, BRAIN_MASK_NAME), summary.attach(pre.brain_mask)))

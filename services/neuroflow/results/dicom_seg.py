@@ -8,7 +8,8 @@ instance by ImagePositionPatient along the slice normal, never by the order the 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import replace
 
 import highdicom as hd
 import numpy as np
@@ -22,7 +23,16 @@ import neuroflow
 from neuroflow.core.dicom_io import study_key
 from neuroflow.core.errors import StudyError
 from neuroflow.core.identity import NEUROFLOW_MANUFACTURER, uid_key
-from neuroflow.core.labels import GLIOMA_SEGMENTS, SEGMENT_BRATS_LABEL, BratsLabel, SegmentDefinition
+from neuroflow.core.labels import (
+    GLIOMA_SEGMENTS,
+    REGION_LABELS,
+    SEGMENT_BRATS_LABEL,
+    SEGMENT_NEEDS,
+    WHOLE_TUMOUR_SEGMENT,
+    BratsLabel,
+    SegmentDefinition,
+    TumourRegion,
+)
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.volume import Geometry, Volume
 from neuroflow.results.report import DISCLAIMER
@@ -48,6 +58,7 @@ def build_glioma_seg(
     input_hash: str | None = None,
     uid_prefix: str | None = None,
     device_serial_number: str = "none",
+    not_assessable: Collection[str] = (),
 ) -> pydicom.Dataset | None:
     """A BINARY DICOM SEG of a BraTS label map, or ``None`` when no tumour was found.
 
@@ -61,6 +72,9 @@ def build_glioma_seg(
       * ``input_hash``: the idempotency key of the pipeline's inputs (e.g. the hash of the series
         set). Defaults to a hash of the source SOPInstanceUIDs.
       * ``uid_prefix``: the site's UID root (ending in "."); defaults to pydicom's root.
+      * ``not_assessable``: the regions (WT, TC, ET) the study's sequences cannot show: a segment whose
+        boundary depends on one (:data:`SEGMENT_NEEDS`) is left out; without the core but with the
+        whole tumour, all tumour voxels form one :data:`WHOLE_TUMOUR_SEGMENT`.
 
     Returns a Segmentation dataset with one segment per disjoint sub-region of
     :data:`GLIOMA_SEGMENTS` (all three are always described; a sub-region that is absent simply has
@@ -78,9 +92,10 @@ def build_glioma_seg(
     """
     if not source_instances:
         raise ValueError("build_glioma_seg needs the source instances of the reference series")
+    segments, numbers = _assessable_segments(not_assessable)
     return build_seg(
-        label_map.with_array(_segment_number_map(label_map.array)), source_instances,
-        segments=GLIOMA_SEGMENTS, algorithm=model, algorithm_family=codes.cid7162.ArtificialIntelligence,
+        label_map.with_array(_segment_number_map(label_map.array, numbers)), source_instances,
+        segments=segments, algorithm=model, algorithm_family=codes.cid7162.ArtificialIntelligence,
         kind="neuroflow.glioma-seg", series_description=SERIES_DESCRIPTION, content_label=CONTENT_LABEL,
         manufacturer_model_name=MANUFACTURER_MODEL_NAME, series_number=series_number, input_hash=input_hash,
         uid_prefix=uid_prefix, device_serial_number=device_serial_number,
@@ -156,15 +171,37 @@ def build_seg(
     return seg
 
 
-def _segment_number_map(labels: npt.NDArray[np.generic]) -> npt.NDArray[np.uint8]:
-    """The label map rewritten as segment numbers (0 = none), via :data:`SEGMENT_BRATS_LABEL`."""
+def _assessable_segments(
+    not_assessable: Collection[str],
+) -> tuple[tuple[SegmentDefinition, ...], dict[BratsLabel, int]]:
+    """The segments to write and the segment number of each BraTS label drawn (a label not in the map is
+    not drawn): all of :data:`GLIOMA_SEGMENTS` when every region can be assessed (numbered as defined),
+    otherwise those whose regions all can, plus the whole tumour as one segment when only the core cannot,
+    numbered from 1 as a SEG requires."""
+    if not not_assessable:
+        return GLIOMA_SEGMENTS, {label: number for number, label in SEGMENT_BRATS_LABEL.items()}
+    unknown = {str(r) for r in not_assessable} - {r.value for r in TumourRegion}
+    assessable = {r for r in TumourRegion if r.value not in not_assessable}
+    if unknown:
+        raise ValueError(f"not assessable regions {sorted(unknown)} are not tumour regions")
+    chosen: list[tuple[SegmentDefinition, tuple[BratsLabel, ...]]] = [
+        (segment, (SEGMENT_BRATS_LABEL[segment.number],)) for segment in GLIOMA_SEGMENTS
+        if SEGMENT_NEEDS[SEGMENT_BRATS_LABEL[segment.number]] <= assessable]
+    if TumourRegion.WT in assessable and TumourRegion.TC not in assessable:
+        chosen.append((WHOLE_TUMOUR_SEGMENT, tuple(REGION_LABELS[TumourRegion.WT])))
+    segments = tuple(replace(segment, number=n) for n, (segment, _) in enumerate(chosen, start=1))
+    return segments, {label: n for n, (_, labels) in enumerate(chosen, start=1) for label in labels}
+
+
+def _segment_number_map(labels: npt.NDArray[np.generic], numbers: dict[BratsLabel, int]) -> npt.NDArray[np.uint8]:
+    """The label map rewritten as segment numbers (0 = none) by ``numbers`` (BraTS label -> segment)."""
     values = np.unique(labels)
     known = {int(v) for v in BratsLabel}
     unknown = sorted(int(v) for v in values if int(v) not in known)
     if unknown:
         raise ValueError(f"label map holds values {unknown} that are not BraTS labels {sorted(known)}")
     lookup = np.zeros(max(known) + 1, dtype=np.uint8)
-    for number, brats_label in SEGMENT_BRATS_LABEL.items():
+    for brats_label, number in numbers.items():
         lookup[int(brats_label)] = number
     return lookup[np.asarray(labels, dtype=np.intp)]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import pydicom
@@ -10,7 +10,8 @@ import SimpleITK as sitk
 
 from neuroflow.core.handoff import PreprocessSummary
 from neuroflow.core.model_card import ModelRef
-from neuroflow.core.roles import SeriesRole
+from neuroflow.core.roles import GLIOMA_INPUT_ROLES, SeriesRole
+from neuroflow.core.sequence_subsets import not_assessable
 from neuroflow.core.volume import Geometry, Volume, resample
 from neuroflow.results.dicom_seg import build_glioma_seg
 from neuroflow.results.report import (
@@ -32,13 +33,16 @@ def glioma_seg(
     *,
     model: ModelRef,
     input_hash: str,
+    roles_used: Collection[SeriesRole],
 ) -> pydicom.Dataset | None:
     """The DICOM SEG of a label map computed on the common 1 mm grid, resampled (nearest neighbour)
     onto the reference series' own voxel grid so a viewer overlays it slice by slice on the images
-    the radiologist reads. ``None`` when no tumour was found."""
+    the radiologist reads. Only the sub-regions the sequences ``roles_used`` can show are drawn
+    (core/sequence_subsets.not_assessable). ``None`` when no tumour was found."""
     on_reference = resample(labels_on_grid, reference_geometry, interpolator=sitk.sitkNearestNeighbor)
     labels = on_reference.with_array(np.asarray(on_reference.array, dtype=np.uint8))
-    return build_glioma_seg(labels, reference_instances, model=model, input_hash=input_hash)
+    return build_glioma_seg(labels, reference_instances, model=model, input_hash=input_hash,
+                            not_assessable=not_assessable(roles_used))
 
 
 def registration_warnings(summary: PreprocessSummary) -> list[str]:
@@ -60,9 +64,11 @@ def glioma_report(
     timings: dict[str, float],
     warnings: list[str],
     outputs: list[str],
+    roles_used: Collection[SeriesRole],
 ) -> StudyReport:
     """The succeeded glioma report, the same in both runtimes: built from what preprocessing handed on
-    (``summary``), the measured volumes and the series routing chose."""
+    (``summary``), the measured volumes and the series routing chose; from the input roles the study had
+    (``roles_used``), the sequences missing and the sub-regions they leave not assessable."""
     return StudyReport(
         study_instance_uid=study_instance_uid,
         study_key=study_key,
@@ -84,6 +90,8 @@ def glioma_report(
                              for role, c in summary.orientation.items()),
         ),
         skull_strip=SkullStrip(brain_volume_ml=summary.brain_volume_ml, method=summary.skull_strip_method),
+        not_assessable=not_assessable(roles_used),
+        sequences_missing=[r for r in GLIOMA_INPUT_ROLES if r not in roles_used],
         warnings=warnings,
         outputs=outputs,
     )

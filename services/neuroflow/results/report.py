@@ -258,7 +258,10 @@ class StudyReport(_ReportModel):
     longitudinal: LongitudinalReport | None = None  # change against the prior study
     review: ReviewAssessment | None = None  # the failure flag of the segmentation, None when not assessed
     # Sub-regions the sequences at hand cannot show (e.g. ET without T1 post-contrast) -> why; empty when all could.
+    # Their figures in ``volumes_ml`` are what the model drew, not a measurement: the summary shows none for them.
     not_assessable: dict[str, str] = Field(default_factory=dict)
+    # The pipeline's input sequences the study did not have (the model was given empty channels in their place).
+    sequences_missing: list[SeriesRole] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
     errors: list[str] = Field(default_factory=list)
     # A failed run that may pass when tried again unchanged (the inference server or storage was unreachable);
@@ -329,6 +332,8 @@ def render_summary(report: StudyReport) -> str:
     used = [s for s in report.series if s.used_as is not None]
     lines += ["", "Series used:"]
     lines += [f"  {s.used_as}: {_series_name(s)} ({s.confidence:.0%})" for s in used] or ["  none"]
+    if report.sequences_missing:
+        lines.append(f"Sequences missing: {', '.join(report.sequences_missing)} (segmented without them)")
     unused = [s for s in report.series if s.used_as is None]
     if unused:
         lines += ["Series not used:"]
@@ -339,8 +344,10 @@ def render_summary(report: StudyReport) -> str:
         if not report.volumes_ml.tumour_detected:
             lines.append("  No tumour detected.")
         volumes = report.volumes_ml.model_dump()
+        unknown = _not_assessable_volumes(report.not_assessable)
         width = max(len(name) for _, name in _REGION_NAMES)
-        lines += [f"  {name:<{width}}  {volumes[key]:8.1f}" for key, name in _REGION_NAMES]
+        lines += [f"  {name:<{width}}  {volumes[key]:8.1f}" if key not in unknown
+                  else f"  {name:<{width}}  not assessable ({unknown[key]})" for key, name in _REGION_NAMES]
 
     if report.longitudinal is not None:
         lines += _longitudinal_lines(report.longitudinal)
@@ -352,6 +359,17 @@ def render_summary(report: StudyReport) -> str:
         lines += ["", "Outputs: " + ", ".join(report.outputs)]
     lines += ["", report.disclaimer, ""]
     return "\n".join(lines)
+
+
+# The volumes derived from two regions (TumourVolumes' computed fields), each not assessable when either is not.
+_DERIVED_FROM: dict[str, tuple[str, str]] = {"oedema": ("WT", "TC"), "necrotic_core": ("TC", "ET")}
+
+
+def _not_assessable_volumes(regions: dict[str, str]) -> dict[str, str]:
+    """Volume key (regions and the shells between them) -> why its figure is not a measurement."""
+    derived = {key: "; ".join(dict.fromkeys(regions[r] for r in parts if r in regions))
+               for key, parts in _DERIVED_FROM.items() if any(r in regions for r in parts)}
+    return {**regions, **derived}
 
 
 def _longitudinal_lines(section: LongitudinalReport) -> list[str]:

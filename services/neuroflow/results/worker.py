@@ -20,7 +20,8 @@ from neuroflow.core.errors import MissingSequence
 from neuroflow.core.handoff import PreprocessSummary
 from neuroflow.core.identity import input_hash
 from neuroflow.core.model_card import ModelRef
-from neuroflow.core.roles import GLIOMA_REFERENCE_ROLE, SeriesRole
+from neuroflow.core.roles import GLIOMA_REFERENCE_ORDER, SeriesRole
+from neuroflow.core.sequence_subsets import glioma_reference_role
 from neuroflow.core.volume_members import volume_instances
 from neuroflow.core.volume_store import VolumeStore
 from neuroflow.proto.neuroflow.v1 import common_pb2, events_pb2, tasks_pb2
@@ -60,15 +61,18 @@ class ResultsHandler:
         summary = PreprocessSummary.of(labels)
         set_aside: list[str] = []
         series = find_series(self._source, task.study, request.referenced_series, stage="results", notes=set_aside)
-        if GLIOMA_REFERENCE_ROLE not in series:
-            raise MissingSequence(key, f"the SEG is drawn on the {GLIOMA_REFERENCE_ROLE} series, which is not "
-                                       f"among the referenced series {sorted(series)}", stage="results")
+        try:  # the series preprocessing registered onto, chosen the same way (core/sequence_subsets.py)
+            reference_role = glioma_reference_role(series)
+        except ValueError:
+            raise MissingSequence(key, f"the SEG is drawn on one of the {', '.join(GLIOMA_REFERENCE_ORDER)} series, "
+                                       f"none of which is among the referenced series {sorted(series)}",
+                                  stage="results") from None
         model = ModelRef(name=request.model.name, version=request.model.version)
         uids = {role.value: [str(h.SOPInstanceUID) for h in s.headers] for role, s in series.items()}
-        reference = volume_instances(self._source.read_instances(series[GLIOMA_REFERENCE_ROLE]),
-                                     study_key=task.study.study_key, volume=series[GLIOMA_REFERENCE_ROLE].volume)
+        reference = volume_instances(self._source.read_instances(series[reference_role]),
+                                     study_key=task.study.study_key, volume=series[reference_role].volume)
         seg = glioma_seg(labels, summary.reference_geometry.geometry(), reference, model=model,
-                         input_hash=input_hash(uids, model))
+                         input_hash=input_hash(uids, model), roles_used=set(series))
         warnings = set_aside + registration_warnings(summary)
         stored: list[str] = []
         if seg is None:
@@ -81,7 +85,7 @@ class ResultsHandler:
         report = glioma_report(task.study.study_instance_uid, key, task.pipeline, summary,
                                volumes=TumourVolumes.from_label_map(labels), model=model,
                                series=series_entries(request.referenced_series), timings=timings, warnings=warnings,
-                               outputs=["report.json", "summary.txt"])
+                               outputs=["report.json", "summary.txt"], roles_used=set(series))
         out_dir = self._reports_dir / key / task.workflow_id
         out_dir.mkdir(parents=True, exist_ok=True)
         write_summary(report, out_dir)

@@ -35,6 +35,7 @@ from neuroflow.core.metrics import start_metrics_server
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.records import FolderRecordStore, RecordStore
 from neuroflow.core.roles import SeriesRole
+from neuroflow.core.sequence_subsets import PipelineInputs
 from neuroflow.core.site_secret import install_site_secret
 from neuroflow.core.state import SqliteStateStore, SqlStateStore
 from neuroflow.core.volume_store import FolderVolumeStore, VolumeStore
@@ -308,10 +309,26 @@ def build_ingest(backends: Backends) -> Service:
                        models=models,
                        wait_window_s=ingest.wait_window_s, lease_s=ingest.claim_lease_s,
                        poll_interval_s=ingest.poll_interval_s, retry_backoff_max_s=ingest.retry_backoff_max_s,
-                       classify=settings.classify),
+                       classify=settings.classify, inputs=routed_inputs(settings)),
         load_site_rules(settings.site_rules) if settings.site_rules else None,
         audit=backends.state(),
     )
+
+
+def routed_inputs(settings: NeuroflowSettings) -> dict[str, PipelineInputs]:
+    """What each pipeline takes, read once at start from the glioma model's card (the embedded runtime reads
+    the same card through its backend). Without a readable card every input role stays required: studies
+    lacking one are refused with MISSING_SEQUENCE, never run on a model that was not trained for it."""
+    from neuroflow.core.errors import InferenceUnavailable
+    from neuroflow.core.model_card import load_model_card
+    from neuroflow.ingest.routing import pipeline_inputs
+
+    try:
+        card = load_model_card(settings.model_repository, settings.models.glioma)
+    except InferenceUnavailable as exc:
+        log.warning("routing requires every glioma input sequence: %s", exc)
+        card = None
+    return pipeline_inputs(card)
 
 
 # The services that run models: at start they ask the inference backend whether the site's models are ready.

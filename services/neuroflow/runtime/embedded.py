@@ -18,13 +18,15 @@ from neuroflow.core.identity import input_hash, patient_key
 from neuroflow.core.inference import InferenceBackend
 from neuroflow.core.input_limits import check_study_size
 from neuroflow.core.patient_id import PatientIdentity
-from neuroflow.core.roles import GLIOMA_INPUT_ROLES, GLIOMA_REFERENCE_ROLE, SeriesRole
+from neuroflow.core.roles import SeriesRole
+from neuroflow.core.sequence_subsets import glioma_reference_role
 from neuroflow.core.site_secret import install_site_secret
 from neuroflow.core.sub_series import volume_identity
 from neuroflow.core.timing import ProgressSink, StageClock
 from neuroflow.core.volume_members import volume_instances
 from neuroflow.core.worker import is_retryable
-from neuroflow.ingest.classify import SeriesClassification, classify_study, effective_policy, select_inputs
+from neuroflow.ingest.classify import SeriesClassification, classify_study, effective_policy
+from neuroflow.ingest.routing import pipeline_inputs, qualify
 from neuroflow.ingest.site_rules import SiteRules, load_site_rules
 from neuroflow.longitudinal.pairing import group_by_patient
 from neuroflow.preprocess.glioma_inputs import preprocess_glioma
@@ -168,20 +170,24 @@ def _run(
         policy = effective_policy(settings.classify, rules)
         classified = classify_study(list(study.series.values()), rules=rules, policy=policy)
         run.series.extend(_series_entries(classified, {}))
-        chosen = select_inputs(classified, GLIOMA_INPUT_ROLES, study_key=run.key, policy=policy)
+        # The same qualification as ingest's routing: the roles the glioma model's card takes and needs.
+        inputs = pipeline_inputs(backend.card(settings.models.glioma))[GLIOMA_PIPELINE]
+        chosen = qualify(classified, inputs, study_key=run.key, policy=policy)
         used = {c.series_instance_uid: role for role, c in chosen.items()}
         run.series[:] = _series_entries(classified, used)
         for c in classified:
             clock.note(f"{c.role:<6} {c.description or '(no description)'}")
 
     models = settings.models
+    reference_role = glioma_reference_role(chosen)
     with clock.stage("read_series"):
         series = {role: series_volume(study, c.series_instance_uid) for role, c in chosen.items()}
         instances = {role: source.read_instances(s) for role, s in series.items()}
 
     pre = preprocess_glioma(instances, backend, (models.skull_strip_bbox, models.skull_strip),
                             spacing_mm=settings.target_spacing_mm, study_key=run.key, clock=clock,
-                            volumes_of={role: s.volume for role, s in series.items()})
+                            volumes_of={role: s.volume for role, s in series.items()},
+                            reference_role=reference_role)
     summary = pre.summary(models.skull_strip, clock.timings)
     run.warnings.extend(registration_warnings(summary))
 
@@ -199,10 +205,10 @@ def _run(
         uids = {role.value: [*(str(ds.SOPInstanceUID) for ds in datasets),
                              *volume_identity(chosen[role].series_instance_uid)]
                 for role, datasets in instances.items()}
-        reference = volume_instances(instances[GLIOMA_REFERENCE_ROLE], study_key=run.key,
-                                     volume=series[GLIOMA_REFERENCE_ROLE].volume)
+        reference = volume_instances(instances[reference_role], study_key=run.key,
+                                     volume=series[reference_role].volume)
         seg = glioma_seg(labels_on_grid, pre.reference_geometry, reference,
-                         model=models.glioma, input_hash=input_hash(uids, models.glioma))
+                         model=models.glioma, input_hash=input_hash(uids, models.glioma), roles_used=set(chosen))
         if seg is None:
             run.warnings.append("no tumour detected: no DICOM SEG written")
         else:
@@ -210,7 +216,8 @@ def _run(
             outputs.insert(0, SEG_FILE)
 
     return glioma_report(run.study_uid, run.key, GLIOMA_PIPELINE, summary, volumes=volumes_ml, model=models.glioma,
-                         series=run.series, timings=clock.timings, warnings=run.warnings, outputs=outputs)
+                         series=run.series, timings=clock.timings, warnings=run.warnings, outputs=outputs,
+                         roles_used=set(chosen))
 
 
 def _choose_study(studies: dict[str, StudyIndex], study_uid: str | None) -> StudyIndex:

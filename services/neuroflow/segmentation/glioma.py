@@ -13,6 +13,7 @@ from neuroflow.core.inference import InferenceBackend
 from neuroflow.core.labels import TUMOUR_REGIONS
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.roles import SeriesRole
+from neuroflow.core.sequence_subsets import PipelineInputs
 from neuroflow.core.volume import Volume
 from neuroflow.segmentation.postprocess import postprocess, threshold_regions, to_label_map
 from neuroflow.segmentation.sliding_window import sigmoid, sliding_window_inference
@@ -33,20 +34,26 @@ def predict_regions(
     progress: Callable[[int, int], None] | None = None,
 ) -> npt.NDArray[np.float32]:
     """Per-region probabilities (WT, TC, ET; on ``mask``'s grid) from the normalised input volumes,
-    stacked in the channel order the model card names. Zero outside the brain mask.
+    stacked in the channel order the model card names. Zero outside the brain mask. A role the study
+    lacks is an all-zero channel when the card says the model was trained for it (``min_roles_any``,
+    core/sequence_subsets.py).
 
-    Refuses a model whose card asks for a role preprocessing did not produce, or whose outputs are not
-    the glioma regions."""
+    Refuses a model whose card asks for a role preprocessing did not produce (and does not take the
+    study without it), or whose outputs are not the glioma regions."""
     card = backend.card(model)
-    missing = [r for r in card.input_roles if SeriesRole(r) not in normalised]
-    if missing or card.labels != [r.value for r in TUMOUR_REGIONS]:
+    inputs = PipelineInputs.of_card(card)
+    if not inputs.qualifies(set(normalised)) or card.labels != [r.value for r in TUMOUR_REGIONS]:
+        needs = (f"at least one of {card.min_roles_any} of the inputs {card.input_roles}" if inputs.accepts_subsets
+                 else f"inputs {card.input_roles}")
         raise StudyError(
             study_key,
-            f"model {model} expects inputs {card.input_roles} and outputs {card.labels}; the glioma "
+            f"model {model} expects {needs} and outputs {card.labels}; the glioma "
             f"pipeline provides {sorted(normalised)} and needs outputs {[r.value for r in TUMOUR_REGIONS]}",
             stage="segmentation",
         )
-    stack = np.stack([np.asarray(normalised[SeriesRole(r)].array, dtype=np.float32) for r in card.input_roles])
+    absent = np.zeros(mask.array.shape, dtype=np.float32)  # z-scored "no signal": what dropout trained on
+    stack = np.stack([np.asarray(normalised[role].array, dtype=np.float32) if role in normalised else absent
+                      for role in inputs.roles])
     box = _bounding_box(mask.array > 0, _CROP_MARGIN)
     probabilities = np.zeros((len(TUMOUR_REGIONS), *stack.shape[1:]), dtype=np.float32)
     probabilities[(slice(None), *box)] = sliding_window_inference(
