@@ -115,6 +115,11 @@ class DicomSettings(BaseModel):
     orthanc_username: str = ""
     orthanc_password: SecretStr = SecretStr("")
     orthanc_password_file: Path | None = None
+    # HTTPS to Orthanc (an https:// orthanc_url): the CA bundle its certificate is verified against (None: the
+    # system's CAs; it is always verified) and, where Orthanc asks for one, this service's client certificate.
+    orthanc_ca_file: Path | None = None
+    orthanc_client_cert: Path | None = None
+    orthanc_client_key: Path | None = None
 
     @model_validator(mode="after")
     def _read_password_file(self) -> DicomSettings:

@@ -143,10 +143,7 @@ class Backends:
 
     def orthanc(self) -> Any:
         def build() -> Any:
-            dicom = self.settings.dicom
-            endpoint = _backend("neuroflow.core.orthanc", "OrthancEndpoint")(
-                url=dicom.orthanc_url, username=dicom.orthanc_username,
-                password=dicom.orthanc_password.get_secret_value())
+            endpoint = _backend("neuroflow.core.orthanc", "OrthancEndpoint").from_settings(self.settings.dicom)
             return _backend("neuroflow.core.orthanc", "OrthancClient")(endpoint)
         return self._once("orthanc", build)
 

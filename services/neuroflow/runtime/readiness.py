@@ -73,10 +73,7 @@ def _kafka_check(bootstrap: str, timeout_s: float) -> Check:
 def _orthanc_check(settings: NeuroflowSettings, timeout_s: float) -> Check:
     from neuroflow.core.orthanc import OrthancClient, OrthancEndpoint
 
-    dicom = settings.dicom
-    client = OrthancClient(OrthancEndpoint(url=dicom.orthanc_url, username=dicom.orthanc_username,
-                                           password=dicom.orthanc_password.get_secret_value()),
-                           timeout_s=timeout_s, retries=0)
+    client = OrthancClient(OrthancEndpoint.from_settings(settings.dicom), timeout_s=timeout_s, retries=0)
     return lambda: client.get_json("/system", what="readiness check")
 
 
