@@ -20,7 +20,7 @@ import psycopg
 
 from neuroflow.core import topics
 from neuroflow.core.kafka_bus import KafkaBus
-from neuroflow.core.orthanc import OrthancClient, OrthancEndpoint
+from neuroflow.core.orthanc import OrthancClient
 from neuroflow.core.roles import SeriesRole
 from neuroflow.devtools import stack
 from neuroflow.devtools.cstore import send_folder
@@ -43,7 +43,7 @@ def run(workers: int, latency_study: Path, burst: list[Path]) -> dict[str, Any]:
                    "OMP_NUM_THREADS": "1"})
     with stack.temporary(options, prefix=f"neuroflow-bench-{workers}-") as started:
         site = started["orthanc"]["site"]
-        client = OrthancClient(OrthancEndpoint(site["url"], site["username"], site["password"]))
+        client = OrthancClient(stack.orthanc_endpoint(started, "site"))
         bus = KafkaBus(started["kafka"]["bootstrap"])
         send_folder(latency_study, site["dicom_host"], site["dicom_port"], site["aet"])
         sent_at = {_uid(latency_study): time.time()}

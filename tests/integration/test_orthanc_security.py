@@ -144,7 +144,7 @@ def test_https_is_verified_against_the_stacks_ca(orthanc: OrthancProcess, tmp_pa
     assert orthanc.endpoint.url.startswith("https://")
     assert OrthancClient(orthanc.endpoint).system()["DicomAet"] == AET
     # Another CA's bundle (or the system's CAs) cannot vouch for the server: no request is sent at all.
-    stranger = make_authority(tmp_path / "other-ca")
+    stranger = make_authority(tmp_path / "other-ca", "another CA")
     for ca_file in (str(stranger.certificate), ""):
         impostor_check = OrthancEndpoint(orthanc.endpoint.url, "admin", orthanc.passwords["admin"], ca_file=ca_file)
         with pytest.raises(OrthancUnavailable, match="certificate is not trusted"):

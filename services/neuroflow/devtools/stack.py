@@ -7,7 +7,12 @@ endpoint to ``.neuroflow/stack.json``; ``stack down`` stops them by PID and wait
 ``stack status`` says what runs.
 
 Processes run in their own sessions, so they outlive the ``stack up`` command; stack.json is the one
-record of what was started."""
+record of what was started.
+
+Secured as a site is (issue 12): a CA made for the stack (``tls/``) signs the certificates of PostgreSQL (TLS
+and SCRAM only; the services connect with sslmode=verify-full) and of both Orthancs (HTTPS; each service
+has its own Orthanc user with only its rights, core/orthanc_rights.py); only declared DICOM peers may
+associate with an Orthanc (the development scanner NFSCANNER with the site, the site with the PACS)."""
 
 from __future__ import annotations
 
@@ -32,6 +37,8 @@ from pydantic import SecretStr
 from neuroflow.core.config import DEFAULT_MODEL_REPOSITORY, REPOSITORY_ROOT, NeuroflowSettings
 from neuroflow.core.identity import use_site_secret
 from neuroflow.core.orthanc import DicomModality, OrthancEndpoint
+from neuroflow.core.orthanc_rights import ADMIN_USER
+from neuroflow.devtools.certificates import make_authority
 from neuroflow.devtools.monitoring_servers import immediate_rules, start_alertmanager, start_prometheus, write_targets
 from neuroflow.devtools.orthanc_server import OrthancProcess, start_orthanc
 from neuroflow.devtools.orthanc_server import restart_orthanc as restart_orthanc_process
@@ -64,6 +71,8 @@ class StackOptions:
     # The disk guard of the site Orthanc (refuses C-STORE under it) and of the monitor's alert; 1 GiB: a
     # development machine has less room than a hospital's server (settings default 10 GiB).
     min_free_bytes: int = 1024**3
+    # The site Orthanc replaces an instance sent again (OverwriteInstances); a site allows it deliberately.
+    overwrite_instances: bool = False
 
 
 def up(options: StackOptions) -> dict[str, Any]:
@@ -74,20 +83,25 @@ def up(options: StackOptions) -> dict[str, Any]:
     root.mkdir(parents=True, exist_ok=True)
     started: dict[str, Any] = {"root": str(root), "processes": []}
     try:
-        postgres = start_postgres(root / "postgres")
+        authority = make_authority(root / "tls", f"neuroflow stack CA {secrets.token_hex(4)}")
+        postgres = start_postgres(root / "postgres", authority=authority)
         started["processes"].append(_record("postgresql", postgres.pid, [postgres.port], signal.SIGINT))
         if not _database_exists(postgres):  # a restarted stack keeps its cluster and its workflows
             postgres.create_database("neuroflow")
         state_dsn = postgres.dsn("neuroflow")
-        pacs = start_orthanc("neuroflow-pacs", root / "orthanc-pacs", aet="NFPACS")
-        started["processes"].append(_orthanc_record("orthanc-pacs", pacs))
+        tls = (authority, root / "tls")
+        site_dicom_port = free_loopback_port()
+        pacs = start_orthanc("neuroflow-pacs", root / "orthanc-pacs", aet="NFPACS", tls=tls,
+                             senders={"site": DicomModality("NFSITE", "127.0.0.1", site_dicom_port)})
+        started["processes"].extend(_orthanc_records("orthanc-pacs", pacs))
         site = start_orthanc(
-            "neuroflow-site", root / "orthanc-site", aet="NFSITE",
+            "neuroflow-site", root / "orthanc-site", aet="NFSITE", dicom_port=site_dicom_port, tls=tls,
             stable_age_s=max(1, int(options.wait_window_s)),
             modalities={PACS_MODALITY: DicomModality(pacs.endpoint.aet, "127.0.0.1", pacs.endpoint.dicom_port)},
             min_free_bytes=options.min_free_bytes, guarded_dirs=[root / "volumes"],
+            overwrite_instances=options.overwrite_instances,
         )
-        started["processes"].append(_orthanc_record("orthanc-site", site))
+        started["processes"].extend(_orthanc_records("orthanc-site", site))
         kafka_port, controller_port = free_loopback_port(), free_loopback_port()
         _kafka("start", "--port", str(kafka_port), "--controller-port", str(controller_port),
                "--data-dir", str(root / "kafka"), "--partitions", "2")
@@ -185,13 +199,23 @@ def stop_process(record: dict[str, Any], timeout_s: float = 60.0) -> None:
 def restart_orthanc(stack: dict[str, Any], name: str) -> dict[str, Any]:
     """Start again a stopped Orthanc of the stack ("orthanc-site" or "orthanc-pacs") with its data."""
     which = name.removeprefix("orthanc-")
-    e = stack["orthanc"][which]
-    endpoint = OrthancEndpoint(e["url"], e["username"], e["password"], e["aet"], e["dicom_host"], e["dicom_port"])
+    endpoint = orthanc_endpoint(stack, which)
+    for proc in stack["processes"]:
+        if proc["name"] == f"{name}-https":  # its TLS terminator holds the HTTPS port: restarted with it
+            stop_process(proc)
     server = restart_orthanc_process(name, Path(stack["root"]) / name, endpoint)
-    record = _orthanc_record(name, server)
-    stack["processes"] = [record if p["name"] == name else p for p in stack["processes"]]
+    records = {r["name"]: r for r in _orthanc_records(name, server)}
+    stack["processes"] = [records.get(p["name"], p) for p in stack["processes"]]
     _write(Path(stack["root"]), stack)
-    return record
+    return records[name]
+
+
+def orthanc_endpoint(stack: dict[str, Any], which: str, user: str = ADMIN_USER) -> OrthancEndpoint:
+    """How ``user`` (admin, or a service: core/orthanc_rights.py) reaches the stack's ``which`` Orthanc
+    ("site" or "pacs"): HTTPS verified against the stack's CA, that user's password."""
+    e = stack["orthanc"][which]
+    return OrthancEndpoint(e["url"], user, e["passwords"][user], e["aet"], e["dicom_host"], e["dicom_port"],
+                           ca_file=e["ca_file"])
 
 
 def process_record(stack: dict[str, Any], name: str) -> dict[str, Any]:
@@ -270,8 +294,8 @@ def service_environment(stack: dict[str, Any], options: StackOptions) -> dict[st
         "NEUROFLOW_STATE__DSN": stack["postgresql"]["dsn"],
         "NEUROFLOW_DICOM__SOURCE": "orthanc",
         "NEUROFLOW_DICOM__ORTHANC_URL": site["url"],
-        "NEUROFLOW_DICOM__ORTHANC_USERNAME": site["username"],
-        "NEUROFLOW_DICOM__ORTHANC_PASSWORD": site["password"],
+        "NEUROFLOW_DICOM__ORTHANC_CA_FILE": site["ca_file"],
+        # NEUROFLOW_DICOM__ORTHANC_USERNAME and _PASSWORD: each service its own (_launch_service).
         "NEUROFLOW_DICOM__DESTINATION": stack["destination_modality"],
         "NEUROFLOW_VOLUME_STORE_ROOT": str(root / "volumes"),
         "NEUROFLOW_RECORDS_ROOT": str(root / "records"),
@@ -321,7 +345,12 @@ def _launch_service(stack: dict[str, Any], service: str, name: str, metrics_port
     # a service binds it only after seconds of imports, time enough for a client socket to take it.
     taken = {p["metrics_port"] for p in stack["processes"] if "metrics_port" in p}
     metrics_port = metrics_port or free_stable_port(taken)
-    environment = {**os.environ, **stack["environment"], "NEUROFLOW_METRICS_PORT": str(metrics_port)}
+    # Each service its own Orthanc user (a service without one, e.g. the orchestrator before it had, gets
+    # none: its requests are refused rather than run with another service's rights).
+    user = service if service in stack["orthanc"]["site"]["passwords"] else ""
+    orthanc = {"NEUROFLOW_DICOM__ORTHANC_USERNAME": user,
+               "NEUROFLOW_DICOM__ORTHANC_PASSWORD": stack["orthanc"]["site"]["passwords"].get(user, "")}
+    environment = {**os.environ, **stack["environment"], **orthanc, "NEUROFLOW_METRICS_PORT": str(metrics_port)}
     with (root / "logs" / f"{name}.log").open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "neuroflow.cli", "serve", service], env=environment,
@@ -352,13 +381,20 @@ def _start_monitoring(stack: dict[str, Any], options: StackOptions) -> None:
 
 
 def _orthanc_endpoint(server: OrthancProcess) -> dict[str, Any]:
+    """An Orthanc in stack.json: the admin's credentials (username, password: what tools use), every
+    user's password by user (``orthanc_endpoint`` picks one), and the CA its HTTPS is verified with."""
     e = server.endpoint
-    return {"url": e.url, "username": e.username, "password": e.password, "aet": e.aet,
-            "dicom_host": e.dicom_host, "dicom_port": e.dicom_port}
+    return {"url": e.url, "username": e.username, "password": e.password, "passwords": server.passwords,
+            "ca_file": e.ca_file, "aet": e.aet, "dicom_host": e.dicom_host, "dicom_port": e.dicom_port}
 
 
-def _orthanc_record(name: str, server: OrthancProcess) -> dict[str, Any]:
-    return _record(name, server.pid, [server.endpoint.http_port, server.endpoint.dicom_port], signal.SIGTERM)
+def _orthanc_records(name: str, server: OrthancProcess) -> list[dict[str, Any]]:
+    """Orthanc (its own loopback HTTP port and the DICOM port) and, with HTTPS, its TLS terminator."""
+    records = [_record(name, server.pid, [server.orthanc_http_port, server.endpoint.dicom_port], signal.SIGTERM)]
+    if server.https_proxy is not None:
+        records.append(_record(f"{name}-https", server.https_proxy.pid, [server.endpoint.http_port],
+                               signal.SIGTERM))
+    return records
 
 
 def _record(name: str, pid: int, ports: list[int], sig: signal.Signals) -> dict[str, Any]:

@@ -103,7 +103,7 @@ class Backends:
         def build() -> SqlStateStore[Any]:
             if self.settings.state.kind == "postgres":
                 postgres: Any = _backend("neuroflow.core.state_postgres", "PostgresStateStore")
-                store: SqlStateStore[Any] = postgres(self.settings.state.dsn.get_secret_value(),
+                store: SqlStateStore[Any] = postgres(self.settings.state.connection_dsn(),
                                                      connect_timeout_s=self.settings.state.connect_timeout_s)
                 return store
             return SqliteStateStore(self.settings.state.sqlite_path)
@@ -152,7 +152,7 @@ class Backends:
         def build() -> Any:
             priors = importlib.import_module("neuroflow.longitudinal.priors")
             if self.settings.state.kind == "postgres":
-                return priors.PostgresTimepointStore(self.settings.state.dsn.get_secret_value(),
+                return priors.PostgresTimepointStore(self.settings.state.connection_dsn(),
                                                      connect_timeout_s=self.settings.state.connect_timeout_s)
             return priors.SqliteTimepointStore(self.settings.state.sqlite_path.with_name("longitudinal.sqlite3"))
         return self._once("timepoints", build)
@@ -272,7 +272,7 @@ def window_store(settings: NeuroflowSettings) -> WindowStore:
     from neuroflow.ingest.window_store import PostgresWindowStore, SqliteWindowStore
 
     if settings.state.kind == "postgres":
-        return PostgresWindowStore(settings.state.dsn.get_secret_value(),
+        return PostgresWindowStore(settings.state.connection_dsn(),
                                    connect_timeout_s=settings.state.connect_timeout_s)
     settings.state.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
     return SqliteWindowStore(settings.state.sqlite_path.with_name("ingest-windows.sqlite3"))

@@ -35,7 +35,7 @@ def dependency_checks(services: Iterable[str], settings: NeuroflowSettings,
     timeout_s = settings.health.check_timeout_s
     checks: dict[str, Check] = {}
     if "state_db" in needed and settings.state.kind == "postgres":
-        checks["state_db"] = _postgres_check(settings.state.dsn.get_secret_value(), timeout_s)
+        checks["state_db"] = _postgres_check(settings.state.connection_dsn(), timeout_s)
     if "kafka" in needed and settings.bus.kind == "kafka":
         checks["kafka"] = _kafka_check(settings.bus.bootstrap, timeout_s)
     if "orthanc" in needed and settings.dicom.source == "orthanc":
