@@ -11,6 +11,7 @@ are probed and reported, but not counted as findings.
 
 from __future__ import annotations
 
+import http.client
 import re
 import socket
 import ssl
@@ -35,9 +36,12 @@ class PortVerdict:
     kind: str  # what was probed: "postgresql", "orthanc-http", "orthanc-https", "dicom", "metrics", ...
     refused: bool  # a stranger got nothing (or, for metrics, nothing but identifier-free metrics)
     detail: str
+    pending: bool = False  # probed, but its securing is still to come: not a finding yet
 
     def __str__(self) -> str:
-        return f"{self.process}:{self.port} {self.kind}: {'refused' if self.refused else 'OPEN'} ({self.detail})"
+        outcome = ("pending" if self.pending else "open metrics" if self.kind == "metrics" and self.refused
+                   else "refused" if self.refused else "OPEN")
+        return f"{self.process}:{self.port} {self.kind}: {outcome} ({self.detail})"
 
 
 def kafka_is_secured(stack: dict[str, Any]) -> bool:
@@ -75,7 +79,7 @@ def probe_stack(stack: dict[str, Any], *, identifiers: Sequence[str] = (),
         for port in listening_ports(record["pid"]):
             verdict = _probe(stack, record, port, ca_file, identifiers)
             if name in pending or name.split("-")[0] in pending:
-                verdict = PortVerdict(name, port, verdict.kind, True, f"pending: {verdict.detail}")
+                verdict = PortVerdict(name, port, verdict.kind, True, verdict.detail, pending=True)
             verdicts.append(verdict)
     return verdicts
 
@@ -109,7 +113,7 @@ def _probe_http(name: str, port: int, kind: str, url: str, context: ssl.SSLConte
     except urllib.error.HTTPError as error:
         refused = error.code in (401, 403)
         return PortVerdict(name, port, kind, refused, f"HTTP {error.code}")
-    except (urllib.error.URLError, ConnectionError, TimeoutError, ssl.SSLError) as error:
+    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, ssl.SSLError) as error:
         reason = getattr(error, "reason", error)
         # Not HTTP at all (gRPC, a TLS-only listener) or TLS refused: a stranger gets nothing over HTTP.
         if _is_tls_listener(port):
@@ -145,7 +149,7 @@ def _probe_metrics(name: str, port: int, identifiers: Sequence[str]) -> PortVerd
         if leaked:
             problems.append(f"{path} shows identifiers: {sorted(set(leaked))[:3]}")
     return PortVerdict(name, port, "metrics", not problems,
-                       "; ".join(problems) or f"open by design ({', '.join(OPEN_METRICS_PATHS)}), no identifier")
+                       "; ".join(problems) or f"{', '.join(OPEN_METRICS_PATHS)} answer anyone, no identifier in them")
 
 
 def _probe_postgres(name: str, port: int) -> PortVerdict:
@@ -157,7 +161,7 @@ def _probe_postgres(name: str, port: int) -> PortVerdict:
             psycopg.connect(f"host=127.0.0.1 port={port} user=neuroflow dbname=postgres password=guess "
                             f"sslmode={sslmode} connect_timeout=5").close()
         except psycopg.OperationalError as error:
-            refusals.append(f"{sslmode}: {str(error).splitlines()[-1][:80]}")
+            refusals.append(f"sslmode={sslmode}: {str(error).rsplit('FATAL:', 1)[-1].strip()[:90]}")
             continue
         return PortVerdict(name, port, "postgresql", False, f"sslmode={sslmode} with a guessed password connected")
     return PortVerdict(name, port, "postgresql", True, "; ".join(refusals))
