@@ -21,7 +21,7 @@ import psycopg
 from neuroflow.core import topics
 from neuroflow.core.kafka_bus import KafkaBus
 from neuroflow.core.kafka_security import client_security
-from neuroflow.core.orthanc import OrthancClient, OrthancEndpoint
+from neuroflow.core.orthanc import OrthancClient
 from neuroflow.core.roles import SeriesRole
 from neuroflow.devtools import stack
 from neuroflow.devtools.cstore import send_folder
@@ -44,7 +44,7 @@ def run(workers: int, latency_study: Path, burst: list[Path]) -> dict[str, Any]:
                    "OMP_NUM_THREADS": "1"})
     with stack.temporary(options, prefix=f"neuroflow-bench-{workers}-") as started:
         site = started["orthanc"]["site"]
-        client = OrthancClient(OrthancEndpoint(site["url"], site["username"], site["password"]))
+        client = OrthancClient(stack.orthanc_endpoint(started, "site"))
         # The operator's login: it reads what the services publish, as no service's principal may.
         operator = stack.stack_bus_settings(started)
         bus = KafkaBus(operator.bootstrap, security=client_security(operator))

@@ -22,6 +22,7 @@ from neuroflow.core import topics
 from neuroflow.core.config import CHANGE_PIPELINES, GLIOMA_PIPELINE, NeuroflowSettings
 from neuroflow.core.kafka_acl import acl_rows
 from neuroflow.core.kafka_security import client_security
+from neuroflow.core.orthanc_rights import SERVICE_RIGHTS, SERVICE_USERS, rights_json
 from neuroflow.ingest.site_rules import load_site_rules
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -235,8 +236,14 @@ def test_the_rendered_environment_builds_the_settings_the_values_describe(
             assert settings.state.kind == "postgres"
             assert settings.state.dsn.get_secret_value() == "secret:state-dsn"
             assert settings.dicom.source == "orthanc"
-            assert settings.dicom.orthanc_url.startswith(f"http://{example}-orthanc:")
-            assert settings.dicom.orthanc_password.get_secret_value() == "secret:orthanc-password"
+            assert settings.dicom.orthanc_url.startswith(f"https://{example}-orthanc:")
+            # Each service its own Orthanc user; Orthanc and PostgreSQL verified against the site's CA.
+            assert settings.dicom.orthanc_username == component(deployment)
+            assert settings.state.sslrootcert is not None
+            assert settings.dicom.orthanc_ca_file == settings.state.sslrootcert
+            assert settings.state.sslmode == "verify-full"
+            password = settings.dicom.orthanc_password.get_secret_value()
+            assert password == f"secret:orthanc-password-{component(deployment)}"
             assert settings.keys.secret is not None and settings.keys.secret.get_secret_value() == "secret:key-secret"
             assert settings.ingest.wait_window_s == site["waitWindowS"]
             assert settings.ingest.pipelines == site["pipelines"]
@@ -359,8 +366,8 @@ def test_credentials_come_from_the_secret_never_from_values(manifests: dict[str,
                             f"{example}: {entry['name']} of {workload['metadata']['name']} must come from a Secret")
     # No values file (defaults or examples) holds anything that looks like a credential.
     for path in [CHART / "values.yaml", *EXAMPLES.glob("*.yaml")]:
-        text = path.read_text()
-        assert not re.search(r"(?im)^\s*\w*(password|passwd|dsn|token)\w*\s*:\s*\S", text.replace("Key:", "")), path
+        text = path.read_text().replace("KeyPrefix:", "").replace("Key:", "")  # names of a Secret's keys
+        assert not re.search(r"(?im)^\s*\w*(password|passwd|dsn|token)\w*\s*:\s*\S", text), path
 
 
 def test_orthanc_uses_the_wait_window_its_postgresql_index_and_secret_passwords(
@@ -375,14 +382,15 @@ def test_orthanc_uses_the_wait_window_its_postgresql_index_and_secret_passwords(
         assert config["PostgreSQL"]["EnableIndex"] is True
         assert config["PostgreSQL"]["Host"] == values["orthanc"]["index"]["host"]
         assert config["PostgreSQL"]["Password"] == "${ORTHANC_INDEX_PASSWORD}"
-        assert set(config["RegisteredUsers"].values()) == {"${NEUROFLOW_ORTHANC_PASSWORD}"}
+        users = {user: f"NEUROFLOW_ORTHANC_PASSWORD_{user.upper()}" for user in SERVICE_RIGHTS}
+        assert config["RegisteredUsers"] == {user: f"${{{env}}}" for user, env in users.items()}
         assert config["AuthenticationEnabled"] is True and config["RemoteAccessAllowed"] is True
         (orthanc,) = containers(named(objects, "Deployment", "orthanc"))
         from_secret = {e["name"] for e in orthanc["env"] if "valueFrom" in e}
-        assert {"ORTHANC_INDEX_PASSWORD", "NEUROFLOW_ORTHANC_PASSWORD"} <= from_secret
+        assert {"ORTHANC_INDEX_PASSWORD", *users.values()} <= from_secret
         for peer, modality in values["orthanc"].get("modalities", {}).items():
             assert config["DicomModalities"][peer] == {"AET": modality["aet"], "Host": modality["host"],
-                                                       "Port": modality["port"]}
+                                                       "Port": modality["port"], "UseDicomTls": False}
 
 
 def test_site_routing_rules_from_values_load_with_neuroflows_own_loader(
@@ -653,7 +661,7 @@ def test_site_orthanc_runs_the_disk_guard_with_the_threshold_the_monitor_alerts_
         files = named(objects, "ConfigMap", "orthanc")["data"]
         config = json.loads(files["neuroflow.json"])
         assert files["storage-guard.lua"].strip() == guard.strip()
-        (script,) = config["LuaScripts"]
+        (script,) = [s for s in config["LuaScripts"] if s.endswith("storage-guard.lua")]
         orthanc = named(objects, "Deployment", "orthanc")
         mounts = {m["mountPath"]: m for c in containers(orthanc) for m in c["volumeMounts"]}
         assert mounts[script]["subPath"] == "storage-guard.lua"
@@ -661,3 +669,43 @@ def test_site_orthanc_runs_the_disk_guard_with_the_threshold_the_monitor_alerts_
         assert isinstance(threshold, int) and threshold > 0
         env = named(objects, "ConfigMap", "env")["data"]
         assert int(env["NEUROFLOW_MONITOR__MIN_FREE_BYTES"]) == threshold
+
+
+def test_site_orthanc_is_https_with_per_service_rights_and_admits_only_declared_dicom_peers(
+        manifests: dict[str, list[Manifest]]) -> None:
+    """Issue 12: the chart's Orthanc runs the same rights filter and table as the tested development Orthanc
+    (deploy/orthanc/service-rights.lua, core/orthanc_rights.py), HTTPS, and the secure DICOM settings."""
+    assert (CHART / "files" / "service-rights.lua").read_text() == (
+        ROOT / "deploy" / "orthanc" / "service-rights.lua").read_text()
+    assert (CHART / "files" / "orthanc-rights.json").read_text() == rights_json(), (
+        "run python scripts/gen_orthanc_rights.py")
+    for example in SITE_EXAMPLES:
+        objects = manifests[example]
+        files = named(objects, "ConfigMap", "orthanc")["data"]
+        config = json.loads(files["neuroflow.json"])
+        assert config["SslEnabled"] is True
+        assert config["Neuroflow"]["Rights"] == {user: list(rules) for user, rules in SERVICE_RIGHTS.items()}
+        assert "/etc/orthanc/service-rights.lua" in config["LuaScripts"]
+        assert (config["DicomCheckCalledAet"], config["DicomAlwaysAllowEcho"], config["DicomAlwaysAllowStore"],
+                config["DicomCheckModalityHost"], config["OverwriteInstances"]) == (True, False, False, True, False)
+        assert config["PostgreSQL"]["EnableSsl"] is True
+        orthanc = named(objects, "Deployment", "orthanc")
+        mounts = {m["mountPath"] for c in containers(orthanc) for m in c["volumeMounts"]}
+        assert {"/etc/orthanc/service-rights.lua", "/etc/orthanc/tls"} <= mounts
+        for deployment in of_kind(objects, "Deployment"):
+            if component(deployment) in SERVICE_USERS:
+                (container,) = containers(deployment)
+                password = next(e for e in container["env"] if e["name"] == "NEUROFLOW_DICOM__ORTHANC_PASSWORD")
+                assert password["valueFrom"]["secretKeyRef"]["key"] == f"orthanc-password-{component(deployment)}"
+
+
+def test_dicom_tls_mounts_the_sites_certificates_when_enabled() -> None:
+    values = merged(example_values("site-north"), {"orthanc": {"dicomTls": {"enabled": True,
+                                                                            "existingSecret": "north-dicom-tls"}}})
+    objects = render(values)
+    config = json.loads(named(objects, "ConfigMap", "orthanc")["data"]["neuroflow.json"])
+    assert config["DicomTlsEnabled"] is True and config["DicomTlsRemoteCertificateRequired"] is True
+    assert all(m["UseDicomTls"] for m in config["DicomModalities"].values())
+    volumes = {v["name"]: v for v in named(objects, "Deployment", "orthanc")["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["dicom-tls"]["secret"]["secretName"] == "north-dicom-tls"
+

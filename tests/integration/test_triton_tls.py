@@ -21,7 +21,7 @@ from tritonclient.utils import InferenceServerException
 from neuroflow.core.config import InferenceSettings
 from neuroflow.core.errors import InferenceUnavailable
 from neuroflow.core.inference_triton import TritonBackend, TritonTls
-from neuroflow.devtools.certificates import CertificateFiles, make_ca
+from neuroflow.devtools.certificates import IssuedCertificate, make_authority
 from neuroflow.devtools.triton_server import GRPC_ADMIN_HEADER, TritonProcess, client_certificate, stack_triton_tls
 from tests.servers.tiny_model import TINY, write_model
 from tests.servers.triton import running_triton
@@ -34,15 +34,19 @@ class SecuredTriton:
     process: TritonProcess
     models: Path
     ca: Path
-    client: CertificateFiles
+    client: IssuedCertificate
     admin_key: str
+
+    @property
+    def client_files(self) -> tuple[Path, Path]:
+        return self.client.certificate, self.client.private_key
 
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredTriton]:
     root = tmp_path_factory.mktemp("triton-tls")
     write_model(root / "models", TINY)
-    tls = stack_triton_tls(root, make_ca(root / "ca"), mutual=True)
+    tls = stack_triton_tls(root, make_authority(root / "ca"), mutual=True)
     with running_triton(root / "models", root, tls=tls) as process:
         yield SecuredTriton(process, root / "models", tls.ca, client_certificate(root), tls.admin_key)
 
@@ -52,7 +56,7 @@ def _backend(server: SecuredTriton, tls: TritonTls | None) -> TritonBackend:
 
 
 def test_a_client_verifying_the_ca_with_its_certificate_infers(secured: SecuredTriton) -> None:
-    backend = _backend(secured, TritonTls(secured.ca, secured.client.cert, secured.client.key))
+    backend = _backend(secured, TritonTls(secured.ca, *secured.client_files))
     assert backend.server_ready() and backend.ready(TINY)
     np.testing.assert_array_equal(backend.infer(TINY, {"image": IMAGE})["scaled"], 2 * IMAGE + 1)
 
@@ -60,15 +64,15 @@ def test_a_client_verifying_the_ca_with_its_certificate_infers(secured: SecuredT
 def test_the_server_name_checked_can_differ_from_the_address_dialled(secured: SecuredTriton) -> None:
     # The certificate names 127.0.0.1 and localhost: dialling the address and checking "localhost" works,
     # checking a name the certificate does not hold fails.
-    named = _backend(secured, TritonTls(secured.ca, secured.client.cert, secured.client.key, "localhost"))
+    named = _backend(secured, TritonTls(secured.ca, *secured.client_files, "localhost"))
     assert named.server_ready()
-    wrong = _backend(secured, TritonTls(secured.ca, secured.client.cert, secured.client.key, "triton.elsewhere"))
+    wrong = _backend(secured, TritonTls(secured.ca, *secured.client_files, "triton.elsewhere"))
     assert not wrong.server_ready()
 
 
 def test_plaintext_other_ca_and_certificateless_clients_get_nothing(secured: SecuredTriton, tmp_path: Path) -> None:
-    other_ca = make_ca(tmp_path, "another-ca")
-    for tls in (None, TritonTls(other_ca.cert, secured.client.cert, secured.client.key), TritonTls(secured.ca)):
+    other_ca = make_authority(tmp_path / "another-ca", "another CA")
+    for tls in (None, TritonTls(other_ca.certificate, *secured.client_files), TritonTls(secured.ca)):
         backend = _backend(secured, tls)
         assert not backend.server_ready()
         with pytest.raises(InferenceUnavailable, match="unreachable"):
@@ -76,7 +80,7 @@ def test_plaintext_other_ca_and_certificateless_clients_get_nothing(secured: Sec
 
 
 def test_model_repository_calls_need_the_admin_header(secured: SecuredTriton) -> None:
-    creds = TritonTls(secured.ca, secured.client.cert, secured.client.key).credentials()
+    creds = TritonTls(secured.ca, *secured.client_files).credentials()
     client = grpcclient.InferenceServerClient(secured.process.grpc_url, creds=creds)
     with pytest.raises(InferenceServerException, match=GRPC_ADMIN_HEADER):
         client.get_model_repository_index()

@@ -35,12 +35,14 @@ class OrthancPair:
 def site_and_pacs(root: Path, *, name: str, site_aet: str, pacs_aet: str, destination: str = PACS_MODALITY,
                   site_stable_age_s: int = 60, scu_timeout_s: int = 10,
                   pacs_knows_site: bool = False) -> Iterator[OrthancPair]:
-    """A site Orthanc that knows the PACS as DICOM modality ``destination`` and a PACS Orthanc (which also
-    knows the site, for C-MOVE back to it, when ``pacs_knows_site``), stopped by PID on exit."""
+    """A site Orthanc that knows the PACS as DICOM modality ``destination`` and a PACS Orthanc, stopped by
+    PID on exit. The PACS declares the site: it takes C-STORE from declared AE titles only. With
+    ``pacs_knows_site`` it may also send there (C-MOVE back to the site); otherwise the site is a sender only."""
     site_port, pacs_port = free_loopback_port(), free_loopback_port()
+    site_peer = {"site": DicomModality(site_aet, "127.0.0.1", site_port)}
     pacs = start_orthanc(f"{name}-pacs", root / "pacs", aet=pacs_aet, dicom_port=pacs_port,
-                         modalities={"site": DicomModality(site_aet, "127.0.0.1", site_port)} if pacs_knows_site
-                         else None)
+                         modalities=site_peer if pacs_knows_site else None,
+                         senders=None if pacs_knows_site else site_peer)
     try:
         site = start_orthanc(f"{name}-site", root / "site", aet=site_aet, dicom_port=site_port,
                              stable_age_s=site_stable_age_s, scu_timeout_s=scu_timeout_s,

@@ -32,6 +32,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .Values.image.repository .Values.image.tag -}}
 {{- end -}}
 
+{{- /* Where every neuroflow pod finds the site's CA bundle (certificates.existingSecret, key caKey). */}}
+{{- define "neuroflow.caFile" -}}/etc/neuroflow/tls/ca.crt{{- end }}
+
 {{- define "neuroflow.orthancHost" -}}
 {{- printf "%s-orthanc" (include "neuroflow.fullname" .) -}}
 {{- end -}}
@@ -87,8 +90,10 @@ NEUROFLOW_BUS__BOOTSTRAP: {{ .Values.kafka.bootstrap | quote }}
 {{- include "neuroflow.kafkaSecurityEnv" . }}
 NEUROFLOW_STATE__KIND: "postgres"
 NEUROFLOW_DICOM__SOURCE: "orthanc"
-NEUROFLOW_DICOM__ORTHANC_URL: {{ printf "http://%s:%d" (include "neuroflow.orthancHost" .) (int .Values.orthanc.httpPort) | quote }}
-NEUROFLOW_DICOM__ORTHANC_USERNAME: {{ .Values.orthanc.username | quote }}
+NEUROFLOW_DICOM__ORTHANC_URL: {{ printf "https://%s:%d" (include "neuroflow.orthancHost" .) (int .Values.orthanc.httpPort) | quote }}
+NEUROFLOW_DICOM__ORTHANC_CA_FILE: {{ include "neuroflow.caFile" . | quote }}
+NEUROFLOW_STATE__SSLMODE: {{ .Values.postgresql.sslmode | quote }}
+NEUROFLOW_STATE__SSLROOTCERT: {{ include "neuroflow.caFile" . | quote }}
 NEUROFLOW_DICOM__DESTINATION: {{ $s.destination | quote }}
 {{- if $s.routingRules }}
 NEUROFLOW_SITE_RULES: {{ printf "%s/site-rules.yaml" (include "neuroflow.configRoot" .) | quote }}

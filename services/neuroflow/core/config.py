@@ -125,6 +125,25 @@ class StateSettings(BaseModel):
         return self
     # A PostgreSQL that does not accept a connection within this long is unavailable (StoreUnavailable).
     connect_timeout_s: float = Field(default=10.0, gt=0.0)
+    # TLS to PostgreSQL, for a DSN that does not set its own sslmode: verify-full checks the server's
+    # certificate against sslrootcert (the site's CA bundle; None: libpq's ~/.postgresql/root.crt) and its
+    # host name; the server refuses plain connections (hostssl lines only, SCRAM passwords). An optional
+    # client certificate (sslcert, sslkey) where the server asks for one.
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "verify-full"
+    sslrootcert: Path | None = None
+    sslcert: Path | None = None
+    sslkey: Path | None = None
+
+    def connection_dsn(self) -> str:
+        """The DSN the stores connect with: ``dsn`` plus the TLS settings above for what it does not set."""
+        import psycopg  # deferred: only the PostgreSQL stores need it
+
+        dsn = self.dsn.get_secret_value()
+        given = psycopg.conninfo.conninfo_to_dict(dsn)
+        extra = {key: str(value) for key, value in (("sslmode", self.sslmode), ("sslrootcert", self.sslrootcert),
+                                                    ("sslcert", self.sslcert), ("sslkey", self.sslkey))
+                 if value is not None and key not in given}
+        return psycopg.conninfo.make_conninfo(dsn, **extra) if extra else dsn
 
 
 class DicomSettings(BaseModel):
@@ -137,6 +156,11 @@ class DicomSettings(BaseModel):
     orthanc_username: str = ""
     orthanc_password: SecretStr = SecretStr("")
     orthanc_password_file: Path | None = None
+    # HTTPS to Orthanc (an https:// orthanc_url): the CA bundle its certificate is verified against (None: the
+    # system's CAs; it is always verified) and, where Orthanc asks for one, this service's client certificate.
+    orthanc_ca_file: Path | None = None
+    orthanc_client_cert: Path | None = None
+    orthanc_client_key: Path | None = None
 
     @model_validator(mode="after")
     def _read_password_file(self) -> DicomSettings:

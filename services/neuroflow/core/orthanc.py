@@ -15,6 +15,7 @@ import http.client
 import io
 import json
 import logging
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -27,7 +28,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 
-from neuroflow.core.config import InputLimitSettings
+from neuroflow.core.config import DicomSettings, InputLimitSettings
 from neuroflow.core.dicom_io import (
     DicomSink,
     DicomSource,
@@ -65,11 +66,35 @@ class OrthancEndpoint:
     aet: str = ""
     dicom_host: str = "127.0.0.1"
     dicom_port: int = 0
+    # HTTPS: the CA bundle the server's certificate is verified against ("" : the system's CAs), and this
+    # client's own certificate and key when the server asks for one ("": none).
+    ca_file: str = ""
+    client_cert: str = ""
+    client_key: str = ""
+
+    @classmethod
+    def from_settings(cls, dicom: DicomSettings) -> OrthancEndpoint:
+        """The site Orthanc as this process's settings describe it (its own user, password and CA)."""
+        return cls(url=dicom.orthanc_url, username=dicom.orthanc_username,
+                   password=dicom.orthanc_password.get_secret_value(),
+                   ca_file=str(dicom.orthanc_ca_file or ""), client_cert=str(dicom.orthanc_client_cert or ""),
+                   client_key=str(dicom.orthanc_client_key or ""))
 
     @property
     def http_port(self) -> int:
         port = urllib.parse.urlsplit(self.url).port
         return port if port is not None else 80
+
+
+def client_ssl_context(endpoint: OrthancEndpoint) -> ssl.SSLContext | None:
+    """The TLS context an HTTPS endpoint is reached with: the server's certificate verified (chain and host
+    name) against ``ca_file``, or the system's CAs without one; never unverified. None for plain HTTP."""
+    if not endpoint.url.lower().startswith("https:"):
+        return None
+    context = ssl.create_default_context(cafile=endpoint.ca_file or None)
+    if endpoint.client_cert:
+        context.load_cert_chain(endpoint.client_cert, endpoint.client_key or None)
+    return context
 
 
 @dataclass(frozen=True)
@@ -107,6 +132,7 @@ class OrthancClient:
         self._base = endpoint.url.rstrip("/")
         token = base64.b64encode(f"{endpoint.username}:{endpoint.password}".encode()).decode()
         self._auth = f"Basic {token}"
+        self._context = client_ssl_context(endpoint)
         self._timeout = timeout_s
         self._retries = retries
         self._backoff = backoff_s
@@ -127,7 +153,8 @@ class OrthancClient:
         while True:
             request = urllib.request.Request(url, data=body, method=method, headers=headers)
             try:
-                with urllib.request.urlopen(request, timeout=timeout_s or self._timeout) as answer:
+                with urllib.request.urlopen(request, timeout=timeout_s or self._timeout,
+                                            context=self._context) as answer:
                     data: bytes = answer.read()
                     return data
             except urllib.error.HTTPError as error:
@@ -137,6 +164,9 @@ class OrthancClient:
                 ) from error
             except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as error:
                 reason = getattr(error, "reason", error)
+                if isinstance(reason, ssl.SSLCertVerificationError):  # trying again will not change the answer
+                    raise OrthancUnavailable(f"Orthanc at {url}: its certificate is not trusted, could not {doing}: "
+                                             f"{reason.verify_message}") from error
                 if attempt >= self._retries:
                     raise OrthancUnavailable(
                         f"Orthanc at {url} unavailable, could not {doing} after {attempt + 1} attempts: {reason}"
@@ -220,7 +250,7 @@ class OrthancClient:
             text = str(error)
             if error.status == 404 or "Inexistent" in text or "unknown" in text.lower():
                 raise
-            if _is_network_failure(text):
+            if _is_network_failure(text) and "rejected" not in text.lower():
                 raise DestinationUnavailable(f"destination {modality} unavailable: {text}") from error
             raise DestinationRejected(f"destination {modality} refused the objects: {text}") from error
 
@@ -384,7 +414,9 @@ def _orthanc_error_text(body: bytes) -> str:
 
 # Orthanc's wording when a C-STORE could not reach its peer or the peer did not answer in time. Every
 # other failure ("C-STORE to AET ...: Peer aborted Association", a refused association or presentation
-# context, a failure status) happened after the peer answered: the peer refuses these objects.
+# context, a failure status) happened after the peer answered: the peer refuses these objects, and so does
+# a peer that rejects the association itself (an AE it does not know: Orthanc words it "connecting to AET
+# ...: Association Rejected").
 _NETWORK_FAILURE_WORDS = ("connecting to aet", "connection refused", "timeout", "timed out", "no route",
                           "unreachable", "cannot connect")
 

@@ -43,7 +43,7 @@ import psycopg
 
 from neuroflow.core.dicom_io import study_key
 from neuroflow.core.errors import OrthancRequestFailed, OrthancUnavailable
-from neuroflow.core.orthanc import OrthancClient, OrthancEndpoint
+from neuroflow.core.orthanc import OrthancClient
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.volume import Volume
 from neuroflow.devtools import stack as stack_tools
@@ -138,8 +138,7 @@ class StackHandle:
             return [dict(p) for p in self.stack["processes"] if "service" in p or p["name"] in SERVERS]
 
     def client(self, which: str, *, timeout_s: float = 10.0) -> OrthancClient:
-        e = self.stack["orthanc"][which]
-        return OrthancClient(OrthancEndpoint(e["url"], e["username"], e["password"]), timeout_s=timeout_s, retries=0)
+        return OrthancClient(stack_tools.orthanc_endpoint(self.stack, which), timeout_s=timeout_s, retries=0)
 
     @property
     def dsn(self) -> str:

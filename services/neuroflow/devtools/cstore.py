@@ -25,13 +25,15 @@ log = logging.getLogger(__name__)
 # PS3.4 B.2.3: 0x0000 success; 0xB000, 0xB006, 0xB007 are warnings for an instance that *was* stored
 # (coercion of data elements, elements discarded, data set does not match the SOP class).
 STORED_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
+# The AE title this sender calls as by default: the development scanner every Orthanc of devtools declares.
+SCANNER_AET = "NFSCANNER"
 
 
 class CStoreFailed(RuntimeError):
     """The association was refused or an instance was not stored; the message says which and why."""
 
 
-def send_folder(folder: Path, host: str, port: int, called_aet: str, *, calling_aet: str = "NFSCANNER",
+def send_folder(folder: Path, host: str, port: int, called_aet: str, *, calling_aet: str = SCANNER_AET,
                 dimse_timeout_s: float = 30.0, attempts: int = 3) -> int:
     """Send every DICOM file under ``folder``; returns how many were stored. Non-DICOM files are skipped.
 

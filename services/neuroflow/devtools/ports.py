@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -40,6 +41,20 @@ def wait_until_ports_free(ports: list[int], timeout_s: float, what: str) -> None
         time.sleep(0.05)
 
 
+def stop_child(process: subprocess.Popen[bytes], ports: list[int], timeout_s: float, what: str,
+               stop_signal: signal.Signals = signal.SIGTERM) -> None:
+    """``stop_signal`` to a child by PID (SIGKILL after ``timeout_s``), then wait until ``ports`` are free.
+    Stopping a stopped child does nothing."""
+    if process.poll() is None:
+        process.send_signal(stop_signal)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout_s)
+    wait_until_ports_free(ports, timeout_s, what)
+
+
 class ChildServer:
     """What every server we start as a child process has (a mixin for dataclasses with ``process`` and
     ``log_path``): its PID, whether it runs, a stop by PID that waits until its ports are free, and the
@@ -60,14 +75,7 @@ class ChildServer:
                       stop_signal: signal.Signals = signal.SIGTERM) -> None:
         """``stop_signal`` by PID (SIGKILL after ``timeout_s``), then wait until ``ports`` are free.
         Stopping a stopped server does nothing."""
-        if self.process.poll() is None:
-            self.process.send_signal(stop_signal)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout_s)
-        wait_until_ports_free(ports, timeout_s, what)
+        stop_child(self.process, ports, timeout_s, what, stop_signal)
 
     def log_tail(self, lines: int = 30) -> str:
         if not self.log_path.exists():
@@ -75,10 +83,12 @@ class ChildServer:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def http_ok(url: str, headers: Mapping[str, str] | None = None) -> bool:
-    """Whether ``url`` answers 200 within a second (a server's health or readiness endpoint)."""
+def http_ok(url: str, headers: Mapping[str, str] | None = None, *, context: ssl.SSLContext | None = None) -> bool:
+    """Whether ``url`` answers 200 within a second (a server's health or readiness endpoint); ``context``:
+    how an https URL's certificate is verified."""
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=dict(headers or {})), timeout=1.0) as answer:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=dict(headers or {})), timeout=1.0,
+                                    context=context) as answer:
             return bool(answer.status == 200)
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return False

@@ -8,7 +8,12 @@ endpoint to ``.neuroflow/stack.json``; ``stack down`` stops them by PID and wait
 ``stack status`` says what runs.
 
 Processes run in their own sessions, so they outlive the ``stack up`` command; stack.json is the one
-record of what was started."""
+record of what was started.
+
+Secured as a site is (issue 12): a CA made for the stack (``tls/``) signs the certificates of PostgreSQL (TLS
+and SCRAM only; the services connect with sslmode=verify-full) and of both Orthancs (HTTPS; each service
+has its own Orthanc user with only its rights, core/orthanc_rights.py); only declared DICOM peers may
+associate with an Orthanc (the development scanner NFSCANNER with the site, the site with the PACS)."""
 
 from __future__ import annotations
 
@@ -33,7 +38,8 @@ from pydantic import SecretStr
 from neuroflow.core.config import DEFAULT_MODEL_REPOSITORY, REPOSITORY_ROOT, BusSettings, NeuroflowSettings
 from neuroflow.core.identity import use_site_secret
 from neuroflow.core.orthanc import DicomModality, OrthancEndpoint
-from neuroflow.devtools.certificates import stack_ca
+from neuroflow.core.orthanc_rights import ADMIN_USER
+from neuroflow.devtools.certificates import make_authority
 from neuroflow.devtools.kafka_broker import OPERATOR, BrokerSecurity, prepare_broker_security, start_secure_kafka
 from neuroflow.devtools.monitoring_servers import immediate_rules, start_alertmanager, start_prometheus, write_targets
 from neuroflow.devtools.orthanc_server import OrthancProcess, start_orthanc
@@ -66,6 +72,8 @@ class StackOptions:
     # The disk guard of the site Orthanc (refuses C-STORE under it) and of the monitor's alert; 1 GiB: a
     # development machine has less room than a hospital's server (settings default 10 GiB).
     min_free_bytes: int = 1024**3
+    # The site Orthanc replaces an instance sent again (OverwriteInstances); a site allows it deliberately.
+    overwrite_instances: bool = False
 
 
 def up(options: StackOptions) -> dict[str, Any]:
@@ -76,20 +84,25 @@ def up(options: StackOptions) -> dict[str, Any]:
     root.mkdir(parents=True, exist_ok=True)
     started: dict[str, Any] = {"root": str(root), "processes": []}
     try:
-        postgres = start_postgres(root / "postgres")
+        authority = make_authority(root / "tls", f"neuroflow stack CA {secrets.token_hex(4)}")
+        postgres = start_postgres(root / "postgres", authority=authority)
         started["processes"].append(_record("postgresql", postgres.pid, [postgres.port], signal.SIGINT))
         if not _database_exists(postgres):  # a restarted stack keeps its cluster and its workflows
             postgres.create_database("neuroflow")
         state_dsn = postgres.dsn("neuroflow")
-        pacs = start_orthanc("neuroflow-pacs", root / "orthanc-pacs", aet="NFPACS")
-        started["processes"].append(_orthanc_record("orthanc-pacs", pacs))
+        tls = (authority, root / "tls")
+        site_dicom_port = free_loopback_port()
+        pacs = start_orthanc("neuroflow-pacs", root / "orthanc-pacs", aet="NFPACS", tls=tls,
+                             senders={"site": DicomModality("NFSITE", "127.0.0.1", site_dicom_port)})
+        started["processes"].extend(_orthanc_records("orthanc-pacs", pacs))
         site = start_orthanc(
-            "neuroflow-site", root / "orthanc-site", aet="NFSITE",
+            "neuroflow-site", root / "orthanc-site", aet="NFSITE", dicom_port=site_dicom_port, tls=tls,
             stable_age_s=max(1, int(options.wait_window_s)),
             modalities={PACS_MODALITY: DicomModality(pacs.endpoint.aet, "127.0.0.1", pacs.endpoint.dicom_port)},
             min_free_bytes=options.min_free_bytes, guarded_dirs=[root / "volumes"],
+            overwrite_instances=options.overwrite_instances,
         )
-        started["processes"].append(_orthanc_record("orthanc-site", site))
+        started["processes"].extend(_orthanc_records("orthanc-site", site))
         kafka_port, controller_port = free_loopback_port(), free_loopback_port()
         # SASL_SSL with the stack's own CA; each service logs in as itself and has only its own ACLs.
         kafka_security = prepare_broker_security(root / "kafka-security")
@@ -99,7 +112,7 @@ def up(options: StackOptions) -> dict[str, Any]:
         # The inference tier: every model of the repository on Triton; the workers infer through it, over
         # mutual TLS with the stack's CA.
         triton = start_stack_triton(root / "triton", DEFAULT_MODEL_REPOSITORY,
-                                    tls=stack_triton_tls(root / "triton", stack_ca(root / "pki")))
+                                    tls=stack_triton_tls(root / "triton", make_authority(root / "tls")))
         started["processes"].append(_record("triton", triton.pid,
                                             [triton.grpc_port, triton.http_port, triton.metrics_port],
                                             signal.SIGTERM))
@@ -191,13 +204,23 @@ def stop_process(record: dict[str, Any], timeout_s: float = 60.0) -> None:
 def restart_orthanc(stack: dict[str, Any], name: str) -> dict[str, Any]:
     """Start again a stopped Orthanc of the stack ("orthanc-site" or "orthanc-pacs") with its data."""
     which = name.removeprefix("orthanc-")
-    e = stack["orthanc"][which]
-    endpoint = OrthancEndpoint(e["url"], e["username"], e["password"], e["aet"], e["dicom_host"], e["dicom_port"])
+    endpoint = orthanc_endpoint(stack, which)
+    for proc in stack["processes"]:
+        if proc["name"] == f"{name}-https":  # its TLS terminator holds the HTTPS port: restarted with it
+            stop_process(proc)
     server = restart_orthanc_process(name, Path(stack["root"]) / name, endpoint)
-    record = _orthanc_record(name, server)
-    stack["processes"] = [record if p["name"] == name else p for p in stack["processes"]]
+    records = {r["name"]: r for r in _orthanc_records(name, server)}
+    stack["processes"] = [records.get(p["name"], p) for p in stack["processes"]]
     _write(Path(stack["root"]), stack)
-    return record
+    return records[name]
+
+
+def orthanc_endpoint(stack: dict[str, Any], which: str, user: str = ADMIN_USER) -> OrthancEndpoint:
+    """How ``user`` (admin, or a service: core/orthanc_rights.py) reaches the stack's ``which`` Orthanc
+    ("site" or "pacs"): HTTPS verified against the stack's CA, that user's password."""
+    e = stack["orthanc"][which]
+    return OrthancEndpoint(e["url"], user, e["passwords"][user], e["aet"], e["dicom_host"], e["dicom_port"],
+                           ca_file=e["ca_file"])
 
 
 def process_record(stack: dict[str, Any], name: str) -> dict[str, Any]:
@@ -239,7 +262,7 @@ def restart_process(stack: dict[str, Any], name: str) -> dict[str, Any]:
         # The repository built at `up` is still there: no rebuild, the same models come back.
         triton = start_triton(root / "triton" / "repository", root / "triton" / "tritonserver.log",
                               grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port, wait_s=120.0,
-                              tls=stack_triton_tls(root / "triton", stack_ca(root / "pki")))
+                              tls=stack_triton_tls(root / "triton", make_authority(root / "tls")))
         record = _record(name, triton.pid, old["ports"], signal.SIGTERM)
     else:
         raise StackError(f"no way to restart {name!r}")
@@ -279,8 +302,8 @@ def service_environment(stack: dict[str, Any], options: StackOptions) -> dict[st
         "NEUROFLOW_STATE__DSN": stack["postgresql"]["dsn"],
         "NEUROFLOW_DICOM__SOURCE": "orthanc",
         "NEUROFLOW_DICOM__ORTHANC_URL": site["url"],
-        "NEUROFLOW_DICOM__ORTHANC_USERNAME": site["username"],
-        "NEUROFLOW_DICOM__ORTHANC_PASSWORD": site["password"],
+        "NEUROFLOW_DICOM__ORTHANC_CA_FILE": site["ca_file"],
+        # NEUROFLOW_DICOM__ORTHANC_USERNAME and _PASSWORD: each service its own (_launch_service).
         "NEUROFLOW_DICOM__DESTINATION": stack["destination_modality"],
         "NEUROFLOW_VOLUME_STORE_ROOT": str(root / "volumes"),
         "NEUROFLOW_RECORDS_ROOT": str(root / "records"),
@@ -307,7 +330,8 @@ def service_environment(stack: dict[str, Any], options: StackOptions) -> dict[st
 def _triton_client_files(root: Path) -> dict[str, str]:
     """What a client of the stack's Triton needs: the CA it verifies the server with, its certificate and key."""
     client = client_certificate(root / "triton")
-    return {"ca_file": str(stack_ca(root / "pki").cert), "cert_file": str(client.cert), "key_file": str(client.key)}
+    return {"ca_file": str(make_authority(root / "tls").certificate), "cert_file": str(client.certificate),
+            "key_file": str(client.private_key)}
 
 
 def _key_secret_environment(root: Path) -> dict[str, str]:
@@ -365,7 +389,12 @@ def _launch_service(stack: dict[str, Any], service: str, name: str, metrics_port
     # a service binds it only after seconds of imports, time enough for a client socket to take it.
     taken = {p["metrics_port"] for p in stack["processes"] if "metrics_port" in p}
     metrics_port = metrics_port or free_stable_port(taken)
-    environment = {**os.environ, **stack["environment"], **kafka_environment(stack, service),
+    # Each service its own Orthanc user (a service without one, e.g. the orchestrator before it had, gets
+    # none: its requests are refused rather than run with another service's rights).
+    user = service if service in stack["orthanc"]["site"]["passwords"] else ""
+    orthanc = {"NEUROFLOW_DICOM__ORTHANC_USERNAME": user,
+               "NEUROFLOW_DICOM__ORTHANC_PASSWORD": stack["orthanc"]["site"]["passwords"].get(user, "")}
+    environment = {**os.environ, **stack["environment"], **kafka_environment(stack, service), **orthanc,
                    "NEUROFLOW_METRICS_PORT": str(metrics_port)}
     with (root / "logs" / f"{name}.log").open("ab") as log:
         process = subprocess.Popen(
@@ -397,13 +426,20 @@ def _start_monitoring(stack: dict[str, Any], options: StackOptions) -> None:
 
 
 def _orthanc_endpoint(server: OrthancProcess) -> dict[str, Any]:
+    """An Orthanc in stack.json: the admin's credentials (username, password: what tools use), every
+    user's password by user (``orthanc_endpoint`` picks one), and the CA its HTTPS is verified with."""
     e = server.endpoint
-    return {"url": e.url, "username": e.username, "password": e.password, "aet": e.aet,
-            "dicom_host": e.dicom_host, "dicom_port": e.dicom_port}
+    return {"url": e.url, "username": e.username, "password": e.password, "passwords": server.passwords,
+            "ca_file": e.ca_file, "aet": e.aet, "dicom_host": e.dicom_host, "dicom_port": e.dicom_port}
 
 
-def _orthanc_record(name: str, server: OrthancProcess) -> dict[str, Any]:
-    return _record(name, server.pid, [server.endpoint.http_port, server.endpoint.dicom_port], signal.SIGTERM)
+def _orthanc_records(name: str, server: OrthancProcess) -> list[dict[str, Any]]:
+    """Orthanc (its own loopback HTTP port and the DICOM port) and, with HTTPS, its TLS terminator."""
+    records = [_record(name, server.pid, [server.orthanc_http_port, server.endpoint.dicom_port], signal.SIGTERM)]
+    if server.https_proxy is not None:
+        records.append(_record(f"{name}-https", server.https_proxy.pid, [server.endpoint.http_port],
+                               signal.SIGTERM))
+    return records
 
 
 def _record(name: str, pid: int, ports: list[int], sig: signal.Signals) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from neuroflow.core.config import DEFAULT_MODEL_REPOSITORY, REPOSITORY_ROOT
-from neuroflow.devtools.certificates import CertificateAuthority, CertificateFiles
+from neuroflow.devtools.certificates import CertificateAuthority, IssuedCertificate
 from neuroflow.devtools.ports import ChildServer, free_loopback_port, http_ok, wait_until_ports_free, wait_until_ready
 
 PYTRITON_VERSION = "0.7.0"  # bundles Triton Inference Server 2.51.0
@@ -245,20 +245,21 @@ def stack_triton_tls(folder: Path, ca: CertificateAuthority, *, mutual: bool = T
     restarted server presents the same): the server's, one for its clients (``client_certificate``), and
     an admin key (the restricted protocols' header value) in a file only its owner reads."""
     tls = folder / "tls"
-    server = CertificateFiles(tls / "triton.crt", tls / "triton.key")
-    if not server.key.is_file():
-        server = ca.issue(tls, "triton", hosts=("127.0.0.1", "localhost"))
-        ca.issue(tls, CLIENT_NAME, client=True)
+    server = IssuedCertificate(tls / "triton.crt", tls / "triton.key", tls / "triton.pem")
+    if not server.private_key.is_file():
+        server = ca.issue("triton", tls, hosts=("127.0.0.1", "localhost"))
+        ca.issue(CLIENT_NAME, tls, client=True)
     admin = tls / "admin-key"
     if not admin.is_file():
         admin.touch(mode=0o600)
         admin.write_text(secrets.token_urlsafe(32))
-    return TritonServerTls(server.cert, server.key, ca.cert, mutual, admin.read_text().strip())
+    return TritonServerTls(server.certificate, server.private_key, ca.certificate, mutual, admin.read_text().strip())
 
 
-def client_certificate(folder: Path) -> CertificateFiles:
+def client_certificate(folder: Path) -> IssuedCertificate:
     """The client certificate ``stack_triton_tls`` made in ``folder`` (what the stack's services present)."""
-    return CertificateFiles(folder / "tls" / f"{CLIENT_NAME}.crt", folder / "tls" / f"{CLIENT_NAME}.key")
+    tls = folder / "tls"
+    return IssuedCertificate(tls / f"{CLIENT_NAME}.crt", tls / f"{CLIENT_NAME}.key", tls / f"{CLIENT_NAME}.pem")
 
 
 # --- command line (scripts/triton.sh): a server that outlives the command, recorded in <data-dir>/triton.json

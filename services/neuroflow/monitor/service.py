@@ -105,10 +105,8 @@ def build_monitor(backends: Backends, *, windows: HandledWindows | None = None) 
     if settings.dicom.source == "orthanc":
         from neuroflow.core.orthanc import OrthancClient, OrthancEndpoint
 
-        dicom = settings.dicom
-        client = OrthancClient(OrthancEndpoint(url=dicom.orthanc_url, username=dicom.orthanc_username,
-                                               password=dicom.orthanc_password.get_secret_value()),
-                               timeout_s=watch.request_timeout_s, retries=0)
+        client = OrthancClient(OrthancEndpoint.from_settings(settings.dicom), timeout_s=watch.request_timeout_s,
+                               retries=0)
         gauge = metrics.ORTHANC_UP.labels(settings.site)
         probes.append(UpProbe("orthanc", lambda: client.get_json("/system", what="probe"), gauge.set))
         probes.append(OrthancStorageProbe(lambda: client.get_json("/statistics", what="probe"), settings.site))

@@ -111,7 +111,7 @@ class Backends:
         def build() -> SqlStateStore[Any]:
             if self.settings.state.kind == "postgres":
                 postgres: Any = _backend("neuroflow.core.state_postgres", "PostgresStateStore")
-                store: SqlStateStore[Any] = postgres(self.settings.state.dsn.get_secret_value(),
+                store: SqlStateStore[Any] = postgres(self.settings.state.connection_dsn(),
                                                      connect_timeout_s=self.settings.state.connect_timeout_s)
                 return store
             return SqliteStateStore(self.settings.state.sqlite_path)
@@ -151,10 +151,7 @@ class Backends:
 
     def orthanc(self) -> Any:
         def build() -> Any:
-            dicom = self.settings.dicom
-            endpoint = _backend("neuroflow.core.orthanc", "OrthancEndpoint")(
-                url=dicom.orthanc_url, username=dicom.orthanc_username,
-                password=dicom.orthanc_password.get_secret_value())
+            endpoint = _backend("neuroflow.core.orthanc", "OrthancEndpoint").from_settings(self.settings.dicom)
             return _backend("neuroflow.core.orthanc", "OrthancClient")(endpoint)
         return self._once("orthanc", build)
 
@@ -163,7 +160,7 @@ class Backends:
         def build() -> Any:
             priors = importlib.import_module("neuroflow.longitudinal.priors")
             if self.settings.state.kind == "postgres":
-                return priors.PostgresTimepointStore(self.settings.state.dsn.get_secret_value(),
+                return priors.PostgresTimepointStore(self.settings.state.connection_dsn(),
                                                      connect_timeout_s=self.settings.state.connect_timeout_s)
             return priors.SqliteTimepointStore(self.settings.state.sqlite_path.with_name("longitudinal.sqlite3"))
         return self._once("timepoints", build)
@@ -283,7 +280,7 @@ def window_store(settings: NeuroflowSettings) -> WindowStore:
     from neuroflow.ingest.window_store import PostgresWindowStore, SqliteWindowStore
 
     if settings.state.kind == "postgres":
-        return PostgresWindowStore(settings.state.dsn.get_secret_value(),
+        return PostgresWindowStore(settings.state.connection_dsn(),
                                    connect_timeout_s=settings.state.connect_timeout_s)
     settings.state.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
     return SqliteWindowStore(settings.state.sqlite_path.with_name("ingest-windows.sqlite3"))

@@ -35,7 +35,7 @@ def dependency_checks(services: Iterable[str], settings: NeuroflowSettings,
     timeout_s = settings.health.check_timeout_s
     checks: dict[str, Check] = {}
     if "state_db" in needed and settings.state.kind == "postgres":
-        checks["state_db"] = _postgres_check(settings.state.dsn.get_secret_value(), timeout_s)
+        checks["state_db"] = _postgres_check(settings.state.connection_dsn(), timeout_s)
     if "kafka" in needed and settings.bus.kind == "kafka":
         checks["kafka"] = _kafka_check(settings.bus, timeout_s)
     if "orthanc" in needed and settings.dicom.source == "orthanc":
@@ -77,10 +77,7 @@ def _kafka_check(bus: BusSettings, timeout_s: float) -> Check:
 def _orthanc_check(settings: NeuroflowSettings, timeout_s: float) -> Check:
     from neuroflow.core.orthanc import OrthancClient, OrthancEndpoint
 
-    dicom = settings.dicom
-    client = OrthancClient(OrthancEndpoint(url=dicom.orthanc_url, username=dicom.orthanc_username,
-                                           password=dicom.orthanc_password.get_secret_value()),
-                           timeout_s=timeout_s, retries=0)
+    client = OrthancClient(OrthancEndpoint.from_settings(settings.dicom), timeout_s=timeout_s, retries=0)
     return lambda: client.get_json("/system", what="readiness check")
 
 

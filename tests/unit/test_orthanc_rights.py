@@ -1,0 +1,27 @@
+"""The table of each service's Orthanc rights (core/orthanc_rights.py): every service that may talk to Orthanc
+has a user, and the rule matching (the same as deploy/orthanc/service-rights.lua's, which
+tests/integration/test_orthanc_security.py checks on a real Orthanc) allows by method and path segments."""
+
+from __future__ import annotations
+
+from neuroflow.core.orthanc_rights import ADMIN_USER, SERVICE_USERS, allowed
+from neuroflow.devtools.stack import SERVICES
+
+
+def test_every_service_of_the_runtime_has_its_own_orthanc_user() -> None:
+    assert set(SERVICES) == set(SERVICE_USERS)
+    assert ADMIN_USER not in SERVICE_USERS
+
+
+def test_rules_match_whole_segments_and_any_one_segment_for_a_star() -> None:
+    assert allowed("results", "POST", "/modalities/pacs/store")
+    assert not allowed("results", "POST", "/modalities/pacs/move")
+    assert not allowed("results", "POST", "/modalities/pacs")
+    assert allowed("ingest", "GET", "/studies/abc/instances?expand")
+    assert not allowed("ingest", "GET", "/studiesx")  # a prefix of a segment is not the segment
+    assert not allowed("ingest", "DELETE", "/studies/abc")
+    assert allowed("monitor", "DELETE", "/studies/abc")
+    assert not allowed("monitor", "DELETE", "/patients/abc")
+    assert allowed(ADMIN_USER, "DELETE", "/patients/abc")
+    assert not allowed("nobody", "GET", "/system")
+    assert not allowed("orchestrator", "GET", "/studies")
