@@ -235,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, _on_signal)
 
     config: dict[str, object] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    config["keep_one_of"] = [GLIOMA_INPUT_ROLES[i].value for i in KEEP_ONE_OF]
     config.update(chunk=chunk, previous_chunks=previous, started_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                   time.gmtime()))
     budget = args.max_minutes * 60.0
