@@ -63,13 +63,15 @@ class RealCase:
     reference: str | None = None
     regions: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] = ((1, 2, 4), (1, 4), (4,))
     mask: str | None = None
+    in_median: bool = True  # False for a second run of a case (other sequences): one vote per patient
 
 
 def real_cases(shared: Path = SHARED_DATA) -> list[RealCase]:
     tcga = DATA / "glioma-tcga-du-7294"
     cases = [
         RealCase("tcga-du-7294", tcga, ("t1_bet", "t1c_bet", "t2_bet", "fla_bet"), "seg_fusion_mav"),
-        RealCase("tcga-du-7294 FLAIR+T1CE only", tcga, (None, "t1c_bet", None, "fla_bet"), "seg_fusion_mav"),
+        RealCase("tcga-du-7294 FLAIR+T1CE only", tcga, (None, "t1c_bet", None, "fla_bet"), "seg_fusion_mav",
+                 in_median=False),
     ]
     for patient in ("pat0001", "pat0002", "pat0003"):
         cases.append(RealCase(f"brats2013-{patient} FLAIR+T1CE", shared / BRATS2013 / patient,
@@ -112,7 +114,8 @@ def evaluate_case(case: RealCase, backend: OnnxRuntimeBackend, model: ModelRef, 
     probabilities *= brain[None]
     outputs = {"postprocessed": postprocess(threshold_regions(probabilities), 1.0),
                "thresholded": enforce_nesting(threshold_regions(probabilities))}
-    result: dict[str, object] = {"case": case.name, "inference_seconds": round(seconds, 1),
+    result: dict[str, object] = {"case": case.name, "in_median": case.in_median,
+                                 "inference_seconds": round(seconds, 1),
                                  "sequences": [r for r, f in zip(("T1", "T1CE", "T2", "FLAIR"), case.files,
                                                                  strict=True) if f is not None],
                                  "brain_ml": round(float(brain.sum()) / 1000, 1)}
@@ -143,7 +146,8 @@ def _scores(prediction: RegionMasks, reference: dict[TumourRegion, npt.NDArray[n
 
 def summary_table(results: list[dict[str, object]], tag: str = "postprocessed") -> str:
     """A Markdown table: per labelled case voxel / lesion-wise Dice of WT, TC, ET, and the median of
-    each over the cases where it is defined (TCGA has no ET: undefined there)."""
+    each over the patients where it is defined (TCGA has no ET: undefined there; its FLAIR+T1CE-only
+    run is shown but not counted again)."""
     lines = ["| case | WT Dice / lesion-wise | TC | ET | volumes WT/TC/ET predicted (reference) ml |",
              "| --- | --- | --- | --- | --- |"]
     columns: dict[str, list[float]] = {}
@@ -157,7 +161,7 @@ def summary_table(results: list[dict[str, object]], tag: str = "postprocessed") 
             v, lw = voxel[region.value], lesion[region.value]
             cells.append(f"{_fmt(v)} / {_fmt(lw)}")
             for key, value in ((f"{region.value} voxel", v), (f"{region.value} lesion", lw)):
-                if value is not None:
+                if value is not None and r.get("in_median", True):
                     columns.setdefault(key, []).append(float(value))
         predicted, reference = r[f"predicted_ml_{tag}"], r["reference_ml"]
         assert isinstance(predicted, dict) and isinstance(reference, dict)
@@ -165,7 +169,7 @@ def summary_table(results: list[dict[str, object]], tag: str = "postprocessed") 
         lines.append(f"| {r['case']} | {' | '.join(cells)} | {volumes} |")
     medians = [f"{_fmt(_median(columns.get(f'{g.value} voxel')))} / {_fmt(_median(columns.get(f'{g.value} lesion')))}"
                for g in TUMOUR_REGIONS]
-    lines.append(f"| **median** | {' | '.join(medians)} | |")
+    lines.append(f"| **median over patients** | {' | '.join(medians)} | |")
     return "\n".join(lines)
 
 
@@ -179,6 +183,8 @@ def _fmt(value: object) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Evaluate the glioma ONNX model on the real cases.")
+    parser.add_argument("--table-from", type=Path, default=None,
+                        help="only print the tables of an earlier --json (no inference)")
     parser.add_argument("--repository", type=Path, default=REPOSITORY)
     parser.add_argument("--version", type=int, default=1)
     parser.add_argument("--patch", type=int, default=96)
@@ -187,6 +193,12 @@ def main() -> None:
     parser.add_argument("--shared-data", type=Path, default=SHARED_DATA)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    if args.table_from is not None:
+        earlier = json.loads(args.table_from.read_text())
+        for tag in ("postprocessed", "thresholded"):
+            print(f"{args.table_from.name}, {tag} (voxel Dice / lesion-wise Dice):")
+            print(summary_table(earlier, tag))
+        return
     backend = OnnxRuntimeBackend(args.repository, intra_op_threads=args.threads)
     model = ModelRef(name="glioma_unet", version=args.version)
     results = []
@@ -196,8 +208,9 @@ def main() -> None:
             continue
         results.append(evaluate_case(case, backend, model, args.patch, args.overlap))
         print(json.dumps(results[-1]), flush=True)
-    print(f"glioma_unet version {args.version}, post-processed (voxel Dice / lesion-wise Dice):")
-    print(summary_table(results))
+    for tag in ("postprocessed", "thresholded"):
+        print(f"glioma_unet version {args.version}, {tag} (voxel Dice / lesion-wise Dice):")
+        print(summary_table(results, tag))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")
