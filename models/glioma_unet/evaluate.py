@@ -192,6 +192,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shared-data", type=Path, default=SHARED_DATA)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--labelled-only", action="store_true", help="skip the case without a reference")
     args = parser.parse_args()
     if args.table_from is not None:
         earlier = json.loads(args.table_from.read_text())
@@ -203,6 +204,8 @@ def main() -> None:
     model = ModelRef(name="glioma_unet", version=args.version)
     results = []
     for case in real_cases(args.shared_data):
+        if args.labelled_only and case.reference is None:
+            continue
         if not case.folder.is_dir():
             print(f"skipped {case.name}: {case.folder} not found", flush=True)
             continue
