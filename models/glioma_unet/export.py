@@ -23,6 +23,8 @@ import onnxruntime as ort
 import torch
 
 from models.glioma_unet.network import IN_CHANNELS, OUT_CHANNELS, GliomaUNet
+from models.glioma_unet.train import KEEP_ONE_OF
+from neuroflow.core.roles import GLIOMA_INPUT_ROLES
 
 REPOSITORY = Path(__file__).resolve().parents[1] / "repository" / "glioma_unet"
 PATCH_SIZE = 96
@@ -35,7 +37,10 @@ OUTPUT_NAME = "logits"
 def export(checkpoint: Path, version: int, patch: int) -> dict[str, object]:
     """Export ``checkpoint`` as ``version`` and return the check's figures (raises on a mismatch)."""
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    config = saved["config"]
+    config = dict(saved["config"])
+    if float(config.get("dropout", 0.0)) > 0 and "keep_one_of" not in config:
+        # Chunks run before train.py recorded it kept the same roles (KEEP_ONE_OF has not changed).
+        config["keep_one_of"] = [GLIOMA_INPUT_ROLES[i].value for i in KEEP_ONE_OF]
     model = GliomaUNet(base=int(config["base"]), levels=int(config["levels"]))
     model.load_state_dict(saved["state_dict"])
     model.eval()

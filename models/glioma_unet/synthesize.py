@@ -29,6 +29,7 @@ as NIfTI and print intensity statistics per tissue class:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 from dataclasses import dataclass
 from enum import IntEnum
@@ -100,9 +101,12 @@ class SyntheticCase:
 
 
 def _nilearn_data_dir() -> Path:
-    import nilearn.datasets  # deferred: only the templates need it
-
-    return Path(nilearn.datasets.__file__).parent / "data"
+    # Located without importing nilearn: only its shipped template files are needed, not its
+    # dependencies (pandas, scikit-learn, ...).
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("nilearn is not installed (pip install -e '.[train]')")
+    return Path(spec.origin).parent / "datasets" / "data"
 
 
 def load_mni152() -> BrainTemplate:
@@ -189,7 +193,7 @@ def _crop_to_brain(fractions: FloatArray, margin: int = 6) -> FloatArray:
 def _insert_lesion(fractions: FloatArray, tumour: npt.NDArray[np.uint8], rng: np.random.Generator) -> None:
     """Draw one lesion into ``tumour`` in place (Tissue codes; 0 = no tumour, the code of CSF is never
     used there). An existing lesion is kept where the new one only adds oedema."""
-    csf, _, wm = fractions
+    wm = fractions[2]
     brain = fractions.sum(axis=0) > 0.5
     shape = np.array(wm.shape)
     core_radius = rng.uniform(4.0, 18.0)
@@ -212,10 +216,17 @@ def _insert_lesion(fractions: FloatArray, tumour: npt.NDArray[np.uint8], rng: np
     core_field = radius + core_radius * rng.uniform(0.15, 0.4) * _smooth_noise(box_shape, rng.uniform(4, 8), rng)
     oedema_field = radius + oedema_radius * rng.uniform(0.2, 0.45) * _smooth_noise(
         box_shape, rng.uniform(5, 10), rng)
-    b_csf, b_wm, b_brain = csf[box], wm[box], brain[box]
+    if rng.random() < 0.7:
+        _push_tissue(fractions, box, grid, core_radius, reach, rng)
+        brain = fractions.sum(axis=0) > 0.5
+    b_csf, b_wm, b_brain = fractions[0][box], fractions[2][box], brain[box]
     tissue_ok = b_brain & (b_csf < 0.6)
-    # Oedema follows white matter; in cortex it stays close to the core.
-    oedema = tissue_ok & (oedema_field < oedema_radius) & ((b_wm > 0.35) | (oedema_field < core_radius * 1.3))
+    # Infiltrative oedema: it reaches further where white matter is (fingers along the tracts) and
+    # stays close to the core in cortex; how strongly it prefers white matter varies per lesion.
+    wm_smooth = ndimage.gaussian_filter(b_wm, 1.0)
+    preference = rng.uniform(0.3, 0.9)
+    reach_here = oedema_radius * (1.0 - preference + preference * 1.5 * wm_smooth)
+    oedema = tissue_ok & (oedema_field < np.maximum(reach_here, core_radius * 1.15))
     core = tissue_ok & (core_field < core_radius)
     region = tumour[box]
     region[oedema & (region == 0)] = Tissue.OEDEMA
@@ -230,15 +241,66 @@ def _insert_lesion(fractions: FloatArray, tumour: npt.NDArray[np.uint8], rng: np
         region[core] = Tissue.NON_ENHANCING_CORE
 
 
+def _push_tissue(fractions: FloatArray, box: tuple[slice, ...], grid: FloatArray, core_radius: float,
+                 reach: float, rng: np.random.Generator) -> None:
+    """Mass effect: move the healthy tissue in ``box`` radially away from the lesion centre (``grid``
+    holds each voxel's offset from it), by up to ``core_radius`` * 0.15-0.6 near the core, fading to
+    nothing at the box edge so the warp has no seam. Ventricles and sulci near the tumour narrow."""
+    radius = np.sqrt((grid**2).sum(axis=0))
+    strength = core_radius * rng.uniform(0.15, 0.6)
+    taper = np.clip(1.0 - radius / reach, 0.0, 1.0) ** 2
+    shift = strength * np.exp(-0.5 * (radius / (1.2 * core_radius)) ** 2) * taper / np.maximum(radius, 1.0)
+    lo = np.array([s.start for s in box], dtype=np.float32)
+    centre = lo - grid[:, 0, 0, 0]
+    # Backward mapping: each voxel takes the tissue found closer to the centre (expansion).
+    coords = grid * (1.0 - shift)[None] + centre[:, None, None, None]
+    for f in range(fractions.shape[0]):
+        fractions[f][box] = ndimage.map_coordinates(fractions[f], coords, order=1, mode="nearest")
+
+
+def _random_contrast(rng: np.random.Generator) -> FloatArray:
+    """Base intensity per (tissue, channel) for one case: the table with a wide per-case jitter, and
+    in 30 % of cases per-sequence healthy-tissue contrasts drawn at random (so the network cannot learn
+    one protocol's grey levels), the tumour tissues then keeping their table offset from white matter
+    scaled by 0.5-1.5 (the abnormality radiologists read stays, its strength varies)."""
+    table = np.array([_BASE_INTENSITY[t] for t in Tissue], dtype=np.float32)
+    base = table * np.exp(rng.normal(0.0, 0.15, table.shape)).astype(np.float32)
+    for channel in range(table.shape[1]):
+        if rng.random() < 0.3:
+            base[: Tissue.WM + 1, channel] = rng.uniform(0.08, 1.0, 3)
+            wm = base[Tissue.WM, channel]
+            offset = table[Tissue.OEDEMA:, channel] - table[Tissue.WM, channel]
+            base[Tissue.OEDEMA:, channel] = wm + offset * rng.uniform(0.5, 1.5, len(offset))
+    return np.clip(base, 0.02, None)
+
+
+def _thick_slices(signal: FloatArray, rng: np.random.Generator) -> FloatArray:
+    """Simulate an anisotropic acquisition resampled to 1 mm: along one random axis, average over a
+    slice profile 1.5-5 mm thick, keep every n-th plane and interpolate back linearly."""
+    axis = int(rng.integers(3))
+    factor = rng.uniform(1.5, 5.0)
+    sigma = [0.0, 0.0, 0.0]
+    sigma[axis] = factor / 2.355
+    blurred = ndimage.gaussian_filter(signal, sigma)
+    zoom = [1.0, 1.0, 1.0]
+    zoom[axis] = 1.0 / factor
+    low = ndimage.zoom(blurred, zoom, order=1)
+    back = ndimage.zoom(low, [s / n for s, n in zip(signal.shape, low.shape, strict=True)], order=1)
+    out = np.zeros_like(signal)
+    region = tuple(slice(0, min(a, b)) for a, b in zip(signal.shape, back.shape, strict=True))
+    out[region] = back[region]
+    return out
+
+
 def synthesize_case(template: BrainTemplate, rng: np.random.Generator) -> SyntheticCase:
     """Make one case from ``template`` (see the module docstring for the recipe)."""
     fractions = _crop_to_brain(_random_affine(template.fractions, rng))  # template is pre-cropped
-    fractions = np.clip(fractions, 0.0, 1.0)
-    brain = fractions.sum(axis=0) > 0.5
-    shape = brain.shape
+    fractions = np.ascontiguousarray(np.clip(fractions, 0.0, 1.0))
+    shape = fractions.shape[1:]
     tumour = np.zeros(shape, dtype=np.uint8)  # Tissue code of tumour voxels, 0 elsewhere (CSF unused)
     for _ in range(2 if rng.random() < 0.15 else 1):
-        _insert_lesion(fractions, tumour, rng)
+        _insert_lesion(fractions, tumour, rng)  # may push tissue (mass effect), so the brain after
+    brain = fractions.sum(axis=0) > 0.5
     tumour[~brain] = 0
 
     # Soft tumour fractions (partial volume at the border) displace the normal tissue.
@@ -258,22 +320,27 @@ def synthesize_case(template: BrainTemplate, rng: np.random.Generator) -> Synthe
     texture = _smooth_noise(shape, 2.5, rng)
     heterogeneity = _smooth_noise(shape, 3.0, rng)
     vessels = _vessel_map(all_fractions, rng)
+    contrast = _random_contrast(rng)
     for channel in range(len(GLIOMA_INPUT_ROLES)):
         signal = np.zeros(shape, dtype=np.float32)
         for tissue in Tissue:
-            base = _BASE_INTENSITY[tissue][channel] * rng.normal(1.0, 0.07)
+            base = float(contrast[tissue, channel])
             if tissue >= Tissue.OEDEMA:
-                base *= 1.0 + 0.08 * heterogeneity
-            signal += all_fractions[tissue] * base
+                signal += all_fractions[tissue] * base * (1.0 + rng.uniform(0.04, 0.15) * heterogeneity)
+            else:
+                signal += all_fractions[tissue] * base
         if GLIOMA_INPUT_ROLES[channel].value == "T1CE":
             signal += vessels * rng.uniform(0.3, 0.9)
-        signal *= 1.0 + rng.uniform(0.01, 0.05) * texture
-        signal *= np.exp(rng.uniform(0.0, 0.25) * _smooth_noise(shape, 40.0, rng))  # bias field
+        signal *= 1.0 + rng.uniform(0.01, 0.06) * texture
+        signal *= np.exp(rng.uniform(0.0, 0.4) * _smooth_noise(shape, rng.uniform(30.0, 60.0), rng))  # bias
         signal = ndimage.gaussian_filter(signal, rng.uniform(0.3, 1.0))
-        signal += rng.normal(0.0, rng.uniform(0.01, 0.04), shape).astype(np.float32)
-        signal = np.clip(signal, 0.0, None)
+        if rng.random() < 0.5:
+            signal = _thick_slices(signal, rng)
+        sd = rng.uniform(0.005, 0.06)  # Rician noise, as in magnitude images
+        signal = np.hypot(signal + rng.normal(0.0, sd, shape).astype(np.float32),
+                          rng.normal(0.0, sd, shape).astype(np.float32))
         peak = float(np.percentile(signal[brain], 99.5))
-        signal = (signal / peak) ** rng.uniform(0.75, 1.35)
+        signal = (signal / peak) ** rng.uniform(0.6, 1.6)
         image[channel] = zscore_in_mask(signal, brain)
 
     labels = np.zeros(shape, dtype=np.uint8)

@@ -1,20 +1,28 @@
-"""Train the glioma U-Net on synthetic cases (see ``synthesize.py``).
+"""Train the glioma U-Net on synthetic cases (see ``synthesize.py``), in resumable chunks.
 
-A pool of synthetic cases is made first, in this process, then training draws random patches from
-it: by default 60 % centred on a tumour voxel, the rest anywhere in the brain, each randomly flipped
-along every axis, with its axes permuted (so the model does not depend on the array's orientation)
-and a mild per-channel intensity jitter. Loss: binary cross-entropy plus soft Dice, averaged over the
-three region channels (WT, TC, ET). Adam with a cosine learning-rate decay; fixed seeds.
+A pool of synthetic cases is made first, in this process; one case of it is replaced by a fresh one
+every ``--refresh-every`` iterations, so a long run sees many brains, tumours and contrasts. Training
+draws random patches from the pool: ``--border`` of them centred on a voxel of a region border (WT,
+TC or ET: where the errors are), ``--foreground`` on any tumour voxel, the rest anywhere in the brain,
+each randomly flipped along every axis, with its axes permuted and a mild per-channel intensity
+jitter. **Sequence dropout**: with probability ``--dropout`` a patch loses a random subset of its
+channels (set to 0, which is what a missing sequence is after z-scoring), always keeping FLAIR or
+T1CE, so the model segments from any subset holding one of them (model card ``min_roles_any``).
+Loss: binary cross-entropy plus soft Dice, averaged over the three region channels (WT, TC, ET).
+Adam; the learning rate warms up over 20 iterations and follows a cosine from ``--lr`` down to 5 %
+of it over the chunk (by iterations or wall time, whichever runs out first), so every chunk ends on
+weights fit to export.
 
-``--init`` starts from an earlier checkpoint (a further stage, usually with another ``--seed`` so it
-sees a fresh pool); the checkpoint then lists the earlier stages' settings under ``previous_stages``.
+Chunks: a run stops after ``--max-minutes`` (or ``--chunk-iterations``) and on SIGTERM/SIGINT, and
+saves ``<out>/checkpoint.pt`` (weights, Adam state, numpy and torch RNG states, iterations done, the
+settings of every chunk so far) then and every ``--save-every`` iterations. ``--resume CHECKPOINT``
+starts the next chunk from it (its pool is synthesised anew from the restored RNG). ``--init`` takes
+only the weights of a checkpoint or of an exported ``model.onnx`` (e.g. version 1). Each chunk writes
+``<out>/loss.csv`` (mean losses per ``--log-every`` iterations) and ``<out>/training.json``.
 
-Training stops at ``--iterations`` or after ``--max-minutes`` of training, whichever comes first;
-the checkpoint records how many iterations were done. Defaults fit about 20-25 minutes of wall time
-on 2 CPU cores. The loss curve is written to ``<out>/loss.csv``; the checkpoint to
-``<out>/checkpoint.pt``.
-
-    python -m models.glioma_unet.train --out build/glioma_unet
+    python -m models.glioma_unet.train --out build/glioma_unet_v2 \\
+        --init models/repository/glioma_unet/1/model.onnx --max-minutes 45
+    python -m models.glioma_unet.train --out build/glioma_unet_v2 --resume build/glioma_unet_v2/checkpoint.pt
 """
 
 from __future__ import annotations
@@ -23,42 +31,78 @@ import argparse
 import csv
 import json
 import math
+import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from models.glioma_unet.network import GliomaUNet
-from models.glioma_unet.synthesize import load_templates, synthesize_case
+from models.glioma_unet.synthesize import BrainTemplate, load_templates, synthesize_case
 from neuroflow.core.labels import REGION_LABELS, TUMOUR_REGIONS
+from neuroflow.core.roles import GLIOMA_INPUT_ROLES, SeriesRole
+
+# Channels of which a patch always keeps one under sequence dropout (the model card's min_roles_any).
+KEEP_ONE_OF = (GLIOMA_INPUT_ROLES.index(SeriesRole.FLAIR), GLIOMA_INPUT_ROLES.index(SeriesRole.T1CE))
+_SAMPLED_VOXELS = 5000
+_WARMUP = 20
+_FINAL_LR_FRACTION = 0.05
 
 
 class PatchPool:
     """Synthetic cases held in memory (float16 images) and a sampler of augmented patches."""
 
     def __init__(self, cases: int, rng: np.random.Generator) -> None:
-        templates = load_templates()
+        self.templates: list[BrainTemplate] = load_templates()
+        self.rng = rng
+        self.capacity = cases
+        self.made = 0
         self.images: list[npt.NDArray[np.float16]] = []
         self.labels: list[npt.NDArray[np.uint8]] = []
         self.tumour_voxels: list[npt.NDArray[np.intp]] = []
-        self.rng = rng
-        for i in range(cases):
-            case = synthesize_case(templates[i % len(templates)], rng)
-            self.images.append(case.image.astype(np.float16))
-            self.labels.append(case.labels)
-            voxels = np.argwhere(case.labels > 0)
-            self.tumour_voxels.append(voxels[rng.choice(len(voxels), min(len(voxels), 5000), replace=False)])
+        self.border_voxels: list[npt.NDArray[np.intp]] = []
+        for _ in range(cases):
+            self.add_case()
 
-    def sample(self, patch: int, foreground_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    def add_case(self) -> None:
+        """Synthesise one case; once the pool is full it replaces the oldest."""
+        case = synthesize_case(self.templates[self.made % len(self.templates)], self.rng)
+        self.made += 1
+        regions = [np.isin(case.labels, [int(v) for v in REGION_LABELS[r]]) for r in TUMOUR_REGIONS]
+        border = np.zeros(case.labels.shape, dtype=bool)
+        for mask in regions:
+            if mask.any():
+                border |= mask & ~ndimage.binary_erosion(mask)
+        entry = (case.image.astype(np.float16), case.labels, self._subsample(np.argwhere(regions[0])),
+                 self._subsample(np.argwhere(border)))
+        if len(self.images) < self.capacity:
+            self.images.append(entry[0])
+            self.labels.append(entry[1])
+            self.tumour_voxels.append(entry[2])
+            self.border_voxels.append(entry[3])
+        else:
+            slot = (self.made - 1) % self.capacity  # the oldest case
+            self.images[slot], self.labels[slot], self.tumour_voxels[slot], self.border_voxels[slot] = entry
+
+    def _subsample(self, voxels: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
+        return voxels[self.rng.choice(len(voxels), min(len(voxels), _SAMPLED_VOXELS), replace=False)]
+
+    def sample(self, patch: int, border: float, foreground: float, dropout: float) -> tuple[np.ndarray, np.ndarray]:
         """One augmented patch: image (4, P, P, P) float32 and region targets (3, P, P, P) float32."""
         rng = self.rng
         index = int(rng.integers(len(self.images)))
         image, labels = self.images[index], self.labels[index]
         shape = np.array(labels.shape)
-        if rng.random() < foreground_fraction:
+        draw = rng.random()
+        if draw < border and len(self.border_voxels[index]):
+            centre = self.border_voxels[index][rng.integers(len(self.border_voxels[index]))]
+            centre = centre + rng.integers(-patch // 4, patch // 4 + 1, 3)
+        elif draw < border + foreground:
             centre = self.tumour_voxels[index][rng.integers(len(self.tumour_voxels[index]))]
             centre = centre + rng.integers(-patch // 4, patch // 4 + 1, 3)
         else:
@@ -82,7 +126,18 @@ class PatchPool:
         scale = rng.uniform(0.9, 1.1, (4, 1, 1, 1)).astype(np.float32)
         shift = rng.uniform(-0.1, 0.1, (4, 1, 1, 1)).astype(np.float32)
         img = np.where(brain, img * scale + shift, 0.0).astype(np.float32)
+        if rng.random() < dropout:
+            img[~sequence_keep_mask(rng)] = 0.0
         return np.ascontiguousarray(img), np.ascontiguousarray(regions, dtype=np.float32)
+
+
+def sequence_keep_mask(rng: np.random.Generator) -> npt.NDArray[np.bool_]:
+    """Which channels a dropped-out patch keeps: each with probability 1/2, at least one of FLAIR and
+    T1CE (if neither was drawn, one of them at random)."""
+    keep = rng.random(len(GLIOMA_INPUT_ROLES)) < 0.5
+    if not keep[list(KEEP_ONE_OF)].any():
+        keep[KEEP_ONE_OF[int(rng.integers(len(KEEP_ONE_OF)))]] = True
+    return keep
 
 
 def region_loss(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,58 +149,116 @@ def region_loss(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tenso
     return bce, 1.0 - dice.mean()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Train the glioma U-Net on synthetic data.")
+def weights_from_onnx(path: Path) -> dict[str, torch.Tensor]:
+    """The weights of an exported ``model.onnx`` (its initializers keep the PyTorch parameter names)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    return {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in graph.initializer}
+
+
+def _compact_optimiser_state(state: dict[str, Any]) -> dict[str, Any]:
+    """Adam moments as bfloat16: the checkpoint stays small enough to commit (about 2.8 MB); resuming
+    from rounded moments changes the next steps negligibly."""
+    out = {"param_groups": state["param_groups"], "state": {}}
+    for key, value in state["state"].items():
+        out["state"][key] = {k: (v.to(torch.bfloat16) if torch.is_tensor(v) and v.dim() > 0 else v)
+                             for k, v in value.items()}
+    return out
+
+
+def _expand_optimiser_state(state: dict[str, Any]) -> dict[str, Any]:
+    for value in state["state"].values():
+        for k, v in value.items():
+            if torch.is_tensor(v) and v.dtype == torch.bfloat16:
+                value[k] = v.to(torch.float32)
+    return state
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Train the glioma U-Net on synthetic data, in chunks.")
     parser.add_argument("--out", type=Path, default=Path("build/glioma_unet"))
-    parser.add_argument("--iterations", type=int, default=3000)
-    parser.add_argument("--max-minutes", type=float, default=18.0, help="stop training after this long")
-    parser.add_argument("--cases", type=int, default=24, help="synthetic cases in the pool")
+    parser.add_argument("--max-minutes", type=float, default=40.0, help="stop this chunk after this long")
+    parser.add_argument("--chunk-iterations", type=int, default=3000, help="stop this chunk after so many")
+    parser.add_argument("--cases", type=int, default=12, help="synthetic cases in the pool")
+    parser.add_argument("--refresh-every", type=int, default=50, help="replace one pool case per N iterations")
     parser.add_argument("--patch", type=int, default=64)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--base", type=int, default=8, help="channels at full resolution")
     parser.add_argument("--levels", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--foreground", type=float, default=0.6, help="fraction of tumour-centred patches")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the chunk")
+    parser.add_argument("--border", type=float, default=0.35, help="fraction of patches centred on a border")
+    parser.add_argument("--foreground", type=float, default=0.3, help="fraction centred on any tumour voxel")
+    parser.add_argument("--dropout", type=float, default=0.5, help="probability of sequence dropout per patch")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--init", type=Path, default=None,
-                        help="start from this checkpoint's weights (a further training stage)")
-    args = parser.parse_args()
+    parser.add_argument("--save-every", type=int, default=50)
+    parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument("--init", type=Path, default=None, help="weights only: a checkpoint or a model.onnx")
+    parser.add_argument("--resume", type=Path, default=None, help="continue from this checkpoint (next chunk)")
+    return parser.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse(argv)
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
+    model = GliomaUNet(base=args.base, levels=args.levels)
+    optimiser = torch.optim.Adam(model.parameters(), lr=args.lr)
+    rng = np.random.default_rng(args.seed)
+    torch.manual_seed(args.seed)
+    previous: list[object] = []
+    total_done = 0
+    if args.resume is not None:
+        saved = torch.load(args.resume, map_location="cpu", weights_only=False)
+        model.load_state_dict(saved["state_dict"])
+        optimiser.load_state_dict(_expand_optimiser_state(saved["optimizer"]))
+        rng.bit_generator.state = saved["numpy_rng"]
+        torch.set_rng_state(saved["torch_rng"])
+        total_done = int(saved["iterations_total"])
+        previous = [*saved["config"].get("previous_chunks", []), {
+            k: v for k, v in saved["config"].items() if k != "previous_chunks"}]
+    elif args.init is not None:
+        if args.init.suffix == ".onnx":
+            model.load_state_dict(weights_from_onnx(args.init))
+        else:
+            model.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=False)["state_dict"])
+    chunk = len(previous) + 1
 
+    stop = {"signal": ""}
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        stop["signal"] = signal.Signals(signum).name
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+
+    config: dict[str, object] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    config["keep_one_of"] = [GLIOMA_INPUT_ROLES[i].value for i in KEEP_ONE_OF]
+    config.update(chunk=chunk, previous_chunks=previous, started_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                  time.gmtime()))
+    budget = args.max_minutes * 60.0
     t0 = time.monotonic()
     pool = PatchPool(args.cases, rng)
-    pool_seconds = time.monotonic() - t0
-    print(f"pool of {args.cases} synthetic cases in {pool_seconds:.0f} s", flush=True)
+    print(f"chunk {chunk}: pool of {args.cases} synthetic cases in {time.monotonic() - t0:.0f} s", flush=True)
 
-    model = GliomaUNet(base=args.base, levels=args.levels)
-    previous: list[object] = []
-    if args.init is not None:
-        saved = torch.load(args.init, map_location="cpu", weights_only=False)
-        model.load_state_dict(saved["state_dict"])
-        previous = [*saved["config"].get("previous_stages", []), saved["config"]]
-    optimiser = torch.optim.Adam(model.parameters(), lr=args.lr)
-    budget = args.max_minutes * 60.0
-    t1 = time.monotonic()
     done = 0
-    config: dict[str, object] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    config["previous_stages"] = previous
-    with (args.out / "loss.csv").open("w", newline="") as log:
+    window: list[tuple[float, float, float]] = []
+    csv_path = args.out / "loss.csv"
+    with csv_path.open("w", newline="") as log:
         writer = csv.writer(log)
-        writer.writerow(["iteration", "seconds", "lr", "loss", "bce", "dice_loss"])
-        for iteration in range(1, args.iterations + 1):
-            elapsed = time.monotonic() - t1
+        writer.writerow(["iteration_total", "chunk", "seconds", "lr", "loss", "bce", "dice_loss", "pool_cases_made"])
+        while done < args.chunk_iterations and not stop["signal"]:
+            elapsed = time.monotonic() - t0
             if elapsed > budget:
                 break
-            progress = max(iteration / args.iterations, elapsed / budget)
-            lr = args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+            progress = min(max(done / args.chunk_iterations, elapsed / budget), 1.0)
+            cosine = _FINAL_LR_FRACTION + (1 - _FINAL_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * progress))
+            lr = args.lr * cosine * min(1.0, (done + 1) / _WARMUP)
             for group in optimiser.param_groups:
                 group["lr"] = lr
-            batch = [pool.sample(args.patch, args.foreground) for _ in range(args.batch)]
+            batch = [pool.sample(args.patch, args.border, args.foreground, args.dropout) for _ in range(args.batch)]
             image = torch.from_numpy(np.stack([b[0] for b in batch]))
             target = torch.from_numpy(np.stack([b[1] for b in batch]))
             bce, dice_loss = region_loss(model(image), target)
@@ -153,25 +266,39 @@ def main() -> None:
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            done = iteration
-            writer.writerow([iteration, round(elapsed, 1), f"{lr:.2e}", f"{loss.item():.4f}",
-                             f"{bce.item():.4f}", f"{dice_loss.item():.4f}"])
-            if iteration % 25 == 0:
+            done += 1
+            window.append((loss.item(), bce.item(), dice_loss.item()))
+            if done % args.log_every == 0:
+                mean = np.mean(window, axis=0)
+                window.clear()
+                writer.writerow([total_done + done, chunk, round(time.monotonic() - t0), f"{lr:.2e}",
+                                 f"{mean[0]:.4f}", f"{mean[1]:.4f}", f"{mean[2]:.4f}", pool.made])
                 log.flush()
-                print(f"it {iteration} {elapsed:.0f}s loss {loss.item():.3f} (bce {bce.item():.3f}, "
-                      f"dice loss {dice_loss.item():.3f})", flush=True)
-            if iteration % 200 == 0:
-                _save(model, args.out, config, done, time.monotonic() - t1, pool_seconds)
-    _save(model, args.out, config, done, time.monotonic() - t1, pool_seconds)
-    print(f"done: {done} iterations in {time.monotonic() - t1:.0f} s; checkpoint in {args.out}", flush=True)
+                print(f"it {total_done + done} {time.monotonic() - t0:.0f}s lr {lr:.1e} loss {mean[0]:.3f} "
+                      f"(bce {mean[1]:.3f}, dice loss {mean[2]:.3f})", flush=True)
+            if done % args.save_every == 0:
+                _save(model, optimiser, rng, args.out, config, total_done + done, done, t0, pool.made, "periodic")
+            if args.refresh_every and done % args.refresh_every == 0:
+                pool.add_case()
+    reason = stop["signal"] or ("time budget" if done < args.chunk_iterations else "chunk iterations")
+    _save(model, optimiser, rng, args.out, config, total_done + done, done, t0, pool.made, reason)
+    print(f"chunk {chunk} done ({reason}): {done} iterations, {total_done + done} in all, "
+          f"{time.monotonic() - t0:.0f} s; checkpoint in {args.out}", flush=True)
 
 
-def _save(model: GliomaUNet, out: Path, config: dict[str, object], iterations: int, seconds: float,
-          pool_seconds: float) -> None:
-    record = {**config, "iterations_done": iterations, "train_seconds": round(seconds),
-              "pool_seconds": round(pool_seconds)}
-    torch.save({"state_dict": model.state_dict(), "config": record}, out / "checkpoint.pt")
-    (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+def _save(model: GliomaUNet, optimiser: torch.optim.Optimizer, rng: np.random.Generator, out: Path,
+          config: dict[str, object], total: int, done: int, t0: float, cases_made: int, reason: str) -> None:
+    record = {**config, "iterations_done": done, "iterations_total": total,
+              "wall_seconds": round(time.monotonic() - t0), "pool_cases_made": cases_made, "saved_because": reason}
+    checkpoint = {"state_dict": model.state_dict(), "optimizer": _compact_optimiser_state(optimiser.state_dict()),
+                  "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                  "iterations_total": total, "config": record}
+    partial = out / "checkpoint.pt.partial"
+    torch.save(checkpoint, partial)
+    partial.replace(out / "checkpoint.pt")  # atomic: a kill while saving leaves the previous one
+    summary = {k: v for k, v in record.items() if k != "previous_chunks"}
+    summary["previous_chunks"] = record["previous_chunks"]
+    (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from neuroflow.core.config import PipelineModels
 from neuroflow.core.dicom_io import FolderDicomSource
 from neuroflow.core.exit_codes import ExitCode
 from neuroflow.core.roles import GLIOMA_INPUT_ROLES, SeriesRole
@@ -37,7 +38,7 @@ def test_good_study_gives_seg_and_complete_report(tcga_siemens: WrittenStudy, tc
     assert report["pipeline"] == "glioma"
     assert report["errors"] == []
     assert set(GLIOMA_STAGES) | {"total"} == set(report["timings_s"])
-    assert report["model"] == {"name": "glioma_unet", "version": 1}
+    assert report["model"] == {"name": "glioma_unet", "version": PipelineModels().glioma.version}
     used = {s["series_instance_uid"]: s["used_as"] for s in report["series"]}
     assert used == {w.series_instance_uid: role.value for role, w in tcga_siemens.series.items()}
     assert all(s["reasons"] for s in report["series"])
@@ -64,7 +65,8 @@ def test_seg_is_valid_dicom_on_the_t1ce_series_with_model_identity(
     assert errors == []
     seg = hd.seg.segread(seg_path)
     algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
-    assert algorithm.AlgorithmName == "glioma_unet" and algorithm.AlgorithmVersion == "1"
+    assert algorithm.AlgorithmName == "glioma_unet"
+    assert algorithm.AlgorithmVersion == str(PipelineModels().glioma.version)
     t1ce_sops = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID
                  for p in tcga_siemens.series[SeriesRole.T1CE].paths}
     referenced = {ref.ReferencedSOPInstanceUID for ref in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
