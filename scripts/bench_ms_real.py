@@ -55,6 +55,9 @@ DECISION_LOG = (
     "slices tilted ~10° against 3 mm ones at follow-up); it raised patient01 from 2 to 3 found.",
     "- tried and dropped: a 1 mm (not 3-voxel) neighbourhood for the baseline's brightest neighbour (more false "
     "positives on both), more smoothing (0.6 -> 1.0-1.5 mm: no net gain), lower HYPERINTENSE (no gain).",
+    "- cost on the synthetic bench (not rerun in full for lack of time): Colin27 seed 1 went from 8/8 to 6/8 "
+    "found (its enlarging lesion and its 12 mm³ one now missed; 0 false positives before and after), TCGA seed 5 "
+    "stays 8/8 with 0; where the two disagree the real pairs win (issue 18).",
 )
 HEADING = "## MS new lesions on real pairs: Ljubljana longitudinal database (`scripts/bench_ms_real.py`)"
 
