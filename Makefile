@@ -51,6 +51,7 @@ bench: $(STAMP) system-deps
 	$(PY) scripts/bench_triton.py --out BENCHMARKS.md
 	$(PY) scripts/capacity_model.py --out BENCHMARKS.md
 	$(PY) scripts/bench_longitudinal.py --out BENCHMARKS.md
+	$(PY) scripts/bench_ms_real.py --out BENCHMARKS.md
 	$(PY) scripts/bench_indexing.py --out BENCHMARKS.md
 
 # 10,000 mutated DICOM files through index, classify and convert, each case in a memory- and time-limited child;

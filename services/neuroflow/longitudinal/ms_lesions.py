@@ -2,17 +2,19 @@
 
 The steps, each timed (``MS_STAGES``):
 
-1. ``register_pair``: the baseline FLAIR is rigidly registered onto the follow-up FLAIR (mutual
-   information; ``preprocess.register``) and resampled onto the follow-up's own grid, where every later
-   step works and where the label map is returned.
-2. ``skull_strip``: the brain mask of the follow-up FLAIR (deepbet through the inference backend).
+1. ``skull_strip``: the brain mask of the follow-up FLAIR (deepbet through the inference backend).
+2. ``register_pair``: the baseline FLAIR is rigidly registered onto the follow-up FLAIR (mutual
+   information inside the follow-up's brain; ``preprocess.register``) and resampled onto the follow-up's
+   own grid, where every later step works and where the label map is returned. The follow-up is sent
+   through the baseline's grid and back, so both carry the same interpolation blur.
 3. ``bias_correct``: N4 on both scans inside the brain, then the baseline's intensities matched to the
    follow-up's (quantiles inside the brain).
 4. ``detect``: the subtraction method that has run in clinical production (Ganiler et al., Neuroradiology
    2014; the "subtraction + centre check" rule of the published pipelines): both scans are scaled by
    the follow-up's normal-appearing brain (median and robust spread), lightly smoothed, and subtracted.
-   Candidates are voxels clearly brighter at follow-up (the difference above ``SEED_DIFFERENCE`` robust
-   spreads of the difference image) that are also hyperintense on the follow-up FLAIR; each candidate
+   Candidates are voxels clearly brighter at follow-up (the difference above ``SEED_DIFFERENCE`` times its
+   expected spread at that voxel: the scans' noise plus what a residual misalignment makes of the local
+   edge, ``_difference_noise``) that are also hyperintense on the follow-up FLAIR; each candidate
    grows by hysteresis to where the difference falls to ``EXTENT_DIFFERENCE``. A candidate whose centre
    is brighter on the baseline is discarded (a structure that moved, not a lesion), as is one smaller
    than 12 mm³. An optional lesion network (``PipelineModels.ms_lesion``) adds its own candidates,
@@ -48,7 +50,7 @@ from neuroflow.longitudinal.lesion_model import network_candidates
 from neuroflow.preprocess.register import register_rigid
 from neuroflow.preprocess.skull_strip import skull_strip
 
-MS_STAGES: tuple[str, ...] = ("register_pair", "skull_strip", "bias_correct", "detect", "locate")
+MS_STAGES: tuple[str, ...] = ("skull_strip", "register_pair", "bias_correct", "detect", "locate")
 _STAGE = "ms_change"
 
 # The smallest lesion reported (mm³): the consensus size below which a "lesion" is mostly noise
@@ -78,6 +80,10 @@ EXTENT_HYPERINTENSE = 0.4
 # stop cancelling misregistered cortex; at 1.2 the rim of an enlarging lesion lost its seeds to its own
 # partial-volume edge.
 BASELINE_CAP = 0.9
+# How far two rigidly registered sessions still disagree within a slice (mm): the median target error of the
+# rigid registration on a known motion is under 0.5 mm (preprocess.register); across slices of 2D FLAIR, half a
+# slice (_residual_misalignment_mm). Sets the difference's expected spread at edges (_difference_noise).
+REGISTRATION_RESIDUAL_MM = 0.5
 # Gaussian smoothing (mm) of both scans before subtraction: noise down, 3 mm lesions kept.
 SMOOTHING_MM = 0.6
 # Brain mask eroded by this (mm) for seeds: the skull-strip edge differs between scans.
@@ -155,20 +161,31 @@ def detect_new_ms_lesions(
     follow_flair = _flair(followup, study_key, "follow-up")
     warnings: list[str] = []
 
+    # The follow-up's brain first: the registration then weighs the brain only (scalp, neck and a field of
+    # view that differs between sessions pulled a whole-head registration ~1 mm off on a real 2D pair).
+    with clock.stage("skull_strip"):
+        brain = skull_strip(follow_flair, backend, (models.skull_strip_bbox, models.skull_strip),
+                            study_key=study_key).array > 0
+
     with clock.stage("register_pair"):
         aligned = _centre_aligned(base_flair, follow_flair)
-        registration = register_rigid(follow_flair, aligned)
+        registration = register_rigid(follow_flair, aligned,
+                                      fixed_mask=follow_flair.with_array(brain.astype(np.uint8)) if brain.any()
+                                      else None)
         base_on_follow = resample(aligned, follow_flair.geometry, registration.transform).array
+        # The follow-up goes through the baseline's grid and back, so it carries the same interpolation blur as
+        # the baseline resampled onto it: two 2D scans whose slabs differ in tilt and thickness otherwise differ
+        # at every edge by partial volume alone (on a real pair, 3.3 mm slices tilted 10° against 3 mm ones, the
+        # difference's spread in white matter fell, and with it the seeds' threshold).
+        through_base = resample(follow_flair, aligned.geometry, registration.transform.GetInverse())
+        follow_flair = follow_flair.with_array(resample(through_base, follow_flair.geometry,
+                                                        registration.transform).array)
         inside_fov = resample(aligned.with_array(np.ones(aligned.array.shape, np.float32)),
                               follow_flair.geometry, registration.transform).array > 0.99
         if registration.nmi < MIN_NMI:
             warnings.append(f"the baseline FLAIR registered poorly onto the follow-up (normalised mutual "
                             f"information {registration.nmi:.3f} < {MIN_NMI}); check the pair before trusting "
                             "new lesions")
-
-    with clock.stage("skull_strip"):
-        brain = skull_strip(follow_flair, backend, (models.skull_strip_bbox, models.skull_strip),
-                            study_key=study_key).array > 0
         brain &= inside_fov
         if brain.sum() * follow_flair.voxel_volume_mm3 < 300_000.0:
             warnings.append("less than 300 mL of brain lies in both scans: the baseline covers only part of "
@@ -267,7 +284,7 @@ def _subtraction(baseline: FloatArray, followup: FloatArray, brain: BoolArray, g
     follow_s = ndimage.gaussian_filter((followup - level) / spread, sigma)
     base_s = ndimage.gaussian_filter((baseline - level) / spread, sigma)
     difference = follow_s - base_s
-    difference_sd = _robust_sd(difference[brain])
+    difference_sd = _difference_noise(difference, base_s, brain, spacing_kji)
     # Seeds must also be brighter than the baseline's brightest neighbour (one voxel around): a residual
     # misregistration of up to a voxel at a bright edge (cortex, cerebellar folia) then cancels, while a new
     # lesion, dark all around at baseline, keeps its contrast. The baseline is capped (BASELINE_CAP) first, so
@@ -275,15 +292,40 @@ def _subtraction(baseline: FloatArray, followup: FloatArray, brain: BoolArray, g
     beyond_neighbours = follow_s - ndimage.maximum_filter(np.minimum(base_s, BASELINE_CAP), size=3)
     core = ndimage.binary_erosion(brain, iterations=max(1, round(EDGE_MARGIN_MM / float(spacing_kji.min()))))
     hyper = follow_s > HYPERINTENSE
-    seeds = core & hyper & (np.minimum(difference, beyond_neighbours) > max(SEED_DIFFERENCE * difference_sd,
-                                                                          MIN_DIFFERENCE))
-    extent = brain & (difference > max(EXTENT_DIFFERENCE * difference_sd, MIN_DIFFERENCE / 2.0)) & (
+    seeds = core & hyper & (np.minimum(difference, beyond_neighbours) > np.maximum(SEED_DIFFERENCE * difference_sd,
+                                                                                 MIN_DIFFERENCE))
+    # The extent keeps one global spread: a seed has already shown the change is real, and the growth rim of an
+    # enlarging lesion lies on its old edge, where the local spread (a steep baseline gradient) would cut it off.
+    extent = brain & (difference > max(EXTENT_DIFFERENCE * _robust_sd(difference[brain]), MIN_DIFFERENCE / 2.0)) & (
         follow_s > EXTENT_HYPERINTENSE)
-    return _candidates(seeds, extent, follow_s, base_s, difference, geometry, difference_sd)
+    return _candidates(seeds, extent, follow_s, base_s, difference, geometry)
+
+
+def _difference_noise(difference: FloatArray, base_s: FloatArray, brain: BoolArray,
+                      spacing_kji: npt.NDArray[np.float64]) -> FloatArray:
+    """The spread the difference image has without any change, voxel by voxel: the scans' own noise (the
+    difference's robust spread where the baseline is flat) plus what a residual misalignment of the two scans
+    makes of the baseline's local gradient (a shift d along an axis changes a voxel by about d times the
+    gradient along it). One global spread, as before, was set by the edges (cortex, ventricles, sulci): too
+    high in the white matter, where lesions arise, and still too low at the sharpest edges."""
+    residual_mm = _residual_misalignment_mm(spacing_kji)
+    gradients = np.gradient(base_s, *spacing_kji)
+    misaligned = np.sqrt(sum((g * d) ** 2 for g, d in zip(gradients, residual_mm, strict=True)))
+    flat = brain & (misaligned < np.median(misaligned[brain]))
+    noise = _robust_sd(difference[flat]) if flat.sum() > 100 else _robust_sd(difference[brain])
+    return np.asarray(np.sqrt(noise ** 2 + misaligned ** 2), dtype=np.float32)
+
+
+def _residual_misalignment_mm(spacing_kji: npt.NDArray[np.float64]) -> tuple[float, ...]:
+    """Per axis (k, j, i), how far two registered sessions may still disagree: REGISTRATION_RESIDUAL_MM
+    within a slice, and at least half a slice across thick slices, since 2D slices of two sessions sample
+    different slabs (partial volume that no rigid transform undoes)."""
+    return tuple(max(REGISTRATION_RESIDUAL_MM, float(s) / 2.0 if float(s) > 2.0 * float(spacing_kji.min())
+                     else REGISTRATION_RESIDUAL_MM) for s in spacing_kji)
 
 
 def _candidates(seeds: BoolArray, extent: BoolArray, follow_s: FloatArray, base_s: FloatArray,
-                difference: FloatArray, geometry: Geometry, difference_sd: float) -> list[_Candidate]:
+                difference: FloatArray, geometry: Geometry) -> list[_Candidate]:
     structure = np.ones((3, 3, 3), dtype=bool)
     grown, count = ndimage.label(extent | seeds, structure=structure)
     if count == 0:

@@ -1,0 +1,148 @@
+"""`make bench`: new and enlarging MS lesions on real pairs with an expert reference (issue 18).
+
+The Ljubljana longitudinal MS database (``ms-longitudinal-ljubljana/patientNN``: two visits of 2D FLAIR,
+about 0.7 x 0.7 x 3 mm, whole head; ``gt`` = expert mask of lesion change on a common grid; each FLAIR's
+ITK affine onto that grid) is scored the way a site would meet it:
+
+1. each visit's FLAIR is written out as a DICOM study (realistic tags, the NIfTI geometry kept exactly:
+   ``devtools.dicom_writer``), the two as one patient a year apart;
+2. ``neuroflow run``'s code path (``runtime.embedded.run_embedded``, ONNX backend) compares them;
+3. each reported lesion's follow-up centroid is mapped into the common space (the inverse of the
+   follow-up's transform: ITK's transform maps common-space points to the scan, which is what resampling
+   the scan onto the common grid needs) and scored lesion-wise (``devtools.lesion_change_scoring``):
+   found within 3 mm of a new or enlarging reference lesion of >= 12 mm³, false positive beyond 5 mm of
+   every one; the direction of each reference component decided from the two FLAIRs on the common grid.
+
+Both patients here are development data (the method's choices were checked on them); the figure that
+counts is on pairs nobody tuned on. Without the data folder the script says so and leaves BENCHMARKS.md
+as it is. The section between the markers is written into BENCHMARKS.md (other scripts own the others)."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from neuroflow.core.config import NeuroflowSettings
+from neuroflow.devtools.benchmarks_md import write_section
+from neuroflow.devtools.lesion_change_scoring import (
+    FALSE_POSITIVE_MM,
+    HIT_MM,
+    MIN_REFERENCE_MM3,
+    SIZE_BINS,
+    PairScore,
+)
+from neuroflow.devtools.ms_real_pairs import DATA, PatientResult, patients, run_patient
+
+ROOT = Path(__file__).resolve().parents[1]
+# Which development patient informed which choice of ms_lesions (issue 18: say it, and prefer the problem's
+# physics to fits to these two).
+DECISION_LOG = (
+    "What informed the method (both patients are development data; thresholds SEED_DIFFERENCE, HYPERINTENSE, "
+    "EXTENT_* and MIN_DIFFERENCE were left as the synthetic bench set them, since lowering them on these two "
+    "traded each extra lesion for several false positives):",
+    "",
+    "- brain-masked registration metric: patient03 (whole-head registration 1.3 mm median from the database's "
+    "own transforms, 1.1 mm with the metric inside the follow-up's brain; patient01 0.33 -> 0.24 mm);",
+    "- seed threshold from a per-voxel noise model (scan noise plus residual misalignment times the baseline's "
+    "gradient, half a slice across 2D slices): the physics of subtraction error; on patient01 and 03 it cut "
+    "false positives at cortex and posterior-fossa edges (2 -> 1 per pair before the next step); the extent "
+    "kept the global spread because the synthetic enlarging lesion's rim (bench seed 5) was cut at its old edge;",
+    "- follow-up sent through the baseline's grid and back (same interpolation blur on both): patient03 (3.3 mm "
+    "slices tilted ~10° against 3 mm ones at follow-up); it raised patient01 from 2 to 3 found.",
+    "- tried and dropped: a 1 mm (not 3-voxel) neighbourhood for the baseline's brightest neighbour (more false "
+    "positives on both), more smoothing (0.6 -> 1.0-1.5 mm: no net gain), lower HYPERINTENSE (no gain).",
+    "- cost on the synthetic bench (not rerun in full for lack of time): Colin27 seed 1 went from 8/8 to 6/8 "
+    "found (its enlarging lesion and its 12 mm³ one now missed; 0 false positives before and after), TCGA seed 5 "
+    "stays 8/8 with 0; where the two disagree the real pairs win (issue 18).",
+)
+HEADING = "## MS new lesions on real pairs: Ljubljana longitudinal database (`scripts/bench_ms_real.py`)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--patients", nargs="*", help="only these patient folders (e.g. patient01)")
+    args = parser.parse_args()
+    if not args.data.is_dir():
+        print(f"bench_ms_real: {args.data} is absent: real MS pairs not scored, BENCHMARKS.md left as it is")
+        return
+    folders = [p for p in patients(args.data) if not args.patients or p.name in args.patients]
+    if not folders:
+        print(f"bench_ms_real: no patientNN folder with gt.nii.gz in {args.data}", file=sys.stderr)
+        sys.exit(1)
+    settings = NeuroflowSettings()
+    results: list[PatientResult] = []
+    with tempfile.TemporaryDirectory(prefix="bench-ms-real-") as tmp:
+        for folder in folders:
+            result = run_patient(folder, settings, Path(tmp))
+            results.append(result)
+            s = result.score
+            print(f"{result.name}: {s.hits}/{s.total} found, {len(s.false_positives)} FP "
+                  f"({len(s.near_misses)} near), F1 {s.f1:.2f}, {result.seconds:.0f} s", flush=True)
+    write_section(args.out, render(results))
+
+
+def render(results: list[PatientResult]) -> str:
+    def bin_cell(score: PairScore, low: float, high: float) -> str:
+        hits, total = score.sensitivity_in(low, high)
+        return f"{hits}/{total}" if total else "-"
+
+    def bin_name(low: float, high: float) -> str:
+        return f"{low:g}-{high:g} mm³" if high != float("inf") else f">= {low:g} mm³"
+
+    lines = [
+        HEADING,
+        "",
+        "Two real MS patients scanned twice (2D FLAIR about 0.7 x 0.7 x 3 mm, whole head; Lesjak et al. 2016, "
+        "CC BY), each visit written as a DICOM study and compared by `neuroflow run`'s embedded code path. "
+        f"Reference: the expert change mask's components of >= {MIN_REFERENCE_MM3:g} mm³ that are brighter at "
+        f"follow-up (new or enlarging); found = the reported centroid, mapped into the common space, within "
+        f"{HIT_MM:g} mm of one; false positive = more than {FALSE_POSITIVE_MM:g} mm from every one. "
+        "**Both patients are development data** (see the decision log in the commit history and "
+        "`services/neuroflow/longitudinal/ms_lesions.py`); goal: sensitivity >= 0.8 with <= 1 FP per pair "
+        "(MSSEG-2 best F1 ~0.54).",
+        "",
+        "| patient | sensitivity | " + " | ".join(bin_name(lo, hi) for lo, hi in SIZE_BINS)
+        + " | FP | near (3-5 mm) | F1 | volume found/reference (found lesions) | shrinking set aside | time |",
+        "| --- | --- | " + " | ".join("---" for _ in SIZE_BINS) + " | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        s = r.score
+        ratios = s.found_volume_ratios()
+        ratio = f"{statistics.median(ratios):.2f} median" if ratios else "n/a"
+        lines.append(
+            f"| {r.name} | {s.hits}/{s.total} = {s.hits / max(1, s.total):.2f} | "
+            + " | ".join(bin_cell(s, lo, hi) for lo, hi in SIZE_BINS)
+            + f" | {len(s.false_positives)} | {len(s.near_misses)} | {s.f1:.2f} | {ratio} "
+            f"({s.detected_volume_mm3:.0f} / {s.reference_volume_mm3:.0f} mm³ in all) | {len(s.shrinking)} "
+            f"| {r.seconds:.0f} s |")
+    hits = sum(r.score.hits for r in results)
+    total = sum(r.score.total for r in results)
+    fps = sum(len(r.score.false_positives) for r in results)
+    lines += [
+        f"| all | {hits}/{total} = {hits / max(1, total):.2f} | "
+        + " | ".join(_pooled_bin(results, lo, hi) for lo, hi in SIZE_BINS)
+        + f" | {fps / max(1, len(results)):.1f} per pair | | | | | |",
+        "",
+        *DECISION_LOG,
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, 2 cores shared with other work. Reproduce: "
+        "`.venv/bin/python scripts/bench_ms_real.py --out BENCHMARKS.md` (part of `make bench`; skipped "
+        "with a message when `../shared/data/ms-longitudinal-ljubljana` is absent).",
+    ]
+    return "\n".join(lines)
+
+
+def _pooled_bin(results: list[PatientResult], low: float, high: float) -> str:
+    pairs = [r.score.sensitivity_in(low, high) for r in results]
+    hits, total = sum(p[0] for p in pairs), sum(p[1] for p in pairs)
+    return f"{hits}/{total}" if total else "-"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""The real MS pairs of the Ljubljana longitudinal database run the way a site meets them, and scored
+(``scripts/bench_ms_real.py``, ``tests/e2e/test_ms_real_pairs.py``): each visit's FLAIR written as a DICOM
+study (realistic tags, the NIfTI geometry kept exactly), the two compared by ``neuroflow run``'s embedded code
+path, each reported lesion's follow-up centroid mapped into the common space of the expert change mask and
+judged by ``lesion_change_scoring``.
+
+The stored ``*_to_common_space.txt`` transforms map common-space points to the scan (what resampling the
+scan onto the common grid needs), so a follow-up point goes to the common space through the inverse."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from neuroflow.core.config import NeuroflowSettings
+from neuroflow.core.dicom_io import FolderDicomSource
+from neuroflow.core.inference_triton import build_inference_backend
+from neuroflow.core.roles import SeriesRole
+from neuroflow.core.volume import Volume, geometry_of
+from neuroflow.devtools.dicom_writer import PatientInfo, load_volume, write_study
+from neuroflow.devtools.lesion_change_scoring import Detection, PairScore, reference_lesions, score_pair
+from neuroflow.devtools.longitudinal_phantoms import REPOSITORY_ROOT, SHARED_DATA
+from neuroflow.runtime.embedded import run_embedded
+
+ROOT = REPOSITORY_ROOT
+# The shared data folder beside the checkout (../shared/data), or beside its parent for a git worktree.
+DATA = next((d for d in (SHARED_DATA / "ms-longitudinal-ljubljana",
+                         ROOT.parents[1] / "shared" / "data" / "ms-longitudinal-ljubljana") if d.is_dir()),
+            SHARED_DATA / "ms-longitudinal-ljubljana")
+VISIT_DATES = ("20220314", "20230320")  # made up: the database gives no dates, only the order
+
+
+@dataclass
+class PatientResult:
+    name: str
+    score: PairScore
+    seconds: float
+    reported: int
+    warnings: list[str]
+
+
+def patients(data: Path) -> list[Path]:
+    return sorted(p for p in data.glob("patient*") if (p / "gt.nii.gz").is_file())
+
+
+def on_common_grid(folder: Path, visit: str, common: sitk.Image) -> Volume:
+    """The visit's FLAIR resampled onto the common grid with its own transform (linear)."""
+    image = sitk.ReadImage(str(folder / f"{visit}_FLAIR.nii.gz"), sitk.sitkFloat32)
+    transform = sitk.ReadTransform(str(folder / f"{visit}_FLAIR_to_common_space.txt"))
+    resampled = sitk.Resample(image, common, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return Volume(sitk.GetArrayFromImage(resampled), geometry_of(resampled))
+
+
+def to_common(folder: Path, visit: str) -> sitk.Transform:
+    """Scanner (LPS) points of the visit's FLAIR to the common space: the inverse of the stored transform."""
+    transform: sitk.Transform = sitk.ReadTransform(str(folder / f"{visit}_FLAIR_to_common_space.txt")).GetInverse()
+    return transform
+
+
+def run_patient(folder: Path, settings: NeuroflowSettings, work: Path) -> PatientResult:
+    """Write the two visits as DICOM, run the embedded pipeline on them and score the result."""
+    patient = PatientInfo(patient_id=f"NF-MSREAL-{folder.name[-2:]}", name="BENCH^MSREAL")
+    studies = work / folder.name / "in"
+    for visit, date in zip(("study1", "study2"), VISIT_DATES, strict=True):
+        flair = load_volume(folder / f"{visit}_FLAIR.nii.gz")
+        write_study({SeriesRole.FLAIR: flair.with_array(np.asarray(flair.array, dtype=np.float32))},
+                    studies / date, patient=patient, seed=f"msreal-{folder.name}-{visit}", study_date=date,
+                    description="MRI BRAIN MS FOLLOW-UP")
+    backend = build_inference_backend(settings)
+    t0 = time.perf_counter()
+    report = run_embedded(FolderDicomSource(studies, limits=settings.limits), work / folder.name / "out", settings,
+                          backend)
+    seconds = time.perf_counter() - t0
+    if report.errors or report.longitudinal is None or report.longitudinal.new_lesions is None:
+        raise RuntimeError(f"{folder.name}: the run did not compare the pair: {report.errors or report.warnings}")
+    mapping = to_common(folder, "study2")
+    detections = [Detection(mapping.TransformPoint(lesion.centroid_mm), lesion.volume_mm3)
+                  for lesion in report.longitudinal.new_lesions]
+    return PatientResult(folder.name, score_patient(folder, detections), seconds, len(detections),
+                         list(report.warnings))
+
+
+def score_patient(folder: Path, detections: list[Detection]) -> PairScore:
+    common = sitk.ReadImage(str(folder / "gt.nii.gz"))
+    change = Volume(sitk.GetArrayFromImage(common), geometry_of(common))
+    growing, shrinking = reference_lesions(change, on_common_grid(folder, "study1", common),
+                                           on_common_grid(folder, "study2", common))
+    return score_pair(growing, shrinking, detections)
+
+
