@@ -142,9 +142,9 @@ def _assert_clean_failure(run: CliRun, *needles: str) -> None:
     assert "Traceback" not in run.stderr
 
 
-def test_missing_flair_is_refused_naming_the_missing_sequence(tmp_path: Path) -> None:
+def test_missing_flair_and_t1ce_is_refused_naming_the_missing_sequences(tmp_path: Path) -> None:
     volumes = tcga_volumes()
-    del volumes[SeriesRole.FLAIR]
+    del volumes[SeriesRole.FLAIR], volumes[SeriesRole.T1CE]  # the shipped model needs one of them
     write_study(volumes, tmp_path / "in", vendor=Vendor.PHILIPS, seed="no-flair")
     _assert_clean_failure(run_cli("run", tmp_path / "in", out_dir=tmp_path / "out"), "FLAIR")
 

@@ -42,8 +42,8 @@ def _only(study: WrittenStudy, roles: set[SeriesRole], dest: Path) -> WrittenStu
     return WrittenStudy(study.study_instance_uid, folder, {r: s for r, s in study.series.items() if r in roles})
 
 
-def _run(folder: Path, out_dir: Path, repository: Path | None) -> CliRun:
-    env = dict(os.environ)
+def _run(folder: Path, out_dir: Path, repository: Path | None, **settings: str) -> CliRun:
+    env = {**os.environ, **settings}
     if repository is not None:
         env["NEUROFLOW_MODEL_REPOSITORY"] = str(repository)
     proc = subprocess.run([sys.executable, "-m", "neuroflow.cli", "run", str(folder), "--out", str(out_dir)],
@@ -87,8 +87,11 @@ def test_a_flair_and_t1ce_study_is_segmented_when_the_card_allows_and_the_report
     assert _seg_references(run.out_dir / "seg.dcm") <= _sops(flair_t1ce, SeriesRole.T1CE)
 
 
-def test_the_shipped_card_still_refuses_a_study_without_t1_and_t2(flair_t1ce: WrittenStudy, tmp_path: Path) -> None:
-    run = _run(flair_t1ce.folder, tmp_path / "out", None)
+def test_a_card_without_min_roles_any_refuses_a_study_without_t1_and_t2(
+        flair_t1ce: WrittenStudy, tmp_path: Path) -> None:
+    # glioma_unet version 1 was trained with every sequence present: its card requires all four.
+    run = _run(flair_t1ce.folder, tmp_path / "out", None,
+               NEUROFLOW_MODELS__GLIOMA='{"name": "glioma_unet", "version": 1}')
     assert run.returncode == ExitCode.BAD_INPUT, run.stderr
     (error,) = run.report["errors"]
     assert "no T1 or T2 series found (required: T1, T1CE, T2, FLAIR)" in error
