@@ -1,7 +1,8 @@
 """The distributed runtime in one process: orchestrator and stage workers in threads over the embedded
 backends (in-memory bus, SQLite state, folder volume/record stores, folder DICOM source and sink).
 
-Proved here: the distributed run of a real study gives one SEG and the same volumes as the embedded run;
+Proved here: the distributed run of a real study stores the objects the embedded run writes (SEG, SR,
+overlays; the same UIDs) and the same volumes;
 a duplicate StudyReady starts nothing; a worker killed mid-task has its task redone once; a redelivered
 finished task is answered from its record; a poison message is dead-lettered with its reason without
 blocking the next; failures are retried with backoff, bounded, then dead-lettered with the reason
@@ -219,7 +220,7 @@ def glioma_ready(source: FolderDicomSource, study: WrittenStudy, settings: Neuro
 
 
 @pytest.mark.slow
-def test_distributed_run_stores_one_seg_with_the_volumes_of_the_embedded_run(
+def test_distributed_run_stores_the_objects_and_volumes_of_the_embedded_run(
     tcga_study: WrittenStudy, tmp_path: Path,
 ) -> None:
     settings = NeuroflowSettings(inference_threads=2)
@@ -250,9 +251,12 @@ def test_distributed_run_stores_one_seg_with_the_volumes_of_the_embedded_run(
         assert len(cluster.state.list()) == 1  # the duplicate started nothing
         stored = cluster.read_all(topics.RESULTS_STORED, events_pb2.ResultsStored.FromString)
 
-    assert len(sink.stored()) == 1
-    embedded_seg = dcmread(tmp_path / "embedded" / "seg.dcm")
-    assert sink.stored() == [str(embedded_seg.SOPInstanceUID)]  # same input hash, same SEG identity
+    # Every object the embedded run wrote (SEG, SR, overlays), with the same identities: same input hash.
+    embedded_uids = {str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+                     for path in (tmp_path / "embedded").rglob("*.dcm")}
+    assert str(dcmread(tmp_path / "embedded" / "seg.dcm").SOPInstanceUID) in sink.stored()
+    assert str(dcmread(tmp_path / "embedded" / "sr.dcm").SOPInstanceUID) in sink.stored()
+    assert sorted(sink.stored()) == sorted(embedded_uids)
     assert len(stored) == 1 and isinstance(stored[0], events_pb2.ResultsStored)
     assert list(stored[0].sop_instance_uids) == sink.stored()
     report = StudyReport.model_validate_json(
