@@ -40,6 +40,7 @@ HAEMATOMA_HU = ModelRef(name="haematoma_hu_threshold", version=CHANGE_ALGORITHM_
 
 MS_OVERLAY_DESCRIPTION = "AI new MS lesions overlay, for review (not for diagnosis)"
 _CHANGE_NAMES = {ChangeLabel.NEW_LESION: "New/enlarging lesion", ChangeLabel.REJECTED_CANDIDATE: "Rejected candidate"}
+CHANGE_LEGEND = tuple(LegendEntry(int(label), _CHANGE_NAMES[label], rgb) for label, rgb in CHANGE_OVERLAY_RGB.items())
 
 
 def ms_lesion_seg(
@@ -95,8 +96,7 @@ def change_overlay(
     new lesions vermillion, rejected candidates blue (:data:`CHANGE_OVERLAY_RGB`), with the banner and
     legend burned in. ``image`` is the source series as converted; ``labels`` must be on its grid."""
     objects = objects or ResultObjectSettings()
-    legend = [LegendEntry(int(label), _CHANGE_NAMES[label], rgb) for label, rgb in CHANGE_OVERLAY_RGB.items()]
-    return overlay_series(image, labels, source_instances, legend=legend, kind="neuroflow.change-overlay",
+    return overlay_series(image, labels, source_instances, legend=CHANGE_LEGEND, kind="neuroflow.change-overlay",
                           input_hash=input_hash, series_number=objects.ms_overlay_series_number,
                           series_description=series_description, uid_root=objects.uid_root)
 
