@@ -179,11 +179,25 @@ def test_sr_codes_each_region_once_and_the_seg_codes_each_segment_once(objects: 
     assert seg.SeriesNumber == SITE.seg_series_number
 
 
-def test_every_uid_made_lies_under_the_site_root(objects: dict[str, list[Dataset]]) -> None:
+def test_every_uid_made_lies_under_the_site_root(objects: dict[str, list[Dataset]],
+                                                 study: dict[SeriesRole, list[Dataset]]) -> None:
+    theirs = {str(v) for instances in study.values() for ds in instances
+              for v in (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.FrameOfReferenceUID)}
+
+    def uids(ds: Dataset) -> list[tuple[str, str]]:
+        found = []
+        for element in ds:
+            if element.VR == "SQ":
+                found += [pair for item in element.value for pair in uids(item)]
+            elif element.VR == "UI" and element.value:
+                found.append((element.keyword, str(element.value)))
+        return found
+
     for name, datasets in objects.items():
-        for ds in datasets:
-            for uid in (ds.SOPInstanceUID, ds.SeriesInstanceUID):
-                assert str(uid).startswith(SITE.uid_root), (name, uid)
+        for ds in datasets[:2]:
+            made = [(keyword, uid) for keyword, uid in uids(ds)
+                    if uid not in theirs and not uid.startswith("1.2.840.10008.")]  # DICOM's own: SOP classes
+            assert made and all(uid.startswith(SITE.uid_root) for _, uid in made), (name, made)
     assert derived_uid(SITE.uid_root, "x") == derived_uid(SITE.uid_root, "x") != derived_uid(SITE.uid_root, "y")
     with pytest.raises(ValidationError):
         ResultObjectSettings(uid_root="1.2.abc.")

@@ -166,6 +166,11 @@ def build_seg(
         omit_empty_frames=True,
     )
     seg.SeriesDescription = series_description
+    # highdicom draws the dimension organisation UID at random under its own root: derived here instead,
+    # under the site's root, so a rerun gives the same object to the byte.
+    organisation = derived_uid(root, *entropy, "dimension-organization")
+    for item in (*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence):
+        item.DimensionOrganizationUID = organisation
     declare_local_coding_scheme(seg)
     return seg
 
