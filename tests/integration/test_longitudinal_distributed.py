@@ -78,7 +78,7 @@ NO_ID_PATIENT = PatientInfo(patient_id="", name="TEST^NOID", birth_date="1960060
 # The phantom pairs (made at 1 mm) resampled, so each test moves fewer slices through Orthanc.
 SPACING_MM = 1.5
 CT_SPACING_MM = (2.0, 2.0, 4.0)  # a routine head CT's thick slices
-WAIT_S = 90.0
+WAIT_S = 180.0  # generous: on a loaded machine one ms_change comparison alone took 79 s
 FAST = OrchestrationSettings(max_attempts=2, retry_backoff_s=0.05, retry_backoff_max_s=0.2, poll_timeout_s=0.05,
                              heartbeat_s=30.0, stage_timeout_s={"longitudinal": 120.0})
 
