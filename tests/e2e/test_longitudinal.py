@@ -35,6 +35,8 @@ from neuroflow.devtools.longitudinal_phantoms import (
     make_ms_pair,
 )
 from neuroflow.devtools.scanner_presets import Vendor
+from neuroflow.results.longitudinal_results import CHANGE_LEGEND
+from neuroflow.results.overlay import BANNER, annotation_layer
 
 from .conftest import CliRun, run_cli
 
@@ -155,14 +157,40 @@ def test_ms_seg_and_overlay_are_written_valid_and_on_the_followup_flair(ms_pair:
     first = pydicom.dcmread(overlay[0])
     assert first.PhotometricInterpretation == "RGB" and first.FrameOfReferenceUID == pydicom.dcmread(
         flair.paths[0], stop_before_pixels=True).FrameOfReferenceUID
-    red = [p for p in overlay if _has_red(pydicom.dcmread(p).pixel_array)]
-    assert red, "no slice of the overlay shows a new lesion in red"
-    assert {"ms_new_lesions_seg.dcm", "ms_overlay"} <= set(run.report["outputs"])
+    marked = [p for p in overlay if _has_vermillion(pydicom.dcmread(p).pixel_array)]
+    assert marked, "no slice of the overlay shows a new lesion in vermillion"
+    assert first.BurnedInAnnotation == "YES"
+    assert {"ms_new_lesions_seg.dcm", "ms_new_lesions_sr.dcm", "ms_overlay"} <= set(run.report["outputs"])
+    # The SR says what the report says: the count and each lesion's volume, and it is valid DICOM.
+    sr_path = run.out_dir / "ms_new_lesions_sr.dcm"
+    validator = subprocess.run(["dciodvfy", str(sr_path)], capture_output=True, text=True)
+    assert [line for line in (validator.stdout + validator.stderr).splitlines() if line.startswith("Error")] == []
+    numbers = _sr_numbers(pydicom.dcmread(sr_path))
+    lesions = run.report["longitudinal"]["new_lesions"]
+    assert numbers["NEW-LESION-COUNT"] == [float(len(lesions))]
+    assert sorted(numbers["118565006"]) == sorted(lesion["volume_mm3"] for lesion in lesions)
 
 
-def _has_red(rgb: npt.NDArray[np.uint8]) -> bool:
+def _sr_numbers(sr: pydicom.Dataset) -> dict[str, list[float]]:
+    """Concept code -> the values of the SR's NUM items so coded."""
+    found: dict[str, list[float]] = {}
+
+    def walk(items: list[pydicom.Dataset]) -> None:
+        for item in items:
+            if item.get("ValueType") == "NUM":
+                found.setdefault(item.ConceptNameCodeSequence[0].CodeValue, []).append(
+                    float(item.MeasuredValueSequence[0].NumericValue))
+            walk(list(item.get("ContentSequence", [])))
+
+    walk([sr])
+    return found
+
+
+def _has_vermillion(rgb: npt.NDArray[np.uint8]) -> bool:
+    """A new lesion's colour blended over the image, outside the burned-in banner and legend."""
+    _, annotated = annotation_layer(rgb.shape[0], rgb.shape[1], BANNER, CHANGE_LEGEND)
     pixels = rgb.astype(int)
-    return bool(np.any((pixels[..., 0] > pixels[..., 1] + 80) & (pixels[..., 0] > pixels[..., 2] + 80)))
+    return bool(np.any((pixels[..., 0] > pixels[..., 1] + 50) & (pixels[..., 0] > pixels[..., 2] + 80) & ~annotated))
 
 
 def test_three_ct_timepoints_give_two_pairs_with_the_right_expansion_flags(

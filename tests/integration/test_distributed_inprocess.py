@@ -1,7 +1,8 @@
 """The distributed runtime in one process: orchestrator and stage workers in threads over the embedded
 backends (in-memory bus, SQLite state, folder volume/record stores, folder DICOM source and sink).
 
-Proved here: the distributed run of a real study gives one SEG and the same volumes as the embedded run;
+Proved here: the distributed run of a real study stores the objects the embedded run writes (SEG, SR,
+overlays; the same UIDs) and the same volumes;
 a duplicate StudyReady starts nothing; a worker killed mid-task has its task redone once; a redelivered
 finished task is answered from its record; a poison message is dead-lettered with its reason without
 blocking the next; failures are retried with backoff, bounded, then dead-lettered with the reason
@@ -63,6 +64,10 @@ TINY = PipelineSpec(name="tiny", stages=(PRE, SEG, RES), model=common_pb2.ModelR
 FAST = OrchestrationSettings(max_attempts=3, retry_backoff_s=0.05, retry_backoff_max_s=0.2, poll_timeout_s=0.05,
                              heartbeat_s=5.0, stage_timeout_s={"preprocess": 30.0, "segmentation": 30.0,
                                                                "results": 30.0})
+# The real pipeline's stages take minutes on a loaded 2-core machine: deadlines that only a hang exceeds.
+REAL = OrchestrationSettings(max_attempts=3, retry_backoff_s=0.05, retry_backoff_max_s=0.2, poll_timeout_s=0.05,
+                             heartbeat_s=5.0, stage_timeout_s={"preprocess": 900.0, "segmentation": 900.0,
+                                                               "results": 900.0})
 WAIT_S = 20.0
 T = TypeVar("T")
 
@@ -219,7 +224,7 @@ def glioma_ready(source: FolderDicomSource, study: WrittenStudy, settings: Neuro
 
 
 @pytest.mark.slow
-def test_distributed_run_stores_one_seg_with_the_volumes_of_the_embedded_run(
+def test_distributed_run_stores_the_objects_and_volumes_of_the_embedded_run(
     tcga_study: WrittenStudy, tmp_path: Path,
 ) -> None:
     settings = NeuroflowSettings(inference_threads=2)
@@ -231,7 +236,7 @@ def test_distributed_run_stores_one_seg_with_the_volumes_of_the_embedded_run(
     sink = FolderDicomSink(tmp_path / "sink")
     volumes = FolderVolumeStore(tmp_path / "volumes")
     reports = tmp_path / "reports"
-    for cluster in _cluster(tmp_path, {"glioma": glioma_pipeline(settings.models)}, FAST,
+    for cluster in _cluster(tmp_path, {"glioma": glioma_pipeline(settings.models)}, REAL,
                             records=FolderRecordStore(tmp_path / "records")):
         ready = glioma_ready(source, tcga_study, settings)
         wid = publish(cluster.bus, ready)
@@ -240,7 +245,7 @@ def test_distributed_run_stores_one_seg_with_the_volumes_of_the_embedded_run(
         cluster.start_worker(PRE, PreprocessHandler(source, volumes, backend, settings))
         cluster.start_worker(SEG, SegmentationHandler(volumes, backend, settings))
         cluster.start_worker(RES, ResultsHandler(source, sink, volumes, cluster.bus, reports))
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + 1200
         while (record := cluster.state.get(wid)) is None or record.status not in (
                 WorkflowStatus.SUCCEEDED, WorkflowStatus.FAILED, WorkflowStatus.DEAD_LETTERED):
             assert time.monotonic() < deadline, f"distributed run did not finish: {record}"
@@ -250,11 +255,14 @@ def test_distributed_run_stores_one_seg_with_the_volumes_of_the_embedded_run(
         assert len(cluster.state.list()) == 1  # the duplicate started nothing
         stored = cluster.read_all(topics.RESULTS_STORED, events_pb2.ResultsStored.FromString)
 
-    assert len(sink.stored()) == 1
-    embedded_seg = dcmread(tmp_path / "embedded" / "seg.dcm")
-    assert sink.stored() == [str(embedded_seg.SOPInstanceUID)]  # same input hash, same SEG identity
+    # Every object the embedded run wrote (SEG, SR, overlays), with the same identities: same input hash.
+    embedded_uids = {str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+                     for path in (tmp_path / "embedded").rglob("*.dcm")}
+    assert str(dcmread(tmp_path / "embedded" / "seg.dcm").SOPInstanceUID) in sink.stored()
+    assert str(dcmread(tmp_path / "embedded" / "sr.dcm").SOPInstanceUID) in sink.stored()
+    assert sorted(sink.stored()) == sorted(embedded_uids)
     assert len(stored) == 1 and isinstance(stored[0], events_pb2.ResultsStored)
-    assert list(stored[0].sop_instance_uids) == sink.stored()
+    assert sorted(stored[0].sop_instance_uids) == sorted(sink.stored())
     report = StudyReport.model_validate_json(
         (reports / ready.study.study_key / wid / "report.json").read_text())
     assert report.volumes_ml == embedded.volumes_ml

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
@@ -77,7 +78,7 @@ NO_ID_PATIENT = PatientInfo(patient_id="", name="TEST^NOID", birth_date="1960060
 # The phantom pairs (made at 1 mm) resampled, so each test moves fewer slices through Orthanc.
 SPACING_MM = 1.5
 CT_SPACING_MM = (2.0, 2.0, 4.0)  # a routine head CT's thick slices
-WAIT_S = 90.0
+WAIT_S = 180.0  # generous: on a loaded machine one ms_change comparison alone took 79 s
 FAST = OrchestrationSettings(max_attempts=2, retry_backoff_s=0.05, retry_backoff_max_s=0.2, poll_timeout_s=0.05,
                              heartbeat_s=30.0, stage_timeout_s={"longitudinal": 120.0})
 
@@ -299,6 +300,11 @@ def test_prior_in_the_site_orthanc_is_compared_stored_forwarded_and_a_redelivery
     site.wait_delivered(records[0])  # by the longitudinal service's delivery loop, from the outbox
     forwarded = _instances(orthancs.pacs_client, studies.followup_uid)
     assert len(forwarded) == len(results)
+    # The PACS received the SR, and it counts the lesions the report lists (issue 13, section 4).
+    srs = [ds for i in forwarded
+           if (ds := _dataset(orthancs.pacs_client, i)).SOPClassUID == COMPREHENSIVE_3D_SR]
+    assert len(srs) == 1, "no SR (or more than one) reached the PACS"
+    assert _lesion_count(srs[0]) == len(report["longitudinal"]["new_lesions"])
 
     # The finished workflow's task, delivered again (as Kafka does after a consumer dies before committing).
     task = _task_of(site, records[0].workflow_id)
@@ -311,6 +317,30 @@ def test_prior_in_the_site_orthanc_is_compared_stored_forwarded_and_a_redelivery
     assert stats.replayed == replayed_before + 1
     assert _instances(orthancs.site_client, studies.followup_uid) == stored
     assert len(_instances(orthancs.pacs_client, studies.followup_uid)) == len(forwarded)
+
+
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+
+
+def _dataset(client: OrthancClient, instance_id: str) -> Dataset:
+    return dcmread(io.BytesIO(client.request("GET", f"/instances/{instance_id}/file", what="read an instance")))
+
+
+def _lesion_count(sr: Dataset) -> int:
+    """The SR's new/enlarging lesion count (the NUM item coded NEW-LESION-COUNT)."""
+    def walk(items: list[Dataset]) -> int | None:
+        for item in items:
+            name = item.ConceptNameCodeSequence[0].CodeValue if "ConceptNameCodeSequence" in item else ""
+            if item.get("ValueType") == "NUM" and name == "NEW-LESION-COUNT":
+                return int(float(item.MeasuredValueSequence[0].NumericValue))
+            found = walk(list(item.get("ContentSequence", [])))
+            if found is not None:
+                return found
+        return None
+
+    count = walk([sr])
+    assert count is not None, "the SR holds no lesion count"
+    return count
 
 
 def _task_of(site: Site, workflow_id: str) -> tasks_pb2.TaskRequested:

@@ -1,7 +1,7 @@
 """The change result objects on a real FLAIR and a CT written as DICOM: the new-lesion SEG and the
 haematoma SEG are valid (dciodvfy) and decode onto the right source slices; the colour overlay series
-lies on the source slices (same frame of reference, positions) and shows new lesions red and rejected
-candidates green; a rerun gives the same UIDs."""
+lies on the source slices (same frame of reference, positions) and shows new lesions vermillion and rejected
+candidates blue (Okabe-Ito) under a burned-in banner and legend; a rerun gives the same UIDs."""
 
 from __future__ import annotations
 
@@ -125,7 +125,7 @@ def test_rerun_gives_the_same_uids_and_another_input_other_uids(flair_series: tu
     assert [ds.SOPInstanceUID for ds in overlay_a] == [ds.SOPInstanceUID for ds in overlay_b]
 
 
-def test_overlay_lies_on_the_source_slices_with_red_new_and_green_rejected(
+def test_overlay_lies_on_the_source_slices_with_vermillion_new_and_blue_rejected(
     flair_series: tuple[Volume, list[Dataset]], tmp_path: Path
 ) -> None:
     image, instances = flair_series
@@ -149,9 +149,13 @@ def test_overlay_lies_on_the_source_slices_with_red_new_and_green_rejected(
     new = labels.array == ChangeLabel.NEW_LESION
     rejected = labels.array == ChangeLabel.REJECTED_CANDIDATE
     red, green, blue = (pixels[..., c].astype(int) for c in range(3))
-    assert np.all(red[new] > green[new] + 50) and np.all(red[new] > blue[new] + 50)
-    assert np.all(green[rejected] > red[rejected] + 50)
+    assert np.all(red[new] > blue[new] + 50)  # vermillion (213, 94, 0)
+    assert np.all(blue[rejected] > red[rejected] + 50)  # blue (0, 114, 178)
+    assert overlay[0].BurnedInAnnotation == "YES"
+    # Away from the burned-in banner (top) and legend (bottom left), unlabelled pixels stay grey.
     elsewhere = ~(new | rejected)
+    elsewhere[:, : image.array.shape[1] // 4] = False
+    elsewhere[:, -image.array.shape[1] // 3:, : image.array.shape[2] // 2] = False
     assert np.array_equal(red[elsewhere], green[elsewhere]) and np.array_equal(green[elsewhere], blue[elsewhere])
 
 

@@ -341,6 +341,25 @@ class LongitudinalSettings(BaseModel):
     atlas_dir: Path = DEFAULT_ATLAS_DIR
 
 
+class ResultObjectSettings(BaseModel):
+    """The DICOM objects neuroflow sends to PACS (``NEUROFLOW_RESULTS__*``): the site's UID root, under which
+    every UID neuroflow makes is derived (core/uids.py), and one series number per kind of object, so a
+    radiologist finds each kind at the same place in every study."""
+
+    # The site's registered UID root (digits and dots, ending in "."); the default is pydicom's, shared with
+    # every pydicom user: a site should set its own. Changing it changes every result UID (new objects).
+    uid_root: str = Field(default="1.2.826.0.1.3680043.8.498.", pattern=r"^[0-9]+(\.[0-9]+)*\.$", max_length=40)
+    seg_series_number: int = Field(default=9001, ge=1)
+    sr_series_number: int = Field(default=9002, ge=1)
+    t1ce_overlay_series_number: int = Field(default=9003, ge=1)
+    flair_overlay_series_number: int = Field(default=9004, ge=1)
+    notice_series_number: int = Field(default=9005, ge=1)  # "nothing found" / "could not be processed"
+    ms_seg_series_number: int = Field(default=9101, ge=1)
+    ms_overlay_series_number: int = Field(default=9102, ge=1)
+    ms_sr_series_number: int = Field(default=9103, ge=1)
+    haematoma_seg_series_number: int = Field(default=9111, ge=1)
+
+
 class InferenceSettings(BaseModel):
     """Where models run: ONNX Runtime in this process, or a Triton Inference Server over gRPC (the shared
     GPU tier). Either way the model cards are read from ``model_repository``."""
@@ -436,3 +455,4 @@ class NeuroflowSettings(BaseSettings):
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     longitudinal: LongitudinalSettings = Field(default_factory=LongitudinalSettings)
     limits: InputLimitSettings = Field(default_factory=InputLimitSettings)
+    results: ResultObjectSettings = Field(default_factory=ResultObjectSettings)  # UID root, series numbers

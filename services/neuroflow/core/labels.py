@@ -51,15 +51,40 @@ class SegmentDefinition:
 
 _MORPH_ABNORMAL = ("49755003", "SCT", "Morphologically Altered Structure")
 
+# Okabe & Ito's palette (2008): told apart with every common colour-vision deficiency. Every colour neuroflow
+# draws a result in comes from here.
+OKABE_ITO: dict[str, tuple[int, int, int]] = {
+    "orange": (230, 159, 0),
+    "sky_blue": (86, 180, 233),
+    "bluish_green": (0, 158, 115),
+    "yellow": (240, 228, 66),
+    "blue": (0, 114, 178),
+    "vermillion": (213, 94, 0),
+    "reddish_purple": (204, 121, 167),
+}
+
+# Concepts no SNOMED CT code names (the BraTS sub-regions), in neuroflow's own coding scheme: a private
+# scheme designator starts with "99" (PS3.16 8.2).
+LOCAL_CODING_SCHEME = "99NEUROFLOW"
+# The coded concept of each reported glioma region (value, scheme, meaning): one code per region, never one
+# twice, in the SEG's segments and the SR's findings alike.
+REGION_CODES: dict[str, tuple[str, str, str]] = {
+    "WT": ("BRATS-WT", LOCAL_CODING_SCHEME, "Whole tumor (BraTS)"),
+    "TC": ("BRATS-TC", LOCAL_CODING_SCHEME, "Tumor core (BraTS)"),
+    "ET": ("BRATS-ET", LOCAL_CODING_SCHEME, "Enhancing tumor (BraTS)"),
+    "oedema": ("79654002", "SCT", "Edema"),
+    "necrotic_core": ("6574001", "SCT", "Necrosis"),
+}
+
 # The segments written to DICOM SEG, one per disjoint sub-region so a viewer shows them without overlap.
 GLIOMA_SEGMENTS: tuple[SegmentDefinition, ...] = (
     SegmentDefinition(1, "Necrotic and non-enhancing tumour core", _MORPH_ABNORMAL,
-                      ("86049000", "SCT", "Neoplasm, Primary"), (255, 200, 0)),
-    SegmentDefinition(2, "Peritumoural oedema", _MORPH_ABNORMAL,
-                      ("79654002", "SCT", "Edema"), (0, 160, 255)),
-    SegmentDefinition(3, "Enhancing tumour", _MORPH_ABNORMAL,
-                      ("86049000", "SCT", "Neoplasm, Primary"), (255, 40, 40)),
+                      REGION_CODES["necrotic_core"], OKABE_ITO["yellow"]),
+    SegmentDefinition(2, "Peritumoural oedema", _MORPH_ABNORMAL, REGION_CODES["oedema"], OKABE_ITO["sky_blue"]),
+    SegmentDefinition(3, "Enhancing tumour", _MORPH_ABNORMAL, REGION_CODES["ET"], OKABE_ITO["vermillion"]),
 )
+# The report region (a key of TumourVolumes' dump) each SEG segment draws.
+SEGMENT_REGION: dict[int, str] = {1: "necrotic_core", 2: "oedema", 3: "ET"}
 # Segment number -> the BraTS label it holds.
 SEGMENT_BRATS_LABEL: dict[int, BratsLabel] = {
     1: BratsLabel.NECROTIC_CORE,
@@ -83,13 +108,13 @@ class ChangeLabel(IntEnum):
     """Labels of the MS change map on the follow-up FLAIR grid (what the SEG and the overlay draw)."""
 
     NONE = 0
-    NEW_LESION = 1  # new or enlarging lesion: red in the overlay, the SEG's only segment
-    REJECTED_CANDIDATE = 2  # a candidate the detector discarded, with its reason: green in the overlay
+    NEW_LESION = 1  # new or enlarging lesion: vermillion in the overlay, the SEG's only segment
+    REJECTED_CANDIDATE = 2  # a candidate the detector discarded, with its reason: blue in the overlay
 
 
 # The segments of the change SEGs: one per object, numbered from 1 (DICOM segment numbers).
 MS_NEW_LESION_SEGMENT = SegmentDefinition(1, "New or enlarging lesion", _MORPH_ABNORMAL,
-                                          ("52988006", "SCT", "Lesion"), (255, 0, 0))
+                                          ("52988006", "SCT", "Lesion"), OKABE_ITO["vermillion"])
 HAEMATOMA_SEGMENT = SegmentDefinition(1, "Haematoma", _MORPH_ABNORMAL,
                                       ("35566002", "SCT", "Hematoma"), (200, 0, 200))
 # Blood-density regions besides the haematoma (a second bleed, a contusion): shown, not part of the verdict.
@@ -97,6 +122,6 @@ OTHER_BLOOD_SEGMENT = SegmentDefinition(2, "Other blood-density region", _MORPH_
                                         ("50960005", "SCT", "Hemorrhage"), (255, 160, 0))
 # Overlay colours (RGB) by change label.
 CHANGE_OVERLAY_RGB: dict[ChangeLabel, tuple[int, int, int]] = {
-    ChangeLabel.NEW_LESION: (255, 0, 0),
-    ChangeLabel.REJECTED_CANDIDATE: (0, 255, 0),
+    ChangeLabel.NEW_LESION: OKABE_ITO["vermillion"],
+    ChangeLabel.REJECTED_CANDIDATE: OKABE_ITO["blue"],
 }

@@ -35,18 +35,28 @@ from neuroflow.longitudinal.pairing import roles_for
 from neuroflow.longitudinal.tumour_growth import GliomaTimepoint, tumour_growth
 from neuroflow.preprocess.convert import series_to_volume
 from neuroflow.preprocess.glioma_inputs import preprocess_glioma
+from neuroflow.results.dicom_sr import ms_change_sr
 from neuroflow.results.longitudinal_results import (
     HAEMATOMA_BASELINE_SEG_FILE,
     HAEMATOMA_FOLLOWUP_SEG_FILE,
     HAEMATOMA_HU,
     MS_OVERLAY_FOLDER,
     MS_SEG_FILE,
+    MS_SR_FILE,
     MS_SUBTRACTION,
     change_overlay,
     haematoma_seg,
     ms_lesion_seg,
 )
-from neuroflow.results.report import DiametersMm, HaematomaSection, LongitudinalReport, NewLesionEntry, TumourVolumes
+from neuroflow.results.report import (
+    DiametersMm,
+    HaematomaSection,
+    LongitudinalReport,
+    NewLesionEntry,
+    ReportStatus,
+    StudyReport,
+    TumourVolumes,
+)
 from neuroflow.segmentation.glioma import label_map, predict_regions
 
 __all__ = ["COMPARE_STAGES", "ChangePipeline", "PairResult", "Timepoint", "compare_pair"]
@@ -158,20 +168,27 @@ def _ms_change(section: LongitudinalReport, baseline: Timepoint, followup: Timep
     algorithm = settings.models.ms_lesion or MS_SUBTRACTION
     key = _pair_hash(baseline, followup, roles, algorithm)
     datasets: dict[str, list[Dataset]] = {}
-    with clock.stage("change_results"):
-        seg = ms_lesion_seg(change.labels, flair, input_hash=key, algorithm=algorithm)
-        if seg is not None:
-            datasets[MS_SEG_FILE] = [seg]
-        datasets[MS_OVERLAY_FOLDER] = change_overlay(follow[SeriesRole.FLAIR], change.labels, flair, input_hash=key)
+    objects = settings.results
     lesions = [NewLesionEntry(centroid_mm=_point(lesion.centroid_mm), volume_mm3=round(lesion.volume_mm3, 1),
                               location=lesion.location, kind=lesion.kind) for lesion in change.new_lesions]
-    warnings = list(change.warnings)
-    if seg is None:
-        warnings.append("no new MS lesion: no DICOM SEG of new lesions written")
     section = section.model_copy(update={
         "new_lesions": lesions, "new_lesion_count": len(lesions), "new_activity": change.new_activity,
         "rejected_candidates": len(change.rejected),
     })
+    with clock.stage("change_results"):
+        seg = ms_lesion_seg(change.labels, flair, input_hash=key, algorithm=algorithm, objects=objects)
+        if seg is not None:
+            datasets[MS_SEG_FILE] = [seg]
+        datasets[MS_OVERLAY_FOLDER] = change_overlay(follow[SeriesRole.FLAIR], change.labels, flair, input_hash=key,
+                                                     objects=objects)
+        # The SR says what the section says: the count, each lesion's volume, kind and location.
+        pair_report = StudyReport(study_instance_uid=followup.study_instance_uid, study_key=study_key,
+                                  pipeline=ChangePipeline.MS.value, status=ReportStatus.SUCCEEDED, model=algorithm,
+                                  longitudinal=section)
+        datasets[MS_SR_FILE] = [ms_change_sr(pair_report, flair, input_hash=key, objects=objects)]
+    warnings = list(change.warnings)
+    if seg is None:
+        warnings.append("no new MS lesion: no DICOM SEG of new lesions written")
     return PairResult(section, datasets, warnings)
 
 
@@ -190,7 +207,8 @@ def _haematoma_change(section: LongitudinalReport, baseline: Timepoint, followup
         for name, mask, instances, label in (
                 (HAEMATOMA_BASELINE_SEG_FILE, change.baseline_mask, baseline.instances[SeriesRole.CT], "baseline"),
                 (HAEMATOMA_FOLLOWUP_SEG_FILE, change.followup_mask, followup.instances[SeriesRole.CT], "follow-up")):
-            seg = haematoma_seg(mask, instances, input_hash=key, timepoint=label, algorithm=algorithm)
+            seg = haematoma_seg(mask, instances, input_hash=key, timepoint=label, algorithm=algorithm,
+                                objects=settings.results)
             if seg is None:
                 warnings.append(f"no haematoma at {label}: no DICOM SEG written for it")
             else:

@@ -17,14 +17,15 @@ import numpy.typing as npt
 import pydicom
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
 
 import neuroflow
+from neuroflow.core.config import ResultObjectSettings
 from neuroflow.core.dicom_io import study_key
 from neuroflow.core.errors import StudyError
 from neuroflow.core.identity import NEUROFLOW_MANUFACTURER, uid_key
 from neuroflow.core.labels import (
     GLIOMA_SEGMENTS,
+    LOCAL_CODING_SCHEME,
     REGION_LABELS,
     SEGMENT_BRATS_LABEL,
     SEGMENT_NEEDS,
@@ -34,10 +35,12 @@ from neuroflow.core.labels import (
     TumourRegion,
 )
 from neuroflow.core.model_card import ModelRef
+from neuroflow.core.uids import derived_uid
 from neuroflow.core.volume import Geometry, Volume
 from neuroflow.results.report import DISCLAIMER
+from neuroflow.results.series_naming import series_description as describe
 
-SERIES_DESCRIPTION = "AI glioma segmentation (research, not for diagnosis)"
+SERIES_DESCRIPTION = "AI glioma segmentation (not for diagnosis)"
 CONTENT_LABEL = "GLIOMA_AI"  # CS, at most 16 characters
 MANUFACTURER = NEUROFLOW_MANUFACTURER
 MANUFACTURER_MODEL_NAME = "neuroflow glioma segmentation"
@@ -54,9 +57,10 @@ def build_glioma_seg(
     source_instances: Sequence[pydicom.Dataset],
     *,
     model: ModelRef,
-    series_number: int = 9001,
     input_hash: str | None = None,
-    uid_prefix: str | None = None,
+    objects: ResultObjectSettings | None = None,
+    needs_review: bool = False,
+    version: int = 1,
     device_serial_number: str = "none",
     not_assessable: Collection[str] = (),
 ) -> pydicom.Dataset | None:
@@ -71,7 +75,9 @@ def build_glioma_seg(
       * ``model``: the model that drew the segmentation, written as the algorithm identification.
       * ``input_hash``: the idempotency key of the pipeline's inputs (e.g. the hash of the series
         set). Defaults to a hash of the source SOPInstanceUIDs.
-      * ``uid_prefix``: the site's UID root (ending in "."); defaults to pydicom's root.
+      * ``objects``: the site's UID root and series numbers (defaults: :class:`ResultObjectSettings`).
+      * ``needs_review``: the failure flag (``StudyReport.review``): "NEEDS REVIEW" opens the series
+        description. ``version``: 2 and up for a re-run that replaces an earlier result ("v2" ends it).
       * ``not_assessable``: the regions (WT, TC, ET) the study's sequences cannot show: a segment whose
         boundary depends on one (:data:`SEGMENT_NEEDS`) is left out; without the core but with the
         whole tumour, all tumour voxels form one :data:`WHOLE_TUMOUR_SEGMENT`.
@@ -92,13 +98,16 @@ def build_glioma_seg(
     """
     if not source_instances:
         raise ValueError("build_glioma_seg needs the source instances of the reference series")
+    objects = objects or ResultObjectSettings()
     segments, numbers = _assessable_segments(not_assessable)
     return build_seg(
         label_map.with_array(_segment_number_map(label_map.array, numbers)), source_instances,
         segments=segments, algorithm=model, algorithm_family=codes.cid7162.ArtificialIntelligence,
-        kind="neuroflow.glioma-seg", series_description=SERIES_DESCRIPTION, content_label=CONTENT_LABEL,
-        manufacturer_model_name=MANUFACTURER_MODEL_NAME, series_number=series_number, input_hash=input_hash,
-        uid_prefix=uid_prefix, device_serial_number=device_serial_number,
+        kind="neuroflow.glioma-seg",
+        series_description=describe(SERIES_DESCRIPTION, needs_review=needs_review, version=version),
+        content_label=CONTENT_LABEL, manufacturer_model_name=MANUFACTURER_MODEL_NAME,
+        series_number=objects.seg_series_number, input_hash=input_hash, uid_root=objects.uid_root,
+        device_serial_number=device_serial_number,
     )
 
 
@@ -115,7 +124,7 @@ def build_seg(
     manufacturer_model_name: str,
     series_number: int,
     input_hash: str | None = None,
-    uid_prefix: str | None = None,
+    uid_root: str | None = None,
     device_serial_number: str = "none",
 ) -> pydicom.Dataset | None:
     """The one SEG builder: a BINARY DICOM SEG of ``segment_numbers`` (uint8, 0 = none, n = segment
@@ -141,8 +150,7 @@ def build_seg(
     source_series_uid = str(ordered_sources[0].SeriesInstanceUID)
     key = input_hash if input_hash is not None else _hash_of_instance_uids(ordered_sources)
     entropy = [kind, source_series_uid, str(algorithm), key]
-    # generate_uid ignores its entropy without a prefix (it falls back to a random 2.25 UUID).
-    prefix = uid_prefix or PYDICOM_ROOT_UID
+    root = uid_root or ResultObjectSettings().uid_root
 
     identification = hd.AlgorithmIdentificationSequence(
         name=algorithm.name,
@@ -155,9 +163,9 @@ def build_seg(
         pixel_array=numbers.astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[_segment_description(s, identification) for s in segments],
-        series_instance_uid=generate_uid(prefix=prefix, entropy_srcs=[*entropy, "series"]),
+        series_instance_uid=derived_uid(root, *entropy, "series"),
         series_number=series_number,
-        sop_instance_uid=generate_uid(prefix=prefix, entropy_srcs=[*entropy, "instance"]),
+        sop_instance_uid=derived_uid(root, *entropy, "instance"),
         instance_number=1,
         manufacturer=MANUFACTURER,
         manufacturer_model_name=manufacturer_model_name,
@@ -168,7 +176,23 @@ def build_seg(
         omit_empty_frames=True,
     )
     seg.SeriesDescription = series_description
+    # highdicom draws the dimension organisation UID at random under its own root: derived here instead,
+    # under the site's root, so a rerun gives the same object to the byte.
+    organisation = derived_uid(root, *entropy, "dimension-organization")
+    for item in (*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence):
+        item.DimensionOrganizationUID = organisation
+    declare_local_coding_scheme(seg)
     return seg
+
+
+def declare_local_coding_scheme(ds: pydicom.Dataset) -> None:
+    """Names neuroflow's private coding scheme (``core.labels.LOCAL_CODING_SCHEME``) in the object's Coding
+    Scheme Identification Sequence, so a reader of its codes can tell whose they are."""
+    item = pydicom.Dataset()
+    item.CodingSchemeDesignator = LOCAL_CODING_SCHEME
+    item.CodingSchemeName = "neuroflow local codes"
+    item.CodingSchemeResponsibleOrganization = NEUROFLOW_MANUFACTURER
+    ds.CodingSchemeIdentificationSequence = [item]
 
 
 def _assessable_segments(

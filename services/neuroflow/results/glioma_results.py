@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import re
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pydicom
 import SimpleITK as sitk
 
+from neuroflow.core.config import ResultObjectSettings
 from neuroflow.core.handoff import PreprocessSummary
+from neuroflow.core.labels import (
+    GLIOMA_SEGMENTS,
+    REGION_LABELS,
+    SEGMENT_BRATS_LABEL,
+    WHOLE_TUMOUR_SEGMENT,
+    TumourRegion,
+)
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.roles import GLIOMA_INPUT_ROLES, SeriesRole
-from neuroflow.core.sequence_subsets import not_assessable
+from neuroflow.core.sequence_subsets import glioma_reference_role, not_assessable
 from neuroflow.core.volume import Geometry, Volume, resample
+from neuroflow.core.volume_members import volume_instances
+from neuroflow.preprocess.convert import series_to_volume
 from neuroflow.results.dicom_seg import build_glioma_seg
+from neuroflow.results.dicom_sr import SR_FILE, glioma_sr, glioma_sr_uid
+from neuroflow.results.notice import NOTICE_IMAGE_FILE, NOTICE_SR_FILE, notice_objects, notice_of
+from neuroflow.results.overlay import LegendEntry, overlay_series
 from neuroflow.results.report import (
     TOTAL_TIMING_KEY,
     OrientationCheck,
@@ -24,6 +39,14 @@ from neuroflow.results.report import (
     StudyReport,
     TumourVolumes,
 )
+from neuroflow.results.series_naming import series_description
+
+SEG_FILE = "seg.dcm"
+T1CE_OVERLAY_FOLDER = "overlay_t1ce"
+FLAIR_OVERLAY_FOLDER = "overlay_flair"
+# Every name a glioma result may write (a re-run removes them all first).
+GLIOMA_RESULT_NAMES = (SEG_FILE, SR_FILE, T1CE_OVERLAY_FOLDER, FLAIR_OVERLAY_FOLDER, NOTICE_SR_FILE,
+                       NOTICE_IMAGE_FILE)
 
 
 def glioma_seg(
@@ -33,16 +56,116 @@ def glioma_seg(
     *,
     model: ModelRef,
     input_hash: str,
-    roles_used: Collection[SeriesRole],
+    unassessable: Collection[str] = (),
+    objects: ResultObjectSettings | None = None,
+    needs_review: bool = False,
+    version: int = 1,
 ) -> pydicom.Dataset | None:
     """The DICOM SEG of a label map computed on the common 1 mm grid, resampled (nearest neighbour)
     onto the reference series' own voxel grid so a viewer overlays it slice by slice on the images
-    the radiologist reads. Only the sub-regions the sequences ``roles_used`` can show are drawn
-    (core/sequence_subsets.not_assessable). ``None`` when no tumour was found."""
+    the radiologist reads. The sub-regions the study's sequences cannot show (``unassessable``, the report's
+    ``not_assessable``) are not drawn. ``None`` when no tumour was found."""
     on_reference = resample(labels_on_grid, reference_geometry, interpolator=sitk.sitkNearestNeighbor)
     labels = on_reference.with_array(np.asarray(on_reference.array, dtype=np.uint8))
-    return build_glioma_seg(labels, reference_instances, model=model, input_hash=input_hash,
-                            not_assessable=not_assessable(roles_used))
+    return build_glioma_seg(labels, reference_instances, model=model, input_hash=input_hash, objects=objects,
+                            needs_review=needs_review, version=version, not_assessable=unassessable)
+
+
+@dataclass(frozen=True)
+class Supersedes:
+    """The result a re-run replaces: its SR and its version. ``same_input``: the earlier result came from
+    the same inputs (same UIDs: rebuilt in place, keeping its version); otherwise the new result is the next
+    version and its SR names the earlier SR as predecessor."""
+
+    sr: pydicom.Dataset
+    version: int
+    same_input: bool
+
+
+# Short names: the legend is burned into images of 240 pixels or fewer across.
+_LEGEND_NAMES = {1: "Necrotic core", 2: "Oedema", 3: "Enhancing tumour"}
+_VERSION = re.compile(r" v(\d+)$")
+
+
+def earlier_result(sr: pydicom.Dataset | None, *, study_instance_uid: str, input_hash: str,
+                   objects: ResultObjectSettings) -> Supersedes | None:
+    """What an earlier glioma SR of the same study (``sr``, None when there is none) means for this run."""
+    if sr is None or str(sr.get("StudyInstanceUID", "")) != study_instance_uid:
+        return None
+    match = _VERSION.search(str(sr.get("SeriesDescription", "")))
+    same = str(sr.get("SOPInstanceUID", "")) == glioma_sr_uid(study_instance_uid, input_hash, objects)
+    return Supersedes(sr, int(match.group(1)) if match else 1, same)
+
+
+def glioma_objects(
+    report: StudyReport,
+    labels_on_grid: Volume,
+    instances: Mapping[SeriesRole, Sequence[pydicom.Dataset]],
+    *,
+    input_hash: str,
+    objects: ResultObjectSettings,
+    study_key: str,
+    volumes_of: Mapping[SeriesRole, str] | None = None,
+    earlier: Supersedes | None = None,
+) -> dict[str, list[pydicom.Dataset]]:
+    """Every object of a glioma result that goes to PACS, by file name (a name ending in .dcm is one object,
+    any other a series): the SEG on T1CE (None when no tumour), the SR, the colour overlays on T1CE and on
+    FLAIR, and, when no tumour was found, the notice SR and image. Built from ``report`` (volumes, model,
+    review flag), so they say what report.json says. ``instances``: the routed series with pixels (T1CE
+    needed; FLAIR drawn on when present). ``earlier``: the result of an earlier input this one replaces.
+
+    The FLAIR overlay maps the labels onto the FLAIR grid through patient coordinates; registration moved
+    FLAIR onto T1CE, so a patient who moved between the two series shows the shift (the T1CE objects are exact)."""
+    if report.model is None:
+        raise ValueError("glioma result objects need the report of a succeeded run")
+    volumes_of = volumes_of or {}
+    needs_review = report.review is not None and report.review.needs_review
+    version = 1 if earlier is None else earlier.version + (0 if earlier.same_input else 1)
+    reference_role = glioma_reference_role(instances)  # the series preprocessing registered onto
+    reference = volume_instances(instances[reference_role], study_key=study_key,
+                                 volume=volumes_of.get(reference_role, ""))
+    reference_image = series_to_volume(reference, study_key=study_key)
+    out: dict[str, list[pydicom.Dataset]] = {}
+    seg = glioma_seg(labels_on_grid, reference_image.geometry, reference, model=report.model, input_hash=input_hash,
+                     unassessable=report.not_assessable, objects=objects, needs_review=needs_review, version=version)
+    if seg is not None:
+        out[SEG_FILE] = [seg]
+    new_version = earlier is not None and not earlier.same_input
+    sr = glioma_sr(report, reference, seg=seg, input_hash=input_hash, objects=objects, version=version,
+                   predecessor=earlier.sr if new_version and earlier is not None else None)
+    if earlier is not None and earlier.same_input and "PredecessorDocumentsSequence" in earlier.sr:
+        sr.PredecessorDocumentsSequence = earlier.sr.PredecessorDocumentsSequence  # rebuilt, still version n
+    out[SR_FILE] = [sr]
+    drawn_labels, legend = _overlay_labels(labels_on_grid, report.not_assessable)
+    for role, folder, number in ((SeriesRole.T1CE, T1CE_OVERLAY_FOLDER, objects.t1ce_overlay_series_number),
+                                 (SeriesRole.FLAIR, FLAIR_OVERLAY_FOLDER, objects.flair_overlay_series_number)):
+        if role not in instances:
+            continue
+        series = reference if role is reference_role else volume_instances(
+            instances[role], study_key=study_key, volume=volumes_of.get(role, ""))
+        image = reference_image if role is reference_role else series_to_volume(series, study_key=study_key)
+        labels = resample(drawn_labels, image.geometry, interpolator=sitk.sitkNearestNeighbor)
+        description = series_description(f"AI glioma overlay on {role.value} (not for diagnosis)",
+                                         needs_review=needs_review, version=version)
+        out[folder] = overlay_series(image, labels.with_array(np.asarray(labels.array, dtype=np.uint8)), series,
+                                     legend=legend, kind=f"neuroflow.glioma-overlay.{role.value}",
+                                     input_hash=input_hash, series_number=number,
+                                     series_description=description, uid_root=objects.uid_root)
+    notice = notice_of(report)
+    if notice is not None:
+        out.update(notice_objects(report, notice, reference, input_hash=input_hash, objects=objects))
+    return out
+
+
+def _overlay_labels(labels: Volume, unassessable: Collection[str]) -> tuple[Volume, list[LegendEntry]]:
+    """The labels an overlay draws and its legend: the sub-regions as segmented, or, when the sequences cannot
+    show the core (no T1CE), the whole tumour as one colour, as the SEG draws it."""
+    if TumourRegion.TC.value not in unassessable:
+        return labels, [LegendEntry(int(SEGMENT_BRATS_LABEL[s.number]), _LEGEND_NAMES[s.number], s.rgb)
+                        for s in GLIOMA_SEGMENTS]
+    tumour = np.isin(labels.array, [int(label) for label in REGION_LABELS[TumourRegion.WT]])
+    return (labels.with_array(tumour.astype(np.uint8)),
+            [LegendEntry(1, "Whole tumour", WHOLE_TUMOUR_SEGMENT.rgb)])
 
 
 def registration_warnings(summary: PreprocessSummary) -> list[str]:

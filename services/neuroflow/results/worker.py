@@ -1,7 +1,8 @@
-"""The results stage as a task handler of the distributed runtime: the label map in; the DICOM SEG stored
-in the site's sink, the study report written, RESULTS_STORED published. The orchestrator then schedules
-the SEG's delivery to the destination PACS (the outbox, ``core.delivery``), retried for hours if need be,
-so a PACS outage never fails this task. The SEG is built by ``glioma_seg`` with the same input hash as the
+"""The results stage as a task handler of the distributed runtime: the label map in; the result objects
+(``glioma_objects``: SEG, SR, colour overlays on T1CE and FLAIR, or the notice when no tumour was found)
+stored in the site's sink, the study report written, RESULTS_STORED published. The orchestrator then
+schedules their delivery to the destination PACS (the outbox, ``core.delivery``), retried for hours if need
+be, so a PACS outage never fails this task. The objects are built with the same input hash as the
 embedded runtime (``core.identity.input_hash`` of the series' SOP Instance UIDs and the model), so a retry
 or a redelivery makes the same SOP Instance UID and the PACS replaces rather than duplicates."""
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from neuroflow.core import topics
 from neuroflow.core.bus import MessageBus
+from neuroflow.core.config import ResultObjectSettings
 from neuroflow.core.dead_letter import now_timestamp
 from neuroflow.core.dicom_io import DicomSink, DicomSource, Forwarder, find_series
 from neuroflow.core.errors import MissingSequence
@@ -22,10 +24,9 @@ from neuroflow.core.identity import input_hash
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.roles import GLIOMA_REFERENCE_ORDER, SeriesRole
 from neuroflow.core.sequence_subsets import glioma_reference_role
-from neuroflow.core.volume_members import volume_instances
 from neuroflow.core.volume_store import VolumeStore
 from neuroflow.proto.neuroflow.v1 import common_pb2, events_pb2, tasks_pb2
-from neuroflow.results.glioma_results import glioma_report, glioma_seg, registration_warnings
+from neuroflow.results.glioma_results import glioma_objects, glioma_report, registration_warnings
 from neuroflow.results.report import (
     SeriesEntry,
     TumourVolumes,
@@ -47,7 +48,9 @@ class ResultsHandler:
         volumes: VolumeStore,
         bus: MessageBus,
         reports_dir: Path,
+        objects: ResultObjectSettings | None = None,
     ) -> None:
+        self._objects = objects or ResultObjectSettings()
         self._source = source
         self._sink = sink
         self._volumes = volumes
@@ -55,7 +58,7 @@ class ResultsHandler:
         self._reports_dir = reports_dir
 
     def __call__(self, task: tasks_pb2.TaskRequested) -> tasks_pb2.ResultsOutput:
-        key, request = task.study.study_key, task.results
+        key_of_study, request = task.study.study_key, task.results
         started = time.perf_counter()
         labels = self._volumes.get_ref(request.label_map)
         summary = PreprocessSummary.of(labels)
@@ -64,29 +67,31 @@ class ResultsHandler:
         try:  # the series preprocessing registered onto, chosen the same way (core/sequence_subsets.py)
             reference_role = glioma_reference_role(series)
         except ValueError:
-            raise MissingSequence(key, f"the SEG is drawn on one of the {', '.join(GLIOMA_REFERENCE_ORDER)} series, "
-                                       f"none of which is among the referenced series {sorted(series)}",
-                                  stage="results") from None
+            raise MissingSequence(
+                key_of_study, f"the SEG is drawn on one of the {', '.join(GLIOMA_REFERENCE_ORDER)} series, none of "
+                              f"which is among the referenced series {sorted(series)}", stage="results") from None
         model = ModelRef(name=request.model.name, version=request.model.version)
         uids = {role.value: [str(h.SOPInstanceUID) for h in s.headers] for role, s in series.items()}
-        reference = volume_instances(self._source.read_instances(series[reference_role]),
-                                     study_key=task.study.study_key, volume=series[reference_role].volume)
-        seg = glioma_seg(labels, summary.reference_geometry.geometry(), reference, model=model,
-                         input_hash=input_hash(uids, model), roles_used=set(series))
+        # The reference series is drawn on (SEG, overlay), FLAIR too when routed (overlay).
+        drawn = {role: self._source.read_instances(series[role]) for role in (reference_role, SeriesRole.FLAIR)
+                 if role in series}
+        key = input_hash(uids, model)
+        volumes = TumourVolumes.from_label_map(labels)
         warnings = set_aside + registration_warnings(summary)
-        stored: list[str] = []
-        if seg is None:
+        if not volumes.tumour_detected:
             warnings.append("no tumour detected: no DICOM SEG written")
-        else:
-            stored.append(self._sink.store(seg))
-            if request.destination and not isinstance(self._sink, Forwarder):
-                warnings.append(f"the sink cannot forward: results stored, not sent to {request.destination}")
         timings = {**summary.timings_s, "write_results": round(time.perf_counter() - started, 3)}
-        report = glioma_report(task.study.study_instance_uid, key, task.pipeline, summary,
-                               volumes=TumourVolumes.from_label_map(labels), model=model,
-                               series=series_entries(request.referenced_series), timings=timings, warnings=warnings,
-                               outputs=["report.json", "summary.txt"], roles_used=set(series))
-        out_dir = self._reports_dir / key / task.workflow_id
+        report = glioma_report(task.study.study_instance_uid, key_of_study, task.pipeline, summary, volumes=volumes,
+                               model=model, series=series_entries(request.referenced_series), timings=timings,
+                               warnings=warnings, outputs=["report.json", "summary.txt"],
+                               roles_used=set(series))
+        datasets = glioma_objects(report, labels, drawn, input_hash=key, objects=self._objects, study_key=key_of_study,
+                                  volumes_of={role: series[role].volume for role in drawn})
+        stored = [self._sink.store(ds) for name in sorted(datasets) for ds in datasets[name]]
+        if request.destination and not isinstance(self._sink, Forwarder):
+            report = report.model_copy(update={"warnings": [
+                *report.warnings, f"the sink cannot forward: results stored, not sent to {request.destination}"]})
+        out_dir = self._reports_dir / key_of_study / task.workflow_id
         out_dir.mkdir(parents=True, exist_ok=True)
         write_summary(report, out_dir)
         write_report(report, out_dir)
@@ -95,8 +100,8 @@ class ResultsHandler:
             schema_version=topics.SCHEMA_VERSION, study=task.study, pipeline=task.pipeline,
             workflow_id=task.workflow_id, sop_instance_uids=stored, destination=destination, model=request.model,
             stored_at=now_timestamp())
-        self._bus.publish(topics.RESULTS_STORED, key, event.SerializeToString())
-        log.info("study %s: results of workflow %s: %d object(s) stored, report in %s", key, task.workflow_id,
+        self._bus.publish(topics.RESULTS_STORED, key_of_study, event.SerializeToString())
+        log.info("study %s: results of workflow %s: %d object(s) stored, report in %s", key_of_study, task.workflow_id,
                  len(stored), out_dir)
         return tasks_pb2.ResultsOutput(sop_instance_uids=stored, destination=request.destination)
 

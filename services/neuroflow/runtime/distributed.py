@@ -191,7 +191,7 @@ def stage_handler(service: str, backends: Backends) -> Handler:
     if service == "results":
         from neuroflow.results.worker import ResultsHandler
         return ResultsHandler(backends.source(), backends.sink(), backends.volumes(), backends.bus(),
-                              settings.reports_dir)
+                              settings.reports_dir, settings.results)
     if service == "longitudinal":
         from neuroflow.longitudinal.priors import PriorLocator
         from neuroflow.longitudinal.worker import LongitudinalHandler

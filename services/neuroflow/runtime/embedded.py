@@ -4,7 +4,6 @@ the results to an output folder. Same steps, same outputs as the distributed run
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,15 +22,24 @@ from neuroflow.core.sequence_subsets import glioma_reference_role
 from neuroflow.core.site_secret import install_site_secret
 from neuroflow.core.sub_series import volume_identity
 from neuroflow.core.timing import ProgressSink, StageClock
-from neuroflow.core.volume_members import volume_instances
 from neuroflow.core.worker import is_retryable
 from neuroflow.ingest.classify import SeriesClassification, classify_study, effective_policy
 from neuroflow.ingest.routing import pipeline_inputs, qualify
 from neuroflow.ingest.site_rules import SiteRules, load_site_rules
 from neuroflow.longitudinal.pairing import group_by_patient
 from neuroflow.preprocess.glioma_inputs import preprocess_glioma
-from neuroflow.results.glioma_results import glioma_report, glioma_seg, registration_warnings
+from neuroflow.results.dicom_sr import SR_FILE
+from neuroflow.results.glioma_results import (
+    GLIOMA_RESULT_NAMES,
+    SEG_FILE,
+    earlier_result,
+    glioma_objects,
+    glioma_report,
+    registration_warnings,
+)
+from neuroflow.results.notice import failure_hash, notice_objects, notice_of
 from neuroflow.results.report import (
+    TOTAL_TIMING_KEY,
     ReportStatus,
     SeriesEntry,
     StudyReport,
@@ -39,11 +47,12 @@ from neuroflow.results.report import (
     write_report,
     write_summary,
 )
+from neuroflow.runtime.result_files import read_if_present, remove_results, write_objects
 from neuroflow.segmentation.glioma import label_map, predict_regions
 
 log = logging.getLogger(__name__)
 
-SEG_FILE = "seg.dcm"
+__all__ = ["GLIOMA_RESULT_NAMES", "SEG_FILE", "run_embedded", "run_glioma"]
 GLIOMA_STAGES = (
     "read", "classify", "read_series", "convert", "orientation", "register", "skull_strip",
     "normalise", "segment", "postprocess", "write_results",
@@ -62,6 +71,7 @@ class _Run:
     key: str = ""
     series: list[SeriesEntry] | None = None
     warnings: list[str] | None = None
+    evidence: list[Dataset] | None = None  # an instance header of the study: what a notice is filed under
 
 
 def run_embedded(
@@ -110,16 +120,20 @@ def run_glioma(
     progress: ProgressSink | None = None,
     indexed: _Indexed | None = None,
 ) -> StudyReport:
-    """Runs the glioma pipeline on one study of ``source`` and writes ``report.json``,
-    ``summary.txt`` and, on success, ``seg.dcm`` to ``out_dir``. Never raises for a bad study: the
-    report says what is wrong (``status`` failed, ``errors``) and no ``seg.dcm`` is left behind."""
+    """Runs the glioma pipeline on one study of ``source`` and writes ``report.json``, ``summary.txt`` and
+    the objects PACS would get (``glioma_objects``: ``seg.dcm``, ``sr.dcm``, the overlay series) to
+    ``out_dir``. Never raises for a bad study: the report says what is wrong (``status`` failed,
+    ``errors``), no earlier result is left behind, and the notice (``notice_sr.dcm``, ``notice.dcm``) says
+    in DICOM that the study could not be processed and why. A run on other inputs than the earlier run into
+    ``out_dir`` (a new model) is the next version of the result: its SR names the earlier SR."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    earlier_sr = read_if_present(out_dir / SR_FILE)
     # A result left by an earlier run must not pass for this run's result if this one fails.
-    (out_dir / SEG_FILE).unlink(missing_ok=True)
+    remove_results(out_dir, GLIOMA_RESULT_NAMES)
     clock = StageClock(GLIOMA_STAGES, progress)
-    run = _Run(series=[], warnings=[])
+    run = _Run(series=[], warnings=[], evidence=[])
     try:
-        report = _run(source, out_dir, settings, backend, study_uid, clock, run, indexed)
+        report = _run(source, out_dir, settings, backend, study_uid, clock, run, indexed, earlier_sr)
     except NeuroflowError as exc:
         reason = exc.reason if isinstance(exc, StudyError) else str(exc)
         where = f"{clock.current}: " if clock.current else ""
@@ -136,6 +150,7 @@ def run_glioma(
             retryable=is_retryable(exc),
             outputs=["report.json", "summary.txt"],
         )
+        report = _file_failure_notice(report, run.evidence or [], out_dir, settings)
     write_summary(report, out_dir)
     write_report(report, out_dir)
     return report
@@ -150,8 +165,9 @@ def _run(
     clock: StageClock,
     run: _Run,
     indexed: _Indexed | None,
+    earlier_sr: Dataset | None = None,
 ) -> StudyReport:
-    assert run.series is not None and run.warnings is not None
+    assert run.series is not None and run.warnings is not None and run.evidence is not None
     with clock.stage("read"):
         if indexed is None:
             studies, skipped = source.index()
@@ -161,6 +177,7 @@ def _run(
         run.warnings.extend(f"skipped {s.path}: {s.reason}" for s in skipped)
         study = _choose_study(studies, study_uid)
         run.study_uid, run.key = study.study_instance_uid, study_key(study.study_instance_uid)
+        run.evidence[:] = [s.headers[0] for s in study.series.values() if s.headers][:1]
         check_study_size(run.key, sum(len(s.headers) for s in study.series.values()), source.limits, stage="read")
         run.warnings.extend(study.set_aside_notes())
         clock.note(f"study {run.key}: {len(study.series)} series, {len(skipped)} files skipped")
@@ -201,23 +218,44 @@ def _run(
         volumes_ml = TumourVolumes.from_label_map(labels_on_grid)
 
     with clock.stage("write_results"):
-        outputs = ["report.json", "summary.txt"]
         uids = {role.value: [*(str(ds.SOPInstanceUID) for ds in datasets),
                              *volume_identity(chosen[role].series_instance_uid)]
                 for role, datasets in instances.items()}
-        reference = volume_instances(instances[reference_role], study_key=run.key,
-                                     volume=series[reference_role].volume)
-        seg = glioma_seg(labels_on_grid, pre.reference_geometry, reference,
-                         model=models.glioma, input_hash=input_hash(uids, models.glioma), roles_used=set(chosen))
-        if seg is None:
+        key = input_hash(uids, models.glioma)
+        if not volumes_ml.tumour_detected:
             run.warnings.append("no tumour detected: no DICOM SEG written")
-        else:
-            _save_atomically(seg, out_dir / SEG_FILE)
-            outputs.insert(0, SEG_FILE)
+        earlier = earlier_result(earlier_sr, study_instance_uid=run.study_uid, input_hash=key,
+                                 objects=settings.results)
+        if earlier is not None and not earlier.same_input:
+            run.warnings.append(f"this result replaces an earlier one (version {earlier.version}) from other inputs")
+        # The objects are built from the report (what report.json says), before the files are known.
+        report = glioma_report(run.study_uid, run.key, GLIOMA_PIPELINE, summary, volumes=volumes_ml,
+                               model=models.glioma, series=run.series, timings=clock.timings, warnings=run.warnings,
+                               outputs=[], roles_used=set(chosen))
+        datasets = glioma_objects(report, labels_on_grid, instances, input_hash=key, objects=settings.results,
+                                  study_key=run.key, volumes_of={role: s.volume for role, s in series.items()},
+                                  earlier=earlier)
+        written = write_objects(datasets, out_dir)
+    # The report the objects were built from, with the write_results stage timed and the files named.
+    return report.model_copy(update={
+        "timings_s": {**clock.timings, TOTAL_TIMING_KEY: round(sum(clock.timings.values()), 3)},
+        "outputs": [*(path.name for path in written), "report.json", "summary.txt"]})
 
-    return glioma_report(run.study_uid, run.key, GLIOMA_PIPELINE, summary, volumes=volumes_ml, model=models.glioma,
-                         series=run.series, timings=clock.timings, warnings=run.warnings, outputs=outputs,
-                         roles_used=set(chosen))
+
+def _file_failure_notice(report: StudyReport, evidence: list[Dataset], out_dir: Path,
+                         settings: NeuroflowSettings) -> StudyReport:
+    """The failed report with the notice written beside it (the notice SR and image, filed under the study
+    of ``evidence``); unchanged when nothing of the study could be read (no study to file a notice under)."""
+    notice = notice_of(report)
+    if notice is None or not evidence:
+        return report
+    try:
+        written = write_objects(notice_objects(report, notice, evidence, input_hash=failure_hash(report),
+                                               objects=settings.results), out_dir)
+    except (ValueError, AttributeError, OSError) as exc:  # a header too broken for a notice: the report says why
+        log.error("study %s: the failure notice could not be made: %s", report.study_key or "-", exc)
+        return report.model_copy(update={"warnings": [*report.warnings, f"no failure notice for PACS: {exc}"]})
+    return report.model_copy(update={"outputs": [*(path.name for path in written), *report.outputs]})
 
 
 def _choose_study(studies: dict[str, StudyIndex], study_uid: str | None) -> StudyIndex:
@@ -247,11 +285,3 @@ def _series_entries(classified: list[SeriesClassification], used: dict[str, Seri
         )
         for c in classified
     ]
-
-
-def _save_atomically(dataset: Dataset, path: Path) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    dataset.save_as(tmp, enforce_file_format=True)
-    os.replace(tmp, path)
-
-

@@ -8,9 +8,7 @@ objects: with one pair at the top of the output folder, with several in ``pair<n
 from __future__ import annotations
 
 import logging
-import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +32,7 @@ from neuroflow.results.longitudinal_results import (
     HAEMATOMA_FOLLOWUP_SEG_FILE,
     MS_OVERLAY_FOLDER,
     MS_SEG_FILE,
+    MS_SR_FILE,
 )
 from neuroflow.results.report import (
     REPORT_FILE,
@@ -47,14 +46,16 @@ from neuroflow.results.report import (
     write_report,
     write_summary,
 )
-from neuroflow.runtime.embedded import SEG_FILE as GLIOMA_SEG_FILE
+from neuroflow.runtime.embedded import GLIOMA_RESULT_NAMES
+from neuroflow.runtime.result_files import remove_results, write_objects
 
 log = logging.getLogger(__name__)
 
 LONGITUDINAL_STAGES: tuple[str, ...] = tuple(dict.fromkeys(
     ("classify", "pairing", "read_series", *COMPARE_STAGES, "write_results")))
 # Every result file a run here writes, and the glioma run's SEG (an earlier run's into the same folder).
-_RESULT_FILES = (MS_SEG_FILE, HAEMATOMA_BASELINE_SEG_FILE, HAEMATOMA_FOLLOWUP_SEG_FILE, PLOT_FILE, GLIOMA_SEG_FILE)
+_RESULT_FILES = (MS_SEG_FILE, MS_SR_FILE, MS_OVERLAY_FOLDER, HAEMATOMA_BASELINE_SEG_FILE, HAEMATOMA_FOLLOWUP_SEG_FILE,
+                 PLOT_FILE, *GLIOMA_RESULT_NAMES)
 _PAIR_FOLDER = re.compile(r"pair\d+")
 # Every role any change pipeline uses: each study offers its best series for each.
 _CHANGE_ROLES: tuple[SeriesRole, ...] = tuple(dict.fromkeys(
@@ -160,7 +161,7 @@ def _run(source: DicomSource, studies: dict[str, StudyIndex], out_dir: Path, set
     with clock.stage("write_results"):
         for number, datasets in enumerate(objects, start=1):
             folder = out_dir / f"pair{number}" if len(objects) > 1 else out_dir
-            outputs += [str(path.relative_to(out_dir)) for path in _write_objects(datasets, folder)]
+            outputs += [str(path.relative_to(out_dir)) for path in write_objects(datasets, folder)]
     return StudyReport(
         study_instance_uid=run.study_uid, study_key=run.key, pipeline=LONGITUDINAL_PIPELINE,
         status=ReportStatus.SUCCEEDED, series=run.series,
@@ -260,34 +261,6 @@ def _series_entries(classified: list[SeriesClassification], timepoint: StudyTime
     ]
 
 
-def _write_objects(datasets: dict[str, list[Dataset]], folder: Path) -> list[Path]:
-    """A name ending in .dcm is one object in one file; any other name is a series, one file a slice."""
-    folder.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    for name, objects in datasets.items():
-        if name.endswith(".dcm"):
-            (dataset,) = objects
-            written.append(_save_atomically(dataset, folder / name))
-            continue
-        series_folder = folder / name
-        series_folder.mkdir(parents=True, exist_ok=True)
-        for dataset in objects:
-            _save_atomically(dataset, series_folder / f"IM{int(dataset.InstanceNumber):04d}.dcm")
-        written.append(series_folder)
-    return written
-
-
-def _save_atomically(dataset: Dataset, path: Path) -> Path:
-    tmp = path.with_name(path.name + ".partial")
-    dataset.save_as(tmp, enforce_file_format=True)
-    os.replace(tmp, path)
-    return path
-
-
 def _remove_earlier_results(out_dir: Path) -> None:
     """An earlier run's objects must not pass for this run's (the same names are written again)."""
-    for name in _RESULT_FILES:
-        (out_dir / name).unlink(missing_ok=True)
-    for folder in [out_dir / MS_OVERLAY_FOLDER, *(p for p in out_dir.iterdir() if _PAIR_FOLDER.fullmatch(p.name))]:
-        if folder.is_dir():
-            shutil.rmtree(folder)
+    remove_results(out_dir, [*_RESULT_FILES, *(p.name for p in out_dir.iterdir() if _PAIR_FOLDER.fullmatch(p.name))])

@@ -1,0 +1,285 @@
+"""The study report as a DICOM Structured Report (Comprehensive 3D SR, TID 1500 Measurement Report), built
+from the :class:`StudyReport` and nothing else, so the SR and report.json always say the same thing.
+
+One measurement group per reported region (its volume in mL, coded per region by ``core.labels.REGION_CODES``,
+the algorithm's name and version), referencing its SEG segment where the region is one (oedema, necrotic core,
+enhancing tumour); the review assessment (needs review, risk score, alarms) when there is one; the regions
+the sequences could not show; the MS new and enlarging lesions of a longitudinal report; and, for a failed run
+or one that found nothing, the notice saying so and why. Every SR says "AI result for review, not a diagnosis".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+import neuroflow
+from neuroflow.core.config import ResultObjectSettings
+from neuroflow.core.identity import NEUROFLOW_MANUFACTURER
+from neuroflow.core.labels import LOCAL_CODING_SCHEME, REGION_CODES, SEGMENT_REGION
+from neuroflow.core.uids import derived_uid
+from neuroflow.results.dicom_seg import declare_local_coding_scheme
+from neuroflow.results.report import LongitudinalReport, ReportStatus, ReviewAssessment, StudyReport
+from neuroflow.results.series_naming import series_description as describe
+
+SR_DISCLAIMER = "AI result for review, not a diagnosis"
+SR_FILE = "sr.dcm"
+GLIOMA_SR_DESCRIPTION = "AI glioma report (not for diagnosis)"
+MS_SR_DESCRIPTION = "AI new MS lesions report (not for diagnosis)"
+NOTICE_SR_DESCRIPTION = "AI NOTICE: no result (not for diagnosis)"
+
+_ML = hd.sr.CodedConcept("mL", "UCUM", "milliliter")
+_MM3 = hd.sr.CodedConcept("mm3", "UCUM", "cubic millimeter")
+_NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
+_MR_BRAIN = hd.sr.CodedConcept("24590-2", "LN", "MR Brain")
+
+
+def _local(value: str, meaning: str) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(value, LOCAL_CODING_SCHEME, meaning)
+
+
+NEEDS_REVIEW_CONCEPT = _local("NEEDS-REVIEW", "Needs review")
+RISK_SCORE_CONCEPT = _local("RISK-SCORE", "Risk score (number of alarms)")
+REVIEW_THRESHOLD_CONCEPT = _local("REVIEW-THRESHOLD", "Needs-review threshold")
+REVIEW_FINDING = _local("REVIEW-ASSESSMENT", "AI result review assessment")
+OUTCOME_FINDING = _local("PROCESSING-OUTCOME", "AI processing outcome")
+NEW_LESION_COUNT_CONCEPT = _local("NEW-LESION-COUNT", "Number of new or enlarging lesions")
+NOT_ASSESSABLE_CONCEPT = _local("NOT-ASSESSABLE", "Not assessable")
+_UID = re.compile(r"\b\d+(?:\.\d+){3,}\b")
+_LESION = hd.sr.CodedConcept("52988006", "SCT", "Lesion")
+_Group = hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+_REGION_LABELS = {"WT": "Whole tumour (WT)", "TC": "Tumour core (TC)", "ET": "Enhancing tumour (ET)",
+                  "oedema": "Oedema (WT - TC)", "necrotic_core": "Necrotic core (TC - ET)"}
+
+
+def glioma_sr(
+    report: StudyReport,
+    evidence: Sequence[Dataset],
+    *,
+    seg: Dataset | None,
+    input_hash: str,
+    objects: ResultObjectSettings,
+    version: int = 1,
+    predecessor: Dataset | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """The SR of a succeeded glioma report: the five region volumes (mL), each group naming the model,
+    the SEG segment of the disjoint regions when ``seg`` is given, the review assessment, the regions not
+    assessable, the method and the disclaimer. ``evidence``: the reference series' instances (headers).
+    ``predecessor``: the SR of the result this one replaces (a re-run), listed as its predecessor document.
+    Refuses (ValueError) a report without volumes or model."""
+    if report.volumes_ml is None or report.model is None:
+        raise ValueError("a glioma SR needs a succeeded report with volumes and a model")
+    algorithm = hd.sr.AlgorithmIdentification(name=report.model.name, version=str(report.model.version),
+                                              manufacturer=NEUROFLOW_MANUFACTURER)
+    volumes = report.volumes_ml.model_dump()
+    segment_of = {region: number for number, region in SEGMENT_REGION.items()}
+    groups: list[_Group] = []
+    for region, label in _REGION_LABELS.items():
+        tracking = hd.sr.TrackingIdentifier(
+            uid=derived_uid(objects.uid_root, "neuroflow.sr-region", input_hash, region), identifier=label)
+        finding = hd.sr.CodedConcept(*REGION_CODES[region])
+        why_not = report.not_assessable.get(region)
+        measurements = [] if why_not is not None else [
+            hd.sr.Measurement(name=codes.SCT.Volume, value=round(float(volumes[region]), 2), unit=_ML,
+                              algorithm_id=algorithm)]
+        number = segment_of.get(region)
+        if seg is not None and number is not None and why_not is None:
+            group: _Group = (
+                hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                    tracking_identifier=tracking, finding_type=finding, algorithm_id=algorithm,
+                    measurements=measurements,
+                    referenced_segment=hd.sr.ReferencedSegment(
+                        sop_class_uid=str(seg.SOPClassUID), sop_instance_uid=str(seg.SOPInstanceUID),
+                        segment_number=number,
+                        source_series=hd.sr.SourceSeriesForSegmentation(str(evidence[0].SeriesInstanceUID)))))
+        else:
+            group = hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking, finding_type=finding, algorithm_id=algorithm,
+                measurements=measurements or None)
+        if why_not is not None:
+            _add_text(group, f"{label}: not assessable: {why_not}", name=NOT_ASSESSABLE_CONCEPT)
+        groups.append(group)
+    groups.append(_outcome_group(report, input_hash, objects, algorithm, [
+        f"Method: {_method(report)}",
+        *([] if report.volumes_ml.tumour_detected else ["No tumour detected."]),
+    ]))
+    if report.review is not None:
+        groups.append(_review_group(report.review, input_hash, objects, algorithm))
+    needs_review = report.review is not None and report.review.needs_review
+    evidence_all = [*evidence, *([seg] if seg is not None else [])]
+    return _sr(report, evidence_all, groups, kind="neuroflow.glioma-sr", input_hash=input_hash, objects=objects,
+               series_number=objects.sr_series_number,
+               description=describe(GLIOMA_SR_DESCRIPTION, needs_review=needs_review, version=version),
+               predecessor=predecessor)
+
+
+def glioma_sr_uid(study_instance_uid: str, input_hash: str, objects: ResultObjectSettings) -> str:
+    """The SOP Instance UID :func:`glioma_sr` gives the SR of these inputs (to tell a re-run of the same
+    inputs, which replaces the SR in place, from a new version, which names the earlier one)."""
+    return derived_uid(objects.uid_root, "neuroflow.glioma-sr", study_instance_uid, input_hash, "instance")
+
+
+def ms_change_sr(
+    report: StudyReport,
+    evidence: Sequence[Dataset],
+    *,
+    input_hash: str,
+    objects: ResultObjectSettings,
+    predecessor: Dataset | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """The SR of an MS change comparison (the latest pair of ``report.longitudinal``): the number of new and
+    enlarging lesions and, per lesion, its volume (mm3), kind, location and centroid. ``evidence``: the
+    follow-up FLAIR's instances; ``report.model``: the method that found them. Refuses (ValueError) a report
+    without an MS comparison."""
+    section: LongitudinalReport | None = report.longitudinal
+    if section is None or section.new_lesions is None:
+        raise ValueError("an MS change SR needs a longitudinal report with the new lesions")
+    if report.model is None:
+        raise ValueError("an MS change SR needs the method or model that found the lesions (report.model)")
+    algorithm = hd.sr.AlgorithmIdentification(name=report.model.name, version=str(report.model.version),
+                                              manufacturer=NEUROFLOW_MANUFACTURER)
+    summary = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=derived_uid(objects.uid_root, "neuroflow.sr-ms-summary", input_hash), identifier="New MS activity"),
+        finding_type=_LESION, algorithm_id=algorithm,
+        measurements=[hd.sr.Measurement(name=NEW_LESION_COUNT_CONCEPT, value=len(section.new_lesions),
+                                        unit=_NO_UNITS, algorithm_id=algorithm)],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(
+            _local("NEW-ACTIVITY", "New MS activity"), codes.SCT.Yes if section.new_activity else codes.SCT.No)])
+    _add_text(summary, f"Compared {section.baseline_study_date or 'baseline'} -> "
+                       f"{section.followup_study_date or 'follow-up'}")
+    groups: list[hd.sr.MeasurementsAndQualitativeEvaluations] = [summary]
+    for n, lesion in enumerate(section.new_lesions, start=1):
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=derived_uid(objects.uid_root, "neuroflow.sr-ms-lesion", input_hash, str(n)),
+                identifier=f"Lesion {n} ({lesion.kind})"),
+            finding_type=_LESION, algorithm_id=algorithm,
+            measurements=[hd.sr.Measurement(name=codes.SCT.Volume, value=round(lesion.volume_mm3, 1), unit=_MM3,
+                                            algorithm_id=algorithm)])
+        x, y, z = lesion.centroid_mm
+        _add_text(group, f"{lesion.kind} lesion at {lesion.location}; centroid ({x:.1f}, {y:.1f}, {z:.1f}) mm LPS")
+        groups.append(group)
+    groups.append(_outcome_group(report, input_hash, objects, algorithm, [
+        "Method: subtraction of co-registered FLAIR with intensity and size criteria"]))
+    return _sr(report, evidence, groups, kind="neuroflow.ms-change-sr", input_hash=input_hash, objects=objects,
+               series_number=objects.ms_sr_series_number, description=MS_SR_DESCRIPTION, predecessor=predecessor)
+
+
+def notice_sr(
+    report: StudyReport,
+    evidence: Sequence[Dataset],
+    *,
+    headline: str,
+    reasons: Sequence[str],
+    input_hash: str,
+    objects: ResultObjectSettings,
+) -> hd.sr.Comprehensive3DSR:
+    """The SR of a notice: the study could not be processed (a failed report) or nothing was found.
+    ``headline`` and ``reasons`` are what a reader is told; ``evidence``: any instances of the study (the
+    SR takes its patient and study from them)."""
+    group = _outcome_group(report, input_hash, objects, None, [headline, *reasons])
+    return _sr(report, evidence, [group], kind="neuroflow.notice-sr", input_hash=input_hash, objects=objects,
+               series_number=objects.notice_series_number, description=NOTICE_SR_DESCRIPTION, predecessor=None)
+
+
+def _outcome_group(report: StudyReport, input_hash: str, objects: ResultObjectSettings,
+                   algorithm: hd.sr.AlgorithmIdentification | None, lines: Sequence[str]
+                   ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=derived_uid(objects.uid_root, "neuroflow.sr-outcome", input_hash), identifier="Processing outcome"),
+        finding_type=OUTCOME_FINDING, algorithm_id=algorithm)
+    status = "succeeded" if report.status is ReportStatus.SUCCEEDED else "FAILED: the study could not be processed"
+    for line in (f"Pipeline {report.pipeline}: {status}", *lines,
+                 *(f"Error: {mask_uids(e)}" for e in report.errors),
+                 *(f"Warning: {mask_uids(w)}" for w in report.warnings),
+                 f"neuroflow {report.neuroflow_version}", SR_DISCLAIMER):
+        _add_text(group, line)
+    return group
+
+
+def mask_uids(text: str) -> str:
+    """``text`` with every DICOM UID replaced by "<UID>": an SR is filed in its study, and the UIDs of other
+    objects in a report's errors mean nothing to a reader."""
+    return _UID.sub("<UID>", text)
+
+
+def _review_group(review: ReviewAssessment, input_hash: str, objects: ResultObjectSettings,
+                  algorithm: hd.sr.AlgorithmIdentification) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=derived_uid(objects.uid_root, "neuroflow.sr-review", input_hash), identifier="Review assessment"),
+        finding_type=REVIEW_FINDING, algorithm_id=algorithm,
+        measurements=[
+            hd.sr.Measurement(name=RISK_SCORE_CONCEPT, value=review.risk_score, unit=_NO_UNITS),
+            hd.sr.Measurement(name=REVIEW_THRESHOLD_CONCEPT, value=review.threshold, unit=_NO_UNITS)],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(
+            NEEDS_REVIEW_CONCEPT, codes.SCT.Yes if review.needs_review else codes.SCT.No)])
+    if review.method:
+        _add_text(group, f"Review method: {review.method}")
+    for alarm in review.alarms:
+        _add_text(group, f"Alarm: {alarm}")
+    return group
+
+
+def _method(report: StudyReport) -> str:
+    model = report.model
+    named = f"{model.name} version {model.version}" if model is not None else "no model"
+    skull = f"; skull strip {report.skull_strip.method}" if report.skull_strip and report.skull_strip.method else ""
+    used = ", ".join(str(s.used_as) for s in report.series if s.used_as is not None)
+    return (f"automatic 3D segmentation by {named} on {used or 'the routed series'}{skull}; "
+            f"volumes of the segmentation on a 1 mm grid")
+
+
+def _add_text(group: Sequence[Dataset], text: str, *, name: hd.sr.CodedConcept | None = None) -> None:
+    """A TEXT item in the group's container (TID 1501 allows free-text evaluations beside coded ones)."""
+    group[0].ContentSequence.append(hd.sr.TextContentItem(
+        name=name or codes.DCM.Comment, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+
+
+def _sr(report: StudyReport, evidence: Sequence[Dataset], groups: Sequence[Sequence[Dataset]], *, kind: str,
+        input_hash: str, objects: ResultObjectSettings, series_number: int, description: str,
+        predecessor: Dataset | None) -> hd.sr.Comprehensive3DSR:
+    if not evidence:
+        raise ValueError(f"study {report.study_key}: an SR needs at least one instance of the study as evidence")
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=derived_uid(objects.uid_root, "neuroflow.device"), name="neuroflow",
+            manufacturer_name=NEUROFLOW_MANUFACTURER, model_name=report.pipeline))
+    content = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=_MR_BRAIN, imaging_measurements=list(groups),  # type: ignore[arg-type]
+        title=codes.DCM.ImagingMeasurementReport)
+    entropy = (kind, str(evidence[0].StudyInstanceUID), input_hash)
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=list(evidence), content=content,
+        series_instance_uid=derived_uid(objects.uid_root, *entropy, "series"), series_number=series_number,
+        sop_instance_uid=derived_uid(objects.uid_root, *entropy, "instance"), instance_number=1,
+        manufacturer=NEUROFLOW_MANUFACTURER, is_complete=True, is_final=False, is_verified=False,
+        previous_versions=[predecessor] if predecessor is not None else None)
+    sr.SeriesDescription = description
+    declare_local_coding_scheme(sr)
+    sr.SoftwareVersions = neuroflow.__version__
+    return sr
+
+
+def sr_texts(sr: Dataset) -> list[str]:
+    """Every TEXT value of an SR, depth first (what a reader of the SR is told in words)."""
+    texts: list[str] = []
+
+    def walk(items: Sequence[Dataset]) -> None:
+        for item in items:
+            if item.get("ValueType") == "TEXT":
+                texts.append(str(item.TextValue))
+            walk(item.get("ContentSequence", []))
+
+    walk([sr])
+    return texts
+
+
