@@ -8,7 +8,7 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 
-from neuroflow.core.handoff import PreprocessSummary
+from neuroflow.core.handoff import PreprocessSummary, ReviewSummary
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.volume import Geometry, Volume, resample
@@ -18,6 +18,7 @@ from neuroflow.results.report import (
     OrientationCheck,
     RegistrationQuality,
     ReportStatus,
+    ReviewAssessment,
     SeriesEntry,
     SkullStrip,
     StudyReport,
@@ -60,6 +61,7 @@ def glioma_report(
     timings: dict[str, float],
     warnings: list[str],
     outputs: list[str],
+    review: ReviewSummary | None = None,
 ) -> StudyReport:
     """The succeeded glioma report, the same in both runtimes: built from what preprocessing handed on
     (``summary``), the measured volumes and the series routing chose."""
@@ -84,6 +86,14 @@ def glioma_report(
                              for role, c in summary.orientation.items()),
         ),
         skull_strip=SkullStrip(brain_volume_ml=summary.brain_volume_ml, method=summary.skull_strip_method),
+        review=None if review is None else review_assessment(review),
         warnings=warnings,
         outputs=outputs,
     )
+
+
+def review_assessment(review: ReviewSummary) -> ReviewAssessment:
+    """The report's failure flag from the one the segmentation handed on (None there: not assessed)."""
+    return ReviewAssessment(needs_review=review.needs_review, risk_score=review.risk_score,
+                            threshold=review.threshold, alarms=list(review.alarms),
+                            disagreement=dict(review.disagreement), method=review.method)

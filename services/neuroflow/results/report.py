@@ -320,6 +320,8 @@ def render_summary(report: StudyReport) -> str:
         f"Study:     {report.study_instance_uid} (key {report.study_key})",
         f"Status:    {report.status.value}",
     ]
+    if report.review is not None and report.review.needs_review:
+        lines.append(f"Review:    NEEDS REVIEW ({report.review.risk_score} alarm(s); see the quality check below)")
     if report.model is not None:
         lines.append(f"Model:     {report.model.name}, version {report.model.version}")
     lines.append(f"Generated: {report.generated_at.isoformat(timespec='seconds')} "
@@ -341,6 +343,8 @@ def render_summary(report: StudyReport) -> str:
         width = max(len(name) for _, name in _REGION_NAMES)
         lines += [f"  {name:<{width}}  {volumes[key]:8.1f}" for key, name in _REGION_NAMES]
 
+    if report.review is not None:
+        lines += _review_lines(report.review)
     if report.longitudinal is not None:
         lines += _longitudinal_lines(report.longitudinal)
     lines += _checks(report)
@@ -351,6 +355,14 @@ def render_summary(report: StudyReport) -> str:
         lines += ["", "Outputs: " + ", ".join(report.outputs)]
     lines += ["", report.disclaimer, ""]
     return "\n".join(lines)
+
+
+def _review_lines(review: ReviewAssessment) -> list[str]:
+    """The failure flag: a line a reader cannot miss when the result needs review, and every alarm."""
+    verdict = (f"NEEDS REVIEW: {review.risk_score} alarm(s), more than the site's threshold of {review.threshold}"
+               if review.needs_review else
+               f"no review flag ({review.risk_score} alarm(s), threshold {review.threshold})")
+    return ["", f"Quality check: {verdict}", *(f"  - {alarm}" for alarm in review.alarms)]
 
 
 def _longitudinal_lines(section: LongitudinalReport) -> list[str]:

@@ -17,7 +17,7 @@ from neuroflow.core.bus import MessageBus
 from neuroflow.core.dead_letter import now_timestamp
 from neuroflow.core.dicom_io import DicomSink, DicomSource, Forwarder, find_series
 from neuroflow.core.errors import MissingSequence
-from neuroflow.core.handoff import PreprocessSummary
+from neuroflow.core.handoff import PreprocessSummary, ReviewSummary
 from neuroflow.core.identity import input_hash
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.roles import GLIOMA_REFERENCE_ROLE, SeriesRole
@@ -81,7 +81,7 @@ class ResultsHandler:
         report = glioma_report(task.study.study_instance_uid, key, task.pipeline, summary,
                                volumes=TumourVolumes.from_label_map(labels), model=model,
                                series=series_entries(request.referenced_series), timings=timings, warnings=warnings,
-                               outputs=["report.json", "summary.txt"])
+                               outputs=["report.json", "summary.txt"], review=ReviewSummary.of(labels))
         out_dir = self._reports_dir / key / task.workflow_id
         out_dir.mkdir(parents=True, exist_ok=True)
         write_summary(report, out_dir)

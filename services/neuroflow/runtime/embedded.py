@@ -38,13 +38,14 @@ from neuroflow.results.report import (
     write_summary,
 )
 from neuroflow.segmentation.glioma import label_map, predict_regions
+from neuroflow.segmentation.review import record_review, review_segmentation
 
 log = logging.getLogger(__name__)
 
 SEG_FILE = "seg.dcm"
 GLIOMA_STAGES = (
     "read", "classify", "read_series", "convert", "orientation", "register", "skull_strip",
-    "normalise", "segment", "postprocess", "write_results",
+    "normalise", "segment", "postprocess", "review", "write_results",
 )
 
 
@@ -193,6 +194,10 @@ def _run(
     with clock.stage("postprocess"):
         labels_on_grid = label_map(probabilities, pre.brain_mask)
         volumes_ml = TumourVolumes.from_label_map(labels_on_grid)
+    with clock.stage("review"):
+        review = review_segmentation(pre.normalised, pre.brain_mask, probabilities, labels_on_grid, backend,
+                                     models.glioma, settings, study_key=run.key)
+        record_review(review, site=settings.site, pipeline=GLIOMA_PIPELINE, model=models.glioma)
 
     with clock.stage("write_results"):
         outputs = ["report.json", "summary.txt"]
@@ -210,7 +215,8 @@ def _run(
             outputs.insert(0, SEG_FILE)
 
     return glioma_report(run.study_uid, run.key, GLIOMA_PIPELINE, summary, volumes=volumes_ml, model=models.glioma,
-                         series=run.series, timings=clock.timings, warnings=run.warnings, outputs=outputs)
+                         series=run.series, timings=clock.timings, warnings=run.warnings, outputs=outputs,
+                         review=review)
 
 
 def _choose_study(studies: dict[str, StudyIndex], study_uid: str | None) -> StudyIndex:
