@@ -172,7 +172,21 @@ def table(rows: list[dict[str, object]], flips: list[str], threshold: int) -> st
         failed = "-" if not isinstance(d, dict) else ("yes" if (d["WT"] or 0.0) < 0.7 else "no")
         lines.append(f"| {row['case']} | {' | '.join(cells)} | {failed} | {len(alarms)} | "
                      f"{'NEEDS REVIEW' if len(alarms) > threshold else 'no'} | {'; '.join(alarms) or '-'} |")
+    lines += ["", separation(rows, flips, threshold)]
     return "\n".join(lines)
+
+
+def separation(rows: list[dict[str, object]], flips: list[str], threshold: int) -> str:
+    """How well the flag separates results with WT Dice < 0.7 from the rest (and how many unlabelled it flags)."""
+    counts = {"failed": [0, 0], "passed": [0, 0], "unlabelled": [0, 0]}  # [flagged, all]
+    for row in rows:
+        d = row.get("dice")
+        group = "unlabelled" if not isinstance(d, dict) else ("failed" if (d["WT"] or 0.0) < 0.7 else "passed")
+        counts[group][0] += len(_kept(row["alarms"], flips)) > threshold  # type: ignore[arg-type]
+        counts[group][1] += 1
+    return (f"flagged: {counts['failed'][0]} of {counts['failed'][1]} results with WT Dice < 0.7, "
+            f"{counts['passed'][0]} of {counts['passed'][1]} with WT Dice >= 0.7, "
+            f"{counts['unlabelled'][0]} of {counts['unlabelled'][1]} unlabelled")
 
 
 def main() -> None:
