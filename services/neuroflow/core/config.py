@@ -316,7 +316,9 @@ class SegmentationSettings(BaseModel):
     independent FLAIR estimate of the whole tumour; the result needs review when their count exceeds
     ``review_threshold`` (calibrated on real cases: models/glioma_unet/EVALUATION.md, "Failure flag")."""
 
-    review_threshold: int = Field(default=0, ge=0)
+    # 1: two alarms flag. On the real cases every result with WT Dice < 0.7 raised 2-5 alarms, the good ones 0-1
+    # (a single alarm came on a good result with a very noisy FLAIR).
+    review_threshold: int = Field(default=1, ge=0)
     # Mirrors run as ensemble members, each one more sliding window (about the cost of the segmentation).
     # JSON in the environment: NEUROFLOW_SEGMENTATION__REVIEW_FLIPS='["left_right", "superior_inferior"]'.
     review_flips: tuple[Literal["left_right", "anterior_posterior", "superior_inferior"], ...] = ("left_right",)
