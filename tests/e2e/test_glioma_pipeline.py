@@ -45,6 +45,12 @@ def test_good_study_gives_seg_and_complete_report(tcga_siemens: WrittenStudy, tc
     volumes = report["volumes_ml"]
     assert volumes["WT"] >= volumes["TC"] >= volumes["ET"] >= 0.0
     assert 900 < report["skull_strip"]["brain_volume_ml"] < 2000
+    # The failure flag: its alarms counted as the risk score, judged against the site's threshold, in the summary.
+    review = report["review"]
+    assert review["risk_score"] == len(review["alarms"])
+    assert review["needs_review"] == (review["risk_score"] > review["threshold"])
+    assert "WT_left_right_dice" in review["disagreement"] and "WT_hyper_dice" in review["disagreement"]
+    assert "Quality check: " in (run.out_dir / "summary.txt").read_text()
     # Every stage is shown as it runs.
     for stage in GLIOMA_STAGES:
         assert f"] {stage} done" in run.stderr

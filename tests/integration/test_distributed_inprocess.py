@@ -274,6 +274,11 @@ def test_distributed_run_stores_the_objects_and_volumes_of_the_embedded_run(
     assert report.orientation_check == embedded.orientation_check
     assert report.skull_strip == embedded.skull_strip
     assert report.study_key == embedded.study_key
+    # The failure flag travels with the label map from segmentation to results, as in the embedded run.
+    assert report.review is not None and embedded.review is not None
+    assert report.review.alarms == embedded.review.alarms
+    assert report.review.needs_review == embedded.review.needs_review
+    assert report.review.disagreement.keys() == embedded.review.disagreement.keys()
 
 
 # -- orchestration with the tiny pipeline --------------------------------------------------------------

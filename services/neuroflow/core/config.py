@@ -400,6 +400,19 @@ class InferenceSettings(BaseModel):
         return self
 
 
+class SegmentationSettings(BaseModel):
+    """The failure flag of each segmentation (segmentation/review.py): alarms from test-time flips and an
+    independent FLAIR estimate of the whole tumour; the result needs review when their count exceeds
+    ``review_threshold`` (calibrated on real cases: models/glioma_unet/EVALUATION.md, "Failure flag")."""
+
+    # 1: two alarms flag. On the real cases every result with WT Dice < 0.7 raised 2-5 alarms, the good ones 0-1
+    # (a single alarm came on a good result with a very noisy FLAIR).
+    review_threshold: int = Field(default=1, ge=0)
+    # Mirrors run as ensemble members, each one more sliding window (about the cost of the segmentation).
+    # JSON in the environment: NEUROFLOW_SEGMENTATION__REVIEW_FLIPS='["left_right", "superior_inferior"]'.
+    review_flips: tuple[Literal["left_right", "anterior_posterior", "superior_inferior"], ...] = ("left_right",)
+
+
 class InputLimitSettings(BaseModel):
     """The largest input a worker takes, checked from the DICOM headers before any pixel data is decoded: a
     tiny compressed file can claim billions of pixels, and one study that exhausts a worker's memory would be
@@ -456,3 +469,4 @@ class NeuroflowSettings(BaseSettings):
     longitudinal: LongitudinalSettings = Field(default_factory=LongitudinalSettings)
     limits: InputLimitSettings = Field(default_factory=InputLimitSettings)
     results: ResultObjectSettings = Field(default_factory=ResultObjectSettings)  # UID root, series numbers
+    segmentation: SegmentationSettings = Field(default_factory=SegmentationSettings)  # the failure flag

@@ -82,3 +82,41 @@ class PreprocessSummary(_Model):
     def with_timings(self, timings_s: dict[str, float]) -> PreprocessSummary:
         """A copy with ``timings_s`` added (later stages append their own steps)."""
         return self.model_copy(update={"timings_s": {**self.timings_s, **timings_s}})
+
+
+# Key of the segmentation's review (failure flag) in the label map's meta.
+REVIEW_META_KEY = "neuroflow.review"
+
+
+class ReviewSummary(BaseModel):
+    """The segmentation's failure flag as it travels to the results stage, JSON in the label map's meta beside
+    the preprocess summary. The results stage turns it into the report's ``ReviewAssessment``.
+
+    Unknown keys are ignored, not refused: a newer segmentation service may add figures, and a results
+    service of the previous release must still read the flag (a label map without the key: not assessed)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    alarms: list[str] = Field(default_factory=list)  # one readable line per check that disagreed
+    disagreement: dict[str, float] = Field(default_factory=dict)  # measure -> value
+    method: str = ""
+    threshold: int = Field(default=0, ge=0)
+
+    @property
+    def risk_score(self) -> int:
+        """The number of alarms."""
+        return len(self.alarms)
+
+    @property
+    def needs_review(self) -> bool:
+        return self.risk_score > self.threshold
+
+    def attach(self, volume: Volume) -> Volume:
+        """``volume`` with this review in its meta (a copy)."""
+        return Volume(volume.array, volume.geometry, {**volume.meta, REVIEW_META_KEY: self.model_dump_json()})
+
+    @classmethod
+    def of(cls, volume: Volume) -> ReviewSummary | None:
+        """The review attached to ``volume``; None when the segmentation did not assess it."""
+        text = volume.meta.get(REVIEW_META_KEY)
+        return None if text is None else cls.model_validate_json(text)

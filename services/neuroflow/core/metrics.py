@@ -77,6 +77,13 @@ END_TO_END = Histogram("neuroflow_end_to_end_seconds",
                        "stored", ("site", "pipeline"), buckets=_END_TO_END_BUCKETS)
 RESULTS_DELIVERED = Counter("neuroflow_results_delivered", "Workflows that stored their results",
                             ("site", "pipeline"))
+# -- failure flag of the segmentations (segmentation service; the embedded runtime records them too) --------
+REVIEWS_ASSESSED = Counter("neuroflow_segmentation_reviews",
+                           "Segmentations assessed for review (the failure flag), by model (name/version)",
+                           ("site", "pipeline", "model"))
+REVIEW_FLAGS = Counter("neuroflow_segmentation_review_flags",
+                       "Segmentations marked needs review (more alarms than the threshold), by model (name/version)",
+                       ("site", "pipeline", "model"))
 # -- delivery to the destination PACS (results and longitudinal services, from the outbox) -------------
 DELIVERY_ATTEMPTS = Counter("neuroflow_delivery_attempts",
                             "Attempts to deliver stored results to the destination PACS, by outcome (reason: "
@@ -153,7 +160,7 @@ DEFINED: tuple[MetricWrapperBase, ...] = (
     END_TO_END_TARGET, MODEL_READY, PROBE_LOOP_CPU_SECONDS, PROBE_LAST_SUCCESS,
     STORAGE_MIN_FREE_BYTES, STORAGE_GUARD_TRIPPED, ORTHANC_DISK_SIZE_BYTES, RETENTION_DELETED,
     RETENTION_FREED_BYTES, RETENTION_LAST_SWEEP,
-    FEED_LOOKUP_FAILURES, UNUSABLE_PATIENT_IDS, PRIOR_ANSWERS_DISCARDED,
+    FEED_LOOKUP_FAILURES, UNUSABLE_PATIENT_IDS, PRIOR_ANSWERS_DISCARDED, REVIEWS_ASSESSED, REVIEW_FLAGS,
 )
 
 _SUFFIXES = {"counter": ("_total", "_created"), "gauge": ("",),

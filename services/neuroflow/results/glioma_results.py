@@ -11,7 +11,7 @@ import pydicom
 import SimpleITK as sitk
 
 from neuroflow.core.config import ResultObjectSettings
-from neuroflow.core.handoff import PreprocessSummary
+from neuroflow.core.handoff import PreprocessSummary, ReviewSummary
 from neuroflow.core.labels import (
     GLIOMA_SEGMENTS,
     REGION_LABELS,
@@ -34,6 +34,7 @@ from neuroflow.results.report import (
     OrientationCheck,
     RegistrationQuality,
     ReportStatus,
+    ReviewAssessment,
     SeriesEntry,
     SkullStrip,
     StudyReport,
@@ -188,6 +189,7 @@ def glioma_report(
     warnings: list[str],
     outputs: list[str],
     roles_used: Collection[SeriesRole],
+    review: ReviewSummary | None = None,
 ) -> StudyReport:
     """The succeeded glioma report, the same in both runtimes: built from what preprocessing handed on
     (``summary``), the measured volumes and the series routing chose; from the input roles the study had
@@ -215,6 +217,14 @@ def glioma_report(
         skull_strip=SkullStrip(brain_volume_ml=summary.brain_volume_ml, method=summary.skull_strip_method),
         not_assessable=not_assessable(roles_used),
         sequences_missing=[r for r in GLIOMA_INPUT_ROLES if r not in roles_used],
+        review=None if review is None else review_assessment(review),
         warnings=warnings,
         outputs=outputs,
     )
+
+
+def review_assessment(review: ReviewSummary) -> ReviewAssessment:
+    """The report's failure flag from the one the segmentation handed on (None there: not assessed)."""
+    return ReviewAssessment(needs_review=review.needs_review, risk_score=review.risk_score,
+                            threshold=review.threshold, alarms=list(review.alarms),
+                            disagreement=dict(review.disagreement), method=review.method)

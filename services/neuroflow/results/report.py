@@ -324,6 +324,8 @@ def render_summary(report: StudyReport) -> str:
         f"Study:     key {report.study_key}",
         f"Status:    {report.status.value}",
     ]
+    if report.review is not None and report.review.needs_review:
+        lines.append(f"Review:    NEEDS REVIEW ({report.review.risk_score} alarm(s); see the quality check below)")
     if report.model is not None:
         lines.append(f"Model:     {report.model.name}, version {report.model.version}")
     lines.append(f"Generated: {report.generated_at.isoformat(timespec='seconds')} "
@@ -349,6 +351,8 @@ def render_summary(report: StudyReport) -> str:
         lines += [f"  {name:<{width}}  {volumes[key]:8.1f}" if key not in unknown
                   else f"  {name:<{width}}  not assessable ({unknown[key]})" for key, name in _REGION_NAMES]
 
+    if report.review is not None:
+        lines += _review_lines(report.review)
     if report.longitudinal is not None:
         lines += _longitudinal_lines(report.longitudinal)
     lines += _checks(report)
@@ -370,6 +374,14 @@ def _not_assessable_volumes(regions: dict[str, str]) -> dict[str, str]:
     derived = {key: "; ".join(dict.fromkeys(regions[r] for r in parts if r in regions))
                for key, parts in _DERIVED_FROM.items() if any(r in regions for r in parts)}
     return {**regions, **derived}
+
+
+def _review_lines(review: ReviewAssessment) -> list[str]:
+    """The failure flag: a line a reader cannot miss when the result needs review, and every alarm."""
+    verdict = (f"NEEDS REVIEW: {review.risk_score} alarm(s), more than the site's threshold of {review.threshold}"
+               if review.needs_review else
+               f"no review flag ({review.risk_score} alarm(s), threshold {review.threshold})")
+    return ["", f"Quality check: {verdict}", *(f"  - {alarm}" for alarm in review.alarms)]
 
 
 def _longitudinal_lines(section: LongitudinalReport) -> list[str]:

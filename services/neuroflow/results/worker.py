@@ -19,7 +19,7 @@ from neuroflow.core.config import ResultObjectSettings
 from neuroflow.core.dead_letter import now_timestamp
 from neuroflow.core.dicom_io import DicomSink, DicomSource, Forwarder, find_series
 from neuroflow.core.errors import MissingSequence
-from neuroflow.core.handoff import PreprocessSummary
+from neuroflow.core.handoff import PreprocessSummary, ReviewSummary
 from neuroflow.core.identity import input_hash
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.roles import GLIOMA_REFERENCE_ORDER, SeriesRole
@@ -84,7 +84,7 @@ class ResultsHandler:
         report = glioma_report(task.study.study_instance_uid, key_of_study, task.pipeline, summary, volumes=volumes,
                                model=model, series=series_entries(request.referenced_series), timings=timings,
                                warnings=warnings, outputs=["report.json", "summary.txt"],
-                               roles_used=set(series))
+                               roles_used=set(series), review=ReviewSummary.of(labels))
         datasets = glioma_objects(report, labels, drawn, input_hash=key, objects=self._objects, study_key=key_of_study,
                                   volumes_of={role: series[role].volume for role in drawn})
         stored = [self._sink.store(ds) for name in sorted(datasets) for ds in datasets[name]]

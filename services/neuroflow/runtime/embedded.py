@@ -49,13 +49,14 @@ from neuroflow.results.report import (
 )
 from neuroflow.runtime.result_files import read_if_present, remove_results, write_objects
 from neuroflow.segmentation.glioma import label_map, predict_regions
+from neuroflow.segmentation.review import record_review, review_segmentation
 
 log = logging.getLogger(__name__)
 
 __all__ = ["GLIOMA_RESULT_NAMES", "SEG_FILE", "run_embedded", "run_glioma"]
 GLIOMA_STAGES = (
     "read", "classify", "read_series", "convert", "orientation", "register", "skull_strip",
-    "normalise", "segment", "postprocess", "write_results",
+    "normalise", "segment", "postprocess", "review", "write_results",
 )
 
 
@@ -216,6 +217,10 @@ def _run(
     with clock.stage("postprocess"):
         labels_on_grid = label_map(probabilities, pre.brain_mask)
         volumes_ml = TumourVolumes.from_label_map(labels_on_grid)
+    with clock.stage("review"):
+        review = review_segmentation(pre.normalised, pre.brain_mask, probabilities, labels_on_grid, backend,
+                                     models.glioma, settings, study_key=run.key)
+        record_review(review, site=settings.site, pipeline=GLIOMA_PIPELINE, model=models.glioma)
 
     with clock.stage("write_results"):
         uids = {role.value: [*(str(ds.SOPInstanceUID) for ds in datasets),
@@ -231,7 +236,7 @@ def _run(
         # The objects are built from the report (what report.json says), before the files are known.
         report = glioma_report(run.study_uid, run.key, GLIOMA_PIPELINE, summary, volumes=volumes_ml,
                                model=models.glioma, series=run.series, timings=clock.timings, warnings=run.warnings,
-                               outputs=[], roles_used=set(chosen))
+                               outputs=[], roles_used=set(chosen), review=review)
         datasets = glioma_objects(report, labels_on_grid, instances, input_hash=key, objects=settings.results,
                                   study_key=run.key, volumes_of={role: s.volume for role, s in series.items()},
                                   earlier=earlier)

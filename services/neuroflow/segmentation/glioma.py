@@ -31,12 +31,13 @@ def predict_regions(
     overlap: float,
     batch_size: int,
     study_key: str,
+    flip_axes: tuple[int, ...] = (),
     progress: Callable[[int, int], None] | None = None,
 ) -> npt.NDArray[np.float32]:
     """Per-region probabilities (WT, TC, ET; on ``mask``'s grid) from the normalised input volumes,
     stacked in the channel order the model card names. Zero outside the brain mask. A role the study
     lacks is an all-zero channel when the card says the model was trained for it (``min_roles_any``,
-    core/sequence_subsets.py).
+    core/sequence_subsets.py). ``flip_axes``: see :func:`predict_stack`.
 
     Refuses a model whose card asks for a role preprocessing did not produce (and does not take the
     study without it), or whose outputs are not the glioma regions."""
@@ -54,7 +55,30 @@ def predict_regions(
     absent = np.zeros(mask.array.shape, dtype=np.float32)  # z-scored "no signal": what dropout trained on
     stack = np.stack([np.asarray(normalised[role].array, dtype=np.float32) if role in normalised else absent
                       for role in inputs.roles])
-    box = _bounding_box(mask.array > 0, _CROP_MARGIN)
+    return predict_stack(stack, mask.array > 0, backend, model, overlap=overlap, batch_size=batch_size,
+                         flip_axes=flip_axes, progress=progress)
+
+
+def predict_stack(
+    stack: npt.NDArray[np.float32],
+    brain: npt.NDArray[np.bool_],
+    backend: InferenceBackend,
+    model: ModelRef,
+    *,
+    overlap: float,
+    batch_size: int,
+    flip_axes: tuple[int, ...] = (),
+    progress: Callable[[int, int], None] | None = None,
+) -> npt.NDArray[np.float32]:
+    """Per-region probabilities of the input ``stack`` (C, Z, Y, X, the model card's channel order) over
+    ``brain``'s bounding box, zero outside ``brain``. ``flip_axes`` (array axes of the volume, 0-2): the
+    input is mirrored along them before inference and the output mirrored back, a test-time ensemble
+    member on the same grid as the plain prediction."""
+    card = backend.card(model)
+    if flip_axes:
+        stack = np.ascontiguousarray(np.flip(stack, axis=tuple(1 + a for a in flip_axes)))
+        brain = np.flip(brain, axis=flip_axes)
+    box = _bounding_box(brain, _CROP_MARGIN)
     probabilities = np.zeros((len(TUMOUR_REGIONS), *stack.shape[1:]), dtype=np.float32)
     probabilities[(slice(None), *box)] = sliding_window_inference(
         np.ascontiguousarray(stack[(slice(None), *box)]),
@@ -70,7 +94,9 @@ def predict_regions(
         progress=progress,
     )
     # Tumour outside the brain mask is not tumour (skull, vessels, fat enhance too).
-    probabilities *= (mask.array > 0)[None]
+    probabilities *= brain[None]
+    if flip_axes:
+        probabilities = np.ascontiguousarray(np.flip(probabilities, axis=tuple(1 + a for a in flip_axes)))
     return probabilities
 
 

@@ -19,6 +19,7 @@ from neuroflow.core.volume import Volume
 from neuroflow.core.volume_store import VolumeStore
 from neuroflow.proto.neuroflow.v1 import tasks_pb2
 from neuroflow.segmentation.glioma import label_map, predict_regions
+from neuroflow.segmentation.review import record_review, review_segmentation
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +55,20 @@ class SegmentationHandler:
                                         batch_size=self._settings.window_batch_size, study_key=key)
         segmented = time.perf_counter()
         labels = label_map(probabilities, mask)
+        postprocessed = time.perf_counter()
+        review = review_segmentation(normalised, mask, probabilities, labels, self._backend, model, self._settings,
+                                     study_key=key)
+        record_review(review, site=task.study.site, pipeline=task.pipeline, model=model)
         timings = {"segment": round(segmented - started, 3),
-                   "postprocess": round(time.perf_counter() - segmented, 3)}
+                   "postprocess": round(postprocessed - segmented, 3),
+                   "review": round(time.perf_counter() - postprocessed, 3)}
         if SUMMARY_META_KEY in mask.meta:
             labels = PreprocessSummary.of(mask).with_timings(timings).attach(labels)
+        # Beside the summary, as its own key: a results service that predates it ignores it.
+        labels = review.attach(labels)
         stored = self._volumes.put_ref(f"{key}/{task.workflow_id}/{LABEL_MAP_NAME}", labels)
         volumes = region_volumes_ml(labels)
-        log.info("study %s: segmentation of workflow %s: WT %.1f mL in %.1f s", key, task.workflow_id,
-                 volumes.get("WT", 0.0), timings["segment"])
+        log.info("study %s: segmentation of workflow %s: WT %.1f mL in %.1f s, %d alarm(s)%s", key,
+                 task.workflow_id, volumes.get("WT", 0.0), timings["segment"], review.risk_score,
+                 ", needs review" if review.needs_review else "")
         return tasks_pb2.SegmentationOutput(label_map=stored, region_volumes_ml=volumes, model=request.model)
