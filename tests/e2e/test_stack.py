@@ -190,11 +190,6 @@ def test_destination_down_for_a_while_gets_the_result_once_it_is_back(
     assert restarted["pid"] != pacs_process["pid"]
 
 
-# Not yet secured (Prometheus, Alertmanager: their web config takes basic auth with bcrypt hashes and TLS; they
-# hold metrics, no identifier): probed and printed, not yet required to refuse.
-NOT_YET_SECURED = {"prometheus", "alertmanager"}
-
-
 def test_every_port_of_the_stack_refuses_a_stranger_except_identifier_free_metrics(
     running_stack: dict[str, Any], tcga_siemens: WrittenStudy,
 ) -> None:
@@ -205,7 +200,7 @@ def test_every_port_of_the_stack_refuses_a_stranger_except_identifier_free_metri
     identifiers = [tcga_siemens.study_instance_uid, str(first.PatientID), str(first.get("AccessionNumber", "")),
                    str(first.PatientName), str(first.SeriesInstanceUID), str(first.SOPInstanceUID)]
     assert kafka_is_secured(running_stack)
-    verdicts = probe_stack(running_stack, identifiers=identifiers, pending=NOT_YET_SECURED)
+    verdicts = probe_stack(running_stack, identifiers=identifiers)
     print("\nports probed:\n" + "\n".join(f"  {v}" for v in verdicts))
     open_ports = [str(v) for v in verdicts if not v.refused]
     assert not open_ports, "ports that let a stranger in:\n" + "\n".join(open_ports)

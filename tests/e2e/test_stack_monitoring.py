@@ -22,7 +22,7 @@ from neuroflow.devtools import stack
 from neuroflow.devtools.monitoring_servers import WebhookReceiver
 from neuroflow.devtools.ports import port_is_listening
 from tests.servers import prometheus_api
-from tests.servers.prometheus_api import query
+from tests.servers.prometheus_api import query, stack_headers
 
 WAIT_S = 90.0
 
@@ -50,8 +50,11 @@ def wait_until(what: str, check: Callable[[], bool]) -> None:
     prometheus_api.wait_until(what, check, WAIT_S, interval_s=0.5)
 
 
-def value_is(prometheus: str, expr: str, expected: str) -> bool:
-    result = query(prometheus, expr)
+Ask = Callable[[str], list[dict[str, Any]]]  # a PromQL query to the stack's Prometheus, logged in
+
+
+def value_is(prometheus: Ask, expr: str, expected: str) -> bool:
+    result = prometheus(expr)
     return bool(result) and all(r["value"][1] == expected for r in result)
 
 
@@ -60,23 +63,29 @@ def _cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime + stime
 
 
-def _is_one(prometheus: str, expr: str) -> Callable[[], bool]:
+def _is_one(prometheus: Ask, expr: str) -> Callable[[], bool]:
     return lambda: value_is(prometheus, expr, "1")
 
 
 def test_stack_scrapes_every_service_and_the_probes_see_every_backend_up(monitored_stack: dict[str, Any]) -> None:
     written = json.loads((Path(monitored_stack["root"]) / "stack.json").read_text())
-    prometheus, alertmanager = written["prometheus"], written["alertmanager"]
-    assert prometheus.startswith("http://127.0.0.1:") and alertmanager.startswith("http://127.0.0.1:")
-    with urllib.request.urlopen(f"{alertmanager}/-/ready", timeout=5) as answer:
+    prometheus_url, alertmanager = written["prometheus"], written["alertmanager"]
+    assert prometheus_url.startswith("http://127.0.0.1:") and alertmanager.startswith("http://127.0.0.1:")
+    headers = stack_headers(written, "prometheus")
+
+    def prometheus(expr: str) -> list[dict[str, Any]]:
+        return query(prometheus_url, expr, headers)
+
+    ready = urllib.request.Request(f"{alertmanager}/-/ready", headers=stack_headers(written, "alertmanager"))
+    with urllib.request.urlopen(ready, timeout=5) as answer:
         assert answer.status == 200
     wait_until("every service process is scraped", lambda: {
-        r["metric"]["service"] for r in query(prometheus, 'up{job="neuroflow"} == 1')} == set(stack.SERVICES))
+        r["metric"]["service"] for r in prometheus('up{job="neuroflow"} == 1')} == set(stack.SERVICES))
     for expr in ('neuroflow_orthanc_up', 'neuroflow_kafka_up', 'neuroflow_state_store_up',
                  'neuroflow_storage_up{path_role="volumes"}', 'neuroflow_storage_up{path_role="orthanc"}'):
         wait_until(f"{expr} is 1", _is_one(prometheus, expr))
-    wait_until("consumer lag is measured", lambda: bool(query(
-        prometheus, 'neuroflow_kafka_consumer_lag{group="neuroflow.orchestrator"}')))
+    wait_until("consumer lag is measured", lambda: bool(prometheus(
+        'neuroflow_kafka_consumer_lag{group="neuroflow.orchestrator"}')))
 
     # The monitor process's whole CPU (probe loop, librdkafka's threads, the metrics server) over 10 s of
     # one-second rounds; at the default 15 s period a round costs the same, so the share is 15 times less.

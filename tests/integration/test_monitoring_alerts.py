@@ -78,13 +78,14 @@ def wait_until(what: str, check: Callable[[], bool]) -> None:
 
 
 def prometheus_alerts(prometheus: MonitoringServer) -> list[dict[str, Any]]:
-    with urllib.request.urlopen(f"{prometheus.url}/api/v1/alerts", timeout=5) as answer:
+    request = urllib.request.Request(f"{prometheus.url}/api/v1/alerts", headers=prometheus.headers)
+    with urllib.request.urlopen(request, timeout=5) as answer:
         alerts: list[dict[str, Any]] = json.load(answer)["data"]["alerts"]
         return alerts
 
 
 def query(prometheus: MonitoringServer, expr: str) -> list[dict[str, Any]]:
-    return prometheus_api.query(prometheus.url, expr)
+    return prometheus_api.query(prometheus.url, expr, prometheus.headers)
 
 
 def firing_in_prometheus(prometheus: MonitoringServer, name: str, **labels: str) -> bool:
@@ -109,7 +110,7 @@ def test_storage_down_and_service_down_alerts_reach_the_pager_and_resolve_when_m
                                           pager_url=hook.url("/pager"), ticket_url=hook.url("/ticket"))
         servers.append(alertmanager)
         prometheus = start_prometheus(
-            tmp_path / "prometheus", fast=True, rules=immediate_rules(), alertmanager=f"127.0.0.1:{alertmanager.port}",
+            tmp_path / "prometheus", fast=True, rules=immediate_rules(), alertmanager=alertmanager,
             targets=[("monitor", f"127.0.0.1:{monitor_port}"), ("orchestrator", f"127.0.0.1:{orchestrator_port}")])
         servers.append(prometheus)
         wait_until("Prometheus sees the volumes root up", lambda: any(
@@ -175,7 +176,7 @@ def test_disk_guard_refuses_cstore_and_ingest_refused_reaches_the_pager_then_res
                                           pager_url=webhook.url("/pager"), ticket_url=webhook.url("/ticket"))
         servers.append(alertmanager)
         prometheus = start_prometheus(
-            tmp_path / "prometheus", fast=True, rules=immediate_rules(), alertmanager=f"127.0.0.1:{alertmanager.port}",
+            tmp_path / "prometheus", fast=True, rules=immediate_rules(), alertmanager=alertmanager,
             targets=[("monitor", f"127.0.0.1:{monitor_port}")])
         servers.append(prometheus)
 

@@ -7,16 +7,27 @@ import json
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from neuroflow.devtools.monitoring_servers import basic_auth_header
 
-def query(prometheus_url: str, expr: str) -> list[dict[str, Any]]:
-    """The instant vector of ``expr`` (PromQL) on the Prometheus at ``prometheus_url``."""
-    with urllib.request.urlopen(f"{prometheus_url}/api/v1/query?query={urllib.parse.quote(expr)}",
-                                timeout=5) as answer:
+
+def query(prometheus_url: str, expr: str, headers: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The instant vector of ``expr`` (PromQL) on the Prometheus at ``prometheus_url``, logged in with
+    ``headers`` (``MonitoringServer.headers``, or :func:`stack_headers`)."""
+    url = f"{prometheus_url}/api/v1/query?query={urllib.parse.quote(expr)}"
+    with urllib.request.urlopen(urllib.request.Request(url, headers=dict(headers)), timeout=5) as answer:
         result: list[dict[str, Any]] = json.load(answer)["data"]["result"]
         return result
+
+
+def stack_headers(stack: Mapping[str, Any], server: str) -> dict[str, str]:
+    """The Authorization header for ``server`` ("prometheus" or "alertmanager") of a local stack, from the
+    password file stack.json names."""
+    auth = stack["monitoring_auth"][server]
+    with open(auth["password_file"]) as password:
+        return basic_auth_header(auth["username"], password.read())
 
 
 def wait_until(what: str, check: Callable[[], bool], wait_s: float, interval_s: float = 0.25) -> None:

@@ -75,7 +75,8 @@ def test_rendered_prometheus_config_passes_promtool_check(tmp_path: Path) -> Non
     config = tmp_path / "prometheus.yml"
     config.write_text(render_prometheus_config(
         rules_file=DEPLOY / "alerts.yml", alertmanager="127.0.0.1:9093", targets_file=tmp_path / "targets.json",
-        triton_targets_file=tmp_path / "triton.json"))
+        triton_targets_file=tmp_path / "triton.json", alertmanager_username="admin",
+        alertmanager_password_file=tmp_path / "alertmanager-password"))
     result = _run(_tool("promtool"), "check", "config", str(config))
     assert result.returncode == 0, result.stdout + result.stderr
     rules = sum(len(g["rules"]) for g in yaml.safe_load((DEPLOY / "alerts.yml").read_text())["groups"])

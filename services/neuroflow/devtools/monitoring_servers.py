@@ -4,12 +4,19 @@ the alert rules of ``alerts.yml`` and the severity routing of ``alertmanager.yml
 
 Each server runs in its own session (it outlives the command that started it, as the stack needs) and is
 stopped by PID. ``fast=True`` shortens the intervals (scrape and evaluation every second, Alertmanager
-grouping of a second) so a test sees an alert within seconds."""
+grouping of a second) so a test sees an alert within seconds.
+
+Neither answers a client without credentials (issue 12): each gets a web configuration file
+(``--web.config.file``, the exporter toolkit's format) with one basic-auth user, ``admin``, whose password is
+generated per server and kept in ``web-password`` beside it (owner only; the file holds only its bcrypt
+hash). Prometheus logs in to Alertmanager with that server's password file."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import secrets
 import signal
 import string
 import subprocess
@@ -24,12 +31,14 @@ from typing import Any
 import yaml
 
 from neuroflow.core.config import REPOSITORY_ROOT
+from neuroflow.devtools.certificates import write_private
 from neuroflow.devtools.ports import free_loopback_port, http_ok, wait_until_ports_free, wait_until_ready
 
 DEPLOY = REPOSITORY_ROOT / "deploy" / "prometheus"
 PROMETHEUS_BINARY = Path("/usr/bin/prometheus")
 ALERTMANAGER_BINARY = Path("/usr/bin/prometheus-alertmanager")
 _INSTALL_HINT = "install it with scripts/install-system-deps.sh (Debian prometheus, prometheus-alertmanager)"
+WEB_USER = "admin"  # the one user of each server's web configuration
 
 
 class MonitoringServerError(RuntimeError):
@@ -42,15 +51,43 @@ class MonitoringServer:
     pid: int
     port: int
     root: Path  # configuration, data and log
+    username: str = WEB_USER
+    password_file: Path | None = None  # owner only; None: a server answering anyone
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """The Authorization header its HTTP API asks for."""
+        if self.password_file is None:
+            return {}
+        return basic_auth_header(self.username, self.password_file.read_text())
+
     def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout_s``; returns once its port is free."""
         stop_pid(self.pid, timeout_s)
         wait_until_ports_free([self.port], timeout_s, self.name)
+
+
+def basic_auth_header(username: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{username}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def write_web_config(root: Path, username: str = WEB_USER) -> tuple[Path, Path]:
+    """A new password for ``username`` (in ``root/web-password``, 0600) and the web configuration that
+    admits only that user (``root/web.yml``: its bcrypt hash). Returns (web config, password file)."""
+    import bcrypt  # a development dependency: only the local stack and the tests start these servers
+
+    password = secrets.token_urlsafe(24)
+    password_file = root / "web-password"
+    write_private(password_file, password.encode())
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)).decode()
+    web_config = root / "web.yml"
+    write_private(web_config, yaml.safe_dump({"basic_auth_users": {username: hashed}}).encode())
+    return web_config, password_file
 
 
 def write_targets(path: Path, targets: Iterable[tuple[str, str]]) -> None:
@@ -63,12 +100,15 @@ def write_targets(path: Path, targets: Iterable[tuple[str, str]]) -> None:
 
 
 def render_prometheus_config(*, rules_file: Path, alertmanager: str, targets_file: Path,
-                             triton_targets_file: Path, fast: bool = False) -> str:
+                             triton_targets_file: Path, alertmanager_username: str,
+                             alertmanager_password_file: Path, fast: bool = False) -> str:
     """``prometheus.yml.template`` filled in; every placeholder must be given (KeyError otherwise)."""
     interval = "1s" if fast else "15s"
     template = string.Template((DEPLOY / "prometheus.yml.template").read_text())
     return template.substitute(scrape_interval=interval, evaluation_interval=interval, rules_file=rules_file,
-                               alertmanager=alertmanager, neuroflow_targets_file=targets_file,
+                               alertmanager=alertmanager, alertmanager_username=alertmanager_username,
+                               alertmanager_password_file=alertmanager_password_file,
+                               neuroflow_targets_file=targets_file,
                                triton_targets_file=triton_targets_file)
 
 
@@ -97,12 +137,14 @@ def render_alertmanager_config(*, pager_url: str | None = None, ticket_url: str 
     return yaml.safe_dump(config, sort_keys=False)
 
 
-def start_prometheus(root: Path, *, targets: Iterable[tuple[str, str]], alertmanager: str,
+def start_prometheus(root: Path, *, targets: Iterable[tuple[str, str]], alertmanager: MonitoringServer,
                      rules: Mapping[str, Any] | None = None, fast: bool = False,
                      timeout_s: float = 60.0) -> MonitoringServer:
     """Prometheus on a free loopback port, scraping ``targets`` (see :func:`write_targets`), evaluating
-    ``rules`` (default: deploy/prometheus/alerts.yml) and sending alerts to ``alertmanager`` (host:port).
-    Returns once it answers /-/ready."""
+    ``rules`` (default: deploy/prometheus/alerts.yml) and sending alerts to ``alertmanager`` with its
+    credentials. Returns once it answers /-/ready."""
+    if alertmanager.password_file is None:
+        raise MonitoringServerError("Alertmanager has no password file: start it with start_alertmanager")
     _require(PROMETHEUS_BINARY)
     root.mkdir(parents=True, exist_ok=True)
     rules_file = root / "alerts.yml"
@@ -110,12 +152,15 @@ def start_prometheus(root: Path, *, targets: Iterable[tuple[str, str]], alertman
     write_targets(root / "targets.json", targets)
     write_targets(root / "triton-targets.json", [])
     (root / "prometheus.yml").write_text(render_prometheus_config(
-        rules_file=rules_file, alertmanager=alertmanager, targets_file=root / "targets.json",
+        rules_file=rules_file, alertmanager=f"127.0.0.1:{alertmanager.port}", targets_file=root / "targets.json",
+        alertmanager_username=alertmanager.username, alertmanager_password_file=alertmanager.password_file,
         triton_targets_file=root / "triton-targets.json", fast=fast))
+    web_config, password_file = write_web_config(root)
     port = free_loopback_port()
     command = [str(PROMETHEUS_BINARY), f"--config.file={root / 'prometheus.yml'}",
-               f"--storage.tsdb.path={root / 'data'}", f"--web.listen-address=127.0.0.1:{port}"]
-    return _launch("prometheus", command, root, port, timeout_s)
+               f"--storage.tsdb.path={root / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+               f"--web.config.file={web_config}"]
+    return _launch("prometheus", command, root, port, password_file, timeout_s)
 
 
 def start_alertmanager(root: Path, *, pager_url: str | None = None, ticket_url: str | None = None,
@@ -126,11 +171,13 @@ def start_alertmanager(root: Path, *, pager_url: str | None = None, ticket_url: 
     root.mkdir(parents=True, exist_ok=True)
     (root / "alertmanager.yml").write_text(
         render_alertmanager_config(pager_url=pager_url, ticket_url=ticket_url, fast=fast))
+    web_config, password_file = write_web_config(root)
     port = free_loopback_port()
     command = [str(ALERTMANAGER_BINARY), f"--config.file={root / 'alertmanager.yml'}",
                f"--storage.path={root / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+               f"--web.config.file={web_config}",
                "--cluster.listen-address="]  # empty: no gossip port (one Alertmanager per site here)
-    return _launch("alertmanager", command, root, port, timeout_s)
+    return _launch("alertmanager", command, root, port, password_file, timeout_s)
 
 
 def stop_pid(pid: int, timeout_s: float = 30.0) -> None:
@@ -154,13 +201,14 @@ def stop_pid(pid: int, timeout_s: float = 30.0) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
-def _launch(name: str, command: list[str], root: Path, port: int, timeout_s: float) -> MonitoringServer:
+def _launch(name: str, command: list[str], root: Path, port: int, password_file: Path,
+            timeout_s: float) -> MonitoringServer:
     with (root / f"{name}.log").open("ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True, cwd=root)
-    server = MonitoringServer(name, process.pid, port, root)
+    server = MonitoringServer(name, process.pid, port, root, WEB_USER, password_file)
     try:
-        wait_until_ready(process, lambda: http_ok(f"{server.url}/-/ready"), timeout_s,
+        wait_until_ready(process, lambda: http_ok(f"{server.url}/-/ready", server.headers), timeout_s,
                          what=f"{name} (log {root / name}.log)", log_tail=lambda: _tail(root / f"{name}.log"),
                          error=MonitoringServerError, interval_s=0.2)
     except MonitoringServerError:

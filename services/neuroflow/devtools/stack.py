@@ -411,18 +411,20 @@ def _metrics_targets(stack: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _start_monitoring(stack: dict[str, Any], options: StackOptions) -> None:
     """Alertmanager, then Prometheus scraping every service process; recorded in ``stack`` (keys
-    ``alertmanager`` and ``prometheus``: their URLs) so ``down`` stops them first."""
+    ``alertmanager`` and ``prometheus``: their URLs; ``monitoring_auth``: by server, the basic-auth user and
+    the file holding its password) so ``down`` stops them first."""
     root = Path(stack["root"])
     fast = options.monitoring_fast
     alertmanager = start_alertmanager(root / "alertmanager", pager_url=options.pager_url,
                                       ticket_url=options.ticket_url, fast=fast)
     stack["processes"].append(_record("alertmanager", alertmanager.pid, [alertmanager.port], signal.SIGTERM))
     stack["alertmanager"] = alertmanager.url
-    prometheus = start_prometheus(root / "prometheus", targets=_metrics_targets(stack),
-                                  alertmanager=f"127.0.0.1:{alertmanager.port}",
+    prometheus = start_prometheus(root / "prometheus", targets=_metrics_targets(stack), alertmanager=alertmanager,
                                   rules=immediate_rules() if fast else None, fast=fast)
     stack["processes"].append(_record("prometheus", prometheus.pid, [prometheus.port], signal.SIGTERM))
     stack["prometheus"] = prometheus.url
+    stack["monitoring_auth"] = {s.name: {"username": s.username, "password_file": str(s.password_file)}
+                                for s in (alertmanager, prometheus)}
 
 
 def _orthanc_endpoint(server: OrthancProcess) -> dict[str, Any]:
