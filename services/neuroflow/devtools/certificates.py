@@ -39,19 +39,23 @@ class CertificateAuthority:
     private_key: Path
 
     def issue(self, name: str, folder: Path, *, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
-              client: bool = False) -> IssuedCertificate:
+              client: bool = False, also_client: bool = False) -> IssuedCertificate:
         """A certificate for ``name`` signed by this CA, in ``folder`` as <name>.crt, <name>.key and <name>.pem.
         A server certificate names ``hosts`` (IP addresses or DNS names: clients verify the host they dialled
-        against them); ``client`` makes a client certificate (CN = ``name``, the identity a server sees)."""
+        against them); ``client`` makes a client certificate (CN = ``name``, the identity a server sees);
+        ``also_client``: a server certificate that is a client one too (a broker presenting it to its own
+        controller listener)."""
         ca_key = serialization.load_pem_private_key(self.private_key.read_bytes(), password=None)
         ca_cert = x509.load_pem_x509_certificate(self.certificate.read_bytes())
         if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
             raise TypeError(f"{self.private_key} is not the EC key this module writes")
         key = ec.generate_private_key(ec.SECP256R1())
-        usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
+        usage = ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else
+                 [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH] if also_client else
+                 [ExtendedKeyUsageOID.SERVER_AUTH])
         builder = (_builder(name, key, ca_cert.subject)
                    .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+                   .add_extension(x509.ExtendedKeyUsage(usage), critical=False))
         if not client:
             builder = builder.add_extension(x509.SubjectAlternativeName([_general_name(h) for h in hosts]),
                                             critical=False)

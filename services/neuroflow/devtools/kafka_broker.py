@@ -18,9 +18,6 @@ service's ACLs (core/kafka_acl.py). A restart reuses DIR: same CA, same password
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
-import os
 import secrets
 import subprocess
 import time
@@ -32,6 +29,7 @@ from neuroflow.core.config import REPOSITORY_ROOT, BusSettings
 from neuroflow.core.kafka_acl import grant_service_acls
 from neuroflow.core.kafka_security import client_security
 from neuroflow.core.topics import service_access
+from neuroflow.devtools.certificates import make_authority, write_private
 
 KAFKA_SCRIPT = REPOSITORY_ROOT / "scripts" / "kafka.sh"
 OPERATOR = "admin"
@@ -85,11 +83,11 @@ def prepare_broker_security(directory: Path, services: list[str] | None = None) 
         _write_certificates(directory, users)
     for user in users:
         if not security.password_file(user).exists():
-            _write_private(security.password_file(user), secrets.token_urlsafe(24))
+            write_private(security.password_file(user), secrets.token_urlsafe(24).encode())
     password = {user: security.password_file(user).read_text() for user in users}
-    _write_private(directory / "scram.args", "".join(
-        f"--add-scram\n{MECHANISM}=[name={user},password={password[user]}]\n" for user in users))
-    _write_private(directory / "broker.properties", _broker_properties(directory, password[BROKER_USER]))
+    write_private(directory / "scram.args", "".join(
+        f"--add-scram\n{MECHANISM}=[name={user},password={password[user]}]\n" for user in users).encode())
+    write_private(directory / "broker.properties", _broker_properties(directory, password[BROKER_USER]).encode())
     return security
 
 
@@ -164,59 +162,15 @@ super.users=User:{OPERATOR};User:{BROKER_USER};User:{BROKER_SUBJECT}
 
 
 def _write_certificates(directory: Path, users: list[str]) -> None:
-    """A CA valid for ten years, a broker certificate for 127.0.0.1 and localhost (server and client
-    authentication: the broker presents it to its own controller listener), and a client certificate per user."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"neuroflow development CA {secrets.token_hex(4)}")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-          .not_valid_after(now + datetime.timedelta(days=3650))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, BROKER_SUBJECT)]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=825))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                                        x509.DNSName("localhost")]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    pem = serialization.Encoding.PEM
-    (directory / "ca.pem").write_bytes(ca.public_bytes(pem))
+    """The stack's CA (devtools/certificates.py; ``ca.pem`` is its certificate), a broker certificate for
+    127.0.0.1 and localhost (server and client authentication: the broker presents it to its own controller
+    listener), and a client certificate per user."""
+    authority = make_authority(directory / "ca")
+    broker = authority.issue(BROKER_SUBJECT, directory / "broker", also_client=True)
+    (directory / "ca.pem").write_bytes(authority.certificate.read_bytes())
     # Kafka reads a PEM key store as a PKCS#8 key followed by the certificate chain.
-    _write_private(directory / "broker.pem", (
-        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-        + cert.public_bytes(pem) + ca.public_bytes(pem)).decode())
+    write_private(directory / "broker.pem", broker.private_key.read_bytes() + broker.certificate.read_bytes()
+                  + authority.certificate.read_bytes())
     (directory / "clients").mkdir(exist_ok=True, mode=0o700)
     for user in users:
-        client_key = ec.generate_private_key(ec.SECP256R1())
-        client = (x509.CertificateBuilder()
-                  .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, user)]))
-                  .issuer_name(ca_name).public_key(client_key.public_key()).serial_number(x509.random_serial_number())
-                  .not_valid_before(now - datetime.timedelta(minutes=5))
-                  .not_valid_after(now + datetime.timedelta(days=825))
-                  .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-                  .sign(ca_key, hashes.SHA256()))
-        (directory / "clients" / f"{user}.crt").write_bytes(client.public_bytes(pem))
-        _write_private(directory / "clients" / f"{user}.key", client_key.private_bytes(
-            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode())
-    # The CA's key is not kept: nothing else is ever signed with it.
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` readable by its owner only (0600) from the first byte."""
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
+        authority.issue(user, directory / "clients", client=True)
