@@ -36,7 +36,7 @@ import pytest
 from neuroflow.core import topics
 from neuroflow.core.kafka_bus import KafkaBus
 from neuroflow.core.kafka_security import client_security
-from neuroflow.core.orthanc import OrthancClient, OrthancEndpoint
+from neuroflow.core.orthanc import OrthancClient
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.state_postgres import PostgresStateStore
 from neuroflow.core.volume import Geometry, Volume
@@ -107,8 +107,7 @@ def flow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, A
         site = started["orthanc"]["site"]
         for folder in (blank, good):
             send_folder(folder, site["dicom_host"], site["dicom_port"], site["aet"])
-        pacs = started["orthanc"]["pacs"]
-        client = OrthancClient(OrthancEndpoint(pacs["url"], pacs["username"], pacs["password"]))
+        client = OrthancClient(stack.orthanc_endpoint(started, "pacs"))
         dsn = started["postgresql"]["dsn"]
         _wait_for(lambda: client.post_json("/tools/find", {"Level": "Instance", "Query": {"Modality": "SEG"}})
                   and _dead_letter_count(dsn) >= 1, 600, "a SEG in the PACS and a dead letter")
