@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from neuroflow.core.exit_codes import ExitCode
 from neuroflow.core.roles import SeriesRole
 from tests.extra_series import DTI_PHASE, add_series, dti_phase_preset, preset, write_small_study
@@ -40,7 +42,10 @@ def test_two_different_flair_protocols_are_refused_naming_both(tmp_path: Path) -
     assert "NF-DEMO" not in error  # no PatientID
 
 
-def test_a_phase_map_is_never_the_t2_and_the_refusal_names_it(tmp_path: Path) -> None:
+def test_a_phase_map_is_never_the_t2_and_the_refusal_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # glioma_unet version 1 needs all four sequences, so the study without a real T2 is refused, naming the phase
+    # map it would not take (the shipped version 2 runs without T2: the phase map is then simply unused).
+    monkeypatch.setenv("NEUROFLOW_MODELS__GLIOMA", '{"name": "glioma_unet", "version": 1}')
     seed = "cli-dti-phase"
     write_small_study(tmp_path / "in", (SeriesRole.T1, SeriesRole.T1CE, SeriesRole.FLAIR), seed=seed)
     add_series(tmp_path / "in", dti_phase_preset(), seed=seed, series_number=9, minutes_after_start=30)
