@@ -593,7 +593,8 @@ def test_destination_that_is_down_or_rejects_delays_delivery_with_backoff_then_d
         cluster.start_worker(RES, ResultsHandler(small_study.source, pacs, volumes, cluster.bus, tmp_path / "reports"))
         # The task stores the SEG and succeeds: the PACS being away is the outbox's business, not the task's.
         assert cluster.wait_for(wid, WorkflowStatus.SUCCEEDED) == WorkflowStatus.SUCCEEDED
-        assert pacs.forwards == 0 and len(pacs.stored()) == 1
+        # Every object of the result (SEG, SR, overlay images) is stored; none forwarded yet.
+        assert pacs.forwards == 0 and len(pacs.stored()) >= 3
         (queued,) = cluster.state.deliveries(workflow_id=wid)
         assert queued.status == DeliveryStatus.PENDING and queued.destination == "PACS"
         loop = DeliveryLoop(cluster.state, pacs, DeliverySettings(backoff_s=0.2, backoff_max_s=0.4), holder="r1")

@@ -147,7 +147,7 @@ def _fitting_font_size(text: str, width: int, *, start: int) -> int:
 
 def _instance(source: Dataset, pixels: npt.NDArray[np.uint8], series_uid: str, sop_uid: str, number: int,
               series_number: int, description: str) -> Dataset:
-    orientation = [float(v) for v in source.ImageOrientationPatient]
+    orientation = patient_orientation([float(v) for v in source.ImageOrientationPatient])
     row_spacing, column_spacing = (float(v) for v in source.PixelSpacing)
     sc = hd.sc.SCImage(
         pixel_array=pixels, photometric_interpretation="RGB", bits_allocated=8, coordinate_system="PATIENT",
@@ -158,8 +158,10 @@ def _instance(source: Dataset, pixels: npt.NDArray[np.uint8], series_uid: str, s
         patient_sex=source.get("PatientSex") or None, accession_number=source.get("AccessionNumber"),
         study_id=source.get("StudyID"), study_date=source.get("StudyDate"), study_time=source.get("StudyTime"),
         referring_physician_name=source.get("ReferringPhysicianName"),
-        pixel_spacing=(row_spacing, column_spacing), patient_orientation=patient_orientation(orientation),
+        # highdicom takes one letter per direction; an oblique slice's is several (PS3.3 C.7.6.1.1.1), set below.
+        pixel_spacing=(row_spacing, column_spacing), patient_orientation=(orientation[0][0], orientation[1][0]),
     )
+    sc.PatientOrientation = list(orientation)
     for keyword in _COPIED:
         if keyword in source:
             sc[keyword] = source[keyword]
