@@ -1,9 +1,9 @@
 """The distributed runtime on a study with only FLAIR and T1 post-contrast (issue 13, section 2), on a real
 Orthanc: ingest routes it to the glioma pipeline when the model card the settings point at declares
-``min_roles_any`` (read once at start, as ``neuroflow serve`` does) and refuses it, naming T1 and T2, with the
-shipped card; the orchestrator and the stage workers, reading the study from that Orthanc, give the report and
-the SEG the embedded run gives (the same qualification, reference series, zero channels and not-assessable
-regions)."""
+``min_roles_any`` (read once at start, as ``neuroflow serve`` does) and refuses it, naming T1 and T2, with
+version 1's card (trained with all four sequences); the orchestrator and the stage workers, reading the study
+from that Orthanc, give the report and the SEG the embedded run gives (the same qualification, reference
+series, zero channels and not-assessable regions)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from pydicom import dcmread
 
 from neuroflow.core import topics
 from neuroflow.core.bus import InMemoryBus
-from neuroflow.core.config import GLIOMA_PIPELINE, NeuroflowSettings
+from neuroflow.core.config import GLIOMA_PIPELINE, NeuroflowSettings, PipelineModels
 from neuroflow.core.dicom_io import FolderDicomSink
 from neuroflow.core.inference import OnnxRuntimeBackend
+from neuroflow.core.model_card import ModelRef
 from neuroflow.core.orthanc import OrthancDicomSource
 from neuroflow.core.records import FolderRecordStore
 from neuroflow.core.roles import SeriesRole
@@ -61,8 +62,10 @@ def test_a_flair_t1ce_study_is_routed_by_the_card_and_the_workers_give_the_embed
     settings = NeuroflowSettings(inference_threads=2, model_repository=subset_model_repository(tmp_path / "models"))
     written = write_study({r: v for r, v in tcga_volumes().items() if r in PRESENT}, tmp_path / "study",
                           vendor=Vendor.GE, seed="tcga-flair-t1ce-distributed")
-    # Two ingests follow the feed from now: one with the shipped card, one with the card that allows subsets.
-    shipped, shipped_bus = _ingest(orthancs, NeuroflowSettings(), tmp_path / "shipped.sqlite")
+    # Two ingests follow the feed from now: one with version 1's card (all four sequences required), one with
+    # a card that allows subsets.
+    version_1 = NeuroflowSettings(models=PipelineModels(glioma=ModelRef(name="glioma_unet", version=1)))
+    shipped, shipped_bus = _ingest(orthancs, version_1, tmp_path / "shipped.sqlite")
     ingest, _ = _ingest(orthancs, settings, tmp_path / "windows.sqlite")
     for path in sorted((tmp_path / "study").rglob("IM*")):
         orthancs.site_client.upload(path.read_bytes())
