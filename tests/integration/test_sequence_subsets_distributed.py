@@ -108,5 +108,8 @@ def test_a_flair_t1ce_study_is_routed_by_the_card_and_the_workers_give_the_embed
     assert {s.used_as for s in report.series} == PRESENT
     assert report.volumes_ml == embedded.volumes_ml and report.volumes_ml is not None and report.volumes_ml.WT > 0
     assert report.registration.keys() == embedded.registration.keys() == {SeriesRole.FLAIR}
-    # The same reference (the T1CE), the same inputs: the same SEG identity in both runtimes.
-    assert sink.stored() == [str(dcmread(tmp_path / "embedded" / "seg.dcm").SOPInstanceUID)]
+    # The same reference (the T1CE), the same inputs: the same SEG identity in both runtimes, stored once beside
+    # the SR and the overlay images.
+    stored = sink.stored()
+    assert str(dcmread(tmp_path / "embedded" / "seg.dcm").SOPInstanceUID) in stored
+    assert str(dcmread(tmp_path / "embedded" / "sr.dcm").SOPInstanceUID) in stored and len(set(stored)) == len(stored)

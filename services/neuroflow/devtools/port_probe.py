@@ -149,7 +149,7 @@ def _probe_triton_grpc(name: str, port: int) -> PortVerdict:
     import tritonclient.grpc as triton_grpc
     from tritonclient.utils import InferenceServerException
 
-    client = triton_grpc.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=5.0)
+    client = triton_grpc.InferenceServerClient(f"127.0.0.1:{port}")
     try:
         live = client.is_server_live(client_timeout=5.0)
     except InferenceServerException as error:
