@@ -20,6 +20,10 @@ from neuroflow.core.roles import SeriesRole
 from neuroflow.core.volume import Geometry, Volume
 from neuroflow.devtools.dicom_writer import WrittenStudy, write_study
 from neuroflow.devtools.ports import free_loopback_port
+from neuroflow.runtime.embedded import GLIOMA_STAGES
+
+# glioma_unet version 1, trained with all four sequences: it refuses a study without T1, T1CE and T2.
+VERSION_1 = {"NEUROFLOW_MODELS__GLIOMA": '{"name": "glioma_unet", "version": 1}'}
 
 
 def _neuroflow(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -29,7 +33,8 @@ def _neuroflow(*args: str | Path, env: dict[str, str] | None = None) -> subproce
 
 @pytest.fixture
 def flair_only(tmp_path: Path) -> WrittenStudy:
-    """A small study with one FLAIR series (the glioma pipeline also needs T1, T1CE and T2)."""
+    """A small study with one blank FLAIR series (refused: version 1 needs T1, T1CE and T2 too, and version 2 finds
+    no brain in it)."""
     array = np.full((3, 20, 24), 100, dtype=np.int16)
     volume = Volume(array, Geometry(spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0),
                                     direction=(1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0), size=(24, 20, 3)), {})
@@ -37,7 +42,8 @@ def flair_only(tmp_path: Path) -> WrittenStudy:
 
 
 def test_a_refused_study_exits_65(flair_only: WrittenStudy, tmp_path: Path) -> None:
-    run = _neuroflow("run", flair_only.folder, "--out", tmp_path / "out")
+    # With glioma_unet version 1 (all four sequences required) the FLAIR-only study is refused at classification.
+    run = _neuroflow("run", flair_only.folder, "--out", tmp_path / "out", env=VERSION_1)
     assert run.returncode == ExitCode.BAD_INPUT == 65, run.stderr
     assert "T1" in run.stderr and "Traceback" not in run.stderr
 
@@ -109,7 +115,8 @@ def test_verbose_after_the_subcommand_logs_at_info_and_quiet_hides_the_progress(
     normal = _neuroflow("run", flair_only.folder, "--out", tmp_path / "out2")
     assert loud.returncode == plain.returncode == ExitCode.OK
     assert "INFO neuroflow.cli: indexed" in loud.stderr and "INFO" not in plain.stderr
-    assert "[ 1/11] read" in normal.stderr and "[ 1/11]" not in quiet.stderr
+    first = f"[ 1/{len(GLIOMA_STAGES)}] read"
+    assert first in normal.stderr and first not in quiet.stderr
     assert quiet.returncode == normal.returncode == ExitCode.BAD_INPUT
 
 

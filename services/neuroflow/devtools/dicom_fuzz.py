@@ -525,6 +525,18 @@ def _trace(exc: BaseException) -> str:
     return "".join(traceback.format_exception(exc, limit=-6))[-1500:]
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak resident set (VmHWM). Not ru_maxrss: Linux carries that across fork and exec, so
+    a child of a large parent (a long test session) would report the parent's peak as its own."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child_main(memory_mb: int, max_series_bytes: int) -> None:
     """The child's loop: a case folder per stdin line, a JSON answer per stdout line."""
     from neuroflow.core.config import InputLimitSettings
@@ -536,7 +548,7 @@ def child_main(memory_mb: int, max_series_bytes: int) -> None:
     sys.stdout = sys.stderr  # nothing but answers on the pipe
     for line in sys.stdin:
         answer = run_case(Path(line.strip()), limits)
-        answer["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        answer["rss_mb"] = peak_rss_mb()
         out.write(json.dumps(answer) + "\n")
         out.flush()
 
