@@ -22,6 +22,10 @@ from neuroflow.core.sql_reconnect import (
 Rows = list[tuple[Any, ...]]
 
 
+# Any constant: serialises the first creation of a schema by several processes starting at once.
+SCHEMA_LOCK_KEY = 0x6E66_7374  # "nfst"
+
+
 class SqlStatements(ABC):
     _ph = "?"
 
@@ -36,6 +40,11 @@ class SqlStatements(ABC):
     @abstractmethod
     def _execute_once(self, sql: str, params: tuple[Any, ...]) -> Rows:
         """One attempt at ``_execute``; ConnectionLost when the connection went away (and was dropped)."""
+
+    def _create_tables(self, *ddl: str) -> None:
+        """Run ``CREATE ... IF NOT EXISTS`` statements (no parameters), safe when several processes start at once."""
+        for statement in ddl:
+            self._execute(statement, idempotent=True)
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", self._ph)
@@ -86,6 +95,12 @@ class PostgresStatements(SqlStatements):
         self._dsn = dsn
         self._connect_timeout_s = connect_timeout_s
         self._local = threading.local()
+
+    def _create_tables(self, *ddl: str) -> None:
+        # CREATE TABLE IF NOT EXISTS alone races on PostgreSQL (two services starting on a fresh database: one
+        # fails with a unique violation in pg_type); one transaction under the schema's advisory lock does not.
+        # Without parameters psycopg sends the statements as one simple query, in one transaction.
+        self._execute("; ".join([f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY})", *ddl]), idempotent=True)
 
     def _execute_once(self, sql: str, params: tuple[Any, ...]) -> Rows:
         db = getattr(self._local, "db", None)

@@ -19,10 +19,9 @@ from typing import Any
 import psycopg
 
 from neuroflow.core.sql_reconnect import connect_postgres, postgres_connection_lost, safe_dsn
+from neuroflow.core.sql_statements import SCHEMA_LOCK_KEY
 from neuroflow.core.state import SqlStateStore
 
-# Any constant: serialises the first creation of the schema by several processes starting at once.
-_MIGRATION_LOCK_KEY = 0x6E66_7374  # "nfst"
 _AUDIT_LOCK_SPACE = 0x6E66_6175  # "nfau": the first key of the (space, study) advisory lock of an audit chain
 
 
@@ -64,7 +63,7 @@ class PostgresStateStore(SqlStateStore["psycopg.Connection[Any]"]):
 
     def _lock_schema(self, db: psycopg.Connection[Any]) -> None:
         # Released at the end of the migration's transaction: CREATE TABLE IF NOT EXISTS alone races.
-        db.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
+        db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
 
     def _lock_chain(self, db: psycopg.Connection[Any], study_key: str) -> None:
         # Under READ COMMITTED two appends could read the same last record and both chain onto it: the

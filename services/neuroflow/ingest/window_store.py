@@ -132,8 +132,7 @@ class SqliteWindowStore(SqliteStatements, _SqlWindowStore):
 
     def __init__(self, path: Path) -> None:
         self._open(path)
-        self._execute(_TABLE, idempotent=True)
-        self._execute(_CURSOR_TABLE, idempotent=True)
+        self._create_tables(_TABLE, _CURSOR_TABLE)
 
 
 class PostgresWindowStore(PostgresStatements, _SqlWindowStore):
@@ -141,5 +140,4 @@ class PostgresWindowStore(PostgresStatements, _SqlWindowStore):
 
     def __init__(self, dsn: str, *, connect_timeout_s: float = 10.0) -> None:
         self._open(dsn, connect_timeout_s=connect_timeout_s)
-        self._execute(_TABLE, idempotent=True)
-        self._execute(_CURSOR_TABLE, idempotent=True)
+        self._create_tables(_TABLE, _CURSOR_TABLE)

@@ -329,7 +329,7 @@ class SqliteTimepointStore(SqliteStatements, TimepointStore):
 
     def __init__(self, path: Path) -> None:
         self._open(path)
-        self._execute(_TABLE.format(blob="BLOB"), idempotent=True)
+        self._create_tables(_TABLE.format(blob="BLOB"))
 
 
 class PostgresTimepointStore(PostgresStatements, TimepointStore):
@@ -337,7 +337,7 @@ class PostgresTimepointStore(PostgresStatements, TimepointStore):
 
     def __init__(self, dsn: str, *, connect_timeout_s: float = 10.0) -> None:
         self._open(dsn, connect_timeout_s=connect_timeout_s)
-        self._execute(_TABLE.format(blob="BYTEA"), idempotent=True)
+        self._create_tables(_TABLE.format(blob="BYTEA"))
 
 
 def wait_deadline(settings: LongitudinalSettings, now: float | None = None) -> float:
