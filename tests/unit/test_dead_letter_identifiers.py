@@ -24,7 +24,9 @@ def _task() -> tasks_pb2.TaskRequested:
 def test_a_dead_lettered_task_is_parked_without_uids_and_accession() -> None:
     bus = InMemoryBus()
     task = _task()
-    reason = common_pb2.FailureReason(code=common_pb2.FailureReason.SERIES_REJECTED, message="study k1: blank")
+    # The reason names the series at fault by UID, as a worker's FailureReason does.
+    reason = common_pb2.FailureReason(code=common_pb2.FailureReason.SERIES_REJECTED, message="study k1: blank",
+                                      series_instance_uid=SERIES_UID)
     letter = publish_dead_letter(bus, task.stage, task.SerializeToString(), reason, source_topic="t", task=task,
                                  attempts=3)
     (message,) = bus.poll(topics.dead_letter_topic(task.stage), "reader", max_messages=10)
@@ -36,3 +38,4 @@ def test_a_dead_lettered_task_is_parked_without_uids_and_accession() -> None:
         "w1", 3, "i1", "k1", "p1")
     assert kept.longitudinal.series[0].role == "T1" and letter.study.study_key == "k1"
     assert task.study.study_instance_uid == STUDY_UID  # the caller's task is left as it was
+    assert letter.reason.message == "study k1: blank" and reason.series_instance_uid == SERIES_UID

@@ -75,8 +75,12 @@ def publish_dead_letter(
         parked.CopyFrom(task)
         without_identifiers(parked)
         task, payload = parked, parked.SerializeToString()
+    # The reason may name the series at fault by UID (FailureReason.series_instance_uid): not in a dead letter.
+    parked_reason = common_pb2.FailureReason()
+    parked_reason.CopyFrom(reason)
+    without_identifiers(parked_reason)
     letter = tasks_pb2.DeadLetter(
-        schema_version=topics.SCHEMA_VERSION, source_topic=source_topic, payload=payload, reason=reason,
+        schema_version=topics.SCHEMA_VERSION, source_topic=source_topic, payload=payload, reason=parked_reason,
         stage=stage, attempts=attempts, dead_lettered_at=now_timestamp(),
     )
     key = UNKNOWN_STUDY_KEY
