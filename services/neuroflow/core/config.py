@@ -358,6 +358,11 @@ class ResultObjectSettings(BaseModel):
     ms_overlay_series_number: int = Field(default=9102, ge=1)
     ms_sr_series_number: int = Field(default=9103, ge=1)
     haematoma_seg_series_number: int = Field(default=9111, ge=1)
+    # Brain metastases (issue 15): a SEG with one segment per lesion, the overlay, the SR and the RTSTRUCT.
+    metastases_seg_series_number: int = Field(default=9121, ge=1)
+    metastases_overlay_series_number: int = Field(default=9122, ge=1)
+    metastases_sr_series_number: int = Field(default=9123, ge=1)
+    metastases_rtstruct_series_number: int = Field(default=9124, ge=1)
 
 
 class InferenceSettings(BaseModel):

@@ -148,7 +148,7 @@ def build_seg(
 
     ordered_sources = sources_in_slice_order(segment_numbers.geometry, source_instances)
     source_series_uid = str(ordered_sources[0].SeriesInstanceUID)
-    key = input_hash if input_hash is not None else _hash_of_instance_uids(ordered_sources)
+    key = input_hash if input_hash is not None else hash_of_instance_uids(ordered_sources)
     entropy = [kind, source_series_uid, str(algorithm), key]
     root = uid_root or ResultObjectSettings().uid_root
 
@@ -297,6 +297,6 @@ def sources_in_slice_order(
     return [by_slice[k] for k in range(n_slices)]
 
 
-def _hash_of_instance_uids(instances: Sequence[pydicom.Dataset]) -> str:
+def hash_of_instance_uids(instances: Sequence[pydicom.Dataset]) -> str:
     uids = sorted(str(ds.SOPInstanceUID) for ds in instances)
     return hashlib.sha256("\n".join(uids).encode()).hexdigest()
