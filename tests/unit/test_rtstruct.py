@@ -18,12 +18,12 @@ from pydicom.dataset import Dataset
 from neuroflow.core.config import ResultObjectSettings
 from neuroflow.core.errors import StudyError
 from neuroflow.core.model_card import ModelRef
+from neuroflow.core.planar_contours import even_odd_area, fill_contours, mask_contours, polygon_area
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.volume import Geometry, Volume
 from neuroflow.devtools.dicom_writer import SeriesInfo, StudyInfo, write_series
 from neuroflow.devtools.scanner_presets import PRESETS, Vendor
 from neuroflow.preprocess.convert import series_to_volume
-from neuroflow.results.planar_contours import even_odd_area, fill_contours, mask_contours, polygon_area
 from neuroflow.results.rtstruct import METASTASES_RTSTRUCT_DESCRIPTION, build_metastases_rtstruct
 
 MODEL = ModelRef(name="metastases-unet", version=1)

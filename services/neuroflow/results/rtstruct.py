@@ -9,7 +9,7 @@ Set, ROI Contour, RT ROI Observations, Approval, SOP Common).
 Contours are drawn in the source slices' own planes (the label map is on the source grid; an oblique
 series gives oblique contours) through the voxel-to-patient affine of :class:`Geometry`, never through
 an axis flip. Filling them again by the even-odd rule gives back the label map
-(:mod:`neuroflow.results.planar_contours`). The object says it is AI output: the structure set is
+(:mod:`neuroflow.core.planar_contours`). The object says it is AI output: the structure set is
 UNAPPROVED, its description carries the disclaimer, and each ROI names the algorithm that drew it."""
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from neuroflow.core.errors import StudyError
 from neuroflow.core.identity import NEUROFLOW_MANUFACTURER
 from neuroflow.core.labels import OKABE_ITO
 from neuroflow.core.model_card import ModelRef
+from neuroflow.core.planar_contours import mask_contours
 from neuroflow.core.uids import derived_uid
 from neuroflow.core.volume import Volume
 from neuroflow.results.dicom_seg import STAGE, hash_of_instance_uids, sources_in_slice_order
-from neuroflow.results.planar_contours import mask_contours
 from neuroflow.results.report import DISCLAIMER
 from neuroflow.results.series_naming import series_description as describe
 
