@@ -125,3 +125,18 @@ CHANGE_OVERLAY_RGB: dict[ChangeLabel, tuple[int, int, int]] = {
     ChangeLabel.NEW_LESION: OKABE_ITO["vermillion"],
     ChangeLabel.REJECTED_CANDIDATE: OKABE_ITO["blue"],
 }
+
+# Brain metastases (issue 15): lesion n of the lesion label map (segmentation/lesions.py, largest first) is
+# "Met n" in every object that names it (SEG segment n, RTSTRUCT ROI n, the SR's lesion rows), coded as a
+# metastatic neoplasm and coloured in turn from the Okabe-Ito palette, the same colour in SEG and RTSTRUCT.
+METASTASIS_CODE = ("14799000", "SCT", "Neoplasm, metastatic")
+METASTASIS_NAME_PREFIX = "Met"
+
+
+def metastasis_segment(number: int) -> SegmentDefinition:
+    """Lesion ``number`` (from 1) as a segment / ROI: "Met <number>", its code and colour."""
+    if number < 1:
+        raise ValueError(f"lesion numbers start at 1, got {number}")
+    colours = list(OKABE_ITO.values())
+    return SegmentDefinition(number, f"{METASTASIS_NAME_PREFIX} {number}", _MORPH_ABNORMAL, METASTASIS_CODE,
+                             colours[(number - 1) % len(colours)])

@@ -33,6 +33,7 @@ from neuroflow.core.labels import (
     BratsLabel,
     SegmentDefinition,
     TumourRegion,
+    metastasis_segment,
 )
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.uids import derived_uid
@@ -107,6 +108,45 @@ def build_glioma_seg(
         series_description=describe(SERIES_DESCRIPTION, needs_review=needs_review, version=version),
         content_label=CONTENT_LABEL, manufacturer_model_name=MANUFACTURER_MODEL_NAME,
         series_number=objects.seg_series_number, input_hash=input_hash, uid_root=objects.uid_root,
+        device_serial_number=device_serial_number,
+    )
+
+
+METASTASES_SEG_DESCRIPTION = "AI brain metastases segmentation (not for diagnosis)"
+METASTASES_CONTENT_LABEL = "METS_AI"
+METASTASES_MODEL_NAME = "neuroflow metastases"
+
+
+def build_metastases_seg(
+    lesion_labels: Volume,
+    source_instances: Sequence[pydicom.Dataset],
+    *,
+    model: ModelRef,
+    input_hash: str | None = None,
+    objects: ResultObjectSettings | None = None,
+    needs_review: bool = False,
+    version: int = 1,
+    device_serial_number: str = "none",
+) -> pydicom.Dataset | None:
+    """A BINARY DICOM SEG with one segment per metastasis: segment n is lesion n of ``lesion_labels`` (0 none,
+    1..n as :func:`neuroflow.segmentation.lesions.label_lesions` numbers them, largest first), "Met n", as
+    the RTSTRUCT's ROI n. ``None`` without a lesion. Raises ``ValueError`` for lesion numbers that are not
+    1..n without gaps, or over 255 (a SEG's segment numbers here are 8-bit); otherwise as :func:`build_seg`."""
+    objects = objects or ResultObjectSettings()
+    values = np.asarray(lesion_labels.array)
+    count = int(values.max()) if values.size else 0
+    present = {int(v) for v in np.unique(values)} - {0}
+    if present != set(range(1, count + 1)):
+        raise ValueError(f"lesion numbers {sorted(present)} are not 1..{count} without gaps")
+    if count > 255:
+        raise ValueError(f"{count} lesions: over the 255 segments this SEG can number")
+    return build_seg(
+        lesion_labels.with_array(values.astype(np.uint8)), source_instances,
+        segments=[metastasis_segment(n) for n in range(1, count + 1)], algorithm=model,
+        algorithm_family=codes.cid7162.ArtificialIntelligence, kind="neuroflow.metastases-seg",
+        series_description=describe(METASTASES_SEG_DESCRIPTION, needs_review=needs_review, version=version),
+        content_label=METASTASES_CONTENT_LABEL, manufacturer_model_name=METASTASES_MODEL_NAME,
+        series_number=objects.metastases_seg_series_number, input_hash=input_hash, uid_root=objects.uid_root,
         device_serial_number=device_serial_number,
     )
 

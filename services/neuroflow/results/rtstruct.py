@@ -14,7 +14,6 @@ UNAPPROVED, its description carries the disclaimer, and each ROI names the algor
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,19 +29,17 @@ from neuroflow.core.config import ResultObjectSettings
 from neuroflow.core.dicom_io import study_key
 from neuroflow.core.errors import StudyError
 from neuroflow.core.identity import NEUROFLOW_MANUFACTURER
-from neuroflow.core.labels import OKABE_ITO
+from neuroflow.core.labels import metastasis_segment
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.planar_contours import mask_contours
 from neuroflow.core.uids import derived_uid
 from neuroflow.core.volume import Volume
-from neuroflow.results.dicom_seg import STAGE, hash_of_instance_uids, sources_in_slice_order
+from neuroflow.results.dicom_seg import METASTASES_MODEL_NAME, STAGE, hash_of_instance_uids, sources_in_slice_order
 from neuroflow.results.report import DISCLAIMER
 from neuroflow.results.series_naming import series_description as describe
 
 METASTASES_RTSTRUCT_DESCRIPTION = "AI brain metastases contours (not for diagnosis)"
 METASTASES_STRUCTURE_SET_LABEL = "AI METS"  # SH: at most 16 characters
-METASTASES_MODEL_NAME = "neuroflow metastases"
-METASTASIS_ROI_PREFIX = "Met"
 # The SOP class PS3.3 C.8.8.5.3 asks an RT Referenced Study item to name (Detached Study Management,
 # retired but still the one the standard and planning systems use there).
 _STUDY_REFERENCE_CLASS = "1.2.840.10008.3.1.2.3.1"
@@ -63,14 +60,15 @@ class RoiSpec:
     name: str
     rgb: tuple[int, int, int]
     interpreted_type: str = "GTV"  # PS3.3 C.8.8.8.1: a gross tumour volume, what a planner contours a met as
+    code: tuple[str, str, str] | None = None  # (value, scheme, meaning): what the ROI is, for a machine reader
 
 
 def metastasis_rois(lesion_labels: npt.NDArray[np.generic]) -> list[RoiSpec]:
-    """"Met 1" .. "Met n" for lesion labels 1 .. n (the label value is the lesion number), coloured in turn
-    from the Okabe-Ito palette."""
+    """"Met 1" .. "Met n" for lesion labels 1 .. n (the label value is the lesion number), named, coded and
+    coloured as the SEG's segments (:func:`neuroflow.core.labels.metastasis_segment`)."""
     numbers = sorted(int(v) for v in np.unique(lesion_labels) if int(v) != 0)
-    colours = itertools.cycle(OKABE_ITO.values())
-    return [RoiSpec(n, f"{METASTASIS_ROI_PREFIX} {n}", next(colours)) for n in numbers]
+    segments = [metastasis_segment(n) for n in numbers]
+    return [RoiSpec(s.number, s.label, s.rgb, code=s.type_code) for s in segments]
 
 
 def build_metastases_rtstruct(
@@ -259,4 +257,8 @@ def _observation(roi: RoiSpec) -> Dataset:
     item.ReferencedROINumber = roi.number
     item.RTROIInterpretedType = roi.interpreted_type
     item.ROIInterpreter = ""
+    if roi.code is not None:
+        code = Dataset()
+        code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = roi.code
+        item.RTROIIdentificationCodeSequence = [code]
     return item

@@ -1,7 +1,8 @@
-"""The metastases RTSTRUCT (issue 15): valid per dciodvfy, one ROI "Met n" per lesion, contours that fill back
-to the lesion label map on the source grid (volume within 10 %, here exact), in the right place in patient
-coordinates (a lesion on the patient's left has x > 0 in LPS), each on the source slice it references, on
-an axial and on a double-oblique T1CE series written to DICOM and read back as the pipeline reads it."""
+"""The metastases RTSTRUCT and SEG (issue 15): valid per dciodvfy, one ROI / segment "Met n" per lesion, contours
+that fill back to the lesion label map and to the SEG's segment on the source grid (volume within 10 %, here
+exact), in the right place in patient coordinates (a lesion on the patient's left has x > 0 in LPS), each on
+the source slice it references, on an axial and on a double-oblique T1CE series written to DICOM and read
+back as the pipeline reads it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import numpy.typing as npt
 import pydicom
@@ -24,6 +26,7 @@ from neuroflow.core.volume import Geometry, Volume
 from neuroflow.devtools.dicom_writer import SeriesInfo, StudyInfo, write_series
 from neuroflow.devtools.scanner_presets import PRESETS, Vendor
 from neuroflow.preprocess.convert import series_to_volume
+from neuroflow.results.dicom_seg import build_metastases_seg
 from neuroflow.results.rtstruct import METASTASES_RTSTRUCT_DESCRIPTION, build_metastases_rtstruct
 
 MODEL = ModelRef(name="metastases-unet", version=1)
@@ -31,8 +34,10 @@ SIZE = (48, 40, 14)  # (columns, rows, slices): columns != rows so a transposed 
 SPACING = (0.9, 1.1, 2.0)
 
 
-def _geometry(oblique: bool) -> Geometry:
-    direction = np.eye(3)
+def _geometry(oblique: bool, flipped: bool = False) -> Geometry:
+    """Axial (identity direction), or flipped in-plane as NIfTI-born series often are (columns run to the
+    patient's right, rows anterior), or double-oblique."""
+    direction = np.diag([-1.0, -1.0, 1.0]) if flipped else np.eye(3)
     if oblique:
         a, b = np.deg2rad(18.0), np.deg2rad(-11.0)
         rot_z = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
@@ -63,8 +68,8 @@ def _lesions(shape: tuple[int, int, int]) -> npt.NDArray[np.uint8]:
     return labels
 
 
-def _written_series(tmp: Path, oblique: bool) -> tuple[Volume, list[Dataset]]:
-    geometry = _geometry(oblique)
+def _written_series(tmp: Path, oblique: bool, flipped: bool = False) -> tuple[Volume, list[Dataset]]:
+    geometry = _geometry(oblique, flipped)
     rng = np.random.default_rng(3)
     image = Volume(rng.normal(500.0, 40.0, tuple(reversed(SIZE))).astype(np.float32), geometry)
     study = StudyInfo.create(f"rtstruct-{oblique}")
@@ -186,16 +191,18 @@ def test_contour_centroid_lies_where_the_lesion_is_in_patient_coordinates(
         np.testing.assert_allclose(points.mean(axis=0), expected, atol=1.0)
 
 
-def test_a_lesion_on_the_patients_left_has_positive_x(tmp_path: Path) -> None:
-    """Axial series: Met 1 sits at high column index, which DICOM's row direction (1, 0, 0) puts on the
-    patient's left; Met 2 on the right."""
-    volume, headers = _written_series(tmp_path, oblique=False)
+@pytest.mark.parametrize("flipped", [False, True], ids=["columns-to-left", "columns-to-right"])
+def test_a_lesion_on_the_patients_left_has_positive_x(tmp_path: Path, flipped: bool) -> None:
+    """Met 1 sits at a high column index: on the patient's left (x > 0) when the row direction is (1, 0, 0),
+    on the right when it is (-1, 0, 0); Met 2, at a low column index, on the other side."""
+    volume, headers = _written_series(tmp_path, oblique=False, flipped=flipped)
     labels = volume.with_array(_lesions(volume.array.shape))
     ds = build_metastases_rtstruct(labels, headers, model=MODEL)
     assert ds is not None
     contours = _contours_by_roi(ds)
-    assert all(_points(c)[:, 0].min() > 0 for c in contours["Met 1"])
-    assert all(_points(c)[:, 0].max() < 0 for c in contours["Met 2"])
+    left, right = ("Met 2", "Met 1") if flipped else ("Met 1", "Met 2")
+    assert all(_points(c)[:, 0].min() > 0 for c in contours[left])
+    assert all(_points(c)[:, 0].max() < 0 for c in contours[right])
 
 
 def test_no_lesion_gives_no_rtstruct_and_a_rerun_the_same_uids(tmp_path: Path) -> None:
@@ -236,3 +243,55 @@ def test_polygon_area_in_patient_space_matches_the_pixel_area_times_pixel_size()
     patient = (affine @ np.c_[contour[:, 1], contour[:, 0], np.full(len(contour), 4.0), np.ones(len(contour))].T).T
     assert polygon_area(patient[:, :3]) == pytest.approx(polygon_area(contour) * SPACING[0] * SPACING[1])
     assert even_odd_area([contour]) == pytest.approx(42.0 - 4 * 0.125)
+
+
+@pytest.fixture(scope="module")
+def seg_path(case: tuple[Volume, list[Dataset], Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    labels, headers, _ = case
+    seg = build_metastases_seg(labels, headers, model=MODEL, input_hash="h1")
+    assert seg is not None
+    path = tmp_path_factory.mktemp("seg") / "seg.dcm"
+    seg.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_seg_passes_dciodvfy_and_names_each_lesion_as_the_rtstruct_does(
+        case: tuple[Volume, list[Dataset], Path], seg_path: Path) -> None:
+    result = subprocess.run([shutil.which("dciodvfy") or "dciodvfy", str(seg_path)], capture_output=True, text=True,
+                            timeout=60)
+    lines = (result.stdout + result.stderr).splitlines()
+    assert [line for line in lines if line.startswith("Error")] == [], "\n".join(lines)
+    seg = hd.seg.segread(seg_path)
+    rtstruct = pydicom.dcmread(case[2])
+    rois = {int(i.ROINumber): str(i.ROIName) for i in rtstruct.StructureSetROISequence}
+    colours = {int(i.ReferencedROINumber): list(i.ROIDisplayColor) for i in rtstruct.ROIContourSequence}
+    for segment in seg.SegmentSequence:
+        number = int(segment.SegmentNumber)
+        assert segment.SegmentLabel == rois[number]
+        lab = hd.color.CIELabColor.from_rgb(*colours[number]).value
+        assert tuple(int(v) for v in segment.RecommendedDisplayCIELabValue) == lab
+    assert seg.SeriesNumber == ResultObjectSettings().metastases_seg_series_number
+
+
+def test_rtstruct_contours_hold_each_seg_segments_volume_within_10_percent(
+        case: tuple[Volume, list[Dataset], Path], seg_path: Path) -> None:
+    labels, headers, path = case
+    by_slice = {str(h.SOPInstanceUID): h for h in headers}
+    order = sorted(by_slice, key=lambda uid: labels.geometry.direction_matrix()[:, 2]
+                   @ np.asarray([float(v) for v in by_slice[uid].ImagePositionPatient]))
+    segments = hd.seg.segread(seg_path).get_pixels_by_source_instance(
+        source_sop_instance_uids=order, combine_segments=True, skip_overlap_checks=True)
+    for name, contours in _contours_by_roi(pydicom.dcmread(path)).items():
+        number = int(name.split()[1])
+        seg_voxels = int((segments == number).sum())
+        filled = _filled(labels, contours)
+        assert int(filled.sum()) == pytest.approx(seg_voxels, rel=0.10), name
+        np.testing.assert_array_equal(filled, segments == number, err_msg=name)
+
+
+def test_seg_refuses_lesion_numbers_with_gaps(tmp_path: Path) -> None:
+    volume, headers = _written_series(tmp_path, oblique=False)
+    labels = _lesions(volume.array.shape)
+    labels[labels == 2] = 0
+    with pytest.raises(ValueError, match="without gaps"):
+        build_metastases_seg(volume.with_array(labels), headers, model=MODEL)
