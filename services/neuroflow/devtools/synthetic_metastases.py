@@ -48,6 +48,7 @@ FloatArray = npt.NDArray[np.float32]
 BoolArray = npt.NDArray[np.bool_]
 Pattern = Literal["solid", "ring", "necrotic"]
 Site = Literal["grey-white junction", "cortical"]
+SITES: tuple[Site, ...] = ("grey-white junction", "cortical")
 
 MIN_DIAMETER_MM = 2.0
 MAX_DIAMETER_MM = 40.0
@@ -160,8 +161,8 @@ def insert_metastases(background: Background, specs: Sequence[MetastasisSpec], *
     t1_grey = float(np.median(t1ce[tissues.grey]))
     flair_white = float(np.median(flair[tissues.white]))
     spacing = np.asarray(geometry.spacing[::-1], dtype=np.float64)  # (k, j, i) mm
-    sites = _sites(brain, tissues.grey, tissues.white, spacing)
-    to_edge = ndimage.distance_transform_edt(brain, sampling=spacing)
+    maps = _Maps(brain, tissues.grey, tissues.white, ndimage.distance_transform_edt(~tissues.grey, sampling=spacing),
+                 ndimage.distance_transform_edt(brain, sampling=spacing))
 
     order = sorted(range(len(specs)), key=lambda n: -specs[n].diameter_mm)
     placed: list[tuple[npt.NDArray[np.float64], float]] = []  # (centre (k, j, i), radius mm)
@@ -171,16 +172,17 @@ def insert_metastases(background: Background, specs: Sequence[MetastasisSpec], *
     placed_sites: dict[int, Site] = {}
     for turn, n in enumerate(order):
         spec = specs[n]
-        site: Site = ("grey-white junction", "cortical")[turn % 2]
         radius = spec.diameter_mm / 2.0
-        # The centre deep enough that most of the lesion is brain (a cortical one may reach the surface), and
-        # far enough from every lesion placed for the two never to touch (lobulation reaches ~1.35 radii).
-        room = sites[site] & (to_edge >= (0.6 if site == "cortical" else 1.0) * radius)
-        candidates = np.argwhere(room)
-        for other_centre, other_radius in placed:
-            reach = 1.35 * (radius + other_radius) + GAP_MM
-            candidates = candidates[(((candidates - other_centre) * spacing) ** 2).sum(axis=1) > reach**2]
-        if candidates.size == 0:
+        preferred = SITES[turn % 2]
+        for site in (preferred, *(s for s in SITES if s != preferred)):
+            candidates = np.argwhere(_room(site, radius, maps))
+            # Far enough from every lesion placed for the two never to touch (lobulation reaches ~1.35 radii).
+            for other_centre, other_radius in placed:
+                reach = 1.35 * (radius + other_radius) + GAP_MM
+                candidates = candidates[(((candidates - other_centre) * spacing) ** 2).sum(axis=1) > reach**2]
+            if candidates.size:
+                break
+        else:
             raise ValueError(f"{background.name}: no room left for a {spec.diameter_mm:.1f} mm metastasis")
         centre = candidates[int(rng.integers(len(candidates)))].astype(np.float64)
         box, fraction, radial = _lobulated(brain.shape, spacing, centre, radius, rng)
@@ -228,14 +230,25 @@ def insert_metastases(background: Background, specs: Sequence[MetastasisSpec], *
         labels=numbered.labels, oedema=background.t1ce.with_array(oedema.astype(np.uint8)), truth=truth)
 
 
-def _sites(brain: BoolArray, grey: BoolArray, white: BoolArray, spacing: npt.NDArray[np.float64]
-           ) -> dict[Site, BoolArray]:
-    """Where centres may go: white matter within 2 mm of grey matter (the junction), and grey matter within
-    2 mm of the brain's surface (the cortex), away from the deep grey nuclei's CSF and the ventricles."""
-    to_grey = ndimage.distance_transform_edt(~grey, sampling=spacing)
-    to_surface = ndimage.distance_transform_edt(brain, sampling=spacing)
-    return {"grey-white junction": white & (to_grey <= 2.0),
-            "cortical": grey & (to_surface <= 6.0) & (to_surface >= 1.0)}
+@dataclass(frozen=True)
+class _Maps:
+    brain: BoolArray
+    grey: BoolArray
+    white: BoolArray
+    to_grey: npt.NDArray[np.float64]  # mm to the nearest grey matter voxel
+    to_surface: npt.NDArray[np.float64]  # mm to the brain's surface (depth)
+
+
+def _room(site: Site, radius_mm: float, maps: _Maps) -> BoolArray:
+    """Where the centre of a lesion of ``radius_mm`` may go at ``site``: at the junction, in white matter with
+    the lesion reaching the grey matter (a small one on the junction, a large one across it) and wholly in the
+    brain; near the cortex, deep enough that most of the lesion is brain and shallow enough that it reaches
+    the cortex (a small one in the grey matter itself), so a large cortical lesion abuts the surface."""
+    if site == "grey-white junction":
+        return maps.white & (maps.to_grey <= max(2.0, 0.5 * radius_mm)) & (maps.to_surface >= radius_mm)
+    depth = max(1.0, 0.6 * radius_mm)
+    room = maps.brain & (maps.to_surface >= depth) & (maps.to_surface <= depth + 5.0)
+    return room & maps.grey if radius_mm < 3.0 else room
 
 
 def _lobulated(shape: tuple[int, ...], spacing: npt.NDArray[np.float64], centre: npt.NDArray[np.float64],
