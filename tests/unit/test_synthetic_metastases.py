@@ -4,10 +4,14 @@ as their pattern says, with FLAIR oedema in the white matter, and the truth meas
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import ndimage
 
+from neuroflow.devtools.dicom_writer import load_volume
 from neuroflow.devtools.longitudinal_phantoms import COLIN27_T1, tissues_from_t1
 from neuroflow.devtools.synthetic_metastases import (
     Background,
@@ -15,7 +19,9 @@ from neuroflow.devtools.synthetic_metastases import (
     SyntheticMetastases,
     colin27_background,
     insert_metastases,
+    random_case,
     random_specs,
+    write_case,
 )
 
 pytestmark = pytest.mark.skipif(not COLIN27_T1.is_file(), reason="Colin27 (Debian mricron-data) not installed")
@@ -105,3 +111,17 @@ def test_random_specs_span_2_to_40_mm_and_a_diameter_outside_is_refused(backgrou
     assert np.median(diameters) < 12.0  # small lesions are the common ones
     with pytest.raises(ValueError, match=r"outside 2\.0-40\.0 mm"):
         insert_metastases(background, [MetastasisSpec(45.0)])
+
+
+def test_a_random_case_is_reproducible_from_its_seed_and_written_with_its_geometry(
+        background: Background, tmp_path: Path) -> None:
+    case = random_case(background, seed=11, count=(2, 3))
+    again = random_case(background, seed=11, count=(2, 3))
+    np.testing.assert_array_equal(case.t1ce.array, again.t1ce.array)
+    assert case.truth == again.truth and 2 <= len(case.truth) <= 3
+    paths = write_case(case, tmp_path)
+    labels = load_volume(tmp_path / "labels.nii.gz")
+    assert labels.geometry.is_close(case.labels.geometry)
+    np.testing.assert_array_equal(labels.array, case.labels.array)
+    truth = json.loads((tmp_path / "truth.json").read_text())
+    assert [t["number"] for t in truth] == [t.number for t in case.truth] and len(paths) == 5

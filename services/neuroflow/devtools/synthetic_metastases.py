@@ -24,13 +24,16 @@ oedema mask, and per lesion its measures in patient coordinates."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+import SimpleITK as sitk
 from scipy import ndimage
 
 from neuroflow.core.volume import Geometry, Volume
@@ -237,6 +240,30 @@ class _Maps:
     white: BoolArray
     to_grey: npt.NDArray[np.float64]  # mm to the nearest grey matter voxel
     to_surface: npt.NDArray[np.float64]  # mm to the brain's surface (depth)
+
+
+def random_case(background: Background, seed: int, *, count: tuple[int, int] = (1, 12),
+                noise: tuple[float, float] = (0.0, 0.04)) -> SyntheticMetastases:
+    """One training or evaluation case: between ``count`` metastases of :func:`random_specs` and Rician noise
+    of a random level in ``noise``, all drawn from ``seed`` (the same seed, the same case)."""
+    rng = np.random.default_rng(seed)
+    specs = random_specs(rng, int(rng.integers(count[0], count[1] + 1)))
+    return insert_metastases(background, specs, seed=seed, noise=float(rng.uniform(*noise)))
+
+
+def write_case(case: SyntheticMetastases, out_dir: Path) -> list[Path]:
+    """``case`` as NIfTI files (t1ce, flair, labels, oedema; SimpleITK keeps the geometry, LPS to NIfTI's RAS)
+    and ``truth.json`` (per lesion: number, spec, site, centroid in LPS mm, volume, diameter)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, volume in (("t1ce", case.t1ce), ("flair", case.flair), ("labels", case.labels),
+                         ("oedema", case.oedema)):
+        path = out_dir / f"{name}.nii.gz"
+        sitk.WriteImage(volume.to_sitk(), str(path), useCompression=True)
+        paths.append(path)
+    truth = out_dir / "truth.json"
+    truth.write_text(json.dumps([asdict(t) for t in case.truth], indent=1) + "\n")
+    return [*paths, truth]
 
 
 def _room(site: Site, radius_mm: float, maps: _Maps) -> BoolArray:
