@@ -17,6 +17,7 @@ from neuroflow.devtools.synthetic_metastases import (
     Background,
     MetastasisSpec,
     SyntheticMetastases,
+    add_enhancing_vessels,
     colin27_background,
     insert_metastases,
     random_case,
@@ -125,3 +126,17 @@ def test_a_random_case_is_reproducible_from_its_seed_and_written_with_its_geomet
     np.testing.assert_array_equal(labels.array, case.labels.array)
     truth = json.loads((tmp_path / "truth.json").read_text())
     assert [t["number"] for t in truth] == [t.number for t in case.truth] and len(paths) == 5
+
+
+def test_enhancing_vessels_brighten_only_the_t1ce_in_thin_unlabelled_strands(background: Background) -> None:
+    with_vessels = add_enhancing_vessels(background, count=20, seed=4)
+    changed = with_vessels.t1ce.array != background.t1ce.array
+    assert changed.sum() > 200
+    np.testing.assert_array_equal(with_vessels.flair.array, background.flair.array)
+    # Pial veins may lie just outside the brain mask (paths reach 2 voxels beyond it, tubes 1.5 mm around them).
+    assert not (changed & ~ndimage.binary_dilation(background.brain_mask.array > 0, iterations=4)).any()
+    white = tissues_from_t1(background.t1ce, background.brain_mask.array > 0).white
+    bright = with_vessels.t1ce.array > 1.3 * float(np.median(background.t1ce.array[white]))
+    strands = bright & changed
+    # Thin: hardly anything survives an erosion by one voxel (a lesion of the same brightness would).
+    assert ndimage.binary_erosion(strands).sum() < 0.1 * strands.sum()

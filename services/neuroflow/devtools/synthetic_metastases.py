@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 import SimpleITK as sitk
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from neuroflow.core.volume import Geometry, Volume
 from neuroflow.devtools.dicom_writer import load_volume
@@ -124,6 +125,48 @@ def _slab(volume: Volume, first: int, stop: int) -> Volume:
     geometry = Geometry(volume.geometry.spacing, (float(origin[0]), float(origin[1]), float(origin[2])),
                         volume.geometry.direction, (size[0], size[1], stop - first))
     return Volume(np.ascontiguousarray(volume.array[first:stop]), geometry, dict(volume.meta))
+
+
+def add_enhancing_vessels(background: Background, *, count: int = 30, seed: int = 0) -> Background:
+    """``background`` with ``count`` contrast-filled cortical veins drawn into its T1CE: bright (1.4-2 times the
+    white matter), 0.8-2 mm wide, 15-40 mm long, winding through the sulcal CSF near the surface. On a real
+    T1 post-contrast these (with the dura, sinuses and choroid plexus) are what a detector must learn not to
+    call a metastasis; a T1 standing in for the T1CE (Colin27) has none. They are not lesions: no label."""
+    rng = np.random.default_rng(seed)
+    brain = np.asarray(background.brain_mask.array) > 0
+    t1ce = np.asarray(background.t1ce.array, dtype=np.float32).copy()
+    tissues = tissues_from_t1(background.t1ce, brain)
+    white = float(np.median(t1ce[tissues.white]))
+    spacing = np.asarray(background.t1ce.geometry.spacing[::-1], dtype=np.float64)
+    near_surface = ndimage.distance_transform_edt(brain, sampling=spacing) <= 8.0
+    starts = np.argwhere(tissues.csf & near_surface)
+    if count and starts.size == 0:
+        raise ValueError(f"{background.name}: no sulcal CSF to draw vessels in")
+    allowed = ndimage.binary_dilation(brain, iterations=2)
+    for _ in range(count):
+        point = starts[int(rng.integers(len(starts)))].astype(np.float64)
+        heading = rng.normal(size=3)
+        path = []
+        for _ in range(int(rng.uniform(15.0, 40.0) / 0.5)):  # 0.5 mm steps
+            index = tuple(np.clip(np.round(point).astype(int), 0, np.asarray(brain.shape) - 1))
+            if not allowed[index]:
+                break
+            path.append(point * spacing)
+            heading = heading / np.linalg.norm(heading) + 0.25 * rng.normal(size=3)
+            point = point + 0.5 * heading / np.linalg.norm(heading) / spacing
+        if len(path) < 4:
+            continue
+        radius = float(rng.uniform(0.4, 1.0))
+        points = np.asarray(path)
+        box = tuple(slice(max(0, int((lo - 2.0) // s)), min(n, int((hi + 2.0) // s) + 2))
+                    for lo, hi, s, n in zip(points.min(axis=0), points.max(axis=0), spacing, brain.shape, strict=True))
+        grids = np.meshgrid(*[np.arange(b.start, b.stop) * s for b, s in zip(box, spacing, strict=True)],
+                            indexing="ij")
+        distance, _ = cKDTree(points).query(np.stack([g.ravel() for g in grids], axis=1))
+        fraction = np.clip((radius - distance.reshape(grids[0].shape)) / float(spacing.mean()) + 0.5, 0.0, 1.0)
+        level = white * float(rng.uniform(1.4, 2.0))
+        t1ce[box] = np.maximum(t1ce[box], (t1ce[box] * (1.0 - fraction) + level * fraction).astype(np.float32))
+    return Background(background.name, background.t1ce.with_array(t1ce), background.flair, background.brain_mask)
 
 
 def random_specs(rng: np.random.Generator, count: int, *, min_mm: float = MIN_DIAMETER_MM,
@@ -243,11 +286,14 @@ class _Maps:
 
 
 def random_case(background: Background, seed: int, *, count: tuple[int, int] = (1, 12),
-                noise: tuple[float, float] = (0.0, 0.04)) -> SyntheticMetastases:
-    """One training or evaluation case: between ``count`` metastases of :func:`random_specs` and Rician noise
-    of a random level in ``noise``, all drawn from ``seed`` (the same seed, the same case)."""
+                noise: tuple[float, float] = (0.0, 0.04), vessels: tuple[int, int] = (0, 0)) -> SyntheticMetastases:
+    """One training or evaluation case: between ``count`` metastases of :func:`random_specs`, Rician noise of a
+    random level in ``noise`` and between ``vessels`` enhancing veins (:func:`add_enhancing_vessels`; give a
+    T1 standing in for a T1CE some), all drawn from ``seed`` (the same seed, the same case)."""
     rng = np.random.default_rng(seed)
     specs = random_specs(rng, int(rng.integers(count[0], count[1] + 1)))
+    if vessels[1] > 0:
+        background = add_enhancing_vessels(background, count=int(rng.integers(vessels[0], vessels[1] + 1)), seed=seed)
     return insert_metastases(background, specs, seed=seed, noise=float(rng.uniform(*noise)))
 
 
