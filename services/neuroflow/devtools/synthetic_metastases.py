@@ -42,6 +42,7 @@ from neuroflow.devtools.dicom_writer import load_volume
 from neuroflow.devtools.longitudinal_phantoms import (
     COLIN27_BRAIN,
     COLIN27_T1,
+    SHARED_DATA,
     colin27,
     flair_from_t1,
     tissues_from_t1,
@@ -116,6 +117,25 @@ def colin27_background(axial_slices: tuple[int, int] | None = None) -> Backgroun
     t1 = t1.with_array(t1.array.astype(np.float32))
     return Background(f"colin27 slices {first}-{stop}", t1, flair_from_t1(t1, mask),
                       t1.with_array(mask.astype(np.uint8)))
+
+
+def real_backgrounds() -> list[Background]:
+    """Every brain this checkout can insert metastases into: Colin27 and, where the shared data folder is
+    present, the two MS patients with a real T1 post-contrast and FLAIR (Ljubljana cross-sectional, CC BY;
+    skull-stripped in MNI space; their MS lesions stay as realistic non-metastatic findings). Cases with a
+    tumour already in them (the glioma cases, AURORA) are left out: their lesions have no metastasis label."""
+    backgrounds = [colin27_background()]
+    for patient in ("patient07", "patient26"):
+        folder = SHARED_DATA / "ms-crosssectional-ljubljana" / patient
+        if (folder / "T1POST.nii.gz").is_file() and (folder / "FLAIR.nii.gz").is_file():
+            t1ce = load_volume(folder / "T1POST.nii.gz")
+            flair = load_volume(folder / "FLAIR.nii.gz")
+            mask = ndimage.binary_fill_holes((t1ce.array > 0) & (flair.array > 0))
+            backgrounds.append(Background(
+                f"ms-crosssectional {patient}", t1ce.with_array(np.clip(t1ce.array, 0, None).astype(np.float32)),
+                flair.with_array(np.clip(flair.array, 0, None).astype(np.float32)),
+                t1ce.with_array(mask.astype(np.uint8))))
+    return backgrounds
 
 
 def _slab(volume: Volume, first: int, stop: int) -> Volume:
@@ -375,6 +395,9 @@ def _draw(t1ce: FloatArray, flair: FloatArray, fraction: FloatArray, radial: Flo
         core = np.clip((1.0 - rim_mm / radius - radial) / 0.08, 0.0, 1.0)  # soft inner edge of the rim
         centre_level = t1_grey * (0.85 if pattern == "ring" else float(rng.uniform(0.45, 0.65)))
         t1_level = (enhancing * (1.0 - core) + centre_level * core).astype(np.float32)
+    # Enhancement is never perfectly even: a smooth +-10 % texture (a few mm across).
+    texture = ndimage.gaussian_filter(rng.normal(size=fraction.shape), 1.5)
+    t1_level = (t1_level * (1.0 + 0.1 * texture / max(float(texture.std()), 1e-6))).astype(np.float32)
     flair_level = flair_white * float(rng.uniform(1.1, 1.5))
     flair_lesion = np.full(fraction.shape, flair_level, dtype=np.float32)
     if pattern == "necrotic":  # necrosis is fluid: bright on FLAIR where it is not suppressed
