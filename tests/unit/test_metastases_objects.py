@@ -27,7 +27,7 @@ from neuroflow.devtools.dicom_writer import SeriesInfo, StudyInfo, write_series
 from neuroflow.devtools.scanner_presets import PRESETS, Vendor
 from neuroflow.preprocess.convert import series_to_volume
 from neuroflow.results.dicom_seg import build_metastases_seg
-from neuroflow.results.rtstruct import METASTASES_RTSTRUCT_DESCRIPTION, build_metastases_rtstruct
+from neuroflow.results.rtstruct import METASTASES_RTSTRUCT_DESCRIPTION, build_metastases_rtstruct, roi_masks
 
 MODEL = ModelRef(name="metastases-unet", version=1)
 SIZE = (48, 40, 14)  # (columns, rows, slices): columns != rows so a transposed slice cannot pass
@@ -159,20 +159,14 @@ def _on_grid(labels: Volume, contours: list[Dataset]) -> dict[int, list[npt.NDAr
     return by_slice
 
 
-def _filled(labels: Volume, contours: list[Dataset]) -> npt.NDArray[np.bool_]:
-    """The contours filled back onto the label map's grid, by the even-odd rule per slice."""
-    filled = np.zeros(labels.array.shape, dtype=bool)
-    for k, polygons in _on_grid(labels, contours).items():
-        filled[k] = fill_contours(polygons, labels.array.shape[1:])
-    return filled
-
-
 def test_contours_fill_back_to_each_lesion_and_hold_its_volume(case: tuple[Volume, list[Dataset], Path]) -> None:
     labels, _, path = case
-    for n, (name, contours) in enumerate(sorted(_contours_by_roi(pydicom.dcmread(path)).items()), start=1):
+    ds = pydicom.dcmread(path)
+    filled = roi_masks(ds, labels.geometry)
+    for n, (name, contours) in enumerate(sorted(_contours_by_roi(ds).items()), start=1):
         assert name == f"Met {n}"
         mask = labels.array == n
-        np.testing.assert_array_equal(_filled(labels, contours), mask, err_msg=name)
+        np.testing.assert_array_equal(filled[name], mask, err_msg=name)
         if mask.sum() * labels.voxel_volume_mm3 > 100.0:
             # The planning system's volume (polygon area, holes subtracted, x slice spacing) within 10 %.
             pixels = sum(even_odd_area(polygons) for polygons in _on_grid(labels, contours).values())
@@ -281,10 +275,9 @@ def test_rtstruct_contours_hold_each_seg_segments_volume_within_10_percent(
                    @ np.asarray([float(v) for v in by_slice[uid].ImagePositionPatient]))
     segments = hd.seg.segread(seg_path).get_pixels_by_source_instance(
         source_sop_instance_uids=order, combine_segments=True, skip_overlap_checks=True)
-    for name, contours in _contours_by_roi(pydicom.dcmread(path)).items():
+    for name, filled in roi_masks(pydicom.dcmread(path), labels.geometry).items():
         number = int(name.split()[1])
         seg_voxels = int((segments == number).sum())
-        filled = _filled(labels, contours)
         assert int(filled.sum()) == pytest.approx(seg_voxels, rel=0.10), name
         np.testing.assert_array_equal(filled, segments == number, err_msg=name)
 
@@ -295,3 +288,13 @@ def test_seg_refuses_lesion_numbers_with_gaps(tmp_path: Path) -> None:
     labels[labels == 2] = 0
     with pytest.raises(ValueError, match="without gaps"):
         build_metastases_seg(volume.with_array(labels), headers, model=MODEL)
+
+
+def test_reading_back_refuses_a_contour_between_slices(case: tuple[Volume, list[Dataset], Path]) -> None:
+    labels, _, path = case
+    ds = pydicom.dcmread(path)
+    contour = ds.ROIContourSequence[0].ContourSequence[0]
+    normal = labels.geometry.direction_matrix()[:, 2] * labels.geometry.spacing[2]
+    contour.ContourData = [f"{v:.4f}" for v in (_points(contour) + 0.5 * normal).ravel()]
+    with pytest.raises(ValueError, match="lies on no slice"):
+        roi_masks(ds, labels.geometry)

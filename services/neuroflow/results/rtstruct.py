@@ -31,9 +31,9 @@ from neuroflow.core.errors import StudyError
 from neuroflow.core.identity import NEUROFLOW_MANUFACTURER
 from neuroflow.core.labels import metastasis_segment
 from neuroflow.core.model_card import ModelRef
-from neuroflow.core.planar_contours import mask_contours
+from neuroflow.core.planar_contours import fill_contours, mask_contours
 from neuroflow.core.uids import derived_uid
-from neuroflow.core.volume import Volume
+from neuroflow.core.volume import Geometry, Volume
 from neuroflow.results.dicom_seg import METASTASES_MODEL_NAME, STAGE, hash_of_instance_uids, sources_in_slice_order
 from neuroflow.results.report import DISCLAIMER
 from neuroflow.results.series_naming import series_description as describe
@@ -262,3 +262,28 @@ def _observation(roi: RoiSpec) -> Dataset:
         code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = roi.code
         item.RTROIIdentificationCodeSequence = [code]
     return item
+
+
+def roi_masks(ds: Dataset, geometry: Geometry) -> dict[str, npt.NDArray[np.bool_]]:
+    """Read an RTSTRUCT back: each ROI's contours filled on ``geometry`` (the source grid; even-odd rule per
+    slice), by ROI name. What a test on a stored object, or a planning system, makes of it. Refuses
+    (ValueError) a contour that does not lie on a slice of the grid (more than 0.01 voxel off its plane)."""
+    names = {int(item.ROINumber): str(item.ROIName) for item in ds.StructureSetROISequence}
+    to_index = np.linalg.inv(geometry.index_to_patient())
+    shape = (geometry.size[2], geometry.size[1], geometry.size[0])
+    masks: dict[str, npt.NDArray[np.bool_]] = {}
+    for item in ds.ROIContourSequence:
+        by_slice: dict[int, list[npt.NDArray[np.float64]]] = {}
+        for contour in item.get("ContourSequence", []):
+            points = np.asarray([float(v) for v in contour.ContourData], dtype=np.float64).reshape(-1, 3)
+            ijk = (to_index @ np.c_[points, np.ones(len(points))].T).T[:, :3]
+            k = round(float(ijk[:, 2].mean()))
+            if not 0 <= k < shape[0] or float(np.abs(ijk[:, 2] - k).max()) > 0.01:
+                raise ValueError(f"a contour of ROI {names[int(item.ReferencedROINumber)]!r} lies on no slice of "
+                                 "the grid")
+            by_slice.setdefault(k, []).append(ijk[:, [1, 0]])  # (row, column)
+        mask = np.zeros(shape, dtype=bool)
+        for k, polygons in by_slice.items():
+            mask[k] = fill_contours(polygons, shape[1:])
+        masks[names[int(item.ReferencedROINumber)]] = mask
+    return masks
