@@ -1,4 +1,11 @@
-"""Closed planar contours of a binary mask, slice by slice (marching squares), and back (even-odd fill).
+"""Closed planar contours of a binary mask, slice by slice, and back (even-odd fill).
+
+Two tracings. :func:`pixel_edge_contours` follows the pixel edges (a stepped outline through pixel corners):
+its polygon area is the pixel count exactly, so a planning system that computes an ROI's volume as polygon
+area x slice spacing gets the segmentation's volume even for a 2 mm metastasis of a handful of voxels (the
+RTSTRUCT uses it). :func:`mask_contours` (marching squares, below) cuts the corners: a smoother outline whose
+area falls short by up to a third on such tiny lesions; the lesion measures use it for diameters, which
+then run between edge midpoints rather than outer corners.
 
 A contour runs through the midpoints of the pixel edges that separate a set pixel from an unset one, so
 every set pixel centre lies strictly inside and every unset one strictly outside: filling the contours
@@ -62,6 +69,56 @@ def mask_contours(mask: npt.NDArray[np.generic]) -> list[FloatArray]:
         # Doubled coordinates of the padded grid -> pixel index of the mask.
         contours.append(np.asarray(loop, dtype=np.float64) / 2.0 - 1.0)
     return contours
+
+
+def pixel_edge_contours(mask: npt.NDArray[np.generic]) -> list[FloatArray]:
+    """The closed contours of a 2D mask along its pixel edges, each an (N, 2) array of (row, column)
+    corner points (half-integers), collinear corners dropped. Outer boundaries run clockwise on the image
+    (rows down), holes the other way; at a diagonal touch each pixel keeps its own corner, so every contour
+    is a simple polygon. Filling them (:func:`fill_contours`) gives the mask back, and their even-odd area
+    is its pixel count."""
+    if mask.ndim != 2:
+        raise ValueError(f"pixel_edge_contours takes a 2D mask, got shape {mask.shape}")
+    padded = np.pad(np.asarray(mask, dtype=bool), 1)
+    # Directed edges between corners (corner (i, j) = top-left corner of padded pixel (i, j)), clockwise
+    # around each set pixel, kept where the neighbour across the edge is unset; keyed by start corner.
+    outgoing: dict[tuple[int, int], list[tuple[tuple[int, int], tuple[int, int]]]] = defaultdict(list)
+    for r, c in np.argwhere(padded):
+        r, c = int(r), int(c)
+        pixel = (r, c)
+        if not padded[r - 1, c]:
+            outgoing[(r, c)].append(((r, c + 1), pixel))
+        if not padded[r, c + 1]:
+            outgoing[(r, c + 1)].append(((r + 1, c + 1), pixel))
+        if not padded[r + 1, c]:
+            outgoing[(r + 1, c + 1)].append(((r + 1, c), pixel))
+        if not padded[r, c - 1]:
+            outgoing[(r + 1, c)].append(((r, c), pixel))
+    contours: list[FloatArray] = []
+    while outgoing:
+        start = next(iter(outgoing))
+        end, pixel = _take_edge(outgoing, start, None)
+        loop = [start]
+        while end != start:
+            loop.append(end)
+            end, pixel = _take_edge(outgoing, end, pixel)
+        corners = np.asarray(loop, dtype=np.float64)
+        turning = np.any(np.roll(corners, -1, axis=0) - corners != corners - np.roll(corners, 1, axis=0), axis=1)
+        # Padded corner index -> pixel index of the mask: corner (i, j) lies at (i - 1.5, j - 1.5).
+        contours.append(corners[turning] - 1.5)
+    return contours
+
+
+def _take_edge(outgoing: dict[tuple[int, int], list[tuple[tuple[int, int], tuple[int, int]]]],
+               corner: tuple[int, int], pixel: tuple[int, int] | None) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Remove and return (end corner, pixel) of an edge leaving ``corner``: the one of the same pixel when
+    there are two (a diagonal touch), so the walk stays on that pixel's side."""
+    edges = outgoing[corner]
+    index = next((n for n, (_, owner) in enumerate(edges) if owner == pixel), 0)
+    edge = edges.pop(index)
+    if not edges:
+        del outgoing[corner]
+    return edge
 
 
 def fill_contours(contours: list[FloatArray], shape: tuple[int, int]) -> npt.NDArray[np.bool_]:

@@ -31,7 +31,7 @@ from neuroflow.core.errors import StudyError
 from neuroflow.core.identity import NEUROFLOW_MANUFACTURER
 from neuroflow.core.labels import metastasis_segment
 from neuroflow.core.model_card import ModelRef
-from neuroflow.core.planar_contours import fill_contours, mask_contours
+from neuroflow.core.planar_contours import fill_contours, pixel_edge_contours
 from neuroflow.core.uids import derived_uid
 from neuroflow.core.volume import Geometry, Volume
 from neuroflow.results.dicom_seg import METASTASES_MODEL_NAME, STAGE, hash_of_instance_uids, sources_in_slice_order
@@ -232,7 +232,7 @@ def _roi_contours(roi: RoiSpec, values: npt.NDArray[np.generic], labels: Volume,
     contours: list[Dataset] = []
     mask = values == roi.number
     for k in np.flatnonzero(mask.any(axis=(1, 2))):
-        for points in mask_contours(mask[k]):
+        for points in pixel_edge_contours(mask[k]):
             # (row, column) on slice k -> (i, j, k, 1) -> LPS through the affine (no axis is flipped).
             index = np.c_[points[:, 1], points[:, 0], np.full(len(points), float(k)), np.ones(len(points))]
             patient = (affine @ index.T).T[:, :3]
