@@ -1,0 +1,245 @@
+"""The console (`neuroflow serve console`) in a real browser: headless Chromium (Debian's, driven through
+Debian's chromedriver by Selenium), against a real SQLite workflow state seeded as the orchestrator leaves
+it, the console running as its own process on a free loopback port.
+
+Proved here: a wrong password is refused; the worklist shows a seeded study with its NEEDS REVIEW flag and a
+dead-lettered one with its reason; a radiologist's rejection is recorded (the study page and the worklist
+show REJECTED, the audit trail has it, the acceptance metric counts it); a viewer cannot POST a review (403);
+a POST without the CSRF token is refused (403); an operator replays a dead letter (its workflow is PENDING
+again, the trail names the operator)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import pytest
+
+from neuroflow.core.model_card import ModelRef
+from neuroflow.core.roles import SeriesRole
+from neuroflow.core.state import SqliteStateStore, WorkflowStatus
+from neuroflow.core.state_schedules import DeadLetterKind, DeadLetterRecord
+from neuroflow.devtools.ports import free_loopback_port
+from neuroflow.results.report import REPORT_FILE, ReportStatus, ReviewAssessment, SeriesEntry, StudyReport
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+pytestmark = pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+                                reason="Debian chromium and chromium-driver (scripts/install-system-deps.sh)")
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.common.by import By  # noqa: E402
+
+REVIEWED_KEY = "a1" * 32  # pseudonymous study keys, as ingest makes them
+FAILED_KEY = "b2" * 32
+PASSWORDS = {"rad": ("radiologist", "rad-pass"), "op": ("operator", "op-pass"), "view": ("viewer", "view-pass")}
+WAIT_S = 30.0
+
+
+@dataclass
+class Running:
+    url: str
+    metrics_url: str
+    state: SqliteStateStore
+    reviewed_workflow: str
+    failed_workflow: str
+    letter_id: str
+
+
+def _seed(state: SqliteStateStore, reports: Path) -> tuple[str, str, str]:
+    done, failed = "wf-reviewed-1", "wf-failed-1"
+    state.create(done, REVIEWED_KEY, "glioma", "hash-1")
+    for status, stage in ((WorkflowStatus.RUNNING, "preprocess"), (WorkflowStatus.RUNNING, "segmentation"),
+                          (WorkflowStatus.SUCCEEDED, "results")):
+        state.set_status(done, status, stage=stage)
+    state.record_stage_timing(done, "segmentation", 42.0)
+    report = StudyReport(
+        study_instance_uid="1.2.826.0.1.3680043.8.498.1", study_key=REVIEWED_KEY, pipeline="glioma",
+        status=ReportStatus.SUCCEEDED, model=ModelRef(name="glioma-seg", version=3),
+        series=[SeriesEntry(series_instance_uid="1.2.826.0.1.3680043.8.498.2", series_number=4,
+                            description="AX FLAIR", role=SeriesRole.FLAIR, confidence=0.97,
+                            reasons=["SeriesDescription says FLAIR", "TR/TE/TI fit FLAIR"], used_as=SeriesRole.FLAIR)],
+        volumes_ml={"WT": 30.0, "TC": 12.0, "ET": 4.0},
+        review=ReviewAssessment(needs_review=True, risk_score=2, threshold=1, alarms=["flipped inputs disagree"]))
+    (reports / REVIEWED_KEY / done).mkdir(parents=True)
+    (reports / REVIEWED_KEY / done / REPORT_FILE).write_text(report.model_dump_json())
+    state.create(failed, FAILED_KEY, "glioma", "hash-2")
+    state.set_status(failed, WorkflowStatus.RUNNING, stage="segmentation")
+    state.set_status(failed, WorkflowStatus.DEAD_LETTERED, stage="segmentation", detail="retries exhausted")
+    letter = DeadLetterRecord(letter_id="dl-0001", kind=DeadLetterKind.TASK, workflow_id=failed, study_key=FAILED_KEY,
+                              pipeline="glioma", stage="segmentation", attempts=3, code="INFERENCE_UNAVAILABLE",
+                              reason=f"study {FAILED_KEY}: the inference server did not answer", payload=b"",
+                              created_at=time.time(), replayed_at=None)
+    state.record_dead_letter(letter)
+    return done, failed, letter.letter_id
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    root = tmp_path_factory.mktemp("console")
+    state = SqliteStateStore(root / "state.sqlite3")
+    done, failed, letter = _seed(state, root / "reports")
+    # bcrypt at its lowest cost: the test checks the hashes are used, not how slow they are.
+    users = [{"name": name, "role": role, "password_hash": bcrypt.hashpw(pw.encode(), bcrypt.gensalt(4)).decode()}
+             for name, (role, pw) in PASSWORDS.items()]
+    (root / "users.yaml").write_text(json.dumps({"users": users}))
+    port, metrics_port = free_loopback_port(), free_loopback_port()
+    env = {**os.environ, "NEUROFLOW_STATE__KIND": "sqlite", "NEUROFLOW_STATE__SQLITE_PATH": str(root / "state.sqlite3"),
+           "NEUROFLOW_REPORTS_DIR": str(root / "reports"), "NEUROFLOW_RECORDS_ROOT": str(root / "records"),
+           "NEUROFLOW_CONSOLE__PORT": str(port), "NEUROFLOW_CONSOLE__USERS_FILE": str(root / "users.yaml"),
+           "NEUROFLOW_CONSOLE__REFRESH_S": "1", "NEUROFLOW_METRICS_PORT": str(metrics_port), "NEUROFLOW_SITE": "test"}
+    log = (root / "console.log").open("wb")
+    process = subprocess.Popen([sys.executable, "-m", "neuroflow.cli", "serve", "console"], env=env, stdout=log,
+                               stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            assert process.poll() is None, (root / "console.log").read_text()
+            try:
+                urllib.request.urlopen(f"{url}/login", timeout=2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the console did not answer"
+                time.sleep(0.2)
+        yield Running(url, f"http://127.0.0.1:{metrics_port}/metrics", state, done, failed, letter)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+        state.close()
+        # What the console logged names studies by key only: no UID of the seeded report.
+        assert "1.2.826.0.1.3680043.8.498" not in (root / "console.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1280,900"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=str(CHROMEDRIVER)))
+    driver.implicitly_wait(0)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait(condition: Any, what: str) -> Any:
+    deadline = time.monotonic() + WAIT_S
+    while not (found := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+    return found
+
+
+def _log_in(driver: Any, url: str, user: str, password: str) -> None:
+    driver.delete_all_cookies()
+    driver.get(f"{url}/login")
+    driver.find_element(By.ID, "username").send_keys(user)
+    driver.find_element(By.ID, "password").send_keys(password)
+    driver.find_element(By.ID, "login").click()
+
+
+def _post(url: str, fields: dict[str, str], cookie: str | None) -> int:
+    request = urllib.request.Request(url, data=urllib.parse.urlencode(fields).encode(), method="POST",
+                                     headers={"Cookie": cookie} if cookie else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+def _session(driver: Any) -> tuple[str, str]:
+    """The browser's session cookie and the page's CSRF token, for a request made outside the browser."""
+    cookie = driver.get_cookie("neuroflow_console")
+    token = driver.find_element(By.CSS_SELECTOR, "input[name=csrf]").get_attribute("value")
+    return f"neuroflow_console={cookie['value']}", token
+
+
+def _metric(url: str, decision: str) -> float:
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    pattern = rf'^neuroflow_console_review_decisions_total\{{[^}}]*decision="{decision}"[^}}]*\}} (\S+)$'
+    found = re.search(pattern, text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_wrong_password_is_refused(console: Running, browser: Any) -> None:
+    _log_in(browser, console.url, "rad", "not-the-password")
+    assert "Wrong user name or password" in browser.find_element(By.ID, "login-error").text
+    assert browser.current_url.endswith("/login")
+    browser.get(f"{console.url}/")  # every page needs a log-in
+    assert browser.current_url.endswith("/login")
+
+
+def test_radiologist_rejects_a_result(console: Running, browser: Any) -> None:
+    _log_in(browser, console.url, "rad", "rad-pass")
+    _wait(lambda: "radiologist" in browser.find_element(By.ID, "who").text if browser.find_elements(By.ID, "who")
+          else None, "the worklist")
+    rows = browser.find_element(By.ID, "worklist-rows").text
+    assert REVIEWED_KEY[:16] in rows and "NEEDS REVIEW" in rows
+    assert FAILED_KEY[:16] in rows and "the inference server did not answer" in rows
+    before = _metric(console.metrics_url, "rejected")
+    browser.find_element(By.LINK_TEXT, REVIEWED_KEY[:16]).click()
+    assert browser.find_element(By.ID, "viewer-link").get_attribute("href").endswith(f"/studies/{REVIEWED_KEY}/viewer")
+    page = browser.find_element(By.TAG_NAME, "main").text
+    assert "AX FLAIR" in page and "SeriesDescription says FLAIR" in page  # the series chosen, and why
+    assert "1.2.826.0.1.3680043" not in browser.page_source  # no UID on the page
+    form = browser.find_element(By.CSS_SELECTOR, f"#workflow-{console.reviewed_workflow} form.review-form")
+    form.find_element(By.CSS_SELECTOR, "input[value=rejected]").click()
+    form.find_element(By.CSS_SELECTOR, "select[name=quality] option[value='2']").click()
+    form.find_element(By.CSS_SELECTOR, "input[name=remove][value=ET]").click()
+    form.find_element(By.NAME, "comment").send_keys("ET drawn on a vessel")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    section = _wait(lambda: browser.find_element(By.ID, f"workflow-{console.reviewed_workflow}").text
+                    if "review recorded" in browser.page_source else None, "the decision")
+    assert "REJECTED" in section and "rejected by rad" in section and "quality 2/5" in section
+    assert "removed ET" in section and "ET drawn on a vessel" in section
+    trail = [r for r in console.state.audit_records(REVIEWED_KEY) if r.action == "result reviewed"]
+    assert [(r.actor, r.fields()["decision"], r.fields()["retracted"]) for r in trail] == [
+        ("console/rad", "rejected", True)]
+    assert _metric(console.metrics_url, "rejected") == before + 1
+    browser.get(f"{console.url}/?pipeline=glioma")
+    _wait(lambda: "REJECTED" in browser.find_element(By.ID, "worklist-rows").text, "REJECTED on the worklist")
+
+
+def test_viewer_may_not_review_and_csrf_is_required(console: Running, browser: Any) -> None:
+    review = {"workflow_id": console.reviewed_workflow, "decision": "accepted"}
+    target = f"{console.url}/studies/{REVIEWED_KEY}/review"
+    _log_in(browser, console.url, "view", "view-pass")
+    _wait(lambda: browser.find_elements(By.ID, "worklist-rows"), "the worklist")
+    cookie, token = _session(browser)
+    assert _post(target, {**review, "csrf": token}, cookie) == 403  # the role
+    _log_in(browser, console.url, "rad", "rad-pass")
+    _wait(lambda: browser.find_elements(By.ID, "worklist-rows"), "the worklist")
+    cookie, token = _session(browser)
+    assert _post(target, review, cookie) == 403  # no token
+    assert _post(target, {**review, "csrf": token + "x"}, cookie) == 403  # a wrong one
+    assert _post(target, {**review, "csrf": token}, None) == 403  # no session
+    decisions = [r for r in console.state.audit_records(REVIEWED_KEY) if r.action == "result reviewed"]
+    assert len(decisions) == 1  # none of the refused ones was recorded
+
+
+def test_operator_replays_a_dead_letter(console: Running, browser: Any) -> None:
+    _log_in(browser, console.url, "op", "op-pass")
+    _wait(lambda: browser.find_elements(By.ID, "worklist-rows"), "the worklist")
+    browser.get(f"{console.url}/dead-letters")
+    browser.find_element(By.CSS_SELECTOR, f"#letter-{console.letter_id} button").click()
+    message = _wait(lambda: browser.find_elements(By.ID, "message"), "the replay's message")[0].text
+    assert "scheduled again" in message
+    record = console.state.get(console.failed_workflow)
+    assert record is not None and record.status == WorkflowStatus.PENDING
+    assert [r.actor for r in console.state.audit_records(FAILED_KEY) if r.action == "replayed"] == ["console/op"]
