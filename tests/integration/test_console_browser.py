@@ -32,7 +32,14 @@ from neuroflow.core.roles import SeriesRole
 from neuroflow.core.state import SqliteStateStore, WorkflowStatus
 from neuroflow.core.state_schedules import DeadLetterKind, DeadLetterRecord
 from neuroflow.devtools.ports import free_loopback_port
-from neuroflow.results.report import REPORT_FILE, ReportStatus, ReviewAssessment, SeriesEntry, StudyReport
+from neuroflow.results.report import (
+    REPORT_FILE,
+    ReportStatus,
+    ReviewAssessment,
+    SeriesEntry,
+    StudyReport,
+    TumourVolumes,
+)
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 pytestmark = pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
@@ -69,7 +76,7 @@ def _seed(state: SqliteStateStore, reports: Path) -> tuple[str, str, str]:
         series=[SeriesEntry(series_instance_uid="1.2.826.0.1.3680043.8.498.2", series_number=4,
                             description="AX FLAIR", role=SeriesRole.FLAIR, confidence=0.97,
                             reasons=["SeriesDescription says FLAIR", "TR/TE/TI fit FLAIR"], used_as=SeriesRole.FLAIR)],
-        volumes_ml={"WT": 30.0, "TC": 12.0, "ET": 4.0},
+        volumes_ml=TumourVolumes(WT=30.0, TC=12.0, ET=4.0),
         review=ReviewAssessment(needs_review=True, risk_score=2, threshold=1, alarms=["flipped inputs disagree"]))
     (reports / REVIEWED_KEY / done).mkdir(parents=True)
     (reports / REVIEWED_KEY / done / REPORT_FILE).write_text(report.model_dump_json())

@@ -157,6 +157,8 @@ def _report_view(report: StudyReport | None) -> Row | None:
                     "used_as": str(s.used_as) if s.used_as else "", "confidence": s.confidence,
                     "reasons": s.reasons} for s in report.series],
         "volumes": {k: v for k, v in volumes.items() if isinstance(v, int | float)},
+        # What a radiologist may keep or remove: the regions the model drew (the shells follow from them).
+        "components": list(type(report.volumes_ml).model_fields) if report.volumes_ml is not None else [],
         "model": str(report.model) if report.model else "",
         "review": report.review.model_dump() if report.review is not None else None,
         "not_assessable": report.not_assessable,
