@@ -263,6 +263,7 @@ def _cmd_stack(args: argparse.Namespace) -> int:
         print(f"stack up: {len(started['processes'])} processes; endpoints in {stack.STACK_FILE}")
         print(f"Prometheus {started['prometheus']}, Alertmanager {started['alertmanager']}")
         print(f"Triton gRPC {started['triton']['grpc']}, HTTP {started['triton']['http']}")
+        print(f"Console {started['console']['url']} (dev users and passwords: {started['console']['passwords_file']})")
         return ExitCode.OK
     if args.action == "down":
         stopped = stack.down()

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,10 @@ def test_stack_writes_every_endpoint(running_stack: dict[str, Any]) -> None:
     models = NeuroflowSettings().models
     assert all(triton.ready(m) for m in (models.skull_strip_bbox, models.skull_strip, models.glioma))
     assert all(running for _, running, _ in stack.status(Path(running_stack["root"])))
+    # The console: its log-in page answers; its dev users' passwords are in a file only the owner reads.
+    with urllib.request.urlopen(written["console"]["url"] + "login", timeout=10) as page:
+        assert page.status == 200 and b"Log in" in page.read()
+    assert Path(written["console"]["passwords_file"]).stat().st_mode & 0o077 == 0
 
 
 def test_stack_kafka_admits_only_logged_in_services_and_stack_json_holds_no_kafka_password(
@@ -206,7 +211,7 @@ def test_every_port_of_the_stack_refuses_a_stranger_except_identifier_free_metri
     assert not open_ports, "ports that let a stranger in:\n" + "\n".join(open_ports)
     kinds = {v.kind for v in verdicts}
     assert {"postgresql", "orthanc-https", "orthanc-http", "dicom", "metrics", "kafka", "triton-grpc",
-            "triton-http"} <= kinds
+            "triton-http", "console"} <= kinds
     # A worker killed by an earlier test stays in stack.json (its replacement runs under another name).
     services = {p["name"] for p in running_stack["processes"] if "service" in p and stack.is_running(p)}
     assert services <= {v.process for v in verdicts if v.kind == "metrics"}

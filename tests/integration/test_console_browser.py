@@ -31,6 +31,7 @@ from neuroflow.core.model_card import ModelRef
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.state import SqliteStateStore, WorkflowStatus
 from neuroflow.core.state_schedules import DeadLetterKind, DeadLetterRecord
+from neuroflow.devtools import stack
 from neuroflow.devtools.ports import free_loopback_port
 from neuroflow.results.report import (
     REPORT_FILE,
@@ -250,3 +251,39 @@ def test_operator_replays_a_dead_letter(console: Running, browser: Any) -> None:
     record = console.state.get(console.failed_workflow)
     assert record is not None and record.status == WorkflowStatus.PENDING
     assert [r.actor for r in console.state.audit_records(FAILED_KEY) if r.action == "replayed"] == ["console/op"]
+
+
+def test_the_stack_launches_the_console_with_its_dev_users(tmp_path: Path) -> None:
+    """What `neuroflow stack up` does for the console (devtools/stack.py), on a SQLite state: one dev user per
+    role with a random password (files only the owner reads), the console on its own port, recorded with it."""
+    minimal: dict[str, Any] = {"root": str(tmp_path), "processes": [], "orthanc": {"site": {"passwords": {}}},
+               "kafka": {"bootstrap": "127.0.0.1:9"}, "environment": {
+                   "NEUROFLOW_STATE__SQLITE_PATH": str(tmp_path / "state.sqlite3"),
+                   "NEUROFLOW_REPORTS_DIR": str(tmp_path / "reports")}}
+    (tmp_path / "logs").mkdir()
+    files = minimal["console"] = stack._console_users(tmp_path)
+    record = stack._launch_service(minimal, "console", "console-1")
+    try:
+        passwords = json.loads(Path(files["passwords_file"]).read_text())
+        assert set(passwords) == set(stack.CONSOLE_DEV_USERS)
+        assert all(Path(f).stat().st_mode & 0o077 == 0 for f in files.values())
+        url = f"http://127.0.0.1:{record['ports'][0]}"
+        _wait(lambda: _answers(f"{url}/login"), "the stack's console")
+        cookie_jar = urllib.request.HTTPCookieProcessor()
+        opener = urllib.request.build_opener(cookie_jar)
+        form = opener.open(f"{url}/login", timeout=10).read().decode()
+        token = re.search(r'name="csrf" value="([^"]+)"', form)
+        assert token is not None
+        fields = {"csrf": token.group(1), "username": "admin", "password": passwords["admin"]}
+        page = opener.open(f"{url}/login", data=urllib.parse.urlencode(fields).encode(), timeout=10)
+        assert page.geturl().rstrip("/") == url and "admin (admin)" in page.read().decode()
+    finally:
+        stack.stop_process(record)
+
+
+def _answers(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=2).close()
+        return True
+    except OSError:
+        return False
