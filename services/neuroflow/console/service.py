@@ -30,8 +30,10 @@ def build_console(settings: NeuroflowSettings) -> Console:
 
     def rerun_backends() -> Any:
         return backends
+    # A re-run publishes the study's StudyReady for the orchestrator: on an in-memory bus no one would hear it.
+    rerun = rerun_backends if settings.bus.kind == "kafka" else None
     return Console(settings=settings, store=backends.state(), reviews=review_store(settings.state), users=users,
-                   codec=codec, rerun_backends=rerun_backends)
+                   codec=codec, rerun_backends=rerun)
 
 
 def serve_console(settings: NeuroflowSettings) -> None:
