@@ -10,11 +10,14 @@ again, the trail names the operator)."""
 
 from __future__ import annotations
 
+import base64
+import http.server
 import json
 import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -22,7 +25,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, cast
 
 import bcrypt
 import pytest
@@ -52,6 +55,7 @@ REVIEWED_KEY = "a1" * 32  # pseudonymous study keys, as ingest makes them
 FAILED_KEY = "b2" * 32
 PASSWORDS = {"rad": ("radiologist", "rad-pass"), "op": ("operator", "op-pass"), "view": ("viewer", "view-pass")}
 WAIT_S = 30.0
+OIDC_SECRET = "client-secret-of-the-test"
 
 
 @dataclass
@@ -92,6 +96,54 @@ def _seed(state: SqliteStateStore, reports: Path) -> tuple[str, str, str]:
     return done, failed, letter.letter_id
 
 
+class _Provider(http.server.BaseHTTPRequestHandler):
+    """A minimal OpenID provider for the authorization-code flow: it logs in whoever asks, as dr.who with the
+    radiologist role (the console's side of the flow is what is tested, not a provider)."""
+
+    nonces: ClassVar[dict[str, str]] = {}
+
+    @property
+    def issuer(self) -> str:
+        return f"http://localhost:{cast(tuple[str, int], self.server.server_address)[1]}"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _json(self, document: dict[str, Any]) -> None:
+        body = json.dumps(document).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        issuer = self.issuer
+        url = urllib.parse.urlsplit(self.path)
+        if url.path == "/.well-known/openid-configuration":
+            self._json({"issuer": issuer, "authorization_endpoint": f"{issuer}/auth",
+                        "token_endpoint": f"{issuer}/token"})
+            return
+        query = dict(urllib.parse.parse_qsl(url.query))
+        code = f"code-{len(self.nonces)}"
+        self.nonces[code] = query["nonce"]
+        self.send_response(302)
+        self.send_header("Location", f"{query['redirect_uri']}?code={code}&state={query['state']}")
+        self.end_headers()
+
+    def do_POST(self) -> None:
+        form = dict(urllib.parse.parse_qsl(self.rfile.read(int(self.headers["Content-Length"])).decode()))
+        if form.get("client_secret") != OIDC_SECRET or form.get("code") not in self.nonces:
+            self.send_response(400)
+            self.end_headers()
+            return
+        claims = {"iss": self.issuer, "aud": "neuroflow-console",
+                  "exp": time.time() + 300, "nonce": self.nonces.pop(form["code"]), "sub": "u-1",
+                  "preferred_username": "dr.who", "realm_access": {"roles": ["offline_access", "radiologist"]}}
+        payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+        self._json({"id_token": f"eyJhbGciOiJSUzI1NiJ9.{payload}.c2lnbmF0dXJl", "token_type": "Bearer"})
+
+
 @pytest.fixture(scope="module")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     root = tmp_path_factory.mktemp("console")
@@ -102,10 +154,19 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
              for name, (role, pw) in PASSWORDS.items()]
     (root / "users.yaml").write_text(json.dumps({"users": users}))
     port, metrics_port = free_loopback_port(), free_loopback_port()
+    provider = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Provider)
+    threading.Thread(target=provider.serve_forever, daemon=True).start()
+    # The provider as "localhost", the console as 127.0.0.1: two sites, as a real provider and console are.
+    oidc = {"NEUROFLOW_CONSOLE__OIDC__ISSUER": f"http://localhost:{provider.server_address[1]}",
+            "NEUROFLOW_CONSOLE__OIDC__CLIENT_ID": "neuroflow-console",
+            "NEUROFLOW_CONSOLE__OIDC__CLIENT_SECRET": OIDC_SECRET,
+            "NEUROFLOW_CONSOLE__OIDC__ROLE_CLAIM": "realm_access.roles",
+            "NEUROFLOW_CONSOLE__OIDC__REDIRECT_URL": f"http://127.0.0.1:{port}/oidc/callback"}
     env = {**os.environ, "NEUROFLOW_STATE__KIND": "sqlite", "NEUROFLOW_STATE__SQLITE_PATH": str(root / "state.sqlite3"),
            "NEUROFLOW_REPORTS_DIR": str(root / "reports"), "NEUROFLOW_RECORDS_ROOT": str(root / "records"),
            "NEUROFLOW_CONSOLE__PORT": str(port), "NEUROFLOW_CONSOLE__USERS_FILE": str(root / "users.yaml"),
-           "NEUROFLOW_CONSOLE__REFRESH_S": "1", "NEUROFLOW_METRICS_PORT": str(metrics_port), "NEUROFLOW_SITE": "test"}
+           "NEUROFLOW_CONSOLE__REFRESH_S": "1", "NEUROFLOW_METRICS_PORT": str(metrics_port), "NEUROFLOW_SITE": "test",
+           **oidc}
     log = (root / "console.log").open("wb")
     process = subprocess.Popen([sys.executable, "-m", "neuroflow.cli", "serve", "console"], env=env, stdout=log,
                                stderr=subprocess.STDOUT)
@@ -124,6 +185,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     finally:
         process.terminate()
         process.wait(timeout=30)
+        provider.shutdown()
         log.close()
         state.close()
         # What the console logged names studies by key only: no UID of the seeded report.
@@ -191,6 +253,16 @@ def test_wrong_password_is_refused(console: Running, browser: Any) -> None:
     assert browser.current_url.endswith("/login")
     browser.get(f"{console.url}/")  # every page needs a log-in
     assert browser.current_url.endswith("/login")
+
+
+def test_a_user_logs_in_through_the_oidc_provider(console: Running, browser: Any) -> None:
+    browser.delete_all_cookies()
+    browser.get(f"{console.url}/login")
+    browser.find_element(By.LINK_TEXT, "Log in with the hospital account").click()
+    who = _wait(lambda: browser.find_elements(By.ID, "who"), "the worklist after the OIDC log-in")
+    assert who[0].text == "dr.who (radiologist)" and browser.current_url.rstrip("/") == console.url
+    browser.get(f"{console.url}/oidc/callback?code=code-0&state=forged")  # a callback this browser did not start
+    assert "not started here" in browser.find_element(By.TAG_NAME, "body").text
 
 
 def test_radiologist_rejects_a_result(console: Running, browser: Any) -> None:

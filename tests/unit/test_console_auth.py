@@ -9,8 +9,10 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from neuroflow.console import auth
+from neuroflow.console import auth, oidc
 from neuroflow.console.auth import Permission, Role, SessionCodec
+from neuroflow.core.config import ConsoleOidcSettings
+from neuroflow.core.errors import NeuroflowError
 
 KEY = b"k" * 32
 
@@ -88,3 +90,36 @@ def test_a_short_session_key_is_refused(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="at least 16"):
         auth.session_key(tmp_path / "key")
     assert len(auth.session_key(None)) == 32
+
+
+CLAIMS = {"iss": "https://kc.example/realms/h", "aud": ["neuroflow-console", "account"], "exp": 2000.0,
+          "nonce": "n-1", "preferred_username": "dr.who", "realm_access": {"roles": ["viewer", "radiologist"]}}
+
+
+def _user(claims: dict[str, object], nonce: str = "n-1") -> oidc.OidcUser:
+    return oidc.user_from_claims(claims, issuer="https://kc.example/realms/h/", client_id="neuroflow-console",
+                                 nonce=nonce, role_claim="realm_access.roles", now=1000.0)
+
+
+def test_an_id_token_logs_in_its_user_with_the_strongest_role() -> None:
+    assert _user(CLAIMS) == oidc.OidcUser("dr.who", Role.RADIOLOGIST)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"iss": "https://evil.example/realms/h"}, "another provider"),
+    ({"aud": "another-client"}, "not meant for this console"),
+    ({"exp": 999.0}, "expired"),
+    ({"nonce": "n-2"}, "nonce"),
+    ({"realm_access": {"roles": ["offline_access"]}}, "no console role"),
+    ({"preferred_username": None}, "names no user"),
+])
+def test_an_id_token_that_does_not_fit_is_refused(change: dict[str, object], message: str) -> None:
+    with pytest.raises(oidc.OidcRefused, match=message):
+        _user({**CLAIMS, **change})
+
+
+def test_an_oidc_provider_must_be_reached_over_tls() -> None:
+    settings = ConsoleOidcSettings(issuer="http://kc.example/realms/h", client_id="c",
+                                   redirect_url="https://console.example/oidc/callback")
+    with pytest.raises(NeuroflowError, match="must be https"):
+        oidc.OidcClient(settings)

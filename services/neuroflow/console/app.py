@@ -10,6 +10,7 @@ the placeholder here.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from neuroflow.admin import operations
 from neuroflow.admin.operations import AdminRefused, Store
 from neuroflow.console import auth
 from neuroflow.console.auth import CSRF_FIELD, SESSION_COOKIE, Permission, Role, Session, SessionCodec
+from neuroflow.console.oidc import OidcClient, OidcRefused
 from neuroflow.console.reviews import Decision, InvalidReview, ReviewDecision, ReviewStore
 from neuroflow.console.worklist import WorklistFilter, read_report, study_page, worklist
 from neuroflow.core import metrics
@@ -38,6 +40,7 @@ from neuroflow.core.config import NeuroflowSettings
 
 log = logging.getLogger(__name__)
 _HERE = Path(__file__).parent
+OIDC_COOKIE = "neuroflow_console_oidc"
 _STATUS_OF_REFUSAL = 409  # a refused operation (already replayed, delivered...): nothing changed
 
 
@@ -52,6 +55,7 @@ class Console:
     codec: SessionCodec
     # Builds what a re-run needs (the record store and the bus); deferred: the bus connects to Kafka.
     rerun_backends: Callable[[], Any] | None = None
+    oidc: OidcClient | None = None  # log-in through the site's OIDC provider, when configured
     templates: Environment = field(default_factory=lambda: _templates())
 
     @property
@@ -77,6 +81,8 @@ def build_app(console: Console) -> Starlette:
         Route("/login", pages.login_form, methods=["GET"]),
         Route("/login", pages.login, methods=["POST"]),
         Route("/logout", pages.logout, methods=["POST"]),
+        Route("/oidc/login", pages.oidc_login, methods=["GET"]),
+        Route("/oidc/callback", pages.oidc_callback, methods=["GET"]),
         Route("/", pages.worklist_page, methods=["GET"]),
         Route("/worklist/rows", pages.worklist_rows, methods=["GET"]),
         Route("/dead-letters", pages.dead_letters, methods=["GET"]),
@@ -155,7 +161,7 @@ class _Pages:
         if session is not None and session.user is not None:
             return RedirectResponse("/", status_code=303)
         session = session or self.c.codec.new()
-        response = self.render("login.html", session, oidc=bool(self.c.settings.console.oidc.issuer), error="")
+        response = self.render("login.html", session, oidc=self.c.oidc is not None, error="")
         set_session(self.c, response, session)
         return response
 
@@ -169,11 +175,55 @@ class _Pages:
         user = await run_in_threadpool(auth.check_password, self.c.users, name, password)
         if user is None:
             log.warning("console: log-in refused for user %r", name[:64])
-            return self.render("login.html", session, status_code=401, oidc=bool(self.c.settings.console.oidc.issuer),
+            return self.render("login.html", session, status_code=401, oidc=self.c.oidc is not None,
                                error="Wrong user name or password.")
         log.info("console: %s logged in (%s)", user.name, user.role)
         response = RedirectResponse("/", status_code=303)
         set_session(self.c, response, self.c.codec.new(user=user.name, role=user.role))  # a new token
+        return response
+
+    async def oidc_login(self, request: Request) -> Response:
+        """To the provider, with a new state and nonce kept in the (signed) session cookie."""
+        if self.c.oidc is None:
+            return PlainTextResponse("this console has no OIDC provider", status_code=404)
+        session = self.c.codec.new(oidc_state=secrets.token_urlsafe(24), oidc_nonce=secrets.token_urlsafe(24))
+        assert session.oidc_state is not None and session.oidc_nonce is not None
+        try:
+            url = await run_in_threadpool(self.c.oidc.authorization_url, session.oidc_state, session.oidc_nonce)
+        except OidcRefused as refused:
+            log.warning("console: OIDC log-in not started: %s", refused)
+            return self.render("message.html", None, status_code=502, title="Log-in unavailable", message=str(refused))
+        response = RedirectResponse(url, status_code=303)
+        # Its own cookie, SameSite=Lax: the provider's redirect back is a cross-site navigation, which a
+        # Strict cookie (the session's) would not come with.
+        response.set_cookie(OIDC_COOKIE, self.c.codec.encode(session), max_age=600, httponly=True, samesite="lax",
+                            secure=self.c.secure_cookie, path="/oidc/")
+        return response
+
+    async def oidc_callback(self, request: Request) -> Response:
+        """Back from the provider: the state must be this browser's; the code is exchanged for the user."""
+        session = self.c.codec.decode(request.cookies.get(OIDC_COOKIE))
+        if self.c.oidc is None:
+            return PlainTextResponse("this console has no OIDC provider", status_code=404)
+        state, code = request.query_params.get("state", ""), request.query_params.get("code", "")
+        if session is None or not session.oidc_state or not state or not secrets.compare_digest(state,
+                                                                                                 session.oidc_state):
+            return PlainTextResponse("refused: this log-in was not started here (state); log in again",
+                                     status_code=403)
+        if not code:
+            return self.render("message.html", None, status_code=401, title="Not logged in",
+                               message=f"The provider did not log you in: {request.query_params.get('error', '?')}")
+        try:
+            user = await run_in_threadpool(self.c.oidc.log_in, code, session.oidc_nonce or "")
+        except OidcRefused as refused:
+            log.warning("console: OIDC log-in refused: %s", refused)
+            return self.render("message.html", None, status_code=403, title="Not logged in", message=str(refused))
+        log.info("console: %s logged in through OIDC (%s)", user.name, user.role)
+        # A page of our own that moves on to the worklist, not a redirect: a redirect would still belong to the
+        # provider's cross-site navigation, and the browser would hold the new Strict session cookie back.
+        response = self.render("continue.html", None)
+        set_session(self.c, response, self.c.codec.new(user=user.name, role=user.role))
+        response.delete_cookie(OIDC_COOKIE, path="/oidc/")  # state and nonce spent
         return response
 
     async def logout(self, request: Request) -> Response:

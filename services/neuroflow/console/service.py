@@ -10,6 +10,7 @@ import uvicorn
 
 from neuroflow.console import auth
 from neuroflow.console.app import Console, build_app
+from neuroflow.console.oidc import OidcClient
 from neuroflow.console.reviews import review_store
 from neuroflow.core.config import NeuroflowSettings
 from neuroflow.core.metrics import start_metrics_server
@@ -32,8 +33,9 @@ def build_console(settings: NeuroflowSettings) -> Console:
         return backends
     # A re-run publishes the study's StudyReady for the orchestrator: on an in-memory bus no one would hear it.
     rerun = rerun_backends if settings.bus.kind == "kafka" else None
+    oidc = OidcClient(settings.console.oidc) if settings.console.oidc.issuer else None
     return Console(settings=settings, store=backends.state(), reviews=review_store(settings.state), users=users,
-                   codec=codec, rerun_backends=rerun)
+                   codec=codec, rerun_backends=rerun, oidc=oidc)
 
 
 def serve_console(settings: NeuroflowSettings) -> None:
