@@ -119,6 +119,22 @@ def test_a_delivery_is_enqueued_once_claimed_once_and_never_due_after_it_was_del
     assert store.reopen_delivery("wf-1", "PACS", now=now, give_up_at=now + 100) is False  # delivered stays
 
 
+def test_a_rejected_results_pending_delivery_is_withheld_unless_in_flight(store: Store) -> None:  # noqa: F811
+    now = 1_000.0
+    for wid in ("wf-1", "wf-2"):
+        store.create(wid, "study-1", "glioma", f"hash-{wid}")
+        store.enqueue_delivery(wid, "PACS", study_key="study-1", pipeline="glioma", stage="results",
+                               sop_instance_uids=["2.25.1"], now=now, give_up_at=now + 100)
+    (in_flight,) = store.claim_due_deliveries(now, "replica-1", 30.0, limit=1)
+    held = "wf-2" if in_flight.workflow_id == "wf-1" else "wf-1"
+    assert store.withhold_deliveries(in_flight.workflow_id, "withheld: rejected", now=now + 1) == []
+    assert store.withhold_deliveries(held, "withheld: rejected", now=now + 1) == ["PACS"]
+    (withheld,) = store.deliveries(workflow_id=held)
+    assert (withheld.status, withheld.last_error) == (DeliveryStatus.GAVE_UP, "withheld: rejected")
+    assert store.claim_due_deliveries(now + 20, "replica-2", 30.0) == []  # never sent; the other is still held
+    assert store.delivery_done(in_flight, "replica-1", now + 2) is True  # what was in flight completes
+
+
 def test_dead_letters_are_kept_listed_and_replayed_once(store: Store) -> None:  # noqa: F811
     letter = DeadLetterRecord(letter_id="dl-1", kind=DeadLetterKind.TASK, workflow_id="wf-1", study_key="k1",
                               pipeline="glioma", stage="segmentation", attempts=3, code="INFERENCE_UNAVAILABLE",

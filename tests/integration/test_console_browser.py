@@ -33,7 +33,7 @@ import pytest
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.state import SqliteStateStore, WorkflowStatus
-from neuroflow.core.state_schedules import DeadLetterKind, DeadLetterRecord
+from neuroflow.core.state_schedules import DeadLetterKind, DeadLetterRecord, DeliveryStatus
 from neuroflow.devtools import stack
 from neuroflow.devtools.ports import free_loopback_port
 from neuroflow.results.report import (
@@ -75,6 +75,10 @@ def _seed(state: SqliteStateStore, reports: Path) -> tuple[str, str, str]:
                           (WorkflowStatus.SUCCEEDED, "results")):
         state.set_status(done, status, stage=stage)
     state.record_stage_timing(done, "segmentation", 42.0)
+    # Its results wait for the PACS (the destination is down): the rejection must keep them at the site.
+    state.enqueue_delivery(done, "PACS", study_key=REVIEWED_KEY, pipeline="glioma", stage="results",
+                           sop_instance_uids=["1.2.826.0.1.3680043.8.498.3"], now=time.time() + 3600,
+                           give_up_at=time.time() + 7200)
     report = StudyReport(
         study_instance_uid="1.2.826.0.1.3680043.8.498.1", study_key=REVIEWED_KEY, pipeline="glioma",
         status=ReportStatus.SUCCEEDED, model=ModelRef(name="glioma-seg", version=3),
@@ -289,8 +293,11 @@ def test_radiologist_rejects_a_result(console: Running, browser: Any) -> None:
     assert "REJECTED" in section and "rejected by rad" in section and "quality 2/5" in section
     assert "removed ET" in section and "ET drawn on a vessel" in section
     trail = [r for r in console.state.audit_records(REVIEWED_KEY) if r.action == "result reviewed"]
-    assert [(r.actor, r.fields()["decision"], r.fields()["retracted"]) for r in trail] == [
-        ("console/rad", "rejected", True)]
+    assert [(r.actor, r.fields()["decision"], r.fields()["retracted"], r.fields()["deliveries_withheld"])
+            for r in trail] == [("console/rad", "rejected", True, ["PACS"])]
+    (delivery,) = console.state.deliveries(workflow_id=console.reviewed_workflow)
+    assert delivery.status == DeliveryStatus.GAVE_UP and "rejected by rad" in delivery.last_error
+    assert "PACS: withheld: the result was rejected by rad" in section
     assert _metric(console.metrics_url, "rejected") == before + 1
     browser.get(f"{console.url}/?pipeline=glioma")
     _wait(lambda: "REJECTED" in browser.find_element(By.ID, "worklist-rows").text, "REJECTED on the worklist")

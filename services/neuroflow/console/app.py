@@ -313,11 +313,17 @@ class _Pages:
 
     def _record_review(self, review: ReviewDecision, session: Session) -> ReviewDecision:
         stored = self.c.reviews.record(review)
+        withheld: list[str] = []
+        if stored.decision == Decision.REJECTED:
+            # A rejected result must never be reported: what has not reached the PACS yet stays at the site.
+            withheld = self.c.store.withhold_deliveries(
+                review.workflow_id, f"withheld: the result was rejected by {session.user} in the console",
+                now=stored.decided_at)
         self.c.store.audit_append(review.study_key, AuditAction.REVIEWED, {
             "workflow_id": review.workflow_id, "decision": stored.decision.value, "quality": stored.quality,
             "removed_components": stored.removed_components, "model": stored.model,
-            # A rejected result must never be reported: the record says so where the report is read.
-            "retracted": stored.decision == Decision.REJECTED}, actor=actor(session))
+            "retracted": stored.decision == Decision.REJECTED, "deliveries_withheld": withheld},
+            actor=actor(session))
         metrics.REVIEW_DECISIONS.labels(self.c.settings.site, review.pipeline, review.model,
                                         stored.decision.value).inc()
         return stored

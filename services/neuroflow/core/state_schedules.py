@@ -309,6 +309,16 @@ class ScheduleStatements(AuditStatements):
             "WHERE workflow_id = ? AND destination = ? AND status = ?",
             (DeliveryStatus.PENDING.value, now, give_up_at, workflow_id, destination, DeliveryStatus.GAVE_UP.value))
 
+    def withhold_deliveries(self, workflow_id: str, reason: str, *, now: float) -> builtins.list[str]:
+        """Stop the workflow's pending deliveries that no delivery replica holds (a result a radiologist
+        rejected must not reach the PACS): given up, ``reason`` as their last error. The destinations
+        withheld; one being sent at this moment is not stopped (nor listed)."""
+        rows = self._rows(
+            "UPDATE deliveries SET status = ?, last_error = ?, holder = NULL, lease_until = 0 "
+            "WHERE workflow_id = ? AND status = ? AND (holder IS NULL OR lease_until < ?) RETURNING destination",
+            (DeliveryStatus.GAVE_UP.value, reason, workflow_id, DeliveryStatus.PENDING.value, now))
+        return sorted(str(r[0]) for r in rows)
+
     def deliveries(self, *, workflow_id: str | None = None, status: DeliveryStatus | None = None
                    ) -> builtins.list[Delivery]:
         clauses, parameters = _filters(workflow_id=workflow_id, status=status.value if status else None)
