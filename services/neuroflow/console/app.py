@@ -70,7 +70,10 @@ def _templates() -> Environment:
 
 
 RouteFactory = Callable[[Console], list[BaseRoute]]
-# The registration point of other console modules (e.g. the image viewer): append a factory here.
+# The registration point of other console modules: each factory's routes come before the console's own (so one
+# may serve /studies/{study_key}/viewer); its pages call ``require`` and record with ``actor``. A response may set
+# its own Content-Security-Policy (the default allows scripts and images from this origin only). The image
+# viewer registers in neuroflow/console/service.py (``ROUTE_FACTORIES.append(...)``, before ``build_app``).
 ROUTE_FACTORIES: list[RouteFactory] = []
 
 

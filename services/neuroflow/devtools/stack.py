@@ -139,6 +139,7 @@ def up(options: StackOptions) -> dict[str, Any]:
         _start_monitoring(started, options)
         _write(root, started)
         _wait_services_alive(started, seconds=3.0)
+        _wait_console(started, timeout_s=120.0)
     except BaseException as exc:
         _write(root, started)
         down(root)
@@ -528,6 +529,18 @@ def _wait_services_alive(stack: dict[str, Any], seconds: float) -> None:
         if proc["name"].rsplit("-", 1)[0] in (*SERVICES, "console") and not _alive(proc["pid"]):
             log = (root / "logs" / f"{proc['name']}.log").read_text(errors="replace").splitlines()[-15:]
             raise StackError(f"service {proc['name']} exited at start; its log ends:\n" + "\n".join(log))
+
+
+def _wait_console(stack: dict[str, Any], timeout_s: float) -> None:
+    """Until the console listens: its URL in stack.json must open once `stack up` returns."""
+    (record,) = [p for p in stack["processes"] if p.get("service") == "console"]
+    deadline = time.monotonic() + timeout_s
+    while not port_is_listening(record["ports"][0]):
+        if not _alive(record["pid"]) or time.monotonic() > deadline:
+            log = (Path(stack["root"]) / "logs" / f"{record['name']}.log").read_text(errors="replace")
+            raise StackError(f"the console did not start listening on {stack['console']['url']}; its log ends:\n"
+                             + "\n".join(log.splitlines()[-15:]))
+        time.sleep(0.5)
 
 
 def _database_exists(postgres: Any) -> bool:
