@@ -53,6 +53,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 
 REVIEWED_KEY = "a1" * 32  # pseudonymous study keys, as ingest makes them
 FAILED_KEY = "b2" * 32
+ARRIVING_KEY = "c3" * 32
 PASSWORDS = {"rad": ("radiologist", "rad-pass"), "op": ("operator", "op-pass"), "view": ("viewer", "view-pass")}
 WAIT_S = 30.0
 OIDC_SECRET = "client-secret-of-the-test"
@@ -276,6 +277,11 @@ def test_radiologist_rejects_a_result(console: Running, browser: Any) -> None:
     rows = browser.find_element(By.ID, "worklist-rows").text
     assert REVIEWED_KEY[:16] in rows and "NEEDS REVIEW" in rows
     assert FAILED_KEY[:16] in rows and "the inference server did not answer" in rows
+    # A study that arrives while the worklist is open shows up without a reload (live refresh).
+    console.state.create("wf-arriving-1", ARRIVING_KEY, "glioma", "hash-3")
+    console.state.set_status("wf-arriving-1", WorkflowStatus.RUNNING, stage="preprocess")
+    _wait(lambda: ARRIVING_KEY[:16] in browser.find_element(By.ID, "worklist-rows").text, "the arriving study")
+    assert "RUNNING (preprocess)" in browser.find_element(By.ID, "worklist-rows").text
     before = _metric(console.metrics_url, "rejected")
     browser.find_element(By.LINK_TEXT, REVIEWED_KEY[:16]).click()
     assert browser.find_element(By.ID, "viewer-link").get_attribute("href").endswith(f"/studies/{REVIEWED_KEY}/viewer")
