@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,6 +122,10 @@ def test_study_sent_by_cstore_arrives_as_seg_in_the_pacs_with_the_embedded_volum
     assert distributed["study_instance_uid"] == embedded["study_instance_uid"]
     for region in ("WT", "TC", "ET"):
         assert distributed["volumes_ml"][region] == pytest.approx(embedded["volumes_ml"][region], abs=0.05)
+    # The console's worklist shows the study finished, by its pseudonymous key (issue 16).
+    rows = _console_page(running_stack, "/worklist/rows")
+    assert distributed["study_key"][:16] in rows and "SUCCEEDED" in rows
+    assert embedded["study_instance_uid"] not in rows
     tags = pacs.get_json(f"/instances/{seg_id}/simplified-tags")
     embedded_seg = pydicom.dcmread(tcga_siemens_run.out_dir / "seg.dcm", stop_before_pixels=True)
     assert tags["SOPInstanceUID"] == embedded_seg.SOPInstanceUID  # the same object: idempotent across runtimes
@@ -129,6 +135,20 @@ def test_study_sent_by_cstore_arrives_as_seg_in_the_pacs_with_the_embedded_volum
     time.sleep(WAIT_WINDOW_S + 15)
     assert len(_seg_instances(pacs)) == 1
     assert len(list((Path(running_stack["root"]) / "reports").rglob("report.json"))) == 1
+
+
+def _console_page(stack_info: dict[str, Any], path: str) -> str:
+    """A console page as the stack's dev admin sees it (logged in through the form, with its CSRF token)."""
+    url = stack_info["console"]["url"].rstrip("/")
+    password = json.loads(Path(stack_info["console"]["passwords_file"]).read_text())["admin"]
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+    form = opener.open(f"{url}/login", timeout=10).read().decode()
+    token = re.search(r'name="csrf" value="([^"]+)"', form)
+    assert token is not None
+    fields = {"csrf": token.group(1), "username": "admin", "password": password}
+    opener.open(f"{url}/login", data=urllib.parse.urlencode(fields).encode(), timeout=10).close()
+    page: str = opener.open(f"{url}{path}", timeout=10).read().decode()
+    return page
 
 
 def _seg_of_study(pacs: OrthancClient, study_uid: str) -> list[str]:

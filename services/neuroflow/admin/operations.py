@@ -164,9 +164,9 @@ def list_studies(store: Store) -> list[Row]:
     return [{"study_key": key, "workflows": rows} for key, rows in studies.items()]
 
 
-def study_history(store: Store, study_key: str) -> Row:
+def study_history(store: Store, study_key: str, *, actor: str | None = None) -> Row:
     """A study's history: each workflow's status changes, attempts, timer, deliveries and dead letters (the
-    reading is recorded in the study's audit trail)."""
+    reading is recorded in the study's audit trail, as ``actor``: default ``operator()``)."""
     records = [r for r in store.list() if r.study_key == study_key]
     if not records:
         raise AdminRefused(f"no workflow of study {study_key!r} (see `neuroflow admin studies`)")
@@ -183,7 +183,7 @@ def study_history(store: Store, study_key: str) -> Row:
         row["dead_letters"] = [_letter_row(d) for d in store.dead_letters(include_replayed=True,
                                                                            workflow_id=record.workflow_id)]
         workflows.append(row)
-    store.audit_append(study_key, AuditAction.VIEWED, {"what": "history"}, actor=operator())
+    store.audit_append(study_key, AuditAction.VIEWED, {"what": "history"}, actor=actor or operator())
     return {"study_key": study_key, "workflows": workflows}
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_plus
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
@@ -33,7 +34,7 @@ from neuroflow.console import auth
 from neuroflow.console.auth import CSRF_FIELD, SESSION_COOKIE, Permission, Role, Session, SessionCodec
 from neuroflow.console.oidc import OidcClient, OidcRefused
 from neuroflow.console.reviews import Decision, InvalidReview, ReviewDecision, ReviewStore
-from neuroflow.console.worklist import WorklistFilter, read_report, study_page, worklist
+from neuroflow.console.worklist import WorklistFilter, model_label, read_report, study_page, worklist
 from neuroflow.core import metrics
 from neuroflow.core.audit import AuditAction
 from neuroflow.core.config import NeuroflowSettings
@@ -289,7 +290,7 @@ class _Pages:
             return checked
         key = request.path_params["study_key"]
         form = await request.form()
-        workflow = self.c.store.get(_text(form.get("workflow_id")))
+        workflow = await run_in_threadpool(self.c.store.get, _text(form.get("workflow_id")))
         if workflow is None or workflow.study_key != key:
             return PlainTextResponse(f"study {key}: no such result to review", status_code=404)
         try:
@@ -300,8 +301,6 @@ class _Pages:
             return PlainTextResponse(f"study {key}: the decision must be accepted or rejected and the quality score "
                                      "a whole number 1 to 5", status_code=400)
         report = await run_in_threadpool(read_report, self.c.settings.reports_dir, key, workflow.workflow_id)
-        from neuroflow.console.worklist import model_label
-
         review = ReviewDecision(study_key=key, workflow_id=workflow.workflow_id, pipeline=workflow.pipeline,
                                 model=model_label(report), decision=decision, quality=quality,
                                 reviewer=checked.user or "", comment=_text(form.get("comment")).strip(),
@@ -386,8 +385,6 @@ def _text(value: Any) -> str:
 
 
 def _query(text: str) -> str:
-    from urllib.parse import quote_plus
-
     return quote_plus(text[:200])
 
 

@@ -107,33 +107,20 @@ class StudyPage:
 
 
 def study_page(store: Store, reviews: ReviewStore, reports_dir: Path, study_key: str, viewer: str) -> StudyPage:
-    """One study: its workflows (each with its events, deliveries, dead letters, report, decisions), and its
-    audit trail as the timeline. Reading it is recorded in that trail (``viewer``: who read it)."""
-    records = [r for r in store.list() if r.study_key == study_key]
-    if not records:
-        raise operations.AdminRefused(f"no workflow of study {study_key!r}")
+    """One study: its workflows as ``neuroflow admin history`` shows them (events, deliveries, dead letters),
+    each with its report and review decisions, and its audit trail as the timeline. Reading it is recorded in
+    that trail (``viewer``: who read it)."""
+    trail = store.audit_records(study_key)  # before the reading is recorded: the next view shows it
+    check = store.audit_verify(study_key)
+    history = operations.study_history(store, study_key, actor=viewer)
     decided = reviews.of_study(study_key)
-    workflows = []
-    for record in records:
-        deliveries = store.deliveries(workflow_id=record.workflow_id)
-        row = operations._workflow_row(record, deliveries)
-        row["events"] = [{"at": operations.iso(e.at), "status": e.status, "stage": e.stage, "detail": e.detail}
-                         for e in store.workflow_events(record.workflow_id)]
-        row["deliveries"] = [operations._delivery_row(d) for d in deliveries]
-        row["dead_letters"] = [operations._letter_row(d) for d in store.dead_letters(
-            include_replayed=True, workflow_id=record.workflow_id)]
-        report = read_report(reports_dir, study_key, record.workflow_id)
+    for row in history["workflows"]:
+        report = read_report(reports_dir, study_key, row["workflow_id"])
         row["report"] = _report_view(report)
         row["model"] = model_label(report)
-        row["reviews"] = [d for d in decided if d.workflow_id == record.workflow_id]
+        row["reviews"] = [d for d in decided if d.workflow_id == row["workflow_id"]]
         row["decision"] = row["reviews"][-1].decision.value if row["reviews"] else None
-        workflows.append(row)
-    trail = store.audit_records(study_key)
-    check = store.audit_verify(study_key)
-    from neuroflow.core.audit import AuditAction
-
-    store.audit_append(study_key, AuditAction.VIEWED, {"what": "console study page"}, actor=viewer)
-    return StudyPage(study_key, workflows,
+    return StudyPage(study_key, history["workflows"],
                      [{"at": r.at, "action": r.action, "actor": r.actor, "detail": _detail_text(r.fields())}
                       for r in trail],
                      "intact" if check.intact else f"BROKEN at record {check.broken_at}: {check.problem}", decided)
