@@ -135,6 +135,25 @@ def test_a_rejected_results_pending_delivery_is_withheld_unless_in_flight(store:
     assert store.delivery_done(in_flight, "replica-1", now + 2) is True  # what was in flight completes
 
 
+def test_a_paused_destination_queues_its_deliveries_and_loses_none(store: Store) -> None:  # noqa: F811
+    now = 1_000.0
+    for wid, destination in (("wf-1", "PACS"), ("wf-2", "PACS"), ("wf-3", "ARCHIVE")):
+        store.create(wid, "study-1", "glioma", f"hash-{wid}")
+        store.enqueue_delivery(wid, destination, study_key="study-1", pipeline="glioma", stage="results",
+                               sop_instance_uids=["2.25.1"], now=now, give_up_at=now + 100)
+    assert store.pause_destination("PACS", by="console/op", now=now) is True
+    assert store.pause_destination("PACS", by="console/op2", now=now) is False
+    assert store.paused_destinations() == {"PACS": ("console/op", now)}
+    # Long past the delivery period: the paused destination's deliveries are neither claimed nor given up.
+    (other,) = store.claim_due_deliveries(now + 500, "replica-1", 30.0)
+    assert other.destination == "ARCHIVE"
+    assert store.resume_destination("PACS", now=now + 500, give_up_at=now + 600) is True
+    assert store.resume_destination("PACS", now=now + 500, give_up_at=now + 600) is False
+    resumed = store.claim_due_deliveries(now + 500, "replica-1", 30.0)
+    assert sorted(d.workflow_id for d in resumed) == ["wf-1", "wf-2"]
+    assert {d.give_up_at for d in resumed} == {now + 600} and store.paused_destinations() == {}
+
+
 def test_dead_letters_are_kept_listed_and_replayed_once(store: Store) -> None:  # noqa: F811
     letter = DeadLetterRecord(letter_id="dl-1", kind=DeadLetterKind.TASK, workflow_id="wf-1", study_key="k1",
                               pipeline="glioma", stage="segmentation", attempts=3, code="INFERENCE_UNAVAILABLE",
@@ -187,7 +206,7 @@ def test_a_version_1_sqlite_database_is_upgraded_in_place(tmp_path: Path) -> Non
     _upgraded_keeps_its_workflow(upgraded)
     upgraded.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(4,)]
 
 
 def test_a_version_1_postgres_database_is_upgraded_in_place(postgres_dsn: str) -> None:
@@ -198,4 +217,4 @@ def test_a_version_1_postgres_database_is_upgraded_in_place(postgres_dsn: str) -
     _upgraded_keeps_its_workflow(upgraded)
     upgraded.close()
     with psycopg.connect(postgres_dsn) as db:
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(4,)]

@@ -374,3 +374,23 @@ def _answers(url: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def test_operator_pauses_and_resumes_a_destination(console: Running, browser: Any) -> None:
+    console.state.create("wf-queued-1", ARRIVING_KEY, "glioma", "hash-4")
+    console.state.enqueue_delivery("wf-queued-1", "ARCHIVE", study_key=ARRIVING_KEY, pipeline="glioma",
+                                   stage="results", sop_instance_uids=["2.25.9"], now=time.time(),
+                                   give_up_at=time.time() + 60)
+    _log_in(browser, console.url, "op", "op-pass")
+    _wait(lambda: browser.find_elements(By.ID, "worklist-rows"), "the worklist")
+    browser.get(f"{console.url}/destinations")
+    browser.find_element(By.CSS_SELECTOR, "#destination-ARCHIVE button").click()
+    _wait(lambda: "ARCHIVE paused" in browser.page_source, "the pause")
+    assert "PAUSED by console/op" in browser.find_element(By.ID, "destination-ARCHIVE").text
+    claimed = console.state.claim_due_deliveries(time.time() + 3600, "replica-t", 30.0)
+    assert "ARCHIVE" not in {d.destination for d in claimed}  # queued, not sent
+    browser.find_element(By.CSS_SELECTOR, "#destination-ARCHIVE button").click()
+    _wait(lambda: "ARCHIVE resumed" in browser.page_source, "the resumption")
+    (queued,) = [d for d in console.state.claim_due_deliveries(time.time(), "replica-t", 30.0)
+                 if d.destination == "ARCHIVE"]
+    assert queued.workflow_id == "wf-queued-1" and queued.give_up_at > time.time() + 1000  # a full period again

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -91,6 +92,8 @@ def build_app(console: Console) -> Starlette:
         Route("/worklist/rows", pages.worklist_rows, methods=["GET"]),
         Route("/dead-letters", pages.dead_letters, methods=["GET"]),
         Route("/dead-letters/{letter_id}/replay", pages.replay, methods=["POST"]),
+        Route("/destinations", pages.destinations, methods=["GET"]),
+        Route("/destinations/{destination}/{action}", pages.pause_or_resume, methods=["POST"]),
         Route("/studies/{study_key}", pages.study, methods=["GET"]),
         Route("/studies/{study_key}/rerun", pages.rerun, methods=["POST"]),
         Route("/studies/{study_key}/review", pages.review, methods=["POST"]),
@@ -354,6 +357,46 @@ class _Pages:
                                message=str(refused))
         log.info("console: dead letter %s replayed by %s", letter_id, checked.user)
         return RedirectResponse(f"/dead-letters?done={_query(done['replayed'])}", status_code=303)
+
+    def _destinations(self) -> list[dict[str, Any]]:
+        counts: dict[str, dict[str, int]] = {}
+        for delivery in self.c.store.deliveries():
+            per = counts.setdefault(delivery.destination, {})
+            per[delivery.status.value] = per.get(delivery.status.value, 0) + 1
+        paused = self.c.store.paused_destinations()
+        names = sorted({*counts, *paused, *([self.c.settings.dicom.destination] if self.c.settings.dicom.destination
+                                             else [])})
+        return [{"name": name, "counts": counts.get(name, {}), "paused_by": paused[name][0] if name in paused else "",
+                 "paused_at": operations.iso(paused[name][1]) if name in paused else ""} for name in names]
+
+    async def destinations(self, request: Request) -> Response:
+        checked = await require(self.c, request, Permission.VIEW)
+        if isinstance(checked, Response):
+            return checked
+        rows = await run_in_threadpool(self._destinations)
+        return self.render("destinations.html", checked, destinations=rows,
+                           message=request.query_params.get("done", ""))
+
+    async def pause_or_resume(self, request: Request) -> Response:
+        """Pause a destination (its results queue at the site, none is lost) or resume it."""
+        checked = await require(self.c, request, Permission.OPERATE)
+        if isinstance(checked, Response):
+            return checked
+        destination, action = request.path_params["destination"], request.path_params["action"]
+        now = time.time()
+        if action == "pause":
+            changed = await run_in_threadpool(
+                lambda: self.c.store.pause_destination(destination, by=actor(checked), now=now))
+        elif action == "resume":
+            changed = await run_in_threadpool(lambda: self.c.store.resume_destination(
+                destination, now=now, give_up_at=now + self.c.settings.delivery.retry_for_s))
+        else:
+            return PlainTextResponse(f"unknown action {action!r}: pause or resume", status_code=404)
+        log.info("console: destination %s %s by %s%s", destination, action, checked.user,
+                 "" if changed else " (no change)")
+        done = f"{destination} {'paused' if action == 'pause' else 'resumed'}" if changed else (
+            f"{destination} was {'paused' if action == 'pause' else 'not paused'} already")
+        return RedirectResponse(f"/destinations?done={_query(done)}", status_code=303)
 
     async def rerun(self, request: Request) -> Response:
         checked = await require(self.c, request, Permission.OPERATE)
