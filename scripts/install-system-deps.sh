@@ -7,6 +7,7 @@
 #   openjdk-17-jre-headless, maven: run the Kafka broker and fetch its jars from Maven Central (scripts/kafka.sh)
 #   prometheus, prometheus-alertmanager: promtool/amtool check the alert rules and routing; the stack and the
 #                 monitoring tests start their own Prometheus and Alertmanager
+#   chromium, chromium-driver: the headless browser (and its WebDriver) the console's browser tests drive
 #   libpython3.11: the shared libpython that Triton's Python-backend stub (PyPI nvidia-pytriton) embeds
 set -euo pipefail
 need=()
@@ -20,6 +21,8 @@ command -v mvn >/dev/null 2>&1 || need+=(maven)
 [ -x /usr/bin/prometheus ] && command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 [ -x /usr/bin/prometheus-alertmanager ] && command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 [ -f /usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0 ] || need+=(libpython3.11)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"

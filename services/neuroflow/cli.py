@@ -81,8 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run services of the distributed runtime until SIGINT/SIGTERM "
                                          "(backends from NEUROFLOW_* settings)")
     serve.add_argument("services", nargs="+", choices=("ingest", "orchestrator", "preprocess", "segmentation",
-                                                       "results", "longitudinal", "monitor", "all"),
-                       help="the service(s) to run in this process; 'all' runs every one")
+                                                       "results", "longitudinal", "monitor", "all", "console"),
+                       help="the service(s) to run in this process; 'all' runs every one but the console, "
+                            "'console' (the browser console, NEUROFLOW_CONSOLE__*) runs alone")
     serve.set_defaults(handler=_cmd_serve)
 
     deidentify = sub.add_parser("deidentify", help="de-identify a folder of DICOM files (PS3.15 Basic Profile, "
@@ -217,6 +218,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from neuroflow.runtime.distributed import SERVICES, serve  # deferred: heavy imports only for this command
 
     settings = NeuroflowSettings()
+    if "console" in args.services:
+        if len(set(args.services)) > 1:
+            print("neuroflow: error: serve console runs alone (a process of its own)", file=sys.stderr)
+            return ExitCode.USAGE
+        from neuroflow.console.service import serve_console
+        from neuroflow.core.site_secret import MissingSiteSecret
+        try:
+            serve_console(settings)
+        except MissingSiteSecret as exc:
+            print(f"neuroflow: error: {exc}", file=sys.stderr)
+            return ExitCode.USAGE
+        return ExitCode.OK
     if "all" in args.services:
         # Ingest follows an Orthanc's change feed: with a folder source there is nothing for it to follow.
         services = [s for s in SERVICES if s != "ingest" or settings.dicom.source == "orthanc"]
@@ -250,6 +263,7 @@ def _cmd_stack(args: argparse.Namespace) -> int:
         print(f"stack up: {len(started['processes'])} processes; endpoints in {stack.STACK_FILE}")
         print(f"Prometheus {started['prometheus']}, Alertmanager {started['alertmanager']}")
         print(f"Triton gRPC {started['triton']['grpc']}, HTTP {started['triton']['http']}")
+        print(f"Console {started['console']['url']} (dev users and passwords: {started['console']['passwords_file']})")
         return ExitCode.OK
     if args.action == "down":
         stopped = stack.down()

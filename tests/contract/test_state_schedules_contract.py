@@ -119,6 +119,41 @@ def test_a_delivery_is_enqueued_once_claimed_once_and_never_due_after_it_was_del
     assert store.reopen_delivery("wf-1", "PACS", now=now, give_up_at=now + 100) is False  # delivered stays
 
 
+def test_a_rejected_results_pending_delivery_is_withheld_unless_in_flight(store: Store) -> None:  # noqa: F811
+    now = 1_000.0
+    for wid in ("wf-1", "wf-2"):
+        store.create(wid, "study-1", "glioma", f"hash-{wid}")
+        store.enqueue_delivery(wid, "PACS", study_key="study-1", pipeline="glioma", stage="results",
+                               sop_instance_uids=["2.25.1"], now=now, give_up_at=now + 100)
+    (in_flight,) = store.claim_due_deliveries(now, "replica-1", 30.0, limit=1)
+    held = "wf-2" if in_flight.workflow_id == "wf-1" else "wf-1"
+    assert store.withhold_deliveries(in_flight.workflow_id, "withheld: rejected", now=now + 1) == []
+    assert store.withhold_deliveries(held, "withheld: rejected", now=now + 1) == ["PACS"]
+    (withheld,) = store.deliveries(workflow_id=held)
+    assert (withheld.status, withheld.last_error) == (DeliveryStatus.GAVE_UP, "withheld: rejected")
+    assert store.claim_due_deliveries(now + 20, "replica-2", 30.0) == []  # never sent; the other is still held
+    assert store.delivery_done(in_flight, "replica-1", now + 2) is True  # what was in flight completes
+
+
+def test_a_paused_destination_queues_its_deliveries_and_loses_none(store: Store) -> None:  # noqa: F811
+    now = 1_000.0
+    for wid, destination in (("wf-1", "PACS"), ("wf-2", "PACS"), ("wf-3", "ARCHIVE")):
+        store.create(wid, "study-1", "glioma", f"hash-{wid}")
+        store.enqueue_delivery(wid, destination, study_key="study-1", pipeline="glioma", stage="results",
+                               sop_instance_uids=["2.25.1"], now=now, give_up_at=now + 100)
+    assert store.pause_destination("PACS", by="console/op", now=now) is True
+    assert store.pause_destination("PACS", by="console/op2", now=now) is False
+    assert store.paused_destinations() == {"PACS": ("console/op", now)}
+    # Long past the delivery period: the paused destination's deliveries are neither claimed nor given up.
+    (other,) = store.claim_due_deliveries(now + 500, "replica-1", 30.0)
+    assert other.destination == "ARCHIVE"
+    assert store.resume_destination("PACS", now=now + 500, give_up_at=now + 600) is True
+    assert store.resume_destination("PACS", now=now + 500, give_up_at=now + 600) is False
+    resumed = store.claim_due_deliveries(now + 500, "replica-1", 30.0)
+    assert sorted(d.workflow_id for d in resumed) == ["wf-1", "wf-2"]
+    assert {d.give_up_at for d in resumed} == {now + 600} and store.paused_destinations() == {}
+
+
 def test_dead_letters_are_kept_listed_and_replayed_once(store: Store) -> None:  # noqa: F811
     letter = DeadLetterRecord(letter_id="dl-1", kind=DeadLetterKind.TASK, workflow_id="wf-1", study_key="k1",
                               pipeline="glioma", stage="segmentation", attempts=3, code="INFERENCE_UNAVAILABLE",
@@ -171,7 +206,7 @@ def test_a_version_1_sqlite_database_is_upgraded_in_place(tmp_path: Path) -> Non
     _upgraded_keeps_its_workflow(upgraded)
     upgraded.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(4,)]
 
 
 def test_a_version_1_postgres_database_is_upgraded_in_place(postgres_dsn: str) -> None:
@@ -182,4 +217,4 @@ def test_a_version_1_postgres_database_is_upgraded_in_place(postgres_dsn: str) -
     _upgraded_keeps_its_workflow(upgraded)
     upgraded.close()
     with psycopg.connect(postgres_dsn) as db:
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(4,)]

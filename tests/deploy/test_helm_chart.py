@@ -36,6 +36,8 @@ KUBE_VERSIONS = ("1.27.0", kubernetes_validate.latest_version())
 CUSTOM_KINDS = {"ScaledObject", "ServiceMonitor", "PrometheusRule", "KafkaTopic", "TriggerAuthentication",
                 "KafkaUser"}
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet"}
+# Deployments that are not a pipeline service (no `neuroflow serve` of the runtime, no Kafka user): their own tests.
+NOT_PIPELINE = {"orthanc", "console"}
 # The images we build run as this user (deploy/docker/Dockerfile); Orthanc's and Triton's their own.
 NEUROFLOW_UID = 10001
 
@@ -133,7 +135,7 @@ def test_a_site_deploys_every_service_and_worker_plus_its_orthanc(manifests: dic
     assert {"ingest", "orchestrator", "monitor", *stage_services()} == set(SERVICES)
     for example in SITE_EXAMPLES:
         deployed = {component(d) for d in of_kind(manifests[example], "Deployment")}
-        assert deployed == {"ingest", "orchestrator", "monitor", "orthanc", *stage_services()}, example
+        assert deployed == {"ingest", "orchestrator", "monitor", "orthanc", "console", *stage_services()}, example
     shared = {component(d) for d in of_kind(manifests[SHARED_EXAMPLE], "Deployment")}
     assert shared == {"triton"}
 
@@ -171,7 +173,7 @@ def test_services_probe_and_expose_the_metrics_port_their_settings_bind(
     port = int(env["NEUROFLOW_METRICS_PORT"])
     assert env["NEUROFLOW_METRICS_HOST"] == "0.0.0.0", "the kubelet and Prometheus reach the pod IP, not loopback"
     for deployment in of_kind(objects, "Deployment"):
-        if component(deployment) == "orthanc":
+        if component(deployment) in NOT_PIPELINE:
             continue
         (container,) = containers(deployment)
         assert container["args"] == [component(deployment)], "the entrypoint picks the service from its argument"
@@ -225,7 +227,7 @@ def test_the_rendered_environment_builds_the_settings_the_values_describe(
     site = values["site"]
     objects = manifests[example]
     for deployment in of_kind(objects, "Deployment"):
-        if component(deployment) == "orthanc":
+        if component(deployment) in NOT_PIPELINE:
             continue
         for env in pod_environment(objects, deployment):
             with mock.patch.dict(os.environ, mounted_secret_files(env, deployment, tmp_path), clear=True):
@@ -305,7 +307,7 @@ def assert_kafka_security(settings: NeuroflowSettings, values: dict[str, Any], r
 def test_kafka_credentials_are_mounted_read_only_for_the_service_alone(manifests: dict[str, list[Manifest]]) -> None:
     for example in SITE_EXAMPLES:
         for deployment in of_kind(manifests[example], "Deployment"):
-            if component(deployment) == "orthanc":
+            if component(deployment) in NOT_PIPELINE:
                 continue
             volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
             user = volumes["kafka-user"]["secret"]
@@ -335,7 +337,7 @@ def test_keda_reads_the_lag_as_the_workers_own_kafka_user_over_tls(manifests: di
 
 def test_strimzi_users_carry_the_acls_the_code_derives(manifests: dict[str, list[Manifest]]) -> None:
     users = {u["metadata"]["name"]: u for u in of_kind(manifests["site-north"], "KafkaUser")}
-    services = {component(d) for d in of_kind(manifests["site-north"], "Deployment")} - {"orthanc"}
+    services = {component(d) for d in of_kind(manifests["site-north"], "Deployment")} - NOT_PIPELINE
     assert set(users) == {f"site-north-{service}" for service in services}
     assert set(topics.service_access()) == services, "every service with a Deployment has its ACLs, and no other"
     for service in services:
@@ -471,7 +473,7 @@ def test_network_policies_let_each_service_reach_only_what_it_needs(manifests: d
     assert [p["ipBlock"]["cidr"] for p in dicom_rule["from"]] == [c["cidr"] for c in values["orthanc"]["dicomClients"]]
     # Every metrics port is open to Prometheus and to nothing else.
     for policy in of_kind(north, "NetworkPolicy"):
-        if policy["metadata"]["labels"].get("app.kubernetes.io/component") not in {None, "orthanc"}:
+        if policy["metadata"]["labels"].get("app.kubernetes.io/component") not in {None, *NOT_PIPELINE}:
             (rule,) = policy["spec"]["ingress"]
             assert rule["ports"] == [{"protocol": "TCP", "port": 9400}]
 
@@ -583,6 +585,8 @@ WRONG_VALUES: dict[str, dict[str, Any]] = {
     "an unknown DICOM Service type": {"orthanc": {"dicomService": {"type": "Ingress"}}},
     "Kafka over TLS without the CA to check it": {"kafka": {"security": {"caSecret": ""}}},
     "Kafka with SASL over plaintext": {"kafka": {"security": {"protocol": "SASL_PLAINTEXT"}}},
+    "an OIDC provider without TLS": {"console": {"oidc": {"issuer": "http://keycloak.example/realms/x"}}},
+    "console sessions without a signing key": {"console": {"sessionSecret": {"existingSecret": ""}}},
 }
 
 
@@ -709,3 +713,53 @@ def test_dicom_tls_mounts_the_sites_certificates_when_enabled() -> None:
     volumes = {v["name"]: v for v in named(objects, "Deployment", "orthanc")["spec"]["template"]["spec"]["volumes"]}
     assert volumes["dicom-tls"]["secret"]["secretName"] == "north-dicom-tls"
 
+
+
+def test_the_console_reads_its_log_in_settings_from_mounted_secrets(tmp_path: Path) -> None:
+    """The console (templates/site-console.yaml): its environment builds the console settings the values
+    describe, every secret (session key, local users, OIDC client secret) a file of a mounted Secret; its
+    NetworkPolicy lets in the ingress controller (and Prometheus) only, and lets it reach PostgreSQL and the
+    OIDC provider only."""
+    oidc = {"issuer": "https://keycloak.example/realms/hospital", "redirectUrl": "https://console.example/oidc/callback"}
+    values = merged(example_values("site-north"), {"console": {"oidc": oidc,
+                                                               "localUsers": {"existingSecret": "console-users"}}})
+    objects = render(values, release="site-north")
+    deployment = named(objects, "Deployment", "console")
+    (container,) = containers(deployment)
+    assert container["args"] == ["console"]
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
+    # Its own environment alone: the services' ConfigMap holds Kafka and Orthanc logins the console has not.
+    assert "envFrom" not in container
+    env = {e["name"]: e.get("value", f"secret:{e.get('valueFrom', {}).get('secretKeyRef', {}).get('key')}")
+           for e in container["env"]}
+    for name, value in list(env.items()):
+        if name.endswith("_FILE") and value.startswith("/etc/neuroflow-console/"):
+            folder, file = value.rsplit("/", 1)
+            secret = mounts[folder]["secret"]
+            assert file in {item["path"] for item in secret["items"]}, f"{name}: {file} is not in the mounted Secret"
+            local = tmp_path / folder.removeprefix("/") / file
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_text(f"{secret['secretName']}:{secret['items'][0]['key']}-padded-to-16-bytes")
+            env[name] = str(local)
+    with mock.patch.dict(os.environ, env, clear=True):
+        settings = NeuroflowSettings()
+    console = settings.console
+    assert (console.host, console.port, console.cookie_secure) == ("0.0.0.0", 8095, True)
+    assert console.users_file is not None and console.users_file.read_text().startswith("console-users:users.yaml")
+    assert console.session_secret_file is not None
+    assert console.oidc.issuer == oidc["issuer"] and console.oidc.redirect_url == oidc["redirectUrl"]
+    assert console.oidc.client_secret.get_secret_value().startswith("neuroflow-console:oidc-client-secret")
+    assert console.oidc.role_claim == "realm_access.roles"
+    assert settings.state.dsn.get_secret_value() == "secret:state-dsn" and settings.keys.secret is not None
+    assert settings.site == values["site"]["name"] and str(settings.reports_dir).endswith("/reports")
+    service = named(objects, "Service", "console")
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {"http": 8095, "metrics": 9400}
+    policy = named(objects, "NetworkPolicy", "console")["spec"]
+    assert [[p["port"] for p in rule["ports"]] for rule in policy["ingress"]] == [[9400], [8095]]
+    assert egress_ports(named(objects, "NetworkPolicy", "console")) == {5432, 443}
+    # Without OIDC: no client secret mounted, no way out but to PostgreSQL.
+    plain = render(example_values("site-north"), release="site-north")
+    assert egress_ports(named(plain, "NetworkPolicy", "console")) == {5432}
+    plain_volumes = named(plain, "Deployment", "console")["spec"]["template"]["spec"]["volumes"]
+    assert "oidc" not in {v["name"] for v in plain_volumes}

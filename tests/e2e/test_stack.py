@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -78,6 +81,10 @@ def test_stack_writes_every_endpoint(running_stack: dict[str, Any]) -> None:
     models = NeuroflowSettings().models
     assert all(triton.ready(m) for m in (models.skull_strip_bbox, models.skull_strip, models.glioma))
     assert all(running for _, running, _ in stack.status(Path(running_stack["root"])))
+    # The console: its log-in page answers; its dev users' passwords are in a file only the owner reads.
+    with urllib.request.urlopen(written["console"]["url"] + "login", timeout=10) as page:
+        assert page.status == 200 and b"Log in" in page.read()
+    assert Path(written["console"]["passwords_file"]).stat().st_mode & 0o077 == 0
 
 
 def test_stack_kafka_admits_only_logged_in_services_and_stack_json_holds_no_kafka_password(
@@ -115,6 +122,10 @@ def test_study_sent_by_cstore_arrives_as_seg_in_the_pacs_with_the_embedded_volum
     assert distributed["study_instance_uid"] == embedded["study_instance_uid"]
     for region in ("WT", "TC", "ET"):
         assert distributed["volumes_ml"][region] == pytest.approx(embedded["volumes_ml"][region], abs=0.05)
+    # The console's worklist shows the study finished, by its pseudonymous key (issue 16).
+    rows = _console_page(running_stack, "/worklist/rows")
+    assert distributed["study_key"][:16] in rows and "SUCCEEDED" in rows
+    assert embedded["study_instance_uid"] not in rows
     tags = pacs.get_json(f"/instances/{seg_id}/simplified-tags")
     embedded_seg = pydicom.dcmread(tcga_siemens_run.out_dir / "seg.dcm", stop_before_pixels=True)
     assert tags["SOPInstanceUID"] == embedded_seg.SOPInstanceUID  # the same object: idempotent across runtimes
@@ -124,6 +135,20 @@ def test_study_sent_by_cstore_arrives_as_seg_in_the_pacs_with_the_embedded_volum
     time.sleep(WAIT_WINDOW_S + 15)
     assert len(_seg_instances(pacs)) == 1
     assert len(list((Path(running_stack["root"]) / "reports").rglob("report.json"))) == 1
+
+
+def _console_page(stack_info: dict[str, Any], path: str) -> str:
+    """A console page as the stack's dev admin sees it (logged in through the form, with its CSRF token)."""
+    url = stack_info["console"]["url"].rstrip("/")
+    password = json.loads(Path(stack_info["console"]["passwords_file"]).read_text())["admin"]
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+    form = opener.open(f"{url}/login", timeout=10).read().decode()
+    token = re.search(r'name="csrf" value="([^"]+)"', form)
+    assert token is not None
+    fields = {"csrf": token.group(1), "username": "admin", "password": password}
+    opener.open(f"{url}/login", data=urllib.parse.urlencode(fields).encode(), timeout=10).close()
+    page: str = opener.open(f"{url}{path}", timeout=10).read().decode()
+    return page
 
 
 def _seg_of_study(pacs: OrthancClient, study_uid: str) -> list[str]:
@@ -206,7 +231,7 @@ def test_every_port_of_the_stack_refuses_a_stranger_except_identifier_free_metri
     assert not open_ports, "ports that let a stranger in:\n" + "\n".join(open_ports)
     kinds = {v.kind for v in verdicts}
     assert {"postgresql", "orthanc-https", "orthanc-http", "dicom", "metrics", "kafka", "triton-grpc",
-            "triton-http"} <= kinds
+            "triton-http", "console"} <= kinds
     # A worker killed by an earlier test stays in stack.json (its replacement runs under another name).
     services = {p["name"] for p in running_stack["processes"] if "service" in p and stack.is_running(p)}
     assert services <= {v.process for v in verdicts if v.kind == "metrics"}

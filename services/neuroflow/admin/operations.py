@@ -81,10 +81,13 @@ def show_dead_letter(store: Store, letter_id: str) -> Row:
     return row
 
 
-def replay_dead_letter(store: Store, letter_id: str, *, delivery_period_s: float, now: float | None = None) -> Row:
+def replay_dead_letter(store: Store, letter_id: str, *, delivery_period_s: float, now: float | None = None,
+                       actor: str | None = None) -> Row:
     """Run the dead-lettered work again: a task's stage is scheduled for a running orchestrator to dispatch
-    (attempt 1 again), a given-up delivery is offered to the PACS again for ``delivery_period_s``."""
+    (attempt 1 again), a given-up delivery is offered to the PACS again for ``delivery_period_s``. ``actor``:
+    who the audit trail names (default: ``operator()``, this host's account; the console names its user)."""
     now = time.time() if now is None else now
+    actor = actor or operator()
     letter = _letter(store, letter_id)
     _check_replayable(store, letter)
     if not store.mark_replayed(letter.letter_id, now):
@@ -96,15 +99,15 @@ def replay_dead_letter(store: Store, letter_id: str, *, delivery_period_s: float
                     and store.reopen_delivery(d.workflow_id, d.destination, now=now, give_up_at=until)]
         store.audit_append(letter.study_key, AuditAction.REPLAYED,
                            {"letter_id": letter_id, "workflow_id": letter.workflow_id, "kind": letter.kind.value,
-                            "destinations": reopened}, actor=operator())
+                            "destinations": reopened}, actor=actor)
         return {"letter_id": letter_id, "workflow_id": letter.workflow_id, "study_key": letter.study_key,
                 "replayed": f"delivery to {', '.join(reopened)} scheduled again"}
     store.set_status(letter.workflow_id, WorkflowStatus.PENDING, stage=letter.stage,
                      detail=f"replayed by an operator from dead letter {letter_id}: {letter.stage} again",
-                     actor=operator())
+                     actor=actor)
     store.audit_append(letter.study_key, AuditAction.REPLAYED,
                        {"letter_id": letter_id, "workflow_id": letter.workflow_id, "kind": letter.kind.value,
-                        "stage": letter.stage}, actor=operator())
+                        "stage": letter.stage}, actor=actor)
     store.set_timer(letter.workflow_id, TimerKind.RETRY, letter.stage, 1, now)
     return {"letter_id": letter_id, "workflow_id": letter.workflow_id, "study_key": letter.study_key,
             "replayed": f"{letter.stage} scheduled again (attempt 1); a running orchestrator dispatches it"}
@@ -161,9 +164,9 @@ def list_studies(store: Store) -> list[Row]:
     return [{"study_key": key, "workflows": rows} for key, rows in studies.items()]
 
 
-def study_history(store: Store, study_key: str) -> Row:
+def study_history(store: Store, study_key: str, *, actor: str | None = None) -> Row:
     """A study's history: each workflow's status changes, attempts, timer, deliveries and dead letters (the
-    reading is recorded in the study's audit trail)."""
+    reading is recorded in the study's audit trail, as ``actor``: default ``operator()``)."""
     records = [r for r in store.list() if r.study_key == study_key]
     if not records:
         raise AdminRefused(f"no workflow of study {study_key!r} (see `neuroflow admin studies`)")
@@ -180,7 +183,7 @@ def study_history(store: Store, study_key: str) -> Row:
         row["dead_letters"] = [_letter_row(d) for d in store.dead_letters(include_replayed=True,
                                                                            workflow_id=record.workflow_id)]
         workflows.append(row)
-    store.audit_append(study_key, AuditAction.VIEWED, {"what": "history"}, actor=operator())
+    store.audit_append(study_key, AuditAction.VIEWED, {"what": "history"}, actor=actor or operator())
     return {"study_key": study_key, "workflows": workflows}
 
 
@@ -206,7 +209,7 @@ def _delivery_row(delivery: Delivery) -> Row:
 
 
 def rerun_study(store: Store, records: RecordStore, bus: MessageBus, study_key: str,
-                pipeline: str | None = None) -> list[Row]:
+                pipeline: str | None = None, *, actor: str | None = None) -> list[Row]:
     """Start again the latest version of the study (of ``pipeline``, else of each of its pipelines): its
     StudyReady is published again under a new input hash (the original's plus ``+rerun<n>``), so the
     orchestrator makes it a new workflow rather than ignoring it as a duplicate."""
@@ -230,7 +233,7 @@ def rerun_study(store: Store, records: RecordStore, bus: MessageBus, study_key: 
         bus.publish(topics.STUDY_READY, study_key, ready.SerializeToString())
         started.append({"study_key": study_key, "pipeline": name, "rerun_of": record.workflow_id,
                         "workflow_id": workflow_id(study_key, name, ready.input_hash)})
-        store.audit_append(study_key, AuditAction.RERUN_REQUESTED, started[-1], actor=operator())
+        store.audit_append(study_key, AuditAction.RERUN_REQUESTED, started[-1], actor=actor or operator())
     return started
 
 

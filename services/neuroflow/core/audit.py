@@ -69,6 +69,7 @@ class AuditAction:
     REPLAYED = "replayed"
     RERUN_REQUESTED = "re-run requested"
     VIEWED = "viewed"  # an operator read the study's history or audit trail
+    REVIEWED = "result reviewed"  # a radiologist accepted or rejected a result (console)
 
 
 @dataclass(frozen=True)

@@ -431,6 +431,46 @@ class InputLimitSettings(BaseModel):
     max_instances_per_study: int = Field(default=20_000, ge=1)
 
 
+class ConsoleOidcSettings(BaseModel):
+    """Log-in through the site's OpenID Connect provider (Keycloak or another), authorization-code flow; off
+    while ``issuer`` is empty. The role comes from ``role_claim`` of the ID token (a list or a string; the
+    first of viewer/radiologist/operator/admin found, the highest wins)."""
+
+    issuer: str = ""  # e.g. https://keycloak.example/realms/hospital (its /.well-known/openid-configuration)
+    client_id: str = ""
+    client_secret: SecretStr = SecretStr("")
+    client_secret_file: Path | None = None
+    role_claim: str = "roles"  # a dotted path is followed, e.g. realm_access.roles (Keycloak's realm roles)
+    redirect_url: str = ""  # https://<console>/oidc/callback, as registered with the provider
+    ca_file: Path | None = None  # the provider's CA bundle, when not a public one
+
+    @model_validator(mode="after")
+    def _read_secret_file(self) -> ConsoleOidcSettings:
+        self.client_secret = (secret_from_file(self.client_secret, self.client_secret_file,
+                                               "console.oidc.client_secret") or SecretStr(""))
+        return self
+
+
+class ConsoleSettings(BaseModel):
+    """The operations and review console (``neuroflow serve console``, neuroflow/console)."""
+
+    host: str = "127.0.0.1"  # 0.0.0.0 in a pod
+    port: int = Field(default=8095, ge=1, le=65535)
+    # Local users: a YAML/JSON file of {"users": [{"name", "role", "password_hash" (bcrypt)}]}; None: none.
+    users_file: Path | None = None
+    # The key sessions are signed with (a file: every replica the same); None: a random one per process,
+    # so a restart logs everyone out.
+    session_secret_file: Path | None = None
+    session_hours: float = Field(default=8.0, gt=0.0)
+    # TLS served by the console itself; the session cookie is Secure when it is, or when cookie_secure
+    # (TLS ends at an ingress in front of it).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    cookie_secure: bool = False
+    refresh_s: float = Field(default=5.0, gt=0.0)  # how often an open worklist asks for changes
+    oidc: ConsoleOidcSettings = Field(default_factory=ConsoleOidcSettings)
+
+
 class NeuroflowSettings(BaseSettings):
     # hide_input_in_errors: a settings error names the setting, never its value (a DSN holds a password).
     model_config = SettingsConfigDict(env_prefix="NEUROFLOW_", env_nested_delimiter="__", hide_input_in_errors=True)
@@ -475,3 +515,4 @@ class NeuroflowSettings(BaseSettings):
     limits: InputLimitSettings = Field(default_factory=InputLimitSettings)
     results: ResultObjectSettings = Field(default_factory=ResultObjectSettings)  # UID root, series numbers
     segmentation: SegmentationSettings = Field(default_factory=SegmentationSettings)  # the failure flag
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)  # the browser console

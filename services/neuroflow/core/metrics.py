@@ -27,7 +27,7 @@ from neuroflow.core.status_server import start_status_server
 log = logging.getLogger(__name__)
 
 ALLOWED_LABELS = frozenset({"site", "pipeline", "stage", "reason", "path_role", "group", "topic", "model",
-                            "kind"})
+                            "kind", "decision"})
 UNKNOWN = "unknown"  # the label value when a message did not say (an undecodable task has no pipeline)
 
 # Seconds. Stage work runs from under a second (results) to tens of minutes (a CPU-only segmentation).
@@ -88,6 +88,11 @@ REVIEW_FLAGS = Counter("neuroflow_segmentation_review_flags",
 DELIVERY_ATTEMPTS = Counter("neuroflow_delivery_attempts",
                             "Attempts to deliver stored results to the destination PACS, by outcome (reason: "
                             "delivered, failed: tried again later, gave_up: dead-lettered)", ("pipeline", "reason"))
+# A radiologist's decision on a result in the console (decision: accepted / rejected): the acceptance rate of a
+# model is accepted / all of its decisions, per site.
+REVIEW_DECISIONS = Counter("neuroflow_console_review_decisions",
+                           "Radiologists' decisions on results in the console, by model (name/version) and decision",
+                           ("site", "pipeline", "model", "decision"))
 
 # -- longitudinal (prior studies of the change pipelines) ----------------------------------------------
 PRIORS_FOUND = Counter("neuroflow_longitudinal_priors_found",
@@ -161,6 +166,7 @@ DEFINED: tuple[MetricWrapperBase, ...] = (
     STORAGE_MIN_FREE_BYTES, STORAGE_GUARD_TRIPPED, ORTHANC_DISK_SIZE_BYTES, RETENTION_DELETED,
     RETENTION_FREED_BYTES, RETENTION_LAST_SWEEP,
     FEED_LOOKUP_FAILURES, UNUSABLE_PATIENT_IDS, PRIOR_ANSWERS_DISCARDED, REVIEWS_ASSESSED, REVIEW_FLAGS,
+    REVIEW_DECISIONS,
 )
 
 _SUFFIXES = {"counter": ("_total", "_created"), "gauge": ("",),

@@ -85,6 +85,12 @@ SCHEDULE_SCHEMA = (
         detail      TEXT NOT NULL DEFAULT ''
     )""",
     "CREATE INDEX IF NOT EXISTS workflow_events_workflow ON workflow_events (workflow_id, at)",
+    # A destination an operator paused: its deliveries wait (none is claimed, none gives up) until resumed.
+    """CREATE TABLE IF NOT EXISTS paused_destinations (
+        destination TEXT PRIMARY KEY,
+        paused_by   TEXT NOT NULL,
+        paused_at   {real} NOT NULL
+    )""",
 )
 
 
@@ -260,7 +266,8 @@ class ScheduleStatements(AuditStatements):
         rows = self._rows(
             "UPDATE deliveries SET holder = ?, lease_until = ? WHERE (workflow_id, destination) IN ("
             "SELECT workflow_id, destination FROM deliveries WHERE status = ? AND next_attempt_at <= ? "
-            "AND (holder IS NULL OR lease_until < ?) ORDER BY next_attempt_at LIMIT ?) "
+            "AND (holder IS NULL OR lease_until < ?) "
+            "AND destination NOT IN (SELECT destination FROM paused_destinations) ORDER BY next_attempt_at LIMIT ?) "
             "AND status = ? AND next_attempt_at <= ? AND (holder IS NULL OR lease_until < ?) "
             f"RETURNING {_DELIVERY_COLUMNS}",
             (holder, now + lease_s, DeliveryStatus.PENDING.value, now, now, limit, DeliveryStatus.PENDING.value,
@@ -308,6 +315,41 @@ class ScheduleStatements(AuditStatements):
             "UPDATE deliveries SET status = ?, next_attempt_at = ?, give_up_at = ? "
             "WHERE workflow_id = ? AND destination = ? AND status = ?",
             (DeliveryStatus.PENDING.value, now, give_up_at, workflow_id, destination, DeliveryStatus.GAVE_UP.value))
+
+    def pause_destination(self, destination: str, *, by: str, now: float) -> bool:
+        """Hold every delivery to ``destination`` (none claimed from now on; one in flight completes) until
+        ``resume_destination``; False when it was paused already."""
+        return self._changed("INSERT INTO paused_destinations (destination, paused_by, paused_at) VALUES (?, ?, ?) "
+                             "ON CONFLICT (destination) DO NOTHING", (destination, by, now))
+
+    def resume_destination(self, destination: str, *, now: float, give_up_at: float) -> bool:
+        """Deliver to ``destination`` again; its pending deliveries get until ``give_up_at`` at least, so none
+        gives up for the time it was paused. False when it was not paused."""
+        def resume(db: Any) -> bool:
+            if db.execute(self._sql("DELETE FROM paused_destinations WHERE destination = ?"),
+                          (destination,)).rowcount == 0:
+                return False
+            db.execute(self._sql("UPDATE deliveries SET give_up_at = CASE WHEN give_up_at < ? THEN ? ELSE give_up_at "
+                                 "END, next_attempt_at = ? WHERE destination = ? AND status = ?"),
+                       (give_up_at, give_up_at, now, destination, DeliveryStatus.PENDING.value))
+            return True
+
+        return self._run(resume, idempotent=False, what="schedules")
+
+    def paused_destinations(self) -> dict[str, tuple[str, float]]:
+        """Each paused destination: who paused it and when."""
+        return {str(r[0]): (str(r[1]), float(r[2])) for r in self._rows(
+            "SELECT destination, paused_by, paused_at FROM paused_destinations ORDER BY destination")}
+
+    def withhold_deliveries(self, workflow_id: str, reason: str, *, now: float) -> builtins.list[str]:
+        """Stop the workflow's pending deliveries that no delivery replica holds (a result a radiologist
+        rejected must not reach the PACS): given up, ``reason`` as their last error. The destinations
+        withheld; one being sent at this moment is not stopped (nor listed)."""
+        rows = self._rows(
+            "UPDATE deliveries SET status = ?, last_error = ?, holder = NULL, lease_until = 0 "
+            "WHERE workflow_id = ? AND status = ? AND (holder IS NULL OR lease_until < ?) RETURNING destination",
+            (DeliveryStatus.GAVE_UP.value, reason, workflow_id, DeliveryStatus.PENDING.value, now))
+        return sorted(str(r[0]) for r in rows)
 
     def deliveries(self, *, workflow_id: str | None = None, status: DeliveryStatus | None = None
                    ) -> builtins.list[Delivery]:

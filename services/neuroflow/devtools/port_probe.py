@@ -89,6 +89,8 @@ def _probe(stack: dict[str, Any], record: dict[str, Any], port: int, ca_file: st
     name = record["name"]
     if "service" in record and port == record.get("metrics_port"):
         return _probe_metrics(name, port, identifiers)
+    if record.get("service") == "console":
+        return _probe_console(name, port)
     if name == "postgresql":
         return _probe_postgres(name, port)
     if name.startswith("orthanc-") and name.endswith("-https"):
@@ -123,6 +125,26 @@ def _probe_http(name: str, port: int, kind: str, url: str, context: ssl.SSLConte
         if _is_tls_listener(port):
             return PortVerdict(name, port, kind, True, f"TLS only: {reason}")
         return PortVerdict(name, port, kind, False, f"answers, not HTTP: {reason}")
+
+
+def _probe_console(name: str, port: int) -> PortVerdict:
+    """The browser console: without a session a page answers only a redirect to its log-in (GET) or 403
+    (POST); the log-in page itself holds no data."""
+    answers = []
+    for method, path in (("GET", "/"), ("GET", "/dead-letters"), ("POST", "/dead-letters/x/replay")):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            connection.request(method, path, body=b"" if method == "POST" else None)
+            answer = connection.getresponse()
+            answers.append((method, path, answer.status, answer.getheader("Location") or ""))
+        except (OSError, http.client.HTTPException) as error:
+            return PortVerdict(name, port, "console", False, f"answers, not HTTP: {error}")
+        finally:
+            connection.close()
+    refused = all(status == 403 or (status == 303 and location.endswith("/login"))
+                  for _, _, status, location in answers)
+    return PortVerdict(name, port, "console", refused,
+                       ", ".join(f"{m} {p}: HTTP {s}{' to ' + loc if loc else ''}" for m, p, s, loc in answers))
 
 
 def _probe_triton(name: str, port: int, ports: Sequence[int], identifiers: Sequence[str]) -> PortVerdict:

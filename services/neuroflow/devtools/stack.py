@@ -132,10 +132,14 @@ def up(options: StackOptions) -> dict[str, Any]:
         for service in SERVICES:
             for copy in range((options.workers or {}).get(service, 1)):
                 started["processes"].append(_launch_service(started, service, f"{service}-{copy + 1}"))
+        started["console"] = _console_users(root)
+        started["processes"].append(_launch_service(started, "console", "console-1"))
+        started["console"]["url"] = f"http://127.0.0.1:{started['processes'][-1]['ports'][0]}/"
         _write(root, started)
         _start_monitoring(started, options)
         _write(root, started)
         _wait_services_alive(started, seconds=3.0)
+        _wait_console(started, timeout_s=120.0)
     except BaseException as exc:
         _write(root, started)
         down(root)
@@ -388,20 +392,54 @@ def _launch_service(stack: dict[str, Any], service: str, name: str, metrics_port
     # Each process its own port (Prometheus tells them apart by it), picked outside the ephemeral range:
     # a service binds it only after seconds of imports, time enough for a client socket to take it.
     taken = {p["metrics_port"] for p in stack["processes"] if "metrics_port" in p}
+    taken |= {port for p in stack["processes"] for port in p["ports"]}
     metrics_port = metrics_port or free_stable_port(taken)
+    ports: list[int] = []
+    console: dict[str, str] = {}
+    if service == "console":
+        # The console's own page port, beside its metrics port; it runs the operator's admin operations (a
+        # re-run publishes on the bus), so on the dev stack it logs in to Kafka as the operator does.
+        ports = [free_stable_port(taken | {metrics_port})]
+        console = {"NEUROFLOW_CONSOLE__PORT": str(ports[0]), **kafka_environment(stack),
+                   "NEUROFLOW_CONSOLE__USERS_FILE": stack["console"]["users_file"],
+                   "NEUROFLOW_CONSOLE__SESSION_SECRET_FILE": stack["console"]["session_secret_file"]}
     # Each service its own Orthanc user (a service without one, e.g. the orchestrator before it had, gets
     # none: its requests are refused rather than run with another service's rights).
     user = service if service in stack["orthanc"]["site"]["passwords"] else ""
     orthanc = {"NEUROFLOW_DICOM__ORTHANC_USERNAME": user,
                "NEUROFLOW_DICOM__ORTHANC_PASSWORD": stack["orthanc"]["site"]["passwords"].get(user, "")}
     environment = {**os.environ, **stack["environment"], **kafka_environment(stack, service), **orthanc,
-                   "NEUROFLOW_METRICS_PORT": str(metrics_port)}
+                   "NEUROFLOW_METRICS_PORT": str(metrics_port), **console}
     with (root / "logs" / f"{name}.log").open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "neuroflow.cli", "serve", service], env=environment,
             stdout=log,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=REPOSITORY_ROOT)
-    return {**_record(name, process.pid, [], signal.SIGTERM), "service": service, "metrics_port": metrics_port}
+    return {**_record(name, process.pid, ports, signal.SIGTERM), "service": service, "metrics_port": metrics_port}
+
+
+CONSOLE_DEV_USERS = ("viewer", "radiologist", "operator", "admin")  # one dev user per role, named after it
+
+
+def _console_users(root: Path) -> dict[str, str]:
+    """The console's dev users (one per role, a random password each) and its session key, in files only
+    the stack's owner reads; kept across restarts of the stack. stack.json names the files, not the secrets."""
+    import bcrypt  # deferred: only the stack's console needs it
+
+    directory = root / "console"
+    directory.mkdir(mode=0o700, exist_ok=True)
+    passwords_file, users_file = directory / "passwords.json", directory / "users.json"
+    session_file = directory / "session-secret"
+    if not passwords_file.exists():
+        passwords = {name: secrets.token_urlsafe(12) for name in CONSOLE_DEV_USERS}
+        users = [{"name": name, "role": name,
+                  "password_hash": bcrypt.hashpw(password.encode(), bcrypt.gensalt()).decode()}
+                 for name, password in passwords.items()]
+        _write_private(users_file, json.dumps({"users": users}, indent=2))
+        _write_private(session_file, secrets.token_hex(32))
+        _write_private(passwords_file, json.dumps(passwords, indent=2))
+    return {"users_file": str(users_file), "passwords_file": str(passwords_file),
+            "session_secret_file": str(session_file)}
 
 
 def _metrics_targets(stack: dict[str, Any]) -> list[tuple[str, str]]:
@@ -488,9 +526,21 @@ def _wait_services_alive(stack: dict[str, Any], seconds: float) -> None:
     time.sleep(seconds)
     root = Path(stack["root"])
     for proc in stack["processes"]:
-        if proc["name"].rsplit("-", 1)[0] in SERVICES and not _alive(proc["pid"]):
+        if proc["name"].rsplit("-", 1)[0] in (*SERVICES, "console") and not _alive(proc["pid"]):
             log = (root / "logs" / f"{proc['name']}.log").read_text(errors="replace").splitlines()[-15:]
             raise StackError(f"service {proc['name']} exited at start; its log ends:\n" + "\n".join(log))
+
+
+def _wait_console(stack: dict[str, Any], timeout_s: float) -> None:
+    """Until the console listens: its URL in stack.json must open once `stack up` returns."""
+    (record,) = [p for p in stack["processes"] if p.get("service") == "console"]
+    deadline = time.monotonic() + timeout_s
+    while not port_is_listening(record["ports"][0]):
+        if not _alive(record["pid"]) or time.monotonic() > deadline:
+            log = (Path(stack["root"]) / "logs" / f"{record['name']}.log").read_text(errors="replace")
+            raise StackError(f"the console did not start listening on {stack['console']['url']}; its log ends:\n"
+                             + "\n".join(log.splitlines()[-15:]))
+        time.sleep(0.5)
 
 
 def _database_exists(postgres: Any) -> bool:
