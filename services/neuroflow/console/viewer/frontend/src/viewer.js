@@ -48,7 +48,10 @@ async function openPane(pane, canvas) {
     dragAndDropEnabled: false,
     isColorbar: false,
     show3Dcrosshair: false,
-    crosshairWidth: 1,
+    crosshairWidth: 0.3, // thin (a percent of the field of view), with a gap that leaves the point itself visible
+    crosshairWidthUnit: "percent",
+    crosshairGap: 6,
+    crosshairColor: [0.3, 0.9, 0.3, 0.8], // green: no segment is drawn in it (core/labels.py's palette)
     loadingText: "loading…",
   });
   await nv.attachToCanvas(canvas);
@@ -138,8 +141,9 @@ function controls(root, viewer) {
 }
 
 async function start(root) {
-  const viewer = { panes: [], ready: false, error: "", slice: () => currentSlice(viewer.panes[0]), setSlice: (k) => setSlice(viewer, k) };
-  window.neuroflowViewer = viewer; // read by the browser tests
+  // Read by the browser tests: whether every pane has drawn, and each pane's slice.
+  const viewer = { panes: [], ready: false, error: "", slices: () => viewer.panes.map(currentSlice), setSlice: (k) => setSlice(viewer, k) };
+  window.neuroflowViewer = viewer;
   try {
     const manifest = await fetchManifest(root.dataset.manifest);
     const grid = root.querySelector(".nf-panes");
