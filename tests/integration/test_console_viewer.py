@@ -97,6 +97,7 @@ def test_the_viewer_reads_the_study_as_the_read_only_console_user_and_its_urls_c
     assert [p["id"] for p in manifest["panes"]] == ["baseline", "followup", "change"]
     for text in (page.decode(), body.decode()):
         assert not [uid for uid in _uids(served.study) if uid in text]
+        assert served.console_client.endpoint.url not in text  # the browser is never sent to Orthanc
     change = manifest["panes"][2]
     status, image = _get(served.url + change["image"]["url"])
     assert status == 200
@@ -119,6 +120,8 @@ def test_a_uid_or_an_unknown_study_in_the_url_is_refused_naming_what_is_wrong(se
     assert status == 400 and b"takes no UIDs" in body
     status, body = _get(f"{served.url}/viewer/studies/{'0' * 12}/manifest.json")
     assert status == 404 and b"study 000000000000" in body
+    status, body = _get(f"{served.url}/viewer/studies/{served.baseline_key}/manifest.json?baseline=prior")
+    assert status == 404 and b"no earlier study of the patient" in body
 
 
 # -- in the browser ------------------------------------------------------------------------------------------
@@ -220,7 +223,10 @@ def test_the_browser_draws_the_seg_on_the_patients_left_and_scrolls_it_away(serv
 
 def test_the_three_panes_of_a_pair_scroll_together_and_only_the_change_pane_has_the_overlay(
         served: Served, browser: Any) -> None:
-    _open(browser, f"{served.url}/studies/{served.followup_key}/viewer?baseline={served.baseline_key}")
+    # ?baseline=prior: the patient's study before this one, found in the site Orthanc.
+    _open(browser, f"{served.url}/studies/{served.followup_key}/viewer?baseline=prior")
+    baseline_url = browser.execute_script("return window.neuroflowViewer.panes[0].volumes[0].url")
+    assert f"/studies/{served.baseline_key}/" in baseline_url
     assert [len(_overlay_pixels(browser, pane)[0]) > 100 for pane in ("baseline", "followup", "change")] == [
         False, False, True]
     before = browser.execute_script("return window.neuroflowViewer.slices()")

@@ -1,7 +1,8 @@
 """The viewer's web routes, for the console's Starlette application to mount at its root:
 
-    GET /studies/{study_key}/viewer                      the page (?baseline=<study key> for the three panes
-                                                         of a longitudinal pair; ?series= / ?seg= pick one)
+    GET /studies/{study_key}/viewer                      the page (?baseline=<study key> or ?baseline=prior,
+                                                         the patient's study before, for the three panes of a
+                                                         longitudinal pair; ?series= / ?seg= pick one)
     GET /viewer/studies/{study_key}/manifest.json        the panes and the URLs of their volumes
     GET /viewer/studies/{study_key}/series/{key}.nii.gz  one image series as NIfTI
     GET /viewer/studies/{study_key}/labels/{key}.nii.gz  one SEG as a label volume on its series' grid
@@ -37,6 +38,7 @@ Authorize = Callable[[Request, str], Awaitable[Response | None]]
 _T = TypeVar("_T")
 
 _KEY = re.compile(r"[0-9a-f]{12}")
+PRIOR = "prior"  # ?baseline=prior: the patient's latest earlier study in the site Orthanc
 _NIFTI = "application/octet-stream"  # gzipped bytes NiiVue reads itself: no Content-Encoding, no decompression
 _PRIVATE = {"Cache-Control": "private, no-store"}  # images of a patient: never kept by a shared cache
 # The page's own policy: scripts and data from the console only; NiiVue draws its font atlas and colour bars
@@ -73,6 +75,11 @@ def viewer_routes(images: StudyImages, *, authorize: Authorize = _allow_all,
         if (refused := await authorize(request, key)) is not None:
             return refused
         picked = _picked(request)
+        if picked.get("baseline") == PRIOR:
+            prior = await _answer(run_in_threadpool(images.prior_key, key))
+            if prior is None:
+                raise HTTPException(404, f"study {key}: the site Orthanc holds no earlier study of the patient")
+            picked["baseline"] = prior
         if "baseline" in picked and (refused := await authorize(request, picked["baseline"])) is not None:
             return refused
         panes = await _answer(run_in_threadpool(_panes, images, key, picked))
@@ -162,8 +169,10 @@ def _manifest(request: Request, key: str, panes: Sequence[Pane]) -> dict[str, An
 
 def _picked(request: Request) -> dict[str, str]:
     """The optional choices of the query (baseline study, series, segmentation), each a valid key."""
-    return {name: _key(request.query_params[name], name) for name in ("baseline", "series", "seg")
-            if name in request.query_params}
+    picked = {name: request.query_params[name] for name in ("baseline", "series", "seg")
+              if name in request.query_params}
+    return {name: value if (name, value) == ("baseline", PRIOR) else _key(value, name)
+            for name, value in picked.items()}
 
 
 def _key(value: str, what: str) -> str:

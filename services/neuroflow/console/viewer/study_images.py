@@ -96,6 +96,24 @@ class StudyImages:
         known = {uid_key(uid) for uid in study.index.series}
         return [entry for entry, _ in study.segs.values() if entry.series_key in known]
 
+    def prior_key(self, key: str) -> str | None:
+        """The key of the patient's latest study before this one in the site Orthanc (by StudyDate and
+        StudyTime; Orthanc groups a patient's studies by PatientID), or None without one: the baseline a
+        longitudinal pair is shown against when the console names none."""
+        study = self._study(key)
+        this = self._client.get_json(f"/studies/{study.orthanc_id}", what=f"read study {study.orthanc_id}")
+        patient = str(this.get("ParentPatient", ""))
+        if not patient:
+            return None
+        when = _when(this)
+        earlier = [s for s in self._client.get_json(f"/patients/{patient}/studies",
+                                                    what=f"list the studies of patient {patient}")
+                   if s.get("ID") != study.orthanc_id and _when(s) < when]
+        if not earlier:
+            return None
+        uid = str(max(earlier, key=_when).get("MainDicomTags", {}).get("StudyInstanceUID", ""))
+        return study_key(uid) if uid else None
+
     # -- what the browser downloads -------------------------------------------------------------------
 
     def image_nifti(self, key: str, series_key: str) -> bytes:
@@ -196,6 +214,11 @@ class StudyImages:
             found[key] = (SegEntry(key, str(tags.get("SeriesDescription", "")), uid_key(source_uid),
                                    tuple(segment_colours(seg))), instance_id)
         return found
+
+
+def _when(study: dict[str, Any]) -> tuple[str, str]:
+    tags = study.get("MainDicomTags", {})
+    return str(tags.get("StudyDate", "")), str(tags.get("StudyTime", ""))
 
 
 def _series_by_key(index: StudyIndex, series_key: str) -> SeriesInstances | None:
