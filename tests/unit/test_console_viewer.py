@@ -93,3 +93,15 @@ def test_a_longitudinal_pair_opens_baseline_followup_and_change_of_one_role() ->
 def test_a_console_without_the_built_front_end_is_told_how_to_build_it(tmp_path: Path) -> None:
     with pytest.raises(ViewerBundleMissing, match="make viewer-bundle"):
         bundle_dir(tmp_path)
+
+
+def test_whole_scanner_values_travel_as_int16_and_fractions_as_they_are() -> None:
+    from neuroflow.core.volume import Geometry, Volume
+
+    grid = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0), (4, 3, 2))
+    whole = Volume(np.arange(24, dtype=np.float32).reshape(2, 3, 4) * 100 - 1000, grid)
+    sent = _nifti(nifti_gz(whole))
+    assert sent.get_data_dtype() == np.int16
+    np.testing.assert_array_equal(np.asarray(sent.dataobj).transpose(2, 1, 0), whole.array)
+    fraction = whole.with_array(whole.array + np.float32(0.5))
+    assert _nifti(nifti_gz(fraction)).get_data_dtype() == np.float32
