@@ -76,13 +76,19 @@ function currentSlice(nv) {
   return Math.round(nv.frac2vox(nv.scene.crosshairPos)[2]);
 }
 
-// Moves the first pane to ``index`` and the others to the same place in patient space (mm).
+// The pane the slider and the slice number follow: the last (the study's only pane, or the change pane of a
+// pair, which is on the follow-up's grid).
+function lead(viewer) {
+  return viewer.panes[viewer.panes.length - 1];
+}
+
+// Moves the lead pane to slice ``index`` and the others to the same place in patient space (mm).
 function setSlice(viewer, index) {
-  const [first, ...others] = viewer.panes;
+  const first = lead(viewer);
   const step = Math.min(sliceCount(first) - 1, Math.max(0, index)) - currentSlice(first);
   if (step !== 0) first.moveCrosshairInVox(0, 0, step);
   const mm = first.frac2mm(first.scene.crosshairPos);
-  for (const nv of others) nv.scene.crosshairPos = nv.mm2frac(mm);
+  for (const nv of viewer.panes) if (nv !== first) nv.scene.crosshairPos = nv.mm2frac(mm);
   for (const nv of viewer.panes) nv.drawScene();
   first.createOnLocationChange(0);
 }
@@ -105,7 +111,7 @@ function zoom(viewer, factor) {
 
 function controls(root, viewer) {
   const bar = root.querySelector(".nf-controls");
-  const first = viewer.panes[0];
+  const first = lead(viewer);
   const slices = sliceCount(first);
   const slider = element("input", { type: "range", min: "0", max: String(slices - 1), value: String(currentSlice(first)), "aria-label": "slice" });
   const sliceLabel = element("span", { class: "nf-slice" });
