@@ -105,3 +105,34 @@ def test_whole_scanner_values_travel_as_int16_and_fractions_as_they_are() -> Non
     np.testing.assert_array_equal(np.asarray(sent.dataobj).transpose(2, 1, 0), whole.array)
     fraction = whole.with_array(whole.array + np.float32(0.5))
     assert _nifti(nifti_gz(fraction)).get_data_dtype() == np.float32
+
+
+def test_the_consoles_refusal_is_the_answer_and_nothing_of_the_study_is_read(tmp_path: Path) -> None:
+    import asyncio
+    from typing import Any
+
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse, Response
+    from starlette.routing import Route
+
+    from neuroflow.console.viewer.routes import viewer_routes
+
+    class Untouchable:
+        def __getattr__(self, name: str) -> Any:
+            raise AssertionError(f"the study was read ({name}) although the console refused the request")
+
+    async def refuse(request: Request, study_key: str) -> Response | None:
+        return PlainTextResponse(f"refused {study_key}", status_code=403)
+
+    (tmp_path / "viewer.js").write_text("")
+    routes = viewer_routes(Untouchable(), authorize=refuse, static_dir=tmp_path)  # type: ignore[arg-type]
+    key = "a1" * 6
+    params = {"study_key": key, "series_key": "b2" * 6, "seg_key": "c3" * 6}
+    for route in routes:
+        assert isinstance(route, Route)
+        if route.name == "viewer_static":
+            continue
+        request = Request({"type": "http", "method": "GET", "path": route.path, "query_string": b"", "headers": [],
+                           "path_params": {name: params[name] for name in route.param_convertors}})
+        answer = asyncio.run(route.endpoint(request))
+        assert (answer.status_code, answer.body) == (403, f"refused {key}".encode()), route.name
