@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_STUDY := build/demo-study
 DEMO_OUT := demo-out
 
-.PHONY: demo test lint unit integration bench proto proto-check system-deps stack-up stack-down clean helm-check capacity chart-topics fuzz chaos
+.PHONY: demo test lint unit integration bench proto proto-check system-deps stack-up stack-down clean helm-check capacity chart-topics fuzz chaos viewer-bundle
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,11 +16,23 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The console viewer's front end: NiiVue from npm (the lockfile's versions), bundled by esbuild; no CDN at run time.
+VIEWER_UI := services/neuroflow/console/viewer/frontend
+VIEWER_BUNDLE := services/neuroflow/console/viewer/static/viewer.js
+$(VIEWER_UI)/node_modules/.installed: $(VIEWER_UI)/package-lock.json
+	cd $(VIEWER_UI) && npm ci --no-audit --no-fund
+	touch $@
+
+$(VIEWER_BUNDLE): $(VIEWER_UI)/node_modules/.installed $(wildcard $(VIEWER_UI)/src/*.js)
+	cd $(VIEWER_UI) && npm run --silent build
+
+viewer-bundle: $(VIEWER_BUNDLE)
+
 # Debian packages the tests read: Colin27 (mricron-data) and the DICOM validator dciodvfy (dicom3tools).
 system-deps:
 	@scripts/install-system-deps.sh
 
-demo: $(STAMP)
+demo: $(STAMP) viewer-bundle
 	$(PY) scripts/make_demo_study.py $(DEMO_STUDY)
 	$(VENV)/bin/neuroflow classify $(DEMO_STUDY)
 	$(VENV)/bin/neuroflow run $(DEMO_STUDY) --out $(DEMO_OUT)
@@ -30,13 +42,13 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check services tests scripts models deploy
 	$(VENV)/bin/mypy
 
-test: $(STAMP) system-deps lint
+test: $(STAMP) system-deps lint viewer-bundle
 	$(VENV)/bin/pytest -q --durations=15
 
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q tests/unit tests/contract
 
-integration: $(STAMP) system-deps
+integration: $(STAMP) system-deps viewer-bundle
 	$(VENV)/bin/pytest -q tests/integration tests/contract
 
 stack-up: $(STAMP) system-deps

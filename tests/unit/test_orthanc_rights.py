@@ -9,7 +9,8 @@ from neuroflow.devtools.stack import SERVICES
 
 
 def test_every_service_of_the_runtime_has_its_own_orthanc_user() -> None:
-    assert set(SERVICES) == set(SERVICE_USERS)
+    # The console (its image viewer) reads the site Orthanc too, with read rights only.
+    assert set(SERVICES) | {"console"} == set(SERVICE_USERS)
     assert ADMIN_USER not in SERVICE_USERS
 
 
@@ -25,3 +26,6 @@ def test_rules_match_whole_segments_and_any_one_segment_for_a_star() -> None:
     assert allowed(ADMIN_USER, "DELETE", "/patients/abc")
     assert not allowed("nobody", "GET", "/system")
     assert not allowed("orchestrator", "GET", "/studies")
+    assert allowed("console", "GET", "/instances/abc/file")
+    assert not allowed("console", "POST", "/instances")
+    assert not allowed("console", "DELETE", "/studies/abc")

@@ -10,7 +10,7 @@ checked by a test). A request no rule of its user allows is answered 403.
 
 A rule is "METHOD /path": it allows that method on the path and everything under it, segment by segment;
 ``*`` as method is any method, ``*`` as a segment is any one segment. The paths are those core/orthanc.py,
-ingest, longitudinal/priors.py and monitor/ request (grep them when a service starts a new request).
+ingest, longitudinal/priors.py, monitor/ and console/viewer/ request (grep them when a service starts a new request).
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ SERVICE_RIGHTS: dict[str, tuple[str, ...]] = {
                      "GET /queries", "POST /queries/*/answers/*/retrieve"),
     # Probes (/system, /statistics) and the retention sweep, which deletes studies past their period.
     "monitor": (*_READ, "GET /statistics", "DELETE /studies"),
+    # The console's image viewer reads studies for the browser (which never holds Orthanc credentials).
+    "console": _READ,
 }
 
 SERVICE_USERS = tuple(user for user in SERVICE_RIGHTS if user != ADMIN_USER)
