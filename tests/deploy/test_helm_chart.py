@@ -468,7 +468,7 @@ def test_network_policies_let_each_service_reach_only_what_it_needs(manifests: d
     orthanc_policy = named(north, "NetworkPolicy", "orthanc")
     api_rule = orthanc_policy["spec"]["ingress"][0]
     callers = {peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for peer in api_rule["from"]}
-    assert callers == {"ingest", "preprocess", "longitudinal", "results", "monitor"}
+    assert callers == {"ingest", "preprocess", "longitudinal", "results", "monitor", "console"}
     dicom_rule = orthanc_policy["spec"]["ingress"][1]
     assert [p["ipBlock"]["cidr"] for p in dicom_rule["from"]] == [c["cidr"] for c in values["orthanc"]["dicomClients"]]
     # Every metrics port is open to Prometheus and to nothing else.
@@ -757,9 +757,22 @@ def test_the_console_reads_its_log_in_settings_from_mounted_secrets(tmp_path: Pa
     assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {"http": 8095, "metrics": 9400}
     policy = named(objects, "NetworkPolicy", "console")["spec"]
     assert [[p["port"] for p in rule["ports"]] for rule in policy["ingress"]] == [[9400], [8095]]
-    assert egress_ports(named(objects, "NetworkPolicy", "console")) == {5432, 443}
+    # The viewer reads the site Orthanc as the read-only "console" user, over HTTPS against the site CA;
+    # Orthanc's policy lets the console's pods in.
+    dicom = settings.dicom
+    assert (dicom.orthanc_username, dicom.orthanc_password.get_secret_value()) == (
+        "console", "secret:orthanc-password-console")
+    assert dicom.orthanc_url.startswith("https://") and dicom.orthanc_ca_file is not None
+    orthanc_port = int(dicom.orthanc_url.rsplit(":", 1)[1])
+    assert egress_ports(named(objects, "NetworkPolicy", "console")) == {5432, 443, orthanc_port}
+    orthanc_policy = next(o for o in objects if o["kind"] == "NetworkPolicy"
+                          and o["metadata"]["labels"].get("app.kubernetes.io/component") == "orthanc")
+    rest_peers = [peer["podSelector"]["matchLabels"].get("app.kubernetes.io/component")
+                  for rule in orthanc_policy["spec"]["ingress"] if [x["port"] for x in rule["ports"]] == [orthanc_port]
+                  for peer in rule["from"]]
+    assert "console" in rest_peers
     # Without OIDC: no client secret mounted, no way out but to PostgreSQL.
     plain = render(example_values("site-north"), release="site-north")
-    assert egress_ports(named(plain, "NetworkPolicy", "console")) == {5432}
+    assert egress_ports(named(plain, "NetworkPolicy", "console")) == {5432, orthanc_port}
     plain_volumes = named(plain, "Deployment", "console")["spec"]["template"]["spec"]["volumes"]
     assert "oidc" not in {v["name"] for v in plain_volumes}

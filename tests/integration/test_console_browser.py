@@ -394,3 +394,31 @@ def test_operator_pauses_and_resumes_a_destination(console: Running, browser: An
     (queued,) = [d for d in console.state.claim_due_deliveries(time.time(), "replica-t", 30.0)
                  if d.destination == "ARCHIVE"]
     assert queued.workflow_id == "wf-queued-1" and queued.give_up_at > time.time() + 1000  # a full period again
+
+
+def _get_status(url: str, cookie: str | None) -> int:
+    """The status of a GET, redirects not followed (a 303 to the log-in page is the answer)."""
+    class _NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any) -> None:
+            return None
+
+    request = urllib.request.Request(url, headers={"Cookie": cookie} if cookie else {})
+    try:
+        with urllib.request.build_opener(_NoRedirect).open(request, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+def test_the_viewer_is_mounted_behind_the_log_in(console: Running, browser: Any) -> None:
+    """The console serves the viewer's pages and volumes only to a logged-in user: without a session the
+    page and a volume send the browser to the log-in page; with one the request reaches the viewer (this
+    console has no Orthanc, so it answers that the images cannot be read: 502, not 303)."""
+    key = "0123456789ab"  # a study key as core.identity makes them (the seeded keys here are longer)
+    page = f"{console.url}/studies/{key}/viewer"
+    volume = f"{console.url}/viewer/studies/{key}/manifest.json"
+    assert _get_status(page, None) == 303 and _get_status(volume, None) == 303
+    _log_in(browser, console.url, "view", "view-pass")
+    _wait(lambda: browser.find_elements(By.ID, "worklist-rows"), "the worklist")
+    cookie, _ = _session(browser)
+    assert _get_status(volume, cookie) == 502

@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 import uvicorn
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
 
 from neuroflow.console.viewer import StudyImages, viewer_routes
 from neuroflow.core.errors import OrthancRequestFailed
@@ -44,6 +46,10 @@ class Served:
     console_client: OrthancClient
 
 
+async def _anyone(request: Request, study_key: str) -> Response | None:
+    return None
+
+
 @pytest.fixture(scope="module")
 def served(orthanc_servers: OrthancPair, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """The synthetic pair in the site Orthanc, and the viewer's routes served by uvicorn on a free port."""
@@ -52,7 +58,8 @@ def served(orthanc_servers: OrthancPair, tmp_path_factory: pytest.TempPathFactor
     for path in study.files:
         orthanc_servers.site_client.upload(path.read_bytes())
     console_client = OrthancClient(orthanc_servers.site.service_endpoint("console"))
-    app = Starlette(routes=viewer_routes(StudyImages(console_client)))
+    # The console's log-in is tested with the console (test_console_browser); here the viewer alone.
+    app = Starlette(routes=viewer_routes(StudyImages(console_client), authorize=_anyone))
     port = free_loopback_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

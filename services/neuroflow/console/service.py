@@ -9,9 +9,10 @@ from typing import Any
 import uvicorn
 
 from neuroflow.console import auth
-from neuroflow.console.app import Console, build_app
+from neuroflow.console.app import ROUTE_FACTORIES, Console, build_app
 from neuroflow.console.oidc import OidcClient
 from neuroflow.console.reviews import review_store
+from neuroflow.console.viewer_mount import console_viewer_routes
 from neuroflow.core.config import NeuroflowSettings
 from neuroflow.core.metrics import start_metrics_server
 
@@ -40,6 +41,7 @@ def build_console(settings: NeuroflowSettings) -> Console:
 
 def serve_console(settings: NeuroflowSettings) -> None:
     console = build_console(settings)
+    ROUTE_FACTORIES.append(console_viewer_routes)
     start_metrics_server(settings.metrics_port, settings.metrics_host, settings.health)
     options = settings.console
     config = uvicorn.Config(build_app(console), host=options.host, port=options.port, log_level="warning",

@@ -47,11 +47,7 @@ _PAGE_POLICY = ("default-src 'self'; img-src 'self' data: blob:; worker-src 'sel
                 "base-uri 'none'; frame-ancestors 'none'")
 
 
-async def _allow_all(request: Request, study_key: str) -> Response | None:
-    return None
-
-
-def viewer_routes(images: StudyImages, *, authorize: Authorize = _allow_all,
+def viewer_routes(images: StudyImages, *, authorize: Authorize,
                   static_dir: Path = BUNDLE_DIR) -> list[BaseRoute]:
     """The viewer's routes over ``images`` (the site Orthanc, read with the console's own credentials).
     Raises ViewerBundleMissing, naming the make target, when the front end was never built."""
