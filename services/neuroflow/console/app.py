@@ -38,7 +38,7 @@ from neuroflow.console.reviews import Decision, InvalidReview, ReviewDecision, R
 from neuroflow.console.worklist import WorklistFilter, model_label, read_report, study_page, worklist
 from neuroflow.core import metrics
 from neuroflow.core.audit import AuditAction
-from neuroflow.core.config import NeuroflowSettings
+from neuroflow.core.config import CHANGE_PIPELINES, NeuroflowSettings
 
 log = logging.getLogger(__name__)
 _HERE = Path(__file__).parent
@@ -158,7 +158,7 @@ class _Pages:
         body = template.render(session=session, csrf_field=CSRF_FIELD, refresh_s=self.c.settings.console.refresh_s,
                                can_review=auth.allowed(session.role if session else None, Permission.REVIEW),
                                can_operate=auth.allowed(session.role if session else None, Permission.OPERATE),
-                               site=self.c.settings.site, **context)
+                               site=self.c.settings.site, change_pipelines=CHANGE_PIPELINES, **context)
         return HTMLResponse(body, status_code=status_code)
 
     # -- log-in ----------------------------------------------------------------------------------------
