@@ -13,6 +13,11 @@
 * Answers of a stage the workflow has left, or of an attempt it has given up on, are ignored: redelivered
   and duplicate messages change nothing.
 
+* A workflow of a pipeline with ``notice_on_failure`` (glioma) that ends FAILED or DEAD_LETTERED sends the
+  results stage one more task, the failure notice (``ResultsInput.failure``: the stage and the reason, no
+  patient identifier); the notice objects it stores are delivered like a result (under
+  ``notice_workflow_id``), so PACS shows that the study could not be processed and why, as the embedded run's
+  output folder does. The workflow stays failed; a notice task that fails is logged, not retried.
 * A workflow's results (the last stage's SOP Instance UIDs) are put in the delivery outbox of the state
   database when it succeeds; the results and longitudinal services deliver them to the PACS
   (``core.delivery``), retrying for the site's delivery period, so a PACS outage delays a result, never
@@ -46,7 +51,7 @@ from neuroflow.core.config import OrchestrationSettings
 from neuroflow.core.dead_letter import publish_dead_letter
 from neuroflow.core.errors import NeuroflowError
 from neuroflow.core.records import RecordStore
-from neuroflow.core.state import SqlStateStore, WorkflowRecord, WorkflowStatus
+from neuroflow.core.state import SqlStateStore, WorkflowRecord, WorkflowStatus, notice_workflow_id
 from neuroflow.core.state_schedules import (
     DeadLetterKind,
     DeadLetterRecord,
@@ -55,7 +60,7 @@ from neuroflow.core.state_schedules import (
     new_letter_id,
     replica_name,
 )
-from neuroflow.orchestrator.pipelines import PipelineSpec, build_input
+from neuroflow.orchestrator.pipelines import PipelineSpec, build_input, notice_input
 from neuroflow.proto.neuroflow.v1 import common_pb2, events_pb2, tasks_pb2
 
 log = logging.getLogger(__name__)
@@ -230,6 +235,9 @@ class Orchestrator:
 
     def _on_task_done(self, done: tasks_pb2.TaskDone) -> None:
         wid, stage = done.workflow_id, done.stage
+        if is_notice_key(wid, done.idempotency_key):
+            self._on_notice_stored(done)
+            return
         record = self._current(wid, stage, "TaskDone")
         if record is None:
             return
@@ -268,6 +276,11 @@ class Orchestrator:
             self._on_task_failed(failed)
 
     def _on_task_failed(self, failed: tasks_pb2.TaskFailed) -> None:
+        if is_notice_key(failed.workflow_id, failed.idempotency_key):
+            log.error("study %s: the failure notice of workflow %s could not be filed (%s): %s; PACS shows "
+                      "nothing for this study", failed.study.study_key, failed.workflow_id,
+                      Code.Code.Name(failed.reason.code), failed.reason.message)
+            return
         record = self._current(failed.workflow_id, failed.stage, "TaskFailed")
         if record is None:
             return
@@ -380,6 +393,40 @@ class Orchestrator:
         self._state.clear_timer(wid)
         self._records.delete(_task_key(wid))
         log.error("study %s: workflow %s %s: %s", task.study.study_key, wid, status.value, detail)
+        self._dispatch_notice(task, reason)
+
+    def _dispatch_notice(self, failed: tasks_pb2.TaskRequested, reason: common_pb2.FailureReason) -> None:
+        """Ask the results stage for the failure notice of a workflow that has just failed, when its pipeline
+        calls for one. Not recorded as the workflow's task: the workflow has ended; its answer only schedules
+        the notice's delivery."""
+        wid = failed.workflow_id
+        raw, record = self._records.get(_ready_key(wid)), self._state.get(wid)
+        spec = self._spec(record) if record is not None else None
+        if raw is None or spec is None or not spec.notice_on_failure:
+            return
+        ready = events_pb2.StudyReady.FromString(raw)
+        failure = tasks_pb2.FailureNotice(failed_stage=topics.stage_name(failed.stage), reason=reason.message,
+                                          retryable=reason.retryable)
+        timeout = self._settings.timeout_s(topics.stage_name(common_pb2.STAGE_RESULTS))
+        task = tasks_pb2.TaskRequested(
+            schema_version=topics.SCHEMA_VERSION, workflow_id=wid, stage=common_pb2.STAGE_RESULTS, attempt=1,
+            idempotency_key=notice_key(wid, failure), deadline=_timestamp(time.time() + timeout),
+            study=ready.study, pipeline=ready.pipeline, priority=ready.priority)
+        task.results.CopyFrom(notice_input(spec, ready, failure, destination=self._destination))
+        self._bus.publish(_task_topic(task), ready.study.study_key, task.SerializeToString())
+        log.info("study %s: workflow %s: failure notice requested from the results stage", ready.study.study_key,
+                 wid)
+
+    def _on_notice_stored(self, done: tasks_pb2.TaskDone) -> None:
+        """The results stage filed a failed workflow's notice: schedule its delivery (once)."""
+        record = self._state.get(done.workflow_id)
+        if record is None:
+            return
+        stored = done.results
+        self._schedule_delivery(record, done.stage, list(stored.sop_instance_uids), stored.destination,
+                                delivery_id=notice_workflow_id(record.workflow_id))
+        log.info("study %s: workflow %s (%s): failure notice stored, %d object(s)", done.study.study_key,
+                 done.workflow_id, record.status.value, len(stored.sop_instance_uids))
 
     def _dispatch(self, wid: str, stage: common_pb2.Stage.ValueType, *, attempt: int) -> None:
         """Publish ``stage``'s task (attempt ``attempt``) of workflow ``wid``, then record it. Publishing
@@ -423,12 +470,13 @@ class Orchestrator:
             self._state.release_workflow(wid, self.holder)
 
     def _schedule_delivery(self, record: WorkflowRecord, stage: common_pb2.Stage.ValueType, uids: list[str],
-                           destination: str) -> None:
-        """Put the stored objects in the delivery outbox (once per workflow and destination)."""
+                           destination: str, *, delivery_id: str = "") -> None:
+        """Put the stored objects in the delivery outbox (once per workflow, or ``delivery_id``, and
+        destination)."""
         if not uids or not destination:
             return
         now = time.time()
-        if self._state.enqueue_delivery(record.workflow_id, destination, study_key=record.study_key,
+        if self._state.enqueue_delivery(delivery_id or record.workflow_id, destination, study_key=record.study_key,
                                         pipeline=record.pipeline, stage=topics.stage_name(stage),
                                         sop_instance_uids=uids, now=now, give_up_at=now + self._delivery_period_s):
             log.info("study %s: workflow %s: %d object(s) scheduled for delivery to %s", record.study_key,
@@ -491,6 +539,17 @@ def _longitudinal_detail(output: tasks_pb2.LongitudinalOutput) -> str:
         return f"not compared: {output.reason}"
     return (f"compared with the prior: {len(output.sop_instance_uids)} result object(s) stored"
             + (f"; delivery to {output.destination} scheduled" if output.destination else ""))
+
+
+def notice_key(wid: str, failure: tasks_pb2.FailureNotice) -> str:
+    """The idempotency key of a workflow's failure notice task: the same failure gives the same key (a
+    redelivery is answered from the worker's record), another failure after a replay a new one."""
+    digest = hashlib.sha256(failure.SerializeToString(deterministic=True)).hexdigest()[:16]
+    return f"{wid}.notice.{digest}"
+
+
+def is_notice_key(wid: str, key: str) -> bool:
+    return key.startswith(f"{wid}.notice.")
 
 
 def ready_record_key(wid: str) -> str:
