@@ -42,7 +42,7 @@ from neuroflow.results.report import (
     StudyReport,
     TumourVolumes,
 )
-from neuroflow.results.series_naming import series_description
+from neuroflow.results.series_naming import NEEDS_REVIEW, series_description
 
 SEG_FILE = "seg.dcm"
 T1CE_OVERLAY_FOLDER = "overlay_t1ce"
@@ -170,7 +170,8 @@ def glioma_objects(
         out[folder] = overlay_series(image, labels.with_array(np.asarray(labels.array, dtype=np.uint8)), series,
                                      legend=legend, kind=f"neuroflow.glioma-overlay.{role.value}",
                                      input_hash=input_hash, series_number=number,
-                                     series_description=description, uid_root=objects.uid_root)
+                                     series_description=description, uid_root=objects.uid_root,
+                                     flag=NEEDS_REVIEW if needs_review else "")
     notice = notice_of(report)
     if notice is not None:
         out.update(notice_objects(report, notice, reference, input_hash=input_hash, objects=objects))
