@@ -135,7 +135,8 @@ class ResultsHandler:
         report = StudyReport(
             study_instance_uid=task.study.study_instance_uid, study_key=task.study.study_key,
             pipeline=task.pipeline, status=ReportStatus.FAILED, series=series_entries(refs),
-            errors=[f"{failure.failed_stage}: {failure.reason}"], retryable=failure.retryable,
+            errors=[failure.reason if failure.failed_stage in failure.reason  # it names the stage itself
+                    else f"{failure.failed_stage}: {failure.reason}"], retryable=failure.retryable,
             outputs=["report.json", "summary.txt"])
         notice = notice_of(report)
         assert notice is not None  # a failed report always calls for one
