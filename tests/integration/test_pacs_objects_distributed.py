@@ -4,7 +4,7 @@ stage workers in threads over the in-memory bus:
 
 * a glioma workflow that fails puts the failure notice (SR and Secondary Capture image, saying the study could
   not be processed and why) into the PACS, while the workflow stays failed; the notice task on the bus carries
-  no patient identifier;
+  no patient identifier; a study ingest refuses for the glioma pipeline (sequences missing) gets one too;
 * a result from other inputs (a new model version) supersedes the study's earlier result as version 2, naming
   its SR as predecessor; a redelivery of the same inputs rebuilds version 2 in place.
 
@@ -24,7 +24,13 @@ import pytest
 
 from neuroflow.core import topics
 from neuroflow.core.bus import InMemoryBus
-from neuroflow.core.config import DeliverySettings, PipelineModels, ResultObjectSettings
+from neuroflow.core.config import (
+    GLIOMA_PIPELINE,
+    DeliverySettings,
+    NeuroflowSettings,
+    PipelineModels,
+    ResultObjectSettings,
+)
 from neuroflow.core.delivery import DeliveryLoop
 from neuroflow.core.dicom_io import study_key
 from neuroflow.core.errors import SeriesRejected
@@ -37,11 +43,14 @@ from neuroflow.core.state_schedules import DeliveryStatus
 from neuroflow.core.volume import Geometry, Volume
 from neuroflow.core.volume_store import FolderVolumeStore
 from neuroflow.devtools.dicom_writer import write_study
+from neuroflow.ingest.service import IngestService, IngestSettings
+from neuroflow.ingest.window_store import SqliteWindowStore
 from neuroflow.orchestrator.pipelines import build_input, glioma_pipeline
 from neuroflow.proto.neuroflow.v1 import common_pb2, events_pb2, tasks_pb2
 from neuroflow.results.dicom_sr import sr_texts
 from neuroflow.results.notice import FAILED_HEADLINE
 from neuroflow.results.worker import ResultsHandler
+from neuroflow.runtime.distributed import routed_inputs
 from tests.integration.test_distributed_inprocess import FAST, PRE, RES, SEG, _cluster, publish
 from tests.servers.orthanc import PACS_MODALITY, OrthancPair
 
@@ -139,6 +148,37 @@ def test_a_failed_glioma_workflow_puts_a_notice_saying_why_into_the_pacs(
     texts = " ".join(sr_texts(sr))
     assert FAILED_HEADLINE in texts and REASON in texts
     assert image.BurnedInAnnotation == "YES" and image.pixel_array.shape == (512, 512, 3)
+
+
+def test_a_study_ingest_refuses_for_the_glioma_pipeline_gets_a_notice_in_the_pacs(
+    orthancs: OrthancPair, study: Study, tmp_path: Path,
+) -> None:
+    # Version 1's card needs all four sequences: the T1CE-only study is refused at routing, as in the embedded run.
+    version_1 = NeuroflowSettings(models=PipelineModels(glioma=ModelRef(name="glioma_unet", version=1)))
+    source, sink = OrthancDicomSource(orthancs.site_client), OrthancDicomSink(orthancs.site_client)
+    pipeline = glioma_pipeline(version_1.models)
+    for cluster in _cluster(tmp_path, {pipeline.name: pipeline}, FAST, destination=PACS_MODALITY):
+        ingest = IngestService(orthancs.site_client, SqliteWindowStore(tmp_path / "windows.sqlite"), cluster.bus,
+                               IngestSettings(site="test", pipelines=[GLIOMA_PIPELINE],
+                                              models={GLIOMA_PIPELINE: version_1.models.glioma}, wait_window_s=1.0,
+                                              lease_s=2.0, inputs=routed_inputs(version_1)))
+        _upload(orthancs, study)
+        ingest.poll_changes(now=1000.0)
+        assert ingest.trigger_due(now=1002.0) == []  # refused: no StudyReady
+        cluster.start_orchestrator()
+        cluster.start_worker(RES, ResultsHandler(source, sink, FolderVolumeStore(tmp_path / "volumes"), cluster.bus,
+                                                 tmp_path / "reports"))
+        loop = DeliveryLoop(cluster.state, sink, DeliverySettings(backoff_s=0.2, backoff_max_s=0.4), holder="r1")
+        deadline = time.monotonic() + 60
+        while loop.sent == 0:
+            assert time.monotonic() < deadline, "the notice of the refused study never reached the PACS"
+            loop.deliver_due()
+            time.sleep(0.1)
+        assert cluster.state.list() == []  # no workflow: routing refused the study
+    (sr,) = _instances(orthancs.pacs_client, "SR")
+    assert len(_instances(orthancs.pacs_client, "OT")) == 1
+    texts = " ".join(sr_texts(sr))
+    assert FAILED_HEADLINE in texts and "routing: no T1 or T2 or FLAIR series found" in texts, texts
 
 
 def _results_task(study: Study, label_ref: common_pb2.VolumeRef, version: int) -> tasks_pb2.TaskRequested:

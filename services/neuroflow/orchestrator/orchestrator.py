@@ -13,11 +13,12 @@
 * Answers of a stage the workflow has left, or of an attempt it has given up on, are ignored: redelivered
   and duplicate messages change nothing.
 
-* A workflow of a pipeline with ``notice_on_failure`` (glioma) that ends FAILED or DEAD_LETTERED sends the
-  results stage one more task, the failure notice (``ResultsInput.failure``: the stage and the reason, no
-  patient identifier); the notice objects it stores are delivered like a result (under
-  ``notice_workflow_id``), so PACS shows that the study could not be processed and why, as the embedded run's
-  output folder does. The workflow stays failed; a notice task that fails is logged, not retried.
+* A workflow of a pipeline with ``notice_on_failure`` (glioma) that ends FAILED or DEAD_LETTERED, or a study
+  ingest refused for such a pipeline (RoutingFailed), sends the results stage one task more, the failure
+  notice (``ResultsInput.failure``: the stage and the reason, no patient identifier); the notice objects it
+  stores are delivered like a result (under ``notice_workflow_id``), so PACS shows that the study could not
+  be processed and why, as the embedded run's output folder does. The workflow stays failed; a notice task
+  that fails is logged, not retried.
 * A workflow's results (the last stage's SOP Instance UIDs) are put in the delivery outbox of the state
   database when it succeeds; the results and longitudinal services deliver them to the PACS
   (``core.delivery``), retrying for the site's delivery period, so a PACS outage delays a result, never
@@ -89,7 +90,7 @@ class WorkflowBusy(NeuroflowError):
 
 
 class Orchestrator:
-    """Consumes STUDY_READY, TASK_DONE and TASK_FAILED in group ``topics.ORCHESTRATOR_GROUP``.
+    """Consumes STUDY_READY, TASK_DONE, TASK_FAILED and ROUTING_FAILED in group ``topics.ORCHESTRATOR_GROUP``.
 
     ``pipelines`` maps a pipeline name to its spec; a StudyReady for another pipeline is logged and
     dropped. ``destination`` is the PACS the results are delivered to (empty: stored at the site only).
@@ -193,6 +194,8 @@ class Orchestrator:
     def _handle(self, message: Message) -> None:
         if message.topic == topics.STUDY_READY:
             self.on_study_ready(events_pb2.StudyReady.FromString(message.value))
+        elif message.topic == topics.ROUTING_FAILED:
+            self.on_routing_failed(events_pb2.RoutingFailed.FromString(message.value))
         elif message.topic == topics.TASK_DONE:
             self.on_task_done(tasks_pb2.TaskDone.FromString(message.value))
         else:
@@ -229,15 +232,16 @@ class Orchestrator:
 
     def on_task_done(self, done: tasks_pb2.TaskDone) -> None:
         """Record the stage's answer and its time, then dispatch the next stage or end the workflow (its
-        results, if any, scheduled for delivery)."""
+        results, if any, scheduled for delivery). A failure notice's answer only schedules its delivery (no lease:
+        the workflow has ended, or there is none for a study routing refused)."""
+        if is_notice_key(done.workflow_id, done.idempotency_key):
+            self._on_notice_stored(done)
+            return
         with self._holding(done.workflow_id):
             self._on_task_done(done)
 
     def _on_task_done(self, done: tasks_pb2.TaskDone) -> None:
         wid, stage = done.workflow_id, done.stage
-        if is_notice_key(wid, done.idempotency_key):
-            self._on_notice_stored(done)
-            return
         record = self._current(wid, stage, "TaskDone")
         if record is None:
             return
@@ -271,16 +275,17 @@ class Orchestrator:
         log.info("study %s: workflow %s succeeded: %s", done.study.study_key, wid, detail)
 
     def on_task_failed(self, failed: tasks_pb2.TaskFailed) -> None:
-        """Retry, with backoff, a retryable failure while attempts remain; dead-letter otherwise."""
+        """Retry, with backoff, a retryable failure while attempts remain; dead-letter otherwise. A failure
+        notice that could not be filed is logged (not retried)."""
+        if is_notice_key(failed.workflow_id, failed.idempotency_key):
+            log.error("study %s: the failure notice of %s could not be filed (%s): %s; PACS shows nothing for "
+                      "this study", failed.study.study_key, failed.workflow_id, Code.Code.Name(failed.reason.code),
+                      failed.reason.message)
+            return
         with self._holding(failed.workflow_id):
             self._on_task_failed(failed)
 
     def _on_task_failed(self, failed: tasks_pb2.TaskFailed) -> None:
-        if is_notice_key(failed.workflow_id, failed.idempotency_key):
-            log.error("study %s: the failure notice of workflow %s could not be filed (%s): %s; PACS shows "
-                      "nothing for this study", failed.study.study_key, failed.workflow_id,
-                      Code.Code.Name(failed.reason.code), failed.reason.message)
-            return
         record = self._current(failed.workflow_id, failed.stage, "TaskFailed")
         if record is None:
             return
@@ -404,9 +409,28 @@ class Orchestrator:
         spec = self._spec(record) if record is not None else None
         if raw is None or spec is None or not spec.notice_on_failure:
             return
-        ready = events_pb2.StudyReady.FromString(raw)
         failure = tasks_pb2.FailureNotice(failed_stage=topics.stage_name(failed.stage), reason=reason.message,
                                           retryable=reason.retryable)
+        self._request_notice(wid, events_pb2.StudyReady.FromString(raw), spec, failure)
+
+    def on_routing_failed(self, failed: events_pb2.RoutingFailed) -> None:
+        """A study ingest refused for a pipeline with ``notice_on_failure`` (e.g. glioma without the sequences
+        the model needs) gets the failure notice too, as the embedded run's refusal does. No workflow is made:
+        the notice is requested under the id of the work that was refused (the same refusal: the same id, so
+        a repeated RoutingFailed is answered from the worker's record and delivered once)."""
+        spec = self._pipelines.get(failed.pipeline)
+        key = failed.study.study_key
+        if spec is None or not spec.notice_on_failure or not key:
+            return
+        identity = f"{failed.reason}\x00{failed.message}".encode()
+        wid = workflow_id(key, failed.pipeline, f"routing-failed-{hashlib.sha256(identity).hexdigest()[:16]}")
+        ready = events_pb2.StudyReady(schema_version=topics.SCHEMA_VERSION, pipeline=failed.pipeline,
+                                      study=failed.study, priority=common_pb2.PRIORITY_ROUTINE)
+        failure = tasks_pb2.FailureNotice(failed_stage="routing", reason=failed.message, retryable=False)
+        self._request_notice(wid, ready, spec, failure)
+
+    def _request_notice(self, wid: str, ready: events_pb2.StudyReady, spec: PipelineSpec,
+                        failure: tasks_pb2.FailureNotice) -> None:
         timeout = self._settings.timeout_s(topics.stage_name(common_pb2.STAGE_RESULTS))
         task = tasks_pb2.TaskRequested(
             schema_version=topics.SCHEMA_VERSION, workflow_id=wid, stage=common_pb2.STAGE_RESULTS, attempt=1,
@@ -414,19 +438,22 @@ class Orchestrator:
             study=ready.study, pipeline=ready.pipeline, priority=ready.priority)
         task.results.CopyFrom(notice_input(spec, ready, failure, destination=self._destination))
         self._bus.publish(_task_topic(task), ready.study.study_key, task.SerializeToString())
-        log.info("study %s: workflow %s: failure notice requested from the results stage", ready.study.study_key,
-                 wid)
+        log.info("study %s: %s failed at %s: failure notice requested from the results stage (%s)",
+                 ready.study.study_key, ready.pipeline, failure.failed_stage, wid)
 
     def _on_notice_stored(self, done: tasks_pb2.TaskDone) -> None:
-        """The results stage filed a failed workflow's notice: schedule its delivery (once)."""
-        record = self._state.get(done.workflow_id)
-        if record is None:
-            return
+        """The results stage filed a failure notice: schedule its delivery (once)."""
         stored = done.results
-        self._schedule_delivery(record, done.stage, list(stored.sop_instance_uids), stored.destination,
-                                delivery_id=notice_workflow_id(record.workflow_id))
-        log.info("study %s: workflow %s (%s): failure notice stored, %d object(s)", done.study.study_key,
-                 done.workflow_id, record.status.value, len(stored.sop_instance_uids))
+        if not stored.sop_instance_uids or not stored.destination:
+            return
+        now = time.time()
+        if self._state.enqueue_delivery(notice_workflow_id(done.workflow_id), stored.destination,
+                                        study_key=done.study.study_key, pipeline=done.pipeline,
+                                        stage=topics.stage_name(done.stage),
+                                        sop_instance_uids=list(stored.sop_instance_uids), now=now,
+                                        give_up_at=now + self._delivery_period_s):
+            log.info("study %s: failure notice of %s (%d object(s)) scheduled for delivery to %s",
+                     done.study.study_key, done.workflow_id, len(stored.sop_instance_uids), stored.destination)
 
     def _dispatch(self, wid: str, stage: common_pb2.Stage.ValueType, *, attempt: int) -> None:
         """Publish ``stage``'s task (attempt ``attempt``) of workflow ``wid``, then record it. Publishing
@@ -470,13 +497,12 @@ class Orchestrator:
             self._state.release_workflow(wid, self.holder)
 
     def _schedule_delivery(self, record: WorkflowRecord, stage: common_pb2.Stage.ValueType, uids: list[str],
-                           destination: str, *, delivery_id: str = "") -> None:
-        """Put the stored objects in the delivery outbox (once per workflow, or ``delivery_id``, and
-        destination)."""
+                           destination: str) -> None:
+        """Put the stored objects in the delivery outbox (once per workflow and destination)."""
         if not uids or not destination:
             return
         now = time.time()
-        if self._state.enqueue_delivery(delivery_id or record.workflow_id, destination, study_key=record.study_key,
+        if self._state.enqueue_delivery(record.workflow_id, destination, study_key=record.study_key,
                                         pipeline=record.pipeline, stage=topics.stage_name(stage),
                                         sop_instance_uids=uids, now=now, give_up_at=now + self._delivery_period_s):
             log.info("study %s: workflow %s: %d object(s) scheduled for delivery to %s", record.study_key,

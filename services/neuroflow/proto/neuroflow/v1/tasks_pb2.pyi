@@ -303,7 +303,9 @@ class FailureNotice(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     RETRYABLE_FIELD_NUMBER: _builtins.int
     failed_stage: _builtins.str
-    """Stage the workflow failed at (its topic name: "preprocess", "segmentation", "results")."""
+    """Stage the workflow failed at (its topic name: "preprocess", "segmentation", "results"), or "routing" for a
+    study ingest refused (RoutingFailed).
+    """
     reason: _builtins.str
     """Why, in words a person can act on."""
     retryable: _builtins.bool
