@@ -33,7 +33,7 @@ import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 
-from neuroflow.core.config import SegmentationSettings
+from neuroflow.core.config import PipelineModels, SegmentationSettings
 from neuroflow.core.inference import OnnxRuntimeBackend
 from neuroflow.core.model_card import ModelRef
 from neuroflow.preprocess.normalise import zscore_in_mask
@@ -195,6 +195,8 @@ def main() -> None:
     parser.add_argument("--flips", nargs="*", default=list(defaults.review_flips), choices=list(ARRAY_AXIS))
     parser.add_argument("--threshold", type=int, default=defaults.review_threshold)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--version", type=int, default=PipelineModels().glioma.version,
+                        help="the glioma_unet version to calibrate on (default: the one a site runs)")
     parser.add_argument("--mirrors", nargs="*", default=list(ARRAY_AXIS), choices=list(ARRAY_AXIS),
                         help="the mirror members to compute (to measure what each costs and buys)")
     parser.add_argument("--resume", type=Path, default=None,
@@ -206,7 +208,7 @@ def main() -> None:
         rows = json.loads(args.from_json.read_text())
     else:
         backend = OnnxRuntimeBackend(REPOSITORY, intra_op_threads=args.threads)
-        model = ModelRef(name="glioma_unet", version=1)
+        model = ModelRef(name="glioma_unet", version=args.version)
         rng = np.random.default_rng(0)
         rows = []
         done = {}
@@ -222,6 +224,10 @@ def main() -> None:
                      lambda: brats2013("pat0003"), gli):
             add(make())
         base = tcga()
+        t1, t1ce, t2, flair = base.channels
+        zeros = np.zeros_like(flair)
+        # The subset a version with sequence dropout takes (missing sequences fed as zeros, as in the runtimes).
+        add(Case(f"{base.name} FLAIR+T1CE only", [zeros, t1ce, zeros, flair], base.brain, base.reference))
         for label, degrade in DEGRADATIONS.items():
             add(Case(f"{base.name} + {label}", degrade(base, rng), base.brain, base.reference))
         base = brats2013("pat0001")

@@ -42,7 +42,7 @@ from neuroflow.results.notice import (
     notice_objects,
     notice_of,
 )
-from neuroflow.results.overlay import BANNER
+from neuroflow.results.overlay import BANNER, FLAG_BAND_RGB
 from neuroflow.results.report import (
     LongitudinalReport,
     NewLesionEntry,
@@ -217,8 +217,8 @@ def test_overlays_lie_on_their_source_slices_with_legend_and_banner_burned_in(
             assert ds.BurnedInAnnotation == "YES" and ds.SeriesNumber == number
         pixels = overlay[0].pixel_array  # slice 0 holds no tumour: only the burned-in text is coloured
         rows = pixels.shape[0]
-        banner = pixels[: rows // 6]
-        assert (banner > 200).all(axis=-1).sum() > 20, "banner text missing"
+        banner = pixels[: _flag_band_rows(pixels)[0]]  # above the flag band (the result is flagged)
+        assert (banner > 150).all(axis=-1).sum() > 20, "banner text missing"
         legend = pixels[rows // 2:]
         for segment in GLIOMA_SEGMENTS:
             swatch = (legend == np.asarray(segment.rgb, dtype=np.uint8)).all(axis=-1).sum()
@@ -228,10 +228,44 @@ def test_overlays_lie_on_their_source_slices_with_legend_and_banner_burned_in(
 
 def test_tumour_pixels_carry_their_palette_colour(objects: dict[str, list[Dataset]], labels: Volume) -> None:
     pixels = np.stack([ds.pixel_array for ds in objects[T1CE_OVERLAY_FOLDER]]).astype(int)
-    enhancing, oedema = labels.array == BratsLabel.ENHANCING, labels.array == BratsLabel.OEDEMA
+    # Below the burned-in banner and flag band (this small image's tumour reaches up under the flag band).
+    below = np.arange(pixels.shape[1])[None, :, None] > _flag_band_rows(pixels[0].astype(np.uint8))[-1]
+    enhancing, oedema = (labels.array == BratsLabel.ENHANCING) & below, (labels.array == BratsLabel.OEDEMA) & below
     red, blue = pixels[..., 0], pixels[..., 2]
     assert (red[enhancing] > blue[enhancing] + 40).all()  # vermillion
     assert (blue[oedema] > red[oedema] + 20).all()  # sky blue
+
+
+def _flag_band_rows(pixels: np.ndarray) -> np.ndarray:
+    """The rows of an overlay image that are orange from edge to edge (the flag band's margins)."""
+    return np.flatnonzero((pixels == np.asarray(FLAG_BAND_RGB, dtype=np.uint8)).all(axis=-1).all(axis=1))
+
+
+def test_a_flagged_result_has_needs_review_burned_into_every_overlay_image(
+        objects: dict[str, list[Dataset]], study: dict[SeriesRole, list[Dataset]], labels: Volume,
+        tmp_path: Path) -> None:
+    passed = ReviewAssessment(needs_review=False, risk_score=0, threshold=1, method="flip ensemble")
+    plain = glioma_objects(_report(study, labels, review=passed), labels, study, input_hash=HASH, objects=SITE,
+                           study_key="k")
+    for folder in (T1CE_OVERLAY_FOLDER, FLAIR_OVERLAY_FOLDER):
+        assert len(objects[folder]) == len(plain[folder]) == SHAPE[0]
+        for flagged_ds, plain_ds in zip(objects[folder], plain[folder], strict=True):
+            flagged_ds.save_as(tmp_path / "flagged.dcm", enforce_file_format=True)
+            plain_ds.save_as(tmp_path / "plain.dcm", enforce_file_format=True)
+            flagged = pydicom.dcmread(tmp_path / "flagged.dcm").pixel_array
+            unflagged = pydicom.dcmread(tmp_path / "plain.dcm").pixel_array
+            rows = _flag_band_rows(flagged)
+            # An orange band across the whole width, right below the banner, with the flag's black letters.
+            assert len(rows) >= 2 and 0 < rows[0] < flagged.shape[0] // 4, rows
+            band = flagged[rows[0]:rows[-1] + 1]
+            letters = (band < 100).all(axis=-1)  # dark, anti-aliased against the orange
+            assert letters.sum() >= 30 and letters.any(axis=0).sum() >= 20  # text, spread along the band
+            assert (letters | (band == np.asarray(FLAG_BAND_RGB)).all(axis=-1)).mean() > 0.7
+            # Not flagged: no orange pixel anywhere, and the pixels below the band are the flagged image's.
+            assert not (unflagged == np.asarray(FLAG_BAND_RGB, dtype=np.uint8)).all(axis=-1).any()
+            assert (unflagged[rows[-1] + 1:] == flagged[rows[-1] + 1:]).all()
+        assert str(objects[folder][0].SeriesDescription).startswith("NEEDS REVIEW ")
+        assert not str(plain[folder][0].SeriesDescription).startswith("NEEDS REVIEW")
 
 
 def test_nothing_found_gives_an_sr_with_zero_volumes_and_a_notice(

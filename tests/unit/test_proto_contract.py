@@ -44,6 +44,11 @@ def _time(seconds: int) -> timestamp_pb2.Timestamp:
 
 MODEL = common_pb2.ModelRef(name="glioma_unet", version=2)
 
+def _failure() -> tasks_pb2.FailureNotice:
+    return tasks_pb2.FailureNotice(failed_stage="preprocess", retryable=True,
+                                   reason="study 3f2a: preprocess failed: a slice is missing")
+
+
 # One fully populated example of every message of the contract (nested payloads included).
 EXAMPLES: dict[str, Callable[[], Message]] = {
     "StudyRef": _study,
@@ -77,7 +82,8 @@ EXAMPLES: dict[str, Callable[[], Message]] = {
                                                                model=MODEL),
     "ResultsInput": lambda: tasks_pb2.ResultsInput(
         label_map=_volume("labels"), referenced_series=[_series("T1CE", 2)], region_volumes_ml={"TC": 12.0},
-        model=MODEL, destination="orthanc-site-a"),
+        model=MODEL, destination="orthanc-site-a", failure=_failure()),
+    "FailureNotice": _failure,
     "ResultsOutput": lambda: tasks_pb2.ResultsOutput(sop_instance_uids=["1.2.9.1"],
                                                      destination="orthanc-site-a"),
     "LongitudinalInput": lambda: tasks_pb2.LongitudinalInput(

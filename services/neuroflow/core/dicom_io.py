@@ -68,17 +68,19 @@ def set_aside_non_images(study: StudyIndex) -> None:
         series = study.series[uid]
         kept: list[int] = []
         kinds: Counter[str] = Counter()
+        headers: dict[str, list[Dataset]] = {}
         for n, header in enumerate(series.headers):
             why = why_not_an_image(header)
             if why is None:
                 kept.append(n)
             else:
                 kinds[why] += 1
+                headers.setdefault(why, []).append(header)
         if not kinds:
             continue
         first = series.headers[0]
         description = str(first.get("SeriesDescription", "") or "").strip()
-        study.set_aside.extend(SetAside(uid, series_number(first), description, what, count)
+        study.set_aside.extend(SetAside(uid, series_number(first), description, what, count, tuple(headers[what]))
                                for what, count in sorted(kinds.items()))
         series.headers[:] = [series.headers[n] for n in kept]
         series.paths[:] = [series.paths[n] for n in kept]
@@ -152,6 +154,7 @@ def find_series(
     *,
     stage: str,
     notes: list[str] | None = None,
+    set_aside: list[SetAside] | None = None,
 ) -> dict[SeriesRole, SeriesInstances]:
     """The routed series (``series_refs``, each with its role) as ``source`` holds them now, by role.
 
@@ -159,13 +162,15 @@ def find_series(
     will not bring it back; the reason says to re-send the study), and with StudyError a role this
     revision does not know. A series whose instance count changed since routing is used as it is now, with
     a warning (a late instance makes a new StudyReady, hence a new workflow). ``notes``, when given, gets
-    what indexing set aside (non-image objects), for the report."""
+    what indexing set aside (non-image objects), for the report; ``set_aside``, the set-aside objects."""
     key = study.study_key
     held, _skipped = source.index_study(study.study_instance_uid)
     if held is not None:
         check_study_size(key, sum(len(s.headers) for s in held.series.values()), source.limits, stage=stage)
     if notes is not None and held is not None:
         notes.extend(held.set_aside_notes())
+    if set_aside is not None and held is not None:
+        set_aside.extend(held.set_aside)
     found: dict[SeriesRole, SeriesInstances] = {}
     for ref in series_refs:
         try:

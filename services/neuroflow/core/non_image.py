@@ -10,7 +10,7 @@ before anything is classified or converted, and the report says what was set asi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -48,6 +48,8 @@ class SetAside:
     series_description: str
     what: str  # the SOP class's name, or what else made it no image
     count: int
+    # Their headers (an earlier result of ours among them: the results stage supersedes it).
+    headers: tuple[Dataset, ...] = field(default=(), compare=False, repr=False)
 
     def note(self) -> str:
         """One line for report.json warnings and summary.txt (no patient identifier)."""

@@ -165,6 +165,14 @@ _SCHEMA = (
 # Rows of a workflow kept beside it (stage timings, timers, deliveries, dead letters, history), deleted with it.
 # Never audit_trail: the audit trail is append-only and outlives the workflows it records.
 _WORKFLOW_TABLES = ("stage_timings", "workflow_timers", "deliveries", "dead_letters", "workflow_events")
+
+
+def notice_workflow_id(workflow_id: str) -> str:
+    """The id a workflow's failure notice is delivered (and dead-lettered) under: not the workflow's own, so a
+    workflow an operator replays after its notice still has its result delivered; deleted with the workflow."""
+    return f"{workflow_id}.notice"
+
+
 _COLUMNS = "workflow_id, study_key, pipeline, input_hash, status, stage, detail, created_at, updated_at"
 # The audit action of each status a workflow is moved to (set_status).
 _AUDIT_ACTIONS = {WorkflowStatus.RUNNING: AuditAction.STAGE_STARTED,
@@ -325,7 +333,8 @@ class SqlStateStore(WorkflowStateStore, ScheduleStatements, AuditStatements, Gen
                 return False
             # What hangs off the row goes with it, in the same transaction (there is no cascading delete).
             for table in _WORKFLOW_TABLES:
-                db.execute(self._sql(f"DELETE FROM {table} WHERE workflow_id = ?"), (workflow_id,))
+                db.execute(self._sql(f"DELETE FROM {table} WHERE workflow_id IN (?, ?)"),
+                           (workflow_id, notice_workflow_id(workflow_id)))
             return True
 
         # Not repeated after a lost COMMIT: a second run would answer False for a row the first deleted; the

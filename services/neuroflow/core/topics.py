@@ -66,7 +66,8 @@ def dead_letter_topic(stage: common_pb2.Stage.ValueType) -> str:
 # Consumer groups: the group is what makes several copies of a service share its topics' messages.
 ORCHESTRATOR_GROUP = "neuroflow.orchestrator"
 # What the orchestrator consumes (in ORCHESTRATOR_GROUP).
-ORCHESTRATOR_READS = (STUDY_READY, TASK_DONE, TASK_FAILED)
+# ROUTING_FAILED: a study refused for a pipeline that files a failure notice gets one (orchestrator.py).
+ORCHESTRATOR_READS = (STUDY_READY, TASK_DONE, TASK_FAILED, ROUTING_FAILED)
 
 
 def worker_group(stage: common_pb2.Stage.ValueType) -> str:

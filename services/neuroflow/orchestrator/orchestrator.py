@@ -13,6 +13,12 @@
 * Answers of a stage the workflow has left, or of an attempt it has given up on, are ignored: redelivered
   and duplicate messages change nothing.
 
+* A workflow of a pipeline with ``notice_on_failure`` (glioma) that ends FAILED or DEAD_LETTERED, or a study
+  ingest refused for such a pipeline (RoutingFailed), sends the results stage one task more, the failure
+  notice (``ResultsInput.failure``: the stage and the reason, no patient identifier); the notice objects it
+  stores are delivered like a result (under ``notice_workflow_id``), so PACS shows that the study could not
+  be processed and why, as the embedded run's output folder does. The workflow stays failed; a notice task
+  that fails is logged, not retried.
 * A workflow's results (the last stage's SOP Instance UIDs) are put in the delivery outbox of the state
   database when it succeeds; the results and longitudinal services deliver them to the PACS
   (``core.delivery``), retrying for the site's delivery period, so a PACS outage delays a result, never
@@ -46,7 +52,7 @@ from neuroflow.core.config import OrchestrationSettings
 from neuroflow.core.dead_letter import publish_dead_letter
 from neuroflow.core.errors import NeuroflowError
 from neuroflow.core.records import RecordStore
-from neuroflow.core.state import SqlStateStore, WorkflowRecord, WorkflowStatus
+from neuroflow.core.state import SqlStateStore, WorkflowRecord, WorkflowStatus, notice_workflow_id
 from neuroflow.core.state_schedules import (
     DeadLetterKind,
     DeadLetterRecord,
@@ -55,7 +61,7 @@ from neuroflow.core.state_schedules import (
     new_letter_id,
     replica_name,
 )
-from neuroflow.orchestrator.pipelines import PipelineSpec, build_input
+from neuroflow.orchestrator.pipelines import PipelineSpec, build_input, notice_input
 from neuroflow.proto.neuroflow.v1 import common_pb2, events_pb2, tasks_pb2
 
 log = logging.getLogger(__name__)
@@ -84,7 +90,7 @@ class WorkflowBusy(NeuroflowError):
 
 
 class Orchestrator:
-    """Consumes STUDY_READY, TASK_DONE and TASK_FAILED in group ``topics.ORCHESTRATOR_GROUP``.
+    """Consumes STUDY_READY, TASK_DONE, TASK_FAILED and ROUTING_FAILED in group ``topics.ORCHESTRATOR_GROUP``.
 
     ``pipelines`` maps a pipeline name to its spec; a StudyReady for another pipeline is logged and
     dropped. ``destination`` is the PACS the results are delivered to (empty: stored at the site only).
@@ -188,6 +194,8 @@ class Orchestrator:
     def _handle(self, message: Message) -> None:
         if message.topic == topics.STUDY_READY:
             self.on_study_ready(events_pb2.StudyReady.FromString(message.value))
+        elif message.topic == topics.ROUTING_FAILED:
+            self.on_routing_failed(events_pb2.RoutingFailed.FromString(message.value))
         elif message.topic == topics.TASK_DONE:
             self.on_task_done(tasks_pb2.TaskDone.FromString(message.value))
         else:
@@ -224,7 +232,11 @@ class Orchestrator:
 
     def on_task_done(self, done: tasks_pb2.TaskDone) -> None:
         """Record the stage's answer and its time, then dispatch the next stage or end the workflow (its
-        results, if any, scheduled for delivery)."""
+        results, if any, scheduled for delivery). A failure notice's answer only schedules its delivery (no lease:
+        the workflow has ended, or there is none for a study routing refused)."""
+        if is_notice_key(done.workflow_id, done.idempotency_key):
+            self._on_notice_stored(done)
+            return
         with self._holding(done.workflow_id):
             self._on_task_done(done)
 
@@ -263,7 +275,13 @@ class Orchestrator:
         log.info("study %s: workflow %s succeeded: %s", done.study.study_key, wid, detail)
 
     def on_task_failed(self, failed: tasks_pb2.TaskFailed) -> None:
-        """Retry, with backoff, a retryable failure while attempts remain; dead-letter otherwise."""
+        """Retry, with backoff, a retryable failure while attempts remain; dead-letter otherwise. A failure
+        notice that could not be filed is logged (not retried)."""
+        if is_notice_key(failed.workflow_id, failed.idempotency_key):
+            log.error("study %s: the failure notice of %s could not be filed (%s): %s; PACS shows nothing for "
+                      "this study", failed.study.study_key, failed.workflow_id, Code.Code.Name(failed.reason.code),
+                      failed.reason.message)
+            return
         with self._holding(failed.workflow_id):
             self._on_task_failed(failed)
 
@@ -380,6 +398,62 @@ class Orchestrator:
         self._state.clear_timer(wid)
         self._records.delete(_task_key(wid))
         log.error("study %s: workflow %s %s: %s", task.study.study_key, wid, status.value, detail)
+        self._dispatch_notice(task, reason)
+
+    def _dispatch_notice(self, failed: tasks_pb2.TaskRequested, reason: common_pb2.FailureReason) -> None:
+        """Ask the results stage for the failure notice of a workflow that has just failed, when its pipeline
+        calls for one. Not recorded as the workflow's task: the workflow has ended; its answer only schedules
+        the notice's delivery."""
+        wid = failed.workflow_id
+        raw, record = self._records.get(_ready_key(wid)), self._state.get(wid)
+        spec = self._spec(record) if record is not None else None
+        if raw is None or spec is None or not spec.notice_on_failure:
+            return
+        failure = tasks_pb2.FailureNotice(failed_stage=topics.stage_name(failed.stage), reason=reason.message,
+                                          retryable=reason.retryable)
+        self._request_notice(wid, events_pb2.StudyReady.FromString(raw), spec, failure)
+
+    def on_routing_failed(self, failed: events_pb2.RoutingFailed) -> None:
+        """A study ingest refused for a pipeline with ``notice_on_failure`` (e.g. glioma without the sequences
+        the model needs) gets the failure notice too, as the embedded run's refusal does. No workflow is made:
+        the notice is requested under the id of the work that was refused (the same refusal: the same id, so
+        a repeated RoutingFailed is answered from the worker's record and delivered once)."""
+        spec = self._pipelines.get(failed.pipeline)
+        key = failed.study.study_key
+        if spec is None or not spec.notice_on_failure or not key:
+            return
+        identity = f"{failed.reason}\x00{failed.message}".encode()
+        wid = workflow_id(key, failed.pipeline, f"routing-failed-{hashlib.sha256(identity).hexdigest()[:16]}")
+        ready = events_pb2.StudyReady(schema_version=topics.SCHEMA_VERSION, pipeline=failed.pipeline,
+                                      study=failed.study, priority=common_pb2.PRIORITY_ROUTINE)
+        failure = tasks_pb2.FailureNotice(failed_stage="routing", reason=failed.message, retryable=False)
+        self._request_notice(wid, ready, spec, failure)
+
+    def _request_notice(self, wid: str, ready: events_pb2.StudyReady, spec: PipelineSpec,
+                        failure: tasks_pb2.FailureNotice) -> None:
+        timeout = self._settings.timeout_s(topics.stage_name(common_pb2.STAGE_RESULTS))
+        task = tasks_pb2.TaskRequested(
+            schema_version=topics.SCHEMA_VERSION, workflow_id=wid, stage=common_pb2.STAGE_RESULTS, attempt=1,
+            idempotency_key=notice_key(wid, failure), deadline=_timestamp(time.time() + timeout),
+            study=ready.study, pipeline=ready.pipeline, priority=ready.priority)
+        task.results.CopyFrom(notice_input(spec, ready, failure, destination=self._destination))
+        self._bus.publish(_task_topic(task), ready.study.study_key, task.SerializeToString())
+        log.info("study %s: %s failed at %s: failure notice requested from the results stage (%s)",
+                 ready.study.study_key, ready.pipeline, failure.failed_stage, wid)
+
+    def _on_notice_stored(self, done: tasks_pb2.TaskDone) -> None:
+        """The results stage filed a failure notice: schedule its delivery (once)."""
+        stored = done.results
+        if not stored.sop_instance_uids or not stored.destination:
+            return
+        now = time.time()
+        if self._state.enqueue_delivery(notice_workflow_id(done.workflow_id), stored.destination,
+                                        study_key=done.study.study_key, pipeline=done.pipeline,
+                                        stage=topics.stage_name(done.stage),
+                                        sop_instance_uids=list(stored.sop_instance_uids), now=now,
+                                        give_up_at=now + self._delivery_period_s):
+            log.info("study %s: failure notice of %s (%d object(s)) scheduled for delivery to %s",
+                     done.study.study_key, done.workflow_id, len(stored.sop_instance_uids), stored.destination)
 
     def _dispatch(self, wid: str, stage: common_pb2.Stage.ValueType, *, attempt: int) -> None:
         """Publish ``stage``'s task (attempt ``attempt``) of workflow ``wid``, then record it. Publishing
@@ -491,6 +565,17 @@ def _longitudinal_detail(output: tasks_pb2.LongitudinalOutput) -> str:
         return f"not compared: {output.reason}"
     return (f"compared with the prior: {len(output.sop_instance_uids)} result object(s) stored"
             + (f"; delivery to {output.destination} scheduled" if output.destination else ""))
+
+
+def notice_key(wid: str, failure: tasks_pb2.FailureNotice) -> str:
+    """The idempotency key of a workflow's failure notice task: the same failure gives the same key (a
+    redelivery is answered from the worker's record), another failure after a replay a new one."""
+    digest = hashlib.sha256(failure.SerializeToString(deterministic=True)).hexdigest()[:16]
+    return f"{wid}.notice.{digest}"
+
+
+def is_notice_key(wid: str, key: str) -> bool:
+    return key.startswith(f"{wid}.notice.")
 
 
 def ready_record_key(wid: str) -> str:

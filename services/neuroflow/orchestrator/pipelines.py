@@ -20,13 +20,16 @@ StageInput = (tasks_pb2.PreprocessInput | tasks_pb2.SegmentationInput | tasks_pb
 class PipelineSpec:
     """A pipeline: its name (as StudyReady.pipeline says it), its stages in order, the segmentation model
     it runs and the role every other series is registered onto; when a study was routed without that role
-    (a model that takes a subset of its inputs), the first of ``reference_fallbacks`` it has."""
+    (a model that takes a subset of its inputs), the first of ``reference_fallbacks`` it has.
+    ``notice_on_failure``: a workflow that fails asks the results stage for the failure notice PACS gets in
+    place of the result (``ResultsInput.failure``)."""
 
     name: str
     stages: tuple[common_pb2.Stage.ValueType, ...]
     model: common_pb2.ModelRef
     reference_role: str
     reference_fallbacks: tuple[str, ...] = ()
+    notice_on_failure: bool = False
 
     def reference_of(self, roles: Iterable[str]) -> str:
         """The reference role for a study routed with ``roles``: ``reference_role`` when it is among them
@@ -54,6 +57,7 @@ def glioma_pipeline(models: PipelineModels) -> PipelineSpec:
         model=common_pb2.ModelRef(name=models.glioma.name, version=models.glioma.version),
         reference_role=GLIOMA_REFERENCE_ORDER[0].value,
         reference_fallbacks=tuple(r.value for r in GLIOMA_REFERENCE_ORDER[1:]),
+        notice_on_failure=True,
     )
 
 
@@ -107,3 +111,11 @@ def build_input(
                                            baseline_study_instance_uid=ready.baseline_study_instance_uid,
                                            prior_wait_expired=ready.prior_wait_expired, destination=destination)
     raise ValueError(f"no task input defined for stage {topics.stage_name(stage)}")
+
+
+def notice_input(spec: PipelineSpec, ready: events_pb2.StudyReady, failure: tasks_pb2.FailureNotice, *,
+                 destination: str) -> tasks_pb2.ResultsInput:
+    """The results task of a failed workflow: no label map; the failure, and the routed series the notice is
+    filed under (their study's patient and study attributes)."""
+    return tasks_pb2.ResultsInput(referenced_series=ready.series, model=spec.model, destination=destination,
+                                  failure=failure)

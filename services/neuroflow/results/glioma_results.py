@@ -9,9 +9,11 @@ from dataclasses import dataclass
 import numpy as np
 import pydicom
 import SimpleITK as sitk
+from pydicom.uid import Comprehensive3DSRStorage
 
 from neuroflow.core.config import ResultObjectSettings
 from neuroflow.core.handoff import PreprocessSummary, ReviewSummary
+from neuroflow.core.identity import NEUROFLOW_MANUFACTURER
 from neuroflow.core.labels import (
     GLIOMA_SEGMENTS,
     REGION_LABELS,
@@ -26,7 +28,7 @@ from neuroflow.core.volume import Geometry, Volume, resample
 from neuroflow.core.volume_members import volume_instances
 from neuroflow.preprocess.convert import series_to_volume
 from neuroflow.results.dicom_seg import build_glioma_seg
-from neuroflow.results.dicom_sr import SR_FILE, glioma_sr, glioma_sr_uid
+from neuroflow.results.dicom_sr import GLIOMA_SR_DESCRIPTION, SR_FILE, glioma_sr, glioma_sr_uid
 from neuroflow.results.notice import NOTICE_IMAGE_FILE, NOTICE_SR_FILE, notice_objects, notice_of
 from neuroflow.results.overlay import LegendEntry, overlay_series
 from neuroflow.results.report import (
@@ -40,7 +42,7 @@ from neuroflow.results.report import (
     StudyReport,
     TumourVolumes,
 )
-from neuroflow.results.series_naming import series_description
+from neuroflow.results.series_naming import NEEDS_REVIEW, series_description
 
 SEG_FILE = "seg.dcm"
 T1CE_OVERLAY_FOLDER = "overlay_t1ce"
@@ -98,6 +100,23 @@ def earlier_result(sr: pydicom.Dataset | None, *, study_instance_uid: str, input
     return Supersedes(sr, int(match.group(1)) if match else 1, same)
 
 
+def latest_glioma_sr(headers: Sequence[pydicom.Dataset], objects: ResultObjectSettings) -> pydicom.Dataset | None:
+    """Of a study's objects (headers, as a source indexes them), the glioma SR of the latest version neuroflow
+    made there (None when there is none): what a re-run on a store of results, rather than an output folder,
+    supersedes."""
+    ours = [h for h in headers
+            if str(h.get("SOPClassUID", "")) == str(Comprehensive3DSRStorage)
+            and str(h.get("Manufacturer", "")) == NEUROFLOW_MANUFACTURER
+            and h.get("SeriesNumber") is not None and int(h.SeriesNumber) == objects.sr_series_number
+            and GLIOMA_SR_DESCRIPTION in str(h.get("SeriesDescription", ""))]
+
+    def version(sr: pydicom.Dataset) -> int:
+        match = _VERSION.search(str(sr.get("SeriesDescription", "")))
+        return int(match.group(1)) if match else 1
+
+    return max(ours, key=version, default=None)
+
+
 def glioma_objects(
     report: StudyReport,
     labels_on_grid: Volume,
@@ -151,7 +170,8 @@ def glioma_objects(
         out[folder] = overlay_series(image, labels.with_array(np.asarray(labels.array, dtype=np.uint8)), series,
                                      legend=legend, kind=f"neuroflow.glioma-overlay.{role.value}",
                                      input_hash=input_hash, series_number=number,
-                                     series_description=description, uid_root=objects.uid_root)
+                                     series_description=description, uid_root=objects.uid_root,
+                                     flag=NEEDS_REVIEW if needs_review else "")
     notice = notice_of(report)
     if notice is not None:
         out.update(notice_objects(report, notice, reference, input_hash=input_hash, objects=objects))

@@ -2,9 +2,10 @@
 PACS viewer shows, one per source slice on that slice's position, orientation and frame of reference.
 
 Each image carries, burned into its pixels (BurnedInAnnotation YES), a banner saying it is AI output and
-not for diagnosis and a legend naming each colour: a screenshot or a viewer that hides the header must
-still say both. Colours come from the Okabe-Ito palette (``core.labels.OKABE_ITO``), which readers with a
-colour-vision deficiency tell apart."""
+not for diagnosis, a legend naming each colour and, when the result's failure flag is raised, a "NEEDS
+REVIEW" band below the banner: a screenshot or a viewer that hides the header must still say all three.
+Colours come from the Okabe-Ito palette (``core.labels.OKABE_ITO``), which readers with a colour-vision
+deficiency tell apart."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from pydicom.uid import UID
 
 import neuroflow
 from neuroflow.core.identity import NEUROFLOW_MANUFACTURER
+from neuroflow.core.labels import OKABE_ITO
 from neuroflow.core.uids import derived_uid
 from neuroflow.core.volume import Volume
 from neuroflow.results.dicom_seg import sources_in_slice_order
@@ -33,6 +35,10 @@ _OVERLAY_ALPHA = 0.6  # how strongly a label's colour covers the image below it
 _WINDOW_PERCENTILES = (1.0, 99.5)  # the grey scale: the bulk of the image's intensities
 _TEXT_RGB = (255, 255, 255)
 _PANEL_RGB = (0, 0, 0)
+# The flag band: black text on Okabe-Ito orange, a colour no legend here uses (labels are yellow, sky blue,
+# vermillion; change overlays their own), so it cannot be read as a finding.
+FLAG_BAND_RGB = OKABE_ITO["orange"]
+_FLAG_TEXT_RGB = (0, 0, 0)
 _MIN_FONT_PX = 7
 # Patient, study and equipment attributes an overlay copies from its source (all Type 2 in their modules).
 _COPIED = ("StudyDescription", "BodyPartExamined", "FrameOfReferenceUID", "ImageOrientationPatient",
@@ -60,12 +66,14 @@ def overlay_series(
     series_description: str,
     uid_root: str,
     banner: str = BANNER,
+    flag: str = "",
 ) -> list[Dataset]:
     """An RGB Secondary Capture series, one instance per slice of ``image`` (the source series as converted,
     on its own grid), each on the position, orientation and pixel spacing of its source slice (same
     FrameOfReferenceUID): the image windowed to grey, each legend value of ``labels`` blended in its colour,
-    ``banner`` and the legend burned in. UIDs derive from (``kind``, source series, ``input_hash``) under
-    ``uid_root``: a rerun on the same inputs gives the same UIDs.
+    ``banner``, ``flag`` (when not empty: the failure flag, e.g. "NEEDS REVIEW") and the legend burned in.
+    UIDs derive from (``kind``, source series, ``input_hash``) under ``uid_root``: a rerun on the same inputs
+    gives the same UIDs.
 
     Refuses (ValueError) labels on another grid than the image, and (StudyError, via
     :func:`sources_in_slice_order`) instances that do not describe the image's grid."""
@@ -73,7 +81,7 @@ def overlay_series(
         raise ValueError("the labels are not on the grid of the image they are to be drawn on")
     ordered = sources_in_slice_order(image.geometry, source_instances)
     rgb = blend(np.asarray(image.array, dtype=np.float32), np.asarray(labels.array), legend)
-    layer, mask = annotation_layer(rgb.shape[1], rgb.shape[2], banner, legend)
+    layer, mask = annotation_layer(rgb.shape[1], rgb.shape[2], banner, legend, flag=flag)
     rgb[:, mask] = layer[mask]
     entropy = (kind, str(ordered[0].SeriesInstanceUID), input_hash)
     series_uid = derived_uid(uid_root, *entropy, "series")
@@ -106,11 +114,12 @@ def blend(image: npt.NDArray[np.float32], labels: npt.NDArray[np.generic],
     return np.round(rgb).astype(np.uint8)
 
 
-def annotation_layer(rows: int, columns: int, banner: str, legend: Sequence[LegendEntry]
+def annotation_layer(rows: int, columns: int, banner: str, legend: Sequence[LegendEntry], *, flag: str = ""
                      ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_]]:
-    """The burned-in text of a ``rows`` x ``columns`` image: ``banner`` on a black band at the top, the legend
-    (a swatch of each colour and its name) on a black panel at the bottom left. Returns the RGB layer and
-    the mask of the pixels it covers. The font shrinks until the banner fits the width."""
+    """The burned-in text of a ``rows`` x ``columns`` image: ``banner`` on a black band at the top, ``flag``
+    (when not empty) in black on an orange band (``FLAG_BAND_RGB``) right below it, the legend (a swatch of
+    each colour and its name) on a black panel at the bottom left. Returns the RGB layer and the mask of the
+    pixels it covers. The font shrinks until the banner fits the width (the flag's until the flag does)."""
     canvas = Image.new("RGB", (columns, rows), (0, 0, 0))
     covered = Image.new("L", (columns, rows), 0)
     draw, cover = ImageDraw.Draw(canvas), ImageDraw.Draw(covered)
@@ -120,6 +129,13 @@ def annotation_layer(rows: int, columns: int, banner: str, legend: Sequence[Lege
     draw.rectangle((0, 0, columns - 1, band), fill=_PANEL_RGB)
     cover.rectangle((0, 0, columns - 1, band), fill=255)
     draw.text((2, 2), banner, font=face, fill=_TEXT_RGB)
+    if flag:
+        # As large as the banner's text or larger (up to twice): the flag is what must not be missed.
+        flag_size = _fitting_font_size(flag, columns - 4, start=max(_MIN_FONT_PX, min(2 * size, rows // 16)))
+        flag_top, band = band + 1, band + 1 + flag_size + 4
+        draw.rectangle((0, flag_top, columns - 1, band), fill=FLAG_BAND_RGB)
+        cover.rectangle((0, flag_top, columns - 1, band), fill=255)
+        draw.text((2, flag_top + 2), flag, font=font(flag_size), fill=_FLAG_TEXT_RGB)
     line = size + 3
     width = min(columns - 1, 4 + size + 4 + max((int(face.getlength(e.name)) for e in legend), default=0) + 4)
     top = rows - 1 - line * len(legend) - 4

@@ -4,7 +4,15 @@ stored in the site's sink, the study report written, RESULTS_STORED published. T
 schedules their delivery to the destination PACS (the outbox, ``core.delivery``), retried for hours if need
 be, so a PACS outage never fails this task. The objects are built with the same input hash as the
 embedded runtime (``core.identity.input_hash`` of the series' SOP Instance UIDs and the model), so a retry
-or a redelivery makes the same SOP Instance UID and the PACS replaces rather than duplicates."""
+or a redelivery makes the same SOP Instance UID and the PACS replaces rather than duplicates.
+
+A result from other inputs than the study's earlier glioma result (a new model, a re-sent series) is the
+next version, as in the embedded runtime: its SR names the earlier SR (found among the study's objects in
+the source, where this stage stored it) as predecessor, and its series say "v2".
+
+A task with ``ResultsInput.failure`` (the orchestrator's, for a workflow that failed) files the failure
+notice instead (``results/notice.py``: an SR and one Secondary Capture image, the same the embedded run
+writes), filed under the study of the routed series."""
 
 from __future__ import annotations
 
@@ -13,22 +21,34 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import pydicom
+
 from neuroflow.core import topics
 from neuroflow.core.bus import MessageBus
 from neuroflow.core.config import ResultObjectSettings
 from neuroflow.core.dead_letter import now_timestamp
 from neuroflow.core.dicom_io import DicomSink, DicomSource, Forwarder, find_series
-from neuroflow.core.errors import MissingSequence
+from neuroflow.core.errors import MissingSequence, SeriesRejected
 from neuroflow.core.handoff import PreprocessSummary, ReviewSummary
 from neuroflow.core.identity import input_hash
 from neuroflow.core.model_card import ModelRef
+from neuroflow.core.non_image import SetAside
 from neuroflow.core.roles import GLIOMA_REFERENCE_ORDER, SeriesRole
 from neuroflow.core.sequence_subsets import glioma_reference_role
 from neuroflow.core.volume_store import VolumeStore
 from neuroflow.proto.neuroflow.v1 import common_pb2, events_pb2, tasks_pb2
-from neuroflow.results.glioma_results import glioma_objects, glioma_report, registration_warnings
+from neuroflow.results.glioma_results import (
+    earlier_result,
+    glioma_objects,
+    glioma_report,
+    latest_glioma_sr,
+    registration_warnings,
+)
+from neuroflow.results.notice import failure_hash, notice_objects, notice_of
 from neuroflow.results.report import (
+    ReportStatus,
     SeriesEntry,
+    StudyReport,
     TumourVolumes,
     write_report,
     write_summary,
@@ -58,12 +78,16 @@ class ResultsHandler:
         self._reports_dir = reports_dir
 
     def __call__(self, task: tasks_pb2.TaskRequested) -> tasks_pb2.ResultsOutput:
+        if task.results.HasField("failure"):
+            return self._file_notice(task)
         key_of_study, request = task.study.study_key, task.results
         started = time.perf_counter()
         labels = self._volumes.get_ref(request.label_map)
         summary = PreprocessSummary.of(labels)
         set_aside: list[str] = []
-        series = find_series(self._source, task.study, request.referenced_series, stage="results", notes=set_aside)
+        others: list[SetAside] = []  # the study's non-image objects: the earlier results among them
+        series = find_series(self._source, task.study, request.referenced_series, stage="results", notes=set_aside,
+                             set_aside=others)
         try:  # the series preprocessing registered onto, chosen the same way (core/sequence_subsets.py)
             reference_role = glioma_reference_role(series)
         except ValueError:
@@ -80,13 +104,49 @@ class ResultsHandler:
         warnings = set_aside + registration_warnings(summary)
         if not volumes.tumour_detected:
             warnings.append("no tumour detected: no DICOM SEG written")
+        earlier = earlier_result(latest_glioma_sr([h for item in others for h in item.headers], self._objects),
+                                 study_instance_uid=task.study.study_instance_uid, input_hash=key,
+                                 objects=self._objects)
+        if earlier is not None and not earlier.same_input:
+            warnings.append(f"this result replaces an earlier one (version {earlier.version}) from other inputs")
         timings = {**summary.timings_s, "write_results": round(time.perf_counter() - started, 3)}
         report = glioma_report(task.study.study_instance_uid, key_of_study, task.pipeline, summary, volumes=volumes,
                                model=model, series=series_entries(request.referenced_series), timings=timings,
                                warnings=warnings, outputs=["report.json", "summary.txt"],
                                roles_used=set(series), review=ReviewSummary.of(labels))
         datasets = glioma_objects(report, labels, drawn, input_hash=key, objects=self._objects, study_key=key_of_study,
-                                  volumes_of={role: series[role].volume for role in drawn})
+                                  volumes_of={role: series[role].volume for role in drawn}, earlier=earlier)
+        return self._store(task, report, datasets)
+
+    def _file_notice(self, task: tasks_pb2.TaskRequested) -> tasks_pb2.ResultsOutput:
+        """The failure notice of a failed workflow, stored (and reported) like a result, filed under an instance
+        of a routed series (else of any series of the study). Refuses (SeriesRejected) when nothing of the study
+        is left in the source. The study is not checked against the input limits again: a study refused for
+        its size gets its notice too."""
+        request, failure = task.results, task.results.failure
+        refs = list(request.referenced_series)
+        held, _skipped = self._source.index_study(task.study.study_instance_uid)
+        routed = {ref.series_instance_uid for ref in refs}
+        candidates = sorted(held.series.values() if held else [], key=lambda s: s.series_instance_uid not in routed)
+        evidence = [s.headers[0] for s in candidates if s.headers][:1]
+        if not evidence:
+            raise SeriesRejected(task.study.study_key, "no instance of the study is left in the DICOM source to file "
+                                 "the failure notice under", stage="results")
+        report = StudyReport(
+            study_instance_uid=task.study.study_instance_uid, study_key=task.study.study_key,
+            pipeline=task.pipeline, status=ReportStatus.FAILED, series=series_entries(refs),
+            errors=[failure.reason if failure.failed_stage in failure.reason  # it names the stage itself
+                    else f"{failure.failed_stage}: {failure.reason}"], retryable=failure.retryable,
+            outputs=["report.json", "summary.txt"])
+        notice = notice_of(report)
+        assert notice is not None  # a failed report always calls for one
+        datasets = notice_objects(report, notice, evidence, input_hash=failure_hash(report), objects=self._objects)
+        return self._store(task, report, datasets)
+
+    def _store(self, task: tasks_pb2.TaskRequested, report: StudyReport,
+               datasets: dict[str, list[pydicom.Dataset]]) -> tasks_pb2.ResultsOutput:
+        """Store ``datasets`` in the sink, write the report and publish RESULTS_STORED."""
+        key_of_study, request = task.study.study_key, task.results
         stored = [self._sink.store(ds) for name in sorted(datasets) for ds in datasets[name]]
         if request.destination and not isinstance(self._sink, Forwarder):
             report = report.model_copy(update={"warnings": [

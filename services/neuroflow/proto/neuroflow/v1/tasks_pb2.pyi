@@ -248,6 +248,7 @@ class ResultsInput(_message.Message):
     REGION_VOLUMES_ML_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     DESTINATION_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
     destination: _builtins.str
     """Sink to store to (a name from the configuration)."""
     @_builtins.property
@@ -266,6 +267,12 @@ class ResultsInput(_message.Message):
     def model(self) -> _common_pb2.ModelRef:
         """Model that produced the label map, recorded in the objects as the algorithm."""
 
+    @_builtins.property
+    def failure(self) -> Global___FailureNotice:
+        """Set when the workflow failed: no label map, the results stage files the failure notice (an SR and one
+        Secondary Capture image saying the study could not be processed and why) instead of a result.
+        """
+
     def __init__(
         self,
         *,
@@ -274,14 +281,49 @@ class ResultsInput(_message.Message):
         region_volumes_ml: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         model: _common_pb2.ModelRef | None = ...,
         destination: _builtins.str = ...,
+        failure: Global___FailureNotice | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["label_map", b"label_map", "model", b"model"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "label_map", b"label_map", "model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination", b"destination", "label_map", b"label_map", "model", b"model", "referenced_series", b"referenced_series", "region_volumes_ml", b"region_volumes_ml"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination", b"destination", "failure", b"failure", "label_map", b"label_map", "model", b"model", "referenced_series", b"referenced_series", "region_volumes_ml", b"region_volumes_ml"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResultsInput: _TypeAlias = ResultsInput  # noqa: Y015
+
+@_typing.final
+class FailureNotice(_message.Message):
+    """Why a workflow produced no result, for the notice that reaches PACS in its place. No patient identifier:
+    the reason names the study by its pseudonymous key, DICOM UIDs masked.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FAILED_STAGE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    RETRYABLE_FIELD_NUMBER: _builtins.int
+    failed_stage: _builtins.str
+    """Stage the workflow failed at (its topic name: "preprocess", "segmentation", "results"), or "routing" for a
+    study ingest refused (RoutingFailed).
+    """
+    reason: _builtins.str
+    """Why, in words a person can act on."""
+    retryable: _builtins.bool
+    """The workflow gave up after its retries (trying again later may help) rather than failing for its input."""
+    def __init__(
+        self,
+        *,
+        failed_stage: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        retryable: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed_stage", b"failed_stage", "reason", b"reason", "retryable", b"retryable"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FailureNotice: _TypeAlias = FailureNotice  # noqa: Y015
 
 @_typing.final
 class ResultsOutput(_message.Message):
