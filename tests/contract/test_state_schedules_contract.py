@@ -166,6 +166,24 @@ def test_a_rejected_result_that_reached_a_destination_owes_it_one_retraction(sto
             if r.action == "retraction delivered"] == ["ARCHIVE", "PACS"]
 
 
+def test_a_retraction_owed_keeps_the_results_and_one_given_up_is_replayed(store: Store) -> None:  # noqa: F811
+    now = 1_000.0
+    store.create("wf-1", "study-1", "glioma", "hash-1")
+    store.enqueue_delivery("wf-1", "PACS", study_key="study-1", pipeline="glioma", stage="results",
+                           sop_instance_uids=["2.25.1"], now=now, give_up_at=now + 100)
+    (delivery,) = store.claim_due_deliveries(now, "replica-1", 30.0)
+    assert store.delivery_done(delivery, "replica-1", now + 1)
+    assert store.has_undelivered_results("wf-1") is False
+    assert store.request_retractions("wf-1", now=now + 2, give_up_at=now + 50) == ["PACS"]
+    assert store.has_undelivered_results("wf-1") is True  # the notice is built from the delivered objects
+    (retraction,) = store.claim_due_retractions(now + 2, "replica-1", 30.0)
+    assert store.delivery_failed(retraction, "replica-1", "PACS refused", next_attempt_at=now + 50, give_up=True)
+    assert store.claim_due_retractions(now + 60, "replica-1", 30.0) == []
+    assert store.reopen_delivery("wf-1", "PACS", now=now + 60, give_up_at=now + 160, retraction=True)
+    assert [r.destination for r in store.claim_due_retractions(now + 60, "replica-2", 30.0)] == ["PACS"]
+    assert store.deliveries(workflow_id="wf-1")[0].status == DeliveryStatus.DELIVERED  # the result's row untouched
+
+
 def test_a_paused_destination_queues_its_deliveries_and_loses_none(store: Store) -> None:  # noqa: F811
     now = 1_000.0
     for wid, destination in (("wf-1", "PACS"), ("wf-2", "PACS"), ("wf-3", "ARCHIVE")):

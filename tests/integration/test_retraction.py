@@ -1,7 +1,8 @@
 """A result a radiologist rejects after it reached the PACS is retracted there, against a real site Orthanc
 and a real destination PACS Orthanc: the delivery loop that delivered it sends a superseding notice (an SR
 whose predecessor documents are the superseded SR and whose evidence names every superseded object, and a
-page any viewer shows), exactly once, and the outbox records it sent."""
+page any viewer shows), exactly once, and the outbox records it sent; a PACS away when it is due delays
+it and does not lose it."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from neuroflow.core.delivery import DeliveryLoop
 from neuroflow.core.orthanc import OrthancDicomSink
 from neuroflow.core.state import SqliteStateStore
 from neuroflow.core.state_schedules import DeliveryStatus
+from neuroflow.devtools.orthanc_server import restart_orthanc
 from neuroflow.results.dicom_sr import RETRACTION_SR_DESCRIPTION, sr_texts
 from neuroflow.results.notice import NOTHING_FOUND_HEADLINE, Notice, notice_objects
 from neuroflow.results.report import ReportStatus, StudyReport
@@ -49,13 +51,21 @@ def test_a_result_rejected_after_delivery_is_retracted_in_the_pacs_by_a_supersed
         assert loop.deliver_due() == 1  # the result reached the PACS
 
         assert store.request_retractions("wf-retract", now=time.time(), give_up_at=now + 600) == [PACS_MODALITY]
-        assert loop.deliver_due() == 1
-        assert loop.deliver_due(time.time() + 3600) == 0  # sent once, never again
+        pair.pacs.stop()  # the PACS away when the retraction is due: it waits, like a delivery
+        assert loop.deliver_due() == 0
+        (waiting,) = store.retractions(workflow_id="wf-retract")
+        assert waiting.status == DeliveryStatus.PENDING and "unavailable" in waiting.last_error.lower()
+        restarted = restart_orthanc(pair.pacs.name, pair.pacs.storage_dir, pair.pacs.endpoint)
+        try:
+            assert loop.deliver_due(time.time() + 60) == 1
+            assert loop.deliver_due(time.time() + 3600) == 0  # sent once, never again
+            in_pacs = [pydicom.dcmread(io.BytesIO(pair.pacs_client.instance_file(i)))
+                       for i in pair.pacs_client.get_json("/instances")]
+        finally:
+            restarted.stop()
 
         (retraction,) = store.retractions(workflow_id="wf-retract")
-        assert retraction.status == DeliveryStatus.DELIVERED
-        in_pacs = [pydicom.dcmread(io.BytesIO(pair.pacs_client.instance_file(i)))
-                   for i in pair.pacs_client.get_json("/instances")]
+        assert (retraction.status, retraction.attempts) == (DeliveryStatus.DELIVERED, 2)
         assert len(in_pacs) == 4  # the two result objects, the retraction SR and its page
         retraction_objects = [d for d in in_pacs if d.SeriesDescription in (RETRACTION_SR_DESCRIPTION,
                                                                               RETRACTION_IMAGE_DESCRIPTION)]

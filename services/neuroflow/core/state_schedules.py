@@ -333,11 +333,13 @@ class ScheduleStatements(AuditStatements):
 
         return self._run(update, idempotent=False, what="schedules")
 
-    def reopen_delivery(self, workflow_id: str, destination: str, *, now: float, give_up_at: float) -> bool:
-        """A delivery given up on is scheduled again now (an operator's replay); a delivered one never."""
+    def reopen_delivery(self, workflow_id: str, destination: str, *, now: float, give_up_at: float,
+                        retraction: bool = False) -> bool:
+        """A delivery (``retraction``: a retraction) given up on is scheduled again now (an operator's
+        replay); a delivered one never."""
         return self._changed(
-            "UPDATE deliveries SET status = ?, next_attempt_at = ?, give_up_at = ? "
-            "WHERE workflow_id = ? AND destination = ? AND status = ?",
+            f"UPDATE {'retractions' if retraction else 'deliveries'} SET status = ?, next_attempt_at = ?, "
+            "give_up_at = ? WHERE workflow_id = ? AND destination = ? AND status = ?",
             (DeliveryStatus.PENDING.value, now, give_up_at, workflow_id, destination, DeliveryStatus.GAVE_UP.value))
 
     def pause_destination(self, destination: str, *, by: str, now: float) -> bool:
@@ -416,10 +418,12 @@ class ScheduleStatements(AuditStatements):
             f"SELECT {_DELIVERY_COLUMNS} FROM deliveries {clauses} ORDER BY created_at, workflow_id", parameters)]
 
     def has_undelivered_results(self, workflow_id: str) -> bool:
-        """Whether a delivery of the workflow's results has not been accepted by its PACS (pending, or given
-        up on and waiting for an operator): retention keeps everything of such a workflow."""
-        return bool(self._rows("SELECT 1 FROM deliveries WHERE workflow_id = ? AND status <> ? LIMIT 1",
-                               (workflow_id, DeliveryStatus.DELIVERED.value)))
+        """Whether a delivery of the workflow's results, or a retraction of them, has not been accepted by its
+        PACS (pending, or given up on and waiting for an operator): retention keeps everything of such a
+        workflow (a retraction is built from the delivered objects)."""
+        return bool(self._rows("SELECT 1 FROM deliveries WHERE workflow_id = ? AND status <> ? UNION ALL "
+                               "SELECT 1 FROM retractions WHERE workflow_id = ? AND status <> ?",
+                               (workflow_id, DeliveryStatus.DELIVERED.value) * 2))
 
     # -- dead letters --------------------------------------------------------------------------------
 
