@@ -264,7 +264,7 @@ def test_sqlite_state_survives_a_restart_in_wal_mode(tmp_path: Path) -> None:
     reopened.close()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(4,)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(5,)]
 
 
 def test_sqlite_refuses_a_database_written_by_a_newer_neuroflow(tmp_path: Path) -> None:
@@ -293,7 +293,7 @@ def test_postgres_state_is_shared_by_separate_stores_and_survives_reconnecting(p
     assert (record.status, record.stage, record.detail) == (WorkflowStatus.RUNNING, "segmentation", "attempt 2")
     reopened.close()
     with psycopg.connect(postgres_dsn) as db:
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(4,)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(5,)]
 
 
 def test_postgres_racing_stores_move_a_workflow_out_of_running_once(postgres_dsn: str) -> None:

@@ -135,6 +135,55 @@ def test_a_rejected_results_pending_delivery_is_withheld_unless_in_flight(store:
     assert store.delivery_done(in_flight, "replica-1", now + 2) is True  # what was in flight completes
 
 
+def test_a_rejected_result_that_reached_a_destination_owes_it_one_retraction(store: Store) -> None:  # noqa: F811
+    now = 1_000.0
+    store.create("wf-1", "study-1", "glioma", "hash-1")
+    for destination in ("PACS", "ARCHIVE", "LATE"):
+        store.enqueue_delivery("wf-1", destination, study_key="study-1", pipeline="glioma", stage="results",
+                               sop_instance_uids=["2.25.1", "2.25.2"], now=now, give_up_at=now + 100)
+    claimed = {d.destination: d for d in store.claim_due_deliveries(now, "replica-1", 30.0)}
+    assert store.delivery_done(claimed["PACS"], "replica-1", now + 1)  # ARCHIVE in flight; LATE released
+    assert store.delivery_failed(claimed["LATE"], "replica-1", "down", next_attempt_at=now + 50, give_up=False)
+    assert store.withhold_deliveries("wf-1", "withheld: rejected", now=now + 2) == ["LATE"]
+
+    assert store.request_retractions("wf-1", now=now + 2, give_up_at=now + 200) == ["ARCHIVE", "PACS"]
+    assert store.request_retractions("wf-1", now=now + 3, give_up_at=now + 200) == []  # owed once
+    (ready,) = store.claim_due_retractions(now + 3, "replica-2", 30.0)  # ARCHIVE waits for its delivery
+    assert (ready.destination, ready.stage, ready.sop_instance_uids) == ("PACS", "retraction", ("2.25.1", "2.25.2"))
+    assert store.claim_due_retractions(now + 3, "replica-3", 30.0) == []  # held
+    assert store.delivery_failed(ready, "replica-2", "PACS down", next_attempt_at=now + 10, give_up=False)
+    assert {d.destination: d.attempts for d in store.deliveries(workflow_id="wf-1")}["PACS"] == 1  # untouched
+
+    assert store.delivery_done(claimed["ARCHIVE"], "replica-1", now + 4)
+    again = {d.destination: d for d in store.claim_due_retractions(now + 10, "replica-2", 30.0)}
+    assert sorted(again) == ["ARCHIVE", "PACS"]
+    for retraction in again.values():
+        assert store.delivery_done(retraction, "replica-2", now + 11)
+    assert [(r.destination, r.status, r.attempts) for r in store.retractions(workflow_id="wf-1")] == [
+        ("ARCHIVE", DeliveryStatus.DELIVERED, 1), ("PACS", DeliveryStatus.DELIVERED, 2)]
+    assert store.claim_due_retractions(now + 10_000, "replica-4", 30.0) == []  # never sent again
+    assert [r.fields()["destination"] for r in store.audit_records("study-1")
+            if r.action == "retraction delivered"] == ["ARCHIVE", "PACS"]
+
+
+def test_a_retraction_owed_keeps_the_results_and_one_given_up_is_replayed(store: Store) -> None:  # noqa: F811
+    now = 1_000.0
+    store.create("wf-1", "study-1", "glioma", "hash-1")
+    store.enqueue_delivery("wf-1", "PACS", study_key="study-1", pipeline="glioma", stage="results",
+                           sop_instance_uids=["2.25.1"], now=now, give_up_at=now + 100)
+    (delivery,) = store.claim_due_deliveries(now, "replica-1", 30.0)
+    assert store.delivery_done(delivery, "replica-1", now + 1)
+    assert store.has_undelivered_results("wf-1") is False
+    assert store.request_retractions("wf-1", now=now + 2, give_up_at=now + 50) == ["PACS"]
+    assert store.has_undelivered_results("wf-1") is True  # the notice is built from the delivered objects
+    (retraction,) = store.claim_due_retractions(now + 2, "replica-1", 30.0)
+    assert store.delivery_failed(retraction, "replica-1", "PACS refused", next_attempt_at=now + 50, give_up=True)
+    assert store.claim_due_retractions(now + 60, "replica-1", 30.0) == []
+    assert store.reopen_delivery("wf-1", "PACS", now=now + 60, give_up_at=now + 160, retraction=True)
+    assert [r.destination for r in store.claim_due_retractions(now + 60, "replica-2", 30.0)] == ["PACS"]
+    assert store.deliveries(workflow_id="wf-1")[0].status == DeliveryStatus.DELIVERED  # the result's row untouched
+
+
 def test_a_paused_destination_queues_its_deliveries_and_loses_none(store: Store) -> None:  # noqa: F811
     now = 1_000.0
     for wid, destination in (("wf-1", "PACS"), ("wf-2", "PACS"), ("wf-3", "ARCHIVE")):
@@ -206,7 +255,7 @@ def test_a_version_1_sqlite_database_is_upgraded_in_place(tmp_path: Path) -> Non
     _upgraded_keeps_its_workflow(upgraded)
     upgraded.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(4,)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(5,)]
 
 
 def test_a_version_1_postgres_database_is_upgraded_in_place(postgres_dsn: str) -> None:
@@ -217,4 +266,4 @@ def test_a_version_1_postgres_database_is_upgraded_in_place(postgres_dsn: str) -
     _upgraded_keeps_its_workflow(upgraded)
     upgraded.close()
     with psycopg.connect(postgres_dsn) as db:
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(4,)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(5,)]

@@ -80,6 +80,12 @@ def _seed(state: SqliteStateStore, reports: Path) -> tuple[str, str, str]:
     state.enqueue_delivery(done, "PACS", study_key=REVIEWED_KEY, pipeline="glioma", stage="results",
                            sop_instance_uids=["1.2.826.0.1.3680043.8.498.3"], now=time.time() + 3600,
                            give_up_at=time.time() + 7200)
+    # ... and had reached another destination already: the rejection must retract it there.
+    state.enqueue_delivery(done, "VNA", study_key=REVIEWED_KEY, pipeline="glioma", stage="results",
+                           sop_instance_uids=["1.2.826.0.1.3680043.8.498.3"], now=time.time(),
+                           give_up_at=time.time() + 7200)
+    (sent,) = state.claim_due_deliveries(time.time(), "replica-seed", 30.0)
+    state.delivery_done(sent, "replica-seed", time.time())
     report = StudyReport(
         study_instance_uid="1.2.826.0.1.3680043.8.498.1", study_key=REVIEWED_KEY, pipeline="glioma",
         status=ReportStatus.SUCCEEDED, model=ModelRef(name="glioma-seg", version=3),
@@ -301,9 +307,12 @@ def test_radiologist_rejects_a_result(console: Running, browser: Any) -> None:
     everything = console.state.audit_records(REVIEWED_KEY)
     assert ("viewed", "console/rad") in [(r.action, r.actor) for r in everything]  # reading is recorded too
     trail = [r for r in everything if r.action == "result reviewed"]
-    assert [(r.actor, r.fields()["decision"], r.fields()["retracted"], r.fields()["deliveries_withheld"])
-            for r in trail] == [("console/rad", "rejected", True, ["PACS"])]
-    (delivery,) = console.state.deliveries(workflow_id=console.reviewed_workflow)
+    assert [(r.actor, r.fields()["decision"], r.fields()["retracted"], r.fields()["deliveries_withheld"],
+             r.fields()["retractions_owed"]) for r in trail] == [("console/rad", "rejected", True, ["PACS"], ["VNA"])]
+    # The delivery loop of the results services sends it (tests/integration/test_retraction.py); until then:
+    assert "Retraction notice to VNA: retraction pending" in section
+    (delivery,) = [d for d in console.state.deliveries(workflow_id=console.reviewed_workflow)
+                   if d.destination == "PACS"]
     assert delivery.status == DeliveryStatus.GAVE_UP and "rejected by rad" in delivery.last_error
     assert "PACS: withheld: the result was rejected by rad" in section
     assert _metric(console.metrics_url, "rejected") == before + 1

@@ -27,7 +27,14 @@ from neuroflow.core.bus import MessageBus
 from neuroflow.core.errors import NeuroflowError
 from neuroflow.core.records import RecordStore
 from neuroflow.core.state import SqlStateStore, WorkflowRecord, WorkflowStatus
-from neuroflow.core.state_schedules import DeadLetterKind, DeadLetterRecord, Delivery, DeliveryStatus, TimerKind
+from neuroflow.core.state_schedules import (
+    RETRACTION_STAGE,
+    DeadLetterKind,
+    DeadLetterRecord,
+    Delivery,
+    DeliveryStatus,
+    TimerKind,
+)
 from neuroflow.orchestrator.orchestrator import ready_record_key, workflow_id
 from neuroflow.proto.neuroflow.v1 import events_pb2, tasks_pb2
 
@@ -94,9 +101,12 @@ def replay_dead_letter(store: Store, letter_id: str, *, delivery_period_s: float
         raise AdminRefused(f"dead letter {letter_id} was replayed already")
     if letter.kind == DeadLetterKind.DELIVERY:
         until = now + delivery_period_s
-        reopened = [d.destination for d in store.deliveries(workflow_id=letter.workflow_id)
-                    if d.status == DeliveryStatus.GAVE_UP
-                    and store.reopen_delivery(d.workflow_id, d.destination, now=now, give_up_at=until)]
+        retraction = letter.stage == RETRACTION_STAGE  # a retraction notice never accepted, not the result
+        owed = (store.retractions(workflow_id=letter.workflow_id) if retraction
+                else store.deliveries(workflow_id=letter.workflow_id))
+        reopened = [d.destination for d in owed if d.status == DeliveryStatus.GAVE_UP
+                    and store.reopen_delivery(d.workflow_id, d.destination, now=now, give_up_at=until,
+                                              retraction=retraction)]
         store.audit_append(letter.study_key, AuditAction.REPLAYED,
                            {"letter_id": letter_id, "workflow_id": letter.workflow_id, "kind": letter.kind.value,
                             "destinations": reopened}, actor=actor)
@@ -119,8 +129,9 @@ def _check_replayable(store: Store, letter: DeadLetterRecord) -> None:
     deliveries = store.deliveries(workflow_id=letter.workflow_id)
     delivered = [d.destination for d in deliveries if d.status == DeliveryStatus.DELIVERED]
     if letter.kind == DeadLetterKind.DELIVERY:
-        if not any(d.status == DeliveryStatus.GAVE_UP for d in deliveries):
-            raise AdminRefused(f"workflow {letter.workflow_id} has no given-up delivery to replay"
+        owed = store.retractions(workflow_id=letter.workflow_id) if letter.stage == RETRACTION_STAGE else deliveries
+        if not any(d.status == DeliveryStatus.GAVE_UP for d in owed):
+            raise AdminRefused(f"workflow {letter.workflow_id} has no given-up {letter.stage} delivery to replay"
                                + (f" (delivered to {', '.join(delivered)})" if delivered else ""))
         return
     if delivered:

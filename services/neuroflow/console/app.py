@@ -319,15 +319,21 @@ class _Pages:
     def _record_review(self, review: ReviewDecision, session: Session) -> ReviewDecision:
         stored = self.c.reviews.record(review)
         withheld: list[str] = []
+        retracting: list[str] = []
         if stored.decision == Decision.REJECTED:
-            # A rejected result must never be reported: what has not reached the PACS yet stays at the site.
+            # A rejected result must never be reported: what has not reached the PACS yet stays at the site;
+            # where it has (or is being sent now), the delivery loop sends a superseding retraction notice.
             withheld = self.c.store.withhold_deliveries(
                 review.workflow_id, f"withheld: the result was rejected by {session.user} in the console",
                 now=stored.decided_at)
+            retracting = self.c.store.request_retractions(
+                review.workflow_id, now=stored.decided_at,
+                give_up_at=stored.decided_at + self.c.settings.delivery.retry_for_s)
         self.c.store.audit_append(review.study_key, AuditAction.REVIEWED, {
             "workflow_id": review.workflow_id, "decision": stored.decision.value, "quality": stored.quality,
             "removed_components": stored.removed_components, "model": stored.model,
-            "retracted": stored.decision == Decision.REJECTED, "deliveries_withheld": withheld},
+            "retracted": stored.decision == Decision.REJECTED, "deliveries_withheld": withheld,
+            "retractions_owed": retracting},
             actor=actor(session))
         metrics.REVIEW_DECISIONS.labels(self.c.settings.site, review.pipeline, review.model,
                                         stored.decision.value).inc()

@@ -120,6 +120,8 @@ def study_page(store: Store, reviews: ReviewStore, reports_dir: Path, study_key:
         row["model"] = model_label(report)
         row["reviews"] = [d for d in decided if d.workflow_id == row["workflow_id"]]
         row["decision"] = row["reviews"][-1].decision.value if row["reviews"] else None
+        row["retractions"] = [{"destination": r.destination, "status": r.status.value, "last_error": r.last_error}
+                              for r in store.retractions(workflow_id=row["workflow_id"])]
     return StudyPage(study_key, history["workflows"],
                      [{"at": r.at, "action": r.action, "actor": r.actor, "detail": _detail_text(r.fields())}
                       for r in trail],

@@ -66,6 +66,7 @@ class AuditAction:
     DEAD_LETTERED = "dead-lettered"
     DELIVERED = "delivered"
     DELIVERY_GIVEN_UP = "delivery given up"
+    RETRACTED = "retraction delivered"  # a rejected result's superseding notice reached its destination
     REPLAYED = "replayed"
     RERUN_REQUESTED = "re-run requested"
     VIEWED = "viewed"  # an operator read the study's history or audit trail

@@ -20,12 +20,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from neuroflow.core import metrics
 from neuroflow.core.config import DeliverySettings
 from neuroflow.core.dicom_io import Forwarder
 from neuroflow.core.state_schedules import (
+    RETRACTION_STAGE,
     DeadLetterKind,
     DeadLetterRecord,
     Delivery,
@@ -44,12 +46,20 @@ class Service(Protocol):
     def stop(self) -> None: ...
 
 
+# Builds and stores at the site the notice a retraction owes; the SOP Instance UIDs to send
+# (results.retraction.Retractor).
+Retract = Callable[[Delivery], Sequence[str]]
+
+
 class DeliveryLoop:
-    """Sends due deliveries from ``outbox`` through ``forwarder``; ``holder`` names this replica in leases."""
+    """Sends due deliveries from ``outbox`` through ``forwarder``; ``holder`` names this replica in leases.
+    With ``retract``, also the retraction notices owed for results a radiologist rejected after delivery
+    (same leases, backoff and dead letters)."""
 
     def __init__(self, outbox: ScheduleStatements, forwarder: Forwarder, settings: DeliverySettings, *,
-                 holder: str) -> None:
+                 holder: str, retract: Retract | None = None) -> None:
         self._outbox = outbox
+        self._retract = retract
         self._forwarder = forwarder
         self._settings = settings
         self._holder = holder
@@ -60,7 +70,10 @@ class DeliveryLoop:
         """Try every due delivery once; returns how many the destination accepted."""
         now = time.time() if now is None else now
         accepted = 0
-        for delivery in self._outbox.claim_due_deliveries(now, self._holder, self._settings.lease_s):
+        due = self._outbox.claim_due_deliveries(now, self._holder, self._settings.lease_s)
+        if self._retract is not None:
+            due += self._outbox.claim_due_retractions(now, self._holder, self._settings.lease_s)
+        for delivery in due:
             if self._attempt(delivery):
                 accepted += 1
         return accepted
@@ -80,7 +93,10 @@ class DeliveryLoop:
     def _attempt(self, delivery: Delivery) -> bool:
         key, destination = delivery.study_key, delivery.destination
         try:
-            self._forwarder.forward(list(delivery.sop_instance_uids), destination)
+            # A retraction's notice is built (and stored at the site) at each attempt: the same UIDs each time.
+            uids = list(self._retract(delivery) if delivery.stage == RETRACTION_STAGE and self._retract is not None
+                        else delivery.sop_instance_uids)
+            self._forwarder.forward(uids, destination)
         except Exception as exc:  # any failure is retried until the delivery period ends
             reason = failure_reason(exc, study_key=delivery.study_key, stage="delivery")
             self._failed(delivery, f"{type(exc).__name__}: {exc}", common_pb2.FailureReason.Code.Name(reason.code))
@@ -88,8 +104,8 @@ class DeliveryLoop:
         if self._outbox.delivery_done(delivery, self._holder, time.time()):
             self.sent += 1
             metrics.DELIVERY_ATTEMPTS.labels(delivery.pipeline, "delivered").inc()
-            log.info("study %s: workflow %s: %d result object(s) delivered to %s (attempt %d)", key,
-                     delivery.workflow_id, len(delivery.sop_instance_uids), destination, delivery.attempts + 1)
+            log.info("study %s: workflow %s: %d %s object(s) delivered to %s (attempt %d)", key,
+                     delivery.workflow_id, len(uids), delivery.stage, destination, delivery.attempts + 1)
         return True
 
     def _failed(self, delivery: Delivery, error: str, code: str) -> None:
@@ -97,7 +113,9 @@ class DeliveryLoop:
         give_up = now >= delivery.give_up_at
         # The last attempt is made when the period ends, however long the backoff has grown.
         next_at = min(now + self._settings.backoff(attempts), delivery.give_up_at)
-        message = (f"study {delivery.study_key}: delivery of {len(delivery.sop_instance_uids)} result object(s) "
+        what = ("the retraction notice" if delivery.stage == RETRACTION_STAGE
+                else f"{len(delivery.sop_instance_uids)} result object(s)")
+        message = (f"study {delivery.study_key}: delivery of {what} "
                    f"to {delivery.destination} failed: {error}")
         if not self._outbox.delivery_failed(delivery, self._holder, error, next_attempt_at=next_at, give_up=give_up):
             return  # the lease ran out meanwhile: another replica has the delivery now

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.filereader import dcmread
 from pydicom.filewriter import dcmwrite
 
 from neuroflow.core.config import DicomSettings, InputLimitSettings
@@ -362,6 +363,21 @@ class OrthancDicomSink(DicomSink):
     def stored(self) -> list[str]:
         instances = self._client.get_json("/instances?expand", what="list instances")
         return sorted(str(i["MainDicomTags"]["SOPInstanceUID"]) for i in instances)
+
+    def read_stored(self, sop_instance_uids: Sequence[str]) -> list[Dataset]:
+        """The stored objects with these SOPInstanceUIDs, as stored (a retraction reads what it supersedes).
+        Refuses (OrthancRequestFailed) a UID this Orthanc does not hold."""
+        return [dcmread(io.BytesIO(self._client.instance_file(i))) for i in self._instance_ids(sop_instance_uids)]
+
+    def _instance_ids(self, sop_instance_uids: Sequence[str]) -> list[str]:
+        ids: list[str] = []
+        for uid in sop_instance_uids:
+            found = [r["ID"] for r in self._client.lookup(uid) if r["Type"] == "Instance"]
+            if not found:
+                raise OrthancRequestFailed(
+                    f"Orthanc {self._client.endpoint.url} holds no instance (key {uid_key(uid)})", status=404)
+            ids.extend(found)
+        return ids
 
     def forward(self, sop_instance_uids: Sequence[str], modality: str, *, timeout_s: float = 30.0) -> None:
         """C-STORE the instances with these SOPInstanceUIDs to ``modality`` (a peer declared in this

@@ -135,8 +135,8 @@ class WorkflowStateStore(ABC):
 
 # 2: the timers, deliveries, dead letters and workflow events of core/state_schedules.py (new tables only:
 # a version-1 database is upgraded in place by creating them). 3: the audit trail (core/audit.py), likewise.
-# 4: the destinations an operator paused (paused_destinations), likewise.
-_SCHEMA_VERSION = 4
+# 4: the destinations an operator paused (paused_destinations), likewise. 5: retractions, likewise.
+_SCHEMA_VERSION = 5
 # Written once for every SQL backend: {timestamp} and {real} are the backend's column types.
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",

@@ -91,7 +91,30 @@ SCHEDULE_SCHEMA = (
         paused_by   TEXT NOT NULL,
         paused_at   {real} NOT NULL
     )""",
+    # A result a radiologist rejected after it reached a destination: a superseding retraction notice is owed
+    # there. The outbox's shape (sop_instance_uids: the delivered objects it supersedes; delivered_at: when
+    # the destination accepted the notice), worked by the same delivery loop with the same guarantees.
+    """CREATE TABLE IF NOT EXISTS retractions (
+        workflow_id       TEXT NOT NULL,
+        destination       TEXT NOT NULL,
+        study_key         TEXT NOT NULL,
+        pipeline          TEXT NOT NULL,
+        stage             TEXT NOT NULL,
+        sop_instance_uids TEXT NOT NULL,
+        status            TEXT NOT NULL,
+        attempts          INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at   {real} NOT NULL,
+        give_up_at        {real} NOT NULL,
+        last_error        TEXT NOT NULL DEFAULT '',
+        created_at        {real} NOT NULL,
+        delivered_at      {real},
+        holder            TEXT,
+        lease_until       {real} NOT NULL DEFAULT 0,
+        PRIMARY KEY (workflow_id, destination)
+    )""",
 )
+
+RETRACTION_STAGE = "retraction"  # the stage of a retraction's outbox row: a Delivery of the superseding notice
 
 
 class TimerKind(StrEnum):
@@ -108,6 +131,7 @@ class DeliveryStatus(StrEnum):
 class DeadLetterKind(StrEnum):
     TASK = "task"  # a stage's task: retries exhausted, or a failure that is not retryable
     DELIVERY = "delivery"  # results stored at the site that the destination never accepted in time
+    # (also a retraction notice never accepted: its stage is RETRACTION_STAGE)
 
 
 @dataclass(frozen=True)
@@ -278,8 +302,8 @@ class ScheduleStatements(AuditStatements):
         """The destination accepted the objects (recorded in the study's audit trail). False when ``holder``
         lost its lease meanwhile."""
         return self._delivery_outcome(
-            delivery, holder, AuditAction.DELIVERED,
-            "UPDATE deliveries SET status = ?, delivered_at = ?, attempts = attempts + 1, last_error = '', "
+            delivery, holder, AuditAction.RETRACTED if delivery.stage == RETRACTION_STAGE else AuditAction.DELIVERED,
+            f"UPDATE {_table(delivery)} SET status = ?, delivered_at = ?, attempts = attempts + 1, last_error = '', "
             "holder = NULL, lease_until = 0 WHERE workflow_id = ? AND destination = ? AND holder = ?",
             (DeliveryStatus.DELIVERED.value, now, delivery.workflow_id, delivery.destination, holder))
 
@@ -290,7 +314,7 @@ class ScheduleStatements(AuditStatements):
         status = DeliveryStatus.GAVE_UP if give_up else DeliveryStatus.PENDING
         return self._delivery_outcome(
             delivery, holder, AuditAction.DELIVERY_GIVEN_UP if give_up else None,
-            "UPDATE deliveries SET status = ?, attempts = attempts + 1, last_error = ?, next_attempt_at = ?, "
+            f"UPDATE {_table(delivery)} SET status = ?, attempts = attempts + 1, last_error = ?, next_attempt_at = ?, "
             "holder = NULL, lease_until = 0 WHERE workflow_id = ? AND destination = ? AND holder = ?",
             (status.value, error, next_attempt_at, delivery.workflow_id, delivery.destination, holder))
 
@@ -309,11 +333,13 @@ class ScheduleStatements(AuditStatements):
 
         return self._run(update, idempotent=False, what="schedules")
 
-    def reopen_delivery(self, workflow_id: str, destination: str, *, now: float, give_up_at: float) -> bool:
-        """A delivery given up on is scheduled again now (an operator's replay); a delivered one never."""
+    def reopen_delivery(self, workflow_id: str, destination: str, *, now: float, give_up_at: float,
+                        retraction: bool = False) -> bool:
+        """A delivery (``retraction``: a retraction) given up on is scheduled again now (an operator's
+        replay); a delivered one never."""
         return self._changed(
-            "UPDATE deliveries SET status = ?, next_attempt_at = ?, give_up_at = ? "
-            "WHERE workflow_id = ? AND destination = ? AND status = ?",
+            f"UPDATE {'retractions' if retraction else 'deliveries'} SET status = ?, next_attempt_at = ?, "
+            "give_up_at = ? WHERE workflow_id = ? AND destination = ? AND status = ?",
             (DeliveryStatus.PENDING.value, now, give_up_at, workflow_id, destination, DeliveryStatus.GAVE_UP.value))
 
     def pause_destination(self, destination: str, *, by: str, now: float) -> bool:
@@ -351,6 +377,40 @@ class ScheduleStatements(AuditStatements):
             (DeliveryStatus.GAVE_UP.value, reason, workflow_id, DeliveryStatus.PENDING.value, now))
         return sorted(str(r[0]) for r in rows)
 
+    def request_retractions(self, workflow_id: str, *, now: float, give_up_at: float) -> builtins.list[str]:
+        """Owe a retraction notice to every destination the workflow's results reached, or are being sent to
+        at this moment (one withhold_deliveries could not stop): the destinations, each once however often
+        asked. The notice is claimed only once its delivery was accepted (claim_due_retractions)."""
+        rows = self._rows(
+            f"INSERT INTO retractions ({_DELIVERY_COLUMNS}) SELECT workflow_id, destination, study_key, pipeline, "
+            "?, sop_instance_uids, ?, 0, ?, ?, '', ?, NULL FROM deliveries WHERE workflow_id = ? AND (status = ? "
+            "OR (status = ? AND holder IS NOT NULL AND lease_until >= ?)) "
+            "ON CONFLICT (workflow_id, destination) DO NOTHING RETURNING destination",
+            (RETRACTION_STAGE, DeliveryStatus.PENDING.value, now, give_up_at, now, workflow_id,
+             DeliveryStatus.DELIVERED.value, DeliveryStatus.PENDING.value, now))
+        return sorted(str(r[0]) for r in rows)
+
+    def claim_due_retractions(self, now: float, holder: str, lease_s: float,
+                              limit: int = 8) -> builtins.list[Delivery]:
+        """Claim up to ``limit`` due retractions (as Deliveries of stage RETRACTION_STAGE) whose result the
+        destination has accepted, not held by another live replica nor to a paused destination."""
+        ready = ("status = ? AND next_attempt_at <= ? AND (holder IS NULL OR lease_until < ?) "
+                 "AND destination NOT IN (SELECT destination FROM paused_destinations) AND EXISTS (SELECT 1 FROM "
+                 "deliveries d WHERE d.workflow_id = retractions.workflow_id "
+                 "AND d.destination = retractions.destination AND d.status = ?)")
+        due = (DeliveryStatus.PENDING.value, now, now, DeliveryStatus.DELIVERED.value)
+        rows = self._rows(
+            "UPDATE retractions SET holder = ?, lease_until = ? WHERE (workflow_id, destination) IN ("
+            f"SELECT workflow_id, destination FROM retractions WHERE {ready} ORDER BY next_attempt_at LIMIT ?) "
+            f"AND {ready} RETURNING {_DELIVERY_COLUMNS}",
+            (holder, now + lease_s, *due, limit, *due))
+        return sorted((_delivery(r) for r in rows), key=lambda d: d.next_attempt_at)
+
+    def retractions(self, *, workflow_id: str) -> builtins.list[Delivery]:
+        """The workflow's retractions, by destination."""
+        return [_delivery(r) for r in self._rows(
+            f"SELECT {_DELIVERY_COLUMNS} FROM retractions WHERE workflow_id = ? ORDER BY destination", (workflow_id,))]
+
     def deliveries(self, *, workflow_id: str | None = None, status: DeliveryStatus | None = None
                    ) -> builtins.list[Delivery]:
         clauses, parameters = _filters(workflow_id=workflow_id, status=status.value if status else None)
@@ -358,10 +418,12 @@ class ScheduleStatements(AuditStatements):
             f"SELECT {_DELIVERY_COLUMNS} FROM deliveries {clauses} ORDER BY created_at, workflow_id", parameters)]
 
     def has_undelivered_results(self, workflow_id: str) -> bool:
-        """Whether a delivery of the workflow's results has not been accepted by its PACS (pending, or given
-        up on and waiting for an operator): retention keeps everything of such a workflow."""
-        return bool(self._rows("SELECT 1 FROM deliveries WHERE workflow_id = ? AND status <> ? LIMIT 1",
-                               (workflow_id, DeliveryStatus.DELIVERED.value)))
+        """Whether a delivery of the workflow's results, or a retraction of them, has not been accepted by its
+        PACS (pending, or given up on and waiting for an operator): retention keeps everything of such a
+        workflow (a retraction is built from the delivered objects)."""
+        return bool(self._rows("SELECT 1 FROM deliveries WHERE workflow_id = ? AND status <> ? UNION ALL "
+                               "SELECT 1 FROM retractions WHERE workflow_id = ? AND status <> ?",
+                               (workflow_id, DeliveryStatus.DELIVERED.value) * 2))
 
     # -- dead letters --------------------------------------------------------------------------------
 
@@ -418,6 +480,10 @@ def _filters(**equal: str | None) -> tuple[str, tuple[str, ...]]:
     if not given:
         return "", ()
     return "WHERE " + " AND ".join(f"{column} = ?" for column in given), tuple(given.values())
+
+
+def _table(delivery: Delivery) -> str:
+    return "retractions" if delivery.stage == RETRACTION_STAGE else "deliveries"
 
 
 def _timer(row: Any) -> Timer:

@@ -31,6 +31,7 @@ SR_FILE = "sr.dcm"
 GLIOMA_SR_DESCRIPTION = "AI glioma report (not for diagnosis)"
 MS_SR_DESCRIPTION = "AI new MS lesions report (not for diagnosis)"
 NOTICE_SR_DESCRIPTION = "AI NOTICE: no result (not for diagnosis)"
+RETRACTION_SR_DESCRIPTION = "AI RESULT RETRACTED: do not use (not for diagnosis)"
 
 _ML = hd.sr.CodedConcept("mL", "UCUM", "milliliter")
 _MM3 = hd.sr.CodedConcept("mm3", "UCUM", "cubic millimeter")
@@ -47,6 +48,7 @@ RISK_SCORE_CONCEPT = _local("RISK-SCORE", "Risk score (number of alarms)")
 REVIEW_THRESHOLD_CONCEPT = _local("REVIEW-THRESHOLD", "Needs-review threshold")
 REVIEW_FINDING = _local("REVIEW-ASSESSMENT", "AI result review assessment")
 OUTCOME_FINDING = _local("PROCESSING-OUTCOME", "AI processing outcome")
+RETRACTION_FINDING = _local("RETRACTION", "AI result retracted by radiologist review")
 NEW_LESION_COUNT_CONCEPT = _local("NEW-LESION-COUNT", "Number of new or enlarging lesions")
 NOT_ASSESSABLE_CONCEPT = _local("NOT-ASSESSABLE", "Not assessable")
 _UID = re.compile(r"\b\d+(?:\.\d+){3,}\b")
@@ -111,7 +113,8 @@ def glioma_sr(
         groups.append(_review_group(report.review, input_hash, objects, algorithm))
     needs_review = report.review is not None and report.review.needs_review
     evidence_all = [*evidence, *([seg] if seg is not None else [])]
-    return _sr(report, evidence_all, groups, kind="neuroflow.glioma-sr", input_hash=input_hash, objects=objects,
+    return _sr(report.study_key, report.pipeline, evidence_all, groups, kind="neuroflow.glioma-sr",
+               input_hash=input_hash, objects=objects,
                series_number=objects.sr_series_number,
                description=describe(GLIOMA_SR_DESCRIPTION, needs_review=needs_review, version=version),
                predecessor=predecessor)
@@ -166,7 +169,8 @@ def ms_change_sr(
         groups.append(group)
     groups.append(_outcome_group(report, input_hash, objects, algorithm, [
         "Method: subtraction of co-registered FLAIR with intensity and size criteria"]))
-    return _sr(report, evidence, groups, kind="neuroflow.ms-change-sr", input_hash=input_hash, objects=objects,
+    return _sr(report.study_key, report.pipeline, evidence, groups, kind="neuroflow.ms-change-sr",
+               input_hash=input_hash, objects=objects,
                series_number=objects.ms_sr_series_number, description=MS_SR_DESCRIPTION, predecessor=predecessor)
 
 
@@ -183,8 +187,33 @@ def notice_sr(
     ``headline`` and ``reasons`` are what a reader is told; ``evidence``: any instances of the study (the
     SR takes its patient and study from them)."""
     group = _outcome_group(report, input_hash, objects, None, [headline, *reasons])
-    return _sr(report, evidence, [group], kind="neuroflow.notice-sr", input_hash=input_hash, objects=objects,
+    return _sr(report.study_key, report.pipeline, evidence, [group], kind="neuroflow.notice-sr",
+               input_hash=input_hash, objects=objects,
                series_number=objects.notice_series_number, description=NOTICE_SR_DESCRIPTION, predecessor=None)
+
+
+def retraction_sr(
+    evidence: Sequence[Dataset],
+    superseded_srs: Sequence[Dataset],
+    *,
+    study_key: str,
+    pipeline: str,
+    lines: Sequence[str],
+    retraction_hash: str,
+    objects: ResultObjectSettings,
+) -> hd.sr.Comprehensive3DSR:
+    """The SR retracting a result a radiologist rejected after it reached the PACS (results/retraction.py):
+    ``superseded_srs`` become its predecessor documents, ``evidence`` (the retracted objects) its evidence,
+    ``lines`` what a reader is told."""
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=derived_uid(objects.uid_root, "neuroflow.sr-retraction", retraction_hash), identifier="Retraction"),
+        finding_type=RETRACTION_FINDING)
+    for line in (*lines, SR_DISCLAIMER):
+        _add_text(group, line)
+    return _sr(study_key, pipeline, evidence, [group], kind="neuroflow.retraction-sr", input_hash=retraction_hash,
+               objects=objects, series_number=objects.notice_series_number + 2, description=RETRACTION_SR_DESCRIPTION,
+               predecessor=superseded_srs)
 
 
 def _outcome_group(report: StudyReport, input_hash: str, objects: ResultObjectSettings,
@@ -242,16 +271,17 @@ def _add_text(group: Sequence[Dataset], text: str, *, name: hd.sr.CodedConcept |
         name=name or codes.DCM.Comment, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
 
 
-def _sr(report: StudyReport, evidence: Sequence[Dataset], groups: Sequence[Sequence[Dataset]], *, kind: str,
-        input_hash: str, objects: ResultObjectSettings, series_number: int, description: str,
-        predecessor: Dataset | None) -> hd.sr.Comprehensive3DSR:
+def _sr(study_key: str, pipeline: str, evidence: Sequence[Dataset], groups: Sequence[Sequence[Dataset]], *,
+        kind: str, input_hash: str, objects: ResultObjectSettings, series_number: int, description: str,
+        predecessor: Dataset | Sequence[Dataset] | None) -> hd.sr.Comprehensive3DSR:
     if not evidence:
-        raise ValueError(f"study {report.study_key}: an SR needs at least one instance of the study as evidence")
+        raise ValueError(f"study {study_key}: an SR needs at least one instance of the study as evidence")
+    previous = [predecessor] if isinstance(predecessor, Dataset) else list(predecessor or [])
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=derived_uid(objects.uid_root, "neuroflow.device"), name="neuroflow",
-            manufacturer_name=NEUROFLOW_MANUFACTURER, model_name=report.pipeline))
+            manufacturer_name=NEUROFLOW_MANUFACTURER, model_name=pipeline))
     content = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=_MR_BRAIN, imaging_measurements=list(groups),  # type: ignore[arg-type]
@@ -262,7 +292,7 @@ def _sr(report: StudyReport, evidence: Sequence[Dataset], groups: Sequence[Seque
         series_instance_uid=derived_uid(objects.uid_root, *entropy, "series"), series_number=series_number,
         sop_instance_uid=derived_uid(objects.uid_root, *entropy, "instance"), instance_number=1,
         manufacturer=NEUROFLOW_MANUFACTURER, is_complete=True, is_final=False, is_verified=False,
-        previous_versions=[predecessor] if predecessor is not None else None)
+        previous_versions=previous or None)
     sr.SeriesDescription = description
     declare_local_coding_scheme(sr)
     sr.SoftwareVersions = neuroflow.__version__

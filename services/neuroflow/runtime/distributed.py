@@ -246,7 +246,12 @@ def with_delivery(service: Service, backends: Backends) -> Service:
     sink = backends.sink()
     if not backends.settings.dicom.destination or not isinstance(sink, Forwarder):
         return service
-    loop = DeliveryLoop(backends.state(), sink, backends.settings.delivery, holder=replica_name())
+    from neuroflow.core.orthanc import OrthancDicomSink
+    from neuroflow.results.retraction import Retractor
+
+    # Retractions of results rejected after delivery: the notice is read from and stored in the site Orthanc.
+    retract = Retractor(sink, backends.settings.results) if isinstance(sink, OrthancDicomSink) else None
+    loop = DeliveryLoop(backends.state(), sink, backends.settings.delivery, holder=replica_name(), retract=retract)
     return WithDelivery(service, loop)
 
 
