@@ -130,7 +130,9 @@ def test_a_rejected_results_pending_delivery_is_withheld_unless_in_flight(store:
     assert store.withhold_deliveries(in_flight.workflow_id, "withheld: rejected", now=now + 1) == []
     assert store.withhold_deliveries(held, "withheld: rejected", now=now + 1) == ["PACS"]
     (withheld,) = store.deliveries(workflow_id=held)
-    assert (withheld.status, withheld.last_error) == (DeliveryStatus.GAVE_UP, "withheld: rejected")
+    assert (withheld.status, withheld.last_error) == (DeliveryStatus.WITHHELD, "withheld: rejected")
+    # An operator's replay reopens given-up deliveries only: a withheld one stays withheld.
+    assert store.reopen_delivery(held, "PACS", now=now + 2, give_up_at=now + 300) is False
     assert store.claim_due_deliveries(now + 20, "replica-2", 30.0) == []  # never sent; the other is still held
     assert store.delivery_done(in_flight, "replica-1", now + 2) is True  # what was in flight completes
 

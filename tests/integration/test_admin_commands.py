@@ -208,6 +208,26 @@ def test_a_delivery_given_up_after_the_period_is_replayed_and_sent_once(
     assert len(site.pacs.accepted) == 1 and site.results == [wid]
 
 
+def test_a_given_up_delivery_of_a_result_rejected_in_review_is_never_replayed(
+    site: Site, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A radiologist rejects a result whose delivery had given up (the PACS was down): the operator's replay
+    of that dead letter is refused, and nothing reaches the PACS once it is back."""
+    site.pacs.down = True
+    wid = publish(site.bus, study_ready("admin-rejected"))
+    site.wait_for(wid, WorkflowStatus.SUCCEEDED)
+    site.deliver_until(wid, DeliveryStatus.GAVE_UP)
+    (letter,) = [x for x in site.state.dead_letters() if x.workflow_id == wid]
+    accepted_before = len(site.pacs.accepted)
+    assert site.state.withhold_deliveries(wid, "withheld: rejected in review", now=time.time()) == ["PACS"]
+    site.pacs.down = False
+    status, _, err = admin(capsys, "dead-letters", "replay", letter.letter_id)
+    assert status == 1 and "rejected in review" in err
+    site.delivery.deliver_due()
+    assert len(site.pacs.accepted) == accepted_before
+    assert {d.status for d in site.state.deliveries(workflow_id=wid)} == {DeliveryStatus.WITHHELD}
+
+
 def test_a_rerun_starts_a_new_workflow_of_the_study_whose_result_is_delivered_once(site: Site) -> None:
     ready = study_ready("admin-rerun")
     wid = publish(site.bus, ready)

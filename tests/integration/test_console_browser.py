@@ -313,7 +313,7 @@ def test_radiologist_rejects_a_result(console: Running, browser: Any) -> None:
     assert "Retraction notice to VNA: retraction pending" in section
     (delivery,) = [d for d in console.state.deliveries(workflow_id=console.reviewed_workflow)
                    if d.destination == "PACS"]
-    assert delivery.status == DeliveryStatus.GAVE_UP and "rejected by rad" in delivery.last_error
+    assert delivery.status == DeliveryStatus.WITHHELD and "rejected by rad" in delivery.last_error
     assert "PACS: withheld: the result was rejected by rad" in section
     assert _metric(console.metrics_url, "rejected") == before + 1
     browser.get(f"{console.url}/?pipeline=glioma")

@@ -130,6 +130,10 @@ def _check_replayable(store: Store, letter: DeadLetterRecord) -> None:
     delivered = [d.destination for d in deliveries if d.status == DeliveryStatus.DELIVERED]
     if letter.kind == DeadLetterKind.DELIVERY:
         owed = store.retractions(workflow_id=letter.workflow_id) if letter.stage == RETRACTION_STAGE else deliveries
+        withheld = [d.destination for d in owed if d.status == DeliveryStatus.WITHHELD]
+        if withheld and not any(d.status == DeliveryStatus.GAVE_UP for d in owed):
+            raise AdminRefused(f"workflow {letter.workflow_id} of study {letter.study_key}: its result was rejected "
+                               f"in review and withheld from {', '.join(withheld)}; it is not sent again")
         if not any(d.status == DeliveryStatus.GAVE_UP for d in owed):
             raise AdminRefused(f"workflow {letter.workflow_id} has no given-up {letter.stage} delivery to replay"
                                + (f" (delivered to {', '.join(delivered)})" if delivered else ""))

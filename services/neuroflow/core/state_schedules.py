@@ -126,6 +126,9 @@ class DeliveryStatus(StrEnum):
     PENDING = "PENDING"  # not yet accepted by the destination; tried again at next_attempt_at
     DELIVERED = "DELIVERED"  # the destination accepted every object: never sent again
     GAVE_UP = "GAVE_UP"  # the delivery period ran out; dead-lettered, an operator may replay it
+    # Stopped because a radiologist rejected the result: never sent, and no replay reopens it (a replay
+    # reopens GAVE_UP only), so a rejected result cannot reach the PACS by an operator's replay.
+    WITHHELD = "WITHHELD"
 
 
 class DeadLetterKind(StrEnum):
@@ -369,12 +372,15 @@ class ScheduleStatements(AuditStatements):
 
     def withhold_deliveries(self, workflow_id: str, reason: str, *, now: float) -> builtins.list[str]:
         """Stop the workflow's pending deliveries that no delivery replica holds (a result a radiologist
-        rejected must not reach the PACS): given up, ``reason`` as their last error. The destinations
-        withheld; one being sent at this moment is not stopped (nor listed)."""
+        rejected must not reach the PACS): WITHHELD, ``reason`` as their last error; given up ones too, so an
+        operator's replay of their dead letter cannot send them. The destinations withheld; one being sent at
+        this moment is not stopped (nor listed)."""
         rows = self._rows(
             "UPDATE deliveries SET status = ?, last_error = ?, holder = NULL, lease_until = 0 "
-            "WHERE workflow_id = ? AND status = ? AND (holder IS NULL OR lease_until < ?) RETURNING destination",
-            (DeliveryStatus.GAVE_UP.value, reason, workflow_id, DeliveryStatus.PENDING.value, now))
+            "WHERE workflow_id = ? AND (status = ? OR (status = ? AND (holder IS NULL OR lease_until < ?))) "
+            "RETURNING destination",
+            (DeliveryStatus.WITHHELD.value, reason, workflow_id, DeliveryStatus.GAVE_UP.value,
+             DeliveryStatus.PENDING.value, now))
         return sorted(str(r[0]) for r in rows)
 
     def request_retractions(self, workflow_id: str, *, now: float, give_up_at: float) -> builtins.list[str]:
