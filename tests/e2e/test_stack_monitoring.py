@@ -80,7 +80,7 @@ def test_stack_scrapes_every_service_and_the_probes_see_every_backend_up(monitor
     with urllib.request.urlopen(ready, timeout=5) as answer:
         assert answer.status == 200
     wait_until("every service process is scraped", lambda: {
-        r["metric"]["service"] for r in prometheus('up{job="neuroflow"} == 1')} == set(stack.SERVICES))
+        r["metric"]["service"] for r in prometheus('up{job="neuroflow"} == 1')} == {*stack.SERVICES, "console"})
     for expr in ('neuroflow_orthanc_up', 'neuroflow_kafka_up', 'neuroflow_state_store_up',
                  'neuroflow_storage_up{path_role="volumes"}', 'neuroflow_storage_up{path_role="orthanc"}'):
         wait_until(f"{expr} is 1", _is_one(prometheus, expr))
