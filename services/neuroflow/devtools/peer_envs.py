@@ -6,6 +6,7 @@ broken peer costs only its own row. A peer whose install fails is reported with 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import subprocess
 import sys
@@ -61,14 +62,23 @@ def ensure_peer(build: Path, peer: Peer, *, timeout_s: float = 1800.0) -> PeerEn
     """The peer's environment under ``build/peers/<name>``, created and installed unless it is already
     installed from the same requirements; PeerUnavailable with pip's reason when the install fails."""
     root = build / "peers" / peer.name
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # Two benches installing the same peer at once would clear each other's half-installed environment.
+    with (root.parent / f".{peer.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _ensure_peer_locked(root, peer, timeout_s)
+
+
+def _ensure_peer_locked(root: Path, peer: Peer, timeout_s: float) -> PeerEnv | PeerUnavailable:
     stamp = root / ".installed"
     env = PeerEnv(peer, root)
     if stamp.exists() and stamp.read_text() == _stamp(peer) and env.python.exists():
         return env
-    venv.EnvBuilder(with_pip=True, clear=True).create(root)
+    # No pip of its own (ensurepip takes half a minute on a busy machine): this Python's pip installs into it.
+    venv.EnvBuilder(with_pip=False, clear=True).create(root)
     try:
         done = subprocess.run(
-            [str(env.python), "-m", "pip", "install", "--no-input", "--progress-bar", "off",
+            [sys.executable, "-m", "pip", "--python", str(env.python), "install", "--no-input", "--progress-bar", "off",
              *peer.pip_args, *peer.requirements],
             capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
