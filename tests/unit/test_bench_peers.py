@@ -32,7 +32,7 @@ def bench() -> ModuleType:
 
 def test_parts_are_a_known_subset(bench: ModuleType) -> None:
     assert bench.parse_parts("skull, dicom") == ["skull", "dicom"]
-    with pytest.raises(argparse.ArgumentTypeError, match="subset of dicom,skull"):
+    with pytest.raises(argparse.ArgumentTypeError, match="subset of dicom,skull,preprocess"):
         bench.parse_parts("dicom,segmentation")
 
 
