@@ -100,7 +100,9 @@ def merge(previous: Report, fresh: Report, parts: Sequence[str]) -> Report:
     """The fresh parts' rows with the previous run's rows of the parts not run again (a rerun of one part
     keeps the others' figures); the fresh run's notes and unavailable peers win."""
     kept = [r for r in previous.rows if r.part not in parts]
-    return Report(kept + fresh.rows, fresh.notes + [n for n in previous.notes if n not in fresh.notes],
+    stale = [f"Part `{part}`" for part in parts]
+    notes = [n for n in previous.notes if n not in fresh.notes and not any(s in n for s in stale)]
+    return Report(kept + fresh.rows, fresh.notes + notes,
                   {**previous.unavailable, **fresh.unavailable})
 
 
@@ -161,7 +163,7 @@ def render(report: Report, *, command: str, quick: bool, started: datetime, wall
 # --- processes ------------------------------------------------------------------------------------------------
 
 
-def run_child(python: Path, script: Path, kind: str, args: dict[str, Any], *, timeout_s: float = 1800.0,
+def run_child(python: Path, script: Path, kind: str, args: dict[str, Any], *, timeout_s: float = 1200.0,
               env: dict[str, str] | None = None) -> dict[str, Any]:
     """One measurement in a fresh process; its last stdout line is the JSON result."""
     child_env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), **(env or {})}
@@ -677,6 +679,23 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     runs = 1 if args.quick else args.runs
     started, clock = datetime.now(UTC), time.perf_counter()
+    previous = report_from_json(json.loads(args.results.read_text())) \
+        if args.results.exists() and not args.quick else Report()
+    command = "python scripts/bench_peers.py --out BENCHMARKS.md" + (" --quick" if args.quick else "") + \
+        (f" --runs {args.runs}" if args.runs != 3 and not args.quick else "")
+
+    def publish(fresh: Report) -> str:
+        """Figures so far into the JSON and the section (after every part: a late failure keeps the rest)."""
+        report = fresh if args.quick else merge(previous, fresh, args.parts)
+        if not args.quick:
+            args.results.parent.mkdir(parents=True, exist_ok=True)
+            args.results.write_text(json.dumps(report_to_json(report), indent=1))
+        section = render(report, command=command, quick=args.quick, started=started,
+                         wall_s=time.perf_counter() - clock)
+        if args.out:
+            write_section(args.out, section)
+        return section
+
     report = Report()
     with tempfile.TemporaryDirectory(prefix="neuroflow-bench-peers-") as scratch:
         for part in args.parts:
@@ -686,18 +705,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             except Exception as exc:  # one broken part must not cost the others' figures
                 report.notes.append(f"- Part `{part}` failed: {type(exc).__name__}: {str(exc)[:300]}")
                 print(f"part {part} failed: {exc}", flush=True)
-    if not args.quick:
-        if args.results.exists() and args.parts != list(PARTS):
-            report = merge(report_from_json(json.loads(args.results.read_text())), report, args.parts)
-        args.results.parent.mkdir(parents=True, exist_ok=True)
-        args.results.write_text(json.dumps(report_to_json(report), indent=1))
-    command = "python scripts/bench_peers.py --out BENCHMARKS.md" + (" --quick" if args.quick else "") + \
-        (f" --runs {args.runs}" if args.runs != 3 and not args.quick else "")
-    section = render(report, command=command, quick=args.quick, started=started,
-                     wall_s=time.perf_counter() - clock)
+            section = publish(report)
     print(section)
-    if args.out:
-        write_section(args.out, section)
 
 
 if __name__ == "__main__":
