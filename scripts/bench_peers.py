@@ -172,7 +172,9 @@ def render(report: Report, *, command: str, quick: bool) -> str:
         f"the same input), Python {platform.python_version()}, {THREADS} threads for every tool. Each tool in a "
         "fresh process; seconds exclude interpreter start and imports; peak RSS is that process's VmHWM (for "
         "dcm2niix, the program's maximum resident set). Ratio = neuroflow seconds / peer seconds (< 1: neuroflow "
-        "faster)." + (" **Quick smoke run: tiny inputs, figures not meaningful.**" if quick else ""),
+        "faster). Each part's pairs are measured back to back in one invocation; `--parts` reruns some parts "
+        "and keeps the others' figures."
+        + (" **Quick smoke run: tiny inputs, figures not meaningful.**" if quick else ""),
         "",
     ]
     titles = {"dicom": "DICOM series to volume", "skull": "Skull stripping", "inference": "Inference, CPU",
