@@ -41,6 +41,7 @@ THREADS = 2
 # DCMTK leaves Nagle's algorithm on unless TCP_NODELAY is set (devtools/orthanc_server.py sets it for Orthanc):
 # without it every instance waits out delayed ACKs, ~90 ms on loopback, and the tools would measure that.
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+SKIPPED: set[str] = set()  # peers named by --skip
 PARTS = ("dicom", "skull", "preprocess", "inference", "ingest")
 
 
@@ -375,6 +376,9 @@ def get_peer(name: str, build: Path, report: Report) -> Path | None:
     from neuroflow.devtools.peer_envs import Peer, PeerUnavailable, ensure_peer
 
     spec = PEERS[name]
+    if name in SKIPPED:
+        report.unavailable[name] = "not run this time (`--skip`)"
+        return None
     started = time.perf_counter()
     env = ensure_peer(build, Peer(spec.name, spec.requirements, spec.pip_args))
     if isinstance(env, PeerUnavailable):
@@ -715,6 +719,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="the figures as JSON; a run of some --parts keeps the other parts' figures from it")
     parser.add_argument("--skull-cases", type=int, default=2,
                         help="skull stripping inputs: Colin27, then up to 3 BraTS 2013 cases (HD-BET: minutes each)")
+    parser.add_argument("--skip", action="append", default=[], choices=sorted(PEERS),
+                        help="a peer not to install or run this time (repeatable)")
     parser.add_argument("--from-results", action="store_true",
                         help="only write the section again from --results (no measurement)")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
@@ -726,6 +732,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from neuroflow.devtools.benchmarks_md import write_section
 
+    SKIPPED.update(args.skip)
     runs = 1 if args.quick else args.runs
     started, clock = datetime.now(UTC), time.perf_counter()
     previous = report_from_json(json.loads(args.results.read_text())) \
