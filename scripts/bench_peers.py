@@ -212,9 +212,13 @@ def run_child(python: Path, script: Path, kind: str, args: dict[str, Any], *, ti
               env: dict[str, str] | None = None) -> dict[str, Any]:
     """One measurement in a fresh process; its last stdout line is the JSON result."""
     child_env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), **(env or {})}
-    done = subprocess.run([str(python), str(script), *(["--measure", kind, "--args"] if script == Path(__file__)
-                                                        else [kind]), json.dumps(args)],
-                          capture_output=True, text=True, timeout=timeout_s, env=child_env, check=False)
+    try:
+        done = subprocess.run([str(python), str(script), *(["--measure", kind, "--args"] if script == Path(__file__)
+                                                            else [kind]), json.dumps(args)],
+                              capture_output=True, text=True, timeout=timeout_s, env=child_env, check=False)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{kind} did not finish within {timeout_s / 60:.0f} min on "
+                           f"{Path(args.get('input', '')).parent.name or 'its input'}") from None
     if done.returncode != 0:
         raise RuntimeError(f"{kind} failed (exit {done.returncode}): {(done.stderr or done.stdout)[-800:]}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
