@@ -142,7 +142,9 @@ PART_NOTES = {
         "at 128^3 for a bounding box, then the cropped head at 256^3); HD-BET's one 3D U-Net runs on the "
         "whole head resampled to 1.5 mm in PyTorch. The "
         "BraTS 2013 inputs are skull-stripped already and z-scored (not T1 intensities), which neither network "
-        "was trained on: there the Dice measures robustness, not accuracy."),
+        "was trained on: there the Dice measures robustness, not accuracy. On this shared 2-core machine HD-BET "
+        "took 8 min on Colin27 and did not finish pat0001 within the 15 min limit, so the glioma cases carry "
+        "deepbet's Dice only; on a GPU, HD-BET takes seconds."),
     "preprocess": (
         "neuroflow reads DICOM (the peers get NIfTI, so they skip the conversion above); it co-registers onto "
         "the T1CE (its reference), skull-strips with deepbet on the T1 and z-scores inside the brain. The SimpleITK "
@@ -158,7 +160,10 @@ PART_NOTES = {
         "SQLite index and keeps the file; storescp only writes files, so it is the floor of any PACS. DCMTK tools "
         "run with TCP_NODELAY (as our Orthanc does): without it every instance waits out a delayed ACK (~90 ms). "
         "This bench found the same stall in our own pynetdicom sender (`devtools/cstore.py`), now fixed: 17 -> "
-        "110 instances/s on a tiny study."),
+        "110 instances/s on a tiny study. Our sender is pure Python: with it the floor itself drops to a sixth "
+        "of dcmtk's. In the run of 2026-12-03 pynetdicom lost 2 responses in 12 sends of 2,000 (its known "
+        "race, pynetdicom#435): each cost a 30 s DIMSE timeout and a resend; the medians are unaffected. Where "
+        "neuroflow is behind: Orthanc parses, indexes (SQLite) and stores each instance, about 3x the floor."),
 }
 
 
