@@ -161,7 +161,7 @@ PART_NOTES = {
         "run with TCP_NODELAY (as our Orthanc does): without it every instance waits out a delayed ACK (~90 ms). "
         "This bench found the same stall in our own pynetdicom sender (`devtools/cstore.py`), now fixed: 17 -> "
         "110 instances/s on a tiny study. Our sender is pure Python: with it the floor itself drops to a sixth "
-        "of dcmtk's. In the run of 2026-12-03 pynetdicom lost 2 responses in 12 sends of 2,000 (its known "
+        "of dcmtk's. In the run of 2026-12-03 pynetdicom lost 2 responses in 6 sends of 2,000 instances (its known "
         "race, pynetdicom#435): each cost a 30 s DIMSE timeout and a resend; the medians are unaffected. Where "
         "neuroflow is behind: Orthanc parses, indexes (SQLite) and stores each instance, about 3x the floor."),
 }
