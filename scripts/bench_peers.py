@@ -150,7 +150,12 @@ PART_NOTES = {
         "the T1CE (its reference), skull-strips with deepbet on the T1 and z-scores inside the brain. The SimpleITK "
         "script has no brain extractor (Otsu head mask: on these skull-stripped inputs that is nearly the brain). "
         "NMI is measured against each moved sequence before it was moved, inside its brain; interpolation alone "
-        "lowers it, so the exact inverse transform is the ceiling."),
+        "lowers it, so the exact inverse transform is the ceiling. Run of 2026-12-03: neuroflow recovered the "
+        "T1 and FLAIR motion (NMI near the ceiling) but NOT the T2's (rotation 2/0/-4 deg, shift 3.7 mm: NMI "
+        "at or below the unregistered value): a registration failure to follow up; the plain SimpleITK script "
+        "(gradient descent from SimpleITK's examples) recovered none. brainles-preprocessing (0.6.14, with "
+        "antspyx 0.6.3) installs here, but was skipped in that run: its HD-BET step alone takes 8-15 min on "
+        "this CPU (see skull stripping)."),
     "inference": (
         "The same weights (copied from the ONNX export into the PyTorch definition by name); ONNX Runtime and "
         "PyTorch both use 2 threads, batch 1, after one warm-up call; PyTorch runs eager under "
@@ -751,11 +756,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     def publish(fresh: Report) -> str:
         """Figures so far into the JSON and the section (after every part: a late failure keeps the rest)."""
+        fresh.written, fresh.wall_s = started.isoformat(), time.perf_counter() - clock
         report = fresh if args.quick else merge(previous, fresh, args.parts)
         if not args.quick:
             args.results.parent.mkdir(parents=True, exist_ok=True)
             args.results.write_text(json.dumps(report_to_json(report), indent=1))
-        report.written, report.wall_s = started.isoformat(), time.perf_counter() - clock
         section = render(report, command=command, quick=args.quick)
         if args.out:
             write_section(args.out, section)
