@@ -4,7 +4,6 @@ instance that is never answered, or is refused, fails naming the file and why.""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +15,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
-from neuroflow.devtools.cstore import CStoreFailed, _associate, send_folder
+from neuroflow.devtools.cstore import CStoreFailed, send_folder
 from neuroflow.devtools.ports import free_loopback_port
 
 AET = "TESTSCP"
@@ -124,19 +123,3 @@ def test_nobody_listening_fails_naming_the_node(tmp_path: Path) -> None:
     port = free_loopback_port()
     with pytest.raises(CStoreFailed, match=rf"association with {AET}@127\.0\.0\.1:{port} was not established"):
         send_folder(tmp_path / "study", "127.0.0.1", port, AET)
-
-
-def test_the_sender_turns_nagle_off_so_instances_do_not_wait_for_delayed_acks(
-    scp_factory: Callable[..., StorageScp]
-) -> None:
-    # With Nagle on, every C-STORE waited out the receiver's delayed ACK: ~50 ms per instance, 17
-    # instances/s into Orthanc or storescp (scripts/bench_peers.py); with TCP_NODELAY, 110/s and more.
-    scp = scp_factory(lambda n: (0.0, 0x0000))
-    ae = AE(ae_title="NFSCANNER")
-    ae.add_requested_context(MRImageStorage)
-    assoc = _associate(ae, "127.0.0.1", scp.port, AET, "test node")
-    try:
-        assert assoc.dul.socket is not None and assoc.dul.socket.socket is not None
-        assert assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-    finally:
-        assoc.release()
