@@ -32,19 +32,9 @@ from typing import Any, TypeVar
 
 from neuroflow.core.audit import AuditAction, AuditStatements
 
-# The tables, created by SqlStateStore's migration ({real}: the backend's floating-point column type).
-SCHEDULE_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS workflow_timers (
-        workflow_id TEXT PRIMARY KEY,
-        kind        TEXT,
-        stage       TEXT,
-        attempt     INTEGER NOT NULL DEFAULT 0,
-        due_at      {real},
-        holder      TEXT,
-        lease_until {real} NOT NULL DEFAULT 0
-    )""",
-    "CREATE INDEX IF NOT EXISTS workflow_timers_due ON workflow_timers (due_at)",
-    """CREATE TABLE IF NOT EXISTS deliveries (
+# The outbox's columns: the deliveries of results and the retractions of rejected ones share them (and the
+# delivery loop that works both).
+_OUTBOX_COLUMNS = """
         workflow_id       TEXT NOT NULL,
         destination       TEXT NOT NULL,
         study_key         TEXT NOT NULL,
@@ -61,7 +51,21 @@ SCHEDULE_SCHEMA = (
         holder            TEXT,
         lease_until       {real} NOT NULL DEFAULT 0,
         PRIMARY KEY (workflow_id, destination)
+    )"""
+
+# The tables, created by SqlStateStore's migration ({real}: the backend's floating-point column type).
+SCHEDULE_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS workflow_timers (
+        workflow_id TEXT PRIMARY KEY,
+        kind        TEXT,
+        stage       TEXT,
+        attempt     INTEGER NOT NULL DEFAULT 0,
+        due_at      {real},
+        holder      TEXT,
+        lease_until {real} NOT NULL DEFAULT 0
     )""",
+    "CREATE INDEX IF NOT EXISTS workflow_timers_due ON workflow_timers (due_at)",
+    "CREATE TABLE IF NOT EXISTS deliveries (" + _OUTBOX_COLUMNS,
     "CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_attempt_at)",
     """CREATE TABLE IF NOT EXISTS dead_letters (
         letter_id   TEXT PRIMARY KEY,
@@ -94,24 +98,7 @@ SCHEDULE_SCHEMA = (
     # A result a radiologist rejected after it reached a destination: a superseding retraction notice is owed
     # there. The outbox's shape (sop_instance_uids: the delivered objects it supersedes; delivered_at: when
     # the destination accepted the notice), worked by the same delivery loop with the same guarantees.
-    """CREATE TABLE IF NOT EXISTS retractions (
-        workflow_id       TEXT NOT NULL,
-        destination       TEXT NOT NULL,
-        study_key         TEXT NOT NULL,
-        pipeline          TEXT NOT NULL,
-        stage             TEXT NOT NULL,
-        sop_instance_uids TEXT NOT NULL,
-        status            TEXT NOT NULL,
-        attempts          INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at   {real} NOT NULL,
-        give_up_at        {real} NOT NULL,
-        last_error        TEXT NOT NULL DEFAULT '',
-        created_at        {real} NOT NULL,
-        delivered_at      {real},
-        holder            TEXT,
-        lease_until       {real} NOT NULL DEFAULT 0,
-        PRIMARY KEY (workflow_id, destination)
-    )""",
+    "CREATE TABLE IF NOT EXISTS retractions (" + _OUTBOX_COLUMNS,
 )
 
 RETRACTION_STAGE = "retraction"  # the stage of a retraction's outbox row: a Delivery of the superseding notice
