@@ -81,21 +81,20 @@ def viewer_routes(images: StudyImages, *, authorize: Authorize,
         panes = await _answer(run_in_threadpool(_panes, images, key, picked))
         return JSONResponse(_manifest(request, key, panes), headers=_PRIVATE)
 
-    async def series_image(request: Request) -> Response:
+    async def volume(request: Request, parameter: str, what: str, read: Callable[[str, str], bytes]) -> Response:
+        """One NIfTI volume of the study: ``read(study key, the ``parameter`` key naming a ``what``)``."""
         key = _key(request.path_params["study_key"], "study")
         if (refused := await authorize(request, key)) is not None:
             return refused
-        series_key = _key(request.path_params["series_key"], "series")
-        data = await _answer(run_in_threadpool(images.image_nifti, key, series_key))
+        data = await _answer(run_in_threadpool(read, key, _key(request.path_params[parameter], what)))
         return Response(data, media_type=_NIFTI, headers=_PRIVATE)
 
+    async def series_image(request: Request) -> Response:
+        # Looked up only once authorised: nothing of the study is touched before.
+        return await volume(request, "series_key", "series", lambda key, series: images.image_nifti(key, series))
+
     async def seg_labels(request: Request) -> Response:
-        key = _key(request.path_params["study_key"], "study")
-        if (refused := await authorize(request, key)) is not None:
-            return refused
-        seg_key = _key(request.path_params["seg_key"], "segmentation")
-        data = await _answer(run_in_threadpool(images.labels_nifti, key, seg_key))
-        return Response(data, media_type=_NIFTI, headers=_PRIVATE)
+        return await volume(request, "seg_key", "segmentation", lambda key, seg: images.labels_nifti(key, seg))
 
     async def static(request: Request) -> Response:
         path = static_files.get(request.path_params["name"])
