@@ -53,7 +53,7 @@ def measure(kind: str, root: Path) -> dict[str, float]:
     if kind in ("index", "convert_400"):
         from neuroflow.core.dicom_io import FolderDicomSource, study_key
     if kind == "convert_400":
-        from neuroflow.preprocess.convert import series_to_volume
+        from neuroflow.core.series_volume import series_to_volume
 
     files = _files(root)
     started = time.perf_counter()

@@ -265,7 +265,7 @@ def measure(kind: str, args: dict[str, Any]) -> dict[str, Any]:
 
     if kind == "nf_convert":
         from neuroflow.core.dicom_io import FolderDicomSource, study_key
-        from neuroflow.preprocess.convert import series_to_volume
+        from neuroflow.core.series_volume import series_to_volume
 
         started = time.perf_counter()
         source = FolderDicomSource(Path(args["series_dir"]))

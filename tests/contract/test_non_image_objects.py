@@ -12,6 +12,7 @@ import pytest
 
 from neuroflow.core.dicom_io import StudyIndex, find_series, study_key
 from neuroflow.core.roles import SeriesRole
+from neuroflow.core.series_volume import series_to_volume
 from neuroflow.core.volume import Volume
 from neuroflow.devtools.dicom_writer import load_volume, write_study
 from neuroflow.devtools.non_image_objects import (
@@ -22,7 +23,6 @@ from neuroflow.devtools.non_image_objects import (
 )
 from neuroflow.devtools.scanner_presets import Vendor
 from neuroflow.ingest.classify import classify_study
-from neuroflow.preprocess.convert import series_to_volume
 from neuroflow.proto.neuroflow.v1 import common_pb2
 from tests.contract.test_dicom_store_contract import BACKENDS, DicomStoreUnderTest, store
 

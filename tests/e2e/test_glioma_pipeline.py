@@ -17,9 +17,9 @@ from neuroflow.core.config import PipelineModels
 from neuroflow.core.dicom_io import FolderDicomSource
 from neuroflow.core.exit_codes import ExitCode
 from neuroflow.core.roles import GLIOMA_INPUT_ROLES, SeriesRole
+from neuroflow.core.series_volume import series_to_volume
 from neuroflow.devtools.dicom_writer import WrittenStudy, load_volume, write_study
 from neuroflow.devtools.scanner_presets import Vendor
-from neuroflow.preprocess.convert import series_to_volume
 from neuroflow.runtime.embedded import GLIOMA_STAGES
 from neuroflow.segmentation.measure import dice
 

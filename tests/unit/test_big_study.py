@@ -11,9 +11,9 @@ import pytest
 
 from neuroflow.core.dicom_io import FolderDicomSource, study_key
 from neuroflow.core.roles import SeriesRole
+from neuroflow.core.series_volume import series_to_volume
 from neuroflow.devtools.big_study import CtSeries, write_ct_study
 from neuroflow.ingest.classify import classify_study
-from neuroflow.preprocess.convert import series_to_volume
 
 SERIES_SLICES = (400, 150, 50)
 

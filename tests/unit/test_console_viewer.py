@@ -19,7 +19,7 @@ from neuroflow.console.viewer.seg_labels import seg_label_volume, segment_colour
 from neuroflow.console.viewer.study_images import SegEntry, SeriesEntry
 from neuroflow.core.labels import MS_NEW_LESION_SEGMENT
 from neuroflow.core.roles import SeriesRole
-from neuroflow.preprocess.convert import series_volumes
+from neuroflow.core.series_volume import series_volumes
 from tests.viewer_study import MARKER, write_viewer_study
 
 

@@ -16,9 +16,9 @@ from neuroflow.core.dicom_io import FolderDicomSource, SeriesInstances, study_ke
 from neuroflow.core.errors import SeriesRejected
 from neuroflow.core.identity import uid_key
 from neuroflow.core.roles import SeriesRole
+from neuroflow.core.series_volume import series_to_volume
 from neuroflow.core.volume import Geometry, Volume
 from neuroflow.devtools.dicom_writer import load_volume, write_study
-from neuroflow.preprocess.convert import series_to_volume
 
 GLIOMA_T1C = Path(__file__).resolve().parents[1] / "data" / "glioma-tcga-du-7294" / "t1c_bet.nii.gz"
 SLICES = 20

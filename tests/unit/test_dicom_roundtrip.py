@@ -18,6 +18,7 @@ import SimpleITK as sitk
 
 from neuroflow.core.dicom_io import FolderDicomSource, study_key
 from neuroflow.core.roles import GLIOMA_INPUT_ROLES, SeriesRole
+from neuroflow.core.series_volume import series_to_volume
 from neuroflow.core.volume import Geometry, Volume
 from neuroflow.devtools.dicom_writer import (
     SeriesInfo,
@@ -28,7 +29,6 @@ from neuroflow.devtools.dicom_writer import (
     write_study,
 )
 from neuroflow.devtools.scanner_presets import PRESETS, Vendor
-from neuroflow.preprocess.convert import series_to_volume
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 GLIOMA_T1C = DATA / "glioma-tcga-du-7294" / "t1c_bet.nii.gz"

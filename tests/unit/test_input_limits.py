@@ -23,11 +23,11 @@ from neuroflow.core.config import InputLimitSettings, NeuroflowSettings
 from neuroflow.core.dicom_io import FolderDicomSource, SeriesInstances, find_series, study_key
 from neuroflow.core.errors import InputLimitExceeded, SeriesRejected
 from neuroflow.core.roles import SeriesRole
+from neuroflow.core.series_volume import series_to_volume
 from neuroflow.core.volume import Geometry, Volume
 from neuroflow.core.worker import failure_reason
 from neuroflow.devtools.dicom_fuzz import deflate_bomb, rle_bomb
 from neuroflow.devtools.dicom_writer import write_study
-from neuroflow.preprocess.convert import series_to_volume
 from neuroflow.proto.neuroflow.v1 import common_pb2
 
 ROWS, COLUMNS, SLICES = 20, 24, 3

@@ -18,9 +18,9 @@ from pydicom.dataset import Dataset
 
 from neuroflow.core.labels import OTHER_BLOOD_SEGMENT, ChangeLabel
 from neuroflow.core.roles import SeriesRole
+from neuroflow.core.series_volume import series_to_volume
 from neuroflow.core.volume import Geometry, Volume, resample
 from neuroflow.devtools.dicom_writer import PatientInfo, load_volume, write_study
-from neuroflow.preprocess.convert import series_to_volume
 from neuroflow.results.longitudinal_results import change_overlay, haematoma_seg, ms_lesion_seg
 from neuroflow.results.report import (
     DiametersMm,

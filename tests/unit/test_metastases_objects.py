@@ -28,10 +28,10 @@ from neuroflow.core.planar_contours import (
     polygon_area,
 )
 from neuroflow.core.roles import SeriesRole
+from neuroflow.core.series_volume import series_to_volume
 from neuroflow.core.volume import Geometry, Volume
 from neuroflow.devtools.dicom_writer import SeriesInfo, StudyInfo, write_series
 from neuroflow.devtools.scanner_presets import PRESETS, Vendor
-from neuroflow.preprocess.convert import series_to_volume
 from neuroflow.results.dicom_seg import build_metastases_seg
 from neuroflow.results.rtstruct import METASTASES_RTSTRUCT_DESCRIPTION, build_metastases_rtstruct, roi_masks
 

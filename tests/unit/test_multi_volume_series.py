@@ -18,6 +18,7 @@ from neuroflow.core.errors import SeriesRejected
 from neuroflow.core.identity import input_hash
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.roles import SeriesRole
+from neuroflow.core.series_volume import series_to_volume, series_volumes
 from neuroflow.core.split_volumes import diffusion_b_value, diffusion_direction
 from neuroflow.core.sub_series import volume_identity
 from neuroflow.core.volume import Geometry, Volume
@@ -31,7 +32,6 @@ from neuroflow.devtools.multi_volume_writer import (
 )
 from neuroflow.devtools.scanner_presets import MULTI_VOLUME_PRESETS, PRESETS, Vendor
 from neuroflow.ingest.classify import classify_study
-from neuroflow.preprocess.convert import series_to_volume, series_volumes
 
 GLIOMA_T1C = Path(__file__).resolve().parents[1] / "data" / "glioma-tcga-du-7294" / "t1c_bet.nii.gz"
 SLICES = 20

@@ -20,10 +20,10 @@ from neuroflow.core.config import ResultObjectSettings
 from neuroflow.core.labels import GLIOMA_SEGMENTS, OKABE_ITO, REGION_CODES, BratsLabel
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.roles import SeriesRole
+from neuroflow.core.series_volume import series_to_volume
 from neuroflow.core.uids import derived_uid
 from neuroflow.core.volume import Geometry, Volume
 from neuroflow.devtools.dicom_writer import PatientInfo, write_study
-from neuroflow.preprocess.convert import series_to_volume
 from neuroflow.results.dicom_sr import SR_DISCLAIMER, SR_FILE, ms_change_sr, sr_texts
 from neuroflow.results.glioma_results import (
     FLAIR_OVERLAY_FOLDER,

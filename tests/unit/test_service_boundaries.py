@@ -2,9 +2,9 @@
 changed on its own. The one exception is written down here, with its reason: the longitudinal stage
 compares two timepoints with the SAME preprocessing, segmentation and result objects as the glioma
 pipeline (issue 6: it "builds on the embedded pipeline"), and reusing them is what keeps the two
-runtimes' answers identical. The results stage draws its colour overlays on the source series as the one
-DICOM-to-volume conversion (preprocess.convert) reads them, so an overlay pixel lies where the SEG's voxel
-does. Any other cross-service import fails this test."""
+runtimes' answers identical. (The DICOM-to-volume conversion, which the results stage and the console's
+viewer share with preprocessing so an overlay pixel lies where the SEG's voxel does, is core:
+core.series_volume.) Any other cross-service import fails this test."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ SERVICES_ROOT = Path(__file__).resolve().parents[2] / "services" / "neuroflow"
 SERVICES = ("ingest", "orchestrator", "preprocess", "segmentation", "longitudinal", "results", "monitor")
 ALLOWED: dict[str, frozenset[str]] = {
     "longitudinal": frozenset({"preprocess", "segmentation", "results"}),
-    "results": frozenset({"preprocess"}),
 }
 
 

@@ -24,11 +24,11 @@ from neuroflow.core.dicom_io import FolderDicomSource, study_key
 from neuroflow.core.errors import SeriesRejected
 from neuroflow.core.pixel_codecs import DECODER_PACKAGES, missing_decoder, transfer_syntax
 from neuroflow.core.roles import SeriesRole
+from neuroflow.core.series_volume import series_to_volume
 from neuroflow.core.volume import Volume
 from neuroflow.devtools.dicom_writer import load_volume, write_study
 from neuroflow.devtools.scanner_presets import Vendor
 from neuroflow.devtools.transfer_syntaxes import LOSSLESS, LOSSY, NEAR_LOSSLESS_ERROR, recompress
-from neuroflow.preprocess.convert import series_to_volume
 
 GLIOMA_T1C = Path(__file__).resolve().parents[1] / "data" / "glioma-tcga-du-7294" / "t1c_bet.nii.gz"
 SLICES = 8
@@ -202,7 +202,7 @@ def test_jpeg_lossless_without_gdcm_is_refused_naming_the_syntax_and_the_package
         "from pathlib import Path\n"
         "from neuroflow.core.dicom_io import FolderDicomSource\n"
         "from neuroflow.core.errors import SeriesRejected\n"
-        "from neuroflow.preprocess.convert import series_to_volume\n"
+        "from neuroflow.core.series_volume import series_to_volume\n"
         f"source = FolderDicomSource(Path({str(folder)!r}))\n"
         "(study,) = source.index()[0].values()\n"
         "(series,) = study.series.values()\n"

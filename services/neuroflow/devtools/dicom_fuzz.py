@@ -467,8 +467,8 @@ def run_case(folder: Path, limits: Any) -> dict[str, Any]:
     from neuroflow.core.dicom_io import FolderDicomSource, study_key
     from neuroflow.core.errors import NeuroflowError
     from neuroflow.core.input_limits import check_study_size
+    from neuroflow.core.series_volume import series_to_volume
     from neuroflow.ingest.classify import classify_study
-    from neuroflow.preprocess.convert import series_to_volume
 
     try:
         source = FolderDicomSource(folder, limits=limits)

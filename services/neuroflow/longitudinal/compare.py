@@ -21,6 +21,7 @@ from neuroflow.core.identity import input_hash
 from neuroflow.core.inference import InferenceBackend
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.roles import CHANGE_REQUIRED_ROLES, GLIOMA_INPUT_ROLES, ChangePipeline, SeriesRole
+from neuroflow.core.series_volume import series_to_volume
 from neuroflow.core.timing import StageClock
 from neuroflow.core.volume import Volume
 from neuroflow.core.volume_members import volume_instances
@@ -33,7 +34,6 @@ from neuroflow.longitudinal.haematoma import (
 from neuroflow.longitudinal.ms_lesions import MS_STAGES, MsLesionChange, detect_new_ms_lesions
 from neuroflow.longitudinal.pairing import roles_for
 from neuroflow.longitudinal.tumour_growth import GliomaTimepoint, tumour_growth
-from neuroflow.preprocess.convert import series_to_volume
 from neuroflow.preprocess.glioma_inputs import preprocess_glioma
 from neuroflow.results.dicom_sr import ms_change_sr
 from neuroflow.results.longitudinal_results import (

@@ -15,9 +15,9 @@ from neuroflow.core.inference import InferenceBackend
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.sequence_subsets import glioma_reference_role
+from neuroflow.core.series_volume import series_to_volume
 from neuroflow.core.timing import StageClock
 from neuroflow.core.volume import Geometry, Volume, resample
-from neuroflow.preprocess.convert import series_to_volume
 from neuroflow.preprocess.normalise import zscore_in_mask
 from neuroflow.preprocess.orientation import FlipCheck, check_left_right
 from neuroflow.preprocess.register import RegistrationResult, isotropic_grid, register_rigid

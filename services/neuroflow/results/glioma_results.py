@@ -24,9 +24,9 @@ from neuroflow.core.labels import (
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.roles import GLIOMA_INPUT_ROLES, SeriesRole
 from neuroflow.core.sequence_subsets import glioma_reference_role, not_assessable
+from neuroflow.core.series_volume import series_to_volume
 from neuroflow.core.volume import Geometry, Volume, resample
 from neuroflow.core.volume_members import volume_instances
-from neuroflow.preprocess.convert import series_to_volume
 from neuroflow.results.dicom_seg import build_glioma_seg
 from neuroflow.results.dicom_sr import GLIOMA_SR_DESCRIPTION, SR_FILE, glioma_sr, glioma_sr_uid
 from neuroflow.results.notice import NOTICE_IMAGE_FILE, NOTICE_SR_FILE, notice_objects, notice_of

@@ -5,7 +5,7 @@ Studies are named by their pseudonymous key (core.identity.study_key), series an
 their UID: the browser's URLs carry those keys, never a UID. A key is matched to its UID here, by keying the
 UIDs Orthanc holds (the same mapping the site's secret gives everywhere else).
 
-An image series is converted by the pipeline's own converter (preprocess/convert.py: geometry from the
+An image series is converted by the pipeline's own converter (core/series_volume.py: geometry from the
 slices, never assumed) and served as NIfTI; a SEG becomes a label volume on the grid of the series it was
 drawn on (seg_labels.py). Both are kept in a small in-memory cache: scrolling never converts twice."""
 
@@ -28,9 +28,9 @@ from neuroflow.core.dicom_io import SeriesInstances, StudyIndex
 from neuroflow.core.errors import SeriesRejected, StudyError
 from neuroflow.core.identity import study_key, uid_key
 from neuroflow.core.orthanc import OrthancClient, OrthancDicomSource
+from neuroflow.core.series_volume import series_volumes
 from neuroflow.core.volume import Volume
 from neuroflow.ingest.classify import classify_series
-from neuroflow.preprocess.convert import series_volumes
 
 _PAGE = 500  # studies per request when keys are matched to studies
 _CACHE_ENTRIES = 12  # converted volumes kept (a pane's image and labels are two)
