@@ -6,7 +6,12 @@ lie (a missing slice, a duplicate, slices that disagree on orientation or size, 
 rejects the series with a reason naming the series and what is wrong. A series that holds several
 volumes (echoes, time points, acquisitions, stacks, diffusion b-values and directions: ``split_volumes``)
 is several stacks, each converted on its own; a diffusion series also gives a trace per b-value and an
-ADC map (``dwi``); Siemens MOSAIC images are unpacked into their slices (``mosaic``)."""
+ADC map (``dwi``); Siemens MOSAIC images are unpacked into their slices (``mosaic``).
+
+Cost: each slice's geometry is read once, into floats; each instance is decoded once, straight into the
+preallocated float32 volume, and its decoded pixels are not kept (on the instances or here) unless the series
+holds several volumes that share instances (multi-frame, MOSAIC), so a big CT peaks at about the volume plus
+the instances as read."""
 
 from __future__ import annotations
 
@@ -18,7 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.pixels.utils import pixel_array
+from pydicom.tag import Tag
 
 from neuroflow.core import dwi_volumes as dwi
 from neuroflow.core import mosaic
@@ -45,6 +53,13 @@ PIXEL_SPACING_TOLERANCE = 1e-4  # relative
 
 # Builds the SeriesRejected for the series being converted, from a reason.
 _Reject = Callable[[str], SeriesRejected]
+# An instance's stored pixel values (decoded, checked against its header).
+_Pixels = Callable[[Dataset], npt.NDArray[np.generic]]
+# The decimal-string geometry tags read straight from their bytes (_raw_decimals), by keyword.
+_DECIMAL_TAGS = {keyword: Tag(keyword)
+                 for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")}
+# Integers this large or larger are no longer all exact in float32 (24-bit significand).
+_FLOAT32_EXACT = 2**24
 
 
 @dataclass(frozen=True)
@@ -124,6 +139,8 @@ class _Series:
     series_uid: str | None
     head: Dataset
     built: dict[str, Volume] = field(default_factory=dict)
+    # Decoded pixels by id(dataset), kept only while several volumes may draw on one instance.
+    decoded: dict[int, npt.NDArray[np.generic]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, instances: Sequence[Dataset], study_key: str) -> _Series:
@@ -183,11 +200,21 @@ class _Series:
     def _acquired(self, label: str) -> Volume:
         acquired = next(v for v in self.split.volumes if v.label == label)
         planes = [self.planes[i] for i in acquired.frames]
-        return _stack_volume(planes, self.head, self.study_key, self.series_uid, label, self.reject)
+        return _stack_volume(planes, self.head, self.series_uid, label, self.reject, self.pixels)
+
+    def pixels(self, ds: Dataset) -> npt.NDArray[np.generic]:
+        """``ds``'s decoded pixels: decoded again on each call for a one-volume series (each instance is
+        asked for once), kept for a series of several volumes (a multi-frame or MOSAIC instance feeds them all)."""
+        if not self.split.is_split and not self.diffusion:
+            return _decoded_pixels(ds, self.study_key, self.series_uid)
+        key = id(ds)  # the planes hold the datasets, so an id is not reused while this series lives
+        if key not in self.decoded:
+            self.decoded[key] = _decoded_pixels(ds, self.study_key, self.series_uid)
+        return self.decoded[key]
 
 
 def _stack_volume(
-    planes: list[_Plane], head: Dataset, study_key: str, series_uid: str | None, label: str, reject: _Reject
+    planes: list[_Plane], head: Dataset, series_uid: str | None, label: str, reject: _Reject, pixels: _Pixels
 ) -> Volume:
     """One regular stack of planes as a Volume (see series_to_volume for the geometry)."""
     where = f" (volume {label})" if label else ""
@@ -201,7 +228,8 @@ def _stack_volume(
 
     first, last = ordered[0].position, ordered[-1].position
     slice_dir = normal if float((last - first) @ normal) > 0 else -normal
-    array = np.stack([_plane_values(p, study_key, series_uid) for p in ordered])
+    array = np.empty((len(ordered), planes[0].rows, planes[0].columns), dtype=np.float32)
+    _fill(array, ordered, pixels)
     direction = np.column_stack([row_dir, col_dir, slice_dir])
     row_spacing, column_spacing = planes[0].pixel_spacing
     geometry = Geometry(
@@ -253,8 +281,8 @@ def _planes_of(ds: Dataset, reject: _Reject) -> list[_Plane]:
         plane = _Plane(
             dataset=ds,
             frame=None,
-            position=_vector(ds, "ImagePositionPatient", 3, source, reject),
-            orientation=_vector(ds, "ImageOrientationPatient", 6, source, reject),
+            position=_decimals(ds, "ImagePositionPatient", 3, source, reject),
+            orientation=_decimals(ds, "ImageOrientationPatient", 6, source, reject),
             pixel_spacing=_pixel_spacing(ds, source, reject),
             rows=int(rows),
             columns=int(columns),
@@ -430,13 +458,43 @@ def _describe_gaps(
     return f"{noun} {shown} of {total} missing: gap of {gap:.1f} mm where spacing is {spacing:.1f} mm"
 
 
-def _plane_values(plane: _Plane, study_key: str, series_uid: str | None) -> npt.NDArray[np.float32]:
-    pixels = _decoded_pixels(plane.dataset, study_key, series_uid)
-    frame = pixels if plane.frame is None else pixels[plane.frame]
-    if plane.mosaic_tile is not None:
-        frame = mosaic.tile(frame, *plane.mosaic_tile)
-    values = frame.astype(np.float64) * plane.slope + plane.intercept
-    return values.astype(np.float32)
+def _fill(out: npt.NDArray[np.float32], ordered: list[_Plane], pixels: _Pixels) -> None:
+    """Writes each plane's values (stored value * slope + intercept) into its slice of ``out``, decoding
+    each instance once however many of the planes it holds (frames, MOSAIC tiles). Instances are decoded
+    in the order of their first plane, so of several unreadable files the first in slice order is named."""
+    slices_of: dict[int, list[int]] = {}
+    for k, plane in enumerate(ordered):
+        slices_of.setdefault(id(plane.dataset), []).append(k)
+    scratch = np.empty(out.shape[1:], dtype=np.float64)
+    for slices in slices_of.values():
+        decoded = pixels(ordered[slices[0]].dataset)
+        for k in slices:
+            plane = ordered[k]
+            frame = decoded if plane.frame is None else decoded[plane.frame]
+            if plane.mosaic_tile is not None:
+                frame = mosaic.tile(frame, *plane.mosaic_tile)
+            _rescale_into(out[k], frame, plane.slope, plane.intercept, scratch)
+        del decoded  # a one-volume series keeps no decoded instance beyond its slices in ``out``
+
+
+def _rescale_into(
+    out: npt.NDArray[np.float32], stored: npt.NDArray[np.generic], slope: float, intercept: float,
+    scratch: npt.NDArray[np.float64],
+) -> None:
+    """``out[...] = float32(float64(stored) * slope + intercept)``, bit for bit, without a new array per slice.
+    Stored integers of 16 bits or fewer with slope 1 and a whole intercept (CT's -1024) are added in float32:
+    every operand and sum is a whole number below 2**24, exact in float32 as in float64, so the result is the
+    same value."""
+    small_integers = stored.dtype.kind in "iu" and stored.dtype.itemsize <= 2
+    if small_integers and slope == 1.0 and intercept.is_integer() and abs(intercept) < _FLOAT32_EXACT // 2:
+        out[...] = stored
+        if intercept != 0.0:
+            out += np.float32(intercept)
+        return
+    scratch[...] = stored
+    scratch *= slope
+    scratch += intercept
+    out[...] = scratch
 
 
 def _decoded_pixels(ds: Dataset, study_key: str, series_uid: str | None) -> npt.NDArray[np.generic]:
@@ -450,7 +508,8 @@ def _decoded_pixels(ds: Dataset, study_key: str, series_uid: str | None) -> npt.
         raise SeriesRejected(study_key, f"cannot decode the pixel data in {source}: {missing}", stage=STAGE,
                              series_uid=series_uid)
     try:
-        pixels: npt.NDArray[np.generic] = ds.pixel_array
+        # As ``ds.pixel_array`` decodes, without keeping the array on the caller's dataset.
+        pixels: npt.NDArray[np.generic] = pixel_array(ds)
     except BaseException as exc:  # truncated data, unsupported compression, inconsistent header
         # A decoder written in Rust (pylibjpeg-rle) panics on some damaged data with pyo3's PanicException, a
         # BaseException: it must not end the worker either. Interrupts and exits pass.
@@ -486,8 +545,29 @@ def _vector(ds: Dataset, keyword: str, length: int, source: str, reject: _Reject
     return vector
 
 
+def _decimals(ds: Dataset, keyword: str, length: int, source: str, reject: _Reject) -> npt.NDArray[np.float64]:
+    """``_vector`` of a decimal-string geometry tag, from its bytes when they hold ``length`` finite numbers."""
+    values = _raw_decimals(ds, keyword, length)
+    return values if values is not None else _vector(ds, keyword, length, source, reject)
+
+
+def _raw_decimals(ds: Dataset, keyword: str, length: int) -> npt.NDArray[np.float64] | None:
+    """The values of a decimal string (DS) element pydicom has not yet converted, parsed from its bytes: its
+    on-access conversion builds and validates a DSfloat per value, most of the time a slice's geometry took.
+    Python's float() parses each value as DSfloat does. None (the caller then reads it the checked way,
+    with its messages) when the element is absent or converted already, not DS, or not ``length`` finite numbers."""
+    raw = ds.get_item(_DECIMAL_TAGS[keyword])
+    if not isinstance(raw, RawDataElement) or raw.VR not in ("DS", None) or not isinstance(raw.value, bytes):
+        return None
+    try:
+        values = np.array([float(v) for v in raw.value.decode("ascii").split("\\")], dtype=np.float64)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return values if values.shape == (length,) and bool(np.all(np.isfinite(values))) else None
+
+
 def _pixel_spacing(ds: Dataset, source: str, reject: _Reject) -> tuple[float, float]:
-    spacing = _vector(ds, "PixelSpacing", 2, source, reject)
+    spacing = _decimals(ds, "PixelSpacing", 2, source, reject)
     if np.any(spacing <= 0):
         raise reject(f"{source} has PixelSpacing {_fmt(spacing)}: must be positive")
     return float(spacing[0]), float(spacing[1])
