@@ -127,14 +127,17 @@ def ratio_text(ours: Timing | None, theirs: Timing | None) -> str:
 # Why the figures come out as they do: mechanisms, true whichever way a rerun's ratios fall.
 PART_NOTES = {
     "dicom": (
-        "Where neuroflow is behind: it reads every file twice in Python (pydicom: the index parses the headers, "
-        "`read_instances` the whole file again), then `series_to_volume` reads each slice's geometry tags through "
-        "pydicom's on-access conversion and decodes each slice through float64 to float32, keeping the datasets "
-        "and their decoded pixels until the volume is stacked (hence ~3x the peak memory of SimpleITK on the big "
-        "CT). Profiled on the Colin27 series: index 0.8 s, read 0.9 s, geometry and stacking 1.0 s. GDCM "
-        "(SimpleITK) and dcm2niix parse once, in C/C++, and keep int16. What neuroflow buys with it: every slice's "
-        "geometry is checked (gaps, duplicates, tilt, mosaic, multi-frame, per-slice rescale) and a bad series is "
-        "refused with the reason; in a whole study the conversion is ~2% of the pipeline (first section). "
+        "`series_to_volume` (core/series_volume.py) reads each slice's position, orientation and pixel spacing "
+        "from the tags' bytes (pydicom's on-access conversion builds and validates a DSfloat per value; a value "
+        "that does not parse falls back to the checked reading and its refusal), decodes each instance once "
+        "straight into a preallocated float32 volume and keeps no decoded pixels on the caller's datasets. Where "
+        "neuroflow is behind: it reads every file twice in Python (the index parses the header, `read_instances` "
+        "the whole file again, after the input-limit check has read its meta header: about half its time on "
+        "Colin27), the frame keys that split multi-volume series read vendor private tags on every slice, and it "
+        "returns float32 (twice SimpleITK's int16 memory on the CT). GDCM (SimpleITK) and dcm2niix parse once, "
+        "in C/C++, and keep int16. What neuroflow buys with it: every slice's geometry is checked (gaps, "
+        "duplicates, tilt, mosaic, multi-frame, per-slice rescale) and a bad series is refused with the reason; "
+        "in a whole study the conversion is ~2% of the pipeline (first section). "
         "Geometry agrees exactly with both peers."),
     "skull": (
         "HD-BET runs as its authors advise on a CPU (fold 0 only, no test-time mirroring); its default (5 folds, "
