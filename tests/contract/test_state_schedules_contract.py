@@ -257,7 +257,7 @@ def test_a_version_1_sqlite_database_is_upgraded_in_place(tmp_path: Path) -> Non
     _upgraded_keeps_its_workflow(upgraded)
     upgraded.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(5,)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(6,)]
 
 
 def test_a_version_1_postgres_database_is_upgraded_in_place(postgres_dsn: str) -> None:
@@ -268,4 +268,4 @@ def test_a_version_1_postgres_database_is_upgraded_in_place(postgres_dsn: str) -
     _upgraded_keeps_its_workflow(upgraded)
     upgraded.close()
     with psycopg.connect(postgres_dsn) as db:
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(5,)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(6,)]

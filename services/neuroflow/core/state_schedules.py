@@ -95,6 +95,13 @@ SCHEDULE_SCHEMA = (
         paused_by   TEXT NOT NULL,
         paused_at   {real} NOT NULL
     )""",
+    # A pipeline an operator paused: its workflows' dispatches wait (their retry timers are not claimed; a new
+    # study's workflow is created and waits on one) until resumed. A task in flight completes.
+    """CREATE TABLE IF NOT EXISTS paused_pipelines (
+        pipeline    TEXT PRIMARY KEY,
+        paused_by   TEXT NOT NULL,
+        paused_at   {real} NOT NULL
+    )""",
     # A result a radiologist rejected after it reached a destination: a superseding retraction notice is owed
     # there. The outbox's shape (sop_instance_uids: the delivered objects it supersedes; delivered_at: when
     # the destination accepted the notice), worked by the same delivery loop with the same guarantees.
@@ -252,14 +259,16 @@ class ScheduleStatements(AuditStatements):
 
     def claim_due_timers(self, now: float, holder: str, lease_s: float, limit: int = 32) -> builtins.list[Timer]:
         """Claim (hold the lease of) up to ``limit`` workflows whose timer is due and whose lease is free or
-        expired. Each due timer is claimed by exactly one caller."""
+        expired. Each due timer is claimed by exactly one caller. A retry (a dispatch) of a workflow whose
+        pipeline is paused is not claimed: it stays due, and fires once the pipeline is resumed."""
         rows = self._rows(
             "UPDATE workflow_timers SET holder = ?, lease_until = ? WHERE workflow_id IN ("
             "SELECT workflow_id FROM workflow_timers WHERE kind IS NOT NULL AND due_at <= ? "
-            "AND (holder IS NULL OR lease_until < ?) ORDER BY due_at LIMIT ?) "
+            "AND (holder IS NULL OR lease_until < ?) AND NOT (kind = ? AND workflow_id IN (SELECT workflow_id FROM "
+            "workflows WHERE pipeline IN (SELECT pipeline FROM paused_pipelines))) ORDER BY due_at LIMIT ?) "
             "AND kind IS NOT NULL AND due_at <= ? AND (holder IS NULL OR lease_until < ?) "
             "RETURNING workflow_id, kind, stage, attempt, due_at",
-            (holder, now + lease_s, now, now, limit, now, now))
+            (holder, now + lease_s, now, now, TimerKind.RETRY.value, limit, now, now))
         return sorted((_timer(r) for r in rows), key=lambda t: t.due_at)
 
     # -- the delivery outbox -------------------------------------------------------------------------
@@ -356,6 +365,22 @@ class ScheduleStatements(AuditStatements):
         """Each paused destination: who paused it and when."""
         return {str(r[0]): (str(r[1]), float(r[2])) for r in self._rows(
             "SELECT destination, paused_by, paused_at FROM paused_destinations ORDER BY destination")}
+
+    def pause_pipeline(self, pipeline: str, *, by: str, now: float) -> bool:
+        """Dispatch no task of ``pipeline``'s workflows (new studies wait; one in flight completes) until
+        ``resume_pipeline``; False when it was paused already."""
+        return self._changed("INSERT INTO paused_pipelines (pipeline, paused_by, paused_at) VALUES (?, ?, ?) "
+                             "ON CONFLICT (pipeline) DO NOTHING", (pipeline, by, now))
+
+    def resume_pipeline(self, pipeline: str) -> bool:
+        """Dispatch ``pipeline``'s waiting workflows again (their due timers fire at the orchestrator's next
+        tick); False when it was not paused."""
+        return self._changed("DELETE FROM paused_pipelines WHERE pipeline = ?", (pipeline,))
+
+    def paused_pipelines(self) -> dict[str, tuple[str, float]]:
+        """Each paused pipeline: who paused it and when."""
+        return {str(r[0]): (str(r[1]), float(r[2])) for r in self._rows(
+            "SELECT pipeline, paused_by, paused_at FROM paused_pipelines ORDER BY pipeline")}
 
     def withhold_deliveries(self, workflow_id: str, reason: str, *, now: float) -> builtins.list[str]:
         """Stop the workflow's pending deliveries that no delivery replica holds (a result a radiologist
