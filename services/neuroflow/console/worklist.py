@@ -17,6 +17,7 @@ from neuroflow.core.state import WorkflowStatus
 from neuroflow.results.report import REPORT_FILE, StudyReport
 
 NEEDS_REVIEW = "NEEDS REVIEW"
+PIPELINE_PAUSED = "PIPELINE PAUSED"  # a study waiting for its paused pipeline to be resumed
 REJECTED = "REJECTED"
 ACCEPTED = "accepted"
 WORKLIST_LIMIT = 300  # the newest studies shown; the CLI (`neuroflow admin studies`) lists all
@@ -60,6 +61,7 @@ def worklist(store: Store, reviews: ReviewStore, reports_dir: Path, selection: W
     pipelines = sorted({w["pipeline"] for s in studies for w in s["workflows"]})
     letters = {letter["workflow_id"]: letter for letter in operations.list_dead_letters(store)}
     decisions = reviews.latest_by_workflow()
+    paused = store.paused_pipelines()
     shown = []
     for study in sorted(studies, key=lambda s: max(w["updated_at"] for w in s["workflows"]), reverse=True):
         workflows = [w for w in study["workflows"] if selection.keeps(w)]
@@ -67,6 +69,8 @@ def worklist(store: Store, reviews: ReviewStore, reports_dir: Path, selection: W
             continue
         for workflow in workflows:
             workflow["flags"] = _flags(workflow, reports_dir, study["study_key"], decisions)
+            if workflow["status"] == WorkflowStatus.PENDING.value and workflow["pipeline"] in paused:
+                workflow["flags"].append(PIPELINE_PAUSED)
             workflow["reason"] = _reason(workflow, letters.get(workflow["workflow_id"]))
         shown.append({"study_key": study["study_key"], "workflows": workflows,
                       "updated_at": max(w["updated_at"] for w in workflows)})
