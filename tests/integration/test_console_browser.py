@@ -7,7 +7,9 @@ dead-lettered one with its reason; a radiologist's rejection is recorded (the st
 show REJECTED, the audit trail has it, the acceptance metric counts it); a viewer cannot POST a review (403);
 a POST without the CSRF token is refused (403); an operator replays a dead letter (its workflow is PENDING
 again, the trail names the operator), cancels a study's workflow (CANCELLED, its pending delivery withheld) and
-pauses and resumes a pipeline; every log-in, log-out and refused log-in is in the audit trail."""
+pauses and resumes a pipeline; a result accepted with a component removed owes its destinations the corrected
+result (tests/integration/test_correction.py builds and sends it); every log-in, log-out and refused log-in is in
+the audit trail."""
 
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ FAILED_KEY = "b2" * 32
 ARRIVING_KEY = "c3" * 32
 CANCELLED_KEY = "d4" * 32
 WAITING_KEY = "e5" * 32
+CORRECTED_KEY = "f6" * 32
 PASSWORDS = {"rad": ("radiologist", "rad-pass"), "op": ("operator", "op-pass"), "view": ("viewer", "view-pass")}
 WAIT_S = 30.0
 OIDC_SECRET = "client-secret-of-the-test"
@@ -71,6 +74,7 @@ class Running:
     reviewed_workflow: str
     failed_workflow: str
     letter_id: str
+    reports: Path
 
 
 def _seed(state: SqliteStateStore, reports: Path) -> tuple[str, str, str]:
@@ -196,7 +200,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             except OSError:
                 assert time.monotonic() < deadline, "the console did not answer"
                 time.sleep(0.2)
-        yield Running(url, f"http://127.0.0.1:{metrics_port}/metrics", state, done, failed, letter)
+        yield Running(url, f"http://127.0.0.1:{metrics_port}/metrics", state, done, failed, letter, root / "reports")
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -505,3 +509,36 @@ def test_operator_pauses_and_resumes_a_pipeline(console: Running, browser: Any) 
     assert "wf-waiting-1" in [t.workflow_id for t in console.state.claim_due_timers(time.time(), "r-t", 0.01)]
     assert [(r.action, r.actor) for r in console.state.audit_records(OPERATIONS_CHAIN)] == [
         ("pipeline paused", "console/op"), ("pipeline resumed", "console/op")]
+
+
+def test_radiologist_accepts_a_result_without_a_component(console: Running, browser: Any) -> None:
+    """The result reached the PACS and waits for the VNA: the PACS is owed the corrected result, the VNA gets
+    only the corrected one (the original is withheld there)."""
+    wid, reports = "wf-corrected-1", console.reports
+    console.state.create(wid, CORRECTED_KEY, "glioma", "hash-7")
+    console.state.set_status(wid, WorkflowStatus.RUNNING, stage="results")
+    console.state.set_status(wid, WorkflowStatus.SUCCEEDED, stage="results")
+    for destination, due in (("PACS", time.time()), ("VNA", time.time() + 3600)):
+        console.state.enqueue_delivery(wid, destination, study_key=CORRECTED_KEY, pipeline="glioma", stage="results",
+                                       sop_instance_uids=["2.25.88"], now=due, give_up_at=time.time() + 7200)
+    (sent,) = [d for d in console.state.claim_due_deliveries(time.time(), "replica-c", 30.0) if d.workflow_id == wid]
+    console.state.delivery_done(sent, "replica-c", time.time())
+    report = StudyReport(study_instance_uid="1.2.826.0.1.3680043.8.498.7", study_key=CORRECTED_KEY, pipeline="glioma",
+                         status=ReportStatus.SUCCEEDED, model=ModelRef(name="glioma-seg", version=3),
+                         volumes_ml=TumourVolumes(WT=20.0, TC=8.0, ET=2.0))
+    (reports / CORRECTED_KEY / wid).mkdir(parents=True)
+    (reports / CORRECTED_KEY / wid / REPORT_FILE).write_text(report.model_dump_json())
+    _log_in(browser, console.url, "rad", "rad-pass")
+    _wait(lambda: browser.find_elements(By.ID, "worklist-rows"), "the worklist")
+    browser.get(f"{console.url}/studies/{CORRECTED_KEY}")
+    form = browser.find_element(By.CSS_SELECTOR, f"#workflow-{wid} form.review-form")
+    form.find_element(By.CSS_SELECTOR, "input[value=accepted]").click()
+    form.find_element(By.CSS_SELECTOR, "input[name=remove][value=ET]").click()
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    _wait(lambda: "review recorded" in browser.page_source, "the decision")
+    (decision,) = [r for r in console.state.audit_records(CORRECTED_KEY) if r.action == "result reviewed"]
+    assert (decision.fields()["decision"], decision.fields()["corrections_owed"],
+            decision.fields()["deliveries_withheld"]) == ("accepted", ["PACS", "VNA"], ["VNA"])
+    corrections = [d for d in console.state.deliveries(status=DeliveryStatus.PENDING)
+                   if d.workflow_id.startswith(f"{wid}.correction.")]
+    assert sorted((d.destination, d.stage) for d in corrections) == [("PACS", "correction"), ("VNA", "correction")]

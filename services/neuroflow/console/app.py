@@ -342,6 +342,17 @@ class _Pages:
         stored = self.c.reviews.record(review)
         withheld: list[str] = []
         retracting: list[str] = []
+        correcting: list[str] = []
+        if stored.decision == Decision.ACCEPTED and stored.removed_components:
+            # Accepted without some components: the delivering service builds the corrected SEG and a
+            # superseding SR (results/correction.py) for every destination the result reached or was owed to;
+            # one it had not reached yet gets only the corrected result.
+            correcting = self.c.store.request_corrections(
+                review.workflow_id, stored.review_id, now=stored.decided_at,
+                give_up_at=stored.decided_at + self.c.settings.delivery.retry_for_s)
+            withheld = self.c.store.withhold_deliveries(
+                review.workflow_id, f"withheld: corrected by {session.user} in the console; the corrected result "
+                "is sent instead", now=stored.decided_at)
         if stored.decision == Decision.REJECTED:
             # A rejected result must never be reported: what has not reached the PACS yet stays at the site;
             # where it has (or is being sent now), the delivery loop sends a superseding retraction notice.
@@ -355,7 +366,7 @@ class _Pages:
             "workflow_id": review.workflow_id, "decision": stored.decision.value, "quality": stored.quality,
             "removed_components": stored.removed_components, "model": stored.model,
             "retracted": stored.decision == Decision.REJECTED, "deliveries_withheld": withheld,
-            "retractions_owed": retracting},
+            "retractions_owed": retracting, "corrections_owed": correcting},
             actor=actor(session))
         metrics.REVIEW_DECISIONS.labels(self.c.settings.site, review.pipeline, review.model,
                                         stored.decision.value).inc()

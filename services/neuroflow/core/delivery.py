@@ -26,7 +26,9 @@ from typing import Protocol
 from neuroflow.core import metrics
 from neuroflow.core.config import DeliverySettings
 from neuroflow.core.dicom_io import Forwarder
+from neuroflow.core.errors import NeuroflowError
 from neuroflow.core.state_schedules import (
+    CORRECTION_STAGE,
     RETRACTION_STAGE,
     DeadLetterKind,
     DeadLetterRecord,
@@ -54,12 +56,14 @@ Retract = Callable[[Delivery], Sequence[str]]
 class DeliveryLoop:
     """Sends due deliveries from ``outbox`` through ``forwarder``; ``holder`` names this replica in leases.
     With ``retract``, also the retraction notices owed for results a radiologist rejected after delivery
-    (same leases, backoff and dead letters)."""
+    (same leases, backoff and dead letters); with ``correct``, the corrected results of those accepted with
+    components removed (their rows are in the outbox: without ``correct`` one fails, and is retried)."""
 
     def __init__(self, outbox: ScheduleStatements, forwarder: Forwarder, settings: DeliverySettings, *,
-                 holder: str, retract: Retract | None = None) -> None:
+                 holder: str, retract: Retract | None = None, correct: Retract | None = None) -> None:
         self._outbox = outbox
         self._retract = retract
+        self._correct = correct
         self._forwarder = forwarder
         self._settings = settings
         self._holder = holder
@@ -95,6 +99,7 @@ class DeliveryLoop:
         try:
             # A retraction's notice is built (and stored at the site) at each attempt: the same UIDs each time.
             uids = list(self._retract(delivery) if delivery.stage == RETRACTION_STAGE and self._retract is not None
+                        else self._corrected(delivery) if delivery.stage == CORRECTION_STAGE
                         else delivery.sop_instance_uids)
             self._forwarder.forward(uids, destination)
         except Exception as exc:  # any failure is retried until the delivery period ends
@@ -107,6 +112,14 @@ class DeliveryLoop:
             log.info("study %s: workflow %s: %d %s object(s) delivered to %s (attempt %d)", key,
                      delivery.workflow_id, len(uids), delivery.stage, destination, delivery.attempts + 1)
         return True
+
+    def _corrected(self, delivery: Delivery) -> Sequence[str]:
+        """The corrected objects a correction row owes, built and stored at the site (the same UIDs each
+        attempt); never the uncorrected objects the row lists."""
+        if self._correct is None:
+            raise NeuroflowError(f"study {delivery.study_key}: this delivery replica cannot build corrected results "
+                                 "(its site sink is not an Orthanc)")
+        return self._correct(delivery)
 
     def _failed(self, delivery: Delivery, error: str, code: str) -> None:
         now, attempts = time.time(), delivery.attempts + 1

@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from neuroflow.core.audit import AUDIT_SCHEMA, AuditAction, AuditStatements
 from neuroflow.core.errors import NeuroflowError
 from neuroflow.core.sql_reconnect import ConnectionLost, retry_once
-from neuroflow.core.state_schedules import SCHEDULE_SCHEMA, ScheduleStatements
+from neuroflow.core.state_schedules import SCHEDULE_SCHEMA, ScheduleStatements, correction_workflow_id
 
 
 class WorkflowStatus(StrEnum):
@@ -343,8 +343,8 @@ class SqlStateStore(WorkflowStateStore, ScheduleStatements, AuditStatements, Gen
                 return False
             # What hangs off the row goes with it, in the same transaction (there is no cascading delete).
             for table in _WORKFLOW_TABLES:
-                db.execute(self._sql(f"DELETE FROM {table} WHERE workflow_id IN (?, ?)"),
-                           (workflow_id, notice_workflow_id(workflow_id)))
+                db.execute(self._sql(f"DELETE FROM {table} WHERE workflow_id IN (?, ?) OR workflow_id LIKE ?"),
+                           (workflow_id, notice_workflow_id(workflow_id), correction_workflow_id(workflow_id, "%")))
             return True
 
         # Not repeated after a lost COMMIT: a second run would answer False for a row the first deleted; the

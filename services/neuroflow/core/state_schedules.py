@@ -109,6 +109,20 @@ SCHEDULE_SCHEMA = (
 )
 
 RETRACTION_STAGE = "retraction"  # the stage of a retraction's outbox row: a Delivery of the superseding notice
+# The stage of a correction's outbox row (in ``deliveries``, under ``correction_workflow_id``): a result accepted
+# with components removed; its objects are those it corrects, the delivery loop builds the corrected ones.
+CORRECTION_STAGE = "correction"
+_CORRECTION = ".correction."
+
+
+def correction_workflow_id(workflow_id: str, review_id: str) -> str:
+    """The id a review's correction of the workflow's result is delivered under (deleted with the workflow)."""
+    return f"{workflow_id}{_CORRECTION}{review_id}"
+
+
+def review_of_correction(correction_workflow: str) -> str:
+    """The review a correction's delivery carries out."""
+    return correction_workflow.rsplit(_CORRECTION, 1)[-1]
 
 
 class TimerKind(StrEnum):
@@ -406,6 +420,20 @@ class ScheduleStatements(AuditStatements):
             "ON CONFLICT (workflow_id, destination) DO NOTHING RETURNING destination",
             (RETRACTION_STAGE, DeliveryStatus.PENDING.value, now, give_up_at, now, workflow_id,
              DeliveryStatus.DELIVERED.value, DeliveryStatus.PENDING.value, now))
+        return sorted(str(r[0]) for r in rows)
+
+    def request_corrections(self, workflow_id: str, review_id: str, *, now: float, give_up_at: float
+                            ) -> builtins.list[str]:
+        """Owe the review's correction (core/delivery, results/correction) to every destination the workflow's
+        result reached or is owed to (DELIVERED or PENDING): the destinations, each once however often asked.
+        The caller withholds the pending originals, so a destination the result had not reached gets only the
+        corrected one."""
+        rows = self._rows(
+            f"INSERT INTO deliveries ({_DELIVERY_COLUMNS}) SELECT ?, destination, study_key, pipeline, ?, "
+            "sop_instance_uids, ?, 0, ?, ?, '', ?, NULL FROM deliveries WHERE workflow_id = ? AND status IN (?, ?) "
+            "ON CONFLICT (workflow_id, destination) DO NOTHING RETURNING destination",
+            (correction_workflow_id(workflow_id, review_id), CORRECTION_STAGE, DeliveryStatus.PENDING.value, now,
+             give_up_at, now, workflow_id, DeliveryStatus.DELIVERED.value, DeliveryStatus.PENDING.value))
         return sorted(str(r[0]) for r in rows)
 
     def claim_due_retractions(self, now: float, holder: str, lease_s: float,

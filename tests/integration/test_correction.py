@@ -1,0 +1,108 @@
+"""A result a radiologist accepts with a component removed is corrected in the PACS, against a real site Orthanc
+and a real destination PACS Orthanc: the delivery loop that delivered the result builds (from what the site holds)
+a SEG without the removed segment and an SR superseding the earlier one, sends them once, and keeps the corrected
+SEG as training data with its provenance and without the patient's identity."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
+
+from neuroflow.console.reviews import Decision, ReviewDecision, SqliteReviewStore
+from neuroflow.core.config import ResultObjectSettings
+from neuroflow.core.delivery import DeliveryLoop
+from neuroflow.core.model_card import ModelRef
+from neuroflow.core.orthanc import OrthancDicomSink
+from neuroflow.core.state import SqliteStateStore
+from neuroflow.core.state_schedules import DeliveryStatus, correction_workflow_id
+from neuroflow.core.volume import Geometry, Volume
+from neuroflow.results.correction import CORRECTED_PREFIX, Corrector, TrainingStore
+from neuroflow.results.dicom_seg import build_glioma_seg
+from neuroflow.results.dicom_sr import CORRECTION_SR_DESCRIPTION, sr_texts
+from neuroflow.results.notice import NOTHING_FOUND_HEADLINE, Notice, notice_objects
+from neuroflow.results.report import ReportStatus, StudyReport
+from tests.integration.test_delivery_outbox import SETTINGS, a_result
+from tests.servers.orthanc import PACS_MODALITY, site_and_pacs
+
+OBJECTS = ResultObjectSettings()
+KEY = "k-correct"
+# The grid of tests.integration.test_delivery_outbox.a_result's one slice.
+GEOMETRY = Geometry(spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0),
+                    direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), size=(16, 16, 1))
+
+
+def test_a_result_accepted_with_a_component_removed_reaches_the_pacs_corrected(tmp_path: Path) -> None:
+    store = SqliteStateStore(tmp_path / "state" / "workflows.sqlite")
+    reviews = SqliteReviewStore(tmp_path / "state" / "workflows.sqlite")
+    with site_and_pacs(tmp_path / "orthanc", name="correction", site_aet="NFCORRECT", pacs_aet="CORRECTPACS",
+                       scu_timeout_s=5) as pair:
+        sink = OrthancDicomSink(pair.site_client)
+        image = a_result(tmp_path / "study")
+        sink.store(image)
+        labels = np.zeros((1, 16, 16), dtype=np.uint8)  # core, oedema and enhancing tumour in three bands
+        labels[0, 2:5], labels[0, 6:9], labels[0, 10:13] = 1, 2, 3
+        seg = build_glioma_seg(Volume(labels, GEOMETRY), [image],
+                               model=ModelRef(name="glioma-seg", version=3), input_hash="h-correct", objects=OBJECTS)
+        assert seg is not None
+        report = StudyReport(study_instance_uid=str(image.StudyInstanceUID), study_key=KEY, pipeline="glioma",
+                             status=ReportStatus.SUCCEEDED)
+        (earlier_sr,) = notice_objects(report, Notice(NOTHING_FOUND_HEADLINE, ("stand-in for the glioma SR",)),
+                                       [image], input_hash="h-correct", objects=OBJECTS)["notice_sr.dcm"]
+        result_uids = [sink.store(seg), sink.store(earlier_sr)]
+        now = time.time()
+        store.create("wf-correct", KEY, "glioma", "h-correct")
+        store.enqueue_delivery("wf-correct", PACS_MODALITY, study_key=KEY, pipeline="glioma", stage="results",
+                               sop_instance_uids=result_uids, now=now, give_up_at=now + SETTINGS.retry_for_s)
+        training = TrainingStore(tmp_path / "training")
+        loop = DeliveryLoop(store, sink, SETTINGS, holder="replica-1",
+                            correct=Corrector(sink, reviews, OBJECTS, training))
+        assert loop.deliver_due() == 1  # the result reached the PACS
+
+        review = reviews.record(ReviewDecision(
+            study_key=KEY, workflow_id="wf-correct", pipeline="glioma", model="glioma-seg/3",
+            decision=Decision.ACCEPTED, quality=4, reviewer="rad", removed_components=["ET"]))
+        assert store.request_corrections("wf-correct", review.review_id, now=time.time(),
+                                         give_up_at=time.time() + 600) == [PACS_MODALITY]
+        assert loop.deliver_due() == 1
+        assert loop.deliver_due(time.time() + 3600) == 0  # sent once
+        in_pacs = [pydicom.dcmread(io.BytesIO(pair.pacs_client.instance_file(i)))
+                   for i in pair.pacs_client.get_json("/instances")]
+
+    (correction,) = store.deliveries(workflow_id=correction_workflow_id("wf-correct", review.review_id))
+    assert correction.status == DeliveryStatus.DELIVERED
+    assert len(in_pacs) == 4  # the result's SEG and SR, the corrected SEG and the superseding SR
+    (corrected,) = [d for d in in_pacs if d.SOPClassUID == SegmentationStorage
+                    and str(d.SeriesDescription).startswith(CORRECTED_PREFIX)]
+    assert [(int(s.SegmentNumber), str(s.SegmentLabel)) for s in corrected.SegmentSequence] == [
+        (1, "Necrotic and non-enhancing tumour core"), (2, "Peritumoural oedema")]  # no enhancing tumour
+    assert hd.seg.Segmentation.from_dataset(corrected).number_of_segments == 2  # a SEG a reader takes
+    frames = corrected.pixel_array.reshape(-1, 16, 16)
+    assert np.array_equal(frames[0], labels[0] == 1) and np.array_equal(frames[1], labels[0] == 2)
+    (sr,) = [d for d in in_pacs if d.SOPClassUID == Comprehensive3DSRStorage
+             and d.SeriesDescription == CORRECTION_SR_DESCRIPTION]
+    predecessors = [r.ReferencedSOPInstanceUID for s in sr.PredecessorDocumentsSequence
+                    for series in s.ReferencedSeriesSequence for r in series.ReferencedSOPSequence]
+    assert predecessors == [earlier_sr.SOPInstanceUID]
+    evidence = {r.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
+                for series in s.ReferencedSeriesSequence for r in series.ReferencedSOPSequence}
+    assert corrected.SOPInstanceUID in evidence
+    assert any(t.startswith("CORRECTED by radiologist review on ") and "removed ET (Enhancing tumour)" in t
+               for t in sr_texts(sr))
+
+    kept = tmp_path / "training" / KEY / review.review_id
+    provenance = json.loads((kept / "provenance.json").read_text())
+    assert {k: provenance[k] for k in ("study_key", "model", "reviewer", "removed_components",
+                                       "removed_segments")} == {
+        "study_key": KEY, "model": "glioma-seg/3", "reviewer": "rad", "removed_components": ["ET"],
+        "removed_segments": ["Enhancing tumour"]}
+    training_seg = pydicom.dcmread(kept / "corrected_seg_1.dcm")
+    assert training_seg.SOPInstanceUID == corrected.SOPInstanceUID and "PatientID" not in training_seg
+    assert "PatientName" not in training_seg and str(image.PatientID) not in (kept / "provenance.json").read_text()
+    store.close()
