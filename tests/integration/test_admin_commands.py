@@ -323,8 +323,11 @@ def test_a_cancelled_workflow_dispatches_nothing_more_and_its_late_result_is_nev
 
 
 def test_a_paused_pipeline_holds_a_new_study_until_it_is_resumed(
-    site: Site, capsys: pytest.CaptureFixture[str],
+    site: Site, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("NEUROFLOW_INGEST__PIPELINES", json.dumps([TINY.name]))
+    status, _, err = admin(capsys, "pipelines", "pause", "tinny")  # a typo pauses nothing
+    assert status == 1 and "not one of this site's (tiny)" in err
     status, paused, _ = admin(capsys, "pipelines", "pause", TINY.name)
     assert status == 0 and paused["changed"]
     ready = study_ready("admin-paused")

@@ -67,7 +67,8 @@ def add_admin_parser(sub: Any) -> None:
               store, NeuroflowSettings().ingest.pipelines)))
     pause = steps.add_parser("pause", help="pause a pipeline: its new studies wait, a task in flight completes")
     pause.add_argument("pipeline")
-    _json(pause).set_defaults(handler=_handler(lambda store, args: operations.pause_pipeline(store, args.pipeline)))
+    _json(pause).set_defaults(handler=_handler(lambda store, args: operations.pause_pipeline(
+        store, args.pipeline, known=NeuroflowSettings().ingest.pipelines)))
     resume = steps.add_parser("resume", help="resume a pipeline: its waiting studies are dispatched")
     resume.add_argument("pipeline")
     _json(resume).set_defaults(handler=_handler(lambda store, args: operations.resume_pipeline(

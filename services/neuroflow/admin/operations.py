@@ -19,6 +19,7 @@ import getpass
 import re
 import socket
 import time
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -312,7 +313,7 @@ def _cancel(store: Store, record: WorkflowRecord, actor: str, now: float) -> Row
 # -- pausing a pipeline ----------------------------------------------------------------------------------
 
 
-def list_pipelines(store: Store, known: list[str]) -> list[Row]:
+def list_pipelines(store: Store, known: Collection[str]) -> list[Row]:
     """The pipelines (``known``: the configured ones; any paused one too) and who paused each, when."""
     paused = store.paused_pipelines()
     return [{"pipeline": name, "paused_by": paused[name][0] if name in paused else None,
@@ -321,9 +322,13 @@ def list_pipelines(store: Store, known: list[str]) -> list[Row]:
             for name in sorted({*known, *paused})]
 
 
-def pause_pipeline(store: Store, pipeline: str, *, actor: str | None = None, now: float | None = None) -> Row:
-    """Dispatch nothing of ``pipeline`` until resumed: its new studies wait as PENDING workflows (none is
-    lost); a task in flight completes. Recorded in the site's operations chain of the audit trail."""
+def pause_pipeline(store: Store, pipeline: str, *, known: Collection[str], actor: str | None = None,
+                   now: float | None = None) -> Row:
+    """Dispatch nothing of ``pipeline`` (one of ``known``, the site's) until resumed: its new studies wait as
+    PENDING workflows (none is lost); a task in flight completes. Recorded in the site's operations chain of
+    the audit trail."""
+    if pipeline not in known:
+        raise AdminRefused(f"pipeline {pipeline!r} is not one of this site's ({', '.join(sorted(known))})")
     actor = actor or operator()
     changed = store.pause_pipeline(pipeline, by=actor, now=time.time() if now is None else now)
     if changed:

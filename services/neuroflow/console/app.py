@@ -470,14 +470,18 @@ class _Pages:
         if isinstance(checked, Response):
             return checked
         pipeline, action = request.path_params["pipeline"], request.path_params["action"]
-        if action == "pause":
-            row = await run_in_threadpool(lambda: operations.pause_pipeline(self.c.store, pipeline,
-                                                                            actor=actor(checked)))
-        elif action == "resume":
-            row = await run_in_threadpool(lambda: operations.resume_pipeline(self.c.store, pipeline,
-                                                                             actor=actor(checked)))
-        else:
-            return PlainTextResponse(f"unknown action {action!r}: pause or resume", status_code=404)
+        try:
+            if action == "pause":
+                row = await run_in_threadpool(lambda: operations.pause_pipeline(
+                    self.c.store, pipeline, known=self.c.settings.ingest.pipelines, actor=actor(checked)))
+            elif action == "resume":
+                row = await run_in_threadpool(lambda: operations.resume_pipeline(self.c.store, pipeline,
+                                                                                 actor=actor(checked)))
+            else:
+                return PlainTextResponse(f"unknown action {action!r}: pause or resume", status_code=404)
+        except AdminRefused as refused:
+            return self.render("message.html", checked, status_code=_STATUS_OF_REFUSAL, title="Not paused",
+                               message=str(refused))
         log.info("console: pipeline %s %s by %s%s", pipeline, action, checked.user, "" if row["changed"] else
                  " (no change)")
         done = f"{pipeline} {'paused' if action == 'pause' else 'resumed'}" if row["changed"] else (
