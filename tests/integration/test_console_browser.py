@@ -542,3 +542,13 @@ def test_radiologist_accepts_a_result_without_a_component(console: Running, brow
     corrections = [d for d in console.state.deliveries(status=DeliveryStatus.PENDING)
                    if d.workflow_id.startswith(f"{wid}.correction.")]
     assert sorted((d.destination, d.stage) for d in corrections) == [("PACS", "correction"), ("VNA", "correction")]
+    section = browser.find_element(By.ID, f"workflow-{wid}").text
+    assert "Corrected result to PACS: pending" in section and "removed ET" in section
+    # Rejected on second thoughts: the corrections not yet sent are withheld too, the PACS gets a retraction.
+    form = browser.find_element(By.CSS_SELECTOR, f"#workflow-{wid} form.review-form")
+    form.find_element(By.CSS_SELECTOR, "input[value=rejected]").click()
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    _wait(lambda: "Corrected result to PACS: withheld" in browser.find_element(By.ID, f"workflow-{wid}").text,
+          "the corrections withheld")
+    assert {d.status for d in console.state.corrections(workflow_id=wid)} == {DeliveryStatus.WITHHELD}
+    assert [r.destination for r in console.state.retractions(workflow_id=wid)] == ["PACS"]

@@ -126,6 +126,8 @@ def study_page(store: Store, reviews: ReviewStore, reports_dir: Path, study_key:
         row["decision"] = row["reviews"][-1].decision.value if row["reviews"] else None
         row["retractions"] = [{"destination": r.destination, "status": r.status.value, "last_error": r.last_error}
                               for r in store.retractions(workflow_id=row["workflow_id"])]
+        row["corrections"] = [{"destination": c.destination, "status": c.status.value, "last_error": c.last_error}
+                              for c in store.corrections(workflow_id=row["workflow_id"])]
     return StudyPage(study_key, history["workflows"],
                      [{"at": r.at, "action": r.action, "actor": r.actor, "detail": _detail_text(r.fields())}
                       for r in trail],

@@ -436,6 +436,18 @@ class ScheduleStatements(AuditStatements):
              give_up_at, now, workflow_id, DeliveryStatus.DELIVERED.value, DeliveryStatus.PENDING.value))
         return sorted(str(r[0]) for r in rows)
 
+    def corrections(self, *, workflow_id: str) -> builtins.list[Delivery]:
+        """The deliveries of every review's correction of the workflow's result, oldest first."""
+        return [_delivery(r) for r in self._rows(
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE workflow_id LIKE ? ORDER BY created_at, destination",
+            (correction_workflow_id(workflow_id, "%"),))]
+
+    def withhold_corrections(self, workflow_id: str, reason: str, *, now: float) -> builtins.list[str]:
+        """``withhold_deliveries`` for every correction of the workflow's result not sent yet (the result was
+        rejected after it was corrected): the destinations withheld."""
+        return sorted({destination for correction in {d.workflow_id for d in self.corrections(workflow_id=workflow_id)}
+                       for destination in self.withhold_deliveries(correction, reason, now=now)})
+
     def claim_due_retractions(self, now: float, holder: str, lease_s: float,
                               limit: int = 8) -> builtins.list[Delivery]:
         """Claim up to ``limit`` due retractions (as Deliveries of stage RETRACTION_STAGE) whose result the
