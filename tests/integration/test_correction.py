@@ -15,11 +15,11 @@ import numpy as np
 import pydicom
 from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
 
-from neuroflow.console.reviews import Decision, ReviewDecision, SqliteReviewStore
 from neuroflow.core.config import ResultObjectSettings
 from neuroflow.core.delivery import DeliveryLoop
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.orthanc import OrthancDicomSink
+from neuroflow.core.reviews import Decision, ReviewDecision, SqliteReviewStore
 from neuroflow.core.state import SqliteStateStore
 from neuroflow.core.state_schedules import DeliveryStatus, correction_workflow_id
 from neuroflow.core.volume import Geometry, Volume

@@ -34,11 +34,11 @@ from neuroflow.admin.operations import AdminRefused, Store
 from neuroflow.console import auth
 from neuroflow.console.auth import CSRF_FIELD, SESSION_COOKIE, Permission, Role, Session, SessionCodec
 from neuroflow.console.oidc import OidcClient, OidcRefused
-from neuroflow.console.reviews import Decision, InvalidReview, ReviewDecision, ReviewStore
 from neuroflow.console.worklist import WorklistFilter, model_label, read_report, study_page, worklist
 from neuroflow.core import metrics
 from neuroflow.core.audit import SESSIONS_CHAIN, AuditAction
 from neuroflow.core.config import CHANGE_PIPELINES, NeuroflowSettings
+from neuroflow.core.reviews import Decision, InvalidReview, ReviewDecision, ReviewStore
 
 log = logging.getLogger(__name__)
 _HERE = Path(__file__).parent

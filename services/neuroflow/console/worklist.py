@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from neuroflow.admin import operations
 from neuroflow.admin.operations import Row, Store
-from neuroflow.console.reviews import Decision, ReviewDecision, ReviewStore
+from neuroflow.core.reviews import Decision, ReviewDecision, ReviewStore
 from neuroflow.core.state import WorkflowStatus
 from neuroflow.results.report import REPORT_FILE, StudyReport
 

@@ -32,7 +32,6 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
 
-from neuroflow.console.reviews import ReviewDecision
 from neuroflow.core.config import ResultObjectSettings
 from neuroflow.core.errors import StudyError
 from neuroflow.core.labels import (
@@ -43,6 +42,7 @@ from neuroflow.core.labels import (
     WHOLE_TUMOUR_SEGMENT,
     TumourRegion,
 )
+from neuroflow.core.reviews import ReviewDecision
 from neuroflow.core.state_schedules import Delivery, review_of_correction
 from neuroflow.core.uids import derived_uid
 from neuroflow.results.dicom_sr import correction_sr

@@ -246,8 +246,8 @@ def with_delivery(service: Service, backends: Backends) -> Service:
     sink = backends.sink()
     if not backends.settings.dicom.destination or not isinstance(sink, Forwarder):
         return service
-    from neuroflow.console.reviews import review_store
     from neuroflow.core.orthanc import OrthancDicomSink
+    from neuroflow.core.reviews import review_store
     from neuroflow.results.correction import Corrector, TrainingStore
     from neuroflow.results.retraction import Retractor
 

@@ -1,6 +1,7 @@
 """Radiologists' decisions on results: accept or reject, a 1-5 quality score, the components kept or
 removed, a comment; who and when. Kept in the workflow state's database (table ``console_reviews``),
 every decision a new row (a later one supersedes an earlier one of the same result; none is changed).
+In the core: the console records them, the delivery loop and the results services' corrections read them.
 """
 
 from __future__ import annotations
