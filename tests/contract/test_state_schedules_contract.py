@@ -23,6 +23,7 @@ from neuroflow.core.state_schedules import (
     DeadLetterRecord,
     DeliveryStatus,
     TimerKind,
+    correction_workflow_id,
 )
 from tests.contract.test_state_contract import store  # noqa: F401 - the backend-parametrised fixture
 
@@ -166,6 +167,37 @@ def test_a_rejected_result_that_reached_a_destination_owes_it_one_retraction(sto
     assert store.claim_due_retractions(now + 10_000, "replica-4", 30.0) == []  # never sent again
     assert [r.fields()["destination"] for r in store.audit_records("study-1")
             if r.action == "retraction delivered"] == ["ARCHIVE", "PACS"]
+
+
+def test_a_correction_follows_its_original_and_a_rejection_retracts_the_corrections_that_arrived(
+        store: Store,  # noqa: F811
+) -> None:
+    now = 1_000.0
+    store.create("wf-1", "study-1", "glioma", "hash-1")
+    for destination in ("ARCHIVE", "PACS"):
+        store.enqueue_delivery("wf-1", destination, study_key="study-1", pipeline="glioma", stage="results",
+                               sop_instance_uids=["2.25.1", "2.25.2"], now=now, give_up_at=now + 100)
+    originals = {d.destination: d for d in store.claim_due_deliveries(now, "replica-1", 30.0)}
+    assert store.delivery_failed(originals["ARCHIVE"], "replica-1", "down", next_attempt_at=now + 50, give_up=False)
+    # Accepted with a component removed while the original is being sent to PACS (not yet to ARCHIVE).
+    assert store.request_corrections("wf-1", "rev-1", now=now + 1, give_up_at=now + 100) == ["ARCHIVE", "PACS"]
+    assert store.withhold_deliveries("wf-1", "withheld: corrected", now=now + 1) == ["ARCHIVE"]
+    (to_archive,) = store.claim_due_deliveries(now + 2, "replica-2", 30.0)  # PACS's waits for its original
+    assert (to_archive.workflow_id, to_archive.destination) == (correction_workflow_id("wf-1", "rev-1"), "ARCHIVE")
+    assert store.delivery_done(to_archive, "replica-2", now + 3, sent=["2.25.8"])
+    assert store.delivery_done(originals["PACS"], "replica-1", now + 3)
+    (to_pacs,) = store.claim_due_deliveries(now + 4, "replica-2", 30.0)
+    assert (to_pacs.stage, to_pacs.destination) == ("correction", "PACS")
+
+    # Rejected while that correction is in flight: a retraction is owed to ARCHIVE (only a correction reached
+    # it) and to PACS, which waits until the correction arrived and then supersedes it too.
+    assert store.reject_result("wf-1", "withheld: rejected", now=now + 5, give_up_at=now + 200) == (
+        [], ["ARCHIVE", "PACS"])
+    assert [r.destination for r in store.claim_due_retractions(now + 5, "replica-3", 30.0)] == ["ARCHIVE"]
+    assert store.reached_objects("wf-1", "ARCHIVE") == ["2.25.8"]
+    assert store.delivery_done(to_pacs, "replica-2", now + 6, sent=["2.25.9", "2.25.10"])
+    assert [r.destination for r in store.claim_due_retractions(now + 6, "replica-3", 30.0)] == ["PACS"]
+    assert store.reached_objects("wf-1", "PACS") == ["2.25.1", "2.25.2", "2.25.9", "2.25.10"]
 
 
 def test_a_retraction_owed_keeps_the_results_and_one_given_up_is_replayed(store: Store) -> None:  # noqa: F811

@@ -1,7 +1,9 @@
 """A result a radiologist accepts with a component removed is corrected in the PACS, against a real site Orthanc
 and a real destination PACS Orthanc: the delivery loop that delivered the result builds (from what the site holds)
 a SEG without the removed segment and an SR superseding the earlier one, sends them once, and keeps the corrected
-SEG as training data with its provenance and without the patient's identity."""
+SEG as training data with its provenance and without the patient's identity. Rejected afterwards, the result
+is retracted there: the notice supersedes the corrected objects as well as the originals, and a correction not
+sent yet is withheld."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import io
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -25,9 +28,10 @@ from neuroflow.core.state_schedules import DeliveryStatus, correction_workflow_i
 from neuroflow.core.volume import Geometry, Volume
 from neuroflow.results.correction import CORRECTED_PREFIX, Corrector, TrainingStore
 from neuroflow.results.dicom_seg import build_glioma_seg
-from neuroflow.results.dicom_sr import CORRECTION_SR_DESCRIPTION, sr_texts
+from neuroflow.results.dicom_sr import CORRECTION_SR_DESCRIPTION, RETRACTION_SR_DESCRIPTION, sr_texts
 from neuroflow.results.notice import NOTHING_FOUND_HEADLINE, Notice, notice_objects
 from neuroflow.results.report import ReportStatus, StudyReport
+from neuroflow.results.retraction import RETRACTION_IMAGE_DESCRIPTION, Retractor
 from tests.integration.test_delivery_outbox import SETTINGS, a_result
 from tests.servers.orthanc import PACS_MODALITY, site_and_pacs
 
@@ -38,7 +42,13 @@ GEOMETRY = Geometry(spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0),
                     direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), size=(16, 16, 1))
 
 
-def test_a_result_accepted_with_a_component_removed_reaches_the_pacs_corrected(tmp_path: Path) -> None:
+def _referenced(sequence: Any) -> list[str]:
+    return [r.ReferencedSOPInstanceUID for s in sequence for series in s.ReferencedSeriesSequence
+            for r in series.ReferencedSOPSequence]
+
+
+def test_a_result_accepted_with_a_component_removed_reaches_the_pacs_corrected_and_a_rejection_retracts_it_all(
+        tmp_path: Path) -> None:
     store = SqliteStateStore(tmp_path / "state" / "workflows.sqlite")
     reviews = SqliteReviewStore(tmp_path / "state" / "workflows.sqlite")
     with site_and_pacs(tmp_path / "orthanc", name="correction", site_aet="NFCORRECT", pacs_aet="CORRECTPACS",
@@ -61,8 +71,8 @@ def test_a_result_accepted_with_a_component_removed_reaches_the_pacs_corrected(t
         store.enqueue_delivery("wf-correct", PACS_MODALITY, study_key=KEY, pipeline="glioma", stage="results",
                                sop_instance_uids=result_uids, now=now, give_up_at=now + SETTINGS.retry_for_s)
         training = TrainingStore(tmp_path / "training")
-        loop = DeliveryLoop(store, sink, SETTINGS, holder="replica-1",
-                            correct=Corrector(sink, reviews, OBJECTS, training))
+        loop = DeliveryLoop(store, sink, SETTINGS, holder="replica-1", retract=Retractor(sink, OBJECTS),
+                            correct=Corrector(sink, reviews, OBJECTS, training), reviews=reviews)
         assert loop.deliver_due() == 1  # the result reached the PACS
 
         review = reviews.record(ReviewDecision(
@@ -74,6 +84,21 @@ def test_a_result_accepted_with_a_component_removed_reaches_the_pacs_corrected(t
         assert loop.deliver_due(time.time() + 3600) == 0  # sent once
         in_pacs = [pydicom.dcmread(io.BytesIO(pair.pacs_client.instance_file(i)))
                    for i in pair.pacs_client.get_json("/instances")]
+
+        # A second correction is owed, not sent yet, when the result is rejected (as console/app.py does it).
+        later = reviews.record(ReviewDecision(
+            study_key=KEY, workflow_id="wf-correct", pipeline="glioma", model="glioma-seg/3",
+            decision=Decision.ACCEPTED, quality=3, reviewer="rad", removed_components=["TC"]))
+        store.request_corrections("wf-correct", later.review_id, now=time.time(), give_up_at=time.time() + 600)
+        reviews.record(ReviewDecision(study_key=KEY, workflow_id="wf-correct", pipeline="glioma",
+                                      model="glioma-seg/3", decision=Decision.REJECTED, quality=1, reviewer="rad2"))
+        withheld, retracting = store.reject_result("wf-correct", "withheld: rejected", now=time.time(),
+                                                   give_up_at=time.time() + 600)
+        assert withheld == retracting == [PACS_MODALITY]
+        assert loop.deliver_due() == 1  # the retraction; the pending correction stays withheld
+        assert loop.deliver_due(time.time() + 3600) == 0
+        after = {str(d.SOPInstanceUID): d for i in pair.pacs_client.get_json("/instances")
+                 if (d := pydicom.dcmread(io.BytesIO(pair.pacs_client.instance_file(i))))}
 
     (correction,) = store.deliveries(workflow_id=correction_workflow_id("wf-correct", review.review_id))
     assert correction.status == DeliveryStatus.DELIVERED
@@ -105,4 +130,16 @@ def test_a_result_accepted_with_a_component_removed_reaches_the_pacs_corrected(t
     training_seg = pydicom.dcmread(kept / "corrected_seg_1.dcm")
     assert training_seg.SOPInstanceUID == corrected.SOPInstanceUID and "PatientID" not in training_seg
     assert "PatientName" not in training_seg and str(image.PatientID) not in (kept / "provenance.json").read_text()
+
+    # The rejection: the PACS holds the retraction SR and page besides the four; the SR supersedes every one.
+    assert len(after) == 6
+    (retraction,) = [d for d in after.values() if d.SOPClassUID == Comprehensive3DSRStorage
+                     and d.SeriesDescription == RETRACTION_SR_DESCRIPTION]
+    assert any(d.SeriesDescription == RETRACTION_IMAGE_DESCRIPTION for d in after.values())
+    delivered = {str(d.SOPInstanceUID) for d in in_pacs}
+    assert set(_referenced(retraction.CurrentRequestedProcedureEvidenceSequence)) == delivered
+    assert set(_referenced(retraction.PredecessorDocumentsSequence)) == {earlier_sr.SOPInstanceUID,
+                                                                         sr.SOPInstanceUID}
+    (pending,) = [c for c in store.corrections(workflow_id="wf-correct") if c.workflow_id.endswith(later.review_id)]
+    assert pending.status == DeliveryStatus.WITHHELD
     store.close()

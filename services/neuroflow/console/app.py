@@ -357,10 +357,8 @@ class _Pages:
             # A rejected result must never be reported: what has not reached the PACS yet stays at the site;
             # where it has (or is being sent now), the delivery loop sends a superseding retraction notice.
             reason = f"withheld: the result was rejected by {session.user} in the console"
-            withheld = sorted({*self.c.store.withhold_deliveries(review.workflow_id, reason, now=stored.decided_at),
-                               *self.c.store.withhold_corrections(review.workflow_id, reason, now=stored.decided_at)})
-            retracting = self.c.store.request_retractions(
-                review.workflow_id, now=stored.decided_at,
+            withheld, retracting = self.c.store.reject_result(
+                review.workflow_id, reason, now=stored.decided_at,
                 give_up_at=stored.decided_at + self.c.settings.delivery.retry_for_s)
         self.c.store.audit_append(review.study_key, AuditAction.REVIEWED, {
             "workflow_id": review.workflow_id, "decision": stored.decision.value, "quality": stored.quality,

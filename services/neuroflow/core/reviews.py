@@ -91,6 +91,14 @@ class ReviewStore(SqlStatements):
                              idempotent=True)
         return _decision(rows[0]) if rows else None
 
+    def rejected(self, workflow_id: str) -> bool:
+        """Whether the workflow's result stands rejected (its latest decision): the delivery loop sends
+        nothing more of it."""
+        rows = self._execute(self._sql("SELECT decision FROM console_reviews WHERE workflow_id = ? "
+                                       "ORDER BY decided_at DESC, review_id DESC LIMIT 1"), (workflow_id,),
+                             idempotent=True)
+        return bool(rows) and Decision(rows[0][0]) == Decision.REJECTED
+
     def latest_by_workflow(self) -> dict[str, Decision]:
         """Each reviewed workflow's standing decision (its latest), for the worklist."""
         rows = self._execute("SELECT workflow_id, decision, decided_at FROM console_reviews ORDER BY decided_at",

@@ -254,13 +254,13 @@ def with_delivery(service: Service, backends: Backends) -> Service:
     # Retractions of results rejected after delivery, and corrections of those accepted with components
     # removed: built from and stored in the site Orthanc (the console's Orthanc user only reads).
     retract = correct = None
+    reviews = review_store(backends.settings.state)  # nothing more of a rejected result is sent
     if isinstance(sink, OrthancDicomSink):
         settings = backends.settings
         retract = Retractor(sink, settings.results)
-        correct = Corrector(sink, review_store(settings.state), settings.results,
-                            TrainingStore(settings.console.training_dir))
+        correct = Corrector(sink, reviews, settings.results, TrainingStore(settings.console.training_dir))
     loop = DeliveryLoop(backends.state(), sink, backends.settings.delivery, holder=replica_name(), retract=retract,
-                        correct=correct)
+                        correct=correct, reviews=reviews)
     return WithDelivery(service, loop)
 
 
