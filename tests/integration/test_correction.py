@@ -26,10 +26,15 @@ from neuroflow.core.reviews import Decision, ReviewDecision, SqliteReviewStore
 from neuroflow.core.state import SqliteStateStore
 from neuroflow.core.state_schedules import DeliveryStatus, correction_workflow_id
 from neuroflow.core.volume import Geometry, Volume
-from neuroflow.results.correction import CORRECTED_PREFIX, Corrector, TrainingStore
+from neuroflow.results.correction import (
+    CORRECTED_PREFIX,
+    CORRECTION_IMAGE_DESCRIPTION,
+    Corrector,
+    TrainingStore,
+)
 from neuroflow.results.dicom_seg import build_glioma_seg
 from neuroflow.results.dicom_sr import CORRECTION_SR_DESCRIPTION, RETRACTION_SR_DESCRIPTION, sr_texts
-from neuroflow.results.notice import NOTHING_FOUND_HEADLINE, Notice, notice_objects
+from neuroflow.results.notice import NOTHING_FOUND_HEADLINE, Notice, notice_image, notice_objects
 from neuroflow.results.report import ReportStatus, StudyReport
 from neuroflow.results.retraction import RETRACTION_IMAGE_DESCRIPTION, Retractor
 from tests.integration.test_delivery_outbox import SETTINGS, a_result
@@ -38,6 +43,7 @@ from tests.servers.orthanc import PACS_MODALITY, site_and_pacs
 OBJECTS = ResultObjectSettings()
 KEY = "k-correct"
 # The grid of tests.integration.test_delivery_outbox.a_result's one slice.
+OVERLAY = "AI overlay on T1CE (stand-in)"  # drawn from the uncorrected SEG
 GEOMETRY = Geometry(spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0),
                     direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), size=(16, 16, 1))
 
@@ -65,7 +71,10 @@ def test_a_result_accepted_with_a_component_removed_reaches_the_pacs_corrected_a
                              status=ReportStatus.SUCCEEDED)
         (earlier_sr,) = notice_objects(report, Notice(NOTHING_FOUND_HEADLINE, ("stand-in for the glioma SR",)),
                                        [image], input_hash="h-correct", objects=OBJECTS)["notice_sr.dcm"]
-        result_uids = [sink.store(seg), sink.store(earlier_sr)]
+        overlay = notice_image(image, Notice("stand-in for an overlay", ("drawn before the review",)),
+                               input_hash="h-overlay", objects=OBJECTS)
+        overlay.SeriesDescription = OVERLAY
+        result_uids = [sink.store(seg), sink.store(earlier_sr), sink.store(overlay)]
         now = time.time()
         store.create("wf-correct", KEY, "glioma", "h-correct")
         store.enqueue_delivery("wf-correct", PACS_MODALITY, study_key=KEY, pipeline="glioma", stage="results",
@@ -102,7 +111,9 @@ def test_a_result_accepted_with_a_component_removed_reaches_the_pacs_corrected_a
 
     (correction,) = store.deliveries(workflow_id=correction_workflow_id("wf-correct", review.review_id))
     assert correction.status == DeliveryStatus.DELIVERED
-    assert len(in_pacs) == 4  # the result's SEG and SR, the corrected SEG and the superseding SR
+    assert len(in_pacs) == 6  # the result's SEG, SR and overlay; the corrected SEG, the superseding SR, a notice
+    (page,) = [d for d in in_pacs if d.get("SeriesDescription") == CORRECTION_IMAGE_DESCRIPTION]
+    assert page.SOPClassUID == overlay.SOPClassUID and "overlays show removed components" in page.ImageComments
     (corrected,) = [d for d in in_pacs if d.SOPClassUID == SegmentationStorage
                     and str(d.SeriesDescription).startswith(CORRECTED_PREFIX)]
     assert [(int(s.SegmentNumber), str(s.SegmentLabel)) for s in corrected.SegmentSequence] == [
@@ -120,6 +131,7 @@ def test_a_result_accepted_with_a_component_removed_reaches_the_pacs_corrected_a
     assert corrected.SOPInstanceUID in evidence
     assert any(t.startswith("CORRECTED by radiologist review on ") and "removed ET (Enhancing tumour)" in t
                for t in sr_texts(sr))
+    assert any(t.startswith(f"Superseded, do not use: {OVERLAY}") for t in sr_texts(sr))  # not redrawn
 
     kept = tmp_path / "training" / KEY / review.review_id
     provenance = json.loads((kept / "provenance.json").read_text())
@@ -131,8 +143,8 @@ def test_a_result_accepted_with_a_component_removed_reaches_the_pacs_corrected_a
     assert training_seg.SOPInstanceUID == corrected.SOPInstanceUID and "PatientID" not in training_seg
     assert "PatientName" not in training_seg and str(image.PatientID) not in (kept / "provenance.json").read_text()
 
-    # The rejection: the PACS holds the retraction SR and page besides the four; the SR supersedes every one.
-    assert len(after) == 6
+    # The rejection: the PACS holds the retraction SR and page besides the six; the SR supersedes every one.
+    assert len(after) == 8
     (retraction,) = [d for d in after.values() if d.SOPClassUID == Comprehensive3DSRStorage
                      and d.SeriesDescription == RETRACTION_SR_DESCRIPTION]
     assert any(d.SeriesDescription == RETRACTION_IMAGE_DESCRIPTION for d in after.values())

@@ -9,7 +9,11 @@ console's Orthanc user stays read-only), stores it at the site and sends it like
 * each SEG without the removed segments (frames, segment descriptions; the rest renumbered 1..n as a SEG
   requires), in a new series whose description starts "CORRECTED";
 * an SR superseding the earlier one (its predecessor document), the corrected SEG its evidence, saying what
-  was removed, by review, when.
+  was removed, by review, when;
+* when the result has other objects drawn from the uncorrected segmentation (the burned-in colour overlays,
+  an RTSTRUCT), the SR names them superseded, not to be used, and a notice page (a Secondary Capture any
+  viewer shows beside them) says so too. They are not redrawn: an overlay is drawn on the source slices as
+  the results stage converted them, and the corrected SEG is what the radiologist reviewed.
 
 The corrected SEG is also kept as training data (``TrainingStore``): beside it, its provenance (pseudonymous
 study key, model, reviewer, time, what was removed); the copy carries no patient name, ID or birth date.
@@ -46,8 +50,11 @@ from neuroflow.core.reviews import ReviewDecision
 from neuroflow.core.state_schedules import Delivery, review_of_correction
 from neuroflow.core.uids import derived_uid
 from neuroflow.results.dicom_sr import correction_sr
+from neuroflow.results.notice import Notice, notice_image
 
 CORRECTED_PREFIX = "CORRECTED "
+CORRECTION_HEADLINE = "CORRECTED by radiologist review: the earlier AI overlays show removed components"
+CORRECTION_IMAGE_DESCRIPTION = "AI RESULT CORRECTED: earlier overlays superseded"
 _SEGMENT_NUMBER = Tag(0x0062, 0x000B)  # ReferencedSegmentNumber, a dimension index of every SEG built here
 # Removed from the training copy: who the patient is (the pseudonymous key in its provenance names the study).
 _PATIENT_ATTRIBUTES = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge",
@@ -178,15 +185,27 @@ class Corrector:
                                                                   uid_root=self._objects.uid_root)) is not None]
         removed_here = sorted({str(i.SegmentLabel) for seg in segs for i in seg.SegmentSequence} & labels)
         srs = [d for d in superseded if d.SOPClassUID == Comprehensive3DSRStorage]
+        # Drawn from the uncorrected segmentation (overlays, RTSTRUCT): superseded, not redrawn.
+        stale = sorted({str(d.get("SeriesDescription", "")) or "an AI result series" for d in superseded
+                        if d.SOPClassUID not in (SegmentationStorage, Comprehensive3DSRStorage)})
         decided = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(review.decided_at))
         lines = (f"CORRECTED by radiologist review on {decided}: removed {', '.join(review.removed_components)}"
                  f" ({'; '.join(removed_here) or 'no segment of that name'}).",
                  ("The corrected segmentation is this report's evidence; " if corrected else
-                  "Nothing of the segmentation is left; ") + "the earlier AI report is superseded.")
+                  "Nothing of the segmentation is left; ") + "the earlier AI report is superseded.",
+                 *([f"Superseded, do not use: {'; '.join(stale)} (drawn before the correction, they still show "
+                    "what was removed)."] if stale else []))
         correction_hash = hashlib.sha256(f"neuroflow.correction\x00{correction.workflow_id}".encode()).hexdigest()
         sr = correction_sr(corrected or segs, srs, study_key=correction.study_key, pipeline=correction.pipeline,
                            lines=lines, correction_hash=correction_hash, objects=self._objects)
-        uids = [self._sink.store(d) for d in (*corrected, sr)]
+        notice = []
+        if stale:
+            page = notice_image(sr, Notice(CORRECTION_HEADLINE, lines), input_hash=correction_hash,
+                                objects=self._objects)
+            page.SeriesNumber = self._objects.notice_series_number + 5
+            page.SeriesDescription = CORRECTION_IMAGE_DESCRIPTION
+            notice.append(page)
+        uids = [self._sink.store(d) for d in (*corrected, sr, *notice)]
         if self._training is not None and corrected:
             self._training.keep(review, corrected, {
                 "study_key": review.study_key, "workflow_id": review.workflow_id, "pipeline": review.pipeline,
