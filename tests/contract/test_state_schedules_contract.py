@@ -199,6 +199,18 @@ def test_a_correction_follows_its_original_and_a_rejection_retracts_the_correcti
     assert [r.destination for r in store.claim_due_retractions(now + 6, "replica-3", 30.0)] == ["PACS"]
     assert store.reached_objects("wf-1", "PACS") == ["2.25.1", "2.25.2", "2.25.9", "2.25.10"]
 
+    # Retention keeps a result while a correction of it is owed (it is built from the result's objects).
+    store.create("wf-2", "study-2", "glioma", "hash-2")
+    store.enqueue_delivery("wf-2", "PACS", study_key="study-2", pipeline="glioma", stage="results",
+                           sop_instance_uids=["2.25.3"], now=now, give_up_at=now + 100)
+    (original,) = store.claim_due_deliveries(now + 10, "replica-1", 30.0)
+    assert store.delivery_done(original, "replica-1", now + 10) and not store.has_undelivered_results("wf-2")
+    store.request_corrections("wf-2", "rev-2", now=now + 11, give_up_at=now + 100)
+    assert store.has_undelivered_results("wf-2")
+    (correction,) = store.claim_due_deliveries(now + 12, "replica-1", 30.0)
+    assert store.delivery_done(correction, "replica-1", now + 12, sent=["2.25.4"])
+    assert not store.has_undelivered_results("wf-2")
+
 
 def test_a_retraction_owed_keeps_the_results_and_one_given_up_is_replayed(store: Store) -> None:  # noqa: F811
     now = 1_000.0

@@ -534,11 +534,15 @@ class ScheduleStatements(AuditStatements):
 
     def has_undelivered_results(self, workflow_id: str) -> bool:
         """Whether a delivery of the workflow's results, or a retraction of them, has not been accepted by its
-        PACS (pending, or given up on and waiting for an operator): retention keeps everything of such a
-        workflow (a retraction is built from the delivered objects)."""
+        PACS (pending, or given up on and waiting for an operator), or a correction of them is still owed:
+        retention keeps everything of such a workflow (a retraction or a correction is built from the
+        delivered objects)."""
         return bool(self._rows("SELECT 1 FROM deliveries WHERE workflow_id = ? AND status <> ? UNION ALL "
-                               "SELECT 1 FROM retractions WHERE workflow_id = ? AND status <> ?",
-                               (workflow_id, DeliveryStatus.DELIVERED.value) * 2))
+                               "SELECT 1 FROM retractions WHERE workflow_id = ? AND status <> ? UNION ALL "
+                               "SELECT 1 FROM deliveries WHERE workflow_id LIKE ? AND status IN (?, ?)",
+                               (*(workflow_id, DeliveryStatus.DELIVERED.value) * 2,
+                                correction_workflow_id(workflow_id, "%"), DeliveryStatus.PENDING.value,
+                                DeliveryStatus.GAVE_UP.value)))
 
     # -- dead letters --------------------------------------------------------------------------------
 
