@@ -211,6 +211,15 @@ def test_a_correction_follows_its_original_and_a_rejection_retracts_the_correcti
     assert store.delivery_done(correction, "replica-1", now + 12, sent=["2.25.4"])
     assert not store.has_undelivered_results("wf-2")
 
+    # Corrected before it was sent (the original withheld there): a later review's correction is owed there too.
+    store.create("wf-3", "study-3", "glioma", "hash-3")
+    store.enqueue_delivery("wf-3", "PACS", study_key="study-3", pipeline="glioma", stage="results",
+                           sop_instance_uids=["2.25.5"], now=now, give_up_at=now + 100)
+    assert store.request_corrections("wf-3", "rev-a", now=now + 13, give_up_at=now + 100) == ["PACS"]
+    assert store.withhold_deliveries("wf-3", "withheld: corrected", now=now + 13) == ["PACS"]
+    assert store.request_corrections("wf-3", "rev-b", now=now + 14, give_up_at=now + 100) == ["PACS"]
+    assert {d.sop_instance_uids for d in store.corrections(workflow_id="wf-3")} == {("2.25.5",)}  # the original's
+
 
 def test_a_retraction_owed_keeps_the_results_and_one_given_up_is_replayed(store: Store) -> None:  # noqa: F811
     now = 1_000.0

@@ -1,9 +1,10 @@
 """A result a radiologist accepts with a component removed is corrected in the PACS, against a real site Orthanc
 and a real destination PACS Orthanc: the delivery loop that delivered the result builds (from what the site holds)
 a SEG without the removed segment and an SR superseding the earlier one, sends them once, and keeps the corrected
-SEG as training data with its provenance and without the patient's identity. Rejected afterwards, the result
-is retracted there: the notice supersedes the corrected objects as well as the originals, and a correction not
-sent yet is withheld."""
+SEG as training data with its provenance and without the patient's identity. A second review corrects the
+original again and supersedes the first correction; rejected afterwards, the result is retracted there: the
+notice supersedes every correction as well as the originals. (A correction not sent when the result is rejected
+is withheld: tests/integration/test_console_browser.py, tests/unit/test_delivery_supersession.py.)"""
 
 from __future__ import annotations
 
@@ -81,7 +82,8 @@ def test_a_result_accepted_with_a_component_removed_reaches_the_pacs_corrected_a
                                sop_instance_uids=result_uids, now=now, give_up_at=now + SETTINGS.retry_for_s)
         training = TrainingStore(tmp_path / "training")
         loop = DeliveryLoop(store, sink, SETTINGS, holder="replica-1", retract=Retractor(sink, OBJECTS),
-                            correct=Corrector(sink, reviews, OBJECTS, training), reviews=reviews)
+                            correct=Corrector(sink, reviews, OBJECTS, training, reached=store.reached_objects),
+                            reviews=reviews)
         assert loop.deliver_due() == 1  # the result reached the PACS
 
         review = reviews.record(ReviewDecision(
@@ -94,17 +96,19 @@ def test_a_result_accepted_with_a_component_removed_reaches_the_pacs_corrected_a
         in_pacs = [pydicom.dcmread(io.BytesIO(pair.pacs_client.instance_file(i)))
                    for i in pair.pacs_client.get_json("/instances")]
 
-        # A second correction is owed, not sent yet, when the result is rejected (as console/app.py does it).
+        # A second review removes the tumour core as well: the original is corrected again.
         later = reviews.record(ReviewDecision(
             study_key=KEY, workflow_id="wf-correct", pipeline="glioma", model="glioma-seg/3",
             decision=Decision.ACCEPTED, quality=3, reviewer="rad", removed_components=["TC"]))
-        store.request_corrections("wf-correct", later.review_id, now=time.time(), give_up_at=time.time() + 600)
+        assert store.request_corrections("wf-correct", later.review_id, now=time.time(),
+                                         give_up_at=time.time() + 600) == [PACS_MODALITY]
+        assert loop.deliver_due() == 1
         reviews.record(ReviewDecision(study_key=KEY, workflow_id="wf-correct", pipeline="glioma",
                                       model="glioma-seg/3", decision=Decision.REJECTED, quality=1, reviewer="rad2"))
         withheld, retracting = store.reject_result("wf-correct", "withheld: rejected", now=time.time(),
                                                    give_up_at=time.time() + 600)
-        assert withheld == retracting == [PACS_MODALITY]
-        assert loop.deliver_due() == 1  # the retraction; the pending correction stays withheld
+        assert (withheld, retracting) == ([], [PACS_MODALITY])
+        assert loop.deliver_due() == 1  # the retraction
         assert loop.deliver_due(time.time() + 3600) == 0
         after = {str(d.SOPInstanceUID): d for i in pair.pacs_client.get_json("/instances")
                  if (d := pydicom.dcmread(io.BytesIO(pair.pacs_client.instance_file(i))))}
@@ -143,15 +147,25 @@ def test_a_result_accepted_with_a_component_removed_reaches_the_pacs_corrected_a
     assert training_seg.SOPInstanceUID == corrected.SOPInstanceUID and "PatientID" not in training_seg
     assert "PatientName" not in training_seg and str(image.PatientID) not in (kept / "provenance.json").read_text()
 
-    # The rejection: the PACS holds the retraction SR and page besides the six; the SR supersedes every one.
-    assert len(after) == 8
+    # The second correction: a SEG of the oedema alone, its SR superseding the original's and the first correction's.
+    assert len(after) == 11  # the six, the second corrected SEG, SR and page, the retraction SR and page
+    (second_sr,) = [d for d in after.values() if d.get("SeriesDescription") == CORRECTION_SR_DESCRIPTION
+                    and d.SOPInstanceUID != sr.SOPInstanceUID]
+    assert set(_referenced(second_sr.PredecessorDocumentsSequence)) == {earlier_sr.SOPInstanceUID, sr.SOPInstanceUID}
+    (second_seg,) = [d for d in after.values() if d.SOPClassUID == SegmentationStorage
+                     and str(d.SeriesDescription).startswith(CORRECTED_PREFIX)
+                     and d.SOPInstanceUID != corrected.SOPInstanceUID]
+    assert [str(s.SegmentLabel) for s in second_seg.SegmentSequence] == ["Peritumoural oedema"]
+    assert any(t.startswith(f"Superseded, do not use: {OVERLAY}; {corrected.SeriesDescription}")
+               for t in sr_texts(second_sr))
+
+    # The rejection: the retraction SR supersedes every object of the result in the PACS, corrections included.
     (retraction,) = [d for d in after.values() if d.SOPClassUID == Comprehensive3DSRStorage
                      and d.SeriesDescription == RETRACTION_SR_DESCRIPTION]
     assert any(d.SeriesDescription == RETRACTION_IMAGE_DESCRIPTION for d in after.values())
-    delivered = {str(d.SOPInstanceUID) for d in in_pacs}
-    assert set(_referenced(retraction.CurrentRequestedProcedureEvidenceSequence)) == delivered
-    assert set(_referenced(retraction.PredecessorDocumentsSequence)) == {earlier_sr.SOPInstanceUID,
-                                                                         sr.SOPInstanceUID}
-    (pending,) = [c for c in store.corrections(workflow_id="wf-correct") if c.workflow_id.endswith(later.review_id)]
-    assert pending.status == DeliveryStatus.WITHHELD
+    delivered = set(after) - {str(retraction.SOPInstanceUID)} - {
+        u for u, d in after.items() if d.get("SeriesDescription") == RETRACTION_IMAGE_DESCRIPTION}
+    assert len(delivered) == 9 and set(_referenced(retraction.CurrentRequestedProcedureEvidenceSequence)) == delivered
+    assert set(_referenced(retraction.PredecessorDocumentsSequence)) == {
+        earlier_sr.SOPInstanceUID, sr.SOPInstanceUID, second_sr.SOPInstanceUID}
     store.close()

@@ -479,15 +479,18 @@ class ScheduleStatements(AuditStatements):
     def request_corrections(self, workflow_id: str, review_id: str, *, now: float, give_up_at: float
                             ) -> builtins.list[str]:
         """Owe the review's correction (core/delivery, results/correction) to every destination the workflow's
-        result reached or is owed to (DELIVERED or PENDING): the destinations, each once however often asked.
-        The caller withholds the pending originals, so a destination the result had not reached gets only the
-        corrected one."""
+        result reached or is owed to (DELIVERED or PENDING), as delivered or as an earlier review corrected it:
+        the destinations, each once however often asked. Its objects are the result's as delivered (a later
+        review corrects the original again). The caller withholds the pending originals, so a destination the
+        result had not reached gets only the corrected one."""
+        owed = (DeliveryStatus.DELIVERED.value, DeliveryStatus.PENDING.value)
         rows = self._rows(
             f"INSERT INTO deliveries ({_DELIVERY_COLUMNS}) SELECT ?, destination, study_key, pipeline, ?, "
-            "sop_instance_uids, ?, 0, ?, ?, '', ?, NULL FROM deliveries WHERE workflow_id = ? AND status IN (?, ?) "
-            "ON CONFLICT (workflow_id, destination) DO NOTHING RETURNING destination",
+            "sop_instance_uids, ?, 0, ?, ?, '', ?, NULL FROM deliveries o WHERE workflow_id = ? AND (status IN (?, ?) "
+            "OR EXISTS (SELECT 1 FROM deliveries c WHERE c.workflow_id LIKE ? AND c.destination = o.destination "
+            "AND c.status IN (?, ?))) ON CONFLICT (workflow_id, destination) DO NOTHING RETURNING destination",
             (correction_workflow_id(workflow_id, review_id), CORRECTION_STAGE, DeliveryStatus.PENDING.value, now,
-             give_up_at, now, workflow_id, DeliveryStatus.DELIVERED.value, DeliveryStatus.PENDING.value))
+             give_up_at, now, workflow_id, *owed, correction_workflow_id(workflow_id, "%"), *owed))
         return sorted(str(r[0]) for r in rows)
 
     def corrections(self, *, workflow_id: str) -> builtins.list[Delivery]:

@@ -8,8 +8,9 @@ console's Orthanc user stays read-only), stores it at the site and sends it like
 
 * each SEG without the removed segments (frames, segment descriptions; the rest renumbered 1..n as a SEG
   requires), in a new series whose description starts "CORRECTED";
-* an SR superseding the earlier one (its predecessor document), the corrected SEG its evidence, saying what
-  was removed, by review, when;
+* an SR superseding the earlier one (its predecessor document; also the SR of an earlier correction that
+  reached that destination: a later review corrects the original result again, and supersedes it), the
+  corrected SEG its evidence, saying what was removed, by review, when;
 * when the result has other objects drawn from the uncorrected segmentation (the burned-in colour overlays,
   an RTSTRUCT), the SR names them superseded, not to be used, and a notice page (a Secondary Capture any
   viewer shows beside them) says so too. They are not redrawn: an overlay is drawn on the source slices as
@@ -27,7 +28,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -72,6 +73,11 @@ class StoredObjects(Protocol):
 
 class Reviews(Protocol):
     def get(self, review_id: str, /) -> ReviewDecision | None: ...
+
+
+# Every object of a workflow's result a destination accepted, corrections included
+# (core.state_schedules.ScheduleStatements.reached_objects).
+Reached = Callable[[str, str], list[str]]
 
 
 def removed_segment_labels(components: Collection[str]) -> set[str]:
@@ -162,8 +168,9 @@ class Corrector:
     owes, keeps the corrected SEGs as training data; the SOP Instance UIDs to send."""
 
     def __init__(self, sink: StoredObjects, reviews: Reviews, objects: ResultObjectSettings,
-                 training: TrainingStore | None) -> None:
+                 training: TrainingStore | None, reached: Reached | None = None) -> None:
         self._sink = sink
+        self._reached = reached
         self._reviews = reviews
         self._objects = objects
         self._training = training
@@ -174,7 +181,12 @@ class Corrector:
         if review is None:
             raise StudyError(correction.study_key, f"the review {review_id} this correction carries out is not in "
                              "the state database")
-        superseded = self._sink.read_stored(list(correction.sop_instance_uids))
+        originals = list(correction.sop_instance_uids)
+        superseded = self._sink.read_stored(originals)
+        # What earlier corrections sent there: superseded too, never corrected again (this one starts over).
+        earlier_uids = [] if self._reached is None else [
+            uid for uid in self._reached(review.workflow_id, correction.destination) if uid not in originals]
+        earlier = self._sink.read_stored(earlier_uids) if earlier_uids else []
         labels = removed_segment_labels(review.removed_components)
         segs = [d for d in superseded if d.SOPClassUID == SegmentationStorage]
         if not segs:
@@ -184,17 +196,21 @@ class Corrector:
                                                                   review_id=review_id,
                                                                   uid_root=self._objects.uid_root)) is not None]
         removed_here = sorted({str(i.SegmentLabel) for seg in segs for i in seg.SegmentSequence} & labels)
-        srs = [d for d in superseded if d.SOPClassUID == Comprehensive3DSRStorage]
-        # Drawn from the uncorrected segmentation (overlays, RTSTRUCT): superseded, not redrawn.
-        stale = sorted({str(d.get("SeriesDescription", "")) or "an AI result series" for d in superseded
-                        if d.SOPClassUID not in (SegmentationStorage, Comprehensive3DSRStorage)})
+        srs = [d for d in (*superseded, *earlier) if d.SOPClassUID == Comprehensive3DSRStorage]
+        # Drawn from the uncorrected segmentation (overlays, RTSTRUCT), or an earlier correction's: superseded,
+        # not redrawn.
+        # (An earlier correction's notice page stays true: not listed.)
+        stale = sorted({str(d.get("SeriesDescription", "")) or "an AI result series" for d in (*superseded, *earlier)
+                        if d.SOPClassUID != Comprehensive3DSRStorage
+                        and d.get("SeriesDescription") != CORRECTION_IMAGE_DESCRIPTION
+                        and (d.SOPClassUID != SegmentationStorage or str(d.SOPInstanceUID) in earlier_uids)})
         decided = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(review.decided_at))
         lines = (f"CORRECTED by radiologist review on {decided}: removed {', '.join(review.removed_components)}"
                  f" ({'; '.join(removed_here) or 'no segment of that name'}).",
                  ("The corrected segmentation is this report's evidence; " if corrected else
                   "Nothing of the segmentation is left; ") + "the earlier AI report is superseded.",
-                 *([f"Superseded, do not use: {'; '.join(stale)} (drawn before the correction, they still show "
-                    "what was removed)."] if stale else []))
+                 *([f"Superseded, do not use: {'; '.join(stale)} (made before this correction, they may show "
+                    "what it removed)."] if stale else []))
         correction_hash = hashlib.sha256(f"neuroflow.correction\x00{correction.workflow_id}".encode()).hexdigest()
         sr = correction_sr(corrected or segs, srs, study_key=correction.study_key, pipeline=correction.pipeline,
                            lines=lines, correction_hash=correction_hash, objects=self._objects)

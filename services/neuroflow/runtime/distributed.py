@@ -258,7 +258,8 @@ def with_delivery(service: Service, backends: Backends) -> Service:
     if isinstance(sink, OrthancDicomSink):
         settings = backends.settings
         retract = Retractor(sink, settings.results)
-        correct = Corrector(sink, reviews, settings.results, TrainingStore(settings.console.training_dir))
+        correct = Corrector(sink, reviews, settings.results, TrainingStore(settings.console.training_dir),
+                            reached=backends.state().reached_objects)
     loop = DeliveryLoop(backends.state(), sink, backends.settings.delivery, holder=replica_name(), retract=retract,
                         correct=correct, reviews=reviews)
     return WithDelivery(service, loop)
