@@ -1,6 +1,7 @@
 """What the delivery loop no longer sends (core/delivery.DeliveryLoop._superseded), on a real SQLite state
 database: an original whose send was in flight when a correction was requested, and then failed, is withheld
-rather than sent after the correction that supersedes it; nothing of a result is sent once it is rejected. The
+rather than sent after the correction that supersedes it (an earlier correction not sent yet likewise, once a
+later one is owed); nothing of a result is sent once it is rejected. The
 forwarder records what it is given (the PACS side is tested on real Orthanc in tests/integration)."""
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ def test_a_superseded_original_and_a_rejected_results_correction_are_withheld_no
     assert statuses["wf-1"][:2] == (DeliveryStatus.WITHHELD, "withheld: the corrected result is sent instead")
     assert statuses[correction_workflow_id("wf-1", "rev-1")] == (DeliveryStatus.DELIVERED, "", ("2.25.9",))
 
+    # Two reviews' corrections owed: the earlier one, not sent yet, is withheld; the later one is sent.
+    store.request_corrections("wf-1", "rev-2", now=now + 1, give_up_at=now + 600)
+    store.request_corrections("wf-1", "rev-3", now=now + 2, give_up_at=now + 600)
+    assert loop.deliver_due(now + 3) == 1 and forwarder.sent == [["2.25.9"], ["2.25.9"]]
+    statuses = {d.workflow_id: d.status for d in store.deliveries()}
+    assert statuses[correction_workflow_id("wf-1", "rev-2")] == DeliveryStatus.WITHHELD
+    assert statuses[correction_workflow_id("wf-1", "rev-3")] == DeliveryStatus.DELIVERED
+
     # Rejected: the review is recorded before the console withholds anything; what the loop claims in between
     # is withheld all the same.
     store.create("wf-2", "study-2", "glioma", "hash-2")
@@ -53,7 +62,7 @@ def test_a_superseded_original_and_a_rejected_results_correction_are_withheld_no
                            sop_instance_uids=["2.25.2"], now=now, give_up_at=now + 600)
     reviews.record(ReviewDecision(study_key="study-2", workflow_id="wf-2", pipeline="glioma", model="m/1",
                                   decision=Decision.REJECTED, quality=1, reviewer="rad"))
-    assert loop.deliver_due() == 0 and forwarder.sent == [["2.25.9"]]
+    assert loop.deliver_due(now + 3) == 0 and len(forwarder.sent) == 2
     (rejected,) = store.deliveries(workflow_id="wf-2")
     assert (rejected.status, rejected.last_error) == (DeliveryStatus.WITHHELD,
                                                       "withheld: the result was rejected in review")

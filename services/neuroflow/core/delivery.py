@@ -71,7 +71,8 @@ class DeliveryLoop:
     The order at one destination, when a decision meets a send in flight (the console withholds only what no
     replica holds): a correction is not claimed while its original is being sent (claim_due_deliveries), so
     its SR, which names the original's as predecessor, arrives after it; an original whose send failed is
-    withheld at its next claim once a correction to that destination exists; a retraction is claimed once
+    withheld at its next claim once a correction to that destination exists (a correction not yet sent, once
+    a later one does: it would arrive after the one that supersedes it); a retraction is claimed once
     nothing of the result is in flight there, and supersedes all of it that arrived, originals and
     corrections (reached_objects); a correction or original claimed after the rejection is withheld."""
 
@@ -139,15 +140,14 @@ class DeliveryLoop:
         return True
 
     def _superseded(self, delivery: Delivery) -> str:
-        """Why a claimed delivery must not be sent any more ("" when it must): its result was rejected, or
-        (an original) a correction of it is owed to the same destination."""
+        """Why a claimed delivery must not be sent any more ("" when it must): its result was rejected, or a
+        correction of it (a later one, for a correction) is owed to the same destination."""
         result = result_workflow(delivery.workflow_id)
         if self._reviews is not None and self._reviews.rejected(result):
             return "withheld: the result was rejected in review"
-        if delivery.stage != CORRECTION_STAGE and any(
-                c.destination == delivery.destination for c in self._outbox.corrections(workflow_id=result)):
-            return "withheld: the corrected result is sent instead"
-        return ""
+        later = [c for c in self._outbox.corrections(workflow_id=result) if c.destination == delivery.destination
+                 and (delivery.stage != CORRECTION_STAGE or c.created_at > delivery.created_at)]
+        return "withheld: the corrected result is sent instead" if later else ""
 
     def _corrected(self, delivery: Delivery) -> Sequence[str]:
         """The corrected objects a correction row owes, built and stored at the site (the same UIDs each
