@@ -176,6 +176,7 @@ def test_every_transition_is_allowed_or_refused_as_the_table_says(store: Workflo
         WorkflowStatus.SUCCEEDED: [WorkflowStatus.RUNNING, WorkflowStatus.SUCCEEDED],
         WorkflowStatus.FAILED: [WorkflowStatus.FAILED],
         WorkflowStatus.DEAD_LETTERED: [WorkflowStatus.RUNNING, WorkflowStatus.DEAD_LETTERED],
+        WorkflowStatus.CANCELLED: [WorkflowStatus.RUNNING, WorkflowStatus.CANCELLED],
     }
     for n, (source, target) in enumerate((s, t) for s in WorkflowStatus for t in WorkflowStatus):
         workflow = f"wf-{n}"
@@ -193,6 +194,8 @@ def test_every_transition_is_allowed_or_refused_as_the_table_says(store: Workflo
     # The operator's replay paths exist: FAILED and DEAD_LETTERED go back to PENDING.
     assert WorkflowStatus.PENDING in ALLOWED_TRANSITIONS[WorkflowStatus.DEAD_LETTERED]
     assert WorkflowStatus.PENDING in ALLOWED_TRANSITIONS[WorkflowStatus.FAILED]
+    # An operator cancels unfinished or failed work; nothing leaves CANCELLED (a late answer changes nothing).
+    assert not ALLOWED_TRANSITIONS[WorkflowStatus.CANCELLED]
 
 
 def test_status_of_an_unknown_workflow_is_refused(store: WorkflowStateStore) -> None:
@@ -264,7 +267,7 @@ def test_sqlite_state_survives_a_restart_in_wal_mode(tmp_path: Path) -> None:
     reopened.close()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(5,)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(6,)]
 
 
 def test_sqlite_refuses_a_database_written_by_a_newer_neuroflow(tmp_path: Path) -> None:
@@ -293,7 +296,7 @@ def test_postgres_state_is_shared_by_separate_stores_and_survives_reconnecting(p
     assert (record.status, record.stage, record.detail) == (WorkflowStatus.RUNNING, "segmentation", "attempt 2")
     reopened.close()
     with psycopg.connect(postgres_dsn) as db:
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(5,)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(6,)]
 
 
 def test_postgres_racing_stores_move_a_workflow_out_of_running_once(postgres_dsn: str) -> None:

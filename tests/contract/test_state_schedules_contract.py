@@ -23,6 +23,7 @@ from neuroflow.core.state_schedules import (
     DeadLetterRecord,
     DeliveryStatus,
     TimerKind,
+    correction_workflow_id,
 )
 from tests.contract.test_state_contract import store  # noqa: F401 - the backend-parametrised fixture
 
@@ -168,6 +169,58 @@ def test_a_rejected_result_that_reached_a_destination_owes_it_one_retraction(sto
             if r.action == "retraction delivered"] == ["ARCHIVE", "PACS"]
 
 
+def test_a_correction_follows_its_original_and_a_rejection_retracts_the_corrections_that_arrived(
+        store: Store,  # noqa: F811
+) -> None:
+    now = 1_000.0
+    store.create("wf-1", "study-1", "glioma", "hash-1")
+    for destination in ("ARCHIVE", "PACS"):
+        store.enqueue_delivery("wf-1", destination, study_key="study-1", pipeline="glioma", stage="results",
+                               sop_instance_uids=["2.25.1", "2.25.2"], now=now, give_up_at=now + 100)
+    originals = {d.destination: d for d in store.claim_due_deliveries(now, "replica-1", 30.0)}
+    assert store.delivery_failed(originals["ARCHIVE"], "replica-1", "down", next_attempt_at=now + 50, give_up=False)
+    # Accepted with a component removed while the original is being sent to PACS (not yet to ARCHIVE).
+    assert store.request_corrections("wf-1", "rev-1", now=now + 1, give_up_at=now + 100) == ["ARCHIVE", "PACS"]
+    assert store.withhold_deliveries("wf-1", "withheld: corrected", now=now + 1) == ["ARCHIVE"]
+    (to_archive,) = store.claim_due_deliveries(now + 2, "replica-2", 30.0)  # PACS's waits for its original
+    assert (to_archive.workflow_id, to_archive.destination) == (correction_workflow_id("wf-1", "rev-1"), "ARCHIVE")
+    assert store.delivery_done(to_archive, "replica-2", now + 3, sent=["2.25.8"])
+    assert store.delivery_done(originals["PACS"], "replica-1", now + 3)
+    (to_pacs,) = store.claim_due_deliveries(now + 4, "replica-2", 30.0)
+    assert (to_pacs.stage, to_pacs.destination) == ("correction", "PACS")
+
+    # Rejected while that correction is in flight: a retraction is owed to ARCHIVE (only a correction reached
+    # it) and to PACS, which waits until the correction arrived and then supersedes it too.
+    assert store.reject_result("wf-1", "withheld: rejected", now=now + 5, give_up_at=now + 200) == (
+        [], ["ARCHIVE", "PACS"])
+    assert [r.destination for r in store.claim_due_retractions(now + 5, "replica-3", 30.0)] == ["ARCHIVE"]
+    assert store.reached_objects("wf-1", "ARCHIVE") == ["2.25.8"]
+    assert store.delivery_done(to_pacs, "replica-2", now + 6, sent=["2.25.9", "2.25.10"])
+    assert [r.destination for r in store.claim_due_retractions(now + 6, "replica-3", 30.0)] == ["PACS"]
+    assert store.reached_objects("wf-1", "PACS") == ["2.25.1", "2.25.2", "2.25.9", "2.25.10"]
+
+    # Retention keeps a result while a correction of it is owed (it is built from the result's objects).
+    store.create("wf-2", "study-2", "glioma", "hash-2")
+    store.enqueue_delivery("wf-2", "PACS", study_key="study-2", pipeline="glioma", stage="results",
+                           sop_instance_uids=["2.25.3"], now=now, give_up_at=now + 100)
+    (original,) = store.claim_due_deliveries(now + 10, "replica-1", 30.0)
+    assert store.delivery_done(original, "replica-1", now + 10) and not store.has_undelivered_results("wf-2")
+    store.request_corrections("wf-2", "rev-2", now=now + 11, give_up_at=now + 100)
+    assert store.has_undelivered_results("wf-2")
+    (correction,) = store.claim_due_deliveries(now + 12, "replica-1", 30.0)
+    assert store.delivery_done(correction, "replica-1", now + 12, sent=["2.25.4"])
+    assert not store.has_undelivered_results("wf-2")
+
+    # Corrected before it was sent (the original withheld there): a later review's correction is owed there too.
+    store.create("wf-3", "study-3", "glioma", "hash-3")
+    store.enqueue_delivery("wf-3", "PACS", study_key="study-3", pipeline="glioma", stage="results",
+                           sop_instance_uids=["2.25.5"], now=now, give_up_at=now + 100)
+    assert store.request_corrections("wf-3", "rev-a", now=now + 13, give_up_at=now + 100) == ["PACS"]
+    assert store.withhold_deliveries("wf-3", "withheld: corrected", now=now + 13) == ["PACS"]
+    assert store.request_corrections("wf-3", "rev-b", now=now + 14, give_up_at=now + 100) == ["PACS"]
+    assert {d.sop_instance_uids for d in store.corrections(workflow_id="wf-3")} == {("2.25.5",)}  # the original's
+
+
 def test_a_retraction_owed_keeps_the_results_and_one_given_up_is_replayed(store: Store) -> None:  # noqa: F811
     now = 1_000.0
     store.create("wf-1", "study-1", "glioma", "hash-1")
@@ -257,7 +310,7 @@ def test_a_version_1_sqlite_database_is_upgraded_in_place(tmp_path: Path) -> Non
     _upgraded_keeps_its_workflow(upgraded)
     upgraded.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(5,)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(6,)]
 
 
 def test_a_version_1_postgres_database_is_upgraded_in_place(postgres_dsn: str) -> None:
@@ -268,4 +321,4 @@ def test_a_version_1_postgres_database_is_upgraded_in_place(postgres_dsn: str) -
     _upgraded_keeps_its_workflow(upgraded)
     upgraded.close()
     with psycopg.connect(postgres_dsn) as db:
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(5,)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(6,)]

@@ -5,7 +5,8 @@ Proved here: a dead-lettered task that an operator replays (once the cause is go
 once and its result delivered once, and a second replay is refused; replaying a dead letter of a workflow
 whose results were delivered is refused and makes no second result; a delivery given up after the
 delivery period is replayed and sent once; `admin studies` and `admin history` show each workflow's
-status per stage, its transitions, attempts and deliveries; a re-run starts a new workflow of the study.
+status per stage, its transitions, attempts and deliveries; a re-run starts a new workflow of the study; a
+cancelled workflow's late result is never delivered; a paused pipeline holds a new study until resumed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pytest
 
 from neuroflow.admin.operations import rerun_study
 from neuroflow.cli import main
+from neuroflow.core.audit import OPERATIONS_CHAIN
 from neuroflow.core.bus import InMemoryBus
 from neuroflow.core.config import DeliverySettings
 from neuroflow.core.delivery import DeliveryLoop
@@ -61,6 +63,7 @@ class Site:
     delivery: DeliveryLoop
     triton_down: threading.Event
     results: list[str]
+    results_open: threading.Event  # cleared: the results stage waits (a task in flight, answering late)
 
     def wait_for(self, wid: str, *statuses: WorkflowStatus) -> None:
         deadline = time.monotonic() + WAIT_S
@@ -82,7 +85,8 @@ def site(postgres_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("NEUROFLOW_STATE__DSN", postgres_dsn)
     monkeypatch.setenv("NEUROFLOW_RECORDS_ROOT", str(tmp_path / "records"))
     state, bus, records = PostgresStateStore(postgres_dsn), InMemoryBus(), FolderRecordStore(tmp_path / "records")
-    pacs, triton_down, stages = Pacs(), threading.Event(), TinyStages()
+    pacs, triton_down, stages, results_open = Pacs(), threading.Event(), TinyStages(), threading.Event()
+    results_open.set()
 
     def segmentation(task: tasks_pb2.TaskRequested) -> tasks_pb2.SegmentationOutput:
         if triton_down.is_set():
@@ -90,6 +94,7 @@ def site(postgres_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         return stages.segmentation(task)
 
     def results(task: tasks_pb2.TaskRequested) -> tasks_pb2.ResultsOutput:
+        assert results_open.wait(WAIT_S)
         output = stages.result(task)
         output.destination = task.results.destination
         return output
@@ -104,8 +109,9 @@ def site(postgres_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         thread.start()
     delivery = DeliveryLoop(state, pacs, DeliverySettings(backoff_s=0.2, backoff_max_s=0.3), holder="delivery-1")
     try:
-        yield Site(state, bus, records, pacs, delivery, triton_down, stages.results)
+        yield Site(state, bus, records, pacs, delivery, triton_down, stages.results, results_open)
     finally:
+        results_open.set()
         for service in services:
             service.stop()
         for thread in threads:
@@ -283,3 +289,60 @@ def test_the_audit_trail_records_who_did_what_to_a_study_and_admin_audit_detects
     assert main(["admin", "audit", key]) == 65  # EX_DATAERR
     out, err = capsys.readouterr()
     assert "BROKEN at record 4" in err and "was altered" in err and "stage finished" in out
+
+
+def test_a_cancelled_workflow_dispatches_nothing_more_and_its_late_result_is_never_delivered(
+    site: Site, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The results stage is working (its answer will come late) when the operator cancels the study: the
+    workflow ends CANCELLED, the answer is ignored, nothing is put in the outbox nor reaches the PACS."""
+    site.results_open.clear()
+    ready = study_ready("admin-cancel")
+    key = ready.study.study_key
+    wid = publish(site.bus, ready)
+    deadline = time.monotonic() + WAIT_S
+    while (record := site.state.get(wid)) is None or record.stage != "results":
+        assert time.monotonic() < deadline, f"the results stage was not dispatched: {record}"
+        time.sleep(0.05)
+    status, (cancelled,), _ = admin(capsys, "cancel", key)
+    assert status == 0 and cancelled["cancelled"] and cancelled["was"] == "RUNNING"
+    site.results_open.set()  # the task in flight answers now, after the cancel
+    later = publish(site.bus, study_ready("admin-after-cancel"))  # answered after the late one, on the same topic
+    site.wait_for(later, WorkflowStatus.SUCCEEDED)
+    assert wid in site.results  # the late answer was made...
+    site.delivery.deliver_due()
+    assert site.state.deliveries(workflow_id=wid) == []  # ... and ignored: nothing to deliver
+    record = site.state.get(wid)
+    assert record is not None and record.status == WorkflowStatus.CANCELLED
+    trail = [(r.action, r.actor) for r in site.state.audit_records(key)]
+    assert trail[-1][0] == "cancelled" and trail[-1][1].startswith("admin/")
+    status, _, err = admin(capsys, "cancel", key)  # nothing is left to cancel
+    assert status == 1 and "nothing to cancel" in err
+    status, studies, _ = admin(capsys, "studies")
+    assert [w["status"] for s in studies if s["study_key"] == key for w in s["workflows"]] == ["CANCELLED"]
+
+
+def test_a_paused_pipeline_holds_a_new_study_until_it_is_resumed(
+    site: Site, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NEUROFLOW_INGEST__PIPELINES", json.dumps([TINY.name]))
+    status, _, err = admin(capsys, "pipelines", "pause", "tinny")  # a typo pauses nothing
+    assert status == 1 and "not one of this site's (tiny)" in err
+    status, paused, _ = admin(capsys, "pipelines", "pause", TINY.name)
+    assert status == 0 and paused["changed"]
+    ready = study_ready("admin-paused")
+    wid = publish(site.bus, ready)
+    site.wait_for(wid, WorkflowStatus.PENDING)  # the workflow exists: the study is not lost...
+    time.sleep(1.0)  # ... and stays undispatched, ticks and all
+    record = site.state.get(wid)
+    assert record is not None and record.status == WorkflowStatus.PENDING and record.stage is None
+    status, listing, _ = admin(capsys, "pipelines", "list")
+    assert status == 0 and [(p["pipeline"], p["waiting"]) for p in listing if p["paused_by"]] == [(TINY.name, 1)]
+    assert "held: pipeline paused" in [r.action for r in site.state.audit_records(ready.study.study_key)]
+    status, resumed, _ = admin(capsys, "pipelines", "resume", TINY.name)
+    assert status == 0 and resumed["changed"]
+    site.wait_for(wid, WorkflowStatus.SUCCEEDED)
+    site.deliver_until(wid, DeliveryStatus.DELIVERED)
+    assert site.results == [wid]
+    trail = [(r.action, r.fields()["pipeline"]) for r in site.state.audit_records(OPERATIONS_CHAIN)]
+    assert trail == [("pipeline paused", TINY.name), ("pipeline resumed", TINY.name)]

@@ -6,7 +6,10 @@ Proved here: a wrong password is refused; the worklist shows a seeded study with
 dead-lettered one with its reason; a radiologist's rejection is recorded (the study page and the worklist
 show REJECTED, the audit trail has it, the acceptance metric counts it); a viewer cannot POST a review (403);
 a POST without the CSRF token is refused (403); an operator replays a dead letter (its workflow is PENDING
-again, the trail names the operator)."""
+again, the trail names the operator), cancels a study's workflow (CANCELLED, its pending delivery withheld) and
+pauses and resumes a pipeline; a result accepted with a component removed owes its destinations the corrected
+result (tests/integration/test_correction.py builds and sends it); every log-in, log-out and refused log-in is in
+the audit trail."""
 
 from __future__ import annotations
 
@@ -30,10 +33,11 @@ from typing import Any, ClassVar, cast
 import bcrypt
 import pytest
 
+from neuroflow.core.audit import OPERATIONS_CHAIN, SESSIONS_CHAIN
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.roles import SeriesRole
-from neuroflow.core.state import SqliteStateStore, WorkflowStatus
-from neuroflow.core.state_schedules import DeadLetterKind, DeadLetterRecord, DeliveryStatus
+from neuroflow.core.state import SqliteStateStore, WorkflowStatus, notice_workflow_id
+from neuroflow.core.state_schedules import DeadLetterKind, DeadLetterRecord, DeliveryStatus, TimerKind
 from neuroflow.devtools import stack
 from neuroflow.devtools.ports import free_loopback_port
 from neuroflow.results.report import (
@@ -54,6 +58,9 @@ from selenium.webdriver.common.by import By  # noqa: E402
 REVIEWED_KEY = "a1" * 32  # pseudonymous study keys, as ingest makes them
 FAILED_KEY = "b2" * 32
 ARRIVING_KEY = "c3" * 32
+CANCELLED_KEY = "d4" * 32
+WAITING_KEY = "e5" * 32
+CORRECTED_KEY = "f6" * 32
 PASSWORDS = {"rad": ("radiologist", "rad-pass"), "op": ("operator", "op-pass"), "view": ("viewer", "view-pass")}
 WAIT_S = 30.0
 OIDC_SECRET = "client-secret-of-the-test"
@@ -67,6 +74,7 @@ class Running:
     reviewed_workflow: str
     failed_workflow: str
     letter_id: str
+    reports: Path
 
 
 def _seed(state: SqliteStateStore, reports: Path) -> tuple[str, str, str]:
@@ -192,7 +200,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             except OSError:
                 assert time.monotonic() < deadline, "the console did not answer"
                 time.sleep(0.2)
-        yield Running(url, f"http://127.0.0.1:{metrics_port}/metrics", state, done, failed, letter)
+        yield Running(url, f"http://127.0.0.1:{metrics_port}/metrics", state, done, failed, letter, root / "reports")
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -274,6 +282,8 @@ def test_a_user_logs_in_through_the_oidc_provider(console: Running, browser: Any
     assert who[0].text == "dr.who (radiologist)" and browser.current_url.rstrip("/") == console.url
     browser.get(f"{console.url}/oidc/callback?code=code-0&state=forged")  # a callback this browser did not start
     assert "not started here" in browser.find_element(By.TAG_NAME, "body").text
+    sessions = [(r.action, r.actor, r.fields()["how"]) for r in console.state.audit_records(SESSIONS_CHAIN)]
+    assert ("logged in", "console/dr.who", "oidc") in sessions and ("log-in refused", "console", "oidc") in sessions
 
 
 def test_radiologist_rejects_a_result(console: Running, browser: Any) -> None:
@@ -431,3 +441,114 @@ def test_the_viewer_is_mounted_behind_the_log_in(console: Running, browser: Any)
     _wait(lambda: browser.find_elements(By.ID, "worklist-rows"), "the worklist")
     cookie, _ = _session(browser)
     assert _get_status(volume, cookie) == 502
+
+
+def test_every_log_in_log_out_and_refused_log_in_is_recorded(console: Running, browser: Any) -> None:
+    before = len(console.state.audit_records(SESSIONS_CHAIN))
+    _log_in(browser, console.url, "view", "wrong-secret-1")
+    _wait(lambda: browser.find_elements(By.ID, "login-error"), "the refusal")
+    _log_in(browser, console.url, "view", "view-pass")
+    _wait(lambda: browser.find_elements(By.ID, "worklist-rows"), "the worklist")
+    browser.find_element(By.CSS_SELECTOR, "form.logout button").click()
+    _wait(lambda: browser.current_url.endswith("/login"), "the log-in page after logging out")
+    records = console.state.audit_records(SESSIONS_CHAIN)[before:]
+    assert [(r.action, r.actor, r.fields().get("user")) for r in records] == [
+        ("log-in refused", "console", "view"), ("logged in", "console/view", None),
+        ("logged out", "console/view", None)]
+    assert not any("wrong-secret-1" in r.detail or "view-pass" in r.detail for r in records)  # never a password
+    assert console.state.audit_verify(SESSIONS_CHAIN).intact
+
+
+def test_operator_cancels_a_study_s_workflow(console: Running, browser: Any) -> None:
+    """A workflow running again after a replay, its earlier failure notice still waiting for the PACS: the
+    cancel ends the workflow and withholds the notice."""
+    wid = "wf-cancel-1"
+    console.state.create(wid, CANCELLED_KEY, "glioma", "hash-5")
+    console.state.set_status(wid, WorkflowStatus.RUNNING, stage="segmentation")
+    console.state.set_timer(wid, TimerKind.DEADLINE, "segmentation", 1, time.time() + 600)
+    console.state.enqueue_delivery(notice_workflow_id(wid), "PACS", study_key=CANCELLED_KEY, pipeline="glioma",
+                                   stage="results", sop_instance_uids=["2.25.77"], now=time.time() + 3600,
+                                   give_up_at=time.time() + 7200)
+    _log_in(browser, console.url, "op", "op-pass")
+    _wait(lambda: browser.find_elements(By.ID, "worklist-rows"), "the worklist")
+    browser.get(f"{console.url}/studies/{CANCELLED_KEY}")
+    browser.find_element(By.CSS_SELECTOR, f"#workflow-{wid} form.cancel-form button").click()
+    message = _wait(lambda: browser.find_elements(By.ID, "message"), "the cancel's message")[0].text
+    assert message == "cancelled: glioma"
+    assert not browser.find_elements(By.CSS_SELECTOR, f"#workflow-{wid} form.cancel-form")  # nothing left to cancel
+    record = console.state.get(wid)
+    assert record is not None and record.status == WorkflowStatus.CANCELLED and console.state.timer(wid) is None
+    (notice,) = console.state.deliveries(workflow_id=notice_workflow_id(wid))
+    assert notice.status == DeliveryStatus.WITHHELD and "cancelled by console/op" in notice.last_error
+    (last,) = console.state.audit_records(CANCELLED_KEY)[-2:-1]  # the last but the page's own reading
+    assert (last.action, last.actor) == ("cancelled", "console/op") and "PACS withheld" in last.fields()["detail"]
+    browser.get(f"{console.url}/?status=CANCELLED")
+    rows = _wait(lambda: browser.find_element(By.ID, "worklist-rows").text, "the worklist")
+    assert CANCELLED_KEY[:16] in rows and "CANCELLED" in rows
+
+
+def test_operator_pauses_and_resumes_a_pipeline(console: Running, browser: Any) -> None:
+    _log_in(browser, console.url, "op", "op-pass")
+    _wait(lambda: browser.find_elements(By.ID, "worklist-rows"), "the worklist")
+    browser.get(f"{console.url}/pipelines")
+    browser.find_element(By.CSS_SELECTOR, "#pipeline-glioma button").click()
+    _wait(lambda: "glioma paused" in browser.page_source, "the pause")
+    assert "PAUSED by console/op" in browser.find_element(By.ID, "pipeline-glioma").text
+    # A study arriving now is held as the orchestrator holds it: PENDING on a due dispatch timer.
+    console.state.create("wf-waiting-1", WAITING_KEY, "glioma", "hash-6")
+    console.state.set_timer("wf-waiting-1", TimerKind.RETRY, "preprocess", 1, time.time())
+    assert "wf-waiting-1" not in [t.workflow_id for t in console.state.claim_due_timers(time.time(), "r-t", 0.01)]
+    browser.get(f"{console.url}/")
+    _wait(lambda: "PIPELINE PAUSED" in browser.find_element(By.ID, "worklist-rows").text, "the held study's flag")
+    browser.get(f"{console.url}/pipelines")
+    waiting = [r.workflow_id for r in console.state.list(WorkflowStatus.PENDING) if r.pipeline == "glioma"]
+    assert "wf-waiting-1" in waiting
+    assert browser.find_element(By.CSS_SELECTOR, "#pipeline-glioma td:nth-child(3)").text == str(len(waiting))
+    browser.find_element(By.CSS_SELECTOR, "#pipeline-glioma button").click()
+    _wait(lambda: "glioma resumed" in browser.page_source, "the resumption")
+    assert "wf-waiting-1" in [t.workflow_id for t in console.state.claim_due_timers(time.time(), "r-t", 0.01)]
+    assert [(r.action, r.actor) for r in console.state.audit_records(OPERATIONS_CHAIN)] == [
+        ("pipeline paused", "console/op"), ("pipeline resumed", "console/op")]
+
+
+def test_radiologist_accepts_a_result_without_a_component(console: Running, browser: Any) -> None:
+    """The result reached the PACS and waits for the VNA: the PACS is owed the corrected result, the VNA gets
+    only the corrected one (the original is withheld there)."""
+    wid, reports = "wf-corrected-1", console.reports
+    console.state.create(wid, CORRECTED_KEY, "glioma", "hash-7")
+    console.state.set_status(wid, WorkflowStatus.RUNNING, stage="results")
+    console.state.set_status(wid, WorkflowStatus.SUCCEEDED, stage="results")
+    for destination, due in (("PACS", time.time()), ("VNA", time.time() + 3600)):
+        console.state.enqueue_delivery(wid, destination, study_key=CORRECTED_KEY, pipeline="glioma", stage="results",
+                                       sop_instance_uids=["2.25.88"], now=due, give_up_at=time.time() + 7200)
+    (sent,) = [d for d in console.state.claim_due_deliveries(time.time(), "replica-c", 30.0) if d.workflow_id == wid]
+    console.state.delivery_done(sent, "replica-c", time.time())
+    report = StudyReport(study_instance_uid="1.2.826.0.1.3680043.8.498.7", study_key=CORRECTED_KEY, pipeline="glioma",
+                         status=ReportStatus.SUCCEEDED, model=ModelRef(name="glioma-seg", version=3),
+                         volumes_ml=TumourVolumes(WT=20.0, TC=8.0, ET=2.0))
+    (reports / CORRECTED_KEY / wid).mkdir(parents=True)
+    (reports / CORRECTED_KEY / wid / REPORT_FILE).write_text(report.model_dump_json())
+    _log_in(browser, console.url, "rad", "rad-pass")
+    _wait(lambda: browser.find_elements(By.ID, "worklist-rows"), "the worklist")
+    browser.get(f"{console.url}/studies/{CORRECTED_KEY}")
+    form = browser.find_element(By.CSS_SELECTOR, f"#workflow-{wid} form.review-form")
+    form.find_element(By.CSS_SELECTOR, "input[value=accepted]").click()
+    form.find_element(By.CSS_SELECTOR, "input[name=remove][value=ET]").click()
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    _wait(lambda: "review recorded" in browser.page_source, "the decision")
+    (decision,) = [r for r in console.state.audit_records(CORRECTED_KEY) if r.action == "result reviewed"]
+    assert (decision.fields()["decision"], decision.fields()["corrections_owed"],
+            decision.fields()["deliveries_withheld"]) == ("accepted", ["PACS", "VNA"], ["VNA"])
+    corrections = [d for d in console.state.deliveries(status=DeliveryStatus.PENDING)
+                   if d.workflow_id.startswith(f"{wid}.correction.")]
+    assert sorted((d.destination, d.stage) for d in corrections) == [("PACS", "correction"), ("VNA", "correction")]
+    section = browser.find_element(By.ID, f"workflow-{wid}").text
+    assert "Corrected result to PACS: pending" in section and "removed ET" in section
+    # Rejected on second thoughts: the corrections not yet sent are withheld too, the PACS gets a retraction.
+    form = browser.find_element(By.CSS_SELECTOR, f"#workflow-{wid} form.review-form")
+    form.find_element(By.CSS_SELECTOR, "input[value=rejected]").click()
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    _wait(lambda: "Corrected result to PACS: withheld" in browser.find_element(By.ID, f"workflow-{wid}").text,
+          "the corrections withheld")
+    assert {d.status for d in console.state.corrections(workflow_id=wid)} == {DeliveryStatus.WITHHELD}
+    assert [r.destination for r in console.state.retractions(workflow_id=wid)] == ["PACS"]

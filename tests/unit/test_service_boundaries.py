@@ -4,7 +4,10 @@ compares two timepoints with the SAME preprocessing, segmentation and result obj
 pipeline (issue 6: it "builds on the embedded pipeline"), and reusing them is what keeps the two
 runtimes' answers identical. (The DICOM-to-volume conversion, which the results stage and the console's
 viewer share with preprocessing so an overlay pixel lies where the SEG's voxel does, is core:
-core.series_volume.) Any other cross-service import fails this test."""
+core.series_volume.) The console (the staff's web application) reads what the services produce: a study's
+report (results), its series classified as the pipeline saw them (ingest); no service imports the console
+(what both need, such as the review decisions, lives in the core). Any other cross-service import fails
+this test."""
 
 from __future__ import annotations
 
@@ -14,9 +17,10 @@ from pathlib import Path
 import pytest
 
 SERVICES_ROOT = Path(__file__).resolve().parents[2] / "services" / "neuroflow"
-SERVICES = ("ingest", "orchestrator", "preprocess", "segmentation", "longitudinal", "results", "monitor")
+SERVICES = ("ingest", "orchestrator", "preprocess", "segmentation", "longitudinal", "results", "monitor", "console")
 ALLOWED: dict[str, frozenset[str]] = {
     "longitudinal": frozenset({"preprocess", "segmentation", "results"}),
+    "console": frozenset({"ingest", "results"}),
 }
 
 

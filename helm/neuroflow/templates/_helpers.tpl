@@ -101,6 +101,7 @@ NEUROFLOW_SITE_RULES: {{ printf "%s/site-rules.yaml" (include "neuroflow.configR
 NEUROFLOW_VOLUME_STORE_ROOT: {{ printf "%s/volumes" (include "neuroflow.dataRoot" .) | quote }}
 NEUROFLOW_RECORDS_ROOT: {{ printf "%s/records" (include "neuroflow.dataRoot" .) | quote }}
 NEUROFLOW_REPORTS_DIR: {{ printf "%s/reports" (include "neuroflow.dataRoot" .) | quote }}
+NEUROFLOW_CONSOLE__TRAINING_DIR: {{ printf "%s/training" (include "neuroflow.dataRoot" .) | quote }}
 NEUROFLOW_INGEST__WAIT_WINDOW_S: {{ $s.waitWindowS | quote }}
 NEUROFLOW_INGEST__PIPELINES: {{ $s.pipelines | toJson | quote }}
 {{- range $role, $model := $s.models }}

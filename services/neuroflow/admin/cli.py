@@ -53,6 +53,26 @@ def add_admin_parser(sub: Any) -> None:
     rerun.add_argument("study_key", metavar="STUDY")
     rerun.add_argument("--pipeline", default=None, help="only this pipeline (default: each of the study's)")
     _json(rerun).set_defaults(handler=_handler(_rerun))
+    cancel = commands.add_parser("cancel", help="cancel the study's unfinished or failed work: nothing more is "
+                                                "dispatched or delivered")
+    cancel.add_argument("study_key", metavar="STUDY")
+    cancel.add_argument("--pipeline", default=None, help="only this pipeline (default: each of the study's)")
+    _json(cancel).set_defaults(handler=_handler(lambda store, args: operations.cancel_study(
+        store, args.study_key, args.pipeline)))
+    pipelines = commands.add_parser("pipelines", help="pause and resume pipelines (new studies wait, none lost)")
+    pipelines.set_defaults(handler=lambda args: _usage(pipelines))
+    steps = pipelines.add_subparsers(dest="pipelines_action")
+    _json(steps.add_parser("list", help="the site's pipelines, which are paused and how many studies wait")
+          ).set_defaults(handler=_handler(lambda store, args: operations.list_pipelines(
+              store, NeuroflowSettings().ingest.pipelines)))
+    pause = steps.add_parser("pause", help="pause a pipeline: its new studies wait, a task in flight completes")
+    pause.add_argument("pipeline")
+    _json(pause).set_defaults(handler=_handler(lambda store, args: operations.pause_pipeline(
+        store, args.pipeline, known=NeuroflowSettings().ingest.pipelines)))
+    resume = steps.add_parser("resume", help="resume a pipeline: its waiting studies are dispatched")
+    resume.add_argument("pipeline")
+    _json(resume).set_defaults(handler=_handler(lambda store, args: operations.resume_pipeline(
+        store, args.pipeline)))
     audit = commands.add_parser("audit", help="a study's audit trail (who did what, when), its hash chain verified")
     audit.add_argument("study", metavar="STUDY", help="the study's pseudonymous key or its StudyInstanceUID")
     _json(audit).set_defaults(handler=_handler(lambda store, args: operations.audit_trail(store, args.study)))

@@ -1,5 +1,6 @@
 """What an operator does to the work in the state database: list, inspect and replay dead letters; see the
-studies with their status per stage, and one study's history; run a study version again.
+studies with their status per stage, and one study's history; run a study version again; cancel a study's
+unfinished work; pause and resume a pipeline.
 
 Each operation returns plain data (dicts and lists of JSON types), printed as a table or as JSON by
 ``admin.cli``. Studies are named by their pseudonymous key, never by UIDs. An operation that cannot be
@@ -18,15 +19,22 @@ import getpass
 import re
 import socket
 import time
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 
 from neuroflow.core import identity, topics
-from neuroflow.core.audit import AuditAction
+from neuroflow.core.audit import OPERATIONS_CHAIN, AuditAction
 from neuroflow.core.bus import MessageBus
 from neuroflow.core.errors import NeuroflowError
 from neuroflow.core.records import RecordStore
-from neuroflow.core.state import SqlStateStore, WorkflowRecord, WorkflowStatus
+from neuroflow.core.state import (
+    ALLOWED_TRANSITIONS,
+    SqlStateStore,
+    WorkflowRecord,
+    WorkflowStatus,
+    notice_workflow_id,
+)
 from neuroflow.core.state_schedules import (
     RETRACTION_STAGE,
     DeadLetterKind,
@@ -250,6 +258,91 @@ def rerun_study(store: Store, records: RecordStore, bus: MessageBus, study_key: 
                         "workflow_id": workflow_id(study_key, name, ready.input_hash)})
         store.audit_append(study_key, AuditAction.RERUN_REQUESTED, started[-1], actor=actor or operator())
     return started
+
+
+# -- cancelling a study's work ---------------------------------------------------------------------------
+
+CANCEL_LEASE_S = 30.0  # how long a cancel holds a workflow's lease (it takes a few statements)
+CANCEL_WAIT_S = 10.0  # how long it waits for an orchestrator replica changing the workflow to let go
+
+
+def cancel_study(store: Store, study_key: str, pipeline: str | None = None, *, actor: str | None = None,
+                 now: float | None = None) -> list[Row]:
+    """Cancel the study's unfinished or failed workflows (of ``pipeline``, else all): each becomes CANCELLED,
+    so no orchestrator dispatches it again and a task answer that comes late is ignored; its deliveries not
+    yet sent (a failure notice's too) are WITHHELD, as a rejection's are. The workflow's lease is held
+    meanwhile, so no orchestrator replica changes it halfway. A workflow that SUCCEEDED is not cancelled (its
+    result is withdrawn by rejecting it in review, which retracts it from the PACS)."""
+    actor = actor or operator()
+    records = [r for r in store.of_study(study_key) if pipeline is None or r.pipeline == pipeline]
+    if not records:
+        raise AdminRefused(f"no workflow of study {study_key!r}" + (f" for pipeline {pipeline!r}" if pipeline else ""))
+    cancellable = [r for r in records if WorkflowStatus.CANCELLED in ALLOWED_TRANSITIONS[r.status]]
+    if not cancellable:
+        raise AdminRefused(f"study {study_key}: nothing to cancel; its workflows are "
+                           + ", ".join(f"{r.pipeline} {r.status.value}" for r in records))
+    return [_cancel(store, record, actor, time.time() if now is None else now) for record in cancellable]
+
+
+def _cancel(store: Store, record: WorkflowRecord, actor: str, now: float) -> Row:
+    wid = record.workflow_id
+    deadline = time.monotonic() + CANCEL_WAIT_S
+    while not store.acquire_workflow(wid, actor, time.time(), CANCEL_LEASE_S):
+        if time.monotonic() > deadline:
+            raise AdminRefused(f"workflow {wid} of study {record.study_key} is being changed by an orchestrator "
+                               f"replica that did not let go within {CANCEL_WAIT_S:.0f} s; try again")
+        time.sleep(0.1)
+    try:
+        current = store.get(wid)
+        if current is None or WorkflowStatus.CANCELLED not in ALLOWED_TRANSITIONS[current.status]:
+            return {"workflow_id": wid, "pipeline": record.pipeline, "cancelled": False,
+                    "status": current.status.value if current else "deleted"}
+        reason = f"withheld: the workflow was cancelled by {actor}"
+        withheld = sorted({*store.withhold_deliveries(wid, reason, now=now),
+                           *store.withhold_deliveries(notice_workflow_id(wid), reason, now=now)})
+        # The status change is the audit record ("cancelled", naming ``actor``), its detail what was withheld.
+        store.set_status(wid, WorkflowStatus.CANCELLED, stage=current.stage, detail=f"cancelled by {actor}"
+                         + (f"; delivery to {', '.join(withheld)} withheld" if withheld else ""), actor=actor)
+        store.clear_timer(wid)
+        return {"workflow_id": wid, "pipeline": record.pipeline, "cancelled": True, "was": current.status.value,
+                "stage": current.stage, "deliveries_withheld": withheld}
+    finally:
+        store.release_workflow(wid, actor)
+
+
+# -- pausing a pipeline ----------------------------------------------------------------------------------
+
+
+def list_pipelines(store: Store, known: Collection[str]) -> list[Row]:
+    """The pipelines (``known``: the configured ones; any paused one too) and who paused each, when."""
+    paused = store.paused_pipelines()
+    return [{"pipeline": name, "paused_by": paused[name][0] if name in paused else None,
+             "paused_at": iso(paused[name][1]) if name in paused else None,
+             "waiting": sum(1 for r in store.list(WorkflowStatus.PENDING) if r.pipeline == name)}
+            for name in sorted({*known, *paused})]
+
+
+def pause_pipeline(store: Store, pipeline: str, *, known: Collection[str], actor: str | None = None,
+                   now: float | None = None) -> Row:
+    """Dispatch nothing of ``pipeline`` (one of ``known``, the site's) until resumed: its new studies wait as
+    PENDING workflows (none is lost); a task in flight completes. Recorded in the site's operations chain of
+    the audit trail."""
+    if pipeline not in known:
+        raise AdminRefused(f"pipeline {pipeline!r} is not one of this site's ({', '.join(sorted(known))})")
+    actor = actor or operator()
+    changed = store.pause_pipeline(pipeline, by=actor, now=time.time() if now is None else now)
+    if changed:
+        store.audit_append(OPERATIONS_CHAIN, AuditAction.PIPELINE_PAUSED, {"pipeline": pipeline}, actor=actor)
+    return {"pipeline": pipeline, "paused": True, "changed": changed}
+
+
+def resume_pipeline(store: Store, pipeline: str, *, actor: str | None = None) -> Row:
+    """Dispatch ``pipeline``'s waiting workflows again (at a running orchestrator's next tick)."""
+    actor = actor or operator()
+    changed = store.resume_pipeline(pipeline)
+    if changed:
+        store.audit_append(OPERATIONS_CHAIN, AuditAction.PIPELINE_RESUMED, {"pipeline": pipeline}, actor=actor)
+    return {"pipeline": pipeline, "paused": False, "changed": changed}
 
 
 # -- the audit trail -------------------------------------------------------------------------------------

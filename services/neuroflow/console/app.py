@@ -34,11 +34,11 @@ from neuroflow.admin.operations import AdminRefused, Store
 from neuroflow.console import auth
 from neuroflow.console.auth import CSRF_FIELD, SESSION_COOKIE, Permission, Role, Session, SessionCodec
 from neuroflow.console.oidc import OidcClient, OidcRefused
-from neuroflow.console.reviews import Decision, InvalidReview, ReviewDecision, ReviewStore
 from neuroflow.console.worklist import WorklistFilter, model_label, read_report, study_page, worklist
 from neuroflow.core import metrics
-from neuroflow.core.audit import AuditAction
+from neuroflow.core.audit import SESSIONS_CHAIN, AuditAction
 from neuroflow.core.config import CHANGE_PIPELINES, NeuroflowSettings
+from neuroflow.core.reviews import Decision, InvalidReview, ReviewDecision, ReviewStore
 
 log = logging.getLogger(__name__)
 _HERE = Path(__file__).parent
@@ -94,8 +94,11 @@ def build_app(console: Console) -> Starlette:
         Route("/dead-letters/{letter_id}/replay", pages.replay, methods=["POST"]),
         Route("/destinations", pages.destinations, methods=["GET"]),
         Route("/destinations/{destination}/{action}", pages.pause_or_resume, methods=["POST"]),
+        Route("/pipelines", pages.pipelines, methods=["GET"]),
+        Route("/pipelines/{pipeline}/{action}", pages.pause_or_resume_pipeline, methods=["POST"]),
         Route("/studies/{study_key}", pages.study, methods=["GET"]),
         Route("/studies/{study_key}/rerun", pages.rerun, methods=["POST"]),
+        Route("/studies/{study_key}/cancel", pages.cancel, methods=["POST"]),
         Route("/studies/{study_key}/review", pages.review, methods=["POST"]),
         Route("/studies/{study_key}/viewer", pages.viewer_placeholder, methods=["GET"]),
         Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
@@ -182,9 +185,13 @@ class _Pages:
         user = await run_in_threadpool(auth.check_password, self.c.users, name, password)
         if user is None:
             log.warning("console: log-in refused for user %r", name[:64])
+            await run_in_threadpool(self._record_session, AuditAction.LOG_IN_REFUSED, None,
+                                    {"user": name[:64], "how": "password", "why": "wrong user name or password"})
             return self.render("login.html", session, status_code=401, oidc=self.c.oidc is not None,
                                error="Wrong user name or password.")
         log.info("console: %s logged in (%s)", user.name, user.role)
+        await run_in_threadpool(self._record_session, AuditAction.LOGGED_IN, user.name,
+                                {"role": user.role.value, "how": "password"})
         response = RedirectResponse("/", status_code=303)
         set_session(self.c, response, self.c.codec.new(user=user.name, role=user.role))  # a new token
         return response
@@ -215,17 +222,26 @@ class _Pages:
         state, code = request.query_params.get("state", ""), request.query_params.get("code", "")
         if session is None or not session.oidc_state or not state or not secrets.compare_digest(state,
                                                                                                  session.oidc_state):
+            await run_in_threadpool(self._record_session, AuditAction.LOG_IN_REFUSED, None,
+                                    {"how": "oidc", "why": "the log-in was not started in this browser (state)"})
             return PlainTextResponse("refused: this log-in was not started here (state); log in again",
                                      status_code=403)
         if not code:
+            said = request.query_params.get("error", "?")[:200]
+            await run_in_threadpool(self._record_session, AuditAction.LOG_IN_REFUSED, None,
+                                    {"how": "oidc", "why": f"the provider said {said}"})
             return self.render("message.html", None, status_code=401, title="Not logged in",
                                message=f"The provider did not log you in: {request.query_params.get('error', '?')}")
         try:
             user = await run_in_threadpool(self.c.oidc.log_in, code, session.oidc_nonce or "")
         except OidcRefused as refused:
             log.warning("console: OIDC log-in refused: %s", refused)
+            await run_in_threadpool(self._record_session, AuditAction.LOG_IN_REFUSED, None,
+                                    {"how": "oidc", "why": str(refused)[:300]})
             return self.render("message.html", None, status_code=403, title="Not logged in", message=str(refused))
         log.info("console: %s logged in through OIDC (%s)", user.name, user.role)
+        await run_in_threadpool(self._record_session, AuditAction.LOGGED_IN, user.name,
+                                {"role": user.role.value, "how": "oidc"})
         # A page of our own that moves on to the worklist, not a redirect: a redirect would still belong to the
         # provider's cross-site navigation, and the browser would hold the new Strict session cookie back.
         response = self.render("continue.html", None)
@@ -238,9 +254,15 @@ class _Pages:
         if isinstance(checked, Response):
             return checked
         log.info("console: %s logged out", checked.user)
+        await run_in_threadpool(self._record_session, AuditAction.LOGGED_OUT, checked.user, {})
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response
+
+    def _record_session(self, action: str, user: str | None, detail: dict[str, Any]) -> None:
+        """A log-in, log-out or refused log-in, in the site's sessions chain of the audit trail: the staff
+        user's name and how, never a password (nor anything of a patient)."""
+        self.c.store.audit_append(SESSIONS_CHAIN, action, detail, actor=f"console/{user}" if user else "console")
 
     # -- the worklist ----------------------------------------------------------------------------------
 
@@ -320,20 +342,29 @@ class _Pages:
         stored = self.c.reviews.record(review)
         withheld: list[str] = []
         retracting: list[str] = []
+        correcting: list[str] = []
+        if stored.decision == Decision.ACCEPTED and stored.removed_components:
+            # Accepted without some components: the delivering service builds the corrected SEG and a
+            # superseding SR (results/correction.py) for every destination the result reached or was owed to;
+            # one it had not reached yet gets only the corrected result.
+            correcting = self.c.store.request_corrections(
+                review.workflow_id, stored.review_id, now=stored.decided_at,
+                give_up_at=stored.decided_at + self.c.settings.delivery.retry_for_s)
+            withheld = self.c.store.withhold_deliveries(
+                review.workflow_id, f"withheld: corrected by {session.user} in the console; the corrected result "
+                "is sent instead", now=stored.decided_at)
         if stored.decision == Decision.REJECTED:
             # A rejected result must never be reported: what has not reached the PACS yet stays at the site;
             # where it has (or is being sent now), the delivery loop sends a superseding retraction notice.
-            withheld = self.c.store.withhold_deliveries(
-                review.workflow_id, f"withheld: the result was rejected by {session.user} in the console",
-                now=stored.decided_at)
-            retracting = self.c.store.request_retractions(
-                review.workflow_id, now=stored.decided_at,
+            reason = f"withheld: the result was rejected by {session.user} in the console"
+            withheld, retracting = self.c.store.reject_result(
+                review.workflow_id, reason, now=stored.decided_at,
                 give_up_at=stored.decided_at + self.c.settings.delivery.retry_for_s)
         self.c.store.audit_append(review.study_key, AuditAction.REVIEWED, {
             "workflow_id": review.workflow_id, "decision": stored.decision.value, "quality": stored.quality,
             "removed_components": stored.removed_components, "model": stored.model,
             "retracted": stored.decision == Decision.REJECTED, "deliveries_withheld": withheld,
-            "retractions_owed": retracting},
+            "retractions_owed": retracting, "corrections_owed": correcting},
             actor=actor(session))
         metrics.REVIEW_DECISIONS.labels(self.c.settings.site, review.pipeline, review.model,
                                         stored.decision.value).inc()
@@ -403,6 +434,57 @@ class _Pages:
         done = f"{destination} {'paused' if action == 'pause' else 'resumed'}" if changed else (
             f"{destination} was {'paused' if action == 'pause' else 'not paused'} already")
         return RedirectResponse(f"/destinations?done={_query(done)}", status_code=303)
+
+    async def cancel(self, request: Request) -> Response:
+        """Cancel the study's unfinished or failed work (of one pipeline): nothing more is dispatched or
+        delivered (admin.operations.cancel_study)."""
+        checked = await require(self.c, request, Permission.OPERATE)
+        if isinstance(checked, Response):
+            return checked
+        key = request.path_params["study_key"]
+        form = await request.form()
+        pipeline = _text(form.get("pipeline")) or None
+        try:
+            cancelled = await run_in_threadpool(
+                lambda: operations.cancel_study(self.c.store, key, pipeline, actor=actor(checked)))
+        except AdminRefused as refused:
+            return self.render("message.html", checked, status_code=_STATUS_OF_REFUSAL, title="Not cancelled",
+                               message=str(refused))
+        done = [row["pipeline"] for row in cancelled if row["cancelled"]]
+        log.info("console: study %s: %s cancelled by %s", key, ", ".join(done) or "nothing", checked.user)
+        return RedirectResponse(f"/studies/{key}?done={_query('cancelled: ' + (', '.join(done) or 'nothing'))}",
+                                status_code=303)
+
+    async def pipelines(self, request: Request) -> Response:
+        checked = await require(self.c, request, Permission.VIEW)
+        if isinstance(checked, Response):
+            return checked
+        rows = await run_in_threadpool(operations.list_pipelines, self.c.store, self.c.settings.ingest.pipelines)
+        return self.render("pipelines.html", checked, pipelines=rows, message=request.query_params.get("done", ""))
+
+    async def pause_or_resume_pipeline(self, request: Request) -> Response:
+        """Pause a pipeline (its new studies wait, none is lost) or resume it (they are dispatched)."""
+        checked = await require(self.c, request, Permission.OPERATE)
+        if isinstance(checked, Response):
+            return checked
+        pipeline, action = request.path_params["pipeline"], request.path_params["action"]
+        try:
+            if action == "pause":
+                row = await run_in_threadpool(lambda: operations.pause_pipeline(
+                    self.c.store, pipeline, known=self.c.settings.ingest.pipelines, actor=actor(checked)))
+            elif action == "resume":
+                row = await run_in_threadpool(lambda: operations.resume_pipeline(self.c.store, pipeline,
+                                                                                 actor=actor(checked)))
+            else:
+                return PlainTextResponse(f"unknown action {action!r}: pause or resume", status_code=404)
+        except AdminRefused as refused:
+            return self.render("message.html", checked, status_code=_STATUS_OF_REFUSAL, title="Not paused",
+                               message=str(refused))
+        log.info("console: pipeline %s %s by %s%s", pipeline, action, checked.user, "" if row["changed"] else
+                 " (no change)")
+        done = f"{pipeline} {'paused' if action == 'pause' else 'resumed'}" if row["changed"] else (
+            f"{pipeline} was {'paused' if action == 'pause' else 'not paused'} already")
+        return RedirectResponse(f"/pipelines?done={_query(done)}", status_code=303)
 
     async def rerun(self, request: Request) -> Response:
         checked = await require(self.c, request, Permission.OPERATE)

@@ -11,10 +11,10 @@ import uvicorn
 from neuroflow.console import auth
 from neuroflow.console.app import ROUTE_FACTORIES, Console, build_app
 from neuroflow.console.oidc import OidcClient
-from neuroflow.console.reviews import review_store
 from neuroflow.console.viewer_mount import console_viewer_routes
 from neuroflow.core.config import NeuroflowSettings
 from neuroflow.core.metrics import start_metrics_server
+from neuroflow.core.reviews import review_store
 
 log = logging.getLogger(__name__)
 

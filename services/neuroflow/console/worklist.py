@@ -12,11 +12,12 @@ from pydantic import ValidationError
 
 from neuroflow.admin import operations
 from neuroflow.admin.operations import Row, Store
-from neuroflow.console.reviews import Decision, ReviewDecision, ReviewStore
+from neuroflow.core.reviews import Decision, ReviewDecision, ReviewStore
 from neuroflow.core.state import WorkflowStatus
 from neuroflow.results.report import REPORT_FILE, StudyReport
 
 NEEDS_REVIEW = "NEEDS REVIEW"
+PIPELINE_PAUSED = "PIPELINE PAUSED"  # a study waiting for its paused pipeline to be resumed
 REJECTED = "REJECTED"
 ACCEPTED = "accepted"
 WORKLIST_LIMIT = 300  # the newest studies shown; the CLI (`neuroflow admin studies`) lists all
@@ -60,6 +61,7 @@ def worklist(store: Store, reviews: ReviewStore, reports_dir: Path, selection: W
     pipelines = sorted({w["pipeline"] for s in studies for w in s["workflows"]})
     letters = {letter["workflow_id"]: letter for letter in operations.list_dead_letters(store)}
     decisions = reviews.latest_by_workflow()
+    paused = store.paused_pipelines()
     shown = []
     for study in sorted(studies, key=lambda s: max(w["updated_at"] for w in s["workflows"]), reverse=True):
         workflows = [w for w in study["workflows"] if selection.keeps(w)]
@@ -67,6 +69,8 @@ def worklist(store: Store, reviews: ReviewStore, reports_dir: Path, selection: W
             continue
         for workflow in workflows:
             workflow["flags"] = _flags(workflow, reports_dir, study["study_key"], decisions)
+            if workflow["status"] == WorkflowStatus.PENDING.value and workflow["pipeline"] in paused:
+                workflow["flags"].append(PIPELINE_PAUSED)
             workflow["reason"] = _reason(workflow, letters.get(workflow["workflow_id"]))
         shown.append({"study_key": study["study_key"], "workflows": workflows,
                       "updated_at": max(w["updated_at"] for w in workflows)})
@@ -122,6 +126,8 @@ def study_page(store: Store, reviews: ReviewStore, reports_dir: Path, study_key:
         row["decision"] = row["reviews"][-1].decision.value if row["reviews"] else None
         row["retractions"] = [{"destination": r.destination, "status": r.status.value, "last_error": r.last_error}
                               for r in store.retractions(workflow_id=row["workflow_id"])]
+        row["corrections"] = [{"destination": c.destination, "status": c.status.value, "last_error": c.last_error}
+                              for c in store.corrections(workflow_id=row["workflow_id"])]
     return StudyPage(study_key, history["workflows"],
                      [{"at": r.at, "action": r.action, "actor": r.actor, "detail": _detail_text(r.fields())}
                       for r in trail],

@@ -71,6 +71,19 @@ class AuditAction:
     RERUN_REQUESTED = "re-run requested"
     VIEWED = "viewed"  # an operator read the study's history or audit trail
     REVIEWED = "result reviewed"  # a radiologist accepted or rejected a result (console)
+    CANCELLED = "cancelled"  # an operator cancelled a workflow (console or admin)
+    HELD = "held: pipeline paused"  # a workflow waits for its paused pipeline to be resumed
+    PIPELINE_PAUSED = "pipeline paused"  # (chain OPERATIONS_CHAIN)
+    PIPELINE_RESUMED = "pipeline resumed"  # (chain OPERATIONS_CHAIN)
+    LOGGED_IN = "logged in"  # (chain SESSIONS_CHAIN) a console user; the user name, never a password
+    LOGGED_OUT = "logged out"  # (chain SESSIONS_CHAIN)
+    LOG_IN_REFUSED = "log-in refused"  # (chain SESSIONS_CHAIN) wrong password, unknown user, OIDC refusal
+
+
+# Chains of the audit trail that are not a study's: the site's own records, in the same hash-chained table
+# (``neuroflow admin audit <chain>`` reads and verifies them like a study's). Not a study key (those are hex).
+OPERATIONS_CHAIN = "site:operations"  # pausing and resuming pipelines
+SESSIONS_CHAIN = "site:console-sessions"  # every log-in, log-out and refused log-in of the console
 
 
 @dataclass(frozen=True)

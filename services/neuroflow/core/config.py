@@ -468,6 +468,9 @@ class ConsoleSettings(BaseModel):
     tls_key_file: Path | None = None
     cookie_secure: bool = False
     refresh_s: float = Field(default=5.0, gt=0.0)  # how often an open worklist asks for changes
+    # Where corrected SEGs (a radiologist removed components) are kept as training data with their provenance
+    # (results/correction.py); written by the results services' delivery loop: a path they share.
+    training_dir: Path = Path(".neuroflow/training")
     oidc: ConsoleOidcSettings = Field(default_factory=ConsoleOidcSettings)
 
 

@@ -21,18 +21,22 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Protocol
 
 from neuroflow.core import metrics
 from neuroflow.core.config import DeliverySettings
 from neuroflow.core.dicom_io import Forwarder
+from neuroflow.core.errors import NeuroflowError
 from neuroflow.core.state_schedules import (
+    CORRECTION_STAGE,
     RETRACTION_STAGE,
     DeadLetterKind,
     DeadLetterRecord,
     Delivery,
     ScheduleStatements,
     new_letter_id,
+    result_workflow,
 )
 from neuroflow.core.worker import failure_reason
 from neuroflow.proto.neuroflow.v1 import common_pb2
@@ -51,15 +55,34 @@ class Service(Protocol):
 Retract = Callable[[Delivery], Sequence[str]]
 
 
+class Reviews(Protocol):
+    """The radiologists' decisions as the loop needs them (core.reviews.ReviewStore)."""
+
+    def rejected(self, workflow_id: str, /) -> bool: ...
+
+
 class DeliveryLoop:
     """Sends due deliveries from ``outbox`` through ``forwarder``; ``holder`` names this replica in leases.
     With ``retract``, also the retraction notices owed for results a radiologist rejected after delivery
-    (same leases, backoff and dead letters)."""
+    (same leases, backoff and dead letters); with ``correct``, the corrected results of those accepted with
+    components removed (their rows are in the outbox: without ``correct`` one fails, and is retried). With
+    ``reviews``, nothing more of a rejected result is sent.
+
+    The order at one destination, when a decision meets a send in flight (the console withholds only what no
+    replica holds): a correction is not claimed while its original is being sent (claim_due_deliveries), so
+    its SR, which names the original's as predecessor, arrives after it; an original whose send failed is
+    withheld at its next claim once a correction to that destination exists (a correction not yet sent, once
+    a later one does: it would arrive after the one that supersedes it); a retraction is claimed once
+    nothing of the result is in flight there, and supersedes all of it that arrived, originals and
+    corrections (reached_objects); a correction or original claimed after the rejection is withheld."""
 
     def __init__(self, outbox: ScheduleStatements, forwarder: Forwarder, settings: DeliverySettings, *,
-                 holder: str, retract: Retract | None = None) -> None:
+                 holder: str, retract: Retract | None = None, correct: Retract | None = None,
+                 reviews: Reviews | None = None) -> None:
         self._outbox = outbox
+        self._reviews = reviews
         self._retract = retract
+        self._correct = correct
         self._forwarder = forwarder
         self._settings = settings
         self._holder = holder
@@ -92,21 +115,47 @@ class DeliveryLoop:
 
     def _attempt(self, delivery: Delivery) -> bool:
         key, destination = delivery.study_key, delivery.destination
+        if delivery.stage != RETRACTION_STAGE and (why := self._superseded(delivery)):
+            if self._outbox.withhold_claimed(delivery, self._holder, why):
+                log.info("study %s: workflow %s: delivery to %s %s", key, delivery.workflow_id, destination, why)
+            return False
         try:
-            # A retraction's notice is built (and stored at the site) at each attempt: the same UIDs each time.
-            uids = list(self._retract(delivery) if delivery.stage == RETRACTION_STAGE and self._retract is not None
+            # A retraction's notice is built (and stored at the site) at each attempt, from every object of the
+            # result the destination accepted: the same UIDs each time.
+            uids = list(self._retract(replace(delivery, sop_instance_uids=tuple(self._outbox.reached_objects(
+                        delivery.workflow_id, destination))))
+                        if delivery.stage == RETRACTION_STAGE and self._retract is not None
+                        else self._corrected(delivery) if delivery.stage == CORRECTION_STAGE
                         else delivery.sop_instance_uids)
             self._forwarder.forward(uids, destination)
         except Exception as exc:  # any failure is retried until the delivery period ends
             reason = failure_reason(exc, study_key=delivery.study_key, stage="delivery")
             self._failed(delivery, f"{type(exc).__name__}: {exc}", common_pb2.FailureReason.Code.Name(reason.code))
             return False
-        if self._outbox.delivery_done(delivery, self._holder, time.time()):
+        if self._outbox.delivery_done(delivery, self._holder, time.time(), sent=uids):
             self.sent += 1
             metrics.DELIVERY_ATTEMPTS.labels(delivery.pipeline, "delivered").inc()
             log.info("study %s: workflow %s: %d %s object(s) delivered to %s (attempt %d)", key,
                      delivery.workflow_id, len(uids), delivery.stage, destination, delivery.attempts + 1)
         return True
+
+    def _superseded(self, delivery: Delivery) -> str:
+        """Why a claimed delivery must not be sent any more ("" when it must): its result was rejected, or a
+        correction of it (a later one, for a correction) is owed to the same destination."""
+        result = result_workflow(delivery.workflow_id)
+        if self._reviews is not None and self._reviews.rejected(result):
+            return "withheld: the result was rejected in review"
+        later = [c for c in self._outbox.corrections(workflow_id=result) if c.destination == delivery.destination
+                 and (delivery.stage != CORRECTION_STAGE or c.created_at > delivery.created_at)]
+        return "withheld: the corrected result is sent instead" if later else ""
+
+    def _corrected(self, delivery: Delivery) -> Sequence[str]:
+        """The corrected objects a correction row owes, built and stored at the site (the same UIDs each
+        attempt); never the uncorrected objects the row lists."""
+        if self._correct is None:
+            raise NeuroflowError(f"study {delivery.study_key}: this delivery replica cannot build corrected results "
+                                 "(its site sink is not an Orthanc)")
+        return self._correct(delivery)
 
     def _failed(self, delivery: Delivery, error: str, code: str) -> None:
         now, attempts = time.time(), delivery.attempts + 1

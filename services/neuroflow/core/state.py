@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from neuroflow.core.audit import AUDIT_SCHEMA, AuditAction, AuditStatements
 from neuroflow.core.errors import NeuroflowError
 from neuroflow.core.sql_reconnect import ConnectionLost, retry_once
-from neuroflow.core.state_schedules import SCHEDULE_SCHEMA, ScheduleStatements
+from neuroflow.core.state_schedules import SCHEDULE_SCHEMA, ScheduleStatements, correction_workflow_id
 
 
 class WorkflowStatus(StrEnum):
@@ -35,25 +35,33 @@ class WorkflowStatus(StrEnum):
     SUCCEEDED = "SUCCEEDED"  # results stored: never runs again (new input makes a new workflow)
     FAILED = "FAILED"  # stopped for a reason a person must act on (input problem, not retryable)
     DEAD_LETTERED = "DEAD_LETTERED"  # retries exhausted or deadline passed; parked for an operator
+    # An operator stopped it (admin.operations.cancel_study): never dispatched again, and a task answer that
+    # comes late is ignored, so none of its results is delivered.
+    CANCELLED = "CANCELLED"
 
 
 # Where each status may go. Staying in the same status is always allowed (a redelivered message repeats
 # the update; a workflow RUNNING moves on to its next stage). An operator replays FAILED and
-# DEAD_LETTERED work by moving it back to PENDING; nothing leaves SUCCEEDED.
+# DEAD_LETTERED work by moving it back to PENDING, and cancels any unfinished or failed work (CANCELLED);
+# nothing leaves SUCCEEDED (a result is withdrawn by rejecting it in review) or CANCELLED.
 ALLOWED_TRANSITIONS: dict[WorkflowStatus, frozenset[WorkflowStatus]] = {
     WorkflowStatus.PENDING: frozenset(
-        {WorkflowStatus.RUNNING, WorkflowStatus.FAILED, WorkflowStatus.DEAD_LETTERED}),
+        {WorkflowStatus.RUNNING, WorkflowStatus.FAILED, WorkflowStatus.DEAD_LETTERED, WorkflowStatus.CANCELLED}),
     WorkflowStatus.RUNNING: frozenset({
         WorkflowStatus.PENDING, WorkflowStatus.SUCCEEDED, WorkflowStatus.FAILED, WorkflowStatus.DEAD_LETTERED,
+        WorkflowStatus.CANCELLED,
     }),
     WorkflowStatus.SUCCEEDED: frozenset(),
-    WorkflowStatus.FAILED: frozenset({WorkflowStatus.PENDING}),
-    WorkflowStatus.DEAD_LETTERED: frozenset({WorkflowStatus.PENDING}),
+    WorkflowStatus.FAILED: frozenset({WorkflowStatus.PENDING, WorkflowStatus.CANCELLED}),
+    WorkflowStatus.DEAD_LETTERED: frozenset({WorkflowStatus.PENDING, WorkflowStatus.CANCELLED}),
+    WorkflowStatus.CANCELLED: frozenset(),
 }
 
-# Statuses a workflow does not leave by itself: its results are delivered (SUCCEEDED) or it waits for an
-# operator (FAILED, DEAD_LETTERED). Only these are ever deleted by retention (neuroflow.monitor.retention).
-FINISHED_STATUSES = frozenset({WorkflowStatus.SUCCEEDED, WorkflowStatus.FAILED, WorkflowStatus.DEAD_LETTERED})
+# Statuses a workflow does not leave by itself: its results are delivered (SUCCEEDED), it waits for an
+# operator (FAILED, DEAD_LETTERED) or an operator ended it (CANCELLED). Only these are ever deleted by
+# retention (neuroflow.monitor.retention).
+FINISHED_STATUSES = frozenset({WorkflowStatus.SUCCEEDED, WorkflowStatus.FAILED, WorkflowStatus.DEAD_LETTERED,
+                               WorkflowStatus.CANCELLED})
 
 
 class WorkflowNotFound(NeuroflowError, KeyError):
@@ -136,7 +144,8 @@ class WorkflowStateStore(ABC):
 # 2: the timers, deliveries, dead letters and workflow events of core/state_schedules.py (new tables only:
 # a version-1 database is upgraded in place by creating them). 3: the audit trail (core/audit.py), likewise.
 # 4: the destinations an operator paused (paused_destinations), likewise. 5: retractions, likewise.
-_SCHEMA_VERSION = 5
+# 6: the pipelines an operator paused (paused_pipelines), likewise.
+_SCHEMA_VERSION = 6
 # Written once for every SQL backend: {timestamp} and {real} are the backend's column types.
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
@@ -178,7 +187,8 @@ _COLUMNS = "workflow_id, study_key, pipeline, input_hash, status, stage, detail,
 _AUDIT_ACTIONS = {WorkflowStatus.RUNNING: AuditAction.STAGE_STARTED,
                   WorkflowStatus.PENDING: AuditAction.RETRY_SCHEDULED,
                   WorkflowStatus.SUCCEEDED: AuditAction.SUCCEEDED, WorkflowStatus.FAILED: AuditAction.FAILED,
-                  WorkflowStatus.DEAD_LETTERED: AuditAction.DEAD_LETTERED}
+                  WorkflowStatus.DEAD_LETTERED: AuditAction.DEAD_LETTERED,
+                  WorkflowStatus.CANCELLED: AuditAction.CANCELLED}
 _FINISHED_LIST = ", ".join(f"'{s.value}'" for s in sorted(FINISHED_STATUSES))  # constants, no user input
 
 
@@ -333,8 +343,8 @@ class SqlStateStore(WorkflowStateStore, ScheduleStatements, AuditStatements, Gen
                 return False
             # What hangs off the row goes with it, in the same transaction (there is no cascading delete).
             for table in _WORKFLOW_TABLES:
-                db.execute(self._sql(f"DELETE FROM {table} WHERE workflow_id IN (?, ?)"),
-                           (workflow_id, notice_workflow_id(workflow_id)))
+                db.execute(self._sql(f"DELETE FROM {table} WHERE workflow_id IN (?, ?) OR workflow_id LIKE ?"),
+                           (workflow_id, notice_workflow_id(workflow_id), correction_workflow_id(workflow_id, "%")))
             return True
 
         # Not repeated after a lost COMMIT: a second run would answer False for a row the first deleted; the

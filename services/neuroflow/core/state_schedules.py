@@ -25,7 +25,7 @@ import os
 import socket
 import uuid
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -95,6 +95,13 @@ SCHEDULE_SCHEMA = (
         paused_by   TEXT NOT NULL,
         paused_at   {real} NOT NULL
     )""",
+    # A pipeline an operator paused: its workflows' dispatches wait (their retry timers are not claimed; a new
+    # study's workflow is created and waits on one) until resumed. A task in flight completes.
+    """CREATE TABLE IF NOT EXISTS paused_pipelines (
+        pipeline    TEXT PRIMARY KEY,
+        paused_by   TEXT NOT NULL,
+        paused_at   {real} NOT NULL
+    )""",
     # A result a radiologist rejected after it reached a destination: a superseding retraction notice is owed
     # there. The outbox's shape (sop_instance_uids: the delivered objects it supersedes; delivered_at: when
     # the destination accepted the notice), worked by the same delivery loop with the same guarantees.
@@ -102,6 +109,33 @@ SCHEDULE_SCHEMA = (
 )
 
 RETRACTION_STAGE = "retraction"  # the stage of a retraction's outbox row: a Delivery of the superseding notice
+# The stage of a correction's outbox row (in ``deliveries``, under ``correction_workflow_id``): a result accepted
+# with components removed; its objects are those it corrects until it is delivered, then the corrected objects
+# the delivery loop built and sent (what a later retraction of the result supersedes there).
+CORRECTION_STAGE = "correction"
+_CORRECTION = ".correction."
+# The rows of a result to one destination, in a statement on ``{outer}`` (a retraction or delivery row): its
+# delivery and every correction's (its one parameter: _CORRECTIONS). A LIKE prefix: workflow ids are generated
+# (hex, dashes), never user text.
+_OF_RESULT = ("(d.workflow_id = {outer}.workflow_id OR d.workflow_id LIKE {outer}.workflow_id || ?) "
+              "AND d.destination = {outer}.destination")
+_CORRECTIONS = _CORRECTION + "%"  # a parameter: psycopg takes no literal % in a statement
+_IN_FLIGHT = "d.status = ? AND d.holder IS NOT NULL AND d.lease_until >= ?"  # PENDING, now: a replica sends it
+
+
+def correction_workflow_id(workflow_id: str, review_id: str) -> str:
+    """The id a review's correction of the workflow's result is delivered under (deleted with the workflow)."""
+    return f"{workflow_id}{_CORRECTION}{review_id}"
+
+
+def review_of_correction(correction_workflow: str) -> str:
+    """The review a correction's delivery carries out."""
+    return correction_workflow.rsplit(_CORRECTION, 1)[-1]
+
+
+def result_workflow(workflow_id: str) -> str:
+    """The workflow whose result a delivery carries: a correction's, the workflow it corrects."""
+    return workflow_id.split(_CORRECTION, 1)[0]
 
 
 class TimerKind(StrEnum):
@@ -252,14 +286,16 @@ class ScheduleStatements(AuditStatements):
 
     def claim_due_timers(self, now: float, holder: str, lease_s: float, limit: int = 32) -> builtins.list[Timer]:
         """Claim (hold the lease of) up to ``limit`` workflows whose timer is due and whose lease is free or
-        expired. Each due timer is claimed by exactly one caller."""
+        expired. Each due timer is claimed by exactly one caller. A retry (a dispatch) of a workflow whose
+        pipeline is paused is not claimed: it stays due, and fires once the pipeline is resumed."""
         rows = self._rows(
             "UPDATE workflow_timers SET holder = ?, lease_until = ? WHERE workflow_id IN ("
             "SELECT workflow_id FROM workflow_timers WHERE kind IS NOT NULL AND due_at <= ? "
-            "AND (holder IS NULL OR lease_until < ?) ORDER BY due_at LIMIT ?) "
+            "AND (holder IS NULL OR lease_until < ?) AND NOT (kind = ? AND workflow_id IN (SELECT workflow_id FROM "
+            "workflows WHERE pipeline IN (SELECT pipeline FROM paused_pipelines))) ORDER BY due_at LIMIT ?) "
             "AND kind IS NOT NULL AND due_at <= ? AND (holder IS NULL OR lease_until < ?) "
             "RETURNING workflow_id, kind, stage, attempt, due_at",
-            (holder, now + lease_s, now, now, limit, now, now))
+            (holder, now + lease_s, now, now, TimerKind.RETRY.value, limit, now, now))
         return sorted((_timer(r) for r in rows), key=lambda t: t.due_at)
 
     # -- the delivery outbox -------------------------------------------------------------------------
@@ -276,26 +312,44 @@ class ScheduleStatements(AuditStatements):
 
     def claim_due_deliveries(self, now: float, holder: str, lease_s: float,
                              limit: int = 8) -> builtins.list[Delivery]:
-        """Claim up to ``limit`` pending deliveries that are due and not held by another live replica."""
+        """Claim up to ``limit`` pending deliveries that are due and not held by another live replica. A
+        correction waits while the result it corrects is being sent to the same destination (accepted at that
+        moment): its SR supersedes that one, so it must reach the PACS after it (the delivery loop then
+        withholds the original if that send failed: it is never sent after its correction)."""
+        original_in_flight = (
+            "stage = ? AND EXISTS (SELECT 1 FROM deliveries d WHERE deliveries.workflow_id LIKE d.workflow_id || ? "
+            f"AND d.destination = deliveries.destination AND {_IN_FLIGHT})")
         rows = self._rows(
             "UPDATE deliveries SET holder = ?, lease_until = ? WHERE (workflow_id, destination) IN ("
             "SELECT workflow_id, destination FROM deliveries WHERE status = ? AND next_attempt_at <= ? "
-            "AND (holder IS NULL OR lease_until < ?) "
+            f"AND (holder IS NULL OR lease_until < ?) AND NOT ({original_in_flight}) "
             "AND destination NOT IN (SELECT destination FROM paused_destinations) ORDER BY next_attempt_at LIMIT ?) "
             "AND status = ? AND next_attempt_at <= ? AND (holder IS NULL OR lease_until < ?) "
             f"RETURNING {_DELIVERY_COLUMNS}",
-            (holder, now + lease_s, DeliveryStatus.PENDING.value, now, now, limit, DeliveryStatus.PENDING.value,
-             now, now))
+            (holder, now + lease_s, DeliveryStatus.PENDING.value, now, now, CORRECTION_STAGE, _CORRECTIONS,
+             DeliveryStatus.PENDING.value, now, limit, DeliveryStatus.PENDING.value, now, now))
         return sorted((_delivery(r) for r in rows), key=lambda d: d.next_attempt_at)
 
-    def delivery_done(self, delivery: Delivery, holder: str, now: float) -> bool:
+    def delivery_done(self, delivery: Delivery, holder: str, now: float,
+                      sent: Sequence[str] | None = None) -> bool:
         """The destination accepted the objects (recorded in the study's audit trail). False when ``holder``
-        lost its lease meanwhile."""
+        lost its lease meanwhile. A correction records the corrected objects it ``sent`` as its objects."""
+        uids = json.dumps(list(sent if sent is not None and delivery.stage == CORRECTION_STAGE
+                               else delivery.sop_instance_uids))
         return self._delivery_outcome(
             delivery, holder, AuditAction.RETRACTED if delivery.stage == RETRACTION_STAGE else AuditAction.DELIVERED,
             f"UPDATE {_table(delivery)} SET status = ?, delivered_at = ?, attempts = attempts + 1, last_error = '', "
-            "holder = NULL, lease_until = 0 WHERE workflow_id = ? AND destination = ? AND holder = ?",
-            (DeliveryStatus.DELIVERED.value, now, delivery.workflow_id, delivery.destination, holder))
+            "sop_instance_uids = ?, holder = NULL, lease_until = 0 WHERE workflow_id = ? AND destination = ? "
+            "AND holder = ?",
+            (DeliveryStatus.DELIVERED.value, now, uids, delivery.workflow_id, delivery.destination, holder))
+
+    def withhold_claimed(self, delivery: Delivery, holder: str, reason: str) -> bool:
+        """The delivery ``holder`` claimed must not be sent (its result was rejected, or corrected for that
+        destination, since it was scheduled): WITHHELD, ``reason`` its last error."""
+        return self._changed(
+            "UPDATE deliveries SET status = ?, last_error = ?, holder = NULL, lease_until = 0 WHERE workflow_id = ? "
+            "AND destination = ? AND holder = ?",
+            (DeliveryStatus.WITHHELD.value, reason, delivery.workflow_id, delivery.destination, holder))
 
     def delivery_failed(self, delivery: Delivery, holder: str, error: str, *, next_attempt_at: float,
                         give_up: bool) -> bool:
@@ -357,6 +411,22 @@ class ScheduleStatements(AuditStatements):
         return {str(r[0]): (str(r[1]), float(r[2])) for r in self._rows(
             "SELECT destination, paused_by, paused_at FROM paused_destinations ORDER BY destination")}
 
+    def pause_pipeline(self, pipeline: str, *, by: str, now: float) -> bool:
+        """Dispatch no task of ``pipeline``'s workflows (new studies wait; one in flight completes) until
+        ``resume_pipeline``; False when it was paused already."""
+        return self._changed("INSERT INTO paused_pipelines (pipeline, paused_by, paused_at) VALUES (?, ?, ?) "
+                             "ON CONFLICT (pipeline) DO NOTHING", (pipeline, by, now))
+
+    def resume_pipeline(self, pipeline: str) -> bool:
+        """Dispatch ``pipeline``'s waiting workflows again (their due timers fire at the orchestrator's next
+        tick); False when it was not paused."""
+        return self._changed("DELETE FROM paused_pipelines WHERE pipeline = ?", (pipeline,))
+
+    def paused_pipelines(self) -> dict[str, tuple[str, float]]:
+        """Each paused pipeline: who paused it and when."""
+        return {str(r[0]): (str(r[1]), float(r[2])) for r in self._rows(
+            "SELECT pipeline, paused_by, paused_at FROM paused_pipelines ORDER BY pipeline")}
+
     def withhold_deliveries(self, workflow_id: str, reason: str, *, now: float) -> builtins.list[str]:
         """Stop the workflow's pending deliveries that no delivery replica holds (a result a radiologist
         rejected must not reach the PACS): WITHHELD, ``reason`` as their last error; given up ones too, so an
@@ -371,27 +441,82 @@ class ScheduleStatements(AuditStatements):
         return sorted(str(r[0]) for r in rows)
 
     def request_retractions(self, workflow_id: str, *, now: float, give_up_at: float) -> builtins.list[str]:
-        """Owe a retraction notice to every destination the workflow's results reached, or are being sent to
-        at this moment (one withhold_deliveries could not stop): the destinations, each once however often
-        asked. The notice is claimed only once its delivery was accepted (claim_due_retractions)."""
+        """Owe a retraction notice to every destination the workflow's result reached, or is being sent to at
+        this moment (one withhold_deliveries could not stop), as delivered or as corrected (a correction's
+        row): the destinations, each once however often asked. The notice is claimed once nothing of the
+        result is being sent there and something reached it (claim_due_retractions); it supersedes every
+        object of the result that did (``reached_objects``)."""
         rows = self._rows(
-            f"INSERT INTO retractions ({_DELIVERY_COLUMNS}) SELECT workflow_id, destination, study_key, pipeline, "
-            "?, sop_instance_uids, ?, 0, ?, ?, '', ?, NULL FROM deliveries WHERE workflow_id = ? AND (status = ? "
-            "OR (status = ? AND holder IS NOT NULL AND lease_until >= ?)) "
+            f"INSERT INTO retractions ({_DELIVERY_COLUMNS}) SELECT ?, destination, study_key, pipeline, "
+            "?, sop_instance_uids, ?, 0, ?, ?, '', ?, NULL FROM deliveries "
+            "WHERE (workflow_id = ? OR workflow_id LIKE ?) "
+            "AND (status = ? OR (status = ? AND holder IS NOT NULL AND lease_until >= ?)) "
             "ON CONFLICT (workflow_id, destination) DO NOTHING RETURNING destination",
-            (RETRACTION_STAGE, DeliveryStatus.PENDING.value, now, give_up_at, now, workflow_id,
-             DeliveryStatus.DELIVERED.value, DeliveryStatus.PENDING.value, now))
+            (workflow_id, RETRACTION_STAGE, DeliveryStatus.PENDING.value, now, give_up_at, now, workflow_id,
+             correction_workflow_id(workflow_id, "%"), DeliveryStatus.DELIVERED.value, DeliveryStatus.PENDING.value,
+             now))
+        return sorted({str(r[0]) for r in rows})
+
+    def reject_result(self, workflow_id: str, reason: str, *, now: float, give_up_at: float
+                      ) -> tuple[builtins.list[str], builtins.list[str]]:
+        """A radiologist rejected the workflow's result (recorded first in core/reviews, so the delivery loop
+        withholds what it claims from now on): what of it, originals and corrections, is not being sent is
+        withheld; a retraction is owed where any of it arrived or is arriving. The destinations withheld, and
+        those owed a retraction."""
+        withheld = {*self.withhold_deliveries(workflow_id, reason, now=now),
+                    *self.withhold_corrections(workflow_id, reason, now=now)}
+        return sorted(withheld), self.request_retractions(workflow_id, now=now, give_up_at=give_up_at)
+
+    def reached_objects(self, workflow_id: str, destination: str) -> builtins.list[str]:
+        """Every object of the workflow's result that ``destination`` accepted: the result as delivered, and
+        each correction's corrected objects, in the order they were sent (what its retraction supersedes)."""
+        rows = self._rows(
+            "SELECT sop_instance_uids FROM deliveries WHERE (workflow_id = ? OR workflow_id LIKE ?) "
+            "AND destination = ? AND status = ? ORDER BY delivered_at",
+            (workflow_id, correction_workflow_id(workflow_id, "%"), destination, DeliveryStatus.DELIVERED.value))
+        return [uid for r in rows for uid in json.loads(r[0])]
+
+    def request_corrections(self, workflow_id: str, review_id: str, *, now: float, give_up_at: float
+                            ) -> builtins.list[str]:
+        """Owe the review's correction (core/delivery, results/correction) to every destination the workflow's
+        result reached or is owed to (DELIVERED or PENDING), as delivered or as an earlier review corrected it:
+        the destinations, each once however often asked. Its objects are the result's as delivered (a later
+        review corrects the original again). The caller withholds the pending originals, so a destination the
+        result had not reached gets only the corrected one."""
+        owed = (DeliveryStatus.DELIVERED.value, DeliveryStatus.PENDING.value)
+        rows = self._rows(
+            f"INSERT INTO deliveries ({_DELIVERY_COLUMNS}) SELECT ?, destination, study_key, pipeline, ?, "
+            "sop_instance_uids, ?, 0, ?, ?, '', ?, NULL FROM deliveries o WHERE workflow_id = ? AND (status IN (?, ?) "
+            "OR EXISTS (SELECT 1 FROM deliveries c WHERE c.workflow_id LIKE ? AND c.destination = o.destination "
+            "AND c.status IN (?, ?))) ON CONFLICT (workflow_id, destination) DO NOTHING RETURNING destination",
+            (correction_workflow_id(workflow_id, review_id), CORRECTION_STAGE, DeliveryStatus.PENDING.value, now,
+             give_up_at, now, workflow_id, *owed, correction_workflow_id(workflow_id, "%"), *owed))
         return sorted(str(r[0]) for r in rows)
+
+    def corrections(self, *, workflow_id: str) -> builtins.list[Delivery]:
+        """The deliveries of every review's correction of the workflow's result, oldest first."""
+        return [_delivery(r) for r in self._rows(
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE workflow_id LIKE ? ORDER BY created_at, destination",
+            (correction_workflow_id(workflow_id, "%"),))]
+
+    def withhold_corrections(self, workflow_id: str, reason: str, *, now: float) -> builtins.list[str]:
+        """``withhold_deliveries`` for every correction of the workflow's result not sent yet (the result was
+        rejected after it was corrected): the destinations withheld."""
+        return sorted({destination for correction in {d.workflow_id for d in self.corrections(workflow_id=workflow_id)}
+                       for destination in self.withhold_deliveries(correction, reason, now=now)})
 
     def claim_due_retractions(self, now: float, holder: str, lease_s: float,
                               limit: int = 8) -> builtins.list[Delivery]:
-        """Claim up to ``limit`` due retractions (as Deliveries of stage RETRACTION_STAGE) whose result the
-        destination has accepted, not held by another live replica nor to a paused destination."""
+        """Claim up to ``limit`` due retractions (as Deliveries of stage RETRACTION_STAGE) whose result (as
+        delivered or corrected) the destination has accepted and none of which is being sent there now, not
+        held by another live replica nor to a paused destination."""
+        of_result = _OF_RESULT.format(outer="retractions")
         ready = ("status = ? AND next_attempt_at <= ? AND (holder IS NULL OR lease_until < ?) "
-                 "AND destination NOT IN (SELECT destination FROM paused_destinations) AND EXISTS (SELECT 1 FROM "
-                 "deliveries d WHERE d.workflow_id = retractions.workflow_id "
-                 "AND d.destination = retractions.destination AND d.status = ?)")
-        due = (DeliveryStatus.PENDING.value, now, now, DeliveryStatus.DELIVERED.value)
+                 "AND destination NOT IN (SELECT destination FROM paused_destinations) "
+                 f"AND EXISTS (SELECT 1 FROM deliveries d WHERE {of_result} AND d.status = ?) "
+                 f"AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE {of_result} AND {_IN_FLIGHT})")
+        due = (DeliveryStatus.PENDING.value, now, now, _CORRECTIONS, DeliveryStatus.DELIVERED.value, _CORRECTIONS,
+               DeliveryStatus.PENDING.value, now)
         rows = self._rows(
             "UPDATE retractions SET holder = ?, lease_until = ? WHERE (workflow_id, destination) IN ("
             f"SELECT workflow_id, destination FROM retractions WHERE {ready} ORDER BY next_attempt_at LIMIT ?) "
@@ -412,11 +537,15 @@ class ScheduleStatements(AuditStatements):
 
     def has_undelivered_results(self, workflow_id: str) -> bool:
         """Whether a delivery of the workflow's results, or a retraction of them, has not been accepted by its
-        PACS (pending, or given up on and waiting for an operator): retention keeps everything of such a
-        workflow (a retraction is built from the delivered objects)."""
+        PACS (pending, or given up on and waiting for an operator), or a correction of them is still owed:
+        retention keeps everything of such a workflow (a retraction or a correction is built from the
+        delivered objects)."""
         return bool(self._rows("SELECT 1 FROM deliveries WHERE workflow_id = ? AND status <> ? UNION ALL "
-                               "SELECT 1 FROM retractions WHERE workflow_id = ? AND status <> ?",
-                               (workflow_id, DeliveryStatus.DELIVERED.value) * 2))
+                               "SELECT 1 FROM retractions WHERE workflow_id = ? AND status <> ? UNION ALL "
+                               "SELECT 1 FROM deliveries WHERE workflow_id LIKE ? AND status IN (?, ?)",
+                               (*(workflow_id, DeliveryStatus.DELIVERED.value) * 2,
+                                correction_workflow_id(workflow_id, "%"), DeliveryStatus.PENDING.value,
+                                DeliveryStatus.GAVE_UP.value)))
 
     # -- dead letters --------------------------------------------------------------------------------
 

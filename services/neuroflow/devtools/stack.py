@@ -312,6 +312,7 @@ def service_environment(stack: dict[str, Any], options: StackOptions) -> dict[st
         "NEUROFLOW_VOLUME_STORE_ROOT": str(root / "volumes"),
         "NEUROFLOW_RECORDS_ROOT": str(root / "records"),
         "NEUROFLOW_REPORTS_DIR": str(root / "reports"),
+        "NEUROFLOW_CONSOLE__TRAINING_DIR": str(root / "training"),  # corrected SEGs kept as training data
         "NEUROFLOW_INGEST__WAIT_WINDOW_S": str(options.wait_window_s),
         "NEUROFLOW_INFERENCE_THREADS": "1",
         **({"NEUROFLOW_INFERENCE__BACKEND": "triton", "NEUROFLOW_INFERENCE__TRITON_URL": stack["triton"]["grpc"],

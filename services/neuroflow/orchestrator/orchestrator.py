@@ -11,7 +11,10 @@
   dead-letter topic with the reason and the workflow ends DEAD_LETTERED (retries exhausted) or FAILED (the
   input must change), the reason in the state store's detail.
 * Answers of a stage the workflow has left, or of an attempt it has given up on, are ignored: redelivered
-  and duplicate messages change nothing.
+  and duplicate messages change nothing; so is a late answer for a workflow an operator CANCELLED (its results
+  are never scheduled for delivery).
+* A new workflow of a pipeline an operator paused waits, PENDING, on a retry timer of its first stage that the
+  state database holds back until the pipeline is resumed (``_hold``).
 
 * A workflow of a pipeline with ``notice_on_failure`` (glioma) that ends FAILED or DEAD_LETTERED, or a study
   ingest refused for such a pipeline (RoutingFailed), sends the results stage one task more, the failure
@@ -226,9 +229,23 @@ class Orchestrator:
                     log.info("study %s: %s workflow %s for this input exists (%s): duplicate StudyReady ignored",
                              key, ready.pipeline, wid, record.status if record else "?")
                     return
+            paused = self._state.paused_pipelines().get(ready.pipeline)
+            if paused is not None:
+                self._hold(wid, key, ready.pipeline, spec, paused_by=paused[0])
+                return
             log.info("study %s: %s workflow %s started (%s)", key, ready.pipeline, wid,
                      common_pb2.Priority.Name(ready.priority))
             self._dispatch(wid, spec.stages[0], attempt=1)
+
+    def _hold(self, wid: str, key: str, pipeline: str, spec: PipelineSpec, *, paused_by: str) -> None:
+        """A new workflow of a paused pipeline: it waits (PENDING) on a due retry timer of its first stage,
+        which the state database does not hand out while the pipeline is paused (claim_due_timers); resumed,
+        the next tick dispatches it. Nothing is lost: the workflow and its StudyReady are stored."""
+        stage = topics.stage_name(spec.stages[0])
+        self._state.set_timer_if_none(wid, TimerKind.RETRY, stage, 1, time.time())
+        self._state.audit_append(key, AuditAction.HELD, {"workflow_id": wid, "pipeline": pipeline,
+                                                         "paused_by": paused_by})
+        log.info("study %s: %s workflow %s waits: the pipeline was paused by %s", key, pipeline, wid, paused_by)
 
     def on_task_done(self, done: tasks_pb2.TaskDone) -> None:
         """Record the stage's answer and its time, then dispatch the next stage or end the workflow (its

@@ -32,6 +32,7 @@ GLIOMA_SR_DESCRIPTION = "AI glioma report (not for diagnosis)"
 MS_SR_DESCRIPTION = "AI new MS lesions report (not for diagnosis)"
 NOTICE_SR_DESCRIPTION = "AI NOTICE: no result (not for diagnosis)"
 RETRACTION_SR_DESCRIPTION = "AI RESULT RETRACTED: do not use (not for diagnosis)"
+CORRECTION_SR_DESCRIPTION = "AI result CORRECTED by radiologist review (not for diagnosis)"
 
 _ML = hd.sr.CodedConcept("mL", "UCUM", "milliliter")
 _MM3 = hd.sr.CodedConcept("mm3", "UCUM", "cubic millimeter")
@@ -49,6 +50,7 @@ REVIEW_THRESHOLD_CONCEPT = _local("REVIEW-THRESHOLD", "Needs-review threshold")
 REVIEW_FINDING = _local("REVIEW-ASSESSMENT", "AI result review assessment")
 OUTCOME_FINDING = _local("PROCESSING-OUTCOME", "AI processing outcome")
 RETRACTION_FINDING = _local("RETRACTION", "AI result retracted by radiologist review")
+CORRECTION_FINDING = _local("CORRECTION", "AI result corrected by radiologist review")
 NEW_LESION_COUNT_CONCEPT = _local("NEW-LESION-COUNT", "Number of new or enlarging lesions")
 NOT_ASSESSABLE_CONCEPT = _local("NOT-ASSESSABLE", "Not assessable")
 _UID = re.compile(r"\b\d+(?:\.\d+){3,}\b")
@@ -213,6 +215,29 @@ def retraction_sr(
         _add_text(group, line)
     return _sr(study_key, pipeline, evidence, [group], kind="neuroflow.retraction-sr", input_hash=retraction_hash,
                objects=objects, series_number=objects.notice_series_number + 2, description=RETRACTION_SR_DESCRIPTION,
+               predecessor=superseded_srs)
+
+
+def correction_sr(
+    evidence: Sequence[Dataset],
+    superseded_srs: Sequence[Dataset],
+    *,
+    study_key: str,
+    pipeline: str,
+    lines: Sequence[str],
+    correction_hash: str,
+    objects: ResultObjectSettings,
+) -> hd.sr.Comprehensive3DSR:
+    """The SR of a result a radiologist corrected (removed components; results/correction.py): as
+    :func:`retraction_sr`, ``superseded_srs`` its predecessor documents, ``evidence`` the corrected SEG."""
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=derived_uid(objects.uid_root, "neuroflow.sr-correction", correction_hash), identifier="Correction"),
+        finding_type=CORRECTION_FINDING)
+    for line in (*lines, SR_DISCLAIMER):
+        _add_text(group, line)
+    return _sr(study_key, pipeline, evidence, [group], kind="neuroflow.correction-sr", input_hash=correction_hash,
+               objects=objects, series_number=objects.notice_series_number + 4, description=CORRECTION_SR_DESCRIPTION,
                predecessor=superseded_srs)
 
 

@@ -247,11 +247,21 @@ def with_delivery(service: Service, backends: Backends) -> Service:
     if not backends.settings.dicom.destination or not isinstance(sink, Forwarder):
         return service
     from neuroflow.core.orthanc import OrthancDicomSink
+    from neuroflow.core.reviews import review_store
+    from neuroflow.results.correction import Corrector, TrainingStore
     from neuroflow.results.retraction import Retractor
 
-    # Retractions of results rejected after delivery: the notice is read from and stored in the site Orthanc.
-    retract = Retractor(sink, backends.settings.results) if isinstance(sink, OrthancDicomSink) else None
-    loop = DeliveryLoop(backends.state(), sink, backends.settings.delivery, holder=replica_name(), retract=retract)
+    # Retractions of results rejected after delivery, and corrections of those accepted with components
+    # removed: built from and stored in the site Orthanc (the console's Orthanc user only reads).
+    retract = correct = None
+    reviews = review_store(backends.settings.state)  # nothing more of a rejected result is sent
+    if isinstance(sink, OrthancDicomSink):
+        settings = backends.settings
+        retract = Retractor(sink, settings.results)
+        correct = Corrector(sink, reviews, settings.results, TrainingStore(settings.console.training_dir),
+                            reached=backends.state().reached_objects)
+    loop = DeliveryLoop(backends.state(), sink, backends.settings.delivery, holder=replica_name(), retract=retract,
+                        correct=correct, reviews=reviews)
     return WithDelivery(service, loop)
 
 

@@ -1,6 +1,7 @@
 """Radiologists' decisions on results: accept or reject, a 1-5 quality score, the components kept or
 removed, a comment; who and when. Kept in the workflow state's database (table ``console_reviews``),
 every decision a new row (a later one supersedes an earlier one of the same result; none is changed).
+In the core: the console records them, the delivery loop and the results services' corrections read them.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from neuroflow.core.config import StateSettings
 from neuroflow.core.errors import NeuroflowError
@@ -81,15 +83,33 @@ class ReviewStore(SqlStatements):
         """The study's decisions, oldest first."""
         rows = self._execute(self._sql(f"SELECT {_COLUMNS} FROM console_reviews WHERE study_key = ? "
                                        "ORDER BY decided_at, review_id"), (study_key,), idempotent=True)
-        return [ReviewDecision(review_id=r[0], study_key=r[1], workflow_id=r[2], pipeline=r[3], model=r[4],
-                               decision=Decision(r[5]), quality=r[6], removed_components=json.loads(r[7]),
-                               comment=r[8], reviewer=r[9], decided_at=float(r[10])) for r in rows]
+        return [_decision(r) for r in rows]
+
+    def get(self, review_id: str) -> ReviewDecision | None:
+        """One decision (a correction's delivery names the review it carries out)."""
+        rows = self._execute(self._sql(f"SELECT {_COLUMNS} FROM console_reviews WHERE review_id = ?"), (review_id,),
+                             idempotent=True)
+        return _decision(rows[0]) if rows else None
+
+    def rejected(self, workflow_id: str) -> bool:
+        """Whether the workflow's result stands rejected (its latest decision): the delivery loop sends
+        nothing more of it."""
+        rows = self._execute(self._sql("SELECT decision FROM console_reviews WHERE workflow_id = ? "
+                                       "ORDER BY decided_at DESC, review_id DESC LIMIT 1"), (workflow_id,),
+                             idempotent=True)
+        return bool(rows) and Decision(rows[0][0]) == Decision.REJECTED
 
     def latest_by_workflow(self) -> dict[str, Decision]:
         """Each reviewed workflow's standing decision (its latest), for the worklist."""
         rows = self._execute("SELECT workflow_id, decision, decided_at FROM console_reviews ORDER BY decided_at",
                              idempotent=True)
         return {str(r[0]): Decision(r[1]) for r in rows}
+
+
+def _decision(r: Any) -> ReviewDecision:
+    return ReviewDecision(review_id=r[0], study_key=r[1], workflow_id=r[2], pipeline=r[3], model=r[4],
+                          decision=Decision(r[5]), quality=r[6], removed_components=json.loads(r[7]),
+                          comment=r[8], reviewer=r[9], decided_at=float(r[10]))
 
 
 class SqliteReviewStore(SqliteStatements, ReviewStore):
