@@ -13,6 +13,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import pytest
 
 from neuroflow.core import topics
 from neuroflow.core.config import NeuroflowSettings
+from neuroflow.core.dicom_io import study_key
 from neuroflow.core.errors import BusError
 from neuroflow.core.inference_triton import TritonBackend, TritonTls
 from neuroflow.core.kafka_bus import KafkaBus
@@ -31,6 +33,7 @@ from neuroflow.devtools.dicom_writer import WrittenStudy, write_study
 from neuroflow.devtools.port_probe import kafka_is_secured, probe_stack
 from neuroflow.devtools.ports import port_is_listening
 from neuroflow.devtools.scanner_presets import Vendor
+from tests.servers.browser import MISSING, chromium_installed, headless_chromium, log_in
 
 from .conftest import CliRun, tcga_volumes
 
@@ -111,9 +114,18 @@ def test_study_sent_by_cstore_arrives_as_seg_in_the_pacs_with_the_embedded_volum
 ) -> None:
     site = running_stack["orthanc"]["site"]
     pacs = _client(running_stack["orthanc"]["pacs"])
-    sent = send_folder(tcga_siemens.folder, site["dicom_host"], site["dicom_port"], site["aet"])
-    assert sent == sum(len(s.paths) for s in tcga_siemens.series.values())
-    (seg_id,) = _wait_for(lambda: _seg_instances(pacs), 600, "the SEG in the destination PACS")
+    key = study_key(tcga_siemens.study_instance_uid)
+    seen: dict[str, list[str]] = {}
+    with _console_browser(running_stack) as browser:
+        sent = send_folder(tcga_siemens.folder, site["dicom_host"], site["dicom_port"], site["aet"])
+        assert sent == sum(len(s.paths) for s in tcga_siemens.series.values())
+        (seg_id,) = _wait_for(lambda: (_worklist_statuses(browser, seen), _seg_instances(pacs))[1], 600,
+                              "the SEG in the destination PACS")
+        # The worklist, open in the browser since before the study was sent and never reloaded, showed it
+        # arrive and run, then finish (issue 16): its live refresh, not a page load, brought each state.
+        _wait_for(lambda: _worklist_statuses(browser, seen).get(key, [""])[-1] == "SUCCEEDED", 120,
+                  "the worklist in the browser to show the study SUCCEEDED")
+        assert len(seen[key]) >= 2 and seen[key][0] != "SUCCEEDED", seen[key]
 
     reports = list((Path(running_stack["root"]) / "reports").rglob("report.json"))
     assert len(reports) == 1
@@ -135,6 +147,32 @@ def test_study_sent_by_cstore_arrives_as_seg_in_the_pacs_with_the_embedded_volum
     time.sleep(WAIT_WINDOW_S + 15)
     assert len(_seg_instances(pacs)) == 1
     assert len(list((Path(running_stack["root"]) / "reports").rglob("report.json"))) == 1
+
+
+@contextmanager
+def _console_browser(stack_info: dict[str, Any]) -> Iterator[Any]:
+    """Headless Chromium logged in to the stack's console as its dev operator, on the worklist."""
+    if not chromium_installed():
+        pytest.skip(MISSING)
+    url = stack_info["console"]["url"].rstrip("/")
+    password = json.loads(Path(stack_info["console"]["passwords_file"]).read_text())["operator"]
+    with headless_chromium() as driver:
+        log_in(driver, url, "operator", password)
+        driver.get(f"{url}/")
+        yield driver
+
+
+def _worklist_statuses(driver: Any, seen: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Add each study row's status, as the open page shows it now, to ``seen`` (by study key, each change
+    once). The page refreshes its rows itself; nothing here reloads it."""
+    rows = driver.execute_script(
+        "return [...document.querySelectorAll('#worklist-rows tr[data-study]')]"
+        ".map(r => [r.dataset.study, r.querySelector('td.status').textContent.trim()]);")
+    for key, status in rows:
+        statuses = seen.setdefault(key, [])
+        if not statuses or statuses[-1] != status:
+            statuses.append(status)
+    return seen
 
 
 def _console_page(stack_info: dict[str, Any], path: str) -> str:
@@ -165,8 +203,6 @@ def _process(stack_info: dict[str, Any], name: str) -> dict[str, Any]:
 
 def _workflow_stage(stack_info: dict[str, Any], study_uid: str) -> tuple[str, str] | None:
     import psycopg
-
-    from neuroflow.core.dicom_io import study_key
 
     with psycopg.connect(stack_info["postgresql"]["dsn"]) as db:
         row = db.execute("SELECT status, stage FROM workflows WHERE study_key = %s", (study_key(study_uid),)).fetchone()

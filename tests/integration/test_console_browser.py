@@ -48,11 +48,10 @@ from neuroflow.results.report import (
     StudyReport,
     TumourVolumes,
 )
+from tests.servers.browser import MISSING, chromium_installed, headless_chromium, log_in
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-                                reason="Debian chromium and chromium-driver (scripts/install-system-deps.sh)")
-webdriver = pytest.importorskip("selenium.webdriver")
+pytestmark = pytest.mark.skipif(not chromium_installed(), reason=MISSING)
+pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.by import By  # noqa: E402
 
 REVIEWED_KEY = "a1" * 32  # pseudonymous study keys, as ingest makes them
@@ -213,17 +212,8 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1280,900"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=str(CHROMEDRIVER)))
-    driver.implicitly_wait(0)
-    try:
+    with headless_chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _wait(condition: Any, what: str) -> Any:
@@ -232,14 +222,6 @@ def _wait(condition: Any, what: str) -> Any:
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
     return found
-
-
-def _log_in(driver: Any, url: str, user: str, password: str) -> None:
-    driver.delete_all_cookies()
-    driver.get(f"{url}/login")
-    driver.find_element(By.ID, "username").send_keys(user)
-    driver.find_element(By.ID, "password").send_keys(password)
-    driver.find_element(By.ID, "login").click()
 
 
 def _post(url: str, fields: dict[str, str], cookie: str | None) -> int:
@@ -267,7 +249,7 @@ def _metric(url: str, decision: str) -> float:
 
 
 def test_wrong_password_is_refused(console: Running, browser: Any) -> None:
-    _log_in(browser, console.url, "rad", "not-the-password")
+    log_in(browser, console.url, "rad", "not-the-password")
     assert "Wrong user name or password" in browser.find_element(By.ID, "login-error").text
     assert browser.current_url.endswith("/login")
     browser.get(f"{console.url}/")  # every page needs a log-in
@@ -287,7 +269,7 @@ def test_a_user_logs_in_through_the_oidc_provider(console: Running, browser: Any
 
 
 def test_radiologist_rejects_a_result(console: Running, browser: Any) -> None:
-    _log_in(browser, console.url, "rad", "rad-pass")
+    log_in(browser, console.url, "rad", "rad-pass")
     _wait(lambda: "radiologist" in browser.find_element(By.ID, "who").text if browser.find_elements(By.ID, "who")
           else None, "the worklist")
     rows = browser.find_element(By.ID, "worklist-rows").text
@@ -333,11 +315,11 @@ def test_radiologist_rejects_a_result(console: Running, browser: Any) -> None:
 def test_viewer_may_not_review_and_csrf_is_required(console: Running, browser: Any) -> None:
     review = {"workflow_id": console.reviewed_workflow, "decision": "accepted"}
     target = f"{console.url}/studies/{REVIEWED_KEY}/review"
-    _log_in(browser, console.url, "view", "view-pass")
+    log_in(browser, console.url, "view", "view-pass")
     _wait(lambda: browser.find_elements(By.ID, "worklist-rows"), "the worklist")
     cookie, token = _session(browser)
     assert _post(target, {**review, "csrf": token}, cookie) == 403  # the role
-    _log_in(browser, console.url, "rad", "rad-pass")
+    log_in(browser, console.url, "rad", "rad-pass")
     _wait(lambda: browser.find_elements(By.ID, "worklist-rows"), "the worklist")
     cookie, token = _session(browser)
     assert _post(target, review, cookie) == 403  # no token
@@ -348,7 +330,7 @@ def test_viewer_may_not_review_and_csrf_is_required(console: Running, browser: A
 
 
 def test_operator_replays_a_dead_letter(console: Running, browser: Any) -> None:
-    _log_in(browser, console.url, "op", "op-pass")
+    log_in(browser, console.url, "op", "op-pass")
     _wait(lambda: browser.find_elements(By.ID, "worklist-rows"), "the worklist")
     browser.get(f"{console.url}/dead-letters")
     browser.find_element(By.CSS_SELECTOR, f"#letter-{console.letter_id} button").click()
@@ -400,7 +382,7 @@ def test_operator_pauses_and_resumes_a_destination(console: Running, browser: An
     console.state.enqueue_delivery("wf-queued-1", "ARCHIVE", study_key=ARRIVING_KEY, pipeline="glioma",
                                    stage="results", sop_instance_uids=["2.25.9"], now=time.time(),
                                    give_up_at=time.time() + 60)
-    _log_in(browser, console.url, "op", "op-pass")
+    log_in(browser, console.url, "op", "op-pass")
     _wait(lambda: browser.find_elements(By.ID, "worklist-rows"), "the worklist")
     browser.get(f"{console.url}/destinations")
     browser.find_element(By.CSS_SELECTOR, "#destination-ARCHIVE button").click()
@@ -429,7 +411,7 @@ def _get_status(url: str, cookie: str | None) -> int:
         return int(error.code)
 
 
-def test_the_viewer_is_mounted_behind_the_log_in(console: Running, browser: Any) -> None:
+def test_the_viewer_is_mounted_behind_thelog_in(console: Running, browser: Any) -> None:
     """The console serves the viewer's pages and volumes only to a logged-in user: without a session the
     page and a volume send the browser to the log-in page; with one the request reaches the viewer (this
     console has no Orthanc, so it answers that the images cannot be read: 502, not 303)."""
@@ -437,7 +419,7 @@ def test_the_viewer_is_mounted_behind_the_log_in(console: Running, browser: Any)
     page = f"{console.url}/studies/{key}/viewer"
     volume = f"{console.url}/viewer/studies/{key}/manifest.json"
     assert _get_status(page, None) == 303 and _get_status(volume, None) == 303
-    _log_in(browser, console.url, "view", "view-pass")
+    log_in(browser, console.url, "view", "view-pass")
     _wait(lambda: browser.find_elements(By.ID, "worklist-rows"), "the worklist")
     cookie, _ = _session(browser)
     assert _get_status(volume, cookie) == 502
@@ -445,9 +427,9 @@ def test_the_viewer_is_mounted_behind_the_log_in(console: Running, browser: Any)
 
 def test_every_log_in_log_out_and_refused_log_in_is_recorded(console: Running, browser: Any) -> None:
     before = len(console.state.audit_records(SESSIONS_CHAIN))
-    _log_in(browser, console.url, "view", "wrong-secret-1")
+    log_in(browser, console.url, "view", "wrong-secret-1")
     _wait(lambda: browser.find_elements(By.ID, "login-error"), "the refusal")
-    _log_in(browser, console.url, "view", "view-pass")
+    log_in(browser, console.url, "view", "view-pass")
     _wait(lambda: browser.find_elements(By.ID, "worklist-rows"), "the worklist")
     browser.find_element(By.CSS_SELECTOR, "form.logout button").click()
     _wait(lambda: browser.current_url.endswith("/login"), "the log-in page after logging out")
@@ -469,7 +451,7 @@ def test_operator_cancels_a_study_s_workflow(console: Running, browser: Any) -> 
     console.state.enqueue_delivery(notice_workflow_id(wid), "PACS", study_key=CANCELLED_KEY, pipeline="glioma",
                                    stage="results", sop_instance_uids=["2.25.77"], now=time.time() + 3600,
                                    give_up_at=time.time() + 7200)
-    _log_in(browser, console.url, "op", "op-pass")
+    log_in(browser, console.url, "op", "op-pass")
     _wait(lambda: browser.find_elements(By.ID, "worklist-rows"), "the worklist")
     browser.get(f"{console.url}/studies/{CANCELLED_KEY}")
     browser.find_element(By.CSS_SELECTOR, f"#workflow-{wid} form.cancel-form button").click()
@@ -488,7 +470,7 @@ def test_operator_cancels_a_study_s_workflow(console: Running, browser: Any) -> 
 
 
 def test_operator_pauses_and_resumes_a_pipeline(console: Running, browser: Any) -> None:
-    _log_in(browser, console.url, "op", "op-pass")
+    log_in(browser, console.url, "op", "op-pass")
     _wait(lambda: browser.find_elements(By.ID, "worklist-rows"), "the worklist")
     browser.get(f"{console.url}/pipelines")
     browser.find_element(By.CSS_SELECTOR, "#pipeline-glioma button").click()
@@ -528,7 +510,7 @@ def test_radiologist_accepts_a_result_without_a_component(console: Running, brow
                          volumes_ml=TumourVolumes(WT=20.0, TC=8.0, ET=2.0))
     (reports / CORRECTED_KEY / wid).mkdir(parents=True)
     (reports / CORRECTED_KEY / wid / REPORT_FILE).write_text(report.model_dump_json())
-    _log_in(browser, console.url, "rad", "rad-pass")
+    log_in(browser, console.url, "rad", "rad-pass")
     _wait(lambda: browser.find_elements(By.ID, "worklist-rows"), "the worklist")
     browser.get(f"{console.url}/studies/{CORRECTED_KEY}")
     form = browser.find_element(By.CSS_SELECTOR, f"#workflow-{wid} form.review-form")

@@ -31,10 +31,9 @@ from neuroflow.core.errors import OrthancRequestFailed
 from neuroflow.core.identity import study_key
 from neuroflow.core.orthanc import OrthancClient
 from neuroflow.devtools.ports import free_loopback_port
+from tests.servers.browser import MISSING, chromium_installed, headless_chromium
 from tests.servers.orthanc import OrthancPair
 from tests.viewer_study import ViewerStudy, write_viewer_study
-
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
 @dataclass(frozen=True)
@@ -133,28 +132,15 @@ def test_a_uid_or_an_unknown_study_in_the_url_is_refused_naming_what_is_wrong(se
 
 # -- in the browser ------------------------------------------------------------------------------------------
 
-def _browser() -> Any:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1500,900",
-                 "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--disable-gpu-sandbox"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip("headless Chromium is not installed (make system-deps: chromium, chromium-driver)")
-    driver = _browser()
-    try:
+    if not chromium_installed():
+        pytest.skip(MISSING)
+    # WebGL in software: NiiVue draws with it, and a headless container has no GPU.
+    with headless_chromium(window="1500,900", browser_log=True,
+                           flags=("--use-angle=swiftshader", "--enable-unsafe-swiftshader",
+                                  "--disable-gpu-sandbox")) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _open(driver: Any, url: str) -> None:
