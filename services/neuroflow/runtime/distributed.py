@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from neuroflow.core import health
 from neuroflow.core.bus import InMemoryBus, MessageBus
-from neuroflow.core.config import CHANGE_PIPELINES, NeuroflowSettings
+from neuroflow.core.config import CHANGE_PIPELINES, METASTASES_PIPELINE, NeuroflowSettings
 from neuroflow.core.dicom_io import (
     DicomSink,
     DicomSource,
@@ -339,9 +339,12 @@ _INFERENCE_SERVICES = {"preprocess", "segmentation", "longitudinal"}
 
 
 def pinned_models(settings: NeuroflowSettings) -> list[ModelRef]:
-    """The model versions this site's configuration pins (the optional change-pipeline networks when set)."""
+    """The model versions this site's configuration pins (the optional change-pipeline networks when set, the
+    metastases model when the site routes studies to that pipeline)."""
     pinned = settings.models
     optional = [m for m in (pinned.ms_lesion, pinned.haematoma) if m is not None]
+    if METASTASES_PIPELINE in settings.ingest.pipelines:
+        optional.append(pinned.metastases)
     return [pinned.skull_strip_bbox, pinned.skull_strip, pinned.glioma, *optional]
 
 
