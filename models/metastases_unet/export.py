@@ -2,8 +2,8 @@
 
 Writes ``models/repository/metastases_unet/<version>/model.onnx`` (opset 17): input ``image`` [batch, 2, P, P, P]
 float32 (T1CE, FLAIR), output ``logits`` [batch, 1, P, P, P] float32, batch dynamic, P fixed (96: the sliding
-window's patch). Refuses the export (exit 1) when ONNX Runtime and PyTorch differ by 1e-3 or more on a random
-batch; the figures go to ``export.json`` beside the model.
+window's patch). Refuses the export (exit 1) when ONNX Runtime and PyTorch differ by 1e-3 or more (relative to
+the largest logit) on a random batch; the figures go to ``export.json`` beside the model.
 
     python -m models.metastases_unet.export --checkpoint build/metastases_unet/checkpoint.pt --version 1
 """
@@ -49,14 +49,18 @@ def export(checkpoint: Path, version: int, patch: int) -> dict[str, object]:
     session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
     (actual,) = session.run(["logits"], {"image": sample.numpy()})
     max_diff = float(np.abs(actual - expected).max())
+    # Relative to the logits' scale: random input drives them to tens, where float32 rounding alone is 1e-3.
+    scale = max(1.0, float(np.abs(expected).max()))
     report: dict[str, object] = {
         "checkpoint": str(checkpoint), "version": version, "opset": OPSET, "patch_size": patch,
         "iterations": int(saved.get("iterations", 0)), "weights": sum(p.numel() for p in model.parameters()),
-        "onnxruntime_vs_pytorch_max_abs_diff": max_diff, "tolerance": TOLERANCE, "size_bytes": target.stat().st_size,
+        "onnxruntime_vs_pytorch_max_abs_diff": max_diff, "logit_scale": scale, "tolerance_relative": TOLERANCE,
+        "size_bytes": target.stat().st_size,
         "onnxruntime": ort.__version__, "torch": torch.__version__, "training": config}
-    (target.parent / "export.json").write_text(json.dumps(report, indent=2) + "\n")
-    if not max_diff < TOLERANCE:
-        raise RuntimeError(f"ONNX Runtime and PyTorch differ by {max_diff:.2e} >= {TOLERANCE}")
+    (target.parent / "export.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    if not max_diff / scale < TOLERANCE:
+        raise RuntimeError(f"ONNX Runtime and PyTorch differ by {max_diff:.2e} (logits up to {scale:.1f}): "
+                           f"over {TOLERANCE} relative")
     return report
 
 

@@ -133,6 +133,11 @@ def loss_terms(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor)
     return bce, 1.0 - dice
 
 
+def _plain(settings: dict[str, object]) -> dict[str, object]:
+    """The settings with paths as text (JSON and a portable checkpoint)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("build/metastases_unet"))
@@ -170,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     done = 0
 
     def save() -> None:
-        config = vars(args) | {"out": str(args.out)}
+        config = _plain(vars(args))
         torch.save({"state_dict": model.state_dict(), "iterations": done, "config": config}, args.out / "checkpoint.pt")
         with (args.out / "loss.csv").open("w", newline="") as f:
             csv.writer(f).writerows([["iteration", "bce", "dice_loss", "minutes"], *log_rows])
@@ -202,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
             save()
     save()
     summary = {"iterations": done, "minutes": round((time.monotonic() - started) / 60, 1), "cases_seen": pool.next_seed
-               - TRAIN_SEED_BASE - 1000 * args.seed, "config": vars(args) | {"out": str(args.out)}}
+               - TRAIN_SEED_BASE - 1000 * args.seed, "config": _plain(vars(args))}
     (args.out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
