@@ -35,12 +35,14 @@ class GliomaUNet(nn.Module):
     """U-Net with ``levels`` resolutions; channels double at each level starting from ``base``.
 
     Downsampling is a strided convolution, upsampling a transposed convolution; skip connections
-    concatenate. The head is a 1x1x1 convolution to the region logits (no activation)."""
+    concatenate. The head is a 1x1x1 convolution to the region logits (no activation). Other pipelines
+    (metastases) reuse the architecture with their own ``in_channels``/``out_channels``."""
 
-    def __init__(self, base: int = 8, levels: int = 4) -> None:
+    def __init__(self, base: int = 8, levels: int = 4, *, in_channels: int = IN_CHANNELS,
+                 out_channels: int = OUT_CHANNELS) -> None:
         super().__init__()
         widths = [base * 2**i for i in range(levels)]
-        self.encoders = nn.ModuleList([_conv_block(IN_CHANNELS, widths[0])])
+        self.encoders = nn.ModuleList([_conv_block(in_channels, widths[0])])
         for i in range(1, levels):
             self.encoders.append(_conv_block(widths[i - 1], widths[i], stride=2))
         self.upsamplers = nn.ModuleList()
@@ -48,7 +50,7 @@ class GliomaUNet(nn.Module):
         for i in range(levels - 1, 0, -1):
             self.upsamplers.append(nn.ConvTranspose3d(widths[i], widths[i - 1], 2, stride=2))
             self.decoders.append(_conv_block(2 * widths[i - 1], widths[i - 1]))
-        self.head = nn.Conv3d(widths[0], OUT_CHANNELS, 1)
+        self.head = nn.Conv3d(widths[0], out_channels, 1)
         self.base = base
         self.levels = levels
 

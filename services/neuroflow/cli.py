@@ -11,7 +11,7 @@ from typing import Any
 
 from neuroflow import __version__
 from neuroflow.admin.cli import add_admin_parser
-from neuroflow.core.config import NeuroflowSettings
+from neuroflow.core.config import GLIOMA_PIPELINE, METASTASES_PIPELINE, NeuroflowSettings
 from neuroflow.core.dicom_io import FolderDicomSource
 from neuroflow.core.exit_codes import ExitCode, describe
 
@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="inference backend (default: NEUROFLOW_INFERENCE__BACKEND, else onnxruntime in-process)")
     run.add_argument("--triton-url", default=None, metavar="HOST:PORT",
                      help="gRPC endpoint of the Triton Inference Server (with --inference triton)")
+    run.add_argument("--pipeline", choices=(GLIOMA_PIPELINE, METASTASES_PIPELINE), default=None,
+                     help="run this pipeline on the study (default: routing decides; glioma unless the site "
+                          "enables only metastases)")
     run.set_defaults(handler=_cmd_run)
 
     classify = sub.add_parser("classify", help="print the role of every series in a folder of DICOM files")
@@ -144,13 +147,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return ExitCode.TEMPORARY
     progress = None if getattr(args, "quiet", False) else (lambda line: print(line, file=sys.stderr, flush=True))
     report = run_embedded(FolderDicomSource(args.input_dir, limits=settings.limits), args.out, settings, backend,
-                          study_uid=args.study, progress=progress)
+                          study_uid=args.study, progress=progress, pipeline=args.pipeline)
     if report.errors:
         for error in report.errors:
             print(f"neuroflow: error: {error}", file=sys.stderr)
         return ExitCode.TEMPORARY if report.retryable else ExitCode.BAD_INPUT
     for warning in report.warnings:
         print(f"neuroflow: warning: {warning}", file=sys.stderr)
+    if report.metastases is not None:
+        mets = report.metastases
+        print(f"study {report.study_key}: {mets.count} metastasis(es), {mets.total_volume_ml * 1000.0:.0f} mm3 "
+              f"in {report.timings_s['total']:.1f} s -> {args.out}")
     volumes = report.volumes_ml
     if volumes is not None:
         print(f"study {report.study_key}: WT {volumes.WT:.1f} mL, TC {volumes.TC:.1f} mL, ET {volumes.ET:.1f} mL "

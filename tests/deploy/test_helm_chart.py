@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, SecretStr
 
 from neuroflow.core import topics
-from neuroflow.core.config import CHANGE_PIPELINES, GLIOMA_PIPELINE, NeuroflowSettings
+from neuroflow.core.config import CHANGE_PIPELINES, GLIOMA_PIPELINE, METASTASES_PIPELINE, NeuroflowSettings
 from neuroflow.core.kafka_acl import acl_rows
 from neuroflow.core.kafka_security import client_security
 from neuroflow.core.orthanc_rights import SERVICE_RIGHTS, SERVICE_USERS, rights_json
@@ -562,7 +562,7 @@ def test_the_schema_knows_the_pipelines_the_code_knows() -> None:
 
     schema = json.loads((CHART / "values.schema.json").read_text())
     enum = schema["properties"]["site"]["properties"]["pipelines"]["items"]["enum"]
-    assert set(enum) == {GLIOMA_PIPELINE, *CHANGE_PIPELINES}
+    assert set(enum) == {GLIOMA_PIPELINE, METASTASES_PIPELINE, *CHANGE_PIPELINES}
     models = NeuroflowSettings().models
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())["site"]["models"]
     pinned = {role: getattr(models, role) for role in type(models).model_fields}

@@ -45,6 +45,18 @@ def test_glioma_segmentation_through_triton_equals_onnx_runtime(triton_server: T
     np.testing.assert_array_equal(served > 0.5, local > 0.5)
 
 
+def test_metastases_model_through_triton_equals_onnx_runtime(triton_server: TritonServer) -> None:
+    """Issue 15: the shipped metastases model (T1CE, FLAIR -> one logit) is served as the glioma one is."""
+    image = cropped_glioma_input()[:2]
+    model = NeuroflowSettings().models.metastases
+    embedded = OnnxRuntimeBackend(DEFAULT_MODEL_REPOSITORY, intra_op_threads=1)
+    remote = TritonBackend(triton_server.url, DEFAULT_MODEL_REPOSITORY, max_in_flight=2)
+    local, served = (sliding_window_inference(image, backend, model, patch=(96, 96, 96), out_channels=1,
+                                              batch_size=1, activation=sigmoid) for backend in (embedded, remote))
+    assert served.shape == local.shape == (1, 96, 96, 120)
+    np.testing.assert_allclose(served, local, atol=1e-5)
+
+
 def test_settings_choose_triton_and_its_card_is_the_repository_card(triton_server: TritonServer) -> None:
     settings = NeuroflowSettings(inference=InferenceSettings(backend="triton", triton_url=triton_server.url))
 

@@ -20,7 +20,7 @@ from neuroflow.core.triton_repository import ServingOptions, build_repository
 from neuroflow.devtools.triton_server import TritonProcess, TritonServerTls, start_triton
 from tests.servers.tiny_model import TINY, write_model
 
-SERVED_REAL_MODELS = ("glioma_unet",)
+SERVED_REAL_MODELS = ("glioma_unet", "metastases_unet")
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from neuroflow.core.lesions import label_lesions
 from neuroflow.core.volume import Geometry, Volume
 from neuroflow.devtools.lesion_eval import froc, match_case, score, sensitivity_at, size_bin
-from neuroflow.segmentation.lesions import label_lesions
 
 GEOMETRY = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0), (64, 64, 40))
 SHAPE = (40, 64, 64)

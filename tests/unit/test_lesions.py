@@ -10,8 +10,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from neuroflow.core.lesions import label_lesions, longest_axial_diameter_mm
 from neuroflow.core.volume import Geometry, Volume
-from neuroflow.segmentation.lesions import label_lesions, longest_axial_diameter_mm
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 # Sagittal: columns run posterior -> anterior (-y), rows superior -> inferior (-z), slices right -> left (+x).

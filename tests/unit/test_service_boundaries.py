@@ -51,3 +51,12 @@ def test_the_check_sees_a_cross_service_import(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text("from neuroflow.results.report import StudyReport\nimport neuroflow.core.volume\n")
     assert _imported_services(module) == {"results"}
+
+
+def test_the_core_imports_no_service() -> None:
+    """The core is what services share; a core module importing a service would tie every service to it
+    (core/lesions.py once lived in segmentation, and core/labels.py imported it from there)."""
+    offending = {str(path.relative_to(SERVICES_ROOT)): sorted(imported)
+                 for path in sorted((SERVICES_ROOT / "core").rglob("*.py"))
+                 if (imported := _imported_services(path))}
+    assert not offending, f"core modules importing services: {offending}"

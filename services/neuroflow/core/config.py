@@ -18,6 +18,8 @@ DEFAULT_MODEL_REPOSITORY = REPOSITORY_ROOT / "models" / "repository"
 DEFAULT_ATLAS_DIR = Path("/usr/share/mricron/templates")
 
 GLIOMA_PIPELINE = "glioma"
+# Brain metastases (issue 15): lesion-wise detection on T1 post-contrast (FLAIR used when present).
+METASTASES_PIPELINE = "metastases"
 # The embedded run on two or more studies of one patient: the change pipelines the pairs qualify for.
 LONGITUDINAL_PIPELINE = "longitudinal"
 # The change pipelines (issue 6), compared with the patient's prior study; their series roles are in core/roles.
@@ -35,6 +37,7 @@ class PipelineModels(BaseSettings):
     skull_strip: ModelRef = ModelRef(name="deepbet", version=1)
     skull_strip_bbox: ModelRef = ModelRef(name="deepbet_bbox", version=1)
     glioma: ModelRef = ModelRef(name="glioma_unet", version=2)
+    metastases: ModelRef = ModelRef(name="metastases_unet", version=1)
     # Optional networks of the change pipelines (issue 6), off unless set: their candidates join the
     # subtraction's (MS: channels baseline, follow-up FLAIR -> new-lesion probability) or the HU method's
     # (haematoma: CT -> haematoma probability), and pass the same checks.

@@ -21,6 +21,8 @@ class SeriesRole(StrEnum):
 
 # The inputs of the glioma pipeline, in the channel order the segmentation model expects.
 GLIOMA_INPUT_ROLES: tuple[SeriesRole, ...] = (SeriesRole.T1, SeriesRole.T1CE, SeriesRole.T2, SeriesRole.FLAIR)
+# Metastases (issue 15): enhancement is read on the T1CE (required); FLAIR (oedema) helps when present.
+METASTASES_INPUT_ROLES: tuple[SeriesRole, ...] = (SeriesRole.T1CE, SeriesRole.FLAIR)
 # Every co-registration in the glioma pipeline is onto the first of these the study has, and the SEG is drawn on
 # it: T1CE (usually a thin-slice 3D acquisition, the images enhancement is read on), else FLAIR (the whole
 # tumour's sequence, often 3D too), then T1 and T2 (core/sequence_subsets.py: a study may lack some).

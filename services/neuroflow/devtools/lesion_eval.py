@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from neuroflow.core.lesions import Lesions, label_lesions
 from neuroflow.core.volume import Volume
-from neuroflow.segmentation.lesions import Lesions, label_lesions
 
 HIT_MM = 2.0
 # Upper bounds (mm, longest axial diameter) of the size bins, the last open.

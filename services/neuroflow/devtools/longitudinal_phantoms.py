@@ -16,6 +16,7 @@ motion moves the patient inside the scanner: both timepoints share one grid, as 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -36,7 +37,8 @@ REPOSITORY_ROOT = Path(__file__).resolve().parents[3]
 MRICRON_TEMPLATES = Path("/usr/share/mricron/templates")
 COLIN27_T1 = MRICRON_TEMPLATES / "ch2.nii.gz"
 COLIN27_BRAIN = MRICRON_TEMPLATES / "ch2bet.nii.gz"
-SHARED_DATA = REPOSITORY_ROOT.parent / "shared" / "data"
+# The team's shared real-data folder beside the repository, or NEUROFLOW_SHARED_DATA (a git worktree elsewhere).
+SHARED_DATA = Path(os.environ.get("NEUROFLOW_SHARED_DATA", REPOSITORY_ROOT.parent / "shared" / "data"))
 
 
 @dataclass(frozen=True)

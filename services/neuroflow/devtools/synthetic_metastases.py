@@ -19,7 +19,7 @@ What is drawn, after what metastases look like on MRI:
 The background can be any brain with a T1 post-contrast and a FLAIR on one grid: Colin27 (Debian
 mricron-data, its T1 standing in for the T1CE and a FLAIR made from it: :func:`colin27_background`), or a
 real T1CE/FLAIR pair. The truth is the lesion label map (lesion n = the enhancing and necrotic tissue of
-metastasis n, largest first, as :func:`neuroflow.segmentation.lesions.label_lesions` numbers them), the
+metastasis n, largest first, as :func:`neuroflow.core.lesions.label_lesions` numbers them), the
 oedema mask, and per lesion its measures in patient coordinates."""
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from neuroflow.core.lesions import label_lesions
 from neuroflow.core.volume import Geometry, Volume
 from neuroflow.devtools.dicom_writer import load_volume
 from neuroflow.devtools.longitudinal_phantoms import (
@@ -47,7 +48,6 @@ from neuroflow.devtools.longitudinal_phantoms import (
     flair_from_t1,
     tissues_from_t1,
 )
-from neuroflow.segmentation.lesions import label_lesions
 
 FloatArray = npt.NDArray[np.float32]
 BoolArray = npt.NDArray[np.bool_]

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from neuroflow.core.config import GLIOMA_PIPELINE, ClassifySettings
+from neuroflow.core.config import GLIOMA_PIPELINE, METASTASES_PIPELINE, ClassifySettings
 from neuroflow.core.errors import AmbiguousRole, MissingSequence
 from neuroflow.core.model_card import ModelCard
-from neuroflow.core.roles import CHANGE_REQUIRED_ROLES, GLIOMA_INPUT_ROLES, SeriesRole
+from neuroflow.core.roles import CHANGE_REQUIRED_ROLES, GLIOMA_INPUT_ROLES, METASTASES_INPUT_ROLES, SeriesRole
 from neuroflow.core.sequence_subsets import PipelineInputs
 from neuroflow.ingest.classify import SeriesClassification, effective_policy, select_inputs
 from neuroflow.ingest.site_rules import SiteRules
@@ -18,15 +18,19 @@ from neuroflow.ingest.site_rules import SiteRules
 # pipeline's are its model card's when the runtime passes the card (``pipeline_inputs``).
 PIPELINE_INPUT_ROLES: Mapping[str, tuple[SeriesRole, ...]] = {
     GLIOMA_PIPELINE: GLIOMA_INPUT_ROLES,
+    METASTASES_PIPELINE: METASTASES_INPUT_ROLES,
     **{pipeline.value: roles for pipeline, roles in CHANGE_REQUIRED_ROLES.items()},
 }
 
 
 def pipeline_inputs(glioma_card: ModelCard | None) -> dict[str, PipelineInputs]:
     """What each pipeline takes: every role of PIPELINE_INPUT_ROLES required, except the glioma pipeline's,
-    which are what its model's card says (a card with ``min_roles_any`` takes studies lacking some). Both
+    which are what its model's card says (a card with ``min_roles_any`` takes studies lacking some), and the
+    metastases pipeline's (T1CE required, FLAIR used when present). Both
     runtimes route with this, so a study qualifies for the same pipelines in each."""
     inputs = {pipeline: PipelineInputs(roles) for pipeline, roles in PIPELINE_INPUT_ROLES.items()}
+    # Metastases: enhancement is read on the T1CE, which a study must have; FLAIR (oedema) only helps.
+    inputs[METASTASES_PIPELINE] = PipelineInputs(METASTASES_INPUT_ROLES, (SeriesRole.T1CE,))
     if glioma_card is not None:
         inputs[GLIOMA_PIPELINE] = PipelineInputs.of_card(glioma_card)
     return inputs

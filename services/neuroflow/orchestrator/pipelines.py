@@ -8,8 +8,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from neuroflow.core import topics
-from neuroflow.core.config import CHANGE_ALGORITHM_VERSION, GLIOMA_PIPELINE, PipelineModels
-from neuroflow.core.roles import CHANGE_REQUIRED_ROLES, GLIOMA_REFERENCE_ORDER, ChangePipeline
+from neuroflow.core.config import CHANGE_ALGORITHM_VERSION, GLIOMA_PIPELINE, METASTASES_PIPELINE, PipelineModels
+from neuroflow.core.roles import CHANGE_REQUIRED_ROLES, GLIOMA_REFERENCE_ORDER, ChangePipeline, SeriesRole
 from neuroflow.proto.neuroflow.v1 import common_pb2, events_pb2, tasks_pb2
 
 StageInput = (tasks_pb2.PreprocessInput | tasks_pb2.SegmentationInput | tasks_pb2.ResultsInput
@@ -57,6 +57,19 @@ def glioma_pipeline(models: PipelineModels) -> PipelineSpec:
         model=common_pb2.ModelRef(name=models.glioma.name, version=models.glioma.version),
         reference_role=GLIOMA_REFERENCE_ORDER[0].value,
         reference_fallbacks=tuple(r.value for r in GLIOMA_REFERENCE_ORDER[1:]),
+        notice_on_failure=True,
+    )
+
+
+def metastases_pipeline(models: PipelineModels) -> PipelineSpec:
+    """The metastases pipeline (issue 15): the glioma stages with the metastases model, registered onto the
+    T1CE (which routing requires); the segmentation stage hands on the probability, the results stage splits
+    and measures the lesions on the T1CE grid."""
+    return PipelineSpec(
+        name=METASTASES_PIPELINE,
+        stages=(common_pb2.STAGE_PREPROCESS, common_pb2.STAGE_SEGMENTATION, common_pb2.STAGE_RESULTS),
+        model=common_pb2.ModelRef(name=models.metastases.name, version=models.metastases.version),
+        reference_role=SeriesRole.T1CE.value,
         notice_on_failure=True,
     )
 

@@ -129,7 +129,7 @@ def build_metastases_seg(
     device_serial_number: str = "none",
 ) -> pydicom.Dataset | None:
     """A BINARY DICOM SEG with one segment per metastasis: segment n is lesion n of ``lesion_labels`` (0 none,
-    1..n as :func:`neuroflow.segmentation.lesions.label_lesions` numbers them, largest first), "Met n", as
+    1..n as :func:`neuroflow.core.lesions.label_lesions` numbers them, largest first), "Met n", as
     the RTSTRUCT's ROI n. ``None`` without a lesion. Raises ``ValueError`` for lesion numbers that are not
     1..n without gaps, or over 255 (a SEG's segment numbers here are 8-bit); otherwise as :func:`build_seg`."""
     objects = objects or ResultObjectSettings()

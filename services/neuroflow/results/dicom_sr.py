@@ -30,6 +30,7 @@ SR_DISCLAIMER = "AI result for review, not a diagnosis"
 SR_FILE = "sr.dcm"
 GLIOMA_SR_DESCRIPTION = "AI glioma report (not for diagnosis)"
 MS_SR_DESCRIPTION = "AI new MS lesions report (not for diagnosis)"
+METASTASES_SR_DESCRIPTION = "AI brain metastases report (not for diagnosis)"
 NOTICE_SR_DESCRIPTION = "AI NOTICE: no result (not for diagnosis)"
 RETRACTION_SR_DESCRIPTION = "AI RESULT RETRACTED: do not use (not for diagnosis)"
 CORRECTION_SR_DESCRIPTION = "AI result CORRECTED by radiologist review (not for diagnosis)"
@@ -53,6 +54,11 @@ RETRACTION_FINDING = _local("RETRACTION", "AI result retracted by radiologist re
 CORRECTION_FINDING = _local("CORRECTION", "AI result corrected by radiologist review")
 NEW_LESION_COUNT_CONCEPT = _local("NEW-LESION-COUNT", "Number of new or enlarging lesions")
 NOT_ASSESSABLE_CONCEPT = _local("NOT-ASSESSABLE", "Not assessable")
+LESION_COUNT_CONCEPT = _local("LESION-COUNT", "Number of lesions")
+TOTAL_VOLUME_CONCEPT = _local("TOTAL-LESION-VOLUME", "Total lesion volume")
+LONGEST_AXIAL_DIAMETER_CONCEPT = _local("LONGEST-AXIAL-DIAMETER", "Longest axial diameter (RANO-BM)")
+CONFIDENCE_CONCEPT = _local("CONFIDENCE", "Mean lesion probability")
+_MM = hd.sr.CodedConcept("mm", "UCUM", "millimeter")
 _UID = re.compile(r"\b\d+(?:\.\d+){3,}\b")
 _LESION = hd.sr.CodedConcept("52988006", "SCT", "Lesion")
 _Group = hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
@@ -239,6 +245,66 @@ def correction_sr(
     return _sr(study_key, pipeline, evidence, [group], kind="neuroflow.correction-sr", input_hash=correction_hash,
                objects=objects, series_number=objects.notice_series_number + 4, description=CORRECTION_SR_DESCRIPTION,
                predecessor=superseded_srs)
+
+
+def metastases_sr(
+    report: StudyReport,
+    evidence: Sequence[Dataset],
+    *,
+    seg: Dataset | None,
+    input_hash: str,
+    objects: ResultObjectSettings,
+) -> hd.sr.Comprehensive3DSR:
+    """The SR of a metastases report: the count and total volume, then per lesion ("Met n", SEG segment n and
+    RTSTRUCT ROI n) its volume (mL), longest axial diameter (mm, RANO-BM), confidence and centroid (LPS), and
+    the method. ``evidence``: the T1CE's instances. Refuses (ValueError) a report without metastases or model."""
+    section = report.metastases
+    if section is None or report.model is None:
+        raise ValueError("a metastases SR needs a succeeded report with its metastases and model")
+    algorithm = hd.sr.AlgorithmIdentification(name=report.model.name, version=str(report.model.version),
+                                              manufacturer=NEUROFLOW_MANUFACTURER)
+    summary = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=derived_uid(objects.uid_root, "neuroflow.sr-mets-summary", input_hash), identifier="Metastases"),
+        finding_type=_LESION, algorithm_id=algorithm,
+        measurements=[
+            hd.sr.Measurement(name=LESION_COUNT_CONCEPT, value=section.count, unit=_NO_UNITS, algorithm_id=algorithm),
+            hd.sr.Measurement(name=TOTAL_VOLUME_CONCEPT, value=round(section.total_volume_ml, 4), unit=_ML,
+                              algorithm_id=algorithm)])
+    groups: list[_Group] = [summary]
+    for lesion in section.lesions:
+        tracking = hd.sr.TrackingIdentifier(
+            uid=derived_uid(objects.uid_root, "neuroflow.sr-mets-lesion", input_hash, str(lesion.number)),
+            identifier=f"Met {lesion.number}")
+        measurements = [
+            hd.sr.Measurement(name=codes.SCT.Volume, value=round(lesion.volume_ml, 4), unit=_ML,
+                              algorithm_id=algorithm),
+            hd.sr.Measurement(name=LONGEST_AXIAL_DIAMETER_CONCEPT, value=round(lesion.longest_axial_diameter_mm, 1),
+                              unit=_MM, algorithm_id=algorithm),
+            *([] if lesion.confidence is None else [hd.sr.Measurement(
+                name=CONFIDENCE_CONCEPT, value=round(lesion.confidence, 3), unit=_NO_UNITS, algorithm_id=algorithm)])]
+        if seg is not None:
+            group: _Group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking, finding_type=_LESION, algorithm_id=algorithm, measurements=measurements,
+                referenced_segment=hd.sr.ReferencedSegment(
+                    sop_class_uid=str(seg.SOPClassUID), sop_instance_uid=str(seg.SOPInstanceUID),
+                    segment_number=lesion.number,
+                    source_series=hd.sr.SourceSeriesForSegmentation(str(evidence[0].SeriesInstanceUID))))
+        else:
+            group = hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking, finding_type=_LESION, algorithm_id=algorithm, measurements=measurements)
+        x, y, z = lesion.centroid_mm
+        _add_text(group, f"Met {lesion.number}: centroid ({x:.1f}, {y:.1f}, {z:.1f}) mm LPS")
+        groups.append(group)
+    groups.append(_outcome_group(report, input_hash, objects, algorithm, [
+        f"Method: {_method(report)}; lesions: probability >= {section.threshold:g}, at least "
+        f"{section.min_volume_mm3:g} mm3, measured on the T1CE grid",
+        *([] if section.count else ["No metastasis detected."])]))
+    needs_review = report.review is not None and report.review.needs_review
+    return _sr(report.study_key, report.pipeline, [*evidence, *([seg] if seg is not None else [])], groups,
+               kind="neuroflow.metastases-sr", input_hash=input_hash, objects=objects,
+               series_number=objects.metastases_sr_series_number,
+               description=describe(METASTASES_SR_DESCRIPTION, needs_review=needs_review), predecessor=None)
 
 
 def _outcome_group(report: StudyReport, input_hash: str, objects: ResultObjectSettings,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -223,24 +224,30 @@ def glioma_report(
         timings_s={**timings, TOTAL_TIMING_KEY: round(sum(timings.values()), 3)},
         volumes_ml=volumes,
         model=model,
-        registration={
-            SeriesRole(role): RegistrationQuality(
-                metric="mattes_mutual_information", metric_value=reg.metric, quality=reg.nmi,
-                quality_measure="normalised mutual information with the reference")
-            for role, reg in summary.registration.items()
-        },
-        orientation_check=OrientationCheck(
-            passed=True,
-            detail="; ".join(f"{role}: {c.verdict} (NMI as is {c.nmi_as_is:.3f}, mirrored {c.nmi_mirrored:.3f})"
-                             for role, c in summary.orientation.items()),
-        ),
-        skull_strip=SkullStrip(brain_volume_ml=summary.brain_volume_ml, method=summary.skull_strip_method),
+        **preprocessing_checks(summary),
         not_assessable=not_assessable(roles_used),
         sequences_missing=[r for r in GLIOMA_INPUT_ROLES if r not in roles_used],
         review=None if review is None else review_assessment(review),
         warnings=warnings,
         outputs=outputs,
     )
+
+
+def preprocessing_checks(summary: PreprocessSummary) -> dict[str, Any]:
+    """The report's fields on preprocessing (registration, orientation, skull strip), for every pipeline that
+    runs the glioma preprocessing (glioma, metastases)."""
+    return {
+        "registration": {
+            SeriesRole(role): RegistrationQuality(
+                metric="mattes_mutual_information", metric_value=reg.metric, quality=reg.nmi,
+                quality_measure="normalised mutual information with the reference")
+            for role, reg in summary.registration.items()},
+        "orientation_check": OrientationCheck(
+            passed=True,
+            detail="; ".join(f"{role}: {c.verdict} (NMI as is {c.nmi_as_is:.3f}, mirrored {c.nmi_mirrored:.3f})"
+                             for role, c in summary.orientation.items())),
+        "skull_strip": SkullStrip(brain_volume_ml=summary.brain_volume_ml, method=summary.skull_strip_method),
+    }
 
 
 def review_assessment(review: ReviewSummary) -> ReviewAssessment:

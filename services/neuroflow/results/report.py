@@ -236,6 +236,26 @@ class ReviewAssessment(_ReportModel):
     method: str = ""  # how the alarms were computed
 
 
+class MetastasisEntry(_ReportModel):
+    """One metastasis: ``number`` is its segment in the SEG and its ROI "Met n" in the RTSTRUCT (1 = largest)."""
+
+    number: int = Field(ge=1)
+    volume_ml: float = Field(ge=0.0)
+    longest_axial_diameter_mm: float = Field(ge=0.0)  # RANO-BM
+    centroid_mm: tuple[float, float, float]  # DICOM patient coordinates (LPS) of the T1CE
+    confidence: float | None = None  # mean probability over the lesion's voxels
+
+
+class MetastasesSection(_ReportModel):
+    """The metastases found on the T1CE, measured on its own grid (what the RTSTRUCT contours)."""
+
+    count: int = Field(ge=0)
+    total_volume_ml: float = Field(ge=0.0)
+    lesions: list[MetastasisEntry] = Field(default_factory=list)
+    threshold: float  # the probability a voxel needs to be lesion
+    min_volume_mm3: float  # smaller connected components are dropped
+
+
 class StudyReport(_ReportModel):
     """Everything a reviewer needs to judge one (study, pipeline) run.
 
@@ -256,6 +276,7 @@ class StudyReport(_ReportModel):
     orientation_check: OrientationCheck | None = None
     skull_strip: SkullStrip | None = None
     longitudinal: LongitudinalReport | None = None  # change against the prior study
+    metastases: MetastasesSection | None = None  # the metastases pipeline's lesion table
     review: ReviewAssessment | None = None  # the failure flag of the segmentation, None when not assessed
     # Sub-regions the sequences at hand cannot show (e.g. ET without T1 post-contrast) -> why; empty when all could.
     # Their figures in ``volumes_ml`` are what the model drew, not a measurement: the summary shows none for them.
@@ -290,6 +311,8 @@ class StudyReport(_ReportModel):
                 raise ValueError("a failed report must not carry volumes")
             if self.longitudinal is not None:
                 raise ValueError("a failed report must not carry longitudinal results")
+            if self.metastases is not None:
+                raise ValueError("a failed report must not carry metastases")
         elif self.errors:
             raise ValueError("a succeeded report must not carry errors; report them as warnings or fail")
         return self
@@ -351,6 +374,8 @@ def render_summary(report: StudyReport) -> str:
         lines += [f"  {name:<{width}}  {volumes[key]:8.1f}" if key not in unknown
                   else f"  {name:<{width}}  not assessable ({unknown[key]})" for key, name in _REGION_NAMES]
 
+    if report.metastases is not None:
+        lines += _metastases_lines(report.metastases)
     if report.review is not None:
         lines += _review_lines(report.review)
     if report.longitudinal is not None:
@@ -374,6 +399,16 @@ def _not_assessable_volumes(regions: dict[str, str]) -> dict[str, str]:
     derived = {key: "; ".join(dict.fromkeys(regions[r] for r in parts if r in regions))
                for key, parts in _DERIVED_FROM.items() if any(r in regions for r in parts)}
     return {**regions, **derived}
+
+
+def _metastases_lines(section: MetastasesSection) -> list[str]:
+    lines = ["", f"Metastases: {section.count}, total {section.total_volume_ml:.2f} mL"]
+    for m in section.lesions:
+        x, y, z = m.centroid_mm
+        confidence = f", confidence {m.confidence:.2f}" if m.confidence is not None else ""
+        lines.append(f"  Met {m.number}: {m.volume_ml * 1000.0:8.1f} mm3, longest axial "
+                     f"{m.longest_axial_diameter_mm:5.1f} mm, at ({x:.1f}, {y:.1f}, {z:.1f}) mm LPS{confidence}")
+    return lines
 
 
 def _review_lines(review: ReviewAssessment) -> list[str]:

@@ -83,7 +83,7 @@ def build_metastases_rtstruct(
     device_serial_number: str = "none",
 ) -> Dataset | None:
     """The RTSTRUCT of a lesion label map (0 = background, n = lesion n, as
-    :func:`neuroflow.segmentation.lesions.label_lesions` numbers them) on the T1CE series
+    :func:`neuroflow.core.lesions.label_lesions` numbers them) on the T1CE series
     ``source_instances`` belong to: ROI n is "Met n". ``None`` when there is no lesion. The same refusals
     and the same idempotent UIDs as :func:`build_rtstruct`."""
     objects = objects or ResultObjectSettings()

@@ -25,16 +25,19 @@ import pydicom
 
 from neuroflow.core import topics
 from neuroflow.core.bus import MessageBus
-from neuroflow.core.config import ResultObjectSettings
+from neuroflow.core.config import METASTASES_PIPELINE, ResultObjectSettings
 from neuroflow.core.dead_letter import now_timestamp
 from neuroflow.core.dicom_io import DicomSink, DicomSource, Forwarder, find_series
 from neuroflow.core.errors import MissingSequence, SeriesRejected
 from neuroflow.core.handoff import PreprocessSummary, ReviewSummary
 from neuroflow.core.identity import input_hash
+from neuroflow.core.lesions import LESION_THRESHOLD, MIN_LESION_MM3, lesions_on
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.non_image import SetAside
-from neuroflow.core.roles import GLIOMA_REFERENCE_ORDER, SeriesRole
+from neuroflow.core.roles import GLIOMA_REFERENCE_ORDER, METASTASES_INPUT_ROLES, SeriesRole
 from neuroflow.core.sequence_subsets import glioma_reference_role
+from neuroflow.core.series_volume import series_to_volume
+from neuroflow.core.volume_members import volume_instances
 from neuroflow.core.volume_store import VolumeStore
 from neuroflow.proto.neuroflow.v1 import common_pb2, events_pb2, tasks_pb2
 from neuroflow.results.glioma_results import (
@@ -42,8 +45,10 @@ from neuroflow.results.glioma_results import (
     glioma_objects,
     glioma_report,
     latest_glioma_sr,
+    preprocessing_checks,
     registration_warnings,
 )
+from neuroflow.results.metastases_results import metastases_objects, metastases_section
 from neuroflow.results.notice import failure_hash, notice_objects, notice_of
 from neuroflow.results.report import (
     ReportStatus,
@@ -80,6 +85,8 @@ class ResultsHandler:
     def __call__(self, task: tasks_pb2.TaskRequested) -> tasks_pb2.ResultsOutput:
         if task.results.HasField("failure"):
             return self._file_notice(task)
+        if task.pipeline == METASTASES_PIPELINE:
+            return self._metastases(task)
         key_of_study, request = task.study.study_key, task.results
         started = time.perf_counter()
         labels = self._volumes.get_ref(request.label_map)
@@ -116,6 +123,38 @@ class ResultsHandler:
                                roles_used=set(series), review=ReviewSummary.of(labels))
         datasets = glioma_objects(report, labels, drawn, input_hash=key, objects=self._objects, study_key=key_of_study,
                                   volumes_of={role: series[role].volume for role in drawn}, earlier=earlier)
+        return self._store(task, report, datasets)
+
+    def _metastases(self, task: tasks_pb2.TaskRequested) -> tasks_pb2.ResultsOutput:
+        """The metastases result: the probability the segmentation stage stored, split into lesions on the
+        routed T1CE's own grid, and the objects and report the embedded runtime writes."""
+        key_of_study, request = task.study.study_key, task.results
+        started = time.perf_counter()
+        probability = self._volumes.get_ref(request.label_map)
+        summary = PreprocessSummary.of(probability)
+        set_aside: list[str] = []
+        series = find_series(self._source, task.study, request.referenced_series, stage="results", notes=set_aside)
+        if SeriesRole.T1CE not in series:
+            raise MissingSequence(key_of_study, f"the metastases are drawn on the T1CE, which is not among the "
+                                                f"referenced series {sorted(series)}", stage="results")
+        model = ModelRef(name=request.model.name, version=request.model.version)
+        key = input_hash({role.value: [str(h.SOPInstanceUID) for h in s.headers] for role, s in series.items()}, model)
+        t1ce = volume_instances(self._source.read_instances(series[SeriesRole.T1CE]), study_key=key_of_study,
+                                volume=series[SeriesRole.T1CE].volume)
+        t1ce_image = series_to_volume(t1ce, study_key=key_of_study)
+        lesions = lesions_on(probability, t1ce_image.geometry)
+        warnings = set_aside + registration_warnings(summary)
+        if not lesions.count:
+            warnings.append("no metastasis detected: no SEG or RTSTRUCT written")
+        timings = {**summary.timings_s, "write_results": round(time.perf_counter() - started, 3)}
+        report = StudyReport(
+            study_instance_uid=task.study.study_instance_uid, study_key=key_of_study, pipeline=task.pipeline,
+            status=ReportStatus.SUCCEEDED, series=series_entries(request.referenced_series), timings_s=timings,
+            model=model, **preprocessing_checks(summary),
+            metastases=metastases_section(lesions, threshold=LESION_THRESHOLD, min_volume_mm3=MIN_LESION_MM3),
+            sequences_missing=[r for r in METASTASES_INPUT_ROLES if r not in series], warnings=warnings,
+            outputs=["report.json", "summary.txt"])
+        datasets = metastases_objects(report, lesions.labels, t1ce_image, t1ce, input_hash=key, objects=self._objects)
         return self._store(task, report, datasets)
 
     def _file_notice(self, task: tasks_pb2.TaskRequested) -> tasks_pb2.ResultsOutput:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from neuroflow.core import health
 from neuroflow.core.bus import InMemoryBus, MessageBus
-from neuroflow.core.config import CHANGE_PIPELINES, NeuroflowSettings
+from neuroflow.core.config import CHANGE_PIPELINES, METASTASES_PIPELINE, NeuroflowSettings
 from neuroflow.core.dicom_io import (
     DicomSink,
     DicomSource,
@@ -41,7 +41,7 @@ from neuroflow.core.state import SqliteStateStore, SqlStateStore
 from neuroflow.core.volume_store import FolderVolumeStore, VolumeStore
 from neuroflow.core.worker import Handler, StageWorker
 from neuroflow.orchestrator.orchestrator import Orchestrator
-from neuroflow.orchestrator.pipelines import PipelineSpec, change_pipeline, glioma_pipeline
+from neuroflow.orchestrator.pipelines import PipelineSpec, change_pipeline, glioma_pipeline, metastases_pipeline
 from neuroflow.proto.neuroflow.v1 import common_pb2
 
 if TYPE_CHECKING:
@@ -173,10 +173,11 @@ class Backends:
 
 
 def pipelines(settings: NeuroflowSettings) -> dict[str, PipelineSpec]:
-    """The pipelines this site runs, by name: glioma and the change pipelines (ingest's pipeline list says
-    which of them the site's studies are routed to)."""
-    glioma = glioma_pipeline(settings.models)
-    return {glioma.name: glioma, **{name: change_pipeline(name) for name in CHANGE_PIPELINES}}
+    """The pipelines this site runs, by name: glioma, metastases and the change pipelines (ingest's pipeline list
+    says which of them the site's studies are routed to)."""
+    glioma, metastases = glioma_pipeline(settings.models), metastases_pipeline(settings.models)
+    return {glioma.name: glioma, metastases.name: metastases,
+            **{name: change_pipeline(name) for name in CHANGE_PIPELINES}}
 
 
 def stage_handler(service: str, backends: Backends) -> Handler:
@@ -348,9 +349,12 @@ _INFERENCE_SERVICES = {"preprocess", "segmentation", "longitudinal"}
 
 
 def pinned_models(settings: NeuroflowSettings) -> list[ModelRef]:
-    """The model versions this site's configuration pins (the optional change-pipeline networks when set)."""
+    """The model versions this site's configuration pins (the optional change-pipeline networks when set, the
+    metastases model when the site routes studies to that pipeline)."""
     pinned = settings.models
     optional = [m for m in (pinned.ms_lesion, pinned.haematoma) if m is not None]
+    if METASTASES_PIPELINE in settings.ingest.pipelines:
+        optional.append(pinned.metastases)
     return [pinned.skull_strip_bbox, pinned.skull_strip, pinned.glioma, *optional]
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from neuroflow.core.config import GLIOMA_PIPELINE, NeuroflowSettings
+from neuroflow.core.config import GLIOMA_PIPELINE, METASTASES_PIPELINE, NeuroflowSettings
 from neuroflow.core.dicom_io import DicomSource, SkippedFile, StudyIndex, series_volume, study_key
 from neuroflow.core.errors import NeuroflowError, StudyError
 from neuroflow.core.identity import input_hash, patient_key
@@ -83,11 +83,24 @@ def run_embedded(
     *,
     study_uid: str | None = None,
     progress: ProgressSink | None = None,
+    pipeline: str | None = None,
 ) -> StudyReport:
-    """What ``neuroflow run`` does: on two or more studies of one patient (and no ``study_uid``), the change
-    pipelines each consecutive pair qualifies for (``runtime/embedded_longitudinal.py``); otherwise the
-    glioma pipeline on the one study (or ``study_uid``), which refuses several studies without a choice."""
+    """What ``neuroflow run`` does: ``pipeline`` "metastases" (or no ``pipeline`` at a site that enables the
+    metastases pipeline and not the glioma one) runs the metastases pipeline on the one study
+    (``runtime/embedded_metastases.py``); otherwise, on two or more studies of one patient (and no
+    ``study_uid``), the change pipelines each consecutive pair qualifies for
+    (``runtime/embedded_longitudinal.py``); otherwise the glioma pipeline on the one study (or ``study_uid``),
+    which refuses several studies without a choice."""
     install_site_secret(settings, distributed=False)  # the site's, else the development secret
+    if pipeline is None and METASTASES_PIPELINE in settings.ingest.pipelines \
+            and GLIOMA_PIPELINE not in settings.ingest.pipelines:
+        pipeline = METASTASES_PIPELINE
+    if pipeline == METASTASES_PIPELINE:
+        from neuroflow.runtime.embedded_metastases import run_metastases  # its imports only when needed
+
+        return run_metastases(source, out_dir, settings, backend, study_uid=study_uid, progress=progress)
+    if pipeline not in (None, GLIOMA_PIPELINE):
+        raise NeuroflowError(f"unknown pipeline {pipeline!r}: choose {GLIOMA_PIPELINE} or {METASTASES_PIPELINE}")
     if study_uid is not None:
         return run_glioma(source, out_dir, settings, backend, study_uid=study_uid, progress=progress)
     started = time.perf_counter()

@@ -11,6 +11,7 @@ from neuroflow.core.config import (
     CHANGE_PIPELINES,
     GLIOMA_PIPELINE,
     HAEMATOMA_CHANGE_PIPELINE,
+    METASTASES_PIPELINE,
     MS_CHANGE_PIPELINE,
     TUMOUR_GROWTH_PIPELINE,
     NeuroflowSettings,
@@ -25,11 +26,14 @@ def pipeline_models(pipeline: str, models: PipelineModels) -> list[ModelRef]:
     skull_strip = [models.skull_strip_bbox, models.skull_strip]
     if pipeline in (GLIOMA_PIPELINE, TUMOUR_GROWTH_PIPELINE):  # tumour_growth measures with the glioma pipeline
         return [*skull_strip, models.glioma]
+    if pipeline == METASTASES_PIPELINE:
+        return [*skull_strip, models.metastases]
     if pipeline == MS_CHANGE_PIPELINE:  # skull strip of the follow-up FLAIR, the optional lesion network
         return skull_strip + ([models.ms_lesion] if models.ms_lesion else [])
     if pipeline == HAEMATOMA_CHANGE_PIPELINE:  # CT densities; the network only when one is pinned
         return [models.haematoma] if models.haematoma else []
-    raise ValueError(f"unknown pipeline {pipeline!r}: expected one of {[GLIOMA_PIPELINE, *CHANGE_PIPELINES]}")
+    raise ValueError(f"unknown pipeline {pipeline!r}: expected one of "
+                     f"{[GLIOMA_PIPELINE, METASTASES_PIPELINE, *CHANGE_PIPELINES]}")
 
 
 def pipeline_files(pipeline: str, settings: NeuroflowSettings) -> list[Path]:

@@ -70,7 +70,8 @@ def predict_stack(
     flip_axes: tuple[int, ...] = (),
     progress: Callable[[int, int], None] | None = None,
 ) -> npt.NDArray[np.float32]:
-    """Per-region probabilities of the input ``stack`` (C, Z, Y, X, the model card's channel order) over
+    """Per-output-channel probabilities (the card's ``labels``; the glioma regions, or the metastases model's one
+    channel) of the input ``stack`` (C, Z, Y, X, the model card's channel order) over
     ``brain``'s bounding box, zero outside ``brain``. ``flip_axes`` (array axes of the volume, 0-2): the
     input is mirrored along them before inference and the output mirrored back, a test-time ensemble
     member on the same grid as the plain prediction."""
@@ -79,13 +80,14 @@ def predict_stack(
         stack = np.ascontiguousarray(np.flip(stack, axis=tuple(1 + a for a in flip_axes)))
         brain = np.flip(brain, axis=flip_axes)
     box = _bounding_box(brain, _CROP_MARGIN)
-    probabilities = np.zeros((len(TUMOUR_REGIONS), *stack.shape[1:]), dtype=np.float32)
+    channels = len(card.labels) or len(TUMOUR_REGIONS)
+    probabilities = np.zeros((channels, *stack.shape[1:]), dtype=np.float32)
     probabilities[(slice(None), *box)] = sliding_window_inference(
         np.ascontiguousarray(stack[(slice(None), *box)]),
         backend,
         model,
         patch=(card.patch_size[0], card.patch_size[1], card.patch_size[2]),
-        out_channels=len(TUMOUR_REGIONS),
+        out_channels=channels,
         input_name=card.inputs[0].name,
         output_name=card.outputs[0].name,
         overlap=overlap,

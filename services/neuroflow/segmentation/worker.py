@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from neuroflow.core.config import NeuroflowSettings
+from neuroflow.core.config import METASTASES_PIPELINE, NeuroflowSettings
 from neuroflow.core.handoff import SUMMARY_META_KEY, PreprocessSummary
 from neuroflow.core.inference import InferenceBackend
 from neuroflow.core.labels import REGION_LABELS
@@ -19,6 +19,7 @@ from neuroflow.core.volume import Volume
 from neuroflow.core.volume_store import VolumeStore
 from neuroflow.proto.neuroflow.v1 import tasks_pb2
 from neuroflow.segmentation.glioma import label_map, predict_regions
+from neuroflow.segmentation.metastases import predict_metastases
 from neuroflow.segmentation.review import record_review, review_segmentation
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ class SegmentationHandler:
         normalised = {SeriesRole(role): self._volumes.get_ref(ref) for role, ref in request.volumes.items()}
         mask = self._volumes.get_ref(request.brain_mask)
         model = ModelRef(name=request.model.name, version=request.model.version)
+        if task.pipeline == METASTASES_PIPELINE:
+            return self._metastases(task, normalised, mask, model)
         started = time.perf_counter()
         probabilities = predict_regions(normalised, mask, self._backend, model,
                                         overlap=self._settings.window_overlap,
@@ -72,3 +75,21 @@ class SegmentationHandler:
                  task.workflow_id, volumes.get("WT", 0.0), timings["segment"], review.risk_score,
                  ", needs review" if review.needs_review else "")
         return tasks_pb2.SegmentationOutput(label_map=stored, region_volumes_ml=volumes, model=request.model)
+
+    def _metastases(self, task: tasks_pb2.TaskRequested, normalised: dict[SeriesRole, Volume], mask: Volume,
+                    model: ModelRef) -> tasks_pb2.SegmentationOutput:
+        """The metastases pipeline hands on the probability (on the common grid, with the preprocess summary),
+        not a label map: the results stage splits and measures the lesions on the T1CE's own grid, as the
+        embedded runtime does."""
+        key = task.study.study_key
+        started = time.perf_counter()
+        probability = predict_metastases(normalised, mask, self._backend, model,
+                                         overlap=self._settings.window_overlap,
+                                         batch_size=self._settings.window_batch_size, study_key=key)
+        if SUMMARY_META_KEY in mask.meta:
+            timings = {"segment": round(time.perf_counter() - started, 3)}
+            probability = PreprocessSummary.of(mask).with_timings(timings).attach(probability)
+        stored = self._volumes.put_ref(f"{key}/{task.workflow_id}/{LABEL_MAP_NAME}", probability)
+        log.info("study %s: metastasis probability of workflow %s in %.1f s", key, task.workflow_id,
+                 time.perf_counter() - started)
+        return tasks_pb2.SegmentationOutput(label_map=stored, model=task.segmentation.model)

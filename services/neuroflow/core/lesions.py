@@ -152,3 +152,20 @@ def _reformatted_axially(mask: npt.NDArray[np.bool_], geometry: Geometry) -> tup
                      (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), (size[0], size[1], size[2]))
     out = resample(Volume(crop.astype(np.uint8), local), axial, interpolator=sitk.sitkNearestNeighbor)
     return np.asarray(out.array) > 0, axial
+
+
+# A voxel is lesion at this probability: the operating point evaluated in models/metastases_unet/EVALUATION.md.
+LESION_THRESHOLD = 0.5
+# A 2 mm metastasis is about 4 mm3; anything smaller is noise at 1 mm voxels.
+MIN_LESION_MM3 = 3.0
+
+
+def lesions_on(probability: Volume, geometry: Geometry, *, threshold: float = LESION_THRESHOLD,
+               min_volume_mm3: float = MIN_LESION_MM3) -> Lesions:
+    """The lesions of ``probability`` on ``geometry`` (the T1CE as acquired): linear resampling of the
+    probability, then threshold and connected components, numbered largest first."""
+    on_grid = resample(probability, geometry, interpolator=sitk.sitkLinear)
+    values: npt.NDArray[np.float32] = np.clip(np.asarray(on_grid.array, dtype=np.float32), 0.0, 1.0)
+    on_grid = on_grid.with_array(values)
+    return label_lesions(on_grid.with_array((values >= threshold).astype(np.uint8)), probabilities=on_grid,
+                         min_volume_mm3=min_volume_mm3)

@@ -1,0 +1,215 @@
+"""Train the metastases U-Net (the glioma architecture, 2 inputs, 1 output) on synthetic metastases.
+
+Cases come from ``neuroflow.devtools.synthetic_metastases.random_case`` (metastases of 2-40 mm, solid, ring,
+necrotic, haemorrhagic, with oedema, at the grey-white junction and near the cortex) in the real brains of
+``real_backgrounds`` (Colin27, with enhancing cortical veins drawn into its T1 so bright non-lesions are
+seen; the two MS patients' real T1 post-contrast). Training seeds start at :data:`TRAIN_SEED_BASE`; the
+evaluation (``evaluate.py``) uses seeds below it, never seen here.
+
+Inputs are z-scored in the brain mask by ``zscore_in_mask``, the function the pipeline's preprocessing
+uses, in the channel order of ``METASTASES_INPUT_ROLES`` (T1CE, FLAIR). With probability ``--dropout`` a
+patch loses its FLAIR (all zero, what a missing sequence is after z-scoring), so the model works on a
+T1CE alone (model card ``min_roles_any: [T1CE]``).
+
+Loss: **instance-weighted** BCE (every voxel of lesion i weighs ``clip(sqrt(REF_VOXELS / n_i), 1, MAX_W)``,
+so a 2-3 mm lesion of a few voxels counts as much as it must to be found next to a 30 mm one) plus a
+batch soft Dice. Patches: ``--foreground`` of them centred near a lesion chosen uniformly among the
+pool's lesions (not among voxels: small lesions are sampled as often as large ones), the rest anywhere in
+the brain; random flips, axis permutations and per-channel intensity scale/shift/gamma.
+
+    nice -n 10 python -m models.metastases_unet.train --out build/metastases_unet --max-minutes 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+
+from models.glioma_unet.network import GliomaUNet
+from neuroflow.core.roles import METASTASES_INPUT_ROLES, SeriesRole
+from neuroflow.devtools.synthetic_metastases import Background, SyntheticMetastases, random_case, real_backgrounds
+from neuroflow.preprocess.normalise import zscore_in_mask
+
+TRAIN_SEED_BASE = 100_000
+REF_VOXELS = 1000.0
+MAX_W = 15.0
+_WARMUP = 20
+_MARGIN = 4
+
+
+def case_arrays(case: SyntheticMetastases, brain: npt.NDArray[np.bool_]) -> tuple[np.ndarray, np.ndarray]:
+    """(image (2, Z, Y, X) float32 z-scored, lesion labels uint16) cropped to the brain's box."""
+    image = np.stack([zscore_in_mask(np.asarray(case.t1ce.array), brain),
+                      zscore_in_mask(np.asarray(case.flair.array), brain)])
+    hits = [np.flatnonzero(brain.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    box = tuple(slice(max(0, int(h[0]) - _MARGIN), int(h[-1]) + 1 + _MARGIN) for h in hits)
+    return image[(slice(None), *box)], np.asarray(case.labels.array, dtype=np.uint16)[box]
+
+
+def instance_weights(labels: npt.NDArray[np.uint16]) -> npt.NDArray[np.float32]:
+    """Per-voxel BCE weight: 1 outside lesions; inside lesion i, clip(sqrt(REF_VOXELS / n_i), 1, MAX_W)."""
+    counts = np.bincount(labels.ravel()).astype(np.float64)
+    per_label = np.clip(np.sqrt(REF_VOXELS / np.maximum(counts, 1.0)), 1.0, MAX_W)
+    per_label[0] = 1.0
+    return per_label[labels].astype(np.float32)
+
+
+class Pool:
+    def __init__(self, size: int, backgrounds: list[Background], rng: np.random.Generator, first_seed: int) -> None:
+        self.backgrounds, self.rng, self.next_seed = backgrounds, rng, first_seed
+        self.images: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+        self.weights: list[np.ndarray] = []
+        self.lesions: list[list[np.ndarray]] = []
+        self.size = size
+        for _ in range(size):
+            self.add()
+
+    def add(self) -> None:
+        seed = self.next_seed
+        self.next_seed += 1
+        background = self.backgrounds[seed % len(self.backgrounds)]
+        vessels = (5, 30) if background.name.startswith("colin27") else (0, 0)
+        case = random_case(background, seed, count=(1, 12), vessels=vessels)
+        image, labels = case_arrays(case, np.asarray(background.brain_mask.array) > 0)
+        voxels = [np.argwhere(labels == n) for n in range(1, int(labels.max()) + 1)]
+        entry = (image.astype(np.float16), labels, instance_weights(labels), [v for v in voxels if len(v)])
+        if len(self.images) < self.size:
+            self.images.append(entry[0])
+            self.labels.append(entry[1])
+            self.weights.append(entry[2])
+            self.lesions.append(entry[3])
+        else:
+            slot = int(self.rng.integers(self.size))
+            self.images[slot], self.labels[slot], self.weights[slot], self.lesions[slot] = entry
+
+    def sample(self, patch: int, foreground: float, dropout: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rng = self.rng
+        index = int(rng.integers(len(self.images)))
+        image, labels, weights = self.images[index], self.labels[index], self.weights[index]
+        shape = np.array(labels.shape)
+        if rng.random() < foreground and self.lesions[index]:
+            lesion = self.lesions[index][int(rng.integers(len(self.lesions[index])))]
+            centre = lesion[int(rng.integers(len(lesion)))] + rng.integers(-patch // 3, patch // 3 + 1, 3)
+        else:
+            centre = np.array([rng.integers(0, s) for s in shape])
+        start = np.clip(centre - patch // 2, 0, np.maximum(shape - patch, 0))
+        sl = tuple(slice(int(a), int(a) + patch) for a in start)
+        img = image[(slice(None), *sl)].astype(np.float32)
+        lab = (labels[sl] > 0).astype(np.float32)
+        wgt = weights[sl]
+        pad = [(0, patch - s) for s in lab.shape]
+        if any(p[1] for p in pad):
+            img, lab, wgt = np.pad(img, [(0, 0), *pad]), np.pad(lab, pad), np.pad(wgt, pad, constant_values=1.0)
+        order = rng.permutation(3)
+        img, lab, wgt = img.transpose(0, *(order + 1)), lab.transpose(*order), wgt.transpose(*order)
+        for axis in range(3):
+            if rng.random() < 0.5:
+                img, lab, wgt = np.flip(img, axis + 1), np.flip(lab, axis), np.flip(wgt, axis)
+        brain = img != 0
+        scale = rng.uniform(0.85, 1.15, (2, 1, 1, 1)).astype(np.float32)
+        shift = rng.uniform(-0.15, 0.15, (2, 1, 1, 1)).astype(np.float32)
+        img = np.where(brain, img * scale + shift, 0.0).astype(np.float32)
+        if rng.random() < dropout:
+            img[METASTASES_INPUT_ROLES.index(SeriesRole.FLAIR)] = 0.0
+        return (np.ascontiguousarray(img), np.ascontiguousarray(lab[None]), np.ascontiguousarray(wgt[None]))
+
+
+def loss_terms(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(instance-weighted BCE, 1 - batch soft Dice)."""
+    bce = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight).sum() / weight.sum()
+    prob = torch.sigmoid(logits)
+    dice = (2 * (prob * target).sum() + 1.0) / (prob.sum() + target.sum() + 1.0)
+    return bce, 1.0 - dice
+
+
+def _plain(settings: dict[str, object]) -> dict[str, object]:
+    """The settings with paths as text (JSON and a portable checkpoint)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("build/metastases_unet"))
+    parser.add_argument("--max-minutes", type=float, default=50.0)
+    parser.add_argument("--iterations", type=int, default=20000)
+    parser.add_argument("--cases", type=int, default=8)
+    parser.add_argument("--refresh-every", type=int, default=60)
+    parser.add_argument("--patch", type=int, default=48)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--base", type=int, default=8)
+    parser.add_argument("--levels", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--foreground", type=float, default=0.6)
+    parser.add_argument("--dropout", type=float, default=0.3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save-every", type=int, default=50)
+    parser.add_argument("--init", type=Path, default=None, help="start from the weights of this checkpoint")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    model = GliomaUNet(args.base, args.levels, in_channels=len(METASTASES_INPUT_ROLES), out_channels=1)
+    if args.init is not None:
+        model.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=False)["state_dict"])
+    optimiser = torch.optim.Adam(model.parameters(), lr=args.lr)
+    started = time.monotonic()
+    pool = Pool(args.cases, real_backgrounds(), rng, TRAIN_SEED_BASE + 1000 * args.seed)
+    print(f"pool of {args.cases} cases in {time.monotonic() - started:.0f} s", flush=True)
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    budget = args.max_minutes * 60.0
+    log_rows: list[list[float]] = []
+    done = 0
+
+    def save() -> None:
+        config = _plain(vars(args))
+        torch.save({"state_dict": model.state_dict(), "iterations": done, "config": config}, args.out / "checkpoint.pt")
+        with (args.out / "loss.csv").open("w", newline="") as f:
+            csv.writer(f).writerows([["iteration", "bce", "dice_loss", "minutes"], *log_rows])
+
+    bce_sum = dice_sum = 0.0
+    while done < args.iterations and not stop["now"]:
+        elapsed = time.monotonic() - started
+        if elapsed > budget:
+            break
+        progress = max(done / args.iterations, elapsed / budget)
+        lr = args.lr * min(1.0, (done + 1) / _WARMUP) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+        for group in optimiser.param_groups:
+            group["lr"] = lr
+        batch = [pool.sample(args.patch, args.foreground, args.dropout) for _ in range(args.batch)]
+        x, y, w = (torch.from_numpy(np.stack([b[i] for b in batch])) for i in range(3))
+        bce, dice = loss_terms(model(x), y, w)
+        optimiser.zero_grad()
+        (bce + dice).backward()
+        optimiser.step()
+        done += 1
+        bce_sum, dice_sum = bce_sum + float(bce.detach()), dice_sum + float(dice.detach())
+        if done % 10 == 0:
+            log_rows.append([done, round(bce_sum / 10, 5), round(dice_sum / 10, 5), round(elapsed / 60, 2)])
+            print(*log_rows[-1], f"lr={lr:.2e}", flush=True)
+            bce_sum = dice_sum = 0.0
+        if done % args.refresh_every == 0:
+            pool.add()
+        if done % args.save_every == 0:
+            save()
+    save()
+    summary = {"iterations": done, "minutes": round((time.monotonic() - started) / 60, 1), "cases_seen": pool.next_seed
+               - TRAIN_SEED_BASE - 1000 * args.seed, "config": _plain(vars(args))}
+    (args.out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
