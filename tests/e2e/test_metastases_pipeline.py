@@ -17,6 +17,7 @@ import pydicom
 import pytest
 
 from neuroflow.core.roles import SeriesRole
+from neuroflow.core.series_volume import series_to_volume
 from neuroflow.devtools.dicom_writer import write_study
 from neuroflow.devtools.synthetic_metastases import (
     MetastasisSpec,
@@ -24,7 +25,6 @@ from neuroflow.devtools.synthetic_metastases import (
     colin27_background,
     insert_metastases,
 )
-from neuroflow.preprocess.convert import series_to_volume
 from neuroflow.results.rtstruct import roi_masks
 
 from .conftest import CliRun
