@@ -68,6 +68,11 @@ def test_the_run_reports_lesions_from_t1ce_and_flair(run: tuple[CliRun, list[Met
     distance = min(float(np.linalg.norm(np.subtract(m["centroid_mm"], largest.centroid_mm))) for m in mets["lesions"])
     assert distance < 10.0, f"no lesion reported within 10 mm of the 20 mm metastasis (nearest {distance:.1f} mm)"
     assert "Metastases:" in (cli.out_dir / "summary.txt").read_text()
+    # The shipped model is provisional: every result it gives says so, in the report and in what PACS shows.
+    assert report["review"]["needs_review"] and "provisional model" in report["review"]["alarms"][0]
+    for name in ("seg.dcm", "rtstruct.dcm", "sr.dcm"):
+        assert str(pydicom.dcmread(cli.out_dir / name, stop_before_pixels=True).SeriesDescription).startswith(
+            "NEEDS REVIEW"), name
 
 
 def test_rtstruct_and_seg_name_the_same_lesions_and_agree_in_volume(

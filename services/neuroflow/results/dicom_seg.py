@@ -112,7 +112,7 @@ def build_glioma_seg(
     )
 
 
-METASTASES_SEG_DESCRIPTION = "AI brain metastases segmentation (not for diagnosis)"
+METASTASES_SEG_DESCRIPTION = "AI metastases segmentation (not for diagnosis)"
 METASTASES_CONTENT_LABEL = "METS_AI"
 METASTASES_MODEL_NAME = "neuroflow metastases"
 

@@ -13,11 +13,12 @@ import pydicom
 from neuroflow.core.config import ResultObjectSettings
 from neuroflow.core.labels import metastasis_segment
 from neuroflow.core.lesions import Lesions
+from neuroflow.core.model_card import ModelRef
 from neuroflow.core.volume import Volume
 from neuroflow.results.dicom_seg import build_metastases_seg
 from neuroflow.results.dicom_sr import SR_FILE, metastases_sr
 from neuroflow.results.overlay import LegendEntry, overlay_series
-from neuroflow.results.report import MetastasesSection, MetastasisEntry, StudyReport
+from neuroflow.results.report import MetastasesSection, MetastasisEntry, ReviewAssessment, StudyReport
 from neuroflow.results.rtstruct import build_metastases_rtstruct
 from neuroflow.results.series_naming import NEEDS_REVIEW, series_description
 
@@ -27,6 +28,13 @@ T1CE_OVERLAY_FOLDER = "overlay_t1ce"
 # Every name a metastases result may write (a re-run removes them all first).
 METASTASES_RESULT_NAMES = (SEG_FILE, RTSTRUCT_FILE, SR_FILE, T1CE_OVERLAY_FOLDER)
 _OVERLAY_DESCRIPTION = "AI metastases overlay on T1CE (not for diagnosis)"
+# Models whose every result is marked NEEDS REVIEW, with why: a model far from its anchor must never reach a
+# reader unflagged (models/metastases_unet/EVALUATION.md has the figures).
+PROVISIONAL_MODELS: dict[tuple[str, int], str] = {
+    ("metastases_unet", 1): "provisional model (metastases_unet v1): on held-out synthetic cases it found 78 % "
+                            "of metastases (44 % of those 3-6 mm) with about 5 false positives per case; "
+                            "check every lesion, look for missed small ones",
+}
 
 
 def metastases_section(lesions: Lesions, *, threshold: float, min_volume_mm3: float) -> MetastasesSection:
@@ -40,6 +48,16 @@ def metastases_section(lesions: Lesions, *, threshold: float, min_volume_mm3: fl
                                               round(m.centroid_mm[2], 2)),
                                  confidence=None if m.confidence is None else round(m.confidence, 4))
                  for m in lesions.lesions])
+
+
+def metastases_review(model: ModelRef, section: MetastasesSection) -> ReviewAssessment | None:
+    """Whether a metastases result must be reviewed before anyone relies on it: always, while its model is
+    provisional (PROVISIONAL_MODELS); None otherwise (no check of its own yet)."""
+    reason = PROVISIONAL_MODELS.get((model.name, model.version))
+    if reason is None:
+        return None
+    return ReviewAssessment(needs_review=True, risk_score=1, threshold=0, alarms=[reason],
+                            method=f"model provisional; {section.count} lesion(s) reported")
 
 
 def metastases_objects(

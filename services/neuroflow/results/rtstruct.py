@@ -38,7 +38,7 @@ from neuroflow.results.dicom_seg import METASTASES_MODEL_NAME, STAGE, hash_of_in
 from neuroflow.results.report import DISCLAIMER
 from neuroflow.results.series_naming import series_description as describe
 
-METASTASES_RTSTRUCT_DESCRIPTION = "AI brain metastases contours (not for diagnosis)"
+METASTASES_RTSTRUCT_DESCRIPTION = "AI metastases contours (not for diagnosis)"
 METASTASES_STRUCTURE_SET_LABEL = "AI METS"  # SH: at most 16 characters
 # The SOP class PS3.3 C.8.8.5.3 asks an RT Referenced Study item to name (Detached Study Management,
 # retired but still the one the standard and planning systems use there).

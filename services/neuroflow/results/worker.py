@@ -48,7 +48,7 @@ from neuroflow.results.glioma_results import (
     preprocessing_checks,
     registration_warnings,
 )
-from neuroflow.results.metastases_results import metastases_objects, metastases_section
+from neuroflow.results.metastases_results import metastases_objects, metastases_review, metastases_section
 from neuroflow.results.notice import failure_hash, notice_objects, notice_of
 from neuroflow.results.report import (
     ReportStatus,
@@ -151,7 +151,9 @@ class ResultsHandler:
             study_instance_uid=task.study.study_instance_uid, study_key=key_of_study, pipeline=task.pipeline,
             status=ReportStatus.SUCCEEDED, series=series_entries(request.referenced_series), timings_s=timings,
             model=model, **preprocessing_checks(summary),
-            metastases=metastases_section(lesions, threshold=LESION_THRESHOLD, min_volume_mm3=MIN_LESION_MM3),
+            metastases=(section := metastases_section(lesions, threshold=LESION_THRESHOLD,
+                                                      min_volume_mm3=MIN_LESION_MM3)),
+            review=metastases_review(model, section),
             sequences_missing=[r for r in METASTASES_INPUT_ROLES if r not in series], warnings=warnings,
             outputs=["report.json", "summary.txt"])
         datasets = metastases_objects(report, lesions.labels, t1ce_image, t1ce, input_hash=key, objects=self._objects)

@@ -26,7 +26,12 @@ from neuroflow.ingest.routing import pipeline_inputs, qualify
 from neuroflow.ingest.site_rules import SiteRules, load_site_rules
 from neuroflow.preprocess.glioma_inputs import preprocess_glioma
 from neuroflow.results.glioma_results import preprocessing_checks, registration_warnings
-from neuroflow.results.metastases_results import METASTASES_RESULT_NAMES, metastases_objects, metastases_section
+from neuroflow.results.metastases_results import (
+    METASTASES_RESULT_NAMES,
+    metastases_objects,
+    metastases_review,
+    metastases_section,
+)
 from neuroflow.results.report import TOTAL_TIMING_KEY, ReportStatus, StudyReport, write_report, write_summary
 from neuroflow.runtime.embedded import _choose_study, _file_failure_notice, _Indexed, _Run, _series_entries
 from neuroflow.runtime.result_files import remove_results, write_objects
@@ -132,7 +137,9 @@ def _run(source: DicomSource, out_dir: Path, settings: NeuroflowSettings, backen
             study_instance_uid=run.study_uid, study_key=run.key, pipeline=METASTASES_PIPELINE,
             status=ReportStatus.SUCCEEDED, series=run.series, timings_s=dict(clock.timings), model=models.metastases,
             **preprocessing_checks(summary),
-            metastases=metastases_section(lesions, threshold=LESION_THRESHOLD, min_volume_mm3=MIN_LESION_MM3),
+            metastases=(section := metastases_section(lesions, threshold=LESION_THRESHOLD,
+                                                      min_volume_mm3=MIN_LESION_MM3)),
+            review=metastases_review(models.metastases, section),
             sequences_missing=[r for r in METASTASES_INPUT_ROLES if r not in chosen], warnings=run.warnings)
         written = write_objects(metastases_objects(report, lesions.labels, t1ce_image, t1ce, input_hash=key,
                                                    objects=settings.results), out_dir)
