@@ -180,9 +180,17 @@ def test_services_probe_and_expose_the_metrics_port_their_settings_bind(
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert ports == {"metrics": port}
         # Liveness asks whether the main loop makes progress, readiness whether the dependencies answer.
+        # The ports speak HTTPS (metricsAccess.tls, on in every example): the kubelet must ask over it.
         for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"),
                             ("readinessProbe", "/readyz")):
-            assert container[probe]["httpGet"] == {"path": path, "port": "metrics"}, f"{component(deployment)} {probe}"
+            assert container[probe]["httpGet"] == {"path": path, "port": "metrics", "scheme": "HTTPS"}, \
+                f"{component(deployment)} {probe}"
+        environment = {e["name"]: e for e in container["env"]}
+        for setting in ("USERNAME", "PASSWORD"):  # from the site's Secret, never a value in the manifest
+            assert "secretKeyRef" in environment[f"NEUROFLOW_METRICS_ACCESS__{setting}"]["valueFrom"]
+        mounted = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}["site-ca"]["secret"]
+        assert {i["path"] for i in mounted["items"]} >= {"metrics.crt", "metrics.key"}
+        assert mounted["defaultMode"] == 0o440, "the metrics key is not for every user of the container"
         # A long model load (minutes on a busy CPU node) must not get the pod killed before it is up; a stuck
         # loop must: within a few minutes, not at the first slow answer.
         startup, liveness = container["startupProbe"], container["livenessProbe"]
@@ -487,6 +495,20 @@ def test_service_monitor_selects_every_metrics_service(manifests: dict[str, list
         expected = [s for s in of_kind(objects, "Service") if component(s) != "orthanc"]
         assert selected == expected and selected, example
         assert {e["port"] for e in monitor["spec"]["endpoints"]} == {"metrics"}
+        # Prometheus logs in, over HTTPS, checking the certificate the services present: the same keys of
+        # the same Secrets the services read.
+        (endpoint,) = monitor["spec"]["endpoints"]
+        values = example_values(example)
+        if example == SHARED_EXAMPLE:  # Triton's own metrics: no login to give
+            assert "basicAuth" not in endpoint
+            continue
+        secret = values["secrets"]["existingSecret"]
+        assert endpoint["basicAuth"] == {"username": {"name": secret, "key": "metrics-username"},
+                                         "password": {"name": secret, "key": "metrics-password"}}
+        assert endpoint["scheme"] == "https"
+        assert endpoint["tlsConfig"] == {"ca": {"secret": {"name": values["certificates"]["existingSecret"],
+                                                           "key": "ca.crt"}},
+                                         "serverName": "neuroflow-metrics"}
         for service in selected:
             assert "metrics" in {p["name"] for p in service["spec"]["ports"]}
 

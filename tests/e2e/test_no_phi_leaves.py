@@ -144,11 +144,13 @@ def test_service_logs_name_no_patient_and_no_uid(flow: tuple[dict[str, Any], Ide
 def test_metrics_name_no_patient_and_no_uid(flow: tuple[dict[str, Any], Identifiers]) -> None:
     started, ids = flow
     leaks, unreachable = {}, {}
+    access = stack.metrics_access(Path(started["root"]))  # the scraper's login: the ports refuse anyone else
     for process in started["processes"]:
         if "metrics_port" in process:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{process['metrics_port']}/metrics",
-                                            timeout=10) as answer:
+                request = urllib.request.Request(f"https://127.0.0.1:{process['metrics_port']}/metrics",
+                                                 headers=access.headers)
+                with urllib.request.urlopen(request, timeout=10, context=access.ssl_context()) as answer:
                     if found := _found(answer.read(), ids.all):
                         leaks[process["name"]] = found
             except OSError as exc:

@@ -251,12 +251,13 @@ def test_destination_down_for_a_while_gets_the_result_once_it_is_back(
     assert restarted["pid"] != pacs_process["pid"]
 
 
-def test_every_port_of_the_stack_refuses_a_stranger_except_identifier_free_metrics(
+def test_every_port_of_the_stack_refuses_a_stranger(
     running_stack: dict[str, Any], tcga_siemens: WrittenStudy,
 ) -> None:
     """Issue 12: each port the stack opens refuses a client without credentials (HTTP 401, TLS, SCRAM, a
-    rejected DICOM association), except the services' metrics ports (/metrics, /healthz, /readyz), which carry
-    no identifier of the study the stack processed (test_study_sent_by_cstore... ran it through)."""
+    rejected DICOM association); the services' metrics ports speak TLS only, refuse /metrics and tell a
+    stranger only the status of /healthz and /readyz; read with the scraper's login, they carry no
+    identifier of the study the stack processed (test_study_sent_by_cstore... ran it through)."""
     first = pydicom.dcmread(next(iter(tcga_siemens.series.values())).paths[0], stop_before_pixels=True)
     identifiers = [tcga_siemens.study_instance_uid, str(first.PatientID), str(first.get("AccessionNumber", "")),
                    str(first.PatientName), str(first.SeriesInstanceUID), str(first.SOPInstanceUID)]

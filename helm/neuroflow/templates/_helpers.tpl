@@ -35,6 +35,39 @@ app.kubernetes.io/component: {{ .component }}
 {{- /* Where every neuroflow pod finds the site's CA bundle (certificates.existingSecret, key caKey). */}}
 {{- define "neuroflow.caFile" -}}/etc/neuroflow/tls/ca.crt{{- end }}
 
+{{- /* The metrics port's login and certificate (values metricsAccess): environment entries of a service. */}}
+{{- define "neuroflow.metricsAccessEnv" -}}
+{{- $m := .Values.metricsAccess -}}
+- name: NEUROFLOW_METRICS_ACCESS__USERNAME
+  valueFrom:
+    secretKeyRef: {name: {{ .Values.secrets.existingSecret }}, key: {{ $m.usernameKey }}}
+- name: NEUROFLOW_METRICS_ACCESS__PASSWORD
+  valueFrom:
+    secretKeyRef: {name: {{ .Values.secrets.existingSecret }}, key: {{ $m.passwordKey }}}
+{{- if $m.tls }}
+- {name: NEUROFLOW_METRICS_ACCESS__CERT_FILE, value: {{ include "neuroflow.caFile" . | dir }}/metrics.crt}
+- {name: NEUROFLOW_METRICS_ACCESS__KEY_FILE, value: {{ include "neuroflow.caFile" . | dir }}/metrics.key}
+{{- end }}
+{{- end -}}
+
+{{- /* The site-ca volume: the CA bundle, and with metricsAccess.tls the metrics port's certificate and key
+(group-readable only: the pod's fsGroup). */}}
+{{- define "neuroflow.siteCaVolume" -}}
+- name: site-ca
+  secret:
+    secretName: {{ .Values.certificates.existingSecret }}
+    defaultMode: 0440
+    items:
+      - {key: {{ .Values.certificates.caKey }}, path: {{ include "neuroflow.caFile" . | base }}}
+      {{- if .Values.metricsAccess.tls }}
+      - {key: {{ .Values.metricsAccess.certKey }}, path: metrics.crt}
+      - {key: {{ .Values.metricsAccess.keyKey }}, path: metrics.key}
+      {{- end }}
+{{- end -}}
+
+{{- /* The scheme of the probes on the metrics port. */}}
+{{- define "neuroflow.metricsScheme" -}}{{ if .Values.metricsAccess.tls }}HTTPS{{ else }}HTTP{{ end }}{{- end -}}
+
 {{- define "neuroflow.orthancHost" -}}
 {{- printf "%s-orthanc" (include "neuroflow.fullname" .) -}}
 {{- end -}}

@@ -42,7 +42,8 @@ def build_console(settings: NeuroflowSettings) -> Console:
 def serve_console(settings: NeuroflowSettings) -> None:
     console = build_console(settings)
     ROUTE_FACTORIES.append(console_viewer_routes)
-    start_metrics_server(settings.metrics_port, settings.metrics_host, settings.health)
+    start_metrics_server(settings.metrics_port, settings.metrics_host, settings.health,
+                         settings.metrics_access)
     options = settings.console
     config = uvicorn.Config(build_app(console), host=options.host, port=options.port, log_level="warning",
                             access_log=False,  # the console logs its actions itself, by pseudonymous key

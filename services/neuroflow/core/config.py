@@ -89,6 +89,29 @@ def secret_from_file(value: SecretStr | None, file: Path | None, setting: str) -
     return SecretStr(text.removesuffix("\n"))
 
 
+class MetricsAccessSettings(BaseModel):
+    """Who may read a service's metrics port, and over what (core/status_server). With a password, /metrics
+    and the detail of /healthz and /readyz need HTTP basic auth as ``username`` (the scraper's login;
+    without credentials the health endpoints answer their status code alone, which is what the kubelet's
+    probes read); with a certificate and key, the port speaks TLS only. Unset: plain HTTP to anyone, for a
+    process on loopback in a test. The password comes from the environment or a file, never a settings file."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    username: str = "prometheus"
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    cert_file: Path | None = None  # PEM server certificate (chain) of the metrics port
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> MetricsAccessSettings:
+        self.password = secret_from_file(self.password, self.password_file, "metrics_access.password")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("metrics_access.cert_file and metrics_access.key_file go together: set both or neither")
+        return self
+
+
 class KeySettings(BaseModel):
     """The site's secret that pseudonymous keys (core/identity.py) and de-identified UIDs (deid/) are keyed
     with: from the environment (NEUROFLOW_KEYS__SECRET) or a file (NEUROFLOW_KEYS__SECRET_FILE, e.g. a
@@ -514,6 +537,7 @@ class NeuroflowSettings(BaseSettings):
     # Address the metrics server binds: loopback on a shared host; 0.0.0.0 in a pod, where the kubelet's
     # probes and Prometheus reach it on the pod IP (helm/neuroflow sets it).
     metrics_host: str = "127.0.0.1"
+    metrics_access: MetricsAccessSettings = Field(default_factory=MetricsAccessSettings)  # credentials, TLS
     health: HealthSettings = Field(default_factory=HealthSettings)  # /healthz and /readyz on the metrics port
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)

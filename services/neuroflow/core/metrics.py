@@ -21,8 +21,8 @@ import threading
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
-from neuroflow.core.config import HealthSettings
-from neuroflow.core.status_server import start_status_server
+from neuroflow.core.config import HealthSettings, MetricsAccessSettings
+from neuroflow.core.status_server import MetricsAccess, start_status_server
 
 log = logging.getLogger(__name__)
 
@@ -200,18 +200,24 @@ _server_lock = threading.Lock()
 _server_port: int | None = None
 
 
-def start_metrics_server(port: int, host: str = "127.0.0.1", health: HealthSettings | None = None) -> int | None:
-    """Expose this process's metrics on http://<host>:<port>/metrics, and its liveness and readiness on
-    /healthz and /readyz (``health``: their bounds), from a daemon thread. 0: do nothing. Calling it again
-    (several services in one process) keeps the first server. Returns the port, or None. Raises OSError
-    when the port is taken: two services must not claim the same one."""
+def start_metrics_server(port: int, host: str = "127.0.0.1", health: HealthSettings | None = None,
+                         access: MetricsAccessSettings | None = None) -> int | None:
+    """Expose this process's metrics on <host>:<port>/metrics, and its liveness and readiness on /healthz and
+    /readyz (``health``: their bounds; ``access``: the login and TLS of the port), from a daemon thread. 0:
+    do nothing. Calling it again (several services in one process) keeps the first server. Returns the
+    port, or None. Raises OSError when the port is taken (two services must not claim the same one) or the
+    certificate cannot be loaded."""
     global _server_port
     if port <= 0:
         return None
     bounds = health or HealthSettings()
+    rules = MetricsAccess.from_settings(access or MetricsAccessSettings())
     with _server_lock:
         if _server_port is None:
-            start_status_server(port, host, stall_s=bounds.stall_s, check_timeout_s=bounds.check_timeout_s)
+            start_status_server(port, host, stall_s=bounds.stall_s, check_timeout_s=bounds.check_timeout_s,
+                                access=rules)
             _server_port = port
-            log.info("metrics on http://%s:%d/metrics, health on /healthz and /readyz", host, port)
+            scheme = "https" if rules.ssl_context is not None else "http"
+            login = "basic auth" if rules.password is not None else "no login"
+            log.info("metrics on %s://%s:%d/metrics (%s), health on /healthz and /readyz", scheme, host, port, login)
         return _server_port

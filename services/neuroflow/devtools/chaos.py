@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import statistics
 import tempfile
 import threading
@@ -220,7 +221,8 @@ class Supervisor(threading.Thread):
 
     def _probe(self, record: dict[str, Any]) -> None:
         name = record["name"]
-        status = _http_status(f"http://127.0.0.1:{record['metrics_port']}/healthz")
+        status = _http_status(f"{stack_tools.metrics_scheme(self._handle.stack)}://127.0.0.1:{record['metrics_port']}"
+                              "/healthz")
         if status is None or status < 500:  # no answer yet, or no such endpoint (404): nothing to judge
             self._failures[name] = 0
             return
@@ -232,9 +234,15 @@ class Supervisor(threading.Thread):
             _kill(record["pid"])
 
 
+# As the kubelet probes over HTTPS: the certificate is not checked, and no credentials are sent (the status
+# code is the answer).
+_PROBE_TLS = ssl.create_default_context()
+_PROBE_TLS.check_hostname, _PROBE_TLS.verify_mode = False, ssl.CERT_NONE
+
+
 def _http_status(url: str) -> int | None:
     try:
-        with urllib.request.urlopen(url, timeout=3.0) as answer:
+        with urllib.request.urlopen(url, timeout=3.0, context=_PROBE_TLS) as answer:
             return int(answer.status)
     except urllib.error.HTTPError as error:
         return int(error.code)

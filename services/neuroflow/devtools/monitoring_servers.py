@@ -18,6 +18,7 @@ import json
 import os
 import secrets
 import signal
+import ssl
 import string
 import subprocess
 import threading
@@ -39,6 +40,31 @@ PROMETHEUS_BINARY = Path("/usr/bin/prometheus")
 ALERTMANAGER_BINARY = Path("/usr/bin/prometheus-alertmanager")
 _INSTALL_HINT = "install it with scripts/install-system-deps.sh (Debian prometheus, prometheus-alertmanager)"
 WEB_USER = "admin"  # the one user of each server's web configuration
+
+
+SCRAPE_USER = "prometheus"  # the login Prometheus scrapes the services' metrics ports with
+
+
+@dataclass(frozen=True)
+class MetricsAccessFiles:
+    """The services' metrics ports as secured on a stack (core/status_server): the basic-auth login, the CA
+    their certificate chains to, and that certificate and key (the services' side)."""
+
+    username: str
+    password_file: Path
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """How a client verifies the ports' certificate."""
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The Authorization header the ports ask for (a mounted Secret's trailing newline is not part of
+        the password: the services and Prometheus drop it too)."""
+        return basic_auth_header(self.username, self.password_file.read_text().removesuffix("\n"))
 
 
 class MonitoringServerError(RuntimeError):
@@ -101,15 +127,25 @@ def write_targets(path: Path, targets: Iterable[tuple[str, str]]) -> None:
 
 def render_prometheus_config(*, rules_file: Path, alertmanager: str, targets_file: Path,
                              triton_targets_file: Path, alertmanager_username: str,
-                             alertmanager_password_file: Path, fast: bool = False) -> str:
-    """``prometheus.yml.template`` filled in; every placeholder must be given (KeyError otherwise)."""
+                             alertmanager_password_file: Path, fast: bool = False,
+                             scrape_access: MetricsAccessFiles | None = None) -> str:
+    """``prometheus.yml.template`` filled in; every placeholder must be given (KeyError otherwise).
+    ``scrape_access``: the services' metrics ports ask for a login over TLS (the neuroflow job scrapes
+    them over https, verifying their certificate against the CA, with basic auth)."""
     interval = "1s" if fast else "15s"
     template = string.Template((DEPLOY / "prometheus.yml.template").read_text())
-    return template.substitute(scrape_interval=interval, evaluation_interval=interval, rules_file=rules_file,
-                               alertmanager=alertmanager, alertmanager_username=alertmanager_username,
-                               alertmanager_password_file=alertmanager_password_file,
-                               neuroflow_targets_file=targets_file,
-                               triton_targets_file=triton_targets_file)
+    rendered = template.substitute(scrape_interval=interval, evaluation_interval=interval, rules_file=rules_file,
+                                   alertmanager=alertmanager, alertmanager_username=alertmanager_username,
+                                   alertmanager_password_file=alertmanager_password_file,
+                                   neuroflow_targets_file=targets_file,
+                                   triton_targets_file=triton_targets_file)
+    if scrape_access is None:
+        return rendered
+    config: dict[str, Any] = yaml.safe_load(rendered)
+    job = next(j for j in config["scrape_configs"] if j["job_name"] == "neuroflow")
+    job |= {"scheme": "https", "tls_config": {"ca_file": str(scrape_access.ca_file)},
+            "basic_auth": {"username": scrape_access.username, "password_file": str(scrape_access.password_file)}}
+    return yaml.safe_dump(config, sort_keys=False)
 
 
 def immediate_rules(rules_file: Path = DEPLOY / "alerts.yml") -> dict[str, Any]:
@@ -139,7 +175,7 @@ def render_alertmanager_config(*, pager_url: str | None = None, ticket_url: str 
 
 def start_prometheus(root: Path, *, targets: Iterable[tuple[str, str]], alertmanager: MonitoringServer,
                      rules: Mapping[str, Any] | None = None, fast: bool = False,
-                     timeout_s: float = 60.0) -> MonitoringServer:
+                     scrape_access: MetricsAccessFiles | None = None, timeout_s: float = 60.0) -> MonitoringServer:
     """Prometheus on a free loopback port, scraping ``targets`` (see :func:`write_targets`), evaluating
     ``rules`` (default: deploy/prometheus/alerts.yml) and sending alerts to ``alertmanager`` with its
     credentials. Returns once it answers /-/ready."""
@@ -154,7 +190,7 @@ def start_prometheus(root: Path, *, targets: Iterable[tuple[str, str]], alertman
     (root / "prometheus.yml").write_text(render_prometheus_config(
         rules_file=rules_file, alertmanager=f"127.0.0.1:{alertmanager.port}", targets_file=root / "targets.json",
         alertmanager_username=alertmanager.username, alertmanager_password_file=alertmanager.password_file,
-        triton_targets_file=root / "triton-targets.json", fast=fast))
+        triton_targets_file=root / "triton-targets.json", fast=fast, scrape_access=scrape_access))
     web_config, password_file = write_web_config(root)
     port = free_loopback_port()
     command = [str(PROMETHEUS_BINARY), f"--config.file={root / 'prometheus.yml'}",

@@ -1,7 +1,8 @@
 """Probe every port a running local stack listens on, as a stranger would (issue 12): without credentials,
-each must refuse (HTTP 401/403, a TLS or authentication failure, a rejected DICOM association), except the
-metrics endpoints of the services (/metrics, /healthz, /readyz), which answer anyone and must carry no
-identifier.
+each must refuse (HTTP 401/403, a TLS or authentication failure, a rejected DICOM association). The services'
+metrics ports speak TLS only and refuse /metrics to a stranger; their /healthz and /readyz tell a stranger
+their status alone (the kubelet's probes carry no credentials); none of the three, read with the scraper's
+login, may carry an identifier.
 
 The ports come from the operating system (every listening socket of every process stack.json records), not
 from stack.json alone, so a port someone adds later is probed too: one this module cannot classify is a
@@ -12,6 +13,7 @@ are probed and reported, but not counted as findings.
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import socket
 import ssl
@@ -19,12 +21,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psutil
 
-# What a metrics endpoint of a service may answer anyone (the kubelet and Prometheus do not authenticate).
-OPEN_METRICS_PATHS = ("/metrics", "/healthz", "/readyz")
+# The endpoints of a service's metrics port (core/status_server).
+METRICS_PATHS = ("/metrics", "/healthz", "/readyz")
 # A DICOM UID of five components or more (1.2.840.x.y...): never in an open answer.
 _UID = re.compile(r"\b[12]\.\d+\.\d+\.\d+\.\d+(?:\.\d+)*\b")
 
@@ -39,8 +42,7 @@ class PortVerdict:
     pending: bool = False  # probed, but its securing is still to come: not a finding yet
 
     def __str__(self) -> str:
-        outcome = ("pending" if self.pending else "open metrics" if self.kind == "metrics" and self.refused
-                   else "refused" if self.refused else "OPEN")
+        outcome = "pending" if self.pending else "refused" if self.refused else "OPEN"
         return f"{self.process}:{self.port} {self.kind}: {outcome} ({self.detail})"
 
 
@@ -88,7 +90,7 @@ def _probe(stack: dict[str, Any], record: dict[str, Any], port: int, ca_file: st
            identifiers: Sequence[str]) -> PortVerdict:
     name = record["name"]
     if "service" in record and port == record.get("metrics_port"):
-        return _probe_metrics(name, port, identifiers)
+        return _probe_metrics(stack, name, port, identifiers)
     if record.get("service") == "console":
         return _probe_console(name, port)
     if name == "postgresql":
@@ -194,22 +196,46 @@ def _is_tls_listener(port: int) -> bool:
         return False
 
 
-def _probe_metrics(name: str, port: int, identifiers: Sequence[str]) -> PortVerdict:
+def _probe_metrics(stack: dict[str, Any], name: str, port: int, identifiers: Sequence[str]) -> PortVerdict:
+    """A service's metrics port: TLS only; /metrics refuses a stranger; /healthz and /readyz give a stranger
+    their status alone (what the kubelet's probes read). Read with the scraper's login, none of the three
+    may show an identifier."""
+    from neuroflow.devtools.stack import metrics_access
+
+    access = metrics_access(Path(stack["root"]))
+    verify = access.ssl_context()
+    stranger = ssl.create_default_context()  # a stranger does not hold the site's CA: it checks nothing
+    stranger.check_hostname, stranger.verify_mode = False, ssl.CERT_NONE
     problems = []
-    for path in OPEN_METRICS_PATHS:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
-                body = answer.read().decode(errors="replace")
-        except urllib.error.HTTPError as error:  # /readyz answers 503 with its reasons while a dependency is down
-            body = error.read().decode(errors="replace")
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
-            problems.append(f"{path} unreadable: {error}")
-            continue
+    if not _is_tls_listener(port):
+        problems.append("answers without TLS")
+    for path in METRICS_PATHS:
+        status, body = _get(f"https://127.0.0.1:{port}{path}", stranger, {})
+        if path == "/metrics" and status != 401:
+            problems.append(f"{path} answered a stranger: {status}")
+        elif path != "/metrics" and (status not in (200, 503) or set(json.loads(body or "{}")) != {"status"}):
+            problems.append(f"{path} told a stranger more than its status: {status} {body[:60]!r}")
+        status, body = _get(f"https://127.0.0.1:{port}{path}", verify, access.headers)
+        if status not in (200, 503):
+            problems.append(f"{path} unreadable with the scraper's login: {status} {body[:60]!r}")
         leaked = [i for i in identifiers if i and i in body] + _UID.findall(body)
         if leaked:
             problems.append(f"{path} shows identifiers: {sorted(set(leaked))[:3]}")
     return PortVerdict(name, port, "metrics", not problems,
-                       "; ".join(problems) or f"{', '.join(OPEN_METRICS_PATHS)} answer anyone, no identifier in them")
+                       "; ".join(problems) or "TLS only, /metrics needs the scraper's login, health says its "
+                                              "status alone to a stranger, no identifier")
+
+
+def _get(url: str, context: ssl.SSLContext, headers: dict[str, str]) -> tuple[int | str, str]:
+    """(HTTP status, body), or (what went wrong, "") when no HTTP answer came."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5,
+                                    context=context) as answer:
+            return answer.status, answer.read().decode(errors="replace")
+    except urllib.error.HTTPError as error:  # 401, or /readyz's 503 while a dependency is down
+        return error.code, error.read().decode(errors="replace")
+    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as error:
+        return f"no answer ({getattr(error, 'reason', error)})", ""
 
 
 def _probe_postgres(name: str, port: int) -> PortVerdict:

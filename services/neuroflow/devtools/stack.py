@@ -39,9 +39,16 @@ from neuroflow.core.config import DEFAULT_MODEL_REPOSITORY, REPOSITORY_ROOT, Bus
 from neuroflow.core.identity import use_site_secret
 from neuroflow.core.orthanc import DicomModality, OrthancEndpoint
 from neuroflow.core.orthanc_rights import ADMIN_USER
-from neuroflow.devtools.certificates import make_authority
+from neuroflow.devtools.certificates import IssuedCertificate, make_authority
 from neuroflow.devtools.kafka_broker import OPERATOR, BrokerSecurity, prepare_broker_security, start_secure_kafka
-from neuroflow.devtools.monitoring_servers import immediate_rules, start_alertmanager, start_prometheus, write_targets
+from neuroflow.devtools.monitoring_servers import (
+    SCRAPE_USER,
+    MetricsAccessFiles,
+    immediate_rules,
+    start_alertmanager,
+    start_prometheus,
+    write_targets,
+)
 from neuroflow.devtools.orthanc_server import OrthancProcess, start_orthanc
 from neuroflow.devtools.orthanc_server import restart_orthanc as restart_orthanc_process
 from neuroflow.devtools.ports import free_loopback_port, free_stable_port, port_is_listening, wait_until_ports_free
@@ -328,6 +335,7 @@ def service_environment(stack: dict[str, Any], options: StackOptions) -> dict[st
         **({"NEUROFLOW_MONITOR__PERIOD_S": "1"} if options.monitoring_fast else {}),
         "PYTHONUNBUFFERED": "1",
         **_key_secret_environment(root),
+        **_metrics_access_environment(root),
         **(options.extra_env or {}),
     }
 
@@ -349,6 +357,37 @@ def _key_secret_environment(root: Path) -> dict[str, str]:
     if not path.exists():
         _write_private(path, secrets.token_hex(32))
     return {"NEUROFLOW_KEYS__SECRET_FILE": str(path)}
+
+
+def metrics_access(root: Path) -> MetricsAccessFiles:
+    """The login and certificate of the stack's service metrics ports (made once, kept across restarts): a
+    random password in a file only the owner reads, and a certificate for 127.0.0.1 signed by the stack's CA."""
+    directory = root / "metrics-access"
+    password_file = directory / "password"
+    if not password_file.exists():
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _write_private(password_file, secrets.token_urlsafe(24))
+    authority = make_authority(root / "tls")
+    certificate = directory / "metrics.crt"
+    issued = (IssuedCertificate(certificate, directory / "metrics.key", directory / "metrics.pem")
+              if certificate.exists() else authority.issue("metrics", directory))
+    return MetricsAccessFiles(SCRAPE_USER, password_file, authority.certificate, issued.certificate,
+                              issued.private_key)
+
+
+def metrics_scheme(stack: dict[str, Any]) -> str:
+    """How the stack's service metrics ports are reached: "https" (a stack.json written before the ports
+    had TLS: "http")."""
+    return "https" if "NEUROFLOW_METRICS_ACCESS__CERT_FILE" in stack.get("environment", {}) else "http"
+
+
+def _metrics_access_environment(root: Path) -> dict[str, str]:
+    """The services' side of :func:`metrics_access`: files, never the password itself."""
+    files = metrics_access(root)
+    return {"NEUROFLOW_METRICS_ACCESS__USERNAME": files.username,
+            "NEUROFLOW_METRICS_ACCESS__PASSWORD_FILE": str(files.password_file),
+            "NEUROFLOW_METRICS_ACCESS__CERT_FILE": str(files.cert_file),
+            "NEUROFLOW_METRICS_ACCESS__KEY_FILE": str(files.key_file)}
 
 
 def use_stack_key_secret(stack: dict[str, Any]) -> None:
@@ -459,7 +498,8 @@ def _start_monitoring(stack: dict[str, Any], options: StackOptions) -> None:
     stack["processes"].append(_record("alertmanager", alertmanager.pid, [alertmanager.port], signal.SIGTERM))
     stack["alertmanager"] = alertmanager.url
     prometheus = start_prometheus(root / "prometheus", targets=_metrics_targets(stack), alertmanager=alertmanager,
-                                  rules=immediate_rules() if fast else None, fast=fast)
+                                  rules=immediate_rules() if fast else None, fast=fast,
+                                  scrape_access=metrics_access(root))
     stack["processes"].append(_record("prometheus", prometheus.pid, [prometheus.port], signal.SIGTERM))
     stack["prometheus"] = prometheus.url
     stack["monitoring_auth"] = {s.name: {"username": s.username, "password_file": str(s.password_file)}

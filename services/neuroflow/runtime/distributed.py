@@ -393,7 +393,8 @@ def serve(services: Sequence[str], settings: NeuroflowSettings) -> None:
         signal.signal(signum, on_signal)
     backends = Backends(settings)
     try:
-        start_metrics_server(settings.metrics_port, settings.metrics_host, settings.health)
+        start_metrics_server(settings.metrics_port, settings.metrics_host, settings.health,
+                             settings.metrics_access)
         from neuroflow.runtime.readiness import dependency_checks
         for dependency, check in dependency_checks(services, settings, backends.inference,
                                                    pinned_models(settings)).items():
