@@ -182,19 +182,7 @@ def _run(
     earlier_sr: Dataset | None = None,
 ) -> StudyReport:
     assert run.series is not None and run.warnings is not None and run.evidence is not None
-    with clock.stage("read"):
-        if indexed is None:
-            studies, skipped = source.index()
-        else:
-            studies, skipped = indexed.studies, indexed.skipped
-            clock.credit("read", indexed.seconds)
-        run.warnings.extend(f"skipped {s.path}: {s.reason}" for s in skipped)
-        study = _choose_study(studies, study_uid)
-        run.study_uid, run.key = study.study_instance_uid, study_key(study.study_instance_uid)
-        run.evidence[:] = [s.headers[0] for s in study.series.values() if s.headers][:1]
-        check_study_size(run.key, sum(len(s.headers) for s in study.series.values()), source.limits, stage="read")
-        run.warnings.extend(study.set_aside_notes())
-        clock.note(f"study {run.key}: {len(study.series)} series, {len(skipped)} files skipped")
+    study = read_study(source, study_uid, clock, run, indexed)
 
     with clock.stage("classify"):
         rules: SiteRules | None = load_site_rules(settings.site_rules) if settings.site_rules else None
@@ -274,6 +262,27 @@ def _file_failure_notice(report: StudyReport, evidence: list[Dataset], out_dir: 
         log.error("study %s: the failure notice could not be made: %s", report.study_key or "-", exc)
         return report.model_copy(update={"warnings": [*report.warnings, f"no failure notice for PACS: {exc}"]})
     return report.model_copy(update={"outputs": [*(path.name for path in written), *report.outputs]})
+
+
+def read_study(source: DicomSource, study_uid: str | None, clock: StageClock, run: _Run,
+               indexed: _Indexed | None) -> StudyIndex:
+    """The "read" stage every embedded pipeline starts with: the input indexed (or the index the caller
+    made), the study chosen, its key, evidence and set-aside notes recorded in ``run``, its size checked."""
+    assert run.warnings is not None and run.evidence is not None
+    with clock.stage("read"):
+        if indexed is None:
+            studies, skipped = source.index()
+        else:
+            studies, skipped = indexed.studies, indexed.skipped
+            clock.credit("read", indexed.seconds)
+        run.warnings.extend(f"skipped {s.path}: {s.reason}" for s in skipped)
+        study = _choose_study(studies, study_uid)
+        run.study_uid, run.key = study.study_instance_uid, study_key(study.study_instance_uid)
+        run.evidence[:] = [s.headers[0] for s in study.series.values() if s.headers][:1]
+        check_study_size(run.key, sum(len(s.headers) for s in study.series.values()), source.limits, stage="read")
+        run.warnings.extend(study.set_aside_notes())
+        clock.note(f"study {run.key}: {len(study.series)} series, {len(skipped)} files skipped")
+    return study
 
 
 def _choose_study(studies: dict[str, StudyIndex], study_uid: str | None) -> StudyIndex:

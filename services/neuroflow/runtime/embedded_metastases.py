@@ -8,11 +8,10 @@ import logging
 from pathlib import Path
 
 from neuroflow.core.config import METASTASES_PIPELINE, NeuroflowSettings
-from neuroflow.core.dicom_io import DicomSource, series_volume, study_key
+from neuroflow.core.dicom_io import DicomSource, series_volume
 from neuroflow.core.errors import NeuroflowError, StudyError
 from neuroflow.core.identity import input_hash
 from neuroflow.core.inference import InferenceBackend
-from neuroflow.core.input_limits import check_study_size
 from neuroflow.core.lesions import LESION_THRESHOLD, MIN_LESION_MM3, lesions_on
 from neuroflow.core.roles import METASTASES_INPUT_ROLES, SeriesRole
 from neuroflow.core.series_volume import series_to_volume
@@ -33,7 +32,7 @@ from neuroflow.results.metastases_results import (
     metastases_section,
 )
 from neuroflow.results.report import TOTAL_TIMING_KEY, ReportStatus, StudyReport, write_report, write_summary
-from neuroflow.runtime.embedded import _choose_study, _file_failure_notice, _Indexed, _Run, _series_entries
+from neuroflow.runtime.embedded import _file_failure_notice, _Indexed, _Run, _series_entries, read_study
 from neuroflow.runtime.result_files import remove_results, write_objects
 from neuroflow.segmentation.metastases import predict_metastases
 
@@ -81,19 +80,7 @@ def run_metastases(
 def _run(source: DicomSource, out_dir: Path, settings: NeuroflowSettings, backend: InferenceBackend,
          study_uid: str | None, clock: StageClock, run: _Run, indexed: _Indexed | None) -> StudyReport:
     assert run.series is not None and run.warnings is not None and run.evidence is not None
-    with clock.stage("read"):
-        if indexed is None:
-            studies, skipped = source.index()
-        else:
-            studies, skipped = indexed.studies, indexed.skipped
-            clock.credit("read", indexed.seconds)
-        run.warnings.extend(f"skipped {s.path}: {s.reason}" for s in skipped)
-        study = _choose_study(studies, study_uid)
-        run.study_uid, run.key = study.study_instance_uid, study_key(study.study_instance_uid)
-        run.evidence[:] = [s.headers[0] for s in study.series.values() if s.headers][:1]
-        check_study_size(run.key, sum(len(s.headers) for s in study.series.values()), source.limits, stage="read")
-        run.warnings.extend(study.set_aside_notes())
-        clock.note(f"study {run.key}: {len(study.series)} series, {len(skipped)} files skipped")
+    study = read_study(source, study_uid, clock, run, indexed)
 
     with clock.stage("classify"):
         rules: SiteRules | None = load_site_rules(settings.site_rules) if settings.site_rules else None
