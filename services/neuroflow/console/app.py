@@ -431,9 +431,8 @@ class _Pages:
             return PlainTextResponse(f"unknown action {action!r}: pause or resume", status_code=404)
         log.info("console: destination %s %s by %s%s", destination, action, checked.user,
                  "" if changed else " (no change)")
-        done = f"{destination} {'paused' if action == 'pause' else 'resumed'}" if changed else (
-            f"{destination} was {'paused' if action == 'pause' else 'not paused'} already")
-        return RedirectResponse(f"/destinations?done={_query(done)}", status_code=303)
+        return RedirectResponse(f"/destinations?done={_query(_pause_outcome(destination, action, changed))}",
+                                status_code=303)
 
     async def cancel(self, request: Request) -> Response:
         """Cancel the study's unfinished or failed work (of one pipeline): nothing more is dispatched or
@@ -482,9 +481,8 @@ class _Pages:
                                message=str(refused))
         log.info("console: pipeline %s %s by %s%s", pipeline, action, checked.user, "" if row["changed"] else
                  " (no change)")
-        done = f"{pipeline} {'paused' if action == 'pause' else 'resumed'}" if row["changed"] else (
-            f"{pipeline} was {'paused' if action == 'pause' else 'not paused'} already")
-        return RedirectResponse(f"/pipelines?done={_query(done)}", status_code=303)
+        return RedirectResponse(f"/pipelines?done={_query(_pause_outcome(pipeline, action, row['changed']))}",
+                                status_code=303)
 
     async def rerun(self, request: Request) -> Response:
         checked = await require(self.c, request, Permission.OPERATE)
@@ -513,6 +511,13 @@ class _Pages:
 
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
+
+
+def _pause_outcome(name: str, action: str, changed: bool) -> str:
+    """What a pause or resume did, for the page it returns to (a destination or a pipeline)."""
+    if changed:
+        return f"{name} {'paused' if action == 'pause' else 'resumed'}"
+    return f"{name} was {'paused' if action == 'pause' else 'not paused'} already"
 
 
 def _query(text: str) -> str:
