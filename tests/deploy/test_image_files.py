@@ -173,7 +173,7 @@ def test_every_file_a_pipeline_reads_is_on_this_machine_with_default_settings(pi
 
 
 def test_missing_atlases_are_reported_with_the_setting_that_moves_them(tmp_path: Path) -> None:
-    from neuroflow.longitudinal.atlas import default_locator
+    from neuroflow.core.atlas import default_locator
 
     with pytest.raises(FileNotFoundError, match="NEUROFLOW_LONGITUDINAL__ATLAS_DIR") as refused:
         default_locator(tmp_path)

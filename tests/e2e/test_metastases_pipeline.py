@@ -2,7 +2,8 @@
 Colin27 (a 20 mm ring-enhancing lesion with oedema, a 10 mm and a 6 mm solid one), written as a Siemens T1CE and
 FLAIR; the objects are read back: one SEG segment and one RTSTRUCT ROI per reported lesion, "Met n" alike,
 each ROI's contoured volume within 10 % of its segment's, the SR's count as the report's, every object
-dciodvfy-clean, and the large lesion found where it was put. One run for the module (a few minutes on 2 CPUs)."""
+dciodvfy-clean, and the large lesion found where it was put, in the atlas region of its side. One run for the
+module (a few minutes on 2 CPUs)."""
 
 from __future__ import annotations
 
@@ -65,9 +66,15 @@ def test_the_run_reports_lesions_from_t1ce_and_flair(run: tuple[CliRun, list[Met
     assert mets["count"] == len(mets["lesions"]) >= 1
     assert mets["total_volume_ml"] == pytest.approx(sum(m["volume_ml"] for m in mets["lesions"]), abs=1e-3)
     largest = truth[0]  # 20 mm: whatever else the model does, it must find this one where it is
-    distance = min(float(np.linalg.norm(np.subtract(m["centroid_mm"], largest.centroid_mm))) for m in mets["lesions"])
+    found = min(mets["lesions"], key=lambda m: float(np.linalg.norm(np.subtract(m["centroid_mm"],
+                                                                               largest.centroid_mm))))
+    distance = float(np.linalg.norm(np.subtract(found["centroid_mm"], largest.centroid_mm)))
     assert distance < 10.0, f"no lesion reported within 10 mm of the 20 mm metastasis (nearest {distance:.1f} mm)"
-    assert "Metastases:" in (cli.out_dir / "summary.txt").read_text()
+    # Its atlas location names the hemisphere its centroid is in (LPS: x > 0 is the patient's left).
+    side = ("_L (AAL)", ", left (") if found["centroid_mm"][0] > 0 else ("_R (AAL)", ", right (")
+    assert found["location"] != "outside atlas" and any(s in found["location"] for s in side), found
+    summary = (cli.out_dir / "summary.txt").read_text()
+    assert "Metastases:" in summary and found["location"] in summary
     # The shipped model is provisional: every result it gives says so, in the report and in what PACS shows.
     assert report["review"]["needs_review"] and "provisional model" in report["review"]["alarms"][0]
     for name in ("seg.dcm", "rtstruct.dcm", "sr.dcm"):

@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import SimpleITK as sitk
 
 from neuroflow.core import topics
+from neuroflow.core.atlas import attach_transform, transform_of
 from neuroflow.core.bus import InMemoryBus
 from neuroflow.core.config import DEFAULT_MODEL_REPOSITORY, METASTASES_PIPELINE, NeuroflowSettings, PipelineModels
 from neuroflow.core.dicom_io import study_key
@@ -95,6 +97,9 @@ def test_the_segmentation_stage_hands_on_the_probability_with_the_summary(tmp_pa
     assert float(values.min()) >= 0.0 and float(values.max()) <= 1.0
     assert float(np.abs(values[brain == 0]).max()) == 0.0  # nothing outside the brain
     assert PreprocessSummary.of(probability).brain_volume_ml == 25.0
+    # The ball is lesion (probability ~0.8): the brain was registered onto the atlas template for the results
+    # stage, and the transform came through the volume store.
+    assert float(values.max()) >= 0.5 and transform_of(probability) is not None
     assert not out.region_volumes_ml
 
 
@@ -108,7 +113,9 @@ def test_the_results_stage_stores_lesion_objects_in_orthanc(orthancs: OrthancPai
     probability[_ball((-8.0, 0.0, 0.0), 6.0)] = 0.9  # Met 1: 12 mm
     probability[_ball((12.0, 6.0, 2.0), 3.0)] = 0.8  # Met 2: 6 mm
     summary = PreprocessSummary(reference_geometry=GeometrySummary.of(T1CE_GRID), brain_volume_ml=25.0)
-    ref = volumes.put_ref("k/wf/label_map", summary.attach(Volume(probability, COMMON_GRID)))
+    # The identity as the brain-to-template transform: the patient's points are the template's.
+    stored_probability = attach_transform(summary.attach(Volume(probability, COMMON_GRID)), sitk.AffineTransform(3))
+    ref = volumes.put_ref("k/wf/label_map", stored_probability)
     segmented = tasks_pb2.TaskDone(segmentation=tasks_pb2.SegmentationOutput(
         label_map=ref, model=metastases_pipeline(PipelineModels()).model))
     ready = _ready(written.study_instance_uid, written.series[SeriesRole.T1CE].series_instance_uid)
@@ -131,4 +138,17 @@ def test_the_results_stage_stores_lesion_objects_in_orthanc(orthancs: OrthancPai
     assert lesions[0]["centroid_mm"][0] == pytest.approx(-8.0, abs=1.0)
     assert lesions[0]["longest_axial_diameter_mm"] == pytest.approx(12.0, abs=2.0)
     assert lesions[1]["centroid_mm"][0] == pytest.approx(12.0, abs=1.0)
+    # LPS x < 0 is the patient's right: Met 1 lies in the right hemisphere, Met 2 (x > 0) in the left.
+    assert ("_R (AAL)" in lesions[0]["location"] or ", right (" in lesions[0]["location"]), lesions[0]["location"]
+    assert ("_L (AAL)" in lesions[1]["location"] or ", left (" in lesions[1]["location"]), lesions[1]["location"]
+    texts = [str(item.TextValue) for item in _items(sr) if item.get("ValueType") == "TEXT"]
+    assert f"Met 1: location {lesions[0]['location']}" in texts
     assert str(sr.SeriesNumber) == str(NeuroflowSettings().results.metastases_sr_series_number)
+
+
+def _items(dataset: pydicom.Dataset) -> list[pydicom.Dataset]:
+    """Every content item of an SR, depth first."""
+    out: list[pydicom.Dataset] = []
+    for item in dataset.get("ContentSequence", []):
+        out += [item, *_items(item)]
+    return out

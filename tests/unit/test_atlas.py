@@ -6,14 +6,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from neuroflow.core.volume import Geometry, Volume
-from neuroflow.longitudinal.atlas import (
+from neuroflow.core.atlas import (
     HARVARD_OXFORD_CORTICAL,
     TEMPLATE_BRAIN,
+    attach_transform,
+    brain_to_template,
     default_locator,
     load_atlases,
+    locations,
     read_label_image,
+    transform_of,
 )
+from neuroflow.core.errors import StudyError
+from neuroflow.core.volume import Geometry, Volume
 
 
 def test_atlases_carry_their_names_and_harvard_oxford_sits_on_the_template() -> None:
@@ -55,3 +60,25 @@ def test_locations_do_not_depend_on_how_the_patient_volume_is_stored() -> None:
     reversed_ = locator.locate(mirrored, points, study_key="k")
     assert as_stored == reversed_
     assert "_L (AAL)" in as_stored[0] and "_R (AAL)" in as_stored[1]
+
+
+def test_a_z_scored_brain_registers_and_its_transform_travels_in_a_volumes_meta() -> None:
+    """The metastases pipeline registers the normalised T1CE (z-scores: half the brain below zero) inside the
+    brain mask, and hands the transform to the results stage in the probability volume's meta."""
+    brain = read_label_image(TEMPLATE_BRAIN)
+    values = brain.array.astype(np.float32)
+    mask = brain.with_array((values > 0).astype(np.uint8))
+    inside = values[values > 0]
+    z_scored = brain.with_array(np.where(values > 0, (values - inside.mean()) / inside.std(), 0.0).astype(np.float32))
+    transform = brain_to_template(z_scored, mask, study_key="k")
+    carrier = attach_transform(mask, transform)
+    travelled = transform_of(carrier)
+    assert travelled is not None and transform_of(mask) is None
+    point = (38.0, 20.0, 50.0)
+    assert travelled.TransformPoint(point) == pytest.approx(transform.TransformPoint(point))
+    # Colin27 onto itself: about the identity, so the points keep their side.
+    assert np.linalg.norm(np.subtract(travelled.TransformPoint(point), point)) < 4.0
+    left, right = locations(travelled, [point, (-38.0, 20.0, 50.0)])
+    assert "_L (AAL)" in left and "_R (AAL)" in right
+    with pytest.raises(StudyError, match="brain mask"):
+        brain_to_template(z_scored, mask.with_array(np.zeros_like(mask.array)), study_key="k")

@@ -363,7 +363,7 @@ class LongitudinalSettings(BaseModel):
     pacs_modality: str = "neuroflow-prior-pacs"
     # A C-MOVE of one study may take this long before the prior counts as not there yet.
     retrieve_timeout_s: float = Field(default=300.0, gt=0.0)
-    # Folder of the Colin27 template and the AAL, Harvard-Oxford and JHU atlases (longitudinal/atlas.py).
+    # Folder of the Colin27 template and the AAL, Harvard-Oxford and JHU atlases (core/atlas.py).
     atlas_dir: Path = DEFAULT_ATLAS_DIR
 
 

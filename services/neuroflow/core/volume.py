@@ -112,3 +112,20 @@ def resample(
         sitk.sitkFloat32 if interpolator != sitk.sitkNearestNeighbor else sitk.sitkUnknown,
     )
     return Volume.from_sitk(out, volume.meta)
+
+
+def downsample(volume: Volume, spacing_mm: float) -> sitk.Image:
+    """``volume`` as float32 on a grid of ``spacing_mm`` covering the same box in the same direction,
+    Gaussian-smoothed first (sigma = half the new spacing along axes that get coarser) so the coarse
+    image does not alias."""
+    g = volume.geometry
+    image = sitk.Cast(volume.to_sitk(), sitk.sitkFloat32)
+    size = [max(8, round(n * s / spacing_mm)) for n, s in zip(g.size, g.spacing, strict=True)]
+    spacing = [n * s / m for n, s, m in zip(g.size, g.spacing, size, strict=True)]
+    # Keep the outer corner of the box: the first voxel centre moves by half the change of size.
+    shift = np.array([(new - old) / 2.0 for new, old in zip(spacing, g.spacing, strict=True)])
+    origin = np.asarray(g.origin) + g.direction_matrix() @ shift
+    smoothed = sitk.SmoothingRecursiveGaussian(image, [max(0.01, new / 2.0) if new > old else 0.01
+                                                       for new, old in zip(spacing, g.spacing, strict=True)])
+    return sitk.Resample(smoothed, size, sitk.Transform(), sitk.sitkLinear, tuple(origin.tolist()), spacing,
+                         g.direction, 0.0, sitk.sitkFloat32)

@@ -22,7 +22,7 @@ The steps, each timed (``MS_STAGES``):
    An optional lesion network (``PipelineModels.ms_lesion``) adds its own candidates,
    which pass the same checks.
 5. ``locate``: each lesion's centroid is looked up in the AAL, Harvard-Oxford and JHU atlases after
-   registering the patient's brain to Colin27 (``longitudinal.atlas``).
+   registering the patient's brain to Colin27 (``core.atlas``).
 
 New and enlarging lesions: a candidate is new tissue at follow-up either way; it is *enlarging* when it
 touches a lesion already hyperintense at baseline (within 2 mm), and its volume is then the volume that
@@ -39,6 +39,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from neuroflow.core.atlas import TEMPLATES, AtlasLocator, default_locator
 from neuroflow.core.config import PipelineModels
 from neuroflow.core.errors import MissingSequence, StudyError
 from neuroflow.core.inference import InferenceBackend
@@ -46,7 +47,6 @@ from neuroflow.core.labels import ChangeLabel
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.timing import StageClock
 from neuroflow.core.volume import Geometry, Volume, resample
-from neuroflow.longitudinal.atlas import TEMPLATES, AtlasLocator, default_locator
 from neuroflow.longitudinal.intensity import match_intensities, n4_bias_correct
 from neuroflow.longitudinal.lesion_model import network_candidates
 from neuroflow.preprocess.register import register_rigid

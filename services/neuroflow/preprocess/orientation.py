@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import SimpleITK as sitk
 
-from neuroflow.core.volume import Volume, resample
-from neuroflow.preprocess.register import RegistrationResult, downsample, register_rigid
+from neuroflow.core.volume import Volume, downsample, resample
+from neuroflow.preprocess.register import RegistrationResult, register_rigid
 
 # NMI gain of the mirrored copy over the original above which a series is called flipped. Measured on
 # the two bundled glioma cases (T1, T2, FLAIR against T1CE): flipped series gain 0.012-0.20, unflipped

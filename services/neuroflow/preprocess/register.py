@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import SimpleITK as sitk
 
-from neuroflow.core.volume import Geometry, Volume, resample
+from neuroflow.core.volume import Geometry, Volume, downsample, resample
 
 
 @dataclass(frozen=True)
@@ -124,23 +124,6 @@ def register_rigid(
         rotation_deg=float(angles.max()),
         iterations=int(method.GetOptimizerIteration()),
     )
-
-
-def downsample(volume: Volume, spacing_mm: float) -> sitk.Image:
-    """``volume`` as float32 on a grid of ``spacing_mm`` covering the same box in the same direction,
-    Gaussian-smoothed first (sigma = half the new spacing along axes that get coarser) so the coarse
-    image does not alias."""
-    g = volume.geometry
-    image = sitk.Cast(volume.to_sitk(), sitk.sitkFloat32)
-    size = [max(8, round(n * s / spacing_mm)) for n, s in zip(g.size, g.spacing, strict=True)]
-    spacing = [n * s / m for n, s, m in zip(g.size, g.spacing, size, strict=True)]
-    # Keep the outer corner of the box: the first voxel centre moves by half the change of size.
-    shift = np.array([(new - old) / 2.0 for new, old in zip(spacing, g.spacing, strict=True)])
-    origin = np.asarray(g.origin) + g.direction_matrix() @ shift
-    smoothed = sitk.SmoothingRecursiveGaussian(image, [max(0.01, new / 2.0) if new > old else 0.01
-                                                       for new, old in zip(spacing, g.spacing, strict=True)])
-    return sitk.Resample(smoothed, size, sitk.Transform(), sitk.sitkLinear, tuple(origin.tolist()), spacing,
-                         g.direction, 0.0, sitk.sitkFloat32)
 
 
 def normalised_mutual_information(a: Volume, b: Volume, bins: int = 32) -> float:

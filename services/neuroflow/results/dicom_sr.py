@@ -256,8 +256,9 @@ def metastases_sr(
     objects: ResultObjectSettings,
 ) -> hd.sr.Comprehensive3DSR:
     """The SR of a metastases report: the count and total volume, then per lesion ("Met n", SEG segment n and
-    RTSTRUCT ROI n) its volume (mL), longest axial diameter (mm, RANO-BM), confidence and centroid (LPS), and
-    the method. ``evidence``: the T1CE's instances. Refuses (ValueError) a report without metastases or model."""
+    RTSTRUCT ROI n) its volume (mL), longest axial diameter (mm, RANO-BM), confidence, centroid (LPS) and atlas
+    location, and the method. ``evidence``: the T1CE's instances. Refuses (ValueError) a report without
+    metastases or model."""
     section = report.metastases
     if section is None or report.model is None:
         raise ValueError("a metastases SR needs a succeeded report with its metastases and model")
@@ -295,6 +296,8 @@ def metastases_sr(
                 tracking_identifier=tracking, finding_type=_LESION, algorithm_id=algorithm, measurements=measurements)
         x, y, z = lesion.centroid_mm
         _add_text(group, f"Met {lesion.number}: centroid ({x:.1f}, {y:.1f}, {z:.1f}) mm LPS")
+        if lesion.location is not None:
+            _add_text(group, f"Met {lesion.number}: location {lesion.location}")
         groups.append(group)
     groups.append(_outcome_group(report, input_hash, objects, algorithm, [
         f"Method: {_method(report)}; lesions: probability >= {section.threshold:g}, at least "

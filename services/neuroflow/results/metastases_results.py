@@ -37,8 +37,12 @@ PROVISIONAL_MODELS: dict[tuple[str, int], str] = {
 }
 
 
-def metastases_section(lesions: Lesions, *, threshold: float, min_volume_mm3: float) -> MetastasesSection:
-    """The report's lesion table of ``lesions`` (numbered as their label map, largest first)."""
+def metastases_section(lesions: Lesions, *, threshold: float, min_volume_mm3: float,
+                       locations: Sequence[str] | None) -> MetastasesSection:
+    """The report's lesion table of ``lesions`` (numbered as their label map, largest first); ``locations``:
+    the atlas region of each lesion's centroid, in the same order (None: not located)."""
+    if locations is not None and len(locations) != lesions.count:
+        raise ValueError(f"{len(locations)} location(s) for {lesions.count} lesion(s)")
     return MetastasesSection(
         count=lesions.count, total_volume_ml=round(lesions.total_volume_ml, 5), threshold=threshold,
         min_volume_mm3=min_volume_mm3,
@@ -46,8 +50,9 @@ def metastases_section(lesions: Lesions, *, threshold: float, min_volume_mm3: fl
                                  longest_axial_diameter_mm=round(m.longest_axial_diameter_mm, 2),
                                  centroid_mm=(round(m.centroid_mm[0], 2), round(m.centroid_mm[1], 2),
                                               round(m.centroid_mm[2], 2)),
-                                 confidence=None if m.confidence is None else round(m.confidence, 4))
-                 for m in lesions.lesions])
+                                 confidence=None if m.confidence is None else round(m.confidence, 4),
+                                 location=None if locations is None else locations[n])
+                 for n, m in enumerate(lesions.lesions)])
 
 
 def metastases_review(model: ModelRef, section: MetastasesSection) -> ReviewAssessment | None:

@@ -244,6 +244,9 @@ class MetastasisEntry(_ReportModel):
     longest_axial_diameter_mm: float = Field(ge=0.0)  # RANO-BM
     centroid_mm: tuple[float, float, float]  # DICOM patient coordinates (LPS) of the T1CE
     confidence: float | None = None  # mean probability over the lesion's voxels
+    # Atlas region of the centroid (core.atlas), "outside atlas" when none; None when not located (a report
+    # of before locations, or a segmentation stage that attached no patient-to-template transform).
+    location: str | None = None
 
 
 class MetastasesSection(_ReportModel):
@@ -407,7 +410,8 @@ def _metastases_lines(section: MetastasesSection) -> list[str]:
         x, y, z = m.centroid_mm
         confidence = f", confidence {m.confidence:.2f}" if m.confidence is not None else ""
         lines.append(f"  Met {m.number}: {m.volume_ml * 1000.0:8.1f} mm3, longest axial "
-                     f"{m.longest_axial_diameter_mm:5.1f} mm, at ({x:.1f}, {y:.1f}, {z:.1f}) mm LPS{confidence}")
+                     f"{m.longest_axial_diameter_mm:5.1f} mm, at ({x:.1f}, {y:.1f}, {z:.1f}) mm LPS{confidence}"
+                     f"{f', {m.location}' if m.location is not None else ''}")
     return lines
 
 

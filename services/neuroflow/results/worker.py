@@ -24,6 +24,7 @@ from pathlib import Path
 import pydicom
 
 from neuroflow.core import topics
+from neuroflow.core.atlas import TEMPLATES, locations, transform_of
 from neuroflow.core.bus import MessageBus
 from neuroflow.core.config import METASTASES_PIPELINE, ResultObjectSettings
 from neuroflow.core.dead_letter import now_timestamp
@@ -74,8 +75,11 @@ class ResultsHandler:
         bus: MessageBus,
         reports_dir: Path,
         objects: ResultObjectSettings | None = None,
+        *,
+        atlas_dir: Path = TEMPLATES,
     ) -> None:
         self._objects = objects or ResultObjectSettings()
+        self._atlas_dir = atlas_dir  # where the metastases' locations are read (LongitudinalSettings.atlas_dir)
         self._source = source
         self._sink = sink
         self._volumes = volumes
@@ -146,13 +150,19 @@ class ResultsHandler:
         warnings = set_aside + registration_warnings(summary)
         if not lesions.count:
             warnings.append("no metastasis detected: no SEG or RTSTRUCT written")
+        # The segmentation stage registered the brain onto the atlas template (this stage has no brain mask).
+        transform = transform_of(probability)
+        named = None if transform is None else locations(transform, [m.centroid_mm for m in lesions.lesions],
+                                                         self._atlas_dir)
+        if transform is None and lesions.count:
+            warnings.append("the segmentation stage attached no atlas registration: lesions are not located")
         timings = {**summary.timings_s, "write_results": round(time.perf_counter() - started, 3)}
         report = StudyReport(
             study_instance_uid=task.study.study_instance_uid, study_key=key_of_study, pipeline=task.pipeline,
             status=ReportStatus.SUCCEEDED, series=series_entries(request.referenced_series), timings_s=timings,
             model=model, **preprocessing_checks(summary),
             metastases=(section := metastases_section(lesions, threshold=LESION_THRESHOLD,
-                                                      min_volume_mm3=MIN_LESION_MM3)),
+                                                      min_volume_mm3=MIN_LESION_MM3, locations=named)),
             review=metastases_review(model, section),
             sequences_missing=[r for r in METASTASES_INPUT_ROLES if r not in series], warnings=warnings,
             outputs=["report.json", "summary.txt"])

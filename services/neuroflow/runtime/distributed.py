@@ -192,7 +192,7 @@ def stage_handler(service: str, backends: Backends) -> Handler:
     if service == "results":
         from neuroflow.results.worker import ResultsHandler
         return ResultsHandler(backends.source(), backends.sink(), backends.volumes(), backends.bus(),
-                              settings.reports_dir, settings.results)
+                              settings.reports_dir, settings.results, atlas_dir=settings.longitudinal.atlas_dir)
     if service == "longitudinal":
         from neuroflow.longitudinal.priors import PriorLocator
         from neuroflow.longitudinal.worker import LongitudinalHandler

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from neuroflow.core.atlas import brain_to_template, locations
 from neuroflow.core.config import METASTASES_PIPELINE, NeuroflowSettings
 from neuroflow.core.dicom_io import DicomSource, series_volume
 from neuroflow.core.errors import NeuroflowError, StudyError
@@ -39,7 +40,7 @@ from neuroflow.segmentation.metastases import predict_metastases
 log = logging.getLogger(__name__)
 
 METASTASES_STAGES = ("read", "classify", "read_series", "convert", "orientation", "register", "skull_strip",
-                     "normalise", "segment", "postprocess", "write_results")
+                     "normalise", "segment", "postprocess", "locate", "write_results")
 
 
 def run_metastases(
@@ -112,6 +113,13 @@ def _run(source: DicomSource, out_dir: Path, settings: NeuroflowSettings, backen
         t1ce_image = series_to_volume(t1ce, study_key=run.key)
         lesions = lesions_on(probability, t1ce_image.geometry)
         clock.note(f"{lesions.count} metastasis(es), {lesions.total_volume_ml * 1000.0:.0f} mm3")
+    with clock.stage("locate"):  # one registration of the brain onto the atlas template, when there is a lesion
+        named: list[str] = []
+        if lesions.count:
+            atlas_dir = settings.longitudinal.atlas_dir
+            transform = brain_to_template(pre.normalised[SeriesRole.T1CE], pre.brain_mask, study_key=run.key,
+                                          templates=atlas_dir)
+            named = locations(transform, [m.centroid_mm for m in lesions.lesions], atlas_dir)
 
     with clock.stage("write_results"):
         uids = {role.value: [*(str(ds.SOPInstanceUID) for ds in datasets),
@@ -125,7 +133,7 @@ def _run(source: DicomSource, out_dir: Path, settings: NeuroflowSettings, backen
             status=ReportStatus.SUCCEEDED, series=run.series, timings_s=dict(clock.timings), model=models.metastases,
             **preprocessing_checks(summary),
             metastases=(section := metastases_section(lesions, threshold=LESION_THRESHOLD,
-                                                      min_volume_mm3=MIN_LESION_MM3)),
+                                                      min_volume_mm3=MIN_LESION_MM3, locations=named)),
             review=metastases_review(models.metastases, section),
             sequences_missing=[r for r in METASTASES_INPUT_ROLES if r not in chosen], warnings=run.warnings)
         written = write_objects(metastases_objects(report, lesions.labels, t1ce_image, t1ce, input_hash=key,

@@ -1,7 +1,7 @@
 """The files a pipeline reads at run time besides its studies: each model's card and, with ONNX Runtime in the
-worker, its ONNX file (from ``model_repository``), and ms_change's atlases (``longitudinal.atlas_dir``).
-Whatever is listed here must ship in the image (tests/deploy/test_image_files.py checks it for every pipeline
-the chart's examples enable)."""
+worker, its ONNX file (from ``model_repository``), and the atlases of ms_change and metastases
+(``longitudinal.atlas_dir``). Whatever is listed here must ship in the image (tests/deploy/test_image_files.py
+checks it for every pipeline the chart's examples enable)."""
 
 from __future__ import annotations
 
@@ -43,8 +43,8 @@ def pipeline_files(pipeline: str, settings: NeuroflowSettings) -> list[Path]:
         files.append(model_card_path(settings.model_repository, model))
         if settings.inference.backend == "onnxruntime":  # on Triton, the server reads the model itself
             files.append(onnx_model_path(settings.model_repository, model))
-    if pipeline == MS_CHANGE_PIPELINE:
-        from neuroflow.longitudinal.atlas import atlas_files  # deferred: SimpleITK, only this pipeline needs it
+    if pipeline in (MS_CHANGE_PIPELINE, METASTASES_PIPELINE):
+        from neuroflow.core.atlas import atlas_files  # deferred: SimpleITK, only these pipelines need it
 
         files += atlas_files(settings.longitudinal.atlas_dir)
     return files

@@ -9,10 +9,12 @@ import time
 
 import numpy as np
 
+from neuroflow.core.atlas import attach_transform, brain_to_template
 from neuroflow.core.config import METASTASES_PIPELINE, NeuroflowSettings
 from neuroflow.core.handoff import SUMMARY_META_KEY, PreprocessSummary
 from neuroflow.core.inference import InferenceBackend
 from neuroflow.core.labels import REGION_LABELS
+from neuroflow.core.lesions import LESION_THRESHOLD
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.volume import Volume
@@ -86,8 +88,14 @@ class SegmentationHandler:
         probability = predict_metastases(normalised, mask, self._backend, model,
                                          overlap=self._settings.window_overlap,
                                          batch_size=self._settings.window_batch_size, study_key=key)
+        segmented = time.perf_counter()
+        # The brain onto the atlas template, once per study, here where the brain mask is: the results stage
+        # names each lesion's centroid with it. Skipped when no voxel can be lesion.
+        if bool((probability.array >= LESION_THRESHOLD).any()):
+            probability = attach_transform(probability, brain_to_template(
+                normalised[SeriesRole.T1CE], mask, study_key=key, templates=self._settings.longitudinal.atlas_dir))
         if SUMMARY_META_KEY in mask.meta:
-            timings = {"segment": round(time.perf_counter() - started, 3)}
+            timings = {"segment": round(segmented - started, 3), "locate": round(time.perf_counter() - segmented, 3)}
             probability = PreprocessSummary.of(mask).with_timings(timings).attach(probability)
         stored = self._volumes.put_ref(f"{key}/{task.workflow_id}/{LABEL_MAP_NAME}", probability)
         log.info("study %s: metastasis probability of workflow %s in %.1f s", key, task.workflow_id,

@@ -15,6 +15,7 @@ coordinate (LPS: x > 0 is the patient's left), never from the label name."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -26,8 +27,7 @@ import SimpleITK as sitk
 
 from neuroflow.core.config import DEFAULT_ATLAS_DIR
 from neuroflow.core.errors import StudyError
-from neuroflow.core.volume import Geometry, Volume
-from neuroflow.preprocess.register import downsample
+from neuroflow.core.volume import Geometry, Volume, downsample
 
 # The folder is a setting (LongitudinalSettings.atlas_dir); these are the files read from it.
 TEMPLATES = DEFAULT_ATLAS_DIR
@@ -207,7 +207,11 @@ class AtlasLocator:
         """The region name of each point (patient LPS mm on ``brain_image``'s frame)."""
         if not points_mm:
             return []
-        transform = self.to_template(brain_image, study_key=study_key)
+        return self.names_at(self.to_template(brain_image, study_key=study_key), points_mm)
+
+    def names_at(self, transform: sitk.Transform, points_mm: Sequence[Sequence[float]]) -> list[str]:
+        """The region name of each patient point (LPS mm), carried onto the template by ``transform``
+        (``to_template``'s)."""
         return [self.name_at(transform.TransformPoint(tuple(float(c) for c in p))) for p in points_mm]
 
     def name_at(self, template_point: Sequence[float]) -> str:
@@ -257,3 +261,46 @@ def default_locator(templates: Path = TEMPLATES) -> AtlasLocator:
     template = read_label_image(templates / TEMPLATE_BRAIN_FILE)
     template = template.with_array(template.array.astype(np.float32))
     return AtlasLocator(template, load_atlases(templates))
+
+
+# Key of the patient-to-template affine in a stored volume's meta. The metastases pipeline registers the brain
+# where it has one (segmentation: the normalised T1CE and the brain mask) and names lesions where they are
+# measured (results, which has no brain mask): the transform travels on the probability volume between them.
+TEMPLATE_TRANSFORM_META_KEY = "neuroflow.template_transform"
+
+
+def brain_to_template(image: Volume, brain: Volume, *, study_key: str, templates: Path = TEMPLATES) -> sitk.Transform:
+    """The affine from patient points to template points, registering ``image`` inside ``brain`` (nonzero =
+    brain, same grid) onto the template once per study. Any intensity scale (z-scores too): the brain is
+    shifted above zero, because ``to_template`` weighs only voxels above zero."""
+    inside = np.asarray(brain.array) > 0
+    if not inside.any():
+        raise StudyError(study_key, "the brain mask for atlas registration is empty", stage="locate")
+    values = np.asarray(image.array, dtype=np.float32)
+    shifted = np.where(inside, values - float(values[inside].min()) + 1.0, 0.0).astype(np.float32)
+    return default_locator(templates).to_template(image.with_array(shifted), study_key=study_key)
+
+
+def attach_transform(volume: Volume, transform: sitk.Transform) -> Volume:
+    """``volume`` with ``transform`` (an affine, ``brain_to_template``'s) in its meta (a copy)."""
+    text = json.dumps({"parameters": list(transform.GetParameters()),
+                       "fixed_parameters": list(transform.GetFixedParameters())})
+    return Volume(volume.array, volume.geometry, {**volume.meta, TEMPLATE_TRANSFORM_META_KEY: text})
+
+
+def transform_of(volume: Volume) -> sitk.Transform | None:
+    """The patient-to-template affine attached to ``volume``; None when a stage did not attach one."""
+    text = volume.meta.get(TEMPLATE_TRANSFORM_META_KEY)
+    if text is None:
+        return None
+    fields = json.loads(text)
+    affine = sitk.AffineTransform(3)
+    affine.SetFixedParameters([float(v) for v in fields["fixed_parameters"]])
+    affine.SetParameters([float(v) for v in fields["parameters"]])
+    return affine
+
+
+def locations(transform: sitk.Transform, points_mm: Sequence[Sequence[float]],
+              templates: Path = TEMPLATES) -> list[str]:
+    """The region name of each patient point (LPS mm) under ``transform`` (``brain_to_template``'s)."""
+    return default_locator(templates).names_at(transform, points_mm)
