@@ -13,7 +13,7 @@ from neuroflow.core.model_card import ModelRef
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_MODEL_REPOSITORY = REPOSITORY_ROOT / "models" / "repository"
-# The MNI template and label atlases ms_change names lesion locations with: where Debian's mricron-data
+# The MNI template and label atlases ms_change and metastases name lesion locations with: where Debian's mricron-data
 # installs them, on a development machine (make system-deps) and in the image (deploy/docker/Dockerfile).
 DEFAULT_ATLAS_DIR = Path("/usr/share/mricron/templates")
 
@@ -363,7 +363,8 @@ class LongitudinalSettings(BaseModel):
     pacs_modality: str = "neuroflow-prior-pacs"
     # A C-MOVE of one study may take this long before the prior counts as not there yet.
     retrieve_timeout_s: float = Field(default=300.0, gt=0.0)
-    # Folder of the Colin27 template and the AAL, Harvard-Oxford and JHU atlases (core/atlas.py).
+    # Folder of the Colin27 template and the AAL, Harvard-Oxford and JHU atlases (core/atlas.py; ms_change and
+    # metastases name lesion locations with them).
     atlas_dir: Path = DEFAULT_ATLAS_DIR
 
 
