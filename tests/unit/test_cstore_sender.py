@@ -4,6 +4,9 @@ instance that is never answered, or is refused, fails naming the file and why.""
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +18,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
-from neuroflow.devtools.cstore import CStoreFailed, send_folder
+from neuroflow.devtools.cstore import CStoreFailed, ReactorGate, _associate, send_folder
 from neuroflow.devtools.ports import free_loopback_port
 
 AET = "TESTSCP"
@@ -123,3 +126,109 @@ def test_nobody_listening_fails_naming_the_node(tmp_path: Path) -> None:
     port = free_loopback_port()
     with pytest.raises(CStoreFailed, match=rf"association with {AET}@127\.0\.0\.1:{port} was not established"):
         send_folder(tmp_path / "study", "127.0.0.1", port, AET)
+
+
+def test_the_sender_turns_nagle_off_so_instances_do_not_wait_for_delayed_acks(
+    scp_factory: Callable[..., StorageScp]
+) -> None:
+    # With Nagle on, every C-STORE waited out the receiver's delayed ACK: ~50 ms per instance, 17
+    # instances/s into Orthanc or storescp (scripts/bench_peers.py); with TCP_NODELAY, 110/s and more.
+    scp = scp_factory(lambda n: (0.0, 0x0000))
+    ae = AE(ae_title="NFSCANNER")
+    ae.add_requested_context(MRImageStorage)
+    assoc = _associate(ae, "127.0.0.1", scp.port, AET, "test node")
+    try:
+        assert assoc.dul.socket is not None and assoc.dul.socket.socket is not None
+        assert assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        assoc.release()
+
+
+class _Reactor:
+    """pynetdicom's association reactor loop in miniature: raise the paused flag, wait on the checkpoint, lower
+    the flag, take any message off the queue. ``hold`` stops it once just past the wait, where a thread may be
+    descheduled on a loaded machine: the flag still says paused, yet the reactor is about to read the queue."""
+
+    def __init__(self, checkpoint: threading.Event | ReactorGate) -> None:
+        self.checkpoint = checkpoint
+        self.paused = False
+        self.stolen: list[str] = []
+        self.queue: queue.Queue[str] = queue.Queue()
+        self.past_wait = threading.Event()
+        self.resume = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        held = False
+        while not self._stop:
+            self.paused = True
+            self.checkpoint.wait(1.0)
+            if not held:
+                held = True
+                self.past_wait.set()
+                self.resume.wait(5.0)
+            self.paused = False
+            with contextlib.suppress(queue.Empty):
+                self.stolen.append(self.queue.get_nowait())
+            time.sleep(0.001)
+
+    def stop(self) -> None:
+        self._stop = True
+        self.checkpoint.set()
+        self._thread.join(5.0)
+
+
+def test_pynetdicoms_own_pause_lets_a_reactor_just_past_its_wait_take_the_answer() -> None:
+    # Why the gate exists: clear() then "wait until paused" passes at once on a stale flag.
+    reactor = _Reactor(threading.Event())
+    reactor.checkpoint.set()
+    try:
+        assert reactor.past_wait.wait(5.0)
+        reactor.checkpoint.clear()
+        assert reactor.paused  # send_c_store would go ahead now
+        reactor.queue.put("C-STORE-RSP")
+        reactor.resume.set()
+        deadline = time.monotonic() + 5.0
+        while not reactor.stolen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert reactor.stolen == ["C-STORE-RSP"]
+    finally:
+        reactor.stop()
+
+
+def test_the_gate_returns_only_once_the_reactor_is_blocked_so_the_answer_reaches_the_sender() -> None:
+    gate = ReactorGate()
+    reactor = _Reactor(gate)
+    received: list[str] = []
+
+    def send() -> None:
+        assert gate.park_reactor(5.0)
+        reactor.queue.put("C-STORE-RSP")  # the answer arrives at once, as on loopback with TCP_NODELAY
+        time.sleep(0.05)  # a reactor that was not parked would take it meanwhile
+        received.append(reactor.queue.get(timeout=1.0))
+        gate.set()
+
+    try:
+        assert reactor.past_wait.wait(5.0)
+        sender = threading.Thread(target=send)
+        sender.start()
+        time.sleep(0.05)
+        assert not received  # the sender waits: the reactor is past the wait, not parked
+        reactor.resume.set()
+        sender.join(5.0)
+        assert received == ["C-STORE-RSP"] and reactor.stolen == []
+    finally:
+        reactor.stop()
+
+
+def test_many_instances_into_an_instant_receiver_are_each_answered_once(
+    tmp_path: Path, scp_factory: Callable[..., StorageScp], caplog: pytest.LogCaptureFixture
+) -> None:
+    # With TCP_NODELAY the answers come back fast enough to meet pynetdicom's race often; none may be lost.
+    uids = _write_instances(tmp_path / "study", 300)
+    scp = scp_factory(lambda n: (0.0, 0x0000))
+    assert send_folder(tmp_path / "study", "127.0.0.1", scp.port, AET, dimse_timeout_s=10.0) == 300
+    assert sorted(scp.received) == sorted(uids)
+    assert "unexpected" not in caplog.text and "no answer" not in caplog.text

@@ -4,14 +4,19 @@ stack's end-to-end tests, the benchmarks and by operators to re-send a study.
 Like a modality's send queue, an instance that gets no answer is sent again on a new association
 (pynetdicom aborts the association when a response times out): storing is idempotent on the
 receiving side, whereas giving up loses the study. A refusal (a failure status) is final.
-Lost answers do happen with pynetdicom 3 on a loaded machine: its association reactor thread can take
-the C-STORE response off the queue before ``send_c_store`` waits for it (logged as "Received
-unexpected C-STORE service message", then a DIMSE timeout; pydicom/pynetdicom#435, #875). CI met it."""
+pynetdicom 3 loses answers on a loaded machine: ``send_c_store`` pauses the association's reactor thread
+by clearing an Event and then waiting for a flag the reactor raises *before* it waits on that Event, so a
+reactor already past the wait still counts as paused, and may take the C-STORE response off the queue
+(logged as "Received unexpected C-STORE service message", then a DIMSE timeout; pydicom/pynetdicom#435,
+#875). CI met it: the 30 s stall outlasted the wait window and the study was handed on twice. Here the
+sender parks the reactor itself (ReactorGate) before each request, so the answer always reaches it."""
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
+import threading
 from pathlib import Path
 
 import pydicom
@@ -58,6 +63,10 @@ def send_folder(folder: Path, host: str, port: int, called_aet: str, *, calling_
             for attempt in range(1, attempts + 1):
                 if assoc is None or not assoc.is_established:
                     assoc = _associate(ae, host, port, called_aet, node)
+                if not _gate_of(assoc).park_reactor(dimse_timeout_s):
+                    log.warning("%s: association stuck before %s (attempt %d of %d)", node, path, attempt, attempts)
+                    assoc.abort()
+                    continue
                 status = assoc.send_c_store(ds)
                 code = _status_code(status)
                 if code is None:
@@ -72,8 +81,12 @@ def send_folder(folder: Path, host: str, port: int, called_aet: str, *, calling_
                 raise CStoreFailed(f"{node} did not store {path}: no answer within {dimse_timeout_s:.0f} s, "
                                    f"{attempts} attempts")
     finally:
+        # release() pauses the reactor the same racy way, and a stolen A-RELEASE answer would stall it
         if assoc is not None and assoc.is_established:
-            assoc.release()
+            if _gate_of(assoc).park_reactor(dimse_timeout_s):
+                assoc.release()
+            else:
+                assoc.abort()
     return sent
 
 
@@ -81,7 +94,62 @@ def _associate(ae: AE, host: str, port: int, called_aet: str, node: str) -> Asso
     assoc = ae.associate(host, port, ae_title=called_aet)
     if not assoc.is_established:
         raise CStoreFailed(f"association with {node} was not established")
+    # pynetdicom leaves Nagle's algorithm on: each C-STORE request (command, then data set) would wait out
+    # the receiver's delayed ACK, ~50 ms per instance on loopback (20 instances/s; bench_peers measured it).
+    sock = assoc.dul.socket.socket if assoc.dul.socket is not None else None
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # The reactor reads ``_reactor_checkpoint`` afresh on every turn of its loop, so the gate takes over from
+    # the next turn; the Event it replaces is set, so nothing is left waiting on it.
+    assoc._reactor_checkpoint = ReactorGate()  # type: ignore[assignment]
     return assoc
+
+
+class ReactorGate:
+    """Stands in for the association's reactor checkpoint (a threading.Event: set = run, clear = pause), and
+    knows when the reactor is truly blocked on it, which pynetdicom's own pause cannot tell."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._open = True
+        self._parked = False
+
+    def is_set(self) -> bool:
+        with self._cond:
+            return self._open
+
+    def set(self) -> None:
+        with self._cond:
+            self._open = True
+            self._cond.notify_all()
+
+    def clear(self) -> None:
+        with self._cond:
+            self._open = False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """The reactor's wait: blocks while the gate is closed, and says so to ``park_reactor``."""
+        with self._cond:
+            if not self._open:
+                self._parked = True
+                self._cond.notify_all()
+                self._cond.wait_for(lambda: self._open, timeout)
+                self._parked = False
+            return self._open
+
+    def park_reactor(self, timeout_s: float) -> bool:
+        """Close the gate and return once the reactor is blocked on it (it stays blocked until ``set``, which
+        ``send_c_store`` calls after its answer); False if it did not block within ``timeout_s``."""
+        with self._cond:
+            self._open = False
+            return self._cond.wait_for(lambda: self._parked, timeout_s)
+
+
+def _gate_of(assoc: Association) -> ReactorGate:
+    gate = assoc._reactor_checkpoint
+    if not isinstance(gate, ReactorGate):
+        raise TypeError("the association was not opened by _associate")
+    return gate
 
 
 def _status_code(status: Dataset | None) -> int | None:
