@@ -22,7 +22,7 @@ from neuroflow.devtools import stack
 from neuroflow.devtools.monitoring_servers import WebhookReceiver
 from neuroflow.devtools.ports import port_is_listening
 from tests.servers import prometheus_api
-from tests.servers.prometheus_api import query, stack_headers
+from tests.servers.prometheus_api import query, stack_headers, stack_tls
 
 WAIT_S = 90.0
 
@@ -70,14 +70,14 @@ def _is_one(prometheus: Ask, expr: str) -> Callable[[], bool]:
 def test_stack_scrapes_every_service_and_the_probes_see_every_backend_up(monitored_stack: dict[str, Any]) -> None:
     written = json.loads((Path(monitored_stack["root"]) / "stack.json").read_text())
     prometheus_url, alertmanager = written["prometheus"], written["alertmanager"]
-    assert prometheus_url.startswith("http://127.0.0.1:") and alertmanager.startswith("http://127.0.0.1:")
-    headers = stack_headers(written, "prometheus")
+    assert prometheus_url.startswith("https://127.0.0.1:") and alertmanager.startswith("https://127.0.0.1:")
+    headers, tls = stack_headers(written, "prometheus"), stack_tls(written, "prometheus")
 
     def prometheus(expr: str) -> list[dict[str, Any]]:
-        return query(prometheus_url, expr, headers)
+        return query(prometheus_url, expr, headers, tls)
 
     ready = urllib.request.Request(f"{alertmanager}/-/ready", headers=stack_headers(written, "alertmanager"))
-    with urllib.request.urlopen(ready, timeout=5) as answer:
+    with urllib.request.urlopen(ready, timeout=5, context=stack_tls(written, "alertmanager")) as answer:
         assert answer.status == 200
     wait_until("every service process is scraped", lambda: {
         r["metric"]["service"] for r in prometheus('up{job="neuroflow"} == 1')} == {*stack.SERVICES, "console"})

@@ -116,9 +116,11 @@ def test_prometheus_scrapes_it_over_tls_with_the_login(secured: SecuredPort, tmp
             config = (prometheus.root / "prometheus.yml").read_text()
             assert "s3cret-scrape-password" not in config  # the password file is named, not copied
             wait_until("Prometheus scraped the secured port", lambda: [
-                r["value"][1] for r in query(prometheus.url, 'up{job="neuroflow"}', prometheus.headers)] == ["1"],
+                r["value"][1] for r in query(prometheus.url, 'up{job="neuroflow"}', prometheus.headers,
+                                             prometheus.ssl_context())] == ["1"],
                 wait_s=60)
-            assert query(prometheus.url, 'python_info{job="neuroflow",service="ingest"}', prometheus.headers)
+            assert query(prometheus.url, 'python_info{job="neuroflow",service="ingest"}', prometheus.headers,
+                         prometheus.ssl_context())
         finally:
             prometheus.stop()
     finally:

@@ -79,13 +79,13 @@ def wait_until(what: str, check: Callable[[], bool]) -> None:
 
 def prometheus_alerts(prometheus: MonitoringServer) -> list[dict[str, Any]]:
     request = urllib.request.Request(f"{prometheus.url}/api/v1/alerts", headers=prometheus.headers)
-    with urllib.request.urlopen(request, timeout=5) as answer:
+    with urllib.request.urlopen(request, timeout=5, context=prometheus.ssl_context()) as answer:
         alerts: list[dict[str, Any]] = json.load(answer)["data"]["alerts"]
         return alerts
 
 
 def query(prometheus: MonitoringServer, expr: str) -> list[dict[str, Any]]:
-    return prometheus_api.query(prometheus.url, expr, prometheus.headers)
+    return prometheus_api.query(prometheus.url, expr, prometheus.headers, prometheus.ssl_context())
 
 
 def firing_in_prometheus(prometheus: MonitoringServer, name: str, **labels: str) -> bool:

@@ -4,6 +4,7 @@ monitoring tests expect to happen: one copy for the integration and the end-to-e
 from __future__ import annotations
 
 import json
+import ssl
 import time
 import urllib.parse
 import urllib.request
@@ -13,11 +14,14 @@ from typing import Any
 from neuroflow.devtools.monitoring_servers import basic_auth_header
 
 
-def query(prometheus_url: str, expr: str, headers: Mapping[str, str]) -> list[dict[str, Any]]:
+def query(prometheus_url: str, expr: str, headers: Mapping[str, str],
+          context: ssl.SSLContext | None) -> list[dict[str, Any]]:
     """The instant vector of ``expr`` (PromQL) on the Prometheus at ``prometheus_url``, logged in with
-    ``headers`` (``MonitoringServer.headers``, or :func:`stack_headers`)."""
+    ``headers`` (``MonitoringServer.headers``, or :func:`stack_headers`), its certificate verified with
+    ``context`` (``MonitoringServer.ssl_context()``, or :func:`stack_tls`)."""
     url = f"{prometheus_url}/api/v1/query?query={urllib.parse.quote(expr)}"
-    with urllib.request.urlopen(urllib.request.Request(url, headers=dict(headers)), timeout=5) as answer:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=dict(headers)), timeout=5,
+                                context=context) as answer:
         result: list[dict[str, Any]] = json.load(answer)["data"]["result"]
         return result
 
@@ -28,6 +32,11 @@ def stack_headers(stack: Mapping[str, Any], server: str) -> dict[str, str]:
     auth = stack["monitoring_auth"][server]
     with open(auth["password_file"]) as password:
         return basic_auth_header(auth["username"], password.read())
+
+
+def stack_tls(stack: Mapping[str, Any], server: str) -> ssl.SSLContext:
+    """How a client of a local stack verifies ``server``'s ("prometheus" or "alertmanager") certificate."""
+    return ssl.create_default_context(cafile=stack["monitoring_auth"][server]["ca_file"])
 
 
 def wait_until(what: str, check: Callable[[], bool], wait_s: float, interval_s: float = 0.25) -> None:

@@ -6,10 +6,11 @@ Each server runs in its own session (it outlives the command that started it, as
 stopped by PID. ``fast=True`` shortens the intervals (scrape and evaluation every second, Alertmanager
 grouping of a second) so a test sees an alert within seconds.
 
-Neither answers a client without credentials (issue 12): each gets a web configuration file
-(``--web.config.file``, the exporter toolkit's format) with one basic-auth user, ``admin``, whose password is
-generated per server and kept in ``web-password`` beside it (owner only; the file holds only its bcrypt
-hash). Prometheus logs in to Alertmanager with that server's password file."""
+Neither answers a client without credentials (issue 12), nor speaks anything but TLS: each gets a web
+configuration file (``--web.config.file``, the exporter toolkit's format) with one basic-auth user, ``admin``,
+whose password is generated per server and kept in ``web-password`` beside it (owner only; the file holds only
+its bcrypt hash), and a certificate for 127.0.0.1 from a CA (the stack's, or one made beside the server).
+Prometheus logs in to Alertmanager with that server's password file and verifies its certificate."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from typing import Any
 import yaml
 
 from neuroflow.core.config import REPOSITORY_ROOT
-from neuroflow.devtools.certificates import write_private
+from neuroflow.devtools.certificates import CertificateAuthority, make_authority, write_private
 from neuroflow.devtools.ports import free_loopback_port, http_ok, wait_until_ports_free, wait_until_ready
 
 DEPLOY = REPOSITORY_ROOT / "deploy" / "prometheus"
@@ -79,10 +80,15 @@ class MonitoringServer:
     root: Path  # configuration, data and log
     username: str = WEB_USER
     password_file: Path | None = None  # owner only; None: a server answering anyone
+    ca_file: Path | None = None  # the CA its HTTPS certificate chains to; None: plain HTTP
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ca_file is not None else 'http'}://127.0.0.1:{self.port}"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """How a client verifies its certificate (None: plain HTTP)."""
+        return None if self.ca_file is None else ssl.create_default_context(cafile=str(self.ca_file))
 
     @property
     def headers(self) -> dict[str, str]:
@@ -102,17 +108,23 @@ def basic_auth_header(username: str, password: str) -> dict[str, str]:
     return {"Authorization": f"Basic {token}"}
 
 
-def write_web_config(root: Path, username: str = WEB_USER) -> tuple[Path, Path]:
+def write_web_config(root: Path, authority: CertificateAuthority, name: str,
+                     username: str = WEB_USER) -> tuple[Path, Path]:
     """A new password for ``username`` (in ``root/web-password``, 0600) and the web configuration that
-    admits only that user (``root/web.yml``: its bcrypt hash). Returns (web config, password file)."""
+    admits only that user (``root/web.yml``: its bcrypt hash) over TLS only, with a certificate for
+    127.0.0.1 that ``authority`` issues to ``name`` (in ``root/tls``). Returns (web config, password file)."""
     import bcrypt  # a development dependency: only the local stack and the tests start these servers
 
     password = secrets.token_urlsafe(24)
     password_file = root / "web-password"
     write_private(password_file, password.encode())
     hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)).decode()
+    issued = authority.issue(name, root / "tls")
+    web = {"basic_auth_users": {username: hashed},
+           "tls_server_config": {"cert_file": str(issued.certificate), "key_file": str(issued.private_key),
+                                 "min_version": "TLS12"}}
     web_config = root / "web.yml"
-    write_private(web_config, yaml.safe_dump({"basic_auth_users": {username: hashed}}).encode())
+    write_private(web_config, yaml.safe_dump(web).encode())
     return web_config, password_file
 
 
@@ -127,9 +139,10 @@ def write_targets(path: Path, targets: Iterable[tuple[str, str]]) -> None:
 
 def render_prometheus_config(*, rules_file: Path, alertmanager: str, targets_file: Path,
                              triton_targets_file: Path, alertmanager_username: str,
-                             alertmanager_password_file: Path, fast: bool = False,
-                             scrape_access: MetricsAccessFiles | None = None) -> str:
+                             alertmanager_password_file: Path, alertmanager_ca_file: Path | None = None,
+                             fast: bool = False, scrape_access: MetricsAccessFiles | None = None) -> str:
     """``prometheus.yml.template`` filled in; every placeholder must be given (KeyError otherwise).
+    ``alertmanager_ca_file``: Alertmanager speaks HTTPS, its certificate verified against this CA.
     ``scrape_access``: the services' metrics ports ask for a login over TLS (the neuroflow job scrapes
     them over https, verifying their certificate against the CA, with basic auth)."""
     interval = "1s" if fast else "15s"
@@ -139,12 +152,17 @@ def render_prometheus_config(*, rules_file: Path, alertmanager: str, targets_fil
                                    alertmanager_password_file=alertmanager_password_file,
                                    neuroflow_targets_file=targets_file,
                                    triton_targets_file=triton_targets_file)
-    if scrape_access is None:
+    if scrape_access is None and alertmanager_ca_file is None:
         return rendered
     config: dict[str, Any] = yaml.safe_load(rendered)
-    job = next(j for j in config["scrape_configs"] if j["job_name"] == "neuroflow")
-    job |= {"scheme": "https", "tls_config": {"ca_file": str(scrape_access.ca_file)},
-            "basic_auth": {"username": scrape_access.username, "password_file": str(scrape_access.password_file)}}
+    if alertmanager_ca_file is not None:
+        for target in config["alerting"]["alertmanagers"]:
+            target |= {"scheme": "https", "tls_config": {"ca_file": str(alertmanager_ca_file)}}
+    if scrape_access is not None:
+        job = next(j for j in config["scrape_configs"] if j["job_name"] == "neuroflow")
+        job |= {"scheme": "https", "tls_config": {"ca_file": str(scrape_access.ca_file)},
+                "basic_auth": {"username": scrape_access.username,
+                               "password_file": str(scrape_access.password_file)}}
     return yaml.safe_dump(config, sort_keys=False)
 
 
@@ -175,10 +193,12 @@ def render_alertmanager_config(*, pager_url: str | None = None, ticket_url: str 
 
 def start_prometheus(root: Path, *, targets: Iterable[tuple[str, str]], alertmanager: MonitoringServer,
                      rules: Mapping[str, Any] | None = None, fast: bool = False,
-                     scrape_access: MetricsAccessFiles | None = None, timeout_s: float = 60.0) -> MonitoringServer:
+                     scrape_access: MetricsAccessFiles | None = None, authority: CertificateAuthority | None = None,
+                     timeout_s: float = 60.0) -> MonitoringServer:
     """Prometheus on a free loopback port, scraping ``targets`` (see :func:`write_targets`), evaluating
     ``rules`` (default: deploy/prometheus/alerts.yml) and sending alerts to ``alertmanager`` with its
-    credentials. Returns once it answers /-/ready."""
+    credentials, over HTTPS. Its own HTTPS certificate comes from ``authority`` (default: a CA made in
+    ``root/ca``). Returns once it answers /-/ready."""
     if alertmanager.password_file is None:
         raise MonitoringServerError("Alertmanager has no password file: start it with start_alertmanager")
     _require(PROMETHEUS_BINARY)
@@ -190,30 +210,35 @@ def start_prometheus(root: Path, *, targets: Iterable[tuple[str, str]], alertman
     (root / "prometheus.yml").write_text(render_prometheus_config(
         rules_file=rules_file, alertmanager=f"127.0.0.1:{alertmanager.port}", targets_file=root / "targets.json",
         alertmanager_username=alertmanager.username, alertmanager_password_file=alertmanager.password_file,
-        triton_targets_file=root / "triton-targets.json", fast=fast, scrape_access=scrape_access))
-    web_config, password_file = write_web_config(root)
+        alertmanager_ca_file=alertmanager.ca_file, triton_targets_file=root / "triton-targets.json", fast=fast,
+        scrape_access=scrape_access))
+    authority = authority or make_authority(root / "ca")
+    web_config, password_file = write_web_config(root, authority, "prometheus")
     port = free_loopback_port()
     command = [str(PROMETHEUS_BINARY), f"--config.file={root / 'prometheus.yml'}",
                f"--storage.tsdb.path={root / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
                f"--web.config.file={web_config}"]
-    return _launch("prometheus", command, root, port, password_file, timeout_s)
+    return _launch("prometheus", command, root, port, password_file, authority.certificate, timeout_s)
 
 
 def start_alertmanager(root: Path, *, pager_url: str | None = None, ticket_url: str | None = None,
-                       fast: bool = False, timeout_s: float = 60.0) -> MonitoringServer:
+                       fast: bool = False, authority: CertificateAuthority | None = None,
+                       timeout_s: float = 60.0) -> MonitoringServer:
     """Alertmanager on a free loopback port with the routing of deploy/prometheus/alertmanager.yml (its
-    webhooks replaced when given); clustering off. Returns once it answers /-/ready."""
+    webhooks replaced when given); clustering off; HTTPS with a certificate from ``authority`` (default: a
+    CA made in ``root/ca``). Returns once it answers /-/ready."""
     _require(ALERTMANAGER_BINARY)
     root.mkdir(parents=True, exist_ok=True)
     (root / "alertmanager.yml").write_text(
         render_alertmanager_config(pager_url=pager_url, ticket_url=ticket_url, fast=fast))
-    web_config, password_file = write_web_config(root)
+    authority = authority or make_authority(root / "ca")
+    web_config, password_file = write_web_config(root, authority, "alertmanager")
     port = free_loopback_port()
     command = [str(ALERTMANAGER_BINARY), f"--config.file={root / 'alertmanager.yml'}",
                f"--storage.path={root / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
                f"--web.config.file={web_config}",
                "--cluster.listen-address="]  # empty: no gossip port (one Alertmanager per site here)
-    return _launch("alertmanager", command, root, port, password_file, timeout_s)
+    return _launch("alertmanager", command, root, port, password_file, authority.certificate, timeout_s)
 
 
 def stop_pid(pid: int, timeout_s: float = 30.0) -> None:
@@ -237,14 +262,16 @@ def stop_pid(pid: int, timeout_s: float = 30.0) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
-def _launch(name: str, command: list[str], root: Path, port: int, password_file: Path,
+def _launch(name: str, command: list[str], root: Path, port: int, password_file: Path, ca_file: Path,
             timeout_s: float) -> MonitoringServer:
     with (root / f"{name}.log").open("ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True, cwd=root)
-    server = MonitoringServer(name, process.pid, port, root, WEB_USER, password_file)
+    server = MonitoringServer(name, process.pid, port, root, WEB_USER, password_file, ca_file)
+    context = server.ssl_context()
     try:
-        wait_until_ready(process, lambda: http_ok(f"{server.url}/-/ready", server.headers), timeout_s,
+        wait_until_ready(process, lambda: http_ok(f"{server.url}/-/ready", server.headers, context=context),
+                         timeout_s,
                          what=f"{name} (log {root / name}.log)", log_tail=lambda: _tail(root / f"{name}.log"),
                          error=MonitoringServerError, interval_s=0.2)
     except MonitoringServerError:

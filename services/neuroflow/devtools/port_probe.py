@@ -108,8 +108,17 @@ def _probe(stack: dict[str, Any], record: dict[str, Any], port: int, ca_file: st
     if name == "triton":
         return _probe_triton(name, port, record["ports"], identifiers)
     if name in ("prometheus", "alertmanager"):
-        return _probe_http(name, port, name, f"http://127.0.0.1:{port}/", None)
+        # TLS only: a stranger can still speak TLS (trusting no CA) and must then meet the log-in
+        return _probe_http(name, port, name, f"https://127.0.0.1:{port}/", _stranger_tls())
     return PortVerdict(name, port, "unknown", False, "a port this probe does not know: classify it")
+
+
+def _stranger_tls() -> ssl.SSLContext:
+    """TLS as a stranger speaks it: no CA trusted, no certificate checked."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def _probe_http(name: str, port: int, kind: str, url: str, context: ssl.SSLContext | None,

@@ -489,21 +489,22 @@ def _metrics_targets(stack: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _start_monitoring(stack: dict[str, Any], options: StackOptions) -> None:
     """Alertmanager, then Prometheus scraping every service process; recorded in ``stack`` (keys
-    ``alertmanager`` and ``prometheus``: their URLs; ``monitoring_auth``: by server, the basic-auth user and
-    the file holding its password) so ``down`` stops them first."""
+    ``alertmanager`` and ``prometheus``: their https URLs; ``monitoring_auth``: by server, the basic-auth user,
+    the file holding its password and the CA its certificate chains to) so ``down`` stops them first."""
     root = Path(stack["root"])
     fast = options.monitoring_fast
+    authority = make_authority(root / "tls")  # the stack's CA: one bundle verifies every server
     alertmanager = start_alertmanager(root / "alertmanager", pager_url=options.pager_url,
-                                      ticket_url=options.ticket_url, fast=fast)
+                                      ticket_url=options.ticket_url, fast=fast, authority=authority)
     stack["processes"].append(_record("alertmanager", alertmanager.pid, [alertmanager.port], signal.SIGTERM))
     stack["alertmanager"] = alertmanager.url
     prometheus = start_prometheus(root / "prometheus", targets=_metrics_targets(stack), alertmanager=alertmanager,
                                   rules=immediate_rules() if fast else None, fast=fast,
-                                  scrape_access=metrics_access(root))
+                                  scrape_access=metrics_access(root), authority=authority)
     stack["processes"].append(_record("prometheus", prometheus.pid, [prometheus.port], signal.SIGTERM))
     stack["prometheus"] = prometheus.url
-    stack["monitoring_auth"] = {s.name: {"username": s.username, "password_file": str(s.password_file)}
-                                for s in (alertmanager, prometheus)}
+    stack["monitoring_auth"] = {s.name: {"username": s.username, "password_file": str(s.password_file),
+                                         "ca_file": str(s.ca_file)} for s in (alertmanager, prometheus)}
 
 
 def _orthanc_endpoint(server: OrthancProcess) -> dict[str, Any]:
