@@ -168,10 +168,12 @@ PART_NOTES = {
         "SQLite index and keeps the file; storescp only writes files, so it is the floor of any PACS. DCMTK tools "
         "run with TCP_NODELAY (as our Orthanc does): without it every instance waits out a delayed ACK (~90 ms). "
         "This bench found the same stall in our own pynetdicom sender (`devtools/cstore.py`), now fixed: 17 -> "
-        "110 instances/s on a tiny study. Our sender is pure Python: with it the floor itself drops to a sixth "
-        "of dcmtk's. In the run of 2026-12-03 pynetdicom lost 2 responses in 6 sends of 2,000 instances (its known "
-        "race, pynetdicom#435): each cost a 30 s DIMSE timeout and a resend; the medians are unaffected. Where "
-        "neuroflow is behind: Orthanc parses, indexes (SQLite) and stores each instance, about 3x the floor."),
+        "110 instances/s on a tiny study. Our sender is pure Python: with it the floor itself drops to a sixth of "
+        "dcmtk's. In the run of 2026-12-03 pynetdicom lost 2 responses in 6 sends of 2,000 instances (its known "
+        "race, pynetdicom#435: its reactor thread can take the answer meant for `send_c_store`), each costing a "
+        "30 s DIMSE timeout and a resend; the sender now parks the reactor itself before each request "
+        "(`ReactorGate`, with a deterministic test of the race), which CI had met too. Where neuroflow is behind: "
+        "Orthanc parses, indexes (SQLite) and stores each instance, 2-3x the floor."),
 }
 
 
