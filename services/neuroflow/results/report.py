@@ -189,6 +189,77 @@ class TumourGrowth(_ReportModel):
     plot_file: str | None = None
 
 
+class LesionStatus(StrEnum):
+    """What became of one metastasis between the prior and the follow-up (rules: longitudinal/metastases_response)."""
+
+    NEW = "new"
+    GROWING = "growing"
+    STABLE = "stable"
+    SHRINKING = "shrinking"
+    RESOLVED = "resolved"
+
+
+class RanoBmCategory(StrEnum):
+    """The RANO-BM response categories (Lin et al., Lancet Oncol 2015), plus "NE" where none applies: no
+    measurable (target) lesion at baseline and neither complete response nor progression."""
+
+    CR = "CR"
+    PR = "PR"
+    SD = "SD"
+    PD = "PD"
+    NE = "NE"
+
+
+class LesionFollowUpEntry(_ReportModel):
+    """One metastasis followed from the prior to the follow-up. ``number``: its "Met n" on the follow-up T1CE
+    (None when resolved); ``prior_number``: the "Met n" of the matched lesion on the prior T1CE (None when new).
+    Diameters are the longest axial ones (RANO-BM), each measured on its own study's T1CE; 0 when absent."""
+
+    number: int | None = Field(default=None, ge=1)
+    prior_number: int | None = Field(default=None, ge=1)
+    status: LesionStatus
+    prior_diameter_mm: float = Field(ge=0.0)
+    diameter_mm: float = Field(ge=0.0)
+    change_mm: float
+    change_pct: float | None  # None for a new lesion (from nothing)
+    prior_volume_ml: float = Field(ge=0.0)
+    volume_ml: float = Field(ge=0.0)
+    centroid_mm: tuple[float, float, float]  # LPS on the follow-up (a resolved lesion: its prior's, registered)
+    target: bool = False  # a RANO-BM target lesion (chosen on the prior)
+    matched_by: str | None = None  # "overlap" or "distance" after registration; None when unmatched
+    match_distance_mm: float | None = None  # between the registered prior centroid and the follow-up centroid
+
+
+class RanoBmAssessment(_ReportModel):
+    """The RANO-BM category from the images alone: the sum of longest diameters (SLD) of up to five target
+    lesions chosen on the prior, at both timepoints, and the new lesions. ``caveats``: what RANO-BM also needs
+    that the software does not know (corticosteroids, clinical status, confirmation)."""
+
+    category: RanoBmCategory
+    reasons: list[str] = Field(default_factory=list)
+    target_count: int = Field(ge=0, le=5)
+    sld_prior_mm: float = Field(ge=0.0)
+    sld_mm: float = Field(ge=0.0)
+    sld_change_pct: float | None  # None without target lesions
+    nadir_mm: float = Field(ge=0.0)  # the smallest SLD known: the prior's (earlier studies not consulted)
+    unequivocal_new: int = Field(ge=0)  # new lesions >= the measurable size: progression by themselves
+    equivocal_new: int = Field(ge=0)  # smaller new lesions: to confirm on the next scan
+    caveats: list[str] = Field(default_factory=list)
+
+
+class MetastasesResponse(_ReportModel):
+    """Lesion-wise follow-up of brain metastases against the prior (issue 15): the table of lesions with their
+    status, the counts by status, the RANO-BM assessment, how the prior was registered onto the follow-up and
+    how lesions were matched; ``review``: why a reader must check it (always, while the model is provisional)."""
+
+    lesions: list[LesionFollowUpEntry] = Field(default_factory=list)
+    counts: dict[str, int] = Field(default_factory=dict)  # status -> lesions
+    rano_bm: RanoBmAssessment
+    match_rule: str
+    registration: dict[str, float] = Field(default_factory=dict)  # RegistrationResult.summary()
+    review: ReviewAssessment | None = None
+
+
 class LongitudinalReport(_ReportModel):
     """The comparison of a follow-up study with the patient's previous study. With more than two
     timepoints, the top level is the latest pair and ``pairs`` holds every consecutive pair."""
@@ -205,6 +276,7 @@ class LongitudinalReport(_ReportModel):
     rejected_candidates: int | None = None
     haematoma: HaematomaSection | None = None
     tumour_growth: TumourGrowth | None = None
+    metastases_response: MetastasesResponse | None = None
     pairs: list[LongitudinalReport] = Field(default_factory=list)
 
     def merged(self, other: LongitudinalReport) -> LongitudinalReport:
@@ -213,7 +285,8 @@ class LongitudinalReport(_ReportModel):
                 self.baseline_study_instance_uid, self.followup_study_instance_uid):
             raise ValueError("cannot merge the sections of two different pairs")
         update = {name: value for name in ("new_lesions", "new_lesion_count", "new_activity",
-                                           "rejected_candidates", "haematoma", "tumour_growth")
+                                           "rejected_candidates", "haematoma", "tumour_growth",
+                                           "metastases_response")
                   if (value := getattr(other, name)) is not None}
         update["pipelines"] = list(dict.fromkeys([*self.pipelines, *other.pipelines]))
         update["not_run"] = {**self.not_run, **other.not_run}
