@@ -76,16 +76,16 @@ def test_a_growing_a_shrinking_a_stable_a_new_and_a_resolved_lesion_are_told_apa
     expected = {"A": LesionStatus.GROWING, "B": LesionStatus.SHRINKING, "C": LesionStatus.RESOLVED,
                 "D": LesionStatus.NEW, "E": LesionStatus.STABLE}
     for name, status in expected.items():
-        entry = _nearest(response.lesions, where[name])  # type: ignore[arg-type]
+        entry = _nearest(response.lesions, where[name])
         assert entry.status is status, (name, entry)
         # Each lesion's centroid is reported on the follow-up, where it is (a resolved one: registered from the prior).
         assert float(np.linalg.norm(np.subtract(entry.centroid_mm, where[name]))) < 1.0, (name, entry)
     assert response.counts == {"new": 1, "growing": 1, "stable": 1, "shrinking": 1, "resolved": 1}
-    grown = _nearest(response.lesions, where["A"])  # type: ignore[arg-type]
+    grown = _nearest(response.lesions, where["A"])
     assert grown.matched_by == "overlap" and grown.prior_diameter_mm == pytest.approx(12.0, abs=1.0)
     assert grown.diameter_mm == pytest.approx(20.0, abs=1.0) and grown.change_pct is not None
     assert grown.match_distance_mm is not None and grown.match_distance_mm < 1.0
-    new = _nearest(response.lesions, where["D"])  # type: ignore[arg-type]
+    new = _nearest(response.lesions, where["D"])
     assert new.prior_number is None and new.prior_diameter_mm == 0.0 and new.change_pct is None
 
 

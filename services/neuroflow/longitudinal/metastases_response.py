@@ -260,7 +260,10 @@ def _entry(match: Match, before: LesionMeasurement | None, after: LesionMeasurem
         matched_by=match.by, match_distance_mm=round(match.distance_mm, 1) if match.distance_mm is not None else None)
 
 
-def _overlaps(prior_labels: npt.NDArray[np.integer], current_labels: npt.NDArray[np.integer]) -> dict[tuple[int, int], int]:
+Labels = npt.NDArray[np.integer]
+
+
+def _overlaps(prior_labels: Labels, current_labels: Labels) -> dict[tuple[int, int], int]:
     """(prior number, current number) -> voxels they share on the follow-up grid."""
     both = (prior_labels > 0) & (current_labels > 0)
     if not both.any():
