@@ -520,6 +520,8 @@ def _longitudinal_lines(section: LongitudinalReport) -> list[str]:
             for when, others in (("baseline", h.baseline_others_ml), ("follow-up", h.others_ml)):
                 if others:
                     lines.append(f"    other blood at {when}: " + ", ".join(f"{v:.1f}" for v in others) + " mL")
+        if pair.metastases_response is not None:
+            lines += _metastases_response_lines(pair.metastases_response)
         for pipeline, reason in pair.not_run.items():
             lines.append(f"  {pipeline} not run: {reason}")
     growth = section.tumour_growth
@@ -539,6 +541,30 @@ def _longitudinal_lines(section: LongitudinalReport) -> list[str]:
                          f"{'EXCEEDED' if growth.threshold_exceeded else 'not exceeded'}")
         if growth.plot_file:
             lines.append(f"  plot: {growth.plot_file}")
+    return lines
+
+
+def _metastases_response_lines(response: MetastasesResponse) -> list[str]:
+    """The RANO-BM category with its reasons and caveats, then one line per lesion: status, diameters then and
+    now, the prior lesion it was matched with."""
+    rano = response.rano_bm
+    change = f"{rano.sld_change_pct:+.1f} %" if rano.sld_change_pct is not None else "no target lesion"
+    flag = "NEEDS REVIEW: " if response.review is not None and response.review.needs_review else ""
+    lines = [f"  {flag}Metastases RANO-BM (imaging only): {rano.category.value}; sum of longest diameters of "
+             f"{rano.target_count} target lesion(s) {rano.sld_prior_mm:.1f} -> {rano.sld_mm:.1f} mm ({change})",
+             *(f"    {reason}" for reason in rano.reasons),
+             "  " + ", ".join(f"{n} {status}" for status, n in response.counts.items() if n)]
+    for lesion in response.lesions:
+        name = f"Met {lesion.number}" if lesion.number is not None else f"(prior Met {lesion.prior_number})"
+        prior = (f"prior Met {lesion.prior_number}" if lesion.prior_number is not None and lesion.number is not None
+                 else "")
+        x, y, z = lesion.centroid_mm
+        lines.append(f"    {name:<16} {lesion.status.value:<9} {lesion.prior_diameter_mm:5.1f} -> "
+                     f"{lesion.diameter_mm:5.1f} mm{' target' if lesion.target else ''}"
+                     f"{f', {prior}' if prior else ''}, at ({x:.1f}, {y:.1f}, {z:.1f}) mm LPS")
+    lines += [f"    caveat: {caveat}" for caveat in rano.caveats]
+    if response.review is not None:
+        lines += [f"    review: {alarm}" for alarm in response.review.alarms]
     return lines
 
 
