@@ -70,6 +70,8 @@ class MetastasisSpec:
     pattern: Pattern = "solid"
     haemorrhagic: bool = False
     oedema_mm: float = 0.0
+    # Where its centre goes (LPS mm) instead of a random site: a follow-up draws a lesion again where it was.
+    at_mm: tuple[float, float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -240,17 +242,22 @@ def insert_metastases(background: Background, specs: Sequence[MetastasisSpec], *
         spec = specs[n]
         radius = spec.diameter_mm / 2.0
         preferred = SITES[turn % 2]
-        for site in (preferred, *(s for s in SITES if s != preferred)):
-            candidates = np.argwhere(_room(site, radius, maps))
-            # Far enough from every lesion placed for the two never to touch (lobulation reaches ~1.35 radii).
-            for other_centre, other_radius in placed:
-                reach = 1.35 * (radius + other_radius) + GAP_MM
-                candidates = candidates[(((candidates - other_centre) * spacing) ** 2).sum(axis=1) > reach**2]
-            if candidates.size:
-                break
+        if spec.at_mm is not None:  # placed by the caller; its site is named by the tissue its centre is in
+            i, j, k = (np.linalg.inv(geometry.index_to_patient()) @ np.array([*spec.at_mm, 1.0]))[:3]
+            centre = np.round([k, j, i]).astype(np.float64)
+            site = SITES[0] if maps.white[tuple(centre.astype(int))] else SITES[1]
         else:
-            raise ValueError(f"{background.name}: no room left for a {spec.diameter_mm:.1f} mm metastasis")
-        centre = candidates[int(rng.integers(len(candidates)))].astype(np.float64)
+            for site in (preferred, *(s for s in SITES if s != preferred)):
+                candidates = np.argwhere(_room(site, radius, maps))
+                # Far enough from every lesion placed for the two never to touch (lobulation reaches ~1.35 radii).
+                for other_centre, other_radius in placed:
+                    reach = 1.35 * (radius + other_radius) + GAP_MM
+                    candidates = candidates[(((candidates - other_centre) * spacing) ** 2).sum(axis=1) > reach**2]
+                if candidates.size:
+                    break
+            else:
+                raise ValueError(f"{background.name}: no room left for a {spec.diameter_mm:.1f} mm metastasis")
+            centre = candidates[int(rng.integers(len(candidates)))].astype(np.float64)
         box, fraction, radial = _lobulated(brain.shape, spacing, centre, radius, rng)
         inside = (fraction >= 0.5) & brain[box]
         if not inside.any():  # a lesion smaller than a voxel still marks the voxel it sits in
