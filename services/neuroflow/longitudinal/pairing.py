@@ -32,7 +32,13 @@ from neuroflow.core.dicom_io import StudyIndex, study_key
 from neuroflow.core.errors import StudyError
 from neuroflow.core.identity import uid_key
 from neuroflow.core.patient_id import PatientIdentity
-from neuroflow.core.roles import CHANGE_OPTIONAL_ROLES, CHANGE_REQUIRED_ROLES, ChangePipeline, SeriesRole
+from neuroflow.core.roles import (
+    CHANGE_FOLLOWS,
+    CHANGE_OPTIONAL_ROLES,
+    CHANGE_REQUIRED_ROLES,
+    ChangePipeline,
+    SeriesRole,
+)
 
 STAGE = "pairing"
 MAX_SLICE_THICKNESS_DIFFERENCE_MM = 1.0
@@ -131,9 +137,11 @@ def order_timepoints(timepoints: Iterable[StudyTimepoint]) -> list[StudyTimepoin
 def plan_pairs(timepoints: Sequence[StudyTimepoint],
                pipelines: Iterable[ChangePipeline] | None = None) -> list[PairPlan]:
     """The consecutive pairs of ``timepoints`` (ordered oldest first), each with the change pipelines of
-    ``pipelines`` (default: every one) it qualifies for. Two timepoints give one pair, n give n - 1."""
+    ``pipelines`` it qualifies for (default: every one except those that follow a single-study pipeline's
+    patients, ``CHANGE_FOLLOWS``, which a caller asks for). Two timepoints give one pair, n give n - 1."""
     ordered = order_timepoints(timepoints)
-    considered = tuple(ChangePipeline) if pipelines is None else tuple(pipelines)
+    considered = (tuple(p for p in ChangePipeline if p not in CHANGE_FOLLOWS) if pipelines is None
+                  else tuple(pipelines))
     plans: list[PairPlan] = []
     for baseline, followup in pairwise(ordered):
         qualifies: list[ChangePipeline] = []

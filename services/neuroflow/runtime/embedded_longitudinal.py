@@ -19,13 +19,7 @@ from neuroflow.core.config import LONGITUDINAL_PIPELINE, ClassifySettings, Neuro
 from neuroflow.core.dicom_io import DicomSource, SkippedFile, StudyIndex, series_volume, study_key
 from neuroflow.core.errors import MissingSequence, NeuroflowError, StudyError
 from neuroflow.core.inference import InferenceBackend
-from neuroflow.core.roles import (
-    CHANGE_FOLLOWS,
-    CHANGE_OPTIONAL_ROLES,
-    CHANGE_REQUIRED_ROLES,
-    ChangePipeline,
-    SeriesRole,
-)
+from neuroflow.core.roles import CHANGE_OPTIONAL_ROLES, CHANGE_REQUIRED_ROLES, ChangePipeline, SeriesRole
 from neuroflow.core.sub_series import parse_sub_series_uid
 from neuroflow.core.timing import ProgressSink, StageClock
 from neuroflow.core.worker import is_retryable
@@ -91,7 +85,7 @@ def run_longitudinal(
 ) -> StudyReport:
     """Compares the studies of one patient (``studies``, as ``source`` indexed them) pair by pair and
     writes the report and result objects to ``out_dir``. ``pipelines``: the change pipelines considered
-    (default: every one except those that follow a single-study pipeline's patients, ``CHANGE_FOLLOWS``: the
+    (default: ``plan_pairs``'s, which leaves out those that follow a single-study pipeline's patients: the
     metastases response runs when the metastases pipeline is asked for). Never raises for bad studies: a study without a
     date fails the run (status failed, exit 1: the order of the studies is unknown); a pipeline that
     cannot run on a pair (a missing FLAIR, a 2D FLAIR with thick slices) is a warning and a ``not_run``
@@ -103,8 +97,7 @@ def run_longitudinal(
     run.warnings.extend(f"study {study_key(uid)}: {note}" for uid, study in sorted(studies.items())
                         for note in study.set_aside_notes())
     try:
-        considered = [p for p in ChangePipeline if p not in CHANGE_FOLLOWS] if pipelines is None else list(pipelines)
-        report = _run(source, studies, out_dir, settings, backend, clock, run, considered)
+        report = _run(source, studies, out_dir, settings, backend, clock, run, pipelines)
     except NeuroflowError as exc:
         reason = exc.reason if isinstance(exc, StudyError) else str(exc)
         where = f"{clock.current}: " if clock.current else ""
@@ -121,7 +114,8 @@ def run_longitudinal(
 
 
 def _run(source: DicomSource, studies: dict[str, StudyIndex], out_dir: Path, settings: NeuroflowSettings,
-         backend: InferenceBackend, clock: StageClock, run: _Run, pipelines: list[ChangePipeline]) -> StudyReport:
+         backend: InferenceBackend, clock: StageClock, run: _Run,
+         pipelines: Collection[ChangePipeline] | None) -> StudyReport:
     with clock.stage("classify"):
         rules = load_site_rules(settings.site_rules) if settings.site_rules else None
         policy = effective_policy(settings.classify, rules)
