@@ -18,12 +18,10 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
-import SimpleITK as sitk
 
 from neuroflow.core.roles import SeriesRole
-from neuroflow.core.volume import Volume, resample
 from neuroflow.devtools.dicom_writer import PatientInfo, Vendor, write_study
-from neuroflow.devtools.synthetic_metastases import MetastasisSpec, colin27_background, insert_metastases
+from neuroflow.devtools.synthetic_metastases import colin27_background, metastases_followup_pair
 from neuroflow.results.dicom_sr import sr_texts
 
 from .conftest import CliRun
@@ -40,39 +38,13 @@ LESIONS = {"growing": (12.0, 20.0), "shrinking": (16.0, 8.0), "resolved": (10.0,
 FOUND_WITHIN_MM = 5.0  # a reported lesion this close to a drawn one is that lesion
 
 
-def _motion(centre: tuple[float, float, float]) -> sitk.Euler3DTransform:
-    transform = sitk.Euler3DTransform()
-    transform.SetCenter(centre)
-    transform.SetRotation(0.0, 0.0, float(np.radians(ROTATION_DEG)))
-    transform.SetTranslation(SHIFT_MM)
-    return transform
-
-
-def _moved(volume: Volume, motion: sitk.Transform) -> Volume:
-    out = resample(volume, volume.geometry, motion, interpolator=sitk.sitkLinear, default=0.0)
-    return out.with_array(np.round(out.array).astype(np.int16))
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[CliRun, dict[str, tuple[float, float, float]]]:
-    background = colin27_background(axial_slices=SLAB)
-    # Where the four lesions go: placed once at their largest, so none touches another at either visit.
-    layout = insert_metastases(background, [MetastasisSpec(max(sizes)) for sizes in LESIONS.values()], seed=11)
-    at = {name: next(t.centroid_mm for t in layout.truth if t.spec.diameter_mm == max(sizes))
-          for name, sizes in LESIONS.items()}
-    prior = insert_metastases(background, [MetastasisSpec(sizes[0], at_mm=at[name])
-                                           for name, sizes in LESIONS.items() if sizes[0]], seed=1)
-    followup = insert_metastases(background, [MetastasisSpec(sizes[1], at_mm=at[name])
-                                              for name, sizes in LESIONS.items() if sizes[1]], seed=2)
-    geometry = background.t1ce.geometry
-    centre = tuple(float(v) for v in geometry.index_to_patient() @ np.array([*(np.array(geometry.size) / 2), 1.0]))
-    motion = _motion(centre[:3])  # type: ignore[arg-type]
-    moved = {SeriesRole.T1CE: _moved(followup.t1ce, motion), SeriesRole.FLAIR: _moved(followup.flair, motion)}
-    inverse = motion.GetInverse()
-    expected_now = {name: tuple(inverse.TransformPoint(point)) for name, point in at.items()}
+    pair = metastases_followup_pair(colin27_background(axial_slices=SLAB), LESIONS, seed=11,
+                                    rotation_deg=ROTATION_DEG, shift_mm=SHIFT_MM)
     folder = tmp_path_factory.mktemp("mets-pair-in")
-    for date, volumes in (("20240105", {SeriesRole.T1CE: prior.t1ce, SeriesRole.FLAIR: prior.flair}),
-                          ("20240412", moved)):
+    for date, volumes in (("20240105", {SeriesRole.T1CE: pair.prior.t1ce, SeriesRole.FLAIR: pair.prior.flair}),
+                          ("20240412", {SeriesRole.T1CE: pair.followup_t1ce, SeriesRole.FLAIR: pair.followup_flair})):
         write_study({role: v.with_array(np.round(v.array).astype(np.int16)) for role, v in volumes.items()},
                     folder / date, patient=PATIENT, seed=f"mets-response-{date}", study_date=date,
                     vendor=Vendor.SIEMENS)
@@ -80,7 +52,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[CliRun, dict[str, tup
     env = {**os.environ, "NEUROFLOW_WINDOW_OVERLAP": "0.25"}  # as the metastases e2e: half the inference time
     proc = subprocess.run([sys.executable, "-m", "neuroflow.cli", "run", str(folder), "--out", str(out),
                            "--pipeline", "metastases"], capture_output=True, text=True, timeout=900, env=env)
-    return CliRun(proc.returncode, proc.stdout, proc.stderr, out), expected_now  # type: ignore[return-value]
+    expected_now = {name: now for name, (_then, now, _sizes) in pair.expected.items()}
+    return CliRun(proc.returncode, proc.stdout, proc.stderr, out), expected_now
 
 
 def _near(lesions: list[dict[str, Any]], point: tuple[float, float, float]) -> dict[str, Any]:
