@@ -36,6 +36,7 @@ import numpy as np
 from neuroflow.core.lesions import label_lesions
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.volume import resample
+from neuroflow.devtools.benchmarks_md import write_section
 from neuroflow.devtools.dicom_writer import PatientInfo, write_study
 from neuroflow.devtools.synthetic_metastases import (
     Background,
@@ -120,6 +121,7 @@ def main() -> int:
     parser.add_argument("--mode", choices=("truth", "model"), default="truth")
     parser.add_argument("--pairs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=100)
+    parser.add_argument("--write", action="store_true", help="write the totals as this mode's BENCHMARKS.md section")
     args = parser.parse_args()
     background = colin27_background(axial_slices=SLAB)
     totals: Counter[str] = Counter()
@@ -157,7 +159,28 @@ def main() -> int:
     for fate in ("growing", "shrinking", "stable", "resolved", "new"):
         if totals[f"{fate}_total"]:
             print(f"  {fate:<9} {totals[f'{fate}_right']}/{totals[f'{fate}_total']}")
+    if args.write:
+        write_section(Path(__file__).resolve().parents[1] / "BENCHMARKS.md", section(args, totals, extra_rows))
     return 0
+
+
+def section(args: argparse.Namespace, totals: Counter[str], extra_rows: int) -> str:
+    """This mode's BENCHMARKS.md section."""
+    what = {"truth": "drawn lesions as the segmentation (registration, matching and rules alone)",
+            "model": "the whole pipeline with the provisional metastases model"}[args.mode]
+    found = max(totals["found"], 1)
+    rows = [f"| {fate} | {totals[f'{fate}_right']}/{totals[f'{fate}_total']} |"
+            for fate in ("growing", "shrinking", "stable", "resolved", "new") if totals[f"{fate}_total"]]
+    return "\n".join([
+        f"## Metastases follow-up (RANO-BM), synthetic pairs, {args.mode} "
+        f"(`scripts/eval_metastases_followup.py --mode {args.mode} --pairs {args.pairs}`)", "",
+        f"{args.pairs} pairs in a slab of Colin27, 3-5 lesions each with a designed fate, the patient moved between "
+        "visits (up to 5 deg, 6 mm per axis), no noise and no enhancing vessels (easier than the model's held-out "
+        f"evaluation); {what}.", "",
+        f"Lesions {totals['lesions']}: found {totals['found']}, matched as designed {totals['matched_right']} "
+        f"({100 * totals['matched_right'] / found:.1f} %), status as designed {totals['status_right']} "
+        f"({100 * totals['status_right'] / found:.1f} %); reported rows no designed lesion explains: {extra_rows}.",
+        "", "| designed fate | status right |", "| --- | ---: |", *rows, ""])
 
 
 if __name__ == "__main__":
