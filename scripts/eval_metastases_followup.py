@@ -150,9 +150,9 @@ def main() -> int:
               f"status right {tally['status_right']}, unexplained rows {extra}"
               f"{f', RANO-BM {category}' if category else ''}; motion {rotation:+.1f} deg, "
               f"{np.linalg.norm(shift):.1f} mm", flush=True)
-    lesions = totals["lesions"]
-    print(f"\n{args.mode}: {lesions} lesions in {args.pairs} pairs: found {totals['found']} "
-          f"({100 * totals['found'] / max(lesions, 1):.1f} %), matched as designed {totals['matched_right']} "
+    count = totals["lesions"]
+    print(f"\n{args.mode}: {count} lesions in {args.pairs} pairs: found {totals['found']} "
+          f"({100 * totals['found'] / max(count, 1):.1f} %), matched as designed {totals['matched_right']} "
           f"({100 * totals['matched_right'] / max(totals['found'], 1):.1f} % of found), status as designed "
           f"{totals['status_right']} ({100 * totals['status_right'] / max(totals['found'], 1):.1f} % of found); "
           f"rows no designed lesion explains: {extra_rows}")

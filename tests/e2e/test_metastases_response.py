@@ -20,7 +20,8 @@ import pydicom
 import pytest
 
 from neuroflow.core.roles import SeriesRole
-from neuroflow.devtools.dicom_writer import PatientInfo, Vendor, write_study
+from neuroflow.devtools.dicom_writer import PatientInfo, write_study
+from neuroflow.devtools.scanner_presets import Vendor
 from neuroflow.devtools.synthetic_metastases import colin27_background, metastases_followup_pair
 from neuroflow.results.dicom_sr import sr_texts
 
