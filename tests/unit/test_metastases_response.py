@@ -4,12 +4,17 @@ sum of longest diameters and the RANO-BM category, on label volumes built here w
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from neuroflow.core.lesions import Lesions, label_lesions
-from neuroflow.core.volume import Geometry, Volume
+from neuroflow.core.roles import SeriesRole
+from neuroflow.core.volume import Geometry, Volume, resample
+from neuroflow.devtools.synthetic_metastases import colin27_background
+from neuroflow.longitudinal.compare import register_prior
 from neuroflow.longitudinal.metastases_response import (
     CAVEATS,
     lesion_status,
@@ -19,6 +24,8 @@ from neuroflow.longitudinal.metastases_response import (
     rano_bm,
     target_lesions,
 )
+from neuroflow.preprocess.glioma_inputs import PreprocessedStudy
+from neuroflow.preprocess.normalise import zscore_in_mask
 from neuroflow.results.report import LesionFollowUpEntry, LesionStatus, RanoBmCategory
 
 # A 1 mm grid in LPS; the follow-up's grid is the same box, the patient moved by SHIFT_MM inside it.
@@ -176,3 +183,40 @@ def test_the_sum_of_longest_diameters_is_over_the_targets_and_its_change_is_from
     assert rano.sld_change_pct == pytest.approx(100 * (rano.sld_mm - rano.sld_prior_mm) / rano.sld_prior_mm, abs=0.2)
     # The 12 mm new lesion is unequivocal: progression whatever the sum does.
     assert rano.category is RanoBmCategory.PD and rano.unequivocal_new == 1
+
+
+@pytest.mark.skipif(not Path("/usr/share/mricron/templates/ch2.nii.gz").is_file(),
+                    reason="Colin27 (Debian mricron-data) is not installed")
+def test_the_prior_is_registered_onto_the_follow_up_even_in_another_frame_of_reference() -> None:
+    # Two sessions: the patient turned 4 degrees and moved 5 mm, and the scanner's coordinates differ by 40 mm
+    # (another frame of reference). register_prior must map follow-up points to where the tissue was at the prior.
+    background = colin27_background(axial_slices=(60, 135))
+    geometry = background.t1ce.geometry
+    centre = geometry.index_to_patient() @ np.array([*(np.asarray(geometry.size) - 1) / 2.0, 1.0])
+    motion = sitk.Euler3DTransform()
+    motion.SetCenter(tuple(float(v) for v in centre[:3]))
+    motion.SetRotation(0.0, 0.0, float(np.radians(4.0)))
+    motion.SetTranslation((3.0, -4.0, 0.0))
+    offset = np.array([40.0, -25.0, 10.0])
+    moved_t1 = resample(background.t1ce, geometry, motion)
+    moved_mask = resample(background.brain_mask, geometry, motion, interpolator=sitk.sitkNearestNeighbor)
+    elsewhere = Geometry(geometry.spacing, tuple(float(v) for v in np.add(geometry.origin, offset)),  # type: ignore[arg-type]
+                         geometry.direction, geometry.size)
+
+    def study(image: Volume, mask: Volume) -> PreprocessedStudy:
+        brain = np.asarray(mask.array) > 0
+        return PreprocessedStudy(normalised={SeriesRole.T1CE: image.with_array(
+                                     zscore_in_mask(np.asarray(image.array, dtype=np.float32), brain))},
+                                 brain_mask=mask, reference_geometry=image.geometry, registration={}, flip_checks={})
+
+    prior = study(background.t1ce, background.brain_mask)
+    followup = study(Volume(moved_t1.array, elsewhere), Volume(moved_mask.array, elsewhere))
+    result = register_prior(prior, followup)
+    # Truth: a follow-up point p lies at p - offset in the scanner's first coordinates, then moves with the patient.
+    brain_points = np.argwhere(np.asarray(moved_mask.array) > 0)[::4000]
+    errors = []
+    for k, j, i in brain_points:
+        p = elsewhere.index_to_patient() @ np.array([i, j, k, 1.0])
+        truth = np.array(motion.TransformPoint(tuple(float(v) for v in p[:3] - offset)))
+        errors.append(float(np.linalg.norm(np.subtract(result.transform.TransformPoint(tuple(p[:3])), truth))))
+    assert float(np.median(errors)) < 1.0 and max(errors) < 2.0, (np.median(errors), max(errors))

@@ -205,18 +205,20 @@ def measure_metastases(
         return MetastasesMeasure(lesions_on(probability, t1ce_image.geometry), t1ce_image, t1ce, pre)
 
 
-def register_prior(prior: PreprocessedStudy, followup: PreprocessedStudy) -> tuple[RegistrationResult, Volume]:
+def register_prior(prior: PreprocessedStudy, followup: PreprocessedStudy) -> RegistrationResult:
     """The prior's T1CE rigidly registered onto the follow-up's (both skull-stripped and normalised, the metric
-    inside the follow-up's brain) and the transform from follow-up points to the prior's own patient coordinates
-    (two sessions need not share a frame of reference: the prior is first centred on the follow-up, as for MS)."""
+    inside the follow-up's brain); its transform maps follow-up points to the prior's own patient coordinates
+    (two sessions need not share a frame of reference: the prior is first centred on the follow-up, as for MS,
+    and the centring is folded back into the transform)."""
     moving = prior.normalised[SeriesRole.T1CE]
     aligned = centre_aligned(moving, followup.normalised[SeriesRole.T1CE])
     result = register_rigid(followup.normalised[SeriesRole.T1CE], aligned, fixed_mask=followup.brain_mask)
     # register_rigid maps follow-up points into the centred prior; undo the centring: p_prior = T(p) - shift.
     shift = np.subtract(aligned.geometry.origin, moving.geometry.origin)
     to_prior = sitk.Euler3DTransform(result.transform)
-    to_prior.SetTranslation(tuple(float(v) for v in np.subtract(to_prior.GetTranslation(), shift)))
-    return replace(result, transform=to_prior), aligned
+    translation = np.subtract(to_prior.GetTranslation(), shift)
+    to_prior.SetTranslation(tuple(float(v) for v in translation))
+    return replace(result, transform=to_prior, translation_mm=float(np.linalg.norm(translation)))
 
 
 def _metastases_response(section: LongitudinalReport, baseline: Timepoint, followup: Timepoint,
@@ -226,7 +228,7 @@ def _metastases_response(section: LongitudinalReport, baseline: Timepoint, follo
                                         volumes_of=t.volumes) for t in (baseline, followup))
     warnings: list[str] = []
     with clock.stage("register_pair"):
-        registration, _aligned = register_prior(before.pre, after.pre)
+        registration = register_prior(before.pre, after.pre)
         clock.note(f"prior T1CE -> follow-up T1CE: NMI {registration.nmi_before:.3f} -> {registration.nmi:.3f}, "
                    f"{registration.translation_mm:.1f} mm, {registration.rotation_deg:.1f} deg")
         if registration.nmi < MIN_PAIR_NMI:
