@@ -4,15 +4,23 @@ sum of longest diameters and the RANO-BM category, on label volumes built here w
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
+from pydicom.dataset import Dataset
 
+from neuroflow.core.config import ResultObjectSettings
 from neuroflow.core.lesions import Lesions, label_lesions
+from neuroflow.core.model_card import ModelRef
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.volume import Geometry, Volume, resample
+from neuroflow.devtools.dicom_writer import SeriesInfo, StudyInfo, write_series
+from neuroflow.devtools.scanner_presets import PRESETS, Vendor
 from neuroflow.devtools.synthetic_metastases import colin27_background
 from neuroflow.longitudinal.compare import register_prior
 from neuroflow.longitudinal.metastases_response import (
@@ -26,7 +34,16 @@ from neuroflow.longitudinal.metastases_response import (
 )
 from neuroflow.preprocess.glioma_inputs import PreprocessedStudy
 from neuroflow.preprocess.normalise import zscore_in_mask
-from neuroflow.results.report import LesionFollowUpEntry, LesionStatus, RanoBmCategory
+from neuroflow.results.dicom_sr import metastases_response_sr, sr_texts
+from neuroflow.results.metastases_results import provisional_review
+from neuroflow.results.report import (
+    LesionFollowUpEntry,
+    LesionStatus,
+    LongitudinalReport,
+    RanoBmCategory,
+    ReportStatus,
+    StudyReport,
+)
 
 # A 1 mm grid in LPS; the follow-up's grid is the same box, the patient moved by SHIFT_MM inside it.
 GRID = Geometry((1.0, 1.0, 1.0), (-60.0, -60.0, -30.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), (120, 120, 60))
@@ -220,3 +237,55 @@ def test_the_prior_is_registered_onto_the_follow_up_even_in_another_frame_of_ref
         truth = np.array(motion.TransformPoint(tuple(float(v) for v in p[:3] - offset)))
         errors.append(float(np.linalg.norm(np.subtract(result.transform.TransformPoint(tuple(p[:3])), truth))))
     assert float(np.median(errors)) < 1.0 and max(errors) < 2.0, (np.median(errors), max(errors))
+
+
+def test_the_sr_reads_back_with_the_category_the_sld_and_a_row_per_lesion_and_is_dciodvfy_clean(
+        pair: tuple[Lesions, Lesions], tmp_path: Path) -> None:
+    prior, current = pair
+    response = metastases_response(prior, current, prior_on_followup(prior, GRID, _to_prior(SHIFT_MM)))
+    model = ModelRef(name="metastases_unet", version=1)
+    response = response.model_copy(update={"review": provisional_review(model, "test")})
+    study = StudyInfo.create("mets-response-sr")
+    series = SeriesInfo.create(study, PRESETS[Vendor.SIEMENS][SeriesRole.T1CE], series_number=5)
+    small = Geometry((1.0, 1.0, 1.0), GRID.origin, GRID.direction, (32, 32, 4))
+    paths = write_series(Volume(np.full((4, 32, 32), 300.0, dtype=np.float32), small), tmp_path / "t1ce",
+                         study=study, series=series)
+    evidence = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
+    section = LongitudinalReport(baseline_study_instance_uid="1.2.3.1",
+                                 followup_study_instance_uid=study.study_instance_uid,
+                                 baseline_study_date="20240105", followup_study_date="20240412",
+                                 pipelines=["metastases_response"], metastases_response=response)
+    report = StudyReport(study_instance_uid=study.study_instance_uid, study_key="k", pipeline="metastases_response",
+                         status=ReportStatus.SUCCEEDED, model=model, longitudinal=section)
+    sr = metastases_response_sr(report, evidence, input_hash="h", objects=ResultObjectSettings())
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    back = pydicom.dcmread(path)
+    assert back.SeriesDescription.startswith("NEEDS REVIEW") and back.SeriesNumber == 9125
+    texts = sr_texts(back)
+    assert f"RANO-BM {response.rano_bm.category.value} from imaging only" in texts
+    assert any("corticosteroid" in t for t in texts) and any("provisional model" in t for t in texts)
+    rows = [t for t in texts if "mm LPS on the follow-up" in t]
+    assert len(rows) == len(response.lesions) == 5
+    assert {row.split(": ")[1].split(",")[0] for row in rows} == {s.value for s in LesionStatus}
+    numbers = {_code(item): float(item.MeasuredValueSequence[0].NumericValue)
+               for item in _items(back) if item.get("ValueType") == "NUM"}
+    assert numbers["SLD-PRIOR"] == pytest.approx(response.rano_bm.sld_prior_mm)
+    assert numbers["SLD"] == pytest.approx(response.rano_bm.sld_mm)
+    dciodvfy = shutil.which("dciodvfy")
+    assert dciodvfy is not None, "dciodvfy not found: install dicom3tools (Debian package 'dicom3tools')"
+    result = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, timeout=120)
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+    assert not errors, errors
+
+
+def _code(item: Dataset) -> str:
+    concept = item.ConceptNameCodeSequence[0]  # a value over 16 characters is a LongCodeValue
+    return str(concept.get("CodeValue") or concept.get("LongCodeValue"))
+
+
+def _items(ds: Dataset) -> list[Dataset]:
+    found: list[Dataset] = []
+    for item in ds.get("ContentSequence", []):
+        found += [item, *_items(item)]
+    return found

@@ -257,6 +257,7 @@ def _entry(match: Match, before: LesionMeasurement | None, after: LesionMeasurem
         prior_volume_ml=round(before.volume_ml, 5) if before is not None else 0.0,
         volume_ml=round(after.volume_ml, 5) if after is not None else 0.0,
         centroid_mm=_point(centroid, 2), target=match.prior in targets,
+        confidence=round(after.confidence, 4) if after is not None and after.confidence is not None else None,
         matched_by=match.by, match_distance_mm=round(match.distance_mm, 1) if match.distance_mm is not None else None)
 
 

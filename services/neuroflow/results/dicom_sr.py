@@ -364,7 +364,9 @@ def metastases_response_sr(
             hd.sr.Measurement(name=PRIOR_DIAMETER_CONCEPT, value=lesion.prior_diameter_mm, unit=_MM,
                               algorithm_id=algorithm),
             hd.sr.Measurement(name=codes.SCT.Volume, value=round(lesion.volume_ml, 4), unit=_ML,
-                              algorithm_id=algorithm)]
+                              algorithm_id=algorithm),
+            *([] if lesion.confidence is None else [hd.sr.Measurement(
+                name=CONFIDENCE_CONCEPT, value=round(lesion.confidence, 3), unit=_NO_UNITS, algorithm_id=algorithm)])]
         group = hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(
                 uid=derived_uid(objects.uid_root, "neuroflow.sr-mets-response-lesion", input_hash, str(row)),

@@ -225,6 +225,7 @@ class LesionFollowUpEntry(_ReportModel):
     prior_volume_ml: float = Field(ge=0.0)
     volume_ml: float = Field(ge=0.0)
     centroid_mm: tuple[float, float, float]  # LPS on the follow-up (a resolved lesion: its prior's, registered)
+    confidence: float | None = None  # the follow-up lesion's mean probability (a faint new one may be noise)
     target: bool = False  # a RANO-BM target lesion (chosen on the prior)
     matched_by: str | None = None  # "overlap" or "distance" after registration; None when unmatched
     match_distance_mm: float | None = None  # between the registered prior centroid and the follow-up centroid
@@ -559,9 +560,10 @@ def _metastases_response_lines(response: MetastasesResponse) -> list[str]:
         prior = (f"prior Met {lesion.prior_number}" if lesion.prior_number is not None and lesion.number is not None
                  else "")
         x, y, z = lesion.centroid_mm
+        confidence = f", confidence {lesion.confidence:.2f}" if lesion.confidence is not None else ""
         lines.append(f"    {name:<16} {lesion.status.value:<9} {lesion.prior_diameter_mm:5.1f} -> "
                      f"{lesion.diameter_mm:5.1f} mm{' target' if lesion.target else ''}"
-                     f"{f', {prior}' if prior else ''}, at ({x:.1f}, {y:.1f}, {z:.1f}) mm LPS")
+                     f"{f', {prior}' if prior else ''}, at ({x:.1f}, {y:.1f}, {z:.1f}) mm LPS{confidence}")
     lines += [f"    caveat: {caveat}" for caveat in rano.caveats]
     if response.review is not None:
         lines += [f"    review: {alarm}" for alarm in response.review.alarms]
