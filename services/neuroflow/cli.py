@@ -72,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="gRPC endpoint of the Triton Inference Server (with --inference triton)")
     run.add_argument("--pipeline", choices=(GLIOMA_PIPELINE, METASTASES_PIPELINE), default=None,
                      help="run this pipeline on the study (default: routing decides; glioma unless the site "
-                          "enables only metastases)")
+                          "enables only metastases); metastases on several studies of one patient: their "
+                          "lesion-wise follow-up (RANO-BM)")
     run.set_defaults(handler=_cmd_run)
 
     classify = sub.add_parser("classify", help="print the role of every series in a folder of DICOM files")
