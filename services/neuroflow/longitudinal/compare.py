@@ -26,7 +26,7 @@ from neuroflow.core.model_card import ModelRef
 from neuroflow.core.roles import CHANGE_REQUIRED_ROLES, GLIOMA_INPUT_ROLES, ChangePipeline, SeriesRole
 from neuroflow.core.series_volume import series_to_volume
 from neuroflow.core.timing import StageClock
-from neuroflow.core.volume import Volume
+from neuroflow.core.volume import Geometry, Volume
 from neuroflow.core.volume_members import volume_instances
 from neuroflow.longitudinal.haematoma import (
     HAEMATOMA_STAGES,
@@ -58,6 +58,7 @@ from neuroflow.results.metastases_results import provisional_review
 from neuroflow.results.report import (
     DiametersMm,
     HaematomaSection,
+    LesionStatus,
     LongitudinalReport,
     NewLesionEntry,
     ReportStatus,
@@ -239,6 +240,10 @@ def _metastases_response(section: LongitudinalReport, baseline: Timepoint, follo
         thickness = before.t1ce_instances[0].get("SliceThickness")
         response = metastases_response(before.lesions, after.lesions, on_followup,
                                        slice_thickness_mm=float(thickness) if thickness not in (None, "") else None)
+        # A prior lesion the follow-up did not image is not resolved: say so where the reader looks.
+        warnings += [f"prior Met {e.prior_number} lies outside the follow-up T1CE's field of view: reported "
+                     "resolved, but it was not imaged" for e in response.lesions
+                     if e.status is LesionStatus.RESOLVED and not _inside(e.centroid_mm, after.t1ce_image.geometry)]
         counts = ", ".join(f"{n} {status}" for status, n in response.counts.items() if n)
         clock.note(f"{counts or 'no metastasis'}; RANO-BM {response.rano_bm.category}")
     model = settings.models.metastases
@@ -254,6 +259,12 @@ def _metastases_response(section: LongitudinalReport, baseline: Timepoint, follo
                                   model=model, longitudinal=section, warnings=warnings)
         sr = metastases_response_sr(pair_report, after.t1ce_instances, input_hash=key, objects=settings.results)
     return PairResult(section, {METASTASES_RESPONSE_SR_FILE: [sr]}, warnings)
+
+
+def _inside(point_mm: Sequence[float], geometry: Geometry) -> bool:
+    """Whether ``point_mm`` (LPS) lies within the grid's voxels."""
+    index = np.linalg.inv(geometry.index_to_patient()) @ np.array([*point_mm, 1.0])
+    return bool(all(-0.5 <= index[axis] <= geometry.size[axis] - 0.5 for axis in range(3)))
 
 
 def _ms_change(section: LongitudinalReport, baseline: Timepoint, followup: Timepoint, backend: InferenceBackend,
