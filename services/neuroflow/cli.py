@@ -72,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="gRPC endpoint of the Triton Inference Server (with --inference triton)")
     run.add_argument("--pipeline", choices=(GLIOMA_PIPELINE, METASTASES_PIPELINE), default=None,
                      help="run this pipeline on the study (default: routing decides; glioma unless the site "
-                          "enables only metastases)")
+                          "enables only metastases); metastases on several studies of one patient: their "
+                          "lesion-wise follow-up (RANO-BM)")
     run.set_defaults(handler=_cmd_run)
 
     classify = sub.add_parser("classify", help="print the role of every series in a folder of DICOM files")
@@ -167,10 +168,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         found = [f"{change.new_lesion_count} new MS lesion(s)" if change.new_lesion_count is not None else "",
                  f"haematoma {change.haematoma.baseline_ml:.1f} -> {change.haematoma.followup_ml:.1f} mL"
                  f"{' (expansion)' if change.haematoma.expansion else ''}" if change.haematoma is not None else "",
-                 "tumour growth measured" if change.tumour_growth is not None else ""]
+                 "tumour growth measured" if change.tumour_growth is not None else "",
+                 _response_line(change.metastases_response) if change.metastases_response is not None else ""]
         print(f"study {report.study_key} vs prior: {', '.join(f for f in found if f)} "
               f"in {report.timings_s['total']:.1f} s -> {args.out}")
     return ExitCode.OK
+
+
+def _response_line(response: Any) -> str:
+    flagged = response.review is not None and response.review.needs_review
+    return f"metastases RANO-BM {response.rano_bm.category.value}{' (NEEDS REVIEW)' if flagged else ''}"
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:

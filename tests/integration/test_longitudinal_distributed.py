@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -34,6 +35,7 @@ from neuroflow.core import topics
 from neuroflow.core.bus import InMemoryBus
 from neuroflow.core.config import (
     HAEMATOMA_CHANGE_PIPELINE,
+    METASTASES_RESPONSE_PIPELINE,
     MS_CHANGE_PIPELINE,
     BusSettings,
     DicomSettings,
@@ -56,6 +58,7 @@ from neuroflow.devtools.dicom_writer import PatientInfo, write_study
 from neuroflow.devtools.longitudinal_phantoms import Brain, colin27, make_haematoma_pair, make_ms_pair
 from neuroflow.devtools.orthanc_server import CONFIG_TEMPLATE, start_orthanc
 from neuroflow.devtools.ports import free_loopback_port
+from neuroflow.devtools.synthetic_metastases import colin27_background, metastases_followup_pair
 from neuroflow.longitudinal.priors import (
     PatientTimepoint,
     PostgresTimepointStore,
@@ -66,6 +69,7 @@ from neuroflow.longitudinal.priors import (
 )
 from neuroflow.longitudinal.worker import LongitudinalService
 from neuroflow.proto.neuroflow.v1 import common_pb2, tasks_pb2
+from neuroflow.results.dicom_sr import sr_texts
 from neuroflow.runtime.distributed import Backends, build_ingest, build_service
 from tests.servers.orthanc import OrthancPair, site_and_pacs
 
@@ -74,6 +78,7 @@ DESTINATION = "pacs"  # the site Orthanc's name for the PACS, where results are 
 PATIENT = PatientInfo(patient_id="NF-MS-0042", name="TEST^LONGITUDINAL", birth_date="19800101", sex="F")
 BASELINE_DATE, FOLLOWUP_DATE = "20230110", "20240115"
 CT_PATIENT = PatientInfo(patient_id="NF-ICH-0007", name="TEST^HAEMATOMA", birth_date="19500505", sex="M")
+METS_PATIENT = PatientInfo(patient_id="NF-METS-0009", name="TEST^METASTASES", birth_date="19620303", sex="M")
 NO_ID_PATIENT = PatientInfo(patient_id="", name="TEST^NOID", birth_date="19600606", sex="F")
 # The phantom pairs (made at 1 mm) resampled, so each test moves fewer slices through Orthanc.
 SPACING_MM = 1.5
@@ -144,6 +149,23 @@ def ct_studies(brain: Brain, tmp_path_factory: pytest.TempPathFactory) -> Studie
     pair = make_haematoma_pair(brain, baseline_ml=20.0, followup_ml=30.0, seed=1)
     return _write_pair(pair.baseline, pair.followup, SeriesRole.CT, CT_SPACING_MM,
                        tmp_path_factory.mktemp("ct-studies"), CT_PATIENT)
+
+
+@pytest.fixture(scope="module")
+def mets_studies(tmp_path_factory: pytest.TempPathFactory) -> Studies:
+    """A third patient's T1CE and FLAIR, twice: a metastasis that grows (12 -> 20 mm), one that resolves (10 mm)
+    and a new one (14 mm), the patient moved between the visits (a slab of Colin27 keeps it quick)."""
+    pair = metastases_followup_pair(colin27_background(axial_slices=(60, 135)),
+                                    {"growing": (12.0, 20.0), "resolved": (10.0, 0.0), "new": (0.0, 14.0)}, seed=11)
+    folder = tmp_path_factory.mktemp("mets-studies")
+    written = [write_study({role: v.with_array(np.round(v.array).astype(np.int16)) for role, v in volumes.items()},
+                           folder / name, patient=METS_PATIENT, seed=f"mets-{name}", study_date=date)
+               for name, date, volumes in (
+                   ("baseline", BASELINE_DATE, {SeriesRole.T1CE: pair.prior.t1ce, SeriesRole.FLAIR: pair.prior.flair}),
+                   ("followup", FOLLOWUP_DATE, {SeriesRole.T1CE: pair.followup_t1ce,
+                                                SeriesRole.FLAIR: pair.followup_flair}))]
+    return Studies(folder / "baseline", folder / "followup", written[0].study_instance_uid,
+                   written[1].study_instance_uid)
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +257,8 @@ class Site:
 def make_site(orthancs: OrthancPair, tmp_path: Path) -> Iterator[Callable[..., Site]]:
     started: list[Site] = []
 
-    def make(*, prior_wait_s: float = 3600.0, with_pacs: bool = False) -> Site:
+    def make(*, prior_wait_s: float = 3600.0, with_pacs: bool = False,
+             pipelines: tuple[str, ...] = (MS_CHANGE_PIPELINE, HAEMATOMA_CHANGE_PIPELINE)) -> Site:
         endpoint = orthancs.site.endpoint
         pacs = orthancs.pacs.endpoint
         settings = NeuroflowSettings(
@@ -245,8 +268,7 @@ def make_site(orthancs: OrthancPair, tmp_path: Path) -> Iterator[Callable[..., S
             state=StateSettings(kind="sqlite", sqlite_path=tmp_path / "state.sqlite3"),
             dicom=DicomSettings(source="orthanc", orthanc_url=endpoint.url, orthanc_username=endpoint.username,
                                 orthanc_password=endpoint.password, destination=DESTINATION),  # type: ignore[arg-type]
-            ingest=IngestSettings(wait_window_s=0.5, pipelines=[MS_CHANGE_PIPELINE, HAEMATOMA_CHANGE_PIPELINE],
-                                  poll_interval_s=0.1),
+            ingest=IngestSettings(wait_window_s=0.5, pipelines=list(pipelines), poll_interval_s=0.1),
             longitudinal=LongitudinalSettings(
                 prior_wait_s=prior_wait_s, prior_sweep_interval_s=0.1,
                 pacs=PacsNode(aet=PACS_AET, host="127.0.0.1", port=pacs.dicom_port) if with_pacs else None),
@@ -320,6 +342,27 @@ def test_prior_in_the_site_orthanc_is_compared_stored_forwarded_and_a_redelivery
 
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+
+
+def test_a_metastases_follow_up_is_compared_lesion_by_lesion_stored_and_forwarded_with_its_sr(
+        orthancs: OrthancPair, mets_studies: Studies, make_site: Callable[..., Site]) -> None:
+    # The distributed runtime runs the same comparison as `neuroflow run --pipeline metastases` on two studies.
+    site = make_site(pipelines=(METASTASES_RESPONSE_PIPELINE,))
+    _upload(orthancs.site_client, mets_studies.baseline)
+    _upload(orthancs.site_client, mets_studies.followup)
+    records = site.wait_for("the metastases follow-up", lambda: _succeeded(
+        site.workflows(mets_studies.followup_uid, METASTASES_RESPONSE_PIPELINE), "compared with the prior"))
+    section = site.report(records[0])["longitudinal"]
+    assert section["baseline_study_instance_uid"] == mets_studies.baseline_uid
+    response = section["metastases_response"]
+    counts = response["counts"]
+    assert counts["new"] >= 1 and counts["growing"] >= 1 and counts["resolved"] >= 1, response["lesions"]
+    assert response["rano_bm"]["category"] == "PD" and response["review"]["needs_review"]
+    site.wait_delivered(records[0])
+    forwarded = [_dataset(orthancs.pacs_client, i) for i in _instances(orthancs.pacs_client, mets_studies.followup_uid)]
+    srs = [ds for ds in forwarded if ds.SOPClassUID == COMPREHENSIVE_3D_SR]
+    assert len(srs) == 1 and srs[0].SeriesDescription.startswith("NEEDS REVIEW")
+    assert "RANO-BM PD from imaging only" in sr_texts(srs[0])
 
 
 def _dataset(client: OrthancClient, instance_id: str) -> Dataset:

@@ -3,7 +3,7 @@ present; without a T1CE it is refused, naming what it lacks; a site's routing ru
 
 from __future__ import annotations
 
-from neuroflow.core.config import METASTASES_PIPELINE
+from neuroflow.core.config import METASTASES_PIPELINE, METASTASES_RESPONSE_PIPELINE
 from neuroflow.core.roles import SeriesRole
 from neuroflow.ingest.classify import SeriesClassification
 from neuroflow.ingest.routing import route_study
@@ -40,3 +40,20 @@ def test_a_site_rule_keeps_other_studies_from_the_pipeline() -> None:
     routed = route_study(study, [METASTASES_PIPELINE], study_key="k5", rules=rules,
                          study_tags={"StudyDescription": "MRI BRAIN SRS PLANNING"})
     assert [r.pipeline for r in routed.routes] == [METASTASES_PIPELINE]
+
+
+def test_the_metastases_follow_up_goes_where_the_metastases_pipeline_goes() -> None:
+    # A site that follows its metastases patients: the follow-up pipeline is held to the metastases rule too, so a
+    # glioma patient's T1CE is not compared lesion by lesion, while an SRS patient's is.
+    rules = SiteRules(routes=[PipelineRoute(pipeline=METASTASES_PIPELINE, study_description="METS|SRS")])
+    study = _series(SeriesRole.T1CE, SeriesRole.FLAIR)
+    enabled = [METASTASES_PIPELINE, METASTASES_RESPONSE_PIPELINE]
+    glioma_patient = route_study(study, enabled, study_key="k6", rules=rules,
+                                 study_tags={"StudyDescription": "MRI BRAIN GLIOMA FOLLOW-UP"})
+    assert not glioma_patient.routes
+    assert "METS|SRS" in glioma_patient.not_routed[METASTASES_RESPONSE_PIPELINE]
+    srs_patient = route_study(study, enabled, study_key="k7", rules=rules,
+                              study_tags={"StudyDescription": "MRI BRAIN SRS FOLLOW-UP"})
+    assert [r.pipeline for r in srs_patient.routes] == enabled
+    # It needs the T1CE (at both timepoints: the longitudinal stage checks the prior) and takes FLAIR's absence.
+    assert set(srs_patient.routes[1].inputs) == {SeriesRole.T1CE}

@@ -137,3 +137,20 @@ def test_the_same_patient_id_from_another_issuer_is_another_patient() -> None:
     a, _ = _study("11.1", {SeriesRole.FLAIR: {**FLAIR_3D, "IssuerOfPatientID": "HOSPITAL-A"}}, patient="P7")
     b, _ = _study("11.2", {SeriesRole.FLAIR: {**FLAIR_3D, "IssuerOfPatientID": "HOSPITAL-B"}}, patient="P7")
     assert len(group_by_patient([a, b])) == 2
+
+
+def test_the_metastases_follow_up_is_planned_only_when_asked_for() -> None:
+    # Every glioma pair has a T1CE at both timepoints: the metastases follow-up is the metastases pipeline's,
+    # planned when a caller asks for it (embedded: --pipeline metastases), never by default.
+    glioma = {role: FLAIR_3D for role in (SeriesRole.T1, SeriesRole.T1CE, SeriesRole.T2, SeriesRole.FLAIR)}
+    timepoints = [_timepoint("9.1", glioma, study_date="20230101"), _timepoint("9.2", glioma, study_date="20230401")]
+    (default,) = plan_pairs(timepoints)
+    assert ChangePipeline.METASTASES_RESPONSE not in default.pipelines
+    assert ChangePipeline.METASTASES_RESPONSE not in default.not_run
+    (asked,) = plan_pairs(timepoints, [ChangePipeline.METASTASES_RESPONSE])
+    assert asked.pipelines == (ChangePipeline.METASTASES_RESPONSE,)
+    flair_only = {SeriesRole.FLAIR: FLAIR_3D}
+    (without,) = plan_pairs([_timepoint("9.3", glioma, study_date="20230101"),
+                             _timepoint("9.4", flair_only, study_date="20230401")],
+                            [ChangePipeline.METASTASES_RESPONSE])
+    assert not without.pipelines and "T1CE" in without.not_run[ChangePipeline.METASTASES_RESPONSE]

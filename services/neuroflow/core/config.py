@@ -26,7 +26,11 @@ LONGITUDINAL_PIPELINE = "longitudinal"
 MS_CHANGE_PIPELINE = "ms_change"
 HAEMATOMA_CHANGE_PIPELINE = "haematoma_change"
 TUMOUR_GROWTH_PIPELINE = "tumour_growth"
-CHANGE_PIPELINES = (MS_CHANGE_PIPELINE, HAEMATOMA_CHANGE_PIPELINE, TUMOUR_GROWTH_PIPELINE)
+# Brain metastases lesion by lesion against the prior, with the RANO-BM category (issue 15): it follows the
+# patients of the metastases pipeline (routed by the same site rules; embedded: ``--pipeline metastases``).
+METASTASES_RESPONSE_PIPELINE = "metastases_response"
+CHANGE_PIPELINES = (MS_CHANGE_PIPELINE, HAEMATOMA_CHANGE_PIPELINE, TUMOUR_GROWTH_PIPELINE,
+                    METASTASES_RESPONSE_PIPELINE)
 # Version of the change algorithms, part of each comparison's identity (input hash): raise it when they change.
 CHANGE_ALGORITHM_VERSION = 1
 
@@ -390,6 +394,7 @@ class ResultObjectSettings(BaseModel):
     metastases_overlay_series_number: int = Field(default=9122, ge=1)
     metastases_sr_series_number: int = Field(default=9123, ge=1)
     metastases_rtstruct_series_number: int = Field(default=9124, ge=1)
+    metastases_response_sr_series_number: int = Field(default=9125, ge=1)
 
 
 class InferenceSettings(BaseModel):

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from neuroflow.core.config import HAEMATOMA_CHANGE_PIPELINE, MS_CHANGE_PIPELINE, TUMOUR_GROWTH_PIPELINE
+from neuroflow.core.config import (
+    HAEMATOMA_CHANGE_PIPELINE,
+    METASTASES_PIPELINE,
+    METASTASES_RESPONSE_PIPELINE,
+    MS_CHANGE_PIPELINE,
+    TUMOUR_GROWTH_PIPELINE,
+)
 
 
 class SeriesRole(StrEnum):
@@ -36,6 +42,7 @@ class ChangePipeline(StrEnum):
     MS = MS_CHANGE_PIPELINE
     HAEMATOMA = HAEMATOMA_CHANGE_PIPELINE
     TUMOUR_GROWTH = TUMOUR_GROWTH_PIPELINE
+    METASTASES_RESPONSE = METASTASES_RESPONSE_PIPELINE
 
 
 # The roles each change pipeline needs at both timepoints of a pair ...
@@ -43,10 +50,16 @@ CHANGE_REQUIRED_ROLES: dict[ChangePipeline, tuple[SeriesRole, ...]] = {
     ChangePipeline.MS: (SeriesRole.FLAIR,),
     ChangePipeline.HAEMATOMA: (SeriesRole.CT,),
     ChangePipeline.TUMOUR_GROWTH: GLIOMA_INPUT_ROLES,
+    ChangePipeline.METASTASES_RESPONSE: (SeriesRole.T1CE,),
 }
 # ... and those it uses when present (MS: T1/T2 help skull stripping and registration).
 CHANGE_OPTIONAL_ROLES: dict[ChangePipeline, tuple[SeriesRole, ...]] = {
     ChangePipeline.MS: (SeriesRole.T1, SeriesRole.T2),
     ChangePipeline.HAEMATOMA: (),
     ChangePipeline.TUMOUR_GROWTH: (),
+    ChangePipeline.METASTASES_RESPONSE: (SeriesRole.FLAIR,),
 }
+# The change pipelines that follow the patients of a single-study pipeline rather than every study with their
+# roles: a study goes to them only where it goes to that pipeline (its site rules; embedded: ``--pipeline``).
+# Without this every glioma patient with a T1CE would also be followed as a metastases patient.
+CHANGE_FOLLOWS: dict[ChangePipeline, str] = {ChangePipeline.METASTASES_RESPONSE: METASTASES_PIPELINE}

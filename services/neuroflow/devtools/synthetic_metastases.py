@@ -38,7 +38,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from neuroflow.core.lesions import label_lesions
-from neuroflow.core.volume import Geometry, Volume
+from neuroflow.core.volume import Geometry, Volume, resample
 from neuroflow.devtools.dicom_writer import load_volume
 from neuroflow.devtools.longitudinal_phantoms import (
     COLIN27_BRAIN,
@@ -70,6 +70,8 @@ class MetastasisSpec:
     pattern: Pattern = "solid"
     haemorrhagic: bool = False
     oedema_mm: float = 0.0
+    # Where its centre goes (LPS mm) instead of a random site: a follow-up draws a lesion again where it was.
+    at_mm: tuple[float, float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -240,17 +242,22 @@ def insert_metastases(background: Background, specs: Sequence[MetastasisSpec], *
         spec = specs[n]
         radius = spec.diameter_mm / 2.0
         preferred = SITES[turn % 2]
-        for site in (preferred, *(s for s in SITES if s != preferred)):
-            candidates = np.argwhere(_room(site, radius, maps))
-            # Far enough from every lesion placed for the two never to touch (lobulation reaches ~1.35 radii).
-            for other_centre, other_radius in placed:
-                reach = 1.35 * (radius + other_radius) + GAP_MM
-                candidates = candidates[(((candidates - other_centre) * spacing) ** 2).sum(axis=1) > reach**2]
-            if candidates.size:
-                break
+        if spec.at_mm is not None:  # placed by the caller; its site is named by the tissue its centre is in
+            i, j, k = (np.linalg.inv(geometry.index_to_patient()) @ np.array([*spec.at_mm, 1.0]))[:3]
+            centre = np.round([k, j, i]).astype(np.float64)
+            site = SITES[0] if maps.white[tuple(centre.astype(int))] else SITES[1]
         else:
-            raise ValueError(f"{background.name}: no room left for a {spec.diameter_mm:.1f} mm metastasis")
-        centre = candidates[int(rng.integers(len(candidates)))].astype(np.float64)
+            for site in (preferred, *(s for s in SITES if s != preferred)):
+                candidates = np.argwhere(_room(site, radius, maps))
+                # Far enough from every lesion placed for the two never to touch (lobulation reaches ~1.35 radii).
+                for other_centre, other_radius in placed:
+                    reach = 1.35 * (radius + other_radius) + GAP_MM
+                    candidates = candidates[(((candidates - other_centre) * spacing) ** 2).sum(axis=1) > reach**2]
+                if candidates.size:
+                    break
+            else:
+                raise ValueError(f"{background.name}: no room left for a {spec.diameter_mm:.1f} mm metastasis")
+            centre = candidates[int(rng.integers(len(candidates)))].astype(np.float64)
         box, fraction, radial = _lobulated(brain.shape, spacing, centre, radius, rng)
         inside = (fraction >= 0.5) & brain[box]
         if not inside.any():  # a lesion smaller than a voxel still marks the voxel it sits in
@@ -427,3 +434,56 @@ def _oedema(lesion: BoolArray, reach_mm: float, spacing: npt.NDArray[np.float64]
 def _rician(image: FloatArray, sigma: float, rng: np.random.Generator) -> FloatArray:
     return np.hypot(image + rng.normal(0.0, sigma, image.shape), rng.normal(0.0, sigma, image.shape)).astype(
         np.float32)
+
+
+@dataclass
+class FollowUpPair:
+    """Two visits of one patient with metastases kept in place between them (each drawn again where it was, at
+    its size then) and the patient moved at the follow-up. ``motion`` maps follow-up points to the prior's;
+    ``expected`` names each lesion (as the caller did) with its centre at the prior and at the follow-up (LPS mm)
+    and its sizes (prior, follow-up; 0 = absent)."""
+
+    prior: SyntheticMetastases
+    followup_t1ce: Volume
+    followup_flair: Volume
+    followup_labels: Volume  # the follow-up's lesion numbers, moved with the patient
+    motion: sitk.Euler3DTransform
+    expected: dict[str, tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, float]]]
+
+
+def metastases_followup_pair(background: Background, lesions: dict[str, tuple[float, float]], *, seed: int = 0,
+                             rotation_deg: float = 3.0, shift_mm: tuple[float, float, float] = (4.0, -3.0, 0.0),
+                             noise: float = 0.0) -> FollowUpPair:
+    """A prior and a follow-up of ``lesions`` (name -> (prior, follow-up) diameter in mm; 0: absent then, so
+    (0, d) is new and (d, 0) resolved). Every lesion is placed once at its larger size (so none touches another
+    at either visit), then drawn at each visit at that visit's size; the follow-up is then rotated by
+    ``rotation_deg`` about the patient's z axis through the volume's centre and shifted by ``shift_mm``."""
+    names = list(lesions)
+    layout = insert_metastases(background, [MetastasisSpec(max(lesions[n])) for n in names], seed=seed)
+    # The layout numbers lesions largest first: each name takes a place drawn at its size (names of equal size
+    # share their places out; the places are arbitrary anyway).
+    at: dict[str, tuple[float, float, float]] = {}
+    for truth in layout.truth:
+        name = next(n for n in names if max(lesions[n]) == truth.spec.diameter_mm and n not in at)
+        at[name] = truth.centroid_mm
+    visits = [insert_metastases(background, [MetastasisSpec(lesions[n][v], at_mm=at[n]) for n in names
+                                             if lesions[n][v] > 0], seed=seed + 1 + v, noise=noise) for v in (0, 1)]
+    geometry = background.t1ce.geometry
+    centre = geometry.index_to_patient() @ np.array([*(np.asarray(geometry.size, dtype=np.float64) - 1) / 2, 1.0])
+    motion = sitk.Euler3DTransform()
+    motion.SetCenter(tuple(float(v) for v in centre[:3]))
+    motion.SetRotation(0.0, 0.0, math.radians(rotation_deg))
+    motion.SetTranslation(shift_mm)
+    inverse = motion.GetInverse()
+    follow = visits[1]
+
+    def moved(volume: Volume, interpolator: int) -> Volume:
+        return resample(volume, geometry, motion, interpolator=interpolator)
+
+    expected = {n: (at[n], _triple(inverse.TransformPoint(at[n])), lesions[n]) for n in names}
+    return FollowUpPair(visits[0], moved(follow.t1ce, sitk.sitkLinear), moved(follow.flair, sitk.sitkLinear),
+                        moved(follow.labels, sitk.sitkNearestNeighbor), motion, expected)
+
+
+def _triple(values: Sequence[float]) -> tuple[float, float, float]:
+    return float(values[0]), float(values[1]), float(values[2])

@@ -8,7 +8,14 @@ from dataclasses import dataclass, field
 from neuroflow.core.config import GLIOMA_PIPELINE, METASTASES_PIPELINE, ClassifySettings
 from neuroflow.core.errors import AmbiguousRole, MissingSequence
 from neuroflow.core.model_card import ModelCard
-from neuroflow.core.roles import CHANGE_REQUIRED_ROLES, GLIOMA_INPUT_ROLES, METASTASES_INPUT_ROLES, SeriesRole
+from neuroflow.core.roles import (
+    CHANGE_FOLLOWS,
+    CHANGE_REQUIRED_ROLES,
+    GLIOMA_INPUT_ROLES,
+    METASTASES_INPUT_ROLES,
+    ChangePipeline,
+    SeriesRole,
+)
 from neuroflow.core.sequence_subsets import PipelineInputs
 from neuroflow.ingest.classify import SeriesClassification, effective_policy, select_inputs
 from neuroflow.ingest.site_rules import SiteRules
@@ -77,7 +84,12 @@ def route_study(classified: Sequence[SeriesClassification], pipelines: Sequence[
     policy = effective_policy(policy, rules)
     takes = {**pipeline_inputs(None), **(inputs or {})}
     for pipeline in pipelines:
-        if rules is not None and (why := rules.route_refusal(pipeline, dict(study_tags or {}))) is not None:
+        # A change pipeline that follows a single-study pipeline's patients (the metastases response) is held to
+        # that pipeline's site rules as well as its own: a glioma patient's T1CE is no metastases follow-up.
+        followed = CHANGE_FOLLOWS.get(ChangePipeline(pipeline)) if pipeline in set(ChangePipeline) else None
+        if rules is not None and (why := next((r for name in (pipeline, followed) if name is not None
+                                               and (r := rules.route_refusal(name, dict(study_tags or {})))
+                                               is not None), None)) is not None:
             not_routed[pipeline] = why
             continue
         try:

@@ -11,19 +11,22 @@ The longitudinal stage is a composite one: it converts DICOM (preprocess), runs 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import numpy as np
+import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from neuroflow.core.config import NeuroflowSettings
 from neuroflow.core.errors import MissingSequence
 from neuroflow.core.identity import input_hash
 from neuroflow.core.inference import InferenceBackend
+from neuroflow.core.lesions import Lesions, lesions_on
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.roles import CHANGE_REQUIRED_ROLES, GLIOMA_INPUT_ROLES, ChangePipeline, SeriesRole
 from neuroflow.core.series_volume import series_to_volume
 from neuroflow.core.timing import StageClock
-from neuroflow.core.volume import Volume
+from neuroflow.core.volume import Geometry, Volume
 from neuroflow.core.volume_members import volume_instances
 from neuroflow.longitudinal.haematoma import (
     HAEMATOMA_STAGES,
@@ -31,15 +34,18 @@ from neuroflow.longitudinal.haematoma import (
     HaematomaMeasure,
     measure_haematoma_change,
 )
-from neuroflow.longitudinal.ms_lesions import MS_STAGES, MsLesionChange, detect_new_ms_lesions
+from neuroflow.longitudinal.metastases_response import metastases_response, prior_on_followup
+from neuroflow.longitudinal.ms_lesions import MS_STAGES, MsLesionChange, centre_aligned, detect_new_ms_lesions
 from neuroflow.longitudinal.pairing import roles_for
 from neuroflow.longitudinal.tumour_growth import GliomaTimepoint, tumour_growth
-from neuroflow.preprocess.glioma_inputs import preprocess_glioma
-from neuroflow.results.dicom_sr import ms_change_sr
+from neuroflow.preprocess.glioma_inputs import PreprocessedStudy, preprocess_glioma
+from neuroflow.preprocess.register import RegistrationResult, register_rigid
+from neuroflow.results.dicom_sr import metastases_response_sr, ms_change_sr
 from neuroflow.results.longitudinal_results import (
     HAEMATOMA_BASELINE_SEG_FILE,
     HAEMATOMA_FOLLOWUP_SEG_FILE,
     HAEMATOMA_HU,
+    METASTASES_RESPONSE_SR_FILE,
     MS_OVERLAY_FOLDER,
     MS_SEG_FILE,
     MS_SR_FILE,
@@ -48,9 +54,11 @@ from neuroflow.results.longitudinal_results import (
     haematoma_seg,
     ms_lesion_seg,
 )
+from neuroflow.results.metastases_results import provisional_review
 from neuroflow.results.report import (
     DiametersMm,
     HaematomaSection,
+    LesionStatus,
     LongitudinalReport,
     NewLesionEntry,
     ReportStatus,
@@ -58,6 +66,7 @@ from neuroflow.results.report import (
     TumourVolumes,
 )
 from neuroflow.segmentation.glioma import label_map, predict_regions
+from neuroflow.segmentation.metastases import predict_metastases
 
 __all__ = ["COMPARE_STAGES", "ChangePipeline", "PairResult", "Timepoint", "compare_pair"]
 
@@ -65,8 +74,12 @@ __all__ = ["COMPARE_STAGES", "ChangePipeline", "PairResult", "Timepoint", "compa
 GLIOMA_MEASURE_STAGES = ("convert", "orientation", "register", "skull_strip", "normalise", "segment", "postprocess")
 # Every stage compare_pair may time: a caller's StageClock must know them all.
 COMPARE_STAGES: tuple[str, ...] = tuple(dict.fromkeys((
-    "convert_pair", *MS_STAGES, *HAEMATOMA_STAGES, *GLIOMA_MEASURE_STAGES, "change_results")))
+    "convert_pair", *MS_STAGES, *HAEMATOMA_STAGES, *GLIOMA_MEASURE_STAGES, "register_pair", "match_lesions",
+    "change_results")))
 STAGE = "longitudinal"
+# Below this normalised mutual information two skull-stripped T1CE of one brain are not aligned (well aligned
+# brain MR reach about 1.1-1.3: preprocess.register); the matches are then suspect.
+MIN_PAIR_NMI = 1.05
 
 
 @dataclass
@@ -104,6 +117,9 @@ def compare_pair(
     MS new lesions: the FLAIR (T1/T2 when present) of both; returns the new lesions, a SEG of them on the
     follow-up FLAIR (none when there is no new lesion) and the colour overlay series on the follow-up FLAIR.
     Haematoma expansion: the CT of both; returns the volumes and their change and a SEG per timepoint.
+    Metastases response: the metastases pipeline's segmentation on the T1CE (and FLAIR) of each, the prior
+    registered onto the follow-up, lesions matched and classified with the RANO-BM category
+    (``longitudinal.metastases_response``); returns the section and the SR.
 
     Refuses: MissingSequence when a timepoint lacks a role the pipeline needs; StudyError (naming
     ``study_key``) from conversion or the algorithm (e.g. a 2D FLAIR with slices of 5 mm or more);
@@ -127,6 +143,8 @@ def compare_pair(
         return _ms_change(section, baseline, followup, backend, settings, study_key, clock)
     if pipeline is ChangePipeline.HAEMATOMA:
         return _haematoma_change(section, baseline, followup, backend, settings, study_key, clock)
+    if pipeline is ChangePipeline.METASTASES_RESPONSE:
+        return _metastases_response(section, baseline, followup, backend, settings, study_key, clock)
     volumes = [measure_glioma_volumes(t.instances, backend, settings, study_key=study_key, clock=clock,
                                       volumes_of=t.volumes) for t in (baseline, followup)]
     # No plot file: PairResult carries DICOM objects only; a caller that wants the plot renders
@@ -152,6 +170,101 @@ def measure_glioma_volumes(
                                         study_key=study_key)
     with clock.stage("postprocess"):
         return TumourVolumes.from_label_map(label_map(probabilities, pre.brain_mask))
+
+
+@dataclass(frozen=True)
+class MetastasesMeasure:
+    """The metastases pipeline's lesions of one timepoint, measured on its T1CE as acquired, with what they
+    were found on (the preprocessed study: normalised volumes and brain mask on the 1 mm grid)."""
+
+    lesions: Lesions
+    t1ce_image: Volume
+    t1ce_instances: list[Dataset]
+    pre: PreprocessedStudy
+
+
+def measure_metastases(
+    instances: Mapping[SeriesRole, Sequence[Dataset]], backend: InferenceBackend, settings: NeuroflowSettings,
+    *, study_key: str, clock: StageClock, volumes_of: Mapping[SeriesRole, str] | None = None,
+) -> MetastasesMeasure:
+    """The metastases pipeline's lesions of one study (T1CE, FLAIR when present): the same preprocessing onto the
+    T1CE, model and lesion split as the metastases pipeline, without its result objects."""
+    models = settings.models
+    volumes_of = volumes_of or {}
+    present = {role: list(instances[role]) for role in (SeriesRole.T1CE, SeriesRole.FLAIR) if instances.get(role)}
+    pre = preprocess_glioma(present, backend, (models.skull_strip_bbox, models.skull_strip),
+                            spacing_mm=settings.target_spacing_mm, study_key=study_key, clock=clock,
+                            volumes_of=volumes_of, reference_role=SeriesRole.T1CE)
+    with clock.stage("segment"):
+        probability = predict_metastases(pre.normalised, pre.brain_mask, backend, models.metastases,
+                                         overlap=settings.window_overlap, batch_size=settings.window_batch_size,
+                                         study_key=study_key)
+    with clock.stage("postprocess"):
+        t1ce = volume_instances(present[SeriesRole.T1CE], study_key=study_key,
+                                volume=volumes_of.get(SeriesRole.T1CE, ""))
+        t1ce_image = series_to_volume(t1ce, study_key=study_key)
+        return MetastasesMeasure(lesions_on(probability, t1ce_image.geometry), t1ce_image, t1ce, pre)
+
+
+def register_prior(prior: PreprocessedStudy, followup: PreprocessedStudy) -> RegistrationResult:
+    """The prior's T1CE rigidly registered onto the follow-up's (both skull-stripped and normalised, the metric
+    inside the follow-up's brain); its transform maps follow-up points to the prior's own patient coordinates
+    (two sessions need not share a frame of reference: the prior is first centred on the follow-up, as for MS,
+    and the centring is folded back into the transform)."""
+    moving = prior.normalised[SeriesRole.T1CE]
+    aligned = centre_aligned(moving, followup.normalised[SeriesRole.T1CE])
+    result = register_rigid(followup.normalised[SeriesRole.T1CE], aligned, fixed_mask=followup.brain_mask)
+    # register_rigid maps follow-up points into the centred prior; undo the centring: p_prior = T(p) - shift.
+    shift = np.subtract(aligned.geometry.origin, moving.geometry.origin)
+    to_prior = sitk.Euler3DTransform(result.transform)
+    translation = np.subtract(to_prior.GetTranslation(), shift)
+    to_prior.SetTranslation(tuple(float(v) for v in translation))
+    return replace(result, transform=to_prior, translation_mm=float(np.linalg.norm(translation)))
+
+
+def _metastases_response(section: LongitudinalReport, baseline: Timepoint, followup: Timepoint,
+                         backend: InferenceBackend, settings: NeuroflowSettings, study_key: str,
+                         clock: StageClock) -> PairResult:
+    before, after = (measure_metastases(t.instances, backend, settings, study_key=study_key, clock=clock,
+                                        volumes_of=t.volumes) for t in (baseline, followup))
+    warnings: list[str] = []
+    with clock.stage("register_pair"):
+        registration = register_prior(before.pre, after.pre)
+        clock.note(f"prior T1CE -> follow-up T1CE: NMI {registration.nmi_before:.3f} -> {registration.nmi:.3f}, "
+                   f"{registration.translation_mm:.1f} mm, {registration.rotation_deg:.1f} deg")
+        if registration.nmi < MIN_PAIR_NMI:
+            warnings.append(f"the prior T1CE registered poorly onto the follow-up (normalised mutual information "
+                            f"{registration.nmi:.3f} < {MIN_PAIR_NMI}); check the lesion matches")
+    with clock.stage("match_lesions"):
+        on_followup = prior_on_followup(before.lesions, after.t1ce_image.geometry, registration.transform)
+        thickness = before.t1ce_instances[0].get("SliceThickness")
+        response = metastases_response(before.lesions, after.lesions, on_followup,
+                                       slice_thickness_mm=float(thickness) if thickness not in (None, "") else None)
+        # A prior lesion the follow-up did not image is not resolved: say so where the reader looks.
+        warnings += [f"prior Met {e.prior_number} lies outside the follow-up T1CE's field of view: reported "
+                     "resolved, but it was not imaged" for e in response.lesions
+                     if e.status is LesionStatus.RESOLVED and not _inside(e.centroid_mm, after.t1ce_image.geometry)]
+        counts = ", ".join(f"{n} {status}" for status, n in response.counts.items() if n)
+        clock.note(f"{counts or 'no metastasis'}; RANO-BM {response.rano_bm.category}")
+    model = settings.models.metastases
+    response = response.model_copy(update={
+        "registration": registration.summary(),
+        "review": provisional_review(model, f"{len(response.lesions)} lesion(s) followed, RANO-BM "
+                                            f"{response.rano_bm.category}")})
+    section = section.model_copy(update={"metastases_response": response})
+    key = _pair_hash(baseline, followup, [SeriesRole.T1CE], model)
+    with clock.stage("change_results"):
+        pair_report = StudyReport(study_instance_uid=followup.study_instance_uid, study_key=study_key,
+                                  pipeline=ChangePipeline.METASTASES_RESPONSE.value, status=ReportStatus.SUCCEEDED,
+                                  model=model, longitudinal=section, warnings=warnings)
+        sr = metastases_response_sr(pair_report, after.t1ce_instances, input_hash=key, objects=settings.results)
+    return PairResult(section, {METASTASES_RESPONSE_SR_FILE: [sr]}, warnings)
+
+
+def _inside(point_mm: Sequence[float], geometry: Geometry) -> bool:
+    """Whether ``point_mm`` (LPS) lies within the grid's voxels."""
+    index = np.linalg.inv(geometry.index_to_patient()) @ np.array([*point_mm, 1.0])
+    return bool(all(-0.5 <= index[axis] <= geometry.size[axis] - 0.5 for axis in range(3)))
 
 
 def _ms_change(section: LongitudinalReport, baseline: Timepoint, followup: Timepoint, backend: InferenceBackend,

@@ -187,7 +187,7 @@ def detect_new_ms_lesions(
                             study_key=study_key).array > 0
 
     with clock.stage("register_pair"):
-        aligned = _centre_aligned(base_flair, follow_flair)
+        aligned = centre_aligned(base_flair, follow_flair)
         registration = register_rigid(follow_flair, aligned,
                                       fixed_mask=follow_flair.with_array(brain.astype(np.uint8)) if brain.any()
                                       else None)
@@ -266,7 +266,7 @@ def _flair(volumes: Mapping[SeriesRole, Volume], study_key: str, which: str) -> 
     return flair
 
 
-def _centre_aligned(moving: Volume, fixed: Volume) -> Volume:
+def centre_aligned(moving: Volume, fixed: Volume) -> Volume:
     """``moving`` with its origin shifted so its intensity centre of mass meets ``fixed``'s: two sessions
     need not share a frame of reference, and the rigid registration starts from the scanner geometry."""
     shift = _centre_of_mass(fixed) - _centre_of_mass(moving)

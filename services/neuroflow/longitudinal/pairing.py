@@ -15,6 +15,8 @@ What "matched on role and protocol" means here (the only protocol facts compared
 * Haematoma expansion: both timepoints have a CT, and neither is contrast-enhanced (contrast makes vessels
   and enhancing tissue as dense as blood, so the HU method would count them as haematoma).
 * Tumour growth: both timepoints have every glioma input (T1, T1CE, T2, FLAIR).
+* Metastases response: both timepoints have a T1CE (FLAIR used when present); which patients it follows is the
+  caller's choice (``core.roles.CHANGE_FOLLOWS``: those of the metastases pipeline).
 """
 
 from __future__ import annotations
@@ -30,7 +32,13 @@ from neuroflow.core.dicom_io import StudyIndex, study_key
 from neuroflow.core.errors import StudyError
 from neuroflow.core.identity import uid_key
 from neuroflow.core.patient_id import PatientIdentity
-from neuroflow.core.roles import CHANGE_OPTIONAL_ROLES, CHANGE_REQUIRED_ROLES, ChangePipeline, SeriesRole
+from neuroflow.core.roles import (
+    CHANGE_FOLLOWS,
+    CHANGE_OPTIONAL_ROLES,
+    CHANGE_REQUIRED_ROLES,
+    ChangePipeline,
+    SeriesRole,
+)
 
 STAGE = "pairing"
 MAX_SLICE_THICKNESS_DIFFERENCE_MM = 1.0
@@ -126,15 +134,19 @@ def order_timepoints(timepoints: Iterable[StudyTimepoint]) -> list[StudyTimepoin
     return sorted(timepoints, key=lambda t: (t.acquired_at, t.study_instance_uid))
 
 
-def plan_pairs(timepoints: Sequence[StudyTimepoint]) -> list[PairPlan]:
-    """The consecutive pairs of ``timepoints`` (ordered oldest first), each with the change pipelines it
-    qualifies for. Two timepoints give one pair, n give n - 1."""
+def plan_pairs(timepoints: Sequence[StudyTimepoint],
+               pipelines: Iterable[ChangePipeline] | None = None) -> list[PairPlan]:
+    """The consecutive pairs of ``timepoints`` (ordered oldest first), each with the change pipelines of
+    ``pipelines`` it qualifies for (default: every one except those that follow a single-study pipeline's
+    patients, ``CHANGE_FOLLOWS``, which a caller asks for). Two timepoints give one pair, n give n - 1."""
     ordered = order_timepoints(timepoints)
+    considered = (tuple(p for p in ChangePipeline if p not in CHANGE_FOLLOWS) if pipelines is None
+                  else tuple(pipelines))
     plans: list[PairPlan] = []
     for baseline, followup in pairwise(ordered):
         qualifies: list[ChangePipeline] = []
         not_run: dict[ChangePipeline, str] = {}
-        for pipeline in ChangePipeline:
+        for pipeline in considered:
             reason = why_not(pipeline, baseline, followup)
             if reason is None:
                 qualifies.append(pipeline)

@@ -1,6 +1,6 @@
 """The longitudinal stage as a task handler of the distributed runtime, and the service that runs it.
 
-A task names a follow-up study and a change pipeline (``ms_change``, ``haematoma_change``,
+A task names a follow-up study and a change pipeline (``ms_change``, ``haematoma_change``, ``metastases_response``,
 ``tumour_growth``). The handler:
 
 1. asks again for the comparison of the patient's *next* timepoint when this study is older than it and

@@ -75,9 +75,9 @@ def metastases_pipeline(models: PipelineModels) -> PipelineSpec:
 
 
 def change_pipeline(name: str) -> PipelineSpec:
-    """A change pipeline (``ms_change``, ``haematoma_change``, ``tumour_growth``): one longitudinal stage,
-    which finds the prior, compares the pair and stores and forwards its result objects itself (the
-    results stage encodes glioma label maps only)."""
+    """A change pipeline (``ms_change``, ``haematoma_change``, ``tumour_growth``, ``metastases_response``): one
+    longitudinal stage, which finds the prior, compares the pair and stores and forwards its result objects
+    itself (the results stage encodes glioma label maps only)."""
     pipeline = ChangePipeline(name)  # ValueError for a name that is not a change pipeline
     return PipelineSpec(
         name=pipeline.value, stages=(common_pb2.STAGE_LONGITUDINAL,),

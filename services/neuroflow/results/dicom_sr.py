@@ -31,6 +31,7 @@ SR_FILE = "sr.dcm"
 GLIOMA_SR_DESCRIPTION = "AI glioma report (not for diagnosis)"
 MS_SR_DESCRIPTION = "AI new MS lesions report (not for diagnosis)"
 METASTASES_SR_DESCRIPTION = "AI metastases report (not for diagnosis)"
+METASTASES_RESPONSE_SR_DESCRIPTION = "AI metastases follow-up RANO-BM (not for diagnosis)"
 NOTICE_SR_DESCRIPTION = "AI NOTICE: no result (not for diagnosis)"
 RETRACTION_SR_DESCRIPTION = "AI RESULT RETRACTED: do not use (not for diagnosis)"
 CORRECTION_SR_DESCRIPTION = "AI result CORRECTED by radiologist review (not for diagnosis)"
@@ -58,7 +59,15 @@ LESION_COUNT_CONCEPT = _local("LESION-COUNT", "Number of lesions")
 TOTAL_VOLUME_CONCEPT = _local("TOTAL-LESION-VOLUME", "Total lesion volume")
 LONGEST_AXIAL_DIAMETER_CONCEPT = _local("LONGEST-AXIAL-DIAMETER", "Longest axial diameter (RANO-BM)")
 CONFIDENCE_CONCEPT = _local("CONFIDENCE", "Mean lesion probability")
+PRIOR_DIAMETER_CONCEPT = _local("PRIOR-LONGEST-AXIAL-DIAMETER", "Longest axial diameter on the prior (RANO-BM)")
+LESION_STATUS_CONCEPT = _local("LESION-STATUS", "Lesion status since the prior")
+RANO_BM_CONCEPT = _local("RANO-BM", "RANO-BM response category (imaging only)")
+SLD_PRIOR_CONCEPT = _local("SLD-PRIOR", "Sum of longest diameters of target lesions on the prior")
+SLD_CONCEPT = _local("SLD", "Sum of longest diameters of target lesions")
+SLD_CHANGE_CONCEPT = _local("SLD-CHANGE", "Change of the sum of longest diameters from the prior")
+TARGET_COUNT_CONCEPT = _local("TARGET-COUNT", "Number of target lesions")
 _MM = hd.sr.CodedConcept("mm", "UCUM", "millimeter")
+_PERCENT = hd.sr.CodedConcept("%", "UCUM", "percent")
 _UID = re.compile(r"\b\d+(?:\.\d+){3,}\b")
 _LESION = hd.sr.CodedConcept("52988006", "SCT", "Lesion")
 _Group = hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
@@ -308,6 +317,80 @@ def metastases_sr(
                kind="neuroflow.metastases-sr", input_hash=input_hash, objects=objects,
                series_number=objects.metastases_sr_series_number,
                description=describe(METASTASES_SR_DESCRIPTION, needs_review=needs_review), predecessor=None)
+
+
+def metastases_response_sr(
+    report: StudyReport,
+    evidence: Sequence[Dataset],
+    *,
+    input_hash: str,
+    objects: ResultObjectSettings,
+) -> hd.sr.Comprehensive3DSR:
+    """The SR of a metastases follow-up (``report.longitudinal.metastases_response``): the RANO-BM category with
+    its reasons and caveats, the target lesions' sum of longest diameters then and now; per lesion its status
+    (coded), longest axial diameters then and now, volume, the prior lesion it was matched with and where it is;
+    the review assessment and the method. ``evidence``: the follow-up T1CE's instances. Refuses (ValueError) a
+    report without the follow-up or its model."""
+    section = report.longitudinal.metastases_response if report.longitudinal is not None else None
+    if section is None or report.model is None:
+        raise ValueError("a metastases follow-up SR needs a longitudinal report with metastases_response and a model")
+    pair = report.longitudinal
+    assert pair is not None
+    algorithm = hd.sr.AlgorithmIdentification(name=report.model.name, version=str(report.model.version),
+                                              manufacturer=NEUROFLOW_MANUFACTURER)
+    rano = section.rano_bm
+    measurements = [
+        hd.sr.Measurement(name=TARGET_COUNT_CONCEPT, value=rano.target_count, unit=_NO_UNITS, algorithm_id=algorithm),
+        hd.sr.Measurement(name=SLD_PRIOR_CONCEPT, value=rano.sld_prior_mm, unit=_MM, algorithm_id=algorithm),
+        hd.sr.Measurement(name=SLD_CONCEPT, value=rano.sld_mm, unit=_MM, algorithm_id=algorithm),
+        *([] if rano.sld_change_pct is None else [hd.sr.Measurement(
+            name=SLD_CHANGE_CONCEPT, value=rano.sld_change_pct, unit=_PERCENT, algorithm_id=algorithm)])]
+    summary = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=derived_uid(objects.uid_root, "neuroflow.sr-mets-response", input_hash), identifier="RANO-BM"),
+        finding_type=_LESION, algorithm_id=algorithm, measurements=measurements,
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(
+            RANO_BM_CONCEPT, _local(f"RANO-BM-{rano.category.value}", f"RANO-BM {rano.category.value}"))])
+    _add_text(summary, f"Compared {pair.baseline_study_date or 'prior'} -> {pair.followup_study_date or 'follow-up'}")
+    for line in (f"RANO-BM {rano.category.value} from imaging only", *rano.reasons,
+                 *(f"Caveat: {caveat}" for caveat in rano.caveats)):
+        _add_text(summary, line)
+    groups: list[_Group] = [summary]
+    for row, lesion in enumerate(section.lesions, start=1):
+        name = f"Met {lesion.number}" if lesion.number is not None else f"Prior Met {lesion.prior_number}"
+        lesion_measurements = [
+            hd.sr.Measurement(name=LONGEST_AXIAL_DIAMETER_CONCEPT, value=lesion.diameter_mm, unit=_MM,
+                              algorithm_id=algorithm),
+            hd.sr.Measurement(name=PRIOR_DIAMETER_CONCEPT, value=lesion.prior_diameter_mm, unit=_MM,
+                              algorithm_id=algorithm),
+            hd.sr.Measurement(name=codes.SCT.Volume, value=round(lesion.volume_ml, 4), unit=_ML,
+                              algorithm_id=algorithm),
+            *([] if lesion.confidence is None else [hd.sr.Measurement(
+                name=CONFIDENCE_CONCEPT, value=round(lesion.confidence, 3), unit=_NO_UNITS, algorithm_id=algorithm)])]
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=derived_uid(objects.uid_root, "neuroflow.sr-mets-response-lesion", input_hash, str(row)),
+                identifier=f"{name} ({lesion.status.value})"),
+            finding_type=_LESION, algorithm_id=algorithm, measurements=lesion_measurements,
+            qualitative_evaluations=[hd.sr.QualitativeEvaluation(
+                LESION_STATUS_CONCEPT, _local(f"LESION-{lesion.status.value.upper()}", lesion.status.value))])
+        x, y, z = lesion.centroid_mm
+        prior = (f"matched with prior Met {lesion.prior_number} by {lesion.matched_by}"
+                 if lesion.prior_number is not None and lesion.number is not None else
+                 "not on the prior" if lesion.number is not None else "not found on the follow-up")
+        _add_text(group, f"{name}: {lesion.status.value}, {lesion.prior_diameter_mm:.1f} -> "
+                         f"{lesion.diameter_mm:.1f} mm; {prior}; {'target' if lesion.target else 'non-target'}; "
+                         f"at ({x:.1f}, {y:.1f}, {z:.1f}) mm LPS on the follow-up")
+        groups.append(group)
+    if section.review is not None:
+        groups.append(_review_group(section.review, input_hash, objects, algorithm))
+    groups.append(_outcome_group(report, input_hash, objects, algorithm, [
+        f"Method: metastases segmented on each study by {report.model.name} version {report.model.version}, "
+        f"longest axial diameters measured on each study's T1CE; lesions matched {section.match_rule}"]))
+    needs_review = section.review is not None and section.review.needs_review
+    return _sr(report.study_key, report.pipeline, evidence, groups, kind="neuroflow.metastases-response-sr",
+               input_hash=input_hash, objects=objects, series_number=objects.metastases_response_sr_series_number,
+               description=describe(METASTASES_RESPONSE_SR_DESCRIPTION, needs_review=needs_review), predecessor=None)
 
 
 def _outcome_group(report: StudyReport, input_hash: str, objects: ResultObjectSettings,

@@ -33,6 +33,7 @@ MS_OVERLAY_FOLDER = "ms_overlay"
 MS_SR_FILE = "ms_new_lesions_sr.dcm"
 HAEMATOMA_BASELINE_SEG_FILE = "haematoma_baseline_seg.dcm"
 HAEMATOMA_FOLLOWUP_SEG_FILE = "haematoma_followup_seg.dcm"
+METASTASES_RESPONSE_SR_FILE = "metastases_response_sr.dcm"
 
 # The methods that drew the change objects (the network hooks, when used, name their model instead).
 MS_SUBTRACTION = ModelRef(name="ms_subtraction", version=CHANGE_ALGORITHM_VERSION)

@@ -58,11 +58,17 @@ def metastases_section(lesions: Lesions, *, threshold: float, min_volume_mm3: fl
 def metastases_review(model: ModelRef, section: MetastasesSection) -> ReviewAssessment | None:
     """Whether a metastases result must be reviewed before anyone relies on it: always, while its model is
     provisional (PROVISIONAL_MODELS); None otherwise (no check of its own yet)."""
+    return provisional_review(model, f"{section.count} lesion(s) reported")
+
+
+def provisional_review(model: ModelRef, what: str) -> ReviewAssessment | None:
+    """NEEDS REVIEW, with why, for any result of a provisional metastases model (PROVISIONAL_MODELS): the lesion
+    table and the follow-up built on it alike; None for a model that is not provisional. ``what``: the result."""
     reason = PROVISIONAL_MODELS.get((model.name, model.version))
     if reason is None:
         return None
     return ReviewAssessment(needs_review=True, risk_score=1, threshold=0, alarms=[reason],
-                            method=f"model provisional; {section.count} lesion(s) reported")
+                            method=f"model provisional; {what}")
 
 
 def metastases_objects(

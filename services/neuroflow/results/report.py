@@ -189,6 +189,78 @@ class TumourGrowth(_ReportModel):
     plot_file: str | None = None
 
 
+class LesionStatus(StrEnum):
+    """What became of one metastasis between the prior and the follow-up (rules: longitudinal/metastases_response)."""
+
+    NEW = "new"
+    GROWING = "growing"
+    STABLE = "stable"
+    SHRINKING = "shrinking"
+    RESOLVED = "resolved"
+
+
+class RanoBmCategory(StrEnum):
+    """The RANO-BM response categories (Lin et al., Lancet Oncol 2015), plus "NE" where none applies: no
+    measurable (target) lesion at baseline and neither complete response nor progression."""
+
+    CR = "CR"
+    PR = "PR"
+    SD = "SD"
+    PD = "PD"
+    NE = "NE"
+
+
+class LesionFollowUpEntry(_ReportModel):
+    """One metastasis followed from the prior to the follow-up. ``number``: its "Met n" on the follow-up T1CE
+    (None when resolved); ``prior_number``: the "Met n" of the matched lesion on the prior T1CE (None when new).
+    Diameters are the longest axial ones (RANO-BM), each measured on its own study's T1CE; 0 when absent."""
+
+    number: int | None = Field(default=None, ge=1)
+    prior_number: int | None = Field(default=None, ge=1)
+    status: LesionStatus
+    prior_diameter_mm: float = Field(ge=0.0)
+    diameter_mm: float = Field(ge=0.0)
+    change_mm: float
+    change_pct: float | None  # None for a new lesion (from nothing)
+    prior_volume_ml: float = Field(ge=0.0)
+    volume_ml: float = Field(ge=0.0)
+    centroid_mm: tuple[float, float, float]  # LPS on the follow-up (a resolved lesion: its prior's, registered)
+    confidence: float | None = None  # the follow-up lesion's mean probability (a faint new one may be noise)
+    target: bool = False  # a RANO-BM target lesion (chosen on the prior)
+    matched_by: str | None = None  # "overlap" or "distance" after registration; None when unmatched
+    match_distance_mm: float | None = None  # between the registered prior centroid and the follow-up centroid
+
+
+class RanoBmAssessment(_ReportModel):
+    """The RANO-BM category from the images alone: the sum of longest diameters (SLD) of up to five target
+    lesions chosen on the prior, at both timepoints, and the new lesions. ``caveats``: what RANO-BM also needs
+    that the software does not know (corticosteroids, clinical status, confirmation)."""
+
+    category: RanoBmCategory
+    reasons: list[str] = Field(default_factory=list)
+    target_count: int = Field(ge=0, le=5)
+    sld_prior_mm: float = Field(ge=0.0)
+    sld_mm: float = Field(ge=0.0)
+    sld_change_pct: float | None  # None without target lesions
+    nadir_mm: float = Field(ge=0.0)  # the smallest SLD known: the prior's (earlier studies not consulted)
+    unequivocal_new: int = Field(ge=0)  # new lesions >= the measurable size: progression by themselves
+    equivocal_new: int = Field(ge=0)  # smaller new lesions: to confirm on the next scan
+    caveats: list[str] = Field(default_factory=list)
+
+
+class MetastasesResponse(_ReportModel):
+    """Lesion-wise follow-up of brain metastases against the prior (issue 15): the table of lesions with their
+    status, the counts by status, the RANO-BM assessment, how the prior was registered onto the follow-up and
+    how lesions were matched; ``review``: why a reader must check it (always, while the model is provisional)."""
+
+    lesions: list[LesionFollowUpEntry] = Field(default_factory=list)
+    counts: dict[str, int] = Field(default_factory=dict)  # status -> lesions
+    rano_bm: RanoBmAssessment
+    match_rule: str
+    registration: dict[str, float] = Field(default_factory=dict)  # RegistrationResult.summary()
+    review: ReviewAssessment | None = None
+
+
 class LongitudinalReport(_ReportModel):
     """The comparison of a follow-up study with the patient's previous study. With more than two
     timepoints, the top level is the latest pair and ``pairs`` holds every consecutive pair."""
@@ -205,6 +277,7 @@ class LongitudinalReport(_ReportModel):
     rejected_candidates: int | None = None
     haematoma: HaematomaSection | None = None
     tumour_growth: TumourGrowth | None = None
+    metastases_response: MetastasesResponse | None = None
     pairs: list[LongitudinalReport] = Field(default_factory=list)
 
     def merged(self, other: LongitudinalReport) -> LongitudinalReport:
@@ -213,7 +286,8 @@ class LongitudinalReport(_ReportModel):
                 self.baseline_study_instance_uid, self.followup_study_instance_uid):
             raise ValueError("cannot merge the sections of two different pairs")
         update = {name: value for name in ("new_lesions", "new_lesion_count", "new_activity",
-                                           "rejected_candidates", "haematoma", "tumour_growth")
+                                           "rejected_candidates", "haematoma", "tumour_growth",
+                                           "metastases_response")
                   if (value := getattr(other, name)) is not None}
         update["pipelines"] = list(dict.fromkeys([*self.pipelines, *other.pipelines]))
         update["not_run"] = {**self.not_run, **other.not_run}
@@ -447,6 +521,8 @@ def _longitudinal_lines(section: LongitudinalReport) -> list[str]:
             for when, others in (("baseline", h.baseline_others_ml), ("follow-up", h.others_ml)):
                 if others:
                     lines.append(f"    other blood at {when}: " + ", ".join(f"{v:.1f}" for v in others) + " mL")
+        if pair.metastases_response is not None:
+            lines += _metastases_response_lines(pair.metastases_response)
         for pipeline, reason in pair.not_run.items():
             lines.append(f"  {pipeline} not run: {reason}")
     growth = section.tumour_growth
@@ -466,6 +542,31 @@ def _longitudinal_lines(section: LongitudinalReport) -> list[str]:
                          f"{'EXCEEDED' if growth.threshold_exceeded else 'not exceeded'}")
         if growth.plot_file:
             lines.append(f"  plot: {growth.plot_file}")
+    return lines
+
+
+def _metastases_response_lines(response: MetastasesResponse) -> list[str]:
+    """The RANO-BM category with its reasons and caveats, then one line per lesion: status, diameters then and
+    now, the prior lesion it was matched with."""
+    rano = response.rano_bm
+    change = f"{rano.sld_change_pct:+.1f} %" if rano.sld_change_pct is not None else "no target lesion"
+    flag = "NEEDS REVIEW: " if response.review is not None and response.review.needs_review else ""
+    lines = [f"  {flag}Metastases RANO-BM (imaging only): {rano.category.value}; sum of longest diameters of "
+             f"{rano.target_count} target lesion(s) {rano.sld_prior_mm:.1f} -> {rano.sld_mm:.1f} mm ({change})",
+             *(f"    {reason}" for reason in rano.reasons),
+             "  " + ", ".join(f"{n} {status}" for status, n in response.counts.items() if n)]
+    for lesion in response.lesions:
+        name = f"Met {lesion.number}" if lesion.number is not None else f"(prior Met {lesion.prior_number})"
+        prior = (f"prior Met {lesion.prior_number}" if lesion.prior_number is not None and lesion.number is not None
+                 else "")
+        x, y, z = lesion.centroid_mm
+        confidence = f", confidence {lesion.confidence:.2f}" if lesion.confidence is not None else ""
+        lines.append(f"    {name:<16} {lesion.status.value:<9} {lesion.prior_diameter_mm:5.1f} -> "
+                     f"{lesion.diameter_mm:5.1f} mm{' target' if lesion.target else ''}"
+                     f"{f', {prior}' if prior else ''}, at ({x:.1f}, {y:.1f}, {z:.1f}) mm LPS{confidence}")
+    lines += [f"    caveat: {caveat}" for caveat in rano.caveats]
+    if response.review is not None:
+        lines += [f"    review: {alarm}" for alarm in response.review.alarms]
     return lines
 
 

@@ -17,7 +17,7 @@ from neuroflow.core.identity import input_hash, patient_key
 from neuroflow.core.inference import InferenceBackend
 from neuroflow.core.input_limits import check_study_size
 from neuroflow.core.patient_id import PatientIdentity
-from neuroflow.core.roles import SeriesRole
+from neuroflow.core.roles import CHANGE_FOLLOWS, SeriesRole
 from neuroflow.core.sequence_subsets import glioma_reference_role
 from neuroflow.core.site_secret import install_site_secret
 from neuroflow.core.sub_series import volume_identity
@@ -87,8 +87,9 @@ def run_embedded(
 ) -> StudyReport:
     """What ``neuroflow run`` does: ``pipeline`` "metastases" (or no ``pipeline`` at a site that enables the
     metastases pipeline and not the glioma one) runs the metastases pipeline on the one study
-    (``runtime/embedded_metastases.py``); otherwise, on two or more studies of one patient (and no
-    ``study_uid``), the change pipelines each consecutive pair qualifies for
+    (``runtime/embedded_metastases.py``), or, on two or more studies of one patient (and no ``study_uid``), its
+    follow-up against the prior (``metastases_response``); otherwise, on two or more studies of one patient (and
+    no ``study_uid``), the change pipelines each consecutive pair qualifies for
     (``runtime/embedded_longitudinal.py``); otherwise the glioma pipeline on the one study (or ``study_uid``),
     which refuses several studies without a choice."""
     install_site_secret(settings, distributed=False)  # the site's, else the development secret
@@ -96,23 +97,40 @@ def run_embedded(
             and GLIOMA_PIPELINE not in settings.ingest.pipelines:
         pipeline = METASTASES_PIPELINE
     if pipeline == METASTASES_PIPELINE:
+        indexed = None
+        if study_uid is None:
+            started = time.perf_counter()
+            studies, skipped = source.index()
+            if _one_patients(studies):
+                # Several studies of one patient: the metastases pipeline's follow-up, lesion by lesion (RANO-BM).
+                from neuroflow.runtime.embedded_longitudinal import run_longitudinal  # its imports only when needed
+
+                return run_longitudinal(source, studies, skipped, out_dir, settings, backend, progress=progress,
+                                        pipelines=[p for p, single in CHANGE_FOLLOWS.items() if single == pipeline])
+            indexed = _Indexed(studies, skipped, time.perf_counter() - started)
         from neuroflow.runtime.embedded_metastases import run_metastases  # its imports only when needed
 
-        return run_metastases(source, out_dir, settings, backend, study_uid=study_uid, progress=progress)
+        return run_metastases(source, out_dir, settings, backend, study_uid=study_uid, progress=progress,
+                              indexed=indexed)
     if pipeline not in (None, GLIOMA_PIPELINE):
         raise NeuroflowError(f"unknown pipeline {pipeline!r}: choose {GLIOMA_PIPELINE} or {METASTASES_PIPELINE}")
     if study_uid is not None:
         return run_glioma(source, out_dir, settings, backend, study_uid=study_uid, progress=progress)
     started = time.perf_counter()
     studies, skipped = source.index()
-    patients = group_by_patient(studies.values())
-    if len(studies) > 1 and [len(p) for p in patients.values()] == [len(studies)]:  # all of one patient
+    if _one_patients(studies):
         from neuroflow.runtime.embedded_longitudinal import run_longitudinal  # its imports only when needed
 
         return run_longitudinal(source, studies, skipped, out_dir, settings, backend, progress=progress)
     # Reading every header is the slowest part of "read" on a cold disk: done once, not again for the run.
     indexed = _Indexed(studies, skipped, time.perf_counter() - started)
     return run_glioma(source, out_dir, settings, backend, progress=progress, indexed=indexed)
+
+
+def _one_patients(studies: dict[str, StudyIndex]) -> bool:
+    """Whether ``studies`` are several studies all of one patient: a follow-up, for the change pipelines."""
+    patients = group_by_patient(studies.values())
+    return len(studies) > 1 and [len(p) for p in patients.values()] == [len(studies)]
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from neuroflow.longitudinal.tumour_growth import PLOT_FILE, GliomaTimepoint, gro
 from neuroflow.results.longitudinal_results import (
     HAEMATOMA_BASELINE_SEG_FILE,
     HAEMATOMA_FOLLOWUP_SEG_FILE,
+    METASTASES_RESPONSE_SR_FILE,
     MS_OVERLAY_FOLDER,
     MS_SEG_FILE,
     MS_SR_FILE,
@@ -55,7 +57,7 @@ LONGITUDINAL_STAGES: tuple[str, ...] = tuple(dict.fromkeys(
     ("classify", "pairing", "read_series", *COMPARE_STAGES, "write_results")))
 # Every result file a run here writes, and the glioma run's SEG (an earlier run's into the same folder).
 _RESULT_FILES = (MS_SEG_FILE, MS_SR_FILE, MS_OVERLAY_FOLDER, HAEMATOMA_BASELINE_SEG_FILE, HAEMATOMA_FOLLOWUP_SEG_FILE,
-                 PLOT_FILE, *GLIOMA_RESULT_NAMES)
+                 METASTASES_RESPONSE_SR_FILE, PLOT_FILE, *GLIOMA_RESULT_NAMES)
 _PAIR_FOLDER = re.compile(r"pair\d+")
 # Every role any change pipeline uses: each study offers its best series for each.
 _CHANGE_ROLES: tuple[SeriesRole, ...] = tuple(dict.fromkeys(
@@ -79,9 +81,12 @@ def run_longitudinal(
     backend: InferenceBackend,
     *,
     progress: ProgressSink | None = None,
+    pipelines: Collection[ChangePipeline] | None = None,
 ) -> StudyReport:
     """Compares the studies of one patient (``studies``, as ``source`` indexed them) pair by pair and
-    writes the report and result objects to ``out_dir``. Never raises for bad studies: a study without a
+    writes the report and result objects to ``out_dir``. ``pipelines``: the change pipelines considered
+    (default: ``plan_pairs``'s, which leaves out those that follow a single-study pipeline's patients: the
+    metastases response runs when the metastases pipeline is asked for). Never raises for bad studies: a study without a
     date fails the run (status failed, exit 1: the order of the studies is unknown); a pipeline that
     cannot run on a pair (a missing FLAIR, a 2D FLAIR with thick slices) is a warning and a ``not_run``
     reason, and the run fails only when nothing could be compared."""
@@ -92,7 +97,7 @@ def run_longitudinal(
     run.warnings.extend(f"study {study_key(uid)}: {note}" for uid, study in sorted(studies.items())
                         for note in study.set_aside_notes())
     try:
-        report = _run(source, studies, out_dir, settings, backend, clock, run)
+        report = _run(source, studies, out_dir, settings, backend, clock, run, pipelines)
     except NeuroflowError as exc:
         reason = exc.reason if isinstance(exc, StudyError) else str(exc)
         where = f"{clock.current}: " if clock.current else ""
@@ -109,7 +114,8 @@ def run_longitudinal(
 
 
 def _run(source: DicomSource, studies: dict[str, StudyIndex], out_dir: Path, settings: NeuroflowSettings,
-         backend: InferenceBackend, clock: StageClock, run: _Run) -> StudyReport:
+         backend: InferenceBackend, clock: StageClock, run: _Run,
+         pipelines: Collection[ChangePipeline] | None) -> StudyReport:
     with clock.stage("classify"):
         rules = load_site_rules(settings.site_rules) if settings.site_rules else None
         policy = effective_policy(settings.classify, rules)
@@ -120,7 +126,7 @@ def _run(source: DicomSource, studies: dict[str, StudyIndex], out_dir: Path, set
         for uid, study in sorted(studies.items()):
             run.study_uid, run.key = uid, study_key(uid)  # named in the error if this one has no date
             timepoints.append(timepoint_of(study, _best_per_role(classified[uid], run.key, policy)))
-        plans = plan_pairs(timepoints)
+        plans = plan_pairs(timepoints, pipelines)
         latest = plans[-1].followup
         run.study_uid, run.key = latest.study_instance_uid, latest.key
         for plan in plans:
@@ -167,6 +173,8 @@ def _run(source: DicomSource, studies: dict[str, StudyIndex], out_dir: Path, set
         status=ReportStatus.SUCCEEDED, series=run.series,
         timings_s={**clock.timings, "total": clock.total()}, longitudinal=top, warnings=run.warnings,
         outputs=[*outputs, REPORT_FILE, SUMMARY_FILE],
+        # The follow-up of a provisional model's lesions is flagged where a reader looks first.
+        review=top.metastases_response.review if top.metastases_response is not None else None,
     )
 
 

@@ -13,18 +13,16 @@ from neuroflow.core.dicom_io import DicomSource, series_volume
 from neuroflow.core.errors import NeuroflowError, StudyError
 from neuroflow.core.identity import input_hash
 from neuroflow.core.inference import InferenceBackend
-from neuroflow.core.lesions import LESION_THRESHOLD, MIN_LESION_MM3, lesions_on
+from neuroflow.core.lesions import LESION_THRESHOLD, MIN_LESION_MM3
 from neuroflow.core.roles import METASTASES_INPUT_ROLES, SeriesRole
-from neuroflow.core.series_volume import series_to_volume
 from neuroflow.core.site_secret import install_site_secret
 from neuroflow.core.sub_series import volume_identity
 from neuroflow.core.timing import ProgressSink, StageClock
-from neuroflow.core.volume_members import volume_instances
 from neuroflow.core.worker import is_retryable
 from neuroflow.ingest.classify import classify_study, effective_policy
 from neuroflow.ingest.routing import pipeline_inputs, qualify
 from neuroflow.ingest.site_rules import SiteRules, load_site_rules
-from neuroflow.preprocess.glioma_inputs import preprocess_glioma
+from neuroflow.longitudinal.compare import measure_metastases  # one measurement of a study, here and at follow-up
 from neuroflow.results.glioma_results import preprocessing_checks, registration_warnings
 from neuroflow.results.metastases_results import (
     METASTASES_RESULT_NAMES,
@@ -35,7 +33,6 @@ from neuroflow.results.metastases_results import (
 from neuroflow.results.report import TOTAL_TIMING_KEY, ReportStatus, StudyReport, write_report, write_summary
 from neuroflow.runtime.embedded import _file_failure_notice, _Indexed, _Run, _series_entries, read_study
 from neuroflow.runtime.result_files import remove_results, write_objects
-from neuroflow.segmentation.metastases import predict_metastases
 
 log = logging.getLogger(__name__)
 
@@ -97,22 +94,13 @@ def _run(source: DicomSource, out_dir: Path, settings: NeuroflowSettings, backen
     with clock.stage("read_series"):
         series = {role: series_volume(study, c.series_instance_uid) for role, c in chosen.items()}
         instances = {role: source.read_instances(s) for role, s in series.items()}
-    pre = preprocess_glioma(instances, backend, (models.skull_strip_bbox, models.skull_strip),
-                            spacing_mm=settings.target_spacing_mm, study_key=run.key, clock=clock,
-                            volumes_of={role: s.volume for role, s in series.items()},
-                            reference_role=SeriesRole.T1CE)
+    # The same measurement the metastases follow-up makes of each of its two studies.
+    measured = measure_metastases(instances, backend, settings, study_key=run.key, clock=clock,
+                                  volumes_of={role: s.volume for role, s in series.items()})
+    pre, lesions, t1ce, t1ce_image = measured.pre, measured.lesions, measured.t1ce_instances, measured.t1ce_image
     summary = pre.summary(models.skull_strip, clock.timings)
     run.warnings.extend(registration_warnings(summary))
-
-    with clock.stage("segment"):
-        probability = predict_metastases(pre.normalised, pre.brain_mask, backend, models.metastases,
-                                         overlap=settings.window_overlap, batch_size=settings.window_batch_size,
-                                         study_key=run.key)
-    with clock.stage("postprocess"):
-        t1ce = volume_instances(instances[SeriesRole.T1CE], study_key=run.key, volume=series[SeriesRole.T1CE].volume)
-        t1ce_image = series_to_volume(t1ce, study_key=run.key)
-        lesions = lesions_on(probability, t1ce_image.geometry)
-        clock.note(f"{lesions.count} metastasis(es), {lesions.total_volume_ml * 1000.0:.0f} mm3")
+    clock.note(f"{lesions.count} metastasis(es), {lesions.total_volume_ml * 1000.0:.0f} mm3")
     with clock.stage("locate"):  # one registration of the brain onto the atlas template, when there is a lesion
         named: list[str] = []
         if lesions.count:

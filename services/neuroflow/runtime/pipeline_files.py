@@ -12,6 +12,7 @@ from neuroflow.core.config import (
     GLIOMA_PIPELINE,
     HAEMATOMA_CHANGE_PIPELINE,
     METASTASES_PIPELINE,
+    METASTASES_RESPONSE_PIPELINE,
     MS_CHANGE_PIPELINE,
     TUMOUR_GROWTH_PIPELINE,
     NeuroflowSettings,
@@ -26,7 +27,7 @@ def pipeline_models(pipeline: str, models: PipelineModels) -> list[ModelRef]:
     skull_strip = [models.skull_strip_bbox, models.skull_strip]
     if pipeline in (GLIOMA_PIPELINE, TUMOUR_GROWTH_PIPELINE):  # tumour_growth measures with the glioma pipeline
         return [*skull_strip, models.glioma]
-    if pipeline == METASTASES_PIPELINE:
+    if pipeline in (METASTASES_PIPELINE, METASTASES_RESPONSE_PIPELINE):  # the follow-up segments each study alike
         return [*skull_strip, models.metastases]
     if pipeline == MS_CHANGE_PIPELINE:  # skull strip of the follow-up FLAIR, the optional lesion network
         return skull_strip + ([models.ms_lesion] if models.ms_lesion else [])
