@@ -20,6 +20,9 @@ DEFAULT_ATLAS_DIR = Path("/usr/share/mricron/templates")
 GLIOMA_PIPELINE = "glioma"
 # Brain metastases (issue 15): lesion-wise detection on T1 post-contrast (FLAIR used when present).
 METASTASES_PIPELINE = "metastases"
+# Post-operative glioma (issue 15): the glioma pipeline on a study after surgery (routing decides from the
+# study's descriptions or a prior with tumour), whose label map has the resection cavity beside the tumour.
+GLIOMA_POSTOP_PIPELINE = "glioma_postop"
 # The embedded run on two or more studies of one patient: the change pipelines the pairs qualify for.
 LONGITUDINAL_PIPELINE = "longitudinal"
 # The change pipelines (issue 6), compared with the patient's prior study; their series roles are in core/roles.
