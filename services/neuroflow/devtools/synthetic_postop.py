@@ -60,7 +60,7 @@ def carve_cavity(volumes: dict[SeriesRole, Volume], brain: Mask, centre: tuple[i
     rng = np.random.default_rng(seed)
     first = next(iter(volumes.values()))
     spacing = np.asarray(first.geometry.spacing[::-1], dtype=float)
-    grid = np.indices(brain.shape, sparse=True)
+    grid: tuple[npt.NDArray[np.intp], ...] = tuple(np.indices(brain.shape, sparse=True))
     radius = sum((((axis - c) * s) / r) ** 2 for axis, c, s, r in zip(grid, centre, spacing, radii_mm, strict=True))
     field = ndimage.gaussian_filter(rng.standard_normal(brain.shape), sigma=6.0)
     field /= field.std() or 1.0

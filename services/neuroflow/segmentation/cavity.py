@@ -34,7 +34,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from neuroflow.core.handoff import CavityFinding
-from neuroflow.core.labels import REGION_LABELS, RESECTION_CAVITY_LABEL, BratsLabel, TumourRegion
+from neuroflow.core.labels import REGION_LABELS, RESECTION_CAVITY_LABEL, TumourRegion
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.volume import Volume
 
@@ -55,7 +55,6 @@ class CavityRules:
     central_min_ml: float = 0.05  # this much on each side of the midline makes a central component ventricular
     bed_mm: float = 10.0
     min_ml: float = 0.5
-    rim_mm: float = 3.0  # enhancing tumour this close to the cavity wall is "at the rim"
 
     def describe(self) -> str:
         return (f"rule-based estimate (not a trained model): fluid on every present sequence (T1/T1CE and FLAIR "
@@ -157,17 +156,6 @@ def postoperative_labels(labels: Volume, normalised: dict[SeriesRole, Volume], b
                          method=rules.describe()).attach(carved)
 
 
-def rim_enhancing(labels: Volume, rules: CavityRules = DEFAULT_RULES) -> Mask:
-    """Enhancing tumour within ``rim_mm`` of the cavity wall (residual tumour at the resection margin)."""
-    array = np.asarray(labels.array)
-    cavity = array == RESECTION_CAVITY_LABEL
-    if not cavity.any():
-        return np.zeros(array.shape, dtype=bool)
-    spacing = np.asarray(labels.geometry.spacing[::-1], dtype=float)
-    near: Mask = ndimage.distance_transform_edt(~cavity, sampling=spacing) <= rules.rim_mm
-    return near & (array == int(BratsLabel.ENHANCING))
-
-
 def _ventricular(components: npt.NDArray[np.int32], count: int, brain_mask: Volume,
                  spacing: npt.NDArray[np.float64], rules: CavityRules, voxel_ml: float) -> npt.NDArray[np.bool_]:
     """Rule 3, per component label (index 0 the background): those reaching within ``central_mm`` of the
@@ -175,7 +163,7 @@ def _ventricular(components: npt.NDArray[np.int32], count: int, brain_mask: Volu
     array axis is the one the geometry's direction points most along patient x)."""
     brain = np.asarray(brain_mask.array) > 0
     centre = np.asarray(ndimage.center_of_mass(brain))
-    grid = np.indices(brain.shape, sparse=True)
+    grid: tuple[npt.NDArray[np.intp], ...] = tuple(np.indices(brain.shape, sparse=True))
     distance_sq = sum(((axis - c) * s) ** 2 for axis, c, s in zip(grid, centre, spacing, strict=True))
     central = np.bincount(components[distance_sq <= rules.central_mm ** 2].ravel(), minlength=count + 1) > 0
     direction = brain_mask.geometry.direction
