@@ -6,21 +6,24 @@ T2. The glioma network was trained on studies before surgery and calls such a re
 nothing; here the fluid is found by intensity, separated from the CSF a brain always holds (ventricles,
 sulci), and tied to the tumour bed:
 
-1. fluid voxels: every present sequence agrees (z-scores in the brain, as the network's inputs): T1CE and
-   T1 below ``dark_z``, FLAIR below ``dark_z``, T2 above ``bright_z``. FLAIR or T2 is needed: dark on T1
-   alone is also oedema and tumour;
+1. fluid voxels: on the z-scores in the brain (the network's inputs), the mean over the present sequences of
+   the z-score signed towards fluid (-T1, -T1CE, -FLAIR, +T2), smoothed over ``smooth_mm``, above
+   ``fluid_score``; and FLAIR below ``flair_max_z`` (oedema and tumour are FLAIR-bright), T2 above
+   ``t2_min_z``. FLAIR or T2 is needed: dark on T1 alone is also oedema and tumour;
 2. not the subarachnoid CSF: voxels within ``surface_mm`` of the brain mask's edge are dropped, then a
    morphological opening (ball of ``opening_mm``) removes fluid thinner than about twice that (sulci, the
    CSF film over the cortex) and cuts thin bridges between a cavity and the ventricles;
 3. not the ventricles: a fluid component reaching within ``central_mm`` of the brain's centre and lying on
-   both sides of the midline (``central_min_ml`` more than 3 mm left and right of the centre: the lateral
-   ventricles joined by the third) is ventricular. A cavity in one hemisphere beside a ventricle is kept;
-   one that opened widely into the ventricle joins it and is lost (a limit of these rules);
+   both sides of the midline (``central_min_ml`` more than 3 mm left and right of the centre: the third
+   ventricle and what joins it), or one whose mirror image across the midline falls on fluid for at least
+   ``mirror_fraction`` of its voxels (the lateral ventricles are a pair; a cavity's mirror image is healthy
+   brain), is ventricular. A cavity that opened widely into a ventricle joins it and is lost (a limit);
 4. at the tumour bed: of what is left, the components within ``bed_mm`` of the tumour the network drew or
    of the prior's tumour (registered onto this grid); with neither, the largest component (the study is
    known to be post-operative) if at least ``min_ml``;
-5. the kept components grow back into the fluid by the opening's radius (the opening rounds corners off)
-   and their enclosed holes are filled (debris, blood products).
+5. the kept components grow back by the opening's radius and 1 mm more (the opening rounds corners off, the
+   wall is blurred by partial volume) into voxels at least ``wall_score`` fluid-like, and their enclosed
+   holes are filled (debris, blood products).
 
 The thresholds were set on synthetic cavities carved into real brains (tests/unit/test_postop_cavity.py,
 scripts/postop_cavity_eval.py); on real post-operative studies they are unvalidated."""
@@ -47,18 +50,24 @@ _CONNECTIVITY = ndimage.generate_binary_structure(3, 1)  # 6-connected: a diagon
 class CavityRules:
     """The thresholds of the rules (module docstring), in z-scores of the brain and millimetres."""
 
-    dark_z: float = -0.7
-    bright_z: float = 1.0
+    fluid_score: float = 1.0  # mean over the present sequences of the z-score, signed towards fluid
+    smooth_mm: float = 1.0
+    wall_score: float = 0.5  # rule 5 grows the cavity into voxels this fluid-like (the wall's partial volume)
+    flair_max_z: float = -0.3  # FLAIR must be suppressed ...
+    t2_min_z: float = 0.5  # ... and T2 bright, whatever the mean says
     surface_mm: float = 2.0
     opening_mm: float = 2.0
     central_mm: float = 18.0
     central_min_ml: float = 0.05  # this much on each side of the midline makes a central component ventricular
+    mirror_fraction: float = 0.4
+    mirror_tolerance_mm: float = 3.0  # the fluid its mirror image is looked for in, grown by this (head tilt)
     bed_mm: float = 10.0
     min_ml: float = 0.5
 
     def describe(self) -> str:
-        return (f"rule-based estimate (not a trained model): fluid on every present sequence (T1/T1CE and FLAIR "
-                f"z < {self.dark_z}, T2 z > {self.bright_z}), deeper than {self.surface_mm:g} mm in the brain, "
+        return (f"rule-based estimate (not a trained model): fluid-like on the present sequences (mean z signed "
+                f"towards fluid > {self.fluid_score:g}, FLAIR z < {self.flair_max_z:g}, T2 z > {self.t2_min_z:g}), "
+                f"deeper than {self.surface_mm:g} mm in the brain, "
                 f"opened by a {self.opening_mm:g} mm ball, not the ventricles (within {self.central_mm:g} mm of "
                 f"the brain's centre and across the midline), within {self.bed_mm:g} mm of the tumour bed, at least "
                 f"{self.min_ml:g} mL; tumour inside it removed from WT/TC/ET")
@@ -75,16 +84,22 @@ class CavityResult:
     located_by: str
 
 
-def fluid_mask(normalised: dict[SeriesRole, Volume], brain: Mask, rules: CavityRules = DEFAULT_RULES) -> Mask | None:
-    """Rule 1: voxels fluid-like on every present sequence; None when neither FLAIR nor T2 is present."""
+def fluid_mask(normalised: dict[SeriesRole, Volume], brain: Mask, rules: CavityRules = DEFAULT_RULES, *,
+               score_above: float | None = None) -> Mask | None:
+    """Rule 1: voxels fluid-like on the present sequences (``score_above``: another threshold of the mean
+    signed z-score than ``fluid_score``); None when neither FLAIR nor T2 is present."""
     if SeriesRole.FLAIR not in normalised and SeriesRole.T2 not in normalised:
         return None
-    fluid = brain.copy()
-    for role in (SeriesRole.T1CE, SeriesRole.T1, SeriesRole.FLAIR):
-        if role in normalised:
-            fluid &= np.asarray(normalised[role].array) < rules.dark_z
+    signs = {SeriesRole.T1CE: -1.0, SeriesRole.T1: -1.0, SeriesRole.FLAIR: -1.0, SeriesRole.T2: 1.0}
+    present = [role for role in signs if role in normalised]
+    score = sum(signs[role] * np.asarray(normalised[role].array, dtype=np.float32) for role in present) / len(present)
+    # Smoothed over ~1 mm: a fluid voxel is judged with its neighbours, as a reader does, not by its noise.
+    fluid: Mask = brain & (ndimage.gaussian_filter(np.asarray(score, dtype=np.float32), sigma=rules.smooth_mm)
+                           > (rules.fluid_score if score_above is None else score_above))
+    if SeriesRole.FLAIR in normalised:  # oedema and tumour are bright on FLAIR: the fluid must be suppressed
+        fluid &= np.asarray(normalised[SeriesRole.FLAIR].array) < rules.flair_max_z
     if SeriesRole.T2 in normalised:
-        fluid &= np.asarray(normalised[SeriesRole.T2].array) > rules.bright_z
+        fluid &= np.asarray(normalised[SeriesRole.T2].array) > rules.t2_min_z
     return fluid
 
 
@@ -110,6 +125,7 @@ def find_cavity(normalised: dict[SeriesRole, Volume], brain_mask: Volume, tumour
     keep = sizes >= rules.min_ml
     keep[0] = False
     keep &= ~_ventricular(components, count, brain_mask, spacing, rules, voxel_ml)
+    keep &= ~_mirrored_fluid(components, count, deep_fluid, brain_mask, spacing, rules)
     bed, located_by = _tumour_bed(tumour, prior_tumour)
     if bed is not None:
         near = ndimage.distance_transform_edt(~bed, sampling=spacing) <= rules.bed_mm
@@ -125,7 +141,10 @@ def find_cavity(normalised: dict[SeriesRole, Volume], brain_mask: Volume, tumour
         return empty
     cavity = keep[components]
     # Rule 5: grow back into the fluid what the opening rounded off, then fill enclosed holes.
-    grow = ndimage.binary_dilation(cavity, structure=_ball(rules.opening_mm, spacing)) & fluid
+    # The wall is a partial-volume blur: the growth takes voxels at least half as fluid-like (``wall_score``).
+    wall = fluid_mask(normalised, brain, rules, score_above=rules.wall_score)
+    assert wall is not None
+    grow = ndimage.binary_dilation(cavity, structure=_ball(rules.opening_mm + 1.0, spacing)) & wall
     cavity = ndimage.binary_fill_holes(cavity | grow) & brain
     return CavityResult(cavity, located_by)
 
@@ -166,8 +185,7 @@ def _ventricular(components: npt.NDArray[np.int32], count: int, brain_mask: Volu
     grid: tuple[npt.NDArray[np.intp], ...] = tuple(np.indices(brain.shape, sparse=True))
     distance_sq = sum(((axis - c) * s) ** 2 for axis, c, s in zip(grid, centre, spacing, strict=True))
     central = np.bincount(components[distance_sq <= rules.central_mm ** 2].ravel(), minlength=count + 1) > 0
-    direction = brain_mask.geometry.direction
-    lr_axis = 2 - int(np.argmax([abs(direction[c]) for c in range(3)]))  # index axis c is array axis 2 - c
+    lr_axis = _lr_axis(brain_mask)
     offset = (grid[lr_axis] - centre[lr_axis]) * spacing[lr_axis]
     sides = []
     for side in (offset < -3.0, offset > 3.0):
@@ -175,6 +193,35 @@ def _ventricular(components: npt.NDArray[np.int32], count: int, brain_mask: Volu
         sides.append(np.bincount(components[in_side].ravel(), minlength=count + 1).astype(float) * voxel_ml
                      >= rules.central_min_ml)
     out: npt.NDArray[np.bool_] = central & sides[0] & sides[1]
+    out[0] = False
+    return out
+
+
+def _lr_axis(brain_mask: Volume) -> int:
+    """The array axis (z, y, x order) that runs most nearly left-right (patient x): index axis c of the
+    geometry's direction is array axis 2 - c."""
+    direction = brain_mask.geometry.direction
+    return 2 - int(np.argmax([abs(direction[c]) for c in range(3)]))
+
+
+def _mirrored_fluid(components: npt.NDArray[np.int32], count: int, fluid: Mask, brain_mask: Volume,
+                    spacing: npt.NDArray[np.float64], rules: CavityRules) -> npt.NDArray[np.bool_]:
+    """Rule 3's pair test, per component label: the share of its voxels whose mirror image across the brain's
+    midline (its centre of mass along the left-right axis) lies in ``fluid`` grown by ``mirror_tolerance_mm``
+    is at least ``mirror_fraction``."""
+    brain = np.asarray(brain_mask.array) > 0
+    axis = _lr_axis(brain_mask)
+    centre = float(ndimage.center_of_mass(brain)[axis])
+    grown = ndimage.binary_dilation(fluid, structure=_ball(rules.mirror_tolerance_mm, spacing))
+    coords = list(np.nonzero(components))
+    labels = components[tuple(coords)]
+    mirrored = np.rint(2.0 * centre - coords[axis]).astype(np.intp)
+    inside = (mirrored >= 0) & (mirrored < brain.shape[axis])
+    coords[axis] = np.clip(mirrored, 0, brain.shape[axis] - 1)
+    on_fluid = grown[tuple(coords)] & inside
+    total = np.bincount(labels, minlength=count + 1).astype(float)
+    hits = np.bincount(labels[on_fluid], minlength=count + 1).astype(float)
+    out: npt.NDArray[np.bool_] = hits >= rules.mirror_fraction * np.maximum(total, 1.0)
     out[0] = False
     return out
 
