@@ -182,7 +182,10 @@ class SiteRules(BaseModel):
     @classmethod
     def _patterns_compile(cls, patterns: list[str]) -> list[str]:
         for pattern in patterns:
-            re.compile(pattern)
+            try:
+                re.compile(pattern)
+            except re.error as exc:  # a ValueError pydantic reports with the field, as a bad file should be
+                raise ValueError(f"postoperative_patterns: {pattern!r} is not a regular expression: {exc}") from None
         return patterns
 
     def role_policy(self, base: ClassifySettings) -> ClassifySettings:
