@@ -244,3 +244,40 @@ def test_report_and_summary_carry_the_cavity(report: StudyReport, labels: Volume
     assert f"Resection cavity: {section.cavity_ml:.1f} mL" in summary
     assert "NEEDS REVIEW" in summary and "Residual enhancing tumour" in summary
     assert StudyReport.model_validate_json(report.model_dump_json()) == report
+
+
+def test_a_prior_study_whose_glioma_sr_reports_tumour_makes_the_next_study_post_operative(
+        tmp_path: Path) -> None:
+    """The embedded runtime's prior: an earlier study of the same patient holding neuroflow's glioma SR with
+    tumour in it (what a PACS export of the patient carries), found in the input beside the new study."""
+    from neuroflow.core.config import NeuroflowSettings
+    from neuroflow.core.dicom_io import FolderDicomSource
+    from neuroflow.runtime.embedded import prior_tumour
+
+    rng = np.random.default_rng(9)
+    geometry = Geometry((1.5, 1.2, 3.0), (-27.0, -24.0, -20.0), (1, 0, 0, 0, 1, 0, 0, 0, 1),
+                        (SHAPE[2], SHAPE[1], SHAPE[0]))
+    patient = PatientInfo(patient_id="NF-POSTOP-2")
+    volumes = {role: Volume(rng.normal(500.0, 80.0, SHAPE).astype(np.float32), geometry)
+               for role in (SeriesRole.T1CE, SeriesRole.FLAIR)}
+    before = write_study(volumes, tmp_path / "before", patient=patient, seed="prior", study_date="20240105")
+    after = write_study(volumes, tmp_path / "after", patient=patient, seed="followup", study_date="20240301")
+    instances = {role: [pydicom.dcmread(p) for p in before.series[role].paths] for role in volumes}
+    image = series_to_volume(instances[SeriesRole.T1CE], study_key="k")
+    array = np.zeros(image.array.shape, dtype=np.uint8)
+    array[4:10, 30:50, 40:60] = BratsLabel.NECROTIC_CORE
+    labels = image.with_array(array)
+    settings = NeuroflowSettings()
+    pre_report = StudyReport(study_instance_uid=before.study_instance_uid, study_key="k", pipeline="glioma",
+                             status=ReportStatus.SUCCEEDED, volumes_ml=TumourVolumes.from_label_map(labels),
+                             model=MODEL)
+    sr = glioma_objects(pre_report, labels, instances, input_hash="c" * 64, objects=settings.results,
+                        study_key="k")[SR_FILE][0]
+    sr.save_as(tmp_path / "before" / "sr.dcm", enforce_file_format=True)
+    studies, _ = FolderDicomSource(tmp_path).index()
+    found = prior_tumour(studies, studies[after.study_instance_uid], settings)
+    assert pre_report.volumes_ml is not None
+    assert found is not None and found.study_date == "20240105"
+    assert found.tumour_ml == pytest.approx(pre_report.volumes_ml.WT, abs=0.01)
+    # The earlier study has no prior of its own.
+    assert prior_tumour(studies, studies[before.study_instance_uid], settings) is None

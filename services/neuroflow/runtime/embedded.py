@@ -29,6 +29,7 @@ from neuroflow.ingest.postoperative import PriorTumour, postoperative_evidence
 from neuroflow.ingest.routing import pipeline_inputs, qualify
 from neuroflow.ingest.site_rules import SiteRules, load_site_rules
 from neuroflow.longitudinal.pairing import group_by_patient
+from neuroflow.longitudinal.priors import acquired_at
 from neuroflow.preprocess.glioma_inputs import preprocess_glioma
 from neuroflow.results.dicom_sr import SR_FILE
 from neuroflow.results.glioma_results import (
@@ -37,10 +38,11 @@ from neuroflow.results.glioma_results import (
     earlier_result,
     glioma_objects,
     glioma_report,
+    latest_glioma_sr,
     registration_warnings,
 )
 from neuroflow.results.notice import failure_hash, notice_objects, notice_of
-from neuroflow.results.postop_results import postoperative_section
+from neuroflow.results.postop_results import glioma_sr_tumour_ml, postoperative_section
 from neuroflow.results.report import (
     TOTAL_TIMING_KEY,
     ReportStatus,
@@ -108,11 +110,14 @@ def run_embedded(
         raise NeuroflowError(f"unknown pipeline {pipeline!r}: choose {GLIOMA_PIPELINE}, {GLIOMA_POSTOP_PIPELINE} "
                              f"or {METASTASES_PIPELINE}")
     postoperative = pipeline == GLIOMA_POSTOP_PIPELINE
-    if study_uid is not None or postoperative:
-        return run_glioma(source, out_dir, settings, backend, study_uid=study_uid, progress=progress,
-                          postoperative=postoperative)
     started = time.perf_counter()
     studies, skipped = source.index()
+    if study_uid is not None or postoperative:
+        # The whole index goes with the study: an earlier study of the patient with neuroflow's glioma SR in it
+        # (a prior with tumour) makes this one post-operative.
+        indexed = _Indexed(studies, skipped, time.perf_counter() - started)
+        return run_glioma(source, out_dir, settings, backend, study_uid=study_uid, progress=progress,
+                          postoperative=postoperative, indexed=indexed)
     patients = group_by_patient(studies.values())
     if len(studies) > 1 and [len(p) for p in patients.values()] == [len(studies)]:  # all of one patient
         from neuroflow.runtime.embedded_longitudinal import run_longitudinal  # its imports only when needed
@@ -200,6 +205,8 @@ def _run(
 ) -> StudyReport:
     assert run.series is not None and run.warnings is not None and run.evidence is not None
     study = read_study(source, study_uid, clock, run, indexed)
+    if prior is None and indexed is not None:
+        prior = prior_tumour(indexed.studies, study, settings)
 
     with clock.stage("classify"):
         rules: SiteRules | None = load_site_rules(settings.site_rules) if settings.site_rules else None
@@ -271,6 +278,33 @@ def _run(
     return report.model_copy(update={
         "timings_s": {**clock.timings, TOTAL_TIMING_KEY: round(sum(clock.timings.values()), 3)},
         "outputs": [*(path.name for path in written), "report.json", "summary.txt"]})
+
+
+def prior_tumour(studies: dict[str, StudyIndex], study: StudyIndex,
+                  settings: NeuroflowSettings) -> PriorTumour | None:
+    """The latest earlier study of the same patient (longitudinal.pairing's grouping) holding a neuroflow glioma
+    SR that reports tumour, as routing's ``prior``; None when there is none."""
+    patient = PatientIdentity.of_study(study)
+    if patient.problem is not None:
+        return None
+    when = _acquired(study)
+    found: list[tuple[str, PriorTumour]] = []
+    for other in group_by_patient(studies.values()).get(patient, []):
+        if other.study_instance_uid == study.study_instance_uid or _acquired(other) >= when:
+            continue
+        sr = latest_glioma_sr([h for item in other.set_aside for h in item.headers], settings.results)
+        tumour_ml = None if sr is None else glioma_sr_tumour_ml(sr)
+        if tumour_ml is not None:
+            found.append((_acquired(other), PriorTumour(study_date=_acquired(other)[:8], tumour_ml=tumour_ml)))
+    return max(found, key=lambda item: item[0])[1] if found else None
+
+
+def _acquired(study: StudyIndex) -> str:
+    """When ``study`` was acquired (longitudinal.priors), from a set-aside object when it holds no images."""
+    headers = [s.headers[0] for s in study.series.values() if s.headers] or [
+        h for item in study.set_aside for h in item.headers[:1]]
+    return acquired_at(str(headers[0].get("StudyDate", "")), str(headers[0].get("StudyTime", ""))) if headers \
+        else acquired_at("", "")
 
 
 def _postoperative(study: StudyIndex, classified: list[SeriesClassification], rules: SiteRules | None,
