@@ -21,7 +21,9 @@ GLIOMA_PIPELINE = "glioma"
 # Brain metastases (issue 15): lesion-wise detection on T1 post-contrast (FLAIR used when present).
 METASTASES_PIPELINE = "metastases"
 # Post-operative glioma (issue 15): the glioma pipeline on a study after surgery (routing decides from the
-# study's descriptions or a prior with tumour), whose label map has the resection cavity beside the tumour.
+# study's descriptions or a prior with tumour), whose label map has the resection cavity beside the tumour. A site
+# enabling glioma gets it without listing it (ingest/routing.postoperative_route); a site listing it sends every
+# study that qualifies for glioma there (a post-surgical follow-up clinic).
 GLIOMA_POSTOP_PIPELINE = "glioma_postop"
 # The embedded run on two or more studies of one patient: the change pipelines the pairs qualify for.
 LONGITUDINAL_PIPELINE = "longitudinal"
