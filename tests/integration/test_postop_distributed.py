@@ -130,3 +130,44 @@ def test_the_results_stage_stores_the_cavity_in_orthanc(orthancs: OrthancPair, t
     assert section["residual_enhancing_ml"] > 0
     assert section["rim_enhancing_ml"] == pytest.approx(section["residual_enhancing_ml"], abs=1e-3)
     assert report["review"]["needs_review"] is True
+
+
+def test_ingest_hands_a_post_operative_study_to_glioma_postop_with_its_evidence_in_the_audit(
+        orthancs: OrthancPair, tmp_path: Path) -> None:
+    from neuroflow.core.config import GLIOMA_PIPELINE
+    from neuroflow.core.state import SqliteStateStore
+    from neuroflow.devtools.dicom_writer import load_volume
+    from neuroflow.devtools.scanner_presets import Vendor
+    from neuroflow.ingest.service import IngestService, IngestSettings
+    from neuroflow.ingest.window_store import SqliteWindowStore
+
+    data = Path(__file__).resolve().parents[1] / "data" / "glioma-tcga-du-7294"
+    files = {SeriesRole.T1: "t1_bet.nii.gz", SeriesRole.T1CE: "t1c_bet.nii.gz", SeriesRole.T2: "t2_bet.nii.gz",
+             SeriesRole.FLAIR: "fla_bet.nii.gz"}
+
+    def slab(role: SeriesRole) -> Volume:  # 20 slices of the real volume: enough for routing, quick to upload
+        volume = load_volume(data / files[role])
+        g = volume.geometry
+        x, y, z = volume.to_sitk().TransformIndexToPhysicalPoint([0, 0, 60])
+        return Volume(volume.array[60:80].copy(), Geometry(g.spacing, (x, y, z), g.direction,
+                                                           (g.size[0], g.size[1], 20)))
+
+    bus, audit = InMemoryBus(), SqliteStateStore(tmp_path / "state.sqlite")
+    # The site enables glioma only, as the chart's examples do: glioma_postop is its variant.
+    settings = IngestSettings(site="test-site", pipelines=[GLIOMA_PIPELINE],
+                              models={GLIOMA_PIPELINE: PipelineModels().glioma}, wait_window_s=1.0, lease_s=2.0)
+    ingest = IngestService(orthancs.site_client, SqliteWindowStore(tmp_path / "w.sqlite"), bus, settings, audit=audit)
+    written = write_study({r: slab(r) for r in files}, tmp_path / "study", vendor=Vendor.SIEMENS, seed="ingest-postop",
+                          description="MRT Schädel postoperativ")
+    for path in sorted((tmp_path / "study").rglob("IM*")):
+        orthancs.site_client.upload(path.read_bytes())
+    ingest.poll_changes(now=5000.0)
+    (ready,) = ingest.trigger_due(now=5002.0)
+    assert ready.study.study_instance_uid == written.study_instance_uid
+    assert ready.pipeline == GLIOMA_POSTOP_PIPELINE
+    assert {s.role for s in ready.series} == {r.value for r in files}
+    (handed_on,) = audit.audit_records(ready.study.study_key)
+    fields = handed_on.fields()
+    assert fields["pipeline"] == GLIOMA_POSTOP_PIPELINE
+    assert fields["postoperative"] == ["description 'MRT Schädel postoperativ' says post-operative"]
+    audit.close()

@@ -25,6 +25,14 @@ METASTASES_PIPELINE = "metastases"
 # enabling glioma gets it without listing it (ingest/routing.postoperative_route); a site listing it sends every
 # study that qualifies for glioma there (a post-surgical follow-up clinic).
 GLIOMA_POSTOP_PIPELINE = "glioma_postop"
+# A pipeline routing chooses in place of an enabled one -> that one: where a site enables the other, the monitor
+# watches the variant's workflows and an operator may pause it by its name (pausing glioma does not hold it).
+PIPELINE_VARIANT_OF = {GLIOMA_POSTOP_PIPELINE: GLIOMA_PIPELINE}
+
+
+def routed_pipelines(enabled: list[str]) -> list[str]:
+    """The pipelines a site's studies can be routed to: those it enables and the variants of them."""
+    return [*enabled, *(v for v, of in PIPELINE_VARIANT_OF.items() if of in enabled and v not in enabled)]
 # The embedded run on two or more studies of one patient: the change pipelines the pairs qualify for.
 LONGITUDINAL_PIPELINE = "longitudinal"
 # The change pipelines (issue 6), compared with the patient's prior study; their series roles are in core/roles.
