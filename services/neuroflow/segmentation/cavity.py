@@ -69,7 +69,9 @@ class CavityRules:
                 f"towards fluid > {self.fluid_score:g}, FLAIR z < {self.flair_max_z:g}, T2 z > {self.t2_min_z:g}), "
                 f"deeper than {self.surface_mm:g} mm in the brain, "
                 f"opened by a {self.opening_mm:g} mm ball, not the ventricles (within {self.central_mm:g} mm of "
-                f"the brain's centre and across the midline), within {self.bed_mm:g} mm of the tumour bed, at least "
+                f"the brain's centre and across the midline, or mirrored across it onto fluid for "
+                f"{self.mirror_fraction:.0%} of the region), grown {self.opening_mm + 1:g} mm into voxels "
+                f"{self.wall_score:g} fluid-like, within {self.bed_mm:g} mm of the tumour bed, at least "
                 f"{self.min_ml:g} mL; tumour inside it removed from WT/TC/ET")
 
 
