@@ -171,3 +171,50 @@ def test_ingest_hands_a_post_operative_study_to_glioma_postop_with_its_evidence_
     assert fields["pipeline"] == GLIOMA_POSTOP_PIPELINE
     assert fields["postoperative"] == ["description 'MRT Schädel postoperativ' says post-operative"]
     audit.close()
+
+
+def test_ingest_takes_a_study_whose_patient_had_tumour_before_as_post_operative(
+        orthancs: OrthancPair, tmp_path: Path) -> None:
+    """No description says so; the patient's earlier study in the site's Orthanc holds neuroflow's glioma SR with
+    tumour in it: the new study goes to glioma_postop, the prior named in the audit."""
+    from neuroflow.core.config import GLIOMA_PIPELINE
+    from neuroflow.core.state import SqliteStateStore
+    from neuroflow.devtools.dicom_writer import PatientInfo
+    from neuroflow.ingest.service import IngestService, IngestSettings
+    from neuroflow.ingest.window_store import SqliteWindowStore
+    from neuroflow.results.dicom_sr import SR_FILE
+    from neuroflow.results.glioma_results import glioma_objects
+    from neuroflow.results.report import ReportStatus, StudyReport, TumourVolumes
+
+    rng = np.random.default_rng(8)
+    images = {role: Volume(rng.integers(0, 400, size=(20, 48, 48)).astype(np.int16), GRID)
+              for role in GLIOMA_INPUT_ROLES}
+    patient = PatientInfo(patient_id="NF-POSTOP-PRIOR")
+    before = write_study(images, tmp_path / "before", patient=patient, seed="prior-tumour", study_date="20240105")
+    instances = {role: [pydicom.dcmread(p) for p in before.series[role].paths] for role in GLIOMA_INPUT_ROLES}
+    array = np.zeros((20, 48, 48), dtype=np.uint8)
+    array[_ball((10.0, 0.0, 0.0), 8.0)] = BratsLabel.NECROTIC_CORE
+    labels = Volume(array, GRID)
+    volumes = TumourVolumes.from_label_map(labels)
+    report = StudyReport(study_instance_uid=before.study_instance_uid, study_key="k", pipeline=GLIOMA_PIPELINE,
+                         status=ReportStatus.SUCCEEDED, volumes_ml=volumes, model=PipelineModels().glioma)
+    sr = glioma_objects(report, labels, instances, input_hash="d" * 64, objects=NeuroflowSettings().results,
+                        study_key="k")[SR_FILE][0]
+    buffer = io.BytesIO()
+    sr.save_as(buffer, enforce_file_format=True)
+    orthancs.site_client.upload(buffer.getvalue())  # the earlier result, as PACS-bound objects sit in Orthanc
+    bus, audit = InMemoryBus(), SqliteStateStore(tmp_path / "state.sqlite")
+    settings = IngestSettings(site="test-site", pipelines=[GLIOMA_PIPELINE],
+                              models={GLIOMA_PIPELINE: PipelineModels().glioma}, wait_window_s=1.0, lease_s=2.0)
+    ingest = IngestService(orthancs.site_client, SqliteWindowStore(tmp_path / "w.sqlite"), bus, settings, audit=audit)
+    after = write_study(images, tmp_path / "after", patient=patient, seed="after-surgery", study_date="20240301")
+    for path in sorted((tmp_path / "after").rglob("IM*")):
+        orthancs.site_client.upload(path.read_bytes())
+    ingest.poll_changes(now=7000.0)
+    (ready,) = ingest.trigger_due(now=7002.0)
+    assert ready.study.study_instance_uid == after.study_instance_uid
+    assert ready.pipeline == GLIOMA_POSTOP_PIPELINE
+    (handed_on,) = audit.audit_records(ready.study.study_key)
+    (line,) = handed_on.fields()["postoperative"]
+    assert line.startswith(f"prior study of 20240105 had tumour ({volumes.WT:.1f} mL)")
+    audit.close()

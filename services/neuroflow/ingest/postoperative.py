@@ -9,10 +9,16 @@ site rules (``postoperative_patterns``)."""
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import pydicom
+
+from neuroflow.core.glioma_findings import reported_tumour_ml
+from neuroflow.core.orthanc import OrthancClient
+from neuroflow.core.patient_id import PatientIdentity
 from neuroflow.ingest.text_patterns import normalise
 
 # Matched on normalised text (lower case, no accents, separators as single spaces). "op" alone is not enough
@@ -69,3 +75,42 @@ def postoperative_evidence(descriptions: Iterable[str], *, prior: PriorTumour | 
                            extra_patterns: Sequence[str] = ()) -> list[str]:
     """Every reason the study is post-operative (empty: it is not taken as post-operative)."""
     return [*description_evidence(descriptions, extra_patterns), *prior_evidence(prior)]
+
+
+# At most this many of the patient's earlier neuroflow SRs are read (the newest study's decides).
+_MAX_PRIOR_SRS = 20
+
+
+def study_moment(study_date: object, study_time: object) -> str:
+    """``YYYYMMDDHHMMSS`` of a StudyDate and StudyTime, sortable (the order longitudinal.priors.acquired_at
+    gives timepoints; ingest cannot import that service)."""
+    date = str(study_date or "").strip()[:8].ljust(8, "0")
+    clock = str(study_time or "").strip().split(".")[0][:6].ljust(6, "0")
+    return date + clock
+
+
+def prior_tumour_in_orthanc(client: OrthancClient, patient: PatientIdentity, study_instance_uid: str,
+                            before: str) -> PriorTumour | None:
+    """The distributed runtime's prior with tumour: of the neuroflow SRs the site's Orthanc holds for
+    ``patient`` in studies acquired before ``before`` (:func:`study_moment`), the newest study's reported whole
+    tumour (core.glioma_findings). None when the PatientID cannot find one patient,
+    or there is none. Only SR objects are read (a /tools/find on the instances, then their files), never a
+    prior's images: ingest looks this up for every glioma study."""
+    if patient.problem is not None:
+        return None
+    answer = client.post_json("/tools/find", {
+        "Level": "Instance", "Limit": _MAX_PRIOR_SRS,
+        "Query": {"PatientID": patient.patient_id, "Modality": "SR", "StudyDate": f"-{before[:8]}"},
+    }, what="find the patient's earlier results")
+    found: list[tuple[str, PriorTumour]] = []
+    for instance_id in answer or []:
+        sr = pydicom.dcmread(io.BytesIO(client.instance_file(str(instance_id))), force=True)
+        when = study_moment(sr.get("StudyDate", ""), sr.get("StudyTime", ""))
+        if (str(sr.get("StudyInstanceUID", "")) == study_instance_uid or when >= before
+                or PatientIdentity.of_tags({"PatientID": sr.get("PatientID", ""),
+                                            "IssuerOfPatientID": sr.get("IssuerOfPatientID", "")}) != patient):
+            continue
+        tumour_ml = reported_tumour_ml(sr)
+        if tumour_ml is not None:
+            found.append((when, PriorTumour(study_date=when[:8], tumour_ml=tumour_ml)))
+    return max(found, key=lambda item: item[0])[1] if found else None

@@ -26,15 +26,23 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from neuroflow.core import health, metrics, topics
 from neuroflow.core.audit import AuditAction, AuditStatements
 from neuroflow.core.bus import MessageBus
-from neuroflow.core.config import CHANGE_PIPELINES, GLIOMA_POSTOP_PIPELINE, PIPELINE_VARIANT_OF, ClassifySettings
+from neuroflow.core.config import (
+    CHANGE_PIPELINES,
+    GLIOMA_PIPELINE,
+    GLIOMA_POSTOP_PIPELINE,
+    PIPELINE_VARIANT_OF,
+    ClassifySettings,
+)
 from neuroflow.core.dicom_io import StudyIndex, series_volume, study_key
 from neuroflow.core.identity import NEUROFLOW_MANUFACTURER, input_hash, patient_key
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.orthanc import OrthancClient, OrthancDicomSource
+from neuroflow.core.patient_id import PatientIdentity
 from neuroflow.core.sequence_subsets import PipelineInputs
 from neuroflow.core.state_schedules import replica_name
 from neuroflow.core.sub_series import volume_identity
 from neuroflow.ingest.classify import classify_study
+from neuroflow.ingest.postoperative import prior_tumour_in_orthanc, study_moment
 from neuroflow.ingest.routing import route_study
 from neuroflow.ingest.site_rules import SiteRules
 from neuroflow.ingest.window_store import Claim, WindowStore
@@ -232,8 +240,14 @@ class IngestService:
         modalities = sorted({str(h.get("Modality", "")) for s in study.series.values() for h in s.headers[:1]})
         study_tags = {k: str(v) for k, v in tags.items()}
         study_tags["ModalitiesInStudy"] = "\\".join(m for m in modalities if m)
+        # A prior with tumour makes a glioma study post-operative (glioma_postop): asked only where glioma is on.
+        prior = prior_tumour_in_orthanc(
+            self._client, PatientIdentity.of_study(study), uid,
+            study_moment(tags.get("StudyDate", ""), tags.get("StudyTime", ""))) \
+            if GLIOMA_PIPELINE in self._settings.pipelines else None
         outcome = route_study(classified, self._settings.pipelines, study_key=ref.study_key, rules=self._rules,
-                              study_tags=study_tags, policy=self._settings.classify, inputs=self._settings.inputs)
+                              study_tags=study_tags, policy=self._settings.classify, inputs=self._settings.inputs,
+                              prior=prior)
         if outcome.not_routed and not outcome.routes and not outcome.refusals:
             self._publish_failure(ref, "", events_pb2.RoutingFailed.NO_PIPELINE,
                                   "the site's routing rules send this study to no pipeline: "

@@ -3,10 +3,7 @@ label map the segmentation stage carved the resection cavity into, the same in b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
-import pydicom
 from scipy import ndimage
 
 from neuroflow.core.handoff import CavityFinding
@@ -47,24 +44,3 @@ def with_cavity_alarm(review: ReviewAssessment | None) -> ReviewAssessment:
     return review.model_copy(update={"needs_review": True, "risk_score": review.risk_score + 1,
                                      "alarms": [*review.alarms, CAVITY_ALARM]})
 
-
-_WT_TRACKING = "Whole tumour (WT)"  # the glioma SR's tracking identifier of the whole tumour (dicom_sr)
-_TRACKING_IDENTIFIER = "112039"
-
-
-def glioma_sr_tumour_ml(sr: pydicom.Dataset) -> float | None:
-    """The whole-tumour volume (mL) a neuroflow glioma SR reports; None when it reports none (not assessable, or
-    not a glioma SR): what makes a prior study "a prior with tumour" for post-operative routing."""
-    found: list[float] = []
-
-    def walk(items: Sequence[pydicom.Dataset], group: str) -> None:
-        for item in items:
-            name = item.ConceptNameCodeSequence[0].CodeValue if "ConceptNameCodeSequence" in item else ""
-            if name == _TRACKING_IDENTIFIER:
-                group = str(item.TextValue)
-            if item.get("ValueType") == "NUM" and group == _WT_TRACKING:
-                found.append(float(item.MeasuredValueSequence[0].NumericValue))
-            walk(list(item.get("ContentSequence", [])), group)
-
-    walk([sr], "")
-    return found[0] if found else None

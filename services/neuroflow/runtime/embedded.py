@@ -13,6 +13,7 @@ from pydicom.dataset import Dataset
 from neuroflow.core.config import GLIOMA_PIPELINE, GLIOMA_POSTOP_PIPELINE, METASTASES_PIPELINE, NeuroflowSettings
 from neuroflow.core.dicom_io import DicomSource, SkippedFile, StudyIndex, series_volume, study_key
 from neuroflow.core.errors import NeuroflowError, StudyError
+from neuroflow.core.glioma_findings import reported_tumour_ml
 from neuroflow.core.handoff import CavityFinding
 from neuroflow.core.identity import input_hash, patient_key
 from neuroflow.core.inference import InferenceBackend
@@ -42,7 +43,7 @@ from neuroflow.results.glioma_results import (
     registration_warnings,
 )
 from neuroflow.results.notice import failure_hash, notice_objects, notice_of
-from neuroflow.results.postop_results import glioma_sr_tumour_ml, postoperative_section
+from neuroflow.results.postop_results import postoperative_section
 from neuroflow.results.report import (
     TOTAL_TIMING_KEY,
     ReportStatus,
@@ -293,7 +294,7 @@ def prior_tumour(studies: dict[str, StudyIndex], study: StudyIndex,
         if other.study_instance_uid == study.study_instance_uid or _acquired(other) >= when:
             continue
         sr = latest_glioma_sr([h for item in other.set_aside for h in item.headers], settings.results)
-        tumour_ml = None if sr is None else glioma_sr_tumour_ml(sr)
+        tumour_ml = None if sr is None else reported_tumour_ml(sr)
         if tumour_ml is not None:
             found.append((_acquired(other), PriorTumour(study_date=_acquired(other)[:8], tumour_ml=tumour_ml)))
     return max(found, key=lambda item: item[0])[1] if found else None
