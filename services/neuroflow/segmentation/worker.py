@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 LABEL_MAP_NAME = "label_map"
 # What the segmentation stage knows of why a glioma_postop study is post-operative: ingest decided it (the
 # evidence is in its routing log and audit; StudyReady does not carry it).
-ROUTED_POSTOPERATIVE = "routed to glioma_postop by ingest (post-operative evidence in the study's descriptions)"
+ROUTED_POSTOPERATIVE = ("routed to glioma_postop by ingest (its evidence, the study's descriptions or a prior with "
+                        "tumour, is in the hand-on audit)")
 _MM3_PER_ML = 1000.0
 
 
