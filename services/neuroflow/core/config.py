@@ -29,10 +29,6 @@ GLIOMA_POSTOP_PIPELINE = "glioma_postop"
 # watches the variant's workflows and an operator may pause it by its name (pausing glioma does not hold it).
 PIPELINE_VARIANT_OF = {GLIOMA_POSTOP_PIPELINE: GLIOMA_PIPELINE}
 
-
-def routed_pipelines(enabled: list[str]) -> list[str]:
-    """The pipelines a site's studies can be routed to: those it enables and the variants of them."""
-    return [*enabled, *(v for v, of in PIPELINE_VARIANT_OF.items() if of in enabled and v not in enabled)]
 # The embedded run on two or more studies of one patient: the change pipelines the pairs qualify for.
 LONGITUDINAL_PIPELINE = "longitudinal"
 # The change pipelines (issue 6), compared with the patient's prior study; their series roles are in core/roles.
@@ -42,6 +38,11 @@ TUMOUR_GROWTH_PIPELINE = "tumour_growth"
 CHANGE_PIPELINES = (MS_CHANGE_PIPELINE, HAEMATOMA_CHANGE_PIPELINE, TUMOUR_GROWTH_PIPELINE)
 # Version of the change algorithms, part of each comparison's identity (input hash): raise it when they change.
 CHANGE_ALGORITHM_VERSION = 1
+
+
+def routed_pipelines(enabled: list[str]) -> list[str]:
+    """The pipelines a site's studies can be routed to: those it enables and the variants of them."""
+    return [*enabled, *(v for v, of in PIPELINE_VARIANT_OF.items() if of in enabled and v not in enabled)]
 
 
 class PipelineModels(BaseSettings):

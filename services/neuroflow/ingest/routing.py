@@ -103,9 +103,9 @@ def postoperative_route(routes: list[Route], classified: Sequence[SeriesClassifi
                         not_routed: dict[str, str]) -> list[str]:
     """A glioma route of a post-operative study (its study or series descriptions say so, the site's
     ``postoperative_patterns`` included, or ``prior`` had tumour) becomes a ``glioma_postop`` route, in place
-    (the same series; the glioma model would count the resection cavity as tumour, so the plain result would
-    be wrong rather than partial). A site route rule that refuses glioma_postop keeps it glioma (the refusal
-    in ``not_routed``). Returns the evidence; empty when the study is not taken as post-operative."""
+    (the same series: the glioma model, trained on studies before surgery, counts a resection cavity as tumour
+    or misses it, and a plain result would report neither the cavity nor the residual tumour as such). A site
+    route rule that refuses glioma_postop keeps it glioma (the refusal in ``not_routed``). Returns the evidence; empty when the study is not taken as post-operative."""
     at = next((i for i, r in enumerate(routes) if r.pipeline == GLIOMA_PIPELINE), None)
     if at is None:
         return []
