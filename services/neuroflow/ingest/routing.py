@@ -105,7 +105,8 @@ def postoperative_route(routes: list[Route], classified: Sequence[SeriesClassifi
     ``postoperative_patterns`` included, or ``prior`` had tumour) becomes a ``glioma_postop`` route, in place
     (the same series: the glioma model, trained on studies before surgery, counts a resection cavity as tumour
     or misses it, and a plain result would report neither the cavity nor the residual tumour as such). A site
-    route rule that refuses glioma_postop keeps it glioma (the refusal in ``not_routed``). Returns the evidence; empty when the study is not taken as post-operative."""
+    route rule that refuses glioma_postop keeps it glioma (the refusal in ``not_routed``). Returns the evidence;
+    empty when the study is not taken as post-operative."""
     at = next((i for i, r in enumerate(routes) if r.pipeline == GLIOMA_PIPELINE), None)
     if at is None:
         return []
