@@ -11,7 +11,7 @@ from typing import Any
 
 from neuroflow import __version__
 from neuroflow.admin.cli import add_admin_parser
-from neuroflow.core.config import GLIOMA_PIPELINE, METASTASES_PIPELINE, NeuroflowSettings
+from neuroflow.core.config import GLIOMA_PIPELINE, GLIOMA_POSTOP_PIPELINE, METASTASES_PIPELINE, NeuroflowSettings
 from neuroflow.core.dicom_io import FolderDicomSource
 from neuroflow.core.exit_codes import ExitCode, describe
 
@@ -70,10 +70,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="inference backend (default: NEUROFLOW_INFERENCE__BACKEND, else onnxruntime in-process)")
     run.add_argument("--triton-url", default=None, metavar="HOST:PORT",
                      help="gRPC endpoint of the Triton Inference Server (with --inference triton)")
-    run.add_argument("--pipeline", choices=(GLIOMA_PIPELINE, METASTASES_PIPELINE), default=None,
+    run.add_argument("--pipeline", choices=(GLIOMA_PIPELINE, GLIOMA_POSTOP_PIPELINE, METASTASES_PIPELINE),
+                     default=None,
                      help="run this pipeline on the study (default: routing decides; glioma unless the site "
-                          "enables only metastases); metastases on several studies of one patient: their "
-                          "lesion-wise follow-up (RANO-BM)")
+                          "enables only metastases, glioma_postop for a study its descriptions call "
+                          "post-operative); metastases on several studies of one patient: their lesion-wise "
+                          "follow-up (RANO-BM)")
     run.set_defaults(handler=_cmd_run)
 
     classify = sub.add_parser("classify", help="print the role of every series in a folder of DICOM files")

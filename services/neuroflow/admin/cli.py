@@ -14,7 +14,7 @@ from typing import Any
 
 from neuroflow.admin import operations
 from neuroflow.admin.operations import AdminRefused, Store
-from neuroflow.core.config import NeuroflowSettings
+from neuroflow.core.config import NeuroflowSettings, routed_pipelines
 from neuroflow.core.exit_codes import ExitCode
 
 EXIT_OK = 0
@@ -64,11 +64,11 @@ def add_admin_parser(sub: Any) -> None:
     steps = pipelines.add_subparsers(dest="pipelines_action")
     _json(steps.add_parser("list", help="the site's pipelines, which are paused and how many studies wait")
           ).set_defaults(handler=_handler(lambda store, args: operations.list_pipelines(
-              store, NeuroflowSettings().ingest.pipelines)))
+              store, routed_pipelines(NeuroflowSettings().ingest.pipelines))))
     pause = steps.add_parser("pause", help="pause a pipeline: its new studies wait, a task in flight completes")
     pause.add_argument("pipeline")
     _json(pause).set_defaults(handler=_handler(lambda store, args: operations.pause_pipeline(
-        store, args.pipeline, known=NeuroflowSettings().ingest.pipelines)))
+        store, args.pipeline, known=routed_pipelines(NeuroflowSettings().ingest.pipelines))))
     resume = steps.add_parser("resume", help="resume a pipeline: its waiting studies are dispatched")
     resume.add_argument("pipeline")
     _json(resume).set_defaults(handler=_handler(lambda store, args: operations.resume_pipeline(

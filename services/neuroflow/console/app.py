@@ -37,7 +37,7 @@ from neuroflow.console.oidc import OidcClient, OidcRefused
 from neuroflow.console.worklist import WorklistFilter, model_label, read_report, study_page, worklist
 from neuroflow.core import metrics
 from neuroflow.core.audit import SESSIONS_CHAIN, AuditAction
-from neuroflow.core.config import CHANGE_PIPELINES, NeuroflowSettings
+from neuroflow.core.config import CHANGE_PIPELINES, NeuroflowSettings, routed_pipelines
 from neuroflow.core.reviews import Decision, InvalidReview, ReviewDecision, ReviewStore
 
 log = logging.getLogger(__name__)
@@ -458,7 +458,8 @@ class _Pages:
         checked = await require(self.c, request, Permission.VIEW)
         if isinstance(checked, Response):
             return checked
-        rows = await run_in_threadpool(operations.list_pipelines, self.c.store, self.c.settings.ingest.pipelines)
+        rows = await run_in_threadpool(operations.list_pipelines, self.c.store,
+                                       routed_pipelines(self.c.settings.ingest.pipelines))
         return self.render("pipelines.html", checked, pipelines=rows, message=request.query_params.get("done", ""))
 
     async def pause_or_resume_pipeline(self, request: Request) -> Response:
@@ -470,7 +471,8 @@ class _Pages:
         try:
             if action == "pause":
                 row = await run_in_threadpool(lambda: operations.pause_pipeline(
-                    self.c.store, pipeline, known=self.c.settings.ingest.pipelines, actor=actor(checked)))
+                    self.c.store, pipeline, known=routed_pipelines(self.c.settings.ingest.pipelines),
+                    actor=actor(checked)))
             elif action == "resume":
                 row = await run_in_threadpool(lambda: operations.resume_pipeline(self.c.store, pipeline,
                                                                                  actor=actor(checked)))

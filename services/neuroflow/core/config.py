@@ -20,6 +20,15 @@ DEFAULT_ATLAS_DIR = Path("/usr/share/mricron/templates")
 GLIOMA_PIPELINE = "glioma"
 # Brain metastases (issue 15): lesion-wise detection on T1 post-contrast (FLAIR used when present).
 METASTASES_PIPELINE = "metastases"
+# Post-operative glioma (issue 15): the glioma pipeline on a study after surgery (routing decides from the
+# study's descriptions or a prior with tumour), whose label map has the resection cavity beside the tumour. A site
+# enabling glioma gets it without listing it (ingest/routing.postoperative_route); a site listing it sends every
+# study that qualifies for glioma there (a post-surgical follow-up clinic).
+GLIOMA_POSTOP_PIPELINE = "glioma_postop"
+# A pipeline routing chooses in place of an enabled one -> that one: where a site enables the other, the monitor
+# watches the variant's workflows and an operator may pause it by its name (pausing glioma does not hold it).
+PIPELINE_VARIANT_OF = {GLIOMA_POSTOP_PIPELINE: GLIOMA_PIPELINE}
+
 # The embedded run on two or more studies of one patient: the change pipelines the pairs qualify for.
 LONGITUDINAL_PIPELINE = "longitudinal"
 # The change pipelines (issue 6), compared with the patient's prior study; their series roles are in core/roles.
@@ -33,6 +42,11 @@ CHANGE_PIPELINES = (MS_CHANGE_PIPELINE, HAEMATOMA_CHANGE_PIPELINE, TUMOUR_GROWTH
                     METASTASES_RESPONSE_PIPELINE)
 # Version of the change algorithms, part of each comparison's identity (input hash): raise it when they change.
 CHANGE_ALGORITHM_VERSION = 1
+
+
+def routed_pipelines(enabled: list[str]) -> list[str]:
+    """The pipelines a site's studies can be routed to: those it enables and the variants of them."""
+    return [*enabled, *(v for v, of in PIPELINE_VARIANT_OF.items() if of in enabled and v not in enabled)]
 
 
 class PipelineModels(BaseSettings):

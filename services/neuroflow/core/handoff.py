@@ -120,3 +120,34 @@ class ReviewSummary(BaseModel):
         """The review attached to ``volume``; None when the segmentation did not assess it."""
         text = volume.meta.get(REVIEW_META_KEY)
         return None if text is None else cls.model_validate_json(text)
+
+
+# Key of the post-operative cavity finding in the label map's meta (glioma_postop only).
+CAVITY_META_KEY = "neuroflow.postoperative"
+
+
+class CavityFinding(BaseModel):
+    """How the segmentation stage of a post-operative study (``glioma_postop``) found the resection cavity,
+    JSON in the label map's meta beside the review: the label map itself holds the cavity
+    (core.labels.RESECTION_CAVITY_LABEL), so the results stage measures it there; this says why the study was
+    taken as post-operative, how the cavity was located and what the tumour segmentation lost to it.
+    Unknown keys are ignored (a newer segmentation service may add figures)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    evidence: list[str] = Field(default_factory=list)  # why the study is post-operative, one line each
+    assessable: bool = True  # False: the sequences cannot show fluid (neither FLAIR nor T2)
+    why_not: str = ""  # when not assessable
+    located_by: str = ""  # "tumour bed", "prior tumour", "largest non-ventricular fluid region", "none found"
+    tumour_removed_ml: float = Field(default=0.0, ge=0.0)  # tumour the model drew inside the cavity, removed
+    method: str = ""  # the rules and their thresholds, in words
+
+    def attach(self, volume: Volume) -> Volume:
+        """``volume`` with this finding in its meta (a copy)."""
+        return Volume(volume.array, volume.geometry, {**volume.meta, CAVITY_META_KEY: self.model_dump_json()})
+
+    @classmethod
+    def of(cls, volume: Volume) -> CavityFinding | None:
+        """The finding attached to ``volume``; None for a label map of a study not taken as post-operative."""
+        text = volume.meta.get(CAVITY_META_KEY)
+        return None if text is None else cls.model_validate_json(text)

@@ -63,6 +63,11 @@ OKABE_ITO: dict[str, tuple[int, int, int]] = {
     "reddish_purple": (204, 121, 167),
 }
 
+# No SNOMED CT concept in the DICOM code tables (PS3.16, as pydicom ships them) names a resection cavity; the
+# nearest is SCT 43526002 "Operative site" (CID 6201), used as the segmented property type of a morphologically
+# altered structure. The segment's label says what it is: "Resection cavity".
+RESECTION_CAVITY_CODE = ("43526002", "SCT", "Operative site")
+
 # Concepts no SNOMED CT code names (the BraTS sub-regions), in neuroflow's own coding scheme: a private
 # scheme designator starts with "99" (PS3.16 8.2).
 LOCAL_CODING_SCHEME = "99NEUROFLOW"
@@ -74,6 +79,7 @@ REGION_CODES: dict[str, tuple[str, str, str]] = {
     "ET": ("BRATS-ET", LOCAL_CODING_SCHEME, "Enhancing tumor (BraTS)"),
     "oedema": ("79654002", "SCT", "Edema"),
     "necrotic_core": ("6574001", "SCT", "Necrosis"),
+    "resection_cavity": RESECTION_CAVITY_CODE,  # post-operative results only
 }
 
 # The segments written to DICOM SEG, one per disjoint sub-region so a viewer shows them without overlap.
@@ -102,6 +108,15 @@ SEGMENT_NEEDS: dict[BratsLabel, frozenset[TumourRegion]] = {
 # post-contrast): every tumour label as one segment, numbered when the SEG is built.
 WHOLE_TUMOUR_SEGMENT = SegmentDefinition(0, "Whole tumour (core not assessable)", _MORPH_ABNORMAL,
                                          ("108369006", "SCT", "Neoplasm"), (0, 160, 255))
+
+# Post-operative glioma (issue 15): the resection cavity, a label of its own beside the tumour labels of the
+# glioma label map, never part of WT/TC/ET (REGION_LABELS does not name it). 5, not 4: 4 is the enhancing
+# tumour of older BraTS releases (LEGACY_ENHANCING_LABEL), which readers of reference data map onto ET.
+RESECTION_CAVITY_LABEL = 5
+# Drawn after the tumour segments of a post-operative result, numbered when the SEG is built; bluish green, a
+# colour the tumour segments do not use.
+RESECTION_CAVITY_SEGMENT = SegmentDefinition(0, "Resection cavity (rule-based estimate)", _MORPH_ABNORMAL,
+                                             RESECTION_CAVITY_CODE, OKABE_ITO["bluish_green"])
 
 
 class ChangeLabel(IntEnum):

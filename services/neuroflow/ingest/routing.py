@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from neuroflow.core.config import GLIOMA_PIPELINE, METASTASES_PIPELINE, ClassifySettings
+from neuroflow.core.config import GLIOMA_PIPELINE, GLIOMA_POSTOP_PIPELINE, METASTASES_PIPELINE, ClassifySettings
 from neuroflow.core.errors import AmbiguousRole, MissingSequence
 from neuroflow.core.model_card import ModelCard
 from neuroflow.core.roles import (
@@ -18,6 +18,7 @@ from neuroflow.core.roles import (
 )
 from neuroflow.core.sequence_subsets import PipelineInputs
 from neuroflow.ingest.classify import SeriesClassification, effective_policy, select_inputs
+from neuroflow.ingest.postoperative import PriorTumour, postoperative_evidence
 from neuroflow.ingest.site_rules import SiteRules
 
 # The series roles each pipeline needs, in the order its model takes them: the one place this is said
@@ -25,6 +26,7 @@ from neuroflow.ingest.site_rules import SiteRules
 # pipeline's are its model card's when the runtime passes the card (``pipeline_inputs``).
 PIPELINE_INPUT_ROLES: Mapping[str, tuple[SeriesRole, ...]] = {
     GLIOMA_PIPELINE: GLIOMA_INPUT_ROLES,
+    GLIOMA_POSTOP_PIPELINE: GLIOMA_INPUT_ROLES,  # the glioma pipeline's inputs and model, plus the cavity step
     METASTASES_PIPELINE: METASTASES_INPUT_ROLES,
     **{pipeline.value: roles for pipeline, roles in CHANGE_REQUIRED_ROLES.items()},
 }
@@ -39,7 +41,7 @@ def pipeline_inputs(glioma_card: ModelCard | None) -> dict[str, PipelineInputs]:
     # Metastases: enhancement is read on the T1CE, which a study must have; FLAIR (oedema) only helps.
     inputs[METASTASES_PIPELINE] = PipelineInputs(METASTASES_INPUT_ROLES, (SeriesRole.T1CE,))
     if glioma_card is not None:
-        inputs[GLIOMA_PIPELINE] = PipelineInputs.of_card(glioma_card)
+        inputs[GLIOMA_PIPELINE] = inputs[GLIOMA_POSTOP_PIPELINE] = PipelineInputs.of_card(glioma_card)
     return inputs
 
 
@@ -65,13 +67,16 @@ class RoutingOutcome:
     not_routed: dict[str, str]  # pipeline -> the site rule that keeps the study from it
     # pipeline -> the required role two different protocols are too close to call for, naming them
     ambiguous: dict[str, str] = field(default_factory=dict)
+    # Why the study was taken as post-operative (its glioma route became glioma_postop); empty when it was not.
+    postoperative: list[str] = field(default_factory=list)
 
 
 def route_study(classified: Sequence[SeriesClassification], pipelines: Sequence[str], *,
                 study_key: str, rules: SiteRules | None = None,
                 study_tags: Mapping[str, str] | None = None,
                 policy: ClassifySettings | None = None,
-                inputs: Mapping[str, PipelineInputs] | None = None) -> RoutingOutcome:
+                inputs: Mapping[str, PipelineInputs] | None = None,
+                prior: PriorTumour | None = None) -> RoutingOutcome:
     """For each pipeline enabled at the site (what each takes: ``inputs``, by default
     ``pipeline_inputs(None)``): the series chosen for each of its input roles, or the
     reason the study does not qualify: the site's routing rule refuses it by its study tags, a
@@ -101,4 +106,29 @@ def route_study(classified: Sequence[SeriesClassification], pipelines: Sequence[
             ambiguous[pipeline] = exc.reason
             continue
         routes.append(Route(pipeline, chosen))
-    return RoutingOutcome(routes, refusals, not_routed, ambiguous)
+    evidence = postoperative_route(routes, classified, study_tags or {}, rules, prior, not_routed)
+    return RoutingOutcome(routes, refusals, not_routed, ambiguous, evidence)
+
+
+def postoperative_route(routes: list[Route], classified: Sequence[SeriesClassification],
+                        study_tags: Mapping[str, str], rules: SiteRules | None, prior: PriorTumour | None,
+                        not_routed: dict[str, str]) -> list[str]:
+    """A glioma route of a post-operative study (its study or series descriptions say so, the site's
+    ``postoperative_patterns`` included, or ``prior`` had tumour) becomes a ``glioma_postop`` route, in place
+    (the same series: the glioma model, trained on studies before surgery, counts a resection cavity as tumour
+    or misses it, and a plain result would report neither the cavity nor the residual tumour as such). A site
+    route rule that refuses glioma_postop keeps it glioma (the refusal in ``not_routed``). Returns the evidence;
+    empty when the study is not taken as post-operative."""
+    at = next((i for i, r in enumerate(routes) if r.pipeline == GLIOMA_PIPELINE), None)
+    if at is None:
+        return []
+    descriptions = [str(study_tags.get("StudyDescription", "")), *(c.description for c in classified)]
+    evidence = postoperative_evidence(descriptions, prior=prior,
+                                      extra_patterns=rules.postoperative_patterns if rules is not None else ())
+    if not evidence:
+        return []
+    if rules is not None and (why := rules.route_refusal(GLIOMA_POSTOP_PIPELINE, dict(study_tags))) is not None:
+        not_routed[GLIOMA_POSTOP_PIPELINE] = why
+        return []
+    routes[at] = Route(GLIOMA_POSTOP_PIPELINE, routes[at].inputs)
+    return evidence

@@ -26,15 +26,23 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from neuroflow.core import health, metrics, topics
 from neuroflow.core.audit import AuditAction, AuditStatements
 from neuroflow.core.bus import MessageBus
-from neuroflow.core.config import CHANGE_PIPELINES, ClassifySettings
+from neuroflow.core.config import (
+    CHANGE_PIPELINES,
+    GLIOMA_PIPELINE,
+    GLIOMA_POSTOP_PIPELINE,
+    PIPELINE_VARIANT_OF,
+    ClassifySettings,
+)
 from neuroflow.core.dicom_io import StudyIndex, series_volume, study_key
 from neuroflow.core.identity import NEUROFLOW_MANUFACTURER, input_hash, patient_key
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.orthanc import OrthancClient, OrthancDicomSource
+from neuroflow.core.patient_id import PatientIdentity
 from neuroflow.core.sequence_subsets import PipelineInputs
 from neuroflow.core.state_schedules import replica_name
 from neuroflow.core.sub_series import volume_identity
 from neuroflow.ingest.classify import classify_study
+from neuroflow.ingest.postoperative import prior_tumour_in_orthanc, study_moment
 from neuroflow.ingest.routing import route_study
 from neuroflow.ingest.site_rules import SiteRules
 from neuroflow.ingest.window_store import Claim, WindowStore
@@ -232,8 +240,14 @@ class IngestService:
         modalities = sorted({str(h.get("Modality", "")) for s in study.series.values() for h in s.headers[:1]})
         study_tags = {k: str(v) for k, v in tags.items()}
         study_tags["ModalitiesInStudy"] = "\\".join(m for m in modalities if m)
+        # A prior with tumour makes a glioma study post-operative (glioma_postop): asked only where glioma is on.
+        prior = prior_tumour_in_orthanc(
+            self._client, PatientIdentity.of_study(study), uid,
+            study_moment(tags.get("StudyDate", ""), tags.get("StudyTime", ""))) \
+            if GLIOMA_PIPELINE in self._settings.pipelines else None
         outcome = route_study(classified, self._settings.pipelines, study_key=ref.study_key, rules=self._rules,
-                              study_tags=study_tags, policy=self._settings.classify, inputs=self._settings.inputs)
+                              study_tags=study_tags, policy=self._settings.classify, inputs=self._settings.inputs,
+                              prior=prior)
         if outcome.not_routed and not outcome.routes and not outcome.refusals:
             self._publish_failure(ref, "", events_pb2.RoutingFailed.NO_PIPELINE,
                                   "the site's routing rules send this study to no pipeline: "
@@ -262,19 +276,30 @@ class IngestService:
                     for role, c in route.inputs.items()}
             ready = events_pb2.StudyReady(
                 schema_version=topics.SCHEMA_VERSION, study=ref, pipeline=route.pipeline, series=series,
-                input_hash=input_hash(uids, self._settings.models[route.pipeline]), study_version=claim.seq,
+                input_hash=input_hash(uids, self._model_of(route.pipeline)), study_version=claim.seq,
                 priority=priority, ready_at=_timestamp(),
             )
             self._bus.publish(topics.STUDY_READY, ref.study_key, ready.SerializeToString())
             if self._audit is not None:
                 self._audit.audit_append(ref.study_key, AuditAction.HANDED_ON, {
                     "pipeline": route.pipeline, "input_hash": ready.input_hash, "study_version": claim.seq,
-                    "roles": {s.role: s.instance_count for s in series}}, actor=self._actor)
+                    "roles": {s.role: s.instance_count for s in series},
+                    # why a glioma study went to glioma_postop (the descriptions that said so), for whoever asks
+                    **({"postoperative": outcome.postoperative} if route.pipeline == GLIOMA_POSTOP_PIPELINE
+                       else {})}, actor=self._actor)
             self.counters.studies_ready += 1
             metrics.STUDIES_ROUTED.labels(self._settings.site, route.pipeline).inc()
-            log.info("study %s ready for %s (version %d)", ref.study_key, route.pipeline, claim.seq)
+            log.info("study %s ready for %s (version %d)%s", ref.study_key, route.pipeline, claim.seq,
+                     f", {len(outcome.postoperative)} line(s) of post-operative evidence in the audit"
+                     if route.pipeline == GLIOMA_POSTOP_PIPELINE else "")
             out.append(ready)
         return out
+
+    def _model_of(self, pipeline: str) -> ModelRef:
+        """The model that is part of ``pipeline``'s input hash; a variant (glioma_postop) without a model of its
+        own in the settings runs the model of the pipeline it stands in for."""
+        models = self._settings.models
+        return models[pipeline] if pipeline in models else models[PIPELINE_VARIANT_OF.get(pipeline, pipeline)]
 
     def _study_ref(self, study: StudyIndex, tags: dict[str, str]) -> common_pb2.StudyRef:
         return common_pb2.StudyRef(

@@ -14,6 +14,8 @@ completely: a bad regex or an unknown key fails at start, naming the rule, not a
     ignore:
       - name: localizers
         series_description: 'loc|scout|survey'
+    postoperative_patterns:   # optional: this site's phrases for a study after surgery (ingest/postoperative.py)
+      - 'kontrolle nach tumor'
     confidence_floor: 0.5     # optional: a role below this confidence is not used (default in core.config)
     ambiguity_margin: 0.1     # optional: closer candidates of different protocols are ambiguous
 
@@ -171,6 +173,20 @@ class SiteRules(BaseModel):
     # This site's confidence floor and ambiguity margin, instead of NEUROFLOW_CLASSIFY__* (core.config).
     confidence_floor: float | None = Field(default=None, ge=0.0, le=1.0)
     ambiguity_margin: float | None = Field(default=None, ge=0.0, le=1.0)
+    # Regular expressions (searched case-insensitively in study and series descriptions) that mark a study after
+    # surgery, beside the built-in phrases: such a glioma study goes to glioma_postop. A route rule naming
+    # glioma_postop narrows it like any pipeline's; refused there, the study stays with glioma.
+    postoperative_patterns: list[str] = Field(default_factory=list)
+
+    @field_validator("postoperative_patterns")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:  # a ValueError pydantic reports with the field, as a bad file should be
+                raise ValueError(f"postoperative_patterns: {pattern!r} is not a regular expression: {exc}") from None
+        return patterns
 
     def role_policy(self, base: ClassifySettings) -> ClassifySettings:
         """``base`` (the settings) with what this site's file overrides."""

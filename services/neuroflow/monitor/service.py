@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from neuroflow.core import health, metrics, topics
-from neuroflow.core.config import NeuroflowSettings
+from neuroflow.core.config import NeuroflowSettings, routed_pipelines
 from neuroflow.core.kafka_security import client_security
 from neuroflow.monitor.probes import (
     ConsumerPair,
@@ -118,7 +118,7 @@ def build_monitor(backends: Backends, *, windows: HandledWindows | None = None) 
     pinned = settings.models
     probes.append(ModelReadinessProbe(backends.inference(),
                                       [pinned.skull_strip_bbox, pinned.skull_strip, pinned.glioma]))
-    probes.append(WorkflowProbe(backends.state(), settings.site, sorted(settings.ingest.pipelines),
+    probes.append(WorkflowProbe(backends.state(), settings.site, sorted(routed_pipelines(settings.ingest.pipelines)),
                                 settings.orchestration, watch.stuck_grace_s))
     probes.append(RetentionSweep(settings.retention, settings.site, backends.state(), backends.volumes(),
                                  backends.records(), settings.reports_dir, orthanc=orthanc, windows=windows,

@@ -5,10 +5,16 @@ way for every pipeline that uses the stage."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from neuroflow.core import topics
-from neuroflow.core.config import CHANGE_ALGORITHM_VERSION, GLIOMA_PIPELINE, METASTASES_PIPELINE, PipelineModels
+from neuroflow.core.config import (
+    CHANGE_ALGORITHM_VERSION,
+    GLIOMA_PIPELINE,
+    GLIOMA_POSTOP_PIPELINE,
+    METASTASES_PIPELINE,
+    PipelineModels,
+)
 from neuroflow.core.roles import CHANGE_REQUIRED_ROLES, GLIOMA_REFERENCE_ORDER, ChangePipeline, SeriesRole
 from neuroflow.proto.neuroflow.v1 import common_pb2, events_pb2, tasks_pb2
 
@@ -59,6 +65,13 @@ def glioma_pipeline(models: PipelineModels) -> PipelineSpec:
         reference_fallbacks=tuple(r.value for r in GLIOMA_REFERENCE_ORDER[1:]),
         notice_on_failure=True,
     )
+
+
+def glioma_postop_pipeline(models: PipelineModels) -> PipelineSpec:
+    """The post-operative glioma pipeline (issue 15): the glioma pipeline's stages, model and reference, under
+    its own name, so the segmentation stage carves the resection cavity into the label map and the results
+    stage reports it (ingest routes a post-operative study here instead of to glioma)."""
+    return replace(glioma_pipeline(models), name=GLIOMA_POSTOP_PIPELINE)
 
 
 def metastases_pipeline(models: PipelineModels) -> PipelineSpec:

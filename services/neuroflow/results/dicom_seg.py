@@ -27,6 +27,8 @@ from neuroflow.core.labels import (
     GLIOMA_SEGMENTS,
     LOCAL_CODING_SCHEME,
     REGION_LABELS,
+    RESECTION_CAVITY_LABEL,
+    RESECTION_CAVITY_SEGMENT,
     SEGMENT_BRATS_LABEL,
     SEGMENT_NEEDS,
     WHOLE_TUMOUR_SEGMENT,
@@ -89,7 +91,10 @@ def build_glioma_seg(
     series UID, model, input hash), so a re-run on the same input yields the same UIDs and replaces
     the earlier object in PACS instead of adding a second one.
 
-    Returns ``None`` when the label map holds no tumour voxel: a SEG must have at least one frame, and
+    A label map of a post-operative study holds the resection cavity (``RESECTION_CAVITY_LABEL``): it is drawn
+    as one more segment, :data:`RESECTION_CAVITY_SEGMENT`, numbered after the tumour segments.
+
+    Returns ``None`` when the label map holds no tumour (or cavity) voxel: a SEG must have at least one frame, and
     an empty overlay tells a radiologist nothing. The report states "no tumour detected" instead.
 
     Refuses (:class:`StudyError`) when the source instances do not describe the label map's grid: a
@@ -101,6 +106,10 @@ def build_glioma_seg(
         raise ValueError("build_glioma_seg needs the source instances of the reference series")
     objects = objects or ResultObjectSettings()
     segments, numbers = _assessable_segments(not_assessable)
+    if bool((np.asarray(label_map.array) == RESECTION_CAVITY_LABEL).any()):
+        # A post-operative result (glioma_postop): the cavity after the tumour segments, never one of them.
+        cavity = replace(RESECTION_CAVITY_SEGMENT, number=len(segments) + 1)
+        segments, numbers = (*segments, cavity), {**numbers, RESECTION_CAVITY_LABEL: cavity.number}
     return build_seg(
         label_map.with_array(_segment_number_map(label_map.array, numbers)), source_instances,
         segments=segments, algorithm=model, algorithm_family=codes.cid7162.ArtificialIntelligence,
@@ -237,13 +246,13 @@ def declare_local_coding_scheme(ds: pydicom.Dataset) -> None:
 
 def _assessable_segments(
     not_assessable: Collection[str],
-) -> tuple[tuple[SegmentDefinition, ...], dict[BratsLabel, int]]:
+) -> tuple[tuple[SegmentDefinition, ...], dict[int, int]]:
     """The segments to write and the segment number of each BraTS label drawn (a label not in the map is
     not drawn): all of :data:`GLIOMA_SEGMENTS` when every region can be assessed (numbered as defined),
     otherwise those whose regions all can, plus the whole tumour as one segment when only the core cannot,
     numbered from 1 as a SEG requires."""
     if not not_assessable:
-        return GLIOMA_SEGMENTS, {label: number for number, label in SEGMENT_BRATS_LABEL.items()}
+        return GLIOMA_SEGMENTS, {int(label): number for number, label in SEGMENT_BRATS_LABEL.items()}
     unknown = {str(r) for r in not_assessable} - {r.value for r in TumourRegion}
     assessable = {r for r in TumourRegion if r.value not in not_assessable}
     if unknown:
@@ -254,13 +263,14 @@ def _assessable_segments(
     if TumourRegion.WT in assessable and TumourRegion.TC not in assessable:
         chosen.append((WHOLE_TUMOUR_SEGMENT, tuple(REGION_LABELS[TumourRegion.WT])))
     segments = tuple(replace(segment, number=n) for n, (segment, _) in enumerate(chosen, start=1))
-    return segments, {label: n for n, (_, labels) in enumerate(chosen, start=1) for label in labels}
+    return segments, {int(label): n for n, (_, labels) in enumerate(chosen, start=1) for label in labels}
 
 
-def _segment_number_map(labels: npt.NDArray[np.generic], numbers: dict[BratsLabel, int]) -> npt.NDArray[np.uint8]:
-    """The label map rewritten as segment numbers (0 = none) by ``numbers`` (BraTS label -> segment)."""
+def _segment_number_map(labels: npt.NDArray[np.generic], numbers: dict[int, int]) -> npt.NDArray[np.uint8]:
+    """The label map rewritten as segment numbers (0 = none) by ``numbers`` (BraTS label, or the resection
+    cavity's label, -> segment)."""
     values = np.unique(labels)
-    known = {int(v) for v in BratsLabel}
+    known = {int(v) for v in BratsLabel} | {RESECTION_CAVITY_LABEL}
     unknown = sorted(int(v) for v in values if int(v) not in known)
     if unknown:
         raise ValueError(f"label map holds values {unknown} that are not BraTS labels {sorted(known)}")

@@ -20,7 +20,7 @@ from pydicom.sr.codedict import codes
 import neuroflow
 from neuroflow.core.config import ResultObjectSettings
 from neuroflow.core.identity import NEUROFLOW_MANUFACTURER
-from neuroflow.core.labels import LOCAL_CODING_SCHEME, REGION_CODES, SEGMENT_REGION
+from neuroflow.core.labels import LOCAL_CODING_SCHEME, REGION_CODES, RESECTION_CAVITY_SEGMENT, SEGMENT_REGION
 from neuroflow.core.uids import derived_uid
 from neuroflow.results.dicom_seg import declare_local_coding_scheme
 from neuroflow.results.report import LongitudinalReport, ReportStatus, ReviewAssessment, StudyReport
@@ -66,6 +66,8 @@ SLD_PRIOR_CONCEPT = _local("SLD-PRIOR", "Sum of longest diameters of target lesi
 SLD_CONCEPT = _local("SLD", "Sum of longest diameters of target lesions")
 SLD_CHANGE_CONCEPT = _local("SLD-CHANGE", "Change of the sum of longest diameters from the prior")
 TARGET_COUNT_CONCEPT = _local("TARGET-COUNT", "Number of target lesions")
+RESIDUAL_ET_FINDING = _local("RESIDUAL-ET", "Residual enhancing tumor (post-operative)")
+RIM_ET_CONCEPT = _local("RIM-ET-VOLUME", "Enhancing tumor volume at the resection cavity wall")
 _MM = hd.sr.CodedConcept("mm", "UCUM", "millimeter")
 _PERCENT = hd.sr.CodedConcept("%", "UCUM", "percent")
 _UID = re.compile(r"\b\d+(?:\.\d+){3,}\b")
@@ -122,6 +124,8 @@ def glioma_sr(
         if why_not is not None:
             _add_text(group, f"{label}: not assessable: {why_not}", name=NOT_ASSESSABLE_CONCEPT)
         groups.append(group)
+    if report.postoperative is not None:
+        groups += _postoperative_groups(report, seg, evidence, input_hash, objects, algorithm)
     groups.append(_outcome_group(report, input_hash, objects, algorithm, [
         f"Method: {_method(report)}",
         *([] if report.volumes_ml.tumour_detected else ["No tumour detected."]),
@@ -135,6 +139,52 @@ def glioma_sr(
                series_number=objects.sr_series_number,
                description=describe(GLIOMA_SR_DESCRIPTION, needs_review=needs_review, version=version),
                predecessor=predecessor)
+
+
+def _postoperative_groups(report: StudyReport, seg: Dataset | None, evidence: Sequence[Dataset], input_hash: str,
+                          objects: ResultObjectSettings, algorithm: hd.sr.AlgorithmIdentification) -> list[_Group]:
+    """A post-operative result's two groups: the resection cavity (its volume, its SEG segment, why the study is
+    post-operative, the method; a rule-based estimate for review) and the residual enhancing tumour."""
+    section = report.postoperative
+    assert section is not None
+    tracking = hd.sr.TrackingIdentifier(uid=derived_uid(objects.uid_root, "neuroflow.sr-region", input_hash,
+                                                        "resection_cavity"), identifier="Resection cavity")
+    finding = hd.sr.CodedConcept(*REGION_CODES["resection_cavity"])
+    measurements = [] if section.cavity_ml is None else [
+        hd.sr.Measurement(name=codes.SCT.Volume, value=round(section.cavity_ml, 2), unit=_ML, algorithm_id=algorithm)]
+    number = next((int(item.SegmentNumber) for item in (seg.SegmentSequence if seg is not None else [])
+                   if str(item.SegmentLabel) == RESECTION_CAVITY_SEGMENT.label), None)
+    cavity: _Group
+    if seg is not None and number is not None:
+        cavity = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking, finding_type=finding, algorithm_id=algorithm, measurements=measurements,
+            referenced_segment=hd.sr.ReferencedSegment(
+                sop_class_uid=str(seg.SOPClassUID), sop_instance_uid=str(seg.SOPInstanceUID), segment_number=number,
+                source_series=hd.sr.SourceSeriesForSegmentation(str(evidence[0].SeriesInstanceUID))))
+    else:
+        cavity = hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking, finding_type=finding, algorithm_id=algorithm,
+            measurements=measurements or None)
+    _add_text(cavity, "Resection cavity: NEEDS REVIEW, a rule-based estimate; not counted as tumour")
+    if section.cavity_ml is None:
+        _add_text(cavity, f"Resection cavity: not assessable: {section.why_not}", name=NOT_ASSESSABLE_CONCEPT)
+    for line in section.evidence:
+        _add_text(cavity, f"Post-operative evidence: {mask_uids(line)}")
+    if section.method:
+        _add_text(cavity, f"Cavity method: {section.method}")
+    residual = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=derived_uid(objects.uid_root, "neuroflow.sr-region", input_hash, "residual_et"),
+            identifier="Residual enhancing tumour"),
+        finding_type=RESIDUAL_ET_FINDING, algorithm_id=algorithm,
+        measurements=[
+            hd.sr.Measurement(name=codes.SCT.Volume, value=round(section.residual_enhancing_ml, 3), unit=_ML,
+                              algorithm_id=algorithm),
+            hd.sr.Measurement(name=RIM_ET_CONCEPT, value=round(section.rim_enhancing_ml, 3), unit=_ML,
+                              algorithm_id=algorithm)])
+    _add_text(residual, f"Residual enhancing tumour: {section.residual_enhancing_ml:.2f} mL outside the cavity, "
+                        f"{section.rim_enhancing_ml:.2f} mL within {section.rim_mm:g} mm of its wall")
+    return [cavity, residual]
 
 
 def glioma_sr_uid(study_instance_uid: str, input_hash: str, objects: ResultObjectSettings) -> str:

@@ -18,6 +18,8 @@ from neuroflow.core.identity import NEUROFLOW_MANUFACTURER
 from neuroflow.core.labels import (
     GLIOMA_SEGMENTS,
     REGION_LABELS,
+    RESECTION_CAVITY_LABEL,
+    RESECTION_CAVITY_SEGMENT,
     SEGMENT_BRATS_LABEL,
     WHOLE_TUMOUR_SEGMENT,
     TumourRegion,
@@ -32,9 +34,11 @@ from neuroflow.results.dicom_seg import build_glioma_seg
 from neuroflow.results.dicom_sr import GLIOMA_SR_DESCRIPTION, SR_FILE, glioma_sr, glioma_sr_uid
 from neuroflow.results.notice import NOTICE_IMAGE_FILE, NOTICE_SR_FILE, notice_objects, notice_of
 from neuroflow.results.overlay import LegendEntry, overlay_series
+from neuroflow.results.postop_results import with_cavity_alarm
 from neuroflow.results.report import (
     TOTAL_TIMING_KEY,
     OrientationCheck,
+    PostoperativeSection,
     RegistrationQuality,
     ReportStatus,
     ReviewAssessment,
@@ -182,12 +186,16 @@ def glioma_objects(
 def _overlay_labels(labels: Volume, unassessable: Collection[str]) -> tuple[Volume, list[LegendEntry]]:
     """The labels an overlay draws and its legend: the sub-regions as segmented, or, when the sequences cannot
     show the core (no T1CE), the whole tumour as one colour, as the SEG draws it."""
+    cavity = np.asarray(labels.array) == RESECTION_CAVITY_LABEL
+    # The resection cavity of a post-operative result, in its own colour beside the tumour.
+    cavity_legend = [LegendEntry(RESECTION_CAVITY_LABEL, "Resection cavity", RESECTION_CAVITY_SEGMENT.rgb)
+                     ] if cavity.any() else []
     if TumourRegion.TC.value not in unassessable:
-        return labels, [LegendEntry(int(SEGMENT_BRATS_LABEL[s.number]), _LEGEND_NAMES[s.number], s.rgb)
-                        for s in GLIOMA_SEGMENTS]
+        return labels, [*(LegendEntry(int(SEGMENT_BRATS_LABEL[s.number]), _LEGEND_NAMES[s.number], s.rgb)
+                          for s in GLIOMA_SEGMENTS), *cavity_legend]
     tumour = np.isin(labels.array, [int(label) for label in REGION_LABELS[TumourRegion.WT]])
-    return (labels.with_array(tumour.astype(np.uint8)),
-            [LegendEntry(1, "Whole tumour", WHOLE_TUMOUR_SEGMENT.rgb)])
+    drawn = np.where(cavity, RESECTION_CAVITY_LABEL, tumour.astype(np.uint8)).astype(np.uint8)
+    return (labels.with_array(drawn), [LegendEntry(1, "Whole tumour", WHOLE_TUMOUR_SEGMENT.rgb), *cavity_legend])
 
 
 def registration_warnings(summary: PreprocessSummary) -> list[str]:
@@ -211,10 +219,15 @@ def glioma_report(
     outputs: list[str],
     roles_used: Collection[SeriesRole],
     review: ReviewSummary | None = None,
+    postoperative: PostoperativeSection | None = None,
 ) -> StudyReport:
     """The succeeded glioma report, the same in both runtimes: built from what preprocessing handed on
     (``summary``), the measured volumes and the series routing chose; from the input roles the study had
-    (``roles_used``), the sequences missing and the sub-regions they leave not assessable."""
+    (``roles_used``), the sequences missing and the sub-regions they leave not assessable. ``postoperative``
+    (glioma_postop): the resection cavity and residual tumour, which make the result NEEDS REVIEW."""
+    assessment = None if review is None else review_assessment(review)
+    if postoperative is not None:
+        assessment = with_cavity_alarm(assessment)
     return StudyReport(
         study_instance_uid=study_instance_uid,
         study_key=study_key,
@@ -227,7 +240,8 @@ def glioma_report(
         **preprocessing_checks(summary),
         not_assessable=not_assessable(roles_used),
         sequences_missing=[r for r in GLIOMA_INPUT_ROLES if r not in roles_used],
-        review=None if review is None else review_assessment(review),
+        review=assessment,
+        postoperative=postoperative,
         warnings=warnings,
         outputs=outputs,
     )

@@ -333,6 +333,25 @@ class MetastasesSection(_ReportModel):
     min_volume_mm3: float  # smaller connected components are dropped
 
 
+class PostoperativeSection(_ReportModel):
+    """A post-operative glioma study (pipeline glioma_postop): why it was taken as one, the resection cavity and
+    the enhancing tumour left beside it. The cavity is a rule-based estimate (segmentation/cavity.py), never
+    tumour: ``volumes_ml`` (WT/TC/ET) excludes it. Always for review (``needs_review``)."""
+
+    evidence: list[str] = Field(default_factory=list)  # why the study is post-operative
+    cavity_ml: float | None = Field(default=None, ge=0.0)  # None: not assessable (``why_not``)
+    why_not: str = ""
+    # Enhancing tumour outside the cavity (all of ET once the cavity is removed), and the part of it within
+    # ``rim_mm`` of the cavity wall: residual enhancing tumour at the resection margin.
+    residual_enhancing_ml: float = Field(ge=0.0)
+    rim_enhancing_ml: float = Field(ge=0.0)
+    rim_mm: float = Field(ge=0.0)
+    tumour_removed_ml: float = Field(default=0.0, ge=0.0)  # tumour the model drew inside the cavity, not counted
+    located_by: str = ""
+    method: str = ""
+    needs_review: bool = True  # a rule-based estimate, unvalidated on real post-operative studies
+
+
 class StudyReport(_ReportModel):
     """Everything a reviewer needs to judge one (study, pipeline) run.
 
@@ -354,6 +373,7 @@ class StudyReport(_ReportModel):
     skull_strip: SkullStrip | None = None
     longitudinal: LongitudinalReport | None = None  # change against the prior study
     metastases: MetastasesSection | None = None  # the metastases pipeline's lesion table
+    postoperative: PostoperativeSection | None = None  # glioma_postop: the resection cavity, residual ET
     review: ReviewAssessment | None = None  # the failure flag of the segmentation, None when not assessed
     # Sub-regions the sequences at hand cannot show (e.g. ET without T1 post-contrast) -> why; empty when all could.
     # Their figures in ``volumes_ml`` are what the model drew, not a measurement: the summary shows none for them.
@@ -390,6 +410,8 @@ class StudyReport(_ReportModel):
                 raise ValueError("a failed report must not carry longitudinal results")
             if self.metastases is not None:
                 raise ValueError("a failed report must not carry metastases")
+            if self.postoperative is not None:
+                raise ValueError("a failed report must not carry a resection cavity")
         elif self.errors:
             raise ValueError("a succeeded report must not carry errors; report them as warnings or fail")
         return self
@@ -453,6 +475,8 @@ def render_summary(report: StudyReport) -> str:
 
     if report.metastases is not None:
         lines += _metastases_lines(report.metastases)
+    if report.postoperative is not None:
+        lines += _postoperative_lines(report.postoperative)
     if report.review is not None:
         lines += _review_lines(report.review)
     if report.longitudinal is not None:
@@ -486,6 +510,24 @@ def _metastases_lines(section: MetastasesSection) -> list[str]:
         lines.append(f"  Met {m.number}: {m.volume_ml * 1000.0:8.1f} mm3, longest axial "
                      f"{m.longest_axial_diameter_mm:5.1f} mm, at ({x:.1f}, {y:.1f}, {z:.1f}) mm LPS{confidence}"
                      f"{f', {m.location}' if m.location is not None else ''}")
+    return lines
+
+
+def _postoperative_lines(section: PostoperativeSection) -> list[str]:
+    lines = ["", "Post-operative study (NEEDS REVIEW: the resection cavity is a rule-based estimate):"]
+    lines += [f"  Evidence: {line}" for line in section.evidence]
+    if section.cavity_ml is None:
+        lines.append(f"  Resection cavity: not assessable ({section.why_not})")
+    else:
+        lines.append(f"  Resection cavity: {section.cavity_ml:.1f} mL (located by {section.located_by or 'none'}); "
+                     "not counted as tumour")
+    lines.append(f"  Residual enhancing tumour: {section.residual_enhancing_ml:.2f} mL, of which "
+                 f"{section.rim_enhancing_ml:.2f} mL within {section.rim_mm:g} mm of the cavity wall")
+    if section.tumour_removed_ml:
+        lines.append(f"  Removed from the tumour volumes: {section.tumour_removed_ml:.1f} mL the model drew inside "
+                     "the cavity")
+    if section.method:
+        lines.append(f"  Method: {section.method}")
     return lines
 
 

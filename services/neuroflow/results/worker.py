@@ -30,7 +30,7 @@ from neuroflow.core.config import METASTASES_PIPELINE, ResultObjectSettings
 from neuroflow.core.dead_letter import now_timestamp
 from neuroflow.core.dicom_io import DicomSink, DicomSource, Forwarder, find_series
 from neuroflow.core.errors import MissingSequence, SeriesRejected
-from neuroflow.core.handoff import PreprocessSummary, ReviewSummary
+from neuroflow.core.handoff import CavityFinding, PreprocessSummary, ReviewSummary
 from neuroflow.core.identity import input_hash
 from neuroflow.core.lesions import LESION_THRESHOLD, MIN_LESION_MM3, lesions_on
 from neuroflow.core.model_card import ModelRef
@@ -51,6 +51,7 @@ from neuroflow.results.glioma_results import (
 )
 from neuroflow.results.metastases_results import metastases_objects, metastases_review, metastases_section
 from neuroflow.results.notice import failure_hash, notice_objects, notice_of
+from neuroflow.results.postop_results import postoperative_section
 from neuroflow.results.report import (
     ReportStatus,
     SeriesEntry,
@@ -112,6 +113,7 @@ class ResultsHandler:
                  if role in series}
         key = input_hash(uids, model)
         volumes = TumourVolumes.from_label_map(labels)
+        cavity = CavityFinding.of(labels)  # glioma_postop: the segmentation stage carved the cavity in
         warnings = set_aside + registration_warnings(summary)
         if not volumes.tumour_detected:
             warnings.append("no tumour detected: no DICOM SEG written")
@@ -124,7 +126,8 @@ class ResultsHandler:
         report = glioma_report(task.study.study_instance_uid, key_of_study, task.pipeline, summary, volumes=volumes,
                                model=model, series=series_entries(request.referenced_series), timings=timings,
                                warnings=warnings, outputs=["report.json", "summary.txt"],
-                               roles_used=set(series), review=ReviewSummary.of(labels))
+                               roles_used=set(series), review=ReviewSummary.of(labels),
+                               postoperative=None if cavity is None else postoperative_section(labels, cavity))
         datasets = glioma_objects(report, labels, drawn, input_hash=key, objects=self._objects, study_key=key_of_study,
                                   volumes_of={role: series[role].volume for role in drawn}, earlier=earlier)
         return self._store(task, report, datasets)

@@ -41,7 +41,13 @@ from neuroflow.core.state import SqliteStateStore, SqlStateStore
 from neuroflow.core.volume_store import FolderVolumeStore, VolumeStore
 from neuroflow.core.worker import Handler, StageWorker
 from neuroflow.orchestrator.orchestrator import Orchestrator
-from neuroflow.orchestrator.pipelines import PipelineSpec, change_pipeline, glioma_pipeline, metastases_pipeline
+from neuroflow.orchestrator.pipelines import (
+    PipelineSpec,
+    change_pipeline,
+    glioma_pipeline,
+    glioma_postop_pipeline,
+    metastases_pipeline,
+)
 from neuroflow.proto.neuroflow.v1 import common_pb2
 
 if TYPE_CHECKING:
@@ -176,7 +182,8 @@ def pipelines(settings: NeuroflowSettings) -> dict[str, PipelineSpec]:
     """The pipelines this site runs, by name: glioma, metastases and the change pipelines (ingest's pipeline list
     says which of them the site's studies are routed to)."""
     glioma, metastases = glioma_pipeline(settings.models), metastases_pipeline(settings.models)
-    return {glioma.name: glioma, metastases.name: metastases,
+    postop = glioma_postop_pipeline(settings.models)  # where ingest sends a post-operative glioma study
+    return {glioma.name: glioma, postop.name: postop, metastases.name: metastases,
             **{name: change_pipeline(name) for name in CHANGE_PIPELINES}}
 
 

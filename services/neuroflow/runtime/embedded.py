@@ -10,9 +10,11 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from neuroflow.core.config import GLIOMA_PIPELINE, METASTASES_PIPELINE, NeuroflowSettings
+from neuroflow.core.config import GLIOMA_PIPELINE, GLIOMA_POSTOP_PIPELINE, METASTASES_PIPELINE, NeuroflowSettings
 from neuroflow.core.dicom_io import DicomSource, SkippedFile, StudyIndex, series_volume, study_key
 from neuroflow.core.errors import NeuroflowError, StudyError
+from neuroflow.core.glioma_findings import reported_tumour_ml
+from neuroflow.core.handoff import CavityFinding
 from neuroflow.core.identity import input_hash, patient_key
 from neuroflow.core.inference import InferenceBackend
 from neuroflow.core.input_limits import check_study_size
@@ -24,9 +26,11 @@ from neuroflow.core.sub_series import volume_identity
 from neuroflow.core.timing import ProgressSink, StageClock
 from neuroflow.core.worker import is_retryable
 from neuroflow.ingest.classify import SeriesClassification, classify_study, effective_policy
+from neuroflow.ingest.postoperative import PriorTumour, postoperative_evidence
 from neuroflow.ingest.routing import pipeline_inputs, qualify
 from neuroflow.ingest.site_rules import SiteRules, load_site_rules
 from neuroflow.longitudinal.pairing import group_by_patient
+from neuroflow.longitudinal.priors import acquired_at
 from neuroflow.preprocess.glioma_inputs import preprocess_glioma
 from neuroflow.results.dicom_sr import SR_FILE
 from neuroflow.results.glioma_results import (
@@ -35,9 +39,11 @@ from neuroflow.results.glioma_results import (
     earlier_result,
     glioma_objects,
     glioma_report,
+    latest_glioma_sr,
     registration_warnings,
 )
 from neuroflow.results.notice import failure_hash, notice_objects, notice_of
+from neuroflow.results.postop_results import postoperative_section
 from neuroflow.results.report import (
     TOTAL_TIMING_KEY,
     ReportStatus,
@@ -48,6 +54,7 @@ from neuroflow.results.report import (
     write_summary,
 )
 from neuroflow.runtime.result_files import read_if_present, remove_results, write_objects
+from neuroflow.segmentation.cavity import postoperative_labels
 from neuroflow.segmentation.glioma import label_map, predict_regions
 from neuroflow.segmentation.review import record_review, review_segmentation
 
@@ -73,6 +80,7 @@ class _Run:
     series: list[SeriesEntry] | None = None
     warnings: list[str] | None = None
     evidence: list[Dataset] | None = None  # an instance header of the study: what a notice is filed under
+    pipeline: str = GLIOMA_PIPELINE  # glioma_postop once the study is taken as post-operative
 
 
 def run_embedded(
@@ -112,12 +120,18 @@ def run_embedded(
 
         return run_metastases(source, out_dir, settings, backend, study_uid=study_uid, progress=progress,
                               indexed=indexed)
-    if pipeline not in (None, GLIOMA_PIPELINE):
-        raise NeuroflowError(f"unknown pipeline {pipeline!r}: choose {GLIOMA_PIPELINE} or {METASTASES_PIPELINE}")
-    if study_uid is not None:
-        return run_glioma(source, out_dir, settings, backend, study_uid=study_uid, progress=progress)
+    if pipeline not in (None, GLIOMA_PIPELINE, GLIOMA_POSTOP_PIPELINE):
+        raise NeuroflowError(f"unknown pipeline {pipeline!r}: choose {GLIOMA_PIPELINE}, {GLIOMA_POSTOP_PIPELINE} "
+                             f"or {METASTASES_PIPELINE}")
+    postoperative = pipeline == GLIOMA_POSTOP_PIPELINE
     started = time.perf_counter()
     studies, skipped = source.index()
+    if study_uid is not None or postoperative:
+        # The whole index goes with the study: an earlier study of the patient with neuroflow's glioma SR in it
+        # (a prior with tumour) makes this one post-operative.
+        indexed = _Indexed(studies, skipped, time.perf_counter() - started)
+        return run_glioma(source, out_dir, settings, backend, study_uid=study_uid, progress=progress,
+                          postoperative=postoperative, indexed=indexed)
     if _one_patients(studies):
         from neuroflow.runtime.embedded_longitudinal import run_longitudinal  # its imports only when needed
 
@@ -151,21 +165,29 @@ def run_glioma(
     study_uid: str | None = None,
     progress: ProgressSink | None = None,
     indexed: _Indexed | None = None,
+    postoperative: bool = False,
+    prior: PriorTumour | None = None,
 ) -> StudyReport:
     """Runs the glioma pipeline on one study of ``source`` and writes ``report.json``, ``summary.txt`` and
     the objects PACS would get (``glioma_objects``: ``seg.dcm``, ``sr.dcm``, the overlay series) to
     ``out_dir``. Never raises for a bad study: the report says what is wrong (``status`` failed,
     ``errors``), no earlier result is left behind, and the notice (``notice_sr.dcm``, ``notice.dcm``) says
     in DICOM that the study could not be processed and why. A run on other inputs than the earlier run into
-    ``out_dir`` (a new model) is the next version of the result: its SR names the earlier SR."""
+    ``out_dir`` (a new model) is the next version of the result: its SR names the earlier SR.
+
+    A post-operative study (``postoperative``: asked for as glioma_postop; or its descriptions say so, or
+    ``prior``, a prior study of the patient, had tumour: ingest.postoperative) runs as ``glioma_postop``: the
+    resection cavity is carved into the label map (segmentation/cavity.py), never counted as tumour, and
+    reported with the residual enhancing tumour, for review."""
     out_dir.mkdir(parents=True, exist_ok=True)
     earlier_sr = read_if_present(out_dir / SR_FILE)
     # A result left by an earlier run must not pass for this run's result if this one fails.
     remove_results(out_dir, GLIOMA_RESULT_NAMES)
     clock = StageClock(GLIOMA_STAGES, progress)
-    run = _Run(series=[], warnings=[], evidence=[])
+    run = _Run(series=[], warnings=[], evidence=[],
+               pipeline=GLIOMA_POSTOP_PIPELINE if postoperative else GLIOMA_PIPELINE)
     try:
-        report = _run(source, out_dir, settings, backend, study_uid, clock, run, indexed, earlier_sr)
+        report = _run(source, out_dir, settings, backend, study_uid, clock, run, indexed, earlier_sr, prior)
     except NeuroflowError as exc:
         reason = exc.reason if isinstance(exc, StudyError) else str(exc)
         where = f"{clock.current}: " if clock.current else ""
@@ -173,7 +195,7 @@ def run_glioma(
         report = StudyReport(
             study_instance_uid=run.study_uid,
             study_key=run.key,
-            pipeline=GLIOMA_PIPELINE,
+            pipeline=run.pipeline,
             status=ReportStatus.FAILED,
             series=run.series or [],
             timings_s={**clock.timings, "total": clock.total()},
@@ -198,9 +220,12 @@ def _run(
     run: _Run,
     indexed: _Indexed | None,
     earlier_sr: Dataset | None = None,
+    prior: PriorTumour | None = None,
 ) -> StudyReport:
     assert run.series is not None and run.warnings is not None and run.evidence is not None
     study = read_study(source, study_uid, clock, run, indexed)
+    if prior is None and indexed is not None:
+        prior = prior_tumour(indexed.studies, study, settings)
 
     with clock.stage("classify"):
         rules: SiteRules | None = load_site_rules(settings.site_rules) if settings.site_rules else None
@@ -214,6 +239,7 @@ def _run(
         run.series[:] = _series_entries(classified, used)
         for c in classified:
             clock.note(f"{c.role:<6} {c.description or '(no description)'}")
+        postop_evidence = _postoperative(study, classified, rules, prior, run)
 
     models = settings.models
     reference_role = glioma_reference_role(chosen)
@@ -234,12 +260,19 @@ def _run(
             batch_size=settings.window_batch_size, study_key=run.key,
         )
     with clock.stage("postprocess"):
-        labels_on_grid = label_map(probabilities, pre.brain_mask)
+        network_labels = labels_on_grid = label_map(probabilities, pre.brain_mask)
+        postoperative = None
+        if run.pipeline == GLIOMA_POSTOP_PIPELINE:  # the resection cavity, never counted as tumour
+            labels_on_grid = postoperative_labels(network_labels, pre.normalised, pre.brain_mask,
+                                                  evidence=postop_evidence)
+            finding = CavityFinding.of(labels_on_grid)
+            assert finding is not None  # postoperative_labels always attaches it
+            postoperative = postoperative_section(labels_on_grid, finding)
         volumes_ml = TumourVolumes.from_label_map(labels_on_grid)
-    with clock.stage("review"):
-        review = review_segmentation(pre.normalised, pre.brain_mask, probabilities, labels_on_grid, backend,
+    with clock.stage("review"):  # of what the network drew (its checks know nothing of the cavity)
+        review = review_segmentation(pre.normalised, pre.brain_mask, probabilities, network_labels, backend,
                                      models.glioma, settings, study_key=run.key)
-        record_review(review, site=settings.site, pipeline=GLIOMA_PIPELINE, model=models.glioma)
+        record_review(review, site=settings.site, pipeline=run.pipeline, model=models.glioma)
 
     with clock.stage("write_results"):
         uids = {role.value: [*(str(ds.SOPInstanceUID) for ds in datasets),
@@ -253,9 +286,9 @@ def _run(
         if earlier is not None and not earlier.same_input:
             run.warnings.append(f"this result replaces an earlier one (version {earlier.version}) from other inputs")
         # The objects are built from the report (what report.json says), before the files are known.
-        report = glioma_report(run.study_uid, run.key, GLIOMA_PIPELINE, summary, volumes=volumes_ml,
+        report = glioma_report(run.study_uid, run.key, run.pipeline, summary, volumes=volumes_ml,
                                model=models.glioma, series=run.series, timings=clock.timings, warnings=run.warnings,
-                               outputs=[], roles_used=set(chosen), review=review)
+                               outputs=[], roles_used=set(chosen), review=review, postoperative=postoperative)
         datasets = glioma_objects(report, labels_on_grid, instances, input_hash=key, objects=settings.results,
                                   study_key=run.key, volumes_of={role: s.volume for role, s in series.items()},
                                   earlier=earlier)
@@ -264,6 +297,51 @@ def _run(
     return report.model_copy(update={
         "timings_s": {**clock.timings, TOTAL_TIMING_KEY: round(sum(clock.timings.values()), 3)},
         "outputs": [*(path.name for path in written), "report.json", "summary.txt"]})
+
+
+def prior_tumour(studies: dict[str, StudyIndex], study: StudyIndex,
+                  settings: NeuroflowSettings) -> PriorTumour | None:
+    """The latest earlier study of the same patient (longitudinal.pairing's grouping) holding a neuroflow glioma
+    SR that reports tumour, as routing's ``prior``; None when there is none."""
+    patient = PatientIdentity.of_study(study)
+    if patient.problem is not None:
+        return None
+    when = _acquired(study)
+    found: list[tuple[str, PriorTumour]] = []
+    for other in group_by_patient(studies.values()).get(patient, []):
+        if other.study_instance_uid == study.study_instance_uid or _acquired(other) >= when:
+            continue
+        sr = latest_glioma_sr([h for item in other.set_aside for h in item.headers], settings.results)
+        tumour_ml = None if sr is None else reported_tumour_ml(sr)
+        if tumour_ml is not None:
+            found.append((_acquired(other), PriorTumour(study_date=_acquired(other)[:8], tumour_ml=tumour_ml)))
+    return max(found, key=lambda item: item[0])[1] if found else None
+
+
+def _acquired(study: StudyIndex) -> str:
+    """When ``study`` was acquired (longitudinal.priors), from a set-aside object when it holds no images."""
+    headers = [s.headers[0] for s in study.series.values() if s.headers] or [
+        h for item in study.set_aside for h in item.headers[:1]]
+    return acquired_at(str(headers[0].get("StudyDate", "")), str(headers[0].get("StudyTime", ""))) if headers \
+        else acquired_at("", "")
+
+
+def _postoperative(study: StudyIndex, classified: list[SeriesClassification], rules: SiteRules | None,
+                   prior: PriorTumour | None, run: _Run) -> list[str]:
+    """Why the study is post-operative (the evidence ingest's routing weighs: ingest.routing.postoperative_route),
+    switching ``run`` to glioma_postop when there is any and the site's route rules allow it; a study asked for
+    as glioma_postop says so."""
+    assert run.evidence is not None
+    descriptions = [str(h.get("StudyDescription", "")) for h in run.evidence[:1]]
+    evidence = postoperative_evidence([*descriptions, *(c.description for c in classified)], prior=prior,
+                                      extra_patterns=rules.postoperative_patterns if rules is not None else ())
+    if run.pipeline == GLIOMA_POSTOP_PIPELINE:
+        return [f"run as {GLIOMA_POSTOP_PIPELINE} on request", *evidence]
+    tags = {"StudyDescription": descriptions[0] if descriptions else ""}
+    if evidence and (rules is None or rules.route_refusal(GLIOMA_POSTOP_PIPELINE, tags) is None):
+        run.pipeline = GLIOMA_POSTOP_PIPELINE
+        return evidence
+    return []
 
 
 def _file_failure_notice(report: StudyReport, evidence: list[Dataset], out_dir: Path,

@@ -10,6 +10,7 @@ from pathlib import Path
 from neuroflow.core.config import (
     CHANGE_PIPELINES,
     GLIOMA_PIPELINE,
+    GLIOMA_POSTOP_PIPELINE,
     HAEMATOMA_CHANGE_PIPELINE,
     METASTASES_PIPELINE,
     METASTASES_RESPONSE_PIPELINE,
@@ -25,7 +26,8 @@ from neuroflow.core.model_card import ModelRef, model_card_path
 def pipeline_models(pipeline: str, models: PipelineModels) -> list[ModelRef]:
     """The models ``pipeline`` runs, with the site's pinned versions. ValueError for an unknown pipeline."""
     skull_strip = [models.skull_strip_bbox, models.skull_strip]
-    if pipeline in (GLIOMA_PIPELINE, TUMOUR_GROWTH_PIPELINE):  # tumour_growth measures with the glioma pipeline
+    # tumour_growth measures with the glioma pipeline; glioma_postop is the glioma pipeline plus the cavity rules
+    if pipeline in (GLIOMA_PIPELINE, GLIOMA_POSTOP_PIPELINE, TUMOUR_GROWTH_PIPELINE):
         return [*skull_strip, models.glioma]
     if pipeline in (METASTASES_PIPELINE, METASTASES_RESPONSE_PIPELINE):  # the follow-up segments each study alike
         return [*skull_strip, models.metastases]
@@ -34,7 +36,7 @@ def pipeline_models(pipeline: str, models: PipelineModels) -> list[ModelRef]:
     if pipeline == HAEMATOMA_CHANGE_PIPELINE:  # CT densities; the network only when one is pinned
         return [models.haematoma] if models.haematoma else []
     raise ValueError(f"unknown pipeline {pipeline!r}: expected one of "
-                     f"{[GLIOMA_PIPELINE, METASTASES_PIPELINE, *CHANGE_PIPELINES]}")
+                     f"{[GLIOMA_PIPELINE, GLIOMA_POSTOP_PIPELINE, METASTASES_PIPELINE, *CHANGE_PIPELINES]}")
 
 
 def pipeline_files(pipeline: str, settings: NeuroflowSettings) -> list[Path]:

@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from neuroflow.core.atlas import attach_transform, brain_to_template
-from neuroflow.core.config import METASTASES_PIPELINE, NeuroflowSettings
+from neuroflow.core.config import GLIOMA_POSTOP_PIPELINE, METASTASES_PIPELINE, NeuroflowSettings
 from neuroflow.core.handoff import SUMMARY_META_KEY, PreprocessSummary
 from neuroflow.core.inference import InferenceBackend
 from neuroflow.core.labels import REGION_LABELS
@@ -20,6 +20,7 @@ from neuroflow.core.roles import SeriesRole
 from neuroflow.core.volume import Volume
 from neuroflow.core.volume_store import VolumeStore
 from neuroflow.proto.neuroflow.v1 import tasks_pb2
+from neuroflow.segmentation.cavity import postoperative_labels
 from neuroflow.segmentation.glioma import label_map, predict_regions
 from neuroflow.segmentation.metastases import predict_metastases
 from neuroflow.segmentation.review import record_review, review_segmentation
@@ -27,6 +28,10 @@ from neuroflow.segmentation.review import record_review, review_segmentation
 log = logging.getLogger(__name__)
 
 LABEL_MAP_NAME = "label_map"
+# What the segmentation stage knows of why a glioma_postop study is post-operative: ingest decided it (the
+# evidence is in its routing log and audit; StudyReady does not carry it).
+ROUTED_POSTOPERATIVE = ("routed to glioma_postop by ingest (its evidence, the study's descriptions or a prior with "
+                        "tumour, is in the hand-on audit)")
 _MM3_PER_ML = 1000.0
 
 
@@ -63,6 +68,8 @@ class SegmentationHandler:
         postprocessed = time.perf_counter()
         review = review_segmentation(normalised, mask, probabilities, labels, self._backend, model, self._settings,
                                      study_key=key)
+        if task.pipeline == GLIOMA_POSTOP_PIPELINE:  # the resection cavity, never counted as tumour
+            labels = postoperative_labels(labels, normalised, mask, evidence=[ROUTED_POSTOPERATIVE])
         record_review(review, site=task.study.site, pipeline=task.pipeline, model=model)
         timings = {"segment": round(segmented - started, 3),
                    "postprocess": round(postprocessed - segmented, 3),
