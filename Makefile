@@ -66,6 +66,7 @@ bench: $(STAMP) system-deps
 	$(PY) scripts/bench_ms_real.py --out BENCHMARKS.md
 	$(PY) scripts/bench_indexing.py --out BENCHMARKS.md
 	$(PY) scripts/bench_peers.py --out BENCHMARKS.md
+	$(PY) scripts/bench_scaling.py --out BENCHMARKS.md
 
 # 10,000 mutated DICOM files through index, classify and convert, each case in a memory- and time-limited child;
 # fails on any crash, hang, memory blow-up or foreign exception; the figures go to BENCHMARKS.md.

@@ -49,17 +49,17 @@ def run(workers: int, latency_study: Path, burst: list[Path]) -> dict[str, Any]:
         operator = stack.stack_bus_settings(started)
         bus = KafkaBus(operator.bootstrap, security=client_security(operator))
         send_folder(latency_study, site["dicom_host"], site["dicom_port"], site["aet"])
-        sent_at = {_uid(latency_study): time.time()}
-        ready, stored = _collect(bus, 1)
+        sent_at = {study_uid(latency_study): time.time()}
+        ready, stored = collect_results(bus, 1)
         for folder in burst:
             for path in sorted(folder.rglob("IM*")):
                 client.upload(path.read_bytes())
-            sent_at[_uid(folder)] = time.time()
+            sent_at[study_uid(folder)] = time.time()
         burst_sent = time.time()
-        more_ready, more_stored = _collect(bus, len(burst))
+        more_ready, more_stored = collect_results(bus, len(burst))
         ready.update(more_ready)
         stored.update(more_stored)
-        makespan = max(stored[_uid(f)].stored_at.ToDatetime().timestamp() for f in burst) - burst_sent
+        makespan = max(stored[study_uid(f)].stored_at.ToDatetime().timestamp() for f in burst) - burst_sent
         with psycopg.connect(started["postgresql"]["dsn"]) as db:
             stage_sum: dict[str, float] = dict(db.execute(
                 "SELECT w.study_key, sum(t.seconds) FROM workflows w JOIN stage_timings t "
@@ -81,7 +81,7 @@ def run(workers: int, latency_study: Path, burst: list[Path]) -> dict[str, Any]:
             "stage_median_s": {k: statistics.median(v) for k, v in stages.items()}}
 
 
-def _collect(bus: KafkaBus, count: int, timeout_s: float = 1800.0) -> tuple[
+def collect_results(bus: KafkaBus, count: int, timeout_s: float = 1800.0) -> tuple[
         dict[str, events_pb2.StudyReady], dict[str, events_pb2.ResultsStored]]:
     """The next ``count`` results, with their StudyReady (the first one of each study)."""
     ready: dict[str, events_pb2.StudyReady] = {}
@@ -101,7 +101,7 @@ def _collect(bus: KafkaBus, count: int, timeout_s: float = 1800.0) -> tuple[
     return ready, stored
 
 
-def _uid(folder: Path) -> str:
+def study_uid(folder: Path) -> str:
     return str(json.loads((folder / "uid.json").read_text())["uid"])
 
 
