@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from neuroflow.core.lesions import LESION_THRESHOLD, MIN_LESION_MM3, label_lesions, lesion_shape
+from neuroflow.core.lesions import LESION_THRESHOLD, MIN_LESION_MM3, label_lesions, lesion_shape, lesions_on
 from neuroflow.core.volume import Geometry, Volume
 from neuroflow.devtools.lesion_eval import CaseMatch, froc, match_case, score, sensitivity_at
 
@@ -80,7 +80,7 @@ def report(matches: list[CaseMatch]) -> dict[str, Any]:
     bins = score(matches, LESION_THRESHOLD)
     points = froc(matches)
     return {"by_size": {b.name: f"{b.found}/{b.total} fp/case {b.false_positives_per_case:.2f}" for b in bins},
-            "froc": {str(fp): round(sensitivity_at(points, fp), 3) for fp in (0.39, 1.0, 3.0)}}
+            "froc": {str(fp): round(sensitivity_at(points, fp), 3) for fp in (0.39, 1.0, 2.0, 2.5, 3.0)}}
 
 
 def main() -> None:
@@ -101,8 +101,16 @@ def main() -> None:
             print(f"{d.case:7} {'TP' if d.true else 'fp'} diam {d.diameter_mm:5.1f} vol {d.volume_mm3:7.0f} "
                   f"conf {d.confidence:.2f} elong {d.elongation:4.2f} flat {d.flatness:4.2f} "
                   f"ratio {d.axis_ratio:4.2f} depth {d.surface_mm:5.1f} flair {d.flair:5.2f}")
-    print(json.dumps({"cases": len(matches), "rule": rule, "before": report(matches), "after": report(after)},
-                     indent=1))
+    result: dict[str, Any] = {"cases": len(matches), "rule": rule, "before": report(matches),
+                              "after": report(after)}
+    aurora = args.cache / "aurora.npz"
+    if aurora.exists():  # the pipeline's own lesions_on, with and without the shape filter
+        data, geometry = load(aurora)
+        probability = Volume(data["probability"].astype(np.float32), geometry)
+        result["aurora"] = {name: [round(m.volume_ml * 1000) for m in found.lesions] for name, found in (
+            ("before_mm3", lesions_on(probability, geometry, max_axis_ratio=float("inf"))),
+            ("after_mm3", lesions_on(probability, geometry)))}
+    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
