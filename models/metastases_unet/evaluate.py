@@ -5,8 +5,9 @@ Held-out cases: ``random_case`` with seeds 0.. (training uses seeds from ``train
 over ``real_backgrounds`` (Colin27 with enhancing veins drawn in, the two MS patients' real T1 post-contrast).
 Each case is z-scored in its true brain mask (the pipeline's skull strip is not run here), segmented by the
 pipeline's own code (``predict_stack``: ONNX Runtime, sliding window, card patch size), split into lesions
-as the pipeline does (``LESION_THRESHOLD``, ``MIN_LESION_MM3``) and scored with ``devtools.lesion_eval``:
-sensitivity and false positives per case by size bin, and the FROC over the lesions' confidences. With
+as the pipeline does (``lesions_on``: ``LESION_THRESHOLD``, ``MIN_LESION_MM3``, ``MAX_AXIS_RATIO``) and
+scored with ``devtools.lesion_eval``: sensitivity and false positives per case by size bin, and the FROC over
+the lesions' confidences. With
 ``--t1ce-only`` the FLAIR channel is zero (a study without FLAIR).
 
 AURORA (``../shared/data/metastasis-aurora``, skull-stripped, no labels): the lesions found (count, volumes,
@@ -27,7 +28,7 @@ import numpy as np
 
 from neuroflow.core.config import PipelineModels
 from neuroflow.core.inference import OnnxRuntimeBackend
-from neuroflow.core.lesions import LESION_THRESHOLD, MIN_LESION_MM3, Lesions, label_lesions
+from neuroflow.core.lesions import LESION_THRESHOLD, Lesions, lesions_on
 from neuroflow.devtools.dicom_writer import load_volume
 from neuroflow.devtools.lesion_eval import CaseMatch, froc, match_case, score, sensitivity_at
 from neuroflow.devtools.longitudinal_phantoms import SHARED_DATA
@@ -42,9 +43,8 @@ AURORA = SHARED_DATA / "metastasis-aurora"
 def _lesions(stack: np.ndarray, brain: np.ndarray, grid: Any, backend: OnnxRuntimeBackend, overlap: float) -> Lesions:
     model = PipelineModels().metastases
     probability = predict_stack(stack, brain, backend, model, overlap=overlap, batch_size=1)[0]
-    prob = grid.with_array(probability)
-    return label_lesions(grid.with_array((probability >= LESION_THRESHOLD).astype(np.uint8)), probabilities=prob,
-                         min_volume_mm3=MIN_LESION_MM3)
+    # The pipeline's own extraction (threshold, minimum size, shape filter) on the case's grid.
+    return lesions_on(grid.with_array(probability), grid.geometry)
 
 
 def evaluate_synthetic(cases: int, backend: OnnxRuntimeBackend, overlap: float, t1ce_only: bool) -> dict[str, Any]:

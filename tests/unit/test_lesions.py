@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from neuroflow.core.lesions import label_lesions, longest_axial_diameter_mm
+from neuroflow.core.lesions import MAX_AXIS_RATIO, label_lesions, lesion_shape, lesions_on, longest_axial_diameter_mm
 from neuroflow.core.volume import Geometry, Volume
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
@@ -90,3 +90,47 @@ def test_probabilities_on_another_grid_are_refused() -> None:
     with pytest.raises(ValueError, match="grid"):
         label_lesions(Volume(np.zeros((10, 10, 10), np.uint8), geometry),
                       probabilities=Volume(np.zeros((10, 10, 10), np.float32), other))
+
+
+def _tube(geometry: Geometry, length_mm: float, radius_mm: float) -> npt.NDArray[np.uint8]:
+    """A vessel: a cylinder of ``radius_mm`` along the oblique direction (1, 1, 0.5), ``length_mm`` long."""
+    i, j, k = np.meshgrid(*[np.arange(n) for n in geometry.size], indexing="ij")
+    xyz = (geometry.index_to_patient() @ np.stack([i.ravel(), j.ravel(), k.ravel(), np.ones(i.size)]))[:3].T
+    axis = np.array([1.0, 1.0, 0.5]) / 1.5
+    along = xyz @ axis
+    across = np.linalg.norm(xyz - np.outer(along, axis), axis=1)
+    inside = (np.abs(along) <= length_mm / 2) & (across <= radius_mm)
+    return inside.reshape(i.shape).transpose(2, 1, 0).astype(np.uint8)
+
+
+def test_spheres_solid_or_ring_enhancing_are_round_and_vessels_and_dura_are_not() -> None:
+    geometry = _grid(AXIAL, (1.0, 1.0, 1.0), (48, 48, 48))
+    sphere = _ellipsoid(geometry, (0.3, -0.2, 0.1), (6.0, 6.0, 6.0)) > 0
+    ring = sphere & ~(_ellipsoid(geometry, (0.3, -0.2, 0.1), (4.0, 4.0, 4.0)) > 0)  # necrotic centre removed
+    small = _ellipsoid(geometry, (0.0, 0.0, 0.0), (1.6, 1.6, 1.6)) > 0  # a 3 mm metastasis: a few voxels
+    tube = _tube(geometry, 24.0, 1.2) > 0
+    plate = _ellipsoid(geometry, (0.0, 0.0, 0.0), (14.0, 12.0, 1.0)) > 0  # a patch of dura, 2-3 voxels thick
+    for name, mask in (("sphere", sphere), ("ring", ring), ("small", small)):
+        assert lesion_shape(mask, geometry).axis_ratio < 1.2, name
+        assert lesion_shape(mask, geometry).axis_ratio <= MAX_AXIS_RATIO, name
+    assert lesion_shape(tube, geometry).elongation > 3.0
+    assert lesion_shape(plate, geometry).flatness > 3.0
+    for name, mask in (("tube", tube), ("plate", plate)):
+        assert lesion_shape(mask, geometry).axis_ratio > MAX_AXIS_RATIO, name
+
+
+def test_lesions_on_keeps_round_lesions_and_rejects_a_vessel_and_a_dural_plate() -> None:
+    geometry = _grid(AXIAL, (1.0, 1.0, 1.0), (64, 64, 64))
+    probability = np.zeros((64, 64, 64), np.float32)
+    probability[_ellipsoid(geometry, (-15.0, -15.0, 0.0), (6.0, 6.0, 6.0)) > 0] = 0.9
+    ring = (_ellipsoid(geometry, (15.0, 15.0, 0.0), (7.0, 7.0, 7.0)) > 0) & \
+        ~(_ellipsoid(geometry, (15.0, 15.0, 0.0), (4.5, 4.5, 4.5)) > 0)
+    probability[ring] = 0.8
+    probability[np.roll(_tube(geometry, 30.0, 1.2) > 0, (0, 0, -18), axis=(0, 1, 2))] = 0.95
+    probability[_ellipsoid(geometry, (15.0, -15.0, 20.0), (14.0, 12.0, 1.0)) > 0] = 0.95
+    volume = Volume(probability, geometry)
+    found = lesions_on(volume, geometry)
+    assert found.count == 2
+    kept = sorted(round(lesion.centroid_mm[0]) for lesion in found.lesions)
+    assert kept == [-15, 15]
+    assert lesions_on(volume, geometry, max_axis_ratio=float("inf")).count == 4

@@ -31,8 +31,8 @@ _OVERLAY_DESCRIPTION = "AI metastases overlay on T1CE (not for diagnosis)"
 # Models whose every result is marked NEEDS REVIEW, with why: a model far from its anchor must never reach a
 # reader unflagged (models/metastases_unet/EVALUATION.md has the figures).
 PROVISIONAL_MODELS: dict[tuple[str, int], str] = {
-    ("metastases_unet", 1): "provisional model (metastases_unet v1): on held-out synthetic cases it found 78 % "
-                            "of metastases (44 % of those 3-6 mm) with about 5 false positives per case; "
+    ("metastases_unet", 1): "provisional model (metastases_unet v1): on held-out synthetic cases it found 75-84 % "
+                            "of metastases (about 40 % of those 3-6 mm) with about 3 false positives per case; "
                             "check every lesion, look for missed small ones",
 }
 
