@@ -27,10 +27,11 @@ from neuroflow.core.roles import SeriesRole
 from neuroflow.core.volume import Geometry, Volume
 from neuroflow.core.volume_store import FolderVolumeStore
 from neuroflow.devtools.dicom_writer import write_study
-from neuroflow.orchestrator.pipelines import build_input, metastases_pipeline
+from neuroflow.orchestrator.pipelines import metastases_pipeline
 from neuroflow.proto.neuroflow.v1 import common_pb2, events_pb2, tasks_pb2
 from neuroflow.results.worker import ResultsHandler
 from neuroflow.segmentation.worker import SegmentationHandler
+from tests.integration.stage_tasks import ball, stage_task
 from tests.servers.orthanc import OrthancPair
 
 PRE, SEG, RES = common_pb2.STAGE_PREPROCESS, common_pb2.STAGE_SEGMENTATION, common_pb2.STAGE_RESULTS
@@ -51,27 +52,7 @@ def _ready(uid: str, t1ce_series: str) -> events_pb2.StudyReady:
 
 def _task(stage: common_pb2.Stage.ValueType, ready: events_pb2.StudyReady,
           done: dict[common_pb2.Stage.ValueType, tasks_pb2.TaskDone]) -> tasks_pb2.TaskRequested:
-    spec = metastases_pipeline(PipelineModels())
-    task = tasks_pb2.TaskRequested(schema_version=topics.SCHEMA_VERSION, workflow_id="wf-mets", stage=stage,
-                                   attempt=1, idempotency_key=f"wf-mets.{stage}", study=ready.study,
-                                   pipeline=METASTASES_PIPELINE)
-    stage_input = build_input(stage, spec, ready, done, destination="")
-    if stage == PRE:
-        assert isinstance(stage_input, tasks_pb2.PreprocessInput)
-        task.preprocess.CopyFrom(stage_input)
-    elif stage == SEG:
-        assert isinstance(stage_input, tasks_pb2.SegmentationInput)
-        task.segmentation.CopyFrom(stage_input)
-    else:
-        assert isinstance(stage_input, tasks_pb2.ResultsInput)
-        task.results.CopyFrom(stage_input)
-    return task
-
-
-def _ball(centre_mm: tuple[float, float, float], radius_mm: float) -> np.ndarray:
-    k, j, i = np.mgrid[0:20, 0:48, 0:48]
-    x, y, z = i - 24.0, j - 24.0, k - 10.0  # COMMON_GRID's patient coordinates
-    return np.asarray((x - centre_mm[0]) ** 2 + (y - centre_mm[1]) ** 2 + (z - centre_mm[2]) ** 2 <= radius_mm**2)
+    return stage_task(stage, metastases_pipeline(PipelineModels()), ready, done, "wf-mets")
 
 
 def test_the_spec_registers_onto_the_t1ce() -> None:
@@ -84,7 +65,7 @@ def test_the_segmentation_stage_hands_on_the_probability_with_the_summary(tmp_pa
     brain = np.zeros((20, 48, 48), dtype=np.uint8)
     brain[2:18, 4:44, 4:44] = 1
     t1ce = np.where(brain > 0, np.random.default_rng(1).normal(0.0, 1.0, brain.shape), 0.0).astype(np.float32)
-    t1ce[_ball((0.0, 0.0, 0.0), 4.0)] = 3.5  # a bright ball where a small metastasis would be
+    t1ce[ball((0.0, 0.0, 0.0), 4.0)] = 3.5  # a bright ball where a small metastasis would be
     summary = PreprocessSummary(reference_geometry=GeometrySummary.of(T1CE_GRID), brain_volume_ml=25.0)
     pre = tasks_pb2.TaskDone(preprocess=tasks_pb2.PreprocessOutput(
         brain_mask=volumes.put_ref("k/wf/brain_mask", summary.attach(Volume(brain, COMMON_GRID)))))
@@ -110,8 +91,8 @@ def test_the_results_stage_stores_lesion_objects_in_orthanc(orthancs: OrthancPai
         orthancs.site_client.upload(path.read_bytes())
     volumes = FolderVolumeStore(tmp_path / "volumes")
     probability = np.zeros((20, 48, 48), dtype=np.float32)
-    probability[_ball((-8.0, 0.0, 0.0), 6.0)] = 0.9  # Met 1: 12 mm
-    probability[_ball((12.0, 6.0, 2.0), 3.0)] = 0.8  # Met 2: 6 mm
+    probability[ball((-8.0, 0.0, 0.0), 6.0)] = 0.9  # Met 1: 12 mm
+    probability[ball((12.0, 6.0, 2.0), 3.0)] = 0.8  # Met 2: 6 mm
     summary = PreprocessSummary(reference_geometry=GeometrySummary.of(T1CE_GRID), brain_volume_ml=25.0)
     # The identity as the brain-to-template transform: the patient's points are the template's.
     stored_probability = attach_transform(summary.attach(Volume(probability, COMMON_GRID)), sitk.AffineTransform(3))

@@ -26,10 +26,11 @@ from neuroflow.core.roles import GLIOMA_INPUT_ROLES, SeriesRole
 from neuroflow.core.volume import Geometry, Volume
 from neuroflow.core.volume_store import FolderVolumeStore
 from neuroflow.devtools.dicom_writer import write_study
-from neuroflow.orchestrator.pipelines import build_input, glioma_postop_pipeline
+from neuroflow.orchestrator.pipelines import glioma_postop_pipeline
 from neuroflow.proto.neuroflow.v1 import common_pb2, events_pb2, tasks_pb2
 from neuroflow.results.worker import ResultsHandler
 from neuroflow.segmentation.worker import ROUTED_POSTOPERATIVE, SegmentationHandler
+from tests.integration.stage_tasks import ball, stage_task
 from tests.servers.orthanc import OrthancPair
 
 PRE, SEG, RES = common_pb2.STAGE_PREPROCESS, common_pb2.STAGE_SEGMENTATION, common_pb2.STAGE_RESULTS
@@ -48,31 +49,14 @@ def _ready(uid: str, series: dict[SeriesRole, str]) -> events_pb2.StudyReady:
 
 def _task(stage: common_pb2.Stage.ValueType, ready: events_pb2.StudyReady,
           done: dict[common_pb2.Stage.ValueType, tasks_pb2.TaskDone]) -> tasks_pb2.TaskRequested:
-    spec = glioma_postop_pipeline(PipelineModels())
-    task = tasks_pb2.TaskRequested(schema_version=topics.SCHEMA_VERSION, workflow_id="wf-postop", stage=stage,
-                                   attempt=1, idempotency_key=f"wf-postop.{stage}", study=ready.study,
-                                   pipeline=GLIOMA_POSTOP_PIPELINE)
-    stage_input = build_input(stage, spec, ready, done, destination="")
-    if stage == SEG:
-        assert isinstance(stage_input, tasks_pb2.SegmentationInput)
-        task.segmentation.CopyFrom(stage_input)
-    else:
-        assert isinstance(stage_input, tasks_pb2.ResultsInput)
-        task.results.CopyFrom(stage_input)
-    return task
-
-
-def _ball(centre_mm: tuple[float, float, float], radius_mm: float) -> np.ndarray:
-    k, j, i = np.mgrid[0:20, 0:48, 0:48]
-    x, y, z = i - 24.0, j - 24.0, k - 10.0  # GRID's patient coordinates
-    return np.asarray((x - centre_mm[0]) ** 2 + (y - centre_mm[1]) ** 2 + (z - centre_mm[2]) ** 2 <= radius_mm**2)
+    return stage_task(stage, glioma_postop_pipeline(PipelineModels()), ready, done, "wf-postop")
 
 
 def test_the_segmentation_stage_carves_the_cavity_into_the_label_map(tmp_path: Path) -> None:
     volumes = FolderVolumeStore(tmp_path / "volumes")
     brain = np.zeros((20, 48, 48), dtype=np.uint8)
     brain[1:19, 3:45, 3:45] = 1
-    fluid = _ball((12.0, 0.0, 0.0), 6.0)  # in one hemisphere, off the midline: not a ventricle
+    fluid = ball((12.0, 0.0, 0.0), 6.0)  # in one hemisphere, off the midline: not a ventricle
     rng = np.random.default_rng(4)
     summary = PreprocessSummary(reference_geometry=GeometrySummary.of(GRID), brain_volume_ml=30.0)
     pre = tasks_pb2.TaskDone(preprocess=tasks_pb2.PreprocessOutput(
@@ -87,7 +71,7 @@ def test_the_segmentation_stage_carves_the_cavity_into_the_label_map(tmp_path: P
     out = handler(_task(SEG, ready, {PRE: pre}))
     labels = volumes.get_ref(out.label_map)
     cavity = np.asarray(labels.array) == RESECTION_CAVITY_LABEL
-    assert (cavity & fluid).sum() >= 0.8 * fluid.sum() and not (cavity & ~_ball((12.0, 0.0, 0.0), 8.0)).any()
+    assert (cavity & fluid).sum() >= 0.8 * fluid.sum() and not (cavity & ~ball((12.0, 0.0, 0.0), 8.0)).any()
     finding = CavityFinding.of(labels)
     assert finding is not None and finding.evidence == [ROUTED_POSTOPERATIVE]
     # The region volumes handed on exclude the cavity: no tumour voxel is left in it.
@@ -105,9 +89,9 @@ def test_the_results_stage_stores_the_cavity_in_orthanc(orthancs: OrthancPair, t
         orthancs.site_client.upload(path.read_bytes())
     volumes = FolderVolumeStore(tmp_path / "volumes")
     array = np.zeros((20, 48, 48), dtype=np.uint8)
-    array[_ball((10.0, 0.0, 0.0), 9.0)] = BratsLabel.OEDEMA
-    array[_ball((10.0, 0.0, 0.0), 7.0)] = BratsLabel.ENHANCING
-    array[_ball((10.0, 0.0, 0.0), 6.0)] = RESECTION_CAVITY_LABEL
+    array[ball((10.0, 0.0, 0.0), 9.0)] = BratsLabel.OEDEMA
+    array[ball((10.0, 0.0, 0.0), 7.0)] = BratsLabel.ENHANCING
+    array[ball((10.0, 0.0, 0.0), 6.0)] = RESECTION_CAVITY_LABEL
     summary = PreprocessSummary(reference_geometry=GeometrySummary.of(GRID), brain_volume_ml=30.0)
     finding = CavityFinding(evidence=[ROUTED_POSTOPERATIVE], located_by="tumour bed", method="rules")
     ref = volumes.put_ref("k/wf/label_map", finding.attach(summary.attach(Volume(array, GRID))))
@@ -193,7 +177,7 @@ def test_ingest_takes_a_study_whose_patient_had_tumour_before_as_post_operative(
     before = write_study(images, tmp_path / "before", patient=patient, seed="prior-tumour", study_date="20240105")
     instances = {role: [pydicom.dcmread(p) for p in before.series[role].paths] for role in GLIOMA_INPUT_ROLES}
     array = np.zeros((20, 48, 48), dtype=np.uint8)
-    array[_ball((10.0, 0.0, 0.0), 8.0)] = BratsLabel.NECROTIC_CORE
+    array[ball((10.0, 0.0, 0.0), 8.0)] = BratsLabel.NECROTIC_CORE
     labels = Volume(array, GRID)
     volumes = TumourVolumes.from_label_map(labels)
     report = StudyReport(study_instance_uid=before.study_instance_uid, study_key="k", pipeline=GLIOMA_PIPELINE,
