@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.dataset import Dataset
 
 from neuroflow.core.config import GLIOMA_PIPELINE, GLIOMA_POSTOP_PIPELINE, METASTASES_PIPELINE, NeuroflowSettings
-from neuroflow.core.dicom_io import DicomSource, SkippedFile, StudyIndex, series_volume, study_key
+from neuroflow.core.dicom_io import DicomSource, StudyIndex, series_volume
 from neuroflow.core.errors import NeuroflowError, StudyError
 from neuroflow.core.glioma_findings import reported_tumour_ml
 from neuroflow.core.handoff import CavityFinding
-from neuroflow.core.identity import input_hash, patient_key
+from neuroflow.core.identity import input_hash
 from neuroflow.core.inference import InferenceBackend
-from neuroflow.core.input_limits import check_study_size
 from neuroflow.core.patient_id import PatientIdentity
-from neuroflow.core.roles import CHANGE_FOLLOWS, SeriesRole
+from neuroflow.core.roles import CHANGE_FOLLOWS
 from neuroflow.core.sequence_subsets import glioma_reference_role
 from neuroflow.core.site_secret import install_site_secret
 from neuroflow.core.sub_series import volume_identity
@@ -42,18 +40,23 @@ from neuroflow.results.glioma_results import (
     latest_glioma_sr,
     registration_warnings,
 )
-from neuroflow.results.notice import failure_hash, notice_objects, notice_of
 from neuroflow.results.postop_results import postoperative_section
 from neuroflow.results.report import (
     TOTAL_TIMING_KEY,
     ReportStatus,
-    SeriesEntry,
     StudyReport,
     TumourVolumes,
     write_report,
     write_summary,
 )
 from neuroflow.runtime.result_files import read_if_present, remove_results, write_objects
+from neuroflow.runtime.study_reading import (
+    Indexed,
+    StudyRun,
+    file_failure_notice,
+    read_study,
+    series_entries,
+)
 from neuroflow.segmentation.cavity import postoperative_labels
 from neuroflow.segmentation.glioma import label_map, predict_regions
 from neuroflow.segmentation.review import record_review, review_segmentation
@@ -65,22 +68,6 @@ GLIOMA_STAGES = (
     "read", "classify", "read_series", "convert", "orientation", "register", "skull_strip",
     "normalise", "segment", "postprocess", "review", "write_results",
 )
-
-
-class MultipleStudies(NeuroflowError):
-    """The input holds more than one study and none was chosen."""
-
-
-@dataclass
-class _Run:
-    """What a run has learnt so far; becomes the report whether the run succeeds or fails."""
-
-    study_uid: str = ""
-    key: str = ""
-    series: list[SeriesEntry] | None = None
-    warnings: list[str] | None = None
-    evidence: list[Dataset] | None = None  # an instance header of the study: what a notice is filed under
-    pipeline: str = GLIOMA_PIPELINE  # glioma_postop once the study is taken as post-operative
 
 
 def run_embedded(
@@ -115,7 +102,7 @@ def run_embedded(
 
                 return run_longitudinal(source, studies, skipped, out_dir, settings, backend, progress=progress,
                                         pipelines=[p for p, single in CHANGE_FOLLOWS.items() if single == pipeline])
-            indexed = _Indexed(studies, skipped, time.perf_counter() - started)
+            indexed = Indexed(studies, skipped, time.perf_counter() - started)
         from neuroflow.runtime.embedded_metastases import run_metastases  # its imports only when needed
 
         return run_metastases(source, out_dir, settings, backend, study_uid=study_uid, progress=progress,
@@ -129,7 +116,7 @@ def run_embedded(
     if study_uid is not None or postoperative:
         # The whole index goes with the study: an earlier study of the patient with neuroflow's glioma SR in it
         # (a prior with tumour) makes this one post-operative.
-        indexed = _Indexed(studies, skipped, time.perf_counter() - started)
+        indexed = Indexed(studies, skipped, time.perf_counter() - started)
         return run_glioma(source, out_dir, settings, backend, study_uid=study_uid, progress=progress,
                           postoperative=postoperative, indexed=indexed)
     if _one_patients(studies):
@@ -137,7 +124,7 @@ def run_embedded(
 
         return run_longitudinal(source, studies, skipped, out_dir, settings, backend, progress=progress)
     # Reading every header is the slowest part of "read" on a cold disk: done once, not again for the run.
-    indexed = _Indexed(studies, skipped, time.perf_counter() - started)
+    indexed = Indexed(studies, skipped, time.perf_counter() - started)
     return run_glioma(source, out_dir, settings, backend, progress=progress, indexed=indexed)
 
 
@@ -145,15 +132,6 @@ def _one_patients(studies: dict[str, StudyIndex]) -> bool:
     """Whether ``studies`` are several studies all of one patient: a follow-up, for the change pipelines."""
     patients = group_by_patient(studies.values())
     return len(studies) > 1 and [len(p) for p in patients.values()] == [len(studies)]
-
-
-@dataclass(frozen=True)
-class _Indexed:
-    """The source's index, already read by the caller, and what reading it took."""
-
-    studies: dict[str, StudyIndex]
-    skipped: list[SkippedFile]
-    seconds: float
 
 
 def run_glioma(
@@ -164,7 +142,7 @@ def run_glioma(
     *,
     study_uid: str | None = None,
     progress: ProgressSink | None = None,
-    indexed: _Indexed | None = None,
+    indexed: Indexed | None = None,
     postoperative: bool = False,
     prior: PriorTumour | None = None,
 ) -> StudyReport:
@@ -184,7 +162,7 @@ def run_glioma(
     # A result left by an earlier run must not pass for this run's result if this one fails.
     remove_results(out_dir, GLIOMA_RESULT_NAMES)
     clock = StageClock(GLIOMA_STAGES, progress)
-    run = _Run(series=[], warnings=[], evidence=[],
+    run = StudyRun(series=[], warnings=[], evidence=[],
                pipeline=GLIOMA_POSTOP_PIPELINE if postoperative else GLIOMA_PIPELINE)
     try:
         report = _run(source, out_dir, settings, backend, study_uid, clock, run, indexed, earlier_sr, prior)
@@ -204,7 +182,7 @@ def run_glioma(
             retryable=is_retryable(exc),
             outputs=["report.json", "summary.txt"],
         )
-        report = _file_failure_notice(report, run.evidence or [], out_dir, settings)
+        report = file_failure_notice(report, run.evidence or [], out_dir, settings)
     write_summary(report, out_dir)
     write_report(report, out_dir)
     return report
@@ -217,8 +195,8 @@ def _run(
     backend: InferenceBackend,
     study_uid: str | None,
     clock: StageClock,
-    run: _Run,
-    indexed: _Indexed | None,
+    run: StudyRun,
+    indexed: Indexed | None,
     earlier_sr: Dataset | None = None,
     prior: PriorTumour | None = None,
 ) -> StudyReport:
@@ -231,12 +209,12 @@ def _run(
         rules: SiteRules | None = load_site_rules(settings.site_rules) if settings.site_rules else None
         policy = effective_policy(settings.classify, rules)
         classified = classify_study(list(study.series.values()), rules=rules, policy=policy)
-        run.series.extend(_series_entries(classified, {}))
+        run.series.extend(series_entries(classified, {}))
         # The same qualification as ingest's routing: the roles the glioma model's card takes and needs.
         inputs = pipeline_inputs(backend.card(settings.models.glioma))[GLIOMA_PIPELINE]
         chosen = qualify(classified, inputs, study_key=run.key, policy=policy)
         used = {c.series_instance_uid: role for role, c in chosen.items()}
-        run.series[:] = _series_entries(classified, used)
+        run.series[:] = series_entries(classified, used)
         for c in classified:
             clock.note(f"{c.role:<6} {c.description or '(no description)'}")
         postop_evidence = _postoperative(study, classified, rules, prior, run)
@@ -327,7 +305,7 @@ def _acquired(study: StudyIndex) -> str:
 
 
 def _postoperative(study: StudyIndex, classified: list[SeriesClassification], rules: SiteRules | None,
-                   prior: PriorTumour | None, run: _Run) -> list[str]:
+                   prior: PriorTumour | None, run: StudyRun) -> list[str]:
     """Why the study is post-operative (the evidence ingest's routing weighs: ingest.routing.postoperative_route),
     switching ``run`` to glioma_postop when there is any and the site's route rules allow it; a study asked for
     as glioma_postop says so."""
@@ -342,69 +320,3 @@ def _postoperative(study: StudyIndex, classified: list[SeriesClassification], ru
         run.pipeline = GLIOMA_POSTOP_PIPELINE
         return evidence
     return []
-
-
-def _file_failure_notice(report: StudyReport, evidence: list[Dataset], out_dir: Path,
-                         settings: NeuroflowSettings) -> StudyReport:
-    """The failed report with the notice written beside it (the notice SR and image, filed under the study
-    of ``evidence``); unchanged when nothing of the study could be read (no study to file a notice under)."""
-    notice = notice_of(report)
-    if notice is None or not evidence:
-        return report
-    try:
-        written = write_objects(notice_objects(report, notice, evidence, input_hash=failure_hash(report),
-                                               objects=settings.results), out_dir)
-    except (ValueError, AttributeError, OSError) as exc:  # a header too broken for a notice: the report says why
-        log.error("study %s: the failure notice could not be made: %s", report.study_key or "-", exc)
-        return report.model_copy(update={"warnings": [*report.warnings, f"no failure notice for PACS: {exc}"]})
-    return report.model_copy(update={"outputs": [*(path.name for path in written), *report.outputs]})
-
-
-def read_study(source: DicomSource, study_uid: str | None, clock: StageClock, run: _Run,
-               indexed: _Indexed | None) -> StudyIndex:
-    """The "read" stage every embedded pipeline starts with: the input indexed (or the index the caller
-    made), the study chosen, its key, evidence and set-aside notes recorded in ``run``, its size checked."""
-    assert run.warnings is not None and run.evidence is not None
-    with clock.stage("read"):
-        if indexed is None:
-            studies, skipped = source.index()
-        else:
-            studies, skipped = indexed.studies, indexed.skipped
-            clock.credit("read", indexed.seconds)
-        run.warnings.extend(f"skipped {s.path}: {s.reason}" for s in skipped)
-        study = _choose_study(studies, study_uid)
-        run.study_uid, run.key = study.study_instance_uid, study_key(study.study_instance_uid)
-        run.evidence[:] = [s.headers[0] for s in study.series.values() if s.headers][:1]
-        check_study_size(run.key, sum(len(s.headers) for s in study.series.values()), source.limits, stage="read")
-        run.warnings.extend(study.set_aside_notes())
-        clock.note(f"study {run.key}: {len(study.series)} series, {len(skipped)} files skipped")
-    return study
-
-
-def _choose_study(studies: dict[str, StudyIndex], study_uid: str | None) -> StudyIndex:
-    if not studies:
-        raise NeuroflowError("no DICOM study found in the input (no readable DICOM files)")
-    if study_uid is not None:
-        if study_uid not in studies:
-            raise NeuroflowError(f"study {study_uid} is not in the input; it holds {sorted(studies)}")
-        return studies[study_uid]
-    if len(studies) > 1:
-        listing = ", ".join(
-            f"{uid} (patient key {patient_key(s.patient_id) or 'none'}, {len(s.series)} series)"
-            for uid, s in sorted(studies.items())
-        )
-        # Studies without a usable PatientID are no patient's: never compared, and the report says why.
-        why = "".join(f"; {uid}: {problem}" for uid, s in sorted(studies.items())
-                      if (problem := PatientIdentity.of_study(s).problem) is not None)
-        raise MultipleStudies(f"the input holds {len(studies)} studies: {listing}; choose one with --study UID{why}")
-    return next(iter(studies.values()))
-
-
-def _series_entries(classified: list[SeriesClassification], used: dict[str, SeriesRole]) -> list[SeriesEntry]:
-    return [
-        SeriesEntry(
-            series_instance_uid=c.series_instance_uid, series_number=c.series_number, description=c.description,
-            role=c.role, confidence=c.confidence, reasons=list(c.reasons), used_as=used.get(c.series_instance_uid),
-        )
-        for c in classified
-    ]

@@ -31,8 +31,8 @@ from neuroflow.results.metastases_results import (
     metastases_section,
 )
 from neuroflow.results.report import TOTAL_TIMING_KEY, ReportStatus, StudyReport, write_report, write_summary
-from neuroflow.runtime.embedded import _file_failure_notice, _Indexed, _Run, _series_entries, read_study
 from neuroflow.runtime.result_files import remove_results, write_objects
+from neuroflow.runtime.study_reading import Indexed, StudyRun, file_failure_notice, read_study, series_entries
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def run_metastases(
     *,
     study_uid: str | None = None,
     progress: ProgressSink | None = None,
-    indexed: _Indexed | None = None,
+    indexed: Indexed | None = None,
 ) -> StudyReport:
     """Runs the metastases pipeline on one study of ``source`` and writes ``report.json``, ``summary.txt`` and
     the result objects to ``out_dir``. Never raises for a bad study: the report says what is wrong, no earlier
@@ -57,7 +57,7 @@ def run_metastases(
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_results(out_dir, METASTASES_RESULT_NAMES)
     clock = StageClock(METASTASES_STAGES, progress)
-    run = _Run(series=[], warnings=[], evidence=[])
+    run = StudyRun(series=[], warnings=[], evidence=[])
     try:
         report = _run(source, out_dir, settings, backend, study_uid, clock, run, indexed)
     except NeuroflowError as exc:
@@ -69,14 +69,14 @@ def run_metastases(
             status=ReportStatus.FAILED, series=run.series or [],
             timings_s={**clock.timings, "total": clock.total()}, warnings=run.warnings or [],
             errors=[f"{where}{reason}"], retryable=is_retryable(exc), outputs=["report.json", "summary.txt"])
-        report = _file_failure_notice(report, run.evidence or [], out_dir, settings)
+        report = file_failure_notice(report, run.evidence or [], out_dir, settings)
     write_summary(report, out_dir)
     write_report(report, out_dir)
     return report
 
 
 def _run(source: DicomSource, out_dir: Path, settings: NeuroflowSettings, backend: InferenceBackend,
-         study_uid: str | None, clock: StageClock, run: _Run, indexed: _Indexed | None) -> StudyReport:
+         study_uid: str | None, clock: StageClock, run: StudyRun, indexed: Indexed | None) -> StudyReport:
     assert run.series is not None and run.warnings is not None and run.evidence is not None
     study = read_study(source, study_uid, clock, run, indexed)
 
@@ -86,7 +86,7 @@ def _run(source: DicomSource, out_dir: Path, settings: NeuroflowSettings, backen
         classified = classify_study(list(study.series.values()), rules=rules, policy=policy)
         # The same qualification as ingest's routing: T1CE required, FLAIR when present.
         chosen = qualify(classified, pipeline_inputs(None)[METASTASES_PIPELINE], study_key=run.key, policy=policy)
-        run.series[:] = _series_entries(classified, {c.series_instance_uid: role for role, c in chosen.items()})
+        run.series[:] = series_entries(classified, {c.series_instance_uid: role for role, c in chosen.items()})
         for c in classified:
             clock.note(f"{c.role:<6} {c.description or '(no description)'}")
 
