@@ -27,7 +27,8 @@ _WRITE_RESULTS = ("POST /instances", "POST /modalities/*/store")
 
 SERVICE_RIGHTS: dict[str, tuple[str, ...]] = {
     ADMIN_USER: ("* /",),
-    "ingest": _READ,
+    # The patient's earlier neuroflow SRs: a prior with tumour makes a glioma study post-operative.
+    "ingest": (*_READ, "POST /tools/find"),
     "orchestrator": ("GET /system",),  # its readiness check only
     "preprocess": _READ,
     "segmentation": _READ,
