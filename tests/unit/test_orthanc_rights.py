@@ -29,3 +29,11 @@ def test_rules_match_whole_segments_and_any_one_segment_for_a_star() -> None:
     assert allowed("console", "GET", "/instances/abc/file")
     assert not allowed("console", "POST", "/instances")
     assert not allowed("console", "DELETE", "/studies/abc")
+
+
+def test_ingest_may_look_up_the_patients_earlier_results_for_the_post_operative_check() -> None:
+    # ingest.postoperative.prior_tumour_in_orthanc: without this right every glioma hand-on was refused (403)
+    # and retried for ever on a stack with per-service users.
+    assert allowed("ingest", "POST", "/tools/find")
+    assert allowed("ingest", "GET", "/instances/abc/file")
+    assert not allowed("ingest", "POST", "/instances")  # it still stores nothing
