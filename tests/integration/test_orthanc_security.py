@@ -140,6 +140,51 @@ def test_each_service_user_may_send_only_its_own_requests(orthanc: OrthancProces
     assert admin.get_json("/studies") == []
 
 
+def test_ingest_refused_a_right_keeps_the_study_due_and_does_not_spin(
+        orthanc: OrthancProcess, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Ingest running as a user without ``POST /tools/find`` (the glioma post-operative check needs it): the 403
+    is a missing right, not an outage. The study is neither handed on nor dropped, the refusal is counted and
+    logged with the request to grant, the next tick does not ask again within the claim's lease, and once the
+    right is there the same study goes on."""
+    from prometheus_client import REGISTRY
+
+    from neuroflow.core.bus import InMemoryBus
+    from neuroflow.core.config import GLIOMA_PIPELINE, PipelineModels
+    from neuroflow.core.dicom_io import study_key
+    from neuroflow.core.topics import ROUTING_FAILED, STUDY_READY
+    from neuroflow.ingest.service import IngestService, IngestSettings
+    from neuroflow.ingest.window_store import SqliteWindowStore
+
+    site = "rights-test"
+    settings = IngestSettings(site=site, pipelines=[GLIOMA_PIPELINE], models={GLIOMA_PIPELINE: PipelineModels().glioma},
+                              wait_window_s=1.0, lease_s=60.0)
+    windows, bus = SqliteWindowStore(tmp_path / "windows.sqlite"), InMemoryBus()
+    without_find = OrthancClient(orthanc.service_endpoint("preprocess"), retries=0)  # reads, may not find
+    assert not allowed("preprocess", "POST", "/tools/find")
+    ingest = IngestService(without_find, windows, bus, settings)  # follows the feed from now on
+    ds = instance()
+    OrthancClient(orthanc.endpoint).upload(_part10(ds))
+    assert ingest.poll_changes(now=1000.0)
+
+    def refusals() -> float:
+        return REGISTRY.get_sample_value("neuroflow_ingest_orthanc_refusals_total", {"site": site}) or 0.0
+
+    with caplog.at_level("ERROR", logger="neuroflow.ingest.service"):
+        assert ingest.trigger_due(now=1002.0) == []
+    assert refusals() == 1.0
+    assert "POST /tools/find" in caplog.text and "HTTP 403" in caplog.text
+    assert ds.PatientID not in caplog.text
+    assert ingest.trigger_due(now=1010.0) == []  # within the lease: not asked again
+    assert refusals() == 1.0
+    assert bus.poll(STUDY_READY, "t", 10) == [] and bus.poll(ROUTING_FAILED, "t", 10) == []
+
+    granted = IngestService(OrthancClient(orthanc.service_endpoint("ingest"), retries=0), windows, bus, settings)
+    granted.trigger_due(now=1063.0)  # the lease ran out: tried again, this time with the right
+    (failed,) = bus.poll(ROUTING_FAILED, "t", 10)  # one 4x4 MR image is no glioma study: it is routed, and refused
+    assert failed.key == study_key(ds.StudyInstanceUID)
+    assert refusals() == 1.0
+
+
 def test_https_is_verified_against_the_stacks_ca(orthanc: OrthancProcess, tmp_path: Path) -> None:
     assert orthanc.endpoint.url.startswith("https://")
     assert OrthancClient(orthanc.endpoint).system()["DicomAet"] == AET

@@ -66,6 +66,9 @@ LAST_INSTANCE_TO_TRIGGER = Histogram("neuroflow_ingest_last_instance_to_trigger_
 FEED_LOOKUP_FAILURES = Counter("neuroflow_ingest_feed_lookup_failures",
                                "Change-feed reads stopped at an instance that could not be looked up (Orthanc "
                                "unreachable or failing); the cursor stays before it", ("site",))
+ORTHANC_REFUSALS = Counter("neuroflow_ingest_orthanc_refusals",
+                           "Hand-ons Orthanc refused (HTTP 401/403: ingest's user lacks credentials or a right); "
+                           "the study stays due and is tried again once per claim lease", ("site",))
 ROUTING_FAILURES = Counter("neuroflow_ingest_routing_failures",
                            "RoutingFailed events, by RoutingFailed.Reason", ("site", "pipeline", "reason"))
 STUDIES_ROUTED = Counter("neuroflow_ingest_studies_routed", "StudyReady events published, by pipeline",

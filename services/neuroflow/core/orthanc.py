@@ -160,8 +160,10 @@ class OrthancClient:
                     return data
             except urllib.error.HTTPError as error:
                 details = _orthanc_error_text(error.read())
+                # A refused right is granted per method and path (core.orthanc_rights): name them, not only what.
+                asked = f" ({method} {path.split('?')[0]})" if what else ""
                 raise OrthancRequestFailed(
-                    f"Orthanc {self._base} refused to {doing}: HTTP {error.code} {details}", status=error.code
+                    f"Orthanc {self._base} refused to {doing}{asked}: HTTP {error.code} {details}", status=error.code
                 ) from error
             except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as error:
                 reason = getattr(error, "reason", error)

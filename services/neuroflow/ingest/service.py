@@ -34,6 +34,7 @@ from neuroflow.core.config import (
     ClassifySettings,
 )
 from neuroflow.core.dicom_io import StudyIndex, series_volume, study_key
+from neuroflow.core.errors import OrthancRequestFailed
 from neuroflow.core.identity import NEUROFLOW_MANUFACTURER, input_hash, patient_key
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.orthanc import OrthancClient, OrthancDicomSource
@@ -55,6 +56,8 @@ _URGENT_WORDS = ("STAT", "URGENT", "EMERGENCY", "STROKE", "TRAUMA")
 # Studies this replica handed on, remembered (oldest forgotten first) to tell a late series from a new study
 # in the metrics. Another replica's hand-ons are not known here: the metrics of the replicas add up.
 _REMEMBERED_HAND_ONS = 10_000
+# Orthanc's answers that say who asks may not do this (no credentials, or no right): no retry soon changes them.
+_REFUSED_STATUSES = (401, 403)
 
 
 @dataclass
@@ -151,6 +154,19 @@ class IngestService:
         for claim in self._windows.claim_due(at, s.wait_window_s, s.holder, s.lease_s):
             try:
                 published.extend(self._hand_on(claim))
+            except OrthancRequestFailed as exc:
+                if exc.status not in _REFUSED_STATUSES:
+                    self._windows.release(claim)
+                    log.exception("could not hand on Orthanc study %s; will retry", claim.resource_id)
+                    continue
+                # Credentials or a right missing: configuration, not an outage, so retrying at the next tick only
+                # spins (every try reads the study again). The claim is kept until its lease runs out: the study
+                # stays due, is tried once per lease, and goes on by itself once the right is granted.
+                metrics.ORTHANC_REFUSALS.labels(s.site).inc()
+                log.error("Orthanc refused ingest while handing on study %s (%s): ingest's Orthanc user lacks a "
+                          "right (neuroflow.core.orthanc_rights; the chart's files/orthanc-rights.json). The study "
+                          "waits and is tried again in %.0f s", claim.resource_id, exc, s.lease_s)
+                continue
             except Exception:
                 # Orthanc or the bus failed: leave the study due, the next tick (here or elsewhere) retries.
                 self._windows.release(claim)
