@@ -258,6 +258,27 @@ def test_a_paused_destination_queues_its_deliveries_and_loses_none(store: Store)
     assert {d.give_up_at for d in resumed} == {now + 600} and store.paused_destinations() == {}
 
 
+def test_pausing_a_pipeline_holds_its_variant_but_not_the_other_way_round(store: Store) -> None:  # noqa: F811
+    """glioma_postop runs glioma's model: an operator who pauses glioma (a model withdrawn) stops it too."""
+    from neuroflow.core.config import GLIOMA_PIPELINE, GLIOMA_POSTOP_PIPELINE
+
+    now = 1_000.0
+    for wid, pipeline in (("wf-g", GLIOMA_PIPELINE), ("wf-p", GLIOMA_POSTOP_PIPELINE), ("wf-m", "metastases")):
+        store.create(wid, f"study-{wid}", pipeline, f"hash-{wid}")
+        store.set_timer(wid, TimerKind.RETRY, "preprocess", 1, now)
+    assert store.pause_pipeline(GLIOMA_PIPELINE, by="console/op", now=now)
+    assert store.paused_pipelines() == {GLIOMA_PIPELINE: ("console/op", now),
+                                        GLIOMA_POSTOP_PIPELINE: ("console/op", now)}
+    assert [t.workflow_id for t in store.claim_due_timers(now + 1, "replica-1", 30.0)] == ["wf-m"]
+    assert store.resume_pipeline(GLIOMA_PIPELINE) and store.paused_pipelines() == {}
+    assert sorted(t.workflow_id for t in store.claim_due_timers(now + 1, "replica-1", 30.0)) == ["wf-g", "wf-p"]
+    for wid in ("wf-g", "wf-p"):
+        store.set_timer(wid, TimerKind.RETRY, "segmentation", 1, now + 2)
+    assert store.pause_pipeline(GLIOMA_POSTOP_PIPELINE, by="console/op", now=now)  # the variant alone
+    assert list(store.paused_pipelines()) == [GLIOMA_POSTOP_PIPELINE]
+    assert sorted(t.workflow_id for t in store.claim_due_timers(now + 40, "replica-2", 30.0)) == ["wf-g", "wf-m"]
+
+
 def test_dead_letters_are_kept_listed_and_replayed_once(store: Store) -> None:  # noqa: F811
     letter = DeadLetterRecord(letter_id="dl-1", kind=DeadLetterKind.TASK, workflow_id="wf-1", study_key="k1",
                               pipeline="glioma", stage="segmentation", attempts=3, code="INFERENCE_UNAVAILABLE",

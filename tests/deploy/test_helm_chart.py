@@ -584,7 +584,10 @@ def test_the_schema_knows_the_pipelines_the_code_knows() -> None:
 
     schema = json.loads((CHART / "values.schema.json").read_text())
     enum = schema["properties"]["site"]["properties"]["pipelines"]["items"]["enum"]
-    assert set(enum) == {GLIOMA_PIPELINE, METASTASES_PIPELINE, *CHANGE_PIPELINES}
+    # Every pipeline routing knows, the post-operative variant included (a post-surgical clinic may list it).
+    from neuroflow.ingest.routing import PIPELINE_INPUT_ROLES
+
+    assert set(enum) == set(PIPELINE_INPUT_ROLES) >= {GLIOMA_PIPELINE, METASTASES_PIPELINE, *CHANGE_PIPELINES}
     models = NeuroflowSettings().models
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())["site"]["models"]
     pinned = {role: getattr(models, role) for role in type(models).model_fields}

@@ -26,7 +26,8 @@ METASTASES_PIPELINE = "metastases"
 # study that qualifies for glioma there (a post-surgical follow-up clinic).
 GLIOMA_POSTOP_PIPELINE = "glioma_postop"
 # A pipeline routing chooses in place of an enabled one -> that one: where a site enables the other, the monitor
-# watches the variant's workflows and an operator may pause it by its name (pausing glioma does not hold it).
+# watches the variant's workflows; pausing the pipeline holds the variant too (it runs the same model), and an
+# operator may also pause the variant by its name.
 PIPELINE_VARIANT_OF = {GLIOMA_POSTOP_PIPELINE: GLIOMA_PIPELINE}
 
 # The embedded run on two or more studies of one patient: the change pipelines the pairs qualify for.

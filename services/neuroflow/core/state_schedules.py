@@ -31,6 +31,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from neuroflow.core.audit import AuditAction, AuditStatements
+from neuroflow.core.config import PIPELINE_VARIANT_OF
 
 # The outbox's columns: the deliveries of results and the retractions of rejected ones share them (and the
 # delivery loop that works both).
@@ -288,14 +289,17 @@ class ScheduleStatements(AuditStatements):
         """Claim (hold the lease of) up to ``limit`` workflows whose timer is due and whose lease is free or
         expired. Each due timer is claimed by exactly one caller. A retry (a dispatch) of a workflow whose
         pipeline is paused is not claimed: it stays due, and fires once the pipeline is resumed."""
+        # A variant is held with its pipeline (paused_pipelines); ``?`` per variant whose pipeline is paused now.
+        variants = [v for v, of in PIPELINE_VARIANT_OF.items() if of in self._paused_by_operator()]
+        held = f" OR pipeline IN ({', '.join('?' for _ in variants)})" if variants else ""
         rows = self._rows(
             "UPDATE workflow_timers SET holder = ?, lease_until = ? WHERE workflow_id IN ("
             "SELECT workflow_id FROM workflow_timers WHERE kind IS NOT NULL AND due_at <= ? "
             "AND (holder IS NULL OR lease_until < ?) AND NOT (kind = ? AND workflow_id IN (SELECT workflow_id FROM "
-            "workflows WHERE pipeline IN (SELECT pipeline FROM paused_pipelines))) ORDER BY due_at LIMIT ?) "
+            f"workflows WHERE pipeline IN (SELECT pipeline FROM paused_pipelines){held})) ORDER BY due_at LIMIT ?) "
             "AND kind IS NOT NULL AND due_at <= ? AND (holder IS NULL OR lease_until < ?) "
             "RETURNING workflow_id, kind, stage, attempt, due_at",
-            (holder, now + lease_s, now, now, TimerKind.RETRY.value, limit, now, now))
+            (holder, now + lease_s, now, now, TimerKind.RETRY.value, *variants, limit, now, now))
         return sorted((_timer(r) for r in rows), key=lambda t: t.due_at)
 
     # -- the delivery outbox -------------------------------------------------------------------------
@@ -423,7 +427,13 @@ class ScheduleStatements(AuditStatements):
         return self._changed("DELETE FROM paused_pipelines WHERE pipeline = ?", (pipeline,))
 
     def paused_pipelines(self) -> dict[str, tuple[str, float]]:
-        """Each paused pipeline: who paused it and when."""
+        """Each held pipeline: who paused it and when. A variant (core.config.PIPELINE_VARIANT_OF) is held with the
+        pipeline it stands in for, as paused by the same person: pausing glioma (a model withdrawn, say) must
+        also stop glioma_postop, which runs the same model; the variant may also be paused on its own."""
+        paused = self._paused_by_operator()
+        return {**{v: paused[of] for v, of in PIPELINE_VARIANT_OF.items() if of in paused}, **paused}
+
+    def _paused_by_operator(self) -> dict[str, tuple[str, float]]:
         return {str(r[0]): (str(r[1]), float(r[2])) for r in self._rows(
             "SELECT pipeline, paused_by, paused_at FROM paused_pipelines ORDER BY pipeline")}
 
