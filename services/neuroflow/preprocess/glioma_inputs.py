@@ -121,7 +121,8 @@ class PreprocessedStudy:
         """What the report and the SEG need from preprocessing, in the form both runtimes hand on."""
         return PreprocessSummary(
             reference_geometry=GeometrySummary.of(self.reference_geometry),
-            registration={role.value: RegistrationSummary(metric=r.metric, nmi=r.nmi, nmi_before=r.nmi_before)
+            registration={role.value: RegistrationSummary(metric=r.metric, nmi=r.nmi, nmi_before=r.nmi_before,
+                                                          outline_dice=r.outline_dice, attempts=r.attempts)
                           for role, r in self.registration.items()},
             orientation={role.value: OrientationSummary(verdict=c.verdict, nmi_as_is=c.nmi_as_is,
                                                         nmi_mirrored=c.nmi_mirrored)

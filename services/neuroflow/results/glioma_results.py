@@ -199,10 +199,12 @@ def _overlay_labels(labels: Volume, unassessable: Collection[str]) -> tuple[Volu
 
 
 def registration_warnings(summary: PreprocessSummary) -> list[str]:
-    """A warning per series that registration left worse aligned than the scanner geometry had it."""
-    return [f"registration of {role} made the alignment worse (NMI {reg.nmi_before:.3f} -> {reg.nmi:.3f}); "
-            "review the overlay"
-            for role, reg in summary.registration.items() if reg.nmi < reg.nmi_before - 0.01]
+    """A warning per series that registration left worse aligned than the scanner geometry had it, or whose
+    outline still disagrees with the reference's (a failed registration: the segmentation saw misaligned inputs)."""
+    return [*(f"registration of {role} made the alignment worse (NMI {reg.nmi_before:.3f} -> {reg.nmi:.3f}); "
+              "review the overlay"
+              for role, reg in summary.registration.items() if reg.nmi < reg.nmi_before - 0.01),
+            *(reg.misalignment(role) for role, reg in summary.registration.items() if reg.misaligned)]
 
 
 def glioma_report(
@@ -255,6 +257,9 @@ def preprocessing_checks(summary: PreprocessSummary) -> dict[str, Any]:
             SeriesRole(role): RegistrationQuality(
                 metric="mattes_mutual_information", metric_value=reg.metric, quality=reg.nmi,
                 quality_measure="normalised mutual information with the reference")
+            if reg.outline_dice is None else RegistrationQuality(
+                metric="mattes_mutual_information", metric_value=reg.metric, quality=reg.outline_dice,
+                quality_measure="outline Dice with the reference")
             for role, reg in summary.registration.items()},
         "orientation_check": OrientationCheck(
             passed=True,

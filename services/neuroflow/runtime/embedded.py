@@ -249,7 +249,7 @@ def _run(
         volumes_ml = TumourVolumes.from_label_map(labels_on_grid)
     with clock.stage("review"):  # of what the network drew (its checks know nothing of the cavity)
         review = review_segmentation(pre.normalised, pre.brain_mask, probabilities, network_labels, backend,
-                                     models.glioma, settings, study_key=run.key)
+                                     models.glioma, settings, study_key=run.key, registration=summary.registration)
         record_review(review, site=settings.site, pipeline=run.pipeline, model=models.glioma)
 
     with clock.stage("write_results"):

@@ -15,6 +15,7 @@ The limits below were set on the real cases and the deliberately degraded inputs
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,7 +24,7 @@ from scipy import ndimage
 
 from neuroflow.core import metrics
 from neuroflow.core.config import NeuroflowSettings
-from neuroflow.core.handoff import ReviewSummary
+from neuroflow.core.handoff import RegistrationSummary, ReviewSummary
 from neuroflow.core.inference import InferenceBackend
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.roles import SeriesRole
@@ -184,9 +185,11 @@ def review_segmentation(
     settings: NeuroflowSettings,
     *,
     study_key: str,
+    registration: Mapping[str, RegistrationSummary],
 ) -> ReviewSummary:
     """The failure flag of one segmentation (``probabilities`` from :func:`predict_regions`, ``labels`` its
-    post-processed label map), the same in both runtimes."""
+    post-processed label map), the same in both runtimes. ``registration``: how preprocessing registered each
+    series (by role); one left misaligned with the reference is an alarm (the network saw shifted inputs)."""
     flips = settings.segmentation.review_flips
     members: dict[str, RegionMasks] = {}
     for flip in flips:
@@ -197,6 +200,7 @@ def review_segmentation(
     source = normalised.get(SeriesRole.FLAIR, normalised.get(SeriesRole.T2))
     found = assess(from_label_map(labels.array), threshold_regions(probabilities), members,
                    None if source is None else source.array, mask.array > 0, mask.voxel_volume_mm3)
+    found.alarms.extend(reg.misalignment(role) for role, reg in registration.items() if reg.misaligned)
     return ReviewSummary(alarms=found.alarms, disagreement=found.figures,
                          method=METHOD.format(flips=", ".join(flips) or "none"),
                          threshold=settings.segmentation.review_threshold)

@@ -66,8 +66,9 @@ class SegmentationHandler:
         segmented = time.perf_counter()
         labels = label_map(probabilities, mask)
         postprocessed = time.perf_counter()
+        registration = PreprocessSummary.of(mask).registration if SUMMARY_META_KEY in mask.meta else {}
         review = review_segmentation(normalised, mask, probabilities, labels, self._backend, model, self._settings,
-                                     study_key=key)
+                                     study_key=key, registration=registration)
         if task.pipeline == GLIOMA_POSTOP_PIPELINE:  # the resection cavity, never counted as tumour
             labels = postoperative_labels(labels, normalised, mask, evidence=[ROUTED_POSTOPERATIVE])
         record_review(review, site=task.study.site, pipeline=task.pipeline, model=model)
