@@ -64,6 +64,7 @@ bench: $(STAMP) system-deps
 	$(PY) scripts/capacity_model.py --out BENCHMARKS.md
 	$(PY) scripts/bench_longitudinal.py --out BENCHMARKS.md
 	$(PY) scripts/bench_ms_real.py --out BENCHMARKS.md
+	$(PY) scripts/bench_registration.py --out BENCHMARKS.md
 	$(PY) scripts/bench_indexing.py --out BENCHMARKS.md
 	$(PY) scripts/bench_peers.py --out BENCHMARKS.md
 	$(PY) scripts/bench_scaling.py --out BENCHMARKS.md
