@@ -70,12 +70,10 @@ def register_rigid(
     *,
     working_spacing_mm: float = 2.0,
     shrink: tuple[int, ...] = (2, 1),
-    smoothing: tuple[float, ...] | None = None,
     sampling: float = 0.1,
     iterations: int = 100,
     seed: int = 20261123,
     fixed_mask: Volume | None = None,
-    min_samples: int = 0,
     min_outline_agreement: float = OUTLINE_AGREEMENT_MIN,
 ) -> RegistrationResult:
     """Rigid (6 degrees of freedom) registration of ``moving`` onto ``fixed`` by Mattes mutual
@@ -89,10 +87,9 @@ def register_rigid(
     metric to that region, e.g. the brain: scalp, neck and a field of view that differs between sessions then
     do not pull on the brain's alignment.
 
-    ``sampling`` is the fraction of the mask's voxels the metric samples, raised per resolution level to at least
-    ``min_samples`` voxels when that is set. ``shrink`` are the resolution levels (factors of the working grid) and
-    ``smoothing`` each level's Gaussian sigma in voxels (by default half the factor, the finest level unsmoothed).
-    More samples and smoothed levels were tried against false optima (``scripts/bench_registration.py``): they
+    ``sampling`` is the fraction of the mask's voxels the metric samples; ``shrink`` are the resolution levels
+    (factors of the working grid), each smoothed by half its factor, the finest level unsmoothed. More samples and
+    smoothed levels were tried against false optima (``scripts/bench_registration.py``): they
     mended one skull-stripped T2 and broke another, whose false optimum the whole-mask metric prefers to the truth;
     the defaults stay a local search from the scanner's alignment.
 
@@ -113,10 +110,8 @@ def register_rigid(
     else:
         metric_mask = sitk.Resample(sitk.Cast(fixed_mask.to_sitk() > 0, sitk.sitkUInt8), f, sitk.Transform(),
                                     sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    in_mask = float(np.count_nonzero(sitk.GetArrayViewFromImage(metric_mask)))
 
-    def optimise(start: sitk.Euler3DTransform, levels: tuple[int, ...],
-                 sigmas: tuple[float, ...]) -> tuple[sitk.Euler3DTransform, float, int]:
+    def optimise(start: sitk.Euler3DTransform) -> tuple[sitk.Euler3DTransform, float, int]:
         method = sitk.ImageRegistrationMethod()
         method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
         method.SetMetricSamplingStrategy(method.RANDOM)
@@ -126,20 +121,18 @@ def register_rigid(
             gradientMagnitudeTolerance=1e-6,
         )
         method.SetOptimizerScalesFromPhysicalShift()
-        method.SetShrinkFactorsPerLevel(list(levels))
-        method.SetSmoothingSigmasPerLevel(list(sigmas))
+        method.SetShrinkFactorsPerLevel(list(shrink))
+        method.SetSmoothingSigmasPerLevel([s / 2.0 if s > 1 else 0.0 for s in shrink])
         method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
         method.SetInitialTransform(start, inPlace=False)
         method.SetMetricFixedMask(metric_mask)
-        method.SetMetricSamplingPercentagePerLevel(
-            [min(1.0, max(sampling, min_samples * s**3 / max(in_mask, 1.0))) for s in levels], seed)
+        method.SetMetricSamplingPercentage(sampling, seed)
         found = method.Execute(f, m)
         return (sitk.Euler3DTransform(sitk.CompositeTransform(found).GetNthTransform(0)),
                 float(method.GetMetricValue()), int(method.GetOptimizerIteration()))
 
     nmi_before = normalised_mutual_information(fixed, resample(moving, fixed.geometry))
-    sigmas = smoothing or tuple(s / 2.0 if s > 1 else 0.0 for s in shrink)
-    final, metric, steps = optimise(scanner, shrink, sigmas)
+    final, metric, steps = optimise(scanner)
     outline = outline_agreement(f, m, final)
     attempts = 1
     if outline < min_outline_agreement:
@@ -148,7 +141,7 @@ def register_rigid(
         # the true alignment (so the metric cannot choose). Start again from the foregrounds' centres of mass
         # aligned, and keep whichever of the two results and the scanner's own alignment has the outline that
         # agrees best with the reference's (below the threshold still, the report says so).
-        again, again_metric, again_steps = optimise(_centres_aligned(f, m, scanner), shrink, sigmas)
+        again, again_metric, again_steps = optimise(_centres_aligned(f, m, scanner))
         attempts = 2
         for candidate, candidate_metric, candidate_steps in ((again, again_metric, again_steps),
                                                              (scanner, _metric_at(f, m, metric_mask, scanner), 0)):
