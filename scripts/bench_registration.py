@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
+from bench_peers import misaligned  # scripts/ is on the path of a script run from it
 
 from neuroflow.core.handoff import OUTLINE_AGREEMENT_MIN
 from neuroflow.core.volume import Volume
@@ -91,15 +92,12 @@ class Trial:
 
 
 def moved(volume: Volume, rng: np.random.Generator) -> tuple[Volume, sitk.Transform]:
-    """``volume`` as if the head had moved: resampled on its own grid through a random rigid transform about
-    the grid's centre; and that transform (maps the grid's points to where the moved content came from)."""
-    image = volume.to_sitk()
-    centre = image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in image.GetSize()])
-    angles = [math.radians(a) for a in rng.uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG, 3)]
-    shift = [float(s) for s in rng.uniform(-MAX_SHIFT_MM, MAX_SHIFT_MM, 3)]
-    transform = sitk.Euler3DTransform(centre, *angles, shift)
-    out = sitk.Resample(image, image, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    return Volume.from_sitk(out), transform
+    """``volume`` as if the head had moved by a random rigid motion (bench_peers.misaligned, which the peers
+    benchmark uses for its fixed motions); and that transform."""
+    angles = tuple(float(a) for a in rng.uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG, 3))
+    shift = tuple(float(s) for s in rng.uniform(-MAX_SHIFT_MM, MAX_SHIFT_MM, 3))
+    out, transform = misaligned(volume, (angles[0], angles[1], angles[2]), (shift[0], shift[1], shift[2]))
+    return out, transform
 
 
 def brain_points(reference: Volume, every: int) -> list[tuple[float, float, float]]:
