@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_STUDY := build/demo-study
 DEMO_OUT := demo-out
 
-.PHONY: demo test lint unit integration bench proto proto-check system-deps stack-up stack-down clean helm-check capacity chart-topics fuzz chaos viewer-bundle
+.PHONY: demo test lint unit integration bench bench-gpu proto proto-check system-deps stack-up stack-down clean helm-check capacity chart-topics fuzz chaos viewer-bundle
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,12 @@ bench: $(STAMP) system-deps
 	$(PY) scripts/bench_indexing.py --out BENCHMARKS.md
 	$(PY) scripts/bench_peers.py --out BENCHMARKS.md
 	$(PY) scripts/bench_scaling.py --out BENCHMARKS.md
+
+# On a machine with an NVIDIA GPU and PyTorch (not in `make bench`: CI and this project's machines have none): the
+# inference tier per patch, per study and under concurrent clients, then the capacity model from its GPU figure.
+bench-gpu: $(STAMP)
+	$(PY) scripts/bench_gpu.py --json build/bench_gpu.json --out BENCHMARKS.md
+	$(PY) scripts/capacity_model.py --out BENCHMARKS.md
 
 # 10,000 mutated DICOM files through index, classify and convert, each case in a memory- and time-limited child;
 # fails on any crash, hang, memory blow-up or foreign exception; the figures go to BENCHMARKS.md.

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from bench_case import CASE, CASE_FILES  # scripts/ is on the path of a script run from it
 
 from neuroflow.core.config import DEFAULT_MODEL_REPOSITORY
 from neuroflow.core.inference import InferenceBackend, OnnxRuntimeBackend
@@ -40,15 +41,12 @@ from neuroflow.preprocess.normalise import zscore_in_mask
 from neuroflow.segmentation.glioma import predict_regions
 
 ROOT = Path(__file__).resolve().parents[1]
-CASE = ROOT / "tests" / "data" / "glioma-tcga-du-7294"
-FILES = {SeriesRole.T1: "t1_bet.nii.gz", SeriesRole.T1CE: "t1c_bet.nii.gz", SeriesRole.T2: "t2_bet.nii.gz",
-         SeriesRole.FLAIR: "fla_bet.nii.gz"}
 MODEL = ModelRef(name="glioma_unet", version=1)
 
 
 def study_inputs() -> tuple[dict[SeriesRole, Volume], Volume]:
     """The normalised sequences and the brain mask, as the segmentation stage receives them."""
-    volumes = {role: load_volume(CASE / name) for role, name in FILES.items()}
+    volumes = {role: load_volume(CASE / name) for role, name in CASE_FILES.items()}
     brain = np.asarray(volumes[SeriesRole.T1].array) > 0
     mask = Volume(brain.astype(np.uint8), volumes[SeriesRole.T1].geometry)
     normalised = {role: Volume(zscore_in_mask(np.asarray(v.array, dtype=np.float32), brain), v.geometry)
@@ -131,8 +129,8 @@ def main() -> None:
         f"{median['triton-b1'] / median[f'triton-b{max(args.batches)}']:.2f}x."
         if "triton-b1" in median else "",
         "",
-        "Reproduce: `make bench` (or `.venv/bin/python scripts/bench_triton.py`). GPU figures (TensorRT, "
-        "Triton on a GPU): `scripts/bench_gpu.py`, section below when measured.",
+        "Reproduce: `make bench` (or `.venv/bin/python scripts/bench_triton.py`). GPU figures: `scripts/bench_gpu.py` "
+        "on a GPU machine, section \"Inference tier on a GPU\".",
         "",
     ]
     with args.out.open("a") as f:

@@ -66,6 +66,10 @@ class StageTimings:
     results_s: float  # inside the results worker
     ms_pair_s: float  # one MS change pair in the longitudinal worker, registration to result (CPU)
     haematoma_pair_s: float  # one CT haematoma pair in the longitudinal worker (CPU)
+    gpu_inference_s: float | None = None  # the model's share on a GPU, when scripts/bench_gpu.py has run
+
+
+GPU_FIGURE = r"GPU model inference per study for the capacity model: ([\d.]+) s"
 
 
 def _figure(text: str, pattern: str, what: str) -> float:
@@ -89,6 +93,7 @@ def read_timings(text: str) -> StageTimings:
                           "MS change time per pair (longitudinal bench)"),
         haematoma_pair_s=_figure(text, r"\| time per pair, median \|\s*([\d.]+) s\s*\|",
                                  "haematoma change time per pair (longitudinal bench)"),
+        gpu_inference_s=_figure(text, GPU_FIGURE, "GPU inference time") if re.search(GPU_FIGURE, text) else None,
     )
 
 
@@ -101,9 +106,16 @@ class Scenario:
     peak_hour: int
     wait_window_s: float
     target_s: float
-    gpu_speedup: float  # GPU inference time = the measured CPU inference time / this
+    gpu_speedup: float  # without a GPU measurement: GPU inference time = the measured CPU inference time / this
     change_share: float = CHANGE_SHARE  # fraction of studies that also run a change pipeline (a prior exists)
     haematoma_share: float = HAEMATOMA_SHARE  # fraction of those change jobs that are CT haematoma pairs
+
+
+def gpu_seconds(scenario: Scenario, timings: StageTimings) -> float:
+    """One study's model inference on a GPU: measured when BENCHMARKS.md has the GPU section, else assumed."""
+    if timings.gpu_inference_s is not None:
+        return timings.gpu_inference_s
+    return timings.inference_s / scenario.gpu_speedup
 
 
 @dataclass
@@ -187,7 +199,7 @@ def simulate(scenario: Scenario, timings: StageTimings, plan: Plan, seed: int = 
     def service(median: float) -> float:
         return median * math.exp(rng.gauss(0.0, SERVICE_SIGMA))
 
-    gpu_s = timings.inference_s / scenario.gpu_speedup
+    gpu_s = gpu_seconds(scenario, timings)
     seg_cpu_s = max(timings.segmentation_s - timings.inference_s, 0.0)
     gpus = Pool(plan.gpus)
     sites = [{"preprocess": Pool(plan.preprocess), "segmentation": Pool(plan.segmentation),
@@ -269,7 +281,7 @@ def smallest_plan(scenario: Scenario, timings: StageTimings, *, max_steps: int =
     """Fewest workers and GPUs meeting the target: start at what the peak load needs on average, then add
     to the pool where studies queued longest until the peak hour's p95 is under the target."""
     per_site_peak = scenario.studies_per_site_day * scenario.peak_hour_share / 3600.0  # studies per second
-    gpu_s = timings.inference_s / scenario.gpu_speedup
+    gpu_s = gpu_seconds(scenario, timings)
     seg_hold_s = timings.segmentation_s - timings.inference_s + gpu_s
     pair_s = ((1 - scenario.haematoma_share) * timings.ms_pair_s
               + scenario.haematoma_share * timings.haematoma_pair_s)
@@ -340,6 +352,14 @@ def _change_line(timings: StageTimings) -> str:
             f"change result.")
 
 
+def _gpu_line(scenario: Scenario, timings: StageTimings) -> str:
+    if timings.gpu_inference_s is not None:
+        return (f"GPU inference time {timings.gpu_inference_s} s per study, MEASURED (section \"Inference tier on a "
+                "GPU\": the glioma stage's sliding window on the GPU, host to host).")
+    return (f"GPU inference time is the CPU figure divided by {scenario.gpu_speedup:g}: an ASSUMPTION, not a "
+            "measurement (no GPU run is in this file yet); `scripts/bench_gpu.py` on a GPU machine measures it.")
+
+
 def _scenario_line(scenario: Scenario) -> str:
     return (f"**{scenario.studies_per_site_day:.0f} studies a day per site**, {scenario.peak_hour_share:.0%} of "
             f"them in the peak hour ({scenario.peak_hour}:00), the rest evenly over {scenario.working_hours[0]}:00-"
@@ -352,9 +372,8 @@ def _inputs(scenario: Scenario, timings: StageTimings) -> str:
         "Written by `scripts/capacity_model.py` (a discrete-event simulation of one day, seed 7).",
         f"Inputs from the sections above (medians): trigger latency {timings.trigger_latency_s} s, preprocess "
         f"{timings.preprocess_s} s, segmentation {timings.segmentation_s} s (of which model inference "
-        f"{timings.inference_s} s on CPU), results {timings.results_s} s. GPU inference time is the CPU figure "
-        f"divided by {scenario.gpu_speedup:g}: an ASSUMPTION, not a measurement (no GPU run is in this file yet); "
-        f"rerun with `--gpu-speedup` once one is. A segmentation worker holds its slot while it waits for a GPU.",
+        f"{timings.inference_s} s on CPU), results {timings.results_s} s. {_gpu_line(scenario, timings)} "
+        "A segmentation worker holds its slot while it waits for a GPU.",
         f"Change pipelines (from the longitudinal bench): MS pair {timings.ms_pair_s} s, haematoma pair "
         f"{timings.haematoma_pair_s} s, registration to result; tumour_growth has no timing of its own and is "
         f"counted at the MS pair time. {scenario.change_share:.0%} of studies have a prior and also run a change "

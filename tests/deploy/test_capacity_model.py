@@ -73,6 +73,19 @@ def test_a_benchmarks_file_without_a_change_pair_time_is_refused_with_the_figure
         cm.read_timings(without)
 
 
+def test_the_gpu_time_is_the_measured_figure_when_the_gpu_bench_has_run_and_the_assumption_otherwise() -> None:
+    text = (ROOT / "BENCHMARKS.md").read_text()
+    without = "\n".join(line for line in text.splitlines() if not line.startswith("GPU model inference per study"))
+    assumed = cm.read_timings(without)
+    assert assumed.gpu_inference_s is None
+    assert cm.gpu_seconds(scenario(gpu_speedup=10.0), assumed) == pytest.approx(assumed.inference_s / 10.0)
+    measured = cm.read_timings(without + "\n\nGPU model inference per study for the capacity model: 0.42 s (x).\n")
+    assert measured.gpu_inference_s == pytest.approx(0.42)
+    assert cm.gpu_seconds(scenario(gpu_speedup=10.0), measured) == pytest.approx(0.42)
+    assert "MEASURED" in cm.report([scenario(sites=1)], measured, [1]) and "ASSUMPTION" in cm.report(
+        [scenario(sites=1)], assumed, [1])
+
+
 def test_a_benchmarks_file_without_worker_timings_is_refused_with_the_figure_named() -> None:
     with pytest.raises(cm.BenchmarksError, match="preprocess worker time"):
         cm.read_timings("| trigger latency (x) | 3.00 | 1, 2 |\n| segment | 7.03 | 29% |\n")

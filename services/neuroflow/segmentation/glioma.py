@@ -4,6 +4,7 @@ published post-processing. Works on the common 1 mm grid produced by preprocessi
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -14,9 +15,11 @@ from neuroflow.core.labels import TUMOUR_REGIONS
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.sequence_subsets import PipelineInputs
-from neuroflow.core.volume import Volume
 from neuroflow.segmentation.postprocess import postprocess, threshold_regions, to_label_map
 from neuroflow.segmentation.sliding_window import sigmoid, sliding_window_inference
+
+if TYPE_CHECKING:  # only annotations here: the inference part imports without SimpleITK (scripts/bench_gpu.py)
+    from neuroflow.core.volume import Volume
 
 # Context kept around the brain when cropping, in voxels: the network needs to see the brain's edge.
 _CROP_MARGIN = 8
