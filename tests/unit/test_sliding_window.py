@@ -12,7 +12,7 @@ import pytest
 
 from neuroflow.core.inference import Array, InferenceBackend
 from neuroflow.core.model_card import ModelRef
-from neuroflow.segmentation.sliding_window import gaussian_importance, patch_starts, sliding_window_inference
+from neuroflow.segmentation.sliding_window import gaussian_importance, patch_starts, sigmoid, sliding_window_inference
 
 MODEL = ModelRef(name="doubler", version=1)
 
@@ -73,3 +73,12 @@ def test_progress_reports_every_patch() -> None:
     sliding_window_inference(image, DoublingBackend(1), MODEL, patch=(16, 16, 16), out_channels=1,
                              overlap=0.5, batch_size=3, progress=lambda d, n: seen.append((d, n)))
     assert seen[-1][0] == seen[-1][1] == 8
+
+
+def test_sigmoid_is_the_logistic_function_in_float32_for_any_logit() -> None:
+    logits = np.concatenate([np.linspace(-120, 120, 2401), [-3e38, -1e30, 1e30, 3e38]]).astype(np.float32)
+    expected = 1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -700, 700)))
+    probabilities = sigmoid(logits)
+    assert probabilities.dtype == np.float32 and np.isfinite(probabilities).all()
+    np.testing.assert_allclose(probabilities, expected, rtol=0, atol=1e-7)
+    assert probabilities[0] == 0.0 and probabilities[-1] == 1.0 and sigmoid(np.zeros(1, np.float32))[0] == 0.5
