@@ -95,8 +95,22 @@ def _bounding_box(mask: npt.NDArray[np.bool_]) -> tuple[slice, ...]:
     return tuple(box)
 
 
+def _window(stack: npt.NDArray[np.float32], backend: OnnxRuntimeBackend, model: ModelRef, patch: int,
+            overlap: float, axes: tuple[int, ...]) -> npt.NDArray[np.float32]:
+    """Region probabilities of ``stack`` (C, Z, Y, X), mirrored along the array ``axes`` before inference and back
+    after (none: the plain prediction)."""
+    flipped = tuple(1 + a for a in axes)
+    image = np.ascontiguousarray(np.flip(stack, axis=flipped)) if axes else stack
+    out = sliding_window_inference(image, backend, model, patch=(patch, patch, patch),
+                                   out_channels=len(TUMOUR_REGIONS), overlap=overlap, batch_size=1,
+                                   activation=sigmoid)
+    return np.ascontiguousarray(np.flip(out, axis=flipped)) if axes else out
+
+
 def evaluate_case(case: RealCase, backend: OnnxRuntimeBackend, model: ModelRef, patch: int,
-                  overlap: float) -> dict[str, object]:
+                  overlap: float, mirrors: tuple[int, ...] = ()) -> dict[str, object]:
+    """``mirrors``: test-time augmentation, the mean of the plain prediction and one mirrored along each of these
+    array axes (0-2; the pipeline's left-right is axis 2 of these NIfTI volumes)."""
     raw = [None if name is None else _load_zyx(case.folder / f"{name}.nii.gz") for name in case.files]
     present = [c for c in raw if c is not None]
     if case.mask is not None:
@@ -107,15 +121,15 @@ def evaluate_case(case: RealCase, backend: OnnxRuntimeBackend, model: ModelRef, 
     box = _bounding_box(brain)
     started = time.monotonic()
     probabilities = np.zeros((len(TUMOUR_REGIONS), *brain.shape), dtype=np.float32)
-    probabilities[(slice(None), *box)] = sliding_window_inference(
-        np.ascontiguousarray(stack[(slice(None), *box)]), backend, model, patch=(patch, patch, patch),
-        out_channels=len(TUMOUR_REGIONS), overlap=overlap, batch_size=1, activation=sigmoid)
+    cropped = np.ascontiguousarray(stack[(slice(None), *box)])
+    members = [_window(cropped, backend, model, patch, overlap, axes) for axes in ((), *((a,) for a in mirrors))]
+    probabilities[(slice(None), *box)] = np.mean(members, axis=0)
     seconds = time.monotonic() - started
     probabilities *= brain[None]
     outputs = {"postprocessed": postprocess(threshold_regions(probabilities), 1.0),
                "thresholded": enforce_nesting(threshold_regions(probabilities))}
     result: dict[str, object] = {"case": case.name, "in_median": case.in_median,
-                                 "inference_seconds": round(seconds, 1),
+                                 "inference_seconds": round(seconds, 1), "mirrors": list(mirrors),
                                  "sequences": [r for r, f in zip(("T1", "T1CE", "T2", "FLAIR"), case.files,
                                                                  strict=True) if f is not None],
                                  "brain_ml": round(float(brain.sum()) / 1000, 1)}
@@ -193,6 +207,8 @@ def main() -> None:
     parser.add_argument("--shared-data", type=Path, default=SHARED_DATA)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--labelled-only", action="store_true", help="skip the case without a reference")
+    parser.add_argument("--mirrors", type=int, nargs="*", default=[], choices=[0, 1, 2],
+                        help="test-time augmentation: also predict mirrored along these array axes, and average")
     args = parser.parse_args()
     if args.table_from is not None:
         earlier = json.loads(args.table_from.read_text())
@@ -209,10 +225,11 @@ def main() -> None:
         if not case.folder.is_dir():
             print(f"skipped {case.name}: {case.folder} not found", flush=True)
             continue
-        results.append(evaluate_case(case, backend, model, args.patch, args.overlap))
+        results.append(evaluate_case(case, backend, model, args.patch, args.overlap, tuple(args.mirrors)))
         print(json.dumps(results[-1]), flush=True)
     for tag in ("postprocessed", "thresholded"):
-        print(f"glioma_unet version {args.version}, {tag} (voxel Dice / lesion-wise Dice):")
+        print(f"glioma_unet version {args.version}{f', mirrors {args.mirrors}' if args.mirrors else ''}, {tag} "
+              "(voxel Dice / lesion-wise Dice):")
         print(summary_table(results, tag))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

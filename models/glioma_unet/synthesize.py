@@ -145,8 +145,11 @@ def load_colin27(path: Path = COLIN27_BRAIN) -> BrainTemplate:
     return BrainTemplate("colin27", _crop_to_brain(fractions.astype(np.float32), 16))
 
 
+TEMPLATE_LOADERS = (load_mni152, load_colin27)
+
+
 def load_templates() -> list[BrainTemplate]:
-    return [load_mni152(), load_colin27()]
+    return [load() for load in TEMPLATE_LOADERS]
 
 
 def _smooth_noise(shape: tuple[int, ...], scale: float, rng: np.random.Generator) -> FloatArray:

@@ -20,6 +20,11 @@ starts the next chunk from it (its pool is synthesised anew from the restored RN
 only the weights of a checkpoint or of an exported ``model.onnx`` (e.g. version 1). Each chunk writes
 ``<out>/loss.csv`` (mean losses per ``--log-every`` iterations) and ``<out>/training.json``.
 
+On a GPU (``--device cuda``) one step takes milliseconds and synthesis, about 10 s a case on one core, would
+stall it: ``--synth-workers N`` makes cases in N processes instead, each seeded from the run's RNG, and a
+finished case replaces the pool's oldest as soon as it is ready (``--refresh-every`` is then unused). The
+checkpoint is the same either way (weights and Adam state on the CPU), so chunks move between machines.
+
     python -m models.glioma_unet.train --out build/glioma_unet_v2 \\
         --init models/repository/glioma_unet/1/model.onnx --max-minutes 45
     python -m models.glioma_unet.train --out build/glioma_unet_v2 --resume build/glioma_unet_v2/checkpoint.pt
@@ -33,6 +38,7 @@ import json
 import math
 import signal
 import time
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +49,13 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from models.glioma_unet.network import GliomaUNet
-from models.glioma_unet.synthesize import BrainTemplate, load_templates, synthesize_case
+from models.glioma_unet.synthesize import (
+    TEMPLATE_LOADERS,
+    BrainTemplate,
+    SyntheticCase,
+    load_templates,
+    synthesize_case,
+)
 from neuroflow.core.labels import REGION_LABELS, TUMOUR_REGIONS
 from neuroflow.core.roles import GLIOMA_INPUT_ROLES, SeriesRole
 
@@ -54,11 +66,40 @@ _WARMUP = 20
 _FINAL_LR_FRACTION = 0.05
 
 
-class PatchPool:
-    """Synthetic cases held in memory (float16 images) and a sampler of augmented patches."""
+# A case as the pool holds it: float16 image, labels, and samples of its tumour and region-border voxels.
+PoolEntry = tuple[npt.NDArray[np.float16], npt.NDArray[np.uint8], npt.NDArray[np.intp], npt.NDArray[np.intp]]
+_WORKER_TEMPLATES: list[BrainTemplate] = []
 
-    def __init__(self, cases: int, rng: np.random.Generator) -> None:
-        self.templates: list[BrainTemplate] = load_templates()
+
+def pool_entry(case: SyntheticCase, rng: np.random.Generator) -> PoolEntry:
+    regions = [np.isin(case.labels, [int(v) for v in REGION_LABELS[r]]) for r in TUMOUR_REGIONS]
+    border = np.zeros(case.labels.shape, dtype=bool)
+    for mask in regions:
+        if mask.any():
+            border |= mask & ~ndimage.binary_erosion(mask)
+
+    def subsample(voxels: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
+        return voxels[rng.choice(len(voxels), min(len(voxels), _SAMPLED_VOXELS), replace=False)]
+
+    return (case.image.astype(np.float16), case.labels, subsample(np.argwhere(regions[0])),
+            subsample(np.argwhere(border)))
+
+
+def _load_worker_templates() -> None:
+    _WORKER_TEMPLATES[:] = load_templates()  # once per synthesis process, not pickled with every job
+
+
+def _synthesize_in_worker(template: int, seed: int) -> PoolEntry:
+    # The entry is made here too: the voxel searches would otherwise hold up the training process.
+    rng = np.random.default_rng(seed)
+    return pool_entry(synthesize_case(_WORKER_TEMPLATES[template], rng), rng)
+
+
+class PatchPool:
+    """Synthetic cases held in memory (float16 images) and a sampler of augmented patches. With ``workers``,
+    cases are made in that many processes and join the pool as they finish (``refresh``)."""
+
+    def __init__(self, cases: int, rng: np.random.Generator, workers: int = 0) -> None:
         self.rng = rng
         self.capacity = cases
         self.made = 0
@@ -66,20 +107,43 @@ class PatchPool:
         self.labels: list[npt.NDArray[np.uint8]] = []
         self.tumour_voxels: list[npt.NDArray[np.intp]] = []
         self.border_voxels: list[npt.NDArray[np.intp]] = []
-        for _ in range(cases):
-            self.add_case()
+        self._executor: ProcessPoolExecutor | None = None
+        self._pending: list[Future[PoolEntry]] = []
+        if workers:
+            self.templates: list[BrainTemplate] = []
+            self._executor = ProcessPoolExecutor(workers, initializer=_load_worker_templates)
+            for _ in range(cases):
+                self._submit()
+            while len(self.images) < cases:
+                self._insert(self._pending.pop(0).result())
+                self._submit()
+        else:
+            self.templates = load_templates()
+            for _ in range(cases):
+                self.add_case()
 
     def add_case(self) -> None:
-        """Synthesise one case; once the pool is full it replaces the oldest."""
-        case = synthesize_case(self.templates[self.made % len(self.templates)], self.rng)
+        """Synthesise one case here; once the pool is full it replaces the oldest."""
+        self._insert(pool_entry(synthesize_case(self.templates[self.made % len(self.templates)], self.rng), self.rng))
+
+    def refresh(self) -> None:
+        """Put every case the workers have finished into the pool, and start as many new ones."""
+        for future in [f for f in self._pending if f.done()]:
+            self._pending.remove(future)
+            self._insert(future.result())
+            self._submit()
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(cancel_futures=True)
+
+    def _submit(self) -> None:
+        assert self._executor is not None
+        template = (self.made + len(self._pending)) % len(TEMPLATE_LOADERS)  # alternate, as add_case does
+        self._pending.append(self._executor.submit(_synthesize_in_worker, template, int(self.rng.integers(2**63))))
+
+    def _insert(self, entry: PoolEntry) -> None:
         self.made += 1
-        regions = [np.isin(case.labels, [int(v) for v in REGION_LABELS[r]]) for r in TUMOUR_REGIONS]
-        border = np.zeros(case.labels.shape, dtype=bool)
-        for mask in regions:
-            if mask.any():
-                border |= mask & ~ndimage.binary_erosion(mask)
-        entry = (case.image.astype(np.float16), case.labels, self._subsample(np.argwhere(regions[0])),
-                 self._subsample(np.argwhere(border)))
         if len(self.images) < self.capacity:
             self.images.append(entry[0])
             self.labels.append(entry[1])
@@ -88,9 +152,6 @@ class PatchPool:
         else:
             slot = (self.made - 1) % self.capacity  # the oldest case
             self.images[slot], self.labels[slot], self.tumour_voxels[slot], self.border_voxels[slot] = entry
-
-    def _subsample(self, voxels: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
-        return voxels[self.rng.choice(len(voxels), min(len(voxels), _SAMPLED_VOXELS), replace=False)]
 
     def sample(self, patch: int, border: float, foreground: float, dropout: float) -> tuple[np.ndarray, np.ndarray]:
         """One augmented patch: image (4, P, P, P) float32 and region targets (3, P, P, P) float32."""
@@ -163,7 +224,8 @@ def _compact_optimiser_state(state: dict[str, Any]) -> dict[str, Any]:
     from rounded moments changes the next steps negligibly."""
     out = {"param_groups": state["param_groups"], "state": {}}
     for key, value in state["state"].items():
-        out["state"][key] = {k: (v.to(torch.bfloat16) if torch.is_tensor(v) and v.dim() > 0 else v)
+        out["state"][key] = {k: (v.to("cpu", torch.bfloat16) if torch.is_tensor(v) and v.dim() > 0 else
+                                 v.cpu() if torch.is_tensor(v) else v)
                              for k, v in value.items()}
     return out
 
@@ -192,6 +254,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--foreground", type=float, default=0.3, help="fraction centred on any tumour voxel")
     parser.add_argument("--dropout", type=float, default=0.5, help="probability of sequence dropout per patch")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="where the network trains: cpu, or cuda on a GPU machine")
+    parser.add_argument("--synth-workers", type=int, default=0,
+                        help="make cases in this many processes, each joining the pool when ready (0: in this "
+                             "process, one per --refresh-every iterations)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-every", type=int, default=50)
     parser.add_argument("--log-every", type=int, default=10)
@@ -204,8 +270,9 @@ def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    model = GliomaUNet(base=args.base, levels=args.levels)
-    optimiser = torch.optim.Adam(model.parameters(), lr=args.lr)
+    device = torch.device(args.device)
+    model = GliomaUNet(base=args.base, levels=args.levels).to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=args.lr)  # a restored state moves to the weights' device
     rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed)
     previous: list[object] = []
@@ -240,8 +307,9 @@ def main(argv: list[str] | None = None) -> None:
                                                                                   time.gmtime()))
     budget = args.max_minutes * 60.0
     t0 = time.monotonic()
-    pool = PatchPool(args.cases, rng)
-    print(f"chunk {chunk}: pool of {args.cases} synthetic cases in {time.monotonic() - t0:.0f} s", flush=True)
+    pool = PatchPool(args.cases, rng, workers=args.synth_workers)
+    print(f"chunk {chunk}: pool of {args.cases} synthetic cases in {time.monotonic() - t0:.0f} s on {device}",
+          flush=True)
 
     done = 0
     window: list[tuple[float, float, float]] = []
@@ -259,8 +327,8 @@ def main(argv: list[str] | None = None) -> None:
             for group in optimiser.param_groups:
                 group["lr"] = lr
             batch = [pool.sample(args.patch, args.border, args.foreground, args.dropout) for _ in range(args.batch)]
-            image = torch.from_numpy(np.stack([b[0] for b in batch]))
-            target = torch.from_numpy(np.stack([b[1] for b in batch]))
+            image = torch.from_numpy(np.stack([b[0] for b in batch])).to(device)
+            target = torch.from_numpy(np.stack([b[1] for b in batch])).to(device)
             bce, dice_loss = region_loss(model(image), target)
             loss = bce + dice_loss
             optimiser.zero_grad()
@@ -278,10 +346,13 @@ def main(argv: list[str] | None = None) -> None:
                       f"(bce {mean[1]:.3f}, dice loss {mean[2]:.3f})", flush=True)
             if done % args.save_every == 0:
                 _save(model, optimiser, rng, args.out, config, total_done + done, done, t0, pool.made, "periodic")
-            if args.refresh_every and done % args.refresh_every == 0:
+            if args.synth_workers:
+                pool.refresh()
+            elif args.refresh_every and done % args.refresh_every == 0:
                 pool.add_case()
     reason = stop["signal"] or ("time budget" if done < args.chunk_iterations else "chunk iterations")
     _save(model, optimiser, rng, args.out, config, total_done + done, done, t0, pool.made, reason)
+    pool.close()
     print(f"chunk {chunk} done ({reason}): {done} iterations, {total_done + done} in all, "
           f"{time.monotonic() - t0:.0f} s; checkpoint in {args.out}", flush=True)
 
@@ -290,7 +361,8 @@ def _save(model: GliomaUNet, optimiser: torch.optim.Optimizer, rng: np.random.Ge
           config: dict[str, object], total: int, done: int, t0: float, cases_made: int, reason: str) -> None:
     record = {**config, "iterations_done": done, "iterations_total": total,
               "wall_seconds": round(time.monotonic() - t0), "pool_cases_made": cases_made, "saved_because": reason}
-    checkpoint = {"state_dict": model.state_dict(), "optimizer": _compact_optimiser_state(optimiser.state_dict()),
+    weights = {k: v.cpu() for k, v in model.state_dict().items()}  # loads anywhere, whichever device trained
+    checkpoint = {"state_dict": weights, "optimizer": _compact_optimiser_state(optimiser.state_dict()),
                   "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
                   "iterations_total": total, "config": record}
     partial = out / "checkpoint.pt.partial"

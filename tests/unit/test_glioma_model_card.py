@@ -37,7 +37,7 @@ def test_min_roles_any_is_declared_only_for_weights_trained_with_sequence_dropou
             assert set(card.min_roles_any) <= set(card.input_roles)
         else:
             assert dropout == 0
-    assert declared == [2, 3]
+    assert declared == [2, 3, 4]
 
 
 def test_the_default_glioma_version_is_described_by_the_card() -> None:
