@@ -69,6 +69,7 @@ def set_aside_non_images(study: StudyIndex) -> None:
         kept: list[int] = []
         kinds: Counter[str] = Counter()
         headers: dict[str, list[Dataset]] = {}
+        paths: dict[str, list[str]] = {}
         for n, header in enumerate(series.headers):
             why = why_not_an_image(header)
             if why is None:
@@ -76,11 +77,14 @@ def set_aside_non_images(study: StudyIndex) -> None:
             else:
                 kinds[why] += 1
                 headers.setdefault(why, []).append(header)
+                if n < len(series.paths):
+                    paths.setdefault(why, []).append(series.paths[n])
         if not kinds:
             continue
         first = series.headers[0]
         description = str(first.get("SeriesDescription", "") or "").strip()
-        study.set_aside.extend(SetAside(uid, series_number(first), description, what, count, tuple(headers[what]))
+        study.set_aside.extend(SetAside(uid, series_number(first), description, what, count, tuple(headers[what]),
+                                           tuple(paths.get(what, ())))
                                for what, count in sorted(kinds.items()))
         series.headers[:] = [series.headers[n] for n in kept]
         series.paths[:] = [series.paths[n] for n in kept]

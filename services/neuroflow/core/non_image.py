@@ -50,6 +50,8 @@ class SetAside:
     count: int
     # Their headers (an earlier result of ours among them: the results stage supersedes it).
     headers: tuple[Dataset, ...] = field(default=(), compare=False, repr=False)
+    # Where each of them lives in the source (as SeriesInstances.paths): to read one in full, e.g. a prior's SEG.
+    paths: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     def note(self) -> str:
         """One line for report.json warnings and summary.txt (no patient identifier)."""

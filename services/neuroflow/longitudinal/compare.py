@@ -11,10 +11,9 @@ The longitudinal stage is a composite one: it converts DICOM (preprocess), runs 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
-import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from neuroflow.core.config import NeuroflowSettings
@@ -35,11 +34,11 @@ from neuroflow.longitudinal.haematoma import (
     measure_haematoma_change,
 )
 from neuroflow.longitudinal.metastases_response import metastases_response, prior_on_followup
-from neuroflow.longitudinal.ms_lesions import MS_STAGES, MsLesionChange, centre_aligned, detect_new_ms_lesions
+from neuroflow.longitudinal.ms_lesions import MS_STAGES, MsLesionChange, detect_new_ms_lesions
 from neuroflow.longitudinal.pairing import roles_for
 from neuroflow.longitudinal.tumour_growth import GliomaTimepoint, tumour_growth
 from neuroflow.preprocess.glioma_inputs import PreprocessedStudy, preprocess_glioma
-from neuroflow.preprocess.register import RegistrationResult, register_rigid
+from neuroflow.preprocess.register import RegistrationResult, register_sessions
 from neuroflow.results.dicom_sr import metastases_response_sr, ms_change_sr
 from neuroflow.results.longitudinal_results import (
     HAEMATOMA_BASELINE_SEG_FILE,
@@ -208,18 +207,10 @@ def measure_metastases(
 
 def register_prior(prior: PreprocessedStudy, followup: PreprocessedStudy) -> RegistrationResult:
     """The prior's T1CE rigidly registered onto the follow-up's (both skull-stripped and normalised, the metric
-    inside the follow-up's brain); its transform maps follow-up points to the prior's own patient coordinates
-    (two sessions need not share a frame of reference: the prior is first centred on the follow-up, as for MS,
-    and the centring is folded back into the transform)."""
-    moving = prior.normalised[SeriesRole.T1CE]
-    aligned = centre_aligned(moving, followup.normalised[SeriesRole.T1CE])
-    result = register_rigid(followup.normalised[SeriesRole.T1CE], aligned, fixed_mask=followup.brain_mask)
-    # register_rigid maps follow-up points into the centred prior; undo the centring: p_prior = T(p) - shift.
-    shift = np.subtract(aligned.geometry.origin, moving.geometry.origin)
-    to_prior = sitk.Euler3DTransform(result.transform)
-    translation = np.subtract(to_prior.GetTranslation(), shift)
-    to_prior.SetTranslation(tuple(float(v) for v in translation))
-    return replace(result, transform=to_prior, translation_mm=float(np.linalg.norm(translation)))
+    inside the follow-up's brain, ``register_sessions``); its transform maps follow-up points to the prior's own
+    patient coordinates."""
+    return register_sessions(followup.normalised[SeriesRole.T1CE], prior.normalised[SeriesRole.T1CE],
+                             fixed_mask=followup.brain_mask)
 
 
 def _metastases_response(section: LongitudinalReport, baseline: Timepoint, followup: Timepoint,

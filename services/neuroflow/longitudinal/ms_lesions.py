@@ -49,7 +49,7 @@ from neuroflow.core.timing import StageClock
 from neuroflow.core.volume import Geometry, Volume, resample
 from neuroflow.longitudinal.intensity import match_intensities, n4_bias_correct
 from neuroflow.longitudinal.lesion_model import network_candidates
-from neuroflow.preprocess.register import register_rigid
+from neuroflow.preprocess.register import centre_aligned, register_rigid
 from neuroflow.preprocess.skull_strip import skull_strip
 
 MS_STAGES: tuple[str, ...] = ("skull_strip", "register_pair", "bias_correct", "detect", "locate")
@@ -264,25 +264,6 @@ def _flair(volumes: Mapping[SeriesRole, Volume], study_key: str, which: str) -> 
             "thick slices",
             stage=_STAGE, series_uid=flair.meta.get("series_instance_uid") or None)
     return flair
-
-
-def centre_aligned(moving: Volume, fixed: Volume) -> Volume:
-    """``moving`` with its origin shifted so its intensity centre of mass meets ``fixed``'s: two sessions
-    need not share a frame of reference, and the rigid registration starts from the scanner geometry."""
-    shift = _centre_of_mass(fixed) - _centre_of_mass(moving)
-    if float(np.linalg.norm(shift)) < 10.0:
-        return moving
-    g = moving.geometry
-    origin = np.asarray(g.origin) + shift
-    moved = Geometry(g.spacing, (float(origin[0]), float(origin[1]), float(origin[2])), g.direction, g.size)
-    return Volume(moving.array, moved, dict(moving.meta))
-
-
-def _centre_of_mass(volume: Volume) -> npt.NDArray[np.float64]:
-    weights = np.clip(volume.array.astype(np.float32), 0.0, None)
-    k, j, i = ndimage.center_of_mass(weights)
-    point = volume.geometry.index_to_patient() @ np.array([i, j, k, 1.0])
-    return np.asarray(point[:3], dtype=np.float64)
 
 
 @dataclass

@@ -7,11 +7,12 @@ handedness, so nothing can be mirrored on the way."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
 import SimpleITK as sitk
+from scipy import ndimage
 
 from neuroflow.core.handoff import OUTLINE_AGREEMENT_MIN
 from neuroflow.core.volume import Geometry, Volume, downsample, resample
@@ -161,6 +162,40 @@ def register_rigid(
         outline_dice=outline,
         attempts=attempts,
     )
+
+
+def centre_aligned(moving: Volume, fixed: Volume) -> Volume:
+    """``moving`` with its origin shifted so its intensity centre of mass meets ``fixed``'s: two sessions
+    need not share a frame of reference, and the rigid registration starts from the scanner geometry."""
+    shift = _centre_of_mass(fixed) - _centre_of_mass(moving)
+    if float(np.linalg.norm(shift)) < 10.0:
+        return moving
+    g = moving.geometry
+    origin = np.asarray(g.origin) + shift
+    moved = Geometry(g.spacing, (float(origin[0]), float(origin[1]), float(origin[2])), g.direction, g.size)
+    return Volume(moving.array, moved, dict(moving.meta))
+
+
+def _centre_of_mass(volume: Volume) -> npt.NDArray[np.float64]:
+    weights = np.clip(volume.array.astype(np.float32), 0.0, None)
+    k, j, i = ndimage.center_of_mass(weights)
+    point = volume.geometry.index_to_patient() @ np.array([i, j, k, 1.0])
+    return np.asarray(point[:3], dtype=np.float64)
+
+
+def register_sessions(fixed: Volume, moving: Volume, *, fixed_mask: Volume | None = None) -> RegistrationResult:
+    """``moving``, a series of another session of the patient, rigidly onto ``fixed``: two sessions need not share
+    a frame of reference, so ``moving`` is first centred on ``fixed`` (:func:`centre_aligned`), then registered
+    (:func:`register_rigid`, ``fixed_mask`` limiting the metric). The transform maps ``fixed`` points to
+    ``moving``'s own patient coordinates: the centring is folded back into it."""
+    aligned = centre_aligned(moving, fixed)
+    result = register_rigid(fixed, aligned, fixed_mask=fixed_mask)
+    # register_rigid maps fixed points into the centred copy; undo the centring: p_moving = T(p) - shift.
+    shift = np.subtract(aligned.geometry.origin, moving.geometry.origin)
+    to_moving = sitk.Euler3DTransform(result.transform)
+    translation = np.subtract(to_moving.GetTranslation(), shift)
+    to_moving.SetTranslation(tuple(float(v) for v in translation))
+    return replace(result, transform=to_moving, translation_mm=float(np.linalg.norm(translation)))
 
 
 def outline_agreement(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform) -> float:

@@ -350,3 +350,21 @@ def sources_in_slice_order(
 def hash_of_instance_uids(instances: Sequence[pydicom.Dataset]) -> str:
     uids = sorted(str(ds.SOPInstanceUID) for ds in instances)
     return hashlib.sha256("\n".join(uids).encode()).hexdigest()
+
+
+def seg_tumour_mask(seg: pydicom.Dataset, source_instances: Sequence[pydicom.Dataset],
+                    geometry: Geometry) -> npt.NDArray[np.bool_]:
+    """Read back: the tumour of a glioma SEG (every segment but the resection cavity's) as a mask (z, y, x) on
+    ``geometry``, the grid of the series the SEG is drawn on (``source_instances``, headers enough). What a later
+    post-operative study takes as its prior's tumour. The same refusals as :func:`build_seg` for source instances
+    off the grid; a source slice the SEG has no frame for is empty (its empty frames were omitted)."""
+    segmentation = hd.seg.Segmentation.from_dataset(seg, copy=False)
+    cavity = RESECTION_CAVITY_SEGMENT.type_code[0]
+    tumour = [int(item.SegmentNumber) for item in seg.SegmentSequence
+              if str(item.SegmentedPropertyTypeCodeSequence[0].CodeValue) != cavity]
+    ordered = sources_in_slice_order(geometry, source_instances)
+    pixels = segmentation.get_pixels_by_source_instance(
+        source_sop_instance_uids=[str(ds.SOPInstanceUID) for ds in ordered], segment_numbers=tumour,
+        combine_segments=True, skip_overlap_checks=True, assert_missing_frames_are_empty=True)
+    mask: npt.NDArray[np.bool_] = np.asarray(pixels) > 0
+    return mask
