@@ -123,3 +123,58 @@ def _seg_segment(seg_path: Path, study: WrittenStudy, label: str) -> np.ndarray:
             for p in study.series[SeriesRole.T1CE].paths]
     frames = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[number])
     return np.asarray(frames[..., 0] > 0)
+
+
+@pytest.fixture(scope="module")
+def prior_and_postop(postop_case: PostopCase, tmp_path_factory: pytest.TempPathFactory) -> tuple[WrittenStudy, Path]:
+    """One input folder: the pre-operative TCGA study with neuroflow's glioma SEG and SR (drawn from its expert
+    label, as a PACS export of the patient carries them), and the post-operative study scanned in another session
+    (another frame of reference, the head turned and moved), its description silent about surgery."""
+    import pydicom
+
+    from neuroflow.core.config import NeuroflowSettings
+    from neuroflow.core.labels import BratsLabel
+    from neuroflow.core.model_card import ModelRef
+    from neuroflow.devtools.dicom_writer import PatientInfo
+    from neuroflow.devtools.synthetic_postop import another_session
+    from neuroflow.results.dicom_sr import SR_FILE
+    from neuroflow.results.glioma_results import SEG_FILE, glioma_objects
+    from neuroflow.results.report import ReportStatus, StudyReport, TumourVolumes
+
+    folder = tmp_path_factory.mktemp("tcga-prior-and-postop")
+    patient = PatientInfo(patient_id="NF-POSTOP-PRIOR-E2E")
+    before = write_study(tcga_volumes(), folder / "before", patient=patient, seed="tcga-before-surgery",
+                         study_date="20240105")
+    instances = {role: [pydicom.dcmread(p) for p in s.paths] for role, s in before.series.items()}
+    truth = load_volume(TCGA / "seg_fusion_mav.nii.gz")
+    labels = truth.with_array(np.where(np.asarray(truth.array) == 1, int(BratsLabel.NECROTIC_CORE),
+                                       np.where(np.asarray(truth.array) == 2, int(BratsLabel.OEDEMA), 0))
+                              .astype(np.uint8))
+    report = StudyReport(study_instance_uid=before.study_instance_uid, study_key="k", pipeline="glioma",
+                         status=ReportStatus.SUCCEEDED, volumes_ml=TumourVolumes.from_label_map(labels),
+                         model=ModelRef(name="glioma_unet", version=4))
+    objects = glioma_objects(report, labels, instances, input_hash="e" * 64, objects=NeuroflowSettings().results,
+                             study_key="k")
+    for name in (SEG_FILE, SR_FILE):
+        objects[name][0].save_as(folder / "before" / name, enforce_file_format=True)
+    moved = {role: another_session(volume)[0] for role, volume in postop_case.volumes.items()}
+    after = write_study(moved, folder / "after", patient=patient, seed="tcga-after-surgery", study_date="20240301",
+                        description="MRI BRAIN W WO CONTRAST")
+    return after, folder
+
+
+def test_the_prior_tumour_locates_the_cavity_of_a_study_in_another_session(
+        prior_and_postop: tuple[WrittenStudy, Path], tmp_path: Path) -> None:
+    after, folder = prior_and_postop
+    run = run_cli("run", folder, "--study", after.study_instance_uid, out_dir=tmp_path / "out")
+    assert run.returncode == 0, run.stderr
+    report = run.report
+    assert report["pipeline"] == "glioma_postop"
+    section = report["postoperative"]
+    print(f"prior tumour: {section['prior_tumour']}; cavity {section['cavity_ml']:.2f} mL located by "
+          f"{section['located_by']}")
+    assert any(line.startswith("prior study of 20240105 had tumour") for line in section["evidence"])
+    assert "placed on this study" in section["prior_tumour"], section["prior_tumour"]
+    assert "prior tumour" in section["located_by"]
+    assert section["cavity_ml"] > 0
+    assert "Prior tumour: the prior's tumour" in (run.out_dir / "summary.txt").read_text()

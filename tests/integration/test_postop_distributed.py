@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import SimpleITK as sitk
 
 from neuroflow.core import topics
 from neuroflow.core.bus import InMemoryBus
@@ -23,7 +24,7 @@ from neuroflow.core.inference import OnnxRuntimeBackend
 from neuroflow.core.labels import RESECTION_CAVITY_LABEL, RESECTION_CAVITY_SEGMENT, BratsLabel
 from neuroflow.core.orthanc import OrthancDicomSink, OrthancDicomSource
 from neuroflow.core.roles import GLIOMA_INPUT_ROLES, SeriesRole
-from neuroflow.core.volume import Geometry, Volume
+from neuroflow.core.volume import Geometry, Volume, resample
 from neuroflow.core.volume_store import FolderVolumeStore
 from neuroflow.devtools.dicom_writer import write_study
 from neuroflow.orchestrator.pipelines import glioma_postop_pipeline
@@ -78,6 +79,85 @@ def test_the_segmentation_stage_carves_the_cavity_into_the_label_map(tmp_path: P
     tumour_ml = float(np.isin(np.asarray(labels.array), [1, 2, 3]).sum()) / 1000.0
     assert out.region_volumes_ml["WT"] == pytest.approx(tumour_ml, abs=1e-6)
     assert PreprocessSummary.of(labels).brain_volume_ml == 30.0
+
+
+def test_the_prior_tumour_handed_to_segmentation_reaches_the_cavity_step(tmp_path: Path) -> None:
+    """The prior's tumour preprocessing placed (SegmentationInput.prior_tumour) is part of the tumour bed the cavity
+    must lie near, and what became of it (the preprocess summary's note) is in the finding; without it, neither.
+    (That the prior alone locates a cavity the network draws nothing near: tests/unit/test_postop_cavity.py.)"""
+    volumes = FolderVolumeStore(tmp_path / "volumes")
+    brain = np.zeros((20, 48, 48), dtype=np.uint8)
+    brain[1:19, 3:45, 3:45] = 1
+    fluid = ball((-10.0, -9.0, 0.0), 6.0)
+    rng = np.random.default_rng(5)
+    note = "the prior's tumour (0.1 mL) placed on this study: outline agreement 0.98, 1.0 mm, 0.5 deg"
+    summary = PreprocessSummary(reference_geometry=GeometrySummary.of(GRID), brain_volume_ml=30.0, prior_tumour=note)
+    pre = tasks_pb2.TaskDone(preprocess=tasks_pb2.PreprocessOutput(
+        brain_mask=volumes.put_ref("k/wf/brain_mask", summary.attach(Volume(brain, GRID)))))
+    for role, fluid_z in ((SeriesRole.T1, -2.0), (SeriesRole.T1CE, -2.0), (SeriesRole.T2, 3.0),
+                          (SeriesRole.FLAIR, -2.0)):
+        image = rng.normal(0.0, 1.0, brain.shape).astype(np.float32)
+        image[fluid] = fluid_z
+        pre.preprocess.volumes[role.value].CopyFrom(volumes.put_ref(f"k/wf/{role.value}", Volume(image * brain, GRID)))
+    handler = SegmentationHandler(volumes, OnnxRuntimeBackend(DEFAULT_MODEL_REPOSITORY, 1), NeuroflowSettings())
+    ready = _ready("1.2.4", {role: f"1.2.4.{n}" for n, role in enumerate(GLIOMA_INPUT_ROLES)})
+    without = CavityFinding.of(volumes.get_ref(handler(_task(SEG, ready, {PRE: pre})).label_map))
+    assert without is not None and "prior tumour" not in without.located_by
+    pre.preprocess.prior_tumour.CopyFrom(volumes.put_ref("k/wf/prior_tumour", Volume(
+        ball((-10.0, -9.0, 0.0), 3.0).astype(np.uint8), GRID)))
+    labels = volumes.get_ref(handler(_task(SEG, ready, {PRE: pre})).label_map)
+    assert (np.asarray(labels.array) == RESECTION_CAVITY_LABEL)[fluid].mean() > 0.8
+    finding = CavityFinding.of(labels)
+    assert finding is not None and "prior tumour" in finding.located_by and finding.prior_tumour == note
+
+
+def test_the_preprocess_stage_places_the_prior_tumour_from_orthanc(orthancs: OrthancPair, tmp_path: Path) -> None:
+    """The prior (its T1CE and neuroflow's glioma SEG on it) and the post-operative study (the same brain in another
+    session: another frame of reference, the head turned and moved) in a real Orthanc: preprocessing reads the
+    prior back, registers it and hands on its tumour where it now lies."""
+    from neuroflow.core.prior_seg import seg_tumour_mask
+    from neuroflow.devtools.dicom_writer import PatientInfo, load_volume
+    from neuroflow.devtools.synthetic_postop import another_session
+    from neuroflow.preprocess.worker import PreprocessHandler
+    from neuroflow.results.dicom_seg import build_glioma_seg
+    from neuroflow.segmentation.measure import dice
+
+    data = Path(__file__).resolve().parents[1] / "data" / "glioma-tcga-du-7294"
+    t1ce, flair = load_volume(data / "t1c_bet.nii.gz"), load_volume(data / "fla_bet.nii.gz")
+    patient = PatientInfo(patient_id="NF-PRIOR-BED-DIST")
+    before = write_study({SeriesRole.T1CE: t1ce}, tmp_path / "before", patient=patient, seed="bed-before",
+                         study_date="20240105")
+    instances = [pydicom.dcmread(p) for p in before.series[SeriesRole.T1CE].paths]
+    truth = load_volume(data / "seg_fusion_mav.nii.gz")
+    seg = build_glioma_seg(truth, instances, model=PipelineModels().glioma)
+    assert seg is not None
+    buffer = io.BytesIO()
+    seg.save_as(buffer, enforce_file_format=True)
+    (now_t1ce, to_before), (now_flair, _) = another_session(t1ce), another_session(flair)
+    after = write_study({SeriesRole.T1CE: now_t1ce, SeriesRole.FLAIR: now_flair}, tmp_path / "after",
+                        patient=patient, seed="bed-after", study_date="20240301", description="MRI BRAIN POST OP")
+    for path in sorted(tmp_path.rglob("IM*")):
+        orthancs.site_client.upload(path.read_bytes())
+    orthancs.site_client.upload(buffer.getvalue())
+
+    volumes = FolderVolumeStore(tmp_path / "volumes")
+    handler = PreprocessHandler(OrthancDicomSource(orthancs.site_client), volumes,
+                                OnnxRuntimeBackend(DEFAULT_MODEL_REPOSITORY, 1), NeuroflowSettings())
+    ready = _ready(after.study_instance_uid, {role: s.series_instance_uid for role, s in after.series.items()})
+    ready.baseline_study_instance_uid = before.study_instance_uid
+    out = handler(_task(PRE, ready, {}))
+    mask = volumes.get_ref(out.brain_mask)
+    assert "placed on this study" in PreprocessSummary.of(mask).prior_tumour
+    placed = np.asarray(volumes.get_ref(out.prior_tumour).array) > 0
+    tumour = seg_tumour_mask(seg, instances, t1ce.geometry, stage="test")
+    expected = resample(t1ce.with_array(tumour.astype(np.uint8)), mask.geometry, to_before,
+                        interpolator=sitk.sitkNearestNeighbor)
+    assert dice(placed, np.asarray(expected.array) > 0) >= 0.85
+
+    # A glioma study (no prior named) places nothing and says nothing.
+    ready.baseline_study_instance_uid = ""
+    out = handler(_task(PRE, ready, {}))
+    assert not out.HasField("prior_tumour") and PreprocessSummary.of(volumes.get_ref(out.brain_mask)).prior_tumour == ""
 
 
 def test_the_results_stage_stores_the_cavity_in_orthanc(orthancs: OrthancPair, tmp_path: Path) -> None:
@@ -198,6 +278,8 @@ def test_ingest_takes_a_study_whose_patient_had_tumour_before_as_post_operative(
     (ready,) = ingest.trigger_due(now=7002.0)
     assert ready.study.study_instance_uid == after.study_instance_uid
     assert ready.pipeline == GLIOMA_POSTOP_PIPELINE
+    # The prior goes with the study: preprocessing places its tumour where the cavity must lie.
+    assert ready.baseline_study_instance_uid == before.study_instance_uid
     (handed_on,) = audit.audit_records(ready.study.study_key)
     (line,) = handed_on.fields()["postoperative"]
     assert line.startswith(f"prior study of 20240105 had tumour ({volumes.WT:.1f} mL)")

@@ -109,3 +109,27 @@ def test_the_distributed_runtime_runs_glioma_postop_as_the_glioma_stages() -> No
 def test_description_evidence_names_each_description_once() -> None:
     lines = description_evidence(["MRI POST OP", "MRI POST OP", "T1 MPRAGE"])
     assert lines == ["description 'MRI POST OP' says post-operative"]
+
+
+def test_the_orchestrator_hands_a_post_operative_studys_prior_to_preprocessing_and_its_tumour_to_segmentation(
+        ) -> None:
+    """glioma_postop: routing's prior (StudyReady.baseline_study_instance_uid) goes to the preprocess task, the
+    prior's tumour preprocessing placed goes to the segmentation task; a glioma study hands on neither."""
+    from neuroflow.core.config import PipelineModels
+    from neuroflow.orchestrator.pipelines import build_input, glioma_postop_pipeline
+    from neuroflow.proto.neuroflow.v1 import common_pb2, events_pb2, tasks_pb2
+
+    series = [common_pb2.SeriesRef(series_instance_uid="1.2.1", role="T1CE"),
+              common_pb2.SeriesRef(series_instance_uid="1.2.2", role="FLAIR")]
+    prior_tumour = common_pb2.VolumeRef(uri="file:k/wf/prior_tumour", sha256="ab")
+    done = {common_pb2.STAGE_PREPROCESS: tasks_pb2.TaskDone(preprocess=tasks_pb2.PreprocessOutput(
+        brain_mask=common_pb2.VolumeRef(uri="file:k/wf/brain_mask"), prior_tumour=prior_tumour))}
+    for pipeline, spec, handed_on in ((GLIOMA_POSTOP_PIPELINE, glioma_postop_pipeline(PipelineModels()), True),
+                                      (GLIOMA_PIPELINE, glioma_pipeline(PipelineModels()), False)):
+        ready = events_pb2.StudyReady(pipeline=pipeline, series=series, baseline_study_instance_uid="1.2.9")
+        pre = build_input(common_pb2.STAGE_PREPROCESS, spec, ready, {}, destination="")
+        assert isinstance(pre, tasks_pb2.PreprocessInput)
+        assert pre.prior_study_instance_uid == ("1.2.9" if handed_on else "")
+        segmentation = build_input(common_pb2.STAGE_SEGMENTATION, spec, ready, done, destination="")
+        assert isinstance(segmentation, tasks_pb2.SegmentationInput)
+        assert segmentation.prior_tumour == prior_tumour  # preprocessing only places one for glioma_postop

@@ -19,12 +19,14 @@ from neuroflow.core.config import NeuroflowSettings
 from neuroflow.core.dicom_io import FolderDicomSource, StudyIndex
 from neuroflow.core.labels import RESECTION_CAVITY_LABEL, BratsLabel
 from neuroflow.core.model_card import ModelRef
+from neuroflow.core.prior_seg import seg_tumour_mask
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.series_volume import series_to_volume
-from neuroflow.core.volume import Geometry, Volume, resample
+from neuroflow.core.volume import Volume, resample
 from neuroflow.devtools.dicom_writer import PatientInfo, WrittenStudy, load_volume, write_study
-from neuroflow.results.dicom_seg import build_glioma_seg, seg_tumour_mask
-from neuroflow.runtime.prior_bed import prior_tumour_bed
+from neuroflow.devtools.synthetic_postop import another_session
+from neuroflow.preprocess.prior_bed import prior_tumour_bed
+from neuroflow.results.dicom_seg import build_glioma_seg
 from neuroflow.segmentation.measure import dice
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "glioma-tcga-du-7294"
@@ -41,21 +43,6 @@ class Sessions:
     followup: Volume  # the follow-up's T1CE (the reference series as acquired)
     brain_mask: Volume  # on the follow-up's grid
     tumour_now: np.ndarray  # the prior's tumour where it lies in the follow-up, on its grid
-
-
-def _other_session(grid: Geometry) -> tuple[Geometry, sitk.Euler3DTransform]:
-    """Another session's grid (its frame of reference 40 mm away) and the transform from its points to the prior's:
-    the head turned 4 and 2 degrees and moved 5 mm besides."""
-    shift = np.array([40.0, -25.0, 15.0])
-    origin = np.asarray(grid.origin) + shift
-    moved = Geometry(grid.spacing, (float(origin[0]), float(origin[1]), float(origin[2])), grid.direction,
-                     grid.size)
-    centre = np.asarray(moved.index_to_patient() @ np.array([*(np.asarray(grid.size) / 2.0), 1.0]))[:3]
-    to_prior = sitk.Euler3DTransform()
-    to_prior.SetCenter(tuple(float(c) for c in centre))
-    to_prior.SetRotation(np.radians(4.0), 0.0, np.radians(2.0))
-    to_prior.SetTranslation(tuple(float(v) for v in (-shift + np.array([3.0, -4.0, 0.0]))))
-    return moved, to_prior
 
 
 def _sessions(folder: Path, *, seg_on: SeriesRole = SeriesRole.T1CE) -> Sessions:
@@ -76,8 +63,8 @@ def _sessions(folder: Path, *, seg_on: SeriesRole = SeriesRole.T1CE) -> Sessions
     assert seg is not None
     seg.save_as(folder / "prior" / "seg.dcm", enforce_file_format=True)
 
-    grid, to_prior = _other_session(image.geometry)
-    followup = resample(image, grid, to_prior)
+    followup, to_prior = another_session(image)
+    grid = followup.geometry
     brain = followup.with_array((np.asarray(followup.array) > 0).astype(np.uint8))
     tumour = image.with_array(np.isin(array, [1, 2, 3]).astype(np.uint8))
     now = np.asarray(resample(tumour, grid, to_prior, interpolator=sitk.sitkNearestNeighbor).array) > 0
@@ -95,7 +82,7 @@ def test_the_seg_reads_back_as_the_tumour_it_was_written_from(sessions: Sessions
     instances = [pydicom.dcmread(p) for p in sessions.prior.series[SeriesRole.T1CE].paths]
     image = series_to_volume(instances, study_key="k")
     seg = pydicom.dcmread(next(path for item in prior.set_aside for path in item.paths))
-    read = seg_tumour_mask(seg, instances, image.geometry)
+    read = seg_tumour_mask(seg, instances, image.geometry, stage="test")
     truth = np.asarray(resample(load_volume(DATA / "seg_fusion_mav.nii.gz"), image.geometry,
                                 interpolator=sitk.sitkNearestNeighbor).array) > 0
     truth[10:14, 20:24, 20:24] = False  # the cavity segment is left out

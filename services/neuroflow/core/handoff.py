@@ -83,6 +83,9 @@ class PreprocessSummary(_Model):
     orientation: dict[str, OrientationSummary] = Field(default_factory=dict)
     brain_volume_ml: float = Field(ge=0.0)
     skull_strip_method: str = ""
+    # A post-operative study: what became of its prior's tumour (CavityFinding.prior_tumour), for the
+    # segmentation stage that carves the cavity; the tumour itself travels as its own volume.
+    prior_tumour: str = ""
     timings_s: dict[str, float] = Field(default_factory=dict)  # step -> seconds, in the order they ran
 
     def attach(self, volume: Volume) -> Volume:
@@ -158,6 +161,9 @@ class CavityFinding(BaseModel):
     assessable: bool = True  # False: the sequences cannot show fluid (neither FLAIR nor T2)
     why_not: str = ""  # when not assessable
     located_by: str = ""  # "tumour bed", "prior tumour", "largest non-ventricular fluid region", "none found"
+    # What became of the prior study's tumour (preprocess/prior_bed.py): placed on this study, or why not; empty:
+    # no prior with tumour was known.
+    prior_tumour: str = ""
     tumour_removed_ml: float = Field(default=0.0, ge=0.0)  # tumour the model drew inside the cavity, removed
     method: str = ""  # the rules and their thresholds, in words
 

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+import SimpleITK as sitk
 from scipy import ndimage
 
 from neuroflow.core.roles import SeriesRole
-from neuroflow.core.volume import Volume
+from neuroflow.core.volume import Geometry, Volume, resample
 
 Mask = npt.NDArray[np.bool_]
 
@@ -95,3 +96,21 @@ def carve_cavity(volumes: dict[SeriesRole, Volume], brain: Mask, centre: tuple[i
                                          if np.issubdtype(volume.array.dtype, np.floating)
                                          else np.round(array).astype(volume.array.dtype))
     return PostopCase(carved, cavity, rim)
+
+
+def another_session(volume: Volume, *, frame_shift_mm: tuple[float, float, float] = (40.0, -25.0, 15.0),
+                    rotation_deg: tuple[float, float, float] = (4.0, 0.0, 2.0),
+                    motion_mm: tuple[float, float, float] = (3.0, -4.0, 0.0)) -> tuple[Volume, sitk.Euler3DTransform]:
+    """``volume`` as a later session would scan it: its frame of reference ``frame_shift_mm`` away (two sessions
+    need not share one) and the head turned by ``rotation_deg`` (about x, y, z) and moved ``motion_mm`` besides.
+    Returns the new session's image on a grid of the same size and spacing, and the transform from its points to
+    ``volume``'s (what a registration of the two must find)."""
+    grid = volume.geometry
+    origin = np.asarray(grid.origin) + np.asarray(frame_shift_mm)
+    moved = Geometry(grid.spacing, (float(origin[0]), float(origin[1]), float(origin[2])), grid.direction, grid.size)
+    centre = np.asarray(moved.index_to_patient() @ np.array([*(np.asarray(grid.size) / 2.0), 1.0]))[:3]
+    to_before = sitk.Euler3DTransform()
+    to_before.SetCenter(tuple(float(c) for c in centre))
+    to_before.SetRotation(*(float(np.radians(a)) for a in rotation_deg))
+    to_before.SetTranslation(tuple(float(v) for v in np.asarray(motion_mm) - np.asarray(frame_shift_mm)))
+    return resample(volume, moved, to_before), to_before

@@ -41,6 +41,7 @@ class PriorTumour:
 
     study_date: str
     tumour_ml: float
+    study_instance_uid: str = ""  # the prior's: where its tumour is read back from (preprocess/prior_bed.py)
 
 
 def description_evidence(descriptions: Iterable[str], extra_patterns: Sequence[str] = ()) -> list[str]:
@@ -112,5 +113,6 @@ def prior_tumour_in_orthanc(client: OrthancClient, patient: PatientIdentity, stu
             continue
         tumour_ml = reported_tumour_ml(sr)
         if tumour_ml is not None:
-            found.append((when, PriorTumour(study_date=when[:8], tumour_ml=tumour_ml)))
+            found.append((when, PriorTumour(study_date=when[:8], tumour_ml=tumour_ml,
+                                            study_instance_uid=str(sr.get("StudyInstanceUID", "")))))
     return max(found, key=lambda item: item[0])[1] if found else None

@@ -294,6 +294,9 @@ class IngestService:
                 schema_version=topics.SCHEMA_VERSION, study=ref, pipeline=route.pipeline, series=series,
                 input_hash=input_hash(uids, self._model_of(route.pipeline)), study_version=claim.seq,
                 priority=priority, ready_at=_timestamp(),
+                # A post-operative study's prior with tumour: its tumour locates the resection cavity.
+                baseline_study_instance_uid=prior.study_instance_uid
+                if prior is not None and route.pipeline == GLIOMA_POSTOP_PIPELINE else "",
             )
             self._bus.publish(topics.STUDY_READY, ref.study_key, ready.SerializeToString())
             if self._audit is not None:

@@ -122,11 +122,17 @@ def build_input(
         return outputs[of]
 
     if stage == common_pb2.STAGE_PREPROCESS:
+        # A post-operative study's prior (routing's): its tumour locates the resection cavity.
+        prior = ready.baseline_study_instance_uid if ready.pipeline == GLIOMA_POSTOP_PIPELINE else ""
         return tasks_pb2.PreprocessInput(series=ready.series,
-                                         reference_role=spec.reference_of(s.role for s in ready.series))
+                                         reference_role=spec.reference_of(s.role for s in ready.series),
+                                         prior_study_instance_uid=prior)
     if stage == common_pb2.STAGE_SEGMENTATION:
         pre = answer(common_pb2.STAGE_PREPROCESS).preprocess
-        return tasks_pb2.SegmentationInput(volumes=pre.volumes, brain_mask=pre.brain_mask, model=spec.model)
+        segmentation = tasks_pb2.SegmentationInput(volumes=pre.volumes, brain_mask=pre.brain_mask, model=spec.model)
+        if pre.HasField("prior_tumour"):
+            segmentation.prior_tumour.CopyFrom(pre.prior_tumour)
+        return segmentation
     if stage == common_pb2.STAGE_RESULTS:
         seg = answer(common_pb2.STAGE_SEGMENTATION).segmentation
         return tasks_pb2.ResultsInput(label_map=seg.label_map, referenced_series=ready.series,

@@ -20,9 +20,7 @@ from pydicom.sr.coding import Code
 
 import neuroflow
 from neuroflow.core.config import ResultObjectSettings
-from neuroflow.core.dicom_io import study_key
-from neuroflow.core.errors import StudyError
-from neuroflow.core.identity import NEUROFLOW_MANUFACTURER, uid_key
+from neuroflow.core.identity import NEUROFLOW_MANUFACTURER
 from neuroflow.core.labels import (
     GLIOMA_SEGMENTS,
     LOCAL_CODING_SCHEME,
@@ -38,8 +36,9 @@ from neuroflow.core.labels import (
     metastasis_segment,
 )
 from neuroflow.core.model_card import ModelRef
+from neuroflow.core.slice_order import sources_in_slice_order
 from neuroflow.core.uids import derived_uid
-from neuroflow.core.volume import Geometry, Volume
+from neuroflow.core.volume import Volume
 from neuroflow.results.report import DISCLAIMER
 from neuroflow.results.series_naming import series_description as describe
 
@@ -49,10 +48,6 @@ MANUFACTURER = NEUROFLOW_MANUFACTURER
 MANUFACTURER_MODEL_NAME = "neuroflow glioma segmentation"
 STAGE = "results"
 
-# A source slice is "the" slice of the volume when it lies within this fraction of a voxel of it.
-# Looser than float noise (DS strings carry ~1e-6 mm), far tighter than a one-slice mix-up.
-_POSITION_TOLERANCE_VOXELS = 0.1
-_DIRECTION_TOLERANCE = 1e-4
 
 
 def build_glioma_seg(
@@ -294,77 +289,7 @@ def _segment_description(
     )
 
 
-def sources_in_slice_order(
-    geometry: Geometry, instances: Sequence[pydicom.Dataset]
-) -> list[pydicom.Dataset]:
-    """The instance at each slice k of ``geometry``, k = 0 .. n-1; refuses (StudyError) anything off
-    that grid. Also what places a per-slice result object (an overlay image) on its source slice."""
-    first = instances[0]
-    series_uid = str(first.get("SeriesInstanceUID", ""))
-
-    def refuse(reason: str) -> StudyError:
-        return StudyError(study_key(str(first.get("StudyInstanceUID", ""))), reason,
-                          stage=STAGE, series_uid=series_uid or None)
-
-    n_columns, n_rows, n_slices = geometry.size
-    direction = geometry.direction_matrix()
-    to_index = np.linalg.inv(geometry.index_to_patient())
-    by_slice: dict[int, pydicom.Dataset] = {}
-    for ds in instances:
-        # Named by number and key in errors, never by UID (error texts reach logs and dead letters).
-        sop_uid = str(ds.get("SOPInstanceUID", "?"))
-        instance = f"{ds.get('InstanceNumber', '?')} (key {uid_key(sop_uid)})"
-        if str(ds.get("SeriesInstanceUID", "")) != series_uid:
-            raise refuse(f"instance {instance} belongs to another series")
-        if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
-            raise refuse(f"instance {instance} has no ImagePositionPatient/ImageOrientationPatient")
-        if (int(ds.Rows), int(ds.Columns)) != (n_rows, n_columns):
-            raise refuse(f"instance {instance} is {ds.Rows}x{ds.Columns} pixels, the segmentation grid "
-                         f"{n_rows}x{n_columns}")
-        orientation = np.asarray([float(v) for v in ds.ImageOrientationPatient])
-        if not np.allclose(orientation, np.concatenate([direction[:, 0], direction[:, 1]]),
-                           atol=_DIRECTION_TOLERANCE):
-            raise refuse(f"instance {instance} is oriented {list(orientation)}, not as the segmentation grid")
-        row_spacing, column_spacing = (float(v) for v in ds.PixelSpacing)
-        if not np.allclose((column_spacing, row_spacing), geometry.spacing[:2],
-                           atol=_POSITION_TOLERANCE_VOXELS * min(geometry.spacing[:2])):
-            raise refuse(f"instance {instance} has pixel spacing {row_spacing}/{column_spacing} mm, the "
-                         f"segmentation grid {geometry.spacing[1]}/{geometry.spacing[0]} mm")
-        position = np.append([float(v) for v in ds.ImagePositionPatient], 1.0)
-        i, j, k = (to_index @ position)[:3]
-        slice_index = round(k)
-        if (max(abs(i), abs(j), abs(k - slice_index)) > _POSITION_TOLERANCE_VOXELS
-                or not 0 <= slice_index < n_slices):
-            raise refuse(f"instance {instance} at {list(position[:3])} lies on no slice of the "
-                         "segmentation grid")
-        if slice_index in by_slice:
-            raise refuse(f"instances {by_slice[slice_index].get('InstanceNumber', '?')} and {instance} lie at the same "
-                         f"position (slice {slice_index}); cannot tell which one the segmentation belongs to")
-        by_slice[slice_index] = ds
-    missing = [k for k in range(n_slices) if k not in by_slice]
-    if missing:
-        raise refuse(f"no source instance for slices {missing} of {n_slices}; the series is incomplete")
-    return [by_slice[k] for k in range(n_slices)]
-
-
 def hash_of_instance_uids(instances: Sequence[pydicom.Dataset]) -> str:
     uids = sorted(str(ds.SOPInstanceUID) for ds in instances)
     return hashlib.sha256("\n".join(uids).encode()).hexdigest()
 
-
-def seg_tumour_mask(seg: pydicom.Dataset, source_instances: Sequence[pydicom.Dataset],
-                    geometry: Geometry) -> npt.NDArray[np.bool_]:
-    """Read back: the tumour of a glioma SEG (every segment but the resection cavity's) as a mask (z, y, x) on
-    ``geometry``, the grid of the series the SEG is drawn on (``source_instances``, headers enough). What a later
-    post-operative study takes as its prior's tumour. The same refusals as :func:`build_seg` for source instances
-    off the grid; a source slice the SEG has no frame for is empty (its empty frames were omitted)."""
-    segmentation = hd.seg.Segmentation.from_dataset(seg, copy=False)
-    cavity = RESECTION_CAVITY_SEGMENT.type_code[0]
-    tumour = [int(item.SegmentNumber) for item in seg.SegmentSequence
-              if str(item.SegmentedPropertyTypeCodeSequence[0].CodeValue) != cavity]
-    ordered = sources_in_slice_order(geometry, source_instances)
-    pixels = segmentation.get_pixels_by_source_instance(
-        source_sop_instance_uids=[str(ds.SOPInstanceUID) for ds in ordered], segment_numbers=tumour,
-        combine_segments=True, skip_overlap_checks=True, assert_missing_frames_are_empty=True)
-    mask: npt.NDArray[np.bool_] = np.asarray(pixels) > 0
-    return mask

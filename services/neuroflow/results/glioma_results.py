@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
+from pydicom.uid import Comprehensive3DSRStorage
 
 from neuroflow.core.config import ResultObjectSettings
 from neuroflow.core.handoff import PreprocessSummary, ReviewSummary
@@ -30,7 +30,6 @@ from neuroflow.core.sequence_subsets import glioma_reference_role, not_assessabl
 from neuroflow.core.series_volume import series_to_volume
 from neuroflow.core.volume import Geometry, Volume, resample
 from neuroflow.core.volume_members import volume_instances
-from neuroflow.results.dicom_seg import SERIES_DESCRIPTION as SEG_SERIES_DESCRIPTION
 from neuroflow.results.dicom_seg import build_glioma_seg
 from neuroflow.results.dicom_sr import GLIOMA_SR_DESCRIPTION, SR_FILE, glioma_sr, glioma_sr_uid
 from neuroflow.results.notice import NOTICE_IMAGE_FILE, NOTICE_SR_FILE, notice_objects, notice_of
@@ -110,25 +109,14 @@ def latest_glioma_sr(headers: Sequence[pydicom.Dataset], objects: ResultObjectSe
     """Of a study's objects (headers, as a source indexes them), the glioma SR of the latest version neuroflow
     made there (None when there is none): what a re-run on a store of results, rather than an output folder,
     supersedes."""
-    return _latest_ours(headers, Comprehensive3DSRStorage, objects.sr_series_number, GLIOMA_SR_DESCRIPTION)
-
-
-def latest_glioma_seg(headers: Sequence[pydicom.Dataset], objects: ResultObjectSettings) -> pydicom.Dataset | None:
-    """Of a study's objects, the glioma SEG of the latest version neuroflow made there (None when there is none):
-    a later post-operative study's prior tumour (``dicom_seg.seg_tumour_mask``)."""
-    return _latest_ours(headers, SegmentationStorage, objects.seg_series_number, SEG_SERIES_DESCRIPTION)
-
-
-def _latest_ours(headers: Sequence[pydicom.Dataset], sop_class: str, series_number: int,
-                 description: str) -> pydicom.Dataset | None:
     ours = [h for h in headers
-            if str(h.get("SOPClassUID", "")) == str(sop_class)
+            if str(h.get("SOPClassUID", "")) == str(Comprehensive3DSRStorage)
             and str(h.get("Manufacturer", "")) == NEUROFLOW_MANUFACTURER
-            and h.get("SeriesNumber") is not None and int(h.SeriesNumber) == series_number
-            and description in str(h.get("SeriesDescription", ""))]
+            and h.get("SeriesNumber") is not None and int(h.SeriesNumber) == objects.sr_series_number
+            and GLIOMA_SR_DESCRIPTION in str(h.get("SeriesDescription", ""))]
 
-    def version(ds: pydicom.Dataset) -> int:
-        match = _VERSION.search(str(ds.get("SeriesDescription", "")))
+    def version(sr: pydicom.Dataset) -> int:
+        match = _VERSION.search(str(sr.get("SeriesDescription", "")))
         return int(match.group(1)) if match else 1
 
     return max(ours, key=version, default=None)

@@ -25,9 +25,9 @@ from pydicom.uid import UID
 import neuroflow
 from neuroflow.core.identity import NEUROFLOW_MANUFACTURER
 from neuroflow.core.labels import OKABE_ITO
+from neuroflow.core.slice_order import sources_in_slice_order
 from neuroflow.core.uids import derived_uid
 from neuroflow.core.volume import Volume
-from neuroflow.results.dicom_seg import sources_in_slice_order
 from neuroflow.results.report import DISCLAIMER
 
 BANNER = "NOT FOR DIAGNOSIS - AI output for review"

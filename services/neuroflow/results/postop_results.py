@@ -33,7 +33,8 @@ def postoperative_section(labels: Volume, finding: CavityFinding) -> Postoperati
         cavity_ml=round(float(cavity.sum()) * ml_per_voxel, 3) if finding.assessable else None,
         why_not=finding.why_not, residual_enhancing_ml=round(float(enhancing.sum()) * ml_per_voxel, 3),
         rim_enhancing_ml=round(float(rim.sum()) * ml_per_voxel, 3), rim_mm=RIM_MM,
-        tumour_removed_ml=finding.tumour_removed_ml, located_by=finding.located_by, method=finding.method)
+        tumour_removed_ml=finding.tumour_removed_ml, located_by=finding.located_by, method=finding.method,
+        prior_tumour=finding.prior_tumour)
 
 
 def with_cavity_alarm(review: ReviewAssessment | None) -> ReviewAssessment:

@@ -348,6 +348,7 @@ class PostoperativeSection(_ReportModel):
     rim_mm: float = Field(ge=0.0)
     tumour_removed_ml: float = Field(default=0.0, ge=0.0)  # tumour the model drew inside the cavity, not counted
     located_by: str = ""
+    prior_tumour: str = ""  # what became of the prior study's tumour: placed on this study, or why not
     method: str = ""
     needs_review: bool = True  # a rule-based estimate, unvalidated on real post-operative studies
 
@@ -521,6 +522,8 @@ def _postoperative_lines(section: PostoperativeSection) -> list[str]:
     else:
         lines.append(f"  Resection cavity: {section.cavity_ml:.1f} mL (located by {section.located_by or 'none'}); "
                      "not counted as tumour")
+    if section.prior_tumour:
+        lines.append(f"  Prior tumour: {section.prior_tumour}")
     lines.append(f"  Residual enhancing tumour: {section.residual_enhancing_ml:.2f} mL, of which "
                  f"{section.rim_enhancing_ml:.2f} mL within {section.rim_mm:g} mm of the cavity wall")
     if section.tumour_removed_ml:

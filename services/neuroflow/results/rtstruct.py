@@ -32,9 +32,10 @@ from neuroflow.core.identity import NEUROFLOW_MANUFACTURER
 from neuroflow.core.labels import metastasis_segment
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.planar_contours import fill_contours, pixel_edge_contours
+from neuroflow.core.slice_order import sources_in_slice_order
 from neuroflow.core.uids import derived_uid
 from neuroflow.core.volume import Geometry, Volume
-from neuroflow.results.dicom_seg import METASTASES_MODEL_NAME, STAGE, hash_of_instance_uids, sources_in_slice_order
+from neuroflow.results.dicom_seg import METASTASES_MODEL_NAME, STAGE, hash_of_instance_uids
 from neuroflow.results.report import DISCLAIMER
 from neuroflow.results.series_naming import series_description as describe
 

@@ -33,6 +33,7 @@ from neuroflow.ingest.site_rules import SiteRules, load_site_rules
 from neuroflow.longitudinal.pairing import group_by_patient
 from neuroflow.longitudinal.priors import acquired_at
 from neuroflow.preprocess.glioma_inputs import preprocess_glioma
+from neuroflow.preprocess.prior_bed import PriorBed, prior_tumour_bed
 from neuroflow.results.dicom_sr import SR_FILE
 from neuroflow.results.glioma_results import (
     GLIOMA_RESULT_NAMES,
@@ -52,7 +53,6 @@ from neuroflow.results.report import (
     write_report,
     write_summary,
 )
-from neuroflow.runtime.prior_bed import Mask, prior_tumour_bed
 from neuroflow.runtime.result_files import read_if_present, remove_results, write_objects
 from neuroflow.runtime.study_reading import (
     Indexed,
@@ -245,10 +245,11 @@ def _run(
         network_labels = labels_on_grid = label_map(probabilities, pre.brain_mask)
         postoperative = None
         if run.pipeline == GLIOMA_POSTOP_PIPELINE:  # the resection cavity, never counted as tumour
-            bed = _prior_bed(source, indexed, study, settings, pre.brain_mask, run, clock,
+            bed = _prior_bed(source, indexed, prior, settings, pre.brain_mask, run, clock,
                              reference=(series[reference_role].volume, instances[reference_role]))
             labels_on_grid = postoperative_labels(network_labels, pre.normalised, pre.brain_mask,
-                                                  evidence=postop_evidence, prior_tumour=bed)
+                                                  evidence=postop_evidence, prior_tumour=bed.mask,
+                                                  prior_tumour_note=bed.note)
             finding = CavityFinding.of(labels_on_grid)
             assert finding is not None  # postoperative_labels always attaches it
             postoperative = postoperative_section(labels_on_grid, finding)
@@ -287,49 +288,38 @@ def prior_tumour(studies: dict[str, StudyIndex], study: StudyIndex,
                   settings: NeuroflowSettings) -> PriorTumour | None:
     """The latest earlier study of the same patient (longitudinal.pairing's grouping) holding a neuroflow glioma
     SR that reports tumour, as routing's ``prior``; None when there is none."""
-    found = _prior_with_tumour(studies, study, settings)
-    return None if found is None else found[1]
-
-
-def _prior_with_tumour(studies: dict[str, StudyIndex], study: StudyIndex,
-                       settings: NeuroflowSettings) -> tuple[StudyIndex, PriorTumour] | None:
-    """:func:`prior_tumour` with the prior study it was found in."""
     patient = PatientIdentity.of_study(study)
     if patient.problem is not None:
         return None
     when = _acquired(study)
-    found: list[tuple[str, StudyIndex, PriorTumour]] = []
+    found: list[tuple[str, PriorTumour]] = []
     for other in group_by_patient(studies.values()).get(patient, []):
         if other.study_instance_uid == study.study_instance_uid or _acquired(other) >= when:
             continue
         sr = latest_glioma_sr([h for item in other.set_aside for h in item.headers], settings.results)
         tumour_ml = None if sr is None else reported_tumour_ml(sr)
         if tumour_ml is not None:
-            found.append((_acquired(other), other,
-                          PriorTumour(study_date=_acquired(other)[:8], tumour_ml=tumour_ml)))
-    if not found:
-        return None
-    _, other, prior = max(found, key=lambda item: item[0])
-    return other, prior
+            found.append((_acquired(other), PriorTumour(study_date=_acquired(other)[:8], tumour_ml=tumour_ml,
+                                                        study_instance_uid=other.study_instance_uid)))
+    return max(found, key=lambda item: item[0])[1] if found else None
 
 
-def _prior_bed(source: DicomSource, indexed: Indexed | None, study: StudyIndex, settings: NeuroflowSettings,
+def _prior_bed(source: DicomSource, indexed: Indexed | None, prior: PriorTumour | None, settings: NeuroflowSettings,
                brain_mask: Volume, run: StudyRun, clock: StageClock,
-               reference: tuple[str, list[Dataset]]) -> Mask | None:
-    """The prior's tumour on the brain mask's grid (runtime.prior_bed), None when the input holds no prior with
-    tumour or it could not be placed (a warning says why: the cavity is then tied to today's tumour only)."""
-    found = None if indexed is None else _prior_with_tumour(indexed.studies, study, settings)
-    if found is None:
-        return None
+               reference: tuple[str, list[Dataset]]) -> PriorBed:
+    """The prior's tumour on the brain mask's grid (preprocess.prior_bed), or why there is none: no prior with
+    tumour is known (an empty note), or it could not be placed (the report's post-operative section says so, and
+    the cavity is then tied to today's tumour only)."""
+    if prior is None or not prior.study_instance_uid:
+        return PriorBed(None, "")
+    prior_study = None if indexed is None else indexed.studies.get(prior.study_instance_uid)
+    if prior_study is None:
+        return PriorBed(None, "the prior study is not in the input")
     volume, datasets = reference  # this study's reference series: the sub-volume label and its instances
-    image = series_to_volume(volume_instances(datasets, study_key=run.key, volume=volume),
-                             study_key=run.key)
-    bed = prior_tumour_bed(source, found[0], image, brain_mask, settings, study_key=run.key)
+    image = series_to_volume(volume_instances(datasets, study_key=run.key, volume=volume), study_key=run.key)
+    bed = prior_tumour_bed(source, prior_study, image, brain_mask, settings, study_key=run.key)
     clock.note(bed.note)
-    if bed.mask is None:
-        assert run.warnings is not None
-        run.warnings.append(f"{bed.note}: the resection cavity is located without the prior's tumour")
-    return bed.mask
+    return bed
 
 
 def _acquired(study: StudyIndex) -> str:

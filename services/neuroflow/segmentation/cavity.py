@@ -162,19 +162,21 @@ def with_cavity(labels: Volume, cavity: Mask) -> tuple[Volume, float]:
 
 
 def postoperative_labels(labels: Volume, normalised: dict[SeriesRole, Volume], brain_mask: Volume, *,
-                         evidence: list[str], prior_tumour: Mask | None = None,
+                         evidence: list[str], prior_tumour: Mask | None = None, prior_tumour_note: str = "",
                          rules: CavityRules = DEFAULT_RULES) -> Volume:
     """The post-operative step of ``glioma_postop`` (both runtimes): the network's label map with the cavity
-    carved in, the :class:`CavityFinding` attached to its meta (``evidence``: why the study is post-operative)."""
+    carved in, the :class:`CavityFinding` attached to its meta (``evidence``: why the study is post-operative;
+    ``prior_tumour``: the prior's tumour on this grid, ``prior_tumour_note`` what became of it)."""
     tumour = np.isin(np.asarray(labels.array), [int(label) for label in REGION_LABELS[TumourRegion.WT]])
     found = find_cavity(normalised, brain_mask, tumour, prior_tumour, rules)
     if found is None:
         finding = CavityFinding(evidence=evidence, assessable=False, method=rules.describe(),
-                                why_not="the cavity is found as fluid on FLAIR or T2, and the study has neither")
+                                why_not="the cavity is found as fluid on FLAIR or T2, and the study has neither",
+                                prior_tumour=prior_tumour_note)
         return finding.attach(labels)
     carved, removed_ml = with_cavity(labels, found.mask)
     return CavityFinding(evidence=evidence, located_by=found.located_by, tumour_removed_ml=round(removed_ml, 3),
-                         method=rules.describe()).attach(carved)
+                         method=rules.describe(), prior_tumour=prior_tumour_note).attach(carved)
 
 
 def _ventricular(components: npt.NDArray[np.int32], count: int, brain_mask: Volume,

@@ -70,7 +70,12 @@ class SegmentationHandler:
         review = review_segmentation(normalised, mask, probabilities, labels, self._backend, model, self._settings,
                                      study_key=key, registration=registration)
         if task.pipeline == GLIOMA_POSTOP_PIPELINE:  # the resection cavity, never counted as tumour
-            labels = postoperative_labels(labels, normalised, mask, evidence=[ROUTED_POSTOPERATIVE])
+            prior = (np.asarray(self._volumes.get_ref(request.prior_tumour).array) > 0
+                     if request.HasField("prior_tumour") else None)
+            labels = postoperative_labels(labels, normalised, mask, evidence=[ROUTED_POSTOPERATIVE],
+                                          prior_tumour=prior,
+                                          prior_tumour_note=PreprocessSummary.of(mask).prior_tumour
+                                          if SUMMARY_META_KEY in mask.meta else "")
         record_review(review, site=task.study.site, pipeline=task.pipeline, model=model)
         timings = {"segment": round(segmented - started, 3),
                    "postprocess": round(postprocessed - segmented, 3),

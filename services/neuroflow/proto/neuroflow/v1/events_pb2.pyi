@@ -55,8 +55,10 @@ class StudyReady(_message.Message):
     priority: _common_pb2.Priority.ValueType
     """How soon the results are needed."""
     baseline_study_instance_uid: _builtins.str
-    """Change pipelines only: the earlier study to compare this one with, when the trigger names it (a prior
+    """Change pipelines: the earlier study to compare this one with, when the trigger names it (a prior
     that arrived after this study was processed). Empty: the longitudinal stage looks the prior up itself.
+    glioma_postop: the earlier study whose neuroflow glioma result had tumour (routing's prior), whose tumour
+    locates the resection cavity. Empty: none is known.
     """
     prior_wait_expired: _builtins.bool
     """Change pipelines only: the wait for a prior ended without one; run without it and say so."""

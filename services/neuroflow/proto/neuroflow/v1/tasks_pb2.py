@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from neuroflow.proto.neuroflow.v1 import common_pb2 as neuroflow_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18neuroflow/v1/tasks.proto\x12\x0cneuroflow.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19neuroflow/v1/common.proto\"R\n\x0fPreprocessInput\x12\'\n\x06series\x18\x01 \x03(\x0b\x32\x17.neuroflow.v1.SeriesRef\x12\x16\n\x0ereference_role\x18\x02 \x01(\t\"\xc6\x01\n\x10PreprocessOutput\x12<\n\x07volumes\x18\x01 \x03(\x0b\x32+.neuroflow.v1.PreprocessOutput.VolumesEntry\x12+\n\nbrain_mask\x18\x02 \x01(\x0b\x32\x17.neuroflow.v1.VolumeRef\x1aG\n\x0cVolumesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.neuroflow.v1.VolumeRef:\x02\x38\x01\"\xef\x01\n\x11SegmentationInput\x12=\n\x07volumes\x18\x01 \x03(\x0b\x32,.neuroflow.v1.SegmentationInput.VolumesEntry\x12+\n\nbrain_mask\x18\x02 \x01(\x0b\x32\x17.neuroflow.v1.VolumeRef\x12%\n\x05model\x18\x03 \x01(\x0b\x32\x16.neuroflow.v1.ModelRef\x1aG\n\x0cVolumesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.neuroflow.v1.VolumeRef:\x02\x38\x01\"\xf1\x01\n\x12SegmentationOutput\x12*\n\tlabel_map\x18\x01 \x01(\x0b\x32\x17.neuroflow.v1.VolumeRef\x12P\n\x11region_volumes_ml\x18\x02 \x03(\x0b\x32\x35.neuroflow.v1.SegmentationOutput.RegionVolumesMlEntry\x12%\n\x05model\x18\x03 \x01(\x0b\x32\x16.neuroflow.v1.ModelRef\x1a\x36\n\x14RegionVolumesMlEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xdc\x02\n\x0cResultsInput\x12*\n\tlabel_map\x18\x01 \x01(\x0b\x32\x17.neuroflow.v1.VolumeRef\x12\x32\n\x11referenced_series\x18\x02 \x03(\x0b\x32\x17.neuroflow.v1.SeriesRef\x12J\n\x11region_volumes_ml\x18\x03 \x03(\x0b\x32/.neuroflow.v1.ResultsInput.RegionVolumesMlEntry\x12%\n\x05model\x18\x04 \x01(\x0b\x32\x16.neuroflow.v1.ModelRef\x12\x13\n\x0b\x64\x65stination\x18\x05 \x01(\t\x12,\n\x07\x66\x61ilure\x18\x06 \x01(\x0b\x32\x1b.neuroflow.v1.FailureNotice\x1a\x36\n\x14RegionVolumesMlEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"H\n\rFailureNotice\x12\x14\n\x0c\x66\x61iled_stage\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\"?\n\rResultsOutput\x12\x19\n\x11sop_instance_uids\x18\x01 \x03(\t\x12\x13\n\x0b\x64\x65stination\x18\x02 \x01(\t\"\x92\x01\n\x11LongitudinalInput\x12\'\n\x06series\x18\x01 \x03(\x0b\x32\x17.neuroflow.v1.SeriesRef\x12#\n\x1b\x62\x61seline_study_instance_uid\x18\x02 \x01(\t\x12\x1a\n\x12prior_wait_expired\x18\x03 \x01(\x08\x12\x13\n\x0b\x64\x65stination\x18\x04 \x01(\t\"\xd0\x02\n\x12LongitudinalOutput\x12\x39\n\x07outcome\x18\x01 \x01(\x0e\x32(.neuroflow.v1.LongitudinalOutput.Outcome\x12\x19\n\x11sop_instance_uids\x18\x02 \x03(\t\x12\x13\n\x0b\x64\x65stination\x18\x03 \x01(\t\x12#\n\x1b\x62\x61seline_study_instance_uid\x18\x04 \x01(\t\x12\x31\n\rwaiting_until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x06 \x01(\t\"g\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x43OMPARED\x10\x01\x12\x15\n\x11WAITING_FOR_PRIOR\x10\x02\x12\x0c\n\x08NO_PRIOR\x10\x03\x12\x10\n\x0cNOT_COMPARED\x10\x04\"\xfa\x03\n\rTaskRequested\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12\"\n\x05stage\x18\x03 \x01(\x0e\x32\x13.neuroflow.v1.Stage\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05study\x18\x07 \x01(\x0b\x32\x16.neuroflow.v1.StudyRef\x12\x10\n\x08pipeline\x18\x08 \x01(\t\x12(\n\x08priority\x18\t \x01(\x0e\x32\x16.neuroflow.v1.Priority\x12\x33\n\npreprocess\x18\n \x01(\x0b\x32\x1d.neuroflow.v1.PreprocessInputH\x00\x12\x37\n\x0csegmentation\x18\x0b \x01(\x0b\x32\x1f.neuroflow.v1.SegmentationInputH\x00\x12-\n\x07results\x18\x0c \x01(\x0b\x32\x1a.neuroflow.v1.ResultsInputH\x00\x12\x37\n\x0clongitudinal\x18\r \x01(\x0b\x32\x1f.neuroflow.v1.LongitudinalInputH\x00\x42\x07\n\x05input\"\xf7\x03\n\x08TaskDone\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12\"\n\x05stage\x18\x03 \x01(\x0e\x32\x13.neuroflow.v1.Stage\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12%\n\x05study\x18\x06 \x01(\x0b\x32\x16.neuroflow.v1.StudyRef\x12\x10\n\x08pipeline\x18\x07 \x01(\t\x12/\n\x0b\x66inished_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nduration_s\x18\t \x01(\x01\x12\x34\n\npreprocess\x18\n \x01(\x0b\x32\x1e.neuroflow.v1.PreprocessOutputH\x00\x12\x38\n\x0csegmentation\x18\x0b \x01(\x0b\x32 .neuroflow.v1.SegmentationOutputH\x00\x12.\n\x07results\x18\x0c \x01(\x0b\x32\x1b.neuroflow.v1.ResultsOutputH\x00\x12\x38\n\x0clongitudinal\x18\r \x01(\x0b\x32 .neuroflow.v1.LongitudinalOutputH\x00\x12\x0e\n\x06worker\x18\x0e \x01(\tB\x08\n\x06output\"\x9c\x02\n\nTaskFailed\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12\"\n\x05stage\x18\x03 \x01(\x0e\x32\x13.neuroflow.v1.Stage\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12%\n\x05study\x18\x06 \x01(\x0b\x32\x16.neuroflow.v1.StudyRef\x12\x10\n\x08pipeline\x18\x07 \x01(\t\x12+\n\x06reason\x18\x08 \x01(\x0b\x32\x1b.neuroflow.v1.FailureReason\x12-\n\tfailed_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb2\x02\n\nDeadLetter\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x14\n\x0csource_topic\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12+\n\x06reason\x18\x04 \x01(\x0b\x32\x1b.neuroflow.v1.FailureReason\x12\x13\n\x0bworkflow_id\x18\x05 \x01(\t\x12\"\n\x05stage\x18\x06 \x01(\x0e\x32\x13.neuroflow.v1.Stage\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\r\x12%\n\x05study\x18\x08 \x01(\x0b\x32\x16.neuroflow.v1.StudyRef\x12\x10\n\x08pipeline\x18\t \x01(\t\x12\x34\n\x10\x64\x65\x61\x64_lettered_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18neuroflow/v1/tasks.proto\x12\x0cneuroflow.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19neuroflow/v1/common.proto\"t\n\x0fPreprocessInput\x12\'\n\x06series\x18\x01 \x03(\x0b\x32\x17.neuroflow.v1.SeriesRef\x12\x16\n\x0ereference_role\x18\x02 \x01(\t\x12 \n\x18prior_study_instance_uid\x18\x03 \x01(\t\"\xf5\x01\n\x10PreprocessOutput\x12<\n\x07volumes\x18\x01 \x03(\x0b\x32+.neuroflow.v1.PreprocessOutput.VolumesEntry\x12+\n\nbrain_mask\x18\x02 \x01(\x0b\x32\x17.neuroflow.v1.VolumeRef\x12-\n\x0cprior_tumour\x18\x03 \x01(\x0b\x32\x17.neuroflow.v1.VolumeRef\x1aG\n\x0cVolumesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.neuroflow.v1.VolumeRef:\x02\x38\x01\"\x9e\x02\n\x11SegmentationInput\x12=\n\x07volumes\x18\x01 \x03(\x0b\x32,.neuroflow.v1.SegmentationInput.VolumesEntry\x12+\n\nbrain_mask\x18\x02 \x01(\x0b\x32\x17.neuroflow.v1.VolumeRef\x12%\n\x05model\x18\x03 \x01(\x0b\x32\x16.neuroflow.v1.ModelRef\x12-\n\x0cprior_tumour\x18\x04 \x01(\x0b\x32\x17.neuroflow.v1.VolumeRef\x1aG\n\x0cVolumesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.neuroflow.v1.VolumeRef:\x02\x38\x01\"\xf1\x01\n\x12SegmentationOutput\x12*\n\tlabel_map\x18\x01 \x01(\x0b\x32\x17.neuroflow.v1.VolumeRef\x12P\n\x11region_volumes_ml\x18\x02 \x03(\x0b\x32\x35.neuroflow.v1.SegmentationOutput.RegionVolumesMlEntry\x12%\n\x05model\x18\x03 \x01(\x0b\x32\x16.neuroflow.v1.ModelRef\x1a\x36\n\x14RegionVolumesMlEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xdc\x02\n\x0cResultsInput\x12*\n\tlabel_map\x18\x01 \x01(\x0b\x32\x17.neuroflow.v1.VolumeRef\x12\x32\n\x11referenced_series\x18\x02 \x03(\x0b\x32\x17.neuroflow.v1.SeriesRef\x12J\n\x11region_volumes_ml\x18\x03 \x03(\x0b\x32/.neuroflow.v1.ResultsInput.RegionVolumesMlEntry\x12%\n\x05model\x18\x04 \x01(\x0b\x32\x16.neuroflow.v1.ModelRef\x12\x13\n\x0b\x64\x65stination\x18\x05 \x01(\t\x12,\n\x07\x66\x61ilure\x18\x06 \x01(\x0b\x32\x1b.neuroflow.v1.FailureNotice\x1a\x36\n\x14RegionVolumesMlEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"H\n\rFailureNotice\x12\x14\n\x0c\x66\x61iled_stage\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\"?\n\rResultsOutput\x12\x19\n\x11sop_instance_uids\x18\x01 \x03(\t\x12\x13\n\x0b\x64\x65stination\x18\x02 \x01(\t\"\x92\x01\n\x11LongitudinalInput\x12\'\n\x06series\x18\x01 \x03(\x0b\x32\x17.neuroflow.v1.SeriesRef\x12#\n\x1b\x62\x61seline_study_instance_uid\x18\x02 \x01(\t\x12\x1a\n\x12prior_wait_expired\x18\x03 \x01(\x08\x12\x13\n\x0b\x64\x65stination\x18\x04 \x01(\t\"\xd0\x02\n\x12LongitudinalOutput\x12\x39\n\x07outcome\x18\x01 \x01(\x0e\x32(.neuroflow.v1.LongitudinalOutput.Outcome\x12\x19\n\x11sop_instance_uids\x18\x02 \x03(\t\x12\x13\n\x0b\x64\x65stination\x18\x03 \x01(\t\x12#\n\x1b\x62\x61seline_study_instance_uid\x18\x04 \x01(\t\x12\x31\n\rwaiting_until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x06 \x01(\t\"g\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x43OMPARED\x10\x01\x12\x15\n\x11WAITING_FOR_PRIOR\x10\x02\x12\x0c\n\x08NO_PRIOR\x10\x03\x12\x10\n\x0cNOT_COMPARED\x10\x04\"\xfa\x03\n\rTaskRequested\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12\"\n\x05stage\x18\x03 \x01(\x0e\x32\x13.neuroflow.v1.Stage\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x05study\x18\x07 \x01(\x0b\x32\x16.neuroflow.v1.StudyRef\x12\x10\n\x08pipeline\x18\x08 \x01(\t\x12(\n\x08priority\x18\t \x01(\x0e\x32\x16.neuroflow.v1.Priority\x12\x33\n\npreprocess\x18\n \x01(\x0b\x32\x1d.neuroflow.v1.PreprocessInputH\x00\x12\x37\n\x0csegmentation\x18\x0b \x01(\x0b\x32\x1f.neuroflow.v1.SegmentationInputH\x00\x12-\n\x07results\x18\x0c \x01(\x0b\x32\x1a.neuroflow.v1.ResultsInputH\x00\x12\x37\n\x0clongitudinal\x18\r \x01(\x0b\x32\x1f.neuroflow.v1.LongitudinalInputH\x00\x42\x07\n\x05input\"\xf7\x03\n\x08TaskDone\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12\"\n\x05stage\x18\x03 \x01(\x0e\x32\x13.neuroflow.v1.Stage\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12%\n\x05study\x18\x06 \x01(\x0b\x32\x16.neuroflow.v1.StudyRef\x12\x10\n\x08pipeline\x18\x07 \x01(\t\x12/\n\x0b\x66inished_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nduration_s\x18\t \x01(\x01\x12\x34\n\npreprocess\x18\n \x01(\x0b\x32\x1e.neuroflow.v1.PreprocessOutputH\x00\x12\x38\n\x0csegmentation\x18\x0b \x01(\x0b\x32 .neuroflow.v1.SegmentationOutputH\x00\x12.\n\x07results\x18\x0c \x01(\x0b\x32\x1b.neuroflow.v1.ResultsOutputH\x00\x12\x38\n\x0clongitudinal\x18\r \x01(\x0b\x32 .neuroflow.v1.LongitudinalOutputH\x00\x12\x0e\n\x06worker\x18\x0e \x01(\tB\x08\n\x06output\"\x9c\x02\n\nTaskFailed\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12\"\n\x05stage\x18\x03 \x01(\x0e\x32\x13.neuroflow.v1.Stage\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12%\n\x05study\x18\x06 \x01(\x0b\x32\x16.neuroflow.v1.StudyRef\x12\x10\n\x08pipeline\x18\x07 \x01(\t\x12+\n\x06reason\x18\x08 \x01(\x0b\x32\x1b.neuroflow.v1.FailureReason\x12-\n\tfailed_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb2\x02\n\nDeadLetter\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x14\n\x0csource_topic\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12+\n\x06reason\x18\x04 \x01(\x0b\x32\x1b.neuroflow.v1.FailureReason\x12\x13\n\x0bworkflow_id\x18\x05 \x01(\t\x12\"\n\x05stage\x18\x06 \x01(\x0e\x32\x13.neuroflow.v1.Stage\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\r\x12%\n\x05study\x18\x08 \x01(\x0b\x32\x16.neuroflow.v1.StudyRef\x12\x10\n\x08pipeline\x18\t \x01(\t\x12\x34\n\x10\x64\x65\x61\x64_lettered_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,39 +42,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESULTSINPUT_REGIONVOLUMESMLENTRY']._loaded_options = None
   _globals['_RESULTSINPUT_REGIONVOLUMESMLENTRY']._serialized_options = b'8\001'
   _globals['_PREPROCESSINPUT']._serialized_start=102
-  _globals['_PREPROCESSINPUT']._serialized_end=184
-  _globals['_PREPROCESSOUTPUT']._serialized_start=187
-  _globals['_PREPROCESSOUTPUT']._serialized_end=385
-  _globals['_PREPROCESSOUTPUT_VOLUMESENTRY']._serialized_start=314
-  _globals['_PREPROCESSOUTPUT_VOLUMESENTRY']._serialized_end=385
-  _globals['_SEGMENTATIONINPUT']._serialized_start=388
-  _globals['_SEGMENTATIONINPUT']._serialized_end=627
-  _globals['_SEGMENTATIONINPUT_VOLUMESENTRY']._serialized_start=314
-  _globals['_SEGMENTATIONINPUT_VOLUMESENTRY']._serialized_end=385
-  _globals['_SEGMENTATIONOUTPUT']._serialized_start=630
-  _globals['_SEGMENTATIONOUTPUT']._serialized_end=871
-  _globals['_SEGMENTATIONOUTPUT_REGIONVOLUMESMLENTRY']._serialized_start=817
-  _globals['_SEGMENTATIONOUTPUT_REGIONVOLUMESMLENTRY']._serialized_end=871
-  _globals['_RESULTSINPUT']._serialized_start=874
-  _globals['_RESULTSINPUT']._serialized_end=1222
-  _globals['_RESULTSINPUT_REGIONVOLUMESMLENTRY']._serialized_start=817
-  _globals['_RESULTSINPUT_REGIONVOLUMESMLENTRY']._serialized_end=871
-  _globals['_FAILURENOTICE']._serialized_start=1224
-  _globals['_FAILURENOTICE']._serialized_end=1296
-  _globals['_RESULTSOUTPUT']._serialized_start=1298
-  _globals['_RESULTSOUTPUT']._serialized_end=1361
-  _globals['_LONGITUDINALINPUT']._serialized_start=1364
-  _globals['_LONGITUDINALINPUT']._serialized_end=1510
-  _globals['_LONGITUDINALOUTPUT']._serialized_start=1513
-  _globals['_LONGITUDINALOUTPUT']._serialized_end=1849
-  _globals['_LONGITUDINALOUTPUT_OUTCOME']._serialized_start=1746
-  _globals['_LONGITUDINALOUTPUT_OUTCOME']._serialized_end=1849
-  _globals['_TASKREQUESTED']._serialized_start=1852
-  _globals['_TASKREQUESTED']._serialized_end=2358
-  _globals['_TASKDONE']._serialized_start=2361
-  _globals['_TASKDONE']._serialized_end=2864
-  _globals['_TASKFAILED']._serialized_start=2867
-  _globals['_TASKFAILED']._serialized_end=3151
-  _globals['_DEADLETTER']._serialized_start=3154
-  _globals['_DEADLETTER']._serialized_end=3460
+  _globals['_PREPROCESSINPUT']._serialized_end=218
+  _globals['_PREPROCESSOUTPUT']._serialized_start=221
+  _globals['_PREPROCESSOUTPUT']._serialized_end=466
+  _globals['_PREPROCESSOUTPUT_VOLUMESENTRY']._serialized_start=395
+  _globals['_PREPROCESSOUTPUT_VOLUMESENTRY']._serialized_end=466
+  _globals['_SEGMENTATIONINPUT']._serialized_start=469
+  _globals['_SEGMENTATIONINPUT']._serialized_end=755
+  _globals['_SEGMENTATIONINPUT_VOLUMESENTRY']._serialized_start=395
+  _globals['_SEGMENTATIONINPUT_VOLUMESENTRY']._serialized_end=466
+  _globals['_SEGMENTATIONOUTPUT']._serialized_start=758
+  _globals['_SEGMENTATIONOUTPUT']._serialized_end=999
+  _globals['_SEGMENTATIONOUTPUT_REGIONVOLUMESMLENTRY']._serialized_start=945
+  _globals['_SEGMENTATIONOUTPUT_REGIONVOLUMESMLENTRY']._serialized_end=999
+  _globals['_RESULTSINPUT']._serialized_start=1002
+  _globals['_RESULTSINPUT']._serialized_end=1350
+  _globals['_RESULTSINPUT_REGIONVOLUMESMLENTRY']._serialized_start=945
+  _globals['_RESULTSINPUT_REGIONVOLUMESMLENTRY']._serialized_end=999
+  _globals['_FAILURENOTICE']._serialized_start=1352
+  _globals['_FAILURENOTICE']._serialized_end=1424
+  _globals['_RESULTSOUTPUT']._serialized_start=1426
+  _globals['_RESULTSOUTPUT']._serialized_end=1489
+  _globals['_LONGITUDINALINPUT']._serialized_start=1492
+  _globals['_LONGITUDINALINPUT']._serialized_end=1638
+  _globals['_LONGITUDINALOUTPUT']._serialized_start=1641
+  _globals['_LONGITUDINALOUTPUT']._serialized_end=1977
+  _globals['_LONGITUDINALOUTPUT_OUTCOME']._serialized_start=1874
+  _globals['_LONGITUDINALOUTPUT_OUTCOME']._serialized_end=1977
+  _globals['_TASKREQUESTED']._serialized_start=1980
+  _globals['_TASKREQUESTED']._serialized_end=2486
+  _globals['_TASKDONE']._serialized_start=2489
+  _globals['_TASKDONE']._serialized_end=2992
+  _globals['_TASKFAILED']._serialized_start=2995
+  _globals['_TASKFAILED']._serialized_end=3279
+  _globals['_DEADLETTER']._serialized_start=3282
+  _globals['_DEADLETTER']._serialized_end=3588
 # @@protoc_insertion_point(module_scope)

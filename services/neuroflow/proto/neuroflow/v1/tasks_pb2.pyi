@@ -33,8 +33,14 @@ class PreprocessInput(_message.Message):
 
     SERIES_FIELD_NUMBER: _builtins.int
     REFERENCE_ROLE_FIELD_NUMBER: _builtins.int
+    PRIOR_STUDY_INSTANCE_UID_FIELD_NUMBER: _builtins.int
     reference_role: _builtins.str
     """Role every other series is co-registered onto (a neuroflow.core.roles.SeriesRole value)."""
+    prior_study_instance_uid: _builtins.str
+    """glioma_postop only: the earlier study whose neuroflow glioma result made this one post-operative
+    (StudyReady.baseline_study_instance_uid). Preprocessing places its tumour on this study's grid, where the
+    resection cavity must lie. Empty: no prior with tumour is known.
+    """
     @_builtins.property
     def series(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.SeriesRef]:
         """The series to convert, each with its role; every role of the pipeline appears exactly once."""
@@ -44,10 +50,11 @@ class PreprocessInput(_message.Message):
         *,
         series: _abc.Iterable[_common_pb2.SeriesRef] | None = ...,
         reference_role: _builtins.str = ...,
+        prior_study_instance_uid: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reference_role", b"reference_role", "series", b"series"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["prior_study_instance_uid", b"prior_study_instance_uid", "reference_role", b"reference_role", "series", b"series"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -82,6 +89,7 @@ class PreprocessOutput(_message.Message):
 
     VOLUMES_FIELD_NUMBER: _builtins.int
     BRAIN_MASK_FIELD_NUMBER: _builtins.int
+    PRIOR_TUMOUR_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def volumes(self) -> _containers.MessageMap[_builtins.str, _common_pb2.VolumeRef]:
         """Preprocessed volume per role (keys are neuroflow.core.roles.SeriesRole values)."""
@@ -90,15 +98,22 @@ class PreprocessOutput(_message.Message):
     def brain_mask(self) -> _common_pb2.VolumeRef:
         """Brain mask on the same grid (1 inside the brain)."""
 
+    @_builtins.property
+    def prior_tumour(self) -> _common_pb2.VolumeRef:
+        """glioma_postop only: the prior study's tumour on the same grid (1 inside), when it could be placed; the
+        brain mask's preprocess summary says what became of it otherwise.
+        """
+
     def __init__(
         self,
         *,
         volumes: _abc.Mapping[_builtins.str, _common_pb2.VolumeRef] | None = ...,
         brain_mask: _common_pb2.VolumeRef | None = ...,
+        prior_tumour: _common_pb2.VolumeRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["brain_mask", b"brain_mask"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["brain_mask", b"brain_mask", "prior_tumour", b"prior_tumour"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["brain_mask", b"brain_mask", "volumes", b"volumes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["brain_mask", b"brain_mask", "prior_tumour", b"prior_tumour", "volumes", b"volumes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -134,6 +149,7 @@ class SegmentationInput(_message.Message):
     VOLUMES_FIELD_NUMBER: _builtins.int
     BRAIN_MASK_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    PRIOR_TUMOUR_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def volumes(self) -> _containers.MessageMap[_builtins.str, _common_pb2.VolumeRef]:
         """Input volume per role; the model card says which roles, in which channel order."""
@@ -146,16 +162,21 @@ class SegmentationInput(_message.Message):
     def model(self) -> _common_pb2.ModelRef:
         """Model to run, pinned by version."""
 
+    @_builtins.property
+    def prior_tumour(self) -> _common_pb2.VolumeRef:
+        """glioma_postop only: the prior study's tumour (PreprocessOutput.prior_tumour), where the cavity must lie."""
+
     def __init__(
         self,
         *,
         volumes: _abc.Mapping[_builtins.str, _common_pb2.VolumeRef] | None = ...,
         brain_mask: _common_pb2.VolumeRef | None = ...,
         model: _common_pb2.ModelRef | None = ...,
+        prior_tumour: _common_pb2.VolumeRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["brain_mask", b"brain_mask", "model", b"model"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["brain_mask", b"brain_mask", "model", b"model", "prior_tumour", b"prior_tumour"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["brain_mask", b"brain_mask", "model", b"model", "volumes", b"volumes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["brain_mask", b"brain_mask", "model", b"model", "prior_tumour", b"prior_tumour", "volumes", b"volumes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

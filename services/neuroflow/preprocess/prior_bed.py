@@ -2,9 +2,10 @@
 (segmentation/cavity.py, rule 4). After a gross total resection the network draws no tumour today; without the
 prior's tumour the cavity step can only take the largest fluid region, which may be a cyst or an old infarct.
 
-The prior is the study whose glioma result made this one post-operative (``runtime.embedded.prior_tumour``): its
-latest neuroflow glioma SEG is read back on the series it is drawn on (the prior's reference series, which must be
-in the input: the SEG alone has no anatomy to register), that series is registered across sessions onto this
+The prior is the study whose glioma result made this one post-operative (the embedded runtime's
+``prior_tumour``; in the distributed runtime, ingest's ``prior_tumour_in_orthanc`` names it in the StudyReady):
+its latest neuroflow glioma SEG is read back on the series it is drawn on (the prior's reference series, which the
+source must hold: the SEG alone has no anatomy to register), that series is registered across sessions onto this
 study's reference series (``preprocess.register.register_sessions``, the metric inside today's brain), and the
 tumour is resampled onto the brain mask's grid. A registration whose outlines disagree (below
 ``OUTLINE_AGREEMENT_MIN``) is not used: a bed placed centimetres off would tie the cavity to healthy brain."""
@@ -21,13 +22,13 @@ from neuroflow.core.config import NeuroflowSettings
 from neuroflow.core.dicom_io import DicomSource, SeriesInstances, StudyIndex
 from neuroflow.core.errors import NeuroflowError
 from neuroflow.core.handoff import OUTLINE_AGREEMENT_MIN
+from neuroflow.core.prior_seg import latest_glioma_seg, seg_tumour_mask
 from neuroflow.core.series_volume import series_to_volume
 from neuroflow.core.volume import Volume, resample
 from neuroflow.preprocess.register import register_sessions
-from neuroflow.results.dicom_seg import seg_tumour_mask
-from neuroflow.results.glioma_results import latest_glioma_seg
 
 Mask = npt.NDArray[np.bool_]
+STAGE = "preprocess"
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def prior_tumour_bed(source: DicomSource, prior: StudyIndex, reference: Volume, 
             return PriorBed(None, "the series the prior's SEG is drawn on is not in the input")
         instances = source.read_instances(prior.series[drawn_on])
         prior_image = series_to_volume(instances, study_key=study_key)
-        tumour = seg_tumour_mask(seg, instances, prior_image.geometry)
+        tumour = seg_tumour_mask(seg, instances, prior_image.geometry, stage=STAGE)
     except (NeuroflowError, AttributeError, IndexError, KeyError, ValueError) as exc:
         # A SEG or series that cannot be read back costs the bed, never the study.
         return PriorBed(None, f"the prior's SEG could not be read back: {exc}")
