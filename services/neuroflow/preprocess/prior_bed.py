@@ -58,8 +58,10 @@ def prior_tumour_bed(source: DicomSource, prior: StudyIndex, reference: Volume, 
         prior_image = series_to_volume(instances, study_key=study_key)
         tumour = seg_tumour_mask(seg, instances, prior_image.geometry, stage=STAGE)
     except (NeuroflowError, AttributeError, IndexError, KeyError, ValueError) as exc:
-        # A SEG or series that cannot be read back costs the bed, never the study.
-        return PriorBed(None, f"the prior's SEG could not be read back: {exc}")
+        # A SEG or series that cannot be read back costs the bed, never the study. The note reaches logs: a
+        # library's message can quote UIDs, so only neuroflow's own (written without identifiers) is kept.
+        why = str(exc) if isinstance(exc, NeuroflowError) else type(exc).__name__
+        return PriorBed(None, f"the prior's SEG could not be read back: {why}")
     if not tumour.any():
         return PriorBed(None, "the prior's SEG holds no tumour")
     registration = register_sessions(reference, prior_image, fixed_mask=brain_mask)
