@@ -162,6 +162,43 @@ def test_a_deflate_bomb_is_refused_before_pydicom_inflates_it(tmp_path: Path) ->
         next(iter(next(iter(studies.values())).series.values())))) == SLICES - 1
 
 
+@pytest.mark.parametrize("syntax", [pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.ImplicitVRLittleEndian,
+                                    DeflatedExplicitVRLittleEndian, pydicom.uid.RLELossless])
+def test_the_transfer_syntax_read_from_the_bytes_is_the_one_pydicom_reads(tmp_path: Path, syntax: str) -> None:
+    """dataset_bytes tells a deflated file from the others from the meta group's bytes (pydicom's parse of it
+    costs more than the check is worth on every file); where it reads one, it is pydicom's."""
+    from neuroflow.core.input_limits import _meta_transfer_syntax
+
+    _, paths = _small_series(tmp_path / "in")
+    ds = pydicom.dcmread(paths[0])
+    if syntax == pydicom.uid.RLELossless:
+        ds.compress(syntax, encoding_plugin="pydicom")
+    else:
+        ds.file_meta.TransferSyntaxUID = syntax
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    assert _meta_transfer_syntax(buffer) == pydicom.dcmread(io.BytesIO(buffer.getvalue())).file_meta.TransferSyntaxUID
+
+
+def test_a_meta_group_that_understates_its_length_still_shows_a_deflated_file(tmp_path: Path) -> None:
+    """The group length is not trusted: pydicom reads the meta elements while their group is 0002, and so does the
+    check, so a file cannot hide its deflated syntax (and a bomb) behind a short group length."""
+    from neuroflow.core.input_limits import _meta_transfer_syntax, dataset_bytes
+
+    _, paths = _small_series(tmp_path / "in")
+    import random
+    data = bytearray(deflate_bomb(pydicom.dcmread(paths[0]), random.Random(1)))
+    assert data[132:140] == b"\x02\x00\x00\x00UL\x04\x00"
+    data[140:144] = (8).to_bytes(4, "little")  # the group length now ends the group after its first element
+    assert _meta_transfer_syntax(io.BytesIO(bytes(data))) == DeflatedExplicitVRLittleEndian
+    nbytes, deflated = dataset_bytes(io.BytesIO(bytes(data)), 16 * 1024**2)
+    assert deflated and nbytes > 16 * 1024**2
+    # Bytes that do not read as an explicit-VR meta group are left to pydicom's parse.
+    assert _meta_transfer_syntax(io.BytesIO(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00\x1a\x00\x00\x00")) is None
+    assert _meta_transfer_syntax(io.BytesIO(b"not dicom")) is None
+
+
 def test_a_jpeg_ls_frame_whose_codestream_disagrees_with_rows_and_columns_is_refused_before_decoding(
         tmp_path: Path) -> None:
     """GDCM aborted the whole process (SIGABRT) decoding such a frame: found by the fuzzer."""

@@ -27,6 +27,7 @@ from pydicom.uid import (
     JPEGLSTransferSyntaxes,
     JPEGTransferSyntaxes,
 )
+from pydicom.valuerep import VR
 
 from neuroflow.core.config import InputLimitSettings
 from neuroflow.core.errors import InputLimitExceeded, SeriesRejected
@@ -35,6 +36,11 @@ from neuroflow.core.pixel_codecs import missing_decoder
 # The environment variable of each limit, named in refusals so an operator knows what to raise.
 _ENV = "NEUROFLOW_LIMITS__"
 _INFLATE_STEP = 4 * 1024**2
+_META_START = 132  # the 128-byte preamble and "DICM"
+_MAX_META_ELEMENT_BYTES = 64 * 1024  # a file meta group holds a few hundred bytes
+_KNOWN_VRS = frozenset(vr.value for vr in VR)
+# Explicit VRs whose length takes 4 bytes after 2 reserved ones (PS3.5 7.1.2); the others' takes 2.
+_LONG_LENGTH_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
 _JPEG_SYNTAXES = frozenset(JPEGTransferSyntaxes + JPEGLSTransferSyntaxes)
 _J2K_SYNTAXES = frozenset(JPEG2000TransferSyntaxes)
 _SOI, _SOC, _SIZ = b"\xff\xd8", b"\xff\x4f", b"\xff\x51"
@@ -170,6 +176,10 @@ def dataset_bytes(fp: BinaryIO, limit: int) -> tuple[int, bool]:
     length = fp.seek(0, 2)
     fp.seek(0)
     try:
+        syntax = _meta_transfer_syntax(fp)
+        if syntax is not None and syntax != DeflatedExplicitVRLittleEndian:
+            return length, False  # the common case, read from the bytes: pydicom's meta parse costs more
+        fp.seek(0)
         if read_preamble(fp, False) is None:
             return length, False
         if _read_file_meta_info(fp).get("TransferSyntaxUID", "") != DeflatedExplicitVRLittleEndian:
@@ -187,6 +197,37 @@ def dataset_bytes(fp: BinaryIO, limit: int) -> tuple[int, bool]:
         return length, False  # meta information or deflate data pydicom cannot read either: it refuses the file
     finally:
         fp.seek(0)
+
+
+def _meta_transfer_syntax(fp: BinaryIO) -> str | None:
+    """The transfer syntax UID of a Part-10 file's meta information, read element by element from the bytes as
+    pydicom reads them (explicit VR little endian, while the group is 0002); None, for pydicom to read it, when the
+    file does not look so (no "DICM", an unknown VR, a truncated or implausibly long element) or names none."""
+    if fp.read(_META_START)[128:] != b"DICM":
+        return None
+    syntax: str | None = None
+    while len(start := fp.read(8)) == 8:
+        group, element = struct.unpack("<HH", start[:4])
+        if group != 0x0002:
+            break
+        vr = start[4:6].decode("ascii", "replace")
+        if vr not in _KNOWN_VRS:
+            return None
+        if vr in _LONG_LENGTH_VRS:
+            extra = fp.read(4)
+            if len(extra) < 4:
+                return None
+            (length,) = struct.unpack("<I", extra)
+        else:
+            (length,) = struct.unpack("<H", start[6:8])
+        if length > _MAX_META_ELEMENT_BYTES:
+            return None
+        value = fp.read(length)
+        if len(value) < length:
+            return None
+        if element == 0x0010:
+            syntax = value.rstrip(b"\0 ").decode("ascii", "replace")
+    return syntax
 
 
 def check_series(headers: Sequence[Dataset], limits: InputLimitSettings, *, study_key: str, stage: str,
