@@ -154,10 +154,12 @@ def test_the_preprocess_stage_places_the_prior_tumour_from_orthanc(orthancs: Ort
                         interpolator=sitk.sitkNearestNeighbor)
     assert dice(placed, np.asarray(expected.array) > 0) >= 0.85
 
-    # A glioma study (no prior named) places nothing and says nothing.
-    ready.baseline_study_instance_uid = ""
-    out = handler(_task(PRE, ready, {}))
-    assert not out.HasField("prior_tumour") and PreprocessSummary.of(volumes.get_ref(out.brain_mask)).prior_tumour == ""
+    # A prior Orthanc no longer holds costs the bed, never the study; no prior named places nothing, says nothing.
+    for prior_uid, said in (("1.2.826.0.1.3680043.10.999", "the prior study is no longer in the source"), ("", "")):
+        ready.baseline_study_instance_uid = prior_uid
+        out = handler(_task(PRE, ready, {}))
+        assert not out.HasField("prior_tumour")
+        assert PreprocessSummary.of(volumes.get_ref(out.brain_mask)).prior_tumour == said
 
 
 def test_the_results_stage_stores_the_cavity_in_orthanc(orthancs: OrthancPair, tmp_path: Path) -> None:
