@@ -53,13 +53,13 @@ def _task(stage: common_pb2.Stage.ValueType, ready: events_pb2.StudyReady,
     return stage_task(stage, glioma_postop_pipeline(PipelineModels()), ready, done, "wf-postop")
 
 
-def test_the_segmentation_stage_carves_the_cavity_into_the_label_map(tmp_path: Path) -> None:
-    volumes = FolderVolumeStore(tmp_path / "volumes")
+def _preprocessed(volumes: FolderVolumeStore, fluid: np.ndarray, summary: PreprocessSummary, *,
+                  seed: int) -> tasks_pb2.TaskDone:
+    """The preprocess stage's answer for a box of brain holding ``fluid`` (dark on T1, T1CE and FLAIR, bright on
+    T2: a cavity's signal) in noise, the brain mask carrying ``summary``."""
     brain = np.zeros((20, 48, 48), dtype=np.uint8)
     brain[1:19, 3:45, 3:45] = 1
-    fluid = ball((12.0, 0.0, 0.0), 6.0)  # in one hemisphere, off the midline: not a ventricle
-    rng = np.random.default_rng(4)
-    summary = PreprocessSummary(reference_geometry=GeometrySummary.of(GRID), brain_volume_ml=30.0)
+    rng = np.random.default_rng(seed)
     pre = tasks_pb2.TaskDone(preprocess=tasks_pb2.PreprocessOutput(
         brain_mask=volumes.put_ref("k/wf/brain_mask", summary.attach(Volume(brain, GRID)))))
     for role, fluid_z in ((SeriesRole.T1, -2.0), (SeriesRole.T1CE, -2.0), (SeriesRole.T2, 3.0),
@@ -67,6 +67,14 @@ def test_the_segmentation_stage_carves_the_cavity_into_the_label_map(tmp_path: P
         image = rng.normal(0.0, 1.0, brain.shape).astype(np.float32)
         image[fluid] = fluid_z
         pre.preprocess.volumes[role.value].CopyFrom(volumes.put_ref(f"k/wf/{role.value}", Volume(image * brain, GRID)))
+    return pre
+
+
+def test_the_segmentation_stage_carves_the_cavity_into_the_label_map(tmp_path: Path) -> None:
+    volumes = FolderVolumeStore(tmp_path / "volumes")
+    fluid = ball((12.0, 0.0, 0.0), 6.0)  # in one hemisphere, off the midline: not a ventricle
+    pre = _preprocessed(volumes, fluid, PreprocessSummary(reference_geometry=GeometrySummary.of(GRID),
+                                                          brain_volume_ml=30.0), seed=4)
     handler = SegmentationHandler(volumes, OnnxRuntimeBackend(DEFAULT_MODEL_REPOSITORY, 1), NeuroflowSettings())
     ready = _ready("1.2.3", {role: f"1.2.3.{n}" for n, role in enumerate(GLIOMA_INPUT_ROLES)})
     out = handler(_task(SEG, ready, {PRE: pre}))
@@ -86,19 +94,10 @@ def test_the_prior_tumour_handed_to_segmentation_reaches_the_cavity_step(tmp_pat
     must lie near, and what became of it (the preprocess summary's note) is in the finding; without it, neither.
     (That the prior alone locates a cavity the network draws nothing near: tests/unit/test_postop_cavity.py.)"""
     volumes = FolderVolumeStore(tmp_path / "volumes")
-    brain = np.zeros((20, 48, 48), dtype=np.uint8)
-    brain[1:19, 3:45, 3:45] = 1
     fluid = ball((-10.0, -9.0, 0.0), 6.0)
-    rng = np.random.default_rng(5)
     note = "the prior's tumour (0.1 mL) placed on this study: outline agreement 0.98, 1.0 mm, 0.5 deg"
-    summary = PreprocessSummary(reference_geometry=GeometrySummary.of(GRID), brain_volume_ml=30.0, prior_tumour=note)
-    pre = tasks_pb2.TaskDone(preprocess=tasks_pb2.PreprocessOutput(
-        brain_mask=volumes.put_ref("k/wf/brain_mask", summary.attach(Volume(brain, GRID)))))
-    for role, fluid_z in ((SeriesRole.T1, -2.0), (SeriesRole.T1CE, -2.0), (SeriesRole.T2, 3.0),
-                          (SeriesRole.FLAIR, -2.0)):
-        image = rng.normal(0.0, 1.0, brain.shape).astype(np.float32)
-        image[fluid] = fluid_z
-        pre.preprocess.volumes[role.value].CopyFrom(volumes.put_ref(f"k/wf/{role.value}", Volume(image * brain, GRID)))
+    pre = _preprocessed(volumes, fluid, PreprocessSummary(reference_geometry=GeometrySummary.of(GRID),
+                                                          brain_volume_ml=30.0, prior_tumour=note), seed=5)
     handler = SegmentationHandler(volumes, OnnxRuntimeBackend(DEFAULT_MODEL_REPOSITORY, 1), NeuroflowSettings())
     ready = _ready("1.2.4", {role: f"1.2.4.{n}" for n, role in enumerate(GLIOMA_INPUT_ROLES)})
     without = CavityFinding.of(volumes.get_ref(handler(_task(SEG, ready, {PRE: pre})).label_map))
