@@ -56,7 +56,6 @@ sys.path[:0] = [str(ROOT), str(ROOT / "services"), str(ROOT / "scripts")]
 
 from bench_case import CASE, CASE_FILES  # noqa: E402
 
-from models.glioma_unet.network import GliomaUNet  # noqa: E402
 from neuroflow.core.config import DEFAULT_MODEL_REPOSITORY, PipelineModels  # noqa: E402
 from neuroflow.core.inference import Array, InferenceBackend, onnx_model_path  # noqa: E402
 from neuroflow.core.labels import TUMOUR_REGIONS  # noqa: E402
@@ -103,7 +102,11 @@ def gpu_identity() -> dict[str, str]:
 
 
 def load_network(model: ModelRef, card: ModelCard) -> Any:
+    # PyTorch is imported where a GPU run needs it, so the CPU machines (no torch in the project's venv) can
+    # import the bench, test its report and read its section.
     import torch
+
+    from models.glioma_unet.network import GliomaUNet
 
     checkpoint = CHECKPOINTS.get(model)
     if checkpoint is not None and checkpoint.is_file():
