@@ -24,7 +24,14 @@ from neuroflow.core.volume import Geometry
 from neuroflow.devtools import longitudinal_phantoms as lp
 from neuroflow.devtools.dicom_writer import load_volume
 from neuroflow.longitudinal.lesion_model import BRAIN_ROBUST_ZSCORE, MS_LESION_LABEL, network_candidates
-from neuroflow.longitudinal.ms_lesions import MS_STAGES, _Candidate, _merge_network, detect_new_ms_lesions
+from neuroflow.longitudinal.ms_lesions import (
+    MIN_LESION_DIFFERENCE,
+    MS_STAGES,
+    _Candidate,
+    _merge_network,
+    detect_new_ms_lesions,
+    insensitive_pair_warning,
+)
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -71,6 +78,27 @@ def test_small_bench_finds_every_new_lesion_of_12_mm3_and_more_without_false_pos
         window = change.labels.array[round(k) - 1:round(k) + 2, round(j) - 1:round(j) + 2, round(i) - 1:round(i) + 2]
         assert (window == ChangeLabel.NEW_LESION).any()
     assert set(clock.timings) == set(MS_STAGES)
+    # A clean 1 mm pair shows changes far fainter than the faintest lesion: no sensitivity warning.
+    assert 0.0 < change.detectable_change < MIN_LESION_DIFFERENCE and not change.sensitivity_limited
+    assert not change.warnings
+
+
+def test_a_pair_too_noisy_for_faint_lesions_warns_the_reader_and_keeps_what_it_finds(
+        settings: NeuroflowSettings, backend: OnnxRuntimeBackend) -> None:
+    # Issue 18: the reader must learn when "no new lesion" means "none this pair could show". Noise at 0.8 of the
+    # brain's intensity spread on the follow-up raises the faintest detectable change above the faintest lesion's.
+    brain = next(b for b in lp.real_brains() if b.name == "tcga-du-7294")
+    pair = lp.make_ms_pair(brain, seed=5)
+    image = pair.followup.array
+    noise = np.random.default_rng(0).normal(0.0, 0.8 * float(np.std(image[image > 0])), image.shape)
+    noisy = pair.followup.with_array((image + noise).astype(np.float32))
+    change = detect_new_ms_lesions({SeriesRole.FLAIR: pair.baseline}, {SeriesRole.FLAIR: noisy}, backend,
+                                   settings.models, study_key="bench-noisy")
+    assert change.detectable_change > MIN_LESION_DIFFERENCE and change.sensitivity_limited
+    assert insensitive_pair_warning(change.detectable_change) in change.warnings
+    assert f"{change.detectable_change:.2f}" in insensitive_pair_warning(change.detectable_change)
+    score = lp.score_lesions(pair.truth, [lp.Detection(n.centroid_mm, n.volume_mm3) for n in change.new_lesions])
+    assert score.hits and not score.false_positives  # the clear lesions are still reported, and nothing false
 
 
 def test_2d_flair_with_slices_of_5_mm_or_more_is_refused_with_the_reason(

@@ -50,6 +50,7 @@ from neuroflow.results.report import (
     ReviewAssessment,
     StudyReport,
     TumourVolumes,
+    render_summary,
 )
 
 MODEL = ModelRef(name="glioma_unet", version=2)
@@ -317,6 +318,29 @@ def test_ms_change_sr_counts_the_new_lesions_with_their_volumes(
     assert numbers["Lesion 1 (new)"] == [("118565006", 54.0, "mm3")]
     assert numbers["Lesion 2 (enlarging)"] == [("118565006", 31.5, "mm3")]
     assert any("periventricular" in t for t in sr_texts(sr))
+    assert not any("Sensitivity limited" in t for t in sr_texts(sr))
+    assert _dciodvfy_errors(sr, tmp_path) == []
+
+
+def test_ms_change_sr_of_a_pair_too_noisy_for_faint_lesions_says_none_found_is_not_none_there(
+        study: dict[SeriesRole, list[Dataset]], tmp_path: Path) -> None:
+    # Issue 18: "New MS activity: No" from a pair that cannot show faint lesions is qualified where it is read.
+    flair = study[SeriesRole.FLAIR]
+    section = LongitudinalReport(
+        baseline_study_instance_uid="1.2.3", followup_study_instance_uid=str(flair[0].StudyInstanceUID),
+        pipelines=["ms_change"], new_lesions=[], new_lesion_count=0, new_activity=False, rejected_candidates=0,
+        ms_detectable_change=2.24, ms_sensitivity_limited=True)
+    warning = "ms_change: limited sensitivity: compare the scans"
+    report = StudyReport(study_instance_uid=str(flair[0].StudyInstanceUID), study_key="k", pipeline="ms_change",
+                         status=ReportStatus.SUCCEEDED, model=ModelRef(name="ms_subtraction", version=1),
+                         longitudinal=section, warnings=[warning])
+    sr = ms_change_sr(report, flair, input_hash=HASH, objects=SITE)
+    texts = sr_texts(sr)
+    assert any(t.startswith("Sensitivity limited") and "2.24" in t for t in texts), texts
+    assert f"Warning: {warning}" in texts
+    summary = render_summary(report)
+    assert "MS new activity: no (0 new/enlarging lesion(s))" in summary
+    assert "SENSITIVITY LIMITED: this pair shows only changes above 2.24" in summary
     assert _dciodvfy_errors(sr, tmp_path) == []
 
 

@@ -277,7 +277,8 @@ def _ms_change(section: LongitudinalReport, baseline: Timepoint, followup: Timep
                               location=lesion.location, kind=lesion.kind) for lesion in change.new_lesions]
     section = section.model_copy(update={
         "new_lesions": lesions, "new_lesion_count": len(lesions), "new_activity": change.new_activity,
-        "rejected_candidates": len(change.rejected),
+        "rejected_candidates": len(change.rejected), "ms_detectable_change": change.detectable_change,
+        "ms_sensitivity_limited": change.sensitivity_limited,
     })
     with clock.stage("change_results"):
         seg = ms_lesion_seg(change.labels, flair, input_hash=key, algorithm=algorithm, objects=objects)
@@ -288,7 +289,7 @@ def _ms_change(section: LongitudinalReport, baseline: Timepoint, followup: Timep
         # The SR says what the section says: the count, each lesion's volume, kind and location.
         pair_report = StudyReport(study_instance_uid=followup.study_instance_uid, study_key=study_key,
                                   pipeline=ChangePipeline.MS.value, status=ReportStatus.SUCCEEDED, model=algorithm,
-                                  longitudinal=section)
+                                  longitudinal=section, warnings=list(change.warnings))
         datasets[MS_SR_FILE] = [ms_change_sr(pair_report, flair, input_hash=key, objects=objects)]
     warnings = list(change.warnings)
     if seg is None:

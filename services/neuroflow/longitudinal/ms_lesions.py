@@ -144,6 +144,17 @@ class MsLesionChange:
     labels: Volume
     warnings: list[str] = field(default_factory=list)
     registration: dict[str, float] = field(default_factory=dict)
+    # The faintest change this pair can detect, in robust spreads of the follow-up's brain (SEED_DIFFERENCE times
+    # the difference's typical expected spread): lesions whose change is fainter are missed. Lesions reach 1.2
+    # (MIN_LESION_DIFFERENCE) at the faintest; 0.0: not measured (no brain).
+    detectable_change: float = 0.0
+
+    @property
+    def sensitivity_limited(self) -> bool:
+        """The pair cannot show the faintest lesions: a count of none is not evidence of no new activity (issue 18).
+        The visits differ too much (protocol, slab, scanner) for a lesion as faint as MIN_LESION_DIFFERENCE to seed.
+        It follows from the detector's own thresholds; no pair's result chose it."""
+        return self.detectable_change > MIN_LESION_DIFFERENCE
 
     @property
     def new_activity(self) -> bool:
@@ -216,8 +227,8 @@ def detect_new_ms_lesions(
         base_matched = match_intensities(base_n4, follow_n4, brain)
 
     with clock.stage("detect"):
-        found = _subtraction(base_matched, follow_n4, brain, follow_flair.geometry,
-                             baseline_slice_mm=max(base_flair.geometry.spacing))
+        found, detectable = _subtraction(base_matched, follow_n4, brain, follow_flair.geometry,
+                                         baseline_slice_mm=max(base_flair.geometry.spacing))
         if models.ms_lesion is not None:
             net = network_candidates(backend, models.ms_lesion, base_matched, follow_n4, brain)
             found = _merge_network(found, net, follow_flair.geometry)
@@ -245,7 +256,19 @@ def detect_new_ms_lesions(
                                                                                                   strict=True)]
     label_volume = Volume(labels, follow_flair.geometry, {"series_instance_uid":
                                                           follow_flair.meta.get("series_instance_uid", "")})
-    return MsLesionChange(lesions, rejected, label_volume, warnings, registration.summary())
+    change = MsLesionChange(lesions, rejected, label_volume, warnings, registration.summary(),
+                            detectable_change=round(detectable, 2))
+    if change.sensitivity_limited:
+        change.warnings.append(insensitive_pair_warning(change.detectable_change))
+    return change
+
+
+def insensitive_pair_warning(detectable_change: float) -> str:
+    """What a reader is told when a pair cannot show faint new lesions (``MsLesionChange.sensitivity_limited``)."""
+    return (f"limited sensitivity: the two FLAIRs differ so much (protocol, slices, scanner) that only changes "
+            f"brighter than {detectable_change:.2f} robust spreads of the brain can be told from noise, while new "
+            f"lesions can be as faint as {MIN_LESION_DIFFERENCE:g}: faint new or enlarging lesions may be missed, "
+            "and finding none does not rule out new activity; compare the scans")
 
 
 def _flair(volumes: Mapping[SeriesRole, Volume], study_key: str, which: str) -> Volume:
@@ -277,9 +300,10 @@ class _Candidate:
 
 
 def _subtraction(baseline: FloatArray, followup: FloatArray, brain: BoolArray, geometry: Geometry, *,
-                 baseline_slice_mm: float = 0.0) -> list[_Candidate]:
-    """The subtraction candidates, each with its verdict (module doc, step 4). ``baseline_slice_mm``: the
-    baseline's own slice thickness before it was resampled onto ``geometry`` (0: as thick as the follow-up's)."""
+                 baseline_slice_mm: float = 0.0) -> tuple[list[_Candidate], float]:
+    """The subtraction candidates, each with its verdict (module doc, step 4), and the faintest change the pair
+    can seed where lesions arise (``MsLesionChange.detectable_change``). ``baseline_slice_mm``: the baseline's own
+    slice thickness before it was resampled onto ``geometry`` (0: as thick as the follow-up's)."""
     spacing_kji = np.array(geometry.spacing[::-1])
     level = float(np.median(followup[brain]))
     spread = _robust_sd(followup[brain])
@@ -295,13 +319,16 @@ def _subtraction(baseline: FloatArray, followup: FloatArray, brain: BoolArray, g
     beyond_neighbours = follow_s - ndimage.maximum_filter(np.minimum(base_s, BASELINE_CAP), size=3)
     core = ndimage.binary_erosion(brain, iterations=max(1, round(EDGE_MARGIN_MM / float(spacing_kji.min()))))
     hyper = follow_s > HYPERINTENSE
-    seeds = core & hyper & (np.minimum(difference, beyond_neighbours) > np.maximum(SEED_DIFFERENCE * difference_sd,
-                                                                                 MIN_DIFFERENCE))
+    seed_level = np.maximum(SEED_DIFFERENCE * difference_sd, MIN_DIFFERENCE)
+    seeds = core & hyper & (np.minimum(difference, beyond_neighbours) > seed_level)
+    # The typical seed level where lesions arise: the median over the seeds' region of the brain away from its
+    # edges (the cortex's and ventricles' steep edges raise it locally, but most of the brain is flat).
+    detectable = float(np.median(seed_level[core])) if core.any() else 0.0
     # The extent keeps one global spread: a seed has already shown the change is real, and the growth rim of an
     # enlarging lesion lies on its old edge, where the local spread (a steep baseline gradient) would cut it off.
     extent = brain & (difference > max(EXTENT_DIFFERENCE * _robust_sd(difference[brain]), MIN_DIFFERENCE / 2.0)) & (
         follow_s > EXTENT_HYPERINTENSE)
-    return _candidates(seeds, extent, follow_s, base_s, difference, geometry)
+    return _candidates(seeds, extent, follow_s, base_s, difference, geometry), detectable
 
 
 def _difference_noise(difference: FloatArray, base_s: FloatArray, brain: BoolArray,

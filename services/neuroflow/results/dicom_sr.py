@@ -222,6 +222,10 @@ def ms_change_sr(
             _local("NEW-ACTIVITY", "New MS activity"), codes.SCT.Yes if section.new_activity else codes.SCT.No)])
     _add_text(summary, f"Compared {section.baseline_study_date or 'baseline'} -> "
                        f"{section.followup_study_date or 'follow-up'}")
+    if section.ms_sensitivity_limited:
+        _add_text(summary, f"Sensitivity limited: this pair shows only changes above "
+                           f"{section.ms_detectable_change:.2f} robust spreads of the brain; faint new lesions may be "
+                           "missed, and finding none does not rule out new activity")
     groups: list[hd.sr.MeasurementsAndQualitativeEvaluations] = [summary]
     for n, lesion in enumerate(section.new_lesions, start=1):
         group = hd.sr.MeasurementsAndQualitativeEvaluations(

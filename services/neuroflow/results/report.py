@@ -275,6 +275,10 @@ class LongitudinalReport(_ReportModel):
     new_lesion_count: int | None = None
     new_activity: bool | None = None  # per patient: at least one new lesion
     rejected_candidates: int | None = None
+    # The faintest change the MS pair can show (robust spreads of the brain; MsLesionChange.detectable_change),
+    # and whether that hides the faintest lesions: then "no new activity" is not evidence of none (issue 18).
+    ms_detectable_change: float | None = None
+    ms_sensitivity_limited: bool | None = None
     haematoma: HaematomaSection | None = None
     tumour_growth: TumourGrowth | None = None
     metastases_response: MetastasesResponse | None = None
@@ -286,7 +290,8 @@ class LongitudinalReport(_ReportModel):
                 self.baseline_study_instance_uid, self.followup_study_instance_uid):
             raise ValueError("cannot merge the sections of two different pairs")
         update = {name: value for name in ("new_lesions", "new_lesion_count", "new_activity",
-                                           "rejected_candidates", "haematoma", "tumour_growth",
+                                           "rejected_candidates", "ms_detectable_change",
+                                           "ms_sensitivity_limited", "haematoma", "tumour_growth",
                                            "metastases_response")
                   if (value := getattr(other, name)) is not None}
         update["pipelines"] = list(dict.fromkeys([*self.pipelines, *other.pipelines]))
@@ -551,6 +556,10 @@ def _longitudinal_lines(section: LongitudinalReport) -> list[str]:
         if pair.new_lesions is not None:
             activity = "YES" if pair.new_activity else "no"
             lines.append(f"  MS new activity: {activity} ({pair.new_lesion_count} new/enlarging lesion(s))")
+            if pair.ms_sensitivity_limited:
+                lines.append(f"    SENSITIVITY LIMITED: this pair shows only changes above "
+                             f"{pair.ms_detectable_change:.2f} robust spreads of the brain; faint new lesions may be "
+                             "missed (compare the scans)")
             lines += [f"    {lesion.volume_mm3:8.0f} mm3 at ({lesion.centroid_mm[0]:.1f}, {lesion.centroid_mm[1]:.1f}, "
                       f"{lesion.centroid_mm[2]:.1f}) mm LPS, {lesion.location}" for lesion in pair.new_lesions]
         if pair.haematoma is not None:
