@@ -81,8 +81,20 @@ DECISION_LOG = (
     "(more false positives on both), lower HYPERINTENSE (no gain).",
     "- the goal is met for false positives (none on either pair), not for sensitivity (4/37): on patient03 the "
     "FLAIR difference at most reference lesions is within that pair's noise, so no FLAIR-subtraction threshold "
-    "reaches 0.8 there without many false positives; what could: the visits' T2W (in the database, unused here), "
-    "or a lesion network trained on synthetic pairs and the cross-sectional masks (none ships yet).",
+    "reaches 0.8 there without many false positives; what could: a lesion network trained on synthetic pairs and "
+    "the cross-sectional masks (none ships yet).",
+    "- the visits' T2W, tried and dropped (issue 18, 2026-12-04; both patients): the same subtraction run on the "
+    "T2W pair instead of the FLAIR pair found 2/30 on patient03 with 9 false positives (FLAIR: 1/30, none) and "
+    "1/7 on patient01 with 2 (FLAIR: 3/7, none). patient03's T2W difference is quieter (faintest detectable "
+    "change 1.37 robust spreads against FLAIR's 2.12), but its reference lesions barely change on T2W either "
+    "(median local signal-to-noise of the change at the lesions 2.35 on T2W, 1.72 on FLAIR; patient01 1.41 "
+    "and 5.33), and CSF is bright on T2W; an OR of the two channels would at best add a few lesions on "
+    "patient03 at the cost of false positives on both, so no T2W channel was built.",
+    "- the faintest detectable change is now stated per pair (4 times the difference's typical expected spread "
+    "inside the brain), and the reader is warned when it exceeds the faintest lesion's 1.2 robust spreads: "
+    "'no new lesion' from such a pair is not evidence of no new activity. The rule follows from the detector's "
+    "own thresholds, not from these pairs; it warns on both (patient01 at 1.24-1.25 across runs, just above, "
+    "where 4 of 7 are missed; patient03 at 2.12-2.16), and on none of the clean synthetic pairs (0.6-0.84).",
     "- held-out check on the cross-sectional database (patients 07 and 26, 3D FLAIR with consensus masks; used "
     "for nothing else): none of their 37 consensus lesions of >= 12 mm³ is ringed by CSF beyond a third of its "
     "border (at most 27 %), so the CSF check would drop none; but 11 of them stand less than 1.2 brain spreads "
@@ -141,8 +153,9 @@ def render(results: list[PatientResult]) -> str:
         "(MSSEG-2 best F1 ~0.54).",
         "",
         "| patient | sensitivity | " + " | ".join(bin_name(lo, hi) for lo, hi in SIZE_BINS)
-        + " | FP | near (3-5 mm) | F1 | volume found/reference (found lesions) | shrinking set aside | time |",
-        "| --- | --- | " + " | ".join("---" for _ in SIZE_BINS) + " | --- | --- | --- | --- | --- | --- |",
+        + " | FP | near (3-5 mm) | F1 | volume found/reference (found lesions) | shrinking set aside "
+        "| faintest detectable change (reader warned) | time |",
+        "| --- | --- | " + " | ".join("---" for _ in SIZE_BINS) + " | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         s = r.score
@@ -153,14 +166,14 @@ def render(results: list[PatientResult]) -> str:
             + " | ".join(bin_cell(s, lo, hi) for lo, hi in SIZE_BINS)
             + f" | {len(s.false_positives)} | {len(s.near_misses)} | {s.f1:.2f} | {ratio} "
             f"({s.detected_volume_mm3:.0f} / {s.reference_volume_mm3:.0f} mm³ in all) | {len(s.shrinking)} "
-            f"| {r.seconds:.0f} s |")
+            f"| {r.detectable_change:.2f} ({'yes' if r.sensitivity_limited else 'no'}) | {r.seconds:.0f} s |")
     hits = sum(r.score.hits for r in results)
     total = sum(r.score.total for r in results)
     fps = sum(len(r.score.false_positives) for r in results)
     lines += [
         f"| all | {hits}/{total} = {hits / max(1, total):.2f} | "
         + " | ".join(_pooled_bin(results, lo, hi) for lo, hi in SIZE_BINS)
-        + f" | {fps / max(1, len(results)):.1f} per pair | | | | | |",
+        + f" | {fps / max(1, len(results)):.1f} per pair | | | | | | |",
         "",
         *DECISION_LOG,
         "",

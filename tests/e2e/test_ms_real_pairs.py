@@ -38,4 +38,5 @@ def test_patient03_two_protocols_new_lesions_found_without_csf_artefacts(tmp_pat
     assert score.hits >= 1, f"{score.hits}/{score.total} found"
     assert len(score.false_positives) <= 1, [d.centroid_mm for d in score.false_positives]
     # ... and the reader is told: most of its new lesions change less than this pair's noise lets through.
+    assert result.sensitivity_limited and result.detectable_change > 1.5
     assert any("limited sensitivity" in w for w in result.warnings), result.warnings

@@ -41,6 +41,8 @@ class PatientResult:
     seconds: float
     reported: int
     warnings: list[str]
+    detectable_change: float  # the pair's faintest detectable change (MsLesionChange.detectable_change)
+    sensitivity_limited: bool  # ... above the faintest lesion's: the reader was warned
 
 
 def patients(data: Path) -> list[Path]:
@@ -81,7 +83,8 @@ def run_patient(folder: Path, settings: NeuroflowSettings, work: Path) -> Patien
     detections = [Detection(mapping.TransformPoint(lesion.centroid_mm), lesion.volume_mm3)
                   for lesion in report.longitudinal.new_lesions]
     return PatientResult(folder.name, score_patient(folder, detections), seconds, len(detections),
-                         list(report.warnings))
+                         list(report.warnings), report.longitudinal.ms_detectable_change or 0.0,
+                         bool(report.longitudinal.ms_sensitivity_limited))
 
 
 def score_patient(folder: Path, detections: list[Detection]) -> PairScore:
