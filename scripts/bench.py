@@ -16,12 +16,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from neuroflow.devtools.benchmarks_md import write_header, write_section
+
 ROOT = Path(__file__).resolve().parents[1]
 PREPROCESS_STAGES = ("read", "classify", "read_series", "convert", "orientation", "register", "skull_strip",
                      "normalise")
 # The published pipeline (paper 001 in the team's papers): ~6 min preprocessing, ~10 min per case.
 PUBLISHED_PREPROCESS_S = 6 * 60.0
 PUBLISHED_TOTAL_S = 10 * 60.0
+# Headings without run counts: write_section finds a section by its heading.
+GLIOMA_HEADING = "## Glioma pipeline, embedded (ONNX Runtime, CPU), real 4-sequence study"
+METASTASES_HEADING = "## Metastases pipeline, embedded (ONNX Runtime, CPU), real AURORA case"
 AURORA = ROOT.parent / "shared" / "data" / "metastasis-aurora"  # real brain metastases, read in place
 
 
@@ -41,16 +46,18 @@ def main() -> None:
 
     median = medians(runs)
     pre = sum(median[s] for s in PREPROCESS_STAGES if s in median)
-    lines = [
+    header = [
         "# Benchmarks",
         "",
         f"Written by `make bench` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}) on "
         f"{platform.machine()} with {_cpus()} CPUs, Python {platform.python_version()}.",
         "Absolute times are noisy on this shared machine; compare the ratios and the per-stage breakdown.",
+    ]
+    glioma = [
+        GLIOMA_HEADING,
         "",
-        f"## Glioma pipeline, embedded (ONNX Runtime, CPU), real 4-sequence study, median of {len(runs)} runs",
-        "",
-        "Study: TCGA-DU-7294 (240x240x155, 1 mm, 4 sequences), written as DICOM by `scripts/make_demo_study.py`.",
+        f"Median of {len(runs)} runs. Study: TCGA-DU-7294 (240x240x155, 1 mm, 4 sequences), written as DICOM by "
+        "`scripts/make_demo_study.py`.",
         "",
         *stage_table(median),
         "",
@@ -62,10 +69,13 @@ def main() -> None:
         f"- Volumes found (mL): WT {volumes['WT']:.1f}, TC {volumes['TC']:.1f}, ET {volumes['ET']:.1f}.",
         "",
         "Reproduce: `make bench`.",
-        "",
-        *metastases,
     ]
-    args.out.write_text("\n".join(lines))
+    # Its own sections and the file's header only: run alone, it keeps every other script's sections.
+    write_header(args.out, "\n".join(header))
+    for section in (glioma, metastases):
+        if section:
+            write_section(args.out, "\n".join(section))
+    lines = [*header, "", *glioma, "", *metastases]
     print("\n".join(lines))
 
 
@@ -121,10 +131,10 @@ def metastases_section(tmp: Path, runs: int) -> list[str]:
     median = medians(timings)
     found = report["metastases"]
     return [
-        f"## Metastases pipeline, embedded (ONNX Runtime, CPU), real AURORA case, median of {runs} runs",
+        METASTASES_HEADING,
         "",
-        "Study: the AURORA example case (240x240x155, 1 mm, 4 sequences; `../shared/data/metastasis-aurora`, "
-        "read in place), written as DICOM; `neuroflow run --pipeline metastases`.",
+        f"Median of {runs} runs. Study: the AURORA example case (240x240x155, 1 mm, 4 sequences; "
+        "`../shared/data/metastasis-aurora`, read in place), written as DICOM; `neuroflow run --pipeline metastases`.",
         "",
         *stage_table(median),
         "",

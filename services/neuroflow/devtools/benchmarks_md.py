@@ -22,3 +22,11 @@ def write_section(path: Path, section: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
     path.write_text(text)
+
+
+def write_header(path: Path, header: str) -> None:
+    """``header`` (the ``# Benchmarks`` title and what follows it) in place of what ``path`` holds before its first
+    ``## `` section (all of it when it has none): `make bench`'s first script keeps the other scripts' sections."""
+    text = path.read_text() if path.exists() else ""
+    first = text.find("\n## ")
+    path.write_text(header.rstrip("\n") + "\n" + (text[first:] if first >= 0 else ""))
