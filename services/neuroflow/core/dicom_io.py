@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from neuroflow.core.config import InputLimitSettings
 from neuroflow.core.errors import InputLimitExceeded, SeriesRejected, StudyError
@@ -213,13 +215,18 @@ class FolderDicomSource(DicomSource):
     def __init__(self, root: Path, *, limits: InputLimitSettings | None = None) -> None:
         self._root = root
         self.limits = limits or InputLimitSettings()
+        # Where each indexed file's header ended (its pixel data starts), with the file's size and modification
+        # time then: read_instances reads only the rest of a file that has not changed since, instead of parsing
+        # the whole file a second time (half the time of reading a series).
+        self._tails: dict[str, _Tail] = {}
 
     def index(self) -> tuple[dict[str, StudyIndex], list[SkippedFile]]:
         studies: dict[str, StudyIndex] = {}
         skipped: list[SkippedFile] = []
+        self._tails.clear()
         for path in sorted(_walk(self._root)):
             try:
-                ds = _read_within_limits(path, self.limits, stop_before_pixels=True)
+                ds = self._read_header(path)
             except TooLargeToRead as exc:
                 skipped.append(SkippedFile(path, str(exc)))
                 continue
@@ -256,9 +263,10 @@ class FolderDicomSource(DicomSource):
         self.check_limits(series)
         budget = ReadBudget(self.limits)
         datasets: list[Dataset] = []
-        for path in series.paths:
+        for header, path in zip(series.headers, series.paths, strict=True):
             try:
-                datasets.append(_read_within_limits(path, self.limits, budget=budget))
+                datasets.append(self._read_rest(header, path, budget)
+                                or _read_within_limits(path, self.limits, budget=budget))
             except TooLargeToRead as exc:
                 raise InputLimitExceeded(study_key(series.study_instance_uid), str(exc), limit="max_series_bytes",
                                          stage="read", series_uid=series.series_instance_uid) from None
@@ -269,6 +277,50 @@ class FolderDicomSource(DicomSource):
                 ) from exc
         self.check_limits(series, datasets)
         return datasets
+
+
+    def _read_header(self, path: str) -> Dataset:
+        """The file's header (up to its pixel data), remembering where it ended unless the file is deflated (pydicom
+        inflates those whole: no offset into the file means anything)."""
+        with open(path, "rb") as fp:
+            ds = read_dicom_within_limits(fp, self.limits, source=path, stop_before_pixels=True)
+            end = fp.tell()
+            stat = os.fstat(fp.fileno())
+        ds.filename = path  # as dcmread(path) sets it: messages name the file
+        meta = getattr(ds, "file_meta", None)
+        if isinstance(ds, FileDataset) and meta is not None and (
+                meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian):
+            self._tails[path] = _Tail(end, stat.st_size, stat.st_mtime_ns)
+        return ds
+
+    def _read_rest(self, header: Dataset, path: str, budget: ReadBudget) -> Dataset | None:
+        """The whole dataset from ``header`` (as the index read it) and the rest of its file (the pixel data and
+        anything after it); None, for a full read, when the file was not indexed here or has changed since."""
+        tail = self._tails.get(path)
+        if tail is None or not isinstance(header, FileDataset):
+            return None
+        with open(path, "rb") as fp:
+            stat = os.fstat(fp.fileno())
+            if (stat.st_size, stat.st_mtime_ns) != (tail.size, tail.mtime_ns):
+                return None
+            if not budget.take(stat.st_size):  # what a full read counts for a file that is not deflated
+                raise TooLargeToRead(f"the series' files take more than {budget.limit} bytes once read ({path} "
+                                     f"alone {stat.st_size}), over the limit (NEUROFLOW_LIMITS__MAX_SERIES_BYTES)")
+            implicit, little = header.original_encoding
+            fp.seek(tail.offset)
+            rest = read_dataset(fp, bool(implicit), bool(little))
+        # A new dataset: the header stays as the index holds it, without pixels.
+        full = FileDataset(path, {**dict(header.items()), **dict(rest.items())}, preamble=header.preamble,
+                           file_meta=header.file_meta, is_implicit_VR=bool(implicit), is_little_endian=bool(little))
+        full.set_original_encoding(implicit, little, header.original_character_set)
+        return full
+
+
+@dataclass(frozen=True)
+class _Tail:
+    offset: int  # where the header ended: the pixel data element's first byte
+    size: int
+    mtime_ns: int
 
 
 class FolderDicomSink(DicomSink):
@@ -312,11 +364,9 @@ def read_dicom_within_limits(fp: BinaryIO, limits: InputLimitSettings, *, source
     return pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels)
 
 
-def _read_within_limits(path: str, limits: InputLimitSettings, *, stop_before_pixels: bool = False,
-                        budget: ReadBudget | None = None) -> Dataset:
+def _read_within_limits(path: str, limits: InputLimitSettings, *, budget: ReadBudget | None = None) -> Dataset:
     with open(path, "rb") as fp:
-        ds = read_dicom_within_limits(fp, limits, source=path, stop_before_pixels=stop_before_pixels,
-                                      budget=budget)
+        ds = read_dicom_within_limits(fp, limits, source=path, budget=budget)
     ds.filename = path  # as dcmread(path) sets it: messages name the file
     return ds
 
