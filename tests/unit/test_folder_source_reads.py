@@ -17,6 +17,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, 
 
 from neuroflow.core import dicom_io
 from neuroflow.core.dicom_io import FolderDicomSource, SeriesInstances
+from neuroflow.core.errors import InputLimitExceeded
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.volume import Volume
 from neuroflow.devtools.dicom_writer import load_volume, write_study
@@ -118,3 +119,19 @@ def test_a_file_replaced_after_indexing_is_read_again_in_full(written: list[Path
     datasets = source.read_instances(series)
     assert full_reads == [changed]
     assert np.array_equal(datasets[1].pixel_array, pixels)
+
+
+def test_a_file_replaced_after_indexing_is_checked_against_the_limits_again(written: list[Path], tmp_path: Path,
+                                                                           ) -> None:
+    # The index checked the headers it read; a file read again in full may now claim another size.
+    folder = tmp_path / "series"
+    shutil.copytree(written[0].parent, folder)
+    source = FolderDicomSource(folder)
+    series = _series(source)
+    changed = series.paths[2]
+    ds = pydicom.dcmread(changed)
+    ds.Rows = ds.Columns = 60000  # the pixel data stays small: only the header's claim changes
+    ds.save_as(changed)
+    with pytest.raises(InputLimitExceeded) as refused:
+        source.read_instances(series)
+    assert changed in str(refused.value)

@@ -275,9 +275,10 @@ class FolderDicomSource(DicomSource):
                     study_key(series.study_instance_uid), f"unreadable DICOM file {path}: {exc}",
                     stage="convert", series_uid=series.series_instance_uid,
                 ) from exc
+        # Again on what was read: the pixel data (an encapsulated frame's codestream against the header's size) and
+        # any file read in full, whose header may no longer be the one the index checked.
         self.check_limits(series, datasets)
         return datasets
-
 
     def _read_header(self, path: str) -> Dataset:
         """The file's header (up to its pixel data), remembering where it ended unless the file is deflated (pydicom
