@@ -135,7 +135,8 @@ PART_NOTES = {
         "the rest of an unchanged file. Where neuroflow is behind: it parses headers in Python (pydicom), the "
         "frame keys that split multi-volume series read vendor private tags on every slice, the input limits are "
         "checked on the headers and again on the pixel data read, and it returns float32 (twice SimpleITK's int16 "
-        "memory on the CT). GDCM (SimpleITK) and dcm2niix parse in C/C++ and keep int16. What neuroflow buys with it: every slice's geometry is checked (gaps, "
+        "memory on the CT). GDCM (SimpleITK) and dcm2niix parse in C/C++ and keep int16. "
+        "What neuroflow buys with it: every slice's geometry is checked (gaps, "
         "duplicates, tilt, mosaic, multi-frame, per-slice rescale) and a bad series is refused with the reason; "
         "in a whole study the conversion is ~2% of the pipeline (first section). "
         "Geometry agrees exactly with both peers."),
