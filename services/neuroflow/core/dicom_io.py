@@ -304,9 +304,7 @@ class FolderDicomSource(DicomSource):
             stat = os.fstat(fp.fileno())
             if (stat.st_size, stat.st_mtime_ns) != (tail.size, tail.mtime_ns):
                 return None
-            if not budget.take(stat.st_size):  # what a full read counts for a file that is not deflated
-                raise TooLargeToRead(f"the series' files take more than {budget.limit} bytes once read ({path} "
-                                     f"alone {stat.st_size}), over the limit (NEUROFLOW_LIMITS__MAX_SERIES_BYTES)")
+            _take(budget, stat.st_size, path)  # what a full read counts for a file that is not deflated
             implicit, little = header.original_encoding
             fp.seek(tail.offset)
             rest = read_dataset(fp, bool(implicit), bool(little))
@@ -359,10 +357,16 @@ def read_dicom_within_limits(fp: BinaryIO, limits: InputLimitSettings, *, source
     if deflated and nbytes > cap:
         raise TooLargeToRead(f"{source} is deflated and inflates to more than {cap} bytes, over the limit "
                              "(NEUROFLOW_LIMITS__MAX_SERIES_BYTES)")
-    if budget is not None and not budget.take(nbytes):
+    if budget is not None:
+        _take(budget, nbytes, source)
+    return pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels)
+
+
+def _take(budget: ReadBudget, nbytes: int, source: str) -> None:
+    """Counts a file of ``nbytes`` against the series' budget; TooLargeToRead when the series is now over it."""
+    if not budget.take(nbytes):
         raise TooLargeToRead(f"the series' files take more than {budget.limit} bytes once read ({source} alone "
                              f"{nbytes}), over the limit (NEUROFLOW_LIMITS__MAX_SERIES_BYTES)")
-    return pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels)
 
 
 def _read_within_limits(path: str, limits: InputLimitSettings, *, budget: ReadBudget | None = None) -> Dataset:
