@@ -90,6 +90,10 @@ DECISION_LOG = (
     "(median local signal-to-noise of the change at the lesions 2.35 on T2W, 1.72 on FLAIR; patient01 1.41 "
     "and 5.33), and CSF is bright on T2W; an OR of the two channels would at best add a few lesions on "
     "patient03 at the cost of false positives on both, so no T2W channel was built.",
+    "- tried and dropped (2026-12-04): the baseline mapped onto the follow-up by the conditional median of the "
+    "follow-up given the baseline's intensity (the joint histogram, 64 bins) instead of matching quantiles: "
+    "patient03 4/30 found but 2 false positives, faintest detectable change 2.08 (quantiles: 1/30, none, 2.16); "
+    "patient01 unchanged (3/7). The difference's noise does not come from the intensity mapping.",
     "- the faintest detectable change is now stated per pair (4 times the difference's typical expected spread "
     "inside the brain), and the reader is warned when it exceeds the faintest lesion's 1.2 robust spreads: "
     "'no new lesion' from such a pair is not evidence of no new activity. The rule follows from the detector's "
