@@ -58,14 +58,18 @@ def _seg_instances(pacs: OrthancClient) -> list[str]:
     return [str(i) for i in found]
 
 
-def _wait_for(condition: Any, timeout_s: float, what: str) -> Any:
+def _wait_for(condition: Any, timeout_s: float, what: str, running: dict[str, Any] | None = None) -> Any:
+    """``condition``'s first true value within ``timeout_s``; on timeout, the stack's processes that are no
+    longer running (``running``: the stack), each with the end of its log, are named in the failure."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(1.0)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+    exited = stack.exited_processes(running) if running is not None else []
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}"
+                         + "".join(f"\n{e}" for e in exited))
 
 
 def test_stack_writes_every_endpoint(running_stack: dict[str, Any]) -> None:
@@ -223,7 +227,8 @@ def test_worker_killed_mid_task_is_replaced_and_the_study_still_gives_one_result
     os.kill(victim["pid"], signal.SIGKILL)
     # The replacement stays: it is in stack.json, so the fixture's `stack down` stops it.
     stack.start_service(running_stack, "preprocess", "preprocess-2")
-    _wait_for(lambda: _seg_of_study(pacs, written.study_instance_uid), 600, "the SEG after the worker was killed")
+    _wait_for(lambda: _seg_of_study(pacs, written.study_instance_uid), 600, "the SEG after the worker was killed",
+              running_stack)
     time.sleep(5.0)
     assert len(_seg_of_study(pacs, written.study_instance_uid)) == 1
     assert _workflow_stage(running_stack, written.study_instance_uid) == ("SUCCEEDED", "results")
@@ -246,7 +251,8 @@ def test_destination_down_for_a_while_gets_the_result_once_it_is_back(
     finally:
         restarted = stack.restart_orthanc(running_stack, "orthanc-pacs")
     pacs = _client(pacs_info)
-    _wait_for(lambda: _seg_of_study(pacs, written.study_instance_uid), 300, "the SEG once the PACS is back")
+    _wait_for(lambda: _seg_of_study(pacs, written.study_instance_uid), 300, "the SEG once the PACS is back",
+              running_stack)
     assert len(_seg_of_study(pacs, written.study_instance_uid)) == 1
     assert restarted["pid"] != pacs_process["pid"]
 
@@ -268,7 +274,7 @@ def test_every_port_of_the_stack_refuses_a_stranger(
     assert not open_ports, "ports that let a stranger in:\n" + "\n".join(open_ports)
     kinds = {v.kind for v in verdicts}
     assert {"postgresql", "orthanc-https", "orthanc-http", "dicom", "metrics", "kafka", "triton-grpc",
-            "triton-http", "console"} <= kinds
+            "triton-http", "console"} <= kinds, stack.exited_processes(running_stack)
     # A worker killed by an earlier test stays in stack.json (its replacement runs under another name).
     services = {p["name"] for p in running_stack["processes"] if "service" in p and stack.is_running(p)}
     assert services <= {v.process for v in verdicts if v.kind == "metrics"}

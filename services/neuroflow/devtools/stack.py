@@ -559,6 +559,22 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def exited_processes(stack: dict[str, Any], *, lines: int = 10) -> list[str]:
+    """Each process of the stack that is no longer running, with the end of its log: a test that times out
+    waiting on the stack names the process that died instead of leaving it to be guessed (Triton's log is its
+    own file; a service's is under ``logs/``)."""
+    root = Path(stack["root"])
+    found = []
+    for proc in stack.get("processes", []):
+        if _alive(proc["pid"]):
+            continue
+        name = proc["name"]
+        log = root / "triton" / "tritonserver.log" if name == "triton" else root / "logs" / f"{name}.log"
+        tail = log.read_text(errors="replace").splitlines()[-lines:] if log.is_file() else ["(no log file)"]
+        found.append(f"{name} (pid {proc['pid']}) is not running; its log ends:\n" + "\n".join(tail))
+    return found
+
+
 def _any_running(stack: dict[str, Any]) -> bool:
     return any(_alive(p["pid"]) for p in stack.get("processes", []))
 
