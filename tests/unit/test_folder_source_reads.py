@@ -66,6 +66,14 @@ def _series(source: FolderDicomSource) -> SeriesInstances:
     return series
 
 
+def _indexed_copy(written: list[Path], tmp_path: Path) -> tuple[FolderDicomSource, SeriesInstances]:
+    """A copy of the written series (its files may then be changed) and its index."""
+    folder = tmp_path / "series"
+    shutil.copytree(written[0].parent, folder)
+    source = FolderDicomSource(folder)
+    return source, _series(source)
+
+
 def _full_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Records every whole-file parse (pydicom.dcmread without stop_before_pixels) the source makes."""
     calls: list[str] = []
@@ -102,10 +110,7 @@ def test_what_is_read_is_what_a_full_read_gives(written: list[Path], tmp_path: P
 
 def test_a_file_replaced_after_indexing_is_read_again_in_full(written: list[Path], tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    folder = tmp_path / "series"
-    shutil.copytree(written[0].parent, folder)
-    source = FolderDicomSource(folder)
-    series = _series(source)
+    source, series = _indexed_copy(written, tmp_path)
     changed = series.paths[1]
     ds = pydicom.dcmread(changed)
     pixels = ds.pixel_array.copy()
@@ -124,10 +129,7 @@ def test_a_file_replaced_after_indexing_is_read_again_in_full(written: list[Path
 def test_a_file_replaced_after_indexing_is_checked_against_the_limits_again(written: list[Path], tmp_path: Path,
                                                                            ) -> None:
     # The index checked the headers it read; a file read again in full may now claim another size.
-    folder = tmp_path / "series"
-    shutil.copytree(written[0].parent, folder)
-    source = FolderDicomSource(folder)
-    series = _series(source)
+    source, series = _indexed_copy(written, tmp_path)
     changed = series.paths[2]
     ds = pydicom.dcmread(changed)
     ds.Rows = ds.Columns = 60000  # the pixel data stays small: only the header's claim changes
