@@ -12,7 +12,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from neuroflow.core.private_tags import GE_B_VALUE, PHILIPS_B_VALUE, SIEMENS_B_VALUE, PrivateTag
+from neuroflow.core.private_tags import GE_B_VALUE, PHILIPS_B_VALUE, SIEMENS_B_VALUE, PrivateBlocks, PrivateTag
 from neuroflow.ingest.header_facts import read_facts
 
 
@@ -79,3 +79,25 @@ def test_b_value_without_a_creator_is_not_read(tmp_path: Path) -> None:
     ds = _header("SIEMENS")
     ds.add_new(0x0019100C, "IS", "1000")  # the usual number, but no block reserved: nobody's element
     assert read_facts(_round_trip(ds, tmp_path, ExplicitVRLittleEndian), 1).b_values == ()
+
+
+def test_a_creator_that_reserved_two_blocks_is_read_in_its_first() -> None:
+    """The first block a creator reserved is its block, whatever order the elements were added in (a dataset
+    built in memory keeps insertion order; a file read back is sorted)."""
+    ds = _header("SIEMENS")
+    _with_block(ds, SIEMENS_B_VALUE, "2000", "IS", slot=0x12)
+    _with_block(ds, SIEMENS_B_VALUE, "1000", "IS", slot=0x11)
+    assert SIEMENS_B_VALUE.value(ds) == 1000
+
+
+def test_one_scan_reads_values_of_several_blocks_and_groups() -> None:
+    ds = _header("SIEMENS")
+    _with_block(ds, SIEMENS_B_VALUE, "1000", "IS", slot=0x10)
+    ds.add_new(0x00190011, "LO", "SIEMENS CSA HEADER")
+    ds.add_new(0x0019110E, "FD", [0.0, 0.6, 0.8])  # a value in a second creator's block
+    _with_block(ds, GE_B_VALUE, ["1000000500", "8", "0", "0"], "IS", slot=0x13)
+    blocks = PrivateBlocks(ds)
+    assert blocks.numbers(0x0019, ("SIEMENS MR HEADER",), 0x0C) == [1000.0]
+    assert blocks.numbers(0x0019, ("SIEMENS MR HEADER", "SIEMENS CSA HEADER"), 0x0E) == [0.0, 0.6, 0.8]
+    assert blocks.numbers(0x0043, ("GEMS_PARM_01",), 0x39) == [1000000500.0, 8.0, 0.0, 0.0]
+    assert blocks.value(0x0043, ("GEMS_PARM_01",), 0x3A) is None  # the block is there, the element is not

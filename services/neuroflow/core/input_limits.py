@@ -44,6 +44,10 @@ _LONG_LENGTH_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "U
 _JPEG_SYNTAXES = frozenset(JPEGTransferSyntaxes + JPEGLSTransferSyntaxes)
 _J2K_SYNTAXES = frozenset(JPEG2000TransferSyntaxes)
 _SOI, _SOC, _SIZ = b"\xff\xd8", b"\xff\x4f", b"\xff\x51"
+_PIXEL_DATA = 0x7FE00010
+_PIXEL_DATA_TAGS = (_PIXEL_DATA, 0x7FE00008, 0x7FE00009)  # PixelData, FloatPixelData, DoubleFloatPixelData
+_ROWS, _COLUMNS, _SAMPLES_PER_PIXEL = 0x00280010, 0x00280011, 0x00280002
+_BITS_ALLOCATED, _NUMBER_OF_FRAMES = 0x00280100, 0x00280008
 _JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 
 
@@ -53,14 +57,15 @@ def decoded_bytes(ds: Dataset, limits: InputLimitSettings, *, study_key: str, st
     Refuses (InputLimitExceeded) a frame over ``max_pixels_per_frame`` and more frames than
     ``max_frames_per_instance``; refuses (SeriesRejected) sizes that are missing, negative or unreadable in an
     object that holds pixel data. ``source`` names the file or instance in the messages."""
-    series_uid = _series_uid(ds)
-    has_pixels = any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
-    if not has_pixels and "Rows" not in ds and "Columns" not in ds:
+    # Integer tags throughout: this runs twice for every instance read, and a keyword costs pydicom a dictionary
+    # look-up and a Tag per access.
+    has_pixels = any(tag in ds for tag in _PIXEL_DATA_TAGS)
+    if not has_pixels and _ROWS not in ds and _COLUMNS not in ds:
         return 0
 
-    def number(keyword: str, default: int | None) -> int:
+    def number(tag: int, keyword: str, default: int | None) -> int:
         try:
-            value: Any = ds.get(keyword)
+            value: Any = ds[tag].value if tag in ds else None
             if value is None or value == "":
                 if default is None:
                     raise ValueError("missing")
@@ -68,30 +73,31 @@ def decoded_bytes(ds: Dataset, limits: InputLimitSettings, *, study_key: str, st
             result = int(value)
         except Exception as exc:  # pydicom converts lazily: a damaged element raises on access
             raise SeriesRejected(study_key, f"{source} has no readable {keyword} ({_brief(exc)}): its pixel "
-                                            "data cannot be sized", stage=stage, series_uid=series_uid) from None
+                                            "data cannot be sized", stage=stage, series_uid=_series_uid(ds)) from None
         if result < 0:
             raise SeriesRejected(study_key, f"{source} has {keyword} {result}: must not be negative",
-                                 stage=stage, series_uid=series_uid)
+                                 stage=stage, series_uid=_series_uid(ds))
         return result
 
-    rows, columns = number("Rows", None), number("Columns", None)
-    samples, bits = number("SamplesPerPixel", 1), number("BitsAllocated", None if has_pixels else 16)
-    frames = number("NumberOfFrames", 1) or 1  # 0 and empty mean one frame, as pydicom reads them
+    rows, columns = number(_ROWS, "Rows", None), number(_COLUMNS, "Columns", None)
+    samples = number(_SAMPLES_PER_PIXEL, "SamplesPerPixel", 1)
+    bits = number(_BITS_ALLOCATED, "BitsAllocated", None if has_pixels else 16)
+    frames = number(_NUMBER_OF_FRAMES, "NumberOfFrames", 1) or 1  # 0 and empty mean one frame, as pydicom reads them
     pixels = rows * columns
     if pixels > limits.max_pixels_per_frame:
         raise InputLimitExceeded(
             study_key, f"{source} claims {rows} x {columns} = {pixels} pixels per frame, over the limit of "
                        f"{limits.max_pixels_per_frame} ({_ENV}MAX_PIXELS_PER_FRAME)",
-            limit="max_pixels_per_frame", stage=stage, series_uid=series_uid)
+            limit="max_pixels_per_frame", stage=stage, series_uid=_series_uid(ds))
     if frames > limits.max_frames_per_instance:
         raise InputLimitExceeded(
             study_key, f"{source} claims {frames} frames, over the limit of {limits.max_frames_per_instance} "
                        f"({_ENV}MAX_FRAMES_PER_INSTANCE)",
-            limit="max_frames_per_instance", stage=stage, series_uid=series_uid)
+            limit="max_frames_per_instance", stage=stage, series_uid=_series_uid(ds))
     problem = _codestream_problem(ds, rows, columns, frames)
     if problem is not None:
         raise SeriesRejected(study_key, f"pixel data in {source} cannot be decoded safely: {problem}", stage=stage,
-                             series_uid=series_uid)
+                             series_uid=_series_uid(ds))
     return math.ceil(pixels * samples * bits * frames / 8)
 
 
@@ -102,8 +108,9 @@ def _codestream_problem(ds: Dataset, rows: int, columns: int, frames: int) -> st
     one, and GDCM aborts the whole process (SIGABRT, no exception) when the two disagree: so each frame's
     codestream header is read first and must state the header's Rows and Columns."""
     meta = getattr(ds, "file_meta", None)
-    syntax = UID(str(meta.get("TransferSyntaxUID", ""))) if meta is not None else UID("")
-    if (syntax not in _JPEG_SYNTAXES and syntax not in _J2K_SYNTAXES) or "PixelData" not in ds:
+    value = meta.get("TransferSyntaxUID", "") if meta is not None else ""
+    syntax = value if isinstance(value, UID) else UID(str(value))  # pydicom reads it as a UID already
+    if (syntax not in _JPEG_SYNTAXES and syntax not in _J2K_SYNTAXES) or _PIXEL_DATA not in ds:
         return None
     if missing_decoder(syntax) is not None:  # no decoder will see it: conversion refuses it naming the syntax
         return None

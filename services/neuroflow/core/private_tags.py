@@ -39,33 +39,62 @@ GE_B_VALUE = PrivateTag(0x0043, "GEMS_PARM_01", 0x39, "slop_int_6")
 PHILIPS_B_VALUE = PrivateTag(0x2001, "Philips Imaging DD 001", 0x03, "Diffusion B-Factor")  # FL
 
 
+class PrivateBlocks:
+    """The private blocks of one dataset, found once: which creator reserved which block of each odd group.
+    Reading several private values of one header (a slice's b-value and gradient direction) scans its
+    elements once instead of probing every possible block for each value."""
+
+    def __init__(self, ds: Dataset) -> None:
+        self._ds = ds
+        # (group, creator) -> the first block that creator reserved in the group. The creator elements
+        # (gggg,0010-00FF) name the blocks: (gggg,xx00-xxFF) belongs to (gggg,00xx).
+        self._slots: dict[tuple[int, str], int] = {}
+        try:
+            for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset converts every element; its keys do not
+                if tag >> 16 & 1 and 0x10 <= tag & 0xFFFF <= 0xFF:
+                    try:
+                        creator = ds[tag].value
+                    except Exception:  # a damaged creator element: its block is as if absent
+                        continue
+                    text = creator.decode("latin-1") if isinstance(creator, bytes) else str(creator)
+                    key, slot = (tag >> 16, text.strip(" \x00")), tag & 0xFF
+                    if slot < self._slots.get(key, 0x100):  # whatever the elements' order
+                        self._slots[key] = slot
+        except Exception:  # a dataset whose elements cannot be listed: no private values
+            self._slots.clear()
+
+    def value(self, group: int, creators: Sequence[str], offset: int) -> Any:
+        """The raw value of element ``offset`` (0x00..0xFF) in the first block of ``group`` reserved by one of
+        ``creators``; None when no such creator or element. Never raises."""
+        for creator in creators:
+            slot = self._slots.get((group, creator))
+            if slot is not None:
+                tag = group << 16 | slot << 8 | offset
+                if tag in self._ds:
+                    try:
+                        return self._ds[tag].value
+                    except Exception:  # a damaged private element: as if absent
+                        return None
+        return None
+
+    def numbers(self, group: int, creators: Sequence[str], offset: int, *, binary: str = "") -> list[float]:
+        """``value`` as numbers: decimal strings, numbers, or bytes unpacked with struct format ``binary`` (e.g.
+        "<H", "<d") when the element was read without a dictionary entry (VR UN)."""
+        return _as_numbers(self.value(group, creators, offset), binary)
+
+
 def private_value(ds: Dataset, group: int, creators: Sequence[str], offset: int) -> Any:
     """The raw value of element ``offset`` (0x00..0xFF) in the first block of ``group`` reserved by
     one of ``creators``; None when no such creator or element. Never raises."""
-    try:
-        # The creator elements (gggg,0010-00FF) name the blocks: (gggg,xx00-xxFF) belongs to (gggg,00xx).
-        # Plain int look-ups in the keys view, as this runs for every header: pydicom's private_block
-        # slices the whole dataset, and its Tag comparisons are Python code.
-        present = ds.keys()
-        base = group << 16
-        slots: dict[str, int] = {}
-        for slot in range(0x10, 0x100):
-            if base | slot in present:
-                creator = ds[base | slot].value
-                text = creator.decode("latin-1") if isinstance(creator, bytes) else str(creator)
-                slots.setdefault(text.strip(" \x00"), slot)  # the first block a creator reserved
-        for creator in creators:
-            if creator in slots and (tag := base | (slots[creator] << 8) | offset) in present:
-                return ds[tag].value
-    except Exception:  # a damaged private element: as if absent
-        return None
-    return None
+    return PrivateBlocks(ds).value(group, creators, offset)
 
 
 def private_numbers(ds: Dataset, group: int, creators: Sequence[str], offset: int, *, binary: str = "") -> list[float]:
-    """A private value as numbers: decimal strings, numbers, or bytes unpacked with struct format
-    ``binary`` (e.g. "<H", "<d") when the element was read without a dictionary entry (VR UN)."""
-    value = private_value(ds, group, creators, offset)
+    """A private value as numbers (see ``PrivateBlocks.numbers``)."""
+    return PrivateBlocks(ds).numbers(group, creators, offset, binary=binary)
+
+
+def _as_numbers(value: Any, binary: str) -> list[float]:
     if value is None:
         return []
     if isinstance(value, bytes):

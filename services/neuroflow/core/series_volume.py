@@ -31,6 +31,7 @@ from pydicom.tag import Tag
 from neuroflow.core import dwi_volumes as dwi
 from neuroflow.core import mosaic
 from neuroflow.core.errors import SeriesRejected
+from neuroflow.core.native_pixels import native_pixels
 from neuroflow.core.pixel_codecs import describe, missing_decoder, transfer_syntax
 from neuroflow.core.split_volumes import (
     FrameLocation,
@@ -508,8 +509,10 @@ def _decoded_pixels(ds: Dataset, study_key: str, series_uid: str | None) -> npt.
         raise SeriesRejected(study_key, f"cannot decode the pixel data in {source}: {missing}", stage=STAGE,
                              series_uid=series_uid)
     try:
-        # As ``ds.pixel_array`` decodes, without keeping the array on the caller's dataset.
-        pixels: npt.NDArray[np.generic] = pixel_array(ds)
+        # As ``ds.pixel_array`` decodes, without keeping the array on the caller's dataset; plain uncompressed
+        # greyscale straight from its bytes (the same values, without pydicom's per-instance decode runner).
+        native = native_pixels(ds)
+        pixels: npt.NDArray[np.generic] = native if native is not None else pixel_array(ds)
     except BaseException as exc:  # truncated data, unsupported compression, inconsistent header
         # A decoder written in Rust (pylibjpeg-rle) panics on some damaged data with pyo3's PanicException, a
         # BaseException: it must not end the worker either. Interrupts and exits pass.

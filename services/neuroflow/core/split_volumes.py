@@ -22,7 +22,7 @@ from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 
 from neuroflow.core import mosaic
-from neuroflow.core.private_tags import SIEMENS_MR_CREATORS, private_numbers
+from neuroflow.core.private_tags import SIEMENS_MR_CREATORS, PrivateBlocks
 
 # What may tell one volume's frames from another's, most meaningful first: that order decides which of
 # several redundant keys names the volumes, and the labels ("b=1000,dir=2", "echo=2").
@@ -152,12 +152,13 @@ def diffusion_b_value(ds: Dataset) -> float | None:
     public = _number(ds, "DiffusionBValue")
     if public is not None:
         return public
+    blocks = PrivateBlocks(ds)
     for group, creators, offset, binary in (
         (0x0019, SIEMENS_MR_CREATORS, 0x0C, ""),
         (0x0043, ("GEMS_PARM_01",), 0x39, ""),
         (0x2001, ("Philips Imaging DD 001",), 0x03, "<f"),
     ):
-        numbers = private_numbers(ds, group, creators, offset, binary=binary)
+        numbers = blocks.numbers(group, creators, offset, binary=binary)
         if numbers:
             b = numbers[0] % _GE_B_VALUE_OFFSET if group == 0x0043 else numbers[0]
             return b if 0 <= b < 100_000 else None
@@ -172,14 +173,15 @@ def diffusion_direction(ds: Dataset) -> tuple[float, float, float] | None:
     public = _numbers(ds, "DiffusionGradientOrientation")
     if len(public) == 3:
         return (public[0], public[1], public[2])
-    siemens = private_numbers(ds, 0x0019, SIEMENS_MR_CREATORS, 0x0E, binary="<d")
+    blocks = PrivateBlocks(ds)
+    siemens = blocks.numbers(0x0019, SIEMENS_MR_CREATORS, 0x0E, binary="<d")
     if len(siemens) == 3:
         return (siemens[0], siemens[1], siemens[2])
     for group, creator, offsets, binary in (
         (0x0019, "GEMS_ACQU_01", (0xBB, 0xBC, 0xBD), ""),  # DS each
         (0x2005, "Philips MR Imaging DD 005", (0xB0, 0xB1, 0xB2), "<f"),  # FL each
     ):
-        parts = [private_numbers(ds, group, (creator,), offset, binary=binary) for offset in offsets]
+        parts = [blocks.numbers(group, (creator,), offset, binary=binary) for offset in offsets]
         if all(len(v) == 1 for v in parts):
             return (parts[0][0], parts[1][0], parts[2][0])
     return None
