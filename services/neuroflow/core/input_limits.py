@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.pixels.utils import _get_jpg_parameters
+from pydicom.tag import Tag
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -44,10 +45,10 @@ _LONG_LENGTH_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "U
 _JPEG_SYNTAXES = frozenset(JPEGTransferSyntaxes + JPEGLSTransferSyntaxes)
 _J2K_SYNTAXES = frozenset(JPEG2000TransferSyntaxes)
 _SOI, _SOC, _SIZ = b"\xff\xd8", b"\xff\x4f", b"\xff\x51"
-_PIXEL_DATA = 0x7FE00010
-_PIXEL_DATA_TAGS = (_PIXEL_DATA, 0x7FE00008, 0x7FE00009)  # PixelData, FloatPixelData, DoubleFloatPixelData
-_ROWS, _COLUMNS, _SAMPLES_PER_PIXEL = 0x00280010, 0x00280011, 0x00280002
-_BITS_ALLOCATED, _NUMBER_OF_FRAMES = 0x00280100, 0x00280008
+_PIXEL_DATA = Tag("PixelData")
+_PIXEL_DATA_TAGS = (_PIXEL_DATA, Tag("FloatPixelData"), Tag("DoubleFloatPixelData"))
+_ROWS, _COLUMNS, _SAMPLES_PER_PIXEL = Tag("Rows"), Tag("Columns"), Tag("SamplesPerPixel")
+_BITS_ALLOCATED, _NUMBER_OF_FRAMES = Tag("BitsAllocated"), Tag("NumberOfFrames")
 _JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 
 

@@ -15,15 +15,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 # Deflated datasets are inflated when read: their pixel data lies in memory as explicit little endian does.
 _NATIVE_LITTLE_ENDIAN = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian})
 _MONOCHROME = frozenset({"MONOCHROME1", "MONOCHROME2"})
-_PIXEL_DATA = 0x7FE00010
-_ROWS, _COLUMNS, _FRAMES = 0x00280010, 0x00280011, 0x00280008
-_SAMPLES, _PHOTOMETRIC = 0x00280002, 0x00280004
-_BITS_ALLOCATED, _BITS_STORED, _PIXEL_REPRESENTATION = 0x00280100, 0x00280101, 0x00280103
+# Elements by tag: a keyword costs pydicom a dictionary look-up and a Tag on every access, once per instance here.
+_PIXEL_DATA, _ROWS, _COLUMNS, _FRAMES = Tag("PixelData"), Tag("Rows"), Tag("Columns"), Tag("NumberOfFrames")
+_SAMPLES, _PHOTOMETRIC = Tag("SamplesPerPixel"), Tag("PhotometricInterpretation")
+_BITS_ALLOCATED, _BITS_STORED = Tag("BitsAllocated"), Tag("BitsStored")
+_PIXEL_REPRESENTATION = Tag("PixelRepresentation")
 
 
 def native_pixels(ds: Dataset) -> npt.NDArray[np.generic] | None:
