@@ -52,6 +52,7 @@ from tests.servers.browser import MISSING, chromium_installed, headless_chromium
 
 pytestmark = pytest.mark.skipif(not chromium_installed(), reason=MISSING)
 pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
 REVIEWED_KEY = "a1" * 32  # pseudonymous study keys, as ingest makes them
@@ -217,11 +218,18 @@ def browser() -> Iterator[Any]:
 
 
 def _wait(condition: Any, what: str) -> Any:
+    """``condition()`` once true. A page that is being replaced (a form was submitted) is not there yet: an element
+    found on the old page goes stale before its text is read, or is missing from the new one until it loads."""
     deadline = time.monotonic() + WAIT_S
-    while not (found := condition()):
+    while True:
+        try:
+            found = condition()
+        except (StaleElementReferenceException, NoSuchElementException):
+            found = None
+        if found:
+            return found
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
-    return found
 
 
 def _post(url: str, fields: dict[str, str], cookie: str | None) -> int:
