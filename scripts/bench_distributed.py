@@ -24,6 +24,7 @@ from neuroflow.core.kafka_security import client_security
 from neuroflow.core.orthanc import OrthancClient
 from neuroflow.core.roles import SeriesRole
 from neuroflow.devtools import stack
+from neuroflow.devtools.benchmarks_md import write_section
 from neuroflow.devtools.cstore import send_folder
 from neuroflow.devtools.dicom_writer import load_volume, write_study
 from neuroflow.proto.neuroflow.v1 import events_pb2
@@ -123,7 +124,6 @@ def main() -> None:
     latencies = one["trigger_latency_s"] + two["trigger_latency_s"]
     overheads = one["overhead_s"] + two["overhead_s"]
     lines = [
-        "",
         "## Distributed runtime on the local stack (Orthanc x2, Kafka, PostgreSQL, one process per service)",
         "",
         f"Written by `make bench` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}). Per stack: one real "
@@ -152,10 +152,10 @@ def main() -> None:
         + ", ".join(f"{k} {v:.1f}" for k, v in one["stage_median_s"].items()) + ".",
         "",
         "Reproduce: `make bench` (or `.venv/bin/python scripts/bench_distributed.py`).",
-        "",
     ]
-    with args.out.open("a") as f:
-        f.write("\n".join(lines))
+    # In place of this section's last figures: `make bench`'s first script keeps the other scripts' sections, so
+    # appending would leave the old section above the new one.
+    write_section(args.out, "\n".join(lines))
     print("\n".join(lines))
 
 
