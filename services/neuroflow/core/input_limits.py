@@ -16,11 +16,11 @@ import zlib
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.pixels.utils import _get_jpg_parameters
-from pydicom.tag import Tag
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -30,6 +30,7 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import VR
 
+from neuroflow.core import image_pixel_tags as tags
 from neuroflow.core.config import InputLimitSettings
 from neuroflow.core.errors import InputLimitExceeded, SeriesRejected
 from neuroflow.core.pixel_codecs import missing_decoder
@@ -45,10 +46,6 @@ _LONG_LENGTH_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "U
 _JPEG_SYNTAXES = frozenset(JPEGTransferSyntaxes + JPEGLSTransferSyntaxes)
 _J2K_SYNTAXES = frozenset(JPEG2000TransferSyntaxes)
 _SOI, _SOC, _SIZ = b"\xff\xd8", b"\xff\x4f", b"\xff\x51"
-_PIXEL_DATA = Tag("PixelData")
-_PIXEL_DATA_TAGS = (_PIXEL_DATA, Tag("FloatPixelData"), Tag("DoubleFloatPixelData"))
-_ROWS, _COLUMNS, _SAMPLES_PER_PIXEL = Tag("Rows"), Tag("Columns"), Tag("SamplesPerPixel")
-_BITS_ALLOCATED, _NUMBER_OF_FRAMES = Tag("BitsAllocated"), Tag("NumberOfFrames")
 _JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 
 
@@ -58,13 +55,12 @@ def decoded_bytes(ds: Dataset, limits: InputLimitSettings, *, study_key: str, st
     Refuses (InputLimitExceeded) a frame over ``max_pixels_per_frame`` and more frames than
     ``max_frames_per_instance``; refuses (SeriesRejected) sizes that are missing, negative or unreadable in an
     object that holds pixel data. ``source`` names the file or instance in the messages."""
-    # Integer tags throughout: this runs twice for every instance read, and a keyword costs pydicom a dictionary
-    # look-up and a Tag per access.
-    has_pixels = any(tag in ds for tag in _PIXEL_DATA_TAGS)
-    if not has_pixels and _ROWS not in ds and _COLUMNS not in ds:
+    # By tag (image_pixel_tags): this runs twice for every instance read.
+    has_pixels = any(tag in ds for tag in tags.PIXEL_DATA_TAGS)
+    if not has_pixels and tags.ROWS not in ds and tags.COLUMNS not in ds:
         return 0
 
-    def number(tag: int, keyword: str, default: int | None) -> int:
+    def number(tag: int, default: int | None) -> int:
         try:
             value: Any = ds[tag].value if tag in ds else None
             if value is None or value == "":
@@ -73,17 +69,17 @@ def decoded_bytes(ds: Dataset, limits: InputLimitSettings, *, study_key: str, st
                 return default
             result = int(value)
         except Exception as exc:  # pydicom converts lazily: a damaged element raises on access
-            raise SeriesRejected(study_key, f"{source} has no readable {keyword} ({_brief(exc)}): its pixel "
-                                            "data cannot be sized", stage=stage, series_uid=_series_uid(ds)) from None
+            raise SeriesRejected(
+                study_key, f"{source} has no readable {keyword_for_tag(tag)} ({_brief(exc)}): its pixel data cannot be "
+                           "sized", stage=stage, series_uid=_series_uid(ds)) from None
         if result < 0:
-            raise SeriesRejected(study_key, f"{source} has {keyword} {result}: must not be negative",
+            raise SeriesRejected(study_key, f"{source} has {keyword_for_tag(tag)} {result}: must not be negative",
                                  stage=stage, series_uid=_series_uid(ds))
         return result
 
-    rows, columns = number(_ROWS, "Rows", None), number(_COLUMNS, "Columns", None)
-    samples = number(_SAMPLES_PER_PIXEL, "SamplesPerPixel", 1)
-    bits = number(_BITS_ALLOCATED, "BitsAllocated", None if has_pixels else 16)
-    frames = number(_NUMBER_OF_FRAMES, "NumberOfFrames", 1) or 1  # 0 and empty mean one frame, as pydicom reads them
+    rows, columns = number(tags.ROWS, None), number(tags.COLUMNS, None)
+    samples, bits = number(tags.SAMPLES_PER_PIXEL, 1), number(tags.BITS_ALLOCATED, None if has_pixels else 16)
+    frames = number(tags.NUMBER_OF_FRAMES, 1) or 1  # 0 and empty mean one frame, as pydicom reads them
     pixels = rows * columns
     if pixels > limits.max_pixels_per_frame:
         raise InputLimitExceeded(
@@ -111,7 +107,7 @@ def _codestream_problem(ds: Dataset, rows: int, columns: int, frames: int) -> st
     meta = getattr(ds, "file_meta", None)
     value = meta.get("TransferSyntaxUID", "") if meta is not None else ""
     syntax = value if isinstance(value, UID) else UID(str(value))  # pydicom reads it as a UID already
-    if (syntax not in _JPEG_SYNTAXES and syntax not in _J2K_SYNTAXES) or _PIXEL_DATA not in ds:
+    if (syntax not in _JPEG_SYNTAXES and syntax not in _J2K_SYNTAXES) or tags.PIXEL_DATA not in ds:
         return None
     if missing_decoder(syntax) is not None:  # no decoder will see it: conversion refuses it naming the syntax
         return None

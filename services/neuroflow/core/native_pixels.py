@@ -15,17 +15,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
-from pydicom.tag import Tag
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from neuroflow.core import image_pixel_tags as tags
 
 # Deflated datasets are inflated when read: their pixel data lies in memory as explicit little endian does.
 _NATIVE_LITTLE_ENDIAN = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian})
 _MONOCHROME = frozenset({"MONOCHROME1", "MONOCHROME2"})
-# Elements by tag: a keyword costs pydicom a dictionary look-up and a Tag on every access, once per instance here.
-_PIXEL_DATA, _ROWS, _COLUMNS, _FRAMES = Tag("PixelData"), Tag("Rows"), Tag("Columns"), Tag("NumberOfFrames")
-_SAMPLES, _PHOTOMETRIC = Tag("SamplesPerPixel"), Tag("PhotometricInterpretation")
-_BITS_ALLOCATED, _BITS_STORED = Tag("BitsAllocated"), Tag("BitsStored")
-_PIXEL_REPRESENTATION = Tag("PixelRepresentation")
 
 
 def native_pixels(ds: Dataset) -> npt.NDArray[np.generic] | None:
@@ -36,13 +32,14 @@ def native_pixels(ds: Dataset) -> npt.NDArray[np.generic] | None:
     if meta is None or meta.get("TransferSyntaxUID") not in _NATIVE_LITTLE_ENDIAN:
         return None
     try:
-        data = ds[_PIXEL_DATA].value if _PIXEL_DATA in ds else None
-        rows, columns = _int(ds, _ROWS), _int(ds, _COLUMNS)
-        frames = _int(ds, _FRAMES, default=1) or 1
-        samples = _int(ds, _SAMPLES, default=1)
-        photometric = str(ds[_PHOTOMETRIC].value).strip() if _PHOTOMETRIC in ds else ""
-        allocated, stored = _int(ds, _BITS_ALLOCATED), _int(ds, _BITS_STORED)
-        signed = _int(ds, _PIXEL_REPRESENTATION)
+        data = ds[tags.PIXEL_DATA].value if tags.PIXEL_DATA in ds else None
+        rows, columns = _int(ds, tags.ROWS), _int(ds, tags.COLUMNS)
+        frames = _int(ds, tags.NUMBER_OF_FRAMES, default=1) or 1
+        samples = _int(ds, tags.SAMPLES_PER_PIXEL, default=1)
+        photometric = (str(ds[tags.PHOTOMETRIC_INTERPRETATION].value).strip()
+                       if tags.PHOTOMETRIC_INTERPRETATION in ds else "")
+        allocated, stored = _int(ds, tags.BITS_ALLOCATED), _int(ds, tags.BITS_STORED)
+        signed = _int(ds, tags.PIXEL_REPRESENTATION)
     except (KeyError, TypeError, ValueError):  # missing or unreadable: pydicom says what is wrong
         return None
     if (not isinstance(data, bytes) or samples != 1 or photometric not in _MONOCHROME
