@@ -4,10 +4,13 @@ removed, WT ⊇ TC ⊇ ET kept."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from scipy import ndimage
 
 from neuroflow.core.labels import BratsLabel
 from neuroflow.segmentation.postprocess import (
     RegionMasks,
+    bounding_box,
     enforce_nesting,
     fill_small_holes,
     from_label_map,
@@ -46,6 +49,62 @@ def test_islands_smaller_than_a_tenth_of_the_largest_are_removed() -> None:
     out = remove_small_islands(mask)
     assert out[10, 10, 10] and out[22, 32, 32]
     assert not out[31, 31, 31]
+
+
+def _holes_filled_on_the_whole_volume(mask: np.ndarray, voxel_mm3: float) -> np.ndarray:
+    """The definition, computed the slow way over the whole array: scipy fills every background pocket not
+    reaching the border; those under 3 mm³ are kept filled."""
+    holes = ndimage.binary_fill_holes(mask, structure=ndimage.generate_binary_structure(3, 1)) & ~mask
+    labels, n = ndimage.label(holes, structure=ndimage.generate_binary_structure(3, 1))
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    small = sizes * voxel_mm3 < 3.0
+    small[0] = False
+    return np.asarray(mask | small[labels])
+
+
+def _islands_removed_on_the_whole_volume(mask: np.ndarray) -> np.ndarray:
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    if n <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    keep = sizes >= 0.1 * sizes.max()
+    keep[0] = False
+    return np.asarray(keep[labels])
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_box_cropped_holes_and_islands_equal_the_whole_volume_definition(seed: int) -> None:
+    """Post-processing works inside the mask's bounding box; on random speckled blobs, some touching the
+    array's faces (a hole there is open to the outside, not filled) and at several voxel sizes, it must give
+    exactly what the whole-volume definition gives."""
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(12, 40)), int(rng.integers(12, 40)), int(rng.integers(12, 40)))
+    smooth = ndimage.gaussian_filter(rng.random(shape), sigma=float(rng.uniform(0.6, 2.0)))
+    mask = smooth > np.quantile(smooth, float(rng.uniform(0.4, 0.9)))
+    if seed % 3 == 0:  # a blob well inside, with a margin of empty voxels
+        mask[:3] = mask[-3:] = False
+        mask[:, :2] = False
+    for voxel_mm3 in (0.5, 1.0, 2.0):
+        assert np.array_equal(fill_small_holes(mask, voxel_mm3), _holes_filled_on_the_whole_volume(mask, voxel_mm3))
+    assert np.array_equal(remove_small_islands(mask), _islands_removed_on_the_whole_volume(mask))
+
+
+def test_a_pocket_open_to_the_array_face_is_not_a_hole() -> None:
+    mask = _cube((10, 10, 10), 0, 6)
+    mask[0, 2, 2] = False  # on the face of the array: reaches the outside
+    mask[3, 3, 3] = False  # enclosed
+    out = fill_small_holes(mask, voxel_mm3=1.0)
+    assert not out[0, 2, 2] and out[3, 3, 3]
+
+
+def test_empty_masks_pass_through_and_the_box_is_clipped_to_the_array() -> None:
+    empty = np.zeros((5, 6, 7), dtype=bool)
+    assert bounding_box(empty) is None
+    assert not fill_small_holes(empty, 1.0).any() and not remove_small_islands(empty).any()
+    one = empty.copy()
+    one[0, 3, 6] = True
+    assert bounding_box(one, margin=2) == (slice(0, 3), slice(1, 6), slice(4, 7))
 
 
 def test_nesting_puts_enhancing_voxels_inside_core_and_whole_tumour() -> None:

@@ -15,7 +15,7 @@ from neuroflow.core.labels import TUMOUR_REGIONS
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.sequence_subsets import PipelineInputs
-from neuroflow.segmentation.postprocess import postprocess, threshold_regions, to_label_map
+from neuroflow.segmentation.postprocess import bounding_box, postprocess, threshold_regions, to_label_map
 from neuroflow.segmentation.sliding_window import sigmoid, sliding_window_inference
 
 if TYPE_CHECKING:  # only annotations here: the inference part imports without SimpleITK (scripts/bench_gpu.py)
@@ -82,7 +82,7 @@ def predict_stack(
     if flip_axes:
         stack = np.ascontiguousarray(np.flip(stack, axis=tuple(1 + a for a in flip_axes)))
         brain = np.flip(brain, axis=flip_axes)
-    box = _bounding_box(brain, _CROP_MARGIN)
+    box = bounding_box(brain, _CROP_MARGIN) or tuple(slice(0, n) for n in brain.shape)
     channels = len(card.labels) or len(TUMOUR_REGIONS)
     probabilities = np.zeros((channels, *stack.shape[1:]), dtype=np.float32)
     probabilities[(slice(None), *box)] = sliding_window_inference(
@@ -109,14 +109,3 @@ def label_map(probabilities: npt.NDArray[np.float32], grid: Volume) -> Volume:
     """The post-processed BraTS label map (uint8) on ``grid``'s geometry."""
     masks = postprocess(threshold_regions(probabilities), grid.voxel_volume_mm3)
     return grid.with_array(to_label_map(masks))
-
-
-def _bounding_box(mask: npt.NDArray[np.bool_], margin: int) -> tuple[slice, slice, slice]:
-    if not mask.any():
-        return (slice(0, mask.shape[0]), slice(0, mask.shape[1]), slice(0, mask.shape[2]))
-    out = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=other))
-        out.append(slice(max(0, int(hits[0]) - margin), min(mask.shape[axis], int(hits[-1]) + 1 + margin)))
-    return out[0], out[1], out[2]
