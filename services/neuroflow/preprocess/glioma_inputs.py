@@ -19,8 +19,8 @@ from neuroflow.core.series_volume import series_to_volume
 from neuroflow.core.timing import StageClock
 from neuroflow.core.volume import Geometry, Volume, resample
 from neuroflow.preprocess.normalise import zscore_in_mask
-from neuroflow.preprocess.orientation import FlipCheck, check_left_right
-from neuroflow.preprocess.register import RegistrationResult, isotropic_grid, register_rigid
+from neuroflow.preprocess.orientation import FlipCheck, check_left_right, coarse_reference
+from neuroflow.preprocess.register import RegistrationResult, WorkingImage, isotropic_grid, register_rigid
 from neuroflow.preprocess.skull_strip import skull_strip
 
 
@@ -51,7 +51,9 @@ def check_orientation(volumes: dict[SeriesRole, Volume], *, study_key: str,
     series fits the reference better mirrored than as it is."""
     reference_role = reference_role or glioma_reference_role(volumes)
     reference = volumes[reference_role]
-    checks = {role: check_left_right(reference, v) for role, v in volumes.items() if role != reference_role}
+    reference_coarse = coarse_reference(reference)
+    checks = {role: check_left_right(reference, v, reference_coarse=reference_coarse)
+              for role, v in volumes.items() if role != reference_role}
     flipped = [role for role, c in checks.items() if c.flipped]
     if flipped:
         details = "; ".join(
@@ -79,10 +81,11 @@ def coregister(volumes: dict[SeriesRole, Volume], *, spacing_mm: float,
     fixed = resample(reference, grid)
     out = {reference_role: fixed}
     registration: dict[SeriesRole, RegistrationResult] = {}
+    fixed_working = WorkingImage.of(fixed)  # smoothed and downsampled once for every series registered onto it
     for role, moving in volumes.items():
         if role == reference_role:
             continue
-        result = register_rigid(fixed, moving)
+        result = register_rigid(fixed, moving, fixed_working=fixed_working)
         registration[role] = result
         out[role] = resample(moving, grid, result.transform)
     return CoRegistered(grid=grid, volumes=out, registration=registration)
