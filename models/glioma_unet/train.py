@@ -34,9 +34,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import math
-import signal
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
@@ -48,6 +45,14 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from models.chunked_training import (
+    StopRequest,
+    chunk_config,
+    chunk_lr,
+    load_initial_weights,
+    resume,
+    save_checkpoint,
+)
 from models.glioma_unet.network import GliomaUNet
 from models.glioma_unet.synthesize import (
     TEMPLATE_LOADERS,
@@ -62,8 +67,6 @@ from neuroflow.core.roles import GLIOMA_INPUT_ROLES, SeriesRole
 # Channels of which a patch always keeps one under sequence dropout (the model card's min_roles_any).
 KEEP_ONE_OF = (GLIOMA_INPUT_ROLES.index(SeriesRole.FLAIR), GLIOMA_INPUT_ROLES.index(SeriesRole.T1CE))
 _SAMPLED_VOXELS = 5000
-_WARMUP = 20
-_FINAL_LR_FRACTION = 0.05
 
 
 # A case as the pool holds it: float16 image, labels, and samples of its tumour and region-border voxels.
@@ -210,34 +213,6 @@ def region_loss(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tenso
     return bce, 1.0 - dice.mean()
 
 
-def weights_from_onnx(path: Path) -> dict[str, torch.Tensor]:
-    """The weights of an exported ``model.onnx`` (its initializers keep the PyTorch parameter names)."""
-    import onnx
-    from onnx import numpy_helper
-
-    graph = onnx.load(str(path)).graph
-    return {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in graph.initializer}
-
-
-def _compact_optimiser_state(state: dict[str, Any]) -> dict[str, Any]:
-    """Adam moments as bfloat16: the checkpoint stays small enough to commit (about 2.8 MB); resuming
-    from rounded moments changes the next steps negligibly."""
-    out = {"param_groups": state["param_groups"], "state": {}}
-    for key, value in state["state"].items():
-        out["state"][key] = {k: (v.to("cpu", torch.bfloat16) if torch.is_tensor(v) and v.dim() > 0 else
-                                 v.cpu() if torch.is_tensor(v) else v)
-                             for k, v in value.items()}
-    return out
-
-
-def _expand_optimiser_state(state: dict[str, Any]) -> dict[str, Any]:
-    for value in state["state"].values():
-        for k, v in value.items():
-            if torch.is_tensor(v) and v.dtype == torch.bfloat16:
-                value[k] = v.to(torch.float32)
-    return state
-
-
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train the glioma U-Net on synthetic data, in chunks.")
     parser.add_argument("--out", type=Path, default=Path("build/glioma_unet"))
@@ -275,41 +250,26 @@ def main(argv: list[str] | None = None) -> None:
     optimiser = torch.optim.Adam(model.parameters(), lr=args.lr)  # a restored state moves to the weights' device
     rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed)
-    previous: list[object] = []
+    previous: list[dict[str, Any]] = []
     total_done = 0
     if args.resume is not None:
-        saved = torch.load(args.resume, map_location="cpu", weights_only=False)
-        model.load_state_dict(saved["state_dict"])
-        optimiser.load_state_dict(_expand_optimiser_state(saved["optimizer"]))
-        rng.bit_generator.state = saved["numpy_rng"]
-        torch.set_rng_state(saved["torch_rng"])
-        total_done = int(saved["iterations_total"])
-        previous = [*saved["config"].get("previous_chunks", []), {
-            k: v for k, v in saved["config"].items() if k != "previous_chunks"}]
+        total_done, previous, _ = resume(args.resume, model, optimiser, rng)
     elif args.init is not None:
-        if args.init.suffix == ".onnx":
-            model.load_state_dict(weights_from_onnx(args.init))
-        else:
-            model.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=False)["state_dict"])
-    chunk = len(previous) + 1
-
-    stop = {"signal": ""}
-
-    def _on_signal(signum: int, _frame: object) -> None:
-        stop["signal"] = signal.Signals(signum).name
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-
-    config: dict[str, object] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        load_initial_weights(model, args.init)
+    stop = StopRequest()
+    config = chunk_config(vars(args), previous)
     config["keep_one_of"] = [GLIOMA_INPUT_ROLES[i].value for i in KEEP_ONE_OF]
-    config.update(chunk=chunk, previous_chunks=previous, started_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                                  time.gmtime()))
+    chunk = config["chunk"]
     budget = args.max_minutes * 60.0
     t0 = time.monotonic()
     pool = PatchPool(args.cases, rng, workers=args.synth_workers)
     print(f"chunk {chunk}: pool of {args.cases} synthetic cases in {time.monotonic() - t0:.0f} s on {device}",
           flush=True)
+
+    def save(done: int, reason: str) -> None:
+        save_checkpoint(args.out, model, optimiser, rng, total_done + done, {
+            **config, "iterations_done": done, "iterations_total": total_done + done,
+            "wall_seconds": round(time.monotonic() - t0), "pool_cases_made": pool.made, "saved_because": reason})
 
     done = 0
     window: list[tuple[float, float, float]] = []
@@ -317,13 +277,11 @@ def main(argv: list[str] | None = None) -> None:
     with csv_path.open("w", newline="") as log:
         writer = csv.writer(log)
         writer.writerow(["iteration_total", "chunk", "seconds", "lr", "loss", "bce", "dice_loss", "pool_cases_made"])
-        while done < args.chunk_iterations and not stop["signal"]:
+        while done < args.chunk_iterations and not stop.signal:
             elapsed = time.monotonic() - t0
             if elapsed > budget:
                 break
-            progress = min(max(done / args.chunk_iterations, elapsed / budget), 1.0)
-            cosine = _FINAL_LR_FRACTION + (1 - _FINAL_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * progress))
-            lr = args.lr * cosine * min(1.0, (done + 1) / _WARMUP)
+            lr = chunk_lr(args.lr, done, args.chunk_iterations, elapsed, budget)
             for group in optimiser.param_groups:
                 group["lr"] = lr
             batch = [pool.sample(args.patch, args.border, args.foreground, args.dropout) for _ in range(args.batch)]
@@ -345,32 +303,16 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"it {total_done + done} {time.monotonic() - t0:.0f}s lr {lr:.1e} loss {mean[0]:.3f} "
                       f"(bce {mean[1]:.3f}, dice loss {mean[2]:.3f})", flush=True)
             if done % args.save_every == 0:
-                _save(model, optimiser, rng, args.out, config, total_done + done, done, t0, pool.made, "periodic")
+                save(done, "periodic")
             if args.synth_workers:
                 pool.refresh()
             elif args.refresh_every and done % args.refresh_every == 0:
                 pool.add_case()
-    reason = stop["signal"] or ("time budget" if done < args.chunk_iterations else "chunk iterations")
-    _save(model, optimiser, rng, args.out, config, total_done + done, done, t0, pool.made, reason)
+    reason = stop.signal or ("time budget" if done < args.chunk_iterations else "chunk iterations")
+    save(done, reason)
     pool.close()
     print(f"chunk {chunk} done ({reason}): {done} iterations, {total_done + done} in all, "
           f"{time.monotonic() - t0:.0f} s; checkpoint in {args.out}", flush=True)
-
-
-def _save(model: GliomaUNet, optimiser: torch.optim.Optimizer, rng: np.random.Generator, out: Path,
-          config: dict[str, object], total: int, done: int, t0: float, cases_made: int, reason: str) -> None:
-    record = {**config, "iterations_done": done, "iterations_total": total,
-              "wall_seconds": round(time.monotonic() - t0), "pool_cases_made": cases_made, "saved_because": reason}
-    weights = {k: v.cpu() for k, v in model.state_dict().items()}  # loads anywhere, whichever device trained
-    checkpoint = {"state_dict": weights, "optimizer": _compact_optimiser_state(optimiser.state_dict()),
-                  "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                  "iterations_total": total, "config": record}
-    partial = out / "checkpoint.pt.partial"
-    torch.save(checkpoint, partial)
-    partial.replace(out / "checkpoint.pt")  # atomic: a kill while saving leaves the previous one
-    summary = {k: v for k, v in record.items() if k != "previous_chunks"}
-    summary["previous_chunks"] = record["previous_chunks"]
-    (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 if __name__ == "__main__":

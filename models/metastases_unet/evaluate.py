@@ -29,6 +29,7 @@ import numpy as np
 from neuroflow.core.config import PipelineModels
 from neuroflow.core.inference import OnnxRuntimeBackend
 from neuroflow.core.lesions import LESION_THRESHOLD, Lesions, lesions_on
+from neuroflow.core.model_card import ModelRef
 from neuroflow.devtools.dicom_writer import load_volume
 from neuroflow.devtools.lesion_eval import CaseMatch, froc, match_case, score, sensitivity_at
 from neuroflow.devtools.longitudinal_phantoms import SHARED_DATA
@@ -40,14 +41,15 @@ REPOSITORY = Path(__file__).resolve().parents[1] / "repository"
 AURORA = SHARED_DATA / "metastasis-aurora"
 
 
-def _lesions(stack: np.ndarray, brain: np.ndarray, grid: Any, backend: OnnxRuntimeBackend, overlap: float) -> Lesions:
-    model = PipelineModels().metastases
+def _lesions(stack: np.ndarray, brain: np.ndarray, grid: Any, backend: OnnxRuntimeBackend, overlap: float,
+             model: ModelRef) -> Lesions:
     probability = predict_stack(stack, brain, backend, model, overlap=overlap, batch_size=1)[0]
     # The pipeline's own extraction (threshold, minimum size, shape filter) on the case's grid.
     return lesions_on(grid.with_array(probability), grid.geometry)
 
 
-def evaluate_synthetic(cases: int, backend: OnnxRuntimeBackend, overlap: float, t1ce_only: bool) -> dict[str, Any]:
+def evaluate_synthetic(cases: int, backend: OnnxRuntimeBackend, overlap: float, t1ce_only: bool,
+                       model: ModelRef) -> dict[str, Any]:
     backgrounds = real_backgrounds()
     matches: list[CaseMatch] = []
     for seed in range(cases):
@@ -58,7 +60,7 @@ def evaluate_synthetic(cases: int, backend: OnnxRuntimeBackend, overlap: float, 
         flair = np.zeros(brain.shape, np.float32) if t1ce_only else zscore_in_mask(np.asarray(case.flair.array), brain)
         stack = np.stack([zscore_in_mask(np.asarray(case.t1ce.array), brain), flair])
         started = time.perf_counter()
-        found = _lesions(stack, brain, case.t1ce, backend, overlap)
+        found = _lesions(stack, brain, case.t1ce, backend, overlap, model)
         match = match_case(case.labels, found)
         matches.append(match)
         hits = len(set().union(*match.finds)) if match.finds else 0
@@ -75,11 +77,11 @@ def evaluate_synthetic(cases: int, backend: OnnxRuntimeBackend, overlap: float, 
     }
 
 
-def evaluate_aurora(backend: OnnxRuntimeBackend, overlap: float) -> dict[str, Any]:
+def evaluate_aurora(backend: OnnxRuntimeBackend, overlap: float, model: ModelRef) -> dict[str, Any]:
     t1ce, flair = load_volume(AURORA / "t1c.nii.gz"), load_volume(AURORA / "flair.nii.gz")
     brain = (np.asarray(t1ce.array) > 0) & (np.asarray(flair.array) > 0)
     stack = np.stack([zscore_in_mask(np.asarray(t1ce.array), brain), zscore_in_mask(np.asarray(flair.array), brain)])
-    found = _lesions(stack, brain, t1ce, backend, overlap)
+    found = _lesions(stack, brain, t1ce, backend, overlap, model)
     return {"count": found.count, "total_volume_ml": round(found.total_volume_ml, 3),
             "lesions": [{"number": m.number, "volume_mm3": round(m.volume_ml * 1000.0, 1),
                          "longest_axial_diameter_mm": round(m.longest_axial_diameter_mm, 1),
@@ -96,11 +98,17 @@ def main() -> None:
     parser.add_argument("--t1ce-only", action="store_true")
     parser.add_argument("--skip-aurora", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--version", type=int, default=None, help="model version (default: the pipeline's)")
+    parser.add_argument("--repository", type=Path, default=REPOSITORY,
+                        help="model repository (a candidate exported elsewhere by export.py --repository)")
     args = parser.parse_args()
-    backend = OnnxRuntimeBackend(REPOSITORY, intra_op_threads=args.threads)
-    result: dict[str, Any] = {"synthetic": evaluate_synthetic(args.cases, backend, args.overlap, args.t1ce_only)}
+    default = PipelineModels().metastases
+    model = ModelRef(name=default.name, version=args.version if args.version is not None else default.version)
+    backend = OnnxRuntimeBackend(args.repository, intra_op_threads=args.threads)
+    result: dict[str, Any] = {"model": f"{model.name}:{model.version}", "synthetic": evaluate_synthetic(
+        args.cases, backend, args.overlap, args.t1ce_only, model)}
     if not args.skip_aurora and AURORA.is_dir():
-        result["aurora"] = evaluate_aurora(backend, args.overlap)
+        result["aurora"] = evaluate_aurora(backend, args.overlap, model)
     text = json.dumps(result, indent=1)
     print(text)
     if args.json is not None:

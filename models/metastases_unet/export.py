@@ -31,13 +31,13 @@ IN_CHANNELS = len(METASTASES_INPUT_ROLES)
 OUT_CHANNELS = 1
 
 
-def export(checkpoint: Path, version: int, patch: int) -> dict[str, object]:
+def export(checkpoint: Path, version: int, patch: int, repository: Path = REPOSITORY) -> dict[str, object]:
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
     config = dict(saved["config"])
     model = GliomaUNet(int(config["base"]), int(config["levels"]), in_channels=IN_CHANNELS, out_channels=OUT_CHANNELS)
     model.load_state_dict(saved["state_dict"])
     model.eval()
-    target = REPOSITORY / str(version) / "model.onnx"
+    target = repository / str(version) / "model.onnx"
     target.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(model, (torch.zeros(1, IN_CHANNELS, patch, patch, patch),), str(target), opset_version=OPSET,
                       input_names=["image"], output_names=["logits"],
@@ -53,7 +53,8 @@ def export(checkpoint: Path, version: int, patch: int) -> dict[str, object]:
     scale = max(1.0, float(np.abs(expected).max()))
     report: dict[str, object] = {
         "checkpoint": str(checkpoint), "version": version, "opset": OPSET, "patch_size": patch,
-        "iterations": int(saved.get("iterations", 0)), "weights": sum(p.numel() for p in model.parameters()),
+        "iterations": int(saved.get("iterations_total", saved.get("iterations", 0))),
+        "weights": sum(p.numel() for p in model.parameters()),
         "onnxruntime_vs_pytorch_max_abs_diff": max_diff, "logit_scale": scale, "tolerance_relative": TOLERANCE,
         "size_bytes": target.stat().st_size,
         "onnxruntime": ort.__version__, "torch": torch.__version__, "training": config}
@@ -69,14 +70,16 @@ def main() -> int:
     parser.add_argument("--checkpoint", type=Path, default=Path("build/metastases_unet/checkpoint.pt"))
     parser.add_argument("--version", type=int, default=1)
     parser.add_argument("--patch", type=int, default=PATCH_SIZE)
+    parser.add_argument("--repository", type=Path, default=REPOSITORY,
+                        help="the model's folder in a model repository (default: the project's)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     try:
-        report = export(args.checkpoint, args.version, args.patch)
+        report = export(args.checkpoint, args.version, args.patch, args.repository)
     except RuntimeError as exc:
         print(f"export refused: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {REPOSITORY / str(args.version) / 'model.onnx'} ({report['size_bytes']} bytes, "
+    print(f"wrote {args.repository / str(args.version) / 'model.onnx'} ({report['size_bytes']} bytes, "
           f"{report['iterations']} iterations); max |ONNX Runtime - PyTorch| = "
           f"{report['onnxruntime_vs_pytorch_max_abs_diff']:.2e}")
     return 0

@@ -17,24 +17,40 @@ batch soft Dice. Patches: ``--foreground`` of them centred near a lesion chosen 
 pool's lesions (not among voxels: small lesions are sampled as often as large ones), the rest anywhere in
 the brain; random flips, axis permutations and per-channel intensity scale/shift/gamma.
 
+Chunks, as the glioma trainer's (``models/chunked_training.py``): a run stops after ``--max-minutes`` (or
+``--iterations``) and on SIGTERM/SIGINT, and saves ``<out>/checkpoint.pt`` (weights, Adam state, random states,
+the next case's seed, the settings of every chunk so far) then and every ``--save-every`` iterations;
+``--resume CHECKPOINT`` goes on from it with fresh cases; ``--init`` takes only the weights of a checkpoint or of
+an exported ``model.onnx`` (e.g. version 1, whose stage checkpoints were not kept). On a GPU (``--device cuda``)
+``--synth-workers N`` makes cases in N processes so the GPU does not wait for synthesis.
+
     nice -n 10 python -m models.metastases_unet.train --out build/metastases_unet --max-minutes 50
+    python -m models.metastases_unet.train --out build/metastases_unet_v2 --device cuda --synth-workers 12 \\
+        --cases 24 --batch 8 --init models/repository/metastases_unet/1/model.onnx --max-minutes 8
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
-import math
-import signal
 import time
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
+from models.chunked_training import (
+    StopRequest,
+    chunk_config,
+    chunk_lr,
+    load_initial_weights,
+    resume,
+    save_checkpoint,
+)
 from models.glioma_unet.network import GliomaUNet
 from neuroflow.core.roles import METASTASES_INPUT_ROLES, SeriesRole
 from neuroflow.devtools.synthetic_metastases import Background, SyntheticMetastases, random_case, real_backgrounds
@@ -43,7 +59,6 @@ from neuroflow.preprocess.normalise import zscore_in_mask
 TRAIN_SEED_BASE = 100_000
 REF_VOXELS = 1000.0
 MAX_W = 15.0
-_WARMUP = 20
 _MARGIN = 4
 
 
@@ -64,26 +79,80 @@ def instance_weights(labels: npt.NDArray[np.uint16]) -> npt.NDArray[np.float32]:
     return per_label[labels].astype(np.float32)
 
 
+# A case as the pool holds it: float16 image, lesion labels, per-voxel weights, each lesion's voxels.
+PoolEntry = tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]
+_WORKER_BACKGROUNDS: list[Background] = []
+
+
+def pool_entry(backgrounds: list[Background], seed: int) -> PoolEntry:
+    """Synthetic case ``seed`` (metastases in background ``seed`` modulo their number) as the pool holds it."""
+    background = backgrounds[seed % len(backgrounds)]
+    vessels = (5, 30) if background.name.startswith("colin27") else (0, 0)
+    case = random_case(background, seed, count=(1, 12), vessels=vessels)
+    image, labels = case_arrays(case, np.asarray(background.brain_mask.array) > 0)
+    voxels = [np.argwhere(labels == n) for n in range(1, int(labels.max()) + 1)]
+    return image.astype(np.float16), labels, instance_weights(labels), [v for v in voxels if len(v)]
+
+
+def _load_worker_backgrounds() -> None:
+    _WORKER_BACKGROUNDS[:] = real_backgrounds()  # once per synthesis process, not pickled with every job
+
+
+def _entry_in_worker(seed: int) -> PoolEntry:
+    return pool_entry(_WORKER_BACKGROUNDS, seed)
+
+
 class Pool:
-    def __init__(self, size: int, backgrounds: list[Background], rng: np.random.Generator, first_seed: int) -> None:
-        self.backgrounds, self.rng, self.next_seed = backgrounds, rng, first_seed
+    """Synthetic cases in memory and a sampler of augmented patches. Case ``k`` is made from seed
+    ``first_seed + k``, so a resumed run goes on with fresh cases. With ``workers``, cases are made in that many
+    processes and join the pool as they finish (``refresh``); without, one is made here per ``add``."""
+
+    def __init__(self, size: int, rng: np.random.Generator, first_seed: int, workers: int = 0) -> None:
+        self.rng, self.next_seed, self.size = rng, first_seed, size
         self.images: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []
         self.weights: list[np.ndarray] = []
         self.lesions: list[list[np.ndarray]] = []
-        self.size = size
-        for _ in range(size):
-            self.add()
+        self._executor: ProcessPoolExecutor | None = None
+        self._pending: list[Future[PoolEntry]] = []
+        if workers:
+            self.backgrounds: list[Background] = []
+            self._executor = ProcessPoolExecutor(workers, initializer=_load_worker_backgrounds)
+            for _ in range(size):
+                self._submit()
+            while len(self.images) < size:
+                self._insert(self._pending.pop(0).result())
+                self._submit()
+        else:
+            self.backgrounds = real_backgrounds()
+            for _ in range(size):
+                self.add()
 
     def add(self) -> None:
+        """Make one case here; once the pool is full it replaces a random one."""
+        self._insert(pool_entry(self.backgrounds, self._take_seed()))
+
+    def refresh(self) -> None:
+        """Put every case the workers have finished into the pool, and start as many new ones."""
+        for future in [f for f in self._pending if f.done()]:
+            self._pending.remove(future)
+            self._insert(future.result())
+            self._submit()
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(cancel_futures=True)
+
+    def _take_seed(self) -> int:
         seed = self.next_seed
         self.next_seed += 1
-        background = self.backgrounds[seed % len(self.backgrounds)]
-        vessels = (5, 30) if background.name.startswith("colin27") else (0, 0)
-        case = random_case(background, seed, count=(1, 12), vessels=vessels)
-        image, labels = case_arrays(case, np.asarray(background.brain_mask.array) > 0)
-        voxels = [np.argwhere(labels == n) for n in range(1, int(labels.max()) + 1)]
-        entry = (image.astype(np.float16), labels, instance_weights(labels), [v for v in voxels if len(v)])
+        return seed
+
+    def _submit(self) -> None:
+        assert self._executor is not None
+        self._pending.append(self._executor.submit(_entry_in_worker, self._take_seed()))
+
+    def _insert(self, entry: PoolEntry) -> None:
         if len(self.images) < self.size:
             self.images.append(entry[0])
             self.labels.append(entry[1])
@@ -133,64 +202,73 @@ def loss_terms(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor)
     return bce, 1.0 - dice
 
 
-def _plain(settings: dict[str, object]) -> dict[str, object]:
-    """The settings with paths as text (JSON and a portable checkpoint)."""
-    return {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()}
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("build/metastases_unet"))
-    parser.add_argument("--max-minutes", type=float, default=50.0)
-    parser.add_argument("--iterations", type=int, default=20000)
-    parser.add_argument("--cases", type=int, default=8)
-    parser.add_argument("--refresh-every", type=int, default=60)
+    parser.add_argument("--max-minutes", type=float, default=50.0, help="stop this chunk after this long")
+    parser.add_argument("--iterations", type=int, default=20000, help="stop this chunk after so many")
+    parser.add_argument("--cases", type=int, default=8, help="synthetic cases in the pool")
+    parser.add_argument("--refresh-every", type=int, default=60, help="replace one pool case per N iterations")
     parser.add_argument("--patch", type=int, default=48)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--base", type=int, default=8)
     parser.add_argument("--levels", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the chunk")
     parser.add_argument("--foreground", type=float, default=0.6)
     parser.add_argument("--dropout", type=float, default=0.3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="where the network trains: cpu, or cuda on a GPU machine")
+    parser.add_argument("--synth-workers", type=int, default=0,
+                        help="make cases in this many processes, each joining the pool when ready (0: in this "
+                             "process, one per --refresh-every iterations)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-every", type=int, default=50)
-    parser.add_argument("--init", type=Path, default=None, help="start from the weights of this checkpoint")
+    parser.add_argument("--init", type=Path, default=None, help="weights only: a checkpoint or a model.onnx")
+    parser.add_argument("--resume", type=Path, default=None, help="continue from this checkpoint (next chunk)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    model = GliomaUNet(args.base, args.levels, in_channels=len(METASTASES_INPUT_ROLES), out_channels=1)
-    if args.init is not None:
-        model.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=False)["state_dict"])
-    optimiser = torch.optim.Adam(model.parameters(), lr=args.lr)
-    started = time.monotonic()
-    pool = Pool(args.cases, real_backgrounds(), rng, TRAIN_SEED_BASE + 1000 * args.seed)
-    print(f"pool of {args.cases} cases in {time.monotonic() - started:.0f} s", flush=True)
-    stop = {"now": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    device = torch.device(args.device)
+    model = GliomaUNet(args.base, args.levels, in_channels=len(METASTASES_INPUT_ROLES), out_channels=1).to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=args.lr)  # a restored state moves to the weights' device
+    previous: list[dict[str, Any]] = []
+    total_done = 0
+    first_seed = TRAIN_SEED_BASE + 1000 * args.seed
+    if args.resume is not None:
+        total_done, previous, record = resume(args.resume, model, optimiser, rng)
+        first_seed = int(record.get("next_case_seed", first_seed))
+    elif args.init is not None:
+        load_initial_weights(model, args.init)
+    stop = StopRequest()
+    config = chunk_config(vars(args), previous)
     budget = args.max_minutes * 60.0
+    started = time.monotonic()
+    pool = Pool(args.cases, rng, first_seed, workers=args.synth_workers)
+    print(f"chunk {config['chunk']}: pool of {args.cases} cases in {time.monotonic() - started:.0f} s on {device}",
+          flush=True)
     log_rows: list[list[float]] = []
     done = 0
 
-    def save() -> None:
-        config = _plain(vars(args))
-        torch.save({"state_dict": model.state_dict(), "iterations": done, "config": config}, args.out / "checkpoint.pt")
+    def save(reason: str) -> None:
+        save_checkpoint(args.out, model, optimiser, rng, total_done + done, {
+            **config, "iterations_done": done, "iterations_total": total_done + done,
+            "minutes": round((time.monotonic() - started) / 60, 1), "cases_seen": pool.next_seed - first_seed,
+            "next_case_seed": pool.next_seed, "saved_because": reason})
         with (args.out / "loss.csv").open("w", newline="") as f:
             csv.writer(f).writerows([["iteration", "bce", "dice_loss", "minutes"], *log_rows])
 
     bce_sum = dice_sum = 0.0
-    while done < args.iterations and not stop["now"]:
+    while done < args.iterations and not stop.signal:
         elapsed = time.monotonic() - started
         if elapsed > budget:
             break
-        progress = max(done / args.iterations, elapsed / budget)
-        lr = args.lr * min(1.0, (done + 1) / _WARMUP) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+        lr = chunk_lr(args.lr, done, args.iterations, elapsed, budget)
         for group in optimiser.param_groups:
             group["lr"] = lr
         batch = [pool.sample(args.patch, args.foreground, args.dropout) for _ in range(args.batch)]
-        x, y, w = (torch.from_numpy(np.stack([b[i] for b in batch])) for i in range(3))
+        x, y, w = (torch.from_numpy(np.stack([b[i] for b in batch])).to(device) for i in range(3))
         bce, dice = loss_terms(model(x), y, w)
         optimiser.zero_grad()
         (bce + dice).backward()
@@ -198,17 +276,18 @@ def main(argv: list[str] | None = None) -> None:
         done += 1
         bce_sum, dice_sum = bce_sum + float(bce.detach()), dice_sum + float(dice.detach())
         if done % 10 == 0:
-            log_rows.append([done, round(bce_sum / 10, 5), round(dice_sum / 10, 5), round(elapsed / 60, 2)])
+            log_rows.append([total_done + done, round(bce_sum / 10, 5), round(dice_sum / 10, 5),
+                             round(elapsed / 60, 2)])
             print(*log_rows[-1], f"lr={lr:.2e}", flush=True)
             bce_sum = dice_sum = 0.0
-        if done % args.refresh_every == 0:
+        if args.synth_workers:
+            pool.refresh()
+        elif done % args.refresh_every == 0:
             pool.add()
         if done % args.save_every == 0:
-            save()
-    save()
-    summary = {"iterations": done, "minutes": round((time.monotonic() - started) / 60, 1), "cases_seen": pool.next_seed
-               - TRAIN_SEED_BASE - 1000 * args.seed, "config": _plain(vars(args))}
-    (args.out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+            save("periodic")
+    save(stop.signal or ("time budget" if done < args.iterations else "chunk iterations"))
+    pool.close()
 
 
 if __name__ == "__main__":
