@@ -14,14 +14,17 @@ import json
 import math
 import signal
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
 
 WARMUP_ITERATIONS = 20
 FINAL_LR_FRACTION = 0.05
+Case = TypeVar("Case")
 
 
 def chunk_lr(peak: float, done: int, chunk_iterations: int, elapsed_s: float, budget_s: float) -> float:
@@ -44,6 +47,35 @@ class StopRequest:
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.signal = signal.Signals(signum).name
+
+
+class WorkerCases(Generic[Case]):
+    """Training cases made in ``workers`` processes, each set up once by ``initializer`` (loading its brains),
+    by ``make(*args)``: on a GPU one step takes milliseconds and a case seconds, so synthesis must not hold up
+    training. ``submit`` starts a case, ``finished`` takes those done (in the order they were submitted),
+    ``oldest`` waits for the first still pending; ``submitted`` counts every case started."""
+
+    def __init__(self, workers: int, initializer: Callable[[], None], make: Callable[..., Case]) -> None:
+        self._executor = ProcessPoolExecutor(workers, initializer=initializer)
+        self._make = make
+        self._pending: list[Future[Case]] = []
+        self.submitted = 0
+
+    def submit(self, *args: Any) -> None:
+        self._pending.append(self._executor.submit(self._make, *args))
+        self.submitted += 1
+
+    def oldest(self) -> Case:
+        return self._pending.pop(0).result()
+
+    def finished(self) -> list[Case]:
+        done = [future for future in self._pending if future.done()]
+        for future in done:
+            self._pending.remove(future)
+        return [future.result() for future in done]
+
+    def close(self) -> None:
+        self._executor.shutdown(cancel_futures=True)
 
 
 def weights_from_onnx(path: Path) -> dict[str, torch.Tensor]:

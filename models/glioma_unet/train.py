@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import csv
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,7 @@ from scipy import ndimage
 
 from models.chunked_training import (
     StopRequest,
+    WorkerCases,
     chunk_config,
     chunk_lr,
     load_initial_weights,
@@ -110,15 +110,14 @@ class PatchPool:
         self.labels: list[npt.NDArray[np.uint8]] = []
         self.tumour_voxels: list[npt.NDArray[np.intp]] = []
         self.border_voxels: list[npt.NDArray[np.intp]] = []
-        self._executor: ProcessPoolExecutor | None = None
-        self._pending: list[Future[PoolEntry]] = []
+        self._workers: WorkerCases[PoolEntry] | None = None
         if workers:
             self.templates: list[BrainTemplate] = []
-            self._executor = ProcessPoolExecutor(workers, initializer=_load_worker_templates)
+            self._workers = WorkerCases(workers, _load_worker_templates, _synthesize_in_worker)
             for _ in range(cases):
                 self._submit()
             while len(self.images) < cases:
-                self._insert(self._pending.pop(0).result())
+                self._insert(self._workers.oldest())
                 self._submit()
         else:
             self.templates = load_templates()
@@ -131,19 +130,19 @@ class PatchPool:
 
     def refresh(self) -> None:
         """Put every case the workers have finished into the pool, and start as many new ones."""
-        for future in [f for f in self._pending if f.done()]:
-            self._pending.remove(future)
-            self._insert(future.result())
+        assert self._workers is not None
+        for entry in self._workers.finished():
+            self._insert(entry)
             self._submit()
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(cancel_futures=True)
+        if self._workers is not None:
+            self._workers.close()
 
     def _submit(self) -> None:
-        assert self._executor is not None
-        template = (self.made + len(self._pending)) % len(TEMPLATE_LOADERS)  # alternate, as add_case does
-        self._pending.append(self._executor.submit(_synthesize_in_worker, template, int(self.rng.integers(2**63))))
+        assert self._workers is not None
+        template = self._workers.submitted % len(TEMPLATE_LOADERS)  # alternate, as add_case does
+        self._workers.submit(template, int(self.rng.integers(2**63)))
 
     def _insert(self, entry: PoolEntry) -> None:
         self.made += 1

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import csv
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ import torch.nn.functional as F
 
 from models.chunked_training import (
     StopRequest,
+    WorkerCases,
     chunk_config,
     chunk_lr,
     load_initial_weights,
@@ -113,16 +113,15 @@ class Pool:
         self.labels: list[np.ndarray] = []
         self.weights: list[np.ndarray] = []
         self.lesions: list[list[np.ndarray]] = []
-        self._executor: ProcessPoolExecutor | None = None
-        self._pending: list[Future[PoolEntry]] = []
+        self._workers: WorkerCases[PoolEntry] | None = None
         if workers:
             self.backgrounds: list[Background] = []
-            self._executor = ProcessPoolExecutor(workers, initializer=_load_worker_backgrounds)
+            self._workers = WorkerCases(workers, _load_worker_backgrounds, _entry_in_worker)
             for _ in range(size):
-                self._submit()
+                self._workers.submit(self._take_seed())
             while len(self.images) < size:
-                self._insert(self._pending.pop(0).result())
-                self._submit()
+                self._insert(self._workers.oldest())
+                self._workers.submit(self._take_seed())
         else:
             self.backgrounds = real_backgrounds()
             for _ in range(size):
@@ -134,23 +133,19 @@ class Pool:
 
     def refresh(self) -> None:
         """Put every case the workers have finished into the pool, and start as many new ones."""
-        for future in [f for f in self._pending if f.done()]:
-            self._pending.remove(future)
-            self._insert(future.result())
-            self._submit()
+        assert self._workers is not None
+        for entry in self._workers.finished():
+            self._insert(entry)
+            self._workers.submit(self._take_seed())
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(cancel_futures=True)
+        if self._workers is not None:
+            self._workers.close()
 
     def _take_seed(self) -> int:
         seed = self.next_seed
         self.next_seed += 1
         return seed
-
-    def _submit(self) -> None:
-        assert self._executor is not None
-        self._pending.append(self._executor.submit(_entry_in_worker, self._take_seed()))
 
     def _insert(self, entry: PoolEntry) -> None:
         if len(self.images) < self.size:
@@ -254,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     def save(reason: str) -> None:
         save_checkpoint(args.out, model, optimiser, rng, total_done + done, {
             **config, "iterations_done": done, "iterations_total": total_done + done,
-            "minutes": round((time.monotonic() - started) / 60, 1), "cases_seen": pool.next_seed - first_seed,
+            "minutes": round((time.monotonic() - started) / 60, 1), "cases_started": pool.next_seed - first_seed,
             "next_case_seed": pool.next_seed, "saved_because": reason})
         with (args.out / "loss.csv").open("w", newline="") as f:
             csv.writer(f).writerows([["iteration", "bce", "dice_loss", "minutes"], *log_rows])

@@ -4,6 +4,8 @@ goes on where the last one stopped. Needs PyTorch (the development environment's
 
 from __future__ import annotations
 
+import gc
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ torch = pytest.importorskip("torch")
 from models.chunked_training import (  # noqa: E402  (after the skip: the module imports torch)
     FINAL_LR_FRACTION,
     WARMUP_ITERATIONS,
+    WorkerCases,
     chunk_config,
     chunk_lr,
     resume,
@@ -68,3 +71,21 @@ def test_a_resumed_chunk_starts_from_exactly_what_the_last_one_saved(tmp_path: P
     assert float(restored["step"]) == float(original["step"]) == 3.0
     assert torch.allclose(restored["exp_avg"], original["exp_avg"], rtol=1e-2, atol=1e-6)
     assert (tmp_path / "training.json").is_file() and not (tmp_path / "checkpoint.pt.partial").exists()
+
+
+def test_cases_made_in_worker_processes_all_come_back_once() -> None:
+    cases: WorkerCases[int] = WorkerCases(2, gc.collect, pow)
+    try:
+        for exponent in range(6):
+            cases.submit(2, exponent)
+        assert cases.submitted == 6
+        assert cases.oldest() == 1
+        deadline = time.monotonic() + 60
+        taken: list[int] = []
+        while len(taken) < 5 and time.monotonic() < deadline:
+            taken += cases.finished()
+            time.sleep(0.01)
+        assert sorted(taken) == [2, 4, 8, 16, 32]  # each call returns its cases in the order they were started
+        assert cases.finished() == []
+    finally:
+        cases.close()
