@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
-from neuroflow.core.config import DEFAULT_MODEL_REPOSITORY, PipelineModels
+from neuroflow.core.config import DEFAULT_MODEL_REPOSITORY, NeuroflowSettings, PipelineModels
 from neuroflow.core.model_card import ModelRef, load_model_card
 
 GLIOMA = DEFAULT_MODEL_REPOSITORY / "glioma_unet"
@@ -43,3 +44,20 @@ def test_min_roles_any_is_declared_only_for_weights_trained_with_sequence_dropou
 def test_the_default_glioma_version_is_described_by_the_card() -> None:
     default = PipelineModels().glioma
     assert default.version in _versions()
+
+
+def test_a_site_pins_a_version_alone_and_keeps_the_model_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What EVALUATION.md tells a site (``NEUROFLOW_MODELS__GLIOMA__VERSION=3``) works; the whole reference as
+    JSON (what the Helm chart sets) still does; a version the card does not describe is a clear error later,
+    at the card."""
+    monkeypatch.setenv("NEUROFLOW_MODELS__GLIOMA__VERSION", "3")
+    monkeypatch.setenv("NEUROFLOW_MODELS__METASTASES", '{"name": "metastases_unet", "version": 2}')
+    models = NeuroflowSettings().models
+    assert models.glioma == ModelRef(name="glioma_unet", version=3)
+    assert models.metastases == ModelRef(name="metastases_unet", version=2)
+    assert models.skull_strip == PipelineModels.model_fields["skull_strip"].default
+    for pinned in (models.glioma, models.metastases):
+        assert load_model_card(DEFAULT_MODEL_REPOSITORY, pinned).version == pinned.version
+    monkeypatch.setenv("NEUROFLOW_MODELS__GLIOMA__VERSION", "0")
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        NeuroflowSettings()

@@ -4,7 +4,7 @@ prefixed NEUROFLOW_ override the defaults; site rules come from a YAML file."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -62,6 +62,21 @@ class PipelineModels(BaseSettings):
     # (haematoma: CT -> haematoma probability), and pass the same checks.
     ms_lesion: ModelRef | None = None
     haematoma: ModelRef | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_from_the_default(cls, data: Any) -> Any:
+        """A version pinned alone (``NEUROFLOW_MODELS__GLIOMA__VERSION=3``, as the evaluations tell sites to) keeps
+        the default's model name; without this the name was required and the setting refused."""
+        if not isinstance(data, dict):
+            return data
+        filled = dict(data)
+        for role, value in data.items():
+            field = cls.model_fields.get(role)
+            if isinstance(value, dict) and "name" not in value and field is not None and \
+                    isinstance(field.default, ModelRef):
+                filled[role] = {"name": field.default.name, **value}
+        return filled
 
 
 class BusSettings(BaseModel):
