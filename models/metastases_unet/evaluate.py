@@ -49,10 +49,10 @@ def _lesions(stack: np.ndarray, brain: np.ndarray, grid: Any, backend: OnnxRunti
 
 
 def evaluate_synthetic(cases: int, backend: OnnxRuntimeBackend, overlap: float, t1ce_only: bool,
-                       model: ModelRef) -> dict[str, Any]:
+                       model: ModelRef, first_seed: int = 0) -> dict[str, Any]:
     backgrounds = real_backgrounds()
     matches: list[CaseMatch] = []
-    for seed in range(cases):
+    for seed in range(first_seed, first_seed + cases):
         background = backgrounds[seed % len(backgrounds)]
         vessels = (5, 30) if background.name.startswith("colin27") else (0, 0)
         case = random_case(background, seed, vessels=vessels)
@@ -69,7 +69,8 @@ def evaluate_synthetic(cases: int, backend: OnnxRuntimeBackend, overlap: float, 
     bins = score(matches, LESION_THRESHOLD)
     points = froc(matches)
     return {
-        "cases": cases, "t1ce_only": t1ce_only, "threshold": LESION_THRESHOLD,
+        "cases": cases, "seeds": [first_seed, first_seed + cases - 1], "t1ce_only": t1ce_only,
+        "threshold": LESION_THRESHOLD,
         "by_size": [{"bin": b.name, "found": b.found, "total": b.total, "sensitivity": b.sensitivity,
                      "false_positives": b.false_positives, "fp_per_case": round(b.false_positives_per_case, 2)}
                     for b in bins],
@@ -93,6 +94,8 @@ def evaluate_aurora(backend: OnnxRuntimeBackend, overlap: float, model: ModelRef
 def main() -> None:
     parser = argparse.ArgumentParser(description="Evaluate the metastases model lesion-wise.")
     parser.add_argument("--cases", type=int, default=9)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="cases are seeds FIRST.. (0-8 the development cases; 20-28 held out for checks)")
     parser.add_argument("--overlap", type=float, default=0.25)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--t1ce-only", action="store_true")
@@ -106,7 +109,7 @@ def main() -> None:
     model = ModelRef(name=default.name, version=args.version if args.version is not None else default.version)
     backend = OnnxRuntimeBackend(args.repository, intra_op_threads=args.threads)
     result: dict[str, Any] = {"model": f"{model.name}:{model.version}", "synthetic": evaluate_synthetic(
-        args.cases, backend, args.overlap, args.t1ce_only, model)}
+        args.cases, backend, args.overlap, args.t1ce_only, model, args.first_seed)}
     if not args.skip_aurora and AURORA.is_dir():
         result["aurora"] = evaluate_aurora(backend, args.overlap, model)
     text = json.dumps(result, indent=1)

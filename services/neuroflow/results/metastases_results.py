@@ -34,6 +34,9 @@ PROVISIONAL_MODELS: dict[tuple[str, int], str] = {
     ("metastases_unet", 1): "provisional model (metastases_unet v1): on held-out synthetic cases it found 75-84 % "
                             "of metastases (about 40 % of those 3-6 mm) with about 3 false positives per case; "
                             "check every lesion, look for missed small ones",
+    ("metastases_unet", 2): "provisional model (metastases_unet v2): on held-out synthetic cases it found 74-75 % "
+                            "of metastases (22-30 % of those 3-6 mm) with about 1 false positive per case; "
+                            "check every lesion, look for missed small ones",
 }
 
 
