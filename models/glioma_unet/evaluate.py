@@ -40,7 +40,13 @@ from neuroflow.core.inference import OnnxRuntimeBackend
 from neuroflow.core.labels import TUMOUR_REGIONS, TumourRegion
 from neuroflow.core.model_card import ModelRef
 from neuroflow.preprocess.normalise import zscore_in_mask
-from neuroflow.segmentation.postprocess import RegionMasks, enforce_nesting, postprocess, threshold_regions
+from neuroflow.segmentation.postprocess import (
+    RegionMasks,
+    bounding_box,
+    enforce_nesting,
+    postprocess,
+    threshold_regions,
+)
 from neuroflow.segmentation.sliding_window import sigmoid, sliding_window_inference
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,14 +93,6 @@ def _load_zyx(path: Path) -> npt.NDArray[np.float32]:
     return np.ascontiguousarray(np.asarray(nib.load(path).dataobj, dtype=np.float32).transpose(2, 1, 0))
 
 
-def _bounding_box(mask: npt.NDArray[np.bool_]) -> tuple[slice, ...]:
-    box = []
-    for axis in range(3):
-        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-        box.append(slice(int(present[0]), int(present[-1]) + 1))
-    return tuple(box)
-
-
 def _window(stack: npt.NDArray[np.float32], backend: OnnxRuntimeBackend, model: ModelRef, patch: int,
             overlap: float, axes: tuple[int, ...]) -> npt.NDArray[np.float32]:
     """Region probabilities of ``stack`` (C, Z, Y, X), mirrored along the array ``axes`` before inference and back
@@ -118,7 +116,9 @@ def evaluate_case(case: RealCase, backend: OnnxRuntimeBackend, model: ModelRef, 
     else:
         brain = np.any(np.stack([c > 0 for c in present]), axis=0)
     stack = np.stack([np.zeros(brain.shape, np.float32) if c is None else zscore_in_mask(c, brain) for c in raw])
-    box = _bounding_box(brain)
+    box = bounding_box(brain)
+    if box is None:
+        raise ValueError(f"{case.name}: the brain mask is empty")
     started = time.monotonic()
     probabilities = np.zeros((len(TUMOUR_REGIONS), *brain.shape), dtype=np.float32)
     cropped = np.ascontiguousarray(stack[(slice(None), *box)])
