@@ -51,9 +51,11 @@ def check_orientation(volumes: dict[SeriesRole, Volume], *, study_key: str,
     series fits the reference better mirrored than as it is."""
     reference_role = reference_role or glioma_reference_role(volumes)
     reference = volumes[reference_role]
-    reference_coarse = coarse_reference(reference)
-    checks = {role: check_left_right(reference, v, reference_coarse=reference_coarse)
-              for role, v in volumes.items() if role != reference_role}
+    others = {role: v for role, v in volumes.items() if role != reference_role}
+    # Made only when there is a series to check: a study of one series must reach the check that names what
+    # it lacks, not fail here (a tiny volume cannot be smoothed).
+    reference_coarse = coarse_reference(reference) if others else None
+    checks = {role: check_left_right(reference, v, reference_coarse=reference_coarse) for role, v in others.items()}
     flipped = [role for role, c in checks.items() if c.flipped]
     if flipped:
         details = "; ".join(
@@ -81,7 +83,8 @@ def coregister(volumes: dict[SeriesRole, Volume], *, spacing_mm: float,
     fixed = resample(reference, grid)
     out = {reference_role: fixed}
     registration: dict[SeriesRole, RegistrationResult] = {}
-    fixed_working = WorkingImage.of(fixed)  # smoothed and downsampled once for every series registered onto it
+    # Smoothed and downsampled once for every series registered onto it (none: nothing to make).
+    fixed_working = WorkingImage.of(fixed) if len(volumes) > 1 else None
     for role, moving in volumes.items():
         if role == reference_role:
             continue
