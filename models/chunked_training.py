@@ -6,7 +6,10 @@ read back from an exported ``model.onnx``.
 
 A checkpoint holds ``state_dict`` (on the CPU: it loads on any machine, whichever device trained),
 ``optimizer`` (Adam's moments in bfloat16), ``numpy_rng``, ``torch_rng``, ``iterations_total`` and
-``config`` (this chunk's settings, with ``previous_chunks``)."""
+``config`` (this chunk's settings, with ``previous_chunks``).
+
+PyTorch is imported where a checkpoint is read or written: the schedule and the case workers load without it
+(CI's environment has none, and tests them)."""
 
 from __future__ import annotations
 
@@ -17,10 +20,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 WARMUP_ITERATIONS = 20
 FINAL_LR_FRACTION = 0.05
@@ -81,6 +86,7 @@ class WorkerCases(Generic[Case]):
 def weights_from_onnx(path: Path) -> dict[str, torch.Tensor]:
     """The weights of an exported ``model.onnx`` (its initializers keep the PyTorch parameter names)."""
     import onnx
+    import torch
     from onnx import numpy_helper
 
     graph = onnx.load(str(path)).graph
@@ -89,6 +95,8 @@ def weights_from_onnx(path: Path) -> dict[str, torch.Tensor]:
 
 def load_initial_weights(model: torch.nn.Module, path: Path) -> None:
     """Weights only (a new chunk series from them): a checkpoint or an exported ``model.onnx``."""
+    import torch
+
     if path.suffix == ".onnx":
         model.load_state_dict(weights_from_onnx(path))
     else:
@@ -100,6 +108,8 @@ def resume(path: Path, model: torch.nn.Module, optimiser: torch.optim.Optimizer,
     """Restore a checkpoint into ``model``, ``optimiser``, ``rng`` and torch's random state. Returns the
     iterations done in all, the settings of every chunk so far (the next chunk's ``previous_chunks``) and the
     saved chunk's own record (what a trainer kept beside its settings, e.g. how many cases it made)."""
+    import torch
+
     saved = torch.load(path, map_location="cpu", weights_only=False)
     model.load_state_dict(saved["state_dict"])
     optimiser.load_state_dict(_expand_optimiser_state(saved["optimizer"]))
@@ -122,6 +132,8 @@ def save_checkpoint(out: Path, model: torch.nn.Module, optimiser: torch.optim.Op
                     total: int, record: dict[str, Any]) -> None:
     """``out/checkpoint.pt`` (replaced atomically: a kill while saving leaves the previous one) and
     ``out/training.json`` (``record``: the chunk's settings and figures)."""
+    import torch
+
     weights = {k: v.cpu() for k, v in model.state_dict().items()}
     checkpoint = {"state_dict": weights, "optimizer": _compact_optimiser_state(optimiser.state_dict()),
                   "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
@@ -137,6 +149,8 @@ def save_checkpoint(out: Path, model: torch.nn.Module, optimiser: torch.optim.Op
 def _compact_optimiser_state(state: dict[str, Any]) -> dict[str, Any]:
     """Adam moments as bfloat16: the checkpoint stays small enough to commit (about 2.8 MB for the glioma
     network); resuming from rounded moments changes the next steps negligibly."""
+    import torch
+
     out: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
     for key, value in state["state"].items():
         out["state"][key] = {k: (v.to("cpu", torch.bfloat16) if torch.is_tensor(v) and v.dim() > 0 else
@@ -146,6 +160,8 @@ def _compact_optimiser_state(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def _expand_optimiser_state(state: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
     for value in state["state"].values():
         for k, v in value.items():
             if torch.is_tensor(v) and v.dtype == torch.bfloat16:

@@ -1,19 +1,19 @@
 """Training in chunks (models/chunked_training.py), shared by the glioma and metastases trainers: a chunk's
 checkpoint restores the weights, the optimiser, both random states and the chunk history, so the next chunk
-goes on where the last one stopped. Needs PyTorch (the development environment's; CI's has none)."""
+goes on where the last one stopped. The schedule and the case workers are tested everywhere; the checkpoint
+round trip needs PyTorch (the development environment's; CI's has none, and skips that one test)."""
 
 from __future__ import annotations
 
 import gc
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-
-from models.chunked_training import (  # noqa: E402  (after the skip: the module imports torch)
+from models.chunked_training import (
     FINAL_LR_FRACTION,
     WARMUP_ITERATIONS,
     WorkerCases,
@@ -24,7 +24,9 @@ from models.chunked_training import (  # noqa: E402  (after the skip: the module
 )
 
 
-def _steps(model: torch.nn.Module, optimiser: torch.optim.Optimizer, rng: np.random.Generator, n: int) -> None:
+def _steps(model: Any, optimiser: Any, rng: np.random.Generator, n: int) -> None:
+    import torch
+
     for _ in range(n):
         x = torch.from_numpy(rng.standard_normal((4, 3)).astype(np.float32))
         loss = (model(x) - torch.randn(4, 1)).pow(2).mean()
@@ -42,6 +44,7 @@ def test_the_learning_rate_warms_up_then_falls_to_its_floor_by_iterations_or_tim
 
 
 def test_a_resumed_chunk_starts_from_exactly_what_the_last_one_saved(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch", reason="the checkpoint round trip needs PyTorch (training only)")
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 1)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
