@@ -56,7 +56,7 @@ class PipelineModels(BaseSettings):
     skull_strip: ModelRef = ModelRef(name="deepbet", version=1)
     skull_strip_bbox: ModelRef = ModelRef(name="deepbet_bbox", version=1)
     glioma: ModelRef = ModelRef(name="glioma_unet", version=4)
-    metastases: ModelRef = ModelRef(name="metastases_unet", version=1)
+    metastases: ModelRef = ModelRef(name="metastases_unet", version=3)
     # Optional networks of the change pipelines (issue 6), off unless set: their candidates join the
     # subtraction's (MS: channels baseline, follow-up FLAIR -> new-lesion probability) or the HU method's
     # (haematoma: CT -> haematoma probability), and pass the same checks.
