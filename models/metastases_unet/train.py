@@ -53,6 +53,7 @@ from models.chunked_training import (
     save_checkpoint,
 )
 from models.glioma_unet.network import GliomaUNet
+from models.metastases_unet.patch_sampling import lesion_chances
 from neuroflow.core.roles import METASTASES_INPUT_ROLES, SeriesRole
 from neuroflow.devtools.synthetic_metastases import Background, SyntheticMetastases, random_case, real_backgrounds
 from neuroflow.preprocess.normalise import zscore_in_mask
@@ -158,13 +159,6 @@ class Pool:
             slot = int(self.rng.integers(self.size))
             self.images[slot], self.labels[slot], self.weights[slot], self.lesions[slot] = entry
 
-    def _pick_lesion(self, index: int, small_bias: float) -> int:
-        """A lesion of case ``index``, chosen with probability proportional to (voxels) ** -small_bias: 0 picks
-        every lesion as often (version 2), 0.5 a lesion of 25 voxels 20 times as often as one of 10,000."""
-        sizes = np.array([len(v) for v in self.lesions[index]], dtype=np.float64)
-        chances = sizes ** -small_bias
-        return int(self.rng.choice(len(sizes), p=chances / chances.sum()))
-
     def sample(self, patch: int, foreground: float, dropout: float,
                small_bias: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rng = self.rng
@@ -172,7 +166,8 @@ class Pool:
         image, labels, weights = self.images[index], self.labels[index], self.weights[index]
         shape = np.array(labels.shape)
         if rng.random() < foreground and self.lesions[index]:
-            lesion = self.lesions[index][self._pick_lesion(index, small_bias)]
+            chances = lesion_chances([len(v) for v in self.lesions[index]], small_bias)
+            lesion = self.lesions[index][int(rng.choice(len(chances), p=chances))]
             centre = lesion[int(rng.integers(len(lesion)))] + rng.integers(-patch // 3, patch // 3 + 1, 3)
         else:
             centre = np.array([rng.integers(0, s) for s in shape])
