@@ -11,7 +11,7 @@ repeated) so that the machine's noise hits them alike; medians are reported with
   joins them);
 * agreement: largest difference of the probabilities, voxels whose label differs.
 
-    .venv/bin/python scripts/bench_triton.py --out BENCHMARKS.md     (appends a section)
+    .venv/bin/python scripts/bench_triton.py --out BENCHMARKS.md     (replaces its section)
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from neuroflow.core.model_card import ModelRef
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.triton_repository import ServingOptions, build_repository
 from neuroflow.core.volume import Volume
+from neuroflow.devtools.benchmarks_md import write_section
 from neuroflow.devtools.dicom_writer import load_volume
 from neuroflow.devtools.triton_server import PYTRITON_VERSION, start_triton
 from neuroflow.preprocess.normalise import zscore_in_mask
@@ -100,7 +101,6 @@ def main() -> None:
     median = {name: statistics.median(values) for name, values in times.items()}
     reference = outputs["onnxruntime"]
     lines = [
-        "",
         "## Inference tier: in-process ONNX Runtime versus Triton over gRPC (CPU), glioma U-Net",
         "",
         f"Written by `make bench` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}) on {platform.machine()} "
@@ -133,8 +133,7 @@ def main() -> None:
         "on a GPU machine, section \"Inference tier on a GPU\".",
         "",
     ]
-    with args.out.open("a") as f:
-        f.write("\n".join(lines))
+    write_section(args.out, "\n".join(lines))
     print("\n".join(lines))
 
 
