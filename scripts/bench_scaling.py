@@ -31,6 +31,7 @@ from pydicom.uid import generate_uid
 
 from neuroflow.core.roles import SeriesRole
 from neuroflow.core.volume import Volume
+from neuroflow.devtools.benchmarks_md import write_section
 from neuroflow.devtools.dicom_writer import load_volume, write_study
 from neuroflow.runtime.embedded import GLIOMA_STAGES
 
@@ -296,7 +297,7 @@ def main() -> None:
     (args.docs / "scaling_slices.svg").write_text(line_chart(
         "neuroflow run: stage time against slices per series", "slices per series", "median s",
         [e["value"] for e in size["slices"]], {n: [e["median_s"][n] for e in size["slices"]] for n in names}))
-    lines = ["", "## How cost grows with the work (`scripts/bench_scaling.py`)", "",
+    lines = ["## How cost grows with the work (`scripts/bench_scaling.py`)", "",
              f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} in {(time.time() - started) / 60:.0f} min "
              "on 2 shared cores (absolute times are noise here: read the shapes and ratios). Input: the real "
              "4-sequence study TCGA-DU-7294 written as DICOM.", "", *size_lines(size, args.runs)]
@@ -311,8 +312,7 @@ def main() -> None:
     lines += ["Reproduce: `make bench` (or `.venv/bin/python scripts/bench_scaling.py --out BENCHMARKS.md`).", ""]
     text = "\n".join(lines)
     if args.out is not None:
-        with args.out.open("a") as out:
-            out.write(text)
+        write_section(args.out, text)
     print(text)
 
 
