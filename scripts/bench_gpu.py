@@ -16,9 +16,9 @@ Measured:
   GPU through PyTorch FP16, studies per hour.
 
 A backend that cannot run on the machine (package not installed, no CUDA provider) is named with the reason,
-never left out silently. Weights: the served glioma version's training checkpoint (so the agreement figures mean
-something); metastases_unet has no checkpoint in the repository and runs with random weights (per patch only:
-the time does not depend on the weights).
+never left out silently. Weights: the served version's training checkpoint where the repository keeps it (glioma
+versions 2 and 4, metastases version 3), so the agreement figures mean something; another version runs with
+random weights (the time does not depend on the weights).
 
 Reads the study with nibabel and imports nothing that needs SimpleITK, so it runs on a GPU machine with
 PyTorch and a few small wheels. Writes its figures as JSON (``--json``) and its own section of BENCHMARKS.md
@@ -68,7 +68,9 @@ from neuroflow.segmentation.glioma import predict_stack  # noqa: E402
 SECTION = "## Inference tier on a GPU"
 EXIT_NO_GPU = 2
 CHECKPOINTS = {ModelRef(name="glioma_unet", version=2): ROOT / "models/glioma_unet/training_log/v2_checkpoint.pt",
-               ModelRef(name="glioma_unet", version=4): ROOT / "models/glioma_unet/training_log/v4_checkpoint.pt"}
+               ModelRef(name="glioma_unet", version=4): ROOT / "models/glioma_unet/training_log/v4_checkpoint.pt",
+               ModelRef(name="metastases_unet", version=3):
+                   ROOT / "models/metastases_unet/training_log/v3_checkpoint.pt"}
 STUDY_BATCH = 4
 STUDY_OVERLAP = 0.5
 # The published anchor the issue names: nnU-Net on Triton, A100, FP16, batch 1 (a 30 M-weight network on 128^3
@@ -112,7 +114,8 @@ def load_network(model: ModelRef, card: ModelCard) -> Any:
     if checkpoint is not None and checkpoint.is_file():
         saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
         config = saved["config"]
-        network = GliomaUNet(base=int(config["base"]), levels=int(config["levels"]))
+        network = GliomaUNet(base=int(config["base"]), levels=int(config["levels"]),
+                             in_channels=card.inputs[0].shape[1], out_channels=card.outputs[0].shape[1])
         network.load_state_dict(saved["state_dict"])
     else:
         network = GliomaUNet(in_channels=card.inputs[0].shape[1], out_channels=card.outputs[0].shape[1])
