@@ -31,15 +31,15 @@ _OVERLAY_DESCRIPTION = "AI metastases overlay on T1CE (not for diagnosis)"
 # Models whose every result is marked NEEDS REVIEW, with why: a model far from its anchor must never reach a
 # reader unflagged (models/metastases_unet/EVALUATION.md has the figures).
 PROVISIONAL_MODELS: dict[tuple[str, int], str] = {
-    ("metastases_unet", 1): "provisional model (metastases_unet v1): on held-out synthetic cases it found 75-84 % "
-                            "of metastases (about 40 % of those 3-6 mm) with about 3 false positives per case; "
-                            "check every lesion, look for missed small ones",
-    ("metastases_unet", 2): "provisional model (metastases_unet v2): on held-out synthetic cases it found 74-75 % "
-                            "of metastases (22-30 % of those 3-6 mm) with about 1 false positive per case; "
-                            "check every lesion, look for missed small ones",
-    ("metastases_unet", 3): "provisional model (metastases_unet v3): on held-out synthetic cases it found 83-90 % "
-                            "of metastases (48-67 % of those 3-6 mm) with about 2 false positives per case; "
-                            "check every lesion, look for missed small ones",
+    ("metastases_unet", 1): "provisional model (metastases_unet v1): on synthetic cases it never trained "
+                            "on it found 75-84 % of metastases (about 40 % of those 3-6 mm) "
+                            "with about 3 false positives per case; check every lesion, look for missed small ones",
+    ("metastases_unet", 2): "provisional model (metastases_unet v2): on synthetic cases it never trained "
+                            "on it found 74-75 % of metastases (22-30 % of those 3-6 mm) "
+                            "with about 1 false positive per case; check every lesion, look for missed small ones",
+    ("metastases_unet", 3): "provisional model (metastases_unet v3): on synthetic cases it never trained "
+                            "on it found 83-90 % of metastases (48-67 % of those 3-6 mm) "
+                            "with about 2 false positives per case; check every lesion, look for missed small ones",
 }
 
 
