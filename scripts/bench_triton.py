@@ -100,6 +100,7 @@ def main() -> None:
 
     median = {name: statistics.median(values) for name, values in times.items()}
     reference = outputs["onnxruntime"]
+    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
     lines = [
         "## Inference tier: in-process ONNX Runtime versus Triton over gRPC (CPU), glioma U-Net",
         "",
@@ -108,8 +109,9 @@ def main() -> None:
         f"overlap 0.5), the segmentation stage's sliding window; {args.threads} ONNX Runtime threads in both; "
         f"Triton 2.51 (nvidia-pytriton {PYTRITON_VERSION}) "
         "CPU variant (Python backend running the same ONNX file), gRPC on loopback, up to 4 requests in flight. "
-        f"Median of {args.repeats} interleaved runs; load average {os.getloadavg()[0]:.1f} at the end (above "
-        f"{os.cpu_count()}: other work shared the CPUs, so absolute times are inflated, ratios less so).",
+        f"Median of {args.repeats} interleaved runs; load average {load:.1f} at the end"
+        + (f" (above {cpus}: other work shared the CPUs, so absolute times are inflated, ratios less so)."
+           if load > cpus else f" (not above {cpus}: the CPUs were not oversubscribed)."),
         "",
         "| configuration | median s | all s | vs ONNX Runtime in process | max abs diff of probabilities | "
         "voxels with another label |",
