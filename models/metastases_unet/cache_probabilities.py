@@ -60,8 +60,7 @@ def main() -> None:
             continue
         started = time.perf_counter()
         background = backgrounds[seed % len(backgrounds)]
-        vessels = (5, 30) if background.name.startswith("colin27") else (0, 0)
-        case = random_case(background, seed, vessels=vessels)
+        case = random_case(background, seed)
         brain = np.asarray(background.brain_mask.array) > 0
         stack = np.stack([zscore_in_mask(np.asarray(case.t1ce.array), brain),
                           zscore_in_mask(np.asarray(case.flair.array), brain)])

@@ -54,8 +54,7 @@ def evaluate_synthetic(cases: int, backend: OnnxRuntimeBackend, overlap: float, 
     matches: list[CaseMatch] = []
     for seed in range(first_seed, first_seed + cases):
         background = backgrounds[seed % len(backgrounds)]
-        vessels = (5, 30) if background.name.startswith("colin27") else (0, 0)
-        case = random_case(background, seed, vessels=vessels)
+        case = random_case(background, seed)
         brain = np.asarray(background.brain_mask.array) > 0
         flair = np.zeros(brain.shape, np.float32) if t1ce_only else zscore_in_mask(np.asarray(case.flair.array), brain)
         stack = np.stack([zscore_in_mask(np.asarray(case.t1ce.array), brain), flair])

@@ -89,8 +89,7 @@ _WORKER_BACKGROUNDS: list[Background] = []
 def pool_entry(backgrounds: list[Background], seed: int) -> PoolEntry:
     """Synthetic case ``seed`` (metastases in background ``seed`` modulo their number) as the pool holds it."""
     background = backgrounds[seed % len(backgrounds)]
-    vessels = (5, 30) if background.name.startswith("colin27") else (0, 0)
-    case = random_case(background, seed, count=(1, 12), vessels=vessels)
+    case = random_case(background, seed, count=(1, 12))
     image, labels = case_arrays(case, np.asarray(background.brain_mask.array) > 0)
     voxels = [np.argwhere(labels == n) for n in range(1, int(labels.max()) + 1)]
     return image.astype(np.float16), labels, instance_weights(labels), [v for v in voxels if len(v)]

@@ -14,6 +14,7 @@ from scipy import ndimage
 from neuroflow.devtools.dicom_writer import load_volume
 from neuroflow.devtools.longitudinal_phantoms import COLIN27_T1, tissues_from_t1
 from neuroflow.devtools.synthetic_metastases import (
+    COLIN27_VESSELS,
     Background,
     MetastasisSpec,
     SyntheticMetastases,
@@ -126,6 +127,14 @@ def test_a_random_case_is_reproducible_from_its_seed_and_written_with_its_geomet
     np.testing.assert_array_equal(labels.array, case.labels.array)
     truth = json.loads((tmp_path / "truth.json").read_text())
     assert [t["number"] for t in truth] == [t.number for t in case.truth] and len(paths) == 5
+
+
+def test_a_case_in_colin27_gets_its_enhancing_veins_unless_told_otherwise(background: Background) -> None:
+    case = random_case(background, seed=5, count=(1, 1))
+    explicit = random_case(background, seed=5, count=(1, 1), vessels=COLIN27_VESSELS)
+    bare = random_case(background, seed=5, count=(1, 1), vessels=(0, 0))
+    np.testing.assert_array_equal(case.t1ce.array, explicit.t1ce.array)
+    assert (case.t1ce.array > bare.t1ce.array).sum() > 100
 
 
 def test_enhancing_vessels_brighten_only_the_t1ce_in_thin_unlabelled_strands(background: Background) -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -103,6 +103,12 @@ class Background:
     t1ce: Volume
     flair: Volume
     brain_mask: Volume  # uint8, 1 = brain
+    # How many enhancing veins a random case in this brain gets drawn in (fewest, most): a real T1
+    # post-contrast has its own; a T1 standing in for one (Colin27) has none, so cases there get some.
+    vessels: tuple[int, int] = (0, 0)
+
+
+COLIN27_VESSELS = (5, 30)
 
 
 def colin27_background(axial_slices: tuple[int, int] | None = None) -> Background:
@@ -111,14 +117,14 @@ def colin27_background(axial_slices: tuple[int, int] | None = None) -> Backgroun
     ``axial_slices`` (first, stop): only those slices (a slab keeps a test quick), geometry kept."""
     if axial_slices is None:
         brain = colin27()
-        return Background("colin27", brain.t1, brain.flair, brain.brain_mask)
+        return Background("colin27", brain.t1, brain.flair, brain.brain_mask, COLIN27_VESSELS)
     first, stop = axial_slices
     t1 = _slab(load_volume(COLIN27_T1), first, stop)
     mask = _slab(load_volume(COLIN27_BRAIN), first, stop).array > 0
     mask = ndimage.binary_fill_holes(ndimage.binary_closing(mask, iterations=2))
     t1 = t1.with_array(t1.array.astype(np.float32))
     return Background(f"colin27 slices {first}-{stop}", t1, flair_from_t1(t1, mask),
-                      t1.with_array(mask.astype(np.uint8)))
+                      t1.with_array(mask.astype(np.uint8)), COLIN27_VESSELS)
 
 
 def real_backgrounds() -> list[Background]:
@@ -188,7 +194,7 @@ def add_enhancing_vessels(background: Background, *, count: int = 30, seed: int 
         fraction = np.clip((radius - distance.reshape(grids[0].shape)) / float(spacing.mean()) + 0.5, 0.0, 1.0)
         level = white * float(rng.uniform(1.4, 2.0))
         t1ce[box] = np.maximum(t1ce[box], (t1ce[box] * (1.0 - fraction) + level * fraction).astype(np.float32))
-    return Background(background.name, background.t1ce.with_array(t1ce), background.flair, background.brain_mask)
+    return replace(background, t1ce=background.t1ce.with_array(t1ce), vessels=(0, 0))  # drawn in now
 
 
 def random_specs(rng: np.random.Generator, count: int, *, min_mm: float = MIN_DIAMETER_MM,
@@ -313,10 +319,13 @@ class _Maps:
 
 
 def random_case(background: Background, seed: int, *, count: tuple[int, int] = (1, 12),
-                noise: tuple[float, float] = (0.0, 0.04), vessels: tuple[int, int] = (0, 0)) -> SyntheticMetastases:
+                noise: tuple[float, float] = (0.0, 0.04),
+                vessels: tuple[int, int] | None = None) -> SyntheticMetastases:
     """One training or evaluation case: between ``count`` metastases of :func:`random_specs`, Rician noise of a
-    random level in ``noise`` and between ``vessels`` enhancing veins (:func:`add_enhancing_vessels`; give a
-    T1 standing in for a T1CE some), all drawn from ``seed`` (the same seed, the same case)."""
+    random level in ``noise`` and between ``vessels`` enhancing veins (:func:`add_enhancing_vessels`; None:
+    as many as the background asks for), all drawn from ``seed`` (the same seed, the same case)."""
+    if vessels is None:
+        vessels = background.vessels
     rng = np.random.default_rng(seed)
     specs = random_specs(rng, int(rng.integers(count[0], count[1] + 1)))
     if vessels[1] > 0:
