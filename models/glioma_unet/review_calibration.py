@@ -38,8 +38,9 @@ from neuroflow.core.inference import OnnxRuntimeBackend
 from neuroflow.core.model_card import ModelRef
 from neuroflow.preprocess.normalise import zscore_in_mask
 from neuroflow.segmentation.glioma import predict_stack
+from neuroflow.segmentation.mirrors import FLIP_PATIENT_AXES
 from neuroflow.segmentation.postprocess import RegionMasks, from_label_map, postprocess, threshold_regions
-from neuroflow.segmentation.review import FLIP_PATIENT_AXES, assess
+from neuroflow.segmentation.review import assess
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"

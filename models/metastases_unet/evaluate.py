@@ -8,7 +8,8 @@ pipeline's own code (``predict_stack``: ONNX Runtime, sliding window, card patch
 as the pipeline does (``lesions_on``: ``LESION_THRESHOLD``, ``MIN_LESION_MM3``, ``MAX_AXIS_RATIO``) and
 scored with ``devtools.lesion_eval``: sensitivity and false positives per case by size bin, and the FROC over
 the lesions' confidences. With
-``--t1ce-only`` the FLAIR channel is zero (a study without FLAIR).
+``--t1ce-only`` the FLAIR channel is zero (a study without FLAIR); ``--mirrors`` sets the test-time mirrors
+averaged with the plain prediction (default: the pipeline's, ``segmentation.metastases_mirrors``).
 
 AURORA (``../shared/data/metastasis-aurora``, skull-stripped, no labels): the lesions found (count, volumes,
 diameters), for a reader to check against the images; nothing is scored.
@@ -22,11 +23,11 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
-from neuroflow.core.config import PipelineModels
+from neuroflow.core.config import Mirror, PipelineModels, SegmentationSettings
 from neuroflow.core.inference import OnnxRuntimeBackend
 from neuroflow.core.lesions import LESION_THRESHOLD, Lesions, lesions_on
 from neuroflow.core.model_card import ModelRef
@@ -35,21 +36,23 @@ from neuroflow.devtools.lesion_eval import CaseMatch, froc, match_case, score, s
 from neuroflow.devtools.longitudinal_phantoms import SHARED_DATA
 from neuroflow.devtools.synthetic_metastases import random_case, real_backgrounds
 from neuroflow.preprocess.normalise import zscore_in_mask
-from neuroflow.segmentation.glioma import predict_stack
+from neuroflow.segmentation.metastases import mirror_mean
+from neuroflow.segmentation.mirrors import flip_array_axis
 
 REPOSITORY = Path(__file__).resolve().parents[1] / "repository"
 AURORA = SHARED_DATA / "metastasis-aurora"
 
 
 def _lesions(stack: np.ndarray, brain: np.ndarray, grid: Any, backend: OnnxRuntimeBackend, overlap: float,
-             model: ModelRef) -> Lesions:
-    probability = predict_stack(stack, brain, backend, model, overlap=overlap, batch_size=1)[0]
+             model: ModelRef, mirrors: list[Mirror]) -> Lesions:
+    probability = mirror_mean(stack, brain, backend, model, overlap=overlap, batch_size=1,
+                              mirror_axes=[flip_array_axis(grid.geometry, m) for m in mirrors])[0]
     # The pipeline's own extraction (threshold, minimum size, shape filter) on the case's grid.
     return lesions_on(grid.with_array(probability), grid.geometry)
 
 
 def evaluate_synthetic(cases: int, backend: OnnxRuntimeBackend, overlap: float, t1ce_only: bool,
-                       model: ModelRef, first_seed: int = 0) -> dict[str, Any]:
+                       model: ModelRef, first_seed: int, mirrors: list[Mirror]) -> dict[str, Any]:
     backgrounds = real_backgrounds()
     matches: list[CaseMatch] = []
     for seed in range(first_seed, first_seed + cases):
@@ -59,7 +62,7 @@ def evaluate_synthetic(cases: int, backend: OnnxRuntimeBackend, overlap: float, 
         flair = np.zeros(brain.shape, np.float32) if t1ce_only else zscore_in_mask(np.asarray(case.flair.array), brain)
         stack = np.stack([zscore_in_mask(np.asarray(case.t1ce.array), brain), flair])
         started = time.perf_counter()
-        found = _lesions(stack, brain, case.t1ce, backend, overlap, model)
+        found = _lesions(stack, brain, case.t1ce, backend, overlap, model, mirrors)
         match = match_case(case.labels, found)
         matches.append(match)
         hits = len(set().union(*match.finds)) if match.finds else 0
@@ -68,7 +71,7 @@ def evaluate_synthetic(cases: int, backend: OnnxRuntimeBackend, overlap: float, 
     bins = score(matches, LESION_THRESHOLD)
     points = froc(matches)
     return {
-        "cases": cases, "seeds": [first_seed, first_seed + cases - 1], "t1ce_only": t1ce_only,
+        "cases": cases, "seeds": [first_seed, first_seed + cases - 1], "t1ce_only": t1ce_only, "mirrors": mirrors,
         "threshold": LESION_THRESHOLD,
         "by_size": [{"bin": b.name, "found": b.found, "total": b.total, "sensitivity": b.sensitivity,
                      "false_positives": b.false_positives, "fp_per_case": round(b.false_positives_per_case, 2)}
@@ -77,11 +80,12 @@ def evaluate_synthetic(cases: int, backend: OnnxRuntimeBackend, overlap: float, 
     }
 
 
-def evaluate_aurora(backend: OnnxRuntimeBackend, overlap: float, model: ModelRef) -> dict[str, Any]:
+def evaluate_aurora(backend: OnnxRuntimeBackend, overlap: float, model: ModelRef,
+                    mirrors: list[Mirror]) -> dict[str, Any]:
     t1ce, flair = load_volume(AURORA / "t1c.nii.gz"), load_volume(AURORA / "flair.nii.gz")
     brain = (np.asarray(t1ce.array) > 0) & (np.asarray(flair.array) > 0)
     stack = np.stack([zscore_in_mask(np.asarray(t1ce.array), brain), zscore_in_mask(np.asarray(flair.array), brain)])
-    found = _lesions(stack, brain, t1ce, backend, overlap, model)
+    found = _lesions(stack, brain, t1ce, backend, overlap, model, mirrors)
     return {"count": found.count, "total_volume_ml": round(found.total_volume_ml, 3),
             "lesions": [{"number": m.number, "volume_mm3": round(m.volume_ml * 1000.0, 1),
                          "longest_axial_diameter_mm": round(m.longest_axial_diameter_mm, 1),
@@ -99,6 +103,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--t1ce-only", action="store_true")
     parser.add_argument("--skip-aurora", action="store_true")
+    parser.add_argument("--mirrors", nargs="*", choices=get_args(Mirror),
+                        default=list(SegmentationSettings().metastases_mirrors),
+                        help="test-time mirrors averaged with the plain prediction (default: the pipeline's)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--version", type=int, default=None, help="model version (default: the pipeline's)")
     parser.add_argument("--repository", type=Path, default=REPOSITORY,
@@ -108,9 +115,9 @@ def main() -> None:
     model = ModelRef(name=default.name, version=args.version if args.version is not None else default.version)
     backend = OnnxRuntimeBackend(args.repository, intra_op_threads=args.threads)
     result: dict[str, Any] = {"model": f"{model.name}:{model.version}", "synthetic": evaluate_synthetic(
-        args.cases, backend, args.overlap, args.t1ce_only, model, args.first_seed)}
+        args.cases, backend, args.overlap, args.t1ce_only, model, args.first_seed, args.mirrors)}
     if not args.skip_aurora and AURORA.is_dir():
-        result["aurora"] = evaluate_aurora(backend, args.overlap, model)
+        result["aurora"] = evaluate_aurora(backend, args.overlap, model, args.mirrors)
     text = json.dumps(result, indent=1)
     print(text)
     if args.json is not None:

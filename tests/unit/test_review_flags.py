@@ -17,8 +17,9 @@ from neuroflow.core.volume import Geometry, Volume
 from neuroflow.results.glioma_results import review_assessment
 from neuroflow.results.report import ReportStatus, StudyReport, TumourVolumes, render_summary
 from neuroflow.segmentation.glioma import predict_stack
+from neuroflow.segmentation.mirrors import flip_array_axis
 from neuroflow.segmentation.postprocess import RegionMasks
-from neuroflow.segmentation.review import assess, flip_array_axis, record_review
+from neuroflow.segmentation.review import assess, record_review
 
 SHAPE = (48, 56, 52)  # (z, y, x), 1 mm
 

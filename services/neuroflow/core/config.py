@@ -467,17 +467,25 @@ class InferenceSettings(BaseModel):
         return self
 
 
+# A test-time mirror, named by the patient axis it mirrors along (segmentation/mirrors.py).
+Mirror = Literal["left_right", "anterior_posterior", "superior_inferior"]
+
+
 class SegmentationSettings(BaseModel):
-    """The failure flag of each segmentation (segmentation/review.py): alarms from test-time flips and an
+    """The failure flag of each glioma segmentation (segmentation/review.py): alarms from test-time flips and an
     independent FLAIR estimate of the whole tumour; the result needs review when their count exceeds
-    ``review_threshold`` (calibrated on real cases: models/glioma_unet/EVALUATION.md, "Failure flag")."""
+    ``review_threshold`` (calibrated on real cases: models/glioma_unet/EVALUATION.md, "Failure flag"). And the
+    metastases pipeline's test-time mirrors (models/metastases_unet/EVALUATION.md, "Test-time mirrors")."""
 
     # 1: two alarms flag. On the real cases every result with WT Dice < 0.7 raised 2-5 alarms, the good ones 0-1
     # (a single alarm came on a good result with a very noisy FLAIR).
     review_threshold: int = Field(default=1, ge=0)
     # Mirrors run as ensemble members, each one more sliding window (about the cost of the segmentation).
     # JSON in the environment: NEUROFLOW_SEGMENTATION__REVIEW_FLIPS='["left_right", "superior_inferior"]'.
-    review_flips: tuple[Literal["left_right", "anterior_posterior", "superior_inferior"], ...] = ("left_right",)
+    review_flips: tuple[Mirror, ...] = ("left_right",)
+    # The metastases pipeline's probability: the mean of the plain prediction and one per mirror listed
+    # (segmentation/metastases.py). Each mirror is one more sliding window: on a CPU it doubles the time.
+    metastases_mirrors: tuple[Mirror, ...] = ()
 
 
 class InputLimitSettings(BaseModel):

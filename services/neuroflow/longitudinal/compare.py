@@ -197,7 +197,7 @@ def measure_metastases(
     with clock.stage("segment"):
         probability = predict_metastases(pre.normalised, pre.brain_mask, backend, models.metastases,
                                          overlap=settings.window_overlap, batch_size=settings.window_batch_size,
-                                         study_key=study_key)
+                                         study_key=study_key, mirrors=settings.segmentation.metastases_mirrors)
     with clock.stage("postprocess"):
         t1ce = volume_instances(present[SeriesRole.T1CE], study_key=study_key,
                                 volume=volumes_of.get(SeriesRole.T1CE, ""))

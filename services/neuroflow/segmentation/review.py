@@ -28,18 +28,16 @@ from neuroflow.core.handoff import RegistrationSummary, ReviewSummary
 from neuroflow.core.inference import InferenceBackend
 from neuroflow.core.model_card import ModelRef
 from neuroflow.core.roles import SeriesRole
-from neuroflow.core.volume import Geometry, Volume
+from neuroflow.core.volume import Volume
 from neuroflow.segmentation.glioma import predict_regions
 from neuroflow.segmentation.measure import dice
+from neuroflow.segmentation.mirrors import flip_array_axis
 from neuroflow.segmentation.postprocess import RegionMasks, from_label_map, postprocess, threshold_regions
 
 Mask = npt.NDArray[np.bool_]
 
 METHOD = ("test-time mirrors ({flips}) as ensemble members, FLAIR/T2 hyperintensity as an independent "
           "whole-tumour estimate, sanity checks; risk score = number of alarms")
-# Patient axes (DICOM LPS x, y, z) of the mirrors a site may run.
-FLIP_PATIENT_AXES = {"left_right": 0, "anterior_posterior": 1, "superior_inferior": 2}
-
 # A region smaller than this in both the result and a member is not compared (Dice of a few voxels is noise).
 MIN_COMPARED_ML = 1.0
 FLIP_DICE_MIN = 0.8  # a mirror member agreeing less than this with the result raises an alarm
@@ -66,13 +64,6 @@ class Findings:
     def figure(self, name: str, value: float) -> float:
         self.figures[name] = round(float(value), 4)
         return value
-
-
-def flip_array_axis(geometry: Geometry, flip: str) -> int:
-    """The array axis (0-2 of a (k, j, i) array) closest to the patient axis of ``flip``: a left-right mirror
-    is one along patient x whatever the acquisition plane was."""
-    columns = np.abs(geometry.direction_matrix()[FLIP_PATIENT_AXES[flip], :])  # index axes i, j, k
-    return 2 - int(np.argmax(columns))
 
 
 def assess(

@@ -100,7 +100,8 @@ class SegmentationHandler:
         started = time.perf_counter()
         probability = predict_metastases(normalised, mask, self._backend, model,
                                          overlap=self._settings.window_overlap,
-                                         batch_size=self._settings.window_batch_size, study_key=key)
+                                         batch_size=self._settings.window_batch_size, study_key=key,
+                                         mirrors=self._settings.segmentation.metastases_mirrors)
         segmented = time.perf_counter()
         # The brain onto the atlas template, once per study, here where the brain mask is: the results stage
         # names each lesion's centroid with it. Skipped when no voxel can be lesion.
