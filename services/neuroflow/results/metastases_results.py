@@ -39,7 +39,8 @@ PROVISIONAL_MODELS: dict[tuple[str, int], str] = {
                             "with about 1 false positive per case; check every lesion, look for missed small ones",
     ("metastases_unet", 3): "provisional model (metastases_unet v3): on synthetic cases it never trained "
                             "on it found 83-90 % of metastases (48-67 % of those 3-6 mm) "
-                            "with about 2 false positives per case; check every lesion, look for missed small ones",
+                            "with 1.2-1.7 false positives per case (about 2 without the default left-right "
+                            "mirror); check every lesion, look for missed small ones",
 }
 
 
