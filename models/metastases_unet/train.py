@@ -15,8 +15,9 @@ Loss: **instance-weighted** BCE (every voxel of lesion i weighs ``clip(sqrt(REF_
 so a 2-3 mm lesion of a few voxels counts as much as it must to be found next to a 30 mm one) plus a
 batch soft Dice. Patches: ``--foreground`` of them centred near a lesion of a random case, chosen among its
 lesions (not among voxels: small lesions are sampled as often as large ones; with ``--small-bias`` more often,
-version 3's chunk), the rest anywhere in the brain; random flips, axis permutations and per-channel intensity
-scale/shift/gamma.
+version 3's chunk), ``--bright-negatives`` of them near a voxel as bright as a metastasis on the T1CE but clear of
+every lesion (where version 3's small false positives were), the rest anywhere in the brain; random flips, axis
+permutations and per-channel intensity scale/shift/gamma.
 
 Chunks, as the glioma trainer's (``models/chunked_training.py``): a run stops after ``--max-minutes`` (or
 ``--iterations``) and on SIGTERM/SIGINT, and saves ``<out>/checkpoint.pt`` (weights, Adam state, random states,
@@ -53,7 +54,7 @@ from models.chunked_training import (
     save_checkpoint,
 )
 from models.glioma_unet.network import GliomaUNet
-from models.metastases_unet.patch_sampling import lesion_chances
+from models.metastases_unet.patch_sampling import bright_negatives, lesion_chances
 from neuroflow.core.roles import METASTASES_INPUT_ROLES, SeriesRole
 from neuroflow.devtools.synthetic_metastases import Background, SyntheticMetastases, random_case, real_backgrounds
 from neuroflow.preprocess.normalise import zscore_in_mask
@@ -62,6 +63,11 @@ TRAIN_SEED_BASE = 100_000
 REF_VOXELS = 1000.0
 MAX_W = 15.0
 _MARGIN = 4
+# Bright non-lesion patch centres (``--bright-negatives``): T1CE z-score of a metastasis in the MS brains' real
+# post-contrast T1 (1.5-2.8, EVALUATION.md "Version 3"), kept clear of lesions by 3 voxels, at most 20 000 a case.
+BRIGHT_MIN_Z = 2.0
+BRIGHT_MARGIN = 3
+BRIGHT_AT_MOST = 20_000
 
 
 def case_arrays(case: SyntheticMetastases, brain: npt.NDArray[np.bool_]) -> tuple[np.ndarray, np.ndarray]:
@@ -81,8 +87,9 @@ def instance_weights(labels: npt.NDArray[np.uint16]) -> npt.NDArray[np.float32]:
     return per_label[labels].astype(np.float32)
 
 
-# A case as the pool holds it: float16 image, lesion labels, per-voxel weights, each lesion's voxels.
-PoolEntry = tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]
+# A case as the pool holds it: float16 image, lesion labels, per-voxel weights, each lesion's voxels, bright
+# non-lesion voxels.
+PoolEntry = tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray], np.ndarray]
 _WORKER_BACKGROUNDS: list[Background] = []
 
 
@@ -92,7 +99,9 @@ def pool_entry(backgrounds: list[Background], seed: int) -> PoolEntry:
     case = random_case(background, seed, count=(1, 12))
     image, labels = case_arrays(case, np.asarray(background.brain_mask.array) > 0)
     voxels = [np.argwhere(labels == n) for n in range(1, int(labels.max()) + 1)]
-    return image.astype(np.float16), labels, instance_weights(labels), [v for v in voxels if len(v)]
+    bright = bright_negatives(image[METASTASES_INPUT_ROLES.index(SeriesRole.T1CE)], labels, min_z=BRIGHT_MIN_Z,
+                              margin=BRIGHT_MARGIN, at_most=BRIGHT_AT_MOST, rng=np.random.default_rng(seed))
+    return image.astype(np.float16), labels, instance_weights(labels), [v for v in voxels if len(v)], bright
 
 
 def _load_worker_backgrounds() -> None:
@@ -114,6 +123,7 @@ class Pool:
         self.labels: list[np.ndarray] = []
         self.weights: list[np.ndarray] = []
         self.lesions: list[list[np.ndarray]] = []
+        self.bright: list[np.ndarray] = []
         self._workers: WorkerCases[PoolEntry] | None = None
         if workers:
             self.backgrounds: list[Background] = []
@@ -154,20 +164,28 @@ class Pool:
             self.labels.append(entry[1])
             self.weights.append(entry[2])
             self.lesions.append(entry[3])
+            self.bright.append(entry[4])
         else:
             slot = int(self.rng.integers(self.size))
-            self.images[slot], self.labels[slot], self.weights[slot], self.lesions[slot] = entry
+            (self.images[slot], self.labels[slot], self.weights[slot], self.lesions[slot],
+             self.bright[slot]) = entry
 
-    def sample(self, patch: int, foreground: float, dropout: float,
-               small_bias: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def sample(self, patch: int, foreground: float, dropout: float, small_bias: float = 0.0,
+               bright: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One augmented patch: ``foreground`` of them centred near a lesion, ``bright`` near a bright non-lesion
+        voxel, the rest anywhere (with ``bright`` 0, the same draws as before it existed)."""
         rng = self.rng
         index = int(rng.integers(len(self.images)))
         image, labels, weights = self.images[index], self.labels[index], self.weights[index]
         shape = np.array(labels.shape)
-        if rng.random() < foreground and self.lesions[index]:
+        kind = rng.random()
+        if kind < foreground and self.lesions[index]:
             chances = lesion_chances([len(v) for v in self.lesions[index]], small_bias)
             lesion = self.lesions[index][int(rng.choice(len(chances), p=chances))]
             centre = lesion[int(rng.integers(len(lesion)))] + rng.integers(-patch // 3, patch // 3 + 1, 3)
+        elif foreground <= kind < foreground + bright and len(self.bright[index]):
+            voxel = self.bright[index][int(rng.integers(len(self.bright[index])))].astype(np.int64)
+            centre = voxel + rng.integers(-patch // 3, patch // 3 + 1, 3)
         else:
             centre = np.array([rng.integers(0, s) for s in shape])
         start = np.clip(centre - patch // 2, 0, np.maximum(shape - patch, 0))
@@ -217,6 +235,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--small-bias", type=float, default=0.0,
                         help="lesion-centred patches pick a lesion with probability ~ voxels ** -SMALL_BIAS "
                              "(0: every lesion alike)")
+    parser.add_argument("--bright-negatives", type=float, default=0.0,
+                        help="this fraction of patches centred near a voxel as bright as a metastasis on the T1CE "
+                             "but clear of every lesion (veins, dura, the MS brains' own bright tissue)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="where the network trains: cpu, or cuda on a GPU machine")
     parser.add_argument("--synth-workers", type=int, default=0,
@@ -227,6 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--init", type=Path, default=None, help="weights only: a checkpoint or a model.onnx")
     parser.add_argument("--resume", type=Path, default=None, help="continue from this checkpoint (next chunk)")
     args = parser.parse_args(argv)
+    if args.foreground + args.bright_negatives > 1.0:
+        parser.error("--foreground plus --bright-negatives is the share of centred patches: at most 1")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -268,7 +291,8 @@ def main(argv: list[str] | None = None) -> None:
         lr = chunk_lr(args.lr, done, args.iterations, elapsed, budget)
         for group in optimiser.param_groups:
             group["lr"] = lr
-        batch = [pool.sample(args.patch, args.foreground, args.dropout, args.small_bias) for _ in range(args.batch)]
+        batch = [pool.sample(args.patch, args.foreground, args.dropout, args.small_bias, args.bright_negatives)
+                 for _ in range(args.batch)]
         x, y, w = (torch.from_numpy(np.stack([b[i] for b in batch])).to(device) for i in range(3))
         bce, dice = loss_terms(model(x), y, w)
         optimiser.zero_grad()
