@@ -1,7 +1,8 @@
 """Cache the metastases model's probability map of held-out synthetic cases (and AURORA), once, under
 ``build/`` (never committed), so that a lesion-level filter can be tuned and scored without re-running the
 network: per case an ``.npz`` with the probability (float16), the true brain mask, the z-scored T1CE and FLAIR,
-the truth label map and the grid (spacing, origin, direction). Cases as ``evaluate.py`` builds them.
+the truth label map and the grid (spacing, origin, direction). Cases, and the probability, as ``evaluate.py``
+makes them (the pipeline's default test-time mirrors averaged in).
 
     python -m models.metastases_unet.cache_probabilities --seeds 0-8 --out build/fp_cache
 """
@@ -14,19 +15,19 @@ from pathlib import Path
 
 import numpy as np
 
-from models.metastases_unet.evaluate import AURORA, REPOSITORY
-from neuroflow.core.config import PipelineModels
+from models.metastases_unet.evaluate import AURORA, REPOSITORY, probability_of
+from neuroflow.core.config import PipelineModels, SegmentationSettings
 from neuroflow.core.inference import OnnxRuntimeBackend
 from neuroflow.core.volume import Volume
 from neuroflow.devtools.dicom_writer import load_volume
 from neuroflow.devtools.synthetic_metastases import random_case, real_backgrounds
 from neuroflow.preprocess.normalise import zscore_in_mask
-from neuroflow.segmentation.glioma import predict_stack
 
 
 def _save(path: Path, stack: np.ndarray, brain: np.ndarray, grid: Volume, labels: np.ndarray | None,
           backend: OnnxRuntimeBackend, overlap: float) -> None:
-    probability = predict_stack(stack, brain, backend, PipelineModels().metastases, overlap=overlap, batch_size=1)[0]
+    probability = probability_of(stack, brain, grid, backend, overlap, PipelineModels().metastases,
+                                 SegmentationSettings().metastases_mirrors)
     geometry = grid.geometry
     np.savez_compressed(path, probability=probability.astype(np.float16), brain=brain,
                         t1ce=stack[0].astype(np.float16), flair=stack[1].astype(np.float16),

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, get_args
 
@@ -43,10 +44,17 @@ REPOSITORY = Path(__file__).resolve().parents[1] / "repository"
 AURORA = SHARED_DATA / "metastasis-aurora"
 
 
+def probability_of(stack: np.ndarray, brain: np.ndarray, grid: Any, backend: OnnxRuntimeBackend, overlap: float,
+                   model: ModelRef, mirrors: Sequence[Mirror]) -> np.ndarray:
+    """The metastasis probability of one case as the pipeline computes it (``mirrors`` averaged in)."""
+    probability: np.ndarray = mirror_mean(stack, brain, backend, model, overlap=overlap, batch_size=1,
+                                          mirror_axes=[flip_array_axis(grid.geometry, m) for m in mirrors])[0]
+    return probability
+
+
 def _lesions(stack: np.ndarray, brain: np.ndarray, grid: Any, backend: OnnxRuntimeBackend, overlap: float,
              model: ModelRef, mirrors: list[Mirror]) -> Lesions:
-    probability = mirror_mean(stack, brain, backend, model, overlap=overlap, batch_size=1,
-                              mirror_axes=[flip_array_axis(grid.geometry, m) for m in mirrors])[0]
+    probability = probability_of(stack, brain, grid, backend, overlap, model, mirrors)
     # The pipeline's own extraction (threshold, minimum size, shape filter) on the case's grid.
     return lesions_on(grid.with_array(probability), grid.geometry)
 

@@ -1,7 +1,7 @@
 """Lesion-level false-positive filter, measured on the cached probability maps of ``cache_probabilities``:
-per detection its shape (principal axes of its voxels in mm), confidence, distance to the brain surface and
-FLAIR support, whether it finds a true lesion (``devtools.lesion_eval.match_case``), and the lesion-wise score
-before and after a filter. Tune on development seeds, report on held-out seeds.
+per detection its shape (principal axes of its voxels in mm), confidence, distance to the brain surface, FLAIR
+support and its brightest T1CE voxel, whether it finds a true lesion (``devtools.lesion_eval.match_case``), and
+the lesion-wise score before and after a filter. Tune on development seeds, report on held-out seeds.
 
     python -m models.metastases_unet.fp_filter_eval build/fp_cache --dump
     python -m models.metastases_unet.fp_filter_eval build/fp_cache_heldout
@@ -36,6 +36,7 @@ class Detection:
     axis_ratio: float  # sqrt(l1 / l3)
     surface_mm: float  # centroid's depth inside the brain mask
     flair: float  # mean z-scored FLAIR over the lesion
+    t1ce_peak: float  # brightest z-scored T1CE voxel of the lesion
 
 
 def load(path: Path) -> tuple[dict[str, Any], Geometry]:
@@ -54,6 +55,7 @@ def analyse(path: Path) -> tuple[CaseMatch, list[Detection]]:
     depth = ndimage.distance_transform_edt(data["brain"], sampling=geometry.spacing[::-1])
     labels = np.asarray(found.labels.array)
     flair = data["flair"].astype(np.float32)
+    t1ce = data["t1ce"].astype(np.float32)
     detections = []
     for lesion, finds in zip(found.lesions, match.finds, strict=True):
         voxels = labels == lesion.number
@@ -62,7 +64,7 @@ def analyse(path: Path) -> tuple[CaseMatch, list[Detection]]:
         detections.append(Detection(
             path.stem, lesion.number, bool(finds), lesion.longest_axial_diameter_mm, lesion.volume_ml * 1000,
             lesion.confidence or 0.0, shape.elongation, shape.flatness, shape.axis_ratio,
-            float(depth[tuple(kji)]), float(flair[voxels].mean())))
+            float(depth[tuple(kji)]), float(flair[voxels].mean()), float(t1ce[voxels].max())))
     return match, detections
 
 
@@ -100,7 +102,8 @@ def main() -> None:
         for d in sorted(everything, key=lambda d: (d.true, d.axis_ratio)):
             print(f"{d.case:7} {'TP' if d.true else 'fp'} diam {d.diameter_mm:5.1f} vol {d.volume_mm3:7.0f} "
                   f"conf {d.confidence:.2f} elong {d.elongation:4.2f} flat {d.flatness:4.2f} "
-                  f"ratio {d.axis_ratio:4.2f} depth {d.surface_mm:5.1f} flair {d.flair:5.2f}")
+                  f"ratio {d.axis_ratio:4.2f} depth {d.surface_mm:5.1f} flair {d.flair:5.2f} "
+                  f"t1ce peak {d.t1ce_peak:4.1f}")
     result: dict[str, Any] = {"cases": len(matches), "rule": rule, "before": report(matches),
                               "after": report(after)}
     aurora = args.cache / "aurora.npz"
