@@ -4,7 +4,7 @@ unlabelled AURORA case.
 Held-out cases: ``random_case`` with seeds 0.. (training uses seeds from ``train.TRAIN_SEED_BASE``), cycling
 over ``real_backgrounds`` (Colin27 with enhancing veins drawn in, the two MS patients' real T1 post-contrast).
 Each case is z-scored in its true brain mask (the pipeline's skull strip is not run here), segmented by the
-pipeline's own code (``predict_stack``: ONNX Runtime, sliding window, card patch size), split into lesions
+pipeline's own code (``mirror_mean``: ONNX Runtime, sliding window, card patch size, mirrors), split into lesions
 as the pipeline does (``lesions_on``: ``LESION_THRESHOLD``, ``MIN_LESION_MM3``, ``MAX_AXIS_RATIO``) and
 scored with ``devtools.lesion_eval``: sensitivity and false positives per case by size bin, and the FROC over
 the lesions' confidences. With
