@@ -5,9 +5,12 @@ input ``image`` [batch, 4, P, P, P] float32, output ``logits`` [batch, 3, P, P, 
 axis dynamic and the patch size P fixed (96 by default; the sliding window feeds P^3 patches). Then
 runs ONNX Runtime and PyTorch on the same random batch of two patches and refuses the export (exit 1)
 when their outputs differ by 1e-3 or more. The figures are printed and written next to the model as
-``export.json``.
+``export.json``. ``--repository`` writes a candidate elsewhere (its folder needs a ``model_card.yaml`` with
+an entry for the version), to be scored with ``evaluate.py --repository`` before it is served.
 
     python -m models.glioma_unet.export --checkpoint build/glioma_unet/checkpoint.pt
+    python -m models.glioma_unet.export --checkpoint build/glioma_unet_v5/checkpoint.pt --version 5 \
+        --repository build/cand_glioma/glioma_unet
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 
 
-def export(checkpoint: Path, version: int, patch: int) -> dict[str, object]:
+def export(checkpoint: Path, version: int, patch: int, repository: Path = REPOSITORY) -> dict[str, object]:
     """Export ``checkpoint`` as ``version`` and return the check's figures (raises on a mismatch)."""
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
     config = dict(saved["config"])
@@ -44,7 +47,7 @@ def export(checkpoint: Path, version: int, patch: int) -> dict[str, object]:
     model = GliomaUNet(base=int(config["base"]), levels=int(config["levels"]))
     model.load_state_dict(saved["state_dict"])
     model.eval()
-    target = REPOSITORY / str(version) / "model.onnx"
+    target = repository / str(version) / "model.onnx"
     target.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(1, IN_CHANNELS, patch, patch, patch)
     torch.onnx.export(
@@ -82,14 +85,17 @@ def main() -> int:
     parser.add_argument("--checkpoint", type=Path, default=Path("build/glioma_unet/checkpoint.pt"))
     parser.add_argument("--version", type=int, default=1)
     parser.add_argument("--patch", type=int, default=PATCH_SIZE)
+    parser.add_argument("--repository", type=Path, default=REPOSITORY,
+                        help="the model's folder in a model repository (default: the project's; a candidate's "
+                             "elsewhere, scored with evaluate.py --repository before it is served)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     try:
-        report = export(args.checkpoint, args.version, args.patch)
+        report = export(args.checkpoint, args.version, args.patch, args.repository)
     except RuntimeError as exc:
         print(f"export refused: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {REPOSITORY / str(args.version) / 'model.onnx'} ({report['size_bytes']} bytes); "
+    print(f"wrote {args.repository / str(args.version) / 'model.onnx'} ({report['size_bytes']} bytes); "
           f"max |ONNX Runtime - PyTorch| = {report['onnxruntime_vs_pytorch_max_abs_diff']:.2e}")
     return 0
 
