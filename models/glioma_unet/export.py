@@ -3,10 +3,11 @@
 Writes ``models/repository/glioma_unet/<version>/model.onnx`` (opset 17, one self-contained file):
 input ``image`` [batch, 4, P, P, P] float32, output ``logits`` [batch, 3, P, P, P] float32, the batch
 axis dynamic and the patch size P fixed (96 by default; the sliding window feeds P^3 patches). Then
-runs ONNX Runtime and PyTorch on the same random batch of two patches and refuses the export (exit 1)
-when their outputs differ by 1e-3 or more. The figures are printed and written next to the model as
-``export.json``. ``--repository`` writes a candidate elsewhere (its folder needs a ``model_card.yaml`` with
-an entry for the version), to be scored with ``evaluate.py --repository`` before it is served.
+runs ONNX Runtime and PyTorch on the same random batch of two patches and refuses the export (exit 1,
+the served file untouched) when their outputs differ by 1e-3 of the largest logit or more
+(``models.onnx_export``). The figures are printed and written next to the model as ``export.json``.
+``--repository`` writes a candidate elsewhere (its folder needs a ``model_card.yaml`` with an entry for the
+version), to be scored with ``evaluate.py --repository`` before it is served.
 
     python -m models.glioma_unet.export --checkpoint build/glioma_unet/checkpoint.pt
     python -m models.glioma_unet.export --checkpoint build/glioma_unet_v5/checkpoint.pt --version 5 \
@@ -16,25 +17,18 @@ an entry for the version), to be scored with ``evaluate.py --repository`` before
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-import numpy as np
-import onnx
-import onnxruntime as ort
 import torch
 
 from models.glioma_unet.network import IN_CHANNELS, OUT_CHANNELS, GliomaUNet
 from models.glioma_unet.train import KEEP_ONE_OF
+from models.onnx_export import export_checked
 from neuroflow.core.roles import GLIOMA_INPUT_ROLES
 
 REPOSITORY = Path(__file__).resolve().parents[1] / "repository" / "glioma_unet"
 PATCH_SIZE = 96
-OPSET = 17
-TOLERANCE = 1e-3
-INPUT_NAME = "image"
-OUTPUT_NAME = "logits"
 
 
 def export(checkpoint: Path, version: int, patch: int, repository: Path = REPOSITORY) -> dict[str, object]:
@@ -47,37 +41,9 @@ def export(checkpoint: Path, version: int, patch: int, repository: Path = REPOSI
     model = GliomaUNet(base=int(config["base"]), levels=int(config["levels"]))
     model.load_state_dict(saved["state_dict"])
     model.eval()
-    target = repository / str(version) / "model.onnx"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    dummy = torch.zeros(1, IN_CHANNELS, patch, patch, patch)
-    torch.onnx.export(
-        model, (dummy,), str(target), opset_version=OPSET, input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-        dynamo=False,
-    )
-    onnx.checker.check_model(onnx.load(str(target)))
-
-    generator = torch.Generator().manual_seed(0)
-    sample = torch.randn(2, IN_CHANNELS, patch, patch, patch, generator=generator)
-    with torch.no_grad():
-        expected = model(sample).numpy()
-    session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
-    (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: sample.numpy()})
-    if actual.shape != (2, OUT_CHANNELS, patch, patch, patch):
-        raise RuntimeError(f"ONNX output shape {actual.shape} is not (2, {OUT_CHANNELS}, {patch}, ...)")
-    max_diff = float(np.abs(actual - expected).max())
-    report: dict[str, object] = {
-        "checkpoint": str(checkpoint), "version": version, "opset": OPSET, "patch_size": patch,
-        "input": {"name": INPUT_NAME, "shape": [-1, IN_CHANNELS, patch, patch, patch]},
-        "output": {"name": OUTPUT_NAME, "shape": [-1, OUT_CHANNELS, patch, patch, patch]},
-        "onnxruntime_vs_pytorch_max_abs_diff": max_diff, "tolerance": TOLERANCE,
-        "size_bytes": target.stat().st_size, "onnxruntime": ort.__version__, "torch": torch.__version__,
-        "training": config,
-    }
-    (target.parent / "export.json").write_text(json.dumps(report, indent=2) + "\n")
-    if not max_diff < TOLERANCE:
-        raise RuntimeError(f"ONNX Runtime and PyTorch differ by {max_diff:.2e} >= {TOLERANCE}")
-    return report
+    return export_checked(model, in_channels=IN_CHANNELS, out_channels=OUT_CHANNELS, patch=patch,
+                          target=repository / str(version) / "model.onnx",
+                          report={"checkpoint": str(checkpoint), "version": version, "training": config})
 
 
 def main() -> int:

@@ -2,8 +2,9 @@
 
 Writes ``models/repository/metastases_unet/<version>/model.onnx`` (opset 17): input ``image`` [batch, 2, P, P, P]
 float32 (T1CE, FLAIR), output ``logits`` [batch, 1, P, P, P] float32, batch dynamic, P fixed (96: the sliding
-window's patch). Refuses the export (exit 1) when ONNX Runtime and PyTorch differ by 1e-3 or more (relative to
-the largest logit) on a random batch; the figures go to ``export.json`` beside the model.
+window's patch). Refuses the export (exit 1, the served file untouched) when ONNX Runtime and PyTorch differ by
+1e-3 or more (relative to the largest logit) on a random batch (``models.onnx_export``); the figures go to
+``export.json`` beside the model.
 
     python -m models.metastases_unet.export --checkpoint build/metastases_unet/checkpoint.pt --version 1
 """
@@ -11,22 +12,17 @@ the largest logit) on a random batch; the figures go to ``export.json`` beside t
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-import numpy as np
-import onnx
-import onnxruntime as ort
 import torch
 
 from models.glioma_unet.network import GliomaUNet
+from models.onnx_export import export_checked
 from neuroflow.core.roles import METASTASES_INPUT_ROLES
 
 REPOSITORY = Path(__file__).resolve().parents[1] / "repository" / "metastases_unet"
 PATCH_SIZE = 96
-OPSET = 17
-TOLERANCE = 1e-3
 IN_CHANNELS = len(METASTASES_INPUT_ROLES)
 OUT_CHANNELS = 1
 
@@ -37,32 +33,11 @@ def export(checkpoint: Path, version: int, patch: int, repository: Path = REPOSI
     model = GliomaUNet(int(config["base"]), int(config["levels"]), in_channels=IN_CHANNELS, out_channels=OUT_CHANNELS)
     model.load_state_dict(saved["state_dict"])
     model.eval()
-    target = repository / str(version) / "model.onnx"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(model, (torch.zeros(1, IN_CHANNELS, patch, patch, patch),), str(target), opset_version=OPSET,
-                      input_names=["image"], output_names=["logits"],
-                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
-    onnx.checker.check_model(onnx.load(str(target)))
-    sample = torch.randn(2, IN_CHANNELS, patch, patch, patch, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        expected = model(sample).numpy()
-    session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
-    (actual,) = session.run(["logits"], {"image": sample.numpy()})
-    max_diff = float(np.abs(actual - expected).max())
-    # Relative to the logits' scale: random input drives them to tens, where float32 rounding alone is 1e-3.
-    scale = max(1.0, float(np.abs(expected).max()))
-    report: dict[str, object] = {
-        "checkpoint": str(checkpoint), "version": version, "opset": OPSET, "patch_size": patch,
-        "iterations": int(saved.get("iterations_total", saved.get("iterations", 0))),
-        "weights": sum(p.numel() for p in model.parameters()),
-        "onnxruntime_vs_pytorch_max_abs_diff": max_diff, "logit_scale": scale, "tolerance_relative": TOLERANCE,
-        "size_bytes": target.stat().st_size,
-        "onnxruntime": ort.__version__, "torch": torch.__version__, "training": config}
-    (target.parent / "export.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    if not max_diff / scale < TOLERANCE:
-        raise RuntimeError(f"ONNX Runtime and PyTorch differ by {max_diff:.2e} (logits up to {scale:.1f}): "
-                           f"over {TOLERANCE} relative")
-    return report
+    return export_checked(model, in_channels=IN_CHANNELS, out_channels=OUT_CHANNELS, patch=patch,
+                          target=repository / str(version) / "model.onnx", report={
+                              "checkpoint": str(checkpoint), "version": version,
+                              "iterations": int(saved.get("iterations_total", saved.get("iterations", 0))),
+                              "weights": sum(p.numel() for p in model.parameters()), "training": config})
 
 
 def main() -> int:
