@@ -179,13 +179,15 @@ class Pool:
         image, labels, weights = self.images[index], self.labels[index], self.weights[index]
         shape = np.array(labels.shape)
         kind = rng.random()
+        near: np.ndarray | None = None  # the voxel a centred patch is drawn around
         if kind < foreground and self.lesions[index]:
             chances = lesion_chances([len(v) for v in self.lesions[index]], small_bias)
             lesion = self.lesions[index][int(rng.choice(len(chances), p=chances))]
-            centre = lesion[int(rng.integers(len(lesion)))] + rng.integers(-patch // 3, patch // 3 + 1, 3)
+            near = lesion[int(rng.integers(len(lesion)))]
         elif foreground <= kind < foreground + bright and len(self.bright[index]):
-            voxel = self.bright[index][int(rng.integers(len(self.bright[index])))].astype(np.int64)
-            centre = voxel + rng.integers(-patch // 3, patch // 3 + 1, 3)
+            near = self.bright[index][int(rng.integers(len(self.bright[index])))].astype(np.int64)
+        if near is not None:
+            centre = near + rng.integers(-patch // 3, patch // 3 + 1, 3)
         else:
             centre = np.array([rng.integers(0, s) for s in shape])
         start = np.clip(centre - patch // 2, 0, np.maximum(shape - patch, 0))
