@@ -27,7 +27,8 @@ def test_ms_pair_puts_new_lesions_where_the_truth_says_on_the_moved_follow_up(br
     assert max(abs(a) for a in pair.motion.rotation_deg) > 0.1
     white = float(np.median(pair.followup.array[lp.tissues_from_t1(brain.t1, brain.brain_mask.array > 0).white]))
     new = [t for t in pair.truth if t.kind == "new"]
-    assert sorted(t.volume_mm3 for t in new) == [12.0, 100.0, 400.0]
+    # Nominal volumes, less what would have lain in CSF (a lesion pushes into no ventricle or sulcus).
+    assert [round(v) for v in sorted(t.volume_mm3 for t in new)] == [12, 100, 400]
     for lesion in pair.detectable:
         k, j, i = _index_of(pair.followup, lesion.centroid_mm)
         # The lesion's centre is clearly brighter than white matter on the follow-up (after drift and noise;
@@ -38,6 +39,20 @@ def test_ms_pair_puts_new_lesions_where_the_truth_says_on_the_moved_follow_up(br
         assert lesion.baseline_volume_mm3 == 0.0
     stable = [t for t in pair.truth if t.kind == "stable"]
     assert stable and all(t.volume_mm3 == t.baseline_volume_mm3 for t in stable)
+
+
+def test_ms_lesions_are_painted_into_parenchyma_only(brain: lp.Brain) -> None:
+    """Large periventricular lesions reached into the ventricles; real ones leave the CSF dark beside them."""
+    mask = brain.brain_mask.array > 0
+    csf = lp.tissues_from_t1(brain.t1, mask).csf
+    pair = lp.make_ms_pair(brain, new_volumes_mm3=(500.0,), enlarging=((150.0, 400.0),), stable_volumes_mm3=(300.0,),
+                           seed=2)
+    # The baseline is painted before the motion, on the brain's own grid: its CSF is the brain's, voxel for voxel,
+    # while its lesions (stable, and the enlarging one's first state) are there.
+    assert float(np.abs(pair.baseline.array - brain.flair.array)[~csf].max()) > 0.0
+    assert np.array_equal(pair.baseline.array[csf], brain.flair.array.astype(np.float32)[csf])
+    truth = {t.kind: t for t in pair.truth}
+    assert truth["new"].volume_mm3 <= 500.0 and truth["stable"].volume_mm3 == truth["stable"].baseline_volume_mm3
 
 
 def test_haematoma_pair_has_clots_of_the_stated_volume_in_hounsfield_units(brain: lp.Brain) -> None:

@@ -206,6 +206,8 @@ def _brain_centre(volume: Volume, mask: BoolArray) -> tuple[float, float, float]
 # MS pairs
 
 LesionKind = Literal["new", "enlarging", "stable"]
+# On FLAIR, CSF is nulled: below this fraction of white matter's median a voxel is CSF (or its partial volume).
+CSF_FLAIR_FRACTION = 0.6
 LesionSite = Literal["periventricular", "juxtacortical", "deep"]
 
 
@@ -274,6 +276,12 @@ def make_ms_pair(
     allowed = _lesion_sites(flair, mask, tissues, white_level)
 
     spacing = np.array(brain.flair.geometry.spacing[::-1])  # (k, j, i) mm
+    # A demyelinating lesion is parenchyma turned bright: it pushes into no ventricle or sulcus, whose CSF stays
+    # dark at its border. Painted over CSF, a large periventricular ellipsoid filled part of a ventricle, which
+    # no real lesion does (and which the detector rightly drops as CSF turned bright).
+    # CSF by either contrast: the T1 classes miss part of the ventricles in some brains (AURORA), and FLAIR nulls
+    # CSF to far below white matter.
+    parenchyma = (mask & ~tissues.csf & (flair >= CSF_FLAIR_FRACTION * white_level)).astype(np.float32)
     volumes: list[tuple[float, float, LesionKind]] = (
         [(v, v, "stable") for v in stable_volumes_mm3]
         + [(a, b, "enlarging") for a, b in enlarging]
@@ -292,15 +300,17 @@ def make_ms_pair(
         if placement is None:
             raise ValueError(f"{brain.name}: no room left for a {v_follow:g} mm³ lesion")
         taken.append(np.array(placement.centre_index) * spacing)
-        placed.append((placement, v_base, v_follow, kind))
         level = white_level * float(rng.uniform(*contrast))
         axes = _ellipsoid_axes(rng)
         rotation = _random_rotation(rng)
         if v_base > 0:
             frac = _ellipsoid_fraction(flair.shape, spacing, placement.centre_index, v_base, axes, rotation)
+            frac, v_base = _in_parenchyma(frac, parenchyma, v_base)
             base_image = _paint(base_image, frac, level)
         frac = _ellipsoid_fraction(flair.shape, spacing, placement.centre_index, v_follow, axes, rotation)
+        frac, v_follow = _in_parenchyma(frac, parenchyma, v_follow)
         follow_image = _paint(follow_image, frac, level)
+        placed.append((placement, v_base, v_follow, kind))
 
     centre = _brain_centre(brain.flair, mask)
     tf = motion.transform(centre)
@@ -411,6 +421,14 @@ def _ellipsoid_fraction(shape: tuple[int, ...], spacing: npt.NDArray[np.float64]
     full = np.zeros(shape, dtype=np.float32)
     full[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = frac
     return full
+
+
+def _in_parenchyma(fraction: FloatArray, parenchyma: FloatArray, volume_mm3: float) -> tuple[FloatArray, float]:
+    """The lesion's fraction outside CSF, and its volume scaled by the share kept (the truth volume is what was
+    painted; a lesion clear of CSF keeps its nominal volume exactly)."""
+    kept = fraction * parenchyma
+    share = float(kept.sum()) / max(float(fraction.sum()), 1e-6)
+    return kept.astype(np.float32), volume_mm3 * share
 
 
 def _paint(image: FloatArray, fraction: FloatArray, level: float) -> FloatArray:
