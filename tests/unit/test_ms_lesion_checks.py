@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from neuroflow.core.volume import Geometry
-from neuroflow.longitudinal.ms_lesions import CSF_LEVEL, MIN_LESION_DIFFERENCE, _candidates
+from neuroflow.longitudinal.ms_lesions import CSF_LEVEL, MIN_LESION_DIFFERENCE, SubtractionMaps, _candidates
 
 SHAPE = (30, 30, 30)
 GRID = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), SHAPE)
@@ -24,7 +24,7 @@ def _judge(base_level: float, baseline_spot: float, follow_spot: float) -> str:
     follow[SPOT] = follow_spot
     seeds = np.zeros(SHAPE, bool)
     seeds[SPOT] = True
-    found = _candidates(seeds, seeds.copy(), follow, base, follow - base, GRID)
+    found = _candidates(SubtractionMaps(follow, base, follow - base, seeds, seeds.copy(), 0.0), GRID)
     assert len(found) == 1
     return found[0].reason
 

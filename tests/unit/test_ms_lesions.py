@@ -70,13 +70,16 @@ def test_small_bench_finds_every_new_lesion_of_12_mm3_and_more_without_false_pos
     assert grown and all(kinds[h.detection.centroid_mm] == "enlarging" for h in grown)
     assert all(abs(h.volume_error_pct) < 40.0 for h in grown), [h.detection.volume_mm3 for h in grown]
     assert all(kinds[h.detection.centroid_mm] == "new" for h in score.hits if h.truth.kind == "new")
-    # The label map lies on the follow-up's own grid and marks each found lesion's centre as new.
+    # The label map lies on the follow-up's own grid and marks each found new lesion's centre as new; an enlarging
+    # lesion's centre is its old core, so only the tissue it gained, within its follow-up radius, is marked.
     assert change.labels.geometry.is_close(pair.followup.geometry)
     inverse = np.linalg.inv(pair.followup.geometry.index_to_patient())
     for hit in score.hits:
         i, j, k, _ = inverse @ np.array([*hit.truth.centroid_mm, 1.0])
-        window = change.labels.array[round(k) - 1:round(k) + 2, round(j) - 1:round(j) + 2, round(i) - 1:round(i) + 2]
-        assert (window == ChangeLabel.NEW_LESION).any()
+        reach = 1 if hit.truth.kind == "new" else round(lp._radius_mm(hit.truth.volume_mm3)) + 1
+        window = change.labels.array[round(k) - reach:round(k) + reach + 1, round(j) - reach:round(j) + reach + 1,
+                                     round(i) - reach:round(i) + reach + 1]
+        assert (window == ChangeLabel.NEW_LESION).any(), hit.truth
     assert set(clock.timings) == set(MS_STAGES)
     # A clean 1 mm pair shows changes far fainter than the faintest lesion: no sensitivity warning.
     assert 0.0 < change.detectable_change < MIN_LESION_DIFFERENCE and not change.sensitivity_limited

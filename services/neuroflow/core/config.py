@@ -41,8 +41,9 @@ TUMOUR_GROWTH_PIPELINE = "tumour_growth"
 METASTASES_RESPONSE_PIPELINE = "metastases_response"
 CHANGE_PIPELINES = (MS_CHANGE_PIPELINE, HAEMATOMA_CHANGE_PIPELINE, TUMOUR_GROWTH_PIPELINE,
                     METASTASES_RESPONSE_PIPELINE)
-# Version of the change algorithms, part of each comparison's identity (input hash): raise it when they change.
-CHANGE_ALGORITHM_VERSION = 1
+# Version of the change algorithms, part of each comparison's identity (input hash): raise it when they change
+# (2: the MS subtraction of issue 18, its N4 fitted on normal-appearing tissue).
+CHANGE_ALGORITHM_VERSION = 2
 
 
 def routed_pipelines(enabled: list[str]) -> list[str]:

@@ -290,7 +290,7 @@ def make_ms_pair(
     taken: list[npt.NDArray[np.float64]] = []
     base_image = flair.copy()
     follow_image = flair.copy()
-    placed: list[tuple[_Placement, float, float, LesionKind]] = []
+    placed: list[tuple[tuple[float, ...], LesionSite, float, float, LesionKind]] = []
     sites: tuple[LesionSite, ...] = ("periventricular", "juxtacortical", "deep")
     for n, (v_base, v_follow, kind) in enumerate(volumes):
         site = sites[n % 3]
@@ -308,9 +308,13 @@ def make_ms_pair(
             frac, v_base = _in_parenchyma(frac, parenchyma, v_base)
             base_image = _paint(base_image, frac, level)
         frac = _ellipsoid_fraction(flair.shape, spacing, placement.centre_index, v_follow, axes, rotation)
+        nominal = v_follow
         frac, v_follow = _in_parenchyma(frac, parenchyma, v_follow)
         follow_image = _paint(follow_image, frac, level)
-        placed.append((placement, v_base, v_follow, kind))
+        # A lesion cut by CSF is centred on what was painted, not on its ellipsoid.
+        centre_index = (placement.centre_index if v_follow == nominal
+                        else tuple(float(c) for c in ndimage.center_of_mass(frac)))
+        placed.append((centre_index, placement.site, v_base, v_follow, kind))
 
     centre = _brain_centre(brain.flair, mask)
     tf = motion.transform(centre)
@@ -318,11 +322,10 @@ def make_ms_pair(
     inverse = tf.GetInverse()
     affine = brain.flair.geometry.index_to_patient()
     truth: list[LesionTruth] = []
-    for placement, v_base, v_follow, kind in placed:
-        k, j, i = placement.centre_index
+    for (k, j, i), site, v_base, v_follow, kind in placed:
         baseline_point = affine @ np.array([i, j, k, 1.0])
         x, y, z = inverse.TransformPoint(tuple(float(c) for c in baseline_point[:3]))
-        truth.append(LesionTruth((float(x), float(y), float(z)), v_follow, kind, placement.site, v_base))
+        truth.append(LesionTruth((float(x), float(y), float(z)), v_follow, kind, site, v_base))
     base_t1 = brain.t1
     follow_t1 = brain.t1.with_array(
         _follow_up_image(brain.t1.array.astype(np.float32), brain.t1, tf, drift,

@@ -7,8 +7,8 @@ The steps, each timed (``MS_STAGES``):
    information inside the follow-up's brain; ``preprocess.register``) and resampled onto the follow-up's
    own grid, where every later step works and where the label map is returned. The follow-up is sent
    through the baseline's grid and back, so both carry the same interpolation blur.
-3. ``bias_correct``: N4 on both scans inside the brain, then the baseline's intensities matched to the
-   follow-up's (quantiles inside the brain).
+3. ``bias_correct``: N4 on both scans, fitted on the brain's normal-appearing tissue (lesion-bright voxels of
+   either scan left out), then the baseline's intensities matched to the follow-up's (quantiles inside the brain).
 4. ``detect``: the subtraction method that has run in clinical production (Ganiler et al., Neuroradiology
    2014; the "subtraction + centre check" rule of the published pipelines): both scans are scaled by
    the follow-up's normal-appearing brain (median and robust spread), lightly smoothed, and subtracted.
@@ -86,7 +86,7 @@ HYPERINTENSE = 1.2
 # partial-volume rim of a small lesion counts towards its volume: at +0.6 the rim was cut off and 12-20 mm³
 # lesions read under the 12 mm³ floor (chosen on bench seeds 1-3, confirmed on seeds 4-6).
 EXTENT_HYPERINTENSE = 0.4
-# The baseline is capped at this level before its brightest neighbour is taken (see _subtraction): tissue
+# The baseline is capped at this level before its brightest neighbour is taken (see subtraction_maps): tissue
 # growing out of an existing lesion is not cancelled by that lesion. Below grey matter's +0.5 the cap would
 # stop cancelling misregistered cortex; at 1.2 the rim of an enlarging lesion lost its seeds to its own
 # partial-volume edge.
@@ -109,6 +109,11 @@ CSF_LEVEL = -2.0
 # third of its border (the development pairs' juxtaventricular lesions: 0.24 at most), while the cisternal
 # inflow artefacts on patient03's follow-up were ringed by it (0.34-0.47).
 CSF_RING_FRACTION = 1.0 / 3.0
+# N4 leaves out voxels this far above the brain's median (robust spreads) on either scan, and a voxel around them:
+# lesions (+1.5 to +3.5) and not grey matter (about +0.5). At HYPERINTENSE (1.2) it left out much of the cortex,
+# and on the real pair patient03 the faintest detectable change rose from 2.16 to 2.33 and its one found lesion
+# was lost.
+N4_LESION_LEVEL = 2.0
 # A registration whose normalised mutual information stays under this is reported as doubtful.
 MIN_NMI = 1.15
 
@@ -187,8 +192,63 @@ def detect_new_ms_lesions(
     Refuses with MissingSequence a timepoint without FLAIR, and with StudyError a 2D FLAIR whose slices
     are 5 mm or thicker (either timepoint), naming which and why."""
     clock = clock or StageClock(MS_STAGES)
-    base_flair = _flair(baseline, study_key, "baseline")
-    follow_flair = _flair(followup, study_key, "follow-up")
+    pair = prepare_pair(_flair(baseline, study_key, "baseline"), _flair(followup, study_key, "follow-up"),
+                        backend, models, study_key=study_key, clock=clock)
+    geometry = pair.geometry
+
+    with clock.stage("detect"):
+        maps = subtraction_maps(pair)
+        found = _candidates(maps, geometry)
+        if models.ms_lesion is not None:
+            net = network_candidates(backend, models.ms_lesion, pair.baseline, pair.followup, pair.brain)
+            found = _merge_network(found, net, geometry)
+        labels = np.zeros(pair.followup.shape, dtype=np.uint8)
+        kept: list[_Candidate] = []
+        rejected: list[RejectedCandidate] = []
+        for candidate in found:
+            reason = candidate.reason
+            if reason:
+                view = labels[candidate.box]
+                view[candidate.local & (view == 0)] = ChangeLabel.REJECTED_CANDIDATE
+                rejected.append(RejectedCandidate(candidate.centroid_mm, round(candidate.volume_mm3, 1), reason))
+            else:
+                labels[candidate.box][candidate.local] = ChangeLabel.NEW_LESION
+                kept.append(candidate)
+
+    with clock.stage("locate"):
+        names: list[str] = []
+        if kept:
+            locator = locator or default_locator(atlas_dir)
+            stripped = Volume(np.where(pair.brain, pair.followup, 0.0).astype(np.float32), geometry)
+            names = locator.locate(stripped, [c.centroid_mm for c in kept], study_key=study_key)
+
+    lesions = [NewLesion(c.centroid_mm, round(c.volume_mm3, 1), name, c.kind) for c, name in zip(kept, names,
+                                                                                                  strict=True)]
+    label_volume = Volume(labels, geometry, {"series_instance_uid": pair.series_instance_uid})
+    change = MsLesionChange(lesions, rejected, label_volume, pair.warnings, pair.registration,
+                            detectable_change=round(maps.detectable, 2))
+    if change.sensitivity_limited:
+        change.warnings.append(insensitive_pair_warning(change.detectable_change))
+    return change
+
+
+@dataclass
+class PreparedPair:
+    """The two FLAIRs ready to subtract (module doc, steps 1-3), on the follow-up's own grid."""
+
+    baseline: FloatArray  # registered onto the follow-up, N4-corrected, intensities matched to the follow-up
+    followup: FloatArray  # N4-corrected, after the baseline's grid and back (the same interpolation blur)
+    brain: BoolArray  # the follow-up's brain, where both scans have data
+    geometry: Geometry
+    baseline_slice_mm: float  # the baseline's own thickest spacing, before it was resampled
+    registration: dict[str, float]
+    warnings: list[str]
+    series_instance_uid: str  # the follow-up FLAIR's: the label map is returned on it
+
+
+def prepare_pair(base_flair: Volume, follow_flair: Volume, backend: InferenceBackend, models: PipelineModels, *,
+                 study_key: str, clock: StageClock) -> PreparedPair:
+    """Skull strip, register and correct the two FLAIRs (module doc, steps 1-3)."""
     warnings: list[str] = []
 
     # The follow-up's brain first: the registration then weighs the brain only (scalp, neck and a field of
@@ -222,45 +282,17 @@ def detect_new_ms_lesions(
                             "the follow-up's brain, and lesions outside it cannot be judged")
 
     with clock.stage("bias_correct"):
-        follow_n4 = n4_bias_correct(follow_flair, brain).array
-        base_n4 = n4_bias_correct(follow_flair.with_array(base_on_follow), brain).array
+        # N4 is fitted on normal-appearing tissue, the same voxels in both scans: fitted over the whole brain, a
+        # large lesion present in one scan only bent that scan's field around it (a new 300 mm³ lesion of the
+        # synthetic bench stood in a baseline left 0.8 robust spreads darker than the follow-up, and was dropped
+        # as ringed by CSF).
+        n4_mask = brain & ~ndimage.binary_dilation(_lesion_bright(follow_flair.array, brain)
+                                                   | _lesion_bright(base_on_follow, brain))
+        follow_n4 = n4_bias_correct(follow_flair, n4_mask).array
+        base_n4 = n4_bias_correct(follow_flair.with_array(base_on_follow), n4_mask).array
         base_matched = match_intensities(base_n4, follow_n4, brain)
-
-    with clock.stage("detect"):
-        found, detectable = _subtraction(base_matched, follow_n4, brain, follow_flair.geometry,
-                                         baseline_slice_mm=max(base_flair.geometry.spacing))
-        if models.ms_lesion is not None:
-            net = network_candidates(backend, models.ms_lesion, base_matched, follow_n4, brain)
-            found = _merge_network(found, net, follow_flair.geometry)
-        labels = np.zeros(follow_flair.array.shape, dtype=np.uint8)
-        kept: list[_Candidate] = []
-        rejected: list[RejectedCandidate] = []
-        for candidate in found:
-            reason = candidate.reason
-            if reason:
-                view = labels[candidate.box]
-                view[candidate.local & (view == 0)] = ChangeLabel.REJECTED_CANDIDATE
-                rejected.append(RejectedCandidate(candidate.centroid_mm, round(candidate.volume_mm3, 1), reason))
-            else:
-                labels[candidate.box][candidate.local] = ChangeLabel.NEW_LESION
-                kept.append(candidate)
-
-    with clock.stage("locate"):
-        names: list[str] = []
-        if kept:
-            locator = locator or default_locator(atlas_dir)
-            stripped = follow_flair.with_array(np.where(brain, follow_n4, 0.0).astype(np.float32))
-            names = locator.locate(stripped, [c.centroid_mm for c in kept], study_key=study_key)
-
-    lesions = [NewLesion(c.centroid_mm, round(c.volume_mm3, 1), name, c.kind) for c, name in zip(kept, names,
-                                                                                                  strict=True)]
-    label_volume = Volume(labels, follow_flair.geometry, {"series_instance_uid":
-                                                          follow_flair.meta.get("series_instance_uid", "")})
-    change = MsLesionChange(lesions, rejected, label_volume, warnings, registration.summary(),
-                            detectable_change=round(detectable, 2))
-    if change.sensitivity_limited:
-        change.warnings.append(insensitive_pair_warning(change.detectable_change))
-    return change
+    return PreparedPair(base_matched, follow_n4, brain, follow_flair.geometry, max(base_flair.geometry.spacing),
+                        registration.summary(), warnings, follow_flair.meta.get("series_instance_uid", ""))
 
 
 def insensitive_pair_warning(detectable_change: float) -> str:
@@ -299,19 +331,31 @@ class _Candidate:
     reason: str  # empty: kept
 
 
-def _subtraction(baseline: FloatArray, followup: FloatArray, brain: BoolArray, geometry: Geometry, *,
-                 baseline_slice_mm: float = 0.0) -> tuple[list[_Candidate], float]:
-    """The subtraction candidates, each with its verdict (module doc, step 4), and the faintest change the pair
-    can seed where lesions arise (``MsLesionChange.detectable_change``). ``baseline_slice_mm``: the baseline's own
-    slice thickness before it was resampled onto ``geometry`` (0: as thick as the follow-up's)."""
-    spacing_kji = np.array(geometry.spacing[::-1])
+@dataclass
+class SubtractionMaps:
+    """The subtraction's images on the follow-up's grid, in robust spreads of the follow-up's brain."""
+
+    follow_s: FloatArray  # the follow-up, smoothed
+    base_s: FloatArray  # the baseline, smoothed
+    difference: FloatArray  # follow_s - base_s
+    seeds: BoolArray  # voxels clearly brighter at follow-up (module doc, step 4)
+    extent: BoolArray  # where a seeded candidate may grow
+    # The faintest change the pair can seed where lesions arise (MsLesionChange.detectable_change).
+    detectable: float
+
+
+def subtraction_maps(pair: PreparedPair, smoothing_mm: float = SMOOTHING_MM) -> SubtractionMaps:
+    """Seeds and extent of the subtraction candidates (module doc, step 4). ``smoothing_mm``: the Gaussian both
+    scans are smoothed with (another value only to probe the method, scripts/ms_real_probe.py)."""
+    baseline, followup, brain = pair.baseline, pair.followup, pair.brain
+    spacing_kji = np.array(pair.geometry.spacing[::-1])
     level = float(np.median(followup[brain]))
     spread = _robust_sd(followup[brain])
-    sigma = SMOOTHING_MM / spacing_kji
+    sigma = smoothing_mm / spacing_kji
     follow_s = ndimage.gaussian_filter((followup - level) / spread, sigma)
     base_s = ndimage.gaussian_filter((baseline - level) / spread, sigma)
     difference = follow_s - base_s
-    difference_sd = _difference_noise(difference, base_s, brain, spacing_kji, baseline_slice_mm)
+    difference_sd = _difference_noise(difference, base_s, brain, spacing_kji, pair.baseline_slice_mm)
     # Seeds must also be brighter than the baseline's brightest neighbour (one voxel around): a residual
     # misregistration of up to a voxel at a bright edge (cortex, cerebellar folia) then cancels, while a new
     # lesion, dark all around at baseline, keeps its contrast. The baseline is capped (BASELINE_CAP) first, so
@@ -328,7 +372,7 @@ def _subtraction(baseline: FloatArray, followup: FloatArray, brain: BoolArray, g
     # enlarging lesion lies on its old edge, where the local spread (a steep baseline gradient) would cut it off.
     extent = brain & (difference > max(EXTENT_DIFFERENCE * _robust_sd(difference[brain]), MIN_DIFFERENCE / 2.0)) & (
         follow_s > EXTENT_HYPERINTENSE)
-    return _candidates(seeds, extent, follow_s, base_s, difference, geometry), detectable
+    return SubtractionMaps(follow_s, base_s, difference, seeds, extent, detectable)
 
 
 def _difference_noise(difference: FloatArray, base_s: FloatArray, brain: BoolArray,
@@ -358,8 +402,9 @@ def _residual_misalignment_mm(spacing_kji: npt.NDArray[np.float64], baseline_sli
     return tuple(max(REGISTRATION_RESIDUAL_MM, across(float(s))) for s in spacing_kji)
 
 
-def _candidates(seeds: BoolArray, extent: BoolArray, follow_s: FloatArray, base_s: FloatArray,
-                difference: FloatArray, geometry: Geometry) -> list[_Candidate]:
+def _candidates(maps: SubtractionMaps, geometry: Geometry) -> list[_Candidate]:
+    """Each seeded component of the extent, with its verdict (module doc, step 4)."""
+    seeds, extent, follow_s, base_s, difference = maps.seeds, maps.extent, maps.follow_s, maps.base_s, maps.difference
     structure = np.ones((3, 3, 3), dtype=bool)
     grown, count = ndimage.label(extent | seeds, structure=structure)
     if count == 0:
@@ -462,6 +507,11 @@ def _merge_network(found: list[_Candidate], network: BoolArray, geometry: Geomet
 def _padded(box: tuple[slice, ...], shape: tuple[int, ...], pad: int) -> tuple[slice, slice, slice]:
     s = [slice(max(0, b.start - pad), min(n, b.stop + pad)) for b, n in zip(box, shape, strict=True)]
     return s[0], s[1], s[2]
+
+
+def _lesion_bright(image: FloatArray, brain: BoolArray) -> BoolArray:
+    """Voxels as bright as a lesion (N4_LESION_LEVEL robust spreads above the brain's median)."""
+    return np.asarray(image > float(np.median(image[brain])) + N4_LESION_LEVEL * _robust_sd(image[brain]))
 
 
 def _robust_sd(values: FloatArray) -> float:
