@@ -132,11 +132,12 @@ DECISION_LOG = (
     "one false positive on patient01.",
     "- probed and not pursued (2026-12-05, `scripts/ms_real_probe.py --scales 0.6,1.0,1.5,2.0 --volumes`): "
     "coarser smoothing does not reach patient03's lesions: the detector's own seed rule at 1.0, 1.5 and 2.0 mm "
-    "seeds 1, 1 and 0 of its 30 (0.6 mm: 1) while the faintest detectable change falls only from 2.12 to 1.48 "
+    "seeds 1, 1 and 0 of its 30 (0.6 mm: 1) while the faintest detectable change falls only from 2.11 to 1.46 "
     "spreads, since the pair's noise is correlated, not white (patient01: 3, 1 and 1 of 7). A lesion-level "
     "comparison instead (each hyperintense component's volume at baseline and at follow-up) ranks patient03's "
-    "reference lesions behind new hyperintensity the experts did not mark: 2 of them among the 16 components "
-    "with the largest gain, 6 among 20, of 252.",
+    "reference lesions behind new hyperintensity the experts did not mark: of 235 components, the first "
+    "reference lesion comes 20th by volume gained, the fourth 48th (with N4 over the whole brain: 2 among the 16 "
+    "largest gains, 6 among 20, of 252).",
 )
 HEADING = "## MS new lesions on real pairs: Ljubljana longitudinal database (`scripts/bench_ms_real.py`)"
 
