@@ -206,9 +206,9 @@ def _brain_centre(volume: Volume, mask: BoolArray) -> tuple[float, float, float]
 # MS pairs
 
 LesionKind = Literal["new", "enlarging", "stable"]
+LesionSite = Literal["periventricular", "juxtacortical", "deep"]
 # On FLAIR, CSF is nulled: below this fraction of white matter's median a voxel is CSF (or its partial volume).
 CSF_FLAIR_FRACTION = 0.6
-LesionSite = Literal["periventricular", "juxtacortical", "deep"]
 
 
 @dataclass(frozen=True)
@@ -278,9 +278,8 @@ def make_ms_pair(
     spacing = np.array(brain.flair.geometry.spacing[::-1])  # (k, j, i) mm
     # A demyelinating lesion is parenchyma turned bright: it pushes into no ventricle or sulcus, whose CSF stays
     # dark at its border. Painted over CSF, a large periventricular ellipsoid filled part of a ventricle, which
-    # no real lesion does (and which the detector rightly drops as CSF turned bright).
-    # CSF by either contrast: the T1 classes miss part of the ventricles in some brains (AURORA), and FLAIR nulls
-    # CSF to far below white matter.
+    # no real lesion does (and which the detector rightly drops as CSF turned bright). CSF by either contrast: the
+    # T1 classes miss part of the ventricles in some brains (AURORA).
     parenchyma = (mask & ~tissues.csf & (flair >= CSF_FLAIR_FRACTION * white_level)).astype(np.float32)
     volumes: list[tuple[float, float, LesionKind]] = (
         [(v, v, "stable") for v in stable_volumes_mm3]
