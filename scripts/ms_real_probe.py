@@ -29,9 +29,8 @@ from neuroflow.core.config import NeuroflowSettings
 from neuroflow.core.inference_triton import build_inference_backend
 from neuroflow.core.timing import StageClock
 from neuroflow.core.volume import Volume, geometry_of
-from neuroflow.devtools.dicom_writer import load_volume
 from neuroflow.devtools.lesion_change_scoring import FALSE_POSITIVE_MM, MIN_REFERENCE_MM3, reference_lesions
-from neuroflow.devtools.ms_real_pairs import DATA, on_common_grid, patients
+from neuroflow.devtools.ms_real_pairs import DATA, on_common_grid, patients, visit_flair
 from neuroflow.longitudinal.ms_lesions import HYPERINTENSE, MS_STAGES, PreparedPair, prepare_pair, subtraction_maps
 
 IntArray = npt.NDArray[np.int_]
@@ -52,7 +51,7 @@ def main() -> None:
     for folder in patients(args.data):
         if args.patients and folder.name not in args.patients:
             continue
-        pair = prepare_pair(_flair(folder, "study1"), _flair(folder, "study2"), backend, settings.models,
+        pair = prepare_pair(visit_flair(folder, "study1"), visit_flair(folder, "study2"), backend, settings.models,
                             study_key=f"probe-{folder.name}", clock=StageClock(MS_STAGES))
         references = _reference_voxels(folder, pair)
         print(f"{folder.name}: {len(references)} reference lesions (new or enlarging, >= {MIN_REFERENCE_MM3:g} mm³)")
@@ -60,11 +59,6 @@ def main() -> None:
             _probe_scale(pair, references, scale)
         if args.volumes:
             _probe_volumes(pair, references, args.top)
-
-
-def _flair(folder: Path, visit: str) -> Volume:
-    flair = load_volume(folder / f"{visit}_FLAIR.nii.gz")
-    return flair.with_array(np.asarray(flair.array, dtype=np.float32))
 
 
 def _reference_voxels(folder: Path, pair: PreparedPair) -> list[IntArray]:

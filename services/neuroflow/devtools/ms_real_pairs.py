@@ -49,6 +49,12 @@ def patients(data: Path) -> list[Path]:
     return sorted(p for p in data.glob("patient*") if (p / "gt.nii.gz").is_file())
 
 
+def visit_flair(folder: Path, visit: str) -> Volume:
+    """The visit's FLAIR as stored (scanner space), in float32."""
+    flair = load_volume(folder / f"{visit}_FLAIR.nii.gz")
+    return flair.with_array(np.asarray(flair.array, dtype=np.float32))
+
+
 def on_common_grid(folder: Path, visit: str, common: sitk.Image) -> Volume:
     """The visit's FLAIR resampled onto the common grid with its own transform (linear)."""
     image = sitk.ReadImage(str(folder / f"{visit}_FLAIR.nii.gz"), sitk.sitkFloat32)
@@ -68,8 +74,7 @@ def run_patient(folder: Path, settings: NeuroflowSettings, work: Path) -> Patien
     patient = PatientInfo(patient_id=f"NF-MSREAL-{folder.name[-2:]}", name="BENCH^MSREAL")
     studies = work / folder.name / "in"
     for visit, date in zip(("study1", "study2"), VISIT_DATES, strict=True):
-        flair = load_volume(folder / f"{visit}_FLAIR.nii.gz")
-        write_study({SeriesRole.FLAIR: flair.with_array(np.asarray(flair.array, dtype=np.float32))},
+        write_study({SeriesRole.FLAIR: visit_flair(folder, visit)},
                     studies / date, patient=patient, seed=f"msreal-{folder.name}-{visit}", study_date=date,
                     description="MRI BRAIN MS FOLLOW-UP")
     backend = build_inference_backend(settings)
