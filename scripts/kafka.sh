@@ -55,6 +55,11 @@ parse_options() {
             *) die "unknown option $1" ;;
         esac
     done
+    # Kafka's own refusal of a shared port is a stack trace from its storage tool.
+    [ "$PORT" != "$CONTROLLER_PORT" ] || die "--port and --controller-port are both $PORT: give each listener its own"
+    if [ -n "$MTLS_PORT" ] && { [ "$MTLS_PORT" = "$PORT" ] || [ "$MTLS_PORT" = "$CONTROLLER_PORT" ]; }; then
+        die "--mtls-port $MTLS_PORT is already the client or controller port"
+    fi
     mkdir -p "$DATA_DIR"
     DATA_DIR="$(cd "$DATA_DIR" && pwd)"
     PID_FILE="$DATA_DIR/kafka.pid"
@@ -154,8 +159,9 @@ start() {
         else
             java_args kafka.tools.StorageTool format "--cluster-id=$cluster_id" --config "$DATA_DIR/server.properties"
         fi
+        # Stack frames left out of the message: the cause is the exception line above them.
         "${JAVA_ARGS[@]}" >"$DATA_DIR/logs/format.out" 2>&1 \
-            || { rm -f "$DATA_DIR/format.args"; die "formatting $data failed: $(tail -5 "$DATA_DIR/logs/format.out")"; }
+            || { rm -f "$DATA_DIR/format.args"; die "formatting $data failed: $(grep -vE '^[[:space:]]+at ' "$DATA_DIR/logs/format.out" | tail -5)"; }
         rm -f "$DATA_DIR/format.args"
     fi
     local started

@@ -6,20 +6,37 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+# Ports this process has handed out. The OS may offer a port again as soon as the probing socket closes,
+# and a caller that asks for two before binding either (a broker's client and controller ports) then got
+# the same port twice: Kafka refused to format its storage and a CI run lost its chaos tests.
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
 
-def free_loopback_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now (the OS picks it; another process could
-    still take it before the caller binds, which on a developer machine is rare enough)."""
+
+def _os_picked_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now and that this process has not handed out
+    before (the OS picks it; another process could still take it before the caller binds, which on a
+    developer machine is rare enough)."""
+    with _handed_out_lock:
+        while True:
+            port = _os_picked_port()
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
 
 
 def port_is_listening(port: int, host: str = "127.0.0.1") -> bool:
