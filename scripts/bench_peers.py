@@ -149,9 +149,9 @@ PART_NOTES = {
         "at 128^3 for a bounding box, then the cropped head at 256^3); HD-BET's one 3D U-Net runs on the "
         "whole head resampled to 1.5 mm in PyTorch. The "
         "BraTS 2013 inputs are skull-stripped already and z-scored (not T1 intensities), which neither network "
-        "was trained on: there the Dice measures robustness, not accuracy. On this shared 2-core machine HD-BET "
-        "took 8 min on Colin27 and did not finish pat0001 within the 15 min limit, so the glioma cases carry "
-        "deepbet's Dice only; on a GPU, HD-BET takes seconds."),
+        "was trained on: there the Dice measures robustness, not accuracy. HD-BET's time swings most with the "
+        "machine: in the run of 2026-12-03, with other jobs on the 2 cores, it took 8 min on Colin27 and did not "
+        "finish pat0001 within the 15 min limit; on an otherwise idle machine (2026-12-05) it took 13 s."),
     "preprocess": (
         "neuroflow reads DICOM (the peers get NIfTI, so they skip the conversion above); it co-registers onto "
         "the T1CE (its reference), skull-strips with deepbet on the T1 and z-scores inside the brain. The SimpleITK "
