@@ -154,20 +154,21 @@ def variants(model: ModelRef, card: ModelCard, network: Any, no_compile: str | N
                            exclusive=True))
     else:
         out.append(Variant("pytorch fp16 compiled", None, no_compile))
-    out.append(tensorrt_variant(model, card, path))
+    out.extend(tensorrt_variant(model, card, path, precision) for precision in ("fp16", "fp32"))
     return out
 
 
-def tensorrt_variant(model: ModelRef, card: ModelCard, path: Path) -> Variant:
+def tensorrt_variant(model: ModelRef, card: ModelCard, path: Path, precision: str) -> Variant:
+    label = f"tensorrt {precision}"
     try:
         from models.triton.export_tensorrt import TensorRTRunner, build_engine, import_tensorrt
 
         import_tensorrt()
     except Exception as exc:  # the package is missing or cannot load its libraries
-        return Variant("tensorrt fp16", None, f"TensorRT cannot be loaded here: {exc}")
-    runner = TensorRTRunner(build_engine(path, card, "fp16", STUDY_BATCH, 8, 4.0))
+        return Variant(label, None, f"TensorRT cannot be loaded here: {exc}")
+    runner = TensorRTRunner(build_engine(path, card, precision, STUDY_BATCH, 8, 4.0))
     name = card.inputs[0].name
-    return Variant("tensorrt fp16", lambda x: runner.run_torch({name: x})[card.outputs[0].name], exclusive=True)
+    return Variant(label, lambda x: runner.run_torch({name: x})[card.outputs[0].name], exclusive=True)
 
 
 def median_s(run: Callable[[], object], repeats: int) -> float:
