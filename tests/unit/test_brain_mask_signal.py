@@ -1,5 +1,5 @@
-"""The brain mask leaves out voxels where the reference series has no signal (a pre-stripped input's
-background), and changes nothing on an unstripped head."""
+"""The brain mask leaves out the reference series' empty background (a pre-stripped input's), and changes
+nothing on an unstripped head or a blank series."""
 
 from __future__ import annotations
 
@@ -52,5 +52,10 @@ def test_a_rescaled_background_is_found_by_its_value_and_a_dark_voxel_inside_sta
     image = np.where(brain, rng.normal(0.0, 1.0, brain.shape), background).astype(np.float32)
     image[20, 20, 20] = background
     network = ndimage.binary_dilation(brain, iterations=2).astype(np.uint8)
-    expected = brain.copy()
-    np.testing.assert_array_equal(with_signal(Volume(network, GRID), Volume(image, GRID)).array > 0, expected)
+    np.testing.assert_array_equal(with_signal(Volume(network, GRID), Volume(image, GRID)).array > 0, brain)
+
+
+def test_a_blank_reference_leaves_the_mask_to_the_checks_that_refuse_it() -> None:
+    network = _ball(12).astype(np.uint8)
+    blank = np.zeros(network.shape, dtype=np.float32)
+    np.testing.assert_array_equal(with_signal(Volume(network, GRID), Volume(blank, GRID)).array, network)

@@ -127,6 +127,8 @@ def with_signal(mask: Volume, reference: Volume) -> Volume:
     components, _ = ndimage.label(fill)
     background = np.isin(components, np.unique(components[edge & fill]))
     kept = (np.asarray(mask.array) > 0) & ~background
+    if not kept.any():  # a blank reference: left to the checks that refuse it with the study's name
+        return mask
     return mask.with_array(kept.astype(np.asarray(mask.array).dtype))
 
 
