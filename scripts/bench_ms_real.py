@@ -138,6 +138,11 @@ DECISION_LOG = (
     "reference lesions behind new hyperintensity the experts did not mark: of 235 components, the first "
     "reference lesion comes 20th by volume gained, the fourth 48th (with N4 over the whole brain: 2 among the 16 "
     "largest gains, 6 among 20, of 252).",
+    "- the brain mask without the follow-up FLAIR's empty background (2026-12-05, preprocess/skull_strip."
+    "with_signal, made for the glioma pipeline, where a pre-stripped input's zero rim inside the network's "
+    "outline halved the delivered tumour core): taken over for the same exposure on a pre-stripped pair. Both "
+    "patients (whose FLAIRs have a zeroed background) and the synthetic bench unchanged to the figure: 3/7 and "
+    "1/30 with the same volumes and detectable change, 78/96 with no false positive. No case informed it.",
 )
 HEADING = "## MS new lesions on real pairs: Ljubljana longitudinal database (`scripts/bench_ms_real.py`)"
 

@@ -111,7 +111,7 @@ def test_segmentation_lands_where_the_reference_tumour_is(tcga_siemens: WrittenS
     core = np.any([segments[int(label)] for label in core_labels if int(label) in segments], axis=0)
     reference_core = np.isin(np.asarray(reference.array), [*map(int, core_labels), LEGACY_ENHANCING_LABEL])
     # Measured 0.61; 0.36 while the skull-stripping outline's zero rim around this pre-stripped input was
-    # z-scored as brain (preprocess/glioma_inputs.with_signal).
+    # z-scored as brain (preprocess/skull_strip.with_signal).
     assert dice(core, reference_core) > 0.5, f"TC Dice against the reference is {dice(core, reference_core):.3f}"
 
 

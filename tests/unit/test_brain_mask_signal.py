@@ -8,8 +8,8 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from neuroflow.core.volume import Geometry, Volume
-from neuroflow.preprocess.glioma_inputs import with_signal
 from neuroflow.preprocess.normalise import zscore_in_mask
+from neuroflow.preprocess.skull_strip import with_signal
 
 GRID = Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0), (40, 40, 40))
 

@@ -42,8 +42,9 @@ METASTASES_RESPONSE_PIPELINE = "metastases_response"
 CHANGE_PIPELINES = (MS_CHANGE_PIPELINE, HAEMATOMA_CHANGE_PIPELINE, TUMOUR_GROWTH_PIPELINE,
                     METASTASES_RESPONSE_PIPELINE)
 # Version of the change algorithms, part of each comparison's identity (input hash): raise it when they change
-# (2: the MS subtraction of issue 18, its N4 fitted on normal-appearing tissue).
-CHANGE_ALGORITHM_VERSION = 2
+# (2: the MS subtraction of issue 18, its N4 fitted on normal-appearing tissue; 3: the brain mask without a
+# pre-stripped series' empty background, in the MS subtraction and the tumour-growth comparison's preprocessing).
+CHANGE_ALGORITHM_VERSION = 3
 
 
 def routed_pipelines(enabled: list[str]) -> list[str]:

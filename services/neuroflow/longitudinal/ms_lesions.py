@@ -50,7 +50,7 @@ from neuroflow.core.volume import Geometry, Volume, resample
 from neuroflow.longitudinal.intensity import match_intensities, n4_bias_correct
 from neuroflow.longitudinal.lesion_model import network_candidates
 from neuroflow.preprocess.register import centre_aligned, register_rigid
-from neuroflow.preprocess.skull_strip import skull_strip
+from neuroflow.preprocess.skull_strip import skull_strip, with_signal
 
 MS_STAGES: tuple[str, ...] = ("skull_strip", "register_pair", "bias_correct", "detect", "locate")
 _STAGE = "ms_change"
@@ -254,8 +254,8 @@ def prepare_pair(base_flair: Volume, follow_flair: Volume, backend: InferenceBac
     # The follow-up's brain first: the registration then weighs the brain only (scalp, neck and a field of
     # view that differs between sessions pulled a whole-head registration ~1 mm off on a real 2D pair).
     with clock.stage("skull_strip"):
-        brain = skull_strip(follow_flair, backend, (models.skull_strip_bbox, models.skull_strip),
-                            study_key=study_key).array > 0
+        brain = with_signal(skull_strip(follow_flair, backend, (models.skull_strip_bbox, models.skull_strip),
+                                        study_key=study_key), follow_flair).array > 0
 
     with clock.stage("register_pair"):
         aligned = centre_aligned(base_flair, follow_flair)

@@ -6,10 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import numpy as np
-import numpy.typing as npt
 from pydicom.dataset import Dataset
-from scipy import ndimage
 
 from neuroflow.core.errors import OrientationMismatch
 from neuroflow.core.handoff import GeometrySummary, OrientationSummary, PreprocessSummary, RegistrationSummary
@@ -24,7 +21,7 @@ from neuroflow.core.volume import Geometry, Volume, resample
 from neuroflow.preprocess.normalise import zscore_in_mask
 from neuroflow.preprocess.orientation import FlipCheck, check_left_right, coarse_reference
 from neuroflow.preprocess.register import RegistrationResult, WorkingImage, isotropic_grid, register_rigid
-from neuroflow.preprocess.skull_strip import skull_strip
+from neuroflow.preprocess.skull_strip import skull_strip, with_signal
 
 
 @dataclass
@@ -105,37 +102,6 @@ def brain_mask(
     reference = coregistered.volumes[glioma_reference_role(coregistered.volumes)]
     source = coregistered.volumes.get(SeriesRole.T1, reference)
     return with_signal(skull_strip(source, backend, models, study_key=study_key), reference)
-
-
-def with_signal(mask: Volume, reference: Volume) -> Volume:
-    """``mask`` less the reference series' empty background: the voxels holding the value all eight corners
-    hold (0, or whatever a rescaled export made of it) and connected to the volume's edge through it.
-
-    That background is not tissue: a series skull-stripped before it reached us (research PACS, BraTS-style
-    exports), zero padding, or outside the reference's field of view. The skull-stripping network draws a
-    smooth outline over it; counted as brain, it was z-scored into a dark rim around a pre-stripped brain and
-    shifted every channel's mean and spread, and the glioma network (trained on true brain masks) called most
-    of TCGA-DU-7294's tumour core oedema. The reference is the series the others were moved onto: their
-    interpolation smears a stripped edge outward, so only its background says where the data ends. An
-    unstripped head's corners are noise, not one value, so nothing changes there; a dark voxel inside the
-    brain that happens to hold the background's value is not connected to the edge and stays."""
-    image = np.asarray(reference.array)
-    corners = image[np.ix_(*[[0, n - 1] for n in image.shape])]
-    if not np.all(corners == corners.flat[0]):
-        return mask
-    fill, edge = image == corners.flat[0], _edge_voxels(image.shape)
-    components, _ = ndimage.label(fill)
-    background = np.isin(components, np.unique(components[edge & fill]))
-    kept = (np.asarray(mask.array) > 0) & ~background
-    if not kept.any():  # a blank reference: left to the checks that refuse it with the study's name
-        return mask
-    return mask.with_array(kept.astype(np.asarray(mask.array).dtype))
-
-
-def _edge_voxels(shape: tuple[int, ...]) -> npt.NDArray[np.bool_]:
-    edge = np.ones(shape, dtype=bool)
-    edge[tuple(slice(1, n - 1) for n in shape)] = False
-    return edge
 
 
 def normalise(coregistered: CoRegistered, mask: Volume) -> dict[SeriesRole, Volume]:
