@@ -142,11 +142,11 @@ def evaluate_case(case: RealCase, backend: OnnxRuntimeBackend, model: ModelRef, 
                                                                                strict=True)}
         result["reference_ml"] = {r.value: round(float(m.sum()) / 1000, 2) for r, m in reference.items()}
         for tag, masks in outputs.items():
-            result[f"dice_{tag}"], result[f"lesion_dice_{tag}"] = _scores(masks, reference)
+            result[f"dice_{tag}"], result[f"lesion_dice_{tag}"] = region_scores(masks, reference)
     return result
 
 
-def _scores(prediction: RegionMasks, reference: dict[TumourRegion, npt.NDArray[np.bool_]]
+def region_scores(prediction: RegionMasks, reference: dict[TumourRegion, npt.NDArray[np.bool_]]
             ) -> tuple[dict[str, float | None], dict[str, float | None]]:
     voxel: dict[str, float | None] = {}
     lesion: dict[str, float | None] = {}

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from models.glioma_unet.evaluate import SHARED_DATA, RealCase, _scores, real_cases, summary_table
+from models.glioma_unet.evaluate import SHARED_DATA, RealCase, real_cases, region_scores, summary_table
 from neuroflow.console.viewer.seg_labels import seg_label_volume
 from neuroflow.core.labels import TUMOUR_REGIONS
 from neuroflow.core.roles import GLIOMA_INPUT_ROLES
@@ -50,7 +50,7 @@ def evaluate_case(case: RealCase, work: Path) -> dict[str, object]:
     delivered = seg_label_volume(pydicom.dcmread(out / "seg.dcm"), reference_volume.geometry)
     prediction = from_label_map(np.asarray(delivered.array))
     report = json.loads((out / "report.json").read_text())
-    voxel, lesion = _scores(prediction, reference)
+    voxel, lesion = region_scores(prediction, reference)
     ml = reference_volume.voxel_volume_mm3 / 1000.0
     return {"case": case.name, "in_median": case.in_median,
             "sequences": [r.value for r in volumes],
