@@ -7,6 +7,11 @@ many seeded components lie more than 5 mm from every reference lesion (would-be 
 difference's typical expected spread. A coarser scale helps only if the pair's noise falls faster than the
 lesions' change.
 
+``--signal``: what each reference lesion looks like on the detector's own scaled scans (robust spreads of the
+follow-up's normal-appearing brain, after N4 and matching): its median at baseline and at follow-up and the share
+of its voxels above the hyperintensity level, and, as a check that the mask sits on the scans, the mean follow-up
+signal over all reference voxels with the mask in place and moved by up to 2 slices and 8 voxels in-plane.
+
 ``--volumes``: a lesion-level comparison instead of the voxel subtraction: each component of tissue hyperintense
 on either visit, its hyperintense volume at baseline and at follow-up, ranked by the volume gained, and where the
 reference lesions rank among them.
@@ -22,16 +27,18 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import SimpleITK as sitk
 from scipy import ndimage
 
 from neuroflow.core.config import NeuroflowSettings
-from neuroflow.core.inference_triton import build_inference_backend
-from neuroflow.core.timing import StageClock
-from neuroflow.core.volume import Volume, geometry_of
-from neuroflow.devtools.lesion_change_scoring import FALSE_POSITIVE_MM, MIN_REFERENCE_MM3, reference_lesions
-from neuroflow.devtools.ms_real_pairs import DATA, on_common_grid, patients, visit_flair
-from neuroflow.longitudinal.ms_lesions import HYPERINTENSE, MS_STAGES, PreparedPair, prepare_pair, subtraction_maps
+from neuroflow.devtools.lesion_change_scoring import FALSE_POSITIVE_MM, MIN_REFERENCE_MM3
+from neuroflow.devtools.ms_real_pairs import (
+    DATA,
+    hyperintense_shares,
+    patients,
+    prepared_pair,
+    reference_voxels,
+)
+from neuroflow.longitudinal.ms_lesions import HYPERINTENSE, PreparedPair, subtraction_maps
 
 IntArray = npt.NDArray[np.int_]
 BoolArray = npt.NDArray[np.bool_]
@@ -44,39 +51,22 @@ def main() -> None:
     parser.add_argument("--patients", nargs="*", help="only these patient folders (e.g. patient03)")
     parser.add_argument("--scales", default="", help="smoothing scales in mm, comma-separated")
     parser.add_argument("--volumes", action="store_true", help="the lesion-level volume comparison")
+    parser.add_argument("--signal", action="store_true", help="each reference lesion's signal at both visits")
     parser.add_argument("--top", type=int, default=40, help="components listed by --volumes")
     args = parser.parse_args()
     settings = NeuroflowSettings()
-    backend = build_inference_backend(settings)
     for folder in patients(args.data):
         if args.patients and folder.name not in args.patients:
             continue
-        pair = prepare_pair(visit_flair(folder, "study1"), visit_flair(folder, "study2"), backend, settings.models,
-                            study_key=f"probe-{folder.name}", clock=StageClock(MS_STAGES))
-        references = _reference_voxels(folder, pair)
+        pair = prepared_pair(folder, settings)
+        references = list(reference_voxels(folder, pair).values())
         print(f"{folder.name}: {len(references)} reference lesions (new or enlarging, >= {MIN_REFERENCE_MM3:g} mm³)")
         for scale in (float(s) for s in args.scales.split(",") if s):
             _probe_scale(pair, references, scale)
         if args.volumes:
             _probe_volumes(pair, references, args.top)
-
-
-def _reference_voxels(folder: Path, pair: PreparedPair) -> list[IntArray]:
-    """Each reference lesion's voxels as (k, j, i) indices of the follow-up's grid."""
-    common = sitk.ReadImage(str(folder / "gt.nii.gz"))
-    change = Volume(sitk.GetArrayFromImage(common), geometry_of(common))
-    growing, _ = reference_lesions(change, on_common_grid(folder, "study1", common),
-                                   on_common_grid(folder, "study2", common))
-    # The stored transform maps common-space points to the follow-up scan.
-    to_scan = sitk.ReadTransform(str(folder / "study2_FLAIR_to_common_space.txt"))
-    to_index = np.linalg.inv(pair.geometry.index_to_patient())
-    upper = np.array(pair.followup.shape) - 1
-    out: list[IntArray] = []
-    for lesion in growing:
-        scan = np.array([to_scan.TransformPoint(tuple(float(c) for c in p)) for p in lesion.points_mm])
-        ijk = (to_index @ np.c_[scan, np.ones(len(scan))].T)[:3].T
-        out.append(np.clip(np.round(ijk[:, ::-1]).astype(int), 0, upper))
-    return out
+        if args.signal:
+            _probe_signal(pair, references)
 
 
 def _probe_scale(pair: PreparedPair, references: list[IntArray], scale_mm: float) -> None:
@@ -112,6 +102,28 @@ def _probe_volumes(pair: PreparedPair, references: list[IntArray], top: int) -> 
         covered |= owned
         print(f"  #{rank:3d} gained {gain:7.0f} mm³ ({before:6.0f} -> {after:6.0f}), reference lesions "
               f"{sorted(owned) or '-'}, so far {len(covered)}/{len(references)}")
+
+
+def _probe_signal(pair: PreparedPair, references: list[IntArray]) -> None:
+    maps = subtraction_maps(pair)
+    bright_before = 0
+    for n, kji in enumerate(references, start=1):
+        base, follow = maps.base_s[tuple(kji.T)], maps.follow_s[tuple(kji.T)]
+        share_before, share_after = hyperintense_shares(maps, kji)
+        bright_before += share_before >= 0.5
+        print(f"  reference {n:2d} ({len(kji):4d} voxels): median {np.median(base):+.2f} -> {np.median(follow):+.2f}, "
+              f"share above {HYPERINTENSE:g}: {share_before:.2f} -> {share_after:.2f}")
+    print(f"  {bright_before}/{len(references)} reference lesions hyperintense over half their voxels at baseline")
+    if not references:
+        return
+    mask = np.zeros(pair.followup.shape, dtype=bool)
+    for kji in references:
+        mask[tuple(kji.T)] = True
+    shifts = [(dk, dj, di) for dk in (-2, -1, 0, 1, 2) for dj in (-8, -4, 0, 4, 8) for di in (-8, -4, 0, 4, 8)]
+    signal = {shift: float(maps.follow_s[np.roll(mask, shift, axis=(0, 1, 2))].mean()) for shift in shifts}
+    best = max(signal, key=lambda shift: signal[shift])
+    print(f"  mean follow-up signal over the reference voxels: {signal[(0, 0, 0)]:+.2f} in place, highest "
+          f"{signal[best]:+.2f} moved by {best} (slices, rows, columns)")
 
 
 def _far_from(references: list[IntArray], pair: PreparedPair) -> BoolArray:

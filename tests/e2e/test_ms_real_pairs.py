@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from neuroflow.core.config import NeuroflowSettings
-from neuroflow.devtools.ms_real_pairs import DATA, run_patient
+from neuroflow.devtools.ms_real_pairs import DATA, gaining_hyperintensity, run_patient
 
 PATIENT01 = DATA / "patient01"
 PATIENT03 = DATA / "patient03"
@@ -20,12 +20,17 @@ PATIENT03 = DATA / "patient03"
 
 @pytest.mark.skipif(not (PATIENT01 / "gt.nii.gz").is_file(), reason=f"{PATIENT01} is absent (shared data)")
 def test_patient01_new_and_enlarging_lesions_found_above_the_floor(tmp_path: Path) -> None:
-    result = run_patient(PATIENT01, NeuroflowSettings(), tmp_path)
+    settings = NeuroflowSettings()
+    result = run_patient(PATIENT01, settings, tmp_path)
     score = result.score
     assert score.total == 7  # the reference: 7 growing components of >= 12 mm³ (4 shrinking set aside)
     assert score.hits >= 3, f"{score.hits}/{score.total} found"
     assert len(score.false_positives) <= 1, [d.centroid_mm for d in score.false_positives]
     assert score.sensitivity_in(200.0, float("inf")) == (1, 1)  # the large posterior periventricular lesion
+    # Of the 7, 3 turn lesion-bright on FLAIR (the other 4 stay below the lesion level at follow-up): every one
+    # of those is found.
+    gaining = gaining_hyperintensity(PATIENT01, settings)
+    assert len(gaining) == 3 and gaining <= score.found.keys(), (sorted(gaining), sorted(score.found))
 
 
 @pytest.mark.skipif(not (PATIENT03 / "gt.nii.gz").is_file(), reason=f"{PATIENT03} is absent (shared data)")

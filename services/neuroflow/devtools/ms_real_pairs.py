@@ -10,20 +10,30 @@ scan onto the common grid needs), so a follow-up point goes to the common space 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import SimpleITK as sitk
 
 from neuroflow.core.config import NeuroflowSettings
 from neuroflow.core.dicom_io import FolderDicomSource
 from neuroflow.core.inference_triton import build_inference_backend
 from neuroflow.core.roles import SeriesRole
+from neuroflow.core.timing import StageClock
 from neuroflow.core.volume import Volume, geometry_of
 from neuroflow.devtools.dicom_writer import PatientInfo, load_volume, write_study
 from neuroflow.devtools.lesion_change_scoring import Detection, PairScore, reference_lesions, score_pair
 from neuroflow.devtools.longitudinal_phantoms import REPOSITORY_ROOT, SHARED_DATA
+from neuroflow.longitudinal.ms_lesions import (
+    HYPERINTENSE,
+    MS_STAGES,
+    PreparedPair,
+    SubtractionMaps,
+    prepare_pair,
+    subtraction_maps,
+)
 from neuroflow.runtime.embedded import run_embedded
 
 ROOT = REPOSITORY_ROOT
@@ -32,6 +42,13 @@ DATA = next((d for d in (SHARED_DATA / "ms-longitudinal-ljubljana",
                          ROOT.parents[1] / "shared" / "data" / "ms-longitudinal-ljubljana") if d.is_dir()),
             SHARED_DATA / "ms-longitudinal-ljubljana")
 VISIT_DATES = ("20220314", "20230320")  # made up: the database gives no dates, only the order
+# A reference lesion *gains FLAIR hyperintensity* when the share of its voxels above the detector's lesion level
+# (HYPERINTENSE, on the detector's own scaled scans) rises by at least this much from baseline to follow-up: most
+# of it turns lesion-bright. What FLAIR subtraction can see at all; the rest of the experts' change (tissue
+# already lesion-bright at baseline, or never lesion-bright) it cannot.
+GAIN_SHARE = 0.5
+
+IntArray = npt.NDArray[np.int_]
 
 
 @dataclass
@@ -43,6 +60,11 @@ class PatientResult:
     warnings: list[str]
     detectable_change: float  # the pair's faintest detectable change (MsLesionChange.detectable_change)
     sensitivity_limited: bool  # ... above the faintest lesion's: the reader was warned
+    gaining: set[int] = field(default_factory=set)  # reference labels that gain FLAIR hyperintensity, when asked
+
+    @property
+    def gaining_found(self) -> int:
+        return len(self.gaining & self.score.found.keys())
 
 
 def patients(data: Path) -> list[Path]:
@@ -90,6 +112,50 @@ def run_patient(folder: Path, settings: NeuroflowSettings, work: Path) -> Patien
     return PatientResult(folder.name, score_patient(folder, detections), seconds, len(detections),
                          list(report.warnings), report.longitudinal.ms_detectable_change or 0.0,
                          bool(report.longitudinal.ms_sensitivity_limited))
+
+
+def prepared_pair(folder: Path, settings: NeuroflowSettings) -> PreparedPair:
+    """The patient's two FLAIRs as the MS detector prepares them (skull strip, registration, N4, matching)."""
+    return prepare_pair(visit_flair(folder, "study1"), visit_flair(folder, "study2"),
+                        build_inference_backend(settings), settings.models, study_key=f"probe-{folder.name}",
+                        clock=StageClock(MS_STAGES))
+
+
+def reference_voxels(folder: Path, pair: PreparedPair) -> dict[int, IntArray]:
+    """Each new or enlarging reference lesion's voxels as (k, j, i) indices of the follow-up's grid, by its
+    label in the change mask (the labels of ``PairScore.found``)."""
+    common = sitk.ReadImage(str(folder / "gt.nii.gz"))
+    change = Volume(sitk.GetArrayFromImage(common), geometry_of(common))
+    growing, _ = reference_lesions(change, on_common_grid(folder, "study1", common),
+                                   on_common_grid(folder, "study2", common))
+    # The stored transform maps common-space points to the follow-up scan.
+    to_scan = sitk.ReadTransform(str(folder / "study2_FLAIR_to_common_space.txt"))
+    to_index = np.linalg.inv(pair.geometry.index_to_patient())
+    upper = np.array(pair.followup.shape) - 1
+    out: dict[int, IntArray] = {}
+    for lesion in growing:
+        scan = np.array([to_scan.TransformPoint(tuple(float(c) for c in p)) for p in lesion.points_mm])
+        ijk = (to_index @ np.c_[scan, np.ones(len(scan))].T)[:3].T
+        out[lesion.label] = np.clip(np.round(ijk[:, ::-1]).astype(int), 0, upper)
+    return out
+
+
+def hyperintense_shares(maps: SubtractionMaps, voxels: IntArray) -> tuple[float, float]:
+    """The share of ``voxels`` above the detector's lesion level at (baseline, follow-up)."""
+    where = tuple(voxels.T)
+    return float((maps.base_s[where] > HYPERINTENSE).mean()), float((maps.follow_s[where] > HYPERINTENSE).mean())
+
+
+def gaining_hyperintensity(folder: Path, settings: NeuroflowSettings) -> set[int]:
+    """The labels of the reference lesions that gain FLAIR hyperintensity (``GAIN_SHARE``)."""
+    pair = prepared_pair(folder, settings)
+    maps = subtraction_maps(pair)
+    gaining: set[int] = set()
+    for label, voxels in reference_voxels(folder, pair).items():
+        before, after = hyperintense_shares(maps, voxels)
+        if after - before >= GAIN_SHARE:
+            gaining.add(label)
+    return gaining
 
 
 def score_patient(folder: Path, detections: list[Detection]) -> PairScore:
