@@ -116,9 +116,7 @@ def _probe_signal(pair: PreparedPair, references: list[IntArray]) -> None:
     print(f"  {bright_before}/{len(references)} reference lesions hyperintense over half their voxels at baseline")
     if not references:
         return
-    mask = np.zeros(pair.followup.shape, dtype=bool)
-    for kji in references:
-        mask[tuple(kji.T)] = True
+    mask = _reference_mask(references, pair)
     shifts = [(dk, dj, di) for dk in (-2, -1, 0, 1, 2) for dj in (-8, -4, 0, 4, 8) for di in (-8, -4, 0, 4, 8)]
     signal = {shift: float(maps.follow_s[np.roll(mask, shift, axis=(0, 1, 2))].mean()) for shift in shifts}
     best = max(signal, key=lambda shift: signal[shift])
@@ -126,10 +124,15 @@ def _probe_signal(pair: PreparedPair, references: list[IntArray]) -> None:
           f"{signal[best]:+.2f} moved by {best} (slices, rows, columns)")
 
 
-def _far_from(references: list[IntArray], pair: PreparedPair) -> BoolArray:
+def _reference_mask(references: list[IntArray], pair: PreparedPair) -> BoolArray:
     mask = np.zeros(pair.followup.shape, dtype=bool)
     for kji in references:
         mask[tuple(kji.T)] = True
+    return mask
+
+
+def _far_from(references: list[IntArray], pair: PreparedPair) -> BoolArray:
+    mask = _reference_mask(references, pair)
     if not mask.any():
         return np.ones(mask.shape, dtype=bool)
     distance = ndimage.distance_transform_edt(~mask, sampling=pair.geometry.spacing[::-1])
