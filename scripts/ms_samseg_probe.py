@@ -48,6 +48,7 @@ SAMSEG = Peer("samseg", ("samseg==0.4a0", "numpy<2", "tensorflow-cpu"))
 LESION_LABEL = 99
 CROSS_SECTIONAL = DATA.parent / "ms-crosssectional-ljubljana"
 VISITS = ("study1", "study2")
+STRUCTURE = np.ones((3, 3, 3), dtype=bool)  # 26-connected components, as the reference's
 BoolArray = npt.NDArray[np.bool_]
 
 
@@ -88,14 +89,14 @@ def _cross_sectional(folder: Path, work: Path, samseg_bin: Path, threads: int) -
     masks = []
     for visit, image in zip(VISITS, images, strict=True):
         out = work / visit
-        _run(samseg_bin / "run_samseg", ["-i", str(folder / f"{visit}_FLAIR.nii.gz")], out, threads)
+        _run(samseg_bin / "run_samseg", ["-i", str(folder / f"{visit}_FLAIR.nii.gz")], out, threads, out / "seg.mgz")
         masks.append(_as_image(_lesions(out / "seg.mgz"), image))
     # A follow-up point -> the common space -> the baseline scan (each stored transform maps common -> scan).
+    mapping = to_common(folder, "study2")
     followup_to_baseline = sitk.CompositeTransform([
-        sitk.ReadTransform(str(folder / "study1_FLAIR_to_common_space.txt")), to_common(folder, "study2")])
+        sitk.ReadTransform(str(folder / "study1_FLAIR_to_common_space.txt")), mapping])
     baseline = sitk.Resample(masks[0], images[1], followup_to_baseline, sitk.sitkNearestNeighbor, 0)
     new = _new_tissue(sitk.GetArrayFromImage(baseline).astype(bool), sitk.GetArrayFromImage(masks[1]).astype(bool))
-    mapping = to_common(folder, "study2")
     return [Detection(mapping.TransformPoint(point), volume) for point, volume in _components(new, images[1])]
 
 
@@ -109,34 +110,34 @@ def _longitudinal(folder: Path, work: Path, samseg_bin: Path, threads: int) -> l
         path.parent.mkdir(parents=True, exist_ok=True)
         sitk.WriteImage(sitk.Resample(image, common, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32), str(path))
         inputs += ["-t", str(path)]
-    _run(samseg_bin / "run_samseg_long", inputs, work / "samseg", threads)
+    _run(samseg_bin / "run_samseg_long", inputs, work / "samseg", threads, work / "samseg" / "tp002" / "seg.mgz")
     baseline, followup = (_lesions(work / "samseg" / f"tp00{i}" / "seg.mgz") for i in (1, 2))
     return [Detection(point, volume) for point, volume in _components(_new_tissue(baseline, followup), common)]
 
 
 def _control(folder: Path, work: Path, samseg_bin: Path, threads: int) -> None:
-    _run(samseg_bin / "run_samseg", ["-i", str(folder / "FLAIR.nii.gz")], work, threads)
+    _run(samseg_bin / "run_samseg", ["-i", str(folder / "FLAIR.nii.gz")], work, threads, work / "seg.mgz")
     grid = sitk.ReadImage(str(folder / "GOLD_STANDARD.nii.gz"))
     consensus = sitk.GetArrayFromImage(grid) > 0
     found = _lesions(work / "seg.mgz")
     if found.shape != consensus.shape:
         raise ValueError(f"{folder.name}: SAMSEG's grid {found.shape} is not the consensus mask's {consensus.shape}")
-    structure = np.ones((3, 3, 3), dtype=bool)
     voxel_mm3 = float(np.prod(grid.GetSpacing()))
-    reference, count = ndimage.label(consensus, structure=structure)
+    reference, count = ndimage.label(consensus, structure=STRUCTURE)
     sizes = ndimage.sum_labels(consensus, reference, range(1, count + 1)) * voxel_mm3
     large = [label for label, size in enumerate(sizes, start=1) if size >= MIN_REFERENCE_MM3]
     hits = sum(1 for label in large if found[reference == label].any())
-    components, n_found = ndimage.label(found, structure=structure)
-    false = sum(1 for index in range(1, n_found + 1)
-                if (components == index).sum() * voxel_mm3 >= MIN_REFERENCE_MM3
-                and not consensus[components == index].any())
+    components, n_found = ndimage.label(found, structure=STRUCTURE)
+    found_sizes = ndimage.sum_labels(found, components, range(1, n_found + 1)) * voxel_mm3
+    false = sum(1 for index, size in enumerate(found_sizes, start=1)
+                if size >= MIN_REFERENCE_MM3 and not consensus[components == index].any())
     print(f"{folder.name} (control): {hits}/{len(large)} consensus lesions found, {false} FP components",
           flush=True)
 
 
-def _run(program: Path, inputs: list[str], out: Path, threads: int) -> None:
-    if (out / "seg.mgz").is_file() or (out / "tp002" / "seg.mgz").is_file():
+def _run(program: Path, inputs: list[str], out: Path, threads: int, result: Path) -> None:
+    """SAMSEG with its lesion model into ``out``, unless ``result`` is there from an earlier run."""
+    if result.is_file():
         return
     subprocess.run([str(program), *inputs, "-o", str(out), "--lesion", "--lesion-mask-pattern", "1",
                     "--threads", str(threads), "--pallidum-separate"], check=True, capture_output=True)
@@ -164,7 +165,7 @@ def _new_tissue(baseline: BoolArray, followup: BoolArray) -> BoolArray:
 def _components(mask: BoolArray, grid: sitk.Image) -> list[tuple[tuple[float, float, float], float]]:
     """Each 26-connected component of >= 12 mm³: its centroid (the grid's physical space) and volume."""
     voxel_mm3 = float(np.prod(grid.GetSpacing()))
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    labels, count = ndimage.label(mask, structure=STRUCTURE)
     found = []
     for index in range(1, count + 1):
         voxels = np.argwhere(labels == index)
